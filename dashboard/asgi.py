@@ -1,0 +1,62 @@
+"""The ASGI entry point: one application for the team API, the dashboard and websockets.
+
+HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight to the
+team API (limiter/api/team.py), not through Django's middleware; everything else is
+Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
+fresh `make run` has something to talk to. The "channel" protocol is what
+`manage.py runworker limiter` serves.
+"""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+django_application = get_asgi_application()
+
+# Imported after Django is set up: these modules use the ORM and settings.
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from limiter.api.team import application as team_api  # noqa: E402
+from limiter.events import LIMITER_CHANNEL  # noqa: E402
+from limiter.worker import LimiterConsumer  # noqa: E402
+
+TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
+SANDBOX_PREFIX = "/sandbox"
+
+
+def _websocket_routes():
+    try:
+        from dashboard.routing import websocket_urlpatterns
+    except ImportError:
+        return []
+    return websocket_urlpatterns
+
+
+class HttpRouter:
+    """Sends each HTTP request to the team API, the sandbox or Django by path prefix."""
+
+    def __init__(self) -> None:
+        self.sandbox = None
+        if settings.SLUICE_SANDBOX:
+            from limiter.sandbox import SandboxApp
+
+            self.sandbox = SandboxApp(prefix=SANDBOX_PREFIX)
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope["path"]
+        if path.startswith(TEAM_API_PREFIXES):
+            return await team_api(scope, receive, send)
+        if self.sandbox is not None and path.startswith(SANDBOX_PREFIX + "/"):
+            return await self.sandbox(scope, receive, send)
+        return await django_application(scope, receive, send)
+
+
+application = ProtocolTypeRouter({
+    "http": HttpRouter(),
+    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
+    "channel": ChannelNameRouter({LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
+})

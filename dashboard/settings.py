@@ -1,0 +1,168 @@
+"""Sluice settings, read from the environment (or `.env`) with django-environ.
+
+The defaults run on a fresh machine with nothing configured: SQLite, the in-memory
+channel layer with the limiter inside the web process, and the built-in sandbox
+upstream when no TOGETHER_API_KEY is set. Settings that switch a feature on but leave
+it incomplete fail loudly with ImproperlyConfigured.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# --- Django core -----------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG and env.bool("SLUICE_REQUIRE_SECRET_KEY", default=False):
+        raise ImproperlyConfigured("SECRET_KEY must be set in production")
+    # A development key; `make run` writes a random one into .env on first run.
+    SECRET_KEY = "sluice-insecure-development-key-change-me"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "limiter",
+    "dashboard",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+ASGI_APPLICATION = "dashboard.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The gateway's 429 recorder writes from a background thread while pages read:
+    # WAL plus a busy timeout keeps SQLite from answering "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+
+# --- Channels ----------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 10_000, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10_000}}
+    }
+
+# --- Sluice ------------------------------------------------------------------------
+TOGETHER_API_KEY = env.str("TOGETHER_API_KEY", default="")
+TOGETHER_BASE_URL = env.str("TOGETHER_BASE_URL", default="https://api.together.xyz/v1")
+# No Together key: talk to the built-in sandbox upstream, mounted at /sandbox/ on the
+# same server (`manage.py serve` points TOGETHER_BASE_URL at it).
+SLUICE_SANDBOX = env.bool("SLUICE_SANDBOX", default=not TOGETHER_API_KEY)
+
+# Run the limiter inside the web process (the embedded default). With REDIS_URL set,
+# the limiter is its own process: `manage.py runworker limiter`.
+SLUICE_EMBEDDED_LIMITER = env.bool("SLUICE_EMBEDDED_LIMITER", default=not REDIS_URL)
+# How long a web process waits for the limiter's first answer before a 503.
+SLUICE_LIMITER_TIMEOUT = env.float("SLUICE_LIMITER_TIMEOUT", default=2.0)
+# What the gateway does when the limiter does not answer: "closed" refuses with 503
+# (the default: limits are a promise), "open" lets the request through, loudly.
+SLUICE_LIMITER_FAILURE_MODE = env.str("SLUICE_LIMITER_FAILURE_MODE", default="closed")
+if SLUICE_LIMITER_FAILURE_MODE not in {"open", "closed"}:
+    raise ImproperlyConfigured("SLUICE_LIMITER_FAILURE_MODE must be 'open' or 'closed'")
+# A concurrency lease not released within this many seconds is reaped by the limiter.
+SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
+# Largest request body accepted on /v1/ (bytes); file uploads have their own limit.
+SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+SLUICE_MAX_UPLOAD_BYTES = env.int("SLUICE_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
+# Upstream timeouts (seconds) and the total time one call may spend on retries.
+SLUICE_UPSTREAM_CONNECT_TIMEOUT = env.float("SLUICE_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
+SLUICE_UPSTREAM_READ_TIMEOUT = env.float("SLUICE_UPSTREAM_READ_TIMEOUT", default=120.0)
+SLUICE_UPSTREAM_DEADLINE = env.float("SLUICE_UPSTREAM_DEADLINE", default=60.0)
+SLUICE_UPSTREAM_MAX_RETRIES = env.int("SLUICE_UPSTREAM_MAX_RETRIES", default=3)
+# "aiohttp" (httpx over the aiohttp transport, measured cheaper) or "httpx" (default transport).
+SLUICE_UPSTREAM_TRANSPORT = env.str("SLUICE_UPSTREAM_TRANSPORT", default="aiohttp")
+# Days of 429 history kept by `manage.py prune429`.
+SLUICE_REFUSAL_RETENTION_DAYS = env.int("SLUICE_REFUSAL_RETENTION_DAYS", default=90)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},  # one INFO line per upstream call is noise, not a log
+    },
+}
+
+# --- dashboard (issue 3) -----------------------------------------------------------
+# Every page shows the sandbox banner from this context processor.
+TEMPLATES[0]["OPTIONS"]["context_processors"].append("dashboard.context_processors.sluice")
+# A bearer token for the ops API (scripts, CI); empty: staff sessions only.
+SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")

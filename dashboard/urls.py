@@ -1,0 +1,37 @@
+"""URLs served by Django: the dashboard pages, the ops API and the admin.
+
+The team API (/v1/) is not here: `dashboard/asgi.py` routes it to a lean ASGI app
+(`limiter/api/team.py`) in front of Django's middleware stack.
+"""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from dashboard import views
+from dashboard.api import api
+
+dashboard_patterns = [
+    path("", views.overview, name="overview"),
+    path("limits/", views.limits, name="limits"),
+    path("limits/profiles/<int:pk>/", views.profile, name="profile"),
+    path("limits/<int:pk>/edit/", views.limit_edit, name="limit_edit"),
+    path("teams/", views.teams, name="teams"),
+    path("teams/<int:pk>/", views.team, name="team"),
+    path("teams/<int:pk>/pause/", views.team_pause, name="team_pause"),
+    path("teams/<int:pk>/profile/", views.team_profile, name="team_profile"),
+    path("teams/<int:pk>/keys/", views.key_create, name="key_create"),
+    path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
+    path("keys/<int:pk>/rotate/", views.key_rotate, name="key_rotate"),
+    path("refusals/", views.refusals, name="refusals"),
+    path("refusals.csv", views.refusals_csv, name="refusals_csv"),
+    path("audit/", views.audit, name="audit"),
+]
+
+urlpatterns = [
+    path("", include((dashboard_patterns, "dashboard"))),
+    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/", api.urls),
+    path("admin/", admin.site.urls),
+]

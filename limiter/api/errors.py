@@ -1,0 +1,65 @@
+"""The team API's one exception root and its OpenAI-shaped error body.
+
+`{"error": {"message", "type", "param", "code"}}` with the right status, on every
+failure path. Messages are constants so tests can assert on them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
+PERMISSION = "permission_error"
+NOT_FOUND = "not_found_error"
+RATE_LIMIT = "rate_limit_error"
+SERVER = "server_error"
+UPSTREAM = "upstream_error"
+
+MSG_BAD_JSON = "The request body is not valid JSON."
+MSG_BODY_NOT_OBJECT = "The request body must be a JSON object."
+MSG_BODY_TOO_LARGE = "The request body is larger than {limit} bytes."
+MSG_NO_KEY = "No API key provided. Send 'Authorization: Bearer sk-sluice-...'."
+MSG_BAD_KEY = "Invalid API key: unknown, revoked or expired."
+MSG_TOO_MANY_AUTH_FAILURES = "Too many failed authentication attempts from this address; retry later."
+MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
+MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
+MSG_LIMITER_DOWN = "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
+MSG_UPSTREAM_DOWN = "Together could not be reached: {detail}."
+MSG_UPSTREAM_OVERLOADED = "Together stayed overloaded (HTTP {status}) after {attempts} attempts within the deadline."
+MSG_UPSTREAM_TIMEOUT = "Together did not answer within the deadline."
+MSG_UPSTREAM_RATE_LIMITED = "Together refused the request with 429 after {attempts} attempts: {detail}"
+MSG_TEAM_PAUSED = "Team '{team}' is paused by the operators; no requests are sent for it."
+MSG_MODEL_NOT_FOUND = "The model '{model}' does not exist or is not available.{hint}"
+MSG_INTERNAL = "Sluice failed to handle this request (request id {request_id}); it was logged."
+MSG_FIELD_REQUIRED = "'{field}' is required."
+
+
+class ApiError(Exception):
+    """An error answered to the caller in OpenAI's shape."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = INVALID_REQUEST,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.headers = headers or {}
+        self.extra = extra or {}  # more fields for the error object (a 429's retry_after...)
+
+    def body(self) -> bytes:
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        error.update(self.extra)
+        return json.dumps({"error": error}).encode()

@@ -1,0 +1,85 @@
+"""A minimal request/response layer over raw ASGI for the team API.
+
+The team API does not go through Django's request machinery: under ASGI, Django's
+middleware stack costs milliseconds of CPU per request (sync middleware runs in
+threads), which is more than everything Sluice itself does. The dashboard and the ops
+API stay on Django; this layer is only what /v1/ needs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from limiter.api.errors import MSG_BAD_JSON, MSG_BODY_NOT_OBJECT, ApiError
+from limiter.keys import KeyInfo
+
+JSON_TYPE = b"application/json"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str  # without the query string, e.g. "/v1/chat/completions"
+    query_string: bytes
+    headers: dict[str, str]  # lower-case names; the last value wins
+    body: bytes
+    client: str  # the caller's address
+    request_id: str
+    key: KeyInfo | None = None
+    path_params: dict[str, str] = field(default_factory=dict)
+    _json: Any = None
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object, or a 400 in the OpenAI shape."""
+        if self._json is None:
+            try:
+                value = json.loads(self.body or b"null")
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, MSG_BAD_JSON, code="invalid_json") from None
+            if not isinstance(value, dict):
+                raise ApiError(400, MSG_BODY_NOT_OBJECT, code="invalid_json")
+            self._json = value
+        return self._json
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+@dataclass(slots=True)
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = JSON_TYPE
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        response = cls(status=status, body=json.dumps(data).encode())
+        for name, value in (headers or {}).items():
+            response.add_header(name, value)
+        return response
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    """A response sent chunk by chunk (server-sent events). `chunks` is consumed once;
+    `on_close` runs whether the stream ended, failed or the caller went away."""
+
+    chunks: AsyncIterator[bytes]
+    status: int = 200
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_type: bytes = b"text/event-stream"
+    on_close: Callable[[], Awaitable[None]] | None = None
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+
+
+Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]

@@ -1,0 +1,228 @@
+"""The team API: Sluice's OpenAI-compatible `/v1/` as a lean ASGI application.
+
+`dashboard/asgi.py` sends every HTTP request under /v1/ (and the together SDK's
+/v2/projects/.../models) here, before Django's middleware. This module reads the body
+(bounded), authenticates the key, applies the per-key request rate for the endpoint
+kind, calls the route's handler and writes the answer; every failure becomes the
+OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
+given back and a stream's lease released (see `_watch_disconnect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Sequence
+
+from django.conf import settings
+
+from limiter import runtime
+from limiter.api import errors, inference
+from limiter.api.errors import ApiError
+from limiter.api.http import Handler, Request, Response, StreamingResponse
+from limiter.keys import cache as key_cache
+from limiter.recorder import recorder
+
+logger = logging.getLogger(__name__)
+
+# (method, path pattern, endpoint kind or "" for unlimited, handler)
+Route = tuple[str, str, str, Handler]
+
+AUTH_FAILURES_PER_MINUTE = 30  # per client address, per process
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+
+class AuthThrottle:
+    """Failed authentications per client address: a guesser is slowed, not served."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._failures: dict[str, list[float]] = {}
+
+    def blocked(self, client: str, now: float) -> float:
+        """Seconds until this address may try again (0 when it may)."""
+        recent = [t for t in self._failures.get(client, ()) if now - t < 60]
+        if recent:
+            self._failures[client] = recent
+        else:
+            self._failures.pop(client, None)
+        return 60 - (now - recent[0]) if len(recent) >= self.per_minute else 0.0
+
+    def failed(self, client: str, now: float) -> None:
+        self._failures.setdefault(client, []).append(now)
+        if len(self._failures) > 10_000:  # bound the memory a scan of addresses can take
+            self._failures.pop(next(iter(self._failures)))
+
+
+class TeamApi:
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = [(method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes]
+        self.auth_throttle = AuthThrottle(AUTH_FAILURES_PER_MINUTE)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = _request_id(headers.get("x-request-id"))
+        task = asyncio.current_task()
+        watcher: asyncio.Task | None = None
+        try:
+            request = await self._read(scope, receive, headers, request_id)
+            # From here on, a disconnect cancels this task (and whatever it waits on).
+            watcher = asyncio.ensure_future(_watch_disconnect(receive, task))
+            response = await self._handle(request)
+        except ApiError as exc:
+            response = _error_response(exc)
+        except asyncio.CancelledError:
+            return  # the caller went away; nobody to answer
+        except Exception:
+            logger.exception("team API failed (request id %s)", request_id)
+            response = _error_response(ApiError(
+                500, errors.MSG_INTERNAL.format(request_id=request_id), type=errors.SERVER, code="internal_error"
+            ))
+        try:
+            await _send(send, response, request_id)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            if isinstance(response, StreamingResponse) and response.on_close is not None:
+                await asyncio.shield(response.on_close())
+
+    async def _read(self, scope, receive, headers: dict[str, str], request_id: str) -> Request:
+        path = scope["path"]
+        limit = settings.SLUICE_MAX_UPLOAD_BYTES if path.startswith("/v1/files") else settings.SLUICE_MAX_BODY_BYTES
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise asyncio.CancelledError()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        client = scope.get("client") or ("", 0)
+        return Request(
+            method=scope["method"], path=path, query_string=scope.get("query_string", b""),
+            headers=headers, body=b"".join(chunks), client=client[0] or "", request_id=request_id,
+        )
+
+    async def _handle(self, request: Request) -> Response | StreamingResponse:
+        route, allowed = None, []
+        for method, pattern, kind, handler in self.routes:
+            match = pattern.match(request.path)
+            if match:
+                if method == request.method:
+                    route = (kind, handler)
+                    request.path_params = match.groupdict()
+                    break
+                allowed.append(method)
+        if route is None:
+            if allowed:
+                raise ApiError(405, errors.MSG_METHOD_NOT_ALLOWED.format(method=request.method, path=request.path),
+                               code="method_not_allowed", headers={"allow": ", ".join(allowed)})
+            raise ApiError(404, errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
+                           type=errors.NOT_FOUND, code="unknown_url")
+        kind, handler = route
+        await runtime.ensure_started()
+        request.key = await self._authenticate(request)
+        if request.key.paused:
+            raise ApiError(403, errors.MSG_TEAM_PAUSED.format(team=request.key.team_name),
+                           type=errors.PERMISSION, code="team_paused")
+        recorder.key_used(request.key.key_id)
+        if kind and kind not in inference.SELF_LIMITED:
+            # Files, jobs and the like: the per-key request rate, held only while the call runs.
+            async with inference.admitted(request, kind, tokens=0) as grant:
+                response = await handler(request)
+                inference.add_quota_headers(response, grant)
+                return response
+        return await handler(request)
+
+    async def _authenticate(self, request: Request):
+        now = time.monotonic()
+        wait = self.auth_throttle.blocked(request.client, now)
+        if wait:
+            raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT, code="auth_rate_limited",
+                           headers={"retry-after": str(math.ceil(wait))})
+        authorization = request.headers.get("authorization", "")
+        scheme, _, secret = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise ApiError(401, errors.MSG_NO_KEY, type=errors.AUTHENTICATION, code="missing_api_key")
+        info = await key_cache.authenticate(secret.strip())
+        if info is None:
+            self.auth_throttle.failed(request.client, now)
+            raise ApiError(401, errors.MSG_BAD_KEY, type=errors.AUTHENTICATION, code="invalid_api_key")
+        return info
+
+
+def _request_id(given: str | None) -> str:
+    # Keep a caller's id when it is sane, so one id follows the call end to end.
+    if given and len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
+        return given
+    return "req_" + uuid.uuid4().hex
+
+
+async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if task is not None:
+                task.cancel()
+            return
+
+
+def _error_response(exc: ApiError) -> Response:
+    response = Response(status=exc.status, body=exc.body())
+    for name, value in exc.headers.items():
+        response.add_header(name, value)
+    return response
+
+
+async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
+    headers = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()), *response.headers]
+    if isinstance(response, Response):
+        headers.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        return
+    headers.append((b"cache-control", b"no-cache"))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    async for chunk in response.chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def build_routes() -> list[Route]:
+    routes: list[Route] = [
+        ("POST", "/v1/chat/completions", "chat", inference.chat_completions),
+        ("POST", "/v1/completions", "completions", inference.completions),
+        ("POST", "/v1/embeddings", "embeddings", inference.embeddings),
+        ("POST", "/v1/images/generations", "images", inference.images),
+        ("POST", "/v1/rerank", "rerank", inference.rerank),
+        ("GET", "/v1/models", "", inference.models),
+        # The together SDK 3.x lists models per project; answer with the same list.
+        ("GET", "/v2/projects/{project_id}/models", "", inference.models),
+    ]
+    try:
+        from limiter.jobs.api import ROUTES as job_routes
+    except ImportError:  # the jobs package is optional in a partial checkout
+        job_routes = []
+    routes.extend(job_routes)
+    return routes
+
+
+application = TeamApi(build_routes())

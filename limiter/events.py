@@ -1,0 +1,106 @@
+"""Channel names, group names and message shapes shared by the limiter, the web
+processes and the dashboard. One module, so a newcomer sees the whole protocol here.
+
+Requests to the limiter go to the named channel LIMITER_CHANNEL; its answers go to the
+asking process's reply channel. The limiter publishes live snapshots to LIVE_GROUP;
+configuration changes (limits, keys, teams) are broadcast to CONFIG_GROUP so every web
+process drops its cached keys and limits at once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+LIMITER_CHANNEL = "limiter"
+LIVE_GROUP = "sluice.live"
+CONFIG_GROUP = "sluice.config"
+
+# Message types (Channels maps "limiter.acquire" to the consumer method limiter_acquire).
+ACQUIRE = "limiter.acquire"
+RELEASE = "limiter.release"
+CANCEL = "limiter.cancel"
+UPSTREAM_REPORT = "limiter.upstream"
+SNAPSHOT_REQUEST = "limiter.snapshot"
+PING = "limiter.ping"
+DECISION = "limiter.decision"
+PONG = "limiter.pong"
+LIVE_SNAPSHOT = "live.snapshot"
+CONFIG_CHANGED = "config.changed"
+
+# A limit as it travels: per_minute, burst, tokens_per_minute, max_concurrent,
+# queue_depth, max_wait (the fields of engine.Limit, in that order).
+LimitTuple = tuple[float, int, float | None, int | None, int, float]
+
+
+class AcquireMessage(TypedDict):
+    type: str  # ACQUIRE
+    ticket: str
+    reply: str
+    endpoint: str
+    key: str  # ApiKey pk
+    key_limit: LimitTuple
+    account: str  # UpstreamAccount pk
+    account_limit: LimitTuple
+    tokens: float
+    request_id: str
+
+
+class DecisionMessage(TypedDict):
+    type: str  # DECISION
+    ticket: str
+    kind: Literal["grant", "queued", "refuse"]
+    lease: str
+    reason: str
+    scope: str  # "key" | "account"
+    retry_after: float
+    waited: float
+    limit: int
+    remaining: int
+    reset: float
+
+
+class ReleaseMessage(TypedDict):
+    type: str  # RELEASE
+    lease: str
+    tokens_used: float | None
+
+
+class UpstreamReportMessage(TypedDict):
+    """What Together said: its rate-limit headers and, on a 429, how long to pause."""
+
+    type: str  # UPSTREAM_REPORT
+    account: str
+    account_limit: LimitTuple
+    endpoint: str
+    pause: float  # seconds; 0 when this is only a headers report
+    headers: dict[str, str]
+    refused: bool  # an upstream 429 that reached the caller (for the live 429 counts)
+
+
+class ScopeSnapshot(TypedDict):
+    kind: Literal["key", "account"]
+    id: str
+    endpoint: str
+    limit_per_minute: float
+    burst: int
+    in_use: float  # units of the burst in use now: the window the limiter enforces
+    admitted_last_minute: int
+    queued: int
+    longest_wait: float  # seconds the oldest queued request has waited
+    leases: int
+    max_concurrent: int | None
+    tokens_per_minute: float | None
+    tokens_in_use: float | None
+    paused_for: float  # seconds left of an upstream pause
+    refused_last_minute: dict[str, int]  # {"gateway": n, "upstream": n}
+
+
+class LiveSnapshot(TypedDict):
+    type: str  # LIVE_SNAPSHOT
+    at: float  # unix time
+    limiter: dict[str, float]  # started_at, decisions, tickets_queued, leases
+    scopes: list[ScopeSnapshot]
+    upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
+    # Per endpoint, the last 60 minutes: [[minute_unix, admitted, queued, refused], ...]
+    history: dict[str, list[list[int]]]
+    jobs: NotRequired[dict]  # fine-tune and batch slots, when the job queue reports them

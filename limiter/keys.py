@@ -1,0 +1,135 @@
+"""Team key authentication, cached per process.
+
+The hot path does no database query for a known key: `KeyCache` maps the SHA-256 of a
+secret to a `KeyInfo` carrying everything the gateway needs (team, limits of the key's
+profile and of its upstream account). The cache is dropped whole on any configuration
+change (see limiter/signals.py), so a revoked key fails on the next request; a TTL
+bounds staleness should a broadcast ever be missed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+from django.utils import timezone
+
+from limiter.engine import Limit
+from limiter.events import LimitTuple
+from limiter.models import ApiKey, EndpointLimit
+
+CACHE_TTL = 60.0
+NEGATIVE_TTL = 5.0
+
+
+def limit_tuple(row: EndpointLimit | None) -> LimitTuple | None:
+    if row is None:
+        return None
+    return (
+        float(row.effective_per_minute),
+        row.burst,
+        float(row.tokens_per_minute) if row.tokens_per_minute else None,
+        row.max_concurrent,
+        row.queue_depth,
+        row.max_queue_wait_seconds,
+    )
+
+
+def limit_from_tuple(value: LimitTuple) -> Limit:
+    return Limit(*value)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    prefix: str
+    secret_hash: str
+    team_id: int
+    team_name: str
+    paused: bool
+    expires_at: float | None  # unix time
+    account_id: str
+    account_name: str
+    base_url: str
+    api_key_setting: str
+    key_limits: dict[str, LimitTuple]
+    account_limits: dict[str, LimitTuple]
+    fallbacks: dict[str, str]
+    max_batch_requests: int | None
+    loaded_at: float
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+def _load(secret_hash: str) -> KeyInfo | None:
+    close_old_connections()  # this runs outside a request: drop a connection the DB closed
+    key = (
+        ApiKey.objects.usable()
+        .select_related("team__profile", "team__upstream__profile", "profile")
+        .filter(secret_hash=secret_hash)
+        .first()
+    )
+    if key is None:
+        return None
+    profile = key.profile or key.team.profile
+    account = key.team.upstream
+    key_rows = {row.endpoint: row for row in profile.limits.all()}
+    account_rows = {row.endpoint: row for row in account.profile.limits.all()}
+    batches = key_rows.get("batches") or account_rows.get("batches")
+    return KeyInfo(
+        key_id=str(key.pk),
+        prefix=key.prefix,
+        secret_hash=key.secret_hash,
+        team_id=key.team_id,
+        team_name=key.team.name,
+        paused=key.team.paused,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        account_id=str(account.pk),
+        account_name=account.name,
+        base_url=account.base_url,
+        api_key_setting=account.api_key_setting,
+        key_limits={k: limit_tuple(v) for k, v in key_rows.items()},
+        account_limits={k: limit_tuple(v) for k, v in account_rows.items()},
+        fallbacks=dict(profile.model_fallbacks or {}),
+        max_batch_requests=batches.max_batch_requests if batches else None,
+        loaded_at=time.monotonic(),
+    )
+
+
+class KeyCache:
+    def __init__(self) -> None:
+        self._known: dict[str, KeyInfo] = {}
+        self._unknown: dict[str, float] = {}
+
+    def clear(self) -> None:
+        self._known.clear()
+        self._unknown.clear()
+
+    async def authenticate(self, secret: str) -> KeyInfo | None:
+        """The key's info, or None for an unknown, revoked or expired key."""
+        secret_hash = ApiKey.hash_secret(secret)
+        now = time.monotonic()
+        info = self._known.get(secret_hash)
+        if info is None or now - info.loaded_at > CACHE_TTL:
+            if now - self._unknown.get(secret_hash, -NEGATIVE_TTL) < NEGATIVE_TTL:
+                return None
+            info = await sync_to_async(_load, thread_sensitive=True)(secret_hash)
+            if info is None:
+                self._unknown[secret_hash] = now
+                self._known.pop(secret_hash, None)
+                return None
+            self._known[secret_hash] = info
+        # The dict lookup matched on the hash; compare again in constant time so the
+        # match itself leaks no timing about the stored value.
+        if not hmac.compare_digest(info.secret_hash, secret_hash):
+            return None
+        if info.expired(timezone.now().timestamp()):
+            return None
+        return info
+
+
+cache = KeyCache()

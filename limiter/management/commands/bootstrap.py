@@ -1,0 +1,25 @@
+"""`manage.py bootstrap`: first-run set-up for `make run`: an admin login, printed once."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Create the 'admin' staff login on first run and print its password (once)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--username", default="admin")
+
+    def handle(self, *args: Any, username: str, **options: Any) -> None:
+        User = get_user_model()
+        if User.objects.filter(username=username).exists():
+            self.stdout.write(f"Admin login '{username}' exists (password as printed on first run).")
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser(username=username, email="", password=password)
+        self.stdout.write(f"Created the admin login. Username: {username}  Password: {password}")

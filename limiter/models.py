@@ -1,0 +1,214 @@
+"""Sluice's data: teams, their keys, limit profiles, upstream accounts, and the 429 record.
+
+Single-row behaviour lives here; anything spanning models or with side effects is a
+service (`limiter/services.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+KEY_PREFIX = "sk-sluice-"
+# Visible part of a key kept in clear for lookup in lists and the 429 record:
+# "sk-sluice-" plus 6 characters of the random part.
+VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+
+
+class EndpointKind(models.TextChoices):
+    CHAT = "chat", "Chat completions"
+    COMPLETIONS = "completions", "Text completions"
+    EMBEDDINGS = "embeddings", "Embeddings"
+    IMAGES = "images", "Image generation"
+    RERANK = "rerank", "Rerank"
+    FINE_TUNES = "fine_tunes", "Fine-tune jobs"
+    BATCHES = "batches", "Batch inference"
+    FILES = "files", "Files"
+
+
+class LimitProfile(models.Model):
+    """A named set of per-endpoint limits, assigned to teams, keys and upstream accounts."""
+
+    name = models.CharField(max_length=80, unique=True)
+    description = models.TextField(blank=True)
+    # {"model-id": "fallback-model-id"}: served instead when the model stays overloaded.
+    model_fallbacks = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EndpointLimit(models.Model):
+    """The limits of one endpoint kind within a profile.
+
+    Requests are paced, not released a minute at a time: the bucket refills at
+    `pace_per_minute` (or `requests_per_minute` when no pace is set) and holds at most
+    `burst` requests, because Together enforces its limits per second.
+    """
+
+    profile = models.ForeignKey(LimitProfile, on_delete=models.CASCADE, related_name="limits")
+    endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
+    requests_per_minute = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    pace_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Rate actually released, below the limit for headroom; empty: the limit itself.",
+    )
+    burst = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_concurrent = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    queue_depth = models.PositiveIntegerField(default=100)
+    max_queue_wait_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(0.0)])
+    # Batches only: the most requests one batch may carry.
+    max_batch_requests = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+
+    class Meta:
+        ordering = ["profile__name", "endpoint"]
+        constraints = [
+            models.UniqueConstraint(fields=["profile", "endpoint"], name="one_limit_per_endpoint"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.profile.name}/{self.endpoint}"
+
+    @property
+    def effective_per_minute(self) -> int:
+        # The rate the bucket refills at: the pace when set, never above the limit.
+        return min(self.pace_per_minute or self.requests_per_minute, self.requests_per_minute)
+
+
+class UpstreamAccount(models.Model):
+    """One Together account: the hard ceiling every team routed to it shares.
+
+    The secret is never stored here: `api_key_setting` names the setting (environment
+    variable) that holds it, so a second account is a new row plus one variable.
+    """
+
+    name = models.CharField(max_length=80, unique=True)
+    base_url = models.URLField(blank=True, help_text="Empty: TOGETHER_BASE_URL.")
+    api_key_setting = models.CharField(max_length=80, default="TOGETHER_API_KEY")
+    profile = models.ForeignKey(LimitProfile, on_delete=models.PROTECT, related_name="accounts")
+    is_default = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_account"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=80, unique=True)
+    profile = models.ForeignKey(LimitProfile, on_delete=models.PROTECT, related_name="teams")
+    upstream = models.ForeignKey(UpstreamAccount, on_delete=models.PROTECT, related_name="teams")
+    paused = models.BooleanField(default=False, help_text="A paused team's requests are refused.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
+    def usable(self) -> ApiKeyQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A team's key. Only a SHA-256 of the secret is kept; the secret is shown once."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="keys")
+    name = models.CharField(max_length=80, blank=True)
+    prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True)
+    secret_hash = models.CharField(max_length=64, unique=True)
+    profile = models.ForeignKey(
+        LimitProfile, on_delete=models.PROTECT, null=True, blank=True, related_name="keys",
+        help_text="Empty: the team's profile.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.team.name})"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        # Keys are 32 random bytes, so a fast hash is enough: there is nothing to brute-force.
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def is_usable(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class RefusalSource(models.TextChoices):
+    GATEWAY = "gateway", "Gateway"
+    UPSTREAM = "upstream", "Upstream (Together)"
+
+
+class Refusal(models.Model):
+    """One 429, from Sluice or from Together: the auditors' record.
+
+    Written in batches off the request path (`limiter/recorder.py`). Team name and key
+    prefix are copied so the record survives deleting the team or key.
+    """
+
+    created_at = models.DateTimeField(default=timezone.now)
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    team_name = models.CharField(max_length=80, blank=True)
+    key_prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, blank=True)
+    upstream = models.CharField(max_length=80, blank=True)
+    endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
+    model = models.CharField(max_length=200, blank=True)
+    reason = models.CharField(max_length=40)
+    source = models.CharField(max_length=10, choices=RefusalSource.choices)
+    retry_after_seconds = models.FloatField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    message = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The history page's first page and time-range filter.
+            models.Index(fields=["-created_at", "-id"], name="refusal_recent"),
+            # Filters combined with a time range, newest first.
+            models.Index(fields=["team", "-created_at"], name="refusal_team_time"),
+            models.Index(fields=["key_prefix", "-created_at"], name="refusal_key_time"),
+            models.Index(fields=["endpoint", "-created_at"], name="refusal_endpoint_time"),
+            models.Index(fields=["reason", "-created_at"], name="refusal_reason_time"),
+            models.Index(fields=["source", "-created_at"], name="refusal_source_time"),
+            models.Index(fields=["model", "-created_at"], name="refusal_model_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
+
+
+def default_upstream_base_url() -> str:
+    return settings.TOGETHER_BASE_URL
+from limiter.jobs.models import Job, JobEvent  # noqa: E402,F401

@@ -1,0 +1,100 @@
+"""Writes the 429 record and keys' last-use times in batches, off the request path.
+
+Requests only append to an in-memory buffer; a background task flushes it once a
+second in one transaction (bulk insert + one UPDATE for last-used times), so a storm
+of refusals costs the database one write a second, not one per refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from limiter.models import ApiKey, Refusal
+
+logger = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 1.0
+MAX_BUFFER = 100_000  # beyond this the oldest unsaved records are dropped, loudly
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self._refusals: list[Refusal] = []
+        self._used: dict[str, datetime] = {}
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.dropped = 0
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._loop is not loop or self._task.done():
+            self._loop = loop
+            self._task = loop.create_task(self._flush_forever())
+
+    def refusal(
+        self,
+        *,
+        team_id: int | None,
+        team_name: str,
+        key_prefix: str,
+        upstream: str,
+        endpoint: str,
+        model: str,
+        reason: str,
+        source: str,
+        retry_after: float | None,
+        request_id: str,
+        message: str = "",
+    ) -> None:
+        if len(self._refusals) >= MAX_BUFFER:
+            self._refusals.pop(0)
+            self.dropped += 1
+        self._refusals.append(Refusal(
+            created_at=timezone.now(), team_id=team_id, team_name=team_name, key_prefix=key_prefix,
+            upstream=upstream, endpoint=endpoint, model=model[:200], reason=reason, source=source,
+            retry_after_seconds=retry_after, request_id=request_id, message=message[:300],
+        ))
+
+    def key_used(self, key_id: str) -> None:
+        self._used[key_id] = timezone.now()
+
+    async def flush(self) -> int:
+        refusals, self._refusals = self._refusals, []
+        used, self._used = self._used, {}
+        if not refusals and not used:
+            return 0
+        try:
+            await sync_to_async(_write, thread_sensitive=True)(refusals, used)
+        except Exception:
+            # Keep them for the next round rather than lose the audit trail.
+            logger.exception("could not write %d refusals; will retry", len(refusals))
+            self._refusals[:0] = refusals
+            for key_id, at in used.items():
+                self._used.setdefault(key_id, at)
+            return 0
+        return len(refusals)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self.flush()
+
+
+def _write(refusals: list[Refusal], used: dict[str, datetime]) -> None:
+    close_old_connections()
+    with transaction.atomic():
+        if refusals:
+            Refusal.objects.bulk_create(refusals, batch_size=500)
+        if used:
+            latest = max(used.values())
+            # One UPDATE: last use to the second is all the dashboard needs.
+            ApiKey.objects.filter(pk__in=list(used)).update(last_used_at=latest)
+
+
+recorder = Recorder()

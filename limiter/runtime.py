@@ -1,0 +1,244 @@
+"""The web process's side of the limiter, and the process-wide background tasks.
+
+`LimiterClient` sends tickets to the limiter channel and waits on one reply channel
+per process (a dispatcher task routes each answer to its waiting request). It also
+listens to the configuration broadcast, dropping cached keys when anything changes.
+
+`ensure_started()` starts, once per process and on the running loop: the reply
+dispatcher, the 429 recorder, and (embedded mode) the limiter worker itself and the
+job poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from limiter import events
+from limiter.events import DecisionMessage
+from limiter.keys import KeyInfo
+
+logger = logging.getLogger(__name__)
+
+CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
+
+
+class LimiterUnavailable(Exception):
+    """The limiter did not answer in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    lease: str
+    waited: float
+    limit: int
+    remaining: int
+    reset: float
+
+
+class Refused(Exception):
+    def __init__(self, decision: DecisionMessage) -> None:
+        super().__init__(decision["reason"])
+        self.decision = decision
+
+
+_background: set[asyncio.Task] = set()
+
+
+def spawn(coro) -> asyncio.Task:
+    """Run `coro` in the background, keeping a reference so it is not collected, and
+    out of reach of the caller's cancellation (a release must happen even when the
+    request that holds the lease is being cancelled)."""
+    task = asyncio.ensure_future(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+class LimiterClient:
+    def __init__(self) -> None:
+        self.layer = get_channel_layer()
+        self.reply_channel = ""
+        self._waiting: dict[str, asyncio.Queue[dict]] = {}
+        self._dispatcher: asyncio.Task | None = None
+        self.last_answer = 0.0  # monotonic time of the limiter's last answer (health)
+
+    async def start(self) -> None:
+        self.reply_channel = await self.layer.new_channel("sluice.web.")
+        await self.layer.group_add(events.CONFIG_GROUP, self.reply_channel)
+        self._dispatcher = spawn(self._dispatch_forever())
+
+    async def _dispatch_forever(self) -> None:
+        last_join = time.monotonic()
+        while True:
+            try:
+                message = await self.layer.receive(self.reply_channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. Redis restarting: keep trying, requests time out meanwhile
+                logger.exception("limiter reply channel failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            self._dispatch(message)
+            if time.monotonic() - last_join > CONFIG_GROUP_REFRESH:
+                last_join = time.monotonic()
+                spawn(self.layer.group_add(events.CONFIG_GROUP, self.reply_channel))
+
+    def _dispatch(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == events.CONFIG_CHANGED:
+            from limiter import keys
+
+            keys.cache.clear()
+            return
+        self.last_answer = time.monotonic()
+        queue = self._waiting.get(message.get("ticket", ""))
+        if queue is not None:
+            queue.put_nowait(message)
+        elif kind == events.DECISION and message.get("kind") == "grant":
+            # Granted after its caller gave up (disconnected or timed out): hand it back.
+            self.release(message["lease"], None)
+
+    async def _send(self, message: dict) -> None:
+        await self.layer.send(events.LIMITER_CHANNEL, message)
+
+    async def acquire(self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str) -> Grant:
+        """Wait until the limiter grants this request; raise Refused or LimiterUnavailable."""
+        key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
+        account_limit = key.account_limits.get(endpoint) or key_limit
+        ticket = uuid.uuid4().hex
+        queue: asyncio.Queue[dict] = asyncio.Queue()
+        self._waiting[ticket] = queue
+        timeout = settings.SLUICE_LIMITER_TIMEOUT
+        try:
+            await self._send({
+                "type": events.ACQUIRE,
+                "ticket": ticket,
+                "reply": self.reply_channel,
+                "endpoint": endpoint,
+                "key": key.key_id,
+                "key_limit": key_limit,
+                "account": key.account_id,
+                "account_limit": account_limit,
+                "tokens": tokens,
+                "request_id": request_id,
+                "expires": time.time() + timeout,
+            })
+            decision = await asyncio.wait_for(queue.get(), timeout)
+            if decision["kind"] == "queued":
+                # The limiter said how long; allow its max wait plus the round trip.
+                decision = await asyncio.wait_for(queue.get(), key_limit[5] + timeout)
+        except TimeoutError:
+            spawn(self._send({"type": events.CANCEL, "ticket": ticket}))
+            raise LimiterUnavailable() from None
+        except asyncio.CancelledError:
+            # The caller went away while queued: give the place back.
+            spawn(self._send({"type": events.CANCEL, "ticket": ticket}))
+            raise
+        finally:
+            del self._waiting[ticket]
+        if decision["kind"] == "refuse":
+            raise Refused(decision)
+        return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"])
+
+    def release(self, lease: str, tokens_used: float | None) -> None:
+        spawn(self._send({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
+
+    def report_upstream(
+        self, *, key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool = False
+    ) -> None:
+        spawn(self._send({
+            "type": events.UPSTREAM_REPORT,
+            "account": key.account_id,
+            "account_limit": key.account_limits.get(endpoint) or key.key_limits[endpoint],
+            "endpoint": endpoint,
+            "pause": pause,
+            "headers": headers,
+            "refused": refused,
+        }))
+
+    async def ping(self, within: float | None = None) -> float:
+        """Round-trip time to the limiter in seconds; raises LimiterUnavailable."""
+        ticket = uuid.uuid4().hex
+        queue: asyncio.Queue[dict] = asyncio.Queue()
+        self._waiting[ticket] = queue
+        started = time.monotonic()
+        try:
+            await self._send({"type": events.PING, "ticket": ticket, "reply": self.reply_channel})
+            await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
+        except TimeoutError:
+            raise LimiterUnavailable() from None
+        finally:
+            del self._waiting[ticket]
+        return time.monotonic() - started
+
+
+_client: LimiterClient | None = None
+_started: asyncio.Future | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+async def ensure_started() -> LimiterClient:
+    """Start this process's background parts once, on the running loop."""
+    global _client, _started, _loop
+    loop = asyncio.get_running_loop()
+    if _started is None or _loop is not loop:
+        _loop = loop
+        _started = loop.create_future()
+        try:
+            _client = await _start()
+            _started.set_result(_client)
+        except BaseException as exc:
+            _started.set_exception(exc)
+            _started = None
+            raise
+    return await asyncio.shield(_started)
+
+
+async def _start() -> LimiterClient:
+    from limiter.recorder import recorder
+
+    client = LimiterClient()
+    await client.start()
+    recorder.start()
+    if settings.SLUICE_EMBEDDED_LIMITER:
+        spawn(run_embedded_limiter())
+    return client
+
+
+async def run_embedded_limiter() -> None:
+    """The limiter as a task of this process: the same consumer `runworker` runs."""
+    from channels.routing import ChannelNameRouter
+    from channels.worker import Worker
+
+    from limiter.worker import LimiterConsumer
+
+    worker = Worker(
+        application=ChannelNameRouter({events.LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
+        channels=[events.LIMITER_CHANNEL],
+        channel_layer=get_channel_layer(),
+    )
+    await worker.arun()
+
+
+def release(lease: str, tokens_used: float | None) -> None:
+    """Hand a lease back (fire and forget, shielded from the caller's cancellation)."""
+    if lease and _client is not None:
+        _client.release(lease, tokens_used)
+
+
+def report_upstream(**kwargs) -> None:
+    if _client is not None:
+        _client.report_upstream(**kwargs)
+
+
+async def request_snapshot(reply_channel: str) -> None:
+    """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
+    await ensure_started()
+    await get_channel_layer().send(events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel})

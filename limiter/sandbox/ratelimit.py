@@ -1,0 +1,100 @@
+"""Sliding-window request limits, the way Together enforces them (per key, per second).
+
+A window counts the requests admitted in the last `width` seconds: the sandbox is meant to
+be strict and exact, so a gateway that paces badly sees the 429s Together would send.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from .config import KindLimits
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The limiter's answer, with what the x-ratelimit-* headers report."""
+
+    allowed: bool
+    limit: int | None
+    remaining: int | None
+    # Seconds until the binding window frees a slot (0 when a slot is free now).
+    reset: float
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds for the Retry-After header; never 0, which clients read as 'now'."""
+        return max(1, math.ceil(self.reset))
+
+
+class SlidingWindow:
+    """Admission timestamps of one (key, kind, width)."""
+
+    def __init__(self, width: float) -> None:
+        self.width = width
+        self.times: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        # A timestamp exactly `width` old has left the window: (now - width, now].
+        while self.times and self.times[0] <= now - self.width:
+            self.times.popleft()
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self.times)
+
+    def reset_in(self, now: float) -> float:
+        self._expire(now)
+        return max(0.0, self.times[0] + self.width - now) if self.times else 0.0
+
+
+class SlidingWindowLimiter:
+    """Per (key, kind) limits over a 1 s and a 60 s window; check and record in one step."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str, float], SlidingWindow] = {}
+
+    def _window(self, key: str, kind: str, width: float) -> SlidingWindow:
+        return self._windows.setdefault((key, kind, width), SlidingWindow(width))
+
+    def acquire(self, key: str, kind: str, limits: KindLimits, now: float) -> Decision:
+        """Admit and record the request if every window has room; otherwise record nothing."""
+        bounded = [
+            (self._window(key, kind, width), limit)
+            for width, limit in (
+                (1.0, limits.requests_per_second),
+                (60.0, limits.requests_per_minute),
+            )
+            if limit is not None
+        ]
+        full = [(w, limit) for w, limit in bounded if w.count(now) >= limit]
+        if full:
+            # The caller must wait for the slowest window that is full.
+            window, limit = max(full, key=lambda item: item[0].reset_in(now))
+            return Decision(False, limit, 0, window.reset_in(now))
+        for window, _ in bounded:
+            window.times.append(now)
+        if not bounded:
+            return Decision(True, None, None, 0.0)
+        # Report the tightest window, as Together reports its per-second limit.
+        window, limit = min(bounded, key=lambda item: item[1] - item[0].count(now))
+        return Decision(True, limit, limit - window.count(now), window.reset_in(now))
+
+    def clear(self) -> None:
+        self._windows.clear()
+
+
+def max_in_any_window(times: list[float], width: float) -> int:
+    """Most timestamps inside any half-open window of `width` seconds (two-pointer sweep).
+
+    Matches the limiter's own window, so for an admitted stream this never exceeds the limit.
+    """
+    ordered = sorted(times)
+    best = start = 0
+    for end, t in enumerate(ordered):
+        while t - ordered[start] >= width:
+            start += 1
+        best = max(best, end - start + 1)
+    return best

@@ -1,0 +1,42 @@
+"""Configuration changes take effect at once: any saved or deleted team, key, profile,
+limit or upstream account is broadcast to every web process (CONFIG_GROUP), which
+drops its cached keys and limits. The limiter itself keeps no copy of the limits:
+each request carries its own, so the next request after the broadcast uses the new
+ones, in the embedded and the separate-worker modes alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+
+from limiter import events
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+
+logger = logging.getLogger(__name__)
+
+
+def broadcast_config_changed() -> None:
+    from limiter import keys
+
+    keys.cache.clear()  # this process, at once; the others through the broadcast
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(events.CONFIG_GROUP, {"type": events.CONFIG_CHANGED})
+    except Exception:  # the change is saved; other processes fall back to their cache TTL
+        logger.exception("could not broadcast a configuration change")
+
+
+def _on_change(sender, **kwargs) -> None:
+    transaction.on_commit(broadcast_config_changed)
+
+
+for model in (ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount):
+    post_save.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-save-{model.__name__}")
+    post_delete.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-delete-{model.__name__}")

@@ -1,0 +1,236 @@
+"""All HTTP to Together (or the sandbox) goes through this module.
+
+One shared `httpx.AsyncClient` per process with explicit timeouts. Its transport is
+chosen by measurement: httpx over aiohttp (`httpx-aiohttp`) costs about a quarter of
+the CPU of httpx's default transport with the same API (README, benchmark), so it is
+the default; `SLUICE_UPSTREAM_TRANSPORT=httpx` switches back.
+
+`send` retries what Together means as "later" (429, 502, 503, 504, connection
+failures) with backoff and jitter, honouring `retry-after-ms`, `Retry-After` and
+`x-ratelimit-reset`, but only within the caller's deadline; it never retries 400, 401,
+402, 403 or 404. A 429 is reported through `on_rate_limited` before the wait, so the
+limiter pauses every caller of that account at once, not just this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 8.0
+# Together's headers the dashboard shows; read leniently, never required.
+RATE_HEADER_PREFIXES = ("x-ratelimit-", "x-tokenlimit-")
+# Hop-by-hop and connection headers are never forwarded in either direction.
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+        "transfer-encoding", "upgrade", "content-length", "host", "authorization", "accept-encoding",
+        "cookie",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a call goes: one upstream account's base URL and secret."""
+
+    account_id: str
+    account_name: str
+    base_url: str
+    api_key: str
+
+    def url(self, path: str) -> str:
+        return self.base_url.rstrip("/") + path
+
+
+def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key_setting: str) -> Target:
+    # The secret lives in settings or the environment, named by the account row.
+    api_key = getattr(settings, api_key_setting, "") or os.environ.get(api_key_setting, "")
+    return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key or "sandbox")
+
+
+class UpstreamError(Exception):
+    """Together could not be reached or did not answer in time (no HTTP answer to pass on)."""
+
+    def __init__(self, status: int, detail: str, *, timeout: bool = False) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.timeout = timeout
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The final upstream answer and how it was reached."""
+
+    response: httpx.Response
+    attempts: int
+
+
+RateLimitedHook = Callable[[float, httpx.Response], Awaitable[None]]
+
+
+def parse_seconds(value: str | None) -> float | None:
+    """A lenient reading of a duration header: '2', '1.5', '250ms', '1m2s'. None if odd."""
+    if not value:
+        return None
+    text = value.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return max(0.0, float(text[:-2]) / 1000)
+        if text.endswith("s") and "m" in text:  # OpenAI's "1m2.5s"
+            minutes, seconds = text[:-1].split("m", 1)
+            return max(0.0, float(minutes) * 60 + float(seconds or 0))
+        return max(0.0, float(text.rstrip("s")))
+    except ValueError:
+        return None
+
+
+def requested_wait(headers: Mapping[str, str]) -> float | None:
+    """How long the upstream asked us to wait, from the headers it sent."""
+    try:
+        return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except (KeyError, ValueError):
+        pass
+    for name in ("retry-after", "x-ratelimit-reset"):
+        seconds = parse_seconds(headers.get(name))
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower().startswith(RATE_HEADER_PREFIXES)}
+
+
+def backoff(attempt: int) -> float:
+    # Full jitter: spreads the retries of many callers hit by the same 503.
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+
+def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+class UpstreamClient:
+    """The process's one HTTP client to Together."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        # Created on first use, on the running loop (a client is bound to its loop).
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            self._client = self._build()
+            self._loop = loop
+        return self._client
+
+    def _build(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30)
+        timeout = httpx.Timeout(
+            connect=settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT,
+            read=settings.SLUICE_UPSTREAM_READ_TIMEOUT,
+            write=30.0,
+            pool=settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT,
+        )
+        transport: httpx.AsyncBaseTransport
+        if settings.SLUICE_UPSTREAM_TRANSPORT == "aiohttp":
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits)
+        else:
+            transport = httpx.AsyncHTTPTransport(limits=limits)
+        # Redirects are never followed: the files flow passes Location back to the caller.
+        return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def send(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: bytes | str | None = None,
+        deadline: float,
+        stream: bool = False,
+        on_rate_limited: RateLimitedHook | None = None,
+        max_retries: int | None = None,
+    ) -> Outcome:
+        """Send one call, retrying transient failures until `deadline` (monotonic time).
+
+        Returns the final response, which may itself be an error to pass on (a 4xx, or
+        the last 429/503 when the retries ran out). Raises UpstreamError when no HTTP
+        answer came at all. With `stream`, the caller must close the response.
+        """
+        retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
+        send_headers = {**(headers or {}), "authorization": f"Bearer {target.api_key}", "accept-encoding": "identity"}
+        url = target.url(path)
+        if params:
+            url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UpstreamError(504, "deadline passed", timeout=True)
+            request = self.client.build_request(
+                method, url, content=content, headers=send_headers,
+                timeout=httpx.Timeout(
+                    connect=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
+                    # A stream may legitimately last longer than the retry deadline.
+                    read=settings.SLUICE_UPSTREAM_READ_TIMEOUT if stream else remaining,
+                    write=remaining,
+                    pool=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
+                ),
+            )
+            try:
+                response = await self.client.send(request, stream=stream)
+            except httpx.TimeoutException as exc:
+                error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
+                delay = backoff(attempt)
+            except httpx.TransportError as exc:
+                error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                delay = backoff(attempt)
+            else:
+                if response.status_code not in RETRYABLE_STATUSES:
+                    return Outcome(response, attempt)
+                asked = requested_wait(response.headers)
+                if response.status_code == 429 and on_rate_limited is not None:
+                    await on_rate_limited(asked if asked is not None else 1.0, response)
+                # Honour what Together asked for, plus a little jitter so callers paused
+                # together do not all come back in the same millisecond.
+                delay = asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
+                if attempt > retries or time.monotonic() + delay >= deadline:
+                    return Outcome(response, attempt)
+                await response.aclose()
+                logger.info("upstream %s %s answered %s; retry %d in %.2fs", method, path, response.status_code, attempt, delay)
+                await asyncio.sleep(delay)
+                continue
+            if attempt > retries or time.monotonic() + delay >= deadline:
+                raise error
+            logger.info("upstream %s %s failed (%s); retry %d in %.2fs", method, path, error.detail, attempt, delay)
+            await asyncio.sleep(delay)
+
+
+client = UpstreamClient()

@@ -1,0 +1,284 @@
+"""The limiter worker: a Channels consumer on the named channel `limiter`, the single
+authority over admission.
+
+It owns one `Engine` and handles messages one at a time (Channels dispatches a
+consumer's messages sequentially), so every decision is atomic without locks. Web
+processes ask it over the channel layer (see limiter/runtime.py); it answers each
+ticket on the asker's reply channel, wakes itself on a timer to serve queued tickets,
+and publishes live snapshots to the dashboard.
+
+Embedded (the default, `manage.py serve`): it runs as a task inside the web process
+over the in-memory channel layer. Scale-out: `manage.py runworker limiter` runs it
+alone over channels_redis, and any number of web processes share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict, deque
+
+from channels.consumer import AsyncConsumer
+
+from limiter import events
+from limiter.engine import Decision, Engine, Limit, Scope
+from limiter.events import DecisionMessage, LimitTuple, ScopeSnapshot
+
+logger = logging.getLogger(__name__)
+
+SNAPSHOT_INTERVAL = 0.5  # at most two live snapshots a second while anything changes
+HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we are alive
+HISTORY_MINUTES = 60
+
+
+class SecondCounts:
+    """Counts per second over the last minute, in a ring of 60 slots."""
+
+    __slots__ = ("slots",)
+
+    def __init__(self) -> None:
+        self.slots: list[list[int]] = [[-1, 0] for _ in range(60)]  # [second, count]
+
+    def add(self, now: float, n: int = 1) -> None:
+        second = int(now)
+        slot = self.slots[second % 60]
+        if slot[0] != second:
+            slot[0], slot[1] = second, 0
+        slot[1] += n
+
+    def last_minute(self, now: float) -> int:
+        floor = int(now) - 59
+        return sum(count for second, count in self.slots if second >= floor)
+
+
+class Stats:
+    """What the dashboard shows beyond the engine's own state: sliding counts and history."""
+
+    def __init__(self) -> None:
+        self.admitted: dict[tuple, SecondCounts] = defaultdict(SecondCounts)
+        self.refused: dict[tuple, dict[str, SecondCounts]] = defaultdict(
+            lambda: {"gateway": SecondCounts(), "upstream": SecondCounts()}
+        )
+        # endpoint -> deque of [minute, admitted, queued, refused]
+        self.history: dict[str, deque[list[int]]] = defaultdict(lambda: deque(maxlen=HISTORY_MINUTES))
+        self.upstream_headers: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+        self.decisions = 0
+
+    def _minute(self, endpoint: str, wall: float) -> list[int]:
+        minute = int(wall // 60 * 60)
+        rows = self.history[endpoint]
+        if not rows or rows[-1][0] != minute:
+            rows.append([minute, 0, 0, 0])
+        return rows[-1]
+
+    def record(self, decision: Decision, mono: float, wall: float) -> None:
+        self.decisions += 1
+        ticket = decision.ticket
+        endpoint = ticket.account.id[2]
+        row = self._minute(endpoint, wall)
+        if decision.kind == "grant":
+            row[1] += 1
+            for scope in ticket.scopes:
+                self.admitted[scope.id].add(mono)
+        elif decision.kind == "queued":
+            row[2] += 1
+        else:
+            row[3] += 1
+            for scope in ticket.scopes:
+                self.refused[scope.id]["gateway"].add(mono)
+
+    def record_upstream_refusal(self, scope_id: tuple, mono: float, wall: float) -> None:
+        self.refused[scope_id]["upstream"].add(mono)
+        self._minute(scope_id[2], wall)[3] += 1
+
+
+def limit_of(value: LimitTuple) -> Limit:
+    return Limit(*value)
+
+
+class LimiterConsumer(AsyncConsumer):
+    """Handles `limiter.*` messages. One instance per process owns the engine."""
+
+    engine: Engine
+    stats: Stats
+
+    async def __call__(self, scope, receive, send) -> None:
+        from django.conf import settings
+
+        self.engine = Engine(lease_ttl=settings.SLUICE_LEASE_TTL)
+        self.stats = Stats()
+        self.started_at = time.time()
+        self._timer: asyncio.TimerHandle | None = None
+        self._dirty = True
+        self._last_snapshot = 0.0
+        self._publisher: asyncio.Task | None = None
+        logger.info("limiter started on channel %r", events.LIMITER_CHANNEL)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._publisher:
+                self._publisher.cancel()
+
+    async def dispatch(self, message: dict) -> None:
+        # One bad message must not take the engine (and every limit it holds) down:
+        # Channels would drop this instance and start a fresh, empty one.
+        try:
+            await super().dispatch(message)
+        except Exception:
+            logger.exception("limiter failed to handle a %r message", message.get("type"))
+
+    # --- messages ---------------------------------------------------------------------
+    async def limiter_acquire(self, message: events.AcquireMessage) -> None:
+        now = time.monotonic()
+        if message.get("expires", now + 1) <= time.time():
+            return  # the asker gave up long ago (e.g. it queued while we were down)
+        endpoint = message["endpoint"]
+        decisions = self.engine.acquire(
+            message["ticket"],
+            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
+            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            message["tokens"],
+            now,
+            reply_to=message["reply"],
+            request_id=message["request_id"],
+        )
+        await self._answer(decisions, now)
+
+    async def limiter_release(self, message: events.ReleaseMessage) -> None:
+        now = time.monotonic()
+        await self._answer(self.engine.release(message["lease"], message.get("tokens_used"), now), now)
+
+    async def limiter_cancel(self, message: dict) -> None:
+        now = time.monotonic()
+        await self._answer(self.engine.cancel(message["ticket"], now), now)
+
+    async def limiter_upstream(self, message: events.UpstreamReportMessage) -> None:
+        now = time.monotonic()
+        scope_id = ("account", message["account"], message["endpoint"])
+        if message["headers"]:
+            self.stats.upstream_headers[message["account"]][message["endpoint"]] = {
+                **message["headers"], "at": f"{time.time():.3f}"
+            }
+        if message["pause"] > 0:
+            self.engine.pause((scope_id, limit_of(message["account_limit"])), message["pause"], now)
+            logger.warning("upstream 429: pausing account %s %s for %.2fs",
+                           message["account"], message["endpoint"], message["pause"])
+        if message.get("refused"):
+            self.stats.record_upstream_refusal(scope_id, now, time.time())
+        self._dirty = True
+        await self._answer(self.engine.poll(now), now)
+
+    async def limiter_snapshot(self, message: dict) -> None:
+        await self.channel_layer.send(message["reply"], self.snapshot())
+
+    async def limiter_ping(self, message: dict) -> None:
+        await self.channel_layer.send(message["reply"], {"type": events.PONG, "ticket": message["ticket"]})
+
+    # --- answering --------------------------------------------------------------------
+    async def _answer(self, decisions: list[Decision], now: float) -> None:
+        wall = time.time()
+        for decision in decisions:
+            self.stats.record(decision, now, wall)
+            if decision.ticket.reply_to:
+                await self.channel_layer.send(decision.ticket.reply_to, self._message(decision))
+        if decisions:
+            self._dirty = True
+        self._schedule(now)
+        self._ensure_publisher()
+
+    @staticmethod
+    def _message(decision: Decision) -> DecisionMessage:
+        return {
+            "type": events.DECISION,
+            "ticket": decision.ticket.id,
+            "kind": decision.kind,
+            "lease": decision.lease,
+            "reason": decision.reason,
+            "scope": decision.scope,
+            "retry_after": decision.retry_after,
+            "waited": decision.waited,
+            "limit": decision.quota.limit_per_minute,
+            "remaining": decision.quota.remaining,
+            "reset": decision.quota.reset_after,
+        }
+
+    def _schedule(self, now: float) -> None:
+        """Arm the timer for the next moment a queued ticket may go or time out."""
+        wake = self.engine.next_wakeup(now)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if wake is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + max(0.0, wake - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        await self._answer(self.engine.poll(now), now)
+
+    # --- the live view ----------------------------------------------------------------
+    def _ensure_publisher(self) -> None:
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.ensure_future(self._publish_forever())
+
+    async def _publish_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SNAPSHOT_INTERVAL)
+            now = time.monotonic()
+            if self._dirty or now - self._last_snapshot >= HEARTBEAT_INTERVAL:
+                self._dirty = False
+                self._last_snapshot = now
+                try:
+                    await self.channel_layer.group_send(events.LIVE_GROUP, self.snapshot())
+                except Exception:
+                    logger.exception("could not publish a live snapshot")
+                if self.engine.forget_idle(now):
+                    self._dirty = True
+
+    def snapshot(self) -> events.LiveSnapshot:
+        now = time.monotonic()
+        queued_by_scope: dict[tuple, list[float]] = defaultdict(list)
+        for ticket in self.engine.tickets.values():
+            queued_by_scope[ticket.key.id].append(ticket.arrived)
+            queued_by_scope[ticket.account.id].append(ticket.arrived)
+        return {
+            "type": events.LIVE_SNAPSHOT,
+            "at": time.time(),
+            "limiter": {
+                "started_at": self.started_at,
+                "decisions": self.stats.decisions,
+                "tickets_queued": len(self.engine.tickets),
+                "leases": len(self.engine.leases),
+            },
+            "scopes": [self._scope_snapshot(s, queued_by_scope.get(s.id, []), now) for s in self.engine.scopes.values()],
+            "upstream_headers": {k: dict(v) for k, v in self.stats.upstream_headers.items()},
+            "history": {endpoint: [list(row) for row in rows] for endpoint, rows in self.stats.history.items()},
+        }
+
+    def _scope_snapshot(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:
+        kind, object_id, endpoint = scope.id
+        refused = self.stats.refused.get(scope.id)
+        return {
+            "kind": kind,
+            "id": object_id,
+            "endpoint": endpoint,
+            "limit_per_minute": scope.limit.per_minute,
+            "burst": scope.limit.burst,
+            "in_use": round(scope.requests.debt(now), 3),
+            "admitted_last_minute": self.stats.admitted[scope.id].last_minute(now),
+            "queued": len(arrivals),
+            "longest_wait": round(now - min(arrivals), 3) if arrivals else 0.0,
+            "leases": len(scope.leases),
+            "max_concurrent": scope.limit.max_concurrent,
+            "tokens_per_minute": scope.limit.tokens_per_minute,
+            "tokens_in_use": round(scope.tokens.debt(now), 1) if scope.tokens else None,
+            "paused_for": round(max(0.0, scope.paused_until - now), 3),
+            "refused_last_minute": {
+                source: counts.last_minute(now) for source, counts in (refused or {}).items()
+            } or {"gateway": 0, "upstream": 0},
+        }
