@@ -20,11 +20,13 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  #
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from limiter.api import health  # noqa: E402
 from limiter.api.team import application as team_api  # noqa: E402
 from limiter.events import LIMITER_CHANNEL  # noqa: E402
 from limiter.worker import LimiterConsumer  # noqa: E402
 
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
+HEALTH_PATHS = ("/healthz", "/readyz")
 SANDBOX_PREFIX = "/sandbox"
 
 
@@ -50,6 +52,8 @@ class HttpRouter:
         path = scope["path"]
         if path.startswith(TEAM_API_PREFIXES):
             return await team_api(scope, receive, send)
+        if path in HEALTH_PATHS:
+            return await health.app(scope, receive, send)
         if self.sandbox is not None and path.startswith(SANDBOX_PREFIX + "/"):
             return await self.sandbox(scope, receive, send)
         return await django_application(scope, receive, send)

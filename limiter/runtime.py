@@ -163,20 +163,20 @@ class LimiterClient:
             "refused": refused,
         }))
 
-    async def ping(self, within: float | None = None) -> float:
-        """Round-trip time to the limiter in seconds; raises LimiterUnavailable."""
+    async def ping(self, within: float | None = None) -> tuple[float, dict]:
+        """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""
         ticket = uuid.uuid4().hex
         queue: asyncio.Queue[dict] = asyncio.Queue()
         self._waiting[ticket] = queue
         started = time.monotonic()
         try:
             await self._send({"type": events.PING, "ticket": ticket, "reply": self.reply_channel})
-            await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
+            pong = await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
         except TimeoutError:
             raise LimiterUnavailable() from None
         finally:
             del self._waiting[ticket]
-        return time.monotonic() - started
+        return time.monotonic() - started, {k: pong[k] for k in ("leases", "queued", "scopes") if k in pong}
 
 
 _client: LimiterClient | None = None

@@ -173,7 +173,13 @@ class LimiterConsumer(AsyncConsumer):
         await self.channel_layer.send(message["reply"], self.snapshot())
 
     async def limiter_ping(self, message: dict) -> None:
-        await self.channel_layer.send(message["reply"], {"type": events.PONG, "ticket": message["ticket"]})
+        await self.channel_layer.send(message["reply"], {
+            "type": events.PONG,
+            "ticket": message["ticket"],
+            "leases": len(self.engine.leases),
+            "queued": len(self.engine.tickets),
+            "scopes": len(self.engine.scopes),
+        })
 
     # --- answering --------------------------------------------------------------------
     async def _answer(self, decisions: list[Decision], now: float) -> None:

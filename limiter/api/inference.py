@@ -207,8 +207,16 @@ async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes
     assert key is not None
 
     async def paused(seconds: float, response) -> None:
-        # Together said 429: pause this account for everyone, now, not at the next check.
-        report(key, endpoint, response.headers, pause=seconds)
+        # Together said 429: pause this account for everyone, now, not at the next check,
+        # and keep the refusal for the auditors, whether or not a retry then succeeds.
+        report(key, endpoint, response.headers, pause=seconds, refused=True)
+        await response.aread()
+        recorder.refusal(
+            team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
+            endpoint=endpoint, model=str(request.json().get("model", "")), reason="upstream_rate_limited",
+            source="upstream", retry_after=seconds, request_id=request.request_id,
+            message=_upstream_message(response.content),
+        )
 
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     headers["x-request-id"] = request.request_id
@@ -240,13 +248,8 @@ async def _upstream_error(request: Request, endpoint: str, model: str, outcome: 
     assert key is not None
     detail = _upstream_message(response.content)
     if status == 429:
+        # Recorded and reported when it arrived (see _send_upstream); here it is answered.
         wait = requested_wait(response.headers) or 1.0
-        recorder.refusal(
-            team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
-            endpoint=endpoint, model=model, reason="upstream_rate_limited", source="upstream",
-            retry_after=wait, request_id=request.request_id, message=detail,
-        )
-        report(key, endpoint, response.headers, refused=True)
         return rate_limited(
             reason="upstream_rate_limited", retry_after=wait, limited_by="upstream", scope="account",
             message=errors.MSG_UPSTREAM_RATE_LIMITED.format(attempts=outcome.attempts, detail=detail),

@@ -8,15 +8,17 @@ fine-tune jobs, batches of at most 100 requests and 10 at a time.
 from django.db import migrations
 
 # endpoint: (requests_per_minute, pace_per_minute, burst, max_concurrent, max_batch_requests)
+# Bursts are 1: Together enforces per second, and a GCRA bucket lets through at most
+# burst + rate x 1 s in any second, so at 500/min paced that is 9 against a limit of 10.
 DEFAULTS = {
-    "chat": (600, 500, 5, None, None),
-    "completions": (600, 500, 5, None, None),
-    "embeddings": (300, 250, 5, None, None),
-    "images": (60, None, 2, None, None),
-    "rerank": (300, 250, 5, None, None),
-    "fine_tunes": (60, None, 5, 3, None),
-    "batches": (60, None, 5, 10, 100),
-    "files": (60, None, 5, None, None),
+    "chat": (600, 500, 1, None, None),
+    "completions": (600, 500, 1, None, None),
+    "embeddings": (300, 250, 1, None, None),
+    "images": (60, None, 1, None, None),
+    "rerank": (300, 250, 1, None, None),
+    "fine_tunes": (60, None, 1, 3, None),
+    "batches": (60, None, 1, 10, 100),
+    "files": (60, None, 2, None, None),
 }
 
 

@@ -1,0 +1,57 @@
+"""Health endpoints for process managers and load balancers (no auth, no Django middleware).
+
+/healthz: the process is up and its event loop answers.
+/readyz: it can do its job: the database answers, the channel layer carries a message,
+and the limiter answers a ping. 503 with the failing checks otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+
+from limiter import runtime
+
+
+def _db_ok() -> None:
+    close_old_connections()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def readiness() -> tuple[bool, dict[str, object]]:
+    checks: dict[str, object] = {}
+    ok = True
+    started = time.monotonic()
+    try:
+        await sync_to_async(_db_ok, thread_sensitive=True)()
+        checks["database"] = "ok"
+    except Exception as exc:
+        ok, checks["database"] = False, f"failed: {type(exc).__name__}"
+    try:
+        client = await runtime.ensure_started()
+        checks["channel_layer"] = "ok"
+        round_trip, counts = await client.ping()
+        checks["limiter_round_trip_ms"] = round(round_trip * 1000, 2)
+        checks["limiter"] = counts
+    except runtime.LimiterUnavailable:
+        ok, checks["limiter"] = False, "no answer"
+    except Exception as exc:
+        ok, checks["channel_layer"] = False, f"failed: {type(exc).__name__}"
+    checks["took_ms"] = round((time.monotonic() - started) * 1000, 2)
+    return ok, checks
+
+
+async def app(scope, receive, send) -> None:
+    if scope["path"] == "/readyz":
+        ok, checks = await readiness()
+        status, body = (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
+    else:
+        status, body = 200, {"status": "ok"}
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,120 @@
+"""The limiter holding limits on real traffic: bursts, fairness, disconnects, upstream 429s."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from limiter.sandbox import KindLimits, SandboxConfig
+from tests.servers import SluiceServer
+
+CHAT = "/v1/chat/completions"
+MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+
+
+def body(**extra) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def limiter_counts(server) -> dict:
+    return httpx.get(f"{server.url}/readyz", timeout=10).json()["checks"]["limiter"]
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.fixture
+def together_like(tmp_path):
+    """A sandbox enforcing the seed's chat limit the way Together does: per second (600/min
+    is 10 a second) and per minute; Sluice's account profile is the seeded default."""
+    config = SandboxConfig(limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)})
+    with SluiceServer(tmp_path, sandbox=config) as server:
+        yield server
+
+
+async def test_burst_of_50_on_two_keys_reaches_upstream_without_a_429(together_like):
+    server = together_like
+    flood_key, trickle_key = server.issue_key("flood"), server.issue_key("trickle")
+    finished: list[str] = []
+
+    async def call(client: httpx.AsyncClient, key: str, who: str) -> int:
+        response = await client.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+        finished.append(who)
+        return response.status_code
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        calls = [call(client, flood_key, "flood") for _ in range(40)]
+        calls += [call(client, trickle_key, "trickle") for _ in range(10)]
+        statuses = await asyncio.gather(*calls)
+
+    assert statuses == [200] * 50  # every caller answered, none refused: they queued
+    stats = server.sandbox.stats()["chat"]
+    assert stats["status_429"] == 0
+    assert stats["ok"] == 50
+    assert stats["max_admitted_in_any_1s_window"] <= 10
+    # Round-robin across keys: the trickle's 10 are served alongside the flood, not after it.
+    last_trickle = max(i for i, who in enumerate(finished) if who == "trickle")
+    assert last_trickle < 30, finished
+
+
+async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_streams):
+    server = shared_server_slow_streams
+    key = server.issue_key("streamer")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for _ in range(5):
+            async with client.stream("POST", CHAT, json=body(stream=True, max_tokens=50),
+                                     headers={"authorization": f"Bearer {key}"}) as response:
+                assert response.status_code == 200
+                async for _chunk in response.aiter_raw():
+                    break  # one chunk, then hang up
+    assert wait_until(lambda: limiter_counts(server)["leases"] == 0), limiter_counts(server)
+    assert wait_until(lambda: server.sandbox.stats()["streams"]["disconnected"] >= 1)
+
+
+async def test_caller_that_disconnects_while_queued_gives_its_place_back(shared_server_slow_streams):
+    server = shared_server_slow_streams
+    server.make_profile("slow-queue", {"chat": {"requests_per_minute": 6, "pace_per_minute": None, "burst": 1,
+                                                "queue_depth": 10, "max_queue_wait_seconds": 60}})
+    key = server.issue_key("queuer", profile="slow-queue")
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        assert (await client.post(CHAT, json=body(), headers=headers)).status_code == 200
+        # Six a minute: the next ones queue (10 s apart); give up on them after 0.5 s.
+        for _ in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(CHAT, json=body(), headers=headers, timeout=0.5)
+    assert wait_until(lambda: limiter_counts(server)["queued"] == 0), limiter_counts(server)
+
+
+@pytest.fixture(scope="module")
+def shared_server_slow_streams(tmp_path_factory):
+    config = SandboxConfig(stream_chunk_delay_ms=100)
+    with SluiceServer(tmp_path_factory.mktemp("streams"), sandbox=config) as server:
+        yield server
+
+
+async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
+    server = shared_server
+    server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 2})
+    first, second = server.issue_key("paused-a"), server.issue_key("paused-b")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        hit = asyncio.ensure_future(client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"}))
+        await asyncio.sleep(0.5)  # Together's 429 has arrived and paused the account
+        started = time.monotonic()
+        other = await client.post(CHAT, json=body(), headers={"authorization": f"Bearer {second}"})
+        waited = time.monotonic() - started
+        retried = await hit
+    assert retried.status_code == 200  # retried after the pause, within the deadline
+    assert other.status_code == 200
+    assert waited >= 1.0, "another key's call went out during Together's pause"
+    assert int(other.headers["x-sluice-queued-ms"]) >= 1000
+    assert server.sandbox.stats()["chat"]["status_429"] == 1

@@ -1,0 +1,72 @@
+"""Shared test fixtures.
+
+Services (PostgreSQL, Redis, Chromium) are used for real where the machine has them;
+without them the tests that need them skip with the reason, except under
+SLUICE_REQUIRE_SERVICES=1 (CI), where a missing service fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.parse
+
+import pytest
+
+from tests.servers import SluiceServer, free_port  # noqa: F401  (re-exported for test modules)
+
+REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
+POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip (or, in CI, fail) a test whose service is missing."""
+    if available:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (SLUICE_REQUIRE_SERVICES=1: services must be present)")
+    pytest.skip(reason)
+
+
+def reachable(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def redis_url() -> str:
+    need(reachable(REDIS_URL), f"Redis is not reachable at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    return CHROMIUM
+
+
+@pytest.fixture
+def sluice_server(tmp_path):
+    """A real Sluice (`manage.py serve`) on a free port, its own SQLite database, and a
+    sandbox upstream on another free port (in this process, so tests read its stats)."""
+    with SluiceServer(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for a module whose tests do not disturb each other (own keys each)."""
+    with SluiceServer(tmp_path_factory.mktemp("sluice")) as server:
+        yield server

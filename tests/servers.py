@@ -1,0 +1,181 @@
+"""Real servers for tests: Sluice as a subprocess, the sandbox upstream in a thread.
+
+Tests talk to them over HTTP exactly as users would. Everything listens on 127.0.0.1
+and is stopped at the end of the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from limiter.sandbox import SandboxConfig, run_in_thread
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+class SluiceServer:
+    """`manage.py serve` on a free port, with its own database and sandbox upstream.
+
+    `env` adds or overrides environment variables (REDIS_URL, DATABASE_URL...);
+    `web_processes` > 1 starts several servers sharing one database and layer (needs
+    REDIS_URL), and `limiter_worker` starts `manage.py runworker limiter` beside them.
+    """
+
+    admin_username = "ops"
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        env: dict[str, str] | None = None,
+        sandbox: SandboxConfig | None = None,
+        web_processes: int = 1,
+        limiter_worker: bool = False,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.sandbox = run_in_thread(config=sandbox or SandboxConfig())
+        self.admin_password = secrets.token_urlsafe(12)
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.sqlite3'}",
+            "TOGETHER_BASE_URL": self.sandbox.v1_url,
+            "TOGETHER_API_KEY": "",
+            "SLUICE_SANDBOX": "1",
+            "SECRET_KEY": "test-" + secrets.token_urlsafe(16),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.ports = [free_port() for _ in range(web_processes)]
+        self.limiter_worker = limiter_worker
+        self.processes: list[subprocess.Popen] = []
+        self.worker: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[0]}"
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def sandbox_url(self) -> str:
+        return self.sandbox.url
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def __enter__(self) -> SluiceServer:
+        self.manage("migrate", "--noinput", "-v0")
+        self.python(
+            "from django.contrib.auth import get_user_model;"
+            f"get_user_model().objects.create_superuser('{self.admin_username}', '', '{self.admin_password}')"
+        )
+        try:
+            if self.limiter_worker:
+                self.start_worker()
+            for port in self.ports:
+                self.processes.append(self._spawn("serve", "--port", str(port), log=f"serve-{port}.log"))
+            for process, url in zip(self.processes, self.urls, strict=True):
+                wait_for_http(f"{url}/healthz", process=process)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in [*self.processes, *([self.worker] if self.worker else [])]:
+            stop(process)
+        self.sandbox.stop()
+
+    def _spawn(self, *args: str, log: str) -> subprocess.Popen:
+        output = open(self.tmp_path / log, "ab")  # noqa: SIM115  (closed with the process)
+        return subprocess.Popen(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+        )
+
+    def start_worker(self) -> None:
+        self.worker = self._spawn("runworker", "limiter", log="worker.log")
+
+    def kill_worker(self) -> None:
+        assert self.worker is not None
+        self.worker.send_signal(signal.SIGKILL)
+        self.worker.wait(10)
+
+    def log(self, name: str | None = None) -> str:
+        path = self.tmp_path / (name or f"serve-{self.ports[0]}.log")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    # --- set-up through manage.py --------------------------------------------------------
+    def manage(self, *args: str) -> str:
+        done = subprocess.run(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        if done.returncode:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def python(self, code: str) -> str:
+        return self.manage("shell", "-c", code)
+
+    def issue_key(self, team: str, profile: str | None = None) -> str:
+        args = ["createkey", team] + (["--profile", profile] if profile else [])
+        return self.manage(*args).strip().splitlines()[-1]
+
+    def make_profile(self, name: str, limits: dict[str, dict[str, Any]], *, account: bool = False) -> None:
+        """Create (or replace) a profile: {endpoint: {field: value}}; missing endpoints copy
+        the default profile. With `account`, make it the default upstream account's ceiling."""
+        self.python(
+            "import json\n"
+            "from limiter.models import LimitProfile, EndpointLimit, UpstreamAccount\n"
+            f"name, limits, account = {name!r}, json.loads({json.dumps(json.dumps(limits))}), {account!r}\n"
+            "profile, _ = LimitProfile.objects.get_or_create(name=name)\n"
+            "profile.limits.all().delete()\n"
+            "for row in EndpointLimit.objects.filter(profile__name='default'):\n"
+            "    row.pk, row.profile = None, profile\n"
+            "    for field, value in limits.get(row.endpoint, {}).items():\n"
+            "        setattr(row, field, value)\n"
+            "    row.save()\n"
+            "if account:\n"
+            "    UpstreamAccount.objects.filter(is_default=True).update(profile=profile)\n"
+        )
+
+
+def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
