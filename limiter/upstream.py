@@ -124,6 +124,14 @@ def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
+def _timed_out(exc: httpx.TransportError) -> bool:
+    # httpx-aiohttp maps a refused connection to ConnectTimeout; the cause tells the truth.
+    cause = exc.__cause__
+    if isinstance(cause, OSError) or getattr(cause, "os_error", None) is not None:
+        return isinstance(getattr(cause, "os_error", cause), TimeoutError)
+    return isinstance(exc, httpx.TimeoutException)
+
+
 class UpstreamClient:
     """The process's one HTTP client to Together."""
 
@@ -206,11 +214,11 @@ class UpstreamClient:
             )
             try:
                 response = await self.client.send(request, stream=stream)
-            except httpx.TimeoutException as exc:
-                error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
-                delay = backoff(attempt)
             except httpx.TransportError as exc:
-                error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                if _timed_out(exc):
+                    error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
+                else:
+                    error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
                 delay = backoff(attempt)
             else:
                 if response.status_code not in RETRYABLE_STATUSES:

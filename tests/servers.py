@@ -146,7 +146,7 @@ class SluiceServer:
         return done.stdout
 
     def python(self, code: str) -> str:
-        return self.manage("shell", "-c", code)
+        return self.manage("shell", "-v", "0", "-c", code)
 
     def issue_key(self, team: str, profile: str | None = None) -> str:
         args = ["createkey", team] + (["--profile", profile] if profile else [])

@@ -1,0 +1,168 @@
+"""Every failure path of the team API answers in OpenAI's error shape, never HTML."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from limiter.api import errors
+from tests.servers import SluiceServer
+
+CHAT = "/v1/chat/completions"
+MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["code"] == code
+    return error
+
+
+@pytest.fixture(scope="module")
+def client(shared_server):
+    key = shared_server.issue_key("errors")
+    with httpx.Client(base_url=shared_server.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as c:
+        yield c
+
+
+def test_bad_json(client):
+    error = assert_error(client.post(CHAT, content=b'{"model": '), 400, "invalid_json")
+    assert error["message"] == errors.MSG_BAD_JSON
+
+
+def test_body_not_an_object(client):
+    assert_error(client.post(CHAT, json=[1, 2]), 400, "invalid_json")
+
+
+def test_missing_model(client):
+    error = assert_error(client.post(CHAT, json={"messages": MESSAGES}), 400, "missing_field")
+    assert error["param"] == "model"
+
+
+def test_wrongly_typed_model(client):
+    assert_error(client.post(CHAT, json={"model": 42, "messages": MESSAGES}), 400, "missing_field")
+
+
+def test_oversized_body(client):
+    huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]})
+    assert_error(client.post(CHAT, content=huge), 413, "request_too_large")
+
+
+def test_no_key(shared_server):
+    response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES})
+    assert_error(response, 401, "missing_api_key")
+
+
+def test_unknown_key(shared_server):
+    response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
+                          headers={"authorization": "Bearer sk-sluice-not-a-key"})
+    assert_error(response, 401, "invalid_api_key")
+
+
+def test_revoked_key(shared_server):
+    key = shared_server.issue_key("revoked")
+    shared_server.python(
+        "from limiter.models import ApiKey; from limiter.services import key_revoke;"
+        f"key_revoke(key=ApiKey.objects.get(secret_hash=ApiKey.hash_secret({key!r})))"
+    )
+    response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
+                          headers={"authorization": f"Bearer {key}"})
+    assert_error(response, 401, "invalid_api_key")
+
+
+def test_unknown_route(client):
+    error = assert_error(client.get("/v1/nothing-here"), 404, "unknown_url")
+    assert "/v1/nothing-here" in error["message"]
+
+
+def test_wrong_method(client):
+    response = client.get(CHAT)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+
+
+def test_unknown_model_names_the_closest(client):
+    error = assert_error(client.post(CHAT, json={"model": "meta-llama/Llama-3.3-70B-Instruct", "messages": MESSAGES}),
+                         404, "model_not_found")
+    assert MODEL in error["message"]
+
+
+def test_request_id_is_returned_and_forwarded(shared_server, client):
+    response = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES}, headers={"x-request-id": "trace-123"})
+    assert response.headers["x-request-id"] == "trace-123"
+    assert shared_server.sandbox.stats()["seen_headers"]["x-request-id"] == "trace-123"
+
+
+def test_upstream_503_storm_retries_then_a_clear_503(shared_server, client):
+    shared_server.sandbox.configure({"fail_next": [503] * 4})
+    started = time.monotonic()
+    error = assert_error(client.post(CHAT, json={"model": MODEL, "messages": MESSAGES}), 503, "upstream_overloaded")
+    assert "4 attempts" in error["message"]
+    assert time.monotonic() - started < 30
+    assert shared_server.sandbox.stats()["chat"]["status_503"] >= 4
+
+
+def test_overloaded_model_is_served_by_the_fallback(shared_server):
+    fallback = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
+    shared_server.python(
+        "from limiter.models import LimitProfile;"
+        "p = LimitProfile.objects.create(name='with-fallback');"
+        "[setattr(r, 'pk', None) or setattr(r, 'profile', p) or r.save() for r in "
+        " LimitProfile.objects.get(name='default').limits.all()];"
+        f"p.model_fallbacks = {{{MODEL!r}: {fallback!r}}}; p.save()"
+    )
+    key = shared_server.issue_key("fallback", profile="with-fallback")
+    shared_server.sandbox.configure({"overloaded_models": [MODEL]})
+    try:
+        response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
+                              headers={"authorization": f"Bearer {key}"}, timeout=60)
+    finally:
+        shared_server.sandbox.configure({"overloaded_models": []})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-sluice-fallback-model"] == fallback
+    assert response.json()["model"] == fallback
+
+
+def test_refusals_are_recorded(shared_server):
+    shared_server.make_profile("no-room", {"chat": {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1,
+                                                    "queue_depth": 0, "max_queue_wait_seconds": 0}})
+    key = shared_server.issue_key("recorded", profile="no-room")
+    headers = {"authorization": f"Bearer {key}", "x-request-id": "audit-me"}
+    httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
+    refused = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
+    assert_error(refused, 429, "rate_limited")
+    time.sleep(1.5)  # the recorder writes once a second, off the request path
+    row = shared_server.python(
+        "from limiter.models import Refusal;"
+        "r = Refusal.objects.get(request_id='audit-me');"
+        "print(r.team_name, r.key_prefix, r.endpoint, r.model, r.reason, r.source, round(r.retry_after_seconds))"
+    ).split()
+    assert row == ["recorded", key[:16], "chat", MODEL, "rate_limited", "gateway", "60"]
+
+
+def test_upstream_unreachable(tmp_path):
+    with SluiceServer(tmp_path, env={"TOGETHER_BASE_URL": "http://127.0.0.1:9/v1",
+                                     "SLUICE_UPSTREAM_DEADLINE": "3"}) as server:
+        key = server.issue_key("lonely")
+        response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
+                              headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert_error(response, 502, "upstream_unreachable")
+
+
+def test_limiter_down_is_a_clear_503_not_a_hang(tmp_path):
+    with SluiceServer(tmp_path, env={"SLUICE_EMBEDDED_LIMITER": "0", "SLUICE_LIMITER_TIMEOUT": "0.5"}) as server:
+        key = server.issue_key("no-limiter")
+        started = time.monotonic()
+        response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
+                              headers={"authorization": f"Bearer {key}"}, timeout=30)
+        assert time.monotonic() - started < 5
+        error = assert_error(response, 503, "limiter_unavailable")
+        assert error["message"] == errors.MSG_LIMITER_DOWN
+        assert httpx.get(f"{server.url}/readyz").status_code == 503
