@@ -26,7 +26,7 @@ from limiter.events import LIMITER_CHANNEL  # noqa: E402
 from limiter.worker import LimiterConsumer  # noqa: E402
 
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
-HEALTH_PATHS = ("/healthz", "/readyz")
+HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 SANDBOX_PREFIX = "/sandbox"
 
 

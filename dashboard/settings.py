@@ -35,8 +35,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "channels",
+    # limiter before channels: its `runworker` (one authority, survives Redis restarts)
+    # takes precedence over Channels' generic one.
     "limiter",
+    "channels",
     "dashboard",
 ]
 
@@ -65,6 +67,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context_processors.sluice",  # the sandbox / limiter banners
             ],
         },
     },
@@ -93,6 +96,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve static files straight from static/ too, so a fresh clone needs no collectstatic.
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
@@ -108,7 +113,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 10_000, "expiry": 30},
+            "CONFIG": {
+                # channels_redis blocks up to 5 s in BZPOPMIN; redis-py's default socket
+                # timeout is also 5 s, so reads would time out at random. Give it room.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
+                "capacity": 10_000,
+                "expiry": 30,
+            },
         }
     }
 else:
@@ -133,6 +144,8 @@ SLUICE_LIMITER_TIMEOUT = env.float("SLUICE_LIMITER_TIMEOUT", default=2.0)
 SLUICE_LIMITER_FAILURE_MODE = env.str("SLUICE_LIMITER_FAILURE_MODE", default="closed")
 if SLUICE_LIMITER_FAILURE_MODE not in {"open", "closed"}:
     raise ImproperlyConfigured("SLUICE_LIMITER_FAILURE_MODE must be 'open' or 'closed'")
+# On SIGTERM, `serve` stops accepting and waits this long for requests in flight.
+SLUICE_SHUTDOWN_GRACE = env.float("SLUICE_SHUTDOWN_GRACE", default=35.0)
 # A concurrency lease not released within this many seconds is reaped by the limiter.
 SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
 # Largest request body accepted on /v1/ (bytes); file uploads have their own limit.
@@ -145,14 +158,33 @@ SLUICE_UPSTREAM_DEADLINE = env.float("SLUICE_UPSTREAM_DEADLINE", default=60.0)
 SLUICE_UPSTREAM_MAX_RETRIES = env.int("SLUICE_UPSTREAM_MAX_RETRIES", default=3)
 # "aiohttp" (httpx over the aiohttp transport, measured cheaper) or "httpx" (default transport).
 SLUICE_UPSTREAM_TRANSPORT = env.str("SLUICE_UPSTREAM_TRANSPORT", default="aiohttp")
+# The fine-tune/batch poller runs inside `manage.py serve` in the embedded mode; in
+# scale-out mode run `manage.py jobpoller` as its own process.
+SLUICE_EMBEDDED_JOB_POLLER = env.bool("SLUICE_EMBEDDED_JOB_POLLER", default=SLUICE_EMBEDDED_LIMITER)
+# A job claimed for starting but not confirmed within this many seconds is reconciled.
+SLUICE_JOB_START_DEADLINE = env.float("SLUICE_JOB_START_DEADLINE", default=30.0)
+# A bearer token for the ops API (scripts, CI); empty: staff sessions only.
+SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")
 # Days of 429 history kept by `manage.py prune429`.
 SLUICE_REFUSAL_RETENTION_DAYS = env.int("SLUICE_REFUSAL_RETENTION_DAYS", default=90)
 
+# Every line carries the request id (also returned as x-request-id and sent upstream);
+# LOG_FORMAT=json writes one JSON object a line for log shippers. Secrets are never logged.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "limiter.logs.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "limiter.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": env.str("LOG_FORMAT", default="plain"),
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
@@ -160,9 +192,3 @@ LOGGING = {
         "httpx": {"level": "WARNING"},  # one INFO line per upstream call is noise, not a log
     },
 }
-
-# --- dashboard (issue 3) -----------------------------------------------------------
-# Every page shows the sandbox banner from this context processor.
-TEMPLATES[0]["OPTIONS"]["context_processors"].append("dashboard.context_processors.sluice")
-# A bearer token for the ops API (scripts, CI); empty: staff sessions only.
-SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")

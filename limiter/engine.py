@@ -163,6 +163,11 @@ class Scope:
             wait, reason = pause, UPSTREAM_PAUSED
         return wait, reason
 
+    def assume_full_at(self, moment: float) -> None:
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.tat = max(bucket.tat, moment + bucket.capacity / bucket.rate)
+
     def has_slot(self) -> bool:
         return self.limit.max_concurrent is None or len(self.leases) < self.limit.max_concurrent
 
@@ -220,8 +225,12 @@ class _Group:
 class Engine:
     """The single authority over admission for every scope it has seen."""
 
-    def __init__(self, lease_ttl: float = 600.0) -> None:
+    def __init__(self, lease_ttl: float = 600.0, unknown_before: float | None = None) -> None:
         self.lease_ttl = lease_ttl
+        # After a restart, another instance may have admitted requests up to this
+        # (monotonic) time. Every scope then starts as if its burst had been used at that
+        # moment: its true state can be no fuller, so limits hold across the restart.
+        self.unknown_before = unknown_before
         self.scopes: dict[ScopeId, Scope] = {}
         self.groups: dict[ScopeId, _Group] = {}
         self.tickets: dict[str, Ticket] = {}  # queued tickets by id
@@ -235,6 +244,8 @@ class Engine:
         scope = self.scopes.get(scope_id)
         if scope is None:
             scope = self.scopes[scope_id] = Scope(scope_id, limit, now)
+            if self.unknown_before is not None:
+                scope.assume_full_at(self.unknown_before)
         else:
             scope.update(limit, now)
         scope.last_seen = now
@@ -300,6 +311,19 @@ class Engine:
         if ticket is not None:
             self._dequeue(ticket)
         return self.poll(now)
+
+    def adopt(
+        self, lease_id: str, key: tuple[ScopeId, Limit], account: tuple[ScopeId, Limit], tokens: float, now: float
+    ) -> None:
+        """Count a lease granted by a previous instance (its holder told us after a restart)."""
+        if lease_id in self.leases:
+            return
+        scopes = (self.scope(key[0], key[1], now), self.scope(account[0], account[1], now))
+        for scope in scopes:
+            scope.leases.add(lease_id)
+        expiry = now + self.lease_ttl
+        self.leases[lease_id] = (scopes, expiry, tokens)
+        heapq.heappush(self._lease_expiries, (expiry, lease_id))
 
     def pause(self, account: tuple[ScopeId, Limit], seconds: float, now: float) -> None:
         """Together said 429: nobody routed to this account and endpoint goes for `seconds`."""

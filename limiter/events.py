@@ -9,7 +9,7 @@ process drops its cached keys and limits at once.
 
 from __future__ import annotations
 
-from typing import Literal, NotRequired, TypedDict
+from typing import Literal, TypedDict
 
 LIMITER_CHANNEL = "limiter"
 LIVE_GROUP = "sluice.live"
@@ -26,6 +26,8 @@ DECISION = "limiter.decision"
 PONG = "limiter.pong"
 LIVE_SNAPSHOT = "live.snapshot"
 CONFIG_CHANGED = "config.changed"
+LIMITER_STARTED = "limiter.started"  # to CONFIG_GROUP: web processes answer with ADOPT
+ADOPT = "limiter.adopt"
 
 # A limit as it travels: per_minute, burst, tokens_per_minute, max_concurrent,
 # queue_depth, max_wait (the fields of engine.Limit, in that order).
@@ -63,6 +65,19 @@ class ReleaseMessage(TypedDict):
     type: str  # RELEASE
     lease: str
     tokens_used: float | None
+
+
+class AdoptMessage(TypedDict):
+    """A lease a web process holds, handed to a limiter that started after it was granted."""
+
+    type: str  # ADOPT
+    lease: str
+    endpoint: str
+    key: str
+    key_limit: LimitTuple
+    account: str
+    account_limit: LimitTuple
+    tokens: float
 
 
 class UpstreamReportMessage(TypedDict):
@@ -103,4 +118,3 @@ class LiveSnapshot(TypedDict):
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
     # Per endpoint, the last 60 minutes: [[minute_unix, admitted, queued, refused], ...]
     history: dict[str, list[list[int]]]
-    jobs: NotRequired[dict]  # fine-tune and batch slots, when the job queue reports them

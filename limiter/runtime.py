@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 
+# Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
+draining = False
+
 
 class LimiterUnavailable(Exception):
     """The limiter did not answer in time."""
@@ -66,6 +69,8 @@ class LimiterClient:
         self.layer = get_channel_layer()
         self.reply_channel = ""
         self._waiting: dict[str, asyncio.Queue[dict]] = {}
+        # Leases this process holds, to hand to a limiter that restarts meanwhile.
+        self._held: dict[str, events.AdoptMessage] = {}
         self._dispatcher: asyncio.Task | None = None
         self.last_answer = 0.0  # monotonic time of the limiter's last answer (health)
 
@@ -81,14 +86,21 @@ class LimiterClient:
                 message = await self.layer.receive(self.reply_channel)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # e.g. Redis restarting: keep trying, requests time out meanwhile
-                logger.exception("limiter reply channel failed; retrying")
+            except Exception as exc:  # e.g. Redis restarting: keep trying, requests time out meanwhile
+                logger.error("limiter reply channel failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
+                last_join = 0.0  # a restarted Redis forgot our group membership
                 continue
             self._dispatch(message)
             if time.monotonic() - last_join > CONFIG_GROUP_REFRESH:
                 last_join = time.monotonic()
-                spawn(self.layer.group_add(events.CONFIG_GROUP, self.reply_channel))
+                spawn(self._join())
+
+    async def _join(self) -> None:
+        try:
+            await self.layer.group_add(events.CONFIG_GROUP, self.reply_channel)
+        except Exception as exc:
+            logger.error("could not join %s: %s", events.CONFIG_GROUP, exc)
 
     def _dispatch(self, message: dict) -> None:
         kind = message.get("type")
@@ -96,6 +108,10 @@ class LimiterClient:
             from limiter import keys
 
             keys.cache.clear()
+            return
+        if kind == events.LIMITER_STARTED:
+            for held in list(self._held.values()):
+                spawn(self._send(dict(held)))
             return
         self.last_answer = time.monotonic()
         queue = self._waiting.get(message.get("ticket", ""))
@@ -145,15 +161,20 @@ class LimiterClient:
             del self._waiting[ticket]
         if decision["kind"] == "refuse":
             raise Refused(decision)
+        self._held[decision["lease"]] = {
+            "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
+            "key_limit": key_limit, "account": key.account_id, "account_limit": account_limit, "tokens": tokens,
+        }
         return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"])
 
     def release(self, lease: str, tokens_used: float | None) -> None:
+        self._held.pop(lease, None)
         spawn(self._send({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
 
-    def report_upstream(
+    async def report_upstream(
         self, *, key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool = False
     ) -> None:
-        spawn(self._send({
+        await self._send({
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
             "account_limit": key.account_limits.get(endpoint) or key.key_limits[endpoint],
@@ -161,7 +182,7 @@ class LimiterClient:
             "pause": pause,
             "headers": headers,
             "refused": refused,
-        }))
+        })
 
     async def ping(self, within: float | None = None) -> tuple[float, dict]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""
@@ -209,22 +230,18 @@ async def _start() -> LimiterClient:
     recorder.start()
     if settings.SLUICE_EMBEDDED_LIMITER:
         spawn(run_embedded_limiter())
+    if settings.SLUICE_EMBEDDED_JOB_POLLER:
+        from limiter.jobs.poller import run_poller
+
+        spawn(run_poller(asyncio.Event()))
     return client
 
 
 async def run_embedded_limiter() -> None:
-    """The limiter as a task of this process: the same consumer `runworker` runs."""
-    from channels.routing import ChannelNameRouter
-    from channels.worker import Worker
+    """The limiter as a task of this process: the same loop `runworker limiter` runs."""
+    from limiter.worker import run_limiter
 
-    from limiter.worker import LimiterConsumer
-
-    worker = Worker(
-        application=ChannelNameRouter({events.LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
-        channels=[events.LIMITER_CHANNEL],
-        channel_layer=get_channel_layer(),
-    )
-    await worker.arun()
+    await run_limiter(get_channel_layer())
 
 
 def release(lease: str, tokens_used: float | None) -> None:
@@ -233,9 +250,9 @@ def release(lease: str, tokens_used: float | None) -> None:
         _client.release(lease, tokens_used)
 
 
-def report_upstream(**kwargs) -> None:
+async def report_upstream(**kwargs) -> None:
     if _client is not None:
-        _client.report_upstream(**kwargs)
+        await _client.report_upstream(**kwargs)
 
 
 async def request_snapshot(reply_channel: str) -> None:

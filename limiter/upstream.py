@@ -8,7 +8,7 @@ the default; `SLUICE_UPSTREAM_TRANSPORT=httpx` switches back.
 `send` retries what Together means as "later" (429, 502, 503, 504, connection
 failures) with backoff and jitter, honouring `retry-after-ms`, `Retry-After` and
 `x-ratelimit-reset`, but only within the caller's deadline; it never retries 400, 401,
-402, 403 or 404. A 429 is reported through `on_rate_limited` before the wait, so the
+402, 403 or 404. A 429 is reported through `on_rate_limited` before any retry, so the
 limiter pauses every caller of that account at once, not just this one.
 """
 
@@ -79,7 +79,10 @@ class Outcome:
     attempts: int
 
 
-RateLimitedHook = Callable[[float, httpx.Response], Awaitable[None]]
+# Called on each upstream 429 with the wait Together asked for and whether a retry
+# follows. Returns True when it has itself waited for the moment to retry (re-admission
+# through the limiter), so the client retries at once instead of sleeping.
+RateLimitedHook = Callable[[float, httpx.Response, bool], Awaitable[bool]]
 
 
 def parse_seconds(value: str | None) -> float | None:
@@ -224,12 +227,14 @@ class UpstreamClient:
                 if response.status_code not in RETRYABLE_STATUSES:
                     return Outcome(response, attempt)
                 asked = requested_wait(response.headers)
-                if response.status_code == 429 and on_rate_limited is not None:
-                    await on_rate_limited(asked if asked is not None else 1.0, response)
                 # Honour what Together asked for, plus a little jitter so callers paused
                 # together do not all come back in the same millisecond.
                 delay = asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
-                if attempt > retries or time.monotonic() + delay >= deadline:
+                retrying = attempt <= retries and time.monotonic() + delay < deadline
+                if response.status_code == 429 and on_rate_limited is not None:
+                    if await on_rate_limited(asked if asked is not None else 1.0, response, retrying):
+                        delay = 0.0
+                if not retrying or time.monotonic() >= deadline:
                     return Outcome(response, attempt)
                 await response.aclose()
                 logger.info("upstream %s %s answered %s; retry %d in %.2fs", method, path, response.status_code, attempt, delay)

@@ -98,27 +98,37 @@ def limit_of(value: LimitTuple) -> Limit:
 
 
 class LimiterConsumer(AsyncConsumer):
-    """Handles `limiter.*` messages. One instance per process owns the engine."""
+    """Handles `limiter.*` messages. One instance per process owns the engine.
 
-    engine: Engine
-    stats: Stats
+    `run_limiter` below drives it (embedded and `manage.py runworker limiter` alike);
+    it is also a regular Channels consumer, routed in dashboard/asgi.py.
+    """
 
-    async def __call__(self, scope, receive, send) -> None:
+    def __init__(self, *, unknown_before: float | None = None) -> None:
         from django.conf import settings
 
-        self.engine = Engine(lease_ttl=settings.SLUICE_LEASE_TTL)
+        # unknown_before: a monotonic time before which another limiter instance may
+        # have admitted requests this one never saw (a restart); see Engine.
+        self.engine = Engine(lease_ttl=settings.SLUICE_LEASE_TTL, unknown_before=unknown_before)
         self.stats = Stats()
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
         self._dirty = True
         self._last_snapshot = 0.0
         self._publisher: asyncio.Task | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
         logger.info("limiter started on channel %r", events.LIMITER_CHANNEL)
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self._publisher:
-                self._publisher.cancel()
+            self.close()
+
+    def close(self) -> None:
+        if self._publisher:
+            self._publisher.cancel()
+        if self._timer:
+            self._timer.cancel()
 
     async def dispatch(self, message: dict) -> None:
         # One bad message must not take the engine (and every limit it holds) down:
@@ -169,6 +179,19 @@ class LimiterConsumer(AsyncConsumer):
         self._dirty = True
         await self._answer(self.engine.poll(now), now)
 
+    async def limiter_adopt(self, message: events.AdoptMessage) -> None:
+        """A web process still holds this lease from before we started: count it."""
+        now = time.monotonic()
+        endpoint = message["endpoint"]
+        self.engine.adopt(
+            message["lease"],
+            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
+            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            message["tokens"],
+            now,
+        )
+        self._dirty = True
+
     async def limiter_snapshot(self, message: dict) -> None:
         await self.channel_layer.send(message["reply"], self.snapshot())
 
@@ -184,10 +207,15 @@ class LimiterConsumer(AsyncConsumer):
     # --- answering --------------------------------------------------------------------
     async def _answer(self, decisions: list[Decision], now: float) -> None:
         wall = time.time()
+        sends = []
         for decision in decisions:
             self.stats.record(decision, now, wall)
             if decision.ticket.reply_to:
-                await self.channel_layer.send(decision.ticket.reply_to, self._message(decision))
+                sends.append(self.channel_layer.send(decision.ticket.reply_to, self._message(decision)))
+        # Concurrently: over Redis each send is a round trip, and a grant that waits for
+        # the one before it reaches its caller late (and then upstream in a clump).
+        if sends:
+            await asyncio.gather(*sends, return_exceptions=True)
         if decisions:
             self._dirty = True
         self._schedule(now)
@@ -288,3 +316,39 @@ class LimiterConsumer(AsyncConsumer):
                 source: counts.last_minute(now) for source, counts in (refused or {}).items()
             } or {"gateway": 0, "upstream": 0},
         }
+
+
+async def run_limiter(layer, stop: asyncio.Event | None = None, *, unknown_before_wall: float | None = None) -> None:
+    """Serve the limiter channel until `stop` is set, surviving channel-layer errors
+    (a Redis restart must not end the authority, or its state)."""
+    unknown_before = None
+    if unknown_before_wall is not None:
+        unknown_before = time.monotonic() - (time.time() - unknown_before_wall)
+    consumer = LimiterConsumer(unknown_before=unknown_before)
+    consumer.channel_layer = layer
+    consumer.channel_name = events.LIMITER_CHANNEL
+    stop = stop or asyncio.Event()
+    logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)
+    await _announce(layer)
+    try:
+        while not stop.is_set():
+            try:
+                message = await layer.receive(events.LIMITER_CHANNEL)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.error("limiter channel unavailable (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                await _announce(layer)  # a restarted Redis lost the web processes' state
+                continue
+            await consumer.dispatch(message)
+    finally:
+        consumer.close()
+
+
+async def _announce(layer) -> None:
+    """Tell web processes a (new) limiter is serving, so they hand back their live leases."""
+    try:
+        await layer.group_send(events.CONFIG_GROUP, {"type": events.LIMITER_STARTED})
+    except Exception as exc:
+        logger.warning("could not announce the limiter start: %s", exc)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class SluiceServer:
         self.tmp_path = tmp_path
         self.sandbox = run_in_thread(config=sandbox or SandboxConfig())
         self.admin_password = secrets.token_urlsafe(12)
+        self.admin_token = secrets.token_urlsafe(24)
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "dashboard.settings",
@@ -74,6 +77,7 @@ class SluiceServer:
             "TOGETHER_API_KEY": "",
             "SLUICE_SANDBOX": "1",
             "SECRET_KEY": "test-" + secrets.token_urlsafe(16),
+            "SLUICE_ADMIN_TOKEN": self.admin_token,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
@@ -96,11 +100,14 @@ class SluiceServer:
 
     # --- lifecycle ----------------------------------------------------------------------
     def __enter__(self) -> SluiceServer:
-        self.manage("migrate", "--noinput", "-v0")
-        self.python(
-            "from django.contrib.auth import get_user_model;"
-            f"get_user_model().objects.create_superuser('{self.admin_username}', '', '{self.admin_password}')"
-        )
+        database = self.env["DATABASE_URL"]
+        if database.startswith("sqlite:///"):
+            # Migrating takes seconds: copy a database migrated once per test session.
+            shutil.copy(_migrated_sqlite(), database.removeprefix("sqlite:///"))
+            self.admin_password = TEMPLATE_ADMIN_PASSWORD
+        else:
+            self.manage("migrate", "--noinput", "-v0")
+            self.python(_create_admin(self.admin_username, self.admin_password))
         try:
             if self.limiter_worker:
                 self.start_worker()
@@ -145,12 +152,27 @@ class SluiceServer:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
+    def manage_fails(self, *args: str) -> str:
+        """Run a command that must fail; its output."""
+        done = subprocess.run(
+            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode != 0, f"manage.py {' '.join(args)} succeeded:\n{done.stdout}"
+        return done.stdout + done.stderr
+
     def python(self, code: str) -> str:
         return self.manage("shell", "-v", "0", "-c", code)
 
     def issue_key(self, team: str, profile: str | None = None) -> str:
-        args = ["createkey", team] + (["--profile", profile] if profile else [])
-        return self.manage(*args).strip().splitlines()[-1]
+        """A new key for `team` (created if need be), through the ops API."""
+        api = httpx.Client(base_url=f"{self.url}/api", headers={"authorization": f"Bearer {self.admin_token}"},
+                           timeout=30)
+        with api:
+            teams = {t["name"]: t["id"] for t in api.get("/teams").raise_for_status().json()}
+            if team not in teams:
+                teams[team] = api.post("/teams", json={"name": team}).raise_for_status().json()["id"]
+            issued = api.post(f"/teams/{teams[team]}/keys", json={"profile": profile}).raise_for_status()
+            return issued.json()["secret"]
 
     def make_profile(self, name: str, limits: dict[str, dict[str, Any]], *, account: bool = False) -> None:
         """Create (or replace) a profile: {endpoint: {field: value}}; missing endpoints copy
@@ -169,6 +191,31 @@ class SluiceServer:
             "if account:\n"
             "    UpstreamAccount.objects.filter(is_default=True).update(profile=profile)\n"
         )
+
+
+TEMPLATE_ADMIN_PASSWORD = secrets.token_urlsafe(12)
+_template: Path | None = None
+
+
+def _create_admin(username: str, password: str) -> str:
+    return (
+        "from django.contrib.auth import get_user_model;"
+        f"get_user_model().objects.create_superuser('{username}', '', '{password}')"
+    )
+
+
+def _migrated_sqlite() -> Path:
+    """A SQLite database migrated once per test session, with the admin login."""
+    global _template
+    if _template is None:
+        path = Path(tempfile.mkdtemp(prefix="sluice-template-")) / "template.sqlite3"
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DATABASE_URL": f"sqlite:///{path}"}
+        for args in (["migrate", "--noinput", "-v0"],
+                     ["shell", "-v", "0", "-c", _create_admin(SluiceServer.admin_username, TEMPLATE_ADMIN_PASSWORD)]):
+            subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, timeout=120,
+                           capture_output=True)
+        _template = path
+    return _template
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:

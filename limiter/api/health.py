@@ -1,8 +1,10 @@
-"""Health endpoints for process managers and load balancers (no auth, no Django middleware).
+"""Operations endpoints (no auth, no Django middleware): bind them where only the
+process manager, load balancer and Prometheus reach.
 
 /healthz: the process is up and its event loop answers.
 /readyz: it can do its job: the database answers, the channel layer carries a message,
 and the limiter answers a ping. 503 with the failing checks otherwise.
+/metrics: this process's Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from limiter import runtime
+from limiter import metrics, runtime
 
 
 def _db_ok() -> None:
@@ -24,7 +27,9 @@ def _db_ok() -> None:
 
 async def readiness() -> tuple[bool, dict[str, object]]:
     checks: dict[str, object] = {}
-    ok = True
+    ok = not runtime.draining
+    if runtime.draining:
+        checks["draining"] = True
     started = time.monotonic()
     try:
         await sync_to_async(_db_ok, thread_sensitive=True)()
@@ -46,6 +51,13 @@ async def readiness() -> tuple[bool, dict[str, object]]:
 
 
 async def app(scope, receive, send) -> None:
+    if scope["path"] == "/metrics":
+        payload = generate_latest(metrics.REGISTRY)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+        return
     if scope["path"] == "/readyz":
         ok, checks = await readiness()
         status, body = (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import runtime
+from limiter import metrics, runtime
 from limiter.api import errors
 from limiter.api.errors import ApiError
 from limiter.api.http import Request, Response, StreamingResponse
@@ -114,10 +114,13 @@ async def admit(request: Request, endpoint: str, tokens: float, model: str = "")
     key = request.key
     assert key is not None
     limiter = await runtime.ensure_started()
+    started = time.monotonic()
     try:
-        return await limiter.acquire(key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id)
+        grant = await limiter.acquire(key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id)
     except runtime.Refused as refused:
         d = refused.decision
+        metrics.LIMITER_UP.set(1)
+        metrics.REFUSED.labels(endpoint, d["reason"], "gateway").inc()
         recorder.refusal(
             team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
             endpoint=endpoint, model=model, reason=d["reason"], source="gateway",
@@ -130,11 +133,21 @@ async def admit(request: Request, endpoint: str, tokens: float, model: str = "")
             quota=quota_headers(d["limit"], d["remaining"], d["reset"]),
         ) from None
     except runtime.LimiterUnavailable:
+        metrics.LIMITER_UP.set(0)
+        metrics.LIMITER_UNAVAILABLE.inc()
         if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
             raise ApiError(503, errors.MSG_LIMITER_DOWN, type=errors.SERVER, code="limiter_unavailable",
                            headers={"retry-after": "1"}) from None
         logger.error("limiter unavailable: admitting %s without a limit (failure mode 'open')", request.request_id)
         return runtime.Grant("", 0.0, 0, 0, 0.0)
+    metrics.LIMITER_UP.set(1)
+    metrics.ADMITTED.labels(endpoint).inc()
+    if grant.waited:
+        metrics.QUEUED.labels(endpoint).inc()
+        metrics.QUEUE_WAIT.labels(endpoint).observe(grant.waited)
+    else:
+        metrics.LIMITER_ROUND_TRIP.observe(time.monotonic() - started)
+    return grant
 
 
 @asynccontextmanager
@@ -184,32 +197,43 @@ def _usage_tokens(data: bytes) -> float | None:
 
 # --- the upstream hop ---------------------------------------------------------------------------
 class _Reporter:
-    """Sends Together's rate headers to the limiter (for the dashboard) at most once a second."""
+    """Sends Together's rate headers to the limiter (for the dashboard) at most once a
+    second; a pause or a refusal always, and before the caller goes on."""
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], float] = {}
 
-    def __call__(self, key: KeyInfo, endpoint: str, headers, pause: float = 0.0, refused: bool = False) -> None:
+    def __call__(self, key: KeyInfo, endpoint: str, headers, pause: float = 0.0, refused: bool = False):
         now = time.monotonic()
-        if not pause and not refused and now - self._last.get((key.account_id, endpoint), 0.0) < HEADER_REPORT_INTERVAL:
-            return
+        urgent = bool(pause or refused)
+        if not urgent and now - self._last.get((key.account_id, endpoint), 0.0) < HEADER_REPORT_INTERVAL:
+            return _done()
         self._last[(key.account_id, endpoint)] = now
         found = rate_headers(headers)
-        if found or pause or refused:
-            runtime.report_upstream(key=key, endpoint=endpoint, pause=pause, headers=found, refused=refused)
+        if not (found or urgent):
+            return _done()
+        sending = runtime.report_upstream(key=key, endpoint=endpoint, pause=pause, headers=found, refused=refused)
+        if urgent:
+            return sending  # awaited: the pause must reach the limiter before our own retry
+        runtime.spawn(sending)
+        return _done()
+
+
+async def _done() -> None:
+    return None
 
 
 report = _Reporter()
 
 
-async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes, stream: bool) -> Outcome:
+async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes, stream: bool,
+                         lease: _Lease) -> Outcome:
     key = request.key
     assert key is not None
 
-    async def paused(seconds: float, response) -> None:
+    async def rate_limited_upstream(seconds: float, response, retrying: bool) -> bool:
         # Together said 429: pause this account for everyone, now, not at the next check,
         # and keep the refusal for the auditors, whether or not a retry then succeeds.
-        report(key, endpoint, response.headers, pause=seconds, refused=True)
         await response.aread()
         recorder.refusal(
             team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
@@ -217,20 +241,49 @@ async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes
             source="upstream", retry_after=seconds, request_id=request.request_id,
             message=_upstream_message(response.content),
         )
+        metrics.REFUSED.labels(endpoint, "upstream_rate_limited", "upstream").inc()
+        await report(key, endpoint, response.headers, pause=seconds, refused=True)
+        if not retrying:
+            return False
+        # The retry is another call on the account: it queues behind the pause with
+        # everyone else instead of firing the moment the pause ends.
+        lease.swap(await admit(request, endpoint, lease.tokens))
+        return True
 
     headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
     headers["x-request-id"] = request.request_id
+    started = time.monotonic()
     try:
-        return await upstream.send(
+        outcome = await upstream.send(
             target_for(key), "POST", path, content=body, headers=headers,
-            deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE,
-            stream=stream, on_rate_limited=paused,
+            deadline=started + settings.SLUICE_UPSTREAM_DEADLINE,
+            stream=stream, on_rate_limited=rate_limited_upstream,
         )
+        metrics.UPSTREAM_SECONDS.labels(endpoint).observe(time.monotonic() - started)
+        metrics.UPSTREAM_RESPONSES.labels(endpoint, str(outcome.response.status_code)).inc()
+        return outcome
     except UpstreamError as exc:
+        metrics.UPSTREAM_RESPONSES.labels(endpoint, str(exc.status)).inc()
         if exc.timeout:
             raise ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout") from None
         raise ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
                        code="upstream_unreachable") from None
+
+
+class _Lease:
+    """The grant a call holds; a retry after an upstream 429 swaps it for a new one."""
+
+    __slots__ = ("grant", "tokens")
+
+    def __init__(self, grant: runtime.Grant, tokens: float) -> None:
+        self.grant, self.tokens = grant, tokens
+
+    def swap(self, grant: runtime.Grant) -> None:
+        runtime.release(self.grant.lease, None)
+        self.grant = grant
+
+    def release(self, tokens_used: float | None) -> None:
+        runtime.release(self.grant.lease, tokens_used)
 
 
 def _with_model(body: bytes, model: str) -> bytes:
@@ -303,17 +356,17 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     stream = body.get("stream") is True
     counting = _uses_tokens(key, endpoint)
     tokens = estimate_tokens(body, endpoint) if counting else 0.0
-    grant = await admit(request, endpoint, tokens, model)
+    lease = _Lease(await admit(request, endpoint, tokens, model), tokens)
     used = _Usage()
     streaming = False
     try:
-        outcome = await _send_upstream(request, endpoint, path, request.body, stream)
+        outcome = await _send_upstream(request, endpoint, path, request.body, stream, lease)
         served_by = ""
         fallback = key.fallbacks.get(model)
         if outcome.response.status_code in OVERLOADED and fallback:
             await outcome.response.aclose()
             logger.warning("%s stayed overloaded; serving %s with fallback %s", model, request.request_id, fallback)
-            outcome = await _send_upstream(request, endpoint, path, _with_model(request.body, fallback), stream)
+            outcome = await _send_upstream(request, endpoint, path, _with_model(request.body, fallback), stream, lease)
             served_by = fallback
         response = outcome.response
         report(key, endpoint, response.headers)
@@ -326,7 +379,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
             # caller goes away (the team API runs on_close in every case).
             async def close() -> None:
                 await response.aclose()
-                runtime.release(grant.lease, used.tokens if counting else None)
+                lease.release(used.tokens if counting else None)
 
             answer = StreamingResponse(chunks=_relay(response, counting, used), status=response.status_code,
                                        content_type=content_type, on_close=close)
@@ -335,12 +388,12 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
             answer = Response(status=response.status_code, body=await response.aread(), content_type=content_type)
             if counting:
                 used.tokens = _usage_tokens(answer.body) or tokens
-        add_quota_headers(answer, grant)
+        add_quota_headers(answer, lease.grant)
         _decorate(answer, response, served_by)
         return answer
     finally:
         if not streaming:
-            runtime.release(grant.lease, used.tokens)
+            lease.release(used.tokens)
 
 
 class _Usage:

@@ -20,16 +20,18 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from limiter import runtime
+from limiter import logs, runtime
 from limiter.api import errors, inference
 from limiter.api.errors import ApiError
 from limiter.api.http import Handler, Request, Response, StreamingResponse
+from limiter.jobs.api import ROUTES as job_routes
 from limiter.keys import cache as key_cache
 from limiter.recorder import recorder
 
 logger = logging.getLogger(__name__)
 
-# (method, path pattern, endpoint kind or "" for unlimited, handler)
+# (method, path pattern, endpoint kind or "" for no rate limit, handler). Reads of a
+# team's own jobs are answered from the database, so they are not charged.
 Route = tuple[str, str, str, Handler]
 
 AUTH_FAILURES_PER_MINUTE = 30  # per client address, per process
@@ -65,12 +67,26 @@ class TeamApi:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = [(method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes]
         self.auth_throttle = AuthThrottle(AUTH_FAILURES_PER_MINUTE)
+        # Requests being handled, queued and streaming ones included: a drain waits for idle.
+        self.in_flight = 0
+        self.idle = asyncio.Event()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self.idle.set()
+
+    async def _serve(self, scope, receive, send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
+        logs.request_id.set(request_id)
         task = asyncio.current_task()
         watcher: asyncio.Task | None = None
         try:
@@ -217,12 +233,7 @@ def build_routes() -> list[Route]:
         # The together SDK 3.x lists models per project; answer with the same list.
         ("GET", "/v2/projects/{project_id}/models", "", inference.models),
     ]
-    try:
-        from limiter.jobs.api import ROUTES as job_routes
-    except ImportError:  # the jobs package is optional in a partial checkout
-        job_routes = []
-    routes.extend(job_routes)
-    return routes
+    return routes + job_routes
 
 
 application = TeamApi(build_routes())

@@ -1,9 +1,17 @@
 """`manage.py serve`: one process serving the dashboard, the team API and (embedded
-mode) the limiter, with daphne."""
+mode) the limiter, with daphne.
+
+SIGTERM (or Ctrl-C) drains instead of dropping work: the server stops accepting
+connections, /readyz turns 503 for the load balancer, requests in flight or queued
+are answered (up to SLUICE_SHUTDOWN_GRACE seconds), the 429 record is flushed, and
+only then does the process exit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from typing import Any
 
 import environ
@@ -11,6 +19,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 env = environ.Env()
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -30,20 +39,33 @@ class Command(BaseCommand):
 
         from dashboard.asgi import application
 
-        server = Server(
+        class DrainingServer(Server):
+            """daphne's server, keeping its listening ports so a drain can close them."""
+
+            ports: list = []
+
+            def listen_success(self, listening_port) -> None:
+                self.ports.append(listening_port)
+                super().listen_success(listening_port)
+
+        server = DrainingServer(
             application=application,
             endpoints=[f"tcp:port={port}:interface={host}"],
-            ready_callable=lambda: self._ready(host, port),
-            application_close_timeout=30,
+            ready_callable=lambda: self._ready(server, host, port),
+            application_close_timeout=settings.SLUICE_SHUTDOWN_GRACE,
             websocket_handshake_timeout=10,
+            signal_handlers=False,  # ours drain first (below)
         )
         server.run()
 
-    def _ready(self, host: str, port: int) -> None:
+    def _ready(self, server, host: str, port: int) -> None:
         from limiter import runtime
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
         asyncio.ensure_future(runtime.ensure_started())
+        loop = asyncio.get_event_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_drain(server)))
         mode = "embedded limiter" if settings.SLUICE_EMBEDDED_LIMITER else "limiter worker over Redis"
         upstream = "sandbox upstream" if settings.SLUICE_SANDBOX else settings.TOGETHER_BASE_URL
         self.stdout.write(f"Sluice listening on http://{host}:{port}/ ({mode}; {upstream})")
@@ -52,3 +74,29 @@ class Command(BaseCommand):
 
 def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+async def _drain(server) -> None:
+    from twisted.internet import reactor
+
+    from limiter import runtime
+    from limiter.api.team import application as team_api
+    from limiter.recorder import recorder
+    from limiter.upstream import client as upstream
+
+    if runtime.draining:
+        return
+    runtime.draining = True
+    logger.info("draining: no new connections; %d requests in flight", team_api.in_flight)
+    for listening_port in server.ports:
+        listening_port.stopListening()
+    if team_api.in_flight:
+        try:
+            await asyncio.wait_for(team_api.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)
+        except TimeoutError:
+            pass
+    if team_api.in_flight:
+        logger.warning("shutting down with %d requests still in flight", team_api.in_flight)
+    await recorder.flush()
+    await upstream.aclose()
+    reactor.stop()

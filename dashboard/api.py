@@ -1,0 +1,343 @@
+"""The ops API at /api/ (docs at /api/docs): teams, keys, profiles and limits, the 429
+history, the audit log and the live snapshot.
+
+Auth: a staff session (with CSRF on writes) or `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`.
+Operations parse, call a service or selector, and shape the output; every error leaves
+in one shape, `{"error": {"code", "message", "fields"}}`, from the handlers below.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import NinjaAPI, Query, Router, Status
+from ninja.errors import AuthenticationError, HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.security import APIKeyCookie, HttpBearer
+
+from dashboard import live, services
+from dashboard.exports import refusal_csv_response
+from dashboard.schemas import (
+    AuditPageOut,
+    ErrorOut,
+    KeyIn,
+    KeyIssuedOut,
+    KeyOut,
+    LimitIn,
+    LimitOut,
+    LimitPatchIn,
+    LimitsOverviewOut,
+    LiveOut,
+    MinuteOut,
+    ProfileIn,
+    ProfileOut,
+    ProfilePatchIn,
+    RefusalFilterIn,
+    RefusalPageOut,
+    TeamIn,
+    TeamOut,
+    TeamPatchIn,
+)
+from dashboard.selectors import audit_page, limit_warnings
+from limiter import selectors
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
+
+MSG_AUTH = "Log in as staff or send 'Authorization: Bearer <admin token>'."
+MSG_STAFF = "This account is not staff."
+MSG_NOT_FOUND = "Not found."
+MSG_INVALID = "The request is not valid."
+# A limiter that has sent nothing for this long is shown as unreachable.
+LIVE_STALE_SECONDS = 3.0
+
+
+class StaffRequired(Exception):
+    pass
+
+
+class AdminToken(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> str | None:
+        expected = settings.SLUICE_ADMIN_TOKEN
+        # Constant-time, so a wrong token's timing says nothing about the right one.
+        if expected and hmac.compare_digest(token.encode(), expected.encode()):
+            return services.TOKEN_ACTOR
+        return None
+
+
+class StaffSession(APIKeyCookie):
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        # No session cookie: answer 401 (not logged in) rather than a CSRF failure.
+        if self.param_name not in request.COOKIES:
+            return None
+        return super()._get_key(request)
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> Any:
+        user = request.user
+        if not user.is_authenticated:
+            return None
+        if not user.is_staff:
+            raise StaffRequired
+        return user
+
+
+api = NinjaAPI(
+    title="Sluice ops API",
+    version="1",
+    description="Teams, keys, limit profiles, the 429 history, the audit log and the live view.",
+    auth=[AdminToken(), StaffSession()],
+    urls_namespace="ops-api",
+)
+
+
+def _error(request: HttpRequest, status: int, code: str, message: str, fields: dict | None = None) -> HttpResponse:
+    return api.create_response(request, {"error": {"code": code, "message": message, "fields": fields}}, status=status)
+
+
+@api.exception_handler(AuthenticationError)
+def _on_auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return _error(request, 401, "unauthenticated", MSG_AUTH)
+
+
+@api.exception_handler(StaffRequired)
+def _on_staff(request: HttpRequest, exc: StaffRequired) -> HttpResponse:
+    return _error(request, 403, "forbidden", MSG_STAFF)
+
+
+@api.exception_handler(Http404)
+def _on_404(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return _error(request, 404, "not_found", MSG_NOT_FOUND)
+
+
+@api.exception_handler(HttpError)
+def _on_http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return _error(request, exc.status_code, "http_error", str(exc))
+
+
+@api.exception_handler(NinjaValidationError)
+def _on_invalid(request: HttpRequest, exc: NinjaValidationError) -> HttpResponse:
+    fields: dict[str, list[str]] = {}
+    for error in exc.errors:
+        # loc is ("body", "payload", "burst") or ("query", "source"): the field is last.
+        loc = error.get("loc") or ("body",)
+        fields.setdefault(str(loc[-1]), []).append(error["msg"])
+    return _error(request, 400, "invalid", MSG_INVALID, fields)
+
+
+@api.exception_handler(DjangoValidationError)
+def _on_model_invalid(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+    fields = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+    return _error(request, 400, "invalid", MSG_INVALID, fields)
+
+
+@api.exception_handler(services.ServiceError)
+def _on_service(request: HttpRequest, exc: services.ServiceError) -> HttpResponse:
+    return _error(request, 409, "conflict", str(exc))
+
+
+def _actor(request: HttpRequest) -> Any:
+    # The admin token acts as nobody in particular; the audit names it as such.
+    return None if request.auth == services.TOKEN_ACTOR else request.auth
+
+
+def _profile(name: str) -> LimitProfile:
+    return get_object_or_404(LimitProfile, name=name)
+
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
+
+# --- teams and keys ---------------------------------------------------------------------------
+teams = Router(tags=["teams and keys"])
+
+
+@teams.get("/teams", response={200: list[TeamOut], **ERRORS})
+def team_list(request: HttpRequest):
+    return selectors.team_list()
+
+
+@teams.post("/teams", response={201: TeamOut, **ERRORS})
+def team_create(request: HttpRequest, payload: TeamIn):
+    profile = _profile(payload.profile) if payload.profile else None
+    return Status(201, services.team_create(actor=_actor(request), name=payload.name, profile=profile))
+
+
+@teams.get("/teams/{team_id}", response={200: TeamOut, **ERRORS})
+def team_get(request: HttpRequest, team_id: int):
+    return get_object_or_404(selectors.team_list(), pk=team_id)
+
+
+@teams.patch("/teams/{team_id}", response={200: TeamOut, **ERRORS})
+def team_update(request: HttpRequest, team_id: int, payload: TeamPatchIn):
+    team = get_object_or_404(selectors.team_list(), pk=team_id)
+    if payload.profile is not None:
+        services.profile_assign(actor=_actor(request), team=team, profile=_profile(payload.profile))
+    if payload.paused is not None:
+        services.team_pause(actor=_actor(request), team=team, paused=payload.paused)
+    return team
+
+
+@teams.get("/teams/{team_id}/keys", response={200: list[KeyOut], **ERRORS})
+def key_list(request: HttpRequest, team_id: int):
+    return selectors.key_list(team=get_object_or_404(Team, pk=team_id)).select_related("team")
+
+
+@teams.post("/teams/{team_id}/keys", response={201: KeyIssuedOut, **ERRORS})
+def key_create(request: HttpRequest, team_id: int, payload: KeyIn):
+    team = get_object_or_404(Team, pk=team_id)
+    profile = _profile(payload.profile) if payload.profile else None
+    issued = services.key_create(
+        actor=_actor(request), team=team, name=payload.name, profile=profile, expires_at=payload.expires_at
+    )
+    return Status(201, {"key": issued.key, "secret": issued.secret})
+
+
+@teams.post("/keys/{key_id}/revoke", response={200: KeyOut, **ERRORS})
+def key_revoke(request: HttpRequest, key_id: int):
+    key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
+    return services.key_revoke(actor=_actor(request), key=key)
+
+
+@teams.post("/keys/{key_id}/rotate", response={201: KeyIssuedOut, **ERRORS})
+def key_rotate(request: HttpRequest, key_id: int):
+    key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
+    issued = services.key_rotate(actor=_actor(request), key=key)
+    return Status(201, {"key": issued.key, "secret": issued.secret})
+
+
+# --- profiles and limits ---------------------------------------------------------------------
+profiles = Router(tags=["profiles and limits"])
+
+
+@profiles.get("/profiles", response={200: list[ProfileOut], **ERRORS})
+def profile_list(request: HttpRequest):
+    return selectors.profile_list()
+
+
+@profiles.post("/profiles", response={201: ProfileOut, **ERRORS})
+def profile_create(request: HttpRequest, payload: ProfileIn):
+    source = _profile(payload.copy_from) if payload.copy_from else None
+    profile = services.profile_create(
+        actor=_actor(request), name=payload.name, description=payload.description, copy_from=source
+    )
+    return Status(201, profile)
+
+
+@profiles.get("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
+def profile_get(request: HttpRequest, profile_id: int):
+    return get_object_or_404(selectors.profile_list(), pk=profile_id)
+
+
+@profiles.patch("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
+def profile_update(request: HttpRequest, profile_id: int, payload: ProfilePatchIn):
+    profile = get_object_or_404(LimitProfile, pk=profile_id)
+    services.profile_update(actor=_actor(request), profile=profile, data=payload.dict(exclude_unset=True))
+    return profile
+
+
+@profiles.delete("/profiles/{profile_id}", response={204: None, **ERRORS})
+def profile_delete(request: HttpRequest, profile_id: int):
+    services.profile_delete(actor=_actor(request), profile=get_object_or_404(LimitProfile, pk=profile_id))
+    return Status(204, None)
+
+
+def _limit_out(limit: EndpointLimit) -> EndpointLimit:
+    # LimitOut reads `warnings` off the object: a limit above its upstream ceiling is
+    # saved, and the answer says so.
+    limit.warnings = limit_warnings(profile=limit.profile, limit=limit)
+    return limit
+
+
+@profiles.post("/profiles/{profile_id}/limits", response={201: LimitOut, **ERRORS})
+def limit_create(request: HttpRequest, profile_id: int, payload: LimitIn):
+    profile = get_object_or_404(LimitProfile, pk=profile_id)
+    data = payload.dict(exclude={"endpoint"}, exclude_none=True)
+    limit = services.limit_create(actor=_actor(request), profile=profile, endpoint=payload.endpoint, data=data)
+    return Status(201, _limit_out(limit))
+
+
+@profiles.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
+def limit_update(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
+    limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=limit_id)
+    # Unset fields keep their value; a field sent as null clears an optional limit.
+    services.limit_update(actor=_actor(request), limit=limit, data=payload.dict(exclude_unset=True))
+    return _limit_out(limit)
+
+
+@profiles.delete("/limits/{limit_id}", response={204: None, **ERRORS})
+def limit_delete(request: HttpRequest, limit_id: int):
+    services.limit_delete(actor=_actor(request), limit=get_object_or_404(EndpointLimit, pk=limit_id))
+    return Status(204, None)
+
+
+# --- 429 history -------------------------------------------------------------------------------
+refusals = Router(tags=["429 history"])
+
+
+def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
+    team = Team.objects.filter(name=query.team).first() if query.team else None
+    return selectors.RefusalFilters(
+        start=query.start,
+        end=query.end,
+        team=team,
+        team_name=query.team or "",
+        key_prefix=query.key_prefix or "",
+        endpoint=query.endpoint or "",
+        model=query.model or "",
+        reason=query.reason or "",
+        source=query.source or "",
+    )
+
+
+@refusals.get("/refusals", response={200: RefusalPageOut, **ERRORS})
+def refusal_list(request: HttpRequest, filters: Query[RefusalFilterIn], after: str = "", size: int = selectors.PAGE_SIZE):
+    page = selectors.refusal_page(filters=_filters(filters), after=after, size=size)
+    return {"items": page.rows, "next_cursor": page.next_cursor}
+
+
+@refusals.get("/refusals/per-minute", response={200: list[MinuteOut], **ERRORS})
+def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
+    """Refusals per minute over the filtered range (at most its last 24 hours)."""
+    return [{"minute": m, "refusals": n} for m, n in selectors.refusal_per_minute(filters=_filters(filters))]
+
+
+@refusals.get("/refusals.csv", response={200: None, **ERRORS}, openapi_extra={
+    "responses": {200: {"description": "CSV, streamed", "content": {"text/csv": {}}}},
+})
+def refusal_csv(request: HttpRequest, filters: Query[RefusalFilterIn]) -> StreamingHttpResponse:
+    return refusal_csv_response(filters=_filters(filters))
+
+
+# --- audit and live ------------------------------------------------------------------------------
+ops = Router(tags=["audit and live"])
+
+
+@ops.get("/audit", response={200: AuditPageOut, **ERRORS})
+def audit_list(request: HttpRequest, after: str = "", object_type: str = "", object_id: str = ""):
+    page = audit_page(after=after, object_type=object_type, object_id=object_id)
+    return {"items": page.rows, "next_cursor": page.next_cursor}
+
+
+@ops.get("/live", response={200: LiveOut, **ERRORS})
+def live_get(request: HttpRequest):
+    """The latest live snapshot (asked of the limiter when older than a second) plus the
+    limits as the database holds them."""
+    snapshot = async_to_sync(live.snapshot_fetch)()
+    age = live.latest.age()
+    return {
+        "limiter_reachable": age is not None and age <= LIVE_STALE_SECONDS,
+        "age_seconds": age,
+        "snapshot": snapshot,
+        "limits": LimitsOverviewOut(**selectors.limit_overview()),
+    }
+
+
+api.add_router("", teams)
+api.add_router("", profiles)
+api.add_router("", refusals)
+api.add_router("", ops)

@@ -1,0 +1,120 @@
+"""The live view's data: the limiter's snapshots, given names, and the latest one kept.
+
+The limiter speaks in ids (ApiKey pk, UpstreamAccount pk); the browser wants team
+names, key prefixes and account names. The mapping is cached per process and reloaded
+when a snapshot names an id it does not know, or when the configuration changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from limiter import events, runtime, selectors
+
+# Reload names at most this often when a snapshot keeps naming an unknown id (a key
+# deleted since the limiter last saw it), so a stale id cannot cost a query per update.
+NAMES_RETRY_SECONDS = 5.0
+# /api/live asks the limiter itself when the last snapshot seen is older than this.
+LATEST_MAX_AGE = 1.0
+SNAPSHOT_TIMEOUT = 1.0
+
+
+class ScopeNames:
+    def __init__(self) -> None:
+        self._names: dict[str, dict[str, dict[str, str]]] | None = None
+        self._loaded_at = 0.0
+
+    def clear(self) -> None:
+        self._names = None
+
+    def _missing(self, snapshot: events.LiveSnapshot) -> bool:
+        assert self._names is not None
+        return any(scope["id"] not in self._names[scope["kind"]] for scope in snapshot["scopes"])
+
+    async def get(self, snapshot: events.LiveSnapshot) -> dict[str, dict[str, dict[str, str]]]:
+        stale = self._names is None or (
+            self._missing(snapshot) and time.monotonic() - self._loaded_at > NAMES_RETRY_SECONDS
+        )
+        if stale:
+            self._names = await database_sync_to_async(selectors.scope_names)()
+            self._loaded_at = time.monotonic()
+        assert self._names is not None
+        return self._names
+
+
+names = ScopeNames()
+
+
+def snapshot_enrich(snapshot: events.LiveSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]) -> dict[str, Any]:
+    """The snapshot as the browser gets it: every scope carries its display names."""
+    scopes = []
+    for scope in snapshot["scopes"]:
+        known = scope_names[scope["kind"]].get(scope["id"], {})
+        if scope["kind"] == "key":
+            labels = {
+                "team": known.get("team", "(deleted key)"),
+                "team_id": known.get("team_id", ""),
+                "key_prefix": known.get("prefix", scope["id"]),
+                "key_name": known.get("name", ""),
+            }
+        else:
+            labels = {"account": known.get("name", f"account {scope['id']}")}
+        scopes.append({**scope, **labels})
+    accounts = scope_names["account"]
+    return {
+        "type": "snapshot",
+        "at": snapshot["at"],
+        "limiter": snapshot["limiter"],
+        "scopes": scopes,
+        "upstream_headers": {
+            accounts.get(account, {}).get("name", account): headers
+            for account, headers in snapshot["upstream_headers"].items()
+        },
+        "history": snapshot["history"],
+    }
+
+
+class Latest:
+    """The newest snapshot this process has seen, for GET /api/live."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] | None = None
+        self.seen_at = 0.0
+
+    def store(self, enriched: dict[str, Any]) -> None:
+        self.snapshot = enriched
+        self.seen_at = time.monotonic()
+
+    def age(self) -> float | None:
+        return None if self.snapshot is None else time.monotonic() - self.seen_at
+
+
+latest = Latest()
+
+
+async def snapshot_enriched(snapshot: events.LiveSnapshot) -> dict[str, Any]:
+    enriched = snapshot_enrich(snapshot, await names.get(snapshot))
+    latest.store(enriched)
+    return enriched
+
+
+async def snapshot_fetch() -> dict[str, Any] | None:
+    """The latest snapshot, asking the limiter when the last one seen is old. When the
+    limiter does not answer within SNAPSHOT_TIMEOUT, the old one (or None): the caller
+    tells from `latest.age()` that it is stale."""
+    age = latest.age()
+    if age is not None and age <= LATEST_MAX_AGE:
+        return latest.snapshot
+    layer = get_channel_layer()
+    reply = await layer.new_channel("sluice.live.api.")
+    await runtime.request_snapshot(reply)
+    try:
+        message = await asyncio.wait_for(layer.receive(reply), SNAPSHOT_TIMEOUT)
+    except TimeoutError:
+        return latest.snapshot
+    return await snapshot_enriched(message)

@@ -1,0 +1,235 @@
+"""The ops API's input (`XIn`) and output (`XOut`) schemas, with explicit fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from ninja import Field, ModelSchema, Schema
+
+from dashboard.models import AuditEntry
+from limiter.models import (
+    ApiKey,
+    EndpointKind,
+    EndpointLimit,
+    LimitProfile,
+    Refusal,
+    RefusalSource,
+    Team,
+)
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    fields: dict[str, list[str]] | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+# --- limits and profiles ----------------------------------------------------------------
+class LimitOut(ModelSchema):
+    profile: str = Field(..., alias="profile.name")
+    warnings: list[str] = []
+
+    class Meta:
+        model = EndpointLimit
+        fields = [
+            "id", "endpoint", "requests_per_minute", "pace_per_minute", "burst", "tokens_per_minute",
+            "max_concurrent", "queue_depth", "max_queue_wait_seconds", "max_batch_requests",
+        ]
+
+
+class LimitPatchIn(Schema):
+    requests_per_minute: int | None = Field(None, ge=1)
+    pace_per_minute: int | None = Field(None, ge=1)
+    burst: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    queue_depth: int | None = Field(None, ge=0)
+    max_queue_wait_seconds: float | None = Field(None, ge=0)
+    max_batch_requests: int | None = Field(None, ge=1)
+
+
+class LimitIn(LimitPatchIn):
+    endpoint: EndpointKind
+    requests_per_minute: int = Field(..., ge=1)
+
+
+class ProfileOut(ModelSchema):
+    limits: list[LimitOut]
+
+    class Meta:
+        model = LimitProfile
+        fields = ["id", "name", "description", "created_at", "updated_at"]
+
+
+class ProfileIn(Schema):
+    name: str = Field(..., min_length=1, max_length=80)
+    description: str = ""
+    copy_from: str | None = Field(None, description="Name of the profile whose limits to copy; default: 'default'.")
+
+
+class ProfilePatchIn(Schema):
+    name: str | None = Field(None, min_length=1, max_length=80)
+    description: str | None = None
+
+
+# --- teams and keys -------------------------------------------------------------------------
+class TeamOut(ModelSchema):
+    profile: str = Field(..., alias="profile.name")
+    upstream: str = Field(..., alias="upstream.name")
+
+    class Meta:
+        model = Team
+        fields = ["id", "name", "paused", "created_at"]
+
+
+class TeamIn(Schema):
+    name: str = Field(..., min_length=1, max_length=80)
+    profile: str | None = Field(None, description="Profile name; default: 'default'.")
+
+
+class TeamPatchIn(Schema):
+    profile: str | None = Field(None, description="Assign this profile (by name).")
+    paused: bool | None = None
+
+
+class KeyOut(ModelSchema):
+    team: str = Field(..., alias="team.name")
+    profile: str | None = Field(None, description="Empty: the team's profile.")
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "prefix", "created_at", "expires_at", "revoked_at", "last_used_at"]
+
+    @staticmethod
+    def resolve_profile(obj: ApiKey) -> str | None:
+        return obj.profile.name if obj.profile_id else None
+
+
+class KeyIn(Schema):
+    name: str = Field("", max_length=80)
+    profile: str | None = Field(None, description="Profile name; empty: the team's profile.")
+    expires_at: datetime | None = None
+
+
+class KeyIssuedOut(Schema):
+    key: KeyOut
+    secret: str = Field(..., description="Shown once; Sluice keeps only its hash.")
+
+
+# --- 429 history ------------------------------------------------------------------------------
+class RefusalFilterIn(Schema):
+    start: datetime | None = None
+    end: datetime | None = None
+    team: str | None = Field(None, description="Team name.")
+    key_prefix: str | None = None
+    endpoint: EndpointKind | None = None
+    model: str | None = None
+    reason: str | None = None
+    source: RefusalSource | None = None
+
+
+class RefusalOut(ModelSchema):
+    class Meta:
+        model = Refusal
+        fields = [
+            "id", "created_at", "team_name", "key_prefix", "upstream", "endpoint", "model", "reason",
+            "source", "retry_after_seconds", "request_id", "message",
+        ]
+
+
+class RefusalPageOut(Schema):
+    items: list[RefusalOut]
+    next_cursor: str | None = Field(None, description="Pass as `after` for the next page; null on the last.")
+
+
+class MinuteOut(Schema):
+    minute: datetime
+    refusals: int
+
+
+# --- audit ----------------------------------------------------------------------------------
+class AuditOut(ModelSchema):
+    class Meta:
+        model = AuditEntry
+        fields = [
+            "id", "created_at", "actor_name", "action", "object_type", "object_id", "object_repr",
+            "old_values", "new_values",
+        ]
+
+
+class AuditPageOut(Schema):
+    items: list[AuditOut]
+    next_cursor: str | None = None
+
+
+# --- live -----------------------------------------------------------------------------------------
+class ScopeOut(Schema):
+    kind: str
+    id: str
+    endpoint: str
+    limit_per_minute: float
+    burst: int
+    in_use: float
+    admitted_last_minute: int
+    queued: int
+    longest_wait: float
+    leases: int
+    max_concurrent: int | None
+    tokens_per_minute: float | None
+    tokens_in_use: float | None
+    paused_for: float
+    refused_last_minute: dict[str, int]
+    team: str | None = None
+    key_prefix: str | None = None
+    account: str | None = None
+
+
+class SnapshotOut(Schema):
+    at: float
+    limiter: dict[str, float]
+    scopes: list[ScopeOut]
+    upstream_headers: dict[str, dict[str, dict[str, str]]]
+    history: dict[str, list[list[int]]]
+    jobs: dict[str, object] | None = None
+
+
+class DbLimitOut(Schema):
+    endpoint: str
+    limit_per_minute: int
+    requests_per_minute: int
+    burst: int
+    max_concurrent: int | None
+    queue_depth: int
+    max_wait: float
+
+
+class AccountLimitsOut(Schema):
+    id: str
+    name: str
+    profile: str
+    limits: list[DbLimitOut]
+
+
+class TeamLimitsOut(Schema):
+    id: int
+    name: str
+    paused: bool
+    profile: str
+    upstream: str
+    limits: list[DbLimitOut]
+
+
+class LimitsOverviewOut(Schema):
+    accounts: list[AccountLimitsOut]
+    teams: list[TeamLimitsOut]
+
+
+class LiveOut(Schema):
+    limiter_reachable: bool
+    age_seconds: float | None = Field(None, description="Age of the snapshot; null when none was seen.")
+    snapshot: SnapshotOut | None
+    limits: LimitsOverviewOut

@@ -1,0 +1,226 @@
+"""Every change an ops user makes, from the dashboard pages or the ops API.
+
+Each service saves through the models (so `limiter/signals.py` broadcasts the change
+and the gateway uses it on the next request) and writes an AuditEntry with the old and
+new values in the same transaction. `actor` is None for the admin token.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, models, transaction
+from django.db.models import ProtectedError
+
+from dashboard.models import AuditEntry
+from limiter import services as limiter_services
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team
+from limiter.services import IssuedKey
+
+TOKEN_ACTOR = "admin token"
+
+MSG_NAME_TAKEN = "The name '{name}' is already taken."
+MSG_PROFILE_IN_USE = "The profile '{name}' is used by teams, keys or upstream accounts; reassign them first."
+MSG_LIMIT_EXISTS = "The profile '{profile}' already has a limit for '{endpoint}'."
+
+LIMIT_FIELDS = (
+    "requests_per_minute", "pace_per_minute", "burst", "tokens_per_minute", "max_concurrent",
+    "queue_depth", "max_queue_wait_seconds", "max_batch_requests",
+)
+
+
+class ServiceError(Exception):
+    """A change refused for a reason the user can fix; the message says which."""
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, models.Model):
+        return str(value)
+    return value
+
+
+def _values(obj: models.Model, fields: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    return {name: _json_value(getattr(obj, name)) for name in fields}
+
+
+def audit_record(
+    *,
+    actor: AbstractBaseUser | None,
+    action: str,
+    obj: models.Model,
+    old: dict[str, Any] | None = None,
+    new: dict[str, Any] | None = None,
+) -> AuditEntry:
+    return AuditEntry.objects.create(
+        actor=actor,
+        actor_name=actor.get_username() if actor is not None else TOKEN_ACTOR,
+        action=action,
+        object_type=obj._meta.model_name,
+        object_id=str(obj.pk),
+        object_repr=str(obj)[:200],
+        old_values=old or {},
+        new_values=new or {},
+    )
+
+
+def _update(*, actor: AbstractBaseUser | None, obj: models.Model, data: dict[str, Any], action: str) -> bool:
+    """Apply `data`, validate, save, and audit only the fields that changed.
+    Returns whether anything changed (an unchanged save would broadcast for nothing)."""
+    changed = [name for name, value in data.items() if getattr(obj, name) != value]
+    if not changed:
+        return False
+    old = _values(obj, changed)
+    for name in changed:
+        setattr(obj, name, data[name])
+    obj.full_clean()
+    obj.save(update_fields=changed)
+    audit_record(actor=actor, action=action, obj=obj, old=old, new=_values(obj, changed))
+    return True
+
+
+# --- profiles and limits ------------------------------------------------------------------
+@transaction.atomic
+def profile_create(
+    *, actor: AbstractBaseUser | None, name: str, description: str = "", copy_from: LimitProfile | None = None
+) -> LimitProfile:
+    """A new profile, starting from `copy_from`'s limits (the default profile when None),
+    so it is usable the moment it is assigned."""
+    if LimitProfile.objects.filter(name=name).exists():
+        raise ServiceError(MSG_NAME_TAKEN.format(name=name))
+    source = copy_from or limiter_services.profile_default()
+    profile = LimitProfile(name=name, description=description, model_fallbacks=dict(source.model_fallbacks))
+    profile.full_clean()
+    profile.save()
+    for row in source.limits.all():
+        EndpointLimit.objects.create(profile=profile, endpoint=row.endpoint, **_values(row, LIMIT_FIELDS))
+    audit_record(
+        actor=actor, action="create", obj=profile,
+        new={"name": name, "description": description, "copied_from": source.name},
+    )
+    return profile
+
+
+@transaction.atomic
+def profile_update(*, actor: AbstractBaseUser | None, profile: LimitProfile, data: dict[str, Any]) -> LimitProfile:
+    if "name" in data and LimitProfile.objects.filter(name=data["name"]).exclude(pk=profile.pk).exists():
+        raise ServiceError(MSG_NAME_TAKEN.format(name=data["name"]))
+    _update(actor=actor, obj=profile, data=data, action="update")
+    return profile
+
+
+@transaction.atomic
+def profile_delete(*, actor: AbstractBaseUser | None, profile: LimitProfile) -> None:
+    old = _values(profile, ("name", "description"))
+    audit_record(actor=actor, action="delete", obj=profile, old=old)
+    try:
+        profile.delete()
+    except ProtectedError as exc:
+        raise ServiceError(MSG_PROFILE_IN_USE.format(name=profile.name)) from exc
+
+
+@transaction.atomic
+def limit_create(*, actor: AbstractBaseUser | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]) -> EndpointLimit:
+    if profile.limits.filter(endpoint=endpoint).exists():
+        raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint))
+    limit = EndpointLimit(profile=profile, endpoint=endpoint, **data)
+    limit.full_clean()
+    try:
+        limit.save()
+    except IntegrityError as exc:  # created by someone else since the check above
+        raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint)) from exc
+    audit_record(actor=actor, action="create", obj=limit, new=_values(limit, ("endpoint", *LIMIT_FIELDS)))
+    return limit
+
+
+@transaction.atomic
+def limit_update(*, actor: AbstractBaseUser | None, limit: EndpointLimit, data: dict[str, Any]) -> EndpointLimit:
+    _update(actor=actor, obj=limit, data={k: v for k, v in data.items() if k in LIMIT_FIELDS}, action="update")
+    return limit
+
+
+@transaction.atomic
+def limit_delete(*, actor: AbstractBaseUser | None, limit: EndpointLimit) -> None:
+    audit_record(actor=actor, action="delete", obj=limit, old=_values(limit, ("endpoint", *LIMIT_FIELDS)))
+    limit.delete()
+
+
+# --- teams -------------------------------------------------------------------------------
+@transaction.atomic
+def team_create(*, actor: AbstractBaseUser | None, name: str, profile: LimitProfile | None = None) -> Team:
+    team, created = limiter_services.team_get_or_create(name=name, profile=profile)
+    if not created:
+        raise ServiceError(MSG_NAME_TAKEN.format(name=name))
+    audit_record(actor=actor, action="create", obj=team, new=_values(team, ("name", "profile", "upstream")))
+    return team
+
+
+@transaction.atomic
+def profile_assign(*, actor: AbstractBaseUser | None, team: Team, profile: LimitProfile) -> Team:
+    _update(actor=actor, obj=team, data={"profile": profile}, action="assign_profile")
+    return team
+
+
+@transaction.atomic
+def team_pause(*, actor: AbstractBaseUser | None, team: Team, paused: bool) -> Team:
+    _update(actor=actor, obj=team, data={"paused": paused}, action="pause" if paused else "resume")
+    return team
+
+
+# --- keys ----------------------------------------------------------------------------------
+KEY_FIELDS = ("prefix", "name", "profile", "expires_at", "revoked_at")
+
+
+@transaction.atomic
+def key_create(
+    *,
+    actor: AbstractBaseUser | None,
+    team: Team,
+    name: str = "",
+    profile: LimitProfile | None = None,
+    expires_at: datetime | None = None,
+) -> IssuedKey:
+    issued = limiter_services.key_issue(team=team, name=name, profile=profile, expires_at=expires_at)
+    audit_record(actor=actor, action="create", obj=issued.key, new=_values(issued.key, KEY_FIELDS))
+    return issued
+
+
+@transaction.atomic
+def key_revoke(*, actor: AbstractBaseUser | None, key: ApiKey) -> ApiKey:
+    if key.revoked_at is not None:
+        return key
+    old = _values(key, ("revoked_at",))
+    limiter_services.key_revoke(key=key)
+    audit_record(actor=actor, action="revoke", obj=key, old=old, new=_values(key, ("revoked_at",)))
+    return key
+
+
+@transaction.atomic
+def key_rotate(*, actor: AbstractBaseUser | None, key: ApiKey) -> IssuedKey:
+    old = _values(key, ("revoked_at",))
+    issued = limiter_services.key_rotate(key=key)
+    audit_record(
+        actor=actor, action="rotate", obj=key, old=old,
+        new={**_values(key, ("revoked_at",)), "replaced_by": issued.key.prefix},
+    )
+    audit_record(actor=actor, action="create", obj=issued.key, new=_values(issued.key, KEY_FIELDS))
+    return issued
+
+
+# --- retention ---------------------------------------------------------------------------------
+def refusal_prune(*, older_than: datetime, batch_size: int = 10_000) -> int:
+    """Delete refusals created before `older_than`, oldest first, in batches: each batch
+    is its own short transaction, so the recorder's inserts are never blocked for long."""
+    deleted = 0
+    while True:
+        ids = list(
+            Refusal.objects.filter(created_at__lt=older_than)
+            .order_by("created_at", "id")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return deleted
+        deleted += Refusal.objects.filter(id__in=ids).delete()[0]

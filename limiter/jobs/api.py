@@ -1,0 +1,293 @@
+"""Team API handlers for files, fine-tunes and batches.
+
+Files pass through to Together untouched (including the SDKs' redirect upload: the
+redirect is not followed, its `Location` and `X-Together-File-Id` go back to the
+caller). Fine-tunes and batches are accepted into Sluice's persistent queue and
+started when the account has a free slot; see `limiter/jobs/services.py`.
+
+Batches over the key's per-batch request cap are refused with a 400, unless the team
+asks Sluice to split them: body field `"split": true` or header
+`x-sluice-split-batch: true`. A split batch runs as several upstream batches under one
+id; its parts are listed in the answer's `sluice.parts`.
+
+The router (limiter/api/team.py) authenticates the key, applies the per-key request
+rate of the route's endpoint kind, fills `request.path_params` and maps ApiError.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from limiter.api import errors
+from limiter.api.errors import ApiError
+from limiter.api.http import Handler, Request, Response, StreamingResponse
+from limiter.jobs import selectors, services
+from limiter.jobs.models import Job, JobKind
+from limiter.jobs.shapes import job_json
+from limiter.keys import KeyInfo
+from limiter.upstream import UpstreamError, client
+
+logger = logging.getLogger(__name__)
+
+MSG_JOB_NOT_FOUND = "No {what} with id '{id}' for this team."
+MSG_BATCH_TOO_LARGE = (
+    "The input file holds {count} requests; batches on this key may carry at most {cap}. "
+    "Split the file, or send \"split\": true (or the header x-sluice-split-batch: true) "
+    "to have Sluice run it as several batches of at most {cap} requests, tracked as one."
+)
+MSG_BATCH_SPLIT = (
+    "The input file holds {count} requests, over this key's cap of {cap} a batch: "
+    "Sluice runs it as {parts} batches, tracked as one (see sluice.parts)."
+)
+MSG_QUEUED = "Accepted and queued in Sluice: it starts when the account has a free slot."
+SPLIT_HEADER = "x-sluice-split-batch"
+# Upstream answer headers worth passing on; content-type is set from the answer itself.
+RELAYED_HEADERS = ("location", "x-together-file-id", "retry-after", "retry-after-ms")
+RELAYED_PREFIXES = ("x-ratelimit-", "x-tokenlimit-")
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+# --- plumbing ---------------------------------------------------------------------------
+def _key(request: Request) -> KeyInfo:
+    assert request.key is not None  # the router authenticates before calling a handler
+    return request.key
+
+
+def _relay(response: httpx.Response) -> Response:
+    """Together's answer as it came: status, body, type and the headers that matter."""
+    relayed = Response(
+        status=response.status_code,
+        body=response.content,
+        content_type=response.headers.get("content-type", "application/json").encode("latin-1"),
+    )
+    for name, value in response.headers.items():
+        if name.lower() in RELAYED_HEADERS or name.lower().startswith(RELAYED_PREFIXES):
+            relayed.add_header(name, value)
+    return relayed
+
+
+def _upstream_failed(exc: UpstreamError) -> ApiError:
+    if exc.timeout:
+        return ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout")
+    return ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
+                    code="upstream_unreachable")
+
+
+async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.Response:
+    headers = {"content-type": request.content_type} if request.content_type else {}
+    try:
+        outcome = await client.send(
+            services.key_target(_key(request)), request.method, path,
+            content=request.body or None, headers=headers, params=request.query_string or None,
+            deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE, stream=stream,
+        )
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+    return outcome.response
+
+
+async def _pass(request: Request, path: str) -> Response:
+    return _relay(await _send(request, path))
+
+
+def _require(body: dict, *names: str) -> None:
+    for name in names:
+        if body.get(name) in (None, ""):
+            raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field=name), param=name, code="missing_field")
+
+
+async def _own_job(request: Request, kind: str) -> Job:
+    job_id = request.path_params["id"]
+    job = await sync_to_async(selectors.job_get_for_team)(team_id=_key(request).team_id, kind=kind, public_id=job_id)
+    if job is None:
+        what = "fine-tune job" if kind == JobKind.FINE_TUNE else "batch"
+        raise ApiError(404, MSG_JOB_NOT_FOUND.format(what=what, id=job_id), type=errors.NOT_FOUND, code="not_found")
+    return job
+
+
+async def _shown(job: Job) -> dict:
+    fresh = await sync_to_async(selectors.job_get_for_team)(team_id=job.team_id, kind=job.kind, public_id=job.public_id)
+    return await sync_to_async(job_json)(fresh or job)
+
+
+async def _start_now(job: Job) -> services.StartResult | None:
+    """Try to start queued work at once; the job is stored, so a failure here only delays it."""
+    try:
+        results = await services.jobs_start_queued(account_id=job.account_id, kind=job.kind)
+    except Exception:
+        logger.exception("starting %s at once failed; the poller will start it", job.public_id)
+        return None
+    return results.get(job.pk)
+
+
+# --- files ----------------------------------------------------------------------------
+async def files_create(request: Request) -> Response:
+    return await _pass(request, "/files")
+
+
+async def files_list(request: Request) -> Response:
+    return await _pass(request, "/files")
+
+
+async def file_retrieve(request: Request) -> Response:
+    return await _pass(request, f"/files/{request.path_params['id']}")
+
+
+async def file_delete(request: Request) -> Response:
+    return await _pass(request, f"/files/{request.path_params['id']}")
+
+
+async def file_preprocess(request: Request) -> Response:
+    return await _pass(request, f"/files/{request.path_params['id']}/preprocess")
+
+
+async def file_content(request: Request) -> Response | StreamingResponse:
+    # Streamed: output files can be large.
+    response = await _send(request, f"/files/{request.path_params['id']}/content", stream=True)
+    if not response.is_success:
+        await response.aread()
+        await response.aclose()
+        return _relay(response)
+    return StreamingResponse(
+        chunks=response.aiter_raw(),
+        status=response.status_code,
+        content_type=response.headers.get("content-type", "application/octet-stream").encode("latin-1"),
+        on_close=response.aclose,
+    )
+
+
+# --- fine-tunes -----------------------------------------------------------------------
+async def fine_tunes_create(request: Request) -> Response:
+    body = request.json()
+    _require(body, "training_file", "model")
+    job = await sync_to_async(services.job_accept)(key=_key(request), kind=JobKind.FINE_TUNE, request=body)
+    result = await _start_now(job)
+    if result is not None and result.outcome == "failed" and result.response is not None:
+        return _relay(result.response)  # Together refused it outright: say so, as Together would
+    return Response.json(await _shown(job))
+
+
+async def fine_tunes_list(request: Request) -> Response:
+    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=JobKind.FINE_TUNE)
+    return Response.json({"data": await sync_to_async(lambda: [job_json(job) for job in jobs])()})
+
+
+async def fine_tune_retrieve(request: Request) -> Response:
+    job = await _own_job(request, JobKind.FINE_TUNE)
+    return Response.json(await sync_to_async(job_json)(job))
+
+
+async def fine_tune_cancel(request: Request) -> Response:
+    job = await _own_job(request, JobKind.FINE_TUNE)
+    try:
+        job = await services.job_cancel(job=job)
+    except services.UpstreamRefused as exc:
+        return _relay(exc.response)
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+    return Response.json(await _shown(job))
+
+
+async def fine_tune_events(request: Request) -> Response:
+    job = await _own_job(request, JobKind.FINE_TUNE)
+    if not job.upstream_id:
+        return Response.json({"data": []})
+    return await _pass(request, f"/fine-tunes/{job.upstream_id}/events")
+
+
+async def fine_tune_passthrough(request: Request) -> Response:
+    """What the together SDK asks before creating a job (model limits, price estimate)."""
+    return await _pass(request, request.path.removeprefix("/v1"))
+
+
+# --- batches ----------------------------------------------------------------------------
+def _split_requested(request: Request, body: dict) -> bool:
+    # Popped from the body: Together does not know the field.
+    in_body = body.pop("split", False)
+    in_header = request.headers.get(SPLIT_HEADER, "").strip().lower() in TRUE_VALUES
+    return in_body is True or str(in_body).lower() in TRUE_VALUES or in_header
+
+
+async def batches_create(request: Request) -> Response:
+    body = dict(request.json())
+    split = _split_requested(request, body)
+    _require(body, "endpoint", "input_file_id")
+    key = _key(request)
+    try:
+        plan = await services.batch_plan(key=key, input_file_id=str(body["input_file_id"]), split=split)
+    except services.BatchTooLarge as exc:
+        raise ApiError(400, MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
+                       param="input_file_id", code="batch_too_large") from exc
+    except services.UpstreamRefused as exc:
+        return _relay(exc.response)
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+    warning: str | None
+    if plan.part_files:
+        job = await sync_to_async(services.batch_accept_split)(key=key, request=body, plan=plan)
+        warning = MSG_BATCH_SPLIT.format(count=plan.request_count, cap=key.max_batch_requests,
+                                         parts=len(plan.part_files))
+        await _start_now(job)  # starts its parts, in fair order with everyone else's
+    else:
+        job = await sync_to_async(services.job_accept)(key=key, kind=JobKind.BATCH, request=body,
+                                                       request_count=plan.request_count)
+        result = await _start_now(job)
+        if result is not None and result.outcome == "failed" and result.response is not None:
+            return _relay(result.response)
+        warning = result.warning if result is not None and result.outcome == "started" else None
+    shown = await _shown(job)
+    if shown["status"] == "QUEUED":
+        warning = " ".join(filter(None, [warning, MSG_QUEUED]))
+    answer = {"job": shown}
+    if warning:
+        answer["warning"] = warning
+    return Response.json(answer, status=201)
+
+
+async def batches_list(request: Request) -> Response:
+    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=JobKind.BATCH)
+    # A bare array, as Together answers.
+    return Response.json(await sync_to_async(lambda: [job_json(job) for job in jobs])())
+
+
+async def batch_retrieve(request: Request) -> Response:
+    job = await _own_job(request, JobKind.BATCH)
+    return Response.json(await sync_to_async(job_json)(job))
+
+
+async def batch_cancel(request: Request) -> Response:
+    job = await _own_job(request, JobKind.BATCH)
+    try:
+        job = await services.job_cancel(job=job)
+    except services.UpstreamRefused as exc:
+        return _relay(exc.response)
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+    return Response.json(await _shown(job))
+
+
+# Literal paths come before `{id}` ones: the router takes the first match.
+ROUTES: list[tuple[str, str, str, Handler]] = [
+    ("POST", "/v1/files", "files", files_create),
+    ("GET", "/v1/files", "files", files_list),
+    ("GET", "/v1/files/{id}", "files", file_retrieve),
+    ("DELETE", "/v1/files/{id}", "files", file_delete),
+    ("GET", "/v1/files/{id}/content", "files", file_content),
+    ("POST", "/v1/files/{id}/preprocess", "files", file_preprocess),
+    ("GET", "/v1/fine-tunes/models/limits", "fine_tunes", fine_tune_passthrough),
+    ("POST", "/v1/fine-tunes/estimate-price", "fine_tunes", fine_tune_passthrough),
+    ("POST", "/v1/fine-tunes", "fine_tunes", fine_tunes_create),
+    ("GET", "/v1/fine-tunes", "", fine_tunes_list),
+    ("GET", "/v1/fine-tunes/{id}", "", fine_tune_retrieve),
+    ("POST", "/v1/fine-tunes/{id}/cancel", "fine_tunes", fine_tune_cancel),
+    ("GET", "/v1/fine-tunes/{id}/events", "fine_tunes", fine_tune_events),
+    ("POST", "/v1/batches", "batches", batches_create),
+    ("GET", "/v1/batches", "", batches_list),
+    ("GET", "/v1/batches/{id}", "", batch_retrieve),
+    ("POST", "/v1/batches/{id}/cancel", "batches", batch_cancel),
+]

@@ -1,0 +1,121 @@
+"""Fine-tune jobs and batches Sluice holds for teams, and the log of their status changes.
+
+A job is stored before the team gets an answer, so a restart loses nothing. Its local
+`state` is what Sluice owns (queued, starting, running, done); `upstream_status` is
+Together's status string, kept verbatim. A job holds one of its account's slots while
+it is `starting` or `running`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from limiter.models import ApiKey, Team, UpstreamAccount
+
+FINE_TUNE_TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
+BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
+
+
+class JobKind(models.TextChoices):
+    FINE_TUNE = "fine_tune", "Fine-tune"
+    BATCH = "batch", "Batch"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued in Sluice"
+    # Claimed by one process and being submitted: the upstream id may not be known yet.
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running upstream"
+    DONE = "done", "Ended"
+    # A split batch's parent: never run itself, its parts are.
+    GROUP = "group", "Split batch"
+
+
+# The states that hold a slot of the account (and of the team).
+HOLDING_STATES = (JobState.STARTING, JobState.RUNNING)
+
+# The limit profile row each kind's caps come from.
+ENDPOINT_OF_KIND = {JobKind.FINE_TUNE: "fine_tunes", JobKind.BATCH: "batches"}
+
+
+def new_public_id(kind: str) -> str:
+    prefix = "ft-sluice-" if kind == JobKind.FINE_TUNE else "batch-sluice-"
+    return prefix + str(uuid.uuid4())
+
+
+def new_marker() -> str:
+    # Short: it goes into a fine-tune's `suffix`, which ends up in the output model name.
+    return "sl-" + uuid.uuid4().hex[:12]
+
+
+class Job(models.Model):
+    public_id = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=10, choices=JobKind.choices)
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="jobs")
+    key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    key_prefix = models.CharField(max_length=32, blank=True)
+    account = models.ForeignKey(UpstreamAccount, on_delete=models.PROTECT, related_name="jobs")
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="parts")
+
+    state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.QUEUED)
+    upstream_status = models.CharField(max_length=40, blank=True)
+    upstream_id = models.CharField(max_length=100, unique=True, null=True, blank=True)
+    # Sent upstream so a start interrupted by a crash can be found again instead of repeated.
+    marker = models.CharField(max_length=32, default=new_marker, editable=False)
+
+    request = models.JSONField(help_text="The body to send upstream.")
+    upstream = models.JSONField(null=True, blank=True, help_text="Together's last view of the job.")
+    error = models.TextField(blank=True)
+    request_count = models.PositiveIntegerField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # A queued job is not started before this (Together said busy); a running one not polled.
+    not_before = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    poll_failures = models.PositiveIntegerField(default=0)
+    unchanged_polls = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # Slot counts and the queue: jobs of one account and kind in a state, oldest first.
+            models.Index(fields=["account", "kind", "state", "created_at"], name="job_account_queue"),
+            # Per-team slot counts and the team's last start (fair order).
+            models.Index(fields=["team", "kind", "state"], name="job_team_state"),
+            # The poller: running jobs due for a poll; stale "starting" claims.
+            models.Index(fields=["state", "next_poll_at"], name="job_due_poll"),
+            # A team's own list, newest first.
+            models.Index(fields=["team", "kind", "-created_at"], name="job_team_list"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.public_id} ({self.state}/{self.upstream_status or '-'})"
+
+    def is_terminal_status(self, status: str) -> bool:
+        # Unknown statuses count as still running: holding a slot too long is safer
+        # than starting a job Together would refuse.
+        terminal = FINE_TUNE_TERMINAL if self.kind == JobKind.FINE_TUNE else BATCH_TERMINAL
+        return status in terminal
+
+
+class JobEvent(models.Model):
+    """One change of a job's state or upstream status."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=10, choices=JobState.choices)
+    upstream_status = models.CharField(max_length=40, blank=True)
+    message = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.state}/{self.upstream_status} {self.message}"

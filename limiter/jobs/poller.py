@@ -1,0 +1,112 @@
+"""The job poller: keeps Sluice's fine-tune and batch bookkeeping in step with Together.
+
+Runs as a task inside `manage.py serve` and alone as `manage.py jobpoller`. Any number
+of pollers may run at once: every write is a conditional UPDATE, so two pollers never
+start one job twice or record one change twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from django.db import close_old_connections
+
+from limiter.events import LIVE_GROUP
+from limiter.jobs import selectors, services, together
+from limiter.jobs.live import HEARTBEAT_SECONDS
+from limiter.jobs.models import Job
+
+logger = logging.getLogger(__name__)
+
+# Upstream calls in flight at once while polling.
+POLL_CONCURRENCY = 10
+
+
+class Poller:
+    def __init__(self, *, start_deadline: float | None = None) -> None:
+        self.start_deadline = start_deadline if start_deadline is not None else together.start_deadline()
+        self._published: dict[str, Any] | None = None
+        self._published_at = 0.0
+
+    async def tick(self, stop: asyncio.Event | None = None) -> bool:
+        """One pass; returns whether any step found work. The steps, in order:
+
+        1. reconcile jobs left "starting" by a process that died mid-start;
+        2. poll running jobs that are due, recording status changes (a terminal
+           status frees the job's slot);
+        3. start queued jobs while slots are free, fairly across teams;
+        4. publish the jobs snapshot to the dashboard when it changed.
+
+        With `stop` set between steps, the pass ends early.
+        """
+        await sync_to_async(close_old_connections)()  # a long-lived loop outlives DB connections
+        found = False
+        steps: list[Callable[[], Awaitable[bool]]] = [
+            self.reconcile_starting, self.poll_running, self.start_queued, self.publish,
+        ]
+        for step in steps:
+            if stop is not None and stop.is_set():
+                break
+            found = await step() or found
+        return found
+
+    async def reconcile_starting(self) -> bool:
+        # A live start lasts at most the start deadline; older claims are orphans.
+        stale = await sync_to_async(services.jobs_stale_starting)(
+            older_than=self.start_deadline + services.RECONCILE_MARGIN_SECONDS)
+        settled = [await services.job_reconcile(job=job) for job in stale]
+        return any(settled)
+
+    async def poll_running(self) -> bool:
+        due = await sync_to_async(services.jobs_due_poll)()
+        if not due:
+            return False
+        gate = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def poll(job: Job) -> bool:
+            async with gate:
+                return await services.job_poll(job=job)
+
+        await asyncio.gather(*(poll(job) for job in due))
+        return True
+
+    async def start_queued(self) -> bool:
+        started = False
+        for account_id, kind in await sync_to_async(services.queued_work)():
+            results = await services.jobs_start_queued(account_id=account_id, kind=kind)
+            started = started or bool(results)
+        return started
+
+    async def publish(self) -> bool:
+        snapshot = await sync_to_async(selectors.jobs_live_snapshot)()
+        comparable = {**snapshot, "at": None}
+        now = time.monotonic()
+        if comparable == self._published and now - self._published_at < HEARTBEAT_SECONDS:
+            return False
+        layer = get_channel_layer()
+        if layer is None:
+            return False
+        await layer.group_send(LIVE_GROUP, dict(snapshot))
+        self._published, self._published_at = comparable, now
+        return True
+
+
+async def run_poller(stop: asyncio.Event, interval: float = 1.0, *, start_deadline: float | None = None) -> None:
+    """Poll until `stop` is set; a failing pass is logged and the loop goes on."""
+    poller = Poller(start_deadline=start_deadline)
+    logger.info("job poller running (every %.1fs)", interval)
+    while not stop.is_set():
+        try:
+            await poller.tick(stop)
+        except Exception:
+            logger.exception("job poller pass failed; retrying in %.1fs", interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+    logger.info("job poller stopped")

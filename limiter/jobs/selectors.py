@@ -1,0 +1,121 @@
+"""Reads on jobs: a team's own jobs, the start order of the queue, the live snapshot."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from datetime import datetime
+
+from django.db.models import Max, Q, QuerySet
+
+from limiter.jobs.live import (
+    LIVE_JOBS,
+    AccountJobs,
+    KindSlots,
+    LiveJobsMessage,
+    SlotHolder,
+    WaitingJob,
+)
+from limiter.jobs.models import ENDPOINT_OF_KIND, HOLDING_STATES, Job, JobKind, JobState
+from limiter.models import EndpointLimit, UpstreamAccount
+
+# A team's list shows at most this many jobs, newest first.
+LIST_LIMIT = 500
+
+
+def job_get_for_team(*, team_id: int, kind: str, public_id: str) -> Job | None:
+    """The team's job with that id; another team's job is as good as unknown."""
+    return (
+        Job.objects.filter(team_id=team_id, kind=kind, public_id=public_id)
+        .select_related("account", "team").prefetch_related("parts").first()
+    )
+
+
+def job_list_for_team(*, team_id: int, kind: str) -> list[Job]:
+    """The team's jobs of a kind, newest first; a split batch appears once, as its parent."""
+    jobs: QuerySet[Job] = Job.objects.filter(team_id=team_id, kind=kind, parent__isnull=True)
+    return list(jobs.prefetch_related("parts").order_by("-created_at", "-id")[:LIST_LIMIT])
+
+
+def fair_order(queued: list[Job], last_start: dict[int, datetime]) -> list[Job]:
+    """Round-robin across teams, oldest first within a team.
+
+    Each round takes one job from every team still waiting; teams go in the order they
+    were last served (never served first, then longest ago), ties by their oldest job.
+    `queued` must be ordered oldest first.
+    """
+    by_team: dict[int, deque[Job]] = {}
+    for job in queued:
+        by_team.setdefault(job.team_id, deque()).append(job)
+    teams = sorted(by_team, key=lambda t: (t in last_start, last_start.get(t) or by_team[t][0].created_at,
+                                           by_team[t][0].created_at, by_team[t][0].pk))
+    order: list[Job] = []
+    while teams:
+        for team in teams:
+            order.append(by_team[team].popleft())
+        teams = [team for team in teams if by_team[team]]
+    return order
+
+
+def queued_in_order(*, account_id: int, kind: str, now: datetime | None = None) -> list[Job]:
+    """The account's queued jobs of a kind, in the order they will start."""
+    jobs = Job.objects.filter(account_id=account_id, kind=kind, state=JobState.QUEUED).select_related("team")
+    if now is not None:
+        jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+    queued = list(jobs.order_by("created_at", "id"))
+    team_ids = {job.team_id for job in queued}
+    last_start = dict(
+        Job.objects.filter(account_id=account_id, kind=kind, team_id__in=team_ids, claimed_at__isnull=False)
+        .values("team").annotate(last=Max("claimed_at")).values_list("team", "last")
+    )
+    return fair_order(queued, last_start)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _kind_slots(account_id: int, kind: str, total: int | None) -> KindSlots:
+    holders = (
+        Job.objects.filter(account_id=account_id, kind=kind, state__in=HOLDING_STATES)
+        .select_related("team", "parent").order_by("claimed_at", "id")
+    )
+    waiting = queued_in_order(account_id=account_id, kind=kind)
+    return KindSlots(
+        used=len(holders),
+        total=total,
+        holders=[
+            SlotHolder(
+                team=job.team.name, job=job.public_id,
+                parent=job.parent.public_id if job.parent else None,
+                upstream_id=job.upstream_id,
+                status=job.upstream_status if job.state == JobState.RUNNING else "starting",
+                since=_iso(job.claimed_at) or "",
+            )
+            for job in holders
+        ],
+        waiting=[
+            WaitingJob(
+                team=job.team.name, job=job.public_id,
+                parent=job.parent.public_id if job.parent else None,
+                position=position, since=_iso(job.created_at) or "", not_before=_iso(job.not_before),
+            )
+            for position, job in enumerate(waiting, start=1)
+        ],
+    )
+
+
+def jobs_live_snapshot() -> LiveJobsMessage:
+    """Fine-tune slots and the batch queue of every upstream account."""
+    accounts: dict[str, AccountJobs] = {}
+    for account in UpstreamAccount.objects.order_by("name"):
+        caps = dict(
+            EndpointLimit.objects.filter(profile_id=account.profile_id, endpoint__in=ENDPOINT_OF_KIND.values())
+            .values_list("endpoint", "max_concurrent")
+        )
+        accounts[str(account.pk)] = AccountJobs(
+            name=account.name,
+            fine_tunes=_kind_slots(account.pk, JobKind.FINE_TUNE, caps.get("fine_tunes")),
+            batches=_kind_slots(account.pk, JobKind.BATCH, caps.get("batches")),
+        )
+    return LiveJobsMessage(type=LIVE_JOBS, at=time.time(), accounts=accounts)

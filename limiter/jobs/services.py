@@ -1,0 +1,475 @@
+"""Writes on fine-tune jobs and batches: accept, start fairly within caps, poll, cancel.
+
+Starting is claim-then-call: a conditional UPDATE moves a job from queued to starting
+only while the account (and the team) still has a free slot, so two processes can
+never start the same job or overfill the caps. Only then is Together called, and the
+upstream id recorded. A job left in "starting" by a crash is reconciled by looking it
+up upstream (`together.find_started`) before it may be started again.
+
+Functions without `async` touch only the database; the async ones call Together and
+reach the database through `sync_to_async`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, F, Func, IntegerField, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.db.models.lookups import LessThan
+from django.utils import timezone
+
+from limiter.jobs import together
+from limiter.jobs.models import (
+    BATCH_TERMINAL,
+    ENDPOINT_OF_KIND,
+    FINE_TUNE_TERMINAL,
+    HOLDING_STATES,
+    Job,
+    JobEvent,
+    JobKind,
+    JobState,
+    new_public_id,
+)
+from limiter.jobs.selectors import queued_in_order
+from limiter.keys import KeyInfo
+from limiter.models import EndpointLimit, UpstreamAccount
+from limiter.upstream import Target, UpstreamError, resolve_target
+
+logger = logging.getLogger(__name__)
+
+# Statuses Together documents; anything else is logged once per change and treated as running.
+KNOWN_STATUSES = {
+    JobKind.FINE_TUNE: FINE_TUNE_TERMINAL
+    | {"pending", "queued", "running", "compressing", "uploading", "cancel_requested"},
+    JobKind.BATCH: BATCH_TERMINAL | {"VALIDATING", "IN_PROGRESS", "CANCELING"},
+}
+# What Sluice records for a job that ended without ever running upstream.
+CANCELLED = {JobKind.FINE_TUNE: "cancelled", JobKind.BATCH: "CANCELLED"}
+FAILED = {JobKind.FINE_TUNE: "error", JobKind.BATCH: "FAILED"}
+
+POLL_BASE_SECONDS = 1.0
+POLL_MAX_SECONDS = 60.0
+POLL_FAILURE_MAX_SECONDS = 300.0
+# Together said "busy" (409/429) to a start: wait this long before trying that job again.
+BUSY_RETRY_SECONDS = 15.0
+# A start in flight can last the start deadline; a claim older than this plus the margin
+# belongs to a process that died, so reconciling it cannot race a live start.
+RECONCILE_MARGIN_SECONDS = 5.0
+
+
+class BatchTooLarge(Exception):
+    def __init__(self, count: int, cap: int) -> None:
+        super().__init__(f"{count} requests > {cap}")
+        self.count = count
+        self.cap = cap
+
+
+class UpstreamRefused(Exception):
+    """Together answered with an error the team should see as it is."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"upstream answered {response.status_code}")
+        self.response = response
+
+
+@dataclass(slots=True)
+class StartResult:
+    outcome: str  # "started" | "requeued" | "failed" | "unknown"
+    response: httpx.Response | None = None
+    warning: str | None = None
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """The input file's requests, and the part files a split batch will run on."""
+
+    request_count: int
+    part_files: list[tuple[str, int]] = field(default_factory=list)  # (file id, requests)
+
+
+# --- accepting ---------------------------------------------------------------------------
+def _event(job: Job, message: str = "") -> None:
+    JobEvent.objects.create(job=job, state=job.state, upstream_status=job.upstream_status, message=message[:300])
+
+
+def _new_job(*, key: KeyInfo, kind: str, request: dict[str, Any], parent: Job | None = None,
+             request_count: int | None = None, state: str = JobState.QUEUED) -> Job:
+    job = Job(
+        public_id=new_public_id(kind),
+        kind=kind,
+        team_id=key.team_id,
+        key_id=int(key.key_id),
+        key_prefix=key.prefix,
+        account_id=int(key.account_id),
+        parent=parent,
+        state=state,
+        request=request,
+        request_count=request_count,
+    )
+    if kind == JobKind.FINE_TUNE and not request.get("suffix"):
+        # The marker rides in the suffix so a start cut short by a crash can be found upstream.
+        job.request = {**request, "suffix": job.marker}
+    job.save()
+    _event(job, "accepted")
+    return job
+
+
+@transaction.atomic
+def job_accept(*, key: KeyInfo, kind: str, request: dict[str, Any], request_count: int | None = None) -> Job:
+    """Store a job as queued. It is committed before the team hears back."""
+    return _new_job(key=key, kind=kind, request=request, request_count=request_count)
+
+
+@transaction.atomic
+def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan) -> Job:
+    """Store a split batch: one parent the team sees, and one queued part per file."""
+    parent = _new_job(key=key, kind=JobKind.BATCH, request=request, request_count=plan.request_count,
+                      state=JobState.GROUP)
+    for file_id, count in plan.part_files:
+        _new_job(key=key, kind=JobKind.BATCH, request={**request, "input_file_id": file_id},
+                 parent=parent, request_count=count)
+    return parent
+
+
+async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool) -> BatchPlan:
+    """Count the input file's requests against the key's per-batch cap; split it if asked.
+
+    Raises BatchTooLarge (over the cap, no split asked) or UpstreamRefused.
+    """
+    target = key_target(key)
+    response = await together.file_content(target, input_file_id)
+    if response.status_code != 200:
+        raise UpstreamRefused(response)
+    lines = [line for line in response.content.splitlines() if line.strip()]
+    cap = key.max_batch_requests
+    plan = BatchPlan(request_count=len(lines))
+    if cap is None or len(lines) <= cap:
+        return plan
+    if not split:
+        raise BatchTooLarge(len(lines), cap)
+    chunks = [lines[i:i + cap] for i in range(0, len(lines), cap)]
+    uploads = await asyncio.gather(*(
+        together.file_upload(target, filename=f"{input_file_id}-part-{n}.jsonl",
+                             content=b"\n".join(chunk) + b"\n", purpose="batch-api")
+        for n, chunk in enumerate(chunks, start=1)
+    ))
+    for upload, chunk in zip(uploads, chunks, strict=True):
+        if upload.status_code != 200:
+            raise UpstreamRefused(upload)
+        plan.part_files.append((str(upload.json()["id"]), len(chunk)))
+    return plan
+
+
+def key_target(key: KeyInfo) -> Target:
+    return resolve_target(account_id=key.account_id, account_name=key.account_name,
+                          base_url=key.base_url, api_key_setting=key.api_key_setting)
+
+
+# --- fair claiming ---------------------------------------------------------------------------
+def _cap(profile_id: int, endpoint: str) -> int | None:
+    return EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint).values_list(
+        "max_concurrent", flat=True).first()
+
+
+def _count(queryset: QuerySet[Job]) -> Coalesce:
+    # COUNT as a plain function, so the subquery has no GROUP BY and answers 0, not NULL.
+    counted = queryset.order_by().annotate(n=Func(F("pk"), function="COUNT", output_field=IntegerField()))
+    return Coalesce(Subquery(counted.values("n")[:1]), Value(0))
+
+
+def job_claim_next(*, account_id: int, kind: str) -> Job | None:
+    """Claim the next job that fits the account's and its team's caps, or None."""
+    endpoint = ENDPOINT_OF_KIND[JobKind(kind)]
+    account = UpstreamAccount.objects.get(pk=account_id)
+    account_cap = _cap(account.profile_id, endpoint)
+    for _ in range(5):  # a lost race re-reads the queue
+        now = timezone.now()
+        order = queued_in_order(account_id=account_id, kind=kind, now=now)
+        if not order:
+            return None
+        held = dict(
+            Job.objects.filter(account_id=account_id, kind=kind, state__in=HOLDING_STATES)
+            .values("team").annotate(n=Count("pk")).values_list("team", "n")
+        )
+        if account_cap is not None and sum(held.values()) >= account_cap:
+            return None
+        team_caps = {team.pk: _cap(team.profile_id, endpoint) for team in {job.team for job in order}}
+        for job in order:
+            team_cap = team_caps[job.team_id]
+            if team_cap is not None and held.get(job.team_id, 0) >= team_cap:
+                continue
+            if _claim(job, account_cap=account_cap, team_cap=team_cap, now=now):
+                job.state, job.claimed_at, job.account = JobState.STARTING, now, account
+                return job
+            break  # lost a race for this job or a slot: read again
+        else:
+            return None
+    return None
+
+
+def _claim(job: Job, *, account_cap: int | None, team_cap: int | None, now: datetime) -> bool:
+    holders = Job.objects.filter(kind=job.kind, state__in=HOLDING_STATES)
+    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED)
+    # The caps are re-checked inside the UPDATE itself: counting first and writing
+    # after would let two processes both take the last slot.
+    if account_cap is not None:
+        claim = claim.filter(LessThan(_count(holders.filter(account_id=job.account_id)), account_cap))
+    if team_cap is not None:
+        claim = claim.filter(LessThan(_count(holders.filter(team_id=job.team_id)), team_cap))
+    with transaction.atomic():
+        if connection.features.has_select_for_update:
+            # PostgreSQL evaluates each UPDATE's subquery on its own snapshot; locking the
+            # account row serialises claims per account. SQLite has one writer anyway.
+            UpstreamAccount.objects.select_for_update().filter(pk=job.account_id).values_list("pk").first()
+        return claim.update(state=JobState.STARTING, claimed_at=now) == 1
+
+
+# --- starting --------------------------------------------------------------------------
+async def jobs_start_queued(*, account_id: int, kind: str) -> dict[int, StartResult]:
+    """Start queued jobs of one account and kind while slots are free, in fair order."""
+    results: dict[int, StartResult] = {}
+    while True:
+        job = await sync_to_async(job_claim_next)(account_id=account_id, kind=kind)
+        if job is None:
+            return results
+        results[job.pk] = await job_start(job=job)
+
+
+async def job_start(*, job: Job) -> StartResult:
+    """Submit a claimed job. Only an answer that proves nothing was created releases the claim."""
+    target = together.account_target(job.account)
+    try:
+        response = await together.submit(target, job)
+    except UpstreamError as exc:
+        # Together may or may not have created it: the reconciler finds out later.
+        logger.warning("starting %s: no answer from upstream (%s); left for reconciling", job.public_id, exc.detail)
+        return StartResult("unknown")
+    if response.is_success:
+        data = response.json()
+        await _record_started_and_cancel(job, together.created_object(job.kind, data), "started")
+        warning = data.get("warning") if isinstance(data, dict) else None
+        return StartResult("started", response, warning)
+    if response.status_code in (409, 429):
+        # Together is busy (its own concurrency limit, or other users of the account).
+        await sync_to_async(_requeue)(job, delay=BUSY_RETRY_SECONDS, reason=f"upstream busy ({response.status_code})")
+        return StartResult("requeued", response)
+    if response.status_code >= 500:
+        logger.warning("starting %s: upstream answered %s; left for reconciling", job.public_id, response.status_code)
+        return StartResult("unknown", response)
+    await sync_to_async(_record_start_failed)(job, response)
+    return StartResult("failed", response)
+
+
+async def _record_started_and_cancel(job: Job, obj: dict[str, Any], message: str) -> None:
+    cancel_wanted = await sync_to_async(_record_started)(job, obj, message)
+    if cancel_wanted:
+        # The team cancelled while the start was in flight.
+        await job_cancel(job=await sync_to_async(_reload)(job.pk))
+
+
+def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
+    """Record the upstream id; returns whether a cancel arrived meanwhile."""
+    now = timezone.now()
+    status = str(obj.get("status") or "")
+    terminal = job.is_terminal_status(status)
+    try:
+        updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
+            state=JobState.DONE if terminal else JobState.RUNNING,
+            upstream_id=str(obj.get("id")), upstream=obj, upstream_status=status,
+            started_at=now, finished_at=now if terminal else None,
+            next_poll_at=now + timedelta(seconds=POLL_BASE_SECONDS), poll_failures=0, unchanged_polls=0,
+        )
+    except IntegrityError:
+        logger.error("upstream job %s is already recorded for another job; %s left as is", obj.get("id"), job.public_id)
+        return False
+    if not updated:
+        return False
+    job.refresh_from_db()
+    _event(job, f"{message} upstream as {job.upstream_id}")
+    return job.cancel_requested
+
+
+def _requeue(job: Job, *, delay: float, reason: str) -> None:
+    now = timezone.now()
+    updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
+        state=JobState.QUEUED, claimed_at=None, not_before=now + timedelta(seconds=delay))
+    if updated:
+        job.state = JobState.QUEUED
+        _event(job, f"back in the queue: {reason}")
+
+
+def _record_start_failed(job: Job, response: httpx.Response) -> None:
+    now = timezone.now()
+    status = FAILED[JobKind(job.kind)]
+    error = _error_text(response)
+    if Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
+        state=JobState.DONE, upstream_status=status, error=error, finished_at=now,
+    ):
+        job.state, job.upstream_status = JobState.DONE, status
+        _event(job, f"refused upstream ({response.status_code}): {error}")
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return response.text[:300]
+    if isinstance(error, dict):
+        return str(error.get("message") or error)[:300]
+    return str(error)[:300]
+
+
+def _reload(job_id: int) -> Job:
+    return Job.objects.select_related("account", "team").get(pk=job_id)
+
+
+# --- reconciling interrupted starts ---------------------------------------------------------
+def jobs_stale_starting(*, older_than: float) -> list[Job]:
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    return list(Job.objects.filter(state=JobState.STARTING, claimed_at__lt=cutoff).select_related("account", "team"))
+
+
+async def job_reconcile(*, job: Job) -> bool:
+    """Settle a job some process claimed but never finished starting. Returns whether settled.
+
+    Found upstream: recorded as running (never started twice). Not found: back in the
+    queue at its original place. Upstream unreadable: left for the next round.
+    """
+    try:
+        items = await together.list_jobs(together.account_target(job.account), job.kind)
+    except UpstreamError as exc:
+        logger.warning("reconciling %s: upstream unreachable (%s)", job.public_id, exc.detail)
+        return False
+    if items is None:
+        return False
+    ids = [str(item.get("id")) for item in items if item.get("id")]
+    taken = await sync_to_async(_taken_ids)(ids)
+    match = together.find_started(job, items, taken=taken)
+    if match is not None:
+        await _record_started_and_cancel(job, match, "found after an interrupted start:")
+    else:
+        await sync_to_async(_requeue)(job, delay=0, reason="an interrupted start never reached Together")
+    return True
+
+
+def _taken_ids(ids: list[str]) -> set[str]:
+    return set(Job.objects.filter(upstream_id__in=ids).values_list("upstream_id", flat=True))
+
+
+# --- polling -----------------------------------------------------------------------------
+def jobs_due_poll(*, limit: int = 100) -> list[Job]:
+    now = timezone.now()
+    return list(
+        Job.objects.filter(state=JobState.RUNNING)
+        .filter(Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now))
+        .select_related("account", "team").order_by("next_poll_at")[:limit]
+    )
+
+
+async def job_poll(*, job: Job) -> bool:
+    """Read the job upstream and record what changed. Returns whether its status changed."""
+    try:
+        response = await together.fetch(together.account_target(job.account), job.kind, str(job.upstream_id))
+    except UpstreamError as exc:
+        await sync_to_async(_poll_failed)(job, exc.detail)
+        return False
+    if response.status_code != 200:
+        await sync_to_async(_poll_failed)(job, f"HTTP {response.status_code}: {_error_text(response)}")
+        return False
+    return await sync_to_async(job_apply_upstream)(job=job, obj=response.json())
+
+
+def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
+    """Store Together's view of a running job; a terminal status frees its slot."""
+    now = timezone.now()
+    status = str(obj.get("status") or job.upstream_status)
+    changed = status != job.upstream_status
+    if changed and status not in KNOWN_STATUSES[JobKind(job.kind)]:
+        logger.warning("job %s: unknown upstream status %r, treated as still running", job.public_id, status)
+    unchanged = 0 if changed else job.unchanged_polls + 1
+    fields: dict[str, Any] = {
+        "upstream": obj, "upstream_status": status, "poll_failures": 0, "unchanged_polls": unchanged,
+        # Long jobs are polled less and less often while nothing changes.
+        "next_poll_at": now + timedelta(seconds=min(POLL_MAX_SECONDS, POLL_BASE_SECONDS * 1.5 ** unchanged)),
+    }
+    if job.is_terminal_status(status):
+        fields.update(state=JobState.DONE, finished_at=now, next_poll_at=None)
+    # Conditional on what we read, so two pollers record one event per change.
+    updated = Job.objects.filter(pk=job.pk, state=JobState.RUNNING, upstream_status=job.upstream_status).update(**fields)
+    if not updated:
+        return False
+    for name, value in fields.items():
+        setattr(job, name, value)
+    if changed or job.state == JobState.DONE:
+        _event(job, "status changed upstream")
+    return changed
+
+
+def _poll_failed(job: Job, detail: str) -> None:
+    failures = job.poll_failures + 1
+    delay = min(POLL_FAILURE_MAX_SECONDS, 2.0 ** failures)
+    logger.warning("polling %s failed (%s); next try in %.0fs", job.public_id, detail, delay)
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
+        poll_failures=failures, next_poll_at=timezone.now() + timedelta(seconds=delay))
+
+
+def queued_work() -> list[tuple[int, str]]:
+    """(account, kind) pairs with a job ready to start."""
+    now = timezone.now()
+    return list(
+        Job.objects.filter(state=JobState.QUEUED).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .values_list("account_id", "kind").distinct().order_by()
+    )
+
+
+# --- cancelling --------------------------------------------------------------------------
+async def job_cancel(*, job: Job) -> Job:
+    """Cancel a job: a queued one locally (it never starts), a running one upstream.
+
+    A job being started is flagged and cancelled as soon as its upstream id is known.
+    Raises UpstreamRefused when Together refuses the cancel.
+    """
+    if job.state == JobState.GROUP:
+        for part in await sync_to_async(lambda: list(job.parts.select_related("account", "team")))():
+            await job_cancel(job=part)
+        return await sync_to_async(_reload)(job.pk)
+    if job.state == JobState.QUEUED and await sync_to_async(_cancel_queued)(job):
+        return job
+    if job.state in (JobState.QUEUED, JobState.STARTING):
+        if await sync_to_async(_flag_cancel)(job):
+            return job
+        job = await sync_to_async(_reload)(job.pk)  # it moved on meanwhile
+    if job.state != JobState.RUNNING:
+        return job  # ended already: cancelling changes nothing, as on Together
+    response = await together.cancel(together.account_target(job.account), job.kind, str(job.upstream_id))
+    if not response.is_success:
+        raise UpstreamRefused(response)
+    await sync_to_async(job_apply_upstream)(job=job, obj=together.created_object(job.kind, response.json()))
+    return job
+
+
+def _cancel_queued(job: Job) -> bool:
+    status = CANCELLED[JobKind(job.kind)]
+    if not Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
+        state=JobState.DONE, upstream_status=status, finished_at=timezone.now(), cancel_requested=True,
+    ):
+        return False
+    job.state, job.upstream_status, job.cancel_requested = JobState.DONE, status, True
+    _event(job, "cancelled before it started")
+    return True
+
+
+def _flag_cancel(job: Job) -> bool:
+    if not Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(cancel_requested=True):
+        return False
+    job.cancel_requested = True
+    _event(job, "cancel requested while starting")
+    return True

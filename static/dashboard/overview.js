@@ -1,0 +1,232 @@
+// The live overview: limiter snapshots arrive over a websocket (ws/live/) and redraw
+// the tables and charts. The page starts from the limits in the database, so it is
+// never empty, and reconnects by itself with backoff after a server restart.
+(function () {
+  "use strict";
+
+  const STALE_MS = 3000; // no snapshot for this long: the limiter is unreachable
+  // The limiter pushes only while something changes; when idle the page asks it, which
+  // is also how a silent limiter is told apart from a quiet one.
+  const REFRESH_MS = 1500;
+  const BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 10000];
+  const CLOSE_FORBIDDEN = 4403;
+
+  let limits = JSON.parse(document.getElementById("db-limits").textContent);
+  let snapshot = null;
+  let jobs = null;  // fine-tune and batch slots, from the job poller
+  let lastSnapshotAt = 0;
+  let connectedAt = 0;
+  let socket = null;
+  let attempt = 0;
+  const charts = new Map();
+
+  const $ = (id) => document.getElementById(id);
+  const esc = (value) => String(value ?? "").replace(/[&<>"']/g, (c) => ({
+    "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;",
+  })[c]);
+  const num = (value, digits = 0) => (value == null ? "—" : Number(value).toFixed(digits));
+
+  function setConnection(state, label) {
+    const pill = $("conn");
+    pill.dataset.state = state;
+    pill.textContent = label;
+    pill.className = "pill " + ({ live: "pill-ok", connecting: "pill-wait", reconnecting: "pill-wait" }[state] || "pill-bad");
+  }
+
+  function meter(inUse, burst) {
+    const ratio = burst > 0 ? Math.min(1, inUse / burst) : 0;
+    const cls = ratio >= 1 ? "full" : ratio >= 0.8 ? "warn" : "";
+    return `<span class="meter ${cls}"><span style="width:${(ratio * 100).toFixed(0)}%"></span></span>`;
+  }
+
+  function scopeCells(scope) {
+    const refused = scope.refused_last_minute || {};
+    const paused = scope.paused_for > 0 ? ` <span class="paused">paused ${num(scope.paused_for, 1)} s</span>` : "";
+    return `
+      <td>${esc(scope.endpoint)}${paused}</td>
+      <td class="num">${meter(scope.in_use, scope.burst)}${num(scope.in_use, 1)} / ${scope.burst} req</td>
+      <td class="num">${scope.admitted_last_minute} / ${num(scope.limit_per_minute)} req/min</td>
+      <td class="num">${scope.queued} req${scope.queued ? ` · oldest ${num(scope.longest_wait, 1)} s` : ""}</td>
+      <td class="num">${scope.leases} / ${scope.max_concurrent ?? "∞"}</td>
+      <td class="num">${refused.gateway || 0} gateway · ${refused.upstream || 0} upstream</td>`;
+  }
+
+  function limitCells(row) {
+    return `
+      <td>${esc(row.endpoint)}</td>
+      <td class="num">${meter(0, row.burst)}0 / ${row.burst} req</td>
+      <td class="num">0 / ${row.limit_per_minute} req/min</td>
+      <td class="num">0 req</td>
+      <td class="num">0 / ${row.max_concurrent ?? "∞"}</td>
+      <td class="num">0 gateway · 0 upstream</td>`;
+  }
+
+  function renderAccounts(scopes) {
+    const rows = [];
+    for (const account of limits.accounts) {
+      account.limits.forEach((limit, i) => {
+        const scope = scopes.find((s) => s.kind === "account" && s.id === account.id && s.endpoint === limit.endpoint);
+        const label = i === 0 ? `<strong>${esc(account.name)}</strong><br><span class="muted small">profile ${esc(account.profile)}</span>` : "";
+        rows.push(`<tr class="${i === 0 ? "group-start" : ""} ${scope ? "" : "idle"}"><td>${label}</td>${scope ? scopeCells(scope) : limitCells(limit)}</tr>`);
+      });
+    }
+    $("accounts").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">No upstream account.</td></tr>`;
+  }
+
+  function renderTeams(scopes) {
+    const keyScopes = scopes.filter((s) => s.kind === "key");
+    const teams = new Map(limits.teams.map((t) => [String(t.id), { ...t, scopes: [] }]));
+    for (const scope of keyScopes) {
+      const id = String(scope.team_id || scope.team);
+      if (!teams.has(id)) teams.set(id, { id, name: scope.team, profile: "", paused: false, limits: [], scopes: [] });
+      teams.get(id).scopes.push(scope);
+    }
+    const rows = [];
+    for (const team of teams.values()) {
+      const head = `<strong>${esc(team.name)}</strong>${team.paused ? ' <span class="paused">paused</span>' : ""}`;
+      if (!team.scopes.length) {
+        const chat = team.limits.find((l) => l.endpoint === "chat");
+        const hint = chat ? `chat ${chat.limit_per_minute} req/min, burst ${chat.burst}` : "";
+        rows.push(`<tr class="group-start idle"><td>${head}<br><span class="muted small">profile ${esc(team.profile)}</span></td>
+          <td colspan="6" class="muted">idle · ${esc(hint)}</td></tr>`);
+        continue;
+      }
+      team.scopes.sort((a, b) => (a.key_prefix + a.endpoint).localeCompare(b.key_prefix + b.endpoint));
+      team.scopes.forEach((scope, i) => {
+        rows.push(`<tr class="${i === 0 ? "group-start" : ""}"><td>${i === 0 ? head + "<br>" : ""}<code class="small">${esc(scope.key_prefix)}…</code></td>${scopeCells(scope)}</tr>`);
+      });
+    }
+    $("teams").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">No team yet.</td></tr>`;
+  }
+
+  // Fine-tune and batch slots per upstream account: who holds each, what waits behind.
+  function renderJobs(accounts) {
+    const body = $("jobs").tBodies[0];
+    const rows = [];
+    for (const account of Object.values(accounts || {})) {
+      for (const [kind, label] of [["fine_tunes", "fine-tunes"], ["batches", "batches"]]) {
+        const slots = account[kind];
+        if (!slots) continue;
+        const holders = slots.holders.map((h) => `${esc(h.team)} <code class="small">${esc(h.job)}</code> <span class="muted small">since ${esc(h.since.slice(11, 19))}</span>`).join("<br>");
+        const waiting = slots.waiting.length
+          ? `${slots.waiting.length} waiting, next: ${esc(slots.waiting[0].team)} <code class="small">${esc(slots.waiting[0].job)}</code>`
+          : "none waiting";
+        rows.push(`<tr><th>${esc(account.name)}<br><span class="muted small">${label}</span></th>` +
+          `<td class="num">${slots.used} / ${slots.total ?? "∞"} slots</td><td class="small">${holders || "—"}<br><span class="muted">${waiting}</span></td></tr>`);
+      }
+    }
+    body.innerHTML = rows.join("") || `<tr><td class="muted">— (the job queue has not reported)</td></tr>`;
+  }
+
+  function renderHeaders(headers) {
+    const rows = [];
+    for (const [account, endpoints] of Object.entries(headers || {})) {
+      for (const [endpoint, values] of Object.entries(endpoints)) {
+        const list = Object.entries(values).map(([k, v]) => `<code>${esc(k)}: ${esc(v)}</code>`).join("<br>");
+        rows.push(`<tr><th>${esc(account)}<br><span class="muted small">${esc(endpoint)}</span></th><td class="small">${list}</td></tr>`);
+      }
+    }
+    $("headers").tBodies[0].innerHTML = rows.join("") || `<tr><td class="muted">— (none received yet)</td></tr>`;
+  }
+
+  function renderCharts(history) {
+    const box = $("charts");
+    const endpoints = Object.keys(history || {}).sort();
+    if (!endpoints.length) return;
+    if (!charts.size) box.innerHTML = "";
+    for (const endpoint of endpoints) {
+      const points = history[endpoint];
+      const data = [points.map((p) => p[0]), points.map((p) => p[1]), points.map((p) => p[2]), points.map((p) => p[3])];
+      if (charts.has(endpoint)) {
+        charts.get(endpoint).setData(data);
+        continue;
+      }
+      const card = document.createElement("div");
+      card.className = "chart-card";
+      card.dataset.endpoint = endpoint;
+      card.innerHTML = `<h3>${esc(endpoint)}</h3>`;
+      box.appendChild(card);
+      const plot = new uPlot({
+        width: Math.max(340, card.clientWidth - 20),
+        height: 160,
+        // Always the last hour, even when the limiter has only seen a minute of it.
+        scales: { x: { time: true, range: (u, min, max) => [Math.max(max, Date.now() / 1000) - 3600, Math.max(max, Date.now() / 1000)] } },
+        axes: [{}, { label: "req/min", size: 50 }],
+        series: [
+          {},
+          { label: "admitted", stroke: "#2f7d4f", width: 2 },
+          { label: "queued", stroke: "#c08a00", width: 2 },
+          { label: "refused", stroke: "#c0392b", width: 2 },
+        ],
+      }, data, card);
+      charts.set(endpoint, plot);
+    }
+  }
+
+  function render() {
+    const scopes = snapshot ? snapshot.scopes : [];
+    renderAccounts(scopes);
+    renderTeams(scopes);
+    renderJobs(jobs);
+    if (snapshot) {
+      renderHeaders(snapshot.upstream_headers);
+      renderCharts(snapshot.history);
+      const l = snapshot.limiter || {};
+      $("limiter-stats").textContent = l.decisions != null ? `· ${l.decisions} decisions · ${l.leases ?? 0} leases` : "";
+    }
+  }
+
+  function checkStale() {
+    const now = Date.now();
+    const since = lastSnapshotAt || connectedAt;
+    const stale = socket && socket.readyState === WebSocket.OPEN && since && now - since > STALE_MS;
+    $("limiter-banner").hidden = !stale;
+    if (lastSnapshotAt) $("updated").textContent = `${((now - lastSnapshotAt) / 1000).toFixed(1)} s ago`;
+  }
+
+  function refresh() {
+    if (socket && socket.readyState === WebSocket.OPEN && Date.now() - lastSnapshotAt >= REFRESH_MS) {
+      socket.send(JSON.stringify({ type: "refresh" }));
+    }
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    socket = new WebSocket(`${scheme}://${location.host}/ws/live/`);
+    setConnection(attempt ? "reconnecting" : "connecting", attempt ? "reconnecting…" : "connecting…");
+    socket.onopen = () => {
+      attempt = 0;
+      connectedAt = Date.now();
+      lastSnapshotAt = 0;
+      setConnection("live", "live");
+    };
+    socket.onmessage = (event) => {
+      const message = JSON.parse(event.data);
+      if (message.type === "limits") {
+        limits = message.limits;
+      } else if (message.type === "jobs") {
+        jobs = message.accounts;
+      } else if (message.type === "snapshot") {
+        snapshot = message;
+        lastSnapshotAt = Date.now();
+      }
+      render();
+      checkStale();
+    };
+    socket.onclose = (event) => {
+      if (event.code === CLOSE_FORBIDDEN) {
+        setConnection("forbidden", "not allowed: log in again");
+        return;
+      }
+      const delay = BACKOFF_MS[Math.min(attempt, BACKOFF_MS.length - 1)];
+      attempt += 1;
+      setConnection("offline", `offline · retrying in ${(delay / 1000).toFixed(1)} s`);
+      setTimeout(connect, delay);
+    };
+  }
+
+  render();
+  connect();
+  setInterval(checkStale, 500);
+  setInterval(refresh, REFRESH_MS);
+})();

@@ -1,0 +1,198 @@
+"""Crash safety: a start cut short is reconciled, never repeated; a killed poller loses nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from limiter.jobs import services, together
+from limiter.jobs.models import Job, JobKind, JobState
+from limiter.jobs.poller import Poller
+from limiter.sandbox import ThreadedSandbox
+from tests.conftest import POSTGRES_URL, need, reachable
+from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _claim_interrupted(key, kind: str, request: dict) -> Job:
+    """A job some process claimed long ago, then died before recording the upstream id."""
+    job = services.job_accept(key=key, kind=kind, request=request)
+    claimed = services.job_claim_next(account_id=job.account_id, kind=kind)
+    assert claimed is not None and claimed.pk == job.pk
+    Job.objects.filter(pk=job.pk).update(claimed_at=timezone.now() - timedelta(minutes=5))
+    return Job.objects.select_related("account", "team").get(pk=job.pk)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("kind", [JobKind.FINE_TUNE, JobKind.BATCH])
+async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(sandbox, make_key, kind):
+    key = await sync_to_async(make_key)("alpha")
+    if kind == JobKind.FINE_TUNE:
+        body = {"model": MODEL, "training_file": upload(sandbox, b'{"text": "x"}\n', "fine-tune")}
+    else:
+        body = {"endpoint": "/v1/chat/completions", "input_file_id": upload(sandbox, batch_lines(3), "batch-api")}
+    job = await sync_to_async(_claim_interrupted)(key, kind, body)
+    # The dead process's call did reach Together.
+    created = together.created_object(kind, (await together.submit(together.account_target(job.account), job)).json())
+
+    assert await Poller(start_deadline=0).reconcile_starting()
+
+    job = await Job.objects.aget(pk=job.pk)
+    assert (job.state, job.upstream_id) == (JobState.RUNNING, created["id"])
+    await drive(Poller(start_deadline=0), all_done)
+    stats = sandbox.stats()
+    assert stats["fine_tunes"]["created"] + stats["batches"]["created"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_interrupted_start_that_never_reached_together_is_started_once(sandbox, make_key):
+    key = await sync_to_async(make_key)("alpha")
+    body = {"model": MODEL, "training_file": upload(sandbox, b'{"text": "x"}\n', "fine-tune")}
+    job = await sync_to_async(_claim_interrupted)(key, JobKind.FINE_TUNE, body)
+    # A fresh claim is left alone: its start may still be in flight.
+    assert not await Poller(start_deadline=3600).reconcile_starting()
+
+    await drive(Poller(start_deadline=0), all_done)
+
+    job = await Job.objects.aget(pk=job.pk)
+    assert (job.state, job.upstream_status) == (JobState.DONE, "completed")
+    assert sandbox.stats()["fine_tunes"]["created"] == 1
+
+
+# --- the poller as a real process, killed with SIGKILL ----------------------------------------
+class Deployment:
+    """A migrated database a subprocess can see, and `manage.py` commands against it."""
+
+    def __init__(self, database_url: str, sandbox: ThreadedSandbox, tmp_path: Path) -> None:
+        self.env = {
+            "PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DATABASE_URL": database_url,
+            "TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SECRET_KEY": "jobs-test",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.tmp_path = tmp_path
+
+    def manage(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def python(self, code: str) -> object:
+        """Run code in `manage.py shell`; its last line printed as JSON is returned."""
+        return json.loads(self.manage("shell", "-c", code).strip().splitlines()[-1])
+
+    def poller(self) -> subprocess.Popen:
+        log = open(self.tmp_path / "poller.log", "ab")  # noqa: SIM115  (closed with the process)
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "jobpoller", "--interval", "0.2", "--start-deadline", "1"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+
+    def jobs(self) -> list[dict]:
+        return self.python(
+            "import json; from limiter.jobs.models import Job\n"
+            "print(json.dumps(list(Job.objects.values('public_id', 'kind', 'state', 'upstream_status', 'upstream_id'))))"
+        )
+
+
+SUBMIT = """
+import json
+from limiter import keys
+from limiter.jobs import services
+from limiter.models import ApiKey
+from limiter.services import key_issue, team_get_or_create
+from limiter.models import UpstreamAccount
+UpstreamAccount.objects.filter(is_default=True).update(base_url={base_url!r})
+infos = []
+for team in ("alpha", "beta"):
+    issued = key_issue(team=team_get_or_create(name=team)[0])
+    infos.append(keys._load(issued.key.secret_hash))
+for n in range(6):
+    services.job_accept(key=infos[n % 2], kind="fine_tune", request={{"model": {model!r}, "training_file": {training!r}}})
+for n in range(12):
+    services.job_accept(key=infos[n % 2], kind="batch", request={{"endpoint": "/v1/chat/completions", "input_file_id": {batch_file!r}}})
+print(json.dumps("ok"))
+"""
+
+
+def _postgres_database(tmp_path: Path) -> str:
+    need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
+    import psycopg
+
+    name = "sluice_jobs_restart_test"
+    parts = urllib.parse.urlsplit(POSTGRES_URL)
+    admin = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(sandbox, tmp_path, database):
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}" if database == "sqlite" else _postgres_database(tmp_path)
+    sandbox.configure({"fine_tune_seconds": 2.0, "batch_seconds": 2.0})
+    deployment = Deployment(url, sandbox, tmp_path)
+    deployment.manage("migrate", "--noinput", "-v0")
+    training = upload(sandbox, b'{"text": "x"}\n', "fine-tune")
+    batch_file = upload(sandbox, batch_lines(3), "batch-api")
+    deployment.python(SUBMIT.format(base_url=sandbox.v1_url, model=MODEL, training=training, batch_file=batch_file))
+
+    poller = deployment.poller()
+    try:
+        deadline = time.monotonic() + 30
+        # Mid-way: the first jobs are running upstream, others still wait.
+        while sandbox.stats()["fine_tunes"]["created"] < 3 or sandbox.stats()["batches"]["created"] < 10:
+            assert time.monotonic() < deadline and poller.poll() is None, (tmp_path / "poller.log").read_text()
+            time.sleep(0.05)
+        poller.send_signal(signal.SIGKILL)
+        poller.wait(10)
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+    before = deployment.jobs()
+    assert len(before) == 18
+    assert any(job["state"] == "queued" for job in before)
+    # Make sure a crash window is covered too: a start claimed but never sent upstream.
+    deployment.python(
+        "import json; from datetime import timedelta; from django.utils import timezone\n"
+        "from limiter.jobs.models import Job\n"
+        "job = Job.objects.filter(state='queued', kind='fine_tune').first()\n"
+        "Job.objects.filter(pk=job.pk).update(state='starting', claimed_at=timezone.now() - timedelta(hours=1))\n"
+        "print(json.dumps(job.public_id))"
+    )
+
+    poller = deployment.poller()
+    try:
+        deadline = time.monotonic() + 60
+        jobs = deployment.jobs()
+        while not all(job["state"] == "done" for job in jobs):
+            assert time.monotonic() < deadline and poller.poll() is None, (tmp_path / "poller.log").read_text()
+            time.sleep(0.5)
+            jobs = deployment.jobs()
+        poller.send_signal(signal.SIGTERM)
+        assert poller.wait(15) == 0
+    finally:
+        if poller.poll() is None:
+            poller.kill()
+
+    stats = sandbox.stats()
+    assert stats["fine_tunes"]["created"] == 6 and stats["batches"]["created"] == 12  # nothing started twice
+    assert stats["fine_tunes"]["max_concurrent_fine_tunes_seen"] == 3
+    assert stats["batches"]["max_concurrent_batches_seen"] <= 10
+    assert {job["upstream_status"] for job in jobs} == {"completed", "COMPLETED"}  # nothing lost
+    assert len({job["upstream_id"] for job in jobs}) == 18
+    with httpx.Client(base_url=sandbox.v1_url, headers={"authorization": "Bearer x"}) as upstream:
+        assert len(upstream.get("/fine-tunes").json()["data"]) == 6

@@ -1,0 +1,121 @@
+"""Four web processes and one limiter worker over a real Redis and PostgreSQL: limits
+hold exactly, and every request is answered while the limiter or Redis is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import httpx
+import pytest
+
+from limiter.sandbox import KindLimits, SandboxConfig
+from tests.servers import SluiceServer
+
+pytestmark = pytest.mark.services
+
+MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+# The account's ceiling and what the sandbox enforces: Together's 600/min is 10 a second;
+# Sluice paces the account at 480/min (8 a second) with a burst of 1: headroom for the
+# scheduling jitter of seven processes sharing two cores.
+ACCOUNT = {"chat": {"requests_per_minute": 600, "pace_per_minute": 480, "burst": 1,
+                    "queue_depth": 1000, "max_queue_wait_seconds": 30}}
+TEAM = {"chat": {"requests_per_minute": 100000, "pace_per_minute": None, "burst": 1000,
+                 "queue_depth": 1000, "max_queue_wait_seconds": 30}}
+SANDBOX = SandboxConfig(limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)})
+
+
+@pytest.fixture
+def cluster(tmp_path, private_redis, postgres_database):
+    server = SluiceServer(
+        tmp_path, sandbox=SANDBOX, web_processes=4, limiter_worker=True,
+        env={"REDIS_URL": private_redis.url, "DATABASE_URL": postgres_database, "SLUICE_LIMITER_TIMEOUT": "2"},
+    )
+    with server:
+        server.make_profile("account", ACCOUNT, account=True)
+        server.make_profile("team", TEAM)
+        server.redis = private_redis
+        yield server
+
+
+async def burst(server: SluiceServer, keys: list[str], total: int, concurrency: int = 64) -> list[int]:
+    """`total` chat calls from `concurrency` clients spread over every web process."""
+    targets = itertools.cycle([(url, key) for url in server.urls for key in keys])
+    jobs = [next(targets) for _ in range(total)]
+    statuses: list[int] = []
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, url: str, key: str) -> None:
+        async with limit:
+            try:
+                response = await client.post(
+                    f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                )
+                statuses.append(response.status_code)
+            except httpx.TimeoutException:
+                statuses.append(0)  # a hang: the tests assert there are none
+
+    async with httpx.AsyncClient(timeout=45, limits=httpx.Limits(max_connections=concurrency)) as client:
+        await asyncio.gather(*(one(client, url, key) for url, key in jobs))
+    return statuses
+
+
+def assert_upstream_held(server: SluiceServer) -> dict:
+    stats = server.sandbox.stats()["chat"]
+    assert stats["status_429"] == 0, stats
+    assert stats["max_admitted_in_any_1s_window"] <= 10, stats
+    return stats
+
+
+async def test_four_web_processes_hold_the_limit_under_a_3x_burst(cluster):
+    keys = [cluster.issue_key(f"team-{i}", profile="team") for i in range(2)]
+    # 3x what a 10 s window admits at 8 a second, all at once, from 64 clients.
+    statuses = await burst(cluster, keys, total=240)
+    assert set(statuses) <= {200, 429}, statuses
+    stats = assert_upstream_held(cluster)
+    assert stats["ok"] == statuses.count(200)
+    assert statuses.count(200) >= 180  # queued, not refused: most wait their turn within 30 s
+
+
+async def test_limiter_killed_and_restarted_mid_load(cluster):
+    keys = [cluster.issue_key("team-k", profile="team")]
+    load = asyncio.ensure_future(burst(cluster, keys, total=150))
+    await asyncio.sleep(3)
+    cluster.kill_worker()
+    await asyncio.sleep(2)
+    cluster.start_worker()
+    statuses = await load
+    assert 0 not in statuses, "a request hung"
+    assert set(statuses) <= {200, 429, 503}
+    assert statuses.count(503) > 0  # while it was down, callers heard so
+    assert_upstream_held(cluster)
+    # Resumed by itself: the web processes serve again without a restart.
+    after = await burst(cluster, keys, total=10)
+    assert after == [200] * 10
+
+
+async def test_redis_restarted_mid_load(cluster):
+    keys = [cluster.issue_key("team-r", profile="team")]
+    load = asyncio.ensure_future(burst(cluster, keys, total=150))
+    await asyncio.sleep(3)
+    cluster.redis.stop()
+    await asyncio.sleep(1)
+    cluster.redis.start()
+    statuses = await load
+    assert 0 not in statuses, "a request hung"
+    assert set(statuses) <= {200, 429, 503}
+    assert_upstream_held(cluster)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if await burst(cluster, keys, total=4) == [200] * 4:
+            break
+        await asyncio.sleep(1)
+    else:
+        pytest.fail("the gateway did not resume after Redis came back")
+
+
+def test_a_second_limiter_refuses_to_start(cluster):
+    output = cluster.manage_fails("runworker", "limiter", "--wait", "1")
+    assert "holds the authority" in output
