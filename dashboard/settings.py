@@ -139,6 +139,9 @@ SLUICE_SANDBOX = env.bool("SLUICE_SANDBOX", default=not TOGETHER_API_KEY)
 SLUICE_EMBEDDED_LIMITER = env.bool("SLUICE_EMBEDDED_LIMITER", default=not REDIS_URL)
 # How long a web process waits for the limiter's first answer before a 503.
 SLUICE_LIMITER_TIMEOUT = env.float("SLUICE_LIMITER_TIMEOUT", default=2.0)
+# A grant that reaches the web process later than this (seconds) is handed back and
+# asked for again: sent late, it would reach Together bunched with later ones.
+SLUICE_GRANT_MAX_AGE = env.float("SLUICE_GRANT_MAX_AGE", default=0.2)
 # What the gateway does when the limiter does not answer: "closed" refuses with 503
 # (the default: limits are a promise), "open" lets the request through, loudly.
 SLUICE_LIMITER_FAILURE_MODE = env.str("SLUICE_LIMITER_FAILURE_MODE", default="closed")

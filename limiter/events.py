@@ -59,6 +59,7 @@ class DecisionMessage(TypedDict):
     limit: int
     remaining: int
     reset: float
+    at: float  # unix time of the decision: a grant delivered late is not used (runtime.acquire)
 
 
 class ReleaseMessage(TypedDict):

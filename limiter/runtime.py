@@ -27,6 +27,7 @@ from limiter.keys import KeyInfo
 logger = logging.getLogger(__name__)
 
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
+STALE_GRANT_RETRIES = 3
 
 # Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
 draining = False
@@ -43,6 +44,7 @@ class Grant:
     limit: int
     remaining: int
     reset: float
+    age: float = 0.0  # seconds between the limiter's decision and its arrival here
 
 
 class Refused(Exception):
@@ -111,7 +113,7 @@ class LimiterClient:
             return
         if kind == events.LIMITER_STARTED:
             for held in list(self._held.values()):
-                spawn(self._send(dict(held)))
+                spawn(self._send_until_delivered(dict(held)))
             return
         self.last_answer = time.monotonic()
         queue = self._waiting.get(message.get("ticket", ""))
@@ -119,13 +121,43 @@ class LimiterClient:
             queue.put_nowait(message)
         elif kind == events.DECISION and message.get("kind") == "grant":
             # Granted after its caller gave up (disconnected or timed out): hand it back.
-            self.release(message["lease"], None)
+            spawn(self._send_until_delivered({"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}))
 
     async def _send(self, message: dict) -> None:
         await self.layer.send(events.LIMITER_CHANNEL, message)
 
+    async def _send_until_delivered(self, message: dict, attempts: int = 20) -> None:
+        """For messages the limiter must get (a release, a cancel): retry through a
+        channel-layer outage rather than leak a lease until it expires."""
+        for attempt in range(attempts):
+            try:
+                await self._send(message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == attempts - 1:
+                    logger.error("could not deliver %s to the limiter: %s", message["type"], exc)
+                    return
+                await asyncio.sleep(0.5)
+
     async def acquire(self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str) -> Grant:
-        """Wait until the limiter grants this request; raise Refused or LimiterUnavailable."""
+        """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
+
+        A grant is a moment to send, not a voucher: one that reaches us late (a stalled
+        event loop, a channel layer recovering) would send this call upstream together
+        with the calls granted after it, a burst the limiter never allowed. So a stale
+        grant is handed back and the request asks again.
+        """
+        for _attempt in range(STALE_GRANT_RETRIES):
+            grant = await self._acquire_once(key, endpoint, tokens, request_id)
+            if grant.age <= settings.SLUICE_GRANT_MAX_AGE:
+                return grant
+            logger.warning("grant arrived %.0f ms late; asking again", grant.age * 1000)
+            self.release(grant.lease, None)
+        raise LimiterUnavailable()
+
+    async def _acquire_once(self, key: KeyInfo, endpoint: str, tokens: float, request_id: str) -> Grant:
         key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
         account_limit = key.account_limits.get(endpoint) or key_limit
         ticket = uuid.uuid4().hex
@@ -133,7 +165,7 @@ class LimiterClient:
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
         try:
-            await self._send({
+            await self._send_or_unavailable({
                 "type": events.ACQUIRE,
                 "ticket": ticket,
                 "reply": self.reply_channel,
@@ -151,11 +183,11 @@ class LimiterClient:
                 # The limiter said how long; allow its max wait plus the round trip.
                 decision = await asyncio.wait_for(queue.get(), key_limit[5] + timeout)
         except TimeoutError:
-            spawn(self._send({"type": events.CANCEL, "ticket": ticket}))
+            spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise LimiterUnavailable() from None
         except asyncio.CancelledError:
             # The caller went away while queued: give the place back.
-            spawn(self._send({"type": events.CANCEL, "ticket": ticket}))
+            spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise
         finally:
             del self._waiting[ticket]
@@ -165,16 +197,35 @@ class LimiterClient:
             "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
             "key_limit": key_limit, "account": key.account_id, "account_limit": account_limit, "tokens": tokens,
         }
-        return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"])
+        return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"],
+                     age=max(0.0, time.time() - decision["at"]))
+
+    async def _send_or_unavailable(self, message: dict) -> None:
+        try:
+            await self._send(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the channel layer itself is down (Redis restarting)
+            logger.error("cannot reach the limiter: %s", exc)
+            raise LimiterUnavailable() from None
 
     def release(self, lease: str, tokens_used: float | None) -> None:
         self._held.pop(lease, None)
-        spawn(self._send({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
+        spawn(self._send_until_delivered({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
 
     async def report_upstream(
         self, *, key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool = False
     ) -> None:
-        await self._send({
+        try:
+            await self._send(self._report(key, endpoint, pause, headers, refused))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a report is advice; the request itself goes on
+            logger.warning("could not report upstream headers to the limiter: %s", exc)
+
+    @staticmethod
+    def _report(key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool) -> dict:
+        return {
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
             "account_limit": key.account_limits.get(endpoint) or key.key_limits[endpoint],
@@ -182,7 +233,7 @@ class LimiterClient:
             "pause": pause,
             "headers": headers,
             "refused": refused,
-        })
+        }
 
     async def ping(self, within: float | None = None) -> tuple[float, dict]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""
@@ -191,7 +242,7 @@ class LimiterClient:
         self._waiting[ticket] = queue
         started = time.monotonic()
         try:
-            await self._send({"type": events.PING, "ticket": ticket, "reply": self.reply_channel})
+            await self._send_or_unavailable({"type": events.PING, "ticket": ticket, "reply": self.reply_channel})
             pong = await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
         except TimeoutError:
             raise LimiterUnavailable() from None
@@ -224,10 +275,12 @@ async def ensure_started() -> LimiterClient:
 
 async def _start() -> LimiterClient:
     from limiter.recorder import recorder
+    from limiter.upstream import client as upstream
 
     client = LimiterClient()
     await client.start()
     recorder.start()
+    upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
     if settings.SLUICE_EMBEDDED_LIMITER:
         spawn(run_embedded_limiter())
     if settings.SLUICE_EMBEDDED_JOB_POLLER:

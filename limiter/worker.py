@@ -19,7 +19,7 @@ import logging
 import time
 from collections import defaultdict, deque
 
-from channels.consumer import AsyncConsumer
+from channels.consumer import AsyncConsumer, get_handler_name
 
 from limiter import events
 from limiter.engine import Decision, Engine, Limit, Scope
@@ -131,10 +131,16 @@ class LimiterConsumer(AsyncConsumer):
             self._timer.cancel()
 
     async def dispatch(self, message: dict) -> None:
-        # One bad message must not take the engine (and every limit it holds) down:
-        # Channels would drop this instance and start a fresh, empty one.
+        # Not Channels' dispatch: it closes stale database connections in a thread
+        # before every message, a thread hop per decision, and the limiter never
+        # touches the database. And one bad message must not take the engine (with
+        # every limit it holds) down: Channels would start a fresh, empty instance.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            logger.error("limiter got a message of unknown type %r", message.get("type"))
+            return
         try:
-            await super().dispatch(message)
+            await handler(message)
         except Exception:
             logger.exception("limiter failed to handle a %r message", message.get("type"))
 
@@ -235,6 +241,7 @@ class LimiterConsumer(AsyncConsumer):
             "limit": decision.quota.limit_per_minute,
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
+            "at": time.time(),
         }
 
     def _schedule(self, now: float) -> None:

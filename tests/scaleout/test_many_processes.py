@@ -16,10 +16,10 @@ from tests.servers import SluiceServer
 pytestmark = pytest.mark.services
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-# The account's ceiling and what the sandbox enforces: Together's 600/min is 10 a second;
-# Sluice paces the account at 480/min (8 a second) with a burst of 1: headroom for the
-# scheduling jitter of seven processes sharing two cores.
-ACCOUNT = {"chat": {"requests_per_minute": 600, "pace_per_minute": 480, "burst": 1,
+# The account's ceiling and what the sandbox enforces: Together's 600/min is 10 a second.
+# Sluice paces the account at 420/min (7 a second) with a burst of 1. The headroom covers
+# grants used up to SLUICE_GRANT_MAX_AGE (0.2 s) late: 7 x 1.2 + 1 < 10 in any second.
+ACCOUNT = {"chat": {"requests_per_minute": 600, "pace_per_minute": 420, "burst": 1,
                     "queue_depth": 1000, "max_queue_wait_seconds": 30}}
 TEAM = {"chat": {"requests_per_minute": 100000, "pace_per_minute": None, "burst": 1000,
                  "queue_depth": 1000, "max_queue_wait_seconds": 30}}
@@ -71,12 +71,12 @@ def assert_upstream_held(server: SluiceServer) -> dict:
 
 async def test_four_web_processes_hold_the_limit_under_a_3x_burst(cluster):
     keys = [cluster.issue_key(f"team-{i}", profile="team") for i in range(2)]
-    # 3x what a 10 s window admits at 8 a second, all at once, from 64 clients.
-    statuses = await burst(cluster, keys, total=240)
+    # 3x what a 10 s window admits at 7 a second, all at once, from 64 clients.
+    statuses = await burst(cluster, keys, total=210)
     assert set(statuses) <= {200, 429}, statuses
     stats = assert_upstream_held(cluster)
     assert stats["ok"] == statuses.count(200)
-    assert statuses.count(200) >= 180  # queued, not refused: most wait their turn within 30 s
+    assert statuses.count(200) >= 150  # queued, not refused: most wait their turn within 30 s
 
 
 async def test_limiter_killed_and_restarted_mid_load(cluster):
