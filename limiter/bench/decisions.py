@@ -1,0 +1,89 @@
+"""Limiter decisions per second: acquire + release through `LimiterClient`, as a web
+process does, against the `LimiterConsumer` on the `limiter` channel.
+
+Run as a child process (`python -m limiter.bench.decisions '{"concurrency": 64, ...}'`)
+with the deployment's environment: without REDIS_URL the consumer runs in this
+process over the in-memory layer (the embedded mode); with REDIS_URL it is the
+separate `manage.py runworker limiter` the parent started. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from typing import Any
+
+# Far above the load, so every acquire is granted: this measures the hop, not queueing.
+OPEN_LIMIT = (1e9, 1_000_000, None, None, 1000, 30.0)
+
+
+def _key() -> Any:
+    from limiter.keys import KeyInfo
+
+    return KeyInfo(
+        key_id="bench-key", prefix="sk-sluice-bench", secret_hash="", team_id=0, team_name="bench",
+        paused=False, expires_at=None, account_id="bench-account", account_name="bench",
+        base_url="", api_key_setting="", key_limits={"chat": OPEN_LIMIT}, account_limits={"chat": OPEN_LIMIT},
+        fallbacks={}, max_batch_requests=None, loaded_at=time.monotonic(),
+    )
+
+
+async def _caller(client: Any, key: Any, deadline: float, round_trips: list[float]) -> None:
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        grant = await client.acquire(key=key, endpoint="chat", tokens=0, request_id=uuid.uuid4().hex)
+        round_trips.append(time.perf_counter() - started)
+        client.release(grant.lease, None)
+
+
+async def measure(concurrency: int, duration: float) -> dict[str, float]:
+    from django.conf import settings
+
+    from limiter import runtime
+
+    client = runtime.LimiterClient()
+    await client.start()
+    if settings.SLUICE_EMBEDDED_LIMITER:
+        runtime.spawn(runtime.run_embedded_limiter())
+    await client.ping(within=10.0)  # the limiter is up (and, over Redis, reachable)
+    key = _key()
+    warm: list[float] = []
+    await asyncio.gather(*(_caller(client, key, time.monotonic() + 0.3, warm) for _ in range(concurrency)))
+    round_trips: list[float] = []
+    started = time.monotonic()
+    await asyncio.gather(*(_caller(client, key, started + duration, round_trips) for _ in range(concurrency)))
+    elapsed = time.monotonic() - started
+    round_trips.sort()
+    return {
+        "decisions_per_s": len(round_trips) / elapsed,
+        "round_trip_p50_ms": round_trips[len(round_trips) // 2] * 1000 if round_trips else float("nan"),
+    }
+
+
+def run(env: dict[str, str], concurrency: int, duration: float) -> dict[str, float]:
+    """Measure in a child process with `env` (the parent side)."""
+    from limiter.bench.procs import PYTHON, ROOT
+
+    done = subprocess.run(
+        [PYTHON, "-m", "limiter.bench.decisions", json.dumps({"concurrency": concurrency, "duration": duration})],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 60,
+    )
+    if done.returncode:
+        raise RuntimeError(f"decisions benchmark failed:\n{done.stdout}\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import django
+
+    django.setup()
+    options = json.loads(sys.argv[1])
+    print(json.dumps(asyncio.run(measure(options["concurrency"], options["duration"]))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The one table: each figure next to its baseline from the same run, the issue's
+targets, and LiteLLM's figures from the issue as a labelled reference (not measured)."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from limiter.bench.accuracy import Accuracy
+from limiter.bench.latency import Cell
+
+CONCURRENCIES = (1, 16, 64)
+MODES = (("non-stream", False), ("stream", True))
+DASH = "–"
+
+# The issue's LiteLLM Proxy 1.108.7 figures: (mode, concurrency) -> figure.
+LITELLM_ADDED_P50 = {("non-stream", 1): 12.0, ("non-stream", 16): 103.0}
+LITELLM_RPS = {("non-stream", 16): 118.0, ("stream", 16): 54.0}
+LITELLM_CPU_MS = 8.4
+
+
+@dataclass
+class Results:
+    cells: dict[tuple[str, str, int], Cell] = field(default_factory=dict)  # (target, mode, c)
+    scaleout: dict[int, Cell] = field(default_factory=dict)  # web processes -> c=16 cell
+    decisions: dict[str, dict[str, float]] = field(default_factory=dict)  # "memory" | "redis"
+    accuracy: dict[str, Accuracy] = field(default_factory=dict)  # case -> figures
+    uvicorn: bool = False
+
+
+@dataclass
+class Row:
+    measure: str
+    sluice: str
+    baseline: str = DASH
+    floor: str = DASH
+    floor_uvicorn: str = DASH
+    litellm: str = DASH
+    target: str = DASH
+    met: str = DASH
+
+
+def num(value: float, digits: int = 1) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def _latency_rows(r: Results) -> list[Row]:
+    rows = []
+    for mode, _ in MODES:
+        for c in CONCURRENCIES:
+            direct, sluice = r.cells[("direct", mode, c)], r.cells[("sluice", mode, c)]
+            floor = r.cells.get(("floor", mode, c))
+            uvi = r.cells.get(("floor-uvicorn", mode, c))
+            for label, attr in (("p50", "p50_ms"), ("p99", "p99_ms")):
+                added = getattr(sluice, attr) - getattr(direct, attr)
+                row = Row(f"Added latency {label}, {mode}, c={c} (ms)", num(added),
+                          f"direct {num(getattr(direct, attr))}",
+                          num(getattr(floor, attr) - getattr(direct, attr)) if floor else DASH,
+                          num(getattr(uvi, attr) - getattr(direct, attr)) if uvi else DASH)
+                ref = LITELLM_ADDED_P50.get((mode, c)) if label == "p50" else None
+                if ref is not None:
+                    row.litellm = num(ref, 0)
+                if label == "p50" and mode == "non-stream" and c == 1:
+                    row.target, row.met = "< 5", verdict(added < 5)
+                elif ref is not None and c == 16:
+                    row.target, row.met = f"≤ {num(ref / 3)} (⅓ of reference)", verdict(added <= ref / 3)
+                rows.append(row)
+            row = Row(f"Throughput, {mode}, c={c} (req/s)", num(sluice.rps), f"direct {num(direct.rps)}",
+                      num(floor.rps) if floor else DASH, num(uvi.rps) if uvi else DASH)
+            ref = LITELLM_RPS.get((mode, c))
+            if ref is not None:
+                row.litellm = num(ref, 0)
+                row.target, row.met = f"≥ {num(ref * 2.5, 0)} (2.5× reference)", verdict(sluice.rps >= ref * 2.5)
+            rows.append(row)
+    return rows
+
+
+def _cpu_rows(r: Results) -> list[Row]:
+    rows = []
+    for mode, _ in MODES:
+        sluice = r.cells[("sluice", mode, 16)]
+        floor = r.cells[("floor", mode, 16)]
+        uvi = r.cells.get(("floor-uvicorn", mode, 16))
+        rows.append(Row(
+            f"Gateway CPU per request, {mode}, c=16 (ms)", num(sluice.cpu_ms, 2), f"floor {num(floor.cpu_ms, 2)}",
+            num(floor.cpu_ms, 2), num(uvi.cpu_ms, 2) if uvi else DASH,
+            num(LITELLM_CPU_MS) if mode == "non-stream" else DASH,
+            "≤ floor (daphne)", verdict(sluice.cpu_ms <= floor.cpu_ms),
+        ))
+        rows.append(Row(f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16", num(sluice.cpu_ms / floor.cpu_ms, 2),
+                        "1.00", target="≤ 1.00", met=verdict(sluice.cpu_ms <= floor.cpu_ms)))
+    one, four = r.scaleout[1], r.scaleout[4]
+    embedded = r.cells[("sluice", "non-stream", 16)]
+    rows += [
+        Row("Scale-out CPU per request, 1 web + limiter worker, non-stream, c=16 (ms)", num(one.cpu_ms, 2),
+            f"embedded {num(embedded.cpu_ms, 2)}"),
+        Row("Scale-out CPU per request, 4 web + limiter worker, non-stream, c=16 (ms)", num(four.cpu_ms, 2),
+            f"1 web {num(one.cpu_ms, 2)}", target="within 10% of 1 web",
+            met=verdict(four.cpu_ms <= one.cpu_ms * 1.10)),
+        Row("Scale-out throughput, 1 web + limiter worker, non-stream, c=16 (req/s)", num(one.rps),
+            f"embedded {num(embedded.rps)}"),
+        Row("Scale-out throughput, 4 web + limiter worker, non-stream, c=16 (req/s)", num(four.rps),
+            f"1 web {num(one.rps)}"),
+    ]
+    return rows
+
+
+def _decision_rows(r: Results) -> list[Row]:
+    memory, redis = r.decisions["memory"], r.decisions["redis"]
+    return [
+        Row("Limiter decisions per second, in-memory layer (one process)", num(memory["decisions_per_s"], 0),
+            f"round trip p50 {num(memory['round_trip_p50_ms'], 2)} ms"),
+        Row("Limiter decisions per second, channels_redis (runworker limiter)", num(redis["decisions_per_s"], 0),
+            f"in-memory {num(memory['decisions_per_s'], 0)}; round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms"),
+    ]
+
+
+def _accuracy_rows(r: Results) -> list[Row]:
+    rows = []
+    for case, a in r.accuracy.items():
+        rows.append(Row(
+            f"Accuracy: {case} ({a.sent} requests, 64 clients)",
+            f"reached upstream {a.reached_upstream}; upstream 429s {a.upstream_429}; "
+            f"max in any 1 s {a.max_1s}; max in any 60 s {a.max_60s}",
+            f"limits {a.limit_1s}/s, {a.limit_60s}/min; Sluice answered {a.answered_200}×200, "
+            f"{a.answered_429}×429, {a.other} other, in {a.seconds} s",
+            litellm="2× the limit reached upstream across a window boundary" if "boundary" in case else DASH,
+            target="0 upstream 429s, ≤ limit in every window", met=verdict(a.held),
+        ))
+    return rows
+
+
+def table(r: Results) -> str:
+    rows = _latency_rows(r) + _cpu_rows(r) + _decision_rows(r) + _accuracy_rows(r)
+    header = ("| Measure | Sluice | Baseline (same run) | Floor: Django + daphne | Floor: Django + uvicorn "
+              "| LiteLLM (reference, not measured here) | Target | Met |")
+    lines = [header, "|" + "---|" * 8]
+    lines += [f"| {x.measure} | {x.sluice} | {x.baseline} | {x.floor} | {x.floor_uvicorn} | {x.litellm} "
+              f"| {x.target} | {x.met} |" for x in rows]
+    return "\n".join(lines)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
+    packages = ", ".join(f"{p} {_version(p)}" for p in ("django", "daphne", "channels", "channels-redis",
+                                                        "httpx", "aiohttp", "uvicorn"))
+    return (f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; Python {platform.python_version()}; "
+            f"{packages}. Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, "
+            f"after {' '.join(f'{x:.2f}' for x in load_after)}.")
+
+
+def render(r: Results, *, command: str, machine_line: str, notes: list[str]) -> str:
+    return "\n\n".join([f"Command: `{command}`", machine_line, table(r), *notes]) + "\n"

@@ -1,0 +1,188 @@
+"""The servers under test, each a context manager that stops its process group on exit:
+the sandbox upstream, Sluice (embedded, or N web processes + a limiter worker over
+Redis), and the floor under daphne or uvicorn. Everything listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+from psycopg import sql
+
+from limiter.bench.procs import PYTHON, free_port, http_json, manage, spawn, stop, wait_for_http
+
+LOOPBACK = "127.0.0.1"
+
+
+def base_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # embedded unless asked
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "DATABASE_URL": database_url,
+        "SECRET_KEY": "bench-" + secrets.token_urlsafe(16),
+        "PYTHONUNBUFFERED": "1",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    })
+    return env
+
+
+class Sandbox:
+    """`manage.py sandbox --latency-ms 20`: the simulated Together every path ends at."""
+
+    def __init__(self, tmp: Path, latency_ms: float) -> None:
+        self.port = free_port()
+        self.process = spawn(
+            [PYTHON, "manage.py", "sandbox", "--port", str(self.port), "--latency-ms", str(latency_ms)],
+            base_env(f"sqlite:///{tmp / 'sandbox.sqlite3'}"), tmp / "sandbox.log",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def v1_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def __enter__(self) -> Sandbox:
+        try:
+            wait_for_http(f"{self.url}/sandbox/stats", self.process)
+        except BaseException:
+            stop(self.process)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.process)
+
+    def control(self, patch: dict[str, Any]) -> None:
+        http_json("POST", f"{self.url}/sandbox/control", patch)
+
+    def chat_stats(self) -> dict[str, Any]:
+        return http_json("GET", f"{self.url}/sandbox/stats")["chat"]
+
+
+@dataclass
+class Ceiling:
+    """The account ceiling under test and the key's longest queue wait."""
+
+    account_rpm: int
+    account_pace: int
+    key_max_wait: float
+
+
+class Sluice:
+    """Sluice as deployed: `manage.py serve` x web, plus `runworker limiter` with Redis."""
+
+    def __init__(self, tmp: Path, sandbox: Sandbox, ceiling: Ceiling, *, web: int = 1,
+                 redis_url: str = "", database_url: str = "") -> None:
+        self.tmp = tmp
+        extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
+        if redis_url:
+            extra["REDIS_URL"] = redis_url
+        self.env = base_env(database_url or f"sqlite:///{tmp / 'sluice.sqlite3'}", **extra)
+        self.ceiling = ceiling
+        self.ports = [free_port() for _ in range(web)]
+        self.redis_url = redis_url
+        self.web: list[subprocess.Popen] = []
+        self.worker: subprocess.Popen | None = None
+        self.keys: dict[str, str] = {}
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"http://{LOOPBACK}:{port}" for port in self.ports]
+
+    @property
+    def web_pids(self) -> list[int]:
+        return [p.pid for p in self.web]
+
+    def __enter__(self) -> Sluice:
+        try:
+            manage(self.env, "migrate", "--noinput", "-v0")
+            options = json.dumps(self.ceiling.__dict__)
+            out = manage(self.env, "shell", "-v", "0", "-c",
+                         f"from limiter.bench.provision import main; main({options!r})")
+            self.keys = json.loads(out.strip().splitlines()[-1])
+            if self.redis_url:
+                self.worker = spawn([PYTHON, "manage.py", "runworker", "limiter"], self.env, self.tmp / "worker.log")
+            for port in self.ports:
+                self.web.append(spawn([PYTHON, "manage.py", "serve", "--port", str(port)], self.env,
+                                      self.tmp / f"serve-{port}.log"))
+            for process, url in zip(self.web, self.urls, strict=True):
+                wait_for_http(f"{url}/healthz", process)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for process in [*self.web, *([self.worker] if self.worker else [])]:
+            stop(process)
+
+
+class Floor:
+    """The bare Django proxy view under `server` ("daphne" or "uvicorn")."""
+
+    def __init__(self, tmp: Path, sandbox: Sandbox, server: str) -> None:
+        self.port = free_port()
+        app = "limiter.bench.floor.asgi:application"
+        args = {
+            "daphne": ["-m", "daphne", "-b", LOOPBACK, "-p", str(self.port), app],
+            "uvicorn": ["-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port), "--log-level", "warning",
+                        "--no-access-log", app],
+        }[server]
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "limiter.bench.floor.settings",
+               "FLOOR_UPSTREAM": sandbox.v1_url, "PYTHONUNBUFFERED": "1"}
+        self.process = spawn([PYTHON, *args], env, tmp / f"floor-{server}.log")
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def __enter__(self) -> Floor:
+        try:
+            wait_for_http(f"{self.url}/", self.process)
+        except BaseException:
+            stop(self.process)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop(self.process)
+
+
+def uvicorn_installed() -> bool:
+    return importlib.util.find_spec("uvicorn") is not None
+
+
+# --- scale-out services: a Redis database and a PostgreSQL database of our own ------------------
+class ScaleOutServices:
+    """Flushes the given Redis database and creates a throwaway PostgreSQL database,
+    dropped on exit."""
+
+    def __init__(self, redis_url: str, postgres_url: str) -> None:
+        self.redis_url = redis_url
+        self.admin_url = postgres_url
+        self.db_name = f"sluice_bench_{os.getpid()}_{secrets.token_hex(3)}"
+        self.database_url = urllib.parse.urlsplit(postgres_url)._replace(path=f"/{self.db_name}").geturl()
+
+    def __enter__(self) -> ScaleOutServices:
+        redis.Redis.from_url(self.redis_url).flushdb()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db_name)))
+        redis.Redis.from_url(self.redis_url).flushdb()
