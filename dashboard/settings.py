@@ -112,7 +112,7 @@ REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "limiter.layers.SluiceRedisChannelLayer",  # channels_redis, one-trip send
             "CONFIG": {
                 # channels_redis blocks up to 5 s in BZPOPMIN; redis-py's default socket
                 # timeout is also 5 s, so reads would time out at random. Give it room.

@@ -380,16 +380,25 @@ class Engine:
         return True
 
     def _grant(self, ticket: Ticket, now: float) -> Decision:
-        lease = ticket.id
         for scope in ticket.scopes:
             scope.requests.charge(1, now)
             if scope.tokens is not None and ticket.tokens:
                 scope.tokens.charge(ticket.tokens, now)
-            scope.leases.add(lease)
             scope.counters.admitted += 1
-        expiry = now + self.lease_ttl
-        self.leases[lease] = (ticket.scopes, expiry, ticket.tokens)
-        heapq.heappush(self._lease_expiries, (expiry, lease))
+        # A lease only where something must be handed back: a concurrency slot, or a
+        # token estimate to settle. Otherwise the grant is complete as it stands, and the
+        # caller sends no release (one channel-layer message fewer per request).
+        needs_lease = any(
+            s.limit.max_concurrent is not None or (s.tokens is not None and ticket.tokens) for s in ticket.scopes
+        )
+        lease = ""
+        if needs_lease:
+            lease = ticket.id
+            for scope in ticket.scopes:
+                scope.leases.add(lease)
+            expiry = now + self.lease_ttl
+            self.leases[lease] = (ticket.scopes, expiry, ticket.tokens)
+            heapq.heappush(self._lease_expiries, (expiry, lease))
         return Decision("grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived)
 
     def _refuse(self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float) -> Decision:

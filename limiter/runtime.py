@@ -119,7 +119,7 @@ class LimiterClient:
         queue = self._waiting.get(message.get("ticket", ""))
         if queue is not None:
             queue.put_nowait(message)
-        elif kind == events.DECISION and message.get("kind") == "grant":
+        elif kind == events.DECISION and message.get("kind") == "grant" and message.get("lease"):
             # Granted after its caller gave up (disconnected or timed out): hand it back.
             spawn(self._send_until_delivered({"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}))
 
@@ -193,10 +193,11 @@ class LimiterClient:
             del self._waiting[ticket]
         if decision["kind"] == "refuse":
             raise Refused(decision)
-        self._held[decision["lease"]] = {
-            "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
-            "key_limit": key_limit, "account": key.account_id, "account_limit": account_limit, "tokens": tokens,
-        }
+        if decision["lease"]:
+            self._held[decision["lease"]] = {
+                "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
+                "key_limit": key_limit, "account": key.account_id, "account_limit": account_limit, "tokens": tokens,
+            }
         return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"],
                      age=max(0.0, time.time() - decision["at"]))
 
@@ -210,6 +211,8 @@ class LimiterClient:
             raise LimiterUnavailable() from None
 
     def release(self, lease: str, tokens_used: float | None) -> None:
+        if not lease:
+            return  # the grant needed no lease (no concurrency cap, no token estimate)
         self._held.pop(lease, None)
         spawn(self._send_until_delivered({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
 

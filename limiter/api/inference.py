@@ -197,30 +197,26 @@ def _usage_tokens(data: bytes) -> float | None:
 
 # --- the upstream hop ---------------------------------------------------------------------------
 class _Reporter:
-    """Sends Together's rate headers to the limiter (for the dashboard) at most once a
-    second; a pause or a refusal always, and before the caller goes on."""
+    """Tells the limiter what Together said: its rate headers (for the dashboard) at most
+    once a second per account and endpoint, and every 429 at once."""
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], float] = {}
 
-    def __call__(self, key: KeyInfo, endpoint: str, headers, pause: float = 0.0, refused: bool = False):
+    def headers(self, key: KeyInfo, endpoint: str, headers) -> None:
         now = time.monotonic()
-        urgent = bool(pause or refused)
-        if not urgent and now - self._last.get((key.account_id, endpoint), 0.0) < HEADER_REPORT_INTERVAL:
-            return _done()
+        if now - self._last.get((key.account_id, endpoint), 0.0) < HEADER_REPORT_INTERVAL:
+            return
         self._last[(key.account_id, endpoint)] = now
         found = rate_headers(headers)
-        if not (found or urgent):
-            return _done()
-        sending = runtime.report_upstream(key=key, endpoint=endpoint, pause=pause, headers=found, refused=refused)
-        if urgent:
-            return sending  # awaited: the pause must reach the limiter before our own retry
-        runtime.spawn(sending)
-        return _done()
+        if found:
+            runtime.spawn(runtime.report_upstream(key=key, endpoint=endpoint, pause=0.0, headers=found))
 
-
-async def _done() -> None:
-    return None
+    async def rate_limited(self, key: KeyInfo, endpoint: str, headers, pause: float) -> None:
+        # Awaited, not spawned: the pause must reach the limiter before our own retry asks.
+        self._last[(key.account_id, endpoint)] = time.monotonic()
+        await runtime.report_upstream(key=key, endpoint=endpoint, pause=pause, headers=rate_headers(headers),
+                                      refused=True)
 
 
 report = _Reporter()
@@ -242,7 +238,7 @@ async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes
             message=_upstream_message(response.content),
         )
         metrics.REFUSED.labels(endpoint, "upstream_rate_limited", "upstream").inc()
-        await report(key, endpoint, response.headers, pause=seconds, refused=True)
+        await report.rate_limited(key, endpoint, response.headers, pause=seconds)
         if not retrying:
             return False
         # The retry is another call on the account: it queues behind the pause with
@@ -369,7 +365,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
             outcome = await _send_upstream(request, endpoint, path, _with_model(request.body, fallback), stream, lease)
             served_by = fallback
         response = outcome.response
-        report(key, endpoint, response.headers)
+        report.headers(key, endpoint, response.headers)
         if response.status_code >= 400:
             raise await _upstream_error(request, endpoint, served_by or model, outcome)
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")

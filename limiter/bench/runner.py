@@ -84,13 +84,16 @@ def _single_process(results: Results, tmp: Path, sandbox: Sandbox, ceiling: Ceil
         floor = stack.enter_context(Floor(tmp, sandbox, "daphne"))
         uvi = stack.enter_context(Floor(tmp, sandbox, "uvicorn")) if results.uvicorn else None
         sluice = stack.enter_context(Sluice(tmp, sandbox, ceiling))
+        sluice_uvi = stack.enter_context(Sluice(tmp, sandbox, ceiling, server="uvicorn")) if results.uvicorn else None
         targets = [
             Target("direct", [sandbox.v1_url], "bench", lambda: [sandbox.process.pid]),
             Target("sluice", [f"{sluice.urls[0]}/v1"], sluice.keys["open"], lambda: sluice.web_pids),
             Target("floor", [f"{floor.url}/v1"], "bench", lambda: [floor.process.pid]),
         ]
-        if uvi is not None:
+        if uvi is not None and sluice_uvi is not None:
             targets.append(Target("floor-uvicorn", [f"{uvi.url}/v1"], "bench", lambda: [uvi.process.pid]))
+            targets.append(Target("sluice-uvicorn", [f"{sluice_uvi.urls[0]}/v1"], sluice_uvi.keys["open"],
+                                  lambda: sluice_uvi.web_pids))
         log("servers up; latency matrix")
         results.cells = _matrix(targets, size, log)
         log("accuracy, 1 web process")

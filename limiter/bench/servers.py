@@ -85,12 +85,13 @@ class Sluice:
     """Sluice as deployed: `manage.py serve` x web, plus `runworker limiter` with Redis."""
 
     def __init__(self, tmp: Path, sandbox: Sandbox, ceiling: Ceiling, *, web: int = 1,
-                 redis_url: str = "", database_url: str = "") -> None:
+                 redis_url: str = "", database_url: str = "", server: str = "daphne") -> None:
         self.tmp = tmp
+        self.server = server
         extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
         if redis_url:
             extra["REDIS_URL"] = redis_url
-        self.env = base_env(database_url or f"sqlite:///{tmp / 'sluice.sqlite3'}", **extra)
+        self.env = base_env(database_url or f"sqlite:///{tmp / f'sluice-{server}.sqlite3'}", **extra)
         self.ceiling = ceiling
         self.ports = [free_port() for _ in range(web)]
         self.redis_url = redis_url
@@ -116,8 +117,8 @@ class Sluice:
             if self.redis_url:
                 self.worker = spawn([PYTHON, "manage.py", "runworker", "limiter"], self.env, self.tmp / "worker.log")
             for port in self.ports:
-                self.web.append(spawn([PYTHON, "manage.py", "serve", "--port", str(port)], self.env,
-                                      self.tmp / f"serve-{port}.log"))
+                self.web.append(spawn([PYTHON, "manage.py", "serve", "--port", str(port), "--server", self.server],
+                                      self.env, self.tmp / f"serve-{port}.log"))
             for process, url in zip(self.web, self.urls, strict=True):
                 wait_for_http(f"{url}/healthz", process)
         except BaseException:

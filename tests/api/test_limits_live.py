@@ -68,7 +68,9 @@ async def test_burst_of_50_on_two_keys_reaches_upstream_without_a_429(together_l
 
 async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_streams):
     server = shared_server_slow_streams
-    key = server.issue_key("streamer")
+    # A concurrency cap, so every stream holds a lease while it runs.
+    server.make_profile("capped", {"chat": {"max_concurrent": 10}})
+    key = server.issue_key("streamer", profile="capped")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         for _ in range(5):
             async with client.stream("POST", CHAT, json=body(stream=True, max_tokens=50),
@@ -76,6 +78,7 @@ async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_stream
                 assert response.status_code == 200
                 async for _chunk in response.aiter_raw():
                     break  # one chunk, then hang up
+                assert limiter_counts(server)["leases"] == 1  # held while the stream runs
     assert wait_until(lambda: limiter_counts(server)["leases"] == 0), limiter_counts(server)
     assert wait_until(lambda: server.sandbox.stats()["streams"]["disconnected"] >= 1)
 

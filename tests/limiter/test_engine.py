@@ -224,3 +224,12 @@ def test_idle_scopes_are_forgotten():
     engine.release(grant.lease, None, 0.0)
     assert engine.forget_idle(now=1000.0) == 2
     assert engine.scopes == {}
+
+
+def test_grants_without_a_cap_or_tokens_need_no_lease():
+    engine = Engine()
+    grant = ask(engine, "1")
+    assert grant.lease == ""
+    assert engine.leases == {}
+    capped = ask(engine, "2", key_limit=Limit(per_minute=6000, burst=100, max_concurrent=5))
+    assert capped.lease == "2"
