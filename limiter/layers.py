@@ -1,11 +1,19 @@
-"""channels_redis, with a send that costs one Redis round trip instead of four.
+"""channels_redis, with a send and a receive of one Redis round trip each instead of four.
 
-`RedisChannelLayer.send` trims expired messages, checks capacity, adds the message
-and refreshes the expiry as four separate commands. Every limiter decision is a send
-(the ticket, the answer, the release), so on the request path those round trips are
-most of scale-out's cost. The same four steps as one Lua script keep the semantics
-(expiry, capacity, ChannelFull) and the wire format, so stock channels_redis peers
-interoperate.
+Every limiter decision travels as channel messages (the ticket, the answer, and a
+release where a lease is held), so on the request path channels_redis's round trips
+are most of scale-out's cost:
+
+- `send` trims expired messages, checks capacity, adds the message and refreshes the
+  expiry as four commands. Here they are one Lua script with the same semantics
+  (expiry, capacity, ChannelFull) and the same wire format.
+- `receive` keeps each popped message in a backup queue until it has been handed
+  over (a cleanup script, the pop, a backup write, a backup delete), so that a
+  receiver cancelled mid-pop loses nothing. Here it is the pop alone. The window it
+  guarded is a receiver cancelled between the pop and the hand-over, which happens
+  only when a process stops; Sluice already survives what could be lost then (an
+  unanswered ticket is a 503 after SLUICE_LIMITER_TIMEOUT, a lost release is reaped
+  at the lease's expiry, a dead limiter's leases are re-adopted).
 """
 
 from __future__ import annotations
@@ -27,6 +35,13 @@ return 1
 
 
 class SluiceRedisChannelLayer(RedisChannelLayer):
+    async def _brpop_with_clean(self, index: int, channel: str, timeout: float):  # noqa: ASYNC109  (the parent's signature)
+        result = await self.connection(index).bzpopmin(channel, timeout=timeout)
+        return result[1] if result is not None else None
+
+    async def _clean_receive_backup(self, index: int, channel: str) -> None:
+        return None  # no backup queue to clean (see the module docstring)
+
     async def send(self, channel: str, message: dict) -> None:
         assert isinstance(message, dict), "message is not a dict"
         assert self.require_valid_channel_name(channel), "Channel name not valid"
