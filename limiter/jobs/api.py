@@ -161,6 +161,29 @@ async def file_content(request: Request) -> Response | StreamingResponse:
     )
 
 
+# --- either kind of job --------------------------------------------------------------
+async def _listed(request: Request, kind: str) -> list[dict]:
+    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=kind)
+    return await sync_to_async(lambda: [job_json(job) for job in jobs])()
+
+
+async def _retrieve(request: Request, kind: str) -> Response:
+    job = await _own_job(request, kind)
+    return Response.json(await sync_to_async(job_json)(job))
+
+
+async def _cancel(request: Request, kind: str) -> Response:
+    """A queued job is cancelled here and never starts; a running one is cancelled upstream."""
+    job = await _own_job(request, kind)
+    try:
+        job = await services.job_cancel(job=job)
+    except services.UpstreamRefused as exc:
+        return _relay(exc.response)
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+    return Response.json(await _shown(job))
+
+
 # --- fine-tunes -----------------------------------------------------------------------
 async def fine_tunes_create(request: Request) -> Response:
     body = request.json()
@@ -173,24 +196,15 @@ async def fine_tunes_create(request: Request) -> Response:
 
 
 async def fine_tunes_list(request: Request) -> Response:
-    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=JobKind.FINE_TUNE)
-    return Response.json({"data": await sync_to_async(lambda: [job_json(job) for job in jobs])()})
+    return Response.json({"data": await _listed(request, JobKind.FINE_TUNE)})
 
 
 async def fine_tune_retrieve(request: Request) -> Response:
-    job = await _own_job(request, JobKind.FINE_TUNE)
-    return Response.json(await sync_to_async(job_json)(job))
+    return await _retrieve(request, JobKind.FINE_TUNE)
 
 
 async def fine_tune_cancel(request: Request) -> Response:
-    job = await _own_job(request, JobKind.FINE_TUNE)
-    try:
-        job = await services.job_cancel(job=job)
-    except services.UpstreamRefused as exc:
-        return _relay(exc.response)
-    except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
-    return Response.json(await _shown(job))
+    return await _cancel(request, JobKind.FINE_TUNE)
 
 
 async def fine_tune_events(request: Request) -> Response:
@@ -250,25 +264,15 @@ async def batches_create(request: Request) -> Response:
 
 
 async def batches_list(request: Request) -> Response:
-    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=JobKind.BATCH)
-    # A bare array, as Together answers.
-    return Response.json(await sync_to_async(lambda: [job_json(job) for job in jobs])())
+    return Response.json(await _listed(request, JobKind.BATCH))  # a bare array, as Together answers
 
 
 async def batch_retrieve(request: Request) -> Response:
-    job = await _own_job(request, JobKind.BATCH)
-    return Response.json(await sync_to_async(job_json)(job))
+    return await _retrieve(request, JobKind.BATCH)
 
 
 async def batch_cancel(request: Request) -> Response:
-    job = await _own_job(request, JobKind.BATCH)
-    try:
-        job = await services.job_cancel(job=job)
-    except services.UpstreamRefused as exc:
-        return _relay(exc.response)
-    except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
-    return Response.json(await _shown(job))
+    return await _cancel(request, JobKind.BATCH)
 
 
 # Literal paths come before `{id}` ones: the router takes the first match.
