@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError
 
@@ -75,6 +76,9 @@ def _update(*, actor: AbstractBaseUser | None, obj: models.Model, data: dict[str
         return False
     old = _values(obj, changed)
     for name in changed:
+        # full_clean lets None through for a blank-allowed field; the database would not.
+        if data[name] is None and not obj._meta.get_field(name).null:
+            raise ValidationError({name: ["This field cannot be null."]})
         setattr(obj, name, data[name])
     obj.full_clean()
     obj.save(update_fields=changed)

@@ -200,8 +200,10 @@ def refusal_page(*, filters: RefusalFilters, after: str = "", size: int = PAGE_S
 
 def refusal_chart_range(*, filters: RefusalFilters) -> tuple[datetime, datetime]:
     end = filters.end or timezone.now()
-    start = filters.start or end - CHART_MAX_RANGE
-    return max(start, end - CHART_MAX_RANGE), end
+    # An `end` within a day of year 1 has no day before it to chart.
+    earliest = max(end, datetime.min.replace(tzinfo=end.tzinfo) + CHART_MAX_RANGE) - CHART_MAX_RANGE
+    start = filters.start or earliest
+    return max(start, earliest), end
 
 
 def refusal_per_minute(*, filters: RefusalFilters) -> list[tuple[datetime, int]]:

@@ -34,6 +34,7 @@ MSG_TEAM_PAUSED = "Team '{team}' is paused by the operators; no requests are sen
 MSG_MODEL_NOT_FOUND = "The model '{model}' does not exist or is not available.{hint}"
 MSG_INTERNAL = "Sluice failed to handle this request (request id {request_id}); it was logged."
 MSG_FIELD_REQUIRED = "'{field}' is required."
+MSG_FIELD_NOT_STRING = "'{field}' must be a string."
 
 
 class ApiError(Exception):

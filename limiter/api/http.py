@@ -37,7 +37,7 @@ class Request:
         if self._json is None:
             try:
                 value = json.loads(self.body or b"null")
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
                 raise ApiError(400, MSG_BAD_JSON, code="invalid_json") from None
             if not isinstance(value, dict):
                 raise ApiError(400, MSG_BODY_NOT_OBJECT, code="invalid_json")

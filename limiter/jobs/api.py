@@ -96,9 +96,13 @@ async def _pass(request: Request, path: str) -> Response:
 
 
 def _require(body: dict, *names: str) -> None:
+    """Each named field must be a non-empty string (ids and model names are)."""
     for name in names:
-        if body.get(name) in (None, ""):
+        value = body.get(name)
+        if value in (None, ""):
             raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field=name), param=name, code="missing_field")
+        if not isinstance(value, str):
+            raise ApiError(400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type")
 
 
 async def _own_job(request: Request, kind: str) -> Job:

@@ -103,6 +103,10 @@ async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, 
     assert [t["name"] for t in first["limits"]["teams"]] == ["search"]
     assert {row["endpoint"] for row in first["limits"]["accounts"][0]["limits"]} >= {"chat", "embeddings"}
 
+    jobs = await communicator.receive_json_from(timeout=2)
+    assert jobs["type"] == "jobs"
+    assert jobs["accounts"][ids["account"]]["fine_tunes"]["total"] == 3  # the seeded cap, nothing running
+
     second = await communicator.receive_json_from(timeout=2)
     assert second["type"] == "snapshot" and len(asked) == 1
     key_scope = next(s for s in second["scopes"] if s["kind"] == "key")
@@ -110,7 +114,6 @@ async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, 
     assert key_scope["team"] == "search" and key_scope["key_prefix"] == ids["prefix"]
     assert account_scope["account"] == "together"
     assert second["upstream_headers"] == {"together": {"chat": {"x-ratelimit-remaining": "59"}}}
-    assert second["jobs"] is None
     await communicator.disconnect()
 
 
@@ -118,6 +121,7 @@ async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, id
     user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
     communicator, connected, _ = await connect(user)
     assert (await communicator.receive_json_from(timeout=2))["type"] == "limits"
+    assert (await communicator.receive_json_from(timeout=2))["type"] == "jobs"
 
     await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(ids["key"], ids["account"], admitted=42))
     message = await communicator.receive_json_from(timeout=2)
@@ -130,9 +134,9 @@ async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, id
 async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, ids):
     user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
     communicator, _, _ = await connect(user)
-    await communicator.receive_json_from(timeout=2)
+    await receive_type(communicator, "jobs")  # after the limits
     await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(ids["key"], ids["account"]))
-    await communicator.receive_json_from(timeout=2)
+    await receive_type(communicator, "snapshot")
 
     team, _ = await database_sync_to_async(team_get_or_create)(name="ads")
     new_key = (await database_sync_to_async(key_issue)(team=team)).key
