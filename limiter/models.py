@@ -211,4 +211,4 @@ class Refusal(models.Model):
 
 def default_upstream_base_url() -> str:
     return settings.TOGETHER_BASE_URL
-from limiter.jobs.models import Job, JobEvent  # noqa: E402,F401
+from limiter.jobs.models import Job, JobEvent, TeamFile  # noqa: E402,F401

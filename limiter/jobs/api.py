@@ -16,6 +16,7 @@ rate of the route's endpoint kind, fills `request.path_params` and maps ApiError
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -35,6 +36,7 @@ from limiter.upstream import UpstreamError, client
 logger = logging.getLogger(__name__)
 
 MSG_JOB_NOT_FOUND = "No {what} with id '{id}' for this team."
+MSG_FILE_NOT_FOUND = "No file with id '{id}' for this team."
 MSG_BATCH_TOO_LARGE = (
     "The input file holds {count} requests; batches on this key may carry at most {cap}. "
     "Split the file, or send \"split\": true (or the header x-sluice-split-batch: true) "
@@ -130,29 +132,57 @@ async def _start_now(job: Job) -> services.StartResult | None:
 
 
 # --- files ----------------------------------------------------------------------------
+# One Together account holds every team's files: a team sees, reads and deletes only the
+# files it uploaded through Sluice or its jobs produced (selectors.file_ids_for_team).
+async def _visible_files(request: Request) -> set[str]:
+    return await sync_to_async(selectors.file_ids_for_team)(team_id=_key(request).team_id)
+
+
+async def _own_file(request: Request, file_id: str | None = None) -> str:
+    file_id = file_id or request.path_params["id"]
+    if file_id not in await _visible_files(request):
+        raise ApiError(404, MSG_FILE_NOT_FOUND.format(id=file_id), type=errors.NOT_FOUND, code="not_found")
+    return file_id
+
+
 async def files_create(request: Request) -> Response:
-    return await _pass(request, "/files")
+    response = await _send(request, "/files")
+    # Plain upload: the file object; the SDKs' redirect flow: X-Together-File-Id.
+    file_id = response.headers.get("x-together-file-id")
+    if file_id is None and response.is_success:
+        with contextlib.suppress(ValueError, AttributeError):
+            file_id = response.json().get("id")
+    if file_id and (response.is_success or response.is_redirect):
+        await sync_to_async(services.file_record)(team_id=_key(request).team_id, file_id=str(file_id))
+    return _relay(response)
 
 
 async def files_list(request: Request) -> Response:
-    return await _pass(request, "/files")
+    response = await _send(request, "/files")
+    if not response.is_success:
+        return _relay(response)
+    visible = await _visible_files(request)
+    listing = response.json()
+    rows = listing.get("data", []) if isinstance(listing, dict) else listing
+    mine = [row for row in rows if isinstance(row, dict) and row.get("id") in visible]
+    return Response.json({**listing, "data": mine} if isinstance(listing, dict) else mine)
 
 
 async def file_retrieve(request: Request) -> Response:
-    return await _pass(request, f"/files/{request.path_params['id']}")
+    return await _pass(request, f"/files/{await _own_file(request)}")
 
 
 async def file_delete(request: Request) -> Response:
-    return await _pass(request, f"/files/{request.path_params['id']}")
+    return await _pass(request, f"/files/{await _own_file(request)}")
 
 
 async def file_preprocess(request: Request) -> Response:
-    return await _pass(request, f"/files/{request.path_params['id']}/preprocess")
+    return await _pass(request, f"/files/{await _own_file(request)}/preprocess")
 
 
 async def file_content(request: Request) -> Response | StreamingResponse:
     # Streamed: output files can be large.
-    response = await _send(request, f"/files/{request.path_params['id']}/content", stream=True)
+    response = await _send(request, f"/files/{await _own_file(request)}/content", stream=True)
     if not response.is_success:
         await response.aread()
         await response.aclose()
@@ -192,6 +222,7 @@ async def _cancel(request: Request, kind: str) -> Response:
 async def fine_tunes_create(request: Request) -> Response:
     body = request.json()
     _require(body, "training_file", "model")
+    await _own_file(request, body["training_file"])
     job = await sync_to_async(services.job_accept)(key=_key(request), kind=JobKind.FINE_TUNE, request=body)
     result = await _start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
@@ -235,6 +266,7 @@ async def batches_create(request: Request) -> Response:
     body = dict(request.json())
     split = _split_requested(request, body)
     _require(body, "endpoint", "input_file_id")
+    await _own_file(request, body["input_file_id"])
     key = _key(request)
     try:
         plan = await services.batch_plan(key=key, input_file_id=str(body["input_file_id"]), split=split)

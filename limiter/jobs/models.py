@@ -1,4 +1,5 @@
-"""Fine-tune jobs and batches Sluice holds for teams, and the log of their status changes.
+"""Fine-tune jobs and batches Sluice holds for teams, the log of their status changes,
+and which team uploaded which file (one Together account holds every team's files).
 
 A job is stored before the team gets an answer, so a restart loses nothing. Its local
 `state` is what Sluice owns (queued, starting, running, done); `upstream_status` is
@@ -119,3 +120,18 @@ class JobEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} {self.state}/{self.upstream_status} {self.message}"
+
+
+class TeamFile(models.Model):
+    """A file a team uploaded through Sluice. Every team's files live in the same Together
+    account, so Sluice keeps who owns which, and shows a team only its own."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="files")
+    file_id = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["team", "file_id"], name="one_owner_row_per_file")]
+
+    def __str__(self) -> str:
+        return f"{self.file_id} ({self.team_id})"

@@ -16,11 +16,26 @@ from limiter.jobs.live import (
     SlotHolder,
     WaitingJob,
 )
-from limiter.jobs.models import ENDPOINT_OF_KIND, HOLDING_STATES, Job, JobKind, JobState
+from limiter.jobs.models import ENDPOINT_OF_KIND, HOLDING_STATES, Job, JobKind, JobState, TeamFile
 from limiter.models import EndpointLimit, UpstreamAccount
 
 # A team's list shows at most this many jobs, newest first.
 LIST_LIMIT = 500
+
+
+# Fields of a job (its request, or Together's view of it) that name a file the team may see.
+JOB_FILE_FIELDS = ("training_file", "validation_file", "input_file_id", "output_file_id", "error_file_id")
+
+
+def file_ids_for_team(*, team_id: int) -> set[str]:
+    """Files this team may see: those it uploaded, and those its jobs read or produced
+    (a batch's output file is created by Together, not uploaded)."""
+    ids = set(TeamFile.objects.filter(team_id=team_id).values_list("file_id", flat=True))
+    for request, upstream in Job.objects.filter(team_id=team_id).values_list("request", "upstream"):
+        for blob in (request, upstream):
+            if isinstance(blob, dict):
+                ids.update(value for name in JOB_FILE_FIELDS if isinstance(value := blob.get(name), str))
+    return ids
 
 
 def job_get_for_team(*, team_id: int, kind: str, public_id: str) -> Job | None:

@@ -36,6 +36,7 @@ from limiter.jobs.models import (
     JobEvent,
     JobKind,
     JobState,
+    TeamFile,
     new_public_id,
 )
 from limiter.jobs.selectors import queued_in_order
@@ -166,6 +167,11 @@ async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool) -> BatchP
             raise UpstreamRefused(upload)
         plan.part_files.append((str(upload.json()["id"]), len(chunk)))
     return plan
+
+
+def file_record(*, team_id: int, file_id: str) -> None:
+    """Remember that `team_id` uploaded `file_id`, so that team (and only it) sees it."""
+    TeamFile.objects.get_or_create(team_id=team_id, file_id=file_id)
 
 
 def key_target(key: KeyInfo) -> Target:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from limiter.jobs import api
+from limiter.jobs import api, services
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
 from tests.jobs.conftest import MODEL, all_done, batch_lines, call, drive, request, upload
@@ -15,9 +15,11 @@ from tests.jobs.conftest import MODEL, all_done, batch_lines, call, drive, reque
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def create(key, file_id: str, *, headers=None, **extra):
+async def create(key, file_id: str, *, headers=None, **extra):
+    # The team owns the file, as if it had uploaded it through Sluice.
+    await sync_to_async(services.file_record)(team_id=key.team_id, file_id=file_id)
     body = {"endpoint": "/v1/chat/completions", "input_file_id": file_id, "model_id": MODEL, **extra}
-    return call(api.batches_create, request(key, "POST", "/v1/batches", body, headers=headers))
+    return await call(api.batches_create, request(key, "POST", "/v1/batches", body, headers=headers))
 
 
 async def test_batch_over_the_cap_is_refused_clearly(sandbox, make_key):

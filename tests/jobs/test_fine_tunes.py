@@ -17,9 +17,11 @@ from tests.jobs.conftest import MODEL, all_done, call, drive, request, set_cap, 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def create(key, training_file: str, **extra):
+async def create(key, training_file: str, **extra):
+    # The team owns the file, as if it had uploaded it through Sluice.
+    await sync_to_async(services.file_record)(team_id=key.team_id, file_id=training_file)
     body = {"model": MODEL, "training_file": training_file, **extra}
-    return call(api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", body))
+    return await call(api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", body))
 
 
 async def test_five_fine_tunes_run_three_at_a_time_and_all_complete(sandbox, make_key):

@@ -101,3 +101,15 @@ def test_plain_multipart_upload_and_another_teams_jobs(jobs_server: Any) -> None
         assert http.get("/fine-tunes", headers={"authorization": f"Bearer {beta}"}).json() == {"data": []}
         assert http.get("/batches", headers={"authorization": f"Bearer {beta}"}).json() == []
         assert http.get("/fine-tunes").status_code == 401
+
+        # Files: one Together account holds both teams' files; each team sees its own only.
+        as_beta = {"authorization": f"Bearer {beta}"}
+        assert file_id in [f["id"] for f in http.get("/files", headers={"authorization": f"Bearer {alpha}"}).json()["data"]]
+        assert http.get("/files", headers=as_beta).json()["data"] == []
+        for path in (f"/files/{file_id}", f"/files/{file_id}/content"):
+            refused = http.get(path, headers=as_beta)
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found", path
+        stolen = http.post("/fine-tunes", headers=as_beta, json={"model": MODEL, "training_file": file_id})
+        assert stolen.status_code == 404
+        assert http.delete(f"/files/{file_id}", headers=as_beta).status_code == 404
+        assert http.get(f"/files/{file_id}", headers={"authorization": f"Bearer {alpha}"}).status_code == 200
