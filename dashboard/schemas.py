@@ -42,13 +42,15 @@ class LimitOut(ModelSchema):
 
 
 class LimitPatchIn(Schema):
-    requests_per_minute: int | None = Field(None, ge=1)
+    # Omitted fields stay as they are. Only the optional limits take null (= no such
+    # limit); the others must be numbers when given, as the schema says.
+    requests_per_minute: int = Field(None, ge=1)
     pace_per_minute: int | None = Field(None, ge=1)
-    burst: int | None = Field(None, ge=1)
+    burst: int = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
-    queue_depth: int | None = Field(None, ge=0)
-    max_queue_wait_seconds: float | None = Field(None, ge=0)
+    queue_depth: int = Field(None, ge=0)
+    max_queue_wait_seconds: float = Field(None, ge=0)
     max_batch_requests: int | None = Field(None, ge=1)
 
 
@@ -72,8 +74,9 @@ class ProfileIn(Schema):
 
 
 class ProfilePatchIn(Schema):
-    name: str | None = Field(None, min_length=1, max_length=80)
-    description: str | None = None
+    # Omitted fields stay as they are; neither takes null.
+    name: str = Field(None, min_length=1, max_length=80)
+    description: str = Field(None)
 
 
 # --- teams and keys -------------------------------------------------------------------------
