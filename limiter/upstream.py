@@ -135,6 +135,13 @@ def _timed_out(exc: httpx.TransportError) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that keeps nothing."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 class UpstreamClient:
     """The process's one HTTP client to Together."""
 
@@ -167,7 +174,11 @@ class UpstreamClient:
         else:
             transport = httpx.AsyncHTTPTransport(limits=limits)
         # Redirects are never followed: the files flow passes Location back to the caller.
-        return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        client = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        # One client serves every team: a cookie Together set for one call must not ride
+        # along on another team's (and parsing them was 3% of the gateway's CPU).
+        client._cookies = _NoCookies()
+        return client
 
     async def aclose(self) -> None:
         if self._client is not None:

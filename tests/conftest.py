@@ -7,6 +7,7 @@ SLUICE_REQUIRE_SERVICES=1 (CI), where a missing service fails the run instead.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import urllib.parse
@@ -70,3 +71,12 @@ def shared_server(tmp_path_factory):
     """One server for a module whose tests do not disturb each other (own keys each)."""
     with SluiceServer(tmp_path_factory.mktemp("sluice")) as server:
         yield server
+
+
+@pytest.fixture
+def seeded_transactional_db(transactional_db):
+    """A transactional test's database with the seeded default profile and upstream
+    account: the flush between transactional tests removes what the migration seeded."""
+    from django.apps import apps
+
+    importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -32,7 +31,7 @@ POLL_CONCURRENCY = 10
 class Poller:
     def __init__(self, *, start_deadline: float | None = None) -> None:
         self.start_deadline = start_deadline if start_deadline is not None else together.start_deadline()
-        self._published: dict[str, Any] | None = None
+        self._published_version: int | None = None
         self._published_at = 0.0
 
     async def tick(self, stop: asyncio.Event | None = None) -> bool:
@@ -85,16 +84,19 @@ class Poller:
         return started
 
     async def publish(self) -> bool:
-        snapshot = await sync_to_async(selectors.jobs_live_snapshot)()
-        comparable = {**snapshot, "at": None}
+        # Every change of any job writes a JobEvent, in whichever process made it; the
+        # newest event's id is a one-row query, the snapshot several: build it only
+        # when something changed (or for the heartbeat).
+        version = await sync_to_async(selectors.jobs_version)()
         now = time.monotonic()
-        if comparable == self._published and now - self._published_at < HEARTBEAT_SECONDS:
+        if version == self._published_version and now - self._published_at < HEARTBEAT_SECONDS:
             return False
         layer = get_channel_layer()
         if layer is None:
             return False
+        snapshot = await sync_to_async(selectors.jobs_live_snapshot)()
         await layer.group_send(LIVE_GROUP, dict(snapshot))
-        self._published, self._published_at = comparable, now
+        self._published_version, self._published_at = version, now
         return True
 
 

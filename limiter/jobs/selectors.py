@@ -16,7 +16,15 @@ from limiter.jobs.live import (
     SlotHolder,
     WaitingJob,
 )
-from limiter.jobs.models import ENDPOINT_OF_KIND, HOLDING_STATES, Job, JobKind, JobState, TeamFile
+from limiter.jobs.models import (
+    ENDPOINT_OF_KIND,
+    HOLDING_STATES,
+    Job,
+    JobEvent,
+    JobKind,
+    JobState,
+    TeamFile,
+)
 from limiter.models import EndpointLimit, UpstreamAccount
 
 # A team's list shows at most this many jobs, newest first.
@@ -118,6 +126,11 @@ def _kind_slots(account_id: int, kind: str, total: int | None) -> KindSlots:
             for position, job in enumerate(waiting, start=1)
         ],
     )
+
+
+def jobs_version() -> int:
+    """Changes whenever any job changes: the id of the newest JobEvent."""
+    return JobEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
 def jobs_live_snapshot() -> LiveJobsMessage:

@@ -16,9 +16,9 @@ from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
 from limiter import events, runtime
 from limiter.services import key_issue, team_get_or_create, upstream_default
 
-# Transactional: the consumer reads the database from other threads. serialized_rollback
-# restores the seeded default profile that the flush between tests removes.
-pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+# Transactional: the consumer reads the database from other threads. Every test asks
+# for the seeded default profile, which the flush between transactional tests removes.
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("seeded_transactional_db")]
 
 
 def snapshot(key_id: str, account_id: str, admitted: int = 3) -> events.LiveSnapshot:

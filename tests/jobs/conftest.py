@@ -7,7 +7,6 @@ upstream account points at the sandbox; through-Sluice tests use `sluice_server`
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import sync_to_async
-from django.apps import apps as django_apps
 
 from limiter import keys
 from limiter.api.errors import ApiError
@@ -46,9 +44,7 @@ def sandbox(_jobs_sandbox: ThreadedSandbox) -> ThreadedSandbox:
 
 
 @pytest.fixture
-def account(sandbox: ThreadedSandbox, transactional_db: None) -> UpstreamAccount:
-    # Transactional tests flush the tables, the seeded default profile with them.
-    importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(django_apps, None)
+def account(sandbox: ThreadedSandbox, seeded_transactional_db: None) -> UpstreamAccount:
     account = UpstreamAccount.objects.get(is_default=True)
     account.base_url = sandbox.v1_url
     account.save()
