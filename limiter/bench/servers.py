@@ -36,27 +36,22 @@ def base_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class Sandbox:
-    """`manage.py sandbox --latency-ms 20`: the simulated Together every path ends at."""
+class _OneProcess:
+    """A server process on a free port of 127.0.0.1, ready once `ready_path` answers."""
 
-    def __init__(self, tmp: Path, latency_ms: float) -> None:
+    ready_path = "/"
+
+    def __init__(self) -> None:
         self.port = free_port()
-        self.process = spawn(
-            [PYTHON, "manage.py", "sandbox", "--port", str(self.port), "--latency-ms", str(latency_ms)],
-            base_env(f"sqlite:///{tmp / 'sandbox.sqlite3'}"), tmp / "sandbox.log",
-        )
+        self.process: subprocess.Popen
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def v1_url(self) -> str:
-        return f"{self.url}/v1"
-
-    def __enter__(self) -> Sandbox:
+    def __enter__(self):
         try:
-            wait_for_http(f"{self.url}/sandbox/stats", self.process)
+            wait_for_http(f"{self.url}{self.ready_path}", self.process)
         except BaseException:
             stop(self.process)
             raise
@@ -64,6 +59,23 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         stop(self.process)
+
+
+class Sandbox(_OneProcess):
+    """`manage.py sandbox --latency-ms 20`: the simulated Together every path ends at."""
+
+    ready_path = "/sandbox/stats"
+
+    def __init__(self, tmp: Path, latency_ms: float) -> None:
+        super().__init__()
+        self.process = spawn(
+            [PYTHON, "manage.py", "sandbox", "--port", str(self.port), "--latency-ms", str(latency_ms)],
+            base_env(f"sqlite:///{tmp / 'sandbox.sqlite3'}"), tmp / "sandbox.log",
+        )
+
+    @property
+    def v1_url(self) -> str:
+        return f"{self.url}/v1"
 
     def control(self, patch: dict[str, Any]) -> None:
         http_json("POST", f"{self.url}/sandbox/control", patch)
@@ -131,11 +143,11 @@ class Sluice:
             stop(process)
 
 
-class Floor:
+class Floor(_OneProcess):
     """The bare Django proxy view under `server` ("daphne" or "uvicorn")."""
 
     def __init__(self, tmp: Path, sandbox: Sandbox, server: str) -> None:
-        self.port = free_port()
+        super().__init__()
         app = "limiter.bench.floor.asgi:application"
         args = {
             "daphne": ["-m", "daphne", "-b", LOOPBACK, "-p", str(self.port), app],
@@ -145,21 +157,6 @@ class Floor:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": "limiter.bench.floor.settings",
                "FLOOR_UPSTREAM": sandbox.v1_url, "PYTHONUNBUFFERED": "1"}
         self.process = spawn([PYTHON, *args], env, tmp / f"floor-{server}.log")
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def __enter__(self) -> Floor:
-        try:
-            wait_for_http(f"{self.url}/", self.process)
-        except BaseException:
-            stop(self.process)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        stop(self.process)
 
 
 def uvicorn_installed() -> bool:
