@@ -154,9 +154,10 @@
         axes: [{}, { label: "req/min", size: 50 }],
         series: [
           {},
-          { label: "admitted", stroke: "#2f7d4f", width: 2 },
-          { label: "queued", stroke: "#c08a00", width: 2 },
-          { label: "refused", stroke: "#c0392b", width: 2 },
+          // Points too: in the first minute there is one sample, and a line needs two.
+          { label: "admitted", stroke: "#2f7d4f", width: 2, points: { show: true, size: 5 } },
+          { label: "queued", stroke: "#c08a00", width: 2, points: { show: true, size: 5 } },
+          { label: "refused", stroke: "#c0392b", width: 2, points: { show: true, size: 5 } },
         ],
       }, data, card);
       charts.set(endpoint, plot);
