@@ -17,7 +17,6 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 from django.utils import timezone
 
-from limiter.engine import Limit
 from limiter.events import LimitTuple
 from limiter.models import ApiKey, EndpointLimit
 
@@ -36,10 +35,6 @@ def limit_tuple(row: EndpointLimit | None) -> LimitTuple | None:
         row.queue_depth,
         row.max_queue_wait_seconds,
     )
-
-
-def limit_from_tuple(value: LimitTuple) -> Limit:
-    return Limit(*value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 
-from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -207,8 +206,4 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
-
-
-def default_upstream_base_url() -> str:
-    return settings.TOGETHER_BASE_URL
 from limiter.jobs.models import Job, JobEvent, TeamFile  # noqa: E402,F401
