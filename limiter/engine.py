@@ -108,17 +108,10 @@ class Bucket:
         self.tat = now + debt / rate
 
 
-@dataclass(slots=True)
-class Counters:
-    admitted: int = 0
-    queued: int = 0
-    refused: int = 0
-
-
 class Scope:
-    """The state of one scope: its buckets, its leases and its counters."""
+    """The state of one scope: its buckets and its leases."""
 
-    __slots__ = ("id", "limit", "requests", "tokens", "leases", "paused_until", "counters", "last_seen")
+    __slots__ = ("id", "limit", "requests", "tokens", "leases", "paused_until", "last_seen")
 
     def __init__(self, scope_id: ScopeId, limit: Limit, now: float) -> None:
         self.id = scope_id
@@ -127,7 +120,6 @@ class Scope:
         self.tokens = self._token_bucket(limit, now)
         self.leases: set[str] = set()
         self.paused_until = 0.0
-        self.counters = Counters()
         self.last_seen = now
 
     @staticmethod
@@ -289,7 +281,6 @@ class Engine:
         ticket.deadline = now + key_scope.limit.max_wait
         eta = self._projected_wait(ticket, group, now)
         self._enqueue(group, ticket)
-        key_scope.counters.queued += 1
         decisions.append(Decision("queued", ticket, self.quota(key_scope, now), retry_after=eta))
         return decisions
 
@@ -360,8 +351,9 @@ class Engine:
                     times.append(now + max(s.rate_wait(head.tokens, now)[0] for s in head.scopes))
         return min(times) if times else None
 
-    def forget_idle(self, now: float, older_than: float = 120.0) -> int:
-        """Drop key scopes nobody used for a while, so memory follows the active keys."""
+    def forget_idle(self, now: float, older_than: float = 120.0) -> list[ScopeId]:
+        """Drop scopes nobody used for a while, so memory follows the active keys.
+        Returns the ids dropped (the worker drops its statistics for them too)."""
         busy = {t.key.id for t in self.tickets.values()} | {t.account.id for t in self.tickets.values()}
         stale = [
             sid for sid, s in self.scopes.items()
@@ -370,7 +362,7 @@ class Engine:
         for sid in stale:
             del self.scopes[sid]
             self.groups.pop(sid, None)
-        return len(stale)
+        return stale
 
     # --- internals ------------------------------------------------------------------------
     def _admissible(self, ticket: Ticket, now: float) -> bool:
@@ -384,7 +376,6 @@ class Engine:
             scope.requests.charge(1, now)
             if scope.tokens is not None and ticket.tokens:
                 scope.tokens.charge(ticket.tokens, now)
-            scope.counters.admitted += 1
         # A lease only where something must be handed back: a concurrency slot, or a
         # token estimate to settle. Otherwise the grant is complete as it stands, and the
         # caller sends no release (one channel-layer message fewer per request).
@@ -402,9 +393,6 @@ class Engine:
         return Decision("grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived)
 
     def _refuse(self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float) -> Decision:
-        ticket.key.counters.refused += 1
-        if scope is ticket.account:
-            scope.counters.refused += 1
         who = "key" if scope is ticket.key else "account"
         return Decision(
             "refuse", ticket, self.quota(ticket.key, now), reason=reason, retry_after=retry_after, scope=who

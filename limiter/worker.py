@@ -88,6 +88,11 @@ class Stats:
             for scope in ticket.scopes:
                 self.refused[scope.id]["gateway"].add(mono)
 
+    def forget(self, scope_ids: list[tuple]) -> None:
+        for scope_id in scope_ids:
+            self.admitted.pop(scope_id, None)
+            self.refused.pop(scope_id, None)
+
     def record_upstream_refusal(self, scope_id: tuple, mono: float, wall: float) -> None:
         self.refused[scope_id]["upstream"].add(mono)
         self._minute(scope_id[2], wall)[3] += 1
@@ -278,7 +283,9 @@ class LimiterConsumer(AsyncConsumer):
                     await self.channel_layer.group_send(events.LIVE_GROUP, self.snapshot())
                 except Exception:
                     logger.exception("could not publish a live snapshot")
-                if self.engine.forget_idle(now):
+                forgotten = self.engine.forget_idle(now)
+                if forgotten:
+                    self.stats.forget(forgotten)
                     self._dirty = True
 
     def snapshot(self) -> events.LiveSnapshot:
@@ -311,7 +318,7 @@ class LimiterConsumer(AsyncConsumer):
             "limit_per_minute": scope.limit.per_minute,
             "burst": scope.limit.burst,
             "in_use": round(scope.requests.debt(now), 3),
-            "admitted_last_minute": self.stats.admitted[scope.id].last_minute(now),
+            "admitted_last_minute": admitted.last_minute(now) if (admitted := self.stats.admitted.get(scope.id)) else 0,
             "queued": len(arrivals),
             "longest_wait": round(now - min(arrivals), 3) if arrivals else 0.0,
             "leases": len(scope.leases),
