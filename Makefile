@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff check .
 
 bench: install
-	$(BIN)/python manage.py bench
+	$(BIN)/python -m bench --out docs/benchmark.md
 
 screenshots: install
 	$(BIN)/python scripts/screenshots.py

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from limiter.bench import report, runner
-from limiter.bench.latency import percentile
-from limiter.management.commands.bench import END, START, write_report
+from bench import report, runner
+from bench.latency import percentile
+from bench.__main__ import END, START, write_report
 from tests.conftest import need, reachable
 
 REDIS_URL = os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")  # flushed by the run
@@ -42,7 +42,7 @@ def test_tiny_run_prints_every_row_with_numbers() -> None:
     need(reachable(REDIS_URL), f"Redis is not reachable at {REDIS_URL}")
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
     results = runner.run(runner.TINY, redis_url=REDIS_URL, postgres_url=POSTGRES_URL, log=lambda line: None)
-    text = report.render(results, command="python manage.py bench (tiny)",
+    text = report.render(results, command="python -m bench (tiny)",
                          machine_line=report.machine((0.0,), (0.0,)), notes=[])
 
     rows = {cells[1].strip(): cells[2:] for line in text.splitlines()

@@ -9,8 +9,8 @@ import platform
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from limiter.bench.accuracy import Accuracy
-from limiter.bench.latency import Cell
+from bench.accuracy import Accuracy
+from bench.latency import Cell
 
 CONCURRENCIES = (1, 16, 64)
 MODES = (("non-stream", False), ("stream", True))

@@ -1,6 +1,6 @@
 """The load generator: N concurrent aiohttp workers, M requests or T seconds.
 
-Runs as its own process (`python -m limiter.bench.loadgen`), so the CPU it burns is
+Runs as its own process (`python -m bench.loadgen`), so the CPU it burns is
 never charged to the server being measured, and imports nothing from Django. The
 protocol on stdin/stdout is line-based JSON, so the parent can read the server's CPU
 counters exactly around the measured phase:

@@ -123,7 +123,7 @@ def run_load(plan: dict[str, Any], around: Callable[[], None] | None = None,
              after: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run one load plan in a child process; `around` is called just before the measured
     phase starts (after the warm-up) and `after` as soon as it ends."""
-    child = subprocess.Popen([PYTHON, "-m", "limiter.bench.loadgen"], cwd=ROOT, stdin=subprocess.PIPE,
+    child = subprocess.Popen([PYTHON, "-m", "bench.loadgen"], cwd=ROOT, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert child.stdin is not None and child.stdout is not None

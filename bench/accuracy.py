@@ -14,9 +14,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from limiter.bench.latency import Target, plan
-from limiter.bench.procs import run_load
-from limiter.bench.servers import Ceiling, Sandbox
+from bench.latency import Target, plan
+from bench.procs import run_load
+from bench.servers import Ceiling, Sandbox
 
 
 @dataclass

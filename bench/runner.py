@@ -18,11 +18,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from limiter.bench import decisions
-from limiter.bench.accuracy import run_case
-from limiter.bench.latency import Cell, Target, measure_once, median_cell
-from limiter.bench.report import CONCURRENCIES, MODES, Results
-from limiter.bench.servers import (
+from bench import decisions
+from bench.accuracy import run_case
+from bench.latency import Cell, Target, measure_once, median_cell
+from bench.report import CONCURRENCIES, MODES, Results
+from bench.servers import (
     Ceiling,
     Floor,
     Sandbox,

@@ -2,5 +2,5 @@ import os
 
 from django.core.asgi import get_asgi_application
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "limiter.bench.floor.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.floor.settings")
 application = get_asgi_application()

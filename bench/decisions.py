@@ -1,7 +1,7 @@
 """Limiter decisions per second: acquire + release through `LimiterClient`, as a web
 process does, against the `LimiterConsumer` on the `limiter` channel.
 
-Run as a child process (`python -m limiter.bench.decisions '{"concurrency": 64, ...}'`)
+Run as a child process (`python -m bench.decisions '{"concurrency": 64, ...}'`)
 with the deployment's environment: without REDIS_URL the consumer runs in this
 process over the in-memory layer (the embedded mode); with REDIS_URL it is the
 separate `manage.py runworker limiter` the parent started. Prints one JSON line.
@@ -66,10 +66,10 @@ async def measure(concurrency: int, duration: float) -> dict[str, float]:
 
 def run(env: dict[str, str], concurrency: int, duration: float) -> dict[str, float]:
     """Measure in a child process with `env` (the parent side)."""
-    from limiter.bench.procs import PYTHON, ROOT
+    from bench.procs import PYTHON, ROOT
 
     done = subprocess.run(
-        [PYTHON, "-m", "limiter.bench.decisions", json.dumps({"concurrency": concurrency, "duration": duration})],
+        [PYTHON, "-m", "bench.decisions", json.dumps({"concurrency": concurrency, "duration": duration})],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 60,
     )
     if done.returncode:

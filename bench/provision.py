@@ -1,7 +1,7 @@
 """Limit profiles, accounts, teams and keys for a benchmark deployment.
 
 Runs inside `manage.py shell` against the deployment's own database (see servers.py):
-    from limiter.bench.provision import main; main('{"account_rpm": 120, ...}')
+    from bench.provision import main; main('{"account_rpm": 120, ...}')
 and prints {"open": secret, "burst": secret} as JSON on its last line.
 
 Two teams, so one deployment serves both kinds of measurement:

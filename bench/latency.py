@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from limiter.bench.procs import cpu_seconds, run_load
+from bench.procs import cpu_seconds, run_load
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 

@@ -18,7 +18,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from limiter.bench.procs import PYTHON, free_port, http_json, manage, spawn, stop, wait_for_http
+from bench.procs import PYTHON, free_port, http_json, manage, spawn, stop, wait_for_http
 
 LOOPBACK = "127.0.0.1"
 
@@ -124,7 +124,7 @@ class Sluice:
             manage(self.env, "migrate", "--noinput", "-v0")
             options = json.dumps(self.ceiling.__dict__)
             out = manage(self.env, "shell", "-v", "0", "-c",
-                         f"from limiter.bench.provision import main; main({options!r})")
+                         f"from bench.provision import main; main({options!r})")
             self.keys = json.loads(out.strip().splitlines()[-1])
             if self.redis_url:
                 self.worker = spawn([PYTHON, "manage.py", "runworker", "limiter"], self.env, self.tmp / "worker.log")
@@ -148,13 +148,13 @@ class Floor(_OneProcess):
 
     def __init__(self, tmp: Path, sandbox: Sandbox, server: str) -> None:
         super().__init__()
-        app = "limiter.bench.floor.asgi:application"
+        app = "bench.floor.asgi:application"
         args = {
             "daphne": ["-m", "daphne", "-b", LOOPBACK, "-p", str(self.port), app],
             "uvicorn": ["-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port), "--log-level", "warning",
                         "--no-access-log", app],
         }[server]
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "limiter.bench.floor.settings",
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.floor.settings",
                "FLOOR_UPSTREAM": sandbox.v1_url, "PYTHONUNBUFFERED": "1"}
         self.process = spawn([PYTHON, *args], env, tmp / f"floor-{server}.log")
 

@@ -1,5 +1,5 @@
 from django.urls import path
 
-from limiter.bench.floor.views import chat_completions
+from bench.floor.views import chat_completions
 
 urlpatterns = [path("v1/chat/completions", chat_completions)]
