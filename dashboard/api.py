@@ -46,6 +46,7 @@ from dashboard.schemas import (
 )
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
+from limiter.jobs import selectors as job_selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
 
 MSG_AUTH = "Log in as staff or send 'Authorization: Bearer <admin token>'."
@@ -249,7 +250,7 @@ def profile_delete(request: HttpRequest, profile_id: int):
 def _limit_out(limit: EndpointLimit) -> EndpointLimit:
     # LimitOut reads `warnings` off the object: a limit above its upstream ceiling is
     # saved, and the answer says so.
-    limit.warnings = limit_warnings(profile=limit.profile, limit=limit)
+    limit.warnings = limit_warnings(limit=limit)
     return limit
 
 
@@ -333,6 +334,7 @@ def live_get(request: HttpRequest):
         "limiter_reachable": age is not None and age <= LIVE_STALE_SECONDS,
         "age_seconds": age,
         "snapshot": snapshot,
+        "jobs": job_selectors.jobs_live_snapshot()["accounts"],
         "limits": LimitsOverviewOut(**selectors.limit_overview()),
     }
 

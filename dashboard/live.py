@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from typing_extensions import TypedDict
 
 from limiter import events, runtime, selectors
+
+
+class LiveScope(events.ScopeSnapshot, total=False):
+    """A limiter scope as the browser and /api/live get it: with its display names."""
+
+    team: str  # key scopes
+    team_id: str
+    key_prefix: str
+    key_name: str
+    account: str  # account scopes
+
+
+class LiveView(TypedDict):
+    """The limiter's snapshot with names instead of ids (the websocket's "snapshot")."""
+
+    type: str
+    at: float
+    limiter: dict[str, float]
+    scopes: list[LiveScope]
+    upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
+    history: dict[str, list[list[int]]]
 
 # Reload names at most this often when a snapshot keeps naming an unknown id (a key
 # deleted since the limiter last saw it), so a stale id cannot cost a query per update.
@@ -50,9 +71,9 @@ class ScopeNames:
 names = ScopeNames()
 
 
-def snapshot_enrich(snapshot: events.LiveSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]) -> dict[str, Any]:
+def snapshot_enrich(snapshot: events.LiveSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]) -> LiveView:
     """The snapshot as the browser gets it: every scope carries its display names."""
-    scopes = []
+    scopes: list[LiveScope] = []
     for scope in snapshot["scopes"]:
         known = scope_names[scope["kind"]].get(scope["id"], {})
         if scope["kind"] == "key":
@@ -64,7 +85,7 @@ def snapshot_enrich(snapshot: events.LiveSnapshot, scope_names: dict[str, dict[s
             }
         else:
             labels = {"account": known.get("name", f"account {scope['id']}")}
-        scopes.append({**scope, **labels})
+        scopes.append(LiveScope(**scope, **labels))  # type: ignore[typeddict-item]
     accounts = scope_names["account"]
     return {
         "type": "snapshot",
@@ -83,10 +104,10 @@ class Latest:
     """The newest snapshot this process has seen, for GET /api/live."""
 
     def __init__(self) -> None:
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: LiveView | None = None
         self.seen_at = 0.0
 
-    def store(self, enriched: dict[str, Any]) -> None:
+    def store(self, enriched: LiveView) -> None:
         self.snapshot = enriched
         self.seen_at = time.monotonic()
 
@@ -97,13 +118,13 @@ class Latest:
 latest = Latest()
 
 
-async def snapshot_enriched(snapshot: events.LiveSnapshot) -> dict[str, Any]:
+async def snapshot_enriched(snapshot: events.LiveSnapshot) -> LiveView:
     enriched = snapshot_enrich(snapshot, await names.get(snapshot))
     latest.store(enriched)
     return enriched
 
 
-async def snapshot_fetch() -> dict[str, Any] | None:
+async def snapshot_fetch() -> LiveView | None:
     """The latest snapshot, asking the limiter when the last one seen is old. When the
     limiter does not answer within SNAPSHOT_TIMEOUT, the old one (or None): the caller
     tells from `latest.age()` that it is stale."""

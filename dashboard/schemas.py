@@ -6,7 +6,9 @@ from datetime import datetime
 
 from ninja import Field, ModelSchema, Schema
 
+from dashboard.live import LiveView
 from dashboard.models import AuditEntry
+from limiter.jobs.live import AccountJobs
 from limiter.models import (
     ApiKey,
     EndpointKind,
@@ -170,36 +172,6 @@ class AuditPageOut(Schema):
 
 
 # --- live -----------------------------------------------------------------------------------------
-class ScopeOut(Schema):
-    kind: str
-    id: str
-    endpoint: str
-    limit_per_minute: float
-    burst: int
-    in_use: float
-    admitted_last_minute: int
-    queued: int
-    longest_wait: float
-    leases: int
-    max_concurrent: int | None
-    tokens_per_minute: float | None
-    tokens_in_use: float | None
-    paused_for: float
-    refused_last_minute: dict[str, int]
-    team: str | None = None
-    key_prefix: str | None = None
-    account: str | None = None
-
-
-class SnapshotOut(Schema):
-    at: float
-    limiter: dict[str, float]
-    scopes: list[ScopeOut]
-    upstream_headers: dict[str, dict[str, dict[str, str]]]
-    history: dict[str, list[list[int]]]
-    jobs: dict[str, object] | None = None
-
-
 class DbLimitOut(Schema):
     endpoint: str
     limit_per_minute: int
@@ -234,5 +206,8 @@ class LimitsOverviewOut(Schema):
 class LiveOut(Schema):
     limiter_reachable: bool
     age_seconds: float | None = Field(None, description="Age of the snapshot; null when none was seen.")
-    snapshot: SnapshotOut | None
+    # The same shapes the websocket sends (defined once, in dashboard/live.py and
+    # limiter/jobs/live.py): the limiter's scopes with names, and the job slots.
+    snapshot: LiveView | None
+    jobs: dict[str, AccountJobs] = Field(description="Fine-tune and batch slots per upstream account id.")
     limits: LimitsOverviewOut

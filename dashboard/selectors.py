@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dashboard.models import AuditEntry
 from limiter import selectors
-from limiter.models import EndpointLimit, LimitProfile
+from limiter.models import EndpointLimit
 from limiter.selectors import PAGE_SIZE, keyset_page
 
 MSG_ABOVE_CEILING = (
@@ -32,9 +32,15 @@ def audit_page(*, after: str = "", object_type: str = "", object_id: str = "", s
     return AuditPage(rows=rows, next_cursor=next_cursor)
 
 
-def limit_warnings(*, profile: LimitProfile, limit: EndpointLimit) -> list[str]:
-    """Why a limit is above its upstream ceiling: allowed, but the ops user should know."""
-    ceiling = selectors.ceilings_for_profile(profile=profile).get(limit.endpoint)
+def limit_warnings(*, limit: EndpointLimit, ceilings: dict[str, EndpointLimit] | None = None) -> list[str]:
+    """Why a limit is above its upstream ceiling: allowed, but the ops user should know.
+
+    A page listing many limits of one profile passes `ceilings` (from
+    `ceilings_for_profile`) so they are computed once, not once per row.
+    """
+    if ceilings is None:
+        ceilings = selectors.ceilings_for_profile(profile=limit.profile)
+    ceiling = ceilings.get(limit.endpoint)
     if ceiling is None:
         return []
     warnings = []

@@ -88,7 +88,7 @@ def profile(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("dashboard:profile", pk=pk)
     ceilings = selectors.ceilings_for_profile(profile=obj)
     rows = [
-        {"limit": row, "warnings": limit_warnings(profile=obj, limit=row) if row.endpoint in ceilings else []}
+        {"limit": row, "warnings": limit_warnings(limit=row, ceilings=ceilings)}
         for row in obj.limits.all()
     ]
     return render(request, "dashboard/profile.html", {
@@ -108,13 +108,13 @@ def limit_edit(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         if _apply(request, lambda: services.limit_update(actor=request.user, limit=limit, data=form.cleaned_data),
                   f"Limit {limit} saved; the gateway uses it from the next request."):
-            for warning in limit_warnings(profile=limit.profile, limit=limit):
+            for warning in limit_warnings(limit=limit):
                 messages.warning(request, warning)
             return redirect("dashboard:profile", pk=limit.profile_id)
     return render(request, "dashboard/limit_edit.html", {
         "limit": limit,
         "form": form,
-        "warnings": limit_warnings(profile=limit.profile, limit=limit),
+        "warnings": limit_warnings(limit=limit),
     })
 
 

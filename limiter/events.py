@@ -9,7 +9,11 @@ process drops its cached keys and limits at once.
 
 from __future__ import annotations
 
-from typing import Literal, TypedDict
+from typing import Literal
+
+# typing_extensions' TypedDict: pydantic (the ops API's schemas) reads these shapes too,
+# and on Python 3.11 it accepts only this one.
+from typing_extensions import TypedDict
 
 LIMITER_CHANNEL = "limiter"
 LIVE_GROUP = "sluice.live"

@@ -7,7 +7,7 @@ Sent as `{"type": "live.jobs", ...}` whenever it changes (and at least every
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing_extensions import TypedDict  # read by pydantic too (the ops API's /api/live)
 
 LIVE_JOBS = "live.jobs"
 HEARTBEAT_SECONDS = 10.0

@@ -156,3 +156,29 @@ def test_live_without_limiter_answer(api, team, monkeypatch):
     assert body["limiter_reachable"] is False and body["snapshot"] is None
     assert body["limits"]["teams"][0]["name"] == "search"
     assert body["limits"]["accounts"][0]["name"] == "together"
+
+
+def test_live_carries_job_slots_and_named_scopes(api, team, monkeypatch):
+    """/api/live answers the websocket's shapes: scopes with names, and every account's
+    fine-tune and batch slots (the job slots were once declared but never filled)."""
+    snapshot = {
+        "type": "live.snapshot", "at": 1.0, "limiter": {"decisions": 1.0},
+        "scopes": [{
+            "kind": "account", "id": str(team.upstream_id), "endpoint": "chat", "limit_per_minute": 500.0,
+            "burst": 1, "in_use": 0.0, "admitted_last_minute": 1, "queued": 0, "longest_wait": 0.0, "leases": 0,
+            "max_concurrent": None, "tokens_per_minute": None, "tokens_in_use": None, "paused_for": 0.0,
+            "refused_last_minute": {"gateway": 0, "upstream": 0},
+        }],
+        "upstream_headers": {}, "history": {},
+    }
+
+    async def fetch():
+        return live.snapshot_enrich(snapshot, {"account": {str(team.upstream_id): {"name": "together"}}, "key": {}})
+
+    monkeypatch.setattr(live, "snapshot_fetch", fetch)
+    body = api.get("/api/live").json()
+    assert body["snapshot"]["scopes"][0]["account"] == "together"
+    account = body["jobs"][str(team.upstream_id)]
+    assert account["name"] == "together"
+    assert account["fine_tunes"]["total"] == 3 and account["fine_tunes"]["used"] == 0
+    assert account["batches"]["waiting"] == []
