@@ -160,10 +160,6 @@ class ApiKey(models.Model):
         # Keys are 32 random bytes, so a fast hash is enough: there is nothing to brute-force.
         return hashlib.sha256(secret.encode()).hexdigest()
 
-    def is_usable(self, now=None) -> bool:
-        now = now or timezone.now()
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
-
 
 class RefusalSource(models.TextChoices):
     GATEWAY = "gateway", "Gateway"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
@@ -25,11 +26,11 @@ MAX_BUFFER = 100_000  # beyond this the oldest unsaved records are dropped, loud
 
 class Recorder:
     def __init__(self) -> None:
-        self._refusals: list[Refusal] = []
+        # Bounded: a database down for long loses the oldest records, not the process.
+        self._refusals: deque[Refusal] = deque(maxlen=MAX_BUFFER)
         self._used: dict[str, datetime] = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.dropped = 0
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -52,9 +53,8 @@ class Recorder:
         request_id: str,
         message: str = "",
     ) -> None:
-        if len(self._refusals) >= MAX_BUFFER:
-            self._refusals.pop(0)
-            self.dropped += 1
+        if len(self._refusals) == MAX_BUFFER:
+            logger.error("429 record buffer full (%d): dropping the oldest unsaved refusal", MAX_BUFFER)
         self._refusals.append(Refusal(
             created_at=timezone.now(), team_id=team_id, team_name=team_name, key_prefix=key_prefix,
             upstream=upstream, endpoint=endpoint, model=model[:200], reason=reason, source=source,
@@ -65,7 +65,7 @@ class Recorder:
         self._used[key_id] = timezone.now()
 
     async def flush(self) -> int:
-        refusals, self._refusals = self._refusals, []
+        refusals, self._refusals = list(self._refusals), deque(maxlen=MAX_BUFFER)
         used, self._used = self._used, {}
         if not refusals and not used:
             return 0
@@ -74,7 +74,7 @@ class Recorder:
         except Exception:
             # Keep them for the next round rather than lose the audit trail.
             logger.exception("could not write %d refusals; will retry", len(refusals))
-            self._refusals[:0] = refusals
+            self._refusals = deque([*refusals, *self._refusals], maxlen=MAX_BUFFER)  # oldest go first
             for key_id, at in used.items():
                 self._used.setdefault(key_id, at)
             return 0

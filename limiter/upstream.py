@@ -32,14 +32,6 @@ BACKOFF_BASE = 0.25
 BACKOFF_CAP = 8.0
 # Together's headers the dashboard shows; read leniently, never required.
 RATE_HEADER_PREFIXES = ("x-ratelimit-", "x-tokenlimit-")
-# Hop-by-hop and connection headers are never forwarded in either direction.
-HOP_BY_HOP = frozenset(
-    {
-        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-        "transfer-encoding", "upgrade", "content-length", "host", "authorization", "accept-encoding",
-        "cookie",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +113,6 @@ def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:
 def backoff(attempt: int) -> float:
     # Full jitter: spreads the retries of many callers hit by the same 503.
     return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
-
-
-def forwardable(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k.lower() not in HOP_BY_HOP}
 
 
 def _timed_out(exc: httpx.TransportError) -> bool:
