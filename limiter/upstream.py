@@ -130,6 +130,20 @@ class _NoCookies(httpx.Cookies):
         return None
 
 
+def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
+    """The client with a jar that keeps nothing. One client serves every team: a cookie
+    Together set for one call must not ride along on another team's (and parsing them
+    was 3% of the gateway's CPU).
+
+    httpx has no public way to turn its jar off (its `cookies` setter copies into a new
+    plain jar), so this sets the private attribute. httpx is pinned to the minor
+    version this was checked against (pyproject.toml), and
+    tests/limiter/test_upstream_client.py fails if the attribute stops being the jar.
+    """
+    client._cookies = _NoCookies()
+    return client
+
+
 class UpstreamClient:
     """The process's one HTTP client to Together."""
 
@@ -162,11 +176,7 @@ class UpstreamClient:
         else:
             transport = httpx.AsyncHTTPTransport(limits=limits)
         # Redirects are never followed: the files flow passes Location back to the caller.
-        client = httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
-        # One client serves every team: a cookie Together set for one call must not ride
-        # along on another team's (and parsing them was 3% of the gateway's CPU).
-        client._cookies = _NoCookies()
-        return client
+        return without_cookies(httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False))
 
     async def aclose(self) -> None:
         if self._client is not None:
