@@ -33,8 +33,11 @@ test: install
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python -m pytest
 
+# ruff's formatter and linter, then mypy (django-stubs); CI runs this before the tests.
 lint: install
+	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python -m bench --out docs/benchmark.md
