@@ -26,6 +26,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 django.setup()
 
 from django.db import connection, transaction  # noqa: E402  (after django.setup())
+from django.db.models import Field  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from limiter import selectors  # noqa: E402
@@ -61,7 +62,7 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
         "created_at", "team_id", "team_name", "key_prefix", "upstream", "endpoint", "model", "reason",
         "source", "retry_after_seconds", "request_id", "message",
     ]
-    names = ", ".join(connection.ops.quote_name(meta.get_field(c).column) for c in columns)
+    names = ", ".join(connection.ops.quote_name(_column(c)) for c in columns)
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
     endpoints = [e.value for e in EndpointKind]
     reasons = list(selectors.KNOWN_REASONS)
@@ -72,7 +73,7 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
     offsets = sorted((rng.random() * spread for _ in range(rows)), reverse=True)
     adapt = connection.ops.adapt_datetimefield_value
     for start in range(0, rows, BATCH):
-        batch = []
+        batch: list[tuple[str | int | float | None, ...]] = []
         for offset in offsets[start:start + BATCH]:
             team = teams[rng.randrange(len(teams))]
             source = RefusalSource.UPSTREAM if rng.random() < 0.1 else RefusalSource.GATEWAY
@@ -85,13 +86,23 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.executemany(sql, batch)
 
+
+def _column(name: str) -> str:
+    field = Refusal._meta.get_field(name)
+    # The stubs allow a relation or a column-less field here; every name fill() lists is a
+    # concrete column of Refusal.
+    assert isinstance(field, Field) and field.column is not None
+    return field.column
+
+
 def report(team: Team, runs: int) -> None:
     now = timezone.now()
     everything = selectors.RefusalFilters()
     filtered = selectors.RefusalFilters(team=team, endpoint="chat", start=now - timedelta(hours=24))
 
     def csv_rows() -> int:
-        writer, after, written = csv.writer(io.StringIO()), "", 0
+        writer, written = csv.writer(io.StringIO()), 0
+        after: str | None = ""
         while after is not None and written < CSV_ROWS:
             chunk, after = selectors.refusal_csv_chunk(filters=everything, after=after)
             writer.writerows(chunk)

@@ -50,7 +50,8 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode} before listening")
+            # spawn() passes a list, whose repr is its str; typeshed also allows bytes here.
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before listening")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return

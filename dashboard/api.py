@@ -13,6 +13,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
@@ -59,6 +60,12 @@ LIVE_STALE_SECONDS = 3.0
 
 class StaffRequired(Exception):
     pass
+
+
+class OpsRequest(HttpRequest):
+    # Set by ninja to what the authenticator returned: the staff User (StaffSession)
+    # or TOKEN_ACTOR (AdminToken).
+    auth: User | str
 
 
 class AdminToken(HttpBearer):
@@ -142,9 +149,10 @@ def _on_service(request: HttpRequest, exc: services.ServiceError) -> HttpRespons
     return _error(request, 409, "conflict", str(exc))
 
 
-def _actor(request: HttpRequest) -> Any:
-    # The admin token acts as nobody in particular; the audit names it as such.
-    return None if request.auth == services.TOKEN_ACTOR else request.auth
+def _actor(request: OpsRequest) -> User | None:
+    # The admin token (TOKEN_ACTOR, the only str) acts as nobody in particular; the
+    # audit names it as such.
+    return None if isinstance(request.auth, str) else request.auth
 
 
 def _profile(name: str) -> LimitProfile:
@@ -163,7 +171,7 @@ def team_list(request: HttpRequest):
 
 
 @teams.post("/teams", response={201: TeamOut, **ERRORS})
-def team_create(request: HttpRequest, payload: TeamIn):
+def team_create(request: OpsRequest, payload: TeamIn):
     profile = _profile(payload.profile) if payload.profile else None
     return Status(201, services.team_create(actor=_actor(request), name=payload.name, profile=profile))
 
@@ -174,7 +182,7 @@ def team_get(request: HttpRequest, team_id: int):
 
 
 @teams.patch("/teams/{team_id}", response={200: TeamOut, **ERRORS})
-def team_update(request: HttpRequest, team_id: int, payload: TeamPatchIn):
+def team_update(request: OpsRequest, team_id: int, payload: TeamPatchIn):
     team = get_object_or_404(selectors.team_list(), pk=team_id)
     if payload.profile is not None:
         services.profile_assign(actor=_actor(request), team=team, profile=_profile(payload.profile))
@@ -189,7 +197,7 @@ def key_list(request: HttpRequest, team_id: int):
 
 
 @teams.post("/teams/{team_id}/keys", response={201: KeyIssuedOut, **ERRORS})
-def key_create(request: HttpRequest, team_id: int, payload: KeyIn):
+def key_create(request: OpsRequest, team_id: int, payload: KeyIn):
     team = get_object_or_404(Team, pk=team_id)
     profile = _profile(payload.profile) if payload.profile else None
     issued = services.key_create(
@@ -199,13 +207,13 @@ def key_create(request: HttpRequest, team_id: int, payload: KeyIn):
 
 
 @teams.post("/keys/{key_id}/revoke", response={200: KeyOut, **ERRORS})
-def key_revoke(request: HttpRequest, key_id: int):
+def key_revoke(request: OpsRequest, key_id: int):
     key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
     return services.key_revoke(actor=_actor(request), key=key)
 
 
 @teams.post("/keys/{key_id}/rotate", response={201: KeyIssuedOut, **ERRORS})
-def key_rotate(request: HttpRequest, key_id: int):
+def key_rotate(request: OpsRequest, key_id: int):
     key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
     issued = services.key_rotate(actor=_actor(request), key=key)
     return Status(201, {"key": issued.key, "secret": issued.secret})
@@ -221,7 +229,7 @@ def profile_list(request: HttpRequest):
 
 
 @profiles.post("/profiles", response={201: ProfileOut, **ERRORS})
-def profile_create(request: HttpRequest, payload: ProfileIn):
+def profile_create(request: OpsRequest, payload: ProfileIn):
     source = _profile(payload.copy_from) if payload.copy_from else None
     profile = services.profile_create(
         actor=_actor(request), name=payload.name, description=payload.description, copy_from=source
@@ -235,27 +243,27 @@ def profile_get(request: HttpRequest, profile_id: int):
 
 
 @profiles.patch("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
-def profile_update(request: HttpRequest, profile_id: int, payload: ProfilePatchIn):
+def profile_update(request: OpsRequest, profile_id: int, payload: ProfilePatchIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
     services.profile_update(actor=_actor(request), profile=profile, data=payload.dict(exclude_unset=True))
     return profile
 
 
 @profiles.delete("/profiles/{profile_id}", response={204: None, **ERRORS})
-def profile_delete(request: HttpRequest, profile_id: int):
+def profile_delete(request: OpsRequest, profile_id: int):
     services.profile_delete(actor=_actor(request), profile=get_object_or_404(LimitProfile, pk=profile_id))
     return Status(204, None)
 
 
-def _limit_out(limit: EndpointLimit) -> EndpointLimit:
-    # LimitOut reads `warnings` off the object: a limit above its upstream ceiling is
-    # saved, and the answer says so.
-    limit.warnings = limit_warnings(limit=limit)
-    return limit
+def _limit_out(limit: EndpointLimit) -> LimitOut:
+    # A limit above its upstream ceiling is saved, and the answer says so.
+    out = LimitOut.from_orm(limit)
+    out.warnings = limit_warnings(limit=limit)
+    return out
 
 
 @profiles.post("/profiles/{profile_id}/limits", response={201: LimitOut, **ERRORS})
-def limit_create(request: HttpRequest, profile_id: int, payload: LimitIn):
+def limit_create(request: OpsRequest, profile_id: int, payload: LimitIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
     data = payload.dict(exclude={"endpoint"}, exclude_none=True)
     limit = services.limit_create(actor=_actor(request), profile=profile, endpoint=payload.endpoint, data=data)
@@ -263,7 +271,7 @@ def limit_create(request: HttpRequest, profile_id: int, payload: LimitIn):
 
 
 @profiles.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
-def limit_update(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
+def limit_update(request: OpsRequest, limit_id: int, payload: LimitPatchIn):
     limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=limit_id)
     # Unset fields keep their value; a field sent as null clears an optional limit.
     services.limit_update(actor=_actor(request), limit=limit, data=payload.dict(exclude_unset=True))
@@ -271,7 +279,7 @@ def limit_update(request: HttpRequest, limit_id: int, payload: LimitPatchIn):
 
 
 @profiles.delete("/limits/{limit_id}", response={204: None, **ERRORS})
-def limit_delete(request: HttpRequest, limit_id: int):
+def limit_delete(request: OpsRequest, limit_id: int):
     services.limit_delete(actor=_actor(request), limit=get_object_or_404(EndpointLimit, pk=limit_id))
     return Status(204, None)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django import forms
 from django.utils import timezone
@@ -48,8 +49,11 @@ class LimitForm(forms.ModelForm):
             "max_queue_wait_seconds": {"min_value": MSG_NEGATIVE},
         }
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        # The stubs let clean() return None (an override may); Django's own returns
+        # cleaned_data, which is what this adds errors against.
+        super().clean()
+        data = self.cleaned_data
         rpm, pace = data.get("requests_per_minute"), data.get("pace_per_minute")
         if rpm and pace and pace > rpm:
             self.add_error("pace_per_minute", MSG_PACE_ABOVE_LIMIT)
@@ -105,8 +109,9 @@ class RefusalFilterForm(forms.Form):
     reason = forms.CharField(required=False, max_length=40, widget=forms.TextInput(attrs={"list": "reasons"}))
     source = forms.ChoiceField(choices=[("", "all sources"), *RefusalSource.choices], required=False)
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         start, end = data.get("start"), data.get("end")
         if start and end and start >= end:
             self.add_error("end", MSG_RANGE)

@@ -46,13 +46,16 @@ class LimitOut(ModelSchema):
 class LimitPatchIn(Schema):
     # Omitted fields stay as they are. Only the optional limits take null (= no such
     # limit); the others must be numbers when given, as the schema says.
-    requests_per_minute: int = Field(None, ge=1)
+    # The ignores: pydantic checks a value sent against the annotation but never the
+    # default, so `int = None` is "may be omitted, never null"; Python's types cannot
+    # say that, and `int | None` would let null through (and into the OpenAPI schema).
+    requests_per_minute: int = Field(None, ge=1)  # type: ignore[assignment]
     pace_per_minute: int | None = Field(None, ge=1)
-    burst: int = Field(None, ge=1)
+    burst: int = Field(None, ge=1)  # type: ignore[assignment]
     tokens_per_minute: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
-    queue_depth: int = Field(None, ge=0)
-    max_queue_wait_seconds: float = Field(None, ge=0)
+    queue_depth: int = Field(None, ge=0)  # type: ignore[assignment]
+    max_queue_wait_seconds: float = Field(None, ge=0)  # type: ignore[assignment]
     max_batch_requests: int | None = Field(None, ge=1)
 
 
@@ -76,9 +79,9 @@ class ProfileIn(Schema):
 
 
 class ProfilePatchIn(Schema):
-    # Omitted fields stay as they are; neither takes null.
-    name: str = Field(None, min_length=1, max_length=80)
-    description: str = Field(None)
+    # Omitted fields stay as they are; neither takes null (the ignores: see LimitPatchIn).
+    name: str = Field(None, min_length=1, max_length=80)  # type: ignore[assignment]
+    description: str = Field(None)  # type: ignore[assignment]
 
 
 # --- teams and keys -------------------------------------------------------------------------
@@ -111,7 +114,7 @@ class KeyOut(ModelSchema):
 
     @staticmethod
     def resolve_profile(obj: ApiKey) -> str | None:
-        return obj.profile.name if obj.profile_id else None
+        return obj.profile.name if obj.profile is not None else None
 
 
 class KeyIn(Schema):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError
@@ -50,17 +50,20 @@ def _values(obj: models.Model, fields: tuple[str, ...] | list[str]) -> dict[str,
 
 def audit_record(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     action: str,
     obj: models.Model,
     old: dict[str, Any] | None = None,
     new: dict[str, Any] | None = None,
 ) -> AuditEntry:
+    # None only on Options not yet attached to a model class, never on a saved row's.
+    object_type = obj._meta.model_name
+    assert object_type is not None
     return AuditEntry.objects.create(
         actor=actor,
         actor_name=actor.get_username() if actor is not None else TOKEN_ACTOR,
         action=action,
-        object_type=obj._meta.model_name,
+        object_type=object_type,
         object_id=str(obj.pk),
         object_repr=str(obj)[:200],
         old_values=old or {},
@@ -68,7 +71,7 @@ def audit_record(
     )
 
 
-def _update(*, actor: AbstractBaseUser | None, obj: models.Model, data: dict[str, Any], action: str) -> bool:
+def _update(*, actor: User | None, obj: models.Model, data: dict[str, Any], action: str) -> bool:
     """Apply `data`, validate, save, and audit only the fields that changed.
     Returns whether anything changed (an unchanged save would broadcast for nothing)."""
     changed = [name for name, value in data.items() if getattr(obj, name) != value]
@@ -89,7 +92,7 @@ def _update(*, actor: AbstractBaseUser | None, obj: models.Model, data: dict[str
 # --- profiles and limits ------------------------------------------------------------------
 @transaction.atomic
 def profile_create(
-    *, actor: AbstractBaseUser | None, name: str, description: str = "", copy_from: LimitProfile | None = None
+    *, actor: User | None, name: str, description: str = "", copy_from: LimitProfile | None = None
 ) -> LimitProfile:
     """A new profile, starting from `copy_from`'s limits (the default profile when None),
     so it is usable the moment it is assigned."""
@@ -109,7 +112,7 @@ def profile_create(
 
 
 @transaction.atomic
-def profile_update(*, actor: AbstractBaseUser | None, profile: LimitProfile, data: dict[str, Any]) -> LimitProfile:
+def profile_update(*, actor: User | None, profile: LimitProfile, data: dict[str, Any]) -> LimitProfile:
     if "name" in data and LimitProfile.objects.filter(name=data["name"]).exclude(pk=profile.pk).exists():
         raise ServiceError(MSG_NAME_TAKEN.format(name=data["name"]))
     _update(actor=actor, obj=profile, data=data, action="update")
@@ -117,7 +120,7 @@ def profile_update(*, actor: AbstractBaseUser | None, profile: LimitProfile, dat
 
 
 @transaction.atomic
-def profile_delete(*, actor: AbstractBaseUser | None, profile: LimitProfile) -> None:
+def profile_delete(*, actor: User | None, profile: LimitProfile) -> None:
     old = _values(profile, ("name", "description"))
     audit_record(actor=actor, action="delete", obj=profile, old=old)
     try:
@@ -127,7 +130,7 @@ def profile_delete(*, actor: AbstractBaseUser | None, profile: LimitProfile) -> 
 
 
 @transaction.atomic
-def limit_create(*, actor: AbstractBaseUser | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]) -> EndpointLimit:
+def limit_create(*, actor: User | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]) -> EndpointLimit:
     if profile.limits.filter(endpoint=endpoint).exists():
         raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint))
     limit = EndpointLimit(profile=profile, endpoint=endpoint, **data)
@@ -141,20 +144,20 @@ def limit_create(*, actor: AbstractBaseUser | None, profile: LimitProfile, endpo
 
 
 @transaction.atomic
-def limit_update(*, actor: AbstractBaseUser | None, limit: EndpointLimit, data: dict[str, Any]) -> EndpointLimit:
+def limit_update(*, actor: User | None, limit: EndpointLimit, data: dict[str, Any]) -> EndpointLimit:
     _update(actor=actor, obj=limit, data={k: v for k, v in data.items() if k in LIMIT_FIELDS}, action="update")
     return limit
 
 
 @transaction.atomic
-def limit_delete(*, actor: AbstractBaseUser | None, limit: EndpointLimit) -> None:
+def limit_delete(*, actor: User | None, limit: EndpointLimit) -> None:
     audit_record(actor=actor, action="delete", obj=limit, old=_values(limit, ("endpoint", *LIMIT_FIELDS)))
     limit.delete()
 
 
 # --- teams -------------------------------------------------------------------------------
 @transaction.atomic
-def team_create(*, actor: AbstractBaseUser | None, name: str, profile: LimitProfile | None = None) -> Team:
+def team_create(*, actor: User | None, name: str, profile: LimitProfile | None = None) -> Team:
     team, created = limiter_services.team_get_or_create(name=name, profile=profile)
     if not created:
         raise ServiceError(MSG_NAME_TAKEN.format(name=name))
@@ -163,13 +166,13 @@ def team_create(*, actor: AbstractBaseUser | None, name: str, profile: LimitProf
 
 
 @transaction.atomic
-def profile_assign(*, actor: AbstractBaseUser | None, team: Team, profile: LimitProfile) -> Team:
+def profile_assign(*, actor: User | None, team: Team, profile: LimitProfile) -> Team:
     _update(actor=actor, obj=team, data={"profile": profile}, action="assign_profile")
     return team
 
 
 @transaction.atomic
-def team_pause(*, actor: AbstractBaseUser | None, team: Team, paused: bool) -> Team:
+def team_pause(*, actor: User | None, team: Team, paused: bool) -> Team:
     _update(actor=actor, obj=team, data={"paused": paused}, action="pause" if paused else "resume")
     return team
 
@@ -181,7 +184,7 @@ KEY_FIELDS = ("prefix", "name", "profile", "expires_at", "revoked_at")
 @transaction.atomic
 def key_create(
     *,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     team: Team,
     name: str = "",
     profile: LimitProfile | None = None,
@@ -193,7 +196,7 @@ def key_create(
 
 
 @transaction.atomic
-def key_revoke(*, actor: AbstractBaseUser | None, key: ApiKey) -> ApiKey:
+def key_revoke(*, actor: User | None, key: ApiKey) -> ApiKey:
     if key.revoked_at is not None:
         return key
     old = _values(key, ("revoked_at",))
@@ -203,7 +206,7 @@ def key_revoke(*, actor: AbstractBaseUser | None, key: ApiKey) -> ApiKey:
 
 
 @transaction.atomic
-def key_rotate(*, actor: AbstractBaseUser | None, key: ApiKey) -> IssuedKey:
+def key_rotate(*, actor: User | None, key: ApiKey) -> IssuedKey:
     old = _values(key, ("revoked_at",))
     issued = limiter_services.key_rotate(key=key)
     audit_record(

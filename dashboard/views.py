@@ -8,12 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from django.contrib import messages
+from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -25,17 +32,27 @@ from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
 
-View = Callable[..., HttpResponse]
+P = ParamSpec("P")
+R = TypeVar("R", bound=HttpResponseBase)
 
 
-def staff_required(view: View) -> View:
+class StaffRequest(HttpRequest):
+    """A request `staff_required` let through: its user is a logged-in staff User."""
+
+    user: User
+
+
+def staff_required(
+    view: Callable[Concatenate[StaffRequest, P], R],
+) -> Callable[Concatenate[HttpRequest, P], R | HttpResponseRedirect]:
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: P.args, **kwargs: P.kwargs) -> R | HttpResponseRedirect:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not request.user.is_staff:
             raise PermissionDenied
-        return view(request, *args, **kwargs)
+        # Checked just above; the types cannot follow a check on request.user to request.
+        return view(cast(StaffRequest, request), *args, **kwargs)
 
     return wrapper
 
@@ -56,13 +73,13 @@ def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> 
 
 # --- live overview -------------------------------------------------------------------
 @staff_required
-def overview(request: HttpRequest) -> HttpResponse:
+def overview(request: StaffRequest) -> HttpResponse:
     return render(request, "dashboard/overview.html", {"limits": selectors.limit_overview()})
 
 
 # --- limits --------------------------------------------------------------------------
 @staff_required
-def limits(request: HttpRequest) -> HttpResponse:
+def limits(request: StaffRequest) -> HttpResponse:
     form = forms.ProfileCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         created: list[LimitProfile] = []
@@ -80,7 +97,7 @@ def limits(request: HttpRequest) -> HttpResponse:
 
 
 @staff_required
-def profile(request: HttpRequest, pk: int) -> HttpResponse:
+def profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(LimitProfile, pk=pk)
     form = forms.ProfileForm(request.POST or None, instance=LimitProfile.objects.get(pk=pk))
     if request.method == "POST" and form.is_valid():
@@ -101,7 +118,7 @@ def profile(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @staff_required
-def limit_edit(request: HttpRequest, pk: int) -> HttpResponse:
+def limit_edit(request: StaffRequest, pk: int) -> HttpResponse:
     limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=pk)
     # The form edits a copy, so the service sees the old values to audit against.
     form = forms.LimitForm(request.POST or None, instance=EndpointLimit.objects.get(pk=pk))
@@ -120,7 +137,7 @@ def limit_edit(request: HttpRequest, pk: int) -> HttpResponse:
 
 # --- teams and keys -----------------------------------------------------------------------
 @staff_required
-def teams(request: HttpRequest) -> HttpResponse:
+def teams(request: StaffRequest) -> HttpResponse:
     form = forms.TeamCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         name = form.cleaned_data["name"]
@@ -131,7 +148,7 @@ def teams(request: HttpRequest) -> HttpResponse:
 
 
 @staff_required
-def team(request: HttpRequest, pk: int, issued: services.IssuedKey | None = None) -> HttpResponse:
+def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = None) -> HttpResponse:
     obj = get_object_or_404(Team.objects.select_related("profile", "upstream"), pk=pk)
     return render(request, "dashboard/team.html", {
         "team": obj,
@@ -145,7 +162,7 @@ def team(request: HttpRequest, pk: int, issued: services.IssuedKey | None = None
 
 @require_POST
 @staff_required
-def team_pause(request: HttpRequest, pk: int) -> HttpResponse:
+def team_pause(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     paused = request.POST.get("paused") == "1"
     _apply(request, lambda: services.team_pause(actor=request.user, team=obj, paused=paused),
@@ -159,7 +176,7 @@ def team_pause(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_required
-def team_profile(request: HttpRequest, pk: int) -> HttpResponse:
+def team_profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     form = forms.ProfileAssignForm(request.POST)
     if form.is_valid():
@@ -172,11 +189,11 @@ def team_profile(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_required
-def key_create(request: HttpRequest, pk: int) -> HttpResponse:
+def key_create(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     form = forms.KeyCreateForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "; ".join(e for errors in form.errors.values() for e in errors))
+        messages.error(request, "; ".join(str(e) for errors in form.errors.values() for e in errors))
         return redirect("dashboard:team", pk=pk)
     issued = services.key_create(
         actor=request.user, team=obj, name=form.cleaned_data["name"],
@@ -189,7 +206,7 @@ def key_create(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_required
-def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+def key_revoke(request: StaffRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.select_related("team"), pk=pk)
     services.key_revoke(actor=request.user, key=key)
     messages.success(request, f"Key {key.prefix}… revoked; its next request gets 401.")
@@ -198,7 +215,7 @@ def key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @staff_required
-def key_rotate(request: HttpRequest, pk: int) -> HttpResponse:
+def key_rotate(request: StaffRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.select_related("team"), pk=pk)
     issued = services.key_rotate(actor=request.user, key=key)
     messages.success(request, f"Key {key.prefix}… revoked and replaced by {issued.key.prefix}….")
@@ -207,7 +224,7 @@ def key_rotate(request: HttpRequest, pk: int) -> HttpResponse:
 
 # --- 429 history ---------------------------------------------------------------------------
 @staff_required
-def refusals(request: HttpRequest) -> HttpResponse:
+def refusals(request: StaffRequest) -> HttpResponse:
     form = forms.RefusalFilterForm(request.GET or None)
     filters = form.filters()
     page = selectors.refusal_page(filters=filters, after=request.GET.get("after", ""))
@@ -227,13 +244,13 @@ def refusals(request: HttpRequest) -> HttpResponse:
 
 
 @staff_required
-def refusals_csv(request: HttpRequest) -> StreamingHttpResponse:
+def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
     filters = forms.RefusalFilterForm(request.GET or None).filters()
     return refusal_csv_response(filters=filters)
 
 
 # --- audit ---------------------------------------------------------------------------------
 @staff_required
-def audit(request: HttpRequest) -> HttpResponse:
+def audit(request: StaffRequest) -> HttpResponse:
     page = audit_page(after=request.GET.get("after", ""), object_type=request.GET.get("object_type", ""))
     return render(request, "dashboard/audit.html", {"page": page, "object_type": request.GET.get("object_type", "")})

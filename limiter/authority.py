@@ -33,6 +33,14 @@ return 0
 """
 
 
+def _text(value: bytes | str | None) -> str:
+    """A GET reply as text: bytes from this client (no decode_responses), though
+    redis-py types every reply as bytes or str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value or ""
+
+
 class AuthorityTaken(Exception):
     pass
 
@@ -50,8 +58,7 @@ class Authority:
         self.last_alive = float(raw) if raw else None
         while not await self.client.set(LOCK_KEY, self.token, nx=True, px=LOCK_TTL_MS):
             if time.monotonic() >= deadline:
-                holder = (await self.client.get(LOCK_KEY) or b"?").decode()
-                raise AuthorityTaken(holder)
+                raise AuthorityTaken(_text(await self.client.get(LOCK_KEY)) or "?")
             await asyncio.sleep(0.25)
         # A holder that died since we read it may have been alive until just now.
         raw = await self.client.get(ALIVE_KEY)
@@ -79,7 +86,7 @@ class Authority:
 
     async def release(self) -> None:
         try:
-            if (await self.client.get(LOCK_KEY) or b"").decode() == self.token:
+            if _text(await self.client.get(LOCK_KEY)) == self.token:
                 await self.client.delete(LOCK_KEY)
             await self.client.set(ALIVE_KEY, time.time())
         except (redis.RedisError, OSError):

@@ -218,8 +218,8 @@ def refusal_per_minute(*, filters: RefusalFilters) -> list[tuple[datetime, int]]
         return sorted(
             (datetime.fromisoformat(row["minute"]).replace(tzinfo=UTC), row["n"]) for row in rows
         )
-    rows = qs.annotate(minute=TruncMinute("created_at")).values("minute").annotate(n=Count("id"))
-    return sorted((row["minute"], row["n"]) for row in rows)
+    minutes = qs.annotate(minute=TruncMinute("created_at")).values("minute").annotate(n=Count("id"))
+    return sorted((row["minute"], row["n"]) for row in minutes)
 
 
 def refusal_csv_chunk(*, filters: RefusalFilters, after: str = "") -> tuple[list[list[str]], str | None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import environ
@@ -55,7 +56,7 @@ class Command(BaseCommand):
                 self.ports.append(listening_port)
                 super().listen_success(listening_port)
 
-        server = DrainingServer(
+        server: DrainingServer = DrainingServer(
             application=application,
             endpoints=[f"tcp:port={port}:interface={host}"],
             ready_callable=lambda: self._ready_daphne(server, host, port),
@@ -79,7 +80,11 @@ class Command(BaseCommand):
 
         loop = asyncio.get_event_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_drain(stop_listening, reactor.stop)))
+            # twisted types `reactor` as its zope Interface, whose methods are declared
+            # without self; mypy reads them right only with the mypy-zope plugin.
+            loop.add_signal_handler(
+                sig, lambda: asyncio.ensure_future(_drain(stop_listening, reactor.stop)),  # type: ignore[misc]
+            )
         self._announce(host, port, "daphne")
 
     async def _uvicorn(self, host: str, port: int) -> None:
@@ -125,7 +130,7 @@ def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-async def _drain(stop_listening, stop) -> None:
+async def _drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
     """Stop accepting, answer what is in flight (queued and streaming included), flush
     the 429 record, then stop the server."""
     from limiter import runtime
