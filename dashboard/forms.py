@@ -19,6 +19,7 @@ MSG_PACE_ABOVE_LIMIT = "The pace cannot be above the limit; leave it empty to pa
 # What <input type="datetime-local"> reads back; times are UTC (settings.TIME_ZONE).
 LOCAL_INPUT_FORMAT = "%Y-%m-%dT%H:%M"
 MSG_RANGE = "The start must be before the end."
+MSG_MODEL_NAME = "One model name or glob a line, without spaces: {name!r}."
 
 
 class LimitForm(forms.ModelForm):
@@ -69,10 +70,34 @@ class ProfileCreateForm(forms.Form):
     )
 
 
+class ModelNamesField(forms.CharField):
+    """A list of model names or globs, edited one a line."""
+
+    widget = forms.Textarea(attrs={"rows": 3})
+
+    def prepare_value(self, value: object) -> object:
+        return "\n".join(str(name) for name in value) if isinstance(value, list) else value
+
+    def to_python(self, value: object) -> list[str]:  # type: ignore[override]
+        names = [line.strip() for line in str(value or "").splitlines()]
+        return [name for name in names if name]
+
+    def validate(self, value: list[str]) -> None:  # type: ignore[override]
+        for name in value:
+            if len(name) > 300 or any(char.isspace() for char in name):
+                raise forms.ValidationError(MSG_MODEL_NAME.format(name=name))
+
+
 class ProfileForm(forms.ModelForm):
+    shared_models = ModelNamesField(
+        required=False, label="Shared fine-tuned models",
+        help_text="Fine-tuned models of this profile's teams that every team may call: "
+                  "one exact name or glob (org/name-*) a line. Other teams' models answer 404.",
+    )
+
     class Meta:
         model = LimitProfile
-        fields = ["name", "description"]
+        fields = ["name", "description", "shared_models"]
         widgets = {"description": forms.Textarea(attrs={"rows": 2})}
 
 

@@ -4,7 +4,8 @@ processes and the dashboard. One module, so a newcomer sees the whole protocol h
 Requests to the limiter go to the named channel LIMITER_CHANNEL; its answers go to the
 asking process's reply channel. The limiter publishes live snapshots to LIVE_GROUP;
 configuration changes (limits, keys, teams) are broadcast to CONFIG_GROUP so every web
-process drops its cached keys and limits at once.
+process drops its cached keys and limits at once; so are newly recorded fine-tuned
+models, so every web process drops its map of who owns which.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ DECISION = "limiter.decision"
 PONG = "limiter.pong"
 LIVE_SNAPSHOT = "live.snapshot"
 CONFIG_CHANGED = "config.changed"
+MODELS_CHANGED = "models.changed"  # to CONFIG_GROUP: a team's fine-tuned models were recorded
 LIMITER_STARTED = "limiter.started"  # to CONFIG_GROUP: web processes answer with ADOPT
 ADOPT = "limiter.adopt"
 

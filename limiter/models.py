@@ -36,6 +36,9 @@ class LimitProfile(models.Model):
     description = models.TextField(blank=True)
     # {"model-id": "fallback-model-id"}: served instead when the model stays overloaded.
     model_fallbacks = models.JSONField(default=dict, blank=True)
+    # ["name", "org/prefix-*"]: fine-tuned models of teams on this profile that every
+    # team may call (exact names or globs, matched without regard to case).
+    shared_models = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -202,4 +205,4 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
-from limiter.jobs.models import Job, JobEvent, TeamFile  # noqa: E402,F401
+from limiter.jobs.models import Job, JobEvent, TeamFile, TeamModel  # noqa: E402,F401

@@ -108,8 +108,15 @@ class LimiterClient:
         kind = message.get("type")
         if kind == events.CONFIG_CHANGED:
             from limiter import keys
+            from limiter.jobs.ownership import owned_models
 
             keys.cache.clear()
+            owned_models.clear()  # a profile's shared_models may have changed
+            return
+        if kind == events.MODELS_CHANGED:
+            from limiter.jobs.ownership import owned_models
+
+            owned_models.clear()
             return
         if kind == events.LIMITER_STARTED:
             for held in list(self._held.values()):

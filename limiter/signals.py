@@ -22,8 +22,10 @@ logger = logging.getLogger(__name__)
 
 def broadcast_config_changed() -> None:
     from limiter import keys
+    from limiter.jobs.ownership import owned_models
 
     keys.cache.clear()  # this process, at once; the others through the broadcast
+    owned_models.clear()  # a profile's shared_models may have changed
     layer = get_channel_layer()
     if layer is None:
         return

@@ -28,6 +28,7 @@ from limiter import metrics, runtime
 from limiter.api import errors
 from limiter.api.errors import ApiError
 from limiter.api.http import Request, Response, StreamingResponse
+from limiter.jobs.ownership import owned_models, usable
 from limiter.keys import KeyInfo
 from limiter.recorder import recorder
 from limiter.upstream import (
@@ -349,6 +350,10 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
+    if not await owned_models.usable(team_id=key.team_id, name=model):
+        # Another team's fine-tuned model: Together would serve it (one account), so
+        # Sluice answers as if it did not exist, before the limiter or Together hear of it.
+        raise await model_not_found(key, model)
     stream = body.get("stream") is True
     counting = _uses_tokens(key, endpoint)
     tokens = estimate_tokens(body, endpoint) if counting else 0.0
@@ -449,10 +454,17 @@ async def _upstream_error_plain(outcome: Outcome) -> ApiError:
     return ApiError(502, _upstream_message(content), type=errors.UPSTREAM, code="upstream_error")
 
 
+async def _visible_rows(key: KeyInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Together's model rows without other teams' fine-tuned models (one account lists all)."""
+    owners = await owned_models.owners()
+    return [row for row in rows if isinstance(row, dict)
+            and usable(owners, team_id=key.team_id, name=str(row.get("id", "")))]
+
+
 async def _closest_models(key: KeyInfo, model: str) -> str | None:
-    """A hint naming the closest known models, or None if the model does exist."""
+    """A hint naming the closest models this key may use, or None if the model does exist."""
     try:
-        ids = [row.get("id", "") for row in await model_list(key)]
+        ids = [row.get("id", "") for row in await _visible_rows(key, await model_list(key))]
     except ApiError:
         return ""
     if model in ids:
@@ -464,13 +476,21 @@ async def _closest_models(key: KeyInfo, model: str) -> str | None:
     return f" Closest models: {', '.join(close)}." if close else " See GET /v1/models."
 
 
+async def model_not_found(key: KeyInfo, model: str, *, param: str = "model") -> ApiError:
+    """The 404 for a model this key may not use: word for word the one for a model
+    Together does not know, so it does not tell that the model exists."""
+    hint = await _closest_models(key, model)
+    return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model, hint=hint or " See GET /v1/models."),
+                    type=errors.NOT_FOUND, code="model_not_found", param=param)
+
+
 async def models(request: Request) -> Response:
     assert request.key is not None
-    rows = await model_list(request.key)
+    rows = await _visible_rows(request.key, await model_list(request.key))
     data = [
         {**row, "object": "model", "id": row.get("id", ""), "created": row.get("created", 0),
          "owned_by": row.get("organization") or row.get("owned_by") or "together"}
-        for row in rows if isinstance(row, dict)
+        for row in rows
     ]
     return Response.json({"object": "list", "data": data})
 

@@ -10,6 +10,12 @@ asks Sluice to split them: body field `"split": true` or header
 `x-sluice-split-batch: true`. A split batch runs as several upstream batches under one
 id; its parts are listed in the answer's `sluice.parts`.
 
+Every team's files and fine-tuned models live in the one Together account, so every
+route that names a file or a model checks that the team owns it (or that it is no
+team's): a file id in a path, any `*_file` / `*_file_id` field of a job body, `model`
+and `from_checkpoint`, and the models a batch file's requests name. Another team's is
+answered exactly as an unknown one, before Together hears of it.
+
 The router (limiter/api/team.py) authenticates the key, applies the per-key request
 rate of the route's endpoint kind, fills `request.path_params` and maps ApiError.
 """
@@ -19,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from typing import Any
+from urllib.parse import parse_qs
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -27,8 +35,10 @@ from django.conf import settings
 from limiter.api import errors
 from limiter.api.errors import ApiError
 from limiter.api.http import Handler, Request, Response, StreamingResponse
-from limiter.jobs import selectors, services
+from limiter.api.inference import model_not_found
+from limiter.jobs import fields, selectors, services
 from limiter.jobs.models import Job, JobKind
+from limiter.jobs.ownership import model_key, owned_models, usable
 from limiter.jobs.shapes import job_json
 from limiter.keys import KeyInfo
 from limiter.upstream import UpstreamError, client
@@ -52,6 +62,10 @@ SPLIT_HEADER = "x-sluice-split-batch"
 RELAYED_HEADERS = ("location", "x-together-file-id", "retry-after", "retry-after-ms")
 RELAYED_PREFIXES = ("x-ratelimit-", "x-tokenlimit-")
 TRUE_VALUES = ("1", "true", "yes", "on")
+# Job body fields naming a model (`param` "model" in the error, as for inference) and a
+# checkpoint (`ft-...` or `ft-...:step`, or a model name).
+MODEL_FIELDS = ("model", "model_id")
+CHECKPOINT_FIELD = "from_checkpoint"
 
 
 # --- plumbing ---------------------------------------------------------------------------
@@ -131,20 +145,71 @@ async def _start_now(job: Job) -> services.StartResult | None:
     return results.get(job.pk)
 
 
-# --- files ----------------------------------------------------------------------------
+# --- what a team may name ----------------------------------------------------------------
 # One Together account holds every team's files: a team sees, reads and deletes only the
 # files it uploaded through Sluice or its jobs produced (selectors.file_ids_for_team).
 async def _visible_files(request: Request) -> set[str]:
     return await sync_to_async(selectors.file_ids_for_team)(team_id=_key(request).team_id)
 
 
-async def _own_file(request: Request, file_id: str | None = None) -> str:
-    file_id = file_id or request.path_params["id"]
-    if file_id not in await _visible_files(request):
-        raise ApiError(404, MSG_FILE_NOT_FOUND.format(id=file_id), type=errors.NOT_FOUND, code="not_found")
-    return file_id
+def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
+    return ApiError(404, MSG_FILE_NOT_FOUND.format(id=file_id), type=errors.NOT_FOUND, code="not_found", param=param)
 
 
+async def _own_files(request: Request, named: dict[str, Any]) -> None:
+    """Each of `named` ({field: file id}) must be one of the team's files, or the call is
+    answered 404 as for an unknown file (one query for them all)."""
+    if not named:
+        return
+    for name, file_id in named.items():
+        if not isinstance(file_id, str):
+            raise ApiError(400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type")
+        if not fields.is_upstream_id(file_id):
+            raise _file_not_found(file_id, name)  # not even shaped like an id: unknown, unasked
+    missing = await sync_to_async(selectors.files_not_owned)(team_id=_key(request).team_id,
+                                                             file_ids=set(named.values()))
+    for name, file_id in named.items():
+        if file_id in missing:
+            raise _file_not_found(file_id, name)
+
+
+async def _own_file(request: Request) -> str:
+    """The path's file id, escaped for the upstream path, if the file is the team's."""
+    file_id = request.path_params["id"]
+    if not fields.is_upstream_id(file_id) or await sync_to_async(selectors.files_not_owned)(
+            team_id=_key(request).team_id, file_ids={file_id}):
+        raise _file_not_found(file_id)
+    return fields.path_segment(file_id)
+
+
+async def _usable_models(request: Request, body: dict[str, Any]) -> None:
+    """The models and checkpoint a job body names must not be another team's."""
+    key = _key(request)
+    owners = await owned_models.owners()
+    named = [(name, "model") for name in MODEL_FIELDS] + [(CHECKPOINT_FIELD, CHECKPOINT_FIELD)]
+    for name, param in named:
+        value = body.get(name)
+        if isinstance(value, str) and not usable(owners, team_id=key.team_id, name=value):
+            raise await model_not_found(key, value, param=param)
+
+
+async def _check_job_body(request: Request, body: dict[str, Any]) -> None:
+    await _own_files(request, fields.file_fields(body))
+    await _usable_models(request, body)
+
+
+async def _note_shown(shown: list[dict[str, Any]]) -> None:
+    """A team is about to learn its new model's name: if this process's map does not know
+    the name yet (recorded by a poller whose broadcast has not arrived, or could not:
+    the in-memory layer does not cross processes), reload it before anyone can use it."""
+    names = [model_key(name) for job in shown if isinstance(name := job.get("model_output_name"), str)]
+    if names:
+        owners = await owned_models.owners()
+        if any(name not in owners for name in names):
+            owned_models.clear()
+
+
+# --- files ----------------------------------------------------------------------------
 async def files_create(request: Request) -> Response:
     response = await _send(request, "/files")
     # Plain upload: the file object; the SDKs' redirect flow: X-Together-File-Id.
@@ -152,7 +217,7 @@ async def files_create(request: Request) -> Response:
     if file_id is None and response.is_success:
         with contextlib.suppress(ValueError, AttributeError):
             file_id = response.json().get("id")
-    if file_id and (response.is_success or response.is_redirect):
+    if fields.is_upstream_id(file_id) and (response.is_success or response.is_redirect):
         await sync_to_async(services.file_record)(team_id=_key(request).team_id, file_id=str(file_id))
     return _relay(response)
 
@@ -198,12 +263,16 @@ async def file_content(request: Request) -> Response | StreamingResponse:
 # --- either kind of job --------------------------------------------------------------
 async def _listed(request: Request, kind: str) -> list[dict]:
     jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=kind)
-    return await sync_to_async(lambda: [job_json(job) for job in jobs])()
+    shown = await sync_to_async(lambda: [job_json(job) for job in jobs])()
+    await _note_shown(shown)
+    return shown
 
 
 async def _retrieve(request: Request, kind: str) -> Response:
     job = await _own_job(request, kind)
-    return Response.json(await sync_to_async(job_json)(job))
+    shown = await sync_to_async(job_json)(job)
+    await _note_shown([shown])
+    return Response.json(shown)
 
 
 async def _cancel(request: Request, kind: str) -> Response:
@@ -222,7 +291,7 @@ async def _cancel(request: Request, kind: str) -> Response:
 async def fine_tunes_create(request: Request) -> Response:
     body = request.json()
     _require(body, "training_file", "model")
-    await _own_file(request, body["training_file"])
+    await _check_job_body(request, body)
     job = await sync_to_async(services.job_accept)(key=_key(request), kind=JobKind.FINE_TUNE, request=body)
     result = await _start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
@@ -246,12 +315,22 @@ async def fine_tune_events(request: Request) -> Response:
     job = await _own_job(request, JobKind.FINE_TUNE)
     if not job.upstream_id:
         return Response.json({"data": []})
-    return await _pass(request, f"/fine-tunes/{job.upstream_id}/events")
+    return await _pass(request, f"/fine-tunes/{fields.path_segment(job.upstream_id)}/events")
 
 
-async def fine_tune_passthrough(request: Request) -> Response:
-    """What the together SDK asks before creating a job (model limits, price estimate)."""
-    return await _pass(request, request.path.removeprefix("/v1"))
+async def fine_tune_model_limits(request: Request) -> Response:
+    """What the together SDK asks before creating a job: the model's training limits."""
+    query = parse_qs(request.query_string.decode("latin-1"))
+    for model in query.get("model_name", []):
+        if not await owned_models.usable(team_id=_key(request).team_id, name=model):
+            raise await model_not_found(_key(request), model)
+    return await _pass(request, "/fine-tunes/models/limits")
+
+
+async def fine_tune_estimate_price(request: Request) -> Response:
+    """Together prices a job from its files: the same checks as a create."""
+    await _check_job_body(request, request.json())
+    return await _pass(request, "/fine-tunes/estimate-price")
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -266,10 +345,16 @@ async def batches_create(request: Request) -> Response:
     body = dict(request.json())
     split = _split_requested(request, body)
     _require(body, "endpoint", "input_file_id")
-    await _own_file(request, body["input_file_id"])
+    await _check_job_body(request, body)
     key = _key(request)
+    owners = await owned_models.owners()
     try:
-        plan = await services.batch_plan(key=key, input_file_id=str(body["input_file_id"]), split=split)
+        plan = await services.batch_plan(
+            key=key, input_file_id=str(body["input_file_id"]), split=split,
+            model_usable=lambda model: usable(owners, team_id=key.team_id, name=model),
+        )
+    except services.ModelNotUsable as exc:
+        raise await model_not_found(key, exc.model) from exc
     except services.BatchTooLarge as exc:
         raise ApiError(400, MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
                        param="input_file_id", code="batch_too_large") from exc
@@ -319,8 +404,8 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("DELETE", "/v1/files/{id}", "files", file_delete),
     ("GET", "/v1/files/{id}/content", "files", file_content),
     ("POST", "/v1/files/{id}/preprocess", "files", file_preprocess),
-    ("GET", "/v1/fine-tunes/models/limits", "fine_tunes", fine_tune_passthrough),
-    ("POST", "/v1/fine-tunes/estimate-price", "fine_tunes", fine_tune_passthrough),
+    ("GET", "/v1/fine-tunes/models/limits", "fine_tunes", fine_tune_model_limits),
+    ("POST", "/v1/fine-tunes/estimate-price", "fine_tunes", fine_tune_estimate_price),
     ("POST", "/v1/fine-tunes", "fine_tunes", fine_tunes_create),
     ("GET", "/v1/fine-tunes", "", fine_tunes_list),
     ("GET", "/v1/fine-tunes/{id}", "", fine_tune_retrieve),

@@ -1,5 +1,6 @@
 """Fine-tune jobs and batches Sluice holds for teams, the log of their status changes,
-and which team uploaded which file (one Together account holds every team's files).
+and which team owns which file and fine-tuned model (one Together account holds every
+team's files and models).
 
 A job is stored before the team gets an answer, so a restart loses nothing. Its local
 `state` is what Sluice owns (queued, starting, running, done); `upstream_status` is
@@ -135,3 +136,32 @@ class TeamFile(models.Model):
 
     def __str__(self) -> str:
         return f"{self.file_id} ({self.team_id})"
+
+
+class ModelKind(models.TextChoices):
+    MODEL = "model", "Fine-tuned model"
+    # A fine-tune job's id, which `from_checkpoint` names (`ft-...` or `ft-...:step`).
+    CHECKPOINT = "checkpoint", "Checkpoint"
+
+
+class TeamModel(models.Model):
+    """A fine-tuned model or checkpoint a team's job produced. Every team's fine-tunes run
+    in the same Together account, so any key could call any of them by name: Sluice
+    keeps who owns which, and refuses the others (unless the owner's profile shares it).
+
+    Recorded only from what Sluice itself knows: its own job ids, and what Together
+    reports for the team's job; never from a team's request.
+    """
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="models")
+    # Stored lower-cased: a name differing only in case must not slip past the check.
+    name = models.CharField(max_length=300, unique=True)
+    kind = models.CharField(max_length=10, choices=ModelKind.choices)
+    job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.team_id})"

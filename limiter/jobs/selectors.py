@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from datetime import datetime
+from fnmatch import fnmatchcase
 
 from django.db.models import Max, Q, QuerySet
 
@@ -24,26 +26,42 @@ from limiter.jobs.models import (
     JobKind,
     JobState,
     TeamFile,
+    TeamModel,
 )
-from limiter.models import EndpointLimit, UpstreamAccount
+from limiter.models import EndpointLimit, Team, UpstreamAccount
 
 # A team's list shows at most this many jobs, newest first.
 LIST_LIMIT = 500
 
 
-# Fields of a job (its request, or Together's view of it) that name a file the team may see.
-JOB_FILE_FIELDS = ("training_file", "validation_file", "input_file_id", "output_file_id", "error_file_id")
-
-
 def file_ids_for_team(*, team_id: int) -> set[str]:
-    """Files this team may see: those it uploaded, and those its jobs read or produced
-    (a batch's output file is created by Together, not uploaded)."""
-    ids = set(TeamFile.objects.filter(team_id=team_id).values_list("file_id", flat=True))
-    for request, upstream in Job.objects.filter(team_id=team_id).values_list("request", "upstream"):
-        for blob in (request, upstream):
-            if isinstance(blob, dict):
-                ids.update(value for name in JOB_FILE_FIELDS if isinstance(value := blob.get(name), str))
-    return ids
+    """Files this team may see: those it uploaded, and those Together produced for its
+    jobs (recorded when Sluice stored Together's view of the job)."""
+    return set(TeamFile.objects.filter(team_id=team_id).values_list("file_id", flat=True))
+
+
+def files_not_owned(*, team_id: int, file_ids: set[str]) -> set[str]:
+    """Those of `file_ids` that are not this team's (one indexed query)."""
+    owned = TeamFile.objects.filter(team_id=team_id, file_id__in=file_ids).values_list("file_id", flat=True)
+    return file_ids - set(owned)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOwner:
+    team_id: int
+    shared: bool  # the owner's profile lets every team use it
+
+
+def model_owners() -> dict[str, ModelOwner]:
+    """Every recorded fine-tuned model and checkpoint name (lower-cased), and its owner."""
+    shared_by_team = {
+        team_id: [str(pattern).lower() for pattern in shared] if isinstance(shared, list) else []
+        for team_id, shared in Team.objects.values_list("pk", "profile__shared_models")
+    }
+    return {
+        name: ModelOwner(team_id, any(fnmatchcase(name, pattern) for pattern in shared_by_team.get(team_id, ())))
+        for name, team_id in TeamModel.objects.values_list("name", "team_id").iterator(chunk_size=2000)
+    }
 
 
 def job_get_for_team(*, team_id: int, kind: str, public_id: str) -> Job | None:

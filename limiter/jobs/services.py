@@ -13,7 +13,9 @@ reach the database through `sync_to_async`.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,7 +28,7 @@ from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 
-from limiter.jobs import together
+from limiter.jobs import fields, together
 from limiter.jobs.models import (
     BATCH_TERMINAL,
     ENDPOINT_OF_KIND,
@@ -36,9 +38,12 @@ from limiter.jobs.models import (
     JobEvent,
     JobKind,
     JobState,
+    ModelKind,
     TeamFile,
+    TeamModel,
     new_public_id,
 )
+from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import queued_in_order
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
@@ -71,6 +76,14 @@ class BatchTooLarge(Exception):
         super().__init__(f"{count} requests > {cap}")
         self.count = count
         self.cap = cap
+
+
+class ModelNotUsable(Exception):
+    """A batch's requests name a fine-tuned model that is another team's."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
 
 
 class UpstreamRefused(Exception):
@@ -118,7 +131,12 @@ def _new_job(*, key: KeyInfo, kind: str, request: dict[str, Any], parent: Job | 
     if kind == JobKind.FINE_TUNE and not request.get("suffix"):
         # The marker rides in the suffix so a start cut short by a crash can be found upstream.
         job.request = {**request, "suffix": job.marker}
+    if state == JobState.GROUP:
+        job.request = fields.redacted(job.request)  # never sent itself: its parts carry the body
     job.save()
+    if kind == JobKind.FINE_TUNE:
+        # Sluice's own id names the job's checkpoints too: it is the team's from now on.
+        team_models_record(job=job, names={model_key(job.public_id): ModelKind.CHECKPOINT})
     _event(job, "accepted")
     return job
 
@@ -135,21 +153,29 @@ def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan
     parent = _new_job(key=key, kind=JobKind.BATCH, request=request, request_count=plan.request_count,
                       state=JobState.GROUP)
     for file_id, count in plan.part_files:
+        # Sluice made the part files from the team's own file: they are the team's.
+        file_record(team_id=key.team_id, file_id=file_id)
         _new_job(key=key, kind=JobKind.BATCH, request={**request, "input_file_id": file_id},
                  parent=parent, request_count=count)
     return parent
 
 
-async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool) -> BatchPlan:
+async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool,
+                     model_usable: Callable[[str], bool]) -> BatchPlan:
     """Count the input file's requests against the key's per-batch cap; split it if asked.
 
-    Raises BatchTooLarge (over the cap, no split asked) or UpstreamRefused.
+    Raises ModelNotUsable (a request names another team's fine-tuned model: a batch
+    would run it as surely as a chat call), BatchTooLarge (over the cap, no split
+    asked) or UpstreamRefused.
     """
     target = key_target(key)
     response = await together.file_content(target, input_file_id)
     if response.status_code != 200:
         raise UpstreamRefused(response)
     lines = [line for line in response.content.splitlines() if line.strip()]
+    for model in _batch_models(lines):
+        if not model_usable(model):
+            raise ModelNotUsable(model)
     cap = key.max_batch_requests
     plan = BatchPlan(request_count=len(lines))
     if cap is None or len(lines) <= cap:
@@ -169,9 +195,68 @@ async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool) -> BatchP
     return plan
 
 
+def _batch_models(lines: list[bytes]) -> set[str]:
+    """The models a batch file's requests name (`{"body": {"model": ...}}` a line)."""
+    models: set[str] = set()
+    for line in lines:
+        try:
+            body = json.loads(line).get("body")
+        except (ValueError, AttributeError):
+            continue  # Together reports malformed lines in the batch's error file
+        model = body.get("model") if isinstance(body, dict) else None
+        if isinstance(model, str):
+            models.add(model)
+    return models
+
+
 def file_record(*, team_id: int, file_id: str) -> None:
     """Remember that `team_id` uploaded `file_id`, so that team (and only it) sees it."""
     TeamFile.objects.get_or_create(team_id=team_id, file_id=file_id)
+
+
+# --- what a job produced is its team's ------------------------------------------------------
+MODEL_NAME_MAX = 300  # TeamModel.name
+
+
+def team_models_record(*, job: Job, names: dict[str, str]) -> None:
+    """Record names (lower-cased, with their kind) as the job's team's; a name some other
+    team already owns keeps its owner."""
+    names = {name: kind for name, kind in names.items() if name and len(name) <= MODEL_NAME_MAX}
+    taken = dict(TeamModel.objects.filter(name__in=names).values_list("name", "team_id"))
+    for name, team_id in taken.items():
+        if team_id != job.team_id:
+            logger.error("job %s reports %r, already recorded as team %s's; left as is", job.public_id, name, team_id)
+    new = [TeamModel(team_id=job.team_id, name=name, kind=kind, job=job)
+           for name, kind in names.items() if name not in taken]
+    if new:
+        TeamModel.objects.bulk_create(new, ignore_conflicts=True)
+        # Every web process drops its map once this is committed (see ownership.py).
+        transaction.on_commit(broadcast_models_changed)
+
+
+def job_outputs_record(*, job: Job, obj: dict[str, Any]) -> None:
+    """Record as the job's team's what Together reports for the job: the files it
+    produced (a batch's output and error files), its output model, and its upstream id
+    (which `from_checkpoint` names).
+
+    Only Together's view counts, and a file the team's own request named is never taken
+    from it: an echo of a request field proves nothing about who owns the file.
+    """
+    named = {value for value in fields.file_fields(job.request).values() if isinstance(value, str)}
+    produced = {value for value in fields.file_fields(obj).values()
+                if fields.is_upstream_id(value) and value not in named}
+    if produced:
+        owned = TeamFile.objects.filter(team_id=job.team_id, file_id__in=produced).values_list("file_id", flat=True)
+        TeamFile.objects.bulk_create([TeamFile(team_id=job.team_id, file_id=file_id)
+                                      for file_id in produced - set(owned)], ignore_conflicts=True)
+    names: dict[str, str] = {}
+    output_model = obj.get("model_output_name")
+    if isinstance(output_model, str):
+        names[model_key(output_model)] = ModelKind.MODEL
+    if job.kind == JobKind.FINE_TUNE and obj.get("id"):
+        names[model_key(str(obj["id"]))] = ModelKind.CHECKPOINT
+    if names:
+        team_models_record(job=job, names=names)
 
 
 def key_target(key: KeyInfo) -> Target:
@@ -287,12 +372,18 @@ def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
     status = str(obj.get("status") or "")
     terminal = job.is_terminal_status(status)
     try:
-        updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
-            state=JobState.DONE if terminal else JobState.RUNNING,
-            upstream_id=str(obj.get("id")), upstream=obj, upstream_status=status,
-            started_at=now, finished_at=now if terminal else None,
-            next_poll_at=now + timedelta(seconds=POLL_BASE_SECONDS), poll_failures=0, unchanged_polls=0,
-        )
+        # One transaction: the output model is the team's the moment Together names it.
+        with transaction.atomic():
+            updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
+                state=JobState.DONE if terminal else JobState.RUNNING,
+                upstream_id=str(obj.get("id")), upstream=fields.redacted(obj), upstream_status=status,
+                started_at=now, finished_at=now if terminal else None,
+                next_poll_at=now + timedelta(seconds=POLL_BASE_SECONDS), poll_failures=0, unchanged_polls=0,
+                # Submitted: the secrets in the body (wandb_api_key...) are not needed again.
+                request=fields.redacted(job.request),
+            )
+            if updated:
+                job_outputs_record(job=job, obj=obj)
     except IntegrityError:
         logger.error("upstream job %s is already recorded for another job; %s left as is", obj.get("id"), job.public_id)
         return False
@@ -318,6 +409,7 @@ def _record_start_failed(job: Job, response: httpx.Response) -> None:
     error = _error_text(response)
     if Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
         state=JobState.DONE, upstream_status=status, error=error, finished_at=now,
+        request=fields.redacted(job.request),  # never to be sent again
     ):
         job.state, job.upstream_status = JobState.DONE, status
         _event(job, f"refused upstream ({response.status_code}): {error}")
@@ -401,18 +493,24 @@ def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
     if changed and status not in KNOWN_STATUSES[JobKind(job.kind)]:
         logger.warning("job %s: unknown upstream status %r, treated as still running", job.public_id, status)
     unchanged = 0 if changed else job.unchanged_polls + 1
-    fields: dict[str, Any] = {
-        "upstream": obj, "upstream_status": status, "poll_failures": 0, "unchanged_polls": unchanged,
+    values: dict[str, Any] = {
+        "upstream": fields.redacted(obj), "upstream_status": status, "poll_failures": 0, "unchanged_polls": unchanged,
         # Long jobs are polled less and less often while nothing changes.
         "next_poll_at": now + timedelta(seconds=min(POLL_MAX_SECONDS, POLL_BASE_SECONDS * 1.5 ** unchanged)),
     }
     if job.is_terminal_status(status):
-        fields.update(state=JobState.DONE, finished_at=now, next_poll_at=None)
-    # Conditional on what we read, so two pollers record one event per change.
-    updated = Job.objects.filter(pk=job.pk, state=JobState.RUNNING, upstream_status=job.upstream_status).update(**fields)
+        values.update(state=JobState.DONE, finished_at=now, next_poll_at=None)
+    with transaction.atomic():
+        # Conditional on what we read, so two pollers record one event per change.
+        updated = Job.objects.filter(
+            pk=job.pk, state=JobState.RUNNING, upstream_status=job.upstream_status).update(**values)
+        if updated:
+            # In the same transaction: no moment where the job shows an output file or
+            # model that is not yet recorded as the team's.
+            job_outputs_record(job=job, obj=obj)
     if not updated:
         return False
-    for name, value in fields.items():
+    for name, value in values.items():
         setattr(job, name, value)
     if changed or job.state == JobState.DONE:
         _event(job, "status changed upstream")
@@ -466,6 +564,7 @@ def _cancel_queued(job: Job) -> bool:
     status = CANCELLED[JobKind(job.kind)]
     if not Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
         state=JobState.DONE, upstream_status=status, finished_at=timezone.now(), cancel_requested=True,
+        request=fields.redacted(job.request),  # never to be sent
     ):
         return False
     job.state, job.upstream_status, job.cancel_requested = JobState.DONE, status, True

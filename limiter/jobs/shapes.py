@@ -3,7 +3,9 @@
 A job Together has seen is shown as Together last showed it; one still waiting in
 Sluice's queue is built from its request, with status "queued" (fine-tunes, a status
 Together itself uses) or "QUEUED" (batches). The `id` is always Sluice's public id,
-stable from the moment the job is accepted.
+stable from the moment the job is accepted. Secret fields (`wandb_api_key`, any
+`*_api_key`, `*_token`, `*_secret`) are never shown, whether from the request or from
+Together's view (see `limiter.jobs.fields`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from limiter.jobs.fields import without_secrets
 from limiter.jobs.models import BATCH_TERMINAL, Job, JobKind, JobState
-
-# Request fields never echoed back: they are other services' secrets.
-SECRET_FIELDS = ("wandb_api_key", "hf_api_token")
 
 
 def job_json(job: Job) -> dict[str, Any]:
@@ -49,9 +49,9 @@ def _sluice(job: Job, **extra: Any) -> dict[str, Any]:
 
 def _fine_tune(job: Job) -> dict[str, Any]:
     if job.upstream:
-        data = dict(job.upstream)
+        data = without_secrets(job.upstream)
     else:
-        data = {key: value for key, value in job.request.items() if key not in SECRET_FIELDS}
+        data = without_secrets(job.request)
         data.update(object="fine-tune", model_output_name=None, events=[], created_at=_iso(job.created_at),
                     updated_at=_iso(job.finished_at or job.created_at), started_at=None)
     data.update(id=job.public_id, status=display_status(job), sluice=_sluice(job))
@@ -60,7 +60,7 @@ def _fine_tune(job: Job) -> dict[str, Any]:
 
 def _batch(job: Job) -> dict[str, Any]:
     if job.upstream:
-        data = dict(job.upstream)
+        data = without_secrets(job.upstream)
     else:
         data = {
             "user_id": None, "input_file_id": job.request.get("input_file_id"), "file_size_bytes": None,

@@ -2,7 +2,8 @@
 
 Fine-tunes and batches differ in small ways (a batch create answers `{job, warning}`,
 the batch list is a bare array, fine-tune lists are `{"data": [...]}`); this module
-hides those differences. All HTTP still goes through `limiter.upstream.client`.
+hides those differences. All HTTP still goes through `limiter.upstream.client`; every id
+put into a path is escaped as one segment.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from limiter.jobs.fields import path_segment
 from limiter.jobs.models import Job, JobKind
 from limiter.models import UpstreamAccount
 from limiter.upstream import Target, client, resolve_target
@@ -55,12 +57,12 @@ async def submit(target: Target, job: Job, *, deadline: float | None = None) -> 
 
 
 async def fetch(target: Target, kind: str, upstream_id: str) -> httpx.Response:
-    path = f"{COLLECTION[JobKind(kind)]}/{upstream_id}"
+    path = f"{COLLECTION[JobKind(kind)]}/{path_segment(upstream_id)}"
     return (await client.send(target, "GET", path, deadline=_deadline(), max_retries=1)).response
 
 
 async def cancel(target: Target, kind: str, upstream_id: str) -> httpx.Response:
-    path = f"{COLLECTION[JobKind(kind)]}/{upstream_id}/cancel"
+    path = f"{COLLECTION[JobKind(kind)]}/{path_segment(upstream_id)}/cancel"
     return (await client.send(target, "POST", path, deadline=_deadline())).response
 
 
@@ -76,7 +78,7 @@ async def list_jobs(target: Target, kind: str) -> list[dict[str, Any]] | None:
 
 
 async def file_content(target: Target, file_id: str) -> httpx.Response:
-    return (await client.send(target, "GET", f"/files/{file_id}/content", deadline=_deadline())).response
+    return (await client.send(target, "GET", f"/files/{path_segment(file_id)}/content", deadline=_deadline())).response
 
 
 async def file_upload(target: Target, *, filename: str, content: bytes, purpose: str) -> httpx.Response:

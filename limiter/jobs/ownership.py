@@ -1,0 +1,98 @@
+"""Who may use which fine-tuned model, answered without a database query per request.
+
+Every team's fine-tunes run in one Together account, so Together would serve any of
+them to any key. Sluice records each team's output models and checkpoints
+(`TeamModel`); this module keeps them in memory as name -> owner, loaded lazily and
+dropped whenever they change: at once in the process that recorded them, and in every
+other web process through the MODELS_CHANGED broadcast on CONFIG_GROUP (a limit
+profile's `shared_models` changes through the ordinary CONFIG_CHANGED). The TTL is
+only a backstop for a lost broadcast.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import close_old_connections
+
+from limiter import events
+from limiter.jobs import selectors
+from limiter.jobs.selectors import ModelOwner
+
+logger = logging.getLogger(__name__)
+
+OWNERS_TTL = 30.0
+
+
+def model_key(name: str) -> str:
+    """How a model name is looked up and stored: case and surrounding blanks ignored."""
+    return name.strip().lower()
+
+
+def checkpoint_base(name: str) -> str:
+    """`ft-...:10` names step 10 of checkpoint `ft-...`: ownership is the job's."""
+    return model_key(name).split(":", 1)[0]
+
+
+def usable(owners: dict[str, ModelOwner], *, team_id: int, name: str) -> bool:
+    """A model no team owns is Together's (or unknown to it); an owned one is usable by
+    its team, or by anyone when the owner's profile shares it."""
+    key = model_key(name)
+    for candidate in (key, checkpoint_base(key)):
+        owner = owners.get(candidate)
+        if owner is not None and owner.team_id != team_id and not owner.shared:
+            return False
+    return True
+
+
+class OwnedModels:
+    def __init__(self) -> None:
+        self._owners: dict[str, ModelOwner] | None = None
+        self._loaded_at = 0.0
+        # Bumped by every clear: a load that read the database before a change must not
+        # install its stale answer after the change dropped the map.
+        self._generation = 0
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._owners = None
+
+    async def owners(self) -> dict[str, ModelOwner]:
+        owners = self._owners
+        if owners is not None and time.monotonic() - self._loaded_at < OWNERS_TTL:
+            return owners
+        # thread_sensitive: loads run one at a time, so a burst after a change finds the
+        # map the first load installed instead of querying again.
+        return await sync_to_async(self._load, thread_sensitive=True)()
+
+    def _load(self) -> dict[str, ModelOwner]:
+        if self._owners is not None and time.monotonic() - self._loaded_at < OWNERS_TTL:
+            return self._owners
+        generation = self._generation
+        close_old_connections()  # this runs outside a request: drop a connection the DB closed
+        owners = selectors.model_owners()
+        if generation == self._generation:
+            self._owners, self._loaded_at = owners, time.monotonic()
+        return owners
+
+    async def usable(self, *, team_id: int, name: str) -> bool:
+        return usable(await self.owners(), team_id=team_id, name=name)
+
+
+owned_models = OwnedModels()
+
+
+def broadcast_models_changed() -> None:
+    """Run after the commit that recorded new models: this process drops its map at once,
+    the others when the broadcast reaches them."""
+    owned_models.clear()
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(events.CONFIG_GROUP, {"type": events.MODELS_CHANGED})
+    except Exception:  # recorded all the same; other processes fall back to the TTL
+        logger.exception("could not broadcast new fine-tuned models")
