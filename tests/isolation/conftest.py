@@ -218,6 +218,10 @@ class World:
     def new_team(self, name: str, profile: str = "iso-fast") -> Team:
         return new_team(self.server, self.ops, name, profile)
 
+    def add_key(self, team: Team, name: str) -> Team:
+        """Another key of `team`: a teammate."""
+        return Team(team.name, team.id, *_issue(self.server, self.ops, team.id, name))
+
 
 def new_team(server: SluiceServer, ops: httpx.Client, name: str, profile: str) -> Team:
     """A team with one key, through the ops API."""
@@ -244,7 +248,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     server.make_profile("iso-fast", FAST_LIMITS, account=True)
     server.make_profile("iso-b", {**FAST_LIMITS, "fine_tunes": {**FAST, "max_concurrent": 1},
                                   "batches": {**FAST, "max_concurrent": 1}})
-    server.make_profile("iso-closed", {**FAST_LIMITS, "batches": {**FAST, "max_concurrent": 0}})
+    server.make_profile("iso-c", {**FAST_LIMITS, "batches": {**FAST, "max_concurrent": 1}})
     server.python(
         "from django.contrib.auth import get_user_model\n"
         f"get_user_model().objects.create_user({NON_STAFF_USERNAME!r}, password={NON_STAFF_PASSWORD!r})\n"
