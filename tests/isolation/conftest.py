@@ -61,12 +61,12 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None)
 _loopback = itertools.count(2)
 
 
-def loopback_transport() -> httpx.HTTPTransport:
-    """A client address of its own (127.0.x.y): the team API slows an address after 30
-    failed authentications a minute, and an outsider's walk must not lock out A and B,
-    who call from 127.0.0.1."""
+def new_loopback_address() -> str:
+    """A client address of its own (127.0.x.y): the team API refuses every key from an
+    address after 30 failed authentications a minute, and an outsider's walk must not
+    lock out A and B, who call from 127.0.0.1."""
     n = next(_loopback)
-    return httpx.HTTPTransport(local_address=f"127.0.{n // 250 + 1}.{n % 250 + 1}")
+    return f"127.0.{n // 250 + 1}.{n % 250 + 1}"
 
 
 # --- the server's database, read with the ORM ------------------------------------------------
@@ -130,6 +130,11 @@ class ServerDb:
 
         return self.read(query)
 
+    def file_owner_count(self) -> int:
+        from limiter.jobs.models import TeamFile
+
+        return self.read(lambda db: TeamFile.objects.using(db).count())
+
     def jobs_of(self, team_id: int) -> list[Any]:
         from limiter.jobs.models import Job
 
@@ -145,9 +150,11 @@ class ServerDb:
 class TeamClient:
     """A caller of the team API with one key (or none, or a bad one)."""
 
-    def __init__(self, server: SluiceServer, secret: str | None, *, own_address: bool = False) -> None:
+    def __init__(self, server: SluiceServer, secret: str | None, *, own_address: bool = False,
+                 address: str = "127.0.0.1") -> None:
         headers = {"authorization": f"Bearer {secret}"} if secret is not None else {}
-        transport = loopback_transport() if own_address else None
+        self.address = new_loopback_address() if own_address else address
+        transport = httpx.HTTPTransport(local_address=self.address)
         self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
