@@ -95,8 +95,9 @@ OPS_ROUTES = [
     OpsRoute("GET", "/live", "/live"),
 ]
 
-# Served by Ninja to anyone, by design: the schema, no rows.
-OPS_PUBLIC = {"openapi-json": "/api/openapi.json", "openapi-view": "/api/docs"}
+# Served by Ninja to anyone, by design: the schema and its docs page, no rows; the root
+# (a 404, or the docs in DEBUG).
+OPS_PUBLIC = {"openapi-json": "/api/openapi.json", "openapi-view": "/api/docs", "api-root": "/api/"}
 
 
 @dataclass(frozen=True)

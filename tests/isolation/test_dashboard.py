@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 from django.contrib import admin
 from django.urls import reverse
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from limiter.models import VISIBLE_PREFIX_LENGTH
 from tests.isolation.conftest import Browser, World
 from tests.isolation.routes import PAGE_PUBLIC, PAGE_ROUTES, WEBSOCKET_ROUTES, PageRoute
 
@@ -64,6 +66,14 @@ def test_login_and_logout_pages_name_no_tenant(world: World, anonymous: Browser)
     assert login.status_code == 200 and world.b.name not in login.text
     logout = anonymous.request("POST", PAGE_PUBLIC["logout"])
     assert logout.status_code in (200, 302) and world.b.name not in logout.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_health_and_metrics_are_public_and_name_no_tenant(world: World, path: str) -> None:
+    answer = httpx.get(world.server.url + path, timeout=30)
+    assert answer.status_code == 200
+    for name in (world.a.name, world.b.name, world.b.secret[:VISIBLE_PREFIX_LENGTH], *world.b_ids()):
+        assert name not in answer.text
 
 
 # --- the admin ---------------------------------------------------------------------------------
