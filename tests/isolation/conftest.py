@@ -36,6 +36,7 @@ FAST = {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 100}
 FAST_LIMITS = {"files": FAST, "fine_tunes": FAST, "batches": FAST}
 TRAINING = b"".join(json.dumps({"text": f"example {i}"}).encode() + b"\n" for i in range(10))
 NON_STAFF_USERNAME = "dev"
+NON_STAFF_PASSWORD = secrets.token_urlsafe(12)
 
 
 # --- small helpers -------------------------------------------------------------------------
@@ -335,8 +336,6 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         a_fine_tune=a_fine_tune, a_batch=a_batch,
     )
 
-
-NON_STAFF_PASSWORD = secrets.token_urlsafe(12)
 
 
 @pytest.fixture(scope="package")
