@@ -1,0 +1,137 @@
+"""The walk tables: every route of the team API, the ops API and the dashboard.
+
+`test_route_tables.py` compares them with the routes the code declares, so a route
+added without an entry here fails the suite instead of going unwalked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class V1Route:
+    method: str
+    pattern: str  # exactly as in limiter/api/team.py build_routes()
+    # What the route names of someone's: "file", "fine_tune" or "batch" (in its path),
+    # "model" (the body's model), "body" (file ids or a checkpoint in the body),
+    # "listing" (lists what the caller may see), "upload", "catalogue" (about
+    # Together's models, nobody's own).
+    takes: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.pattern}"
+
+
+V1_ROUTES = [
+    V1Route("POST", "/v1/chat/completions", "model"),
+    V1Route("POST", "/v1/completions", "model"),
+    V1Route("POST", "/v1/embeddings", "model"),
+    V1Route("POST", "/v1/images/generations", "model"),
+    V1Route("POST", "/v1/rerank", "model"),
+    V1Route("GET", "/v1/models", "listing"),
+    V1Route("GET", "/v2/projects/{project_id}/models", "listing"),
+    V1Route("POST", "/v1/files", "upload"),
+    V1Route("GET", "/v1/files", "listing"),
+    V1Route("GET", "/v1/files/{id}", "file"),
+    V1Route("DELETE", "/v1/files/{id}", "file"),
+    V1Route("GET", "/v1/files/{id}/content", "file"),
+    V1Route("POST", "/v1/files/{id}/preprocess", "file"),
+    V1Route("GET", "/v1/fine-tunes/models/limits", "catalogue"),
+    V1Route("POST", "/v1/fine-tunes/estimate-price", "body"),
+    V1Route("POST", "/v1/fine-tunes", "body"),
+    V1Route("GET", "/v1/fine-tunes", "listing"),
+    V1Route("GET", "/v1/fine-tunes/{id}", "fine_tune"),
+    V1Route("POST", "/v1/fine-tunes/{id}/cancel", "fine_tune"),
+    V1Route("GET", "/v1/fine-tunes/{id}/events", "fine_tune"),
+    V1Route("POST", "/v1/batches", "body"),
+    V1Route("GET", "/v1/batches", "listing"),
+    V1Route("GET", "/v1/batches/{id}", "batch"),
+    V1Route("POST", "/v1/batches/{id}/cancel", "batch"),
+]
+
+
+def v1_routes(*takes: str) -> list[V1Route]:
+    return [route for route in V1_ROUTES if route.takes in takes]
+
+
+@dataclass(frozen=True)
+class OpsRoute:
+    method: str
+    pattern: str  # the Ninja operation's path, under /api
+    path: str  # with {team}, {key}, {profile}, {limit}: ids of team B's rows
+    body: dict | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} /api{self.pattern}"
+
+
+# Writes name team B's own rows (its teammate's key, its profile), so a write that got
+# through would show in the database snapshot, not just in the status.
+OPS_ROUTES = [
+    OpsRoute("GET", "/teams", "/teams"),
+    OpsRoute("POST", "/teams", "/teams", {"name": "made-by-an-outsider"}),
+    OpsRoute("GET", "/teams/{team_id}", "/teams/{team}"),
+    OpsRoute("PATCH", "/teams/{team_id}", "/teams/{team}", {"paused": True}),
+    OpsRoute("GET", "/teams/{team_id}/keys", "/teams/{team}/keys"),
+    OpsRoute("POST", "/teams/{team_id}/keys", "/teams/{team}/keys", {"name": "stolen"}),
+    OpsRoute("POST", "/keys/{key_id}/revoke", "/keys/{key}/revoke"),
+    OpsRoute("POST", "/keys/{key_id}/rotate", "/keys/{key}/rotate"),
+    OpsRoute("GET", "/profiles", "/profiles"),
+    OpsRoute("POST", "/profiles", "/profiles", {"name": "made-by-an-outsider"}),
+    OpsRoute("GET", "/profiles/{profile_id}", "/profiles/{profile}"),
+    OpsRoute("PATCH", "/profiles/{profile_id}", "/profiles/{profile}", {"description": "defaced"}),
+    OpsRoute("DELETE", "/profiles/{profile_id}", "/profiles/{profile}"),
+    OpsRoute("POST", "/profiles/{profile_id}/limits", "/profiles/{profile}/limits",
+             {"endpoint": "chat", "requests_per_minute": 1}),
+    OpsRoute("PATCH", "/limits/{limit_id}", "/limits/{limit}", {"requests_per_minute": 1}),
+    OpsRoute("DELETE", "/limits/{limit_id}", "/limits/{limit}"),
+    OpsRoute("GET", "/refusals", "/refusals"),
+    OpsRoute("GET", "/refusals/per-minute", "/refusals/per-minute"),
+    OpsRoute("GET", "/refusals.csv", "/refusals.csv"),
+    OpsRoute("GET", "/audit", "/audit"),
+    OpsRoute("GET", "/live", "/live"),
+]
+
+# Served by Ninja to anyone, by design: the schema and its docs page, no rows; the root
+# (a 404, or the docs in DEBUG).
+OPS_PUBLIC = {"openapi-json": "/api/openapi.json", "openapi-view": "/api/docs", "api-root": "/api/"}
+
+
+@dataclass(frozen=True)
+class PageRoute:
+    name: str  # the URL name in dashboard/urls.py, namespaced
+    method: str
+    path: str  # with {team}, {key}, {profile}, {limit}
+    data: dict | None = None
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+PAGE_ROUTES = [
+    PageRoute("dashboard:overview", "GET", "/"),
+    PageRoute("dashboard:limits", "GET", "/limits/"),
+    PageRoute("dashboard:profile", "GET", "/limits/profiles/{profile}/"),
+    PageRoute("dashboard:limit_edit", "GET", "/limits/{limit}/edit/"),
+    PageRoute("dashboard:limit_edit", "POST", "/limits/{limit}/edit/", {"requests_per_minute": "1", "burst": "1"}),
+    PageRoute("dashboard:teams", "GET", "/teams/"),
+    PageRoute("dashboard:team", "GET", "/teams/{team}/"),
+    PageRoute("dashboard:team_pause", "POST", "/teams/{team}/pause/", {"paused": "on"}),
+    PageRoute("dashboard:team_profile", "POST", "/teams/{team}/profile/", {"profile": "default"}),
+    PageRoute("dashboard:key_create", "POST", "/teams/{team}/keys/", {"name": "stolen"}),
+    PageRoute("dashboard:key_revoke", "POST", "/keys/{key}/revoke/"),
+    PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
+    PageRoute("dashboard:refusals", "GET", "/refusals/"),
+    PageRoute("dashboard:refusals_csv", "GET", "/refusals.csv"),
+    PageRoute("dashboard:audit", "GET", "/audit/"),
+]
+
+# Public by design: the way in and out. Walked anonymously only (a logout would end the
+# session the other tests share).
+PAGE_PUBLIC = {"login": "/login/", "logout": "/logout/"}
+
+WEBSOCKET_ROUTES = ["/ws/live/"]

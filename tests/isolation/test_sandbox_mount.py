@@ -1,0 +1,40 @@
+"""The sandbox mode (`make run` without a Together key): the simulated Together is mounted
+at /sandbox/ on Sluice's own port and is Sluice's upstream. Sluice keeps teams apart, so
+its upstream must not be reachable around it.
+
+Its own server: the rest of the package runs the sandbox in a thread, on another port.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import SluiceServer
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SluiceServer]:
+    # No TOGETHER_BASE_URL: `serve` points the upstream at its own /sandbox/ mount.
+    with SluiceServer(Path(tmp_path_factory.mktemp("demo")), env={"TOGETHER_BASE_URL": ""}) as server:
+        yield server
+
+
+@pytest.mark.xfail(strict=True, reason="NEW HOLE (reported): in sandbox mode the upstream at /sandbox/ accepts "
+                   "any bearer, so anyone who can reach Sluice reads, lists and deletes every team's files there")
+def test_a_teams_file_is_not_readable_around_sluice(demo_server: SluiceServer) -> None:
+    owner = httpx.Client(base_url=demo_server.url, timeout=30,
+                         headers={"authorization": f"Bearer {demo_server.issue_key('iso-b')}"})
+    uploaded = owner.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("b.jsonl", b'{"text": "b"}\n')})
+    assert uploaded.status_code == 200, uploaded.text
+    file_id = uploaded.json()["id"]
+    assert httpx.get(f"{demo_server.url}/v1/files/{file_id}/content").status_code == 401  # Sluice says no
+
+    around = httpx.get(f"{demo_server.url}/sandbox/v1/files/{file_id}/content",
+                       headers={"authorization": "Bearer anything"}, timeout=30)
+
+    assert around.status_code == 401, around.content
+    owner.close()
