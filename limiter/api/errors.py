@@ -35,6 +35,17 @@ MSG_MODEL_NOT_FOUND = "The model '{model}' does not exist or is not available.{h
 MSG_INTERNAL = "Sluice failed to handle this request (request id {request_id}); it was logged."
 MSG_FIELD_REQUIRED = "'{field}' is required."
 MSG_FIELD_NOT_STRING = "'{field}' must be a string."
+MSG_FIELD_NOT_BOOLEAN = "'{field}' must be true or false."
+MSG_MODEL_TOO_LONG = "'model' must be at most {limit} characters."
+MSG_BAD_HEADER = "The header '{header}' must be printable ASCII: Sluice forwards it to Together."
+MSG_JSON_TOO_DEEP = "The request body is nested deeper than {depth} levels."
+
+# Caller-chosen text echoed in an error is bounded: no model id is longer than this
+# (the 429 record keeps as much), and a message is not a way to reflect a 4 MiB body.
+MAX_ECHOED_MODEL = 200
+# Deeper JSON is refused before anything walks it; real requests (tool schemas
+# included) stay far below this.
+MAX_JSON_DEPTH = 64
 
 
 class ApiError(Exception):

@@ -162,13 +162,18 @@ async def admitted(request: Request, endpoint: str, tokens: float = 0.0) -> Asyn
 
 # --- sizes -----------------------------------------------------------------------------------
 def _text_size(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_size(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_text_size(v) for v in value.values())
-    return 0
+    """Characters of text anywhere in `value`. A loop, not recursion: a caller's body
+    decides how deep it goes (Request.json bounds it too)."""
+    size, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            size += len(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return size
 
 
 def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
@@ -313,7 +318,8 @@ async def _upstream_error(request: Request, endpoint: str, model: str, outcome: 
     if status == 404 and model:
         hint = await _closest_models(key, model)
         if hint is not None:
-            return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model, hint=hint), type=errors.NOT_FOUND,
+            return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model[:errors.MAX_ECHOED_MODEL], hint=hint),
+                            type=errors.NOT_FOUND,
                             code="model_not_found", param="model")
     # Anything else (400, 402, 403, 404, 500): Together's own status and message.
     return ApiError(status if status < 500 else 502, detail, type=_upstream_type(response.content, status),
@@ -342,14 +348,31 @@ def _upstream_code(content: bytes) -> str | None:
     return str(code) if code is not None else None
 
 
+def _model_field(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
+    if len(model) > errors.MAX_ECHOED_MODEL:
+        # No model id is this long; refused here, it is never sent on, echoed or fuzzy-matched.
+        raise ApiError(400, errors.MSG_MODEL_TOO_LONG.format(limit=errors.MAX_ECHOED_MODEL), code="invalid_value",
+                       param="model")
+    return model
+
+
+def _stream_field(body: dict[str, Any]) -> bool:
+    # Only a boolean: "yes" used to get a buffered answer the caller then parsed as a stream.
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, errors.MSG_FIELD_NOT_BOOLEAN.format(field="stream"), code="invalid_type", param="stream")
+    return stream is True
+
+
 async def _proxy(request: Request, endpoint: str, path: str) -> Response | StreamingResponse:
     key = request.key
     assert key is not None
     body = request.json()
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
-    stream = body.get("stream") is True
+    model = _model_field(body)
+    stream = _stream_field(body)
     counting = _uses_tokens(key, endpoint)
     tokens = estimate_tokens(body, endpoint) if counting else 0.0
     lease = _Lease(await admit(request, endpoint, tokens, model), tokens)

@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 Route = tuple[str, str, str, Handler]
 
 AUTH_FAILURES_PER_MINUTE = 30  # per client address, per process
+# Request headers whose values are sent on to Together: each must be encodable there.
+UPSTREAM_BOUND_HEADERS = (*inference.FORWARDED_REQUEST_HEADERS, "x-request-id")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -119,6 +121,7 @@ class TeamApi:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+        _check_forwarded_headers(headers)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -187,9 +190,23 @@ class TeamApi:
 
 def _request_id(given: str | None) -> str:
     # Keep a caller's id when it is sane, so one id follows the call end to end.
-    if given and len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
+    # ASCII only: str.isalnum() is true of "é" too, and the id is sent upstream.
+    if given and len(given) <= 64 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
         return given
     return "req_" + uuid.uuid4().hex
+
+
+def _check_forwarded_headers(headers: dict[str, str]) -> None:
+    """A 400 for a header Sluice would forward but the upstream client cannot encode.
+
+    Daphne passes latin-1 bytes (0xE9, "é") through; httpx (rightly) refuses to send
+    them, which used to surface as a 500 after the quota was spent.
+    """
+    for name in UPSTREAM_BOUND_HEADERS:
+        value = headers.get(name)
+        if value is not None and not (value.isascii() and value.replace("\t", " ").isprintable()):
+            logger.warning("refused: header %s is not printable ASCII", name)
+            raise ApiError(400, errors.MSG_BAD_HEADER.format(header=name), code="invalid_header", param=name)
 
 
 async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:
