@@ -3,7 +3,8 @@
 HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight to the
 team API (limiter/api/team.py), not through Django's middleware; everything else is
 Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
-fresh `make run` has something to talk to. The "channel" protocol is what
+fresh `make run` has something to talk to; it answers only Sluice itself and staff
+(dashboard/sandbox.py). The "channel" protocol is what
 `manage.py runworker limiter` serves.
 """
 
@@ -44,9 +45,9 @@ class HttpRouter:
     def __init__(self) -> None:
         self.sandbox = None
         if settings.SLUICE_SANDBOX:
-            from limiter.sandbox import SandboxApp
+            from dashboard.sandbox import MountedSandbox
 
-            self.sandbox = SandboxApp(prefix=SANDBOX_PREFIX)
+            self.sandbox = MountedSandbox(prefix=SANDBOX_PREFIX)  # Sluice's own bearer, or staff
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope["path"]

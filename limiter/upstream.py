@@ -15,6 +15,7 @@ limiter pauses every caller of that account at once, not just this one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import httpx
 from django.conf import settings
+from django.utils.crypto import salted_hmac
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +57,24 @@ class Target:
         return self.base_url.rstrip("/") + path
 
 
+def sandbox_api_key() -> str:
+    """The bearer Sluice sends to the sandbox upstream, and the only one the sandbox mounted
+    at /sandbox/ accepts (dashboard/sandbox.py). Derived from SECRET_KEY, so every process
+    of a deployment (web, job poller) agrees on it and nobody else can compute it."""
+    return _derived_sandbox_key(settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _derived_sandbox_key(secret_key: str) -> str:
+    return salted_hmac("sluice.sandbox-upstream", "api-key", secret=secret_key, algorithm="sha256").hexdigest()
+
+
 def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key_setting: str) -> Target:
     # The secret lives in settings or the environment, named by the account row.
     api_key = getattr(settings, api_key_setting, "") or os.environ.get(api_key_setting, "")
-    return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key or "sandbox")
+    if not api_key and settings.SLUICE_SANDBOX:
+        api_key = sandbox_api_key()
+    return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key)
 
 
 class UpstreamError(Exception):
@@ -206,7 +222,9 @@ class UpstreamClient:
         answer came at all. With `stream`, the caller must close the response.
         """
         retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
-        send_headers = {**(headers or {}), "authorization": f"Bearer {target.api_key}", "accept-encoding": "identity"}
+        send_headers = {**(headers or {}), "accept-encoding": "identity"}
+        if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault
+            send_headers["authorization"] = f"Bearer {target.api_key}"
         url = target.url(path)
         if params:
             url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
