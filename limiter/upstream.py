@@ -27,6 +27,8 @@ import httpx
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
+from limiter.models import upstream_key_setting_valid
+
 logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -69,9 +71,26 @@ def _derived_sandbox_key(secret_key: str) -> str:
     return salted_hmac("sluice.sandbox-upstream", "api-key", secret=secret_key, algorithm="sha256").hexdigest()
 
 
+def upstream_api_key(api_key_setting: str) -> str:
+    """The key held by the environment variable an account names; "" for a name that is
+    not an upstream key's (checked on save too, but a row may predate that, or be
+    written around it). Never any other setting or variable: see UpstreamAccount.clean."""
+    if not upstream_key_setting_valid(api_key_setting):
+        if api_key_setting not in _refused_settings:  # once per name, not once per request
+            _refused_settings.add(api_key_setting)
+            logger.error("upstream account names %r for its key: not TOGETHER_API_KEY or "
+                         "SLUICE_UPSTREAM_KEY_*; no key is sent", api_key_setting[:80])
+        return ""
+    if api_key_setting == "TOGETHER_API_KEY":
+        return settings.TOGETHER_API_KEY or os.environ.get(api_key_setting, "")
+    return os.environ.get(api_key_setting, "")
+
+
+_refused_settings: set[str] = set()
+
+
 def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key_setting: str) -> Target:
-    # The secret lives in settings or the environment, named by the account row.
-    api_key = getattr(settings, api_key_setting, "") or os.environ.get(api_key_setting, "")
+    api_key = upstream_api_key(api_key_setting)
     if not api_key and settings.SLUICE_SANDBOX:
         api_key = sandbox_api_key()
     return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key)
