@@ -20,6 +20,9 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 # --- Django core -----------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
+# No key given: one-off commands and the tests run on a development key, but `serve` and
+# `runworker` refuse to start on it unless DEBUG (limiter/management/production.py).
+SLUICE_DEVELOPMENT_SECRET_KEY = not SECRET_KEY
 if not SECRET_KEY:
     if not DEBUG and env.bool("SLUICE_REQUIRE_SECRET_KEY", default=False):
         raise ImproperlyConfigured("SECRET_KEY must be set in production")
