@@ -22,9 +22,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 from django.conf import settings
+from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from limiter.models import upstream_key_setting_valid
@@ -106,6 +108,15 @@ class UpstreamError(Exception):
         self.timeout = timeout
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """The last time an account's upstream gave no answer at all, for the dashboard."""
+
+    account: str
+    at: datetime
+    detail: str
+
+
 @dataclass(slots=True)
 class Outcome:
     """The final upstream answer and how it was reached."""
@@ -183,6 +194,9 @@ class UpstreamClient:
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Per account name, until it answers again. Per process: in scale-out, the
+        # dashboard shows what the web process serving the page saw.
+        self.failures: dict[str, UpstreamFailure] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -214,6 +228,11 @@ class UpstreamClient:
         # along on another team's (and parsing them was 3% of the gateway's CPU).
         client._cookies = _NoCookies()
         return client
+
+    def _failed(self, target: Target, error: UpstreamError) -> None:
+        # The detail names the upstream's host and port: for the operators, never the caller.
+        logger.warning("upstream account %s unreachable: %s", target.account_name, error.detail)
+        self.failures[target.account_name] = UpstreamFailure(target.account_name, timezone.now(), error.detail)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -265,6 +284,8 @@ class UpstreamClient:
             )
             try:
                 response = await self.client.send(request, stream=stream)
+                if self.failures:
+                    self.failures.pop(target.account_name, None)
             except httpx.TransportError as exc:
                 if _timed_out(exc):
                     error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
@@ -289,6 +310,7 @@ class UpstreamClient:
                 await asyncio.sleep(delay)
                 continue
             if attempt > retries or time.monotonic() + delay >= deadline:
+                self._failed(target, error)
                 raise error
             logger.info("upstream %s %s failed (%s); retry %d in %.2fs", method, path, error.detail, attempt, delay)
             await asyncio.sleep(delay)

@@ -267,8 +267,7 @@ async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes
         metrics.UPSTREAM_RESPONSES.labels(endpoint, str(exc.status)).inc()
         if exc.timeout:
             raise ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout") from None
-        raise ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
-                       code="upstream_unreachable") from None
+        raise errors.upstream_unreachable() from None
 
 
 class _Lease:
@@ -455,9 +454,8 @@ async def model_list(key: KeyInfo) -> list[dict[str, Any]]:
         return cached[1]
     try:
         outcome = await upstream.send(target_for(key), "GET", "/models", deadline=time.monotonic() + 15)
-    except UpstreamError as exc:
-        raise ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
-                       code="upstream_unreachable") from None
+    except UpstreamError:
+        raise errors.upstream_unreachable() from None
     if outcome.response.status_code != 200:
         raise await _upstream_error_plain(outcome)
     data = outcome.response.json()

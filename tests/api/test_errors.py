@@ -153,7 +153,21 @@ def test_upstream_unreachable(tmp_path):
         key = server.issue_key("lonely")
         response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
                               headers={"authorization": f"Bearer {key}"}, timeout=30)
-        assert_error(response, 502, "upstream_unreachable")
+        error = assert_error(response, 502, "upstream_unreachable")
+        # The team learns it failed and which request it was, not where Together lives.
+        request_id = response.headers["x-request-id"]
+        assert "127.0.0.1" not in response.text and ":9" not in response.text
+        assert error["message"] == errors.MSG_UPSTREAM_DOWN.format(request_id=request_id)
+        # The operators learn where: the log line carries the request id and the detail...
+        assert any(request_id in line and "127.0.0.1:9" in line for line in server.log().splitlines())
+        # ...and the dashboard shows the account's last failure.
+        with httpx.Client(base_url=server.url, timeout=30) as staff:
+            staff.get("/login/")
+            staff.post("/login/", data={"username": server.admin_username, "password": server.admin_password,
+                                        "csrfmiddlewaretoken": staff.cookies["csrftoken"]})
+            page = staff.get("/")
+        assert page.status_code == 200
+        assert "127.0.0.1:9" in page.text and "upstream-failures" in page.text
 
 
 def test_limiter_down_is_a_clear_503_not_a_hang(tmp_path):
