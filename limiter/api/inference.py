@@ -292,8 +292,9 @@ def _with_model(body: bytes, model: str) -> bytes:
     return json.dumps(data).encode()
 
 
-async def _upstream_error(request: Request, endpoint: str, model: str, outcome: Outcome) -> ApiError:
-    """Turn a final upstream error into the caller's answer."""
+async def _upstream_error(request: Request, endpoint: str, model: str, outcome: Outcome,
+                          grant: runtime.Grant) -> ApiError:
+    """Turn a final upstream error into the caller's answer (`grant`: the one the call holds)."""
     response = outcome.response
     await response.aread()
     status = response.status_code
@@ -303,9 +304,11 @@ async def _upstream_error(request: Request, endpoint: str, model: str, outcome: 
     if status == 429:
         # Recorded and reported when it arrived (see _send_upstream); here it is answered.
         wait = requested_wait(response.headers) or 1.0
+        # Every 429 carries the caller's own quota, Together's included (README).
         return rate_limited(
             reason="upstream_rate_limited", retry_after=wait, limited_by="upstream", scope="account",
             message=errors.MSG_UPSTREAM_RATE_LIMITED.format(attempts=outcome.attempts, detail=detail),
+            quota=quota_headers(grant.limit, grant.remaining, grant.reset),
         )
     if status in OVERLOADED:
         return ApiError(503, errors.MSG_UPSTREAM_OVERLOADED.format(status=status, attempts=outcome.attempts),
@@ -389,7 +392,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         response = outcome.response
         report.headers(key, endpoint, response.headers)
         if response.status_code >= 400:
-            raise await _upstream_error(request, endpoint, served_by or model, outcome)
+            raise await _upstream_error(request, endpoint, served_by or model, outcome, lease.grant)
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")
         answer: Response | StreamingResponse
         if stream:

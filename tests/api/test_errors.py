@@ -170,6 +170,22 @@ def test_upstream_unreachable(tmp_path):
         assert "127.0.0.1:9" in page.text and "upstream-failures" in page.text
 
 
+def test_upstream_429_carries_the_callers_own_quota_headers(shared_server, client):
+    served = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES})
+    limit = served.headers["x-ratelimit-limit-requests"]  # what this key's 200s say
+    shared_server.sandbox.configure({"fail_next": [429] * 4, "inject_retry_after_s": 0.05})
+    try:
+        response = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES})
+    finally:
+        shared_server.sandbox.configure({"fail_next": [], "inject_retry_after_s": 1.0})
+    assert_error(response, 429, "upstream_rate_limited")
+    assert response.headers["x-sluice-limited-by"] == "upstream"
+    assert response.headers["x-ratelimit-limit-requests"] == limit
+    assert 0 <= int(response.headers["x-ratelimit-remaining-requests"]) < int(limit)
+    assert response.headers["x-ratelimit-reset-requests"]
+    assert response.headers["retry-after"] and response.headers["retry-after-ms"]
+
+
 def test_limiter_down_is_a_clear_503_not_a_hang(tmp_path):
     with SluiceServer(tmp_path, env={"SLUICE_EMBEDDED_LIMITER": "0", "SLUICE_LIMITER_TIMEOUT": "0.5"}) as server:
         key = server.issue_key("no-limiter")
