@@ -18,9 +18,9 @@ django_application = get_asgi_application()
 # Imported after Django is set up: these modules use the ORM and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from dashboard.origin import SameOriginWebsocket  # noqa: E402
 from limiter.api import health  # noqa: E402
 from limiter.api.team import application as team_api  # noqa: E402
 from limiter.events import LIMITER_CHANNEL  # noqa: E402
@@ -62,6 +62,7 @@ class HttpRouter:
 
 application = ProtocolTypeRouter({
     "http": HttpRouter(),
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
+    # Not Channels' AllowedHostsOriginValidator: it ignores the origin's scheme and port.
+    "websocket": SameOriginWebsocket(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
     "channel": ChannelNameRouter({LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
 })

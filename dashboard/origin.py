@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from urllib.parse import SplitResult, urlsplit
 
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
@@ -65,3 +66,17 @@ def scope_header(scope: dict, name: bytes) -> str:
         if key == name:
             value = raw
     return value.decode("latin-1")
+
+
+class SameOriginWebsocket:
+    """ASGI middleware for websockets: refuse (403) a handshake whose Origin is not this
+    site or a trusted one. Browsers always send Origin on a websocket; no Origin is refused."""
+
+    def __init__(self, application) -> None:
+        self.application = application
+
+    async def __call__(self, scope, receive, send):
+        origin = scope_header(scope, b"origin")
+        if origin_allowed(origin, host=scope_header(scope, b"host"), secure=scope.get("scheme") == "wss"):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
