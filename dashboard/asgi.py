@@ -3,7 +3,8 @@
 HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight to the
 team API (limiter/api/team.py), not through Django's middleware; everything else is
 Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
-fresh `make run` has something to talk to. The "channel" protocol is what
+fresh `make run` has something to talk to; it answers only Sluice itself and staff
+(dashboard/sandbox.py). The "channel" protocol is what
 `manage.py runworker limiter` serves.
 """
 
@@ -17,9 +18,9 @@ django_application = get_asgi_application()
 # Imported after Django is set up: these modules use the ORM and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from dashboard.origin import SameOriginWebsocket  # noqa: E402
 from limiter.api import health  # noqa: E402
 from limiter.api.team import application as team_api  # noqa: E402
 from limiter.events import LIMITER_CHANNEL  # noqa: E402
@@ -44,9 +45,9 @@ class HttpRouter:
     def __init__(self) -> None:
         self.sandbox = None
         if settings.SLUICE_SANDBOX:
-            from limiter.sandbox import SandboxApp
+            from dashboard.sandbox import MountedSandbox
 
-            self.sandbox = SandboxApp(prefix=SANDBOX_PREFIX)
+            self.sandbox = MountedSandbox(prefix=SANDBOX_PREFIX)  # Sluice's own bearer, or staff
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope["path"]
@@ -61,6 +62,7 @@ class HttpRouter:
 
 application = ProtocolTypeRouter({
     "http": HttpRouter(),
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
+    # Not Channels' AllowedHostsOriginValidator: it ignores the origin's scheme and port.
+    "websocket": SameOriginWebsocket(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
     "channel": ChannelNameRouter({LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
 })

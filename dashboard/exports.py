@@ -3,18 +3,30 @@ so a million-row export never sits in memory.
 
 The rows come from an async iterator on purpose: under ASGI, Django materialises a
 synchronous streaming iterator into a list before sending it.
+
+Every export writes its rows through `spreadsheet_safe`: cells hold what callers sent
+(a model name), and a spreadsheet would run one that starts like a formula.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
 from limiter import selectors
+
+# OWASP's list for CSV injection: a cell starting with one of these is read as a formula.
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(row: Iterable[str]) -> list[str]:
+    """The row with each formula-like cell prefixed by a single quote, so a spreadsheet
+    shows it as text (OWASP, CSV injection). Other cells are left exactly as they were."""
+    return ["'" + cell if cell.startswith(FORMULA_PREFIXES) else cell for cell in row]
 
 
 class _Echo:
@@ -31,7 +43,7 @@ async def _csv_lines(filters: selectors.RefusalFilters) -> AsyncIterator[str]:
     after: str | None = ""
     while after is not None:
         rows, after = await chunk(filters=filters, after=after)
-        yield "".join(writer.writerow(row) for row in rows)
+        yield "".join(writer.writerow(spreadsheet_safe(row)) for row in rows)
 
 
 def refusal_csv_response(*, filters: selectors.RefusalFilters) -> StreamingHttpResponse:

@@ -1,5 +1,5 @@
 """Websocket routes; `dashboard/asgi.py` wraps them in
-AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))."""
+SameOriginWebsocket(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))."""
 
 from django.urls import path
 

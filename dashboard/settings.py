@@ -6,6 +6,7 @@ upstream when no TOGETHER_API_KEY is set. Settings that switch a feature on but 
 it incomplete fail loudly with ImproperlyConfigured.
 """
 
+import ipaddress
 from pathlib import Path
 
 import environ
@@ -19,6 +20,9 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 # --- Django core -----------------------------------------------------------------
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
+# No key given: one-off commands and the tests run on a development key, but `serve` and
+# `runworker` refuse to start on it unless DEBUG (limiter/management/production.py).
+SLUICE_DEVELOPMENT_SECRET_KEY = not SECRET_KEY
 if not SECRET_KEY:
     if not DEBUG and env.bool("SLUICE_REQUIRE_SECRET_KEY", default=False):
         raise ImproperlyConfigured("SECRET_KEY must be set in production")
@@ -171,6 +175,14 @@ SLUICE_JOB_START_DEADLINE = env.float("SLUICE_JOB_START_DEADLINE", default=30.0)
 SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")
 # Days of 429 history kept by `manage.py prune429`.
 SLUICE_REFUSAL_RETENTION_DAYS = env.int("SLUICE_REFUSAL_RETENTION_DAYS", default=90)
+# Proxies (addresses or CIDRs) whose X-Forwarded-For names the caller, for the team API's
+# auth-failure throttle. Empty: the TCP peer is the caller, whatever the header says.
+SLUICE_TRUSTED_PROXIES = env.list("SLUICE_TRUSTED_PROXIES", default=[])
+for _proxy in SLUICE_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"SLUICE_TRUSTED_PROXIES: {exc}") from None
 
 # Every line carries the request id (also returned as x-request-id and sent upstream);
 # LOG_FORMAT=json writes one JSON object a line for log shippers. Secrets are never logged.

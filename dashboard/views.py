@@ -31,6 +31,7 @@ from dashboard.exports import refusal_csv_response
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
+from limiter.upstream import client as upstream
 
 P = ParamSpec("P")
 R = TypeVar("R", bound=HttpResponseBase)
@@ -74,7 +75,10 @@ def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> 
 # --- live overview -------------------------------------------------------------------
 @staff_required
 def overview(request: StaffRequest) -> HttpResponse:
-    return render(request, "dashboard/overview.html", {"limits": selectors.limit_overview()})
+    return render(request, "dashboard/overview.html", {
+        "limits": selectors.limit_overview(),
+        "upstream_failures": sorted(upstream.failures.values(), key=lambda failure: failure.account),
+    })
 
 
 # --- limits --------------------------------------------------------------------------

@@ -7,7 +7,9 @@ service (`limiter/services.py`).
 from __future__ import annotations
 
 import hashlib
+import re
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -16,6 +18,15 @@ KEY_PREFIX = "sk-sluice-"
 # Visible part of a key kept in clear for lookup in lists and the 429 record:
 # "sk-sluice-" plus 6 characters of the random part.
 VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 6
+# The only environment variables an upstream account may take its key from. Any other
+# name (SECRET_KEY, DATABASE_URL...) would send that secret as a bearer to the account's
+# base URL, which whoever edits accounts chooses.
+UPSTREAM_KEY_SETTING = re.compile(r"(TOGETHER_API_KEY|SLUICE_UPSTREAM_KEY_[A-Z0-9_]+)")
+MSG_UPSTREAM_KEY_SETTING = "Must be TOGETHER_API_KEY or an environment variable named SLUICE_UPSTREAM_KEY_<NAME>."
+
+
+def upstream_key_setting_valid(name: str) -> bool:
+    return UPSTREAM_KEY_SETTING.fullmatch(name) is not None
 
 
 class EndpointKind(models.TextChoices):
@@ -90,8 +101,9 @@ class EndpointLimit(models.Model):
 class UpstreamAccount(models.Model):
     """One Together account: the hard ceiling every team routed to it shares.
 
-    The secret is never stored here: `api_key_setting` names the setting (environment
-    variable) that holds it, so a second account is a new row plus one variable.
+    The secret is never stored here: `api_key_setting` names the environment variable
+    that holds it (TOGETHER_API_KEY or SLUICE_UPSTREAM_KEY_<NAME>), so a second account is
+    a new row plus one variable.
     """
 
     name = models.CharField(max_length=80, unique=True)
@@ -110,6 +122,11 @@ class UpstreamAccount(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        # The key comes from a variable made for upstream keys, never from another secret.
+        if not upstream_key_setting_valid(self.api_key_setting):
+            raise ValidationError({"api_key_setting": MSG_UPSTREAM_KEY_SETTING})
 
 
 class Team(models.Model):

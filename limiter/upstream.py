@@ -15,15 +15,21 @@ limiter pauses every caller of that account at once, not just this one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 from django.conf import settings
+from django.utils import timezone
+from django.utils.crypto import salted_hmac
+
+from limiter.models import upstream_key_setting_valid
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +53,41 @@ class Target:
         return self.base_url.rstrip("/") + path
 
 
+def sandbox_api_key() -> str:
+    """The bearer Sluice sends to the sandbox upstream, and the only one the sandbox mounted
+    at /sandbox/ accepts (dashboard/sandbox.py). Derived from SECRET_KEY, so every process
+    of a deployment (web, job poller) agrees on it and nobody else can compute it."""
+    return _derived_sandbox_key(settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _derived_sandbox_key(secret_key: str) -> str:
+    return salted_hmac("sluice.sandbox-upstream", "api-key", secret=secret_key, algorithm="sha256").hexdigest()
+
+
+def upstream_api_key(api_key_setting: str) -> str:
+    """The key held by the environment variable an account names; "" for a name that is
+    not an upstream key's (checked on save too, but a row may predate that, or be
+    written around it). Never any other setting or variable: see UpstreamAccount.clean."""
+    if not upstream_key_setting_valid(api_key_setting):
+        if api_key_setting not in _refused_settings:  # once per name, not once per request
+            _refused_settings.add(api_key_setting)
+            logger.error("upstream account names %r for its key: not TOGETHER_API_KEY or "
+                         "SLUICE_UPSTREAM_KEY_*; no key is sent", api_key_setting[:80])
+        return ""
+    if api_key_setting == "TOGETHER_API_KEY":
+        return settings.TOGETHER_API_KEY or os.environ.get(api_key_setting, "")
+    return os.environ.get(api_key_setting, "")
+
+
+_refused_settings: set[str] = set()
+
+
 def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key_setting: str) -> Target:
-    # The secret lives in settings or the environment, named by the account row.
-    api_key = getattr(settings, api_key_setting, "") or os.environ.get(api_key_setting, "")
-    return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key or "sandbox")
+    api_key = upstream_api_key(api_key_setting)
+    if not api_key and settings.SLUICE_SANDBOX:
+        api_key = sandbox_api_key()
+    return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key)
 
 
 class UpstreamError(Exception):
@@ -61,6 +98,15 @@ class UpstreamError(Exception):
         self.status = status
         self.detail = detail
         self.timeout = timeout
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamFailure:
+    """The last time an account's upstream gave no answer at all, for the dashboard."""
+
+    account: str
+    at: datetime
+    detail: str
 
 
 @dataclass(slots=True)
@@ -150,6 +196,9 @@ class UpstreamClient:
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Per account name, until it answers again. Per process: in scale-out, the
+        # dashboard shows what the web process serving the page saw.
+        self.failures: dict[str, UpstreamFailure] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -178,6 +227,11 @@ class UpstreamClient:
         # Redirects are never followed: the files flow passes Location back to the caller.
         return without_cookies(httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False))
 
+    def _failed(self, target: Target, error: UpstreamError) -> None:
+        # The detail names the upstream's host and port: for the operators, never the caller.
+        logger.warning("upstream account %s unreachable: %s", target.account_name, error.detail)
+        self.failures[target.account_name] = UpstreamFailure(target.account_name, timezone.now(), error.detail)
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
@@ -204,7 +258,9 @@ class UpstreamClient:
         answer came at all. With `stream`, the caller must close the response.
         """
         retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
-        send_headers = {**(headers or {}), "authorization": f"Bearer {target.api_key}", "accept-encoding": "identity"}
+        send_headers = {**(headers or {}), "accept-encoding": "identity"}
+        if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault
+            send_headers["authorization"] = f"Bearer {target.api_key}"
         url = target.url(path)
         if params:
             url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
@@ -226,6 +282,8 @@ class UpstreamClient:
             )
             try:
                 response = await self.client.send(request, stream=stream)
+                if self.failures:
+                    self.failures.pop(target.account_name, None)
             except httpx.TransportError as exc:
                 if _timed_out(exc):
                     error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
@@ -250,6 +308,7 @@ class UpstreamClient:
                 await asyncio.sleep(delay)
                 continue
             if attempt > retries or time.monotonic() + delay >= deadline:
+                self._failed(target, error)
                 raise error
             logger.info("upstream %s %s failed (%s); retry %d in %.2fs", method, path, error.detail, attempt, delay)
             await asyncio.sleep(delay)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from limiter import logs
+
 INVALID_REQUEST = "invalid_request_error"
 AUTHENTICATION = "authentication_error"
 PERMISSION = "permission_error"
@@ -26,7 +28,7 @@ MSG_TOO_MANY_AUTH_FAILURES = "Too many failed authentication attempts from this 
 MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
 MSG_LIMITER_DOWN = "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
-MSG_UPSTREAM_DOWN = "Together could not be reached: {detail}."
+MSG_UPSTREAM_DOWN = "Together could not be reached (request id {request_id}); the operators can see why."
 MSG_UPSTREAM_OVERLOADED = "Together stayed overloaded (HTTP {status}) after {attempts} attempts within the deadline."
 MSG_UPSTREAM_TIMEOUT = "Together did not answer within the deadline."
 MSG_UPSTREAM_RATE_LIMITED = "Together refused the request with 429 after {attempts} attempts: {detail}"
@@ -35,6 +37,17 @@ MSG_MODEL_NOT_FOUND = "The model '{model}' does not exist or is not available.{h
 MSG_INTERNAL = "Sluice failed to handle this request (request id {request_id}); it was logged."
 MSG_FIELD_REQUIRED = "'{field}' is required."
 MSG_FIELD_NOT_STRING = "'{field}' must be a string."
+MSG_FIELD_NOT_BOOLEAN = "'{field}' must be true or false."
+MSG_MODEL_TOO_LONG = "'model' must be at most {limit} characters."
+MSG_BAD_HEADER = "The header '{header}' must be printable ASCII: Sluice forwards it to Together."
+MSG_JSON_TOO_DEEP = "The request body is nested deeper than {depth} levels."
+
+# Caller-chosen text echoed in an error is bounded: no model id is longer than this
+# (the 429 record keeps as much), and a message is not a way to reflect a 4 MiB body.
+MAX_ECHOED_MODEL = 200
+# Deeper JSON is refused before anything walks it; real requests (tool schemas
+# included) stay far below this.
+MAX_JSON_DEPTH = 64
 
 
 class ApiError(Exception):
@@ -64,3 +77,11 @@ class ApiError(Exception):
         error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         error.update(self.extra)
         return json.dumps({"error": error}).encode()
+
+
+def upstream_unreachable() -> ApiError:
+    """Together gave no answer at all. The caller learns which request failed, not where
+    the upstream lives: the detail (host, port, error) is logged with the request id and
+    shown on the dashboard (limiter/upstream.py records it)."""
+    return ApiError(502, MSG_UPSTREAM_DOWN.format(request_id=logs.request_id.get()), type=UPSTREAM,
+                    code="upstream_unreachable")

@@ -9,14 +9,38 @@ API stay on Django; this layer is only what /v1/ needs.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from limiter.api.errors import MSG_BAD_JSON, MSG_BODY_NOT_OBJECT, ApiError
+from limiter.api.errors import (
+    MAX_JSON_DEPTH,
+    MSG_BAD_JSON,
+    MSG_BODY_NOT_OBJECT,
+    MSG_JSON_TOO_DEEP,
+    ApiError,
+)
 from limiter.keys import KeyInfo
 
+logger = logging.getLogger(__name__)
+
 JSON_TYPE = b"application/json"
+
+
+def json_depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects deeper than `limit`. A loop, not recursion:
+    this runs on whatever a caller sent."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 @dataclass(slots=True)
@@ -41,6 +65,11 @@ class Request:
                 raise ApiError(400, MSG_BAD_JSON, code="invalid_json") from None
             if not isinstance(value, dict):
                 raise ApiError(400, MSG_BODY_NOT_OBJECT, code="invalid_json")
+            # Parsed fine, but whatever walks it later (the token estimate) must not be
+            # handed a thousand levels: refused here, before any quota is spent.
+            if json_depth_exceeds(value, MAX_JSON_DEPTH):
+                logger.warning("refused: request body nested deeper than %d levels", MAX_JSON_DEPTH)
+                raise ApiError(400, MSG_JSON_TOO_DEEP.format(depth=MAX_JSON_DEPTH), code="invalid_json")
             self._json = value
         return self._json
 

@@ -163,13 +163,18 @@ async def admitted(request: Request, endpoint: str, tokens: float = 0.0) -> Asyn
 
 # --- sizes -----------------------------------------------------------------------------------
 def _text_size(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, list):
-        return sum(_text_size(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_text_size(v) for v in value.values())
-    return 0
+    """Characters of text anywhere in `value`. A loop, not recursion: a caller's body
+    decides how deep it goes (Request.json bounds it too)."""
+    size, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            size += len(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return size
 
 
 def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
@@ -263,8 +268,7 @@ async def _send_upstream(request: Request, endpoint: str, path: str, body: bytes
         metrics.UPSTREAM_RESPONSES.labels(endpoint, str(exc.status)).inc()
         if exc.timeout:
             raise ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout") from None
-        raise ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
-                       code="upstream_unreachable") from None
+        raise errors.upstream_unreachable() from None
 
 
 class _Lease:
@@ -289,8 +293,9 @@ def _with_model(body: bytes, model: str) -> bytes:
     return json.dumps(data).encode()
 
 
-async def _upstream_error(request: Request, endpoint: str, model: str, outcome: Outcome) -> ApiError:
-    """Turn a final upstream error into the caller's answer."""
+async def _upstream_error(request: Request, endpoint: str, model: str, outcome: Outcome,
+                          grant: runtime.Grant) -> ApiError:
+    """Turn a final upstream error into the caller's answer (`grant`: the one the call holds)."""
     response = outcome.response
     await response.aread()
     status = response.status_code
@@ -300,9 +305,11 @@ async def _upstream_error(request: Request, endpoint: str, model: str, outcome: 
     if status == 429:
         # Recorded and reported when it arrived (see _send_upstream); here it is answered.
         wait = requested_wait(response.headers) or 1.0
+        # Every 429 carries the caller's own quota, Together's included (README).
         return rate_limited(
             reason="upstream_rate_limited", retry_after=wait, limited_by="upstream", scope="account",
             message=errors.MSG_UPSTREAM_RATE_LIMITED.format(attempts=outcome.attempts, detail=detail),
+            quota=quota_headers(grant.limit, grant.remaining, grant.reset),
         )
     if status in OVERLOADED:
         return ApiError(503, errors.MSG_UPSTREAM_OVERLOADED.format(status=status, attempts=outcome.attempts),
@@ -314,7 +321,8 @@ async def _upstream_error(request: Request, endpoint: str, model: str, outcome: 
     if status == 404 and model:
         hint = await _closest_models(key, model)
         if hint is not None:
-            return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model, hint=hint), type=errors.NOT_FOUND,
+            return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model[:errors.MAX_ECHOED_MODEL], hint=hint),
+                            type=errors.NOT_FOUND,
                             code="model_not_found", param="model")
     # Anything else (400, 402, 403, 404, 500): Together's own status and message.
     return ApiError(status if status < 500 else 502, detail, type=_upstream_type(response.content, status),
@@ -343,18 +351,35 @@ def _upstream_code(content: bytes) -> str | None:
     return str(code) if code is not None else None
 
 
+def _model_field(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
+    if len(model) > errors.MAX_ECHOED_MODEL:
+        # No model id is this long; refused here, it is never sent on, echoed or fuzzy-matched.
+        raise ApiError(400, errors.MSG_MODEL_TOO_LONG.format(limit=errors.MAX_ECHOED_MODEL), code="invalid_value",
+                       param="model")
+    return model
+
+
+def _stream_field(body: dict[str, Any]) -> bool:
+    # Only a boolean: "yes" used to get a buffered answer the caller then parsed as a stream.
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, errors.MSG_FIELD_NOT_BOOLEAN.format(field="stream"), code="invalid_type", param="stream")
+    return stream is True
+
+
 async def _proxy(request: Request, endpoint: str, path: str) -> Response | StreamingResponse:
     key = request.key
     assert key is not None
     body = request.json()
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
+    model = _model_field(body)
     if not await owned_models.usable(team_id=key.team_id, name=model):
         # Another team's fine-tuned model: Together would serve it (one account), so
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.
         raise await model_not_found(key, model)
-    stream = body.get("stream") is True
+    stream = _stream_field(body)
     counting = _uses_tokens(key, endpoint)
     tokens = estimate_tokens(body, endpoint) if counting else 0.0
     lease = _Lease(await admit(request, endpoint, tokens, model), tokens)
@@ -372,7 +397,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         response = outcome.response
         report.headers(key, endpoint, response.headers)
         if response.status_code >= 400:
-            raise await _upstream_error(request, endpoint, served_by or model, outcome)
+            raise await _upstream_error(request, endpoint, served_by or model, outcome, lease.grant)
         content_type = response.headers.get("content-type", "application/json").encode("latin-1")
         answer: Response | StreamingResponse
         if stream:
@@ -437,9 +462,8 @@ async def model_list(key: KeyInfo) -> list[dict[str, Any]]:
         return cached[1]
     try:
         outcome = await upstream.send(target_for(key), "GET", "/models", deadline=time.monotonic() + 15)
-    except UpstreamError as exc:
-        raise ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
-                       code="upstream_unreachable") from None
+    except UpstreamError:
+        raise errors.upstream_unreachable() from None
     if outcome.response.status_code != 200:
         raise await _upstream_error_plain(outcome)
     data = outcome.response.json()

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import math
 import re
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -24,6 +23,7 @@ from limiter import logs, runtime
 from limiter.api import errors, inference
 from limiter.api.errors import ApiError
 from limiter.api.http import Handler, Request, Response, StreamingResponse
+from limiter.api.throttle import AuthThrottle, client_address, trusted_networks
 from limiter.jobs.api import ROUTES as job_routes
 from limiter.keys import cache as key_cache
 from limiter.recorder import recorder
@@ -34,39 +34,20 @@ logger = logging.getLogger(__name__)
 # team's own jobs are answered from the database, so they are not charged.
 Route = tuple[str, str, str, Handler]
 
-AUTH_FAILURES_PER_MINUTE = 30  # per client address, per process
+AUTH_FAILURES_PER_MINUTE = 30  # per client address (across processes with REDIS_URL)
+# Request headers whose values are sent on to Together: each must be encodable there.
+UPSTREAM_BOUND_HEADERS = (*inference.FORWARDED_REQUEST_HEADERS, "x-request-id")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
 
-class AuthThrottle:
-    """Failed authentications per client address: a guesser is slowed, not served."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._failures: dict[str, list[float]] = {}
-
-    def blocked(self, client: str, now: float) -> float:
-        """Seconds until this address may try again (0 when it may)."""
-        recent = [t for t in self._failures.get(client, ()) if now - t < 60]
-        if recent:
-            self._failures[client] = recent
-        else:
-            self._failures.pop(client, None)
-        return 60 - (now - recent[0]) if len(recent) >= self.per_minute else 0.0
-
-    def failed(self, client: str, now: float) -> None:
-        self._failures.setdefault(client, []).append(now)
-        if len(self._failures) > 10_000:  # bound the memory a scan of addresses can take
-            self._failures.pop(next(iter(self._failures)))
-
-
 class TeamApi:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = [(method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes]
-        self.auth_throttle = AuthThrottle(AUTH_FAILURES_PER_MINUTE)
+        self.auth_throttle = AuthThrottle(AUTH_FAILURES_PER_MINUTE, redis_url=settings.REDIS_URL)
+        self.trusted_proxies = trusted_networks(settings.SLUICE_TRUSTED_PROXIES)
         # Requests being handled, queued and streaming ones included: a drain waits for idle.
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -119,6 +100,7 @@ class TeamApi:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+        _check_forwarded_headers(headers)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -131,10 +113,11 @@ class TeamApi:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        client = scope.get("client") or ("", 0)
+        peer = (scope.get("client") or ("", 0))[0] or ""
         return Request(
             method=scope["method"], path=path, query_string=scope.get("query_string", b""),
-            headers=headers, body=b"".join(chunks), client=client[0] or "", request_id=request_id,
+            headers=headers, body=b"".join(chunks), request_id=request_id,
+            client=client_address(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
         )
 
     async def _handle(self, request: Request) -> Response | StreamingResponse:
@@ -169,27 +152,41 @@ class TeamApi:
         return await handler(request)
 
     async def _authenticate(self, request: Request):
-        now = time.monotonic()
-        wait = self.auth_throttle.blocked(request.client, now)
-        if wait:
-            raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT, code="auth_rate_limited",
-                           headers={"retry-after": str(math.ceil(wait))})
         authorization = request.headers.get("authorization", "")
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise ApiError(401, errors.MSG_NO_KEY, type=errors.AUTHENTICATION, code="missing_api_key")
         info = await key_cache.authenticate(secret.strip())
-        if info is None:
-            self.auth_throttle.failed(request.client, now)
-            raise ApiError(401, errors.MSG_BAD_KEY, type=errors.AUTHENTICATION, code="invalid_api_key")
-        return info
+        if info is not None:
+            # The key first, the throttle after: a valid key is never refused because
+            # others behind the same address (a load balancer, a NAT) guessed badly.
+            return info
+        wait = await self.auth_throttle.failed(request.client)
+        if wait:
+            raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT, code="auth_rate_limited",
+                           headers={"retry-after": str(math.ceil(wait))})
+        raise ApiError(401, errors.MSG_BAD_KEY, type=errors.AUTHENTICATION, code="invalid_api_key")
 
 
 def _request_id(given: str | None) -> str:
     # Keep a caller's id when it is sane, so one id follows the call end to end.
-    if given and len(given) <= 64 and given.replace("-", "").replace("_", "").isalnum():
+    # ASCII only: str.isalnum() is true of "é" too, and the id is sent upstream.
+    if given and len(given) <= 64 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
         return given
     return "req_" + uuid.uuid4().hex
+
+
+def _check_forwarded_headers(headers: dict[str, str]) -> None:
+    """A 400 for a header Sluice would forward but the upstream client cannot encode.
+
+    Daphne passes latin-1 bytes (0xE9, "é") through; httpx (rightly) refuses to send
+    them, which used to surface as a 500 after the quota was spent.
+    """
+    for name in UPSTREAM_BOUND_HEADERS:
+        value = headers.get(name)
+        if value is not None and not (value.isascii() and value.replace("\t", " ").isprintable()):
+            logger.warning("refused: header %s is not printable ASCII", name)
+            raise ApiError(400, errors.MSG_BAD_HEADER.format(header=name), code="invalid_header", param=name)
 
 
 async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:

@@ -90,8 +90,7 @@ def _relay(response: httpx.Response) -> Response:
 def _upstream_failed(exc: UpstreamError) -> ApiError:
     if exc.timeout:
         return ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout")
-    return ApiError(502, errors.MSG_UPSTREAM_DOWN.format(detail=exc.detail), type=errors.UPSTREAM,
-                    code="upstream_unreachable")
+    return errors.upstream_unreachable()
 
 
 async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.Response:

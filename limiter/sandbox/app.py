@@ -7,6 +7,7 @@ inference.py and resources.py, and all mutable data sits in state.py.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import math
 import re
 from collections.abc import Callable
@@ -183,7 +184,7 @@ class SandboxApp:
                 401, "Missing API key. Send 'Authorization: Bearer <key>'.", code="invalid_api_key"
             )
         expected = self.state.config.api_key
-        if expected is not None and key != expected:
+        if expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
             raise ApiError(
                 401,
                 "Invalid API key provided. You can find your API key at https://api.together.xyz/settings/api-keys.",

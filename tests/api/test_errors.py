@@ -153,7 +153,37 @@ def test_upstream_unreachable(tmp_path):
         key = server.issue_key("lonely")
         response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
                               headers={"authorization": f"Bearer {key}"}, timeout=30)
-        assert_error(response, 502, "upstream_unreachable")
+        error = assert_error(response, 502, "upstream_unreachable")
+        # The team learns it failed and which request it was, not where Together lives.
+        request_id = response.headers["x-request-id"]
+        assert "127.0.0.1" not in response.text and ":9" not in response.text
+        assert error["message"] == errors.MSG_UPSTREAM_DOWN.format(request_id=request_id)
+        # The operators learn where: the log line carries the request id and the detail...
+        assert any(request_id in line and "127.0.0.1:9" in line for line in server.log().splitlines())
+        # ...and the dashboard shows the account's last failure.
+        with httpx.Client(base_url=server.url, timeout=30) as staff:
+            staff.get("/login/")
+            staff.post("/login/", data={"username": server.admin_username, "password": server.admin_password,
+                                        "csrfmiddlewaretoken": staff.cookies["csrftoken"]})
+            page = staff.get("/")
+        assert page.status_code == 200
+        assert "127.0.0.1:9" in page.text and "upstream-failures" in page.text
+
+
+def test_upstream_429_carries_the_callers_own_quota_headers(shared_server, client):
+    served = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES})
+    limit = served.headers["x-ratelimit-limit-requests"]  # what this key's 200s say
+    shared_server.sandbox.configure({"fail_next": [429] * 4, "inject_retry_after_s": 0.05})
+    try:
+        response = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES})
+    finally:
+        shared_server.sandbox.configure({"fail_next": [], "inject_retry_after_s": 1.0})
+    assert_error(response, 429, "upstream_rate_limited")
+    assert response.headers["x-sluice-limited-by"] == "upstream"
+    assert response.headers["x-ratelimit-limit-requests"] == limit
+    assert 0 <= int(response.headers["x-ratelimit-remaining-requests"]) < int(limit)
+    assert response.headers["x-ratelimit-reset-requests"]
+    assert response.headers["retry-after"] and response.headers["retry-after-ms"]
 
 
 def test_limiter_down_is_a_clear_503_not_a_hang(tmp_path):

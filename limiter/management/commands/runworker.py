@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from limiter import events
 from limiter.authority import HEARTBEAT, Authority, AuthorityTaken
+from limiter.management.production import refuse_development_secret_key
 from limiter.worker import run_limiter
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Command(BaseCommand):
                             help="seconds to wait for a previous limiter's lease to lapse (default 10)")
 
     def handle(self, *args: Any, channels: list[str], wait: float, **options: Any) -> None:
+        refuse_development_secret_key()
         if channels != [events.LIMITER_CHANNEL]:
             raise CommandError(f"Sluice's runworker serves only the {events.LIMITER_CHANNEL!r} channel.")
         if not settings.REDIS_URL:

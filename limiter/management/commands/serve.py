@@ -19,6 +19,8 @@ import environ
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from limiter.management.production import refuse_development_secret_key
+
 env = environ.Env()
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Command(BaseCommand):
                             help="the ASGI server: daphne (default) or uvicorn (measured faster; see README)")
 
     def handle(self, *args: Any, host: str, port: int, server: str, **options: Any) -> None:
+        refuse_development_secret_key()
         if settings.SLUICE_SANDBOX and not env.str("TOGETHER_BASE_URL", default=""):
             # No Together key: the sandbox upstream is mounted on this very server.
             settings.TOGETHER_BASE_URL = f"http://{_loopback(host)}:{port}/sandbox/v1"

@@ -1,0 +1,36 @@
+"""The auth-failure throttle holds across web processes: the failures are counted in
+Redis, per client address, so a guesser gains nothing by spreading over processes."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from limiter.api.team import AUTH_FAILURES_PER_MINUTE
+from tests.api.test_auth_throttle import assert_throttled
+from tests.fuzz.raw import raw_request
+from tests.servers import SluiceServer
+
+pytestmark = pytest.mark.services
+
+
+def test_failures_are_counted_across_web_processes(tmp_path, private_redis, postgres_database) -> None:
+    env = {"REDIS_URL": private_redis.url, "DATABASE_URL": postgres_database}
+    with SluiceServer(tmp_path, web_processes=2, limiter_worker=True, env=env) as server:
+        good = server.issue_key("shared-throttle")
+        first, second = server.urls
+        source = "127.0.0.24"
+
+        def call(url: str, key: str):
+            return raw_request(url, "GET", "/v1/models", headers=[("authorization", f"Bearer {key}".encode())],
+                               source=source)
+
+        for i in range(AUTH_FAILURES_PER_MINUTE):
+            response = call(first if i % 2 else second, f"sk-sluice-wrong-{i}")
+            assert response.status == 401, f"failure {i + 1}: {response}"
+        assert_throttled(call(first, "sk-sluice-wrong"))
+        assert_throttled(call(second, "sk-sluice-wrong"))
+        for url in (first, second):
+            assert call(url, good).status == 200
+        counters = redis.Redis.from_url(private_redis.url).keys("sluice:authfail:*")
+        assert len(counters) == 1 and counters[0].endswith(source.encode())
