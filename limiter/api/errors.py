@@ -64,3 +64,13 @@ class ApiError(Exception):
         error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
         error.update(self.extra)
         return json.dumps({"error": error}).encode()
+
+
+def invalid_key() -> ApiError:
+    """What a call with an unknown, revoked or expired key is answered."""
+    return ApiError(401, MSG_BAD_KEY, type=AUTHENTICATION, code="invalid_api_key")
+
+
+def team_paused(team: str) -> ApiError:
+    """What a call of a paused team is answered."""
+    return ApiError(403, MSG_TEAM_PAUSED.format(team=team), type=PERMISSION, code="team_paused")

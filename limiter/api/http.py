@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limiter.api.errors import MSG_BAD_JSON, MSG_BODY_NOT_OBJECT, ApiError
 from limiter.keys import KeyInfo
+
+if TYPE_CHECKING:
+    from limiter.api.revocation import Call
 
 JSON_TYPE = b"application/json"
 
@@ -29,6 +32,7 @@ class Request:
     client: str  # the caller's address
     request_id: str
     key: KeyInfo | None = None
+    call: Call | None = None  # once authenticated: what a revocation cuts (limiter/api/revocation.py)
     path_params: dict[str, str] = field(default_factory=dict)
     _json: Any = None
 
@@ -77,6 +81,9 @@ class StreamingResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = b"text/event-stream"
     on_close: Callable[[], Awaitable[None]] | None = None
+    # Where sending stands, for a stream cut midway (a revoked key) to end cleanly.
+    started: bool = False
+    mid_event: bool = False  # the last chunk sent did not end an SSE event
 
     def add_header(self, name: str, value: str) -> None:
         self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
