@@ -4,7 +4,9 @@ processes and the dashboard. One module, so a newcomer sees the whole protocol h
 Requests to the limiter go to the named channel LIMITER_CHANNEL; its answers go to the
 asking process's reply channel. The limiter publishes live snapshots to LIVE_GROUP;
 configuration changes (limits, keys, teams) are broadcast to CONFIG_GROUP so every web
-process drops its cached keys and limits at once.
+process drops its cached keys and limits at once, and cuts its calls in flight whose key
+was revoked or whose team was paused (limiter/api/revocation.py). The broadcast names
+nothing: each process asks the database about the keys it is serving.
 """
 
 from __future__ import annotations
