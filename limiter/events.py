@@ -4,8 +4,11 @@ processes and the dashboard. One module, so a newcomer sees the whole protocol h
 Requests to the limiter go to the named channel LIMITER_CHANNEL; its answers go to the
 asking process's reply channel. The limiter publishes live snapshots to LIVE_GROUP;
 configuration changes (limits, keys, teams) are broadcast to CONFIG_GROUP so every web
-process drops its cached keys and limits at once; so are newly recorded fine-tuned
-models, so every web process drops its map of who owns which.
+process drops its cached keys and limits at once, and cuts its calls in flight whose key
+was revoked or whose team was paused (limiter/api/revocation.py). The broadcast names
+nothing: each process asks the database about the keys it is serving. Newly recorded
+fine-tuned models are broadcast too (MODELS_CHANGED), so every web process drops its map
+of who owns which.
 """
 
 from __future__ import annotations

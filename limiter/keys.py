@@ -21,6 +21,7 @@ from limiter.models import ApiKey, EndpointLimit
 
 CACHE_TTL = 60.0
 NEGATIVE_TTL = 5.0
+LOAD_ATTEMPTS = 3  # reads of one key, should configuration changes keep interrupting them
 
 
 def limit_tuple(row: EndpointLimit | None) -> LimitTuple | None:
@@ -98,8 +99,13 @@ class KeyCache:
     def __init__(self) -> None:
         self._known: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}
+        # Bumped by every clear(). A database read that was running when the cache was
+        # cleared may predate the change (a revocation): its answer must not be stored,
+        # or the revoked key would be served from the cache until CACHE_TTL.
+        self._generation = 0
 
     def clear(self) -> None:
+        self._generation += 1
         self._known.clear()
         self._unknown.clear()
 
@@ -110,20 +116,36 @@ class KeyCache:
         secret, never by the secret: whatever timing a comparison leaks is about a hash
         of the attacker's own input, which tells nothing about any stored key.
         """
-        secret_hash = ApiKey.hash_secret(secret)
+        return await self.lookup(ApiKey.hash_secret(secret))
+
+    async def lookup(self, secret_hash: str) -> KeyInfo | None:
+        """`authenticate` for a secret already hashed (re-checking a key in use)."""
         now = time.monotonic()
         info = self._known.get(secret_hash)
         if info is None or now - info.loaded_at > CACHE_TTL:
             if now - self._unknown.get(secret_hash, -NEGATIVE_TTL) < NEGATIVE_TTL:
                 return None
+            info = await self._load_current(secret_hash, now)
+            if info is None:
+                return None
+        if info.expired(timezone.now().timestamp()):
+            return None
+        return info
+
+    async def _load_current(self, secret_hash: str, now: float) -> KeyInfo | None:
+        for _attempt in range(LOAD_ATTEMPTS):
+            generation = self._generation
             info = await sync_to_async(_load, thread_sensitive=True)(secret_hash)
+            if generation != self._generation:
+                continue  # the configuration changed while we read: read again, store nothing
             if info is None:
                 self._unknown[secret_hash] = now
                 self._known.pop(secret_hash, None)
-                return None
-            self._known[secret_hash] = info
-        if info.expired(timezone.now().timestamp()):
-            return None
+            else:
+                self._known[secret_hash] = info
+            return info
+        # Changes kept coming: answer from the last read (a request's pre-send re-check
+        # still applies), but keep nothing.
         return info
 
 

@@ -2,7 +2,8 @@
 
 `LimiterClient` sends tickets to the limiter channel and waits on one reply channel
 per process (a dispatcher task routes each answer to its waiting request). It also
-listens to the configuration broadcast, dropping cached keys when anything changes.
+listens to the configuration broadcast, dropping cached keys when anything changes
+and telling the listeners registered with `on_config_changed`.
 
 `ensure_started()` starts, once per process and on the running loop: the reply
 dispatcher, the 429 recorder, and (embedded mode) the limiter worker itself and the
@@ -15,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from channels.layers import get_channel_layer
@@ -54,6 +56,13 @@ class Refused(Exception):
 
 
 _background: set[asyncio.Task] = set()
+_config_listeners: list[Callable[[], None]] = []
+
+
+def on_config_changed(listener: Callable[[], None]) -> None:
+    """Call `listener` on the event loop, after the key cache is cleared, whenever a
+    configuration change is broadcast (e.g. the team API re-checks its calls' keys)."""
+    _config_listeners.append(listener)
 
 
 def spawn(coro) -> asyncio.Task:
@@ -112,6 +121,8 @@ class LimiterClient:
 
             keys.cache.clear()
             owned_models.clear()  # a profile's shared_models may have changed
+            for listener in _config_listeners:
+                listener()
             return
         if kind == events.MODELS_CHANGED:
             from limiter.jobs.ownership import owned_models
@@ -193,8 +204,13 @@ class LimiterClient:
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise LimiterUnavailable() from None
         except asyncio.CancelledError:
-            # The caller went away while queued: give the place back.
+            # The caller went away (or its key was revoked) while queued: give the place
+            # back, and a grant that reached our queue in the same instant, unread.
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
+            while not queue.empty():
+                unread = queue.get_nowait()
+                if unread.get("kind") == "grant" and unread.get("lease"):
+                    self.release(unread["lease"], None)
             raise
         finally:
             del self._waiting[ticket]

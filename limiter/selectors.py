@@ -8,8 +8,10 @@ serves newest first, and the per-minute chart only ever aggregates a bounded ran
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
@@ -107,6 +109,24 @@ def scope_names() -> dict[str, dict[str, dict[str, str]]]:
 def key_list(*, team: Team) -> QuerySet[ApiKey]:
     # Scoped by team: a team's page never lists another team's keys.
     return ApiKey.objects.filter(team=team).select_related("profile").order_by("-created_at", "-id")
+
+
+KeyBlock = Literal["unusable", "paused"]
+
+
+def keys_blocked(*, key_ids: Collection[str]) -> dict[str, KeyBlock]:
+    """Which of these keys may no longer call, and why: "unusable" (revoked, expired or
+    deleted) or "paused" (its team is). Usable keys are left out. One query, served by
+    the primary key."""
+    usable = dict(ApiKey.objects.usable().filter(pk__in=[int(k) for k in key_ids]).values_list("pk", "team__paused"))
+    blocked: dict[str, KeyBlock] = {}
+    for key_id in key_ids:
+        paused = usable.get(int(key_id))
+        if paused is None:
+            blocked[key_id] = "unusable"
+        elif paused:
+            blocked[key_id] = "paused"
+    return blocked
 
 
 # --- 429 history -----------------------------------------------------------------------

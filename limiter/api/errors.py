@@ -85,3 +85,13 @@ def upstream_unreachable() -> ApiError:
     shown on the dashboard (limiter/upstream.py records it)."""
     return ApiError(502, MSG_UPSTREAM_DOWN.format(request_id=logs.request_id.get()), type=UPSTREAM,
                     code="upstream_unreachable")
+
+
+def invalid_key() -> ApiError:
+    """What a call with an unknown, revoked or expired key is answered."""
+    return ApiError(401, MSG_BAD_KEY, type=AUTHENTICATION, code="invalid_api_key")
+
+
+def team_paused(team: str) -> ApiError:
+    """What a call of a paused team is answered."""
+    return ApiError(403, MSG_TEAM_PAUSED.format(team=team), type=PERMISSION, code="team_paused")

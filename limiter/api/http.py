@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limiter.api.errors import (
     MAX_JSON_DEPTH,
@@ -24,6 +24,9 @@ from limiter.api.errors import (
 from limiter.keys import KeyInfo
 
 logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from limiter.api.revocation import Call
 
 JSON_TYPE = b"application/json"
 
@@ -53,6 +56,7 @@ class Request:
     client: str  # the caller's address
     request_id: str
     key: KeyInfo | None = None
+    call: Call | None = None  # once authenticated: what a revocation cuts (limiter/api/revocation.py)
     path_params: dict[str, str] = field(default_factory=dict)
     _json: Any = None
 
@@ -106,6 +110,9 @@ class StreamingResponse:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_type: bytes = b"text/event-stream"
     on_close: Callable[[], Awaitable[None]] | None = None
+    # Where sending stands, for a stream cut midway (a revoked key) to end cleanly.
+    started: bool = False
+    mid_event: bool = False  # the last chunk sent did not end an SSE event
 
     def add_header(self, name: str, value: str) -> None:
         self.headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))

@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from limiter import metrics, runtime
-from limiter.api import errors
+from limiter.api import errors, revocation
 from limiter.api.errors import ApiError
 from limiter.api.http import Request, Response, StreamingResponse
 from limiter.jobs.ownership import owned_models, usable
@@ -111,6 +111,20 @@ REFUSAL_MESSAGES = {
 
 
 async def admit(request: Request, endpoint: str, tokens: float, model: str = "") -> runtime.Grant:
+    """Wait for the limiter's grant, then check the key may still call, right before the
+    call goes upstream: a revocation's broadcast cuts calls in flight (limiter/api/
+    revocation.py), and this catches one that slipped past it (the broadcast cleared the
+    key cache, so this asks the database)."""
+    grant = await _grant(request, endpoint, tokens, model)
+    assert request.key is not None
+    refusal = await revocation.key_refusal(request.key)
+    if refusal is not None:
+        runtime.release(grant.lease, None)
+        raise refusal
+    return grant
+
+
+async def _grant(request: Request, endpoint: str, tokens: float, model: str) -> runtime.Grant:
     """Wait for the limiter's grant; refuse with a 429 (recorded) or a 503 (limiter down)."""
     key = request.key
     assert key is not None

@@ -5,7 +5,9 @@
 (bounded), authenticates the key, applies the per-key request rate for the endpoint
 kind, calls the route's handler and writes the answer; every failure becomes the
 OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
-given back and a stream's lease released (see `_watch_disconnect`).
+given back and a stream's lease released (see `_watch_disconnect`). Revoking the key or
+pausing the team cancels it the same way, and it is answered what a new call would get
+(see limiter/api/revocation.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from limiter import logs, runtime
 from limiter.api import errors, inference
 from limiter.api.errors import ApiError
 from limiter.api.http import Handler, Request, Response, StreamingResponse
+from limiter.api.revocation import calls
 from limiter.api.throttle import AuthThrottle, client_address, trusted_networks
 from limiter.jobs.api import ROUTES as job_routes
 from limiter.keys import cache as key_cache
@@ -70,6 +73,8 @@ class TeamApi:
         logs.request_id.set(request_id)
         task = asyncio.current_task()
         watcher: asyncio.Task | None = None
+        request: Request | None = None
+        response: Response | StreamingResponse
         try:
             request = await self._read(scope, receive, headers, request_id)
             # From here on, a disconnect cancels this task (and whatever it waits on).
@@ -78,19 +83,37 @@ class TeamApi:
         except ApiError as exc:
             response = _error_response(exc)
         except asyncio.CancelledError:
-            return  # the caller went away; nobody to answer
+            if _refusal(request) is None:
+                _untrack(request)
+                return  # the caller went away; nobody to answer
+            response = Response()  # cut: answered just below
         except Exception:
             logger.exception("team API failed (request id %s)", request_id)
             response = _error_response(ApiError(
                 500, errors.MSG_INTERNAL.format(request_id=request_id), type=errors.SERVER, code="internal_error"
             ))
+        refusal = _refusal(request)
+        if refusal is not None:
+            # Its key was revoked or its team paused meanwhile: answer what a new call would
+            # get, whatever the call came to. The cut usually cancelled it, but asyncio may
+            # deliver a wait's result and drop the cancellation (3.11's wait_for does).
+            _uncancel(task)
+            if isinstance(response, StreamingResponse) and response.on_close is not None:
+                await asyncio.shield(response.on_close())
+            response = _error_response(refusal)
+        if request is not None and request.call is not None and not isinstance(response, StreamingResponse):
+            request.call.cuttable = False  # the answer is decided: send it whole
         try:
             await _send(send, response, request_id)
         except asyncio.CancelledError:
-            pass
+            refusal = _refusal(request)
+            if refusal is not None and isinstance(response, StreamingResponse):
+                _uncancel(task)
+                await _end_cut_stream(send, response, refusal, request_id)
         finally:
             if watcher is not None:
                 watcher.cancel()
+            _untrack(request)
             if isinstance(response, StreamingResponse) and response.on_close is not None:
                 await asyncio.shield(response.on_close())
 
@@ -140,12 +163,18 @@ class TeamApi:
         await runtime.ensure_started()
         request.key = await self._authenticate(request)
         if request.key.paused:
-            raise ApiError(403, errors.MSG_TEAM_PAUSED.format(team=request.key.team_name),
-                           type=errors.PERMISSION, code="team_paused")
+            raise errors.team_paused(request.key.team_name)
+        # From here on, revoking the key or pausing the team cuts this call.
+        task = asyncio.current_task()
+        assert task is not None
+        request.call = calls.track(request.key, task, request.request_id)
         recorder.key_used(request.key.key_id)
         if kind and kind not in inference.SELF_LIMITED:
             # Files, jobs and the like: the per-key request rate, held only while the call runs.
             async with inference.admitted(request, kind, tokens=0) as grant:
+                # Admitted: a file or job call runs to its end, so that its answer tells the
+                # truth about what it wrote upstream or in the database.
+                request.call.cuttable = False
                 response = await handler(request)
                 inference.add_quota_headers(response, grant)
                 return response
@@ -165,7 +194,7 @@ class TeamApi:
         if wait:
             raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT, code="auth_rate_limited",
                            headers={"retry-after": str(math.ceil(wait))})
-        raise ApiError(401, errors.MSG_BAD_KEY, type=errors.AUTHENTICATION, code="invalid_api_key")
+        raise errors.invalid_key()
 
 
 def _request_id(given: str | None) -> str:
@@ -213,9 +242,41 @@ async def _send(send, response: Response | StreamingResponse, request_id: str) -
         await send({"type": "http.response.body", "body": response.body})
         return
     headers.append((b"cache-control", b"no-cache"))
+    response.started = True
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     async for chunk in response.chunks:
+        response.mid_event = not chunk.endswith(b"\n\n")
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _refusal(request: Request | None) -> ApiError | None:
+    """Why this request was cut (its key revoked, its team paused), or None."""
+    if request is None or request.call is None:
+        return None
+    return request.call.refusal
+
+
+def _uncancel(task: asyncio.Task | None) -> None:
+    # The cut's cancellation is handled: the task goes on, to answer the caller.
+    if task is not None:
+        task.uncancel()
+
+
+def _untrack(request: Request | None) -> None:
+    if request is not None and request.call is not None:
+        calls.untrack(request.call)
+
+
+async def _end_cut_stream(send, response: StreamingResponse, refusal: ApiError, request_id: str) -> None:
+    """End a stream cut by a revocation with the error as a final SSE event, as OpenAI's
+    clients read it (a stream not started yet is answered as a plain error)."""
+    if not response.started:
+        await _send(send, _error_response(refusal), request_id)
+        return
+    # A blank line first if the cut fell inside an event, so the error is an event of its own.
+    event = (b"\n\n" if response.mid_event else b"") + b"data: " + refusal.body() + b"\n\n"
+    await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
 
 

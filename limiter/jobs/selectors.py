@@ -99,10 +99,12 @@ def fair_order(queued: list[Job], last_start: dict[int, datetime]) -> list[Job]:
 
 
 def queued_in_order(*, account_id: int, kind: str, now: datetime | None = None) -> list[Job]:
-    """The account's queued jobs of a kind, in the order they will start."""
+    """The account's queued jobs of a kind, in the order they will start. With `now`,
+    only those that may start now: not held back by a retry delay, nor by their team
+    being paused (they start when it is resumed)."""
     jobs = Job.objects.filter(account_id=account_id, kind=kind, state=JobState.QUEUED).select_related("team")
     if now is not None:
-        jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now)).filter(team__paused=False)
     queued = list(jobs.order_by("created_at", "id"))
     team_ids = {job.team_id for job in queued}
     last_start = dict(

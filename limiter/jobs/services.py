@@ -308,7 +308,9 @@ def job_claim_next(*, account_id: int, kind: str) -> Job | None:
 
 def _claim(job: Job, *, account_cap: int | None, team_cap: int | None, now: datetime) -> bool:
     holders = Job.objects.filter(kind=job.kind, state__in=HOLDING_STATES)
-    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED)
+    # Its team not paused, checked in the UPDATE too: a pause committed after the queue
+    # was read must still hold the job back.
+    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, team__paused=False)
     # The caps are re-checked inside the UPDATE itself: counting first and writing
     # after would let two processes both take the last slot.
     if account_cap is not None:

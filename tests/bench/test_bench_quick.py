@@ -11,8 +11,8 @@ import re
 import pytest
 
 from bench import report, runner
-from bench.latency import percentile
 from bench.__main__ import END, START, write_report
+from bench.latency import percentile
 from tests.conftest import need, reachable
 
 REDIS_URL = os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")  # flushed by the run
