@@ -13,6 +13,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
+from limiter.jobs.models import Job, JobState
 from limiter.models import (
     KEY_PREFIX,
     VISIBLE_PREFIX_LENGTH,
@@ -76,5 +77,8 @@ def key_revoke(*, key: ApiKey) -> ApiKey:
 def key_rotate(*, key: ApiKey) -> IssuedKey:
     """Issue a replacement with the same team, name, profile and expiry; revoke the old key."""
     issued = key_issue(team=key.team, name=key.name, profile=key.profile, expires_at=key.expires_at)
+    # A rotation is hygiene, not a leak: the old key's queued jobs go on under the new
+    # one. (A revoked key's queued jobs never start: limiter.jobs.selectors.key_still_usable.)
+    Job.objects.filter(key=key, state=JobState.QUEUED).update(key=issued.key, key_prefix=issued.key.prefix)
     key_revoke(key=key)
     return issued

@@ -37,6 +37,7 @@ class Poller:
     async def tick(self, stop: asyncio.Event | None = None) -> bool:
         """One pass; returns whether any step found work. The steps, in order:
 
+        0. cancel queued jobs whose submitting key was revoked, expired or deleted;
         1. reconcile jobs left "starting" by a process that died mid-start;
         2. poll running jobs that are due, recording status changes (a terminal
            status frees the job's slot);
@@ -48,13 +49,16 @@ class Poller:
         await sync_to_async(close_old_connections)()  # a long-lived loop outlives DB connections
         found = False
         steps: list[Callable[[], Awaitable[bool]]] = [
-            self.reconcile_starting, self.poll_running, self.start_queued, self.publish,
+            self.cancel_keyless, self.reconcile_starting, self.poll_running, self.start_queued, self.publish,
         ]
         for step in steps:
             if stop is not None and stop.is_set():
                 break
             found = await step() or found
         return found
+
+    async def cancel_keyless(self) -> bool:
+        return await sync_to_async(services.jobs_cancel_keyless)() > 0
 
     async def reconcile_starting(self) -> bool:
         # A live start lasts at most the start deadline; older claims are orphans.

@@ -98,6 +98,15 @@ def fair_order(queued: list[Job], last_start: dict[int, datetime]) -> list[Job]:
     return order
 
 
+def key_still_usable(now: datetime) -> Q:
+    """Jobs whose submitting key may still act: not revoked, expired or deleted. A job
+    queued with a key that is then revoked never starts (the key may have been leaked);
+    rotating a key hands its queued jobs to the replacement first (limiter.services)."""
+    return Q(key__isnull=False, key__revoked_at__isnull=True) & (
+        Q(key__expires_at__isnull=True) | Q(key__expires_at__gt=now)
+    )
+
+
 def queued_in_order(*, account_id: int, kind: str, now: datetime | None = None) -> list[Job]:
     """The account's queued jobs of a kind, in the order they will start. With `now`,
     only those that may start now: not held back by a retry delay, nor by their team
@@ -105,6 +114,7 @@ def queued_in_order(*, account_id: int, kind: str, now: datetime | None = None) 
     jobs = Job.objects.filter(account_id=account_id, kind=kind, state=JobState.QUEUED).select_related("team")
     if now is not None:
         jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now)).filter(team__paused=False)
+        jobs = jobs.filter(key_still_usable(now))
     queued = list(jobs.order_by("created_at", "id"))
     team_ids = {job.team_id for job in queued}
     last_start = dict(

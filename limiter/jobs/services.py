@@ -44,7 +44,7 @@ from limiter.jobs.models import (
     new_public_id,
 )
 from limiter.jobs.ownership import broadcast_models_changed, model_key
-from limiter.jobs.selectors import queued_in_order
+from limiter.jobs.selectors import key_still_usable, queued_in_order
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
 from limiter.upstream import Target, UpstreamError, resolve_target
@@ -310,7 +310,7 @@ def _claim(job: Job, *, account_cap: int | None, team_cap: int | None, now: date
     holders = Job.objects.filter(kind=job.kind, state__in=HOLDING_STATES)
     # Its team not paused, checked in the UPDATE too: a pause committed after the queue
     # was read must still hold the job back.
-    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, team__paused=False)
+    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, team__paused=False).filter(key_still_usable(now))
     # The caps are re-checked inside the UPDATE itself: counting first and writing
     # after would let two processes both take the last slot.
     if account_cap is not None:
@@ -562,15 +562,29 @@ async def job_cancel(*, job: Job) -> Job:
     return job
 
 
-def _cancel_queued(job: Job) -> bool:
+MSG_KEY_REVOKED = "Cancelled before it started: the key that submitted it was revoked, expired or deleted."
+
+
+def jobs_cancel_keyless() -> int:
+    """Cancel queued jobs whose submitting key can no longer act (see `key_still_usable`),
+    so the team sees why they never started rather than a queue that never moves."""
+    cancelled = 0
+    for job in Job.objects.filter(state=JobState.QUEUED).exclude(key_still_usable(timezone.now())):
+        if _cancel_queued(job, reason=MSG_KEY_REVOKED):
+            cancelled += 1
+    return cancelled
+
+
+def _cancel_queued(job: Job, *, reason: str = "") -> bool:
     status = CANCELLED[JobKind(job.kind)]
     if not Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
         state=JobState.DONE, upstream_status=status, finished_at=timezone.now(), cancel_requested=True,
         request=fields.redacted(job.request),  # never to be sent
+        error=reason,
     ):
         return False
-    job.state, job.upstream_status, job.cancel_requested = JobState.DONE, status, True
-    _event(job, "cancelled before it started")
+    job.state, job.upstream_status, job.cancel_requested, job.error = JobState.DONE, status, True, reason
+    _event(job, reason or "cancelled before it started")
     return True
 
 

@@ -53,8 +53,6 @@ def test_model_list_answers_every_team(world: World, team_a: TeamClient, route: 
     assert "meta-llama/Llama-3.3-70B-Instruct-Turbo" in ids
 
 
-@pytest.mark.xfail(strict=True, reason="NEW HOLE (reported, nobody fixing it yet): GET /v1/models passes "
-                   "Together's account-wide list through, so every team sees every team's fine-tuned models")
 @pytest.mark.parametrize("route", MODEL_LISTS, ids=lambda r: r.id)
 def test_model_list_does_not_name_another_teams_fine_tuned_model(world: World, team_a: TeamClient,
                                                                   route: V1Route) -> None:

@@ -23,8 +23,6 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SluiceServ
         yield server
 
 
-@pytest.mark.xfail(strict=True, reason="NEW HOLE (reported): in sandbox mode the upstream at /sandbox/ accepts "
-                   "any bearer, so anyone who can reach Sluice reads, lists and deletes every team's files there")
 def test_a_teams_file_is_not_readable_around_sluice(demo_server: SluiceServer) -> None:
     owner = httpx.Client(base_url=demo_server.url, timeout=30,
                          headers={"authorization": f"Bearer {demo_server.issue_key('iso-b')}"})

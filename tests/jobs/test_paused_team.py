@@ -1,5 +1,6 @@
 """Jobs and the operator's hand: a paused team's queued jobs wait for it to be resumed; a
-revoked key's queued jobs still run (jobs belong to the team, not to the key)."""
+revoked key's queued jobs never start (the key may have leaked), while a rotated key's
+queued jobs go on under its replacement."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ async def test_a_paused_teams_queued_job_waits_until_the_team_is_resumed(sandbox
     assert sandbox.stats()["fine_tunes"]["created"] == 3
 
 
-async def test_a_revoked_keys_queued_job_still_runs(sandbox, make_key, one_slot):
+async def test_a_revoked_keys_queued_job_is_cancelled_and_never_starts(sandbox, make_key, one_slot):
     alpha = await sync_to_async(make_key)("alpha")
     training = upload(sandbox, b'{"text": "hello"}\n', "fine-tune")
     running = await create(alpha, training)
@@ -80,8 +81,26 @@ async def test_a_revoked_keys_queued_job_still_runs(sandbox, make_key, one_slot)
 
     key = await ApiKey.objects.aget(pk=alpha.key_id)
     await sync_to_async(services.key_revoke)(key=key)
+    await cancel(alpha, running)  # the slot is free
+    await Poller().tick()
+
+    job = await Job.objects.aget(public_id=queued["id"])
+    assert (job.state, job.upstream_status, job.upstream_id) == (JobState.DONE, "cancelled", None)
+    assert job.error == jobs.MSG_KEY_REVOKED
+    assert sandbox.stats()["fine_tunes"]["created"] == 1  # only the first ever reached Together
+
+
+async def test_a_rotated_keys_queued_job_goes_on_under_the_new_key(sandbox, make_key, one_slot):
+    alpha = await sync_to_async(make_key)("alpha")
+    training = upload(sandbox, b'{"text": "hello"}\n', "fine-tune")
+    running = await create(alpha, training)
+    queued = await create(alpha, training)
+
+    key = await ApiKey.objects.aget(pk=alpha.key_id)
+    issued = await sync_to_async(services.key_rotate)(key=key)
     await cancel(alpha, running)
     await Poller().tick()
 
-    # The job is the team's: revoking the key that submitted it does not cancel it.
-    assert await state(queued) == JobState.RUNNING
+    job = await Job.objects.aget(public_id=queued["id"])
+    assert job.state == JobState.RUNNING
+    assert (job.key_id, job.key_prefix) == (issued.key.pk, issued.key.prefix)
