@@ -4,8 +4,8 @@ HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight t
 team API (limiter/api/team.py), not through Django's middleware; everything else is
 Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
 fresh `make run` has something to talk to; it answers only Sluice itself and staff
-(dashboard/sandbox.py). The "channel" protocol is what
-`manage.py runworker limiter` serves.
+(sandbox/mount.py). The limiter is not routed here: `manage.py runworker limiter`
+(limiter/management/commands/runworker.py) or, embedded, `serve` runs it on its channel.
 """
 
 import os
@@ -17,14 +17,12 @@ django_application = get_asgi_application()
 
 # Imported after Django is set up: these modules use the ORM and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
-from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard.origin import SameOriginWebsocket  # noqa: E402
 from limiter.api import health  # noqa: E402
 from limiter.api.team import application as team_api  # noqa: E402
-from limiter.events import LIMITER_CHANNEL  # noqa: E402
-from limiter.worker import LimiterConsumer  # noqa: E402
 
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -45,7 +43,7 @@ class HttpRouter:
     def __init__(self) -> None:
         self.sandbox = None
         if settings.SLUICE_SANDBOX:
-            from dashboard.sandbox import MountedSandbox
+            from sandbox.mount import MountedSandbox
 
             self.sandbox = MountedSandbox(prefix=SANDBOX_PREFIX)  # Sluice's own bearer, or staff
 
@@ -64,5 +62,4 @@ application = ProtocolTypeRouter({
     "http": HttpRouter(),
     # Not Channels' AllowedHostsOriginValidator: it ignores the origin's scheme and port.
     "websocket": SameOriginWebsocket(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
-    "channel": ChannelNameRouter({LIMITER_CHANNEL: LimiterConsumer.as_asgi()}),
 })

@@ -44,6 +44,9 @@ INSTALLED_APPS = [
     "limiter",
     "channels",
     "dashboard",
+    # The simulated Together (a development tool): installed for `manage.py sandbox`,
+    # served only when SLUICE_SANDBOX is on.
+    "sandbox",
 ]
 
 MIDDLEWARE = [

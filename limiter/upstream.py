@@ -55,7 +55,7 @@ class Target:
 
 def sandbox_api_key() -> str:
     """The bearer Sluice sends to the sandbox upstream, and the only one the sandbox mounted
-    at /sandbox/ accepts (dashboard/sandbox.py). Derived from SECRET_KEY, so every process
+    at /sandbox/ accepts (sandbox/mount.py). Derived from SECRET_KEY, so every process
     of a deployment (web, job poller) agrees on it and nobody else can compute it."""
     return _derived_sandbox_key(settings.SECRET_KEY)
 

@@ -105,8 +105,8 @@ def limit_of(value: LimitTuple) -> Limit:
 class LimiterConsumer(AsyncConsumer):
     """Handles `limiter.*` messages. One instance per process owns the engine.
 
-    `run_limiter` below drives it (embedded and `manage.py runworker limiter` alike);
-    it is also a regular Channels consumer, routed in dashboard/asgi.py.
+    `run_limiter` below drives it (embedded and `manage.py runworker limiter` alike),
+    reading the channel itself: Channels' own runworker and channel routing are not used.
     """
 
     def __init__(self, *, unknown_before: float | None = None) -> None:

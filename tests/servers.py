@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from limiter.sandbox import SandboxConfig, run_in_thread
+from sandbox import SandboxConfig, run_in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -15,7 +15,6 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-from limiter.models import ApiKey, Team, UpstreamAccount
 
 FINE_TUNE_TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
 BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
@@ -56,10 +55,10 @@ def new_marker() -> str:
 class Job(models.Model):
     public_id = models.CharField(max_length=64, unique=True)
     kind = models.CharField(max_length=10, choices=JobKind.choices)
-    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="jobs")
-    key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    team = models.ForeignKey("limiter.Team", on_delete=models.PROTECT, related_name="jobs")
+    key = models.ForeignKey("limiter.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     key_prefix = models.CharField(max_length=32, blank=True)
-    account = models.ForeignKey(UpstreamAccount, on_delete=models.PROTECT, related_name="jobs")
+    account = models.ForeignKey("limiter.UpstreamAccount", on_delete=models.PROTECT, related_name="jobs")
     parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="parts")
 
     state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.QUEUED)
@@ -127,7 +126,7 @@ class TeamFile(models.Model):
     """A file a team uploaded through Sluice. Every team's files live in the same Together
     account, so Sluice keeps who owns which, and shows a team only its own."""
 
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="files")
+    team = models.ForeignKey("limiter.Team", on_delete=models.CASCADE, related_name="files")
     file_id = models.CharField(max_length=100)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -153,7 +152,7 @@ class TeamModel(models.Model):
     reports for the team's job; never from a team's request.
     """
 
-    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="models")
+    team = models.ForeignKey("limiter.Team", on_delete=models.CASCADE, related_name="models")
     # Stored lower-cased: a name differing only in case must not slip past the check.
     name = models.CharField(max_length=300, unique=True)
     kind = models.CharField(max_length=10, choices=ModelKind.choices)

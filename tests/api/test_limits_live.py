@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from limiter.sandbox import KindLimits, SandboxConfig
+from sandbox import KindLimits, SandboxConfig
 from tests.servers import SluiceServer
 
 CHAT = "/v1/chat/completions"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from limiter.api import errors
-from limiter.sandbox import SandboxConfig
+from sandbox import SandboxConfig
 from tests.servers import SluiceServer
 
 CHAT = "/v1/chat/completions"

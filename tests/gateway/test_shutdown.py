@@ -7,7 +7,7 @@ import threading
 
 import httpx
 
-from limiter.sandbox import SandboxConfig
+from sandbox import SandboxConfig
 from tests.servers import SluiceServer
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"

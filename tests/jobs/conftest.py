@@ -23,7 +23,7 @@ from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
-from limiter.sandbox import ThreadedSandbox, run_in_thread
+from sandbox import ThreadedSandbox, run_in_thread
 from limiter.services import key_issue, team_get_or_create
 from limiter.upstream import client
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from limiter.jobs import services, together
 from limiter.jobs.models import Job, JobKind, JobState
 from limiter.jobs.poller import Poller
-from limiter.sandbox import ThreadedSandbox
+from sandbox import ThreadedSandbox
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
 

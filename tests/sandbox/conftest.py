@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from limiter.sandbox import ThreadedSandbox, run_in_thread
+from sandbox import ThreadedSandbox, run_in_thread
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 

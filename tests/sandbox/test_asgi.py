@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from limiter.sandbox import SandboxApp, serve_in_background
+from sandbox import SandboxApp, serve_in_background
 
 from .conftest import chat_body
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from together import Together
 
-from limiter.sandbox import ThreadedSandbox
+from sandbox import ThreadedSandbox
 
 TRAINING_LINES = [{"text": f"example number {i} for the sandbox"} for i in range(12)]
 

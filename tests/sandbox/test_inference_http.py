@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from limiter.sandbox import ThreadedSandbox
+from sandbox import ThreadedSandbox
 
 from .conftest import CHAT_MODEL, chat_body
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from limiter.sandbox.config import KindLimits
-from limiter.sandbox.ratelimit import SlidingWindowLimiter, max_in_any_window
+from sandbox.config import KindLimits
+from sandbox.ratelimit import SlidingWindowLimiter, max_in_any_window
 
 
 def test_per_second_limit_admits_then_refuses_with_exact_reset() -> None:

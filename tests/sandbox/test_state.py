@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.sandbox import SandboxConfig, SandboxState
-from limiter.sandbox.http import ApiError
+from sandbox import SandboxConfig, SandboxState
+from sandbox.http import ApiError
 
 
 class FakeClock:

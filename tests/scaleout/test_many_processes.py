@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from limiter.sandbox import KindLimits, SandboxConfig
+from sandbox import KindLimits, SandboxConfig
 from tests.servers import SluiceServer
 
 pytestmark = pytest.mark.services

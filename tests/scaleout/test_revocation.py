@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from limiter.sandbox import SandboxConfig
+from sandbox import SandboxConfig
 from tests.api.test_revocation import (
     CHAT,
     ONE_A_MINUTE,

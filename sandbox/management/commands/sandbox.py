@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from limiter.sandbox import SandboxApp, SandboxConfig
+from sandbox import SandboxApp, SandboxConfig
 
 
 class Command(BaseCommand):
