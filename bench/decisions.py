@@ -23,11 +23,12 @@ OPEN_LIMIT = (1e9, 1_000_000, None, None, 1000, 30.0)
 
 def _key() -> Any:
     from limiter.keys import KeyInfo
+    from limiter.upstream import Target
 
     return KeyInfo(
         key_id="bench-key", prefix="sk-sluice-bench", secret_hash="", team_id=0, team_name="bench",
         paused=False, expires_at=None, account_id="bench-account", account_name="bench",
-        base_url="", api_key_setting="", key_limits={"chat": OPEN_LIMIT}, account_limits={"chat": OPEN_LIMIT},
+        target=Target("1", "together", "http://127.0.0.1:9/v1", ""), key_limits={"chat": OPEN_LIMIT}, account_limits={"chat": OPEN_LIMIT},
         fallbacks={}, max_batch_requests=None, loaded_at=time.monotonic(),
     )
 
@@ -43,12 +44,13 @@ async def _caller(client: Any, key: Any, deadline: float, round_trips: list[floa
 async def measure(concurrency: int, duration: float) -> dict[str, float]:
     from django.conf import settings
 
-    from limiter import runtime
+    from limiter import client as limiter_client
+    from limiter import process
 
-    client = runtime.LimiterClient()
+    client = limiter_client.LimiterClient()
     await client.start()
     if settings.SLUICE_EMBEDDED_LIMITER:
-        runtime.spawn(runtime.run_embedded_limiter())
+        limiter_client.spawn(process.run_embedded_limiter())
     await client.ping(within=10.0)  # the limiter is up (and, over Redis, reachable)
     key = _key()
     warm: list[float] = []

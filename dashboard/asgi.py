@@ -1,7 +1,7 @@
 """The ASGI entry point: one application for the team API, the dashboard and websockets.
 
 HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight to the
-team API (limiter/api/team.py), not through Django's middleware; everything else is
+team API (limiter/gateway/app.py), not through Django's middleware; everything else is
 Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
 fresh `make run` has something to talk to; it answers only Sluice itself and staff
 (sandbox/mount.py). The limiter is not routed here: `manage.py runworker limiter`
@@ -21,8 +21,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard.origin import SameOriginWebsocket  # noqa: E402
-from limiter.api import health  # noqa: E402
-from limiter.api.team import application as team_api  # noqa: E402
+from limiter.gateway import health  # noqa: E402
+from limiter.gateway.app import application as team_api  # noqa: E402
 
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")

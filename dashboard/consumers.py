@@ -9,7 +9,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from dashboard import live
-from limiter import events, runtime, selectors
+from limiter import events, process, selectors
 from limiter.jobs import selectors as job_selectors
 from limiter.jobs.live import LiveJobsMessage
 
@@ -34,7 +34,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         # limiter's answer is on its way (or if it never comes).
         await self.send_json({"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()})
         await self.live_jobs(await database_sync_to_async(job_selectors.jobs_live_snapshot)())
-        await runtime.request_snapshot(self.channel_name)
+        await process.request_snapshot(self.channel_name)
 
     async def join_groups(self) -> None:
         await self.channel_layer.group_add(events.LIVE_GROUP, self.channel_name)
@@ -51,7 +51,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "refresh":
             if time.monotonic() - self.joined_at > GROUP_REFRESH_SECONDS:
                 await self.join_groups()
-            await runtime.request_snapshot(self.channel_name)
+            await process.request_snapshot(self.channel_name)
 
     async def live_snapshot(self, message: events.LiveSnapshot) -> None:
         await self.send_json(await live.snapshot_enriched(message))
@@ -62,7 +62,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def limiter_started(self, message: dict[str, Any]) -> None:
         # A (re)started limiter knows nothing yet of what the page shows: ask at once.
-        await runtime.request_snapshot(self.channel_name)
+        await process.request_snapshot(self.channel_name)
 
     async def config_changed(self, message: dict[str, Any]) -> None:
         live.names.clear()

@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from typing_extensions import TypedDict
 
-from limiter import events, runtime, selectors
+from limiter import events, process, selectors
 
 
 class LiveScope(events.ScopeSnapshot, total=False):
@@ -133,7 +133,7 @@ async def snapshot_fetch() -> LiveView | None:
         return latest.snapshot
     layer = get_channel_layer()
     reply = await layer.new_channel("sluice.live.api.")
-    await runtime.request_snapshot(reply)
+    await process.request_snapshot(reply)
     try:
         message = await asyncio.wait_for(layer.receive(reply), SNAPSHOT_TIMEOUT)
     except TimeoutError:

@@ -4,7 +4,7 @@ Ninja's exception handlers (dashboard/api.py) cover what its operations raise; t
 covers what happens around them: a path that matches no operation (Django's 404 page),
 a method an operation does not take (Ninja's bare 405), a body Django refuses (its 400
 page), and an unexpected exception (its 500 page). The team API (/v1/) never reaches
-Django; it has its own shape (limiter/api/errors.py).
+Django; it has its own shape (limiter/gateway/errors.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """URLs served by Django: the dashboard pages, the ops API and the admin.
 
 The team API (/v1/) is not here: `dashboard/asgi.py` routes it to a lean ASGI app
-(`limiter/api/team.py`) in front of Django's middleware stack.
+(`limiter/gateway/app.py`) in front of Django's middleware stack.
 """
 
 from django.contrib import admin

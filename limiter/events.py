@@ -5,7 +5,7 @@ Requests to the limiter go to the named channel LIMITER_CHANNEL; its answers go 
 asking process's reply channel. The limiter publishes live snapshots to LIVE_GROUP;
 configuration changes (limits, keys, teams) are broadcast to CONFIG_GROUP so every web
 process drops its cached keys and limits at once, and cuts its calls in flight whose key
-was revoked or whose team was paused (limiter/api/revocation.py). The broadcast names
+was revoked or whose team was paused (limiter/gateway/revocation.py). The broadcast names
 nothing: each process asks the database about the keys it is serving. Newly recorded
 fine-tuned models are broadcast too (MODELS_CHANGED), so every web process drops its map
 of who owns which.
@@ -68,7 +68,7 @@ class DecisionMessage(TypedDict):
     limit: int
     remaining: int
     reset: float
-    at: float  # unix time of the decision: a grant delivered late is not used (runtime.acquire)
+    at: float  # unix time of the decision: a grant delivered late is not used (limiter/client.py acquire)
 
 
 class ReleaseMessage(TypedDict):

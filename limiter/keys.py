@@ -13,14 +13,18 @@ import time
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
+from cachetools import TTLCache
 from django.db import close_old_connections
 from django.utils import timezone
 
 from limiter.events import LimitTuple
 from limiter.models import ApiKey, EndpointLimit
+from limiter.upstream import Target, account_target
 
 CACHE_TTL = 60.0
 NEGATIVE_TTL = 5.0
+MAX_KNOWN = 100_000  # keys held at once per process
+MAX_UNKNOWN = 10_000  # recent bad secrets remembered (the auth throttle slows their senders)
 LOAD_ATTEMPTS = 3  # reads of one key, should configuration changes keep interrupting them
 
 
@@ -48,8 +52,7 @@ class KeyInfo:
     expires_at: float | None  # unix time
     account_id: str
     account_name: str
-    base_url: str
-    api_key_setting: str
+    target: Target  # where its calls go: the account's base URL and upstream secret
     key_limits: dict[str, LimitTuple]
     account_limits: dict[str, LimitTuple]
     fallbacks: dict[str, str]
@@ -85,8 +88,7 @@ def _load(secret_hash: str) -> KeyInfo | None:
         expires_at=key.expires_at.timestamp() if key.expires_at else None,
         account_id=str(account.pk),
         account_name=account.name,
-        base_url=account.base_url,
-        api_key_setting=account.api_key_setting,
+        target=account_target(account),
         key_limits={k: limit_tuple(v) for k, v in key_rows.items()},
         account_limits={k: limit_tuple(v) for k, v in account_rows.items()},
         fallbacks=dict(profile.model_fallbacks or {}),
@@ -97,8 +99,10 @@ def _load(secret_hash: str) -> KeyInfo | None:
 
 class KeyCache:
     def __init__(self) -> None:
-        self._known: dict[str, KeyInfo] = {}
-        self._unknown: dict[str, float] = {}
+        # Bounded TTL maps: a scan of random secrets can neither grow memory without
+        # limit nor keep an entry past its TTL (a missed broadcast heals by then).
+        self._known: TTLCache[str, KeyInfo] = TTLCache(maxsize=MAX_KNOWN, ttl=CACHE_TTL, timer=time.monotonic)
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=MAX_UNKNOWN, ttl=NEGATIVE_TTL, timer=time.monotonic)
         # Bumped by every clear(). A database read that was running when the cache was
         # cleared may predate the change (a revocation): its answer must not be stored,
         # or the revoked key would be served from the cache until CACHE_TTL.
@@ -120,26 +124,25 @@ class KeyCache:
 
     async def lookup(self, secret_hash: str) -> KeyInfo | None:
         """`authenticate` for a secret already hashed (re-checking a key in use)."""
-        now = time.monotonic()
         info = self._known.get(secret_hash)
-        if info is None or now - info.loaded_at > CACHE_TTL:
-            if now - self._unknown.get(secret_hash, -NEGATIVE_TTL) < NEGATIVE_TTL:
+        if info is None:
+            if secret_hash in self._unknown:
                 return None
-            info = await self._load_current(secret_hash, now)
+            info = await self._load_current(secret_hash)
             if info is None:
                 return None
         if info.expired(timezone.now().timestamp()):
             return None
         return info
 
-    async def _load_current(self, secret_hash: str, now: float) -> KeyInfo | None:
+    async def _load_current(self, secret_hash: str) -> KeyInfo | None:
         for _attempt in range(LOAD_ATTEMPTS):
             generation = self._generation
             info = await sync_to_async(_load, thread_sensitive=True)(secret_hash)
             if generation != self._generation:
                 continue  # the configuration changed while we read: read again, store nothing
             if info is None:
-                self._unknown[secret_hash] = now
+                self._unknown[secret_hash] = True
                 self._known.pop(secret_hash, None)
             else:
                 self._known[secret_hash] = info

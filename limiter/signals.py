@@ -1,7 +1,7 @@
 """Configuration changes take effect at once: any saved or deleted team, key, profile,
 limit or upstream account is broadcast to every web process (CONFIG_GROUP), which
 drops its cached keys and limits, and cuts the calls in flight of a key revoked or a
-team paused (limiter/api/revocation.py). The limiter itself keeps no copy of the limits:
+team paused (limiter/gateway/revocation.py). The limiter itself keeps no copy of the limits:
 each request carries its own, so the next request after the broadcast uses the new
 ones, in the embedded and the separate-worker modes alike.
 """

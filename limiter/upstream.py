@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import httpx
 from django.conf import settings
@@ -30,6 +31,9 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from limiter.models import upstream_key_setting_valid
+
+if TYPE_CHECKING:
+    from limiter.models import UpstreamAccount
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,13 @@ def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key
     if not api_key and settings.SLUICE_SANDBOX:
         api_key = sandbox_api_key()
     return Target(account_id, account_name, base_url or settings.TOGETHER_BASE_URL, api_key)
+
+
+def account_target(account: UpstreamAccount) -> Target:
+    """Where an upstream account's calls go (a key's is resolved once, when the key
+    cache loads it: KeyInfo.target)."""
+    return resolve_target(account_id=str(account.pk), account_name=account.name,
+                          base_url=account.base_url, api_key_setting=account.api_key_setting)
 
 
 class UpstreamError(Exception):

@@ -3,7 +3,7 @@ authority over admission.
 
 It owns one `Engine` and handles messages one at a time (Channels dispatches a
 consumer's messages sequentially), so every decision is atomic without locks. Web
-processes ask it over the channel layer (see limiter/runtime.py); it answers each
+processes ask it over the channel layer (see limiter/client.py); it answers each
 ticket on the asker's reply channel, wakes itself on a timer to serve queued tickets,
 and publishes live snapshots to the dashboard.
 

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 
 from dashboard.origin import origin_allowed, scope_header
+from limiter.upstream import sandbox_api_key
 from sandbox import SandboxApp, SandboxConfig
 from sandbox.http import ApiError, json_response, send_response
-from limiter.upstream import sandbox_api_key
 
 logger = logging.getLogger(__name__)
 

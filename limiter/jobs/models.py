@@ -15,7 +15,6 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
-
 FINE_TUNE_TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
 BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
 

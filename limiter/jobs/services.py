@@ -47,7 +47,7 @@ from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import key_still_usable, queued_in_order
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
-from limiter.upstream import Target, UpstreamError, resolve_target
+from limiter.upstream import UpstreamError, account_target
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool,
     would run it as surely as a chat call), BatchTooLarge (over the cap, no split
     asked) or UpstreamRefused.
     """
-    target = key_target(key)
+    target = key.target
     response = await together.file_content(target, input_file_id)
     if response.status_code != 200:
         raise UpstreamRefused(response)
@@ -259,11 +259,6 @@ def job_outputs_record(*, job: Job, obj: dict[str, Any]) -> None:
         team_models_record(job=job, names=names)
 
 
-def key_target(key: KeyInfo) -> Target:
-    return resolve_target(account_id=key.account_id, account_name=key.account_name,
-                          base_url=key.base_url, api_key_setting=key.api_key_setting)
-
-
 # --- fair claiming ---------------------------------------------------------------------------
 def _cap(profile_id: int, endpoint: str) -> int | None:
     return EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint).values_list(
@@ -338,7 +333,7 @@ async def jobs_start_queued(*, account_id: int, kind: str) -> dict[int, StartRes
 
 async def job_start(*, job: Job) -> StartResult:
     """Submit a claimed job. Only an answer that proves nothing was created releases the claim."""
-    target = together.account_target(job.account)
+    target = account_target(job.account)
     try:
         response = await together.submit(target, job)
     except UpstreamError as exc:
@@ -444,7 +439,7 @@ async def job_reconcile(*, job: Job) -> bool:
     queue at its original place. Upstream unreadable: left for the next round.
     """
     try:
-        items = await together.list_jobs(together.account_target(job.account), job.kind)
+        items = await together.list_jobs(account_target(job.account), job.kind)
     except UpstreamError as exc:
         logger.warning("reconciling %s: upstream unreachable (%s)", job.public_id, exc.detail)
         return False
@@ -477,7 +472,7 @@ def jobs_due_poll(*, limit: int = 100) -> list[Job]:
 async def job_poll(*, job: Job) -> bool:
     """Read the job upstream and record what changed. Returns whether its status changed."""
     try:
-        response = await together.fetch(together.account_target(job.account), job.kind, str(job.upstream_id))
+        response = await together.fetch(account_target(job.account), job.kind, str(job.upstream_id))
     except UpstreamError as exc:
         await sync_to_async(_poll_failed)(job, exc.detail)
         return False
@@ -555,7 +550,7 @@ async def job_cancel(*, job: Job) -> Job:
         job = await sync_to_async(_reload)(job.pk)  # it moved on meanwhile
     if job.state != JobState.RUNNING:
         return job  # ended already: cancelling changes nothing, as on Together
-    response = await together.cancel(together.account_target(job.account), job.kind, str(job.upstream_id))
+    response = await together.cancel(account_target(job.account), job.kind, str(job.upstream_id))
     if not response.is_success:
         raise UpstreamRefused(response)
     await sync_to_async(job_apply_upstream)(job=job, obj=together.created_object(job.kind, response.json()))

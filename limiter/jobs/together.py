@@ -19,8 +19,7 @@ from django.conf import settings
 
 from limiter.jobs.fields import path_segment
 from limiter.jobs.models import Job, JobKind
-from limiter.models import UpstreamAccount
-from limiter.upstream import Target, client, resolve_target
+from limiter.upstream import Target, client
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +32,6 @@ CLOCK_SKEW = timedelta(minutes=5)
 def start_deadline() -> float:
     """Seconds one start (or poll) call may take, retries included."""
     return settings.SLUICE_JOB_START_DEADLINE
-
-
-def account_target(account: UpstreamAccount) -> Target:
-    return resolve_target(
-        account_id=str(account.pk),
-        account_name=account.name,
-        base_url=account.base_url,
-        api_key_setting=account.api_key_setting,
-    )
 
 
 def _deadline(seconds: float | None = None) -> float:

@@ -13,7 +13,7 @@ from django.contrib.auth.models import AnonymousUser
 
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
-from limiter import events, runtime
+from limiter import events, process
 from limiter.services import key_issue, team_get_or_create, upstream_default
 
 # Transactional: the consumer reads the database from other threads. Every test asks
@@ -52,7 +52,7 @@ def fake_limiter(monkeypatch):
         if "snapshot" in state:
             await get_channel_layer().send(reply, state["snapshot"])
 
-    monkeypatch.setattr(runtime, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
     live.names.clear()
     live.latest.snapshot = None
     return state, asked

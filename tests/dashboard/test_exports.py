@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from dashboard.exports import spreadsheet_safe
-from tests.api.test_errors import MESSAGES
+from tests.gateway.test_errors import MESSAGES
 from tests.servers import SluiceServer
 
 FORMULA_MODEL = "=cmd|' /C calc'!A0"

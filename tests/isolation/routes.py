@@ -12,7 +12,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class V1Route:
     method: str
-    pattern: str  # exactly as in limiter/api/team.py build_routes()
+    pattern: str  # exactly as in limiter/gateway/app.py build_routes()
     # What the route names of someone's: "file", "fine_tune" or "batch" (in its path),
     # "model" (the body's model), "body" (file ids or a checkpoint in the body),
     # "listing" (lists what the caller may see), "upload", "catalogue" (about

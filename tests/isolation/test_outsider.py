@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from limiter.api.team import AUTH_FAILURES_PER_MINUTE
+from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
 from tests.isolation.conftest import TRAINING, TeamClient, World, assert_openai_error
 from tests.isolation.routes import V1_ROUTES, V1Route
 from tests.isolation.test_models import BODIES

@@ -17,15 +17,15 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from limiter import keys
-from limiter.api.errors import ApiError
-from limiter.api.http import Request, Response
+from limiter.gateway.errors import ApiError
+from limiter.gateway.http import Request, Response
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
-from sandbox import ThreadedSandbox, run_in_thread
 from limiter.services import key_issue, team_get_or_create
 from limiter.upstream import client
+from sandbox import ThreadedSandbox, run_in_thread
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from limiter.jobs.api import MSG_FILE_NOT_FOUND
+from limiter.gateway.jobs import MSG_FILE_NOT_FOUND
 from tests.jobs.conftest import MODEL, batch_lines
 from tests.upstream_log import upstream_calls
 

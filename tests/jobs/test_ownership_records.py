@@ -12,7 +12,8 @@ from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
-from limiter import events, runtime
+from limiter import client as limiter_client
+from limiter import events
 from limiter.jobs import ownership, selectors, services
 from limiter.jobs.models import Job, JobKind, JobState, ModelKind, TeamFile, TeamModel
 from limiter.jobs.poller import Poller
@@ -34,7 +35,7 @@ def _fresh_map() -> None:
 
 
 async def test_a_queued_job_keeps_its_secrets_until_it_starts(sandbox, make_key) -> None:
-    from limiter.jobs import api
+    from limiter.gateway import jobs as api
 
     sandbox.configure({"fine_tune_seconds": 0.5})
     await sync_to_async(set_cap)("default", "fine_tunes", max_concurrent=1)
@@ -102,7 +103,7 @@ async def test_new_models_reach_every_web_process_through_the_broadcast(make_key
 
     # Every other web process: its LimiterClient hears the broadcast and drops its map.
     await ownership.owned_models.owners()
-    runtime.LimiterClient()._dispatch({"type": events.MODELS_CHANGED})
+    limiter_client.LimiterClient()._dispatch({"type": events.MODELS_CHANGED})
     assert ownership.owned_models._owners is None
 
 

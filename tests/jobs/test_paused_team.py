@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 
 from dashboard import services as ops
 from limiter import services
-from limiter.jobs import api
+from limiter.gateway import jobs as api
 from limiter.jobs import services as jobs
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller

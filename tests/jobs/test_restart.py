@@ -19,6 +19,7 @@ from django.utils import timezone
 from limiter.jobs import services, together
 from limiter.jobs.models import Job, JobKind, JobState
 from limiter.jobs.poller import Poller
+from limiter.upstream import account_target
 from sandbox import ThreadedSandbox
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
@@ -45,7 +46,7 @@ async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(s
         body = {"endpoint": "/v1/chat/completions", "input_file_id": upload(sandbox, batch_lines(3), "batch-api")}
     job = await sync_to_async(_claim_interrupted)(key, kind, body)
     # The dead process's call did reach Together.
-    created = together.created_object(kind, (await together.submit(together.account_target(job.account), job)).json())
+    created = together.created_object(kind, (await together.submit(account_target(job.account), job)).json())
 
     assert await Poller(start_deadline=0).reconcile_starting()
 

@@ -11,6 +11,7 @@ import pytest
 from limiter import keys
 from limiter.keys import KeyCache, KeyInfo
 from limiter.models import ApiKey
+from limiter.upstream import Target
 
 SECRET = "sk-sluice-test-secret"
 
@@ -18,7 +19,7 @@ SECRET = "sk-sluice-test-secret"
 def key_info() -> KeyInfo:
     return KeyInfo(
         key_id="7", prefix=SECRET[:16], secret_hash=ApiKey.hash_secret(SECRET), team_id=1, team_name="alpha",
-        paused=False, expires_at=None, account_id="1", account_name="together", base_url="", api_key_setting="",
+        paused=False, expires_at=None, account_id="1", account_name="together", target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
         key_limits={}, account_limits={}, fallbacks={}, max_batch_requests=None, loaded_at=time.monotonic(),
     )
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from limiter.api.team import AUTH_FAILURES_PER_MINUTE
-from tests.api.test_auth_throttle import assert_throttled
+from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
 from tests.fuzz.raw import raw_request
+from tests.gateway.test_auth_throttle import assert_throttled
 from tests.servers import SluiceServer
 
 pytestmark = pytest.mark.services

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from sandbox import SandboxConfig
-from tests.api.test_revocation import (
+from tests.gateway.test_revocation import (
     CHAT,
     ONE_A_MINUTE,
     PROMPTLY,

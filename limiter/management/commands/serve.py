@@ -72,10 +72,10 @@ class Command(BaseCommand):
     def _ready_daphne(self, server, host: str, port: int) -> None:
         from twisted.internet import reactor
 
-        from limiter import runtime
+        from limiter import process
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
-        asyncio.ensure_future(runtime.ensure_started())
+        asyncio.ensure_future(process.ensure_started())
 
         def stop_listening() -> None:
             for listening_port in server.ports:
@@ -94,7 +94,7 @@ class Command(BaseCommand):
         import uvicorn
 
         from dashboard.asgi import application
-        from limiter import runtime
+        from limiter import process
 
         command = self
 
@@ -113,7 +113,7 @@ class Command(BaseCommand):
 
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
-                await runtime.ensure_started()
+                await process.ensure_started()
                 command._announce(host, port, "uvicorn")
 
         config = uvicorn.Config(
@@ -136,14 +136,14 @@ def _loopback(host: str) -> str:
 async def _drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
     """Stop accepting, answer what is in flight (queued and streaming included), flush
     the 429 record, then stop the server."""
-    from limiter import runtime
-    from limiter.api.team import application as team_api
+    from limiter import process
+    from limiter.gateway.app import application as team_api
     from limiter.recorder import recorder
     from limiter.upstream import client as upstream
 
-    if runtime.draining:
+    if process.draining:
         return
-    runtime.draining = True
+    process.draining = True
     logger.info("draining: no new connections; %d requests in flight", team_api.in_flight)
     stop_listening()
     if team_api.in_flight:

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from limiter.api import errors
+from limiter.gateway import errors
 from tests.servers import SluiceServer
 
 CHAT = "/v1/chat/completions"

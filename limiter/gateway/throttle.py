@@ -2,7 +2,7 @@
 
 Only failures are counted and only failures are refused, per client address and per
 one-minute window. Behind a load balancer every caller can share one address, so the
-team API checks the key first (limiter/api/team.py): 30 bad keys from a neighbour must
+team API checks the key first (limiter/gateway/app.py): 30 bad keys from a neighbour must
 not lock a team with a good key out.
 
 The address is the TCP peer, or, when the peer is a proxy named in

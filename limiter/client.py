@@ -1,13 +1,10 @@
-"""The web process's side of the limiter, and the process-wide background tasks.
+"""The web process's side of the limiter: the client that asks the authority.
 
 `LimiterClient` sends tickets to the limiter channel and waits on one reply channel
 per process (a dispatcher task routes each answer to its waiting request). It also
 listens to the configuration broadcast, dropping cached keys when anything changes
-and telling the listeners registered with `on_config_changed`.
-
-`ensure_started()` starts, once per process and on the running loop: the reply
-dispatcher, the 429 recorder, and (embedded mode) the limiter worker itself and the
-job poller.
+and telling the listeners registered with `on_config_changed`. The process starts one
+client (limiter/process.py).
 """
 
 from __future__ import annotations
@@ -30,10 +27,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 STALE_GRANT_RETRIES = 3
-
-# Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
-draining = False
-
 
 class LimiterUnavailable(Exception):
     """The limiter did not answer in time."""
@@ -275,66 +268,3 @@ class LimiterClient:
         finally:
             del self._waiting[ticket]
         return time.monotonic() - started, {k: pong[k] for k in ("leases", "queued", "scopes") if k in pong}
-
-
-_client: LimiterClient | None = None
-_started: asyncio.Future | None = None
-_loop: asyncio.AbstractEventLoop | None = None
-
-
-async def ensure_started() -> LimiterClient:
-    """Start this process's background parts once, on the running loop."""
-    global _client, _started, _loop
-    loop = asyncio.get_running_loop()
-    if _started is None or _loop is not loop:
-        _loop = loop
-        _started = loop.create_future()
-        try:
-            _client = await _start()
-            _started.set_result(_client)
-        except BaseException as exc:
-            _started.set_exception(exc)
-            _started = None
-            raise
-    return await asyncio.shield(_started)
-
-
-async def _start() -> LimiterClient:
-    from limiter.recorder import recorder
-    from limiter.upstream import client as upstream
-
-    client = LimiterClient()
-    await client.start()
-    recorder.start()
-    upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
-    if settings.SLUICE_EMBEDDED_LIMITER:
-        spawn(run_embedded_limiter())
-    if settings.SLUICE_EMBEDDED_JOB_POLLER:
-        from limiter.jobs.poller import run_poller
-
-        spawn(run_poller(asyncio.Event()))
-    return client
-
-
-async def run_embedded_limiter() -> None:
-    """The limiter as a task of this process: the same loop `runworker limiter` runs."""
-    from limiter.worker import run_limiter
-
-    await run_limiter(get_channel_layer())
-
-
-def release(lease: str, tokens_used: float | None) -> None:
-    """Hand a lease back (fire and forget, shielded from the caller's cancellation)."""
-    if lease and _client is not None:
-        _client.release(lease, tokens_used)
-
-
-async def report_upstream(**kwargs) -> None:
-    if _client is not None:
-        await _client.report_upstream(**kwargs)
-
-
-async def request_snapshot(reply_channel: str) -> None:
-    """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
-    await ensure_started()
-    await get_channel_layer().send(events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel})

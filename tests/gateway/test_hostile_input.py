@@ -12,9 +12,9 @@ import json
 import httpx
 import pytest
 
-from limiter.api import errors
-from tests.api.test_errors import MESSAGES, MODEL, assert_error
+from limiter.gateway import errors
 from tests.fuzz.raw import RawResponse, raw_request
+from tests.gateway.test_errors import MESSAGES, MODEL, assert_error
 from tests.servers import SluiceServer
 
 CHAT = "/v1/chat/completions"

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
-from limiter import runtime, selectors
-from limiter.api import errors
-from limiter.api.errors import ApiError
+from limiter import selectors
+from limiter.client import on_config_changed, spawn
+from limiter.gateway import errors
+from limiter.gateway.errors import ApiError
 from limiter.keys import KeyInfo
 from limiter.keys import cache as key_cache
 
@@ -117,7 +118,7 @@ class Calls:
             self._check_again = True
             return
         if self._by_key:
-            self._checking = runtime.spawn(self._recheck_until_settled())
+            self._checking = spawn(self._recheck_until_settled())
 
     async def _recheck_until_settled(self) -> None:
         while True:
@@ -144,4 +145,4 @@ class Calls:
 
 
 calls = Calls()
-runtime.on_config_changed(calls.config_changed)
+on_config_changed(calls.config_changed)

@@ -15,7 +15,7 @@ from django.test import Client
 from limiter.models import UpstreamAccount
 from limiter.services import profile_default
 from limiter.upstream import resolve_target, sandbox_api_key
-from tests.api.test_errors import MESSAGES, MODEL, assert_error
+from tests.gateway.test_errors import MESSAGES, MODEL, assert_error
 from tests.servers import SluiceServer
 
 SECOND_KEY = "sk-together-second-account"

@@ -16,7 +16,8 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from limiter import metrics, runtime
+from limiter import metrics, process
+from limiter.client import LimiterUnavailable
 
 
 def _db_ok() -> None:
@@ -27,8 +28,8 @@ def _db_ok() -> None:
 
 async def readiness() -> tuple[bool, dict[str, object]]:
     checks: dict[str, object] = {}
-    ok = not runtime.draining
-    if runtime.draining:
+    ok = not process.draining
+    if process.draining:
         checks["draining"] = True
     started = time.monotonic()
     try:
@@ -37,12 +38,12 @@ async def readiness() -> tuple[bool, dict[str, object]]:
     except Exception as exc:
         ok, checks["database"] = False, f"failed: {type(exc).__name__}"
     try:
-        client = await runtime.ensure_started()
+        client = await process.ensure_started()
         checks["channel_layer"] = "ok"
         round_trip, counts = await client.ping()
         checks["limiter_round_trip_ms"] = round(round_trip * 1000, 2)
         checks["limiter"] = counts
-    except runtime.LimiterUnavailable:
+    except LimiterUnavailable:
         ok, checks["limiter"] = False, "no answer"
     except Exception as exc:
         ok, checks["channel_layer"] = False, f"failed: {type(exc).__name__}"

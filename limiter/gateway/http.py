@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from limiter.api.errors import (
+from limiter.gateway.errors import (
     MAX_JSON_DEPTH,
     MSG_BAD_JSON,
     MSG_BODY_NOT_OBJECT,
@@ -26,7 +26,7 @@ from limiter.keys import KeyInfo
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
-    from limiter.api.revocation import Call
+    from limiter.gateway.revocation import Call
 
 JSON_TYPE = b"application/json"
 
@@ -56,7 +56,7 @@ class Request:
     client: str  # the caller's address
     request_id: str
     key: KeyInfo | None = None
-    call: Call | None = None  # once authenticated: what a revocation cuts (limiter/api/revocation.py)
+    call: Call | None = None  # once authenticated: what a revocation cuts (limiter/gateway/revocation.py)
     path_params: dict[str, str] = field(default_factory=dict)
     _json: Any = None
 

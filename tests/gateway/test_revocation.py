@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from limiter.api import errors
+from limiter.gateway import errors
 from sandbox import SandboxConfig
 from tests.servers import SluiceServer
 

@@ -25,9 +25,9 @@ from typing import Any
 from django.conf import settings
 
 from limiter import metrics, runtime
-from limiter.api import errors, revocation
-from limiter.api.errors import ApiError
-from limiter.api.http import Request, Response, StreamingResponse
+from limiter.gateway import errors, revocation
+from limiter.gateway.errors import ApiError
+from limiter.gateway.http import Request, Response, StreamingResponse
 from limiter.jobs.ownership import owned_models, usable
 from limiter.keys import KeyInfo
 from limiter.recorder import recorder
@@ -112,7 +112,7 @@ REFUSAL_MESSAGES = {
 
 async def admit(request: Request, endpoint: str, tokens: float, model: str = "") -> runtime.Grant:
     """Wait for the limiter's grant, then check the key may still call, right before the
-    call goes upstream: a revocation's broadcast cuts calls in flight (limiter/api/
+    call goes upstream: a revocation's broadcast cuts calls in flight (limiter/gateway/
     revocation.py), and this catches one that slipped past it (the broadcast cleared the
     key cache, so this asks the database)."""
     grant = await _grant(request, endpoint, tokens, model)

@@ -7,7 +7,7 @@ kind, calls the route's handler and writes the answer; every failure becomes the
 OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
 given back and a stream's lease released (see `_watch_disconnect`). Revoking the key or
 pausing the team cancels it the same way, and it is answered what a new call would get
-(see limiter/api/revocation.py).
+(see limiter/gateway/revocation.py).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from limiter import logs, runtime
-from limiter.api import errors, inference
-from limiter.api.errors import ApiError
-from limiter.api.http import Handler, Request, Response, StreamingResponse
-from limiter.api.revocation import calls
-from limiter.api.throttle import AuthThrottle, client_address, trusted_networks
-from limiter.jobs.api import ROUTES as job_routes
+from limiter import logs, process
+from limiter.gateway import errors, inference
+from limiter.gateway.errors import ApiError
+from limiter.gateway.http import Handler, Request, Response, StreamingResponse
+from limiter.gateway.jobs import ROUTES as job_routes
+from limiter.gateway.revocation import calls
+from limiter.gateway.throttle import AuthThrottle, client_address, trusted_networks
 from limiter.keys import cache as key_cache
 from limiter.recorder import recorder
 
@@ -160,7 +160,7 @@ class TeamApi:
             raise ApiError(404, errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
                            type=errors.NOT_FOUND, code="unknown_url")
         kind, handler = route
-        await runtime.ensure_started()
+        await process.ensure_started()
         request.key = await self._authenticate(request)
         if request.key.paused:
             raise errors.team_paused(request.key.team_name)

@@ -16,7 +16,7 @@ team's): a file id in a path, any `*_file` / `*_file_id` field of a job body, `m
 and `from_checkpoint`, and the models a batch file's requests name. Another team's is
 answered exactly as an unknown one, before Together hears of it.
 
-The router (limiter/api/team.py) authenticates the key, applies the per-key request
+The router (limiter/gateway/app.py) authenticates the key, applies the per-key request
 rate of the route's endpoint kind, fills `request.path_params` and maps ApiError.
 """
 
@@ -32,10 +32,10 @@ import httpx
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from limiter.api import errors
-from limiter.api.errors import ApiError
-from limiter.api.http import Handler, Request, Response, StreamingResponse
-from limiter.api.inference import model_not_found
+from limiter.gateway import errors
+from limiter.gateway.errors import ApiError
+from limiter.gateway.http import Handler, Request, Response, StreamingResponse
+from limiter.gateway.inference import model_not_found
 from limiter.jobs import fields, selectors, services
 from limiter.jobs.models import Job, JobKind
 from limiter.jobs.ownership import model_key, owned_models, usable
@@ -97,7 +97,7 @@ async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.R
     headers = {"content-type": request.content_type} if request.content_type else {}
     try:
         outcome = await client.send(
-            services.key_target(_key(request)), request.method, path,
+            _key(request).target, request.method, path,
             content=request.body or None, headers=headers, params=request.query_string or None,
             deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE, stream=stream,
         )

@@ -13,9 +13,9 @@ import logging
 
 import pytest
 
-from limiter.api import errors
-from limiter.api.team import AUTH_FAILURES_PER_MINUTE
-from limiter.api.throttle import AuthThrottle, client_address, trusted_networks
+from limiter.gateway import errors
+from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
+from limiter.gateway.throttle import AuthThrottle, client_address, trusted_networks
 from tests.fuzz.raw import RawResponse, raw_request
 from tests.servers import SluiceServer, free_port
 
@@ -96,7 +96,7 @@ def test_client_address(peer: str, chain: str | None, expected: str) -> None:
 
 async def test_a_redis_error_falls_back_to_counting_in_process(caplog: pytest.LogCaptureFixture) -> None:
     throttle = AuthThrottle(3, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="limiter.api.throttle"):
+    with caplog.at_level(logging.WARNING, logger="limiter.gateway.throttle"):
         waits = [await throttle.failed("192.0.2.1") for _ in range(4)]
     assert waits[:3] == [0.0, 0.0, 0.0] and 0 < waits[3] <= 60
     warnings = [r for r in caplog.records if "Redis" in r.getMessage()]

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from limiter.api import errors
+from limiter.gateway import errors
 from tests.upstream_log import upstream_calls
 
 BASE_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"

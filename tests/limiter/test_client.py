@@ -6,8 +6,9 @@ import asyncio
 import time
 
 from limiter import events
+from limiter.client import LimiterClient
 from limiter.keys import KeyInfo
-from limiter.runtime import LimiterClient
+from limiter.upstream import Target
 
 LIMIT = (60.0, 1, None, None, 10, 30.0)
 
@@ -30,7 +31,7 @@ class RecordingLayer:
 def key_info() -> KeyInfo:
     return KeyInfo(
         key_id="7", prefix="sk-sluice-abcdef", secret_hash="0" * 64, team_id=1, team_name="alpha", paused=False,
-        expires_at=None, account_id="1", account_name="together", base_url="", api_key_setting="",
+        expires_at=None, account_id="1", account_name="together", target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
         key_limits={"chat": LIMIT}, account_limits={"chat": LIMIT}, fallbacks={}, max_batch_requests=None,
         loaded_at=time.monotonic(),
     )

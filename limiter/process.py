@@ -1,0 +1,76 @@
+"""Process start-up: the background parts every web process runs, started once.
+
+`ensure_started()` starts, once per process and on the running loop: the limiter
+client's reply dispatcher, the 429 recorder, and (embedded mode) the limiter worker
+itself and the job poller. `draining` is set while `serve` shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from limiter import events
+from limiter.client import LimiterClient, spawn
+
+# Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
+draining = False
+
+_client: LimiterClient | None = None
+_started: asyncio.Future | None = None
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+async def ensure_started() -> LimiterClient:
+    """Start this process's background parts once, on the running loop."""
+    global _client, _started, _loop
+    loop = asyncio.get_running_loop()
+    if _started is None or _loop is not loop:
+        _loop = loop
+        _started = loop.create_future()
+        try:
+            _client = await _start()
+            _started.set_result(_client)
+        except BaseException as exc:
+            _started.set_exception(exc)
+            _started = None
+            raise
+    return await asyncio.shield(_started)
+
+
+async def _start() -> LimiterClient:
+    from limiter.recorder import recorder
+    from limiter.upstream import client as upstream
+
+    client = LimiterClient()
+    await client.start()
+    recorder.start()
+    upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
+    if settings.SLUICE_EMBEDDED_LIMITER:
+        spawn(run_embedded_limiter())
+    if settings.SLUICE_EMBEDDED_JOB_POLLER:
+        from limiter.jobs.poller import run_poller
+
+        spawn(run_poller(asyncio.Event()))
+    return client
+
+
+async def run_embedded_limiter() -> None:
+    """The limiter as a task of this process: the same loop `runworker limiter` runs."""
+    from limiter.worker import run_limiter
+
+    await run_limiter(get_channel_layer())
+
+
+def release(lease: str, tokens_used: float | None) -> None:
+    """Hand a lease back (fire and forget, shielded from the caller's cancellation)."""
+    if lease and _client is not None:
+        _client.release(lease, tokens_used)
+
+
+async def request_snapshot(reply_channel: str) -> None:
+    """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
+    await ensure_started()
+    await get_channel_layer().send(events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel})
