@@ -8,8 +8,9 @@ the default; `SLUICE_UPSTREAM_TRANSPORT=httpx` switches back.
 `send` retries what Together means as "later" (429, 502, 503, 504, connection
 failures) with backoff and jitter, honouring `retry-after-ms`, `Retry-After` and
 `x-ratelimit-reset`, but only within the caller's deadline; it never retries 400, 401,
-402, 403 or 404. A 429 is reported through `on_rate_limited` before any retry, so the
-limiter pauses every caller of that account at once, not just this one.
+402, 403 or 404. It knows nothing of the limiter: the team API's inference calls take
+429s out of its hands, so that their retries queue in the limiter again
+(limiter/gateway/forward.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -126,12 +127,6 @@ class Outcome:
 
     response: httpx.Response
     attempts: int
-
-
-# Called on each upstream 429 with the wait Together asked for and whether a retry
-# follows. Returns True when it has itself waited for the moment to retry (re-admission
-# through the limiter), so the client retries at once instead of sleeping.
-RateLimitedHook = Callable[[float, httpx.Response, bool], Awaitable[bool]]
 
 
 def parse_seconds(value: str | None) -> float | None:
@@ -259,14 +254,18 @@ class UpstreamClient:
         params: bytes | str | None = None,
         deadline: float,
         stream: bool = False,
-        on_rate_limited: RateLimitedHook | None = None,
         max_retries: int | None = None,
+        retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
     ) -> Outcome:
         """Send one call, retrying transient failures until `deadline` (monotonic time).
 
         Returns the final response, which may itself be an error to pass on (a 4xx, or
         the last 429/503 when the retries ran out). Raises UpstreamError when no HTTP
         answer came at all. With `stream`, the caller must close the response.
+
+        `retry_statuses` are retried here; the team API's inference calls leave 429 out
+        and handle it themselves, because their retry must queue in the limiter again
+        (limiter/gateway/forward.py).
         """
         retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
         send_headers = {**(headers or {}), "accept-encoding": "identity"}
@@ -302,17 +301,14 @@ class UpstreamClient:
                     error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
                 delay = backoff(attempt)
             else:
-                if response.status_code not in RETRYABLE_STATUSES:
+                if response.status_code not in retry_statuses:
                     return Outcome(response, attempt)
                 asked = requested_wait(response.headers)
                 # Honour what Together asked for, plus a little jitter so callers paused
                 # together do not all come back in the same millisecond.
                 delay = asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
                 retrying = attempt <= retries and time.monotonic() + delay < deadline
-                if response.status_code == 429 and on_rate_limited is not None:
-                    if await on_rate_limited(asked if asked is not None else 1.0, response, retrying):
-                        delay = 0.0
-                if not retrying or time.monotonic() >= deadline:
+                if not retrying:
                     return Outcome(response, attempt)
                 await response.aclose()
                 logger.info("upstream %s %s answered %s; retry %d in %.2fs", method, path, response.status_code, attempt, delay)

@@ -2,9 +2,11 @@
 
 `dashboard/asgi.py` sends every HTTP request under /v1/ (and the together SDK's
 /v2/projects/.../models) here, before Django's middleware. This module reads the body
-(bounded), authenticates the key, applies the per-key request rate for the endpoint
-kind, calls the route's handler and writes the answer; every failure becomes the
-OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
+(bounded), authenticates the key (`auth.py`), routes (`routes.py`), applies the
+per-key request rate for kinds whose handlers do not admit themselves, calls the
+route's handler (inference: `inference.py`, which reads top-down through
+`admission.py`, `forward.py` and `relay.py`; files and jobs: `jobs.py`) and writes
+the answer; every failure becomes the OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
 given back and a stream's lease released (see `_watch_disconnect`). Revoking the key or
 pausing the team cancels it the same way, and it is answered what a new call would get
 (see limiter/gateway/revocation.py).
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import uuid
 from collections.abc import Sequence
@@ -22,24 +23,24 @@ from collections.abc import Sequence
 from django.conf import settings
 
 from limiter import logs, process
-from limiter.gateway import errors, inference
+from limiter.gateway import errors
+from limiter.gateway.admission import admitted
+from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
 from limiter.gateway.errors import ApiError
-from limiter.gateway.http import Handler, Request, Response, StreamingResponse
-from limiter.gateway.jobs import ROUTES as job_routes
+from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
+from limiter.gateway.http import Request, Response, StreamingResponse
+from limiter.gateway.inference import SELF_LIMITED
 from limiter.gateway.revocation import calls
-from limiter.gateway.throttle import AuthThrottle, client_address, trusted_networks
-from limiter.keys import cache as key_cache
+from limiter.gateway.routes import Route, build_routes
+from limiter.gateway.throttle import client_address, trusted_networks
 from limiter.recorder import recorder
 
 logger = logging.getLogger(__name__)
 
-# (method, path pattern, endpoint kind or "" for no rate limit, handler). Reads of a
-# team's own jobs are answered from the database, so they are not charged.
-Route = tuple[str, str, str, Handler]
+__all__ = ["AUTH_FAILURES_PER_MINUTE", "TeamApi", "application"]
 
-AUTH_FAILURES_PER_MINUTE = 30  # per client address (across processes with REDIS_URL)
 # Request headers whose values are sent on to Together: each must be encodable there.
-UPSTREAM_BOUND_HEADERS = (*inference.FORWARDED_REQUEST_HEADERS, "x-request-id")
+UPSTREAM_BOUND_HEADERS = (*FORWARDED_REQUEST_HEADERS, "x-request-id")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -49,7 +50,7 @@ def _compile(pattern: str) -> re.Pattern[str]:
 class TeamApi:
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = [(method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes]
-        self.auth_throttle = AuthThrottle(AUTH_FAILURES_PER_MINUTE, redis_url=settings.REDIS_URL)
+        self.auth = Authenticator()
         self.trusted_proxies = trusted_networks(settings.SLUICE_TRUSTED_PROXIES)
         # Requests being handled, queued and streaming ones included: a drain waits for idle.
         self.in_flight = 0
@@ -161,40 +162,22 @@ class TeamApi:
                            type=errors.NOT_FOUND, code="unknown_url")
         kind, handler = route
         await process.ensure_started()
-        request.key = await self._authenticate(request)
-        if request.key.paused:
-            raise errors.team_paused(request.key.team_name)
+        request.key = await self.auth.authenticate(request)
         # From here on, revoking the key or pausing the team cuts this call.
         task = asyncio.current_task()
         assert task is not None
         request.call = calls.track(request.key, task, request.request_id)
         recorder.key_used(request.key.key_id)
-        if kind and kind not in inference.SELF_LIMITED:
+        if kind and kind not in SELF_LIMITED:
             # Files, jobs and the like: the per-key request rate, held only while the call runs.
-            async with inference.admitted(request, kind, tokens=0) as grant:
+            async with admitted(request, kind) as admission:
                 # Admitted: a file or job call runs to its end, so that its answer tells the
                 # truth about what it wrote upstream or in the database.
                 request.call.cuttable = False
                 response = await handler(request)
-                inference.add_quota_headers(response, grant)
+                admission.add_quota_headers(response)
                 return response
         return await handler(request)
-
-    async def _authenticate(self, request: Request):
-        authorization = request.headers.get("authorization", "")
-        scheme, _, secret = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, errors.MSG_NO_KEY, type=errors.AUTHENTICATION, code="missing_api_key")
-        info = await key_cache.authenticate(secret.strip())
-        if info is not None:
-            # The key first, the throttle after: a valid key is never refused because
-            # others behind the same address (a load balancer, a NAT) guessed badly.
-            return info
-        wait = await self.auth_throttle.failed(request.client)
-        if wait:
-            raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT, code="auth_rate_limited",
-                           headers={"retry-after": str(math.ceil(wait))})
-        raise errors.invalid_key()
 
 
 def _request_id(given: str | None) -> str:
@@ -278,20 +261,6 @@ async def _end_cut_stream(send, response: StreamingResponse, refusal: ApiError, 
     event = (b"\n\n" if response.mid_event else b"") + b"data: " + refusal.body() + b"\n\n"
     await send({"type": "http.response.body", "body": event, "more_body": True})
     await send({"type": "http.response.body", "body": b""})
-
-
-def build_routes() -> list[Route]:
-    routes: list[Route] = [
-        ("POST", "/v1/chat/completions", "chat", inference.chat_completions),
-        ("POST", "/v1/completions", "completions", inference.completions),
-        ("POST", "/v1/embeddings", "embeddings", inference.embeddings),
-        ("POST", "/v1/images/generations", "images", inference.images),
-        ("POST", "/v1/rerank", "rerank", inference.rerank),
-        ("GET", "/v1/models", "", inference.models),
-        # The together SDK 3.x lists models per project; answer with the same list.
-        ("GET", "/v2/projects/{project_id}/models", "", inference.models),
-    ]
-    return routes + job_routes
 
 
 application = TeamApi(build_routes())

@@ -95,3 +95,28 @@ def invalid_key() -> ApiError:
 def team_paused(team: str) -> ApiError:
     """What a call of a paused team is answered."""
     return ApiError(403, MSG_TEAM_PAUSED.format(team=team), type=PERMISSION, code="team_paused")
+
+
+# --- reading Together's error bodies -----------------------------------------------------
+def _upstream_error_object(content: bytes) -> dict[str, Any]:
+    # Together's usual `{"error": {...}}`, or the batch endpoints' `{"error": "text"}`.
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return {}
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else ({"message": error} if isinstance(error, str) else {})
+
+
+def upstream_message(content: bytes) -> str:
+    return str(_upstream_error_object(content).get("message") or content[:300].decode(errors="replace")
+               or "no detail")
+
+
+def upstream_type(content: bytes, status: int) -> str:
+    return str(_upstream_error_object(content).get("type") or (INVALID_REQUEST if status < 500 else UPSTREAM))
+
+
+def upstream_code(content: bytes) -> str | None:
+    code = _upstream_error_object(content).get("code")
+    return str(code) if code is not None else None

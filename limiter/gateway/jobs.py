@@ -33,9 +33,9 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from limiter.gateway import errors
+from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
-from limiter.gateway.inference import model_not_found
 from limiter.jobs import fields, selectors, services
 from limiter.jobs.models import Job, JobKind
 from limiter.jobs.ownership import model_key, owned_models, usable

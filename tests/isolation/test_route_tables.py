@@ -12,7 +12,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from dashboard.api import api
 from dashboard.routing import websocket_urlpatterns
-from limiter.gateway.app import build_routes
+from limiter.gateway.routes import build_routes
 from tests.isolation.routes import (
     OPS_PUBLIC,
     OPS_ROUTES,

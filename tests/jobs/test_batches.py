@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from asgiref.sync import sync_to_async
 
-from limiter.jobs import api, services
+from limiter.gateway import jobs as api
+from limiter.jobs import services
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
 from tests.jobs.conftest import MODEL, all_done, batch_lines, call, drive, request, upload

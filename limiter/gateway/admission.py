@@ -1,0 +1,212 @@
+"""Step 2 of a call: admission. Ask the limiter, wait in its fair queue, or refuse.
+
+`admit` answers with an `Admission`: the grant the call holds until it is answered.
+A refusal is a 429 in the contract's shape (recorded for the auditors); a limiter that
+does not answer is a 503 (or, in failure mode "open", a grant without a limit).
+
+Right after the grant, the key is checked once more: a revocation's broadcast cuts
+calls in flight (limiter/gateway/revocation.py), and this catches one that slipped
+past it (the broadcast cleared the key cache, so the check asks the database).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from django.conf import settings
+
+from limiter import metrics, process
+from limiter.client import Grant, LimiterUnavailable, Refused
+from limiter.gateway import errors, revocation
+from limiter.gateway.errors import ApiError
+from limiter.gateway.http import Request, Response, StreamingResponse
+from limiter.keys import KeyInfo
+from limiter.recorder import recorder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COMPLETION_TOKENS = 256  # reserved when a call sets no max_tokens (and a TPM limit applies)
+
+REFUSAL_MESSAGES = {
+    "rate_limited": "Rate limit reached for this key on {endpoint}: {limit} requests/min. Retry after {retry:.2f}s.",
+    "account_rate_limited": "The shared Together account is at its limit on {endpoint}. Retry after {retry:.2f}s.",
+    "token_rate_limited": "Token rate limit reached on {endpoint}. Retry after {retry:.2f}s.",
+    "queue_full": "Too many requests of this key are already queued on {endpoint}. Retry after {retry:.2f}s.",
+    "queue_timeout": (
+        "The request waited the longest this key may queue on {endpoint} and was not admitted. "
+        "Retry after {retry:.2f}s."
+    ),
+    "concurrency_limited": "Too many concurrent requests on {endpoint}. Retry after {retry:.2f}s.",
+    "upstream_paused": (
+        "Together asked Sluice to slow down on {endpoint}; calls are paused. Retry after {retry:.2f}s."
+    ),
+}
+MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
+
+
+class Admission:
+    """The grant a call holds, released exactly once (shielded from cancellation)."""
+
+    __slots__ = ("request", "endpoint", "tokens", "model", "grant")
+
+    def __init__(self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant) -> None:
+        self.request, self.endpoint, self.tokens, self.model, self.grant = request, endpoint, tokens, model, grant
+
+    def release(self, tokens_used: float | None = None) -> None:
+        """Hand the grant back; `tokens_used` settles a token reservation."""
+        grant, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
+        process.release(grant.lease, tokens_used)
+
+    async def requeue(self) -> None:
+        """Give the grant back, then queue for a new one (a retry after Together's 429).
+
+        Released first: every call in flight gets the same 429, and a retry that kept its
+        slot while queueing for another would wait on itself under a concurrency cap.
+        """
+        self.release(None)
+        self.grant = await _grant_checked(self.request, self.endpoint, self.tokens, self.model)
+
+    def add_quota_headers(self, response: Response | StreamingResponse) -> None:
+        for name, value in quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset).items():
+            response.add_header(name, value)
+        if self.grant.waited:
+            response.add_header("x-sluice-queued-ms", str(round(self.grant.waited * 1000)))
+
+    def quota(self) -> dict[str, str]:
+        return quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset)
+
+
+async def admit(request: Request, endpoint: str, tokens: float = 0.0, model: str = "") -> Admission:
+    """Wait for the limiter's grant for this call, or raise the caller's 429 / 503."""
+    return Admission(request, endpoint, tokens, model, await _grant_checked(request, endpoint, tokens, model))
+
+
+@asynccontextmanager
+async def admitted(request: Request, endpoint: str) -> AsyncIterator[Admission]:
+    """A grant held for the block (files, jobs: the per-key request rate)."""
+    admission = await admit(request, endpoint)
+    try:
+        yield admission
+    finally:
+        admission.release()
+
+
+async def _grant_checked(request: Request, endpoint: str, tokens: float, model: str) -> Grant:
+    grant = await _grant(request, endpoint, tokens, model)
+    assert request.key is not None
+    refusal = await revocation.key_refusal(request.key)
+    if refusal is not None:
+        process.release(grant.lease, None)
+        raise refusal
+    return grant
+
+
+async def _grant(request: Request, endpoint: str, tokens: float, model: str) -> Grant:
+    key = request.key
+    assert key is not None
+    limiter = await process.ensure_started()
+    started = time.monotonic()
+    try:
+        grant = await limiter.acquire(key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id)
+    except Refused as refused:
+        d = refused.decision
+        metrics.LIMITER_UP.set(1)
+        metrics.REFUSED.labels(endpoint, d["reason"], "gateway").inc()
+        recorder.refusal(
+            team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
+            endpoint=endpoint, model=model, reason=d["reason"], source="gateway",
+            retry_after=d["retry_after"], request_id=request.request_id,
+        )
+        message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED)
+        raise rate_limited(
+            reason=d["reason"], retry_after=d["retry_after"], limited_by="gateway", scope=d["scope"],
+            message=message.format(endpoint=endpoint, limit=d["limit"], retry=d["retry_after"]),
+            quota=quota_headers(d["limit"], d["remaining"], d["reset"]),
+        ) from None
+    except LimiterUnavailable:
+        metrics.LIMITER_UP.set(0)
+        metrics.LIMITER_UNAVAILABLE.inc()
+        if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
+            raise ApiError(503, errors.MSG_LIMITER_DOWN, type=errors.SERVER, code="limiter_unavailable",
+                           headers={"retry-after": "1"}) from None
+        logger.error("limiter unavailable: admitting %s without a limit (failure mode 'open')", request.request_id)
+        return Grant("", 0.0, 0, 0, 0.0)
+    metrics.LIMITER_UP.set(1)
+    metrics.ADMITTED.labels(endpoint).inc()
+    if grant.waited:
+        metrics.QUEUED.labels(endpoint).inc()
+        metrics.QUEUE_WAIT.labels(endpoint).observe(grant.waited)
+    else:
+        metrics.LIMITER_ROUND_TRIP.observe(time.monotonic() - started)
+    return grant
+
+
+# --- the 429 and the quota headers ------------------------------------------------------
+def _format_reset(seconds: float) -> str:
+    # OpenAI's format: "1s", "6m0s", "250ms".
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.3g}s" if minutes else f"{rest:.3g}s"
+
+
+def quota_headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": _format_reset(reset),
+    }
+
+
+def rate_limited(
+    *, reason: str, retry_after: float, message: str, limited_by: str, scope: str = "",
+    quota: dict[str, str] | None = None,
+) -> ApiError:
+    """A 429 in the contract's shape: Retry-After rounded up, retry-after-ms, and who refused."""
+    retry_after = max(retry_after, 0.001)
+    headers = {
+        "retry-after": str(math.ceil(retry_after)),
+        "retry-after-ms": str(math.ceil(retry_after * 1000)),
+        "x-sluice-limited-by": limited_by,
+        **(quota or {}),
+    }
+    extra = {"retry_after": round(retry_after, 3), "limited_by": limited_by, "scope": scope or None}
+    return ApiError(429, message, type=errors.RATE_LIMIT, code=reason, headers=headers, extra=extra)
+
+
+# --- what a call costs ----------------------------------------------------------------------
+def _text_size(value: Any) -> int:
+    """Characters of text anywhere in `value`. A loop, not recursion: a caller's body
+    decides how deep it goes (Request.json bounds it too)."""
+    size, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            size += len(node)
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return size
+
+
+def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
+    """Prompt size (about 4 characters a token) plus the completion it may produce."""
+    prompt = _text_size(body.get("messages") or body.get("prompt") or body.get("input") or body.get("documents"))
+    completion = 0
+    if endpoint in ("chat", "completions"):
+        completion = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS
+        if not isinstance(completion, int) or completion < 0:
+            completion = DEFAULT_COMPLETION_TOKENS
+    return math.ceil(prompt / 4) + completion
+
+
+def uses_tokens(key: KeyInfo, endpoint: str) -> bool:
+    """Whether a token limit applies to this call (its key's or its account's)."""
+    limits = (key.key_limits.get(endpoint), key.account_limits.get(endpoint))
+    return any(limit and limit[2] for limit in limits)

@@ -1,0 +1,29 @@
+"""The team API's route table: (method, path pattern, endpoint kind, handler).
+
+The endpoint kind names the limits that apply: inference handlers take their own
+grant (`inference.SELF_LIMITED`); other kinds are admitted by the app around the
+handler; "" is not rate limited (reads of a team's own jobs come from the database).
+Literal paths come before `{id}` ones: the router takes the first match.
+"""
+
+from __future__ import annotations
+
+from limiter.gateway import catalog, inference
+from limiter.gateway.http import Handler
+from limiter.gateway.jobs import ROUTES as JOB_ROUTES
+
+Route = tuple[str, str, str, Handler]
+
+
+def build_routes() -> list[Route]:
+    routes: list[Route] = [
+        ("POST", "/v1/chat/completions", "chat", inference.chat_completions),
+        ("POST", "/v1/completions", "completions", inference.completions),
+        ("POST", "/v1/embeddings", "embeddings", inference.embeddings),
+        ("POST", "/v1/images/generations", "images", inference.images),
+        ("POST", "/v1/rerank", "rerank", inference.rerank),
+        ("GET", "/v1/models", "", catalog.models),
+        # The together SDK 3.x lists models per project; answer with the same list.
+        ("GET", "/v2/projects/{project_id}/models", "", catalog.models),
+    ]
+    return routes + JOB_ROUTES
