@@ -39,7 +39,7 @@ class Migration(migrations.Migration):
                 ('poll_failures', models.PositiveIntegerField(default=0)),
                 ('unchanged_polls', models.PositiveIntegerField(default=0)),
                 ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='limiter.upstreamaccount')),
-                ('key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='limiter.gatewaykey')),
+                ('key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='limiter.apikey')),
                 ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='parts', to='limiter.job')),
                 ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='limiter.team')),
             ],
