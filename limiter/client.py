@@ -76,7 +76,6 @@ class LimiterClient:
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
         self._held: dict[str, events.AdoptMessage] = {}
         self._dispatcher: asyncio.Task | None = None
-        self.last_answer = 0.0  # monotonic time of the limiter's last answer (health)
 
     async def start(self) -> None:
         self.reply_channel = await self.layer.new_channel("sluice.web.")
@@ -126,7 +125,6 @@ class LimiterClient:
             for held in list(self._held.values()):
                 spawn(self._send_until_delivered(dict(held)))
             return
-        self.last_answer = time.monotonic()
         queue = self._waiting.get(message.get("ticket", ""))
         if queue is not None:
             queue.put_nowait(message)

@@ -8,12 +8,16 @@ itself and the job poller. `draining` is set while `serve` shuts down.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from limiter import events
 from limiter.client import LimiterClient, spawn
+
+logger = logging.getLogger(__name__)
 
 # Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
 draining = False
@@ -74,3 +78,30 @@ async def request_snapshot(reply_channel: str) -> None:
     """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
     await ensure_started()
     await get_channel_layer().send(events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel})
+
+
+async def drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
+    """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
+    and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
+    what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,
+    flush the 429 record, then stop the server."""
+    global draining
+    from limiter.gateway.app import application as team_api
+    from limiter.recorder import recorder
+    from limiter.upstream import client as upstream
+
+    if draining:
+        return
+    draining = True
+    logger.info("draining: no new connections; %d requests in flight", team_api.in_flight)
+    stop_listening()
+    if team_api.in_flight:
+        try:
+            await asyncio.wait_for(team_api.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)
+        except TimeoutError:
+            pass
+    if team_api.in_flight:
+        logger.warning("shutting down with %d requests still in flight", team_api.in_flight)
+    await recorder.flush()
+    await upstream.aclose()
+    stop()

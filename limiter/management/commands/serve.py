@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import environ
@@ -86,7 +85,7 @@ class Command(BaseCommand):
             # twisted types `reactor` as its zope Interface, whose methods are declared
             # without self; mypy reads them right only with the mypy-zope plugin.
             loop.add_signal_handler(
-                sig, lambda: asyncio.ensure_future(_drain(stop_listening, reactor.stop)),  # type: ignore[misc]
+                sig, lambda: asyncio.ensure_future(process.drain(stop_listening, reactor.stop)),  # type: ignore[misc]
             )
         self._announce(host, port, "daphne")
 
@@ -102,7 +101,7 @@ class Command(BaseCommand):
             def install_signal_handlers(self) -> None:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(_drain(self.stop_listening, self.exit)))
+                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(process.drain(self.stop_listening, self.exit)))
 
             def stop_listening(self) -> None:
                 for listener in self.servers:
@@ -131,28 +130,3 @@ class Command(BaseCommand):
 
 def _loopback(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-async def _drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
-    """Stop accepting, answer what is in flight (queued and streaming included), flush
-    the 429 record, then stop the server."""
-    from limiter import process
-    from limiter.gateway.app import application as team_api
-    from limiter.recorder import recorder
-    from limiter.upstream import client as upstream
-
-    if process.draining:
-        return
-    process.draining = True
-    logger.info("draining: no new connections; %d requests in flight", team_api.in_flight)
-    stop_listening()
-    if team_api.in_flight:
-        try:
-            await asyncio.wait_for(team_api.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)
-        except TimeoutError:
-            pass
-    if team_api.in_flight:
-        logger.warning("shutting down with %d requests still in flight", team_api.in_flight)
-    await recorder.flush()
-    await upstream.aclose()
-    stop()
