@@ -10,7 +10,6 @@ only then does the process exit.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from typing import Any
 
@@ -21,7 +20,6 @@ from django.core.management.base import BaseCommand
 from limiter.management.production import refuse_development_secret_key
 
 env = environ.Env()
-logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
