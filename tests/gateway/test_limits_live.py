@@ -121,3 +121,22 @@ async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
     assert waited >= 1.0, "another key's call went out during Together's pause"
     assert int(other.headers["x-sluice-queued-ms"]) >= 1000
     assert server.sandbox.stats()["chat"]["status_429"] == 1
+
+
+async def test_retries_after_togethers_429_do_not_deadlock_under_a_concurrency_cap(tmp_path):
+    """Issue 10, fault 1: Together's 429 hits every call in flight at once. With the
+    account capped at 3 concurrent calls and 3 in flight, each retry used to queue for a
+    slot while still holding its own: all three were refused `concurrency_limited` at max
+    wait. A retry now gives its slot back before it queues again."""
+    config = SandboxConfig(latency_ms=300, fail_next=[429, 429, 429], inject_retry_after_s=0.2)
+    with SluiceServer(tmp_path, sandbox=config) as server:
+        server.make_profile("capped", {"chat": {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 10,
+                                                "max_concurrent": 3, "max_queue_wait_seconds": 5}}, account=True)
+        key = server.issue_key("capped-team", profile="capped")
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            answers = await asyncio.gather(*(
+                client.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"}) for _ in range(3)
+            ))
+        assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+        stats = server.sandbox.stats()["chat"]
+        assert stats["status_429"] == 3 and stats["ok"] == 3
