@@ -82,7 +82,7 @@ class ModelNamesField(forms.CharField):
         names = [line.strip() for line in str(value or "").splitlines()]
         return [name for name in names if name]
 
-    def validate(self, value: list[str]) -> None:  # type: ignore[override]
+    def validate(self, value: list[str]) -> None:
         for name in value:
             if len(name) > 300 or any(char.isspace() for char in name):
                 raise forms.ValidationError(MSG_MODEL_NAME.format(name=name))

@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any, cast
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -48,7 +49,7 @@ class Refused(Exception):
         self.decision = decision
 
 
-_background: set[asyncio.Task] = set()
+_background: set[asyncio.Task[Any]] = set()
 _config_listeners: list[Callable[[], None]] = []
 
 
@@ -58,7 +59,7 @@ def on_config_changed(listener: Callable[[], None]) -> None:
     _config_listeners.append(listener)
 
 
-def spawn(coro) -> asyncio.Task:
+def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     """Run `coro` in the background, keeping a reference so it is not collected, and
     out of reach of the caller's cancellation (a release must happen even when the
     request that holds the lease is being cancelled)."""
@@ -72,10 +73,10 @@ class LimiterClient:
     def __init__(self) -> None:
         self.layer = get_channel_layer()
         self.reply_channel = ""
-        self._waiting: dict[str, asyncio.Queue[dict]] = {}
+        self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
         self._held: dict[str, events.AdoptMessage] = {}
-        self._dispatcher: asyncio.Task | None = None
+        self._dispatcher: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
         self.reply_channel = await self.layer.new_channel("sluice.web.")
@@ -105,7 +106,7 @@ class LimiterClient:
         except Exception as exc:
             logger.error("could not join %s: %s", events.CONFIG_GROUP, exc)
 
-    def _dispatch(self, message: dict) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == events.CONFIG_CHANGED:
             from limiter import keys
@@ -132,10 +133,10 @@ class LimiterClient:
             # Granted after its caller gave up (disconnected or timed out): hand it back.
             spawn(self._send_until_delivered({"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}))
 
-    async def _send(self, message: dict) -> None:
+    async def _send(self, message: dict[str, Any]) -> None:
         await self.layer.send(events.LIMITER_CHANNEL, message)
 
-    async def _send_until_delivered(self, message: dict, attempts: int = 20) -> None:
+    async def _send_until_delivered(self, message: dict[str, Any], attempts: int = 20) -> None:
         """For messages the limiter must get (a release, a cancel): retry through a
         channel-layer outage rather than leak a lease until it expires."""
         for attempt in range(attempts):
@@ -170,7 +171,7 @@ class LimiterClient:
         key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
         account_limit = key.account_limits.get(endpoint) or key_limit
         ticket = uuid.uuid4().hex
-        queue: asyncio.Queue[dict] = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
         try:
@@ -206,7 +207,7 @@ class LimiterClient:
         finally:
             del self._waiting[ticket]
         if decision["kind"] == "refuse":
-            raise Refused(decision)
+            raise Refused(cast(DecisionMessage, decision))
         if decision["lease"]:
             self._held[decision["lease"]] = {
                 "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
@@ -215,7 +216,7 @@ class LimiterClient:
         return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"],
                      age=max(0.0, time.time() - decision["at"]))
 
-    async def _send_or_unavailable(self, message: dict) -> None:
+    async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
         try:
             await self._send(message)
         except asyncio.CancelledError:
@@ -241,7 +242,7 @@ class LimiterClient:
             logger.warning("could not report upstream headers to the limiter: %s", exc)
 
     @staticmethod
-    def _report(key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool) -> dict:
+    def _report(key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool) -> dict[str, Any]:
         return {
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
@@ -252,10 +253,10 @@ class LimiterClient:
             "refused": refused,
         }
 
-    async def ping(self, within: float | None = None) -> tuple[float, dict]:
+    async def ping(self, within: float | None = None) -> tuple[float, dict[str, Any]]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""
         ticket = uuid.uuid4().hex
-        queue: asyncio.Queue[dict] = asyncio.Queue()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         started = time.monotonic()
         try:

@@ -54,6 +54,7 @@ class AcquireMessage(TypedDict):
     account_limit: LimitTuple
     tokens: float
     request_id: str
+    expires: float  # unix time after which the asker has given up (never worth granting)
 
 
 class DecisionMessage(TypedDict):

@@ -28,9 +28,7 @@ MAX_UNKNOWN = 10_000  # recent bad secrets remembered (the auth throttle slows t
 LOAD_ATTEMPTS = 3  # reads of one key, should configuration changes keep interrupting them
 
 
-def limit_tuple(row: EndpointLimit | None) -> LimitTuple | None:
-    if row is None:
-        return None
+def limit_tuple(row: EndpointLimit) -> LimitTuple:
     return (
         float(row.effective_per_minute),
         row.burst,

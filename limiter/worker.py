@@ -18,11 +18,13 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
+from channels.layers import BaseChannelLayer
 
 from limiter import events
-from limiter.engine import Decision, Engine, Limit, Scope
+from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, LimitTuple, ScopeSnapshot
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ class Stats:
     """What the dashboard shows beyond the engine's own state: sliding counts and history."""
 
     def __init__(self) -> None:
-        self.admitted: dict[tuple, SecondCounts] = defaultdict(SecondCounts)
-        self.refused: dict[tuple, dict[str, SecondCounts]] = defaultdict(
+        self.admitted: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
+        self.refused: dict[ScopeId, dict[str, SecondCounts]] = defaultdict(
             lambda: {"gateway": SecondCounts(), "upstream": SecondCounts()}
         )
         # endpoint -> deque of [minute, admitted, queued, refused]
@@ -88,12 +90,12 @@ class Stats:
             for scope in ticket.scopes:
                 self.refused[scope.id]["gateway"].add(mono)
 
-    def forget(self, scope_ids: list[tuple]) -> None:
+    def forget(self, scope_ids: list[ScopeId]) -> None:
         for scope_id in scope_ids:
             self.admitted.pop(scope_id, None)
             self.refused.pop(scope_id, None)
 
-    def record_upstream_refusal(self, scope_id: tuple, mono: float, wall: float) -> None:
+    def record_upstream_refusal(self, scope_id: ScopeId, mono: float, wall: float) -> None:
         self.refused[scope_id]["upstream"].add(mono)
         self._minute(scope_id[2], wall)[3] += 1
 
@@ -120,9 +122,9 @@ class LimiterConsumer(AsyncConsumer):
         self._timer: asyncio.TimerHandle | None = None
         self._dirty = True
         self._last_snapshot = 0.0
-        self._publisher: asyncio.Task | None = None
+        self._publisher: asyncio.Task[Any] | None = None
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         logger.info("limiter started on channel %r", events.LIMITER_CHANNEL)
         try:
             await super().__call__(scope, receive, send)
@@ -135,7 +137,7 @@ class LimiterConsumer(AsyncConsumer):
         if self._timer:
             self._timer.cancel()
 
-    async def dispatch(self, message: dict) -> None:
+    async def dispatch(self, message: dict[str, Any]) -> None:
         # Not Channels' dispatch: it closes stale database connections in a thread
         # before every message, a thread hop per decision, and the limiter never
         # touches the database. And one bad message must not take the engine (with
@@ -152,7 +154,7 @@ class LimiterConsumer(AsyncConsumer):
     # --- messages ---------------------------------------------------------------------
     async def limiter_acquire(self, message: events.AcquireMessage) -> None:
         now = time.monotonic()
-        if message.get("expires", now + 1) <= time.time():
+        if message["expires"] <= time.time():
             return  # the asker gave up long ago (e.g. it queued while we were down)
         endpoint = message["endpoint"]
         decisions = self.engine.acquire(
@@ -170,7 +172,7 @@ class LimiterConsumer(AsyncConsumer):
         now = time.monotonic()
         await self._answer(self.engine.release(message["lease"], message.get("tokens_used"), now), now)
 
-    async def limiter_cancel(self, message: dict) -> None:
+    async def limiter_cancel(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
         await self._answer(self.engine.cancel(message["ticket"], now), now)
 
@@ -203,10 +205,10 @@ class LimiterConsumer(AsyncConsumer):
         )
         self._dirty = True
 
-    async def limiter_snapshot(self, message: dict) -> None:
+    async def limiter_snapshot(self, message: dict[str, Any]) -> None:
         await self.channel_layer.send(message["reply"], self.snapshot())
 
-    async def limiter_ping(self, message: dict) -> None:
+    async def limiter_ping(self, message: dict[str, Any]) -> None:
         await self.channel_layer.send(message["reply"], {
             "type": events.PONG,
             "ticket": message["ticket"],
@@ -290,7 +292,7 @@ class LimiterConsumer(AsyncConsumer):
 
     def snapshot(self) -> events.LiveSnapshot:
         now = time.monotonic()
-        queued_by_scope: dict[tuple, list[float]] = defaultdict(list)
+        queued_by_scope: dict[ScopeId, list[float]] = defaultdict(list)
         for ticket in self.engine.tickets.values():
             queued_by_scope[ticket.key.id].append(ticket.arrived)
             queued_by_scope[ticket.account.id].append(ticket.arrived)
@@ -312,7 +314,7 @@ class LimiterConsumer(AsyncConsumer):
         kind, object_id, endpoint = scope.id
         refused = self.stats.refused.get(scope.id)
         return {
-            "kind": kind,
+            "kind": "key" if kind == "key" else "account",
             "id": object_id,
             "endpoint": endpoint,
             "limit_per_minute": scope.limit.per_minute,
@@ -332,7 +334,7 @@ class LimiterConsumer(AsyncConsumer):
         }
 
 
-async def run_limiter(layer, stop: asyncio.Event | None = None, *, unknown_before_wall: float | None = None) -> None:
+async def run_limiter(layer: BaseChannelLayer, stop: asyncio.Event | None = None, *, unknown_before_wall: float | None = None) -> None:
     """Serve the limiter channel until `stop` is set, surviving channel-layer errors
     (a Redis restart must not end the authority, or its state)."""
     unknown_before = None
@@ -360,7 +362,7 @@ async def run_limiter(layer, stop: asyncio.Event | None = None, *, unknown_befor
         consumer.close()
 
 
-async def _announce(layer) -> None:
+async def _announce(layer: BaseChannelLayer) -> None:
     """Tell web processes a (new) limiter is serving, so they hand back their live leases."""
     try:
         await layer.group_send(events.CONFIG_GROUP, {"type": events.LIMITER_STARTED})

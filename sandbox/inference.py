@@ -209,8 +209,8 @@ def rerank(state: SandboxState, request: Request, body: dict[str, Any]) -> tuple
     results = scored[:top_n]
     if body.get("return_documents"):
         for result in results:
-            doc = documents[result["index"]]
-            result["document"] = {"text": doc} if isinstance(doc, str) else doc
+            doc = documents[int(result["index"])]
+            result["document"] = {"text": doc} if isinstance(doc, str) else doc  # type: ignore[assignment]  # the row is a JSON object
     prompt = count_words(body["query"]) + sum(count_words(text) for text in texts)
     response = {
         "id": f"rr-{uuid.uuid4().hex}",

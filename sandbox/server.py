@@ -146,7 +146,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
 
 async def _read_body(reader: asyncio.StreamReader, headers: list[tuple[bytes, bytes]]) -> bytes:
     if _header(headers, b"transfer-encoding").lower() == b"chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             chunk = await reader.readexactly(size + 2)

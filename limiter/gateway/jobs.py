@@ -377,7 +377,7 @@ async def batches_create(request: Request) -> Response:
     shown = await _shown(job)
     if shown["status"] == "QUEUED":
         warning = " ".join(filter(None, [warning, MSG_QUEUED]))
-    answer = {"job": shown}
+    answer: dict[str, object] = {"job": shown}
     if warning:
         answer["warning"] = warning
     return Response.json(answer, status=201)

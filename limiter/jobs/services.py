@@ -456,7 +456,7 @@ async def job_reconcile(*, job: Job) -> bool:
 
 
 def _taken_ids(ids: list[str]) -> set[str]:
-    return set(Job.objects.filter(upstream_id__in=ids).values_list("upstream_id", flat=True))
+    return {upstream_id for upstream_id in Job.objects.filter(upstream_id__in=ids).values_list("upstream_id", flat=True) if upstream_id}
 
 
 # --- polling -----------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Command(BaseCommand):
         from daphne.server import Server
 
         app = SandboxApp(SandboxConfig(api_key=api_key, latency_ms=latency_ms))
-        server = Server(
+        server: Any = Server(
             application=app,
             endpoints=[f"tcp:port={port}:interface={host}"],
             ready_callable=lambda: self._announce(server, host, port),
