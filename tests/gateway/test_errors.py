@@ -138,7 +138,12 @@ def test_refusals_are_recorded(shared_server):
     httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
     refused = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
     assert_error(refused, 429, "rate_limited")
-    time.sleep(1.5)  # the recorder writes once a second, off the request path
+    # The recorder writes once a second, off the request path: wait for the row to land.
+    api = httpx.Client(base_url=shared_server.url, headers={"authorization": f"Bearer {shared_server.admin_token}"})
+    deadline = time.monotonic() + 10
+    while not any(row["request_id"] == "audit-me" for row in api.get("/api/refusals").json()["items"]):
+        assert time.monotonic() < deadline, "the refusal was never recorded"
+        time.sleep(0.05)
     row = shared_server.python(
         "from limiter.models import Refusal;"
         "r = Refusal.objects.get(request_id='audit-me');"

@@ -107,11 +107,17 @@ def shared_server_slow_streams(tmp_path_factory):
 
 async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
     server = shared_server
-    server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 2})
+    # 3 s: the live view seen below may be up to a second old.
+    server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 3})
     first, second = server.issue_key("paused-a"), server.issue_key("paused-b")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         hit = asyncio.ensure_future(client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"}))
-        await asyncio.sleep(0.5)  # Together's 429 has arrived and paused the account
+        # Wait until Together's 429 has paused the account in the limiter (the live view says).
+        ops = {"authorization": f"Bearer {server.admin_token}"}
+        while not any(scope["kind"] == "account" and scope["paused_for"] > 0
+                      for scope in ((await client.get("/api/live", headers=ops)).json()["snapshot"] or {})
+                      .get("scopes", [])):
+            await asyncio.sleep(0.02)
         started = time.monotonic()
         other = await client.post(CHAT, json=body(), headers={"authorization": f"Bearer {second}"})
         waited = time.monotonic() - started
