@@ -80,3 +80,43 @@ def seeded_transactional_db(transactional_db):
     from django.apps import apps
 
     importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
+
+
+@pytest.fixture(autouse=True)
+def _seeded_in_transaction(request):
+    """Tests in a rolled-back transaction see what the migrations seeded (the default
+    profile and upstream account). A transactional test flushes the database after
+    itself, so whether that data is still there would depend on which tests ran before
+    on this worker (the suite runs in parallel, by file): put it back when it is gone."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or marker.kwargs.get("transaction") or (marker.args and marker.args[0]):
+        return
+    request.getfixturevalue("db")
+    from django.apps import apps
+
+    from limiter.models import UpstreamAccount
+
+    if not UpstreamAccount.objects.filter(is_default=True).exists():
+        importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
+
+
+# The longest-running units first, so that in a parallel run (`make test`: pytest-xdist)
+# they do not start last and leave the other workers idle at the end.
+SLOW_FIRST = ("tests/scaleout/", "tests/bench/", "tests/isolation/", "tests/jobs/test_restart.py", "tests/fuzz/")
+
+
+def _unit(nodeid: str) -> str:
+    # One file is one unit of work (its module-scoped servers start once); tests/isolation
+    # shares one server across its files, so the package is one unit.
+    path = nodeid.split("::", 1)[0]
+    return "tests/isolation/" if path.startswith("tests/isolation/") else path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        unit = _unit(item.nodeid)
+        return next((i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST))
+
+    items.sort(key=rank)  # stable: the order within a file is kept
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(_unit(item.nodeid)))
