@@ -83,10 +83,14 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # The gateway's 429 recorder writes from a background thread while pages read:
-    # WAL plus a busy timeout keeps SQLite from answering "database is locked".
+    # The gateway's 429 recorder and the job poller write from background threads while
+    # pages read and write: WAL plus a busy timeout keeps SQLite from answering "database
+    # is locked", and IMMEDIATE transactions take the write lock up front, because a
+    # transaction that reads first and then writes cannot wait for it (SQLite answers
+    # "locked" at once rather than deadlock; seen as ops API 500s under load).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+         "transaction_mode": "IMMEDIATE"}
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
