@@ -37,18 +37,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="a reduced run (about two minutes)")
     parser.add_argument("--duration", type=float, help="seconds of load per latency cell")
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/11",
-                        help="a Redis database of the benchmark's own: it is flushed")
-    parser.add_argument("--postgres-url", default="postgres://postgres@127.0.0.1:5432/postgres",
-                        help="a PostgreSQL server where a throwaway database is created and dropped")
+    parser.add_argument(
+        "--redis-url",
+        default="redis://127.0.0.1:6379/11",
+        help="a Redis database of the benchmark's own: it is flushed",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default="postgres://postgres@127.0.0.1:5432/postgres",
+        help="a PostgreSQL server where a throwaway database is created and dropped",
+    )
     args = parser.parse_args(argv)
 
     size = runner.QUICK if args.quick else runner.FULL
     if args.duration:
         size = replace(size, duration=args.duration)
     started, load_before = time.monotonic(), runner.load_average()
-    results = runner.run(size, redis_url=args.redis_url, postgres_url=args.postgres_url,
-                         log=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
+    results = runner.run(
+        size,
+        redis_url=args.redis_url,
+        postgres_url=args.postgres_url,
+        log=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True),
+    )
     notes = [
         f"Total run time {time.monotonic() - started:.0f} s. Latency cells: {size.duration:g} s of load "
         f"each, median of {size.repeats} run(s); the upstream is the sandbox with 20 ms latency. "

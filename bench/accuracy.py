@@ -35,16 +35,24 @@ class Accuracy:
 
     @property
     def held(self) -> bool:
-        return self.upstream_429 == 0 and self.max_1s <= self.limit_1s and self.max_60s <= self.limit_60s
+        return (
+            self.upstream_429 == 0
+            and self.max_1s <= self.limit_1s
+            and self.max_60s <= self.limit_60s
+        )
 
 
 def sandbox_limits(ceiling: Ceiling) -> dict[str, int]:
     """Together's per-second and per-minute windows for the account's per-minute limit."""
-    return {"requests_per_second": max(1, round(ceiling.account_rpm / 60)),
-            "requests_per_minute": ceiling.account_rpm}
+    return {
+        "requests_per_second": max(1, round(ceiling.account_rpm / 60)),
+        "requests_per_minute": ceiling.account_rpm,
+    }
 
 
-def run_case(sandbox: Sandbox, target: Target, ceiling: Ceiling, *, clients: int, bursts: int) -> Accuracy:
+def run_case(
+    sandbox: Sandbox, target: Target, ceiling: Ceiling, *, clients: int, bursts: int
+) -> Accuracy:
     limits = sandbox_limits(ceiling)
     # Whatever the previous case queued has been answered or timed out by now.
     time.sleep(ceiling.key_max_wait + 1)
@@ -55,8 +63,16 @@ def run_case(sandbox: Sandbox, target: Target, ceiling: Ceiling, *, clients: int
     errors = 0
     started = time.monotonic()
     for _ in range(bursts):
-        result = run_load(plan(target, concurrency=clients, stream=False, warmup=0, requests=per_burst,
-                               timeout=ceiling.key_max_wait + 30))
+        result = run_load(
+            plan(
+                target,
+                concurrency=clients,
+                stream=False,
+                warmup=0,
+                requests=per_burst,
+                timeout=ceiling.key_max_wait + 30,
+            )
+        )
         errors += result["errors"]
         for status, n in result["statuses"].items():
             statuses[status] = statuses.get(status, 0) + n

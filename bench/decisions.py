@@ -26,17 +26,30 @@ def _key() -> Any:
     from limiter.upstream import Target
 
     return KeyInfo(
-        key_id="bench-key", prefix="sk-sluice-bench", secret_hash="", team_id=0, team_name="bench",
-        paused=False, expires_at=None, account_id="bench-account", account_name="bench",
-        target=Target("1", "together", "http://127.0.0.1:9/v1", ""), key_limits={"chat": OPEN_LIMIT}, account_limits={"chat": OPEN_LIMIT},
-        fallbacks={}, max_batch_requests=None, loaded_at=time.monotonic(),
+        key_id="bench-key",
+        prefix="sk-sluice-bench",
+        secret_hash="",
+        team_id=0,
+        team_name="bench",
+        paused=False,
+        expires_at=None,
+        account_id="bench-account",
+        account_name="bench",
+        target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
+        key_limits={"chat": OPEN_LIMIT},
+        account_limits={"chat": OPEN_LIMIT},
+        fallbacks={},
+        max_batch_requests=None,
+        loaded_at=time.monotonic(),
     )
 
 
 async def _caller(client: Any, key: Any, deadline: float, round_trips: list[float]) -> None:
     while time.monotonic() < deadline:
         started = time.perf_counter()
-        grant = await client.acquire(key=key, endpoint="chat", tokens=0, request_id=uuid.uuid4().hex)
+        grant = await client.acquire(
+            key=key, endpoint="chat", tokens=0, request_id=uuid.uuid4().hex
+        )
         round_trips.append(time.perf_counter() - started)
         client.release(grant.lease, None)
 
@@ -54,15 +67,21 @@ async def measure(concurrency: int, duration: float) -> dict[str, float]:
     await client.ping(within=10.0)  # the limiter is up (and, over Redis, reachable)
     key = _key()
     warm: list[float] = []
-    await asyncio.gather(*(_caller(client, key, time.monotonic() + 0.3, warm) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_caller(client, key, time.monotonic() + 0.3, warm) for _ in range(concurrency))
+    )
     round_trips: list[float] = []
     started = time.monotonic()
-    await asyncio.gather(*(_caller(client, key, started + duration, round_trips) for _ in range(concurrency)))
+    await asyncio.gather(
+        *(_caller(client, key, started + duration, round_trips) for _ in range(concurrency))
+    )
     elapsed = time.monotonic() - started
     round_trips.sort()
     return {
         "decisions_per_s": len(round_trips) / elapsed,
-        "round_trip_p50_ms": round_trips[len(round_trips) // 2] * 1000 if round_trips else float("nan"),
+        "round_trip_p50_ms": round_trips[len(round_trips) // 2] * 1000
+        if round_trips
+        else float("nan"),
     }
 
 
@@ -71,8 +90,17 @@ def run(env: dict[str, str], concurrency: int, duration: float) -> dict[str, flo
     from bench.procs import PYTHON, ROOT
 
     done = subprocess.run(
-        [PYTHON, "-m", "bench.decisions", json.dumps({"concurrency": concurrency, "duration": duration})],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=duration + 60,
+        [
+            PYTHON,
+            "-m",
+            "bench.decisions",
+            json.dumps({"concurrency": concurrency, "duration": duration}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
     )
     if done.returncode:
         raise RuntimeError(f"decisions benchmark failed:\n{done.stdout}\n{done.stderr}")

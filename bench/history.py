@@ -37,12 +37,21 @@ TEAMS = 20
 SPREAD = timedelta(days=30)
 BATCH = 20_000
 CSV_ROWS = 10_000
-MODELS = ["meta-llama/Llama-3.3-70B-Instruct-Turbo", "Qwen/Qwen2.5-7B-Instruct-Turbo", "BAAI/bge-large-en-v1.5", ""]
+MODELS = [
+    "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    "Qwen/Qwen2.5-7B-Instruct-Turbo",
+    "BAAI/bge-large-en-v1.5",
+    "",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows to add (0: time what is there)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.history", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--rows", type=int, default=1_000_000, help="rows to add (0: time what is there)"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=3)
     args = parser.parse_args(argv)
@@ -59,8 +68,18 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
     faster than bulk_create for a million rows, with no database-specific COPY."""
     meta = Refusal._meta
     columns = [
-        "created_at", "team_id", "team_name", "key_prefix", "upstream", "endpoint", "model", "reason",
-        "source", "retry_after_seconds", "request_id", "message",
+        "created_at",
+        "team_id",
+        "team_name",
+        "key_prefix",
+        "upstream",
+        "endpoint",
+        "model",
+        "reason",
+        "source",
+        "retry_after_seconds",
+        "request_id",
+        "message",
     ]
     names = ", ".join(connection.ops.quote_name(_column(c)) for c in columns)
     sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
@@ -74,15 +93,27 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
     adapt = connection.ops.adapt_datetimefield_value
     for start in range(0, rows, BATCH):
         batch: list[tuple[str | int | float | None, ...]] = []
-        for offset in offsets[start:start + BATCH]:
+        for offset in offsets[start : start + BATCH]:
             team = teams[rng.randrange(len(teams))]
             source = RefusalSource.UPSTREAM if rng.random() < 0.1 else RefusalSource.GATEWAY
-            batch.append((
-                adapt(now - timedelta(seconds=offset)), team.pk, team.name, rng.choice(prefixes[team.pk]),
-                "together", rng.choice(endpoints), rng.choice(MODELS),
-                "upstream_rate_limited" if source == RefusalSource.UPSTREAM else rng.choice(reasons),
-                source, round(rng.random() * 5, 2), f"req-{start}-{len(batch)}", "",
-            ))
+            batch.append(
+                (
+                    adapt(now - timedelta(seconds=offset)),
+                    team.pk,
+                    team.name,
+                    rng.choice(prefixes[team.pk]),
+                    "together",
+                    rng.choice(endpoints),
+                    rng.choice(MODELS),
+                    "upstream_rate_limited"
+                    if source == RefusalSource.UPSTREAM
+                    else rng.choice(reasons),
+                    source,
+                    round(rng.random() * 5, 2),
+                    f"req-{start}-{len(batch)}",
+                    "",
+                )
+            )
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.executemany(sql, batch)
 
@@ -111,11 +142,25 @@ def report(team: Team, runs: int) -> None:
 
     cases: list[tuple[str, Callable[[], object]]] = [
         ("first page (50 rows, no filter)", lambda: selectors.refusal_page(filters=everything)),
-        ("second page (keyset)", lambda: selectors.refusal_page(
-            filters=everything, after=selectors.refusal_page(filters=everything).next_cursor or "")),
-        ("filtered page (team + chat + last 24 h)", lambda: selectors.refusal_page(filters=filtered)),
-        ("per-minute chart, last 24 h, no filter", lambda: selectors.refusal_per_minute(filters=everything)),
-        ("per-minute chart, team + chat + 24 h", lambda: selectors.refusal_per_minute(filters=filtered)),
+        (
+            "second page (keyset)",
+            lambda: selectors.refusal_page(
+                filters=everything,
+                after=selectors.refusal_page(filters=everything).next_cursor or "",
+            ),
+        ),
+        (
+            "filtered page (team + chat + last 24 h)",
+            lambda: selectors.refusal_page(filters=filtered),
+        ),
+        (
+            "per-minute chart, last 24 h, no filter",
+            lambda: selectors.refusal_per_minute(filters=everything),
+        ),
+        (
+            "per-minute chart, team + chat + 24 h",
+            lambda: selectors.refusal_per_minute(filters=filtered),
+        ),
         (f"CSV, first {CSV_ROWS:,} rows", csv_rows),
     ]
     vendor = connection.vendor
@@ -128,7 +173,9 @@ def report(team: Team, runs: int) -> None:
             started = time.perf_counter()
             case()
             times.append((time.perf_counter() - started) * 1000)
-        print(f"{label:<44} {statistics.median(times):>10.1f} {min(times):>8.1f} {max(times):>8.1f}")
+        print(
+            f"{label:<44} {statistics.median(times):>10.1f} {min(times):>8.1f} {max(times):>8.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,14 +41,26 @@ def percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-def plan(target: Target, *, concurrency: int, stream: bool, warmup: int, duration: float | None = None,
-         requests: int | None = None, timeout: float = 60.0) -> dict:
+def plan(
+    target: Target,
+    *,
+    concurrency: int,
+    stream: bool,
+    warmup: int,
+    duration: float | None = None,
+    requests: int | None = None,
+    timeout: float = 60.0,
+) -> dict:
     """A load-generator plan (see loadgen.Plan) for chat completions against `target`."""
     return {
         "urls": [f"{url}/chat/completions" for url in target.base_urls],
         "headers": {"authorization": f"Bearer {target.key}", "content-type": "application/json"},
-        "body": {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}],
-                 "max_tokens": 16, "stream": stream},
+        "body": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "max_tokens": 16,
+            "stream": stream,
+        },
         "concurrency": concurrency,
         "duration": duration,
         "requests": requests,
@@ -57,7 +69,9 @@ def plan(target: Target, *, concurrency: int, stream: bool, warmup: int, duratio
     }
 
 
-def measure_once(target: Target, *, concurrency: int, stream: bool, duration: float, warmup: int) -> Cell:
+def measure_once(
+    target: Target, *, concurrency: int, stream: bool, duration: float, warmup: int
+) -> Cell:
     cpu: dict[str, float] = {}
     result = run_load(
         plan(target, concurrency=concurrency, stream=stream, duration=duration, warmup=warmup),
@@ -66,7 +80,9 @@ def measure_once(target: Target, *, concurrency: int, stream: bool, duration: fl
     )
     latencies = sorted(result["latencies_ms"])
     ok = len(latencies)
-    failed = result["errors"] + sum(n for status, n in result["statuses"].items() if not status.startswith("2"))
+    failed = result["errors"] + sum(
+        n for status, n in result["statuses"].items() if not status.startswith("2")
+    )
     return Cell(
         p50_ms=percentile(latencies, 50),
         p99_ms=percentile(latencies, 99),

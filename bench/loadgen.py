@@ -47,7 +47,9 @@ class Tally:
         self.statuses[str(status)] = self.statuses.get(str(status), 0) + 1
 
 
-async def _one(session: aiohttp.ClientSession, url: str, plan: Plan, payload: bytes) -> tuple[int, bool]:
+async def _one(
+    session: aiohttp.ClientSession, url: str, plan: Plan, payload: bytes
+) -> tuple[int, bool]:
     """Send one request and read the whole answer; returns (status, complete)."""
     async with session.post(url, data=payload, headers=plan.headers) as response:
         if not plan.body.get("stream") or response.status != 200:
@@ -61,8 +63,15 @@ async def _one(session: aiohttp.ClientSession, url: str, plan: Plan, payload: by
         return response.status, False
 
 
-async def _worker(index: int, session: aiohttp.ClientSession, plan: Plan, payload: bytes,
-                  budget: list[int], deadline: float | None, tally: Tally) -> None:
+async def _worker(
+    index: int,
+    session: aiohttp.ClientSession,
+    plan: Plan,
+    payload: bytes,
+    budget: list[int],
+    deadline: float | None,
+    tally: Tally,
+) -> None:
     url = plan.urls[index % len(plan.urls)]
     while True:
         if deadline is not None and time.monotonic() >= deadline:
@@ -85,16 +94,24 @@ async def _worker(index: int, session: aiohttp.ClientSession, plan: Plan, payloa
             tally.latencies_ms.append((time.perf_counter() - started) * 1000)
 
 
-async def _phase(session: aiohttp.ClientSession, plan: Plan, payload: bytes,
-                 requests: int | None, duration: float | None) -> tuple[Tally, float]:
+async def _phase(
+    session: aiohttp.ClientSession,
+    plan: Plan,
+    payload: bytes,
+    requests: int | None,
+    duration: float | None,
+) -> tuple[Tally, float]:
     tally = Tally()
     budget = [requests if requests is not None else 0]
     phase = Plan(**{**plan.__dict__, "requests": requests})
     deadline = time.monotonic() + duration if duration is not None else None
     started = time.monotonic()
-    await asyncio.gather(*(
-        _worker(i, session, phase, payload, budget, deadline, tally) for i in range(plan.concurrency)
-    ))
+    await asyncio.gather(
+        *(
+            _worker(i, session, phase, payload, budget, deadline, tally)
+            for i in range(plan.concurrency)
+        )
+    )
     return tally, time.monotonic() - started
 
 

@@ -31,15 +31,22 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start `args` in a new session, so stopping it can take its children too."""
     output = open(log, "ab")  # noqa: SIM115  (the child keeps the descriptor)
     try:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
     finally:
         output.close()
 
 
 def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    done = subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    done = subprocess.run(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if done.returncode:
         raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
     return done.stdout
@@ -51,7 +58,9 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     while time.monotonic() < deadline:
         if process.poll() is not None:
             # spawn() passes a list, whose repr is its str; typeshed also allows bytes here.
-            raise RuntimeError(f"{process.args!r} exited with {process.returncode} before listening")
+            raise RuntimeError(
+                f"{process.args!r} exited with {process.returncode} before listening"
+            )
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -78,7 +87,9 @@ def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def http_json(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -90,7 +101,7 @@ def _stat(pid: int) -> list[str] | None:
     except OSError:
         return None
     # The command name may hold spaces; the fields after its closing parenthesis do not.
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def _descendants(root: int) -> list[int]:
@@ -120,19 +131,30 @@ def cpu_seconds(pids: Iterable[int]) -> float:
 
 
 # --- the load generator ------------------------------------------------------------------------
-def run_load(plan: dict[str, Any], around: Callable[[], None] | None = None,
-             after: Callable[[], None] | None = None) -> dict[str, Any]:
+def run_load(
+    plan: dict[str, Any],
+    around: Callable[[], None] | None = None,
+    after: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Run one load plan in a child process; `around` is called just before the measured
     phase starts (after the warm-up) and `after` as soon as it ends."""
-    child = subprocess.Popen([PYTHON, "-m", "bench.loadgen"], cwd=ROOT, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(
+        [PYTHON, "-m", "bench.loadgen"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert child.stdin is not None and child.stdout is not None
         child.stdin.write(json.dumps(plan) + "\n")
         child.stdin.flush()
         ready = child.stdout.readline()
         if not ready:
-            raise RuntimeError(f"load generator exited with {child.wait()} before its warm-up ended")
+            raise RuntimeError(
+                f"load generator exited with {child.wait()} before its warm-up ended"
+            )
         if around:
             around()
         child.stdin.write("go\n")

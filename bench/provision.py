@@ -19,7 +19,12 @@ from typing import Any
 from limiter.models import EndpointLimit, LimitProfile, Team, UpstreamAccount
 from limiter.services import key_issue
 
-UNTHROTTLED = {"requests_per_minute": 1_000_000, "pace_per_minute": None, "burst": 1000, "queue_depth": 1000}
+UNTHROTTLED = {
+    "requests_per_minute": 1_000_000,
+    "pace_per_minute": None,
+    "burst": 1000,
+    "queue_depth": 1000,
+}
 
 
 def _profile(name: str, chat: dict[str, Any]) -> LimitProfile:
@@ -36,7 +41,9 @@ def _profile(name: str, chat: dict[str, Any]) -> LimitProfile:
 
 
 def _team_key(name: str, profile: LimitProfile, upstream: UpstreamAccount) -> str:
-    team, _ = Team.objects.update_or_create(name=name, defaults={"profile": profile, "upstream": upstream})
+    team, _ = Team.objects.update_or_create(
+        name=name, defaults={"profile": profile, "upstream": upstream}
+    )
     return key_issue(team=team).secret
 
 
@@ -46,13 +53,20 @@ def main(options: str) -> None:
     open_account, _ = UpstreamAccount.objects.update_or_create(
         name="bench-open", defaults={"profile": open_profile, "is_default": False}
     )
-    ceiling = _profile("bench-ceiling", {
-        "requests_per_minute": opts["account_rpm"], "pace_per_minute": opts["account_pace"], "burst": 1,
-    })
+    ceiling = _profile(
+        "bench-ceiling",
+        {
+            "requests_per_minute": opts["account_rpm"],
+            "pace_per_minute": opts["account_pace"],
+            "burst": 1,
+        },
+    )
     default_account = UpstreamAccount.objects.get(is_default=True)
     default_account.profile = ceiling
     default_account.save()
-    burst_key = _profile("bench-burst", {**UNTHROTTLED, "max_queue_wait_seconds": opts["key_max_wait"]})
+    burst_key = _profile(
+        "bench-burst", {**UNTHROTTLED, "max_queue_wait_seconds": opts["key_max_wait"]}
+    )
     secrets = {
         "open": _team_key("bench-open", open_profile, open_account),
         "burst": _team_key("bench-burst", burst_key, default_account),

@@ -62,26 +62,40 @@ def _latency_rows(r: Results) -> list[Row]:
             sluice_uvi = r.cells.get(("sluice-uvicorn", mode, c))
             for label, attr in (("p50", "p50_ms"), ("p99", "p99_ms")):
                 added = getattr(sluice, attr) - getattr(direct, attr)
-                row = Row(f"Added latency {label}, {mode}, c={c} (ms)", num(added),
-                          f"direct {num(getattr(direct, attr))}",
-                          num(getattr(sluice_uvi, attr) - getattr(direct, attr)) if sluice_uvi else DASH,
-                          num(getattr(floor, attr) - getattr(direct, attr)) if floor else DASH,
-                          num(getattr(uvi, attr) - getattr(direct, attr)) if uvi else DASH)
+                row = Row(
+                    f"Added latency {label}, {mode}, c={c} (ms)",
+                    num(added),
+                    f"direct {num(getattr(direct, attr))}",
+                    num(getattr(sluice_uvi, attr) - getattr(direct, attr)) if sluice_uvi else DASH,
+                    num(getattr(floor, attr) - getattr(direct, attr)) if floor else DASH,
+                    num(getattr(uvi, attr) - getattr(direct, attr)) if uvi else DASH,
+                )
                 ref = LITELLM_ADDED_P50.get((mode, c)) if label == "p50" else None
                 if ref is not None:
                     row.litellm = num(ref, 0)
                 if label == "p50" and mode == "non-stream" and c == 1:
                     row.target, row.met = "< 5", verdict(added < 5)
                 elif ref is not None and c == 16:
-                    row.target, row.met = f"≤ {num(ref / 3)} (⅓ of reference)", verdict(added <= ref / 3)
+                    row.target, row.met = (
+                        f"≤ {num(ref / 3)} (⅓ of reference)",
+                        verdict(added <= ref / 3),
+                    )
                 rows.append(row)
-            row = Row(f"Throughput, {mode}, c={c} (req/s)", num(sluice.rps), f"direct {num(direct.rps)}",
-                      num(sluice_uvi.rps) if sluice_uvi else DASH,
-                      num(floor.rps) if floor else DASH, num(uvi.rps) if uvi else DASH)
+            row = Row(
+                f"Throughput, {mode}, c={c} (req/s)",
+                num(sluice.rps),
+                f"direct {num(direct.rps)}",
+                num(sluice_uvi.rps) if sluice_uvi else DASH,
+                num(floor.rps) if floor else DASH,
+                num(uvi.rps) if uvi else DASH,
+            )
             ref = LITELLM_RPS.get((mode, c))
             if ref is not None:
                 row.litellm = num(ref, 0)
-                row.target, row.met = f"≥ {num(ref * 2.5, 0)} (2.5× reference)", verdict(sluice.rps >= ref * 2.5)
+                row.target, row.met = (
+                    f"≥ {num(ref * 2.5, 0)} (2.5× reference)",
+                    verdict(sluice.rps >= ref * 2.5),
+                )
             rows.append(row)
     return rows
 
@@ -93,26 +107,53 @@ def _cpu_rows(r: Results) -> list[Row]:
         floor = r.cells[("floor", mode, 16)]
         uvi = r.cells.get(("floor-uvicorn", mode, 16))
         sluice_uvi = r.cells.get(("sluice-uvicorn", mode, 16))
-        rows.append(Row(
-            f"Gateway CPU per request, {mode}, c=16 (ms)", num(sluice.cpu_ms, 2), f"floor {num(floor.cpu_ms, 2)}",
-            num(sluice_uvi.cpu_ms, 2) if sluice_uvi else DASH, num(floor.cpu_ms, 2), num(uvi.cpu_ms, 2) if uvi else DASH,
-            num(LITELLM_CPU_MS) if mode == "non-stream" else DASH,
-            "≤ floor (daphne)", verdict(sluice.cpu_ms <= floor.cpu_ms),
-        ))
-        rows.append(Row(f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16", num(sluice.cpu_ms / floor.cpu_ms, 2),
-                        "1.00", target="≤ 1.00", met=verdict(sluice.cpu_ms <= floor.cpu_ms)))
+        rows.append(
+            Row(
+                f"Gateway CPU per request, {mode}, c=16 (ms)",
+                num(sluice.cpu_ms, 2),
+                f"floor {num(floor.cpu_ms, 2)}",
+                num(sluice_uvi.cpu_ms, 2) if sluice_uvi else DASH,
+                num(floor.cpu_ms, 2),
+                num(uvi.cpu_ms, 2) if uvi else DASH,
+                num(LITELLM_CPU_MS) if mode == "non-stream" else DASH,
+                "≤ floor (daphne)",
+                verdict(sluice.cpu_ms <= floor.cpu_ms),
+            )
+        )
+        rows.append(
+            Row(
+                f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16",
+                num(sluice.cpu_ms / floor.cpu_ms, 2),
+                "1.00",
+                target="≤ 1.00",
+                met=verdict(sluice.cpu_ms <= floor.cpu_ms),
+            )
+        )
     one, four = r.scaleout[1], r.scaleout[4]
     embedded = r.cells[("sluice", "non-stream", 16)]
     rows += [
-        Row("Scale-out CPU per request, 1 web + limiter worker, non-stream, c=16 (ms)", num(one.cpu_ms, 2),
-            f"embedded {num(embedded.cpu_ms, 2)}"),
-        Row("Scale-out CPU per request, 4 web + limiter worker, non-stream, c=16 (ms)", num(four.cpu_ms, 2),
-            f"1 web {num(one.cpu_ms, 2)}", target="within 10% of 1 web",
-            met=verdict(four.cpu_ms <= one.cpu_ms * 1.10)),
-        Row("Scale-out throughput, 1 web + limiter worker, non-stream, c=16 (req/s)", num(one.rps),
-            f"embedded {num(embedded.rps)}"),
-        Row("Scale-out throughput, 4 web + limiter worker, non-stream, c=16 (req/s)", num(four.rps),
-            f"1 web {num(one.rps)}"),
+        Row(
+            "Scale-out CPU per request, 1 web + limiter worker, non-stream, c=16 (ms)",
+            num(one.cpu_ms, 2),
+            f"embedded {num(embedded.cpu_ms, 2)}",
+        ),
+        Row(
+            "Scale-out CPU per request, 4 web + limiter worker, non-stream, c=16 (ms)",
+            num(four.cpu_ms, 2),
+            f"1 web {num(one.cpu_ms, 2)}",
+            target="within 10% of 1 web",
+            met=verdict(four.cpu_ms <= one.cpu_ms * 1.10),
+        ),
+        Row(
+            "Scale-out throughput, 1 web + limiter worker, non-stream, c=16 (req/s)",
+            num(one.rps),
+            f"embedded {num(embedded.rps)}",
+        ),
+        Row(
+            "Scale-out throughput, 4 web + limiter worker, non-stream, c=16 (req/s)",
+            num(four.rps),
+            f"1 web {num(one.rps)}",
+        ),
     ]
     return rows
 
@@ -120,36 +161,52 @@ def _cpu_rows(r: Results) -> list[Row]:
 def _decision_rows(r: Results) -> list[Row]:
     memory, redis = r.decisions["memory"], r.decisions["redis"]
     return [
-        Row("Limiter decisions per second, in-memory layer (one process)", num(memory["decisions_per_s"], 0),
-            f"round trip p50 {num(memory['round_trip_p50_ms'], 2)} ms"),
-        Row("Limiter decisions per second, channels_redis (runworker limiter)", num(redis["decisions_per_s"], 0),
-            f"in-memory {num(memory['decisions_per_s'], 0)}; round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms"),
+        Row(
+            "Limiter decisions per second, in-memory layer (one process)",
+            num(memory["decisions_per_s"], 0),
+            f"round trip p50 {num(memory['round_trip_p50_ms'], 2)} ms",
+        ),
+        Row(
+            "Limiter decisions per second, channels_redis (runworker limiter)",
+            num(redis["decisions_per_s"], 0),
+            f"in-memory {num(memory['decisions_per_s'], 0)}; round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms",
+        ),
     ]
 
 
 def _accuracy_rows(r: Results) -> list[Row]:
     rows = []
     for case, a in r.accuracy.items():
-        rows.append(Row(
-            f"Accuracy: {case} ({a.sent} requests, 64 clients)",
-            f"reached upstream {a.reached_upstream}; upstream 429s {a.upstream_429}; "
-            f"max in any 1 s {a.max_1s}; max in any 60 s {a.max_60s}",
-            f"limits {a.limit_1s}/s, {a.limit_60s}/min; Sluice answered {a.answered_200}×200, "
-            f"{a.answered_429}×429, {a.other} other, in {a.seconds} s",
-            litellm="2× the limit reached upstream across a window boundary" if "boundary" in case else DASH,
-            target="0 upstream 429s, ≤ limit in every window", met=verdict(a.held),
-        ))
+        rows.append(
+            Row(
+                f"Accuracy: {case} ({a.sent} requests, 64 clients)",
+                f"reached upstream {a.reached_upstream}; upstream 429s {a.upstream_429}; "
+                f"max in any 1 s {a.max_1s}; max in any 60 s {a.max_60s}",
+                f"limits {a.limit_1s}/s, {a.limit_60s}/min; Sluice answered {a.answered_200}×200, "
+                f"{a.answered_429}×429, {a.other} other, in {a.seconds} s",
+                litellm="2× the limit reached upstream across a window boundary"
+                if "boundary" in case
+                else DASH,
+                target="0 upstream 429s, ≤ limit in every window",
+                met=verdict(a.held),
+            )
+        )
     return rows
 
 
 def table(r: Results) -> str:
     rows = _latency_rows(r) + _cpu_rows(r) + _decision_rows(r) + _accuracy_rows(r)
-    header = ("| Measure | Sluice (daphne, the default) | Baseline (same run) | Sluice under uvicorn "
-              "| Floor: Django + daphne | Floor: Django + uvicorn "
-              "| LiteLLM (reference, not measured here) | Target (for the default) | Met |")
+    header = (
+        "| Measure | Sluice (daphne, the default) | Baseline (same run) | Sluice under uvicorn "
+        "| Floor: Django + daphne | Floor: Django + uvicorn "
+        "| LiteLLM (reference, not measured here) | Target (for the default) | Met |"
+    )
     lines = [header, "|" + "---|" * 9]
-    lines += [f"| {x.measure} | {x.sluice} | {x.baseline} | {x.sluice_uvicorn} | {x.floor} | {x.floor_uvicorn} "
-              f"| {x.litellm} | {x.target} | {x.met} |" for x in rows]
+    lines += [
+        f"| {x.measure} | {x.sluice} | {x.baseline} | {x.sluice_uvicorn} | {x.floor} | {x.floor_uvicorn} "
+        f"| {x.litellm} | {x.target} | {x.met} |"
+        for x in rows
+    ]
     return "\n".join(lines)
 
 
@@ -172,11 +229,15 @@ def _version(package: str) -> str:
 
 
 def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> str:
-    packages = ", ".join(f"{p} {_version(p)}" for p in ("django", "daphne", "channels", "channels-redis",
-                                                        "httpx", "aiohttp", "uvicorn"))
-    return (f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; Python {platform.python_version()}; "
-            f"{packages}. Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, "
-            f"after {' '.join(f'{x:.2f}' for x in load_after)}.")
+    packages = ", ".join(
+        f"{p} {_version(p)}"
+        for p in ("django", "daphne", "channels", "channels-redis", "httpx", "aiohttp", "uvicorn")
+    )
+    return (
+        f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; Python {platform.python_version()}; "
+        f"{packages}. Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, "
+        f"after {' '.join(f'{x:.2f}' for x in load_after)}."
+    )
 
 
 def render(r: Results, *, command: str, machine_line: str, notes: list[str]) -> str:

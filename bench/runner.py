@@ -52,48 +52,92 @@ QUICK = Size(duration=1.0, repeats=1, warmup=10, key_max_wait=2.0, decisions_dur
 TINY = Size(duration=0.3, repeats=1, warmup=2, key_max_wait=1.0, decisions_duration=0.5)
 
 
-def _matrix(targets: list[Target], size: Size, log: Callable[[str], None]) -> dict[tuple[str, str, int], Cell]:
+def _matrix(
+    targets: list[Target], size: Size, log: Callable[[str], None]
+) -> dict[tuple[str, str, int], Cell]:
     runs: dict[tuple[str, str, int], list[Cell]] = {}
     for mode, stream in MODES:
         for c in CONCURRENCIES:
             for _ in range(size.repeats):
                 for target in targets:
-                    cell = measure_once(target, concurrency=c, stream=stream, duration=size.duration,
-                                        warmup=size.warmup)
+                    cell = measure_once(
+                        target,
+                        concurrency=c,
+                        stream=stream,
+                        duration=size.duration,
+                        warmup=size.warmup,
+                    )
                     runs.setdefault((target.name, mode, c), []).append(cell)
-            log(f"latency {mode} c={c}: " + ", ".join(
-                f"{t.name} p50 {runs[(t.name, mode, c)][-1].p50_ms:.1f} ms" for t in targets))
+            log(
+                f"latency {mode} c={c}: "
+                + ", ".join(
+                    f"{t.name} p50 {runs[(t.name, mode, c)][-1].p50_ms:.1f} ms" for t in targets
+                )
+            )
     return {key: median_cell(cells) for key, cells in runs.items()}
 
 
 def _cpu_cell(target: Target, size: Size) -> Cell:
-    return median_cell([measure_once(target, concurrency=16, stream=False, duration=size.duration,
-                                     warmup=size.warmup) for _ in range(size.repeats)])
+    return median_cell(
+        [
+            measure_once(
+                target, concurrency=16, stream=False, duration=size.duration, warmup=size.warmup
+            )
+            for _ in range(size.repeats)
+        ]
+    )
 
 
-def _accuracy(results: Results, sandbox: Sandbox, sluice: Sluice, ceiling: Ceiling, label: str) -> None:
-    target = Target("sluice-burst", [f"{u}/v1" for u in sluice.urls], sluice.keys["burst"], lambda: [])
-    results.accuracy[f"{label}, one burst"] = run_case(sandbox, target, ceiling, clients=CLIENTS, bursts=1)
+def _accuracy(
+    results: Results, sandbox: Sandbox, sluice: Sluice, ceiling: Ceiling, label: str
+) -> None:
+    target = Target(
+        "sluice-burst", [f"{u}/v1" for u in sluice.urls], sluice.keys["burst"], lambda: []
+    )
+    results.accuracy[f"{label}, one burst"] = run_case(
+        sandbox, target, ceiling, clients=CLIENTS, bursts=1
+    )
     results.accuracy[f"{label}, two bursts across the window boundary"] = run_case(
-        sandbox, target, ceiling, clients=CLIENTS, bursts=2)
+        sandbox, target, ceiling, clients=CLIENTS, bursts=2
+    )
 
 
-def _single_process(results: Results, tmp: Path, sandbox: Sandbox, ceiling: Ceiling, size: Size,
-                    log: Callable[[str], None]) -> None:
+def _single_process(
+    results: Results,
+    tmp: Path,
+    sandbox: Sandbox,
+    ceiling: Ceiling,
+    size: Size,
+    log: Callable[[str], None],
+) -> None:
     with ExitStack() as stack:
         floor = stack.enter_context(Floor(tmp, sandbox, "daphne"))
         uvi = stack.enter_context(Floor(tmp, sandbox, "uvicorn")) if results.uvicorn else None
         sluice = stack.enter_context(Sluice(tmp, sandbox, ceiling))
-        sluice_uvi = stack.enter_context(Sluice(tmp, sandbox, ceiling, server="uvicorn")) if results.uvicorn else None
+        sluice_uvi = (
+            stack.enter_context(Sluice(tmp, sandbox, ceiling, server="uvicorn"))
+            if results.uvicorn
+            else None
+        )
         targets = [
             Target("direct", [sandbox.v1_url], "bench", lambda: [sandbox.process.pid]),
-            Target("sluice", [f"{sluice.urls[0]}/v1"], sluice.keys["open"], lambda: sluice.web_pids),
+            Target(
+                "sluice", [f"{sluice.urls[0]}/v1"], sluice.keys["open"], lambda: sluice.web_pids
+            ),
             Target("floor", [f"{floor.url}/v1"], "bench", lambda: [floor.process.pid]),
         ]
         if uvi is not None and sluice_uvi is not None:
-            targets.append(Target("floor-uvicorn", [f"{uvi.url}/v1"], "bench", lambda: [uvi.process.pid]))
-            targets.append(Target("sluice-uvicorn", [f"{sluice_uvi.urls[0]}/v1"], sluice_uvi.keys["open"],
-                                  lambda: sluice_uvi.web_pids))
+            targets.append(
+                Target("floor-uvicorn", [f"{uvi.url}/v1"], "bench", lambda: [uvi.process.pid])
+            )
+            targets.append(
+                Target(
+                    "sluice-uvicorn",
+                    [f"{sluice_uvi.urls[0]}/v1"],
+                    sluice_uvi.keys["open"],
+                    lambda: sluice_uvi.web_pids,
+                )
+            )
         log("servers up; latency matrix")
         results.cells = _matrix(targets, size, log)
         log("accuracy, 1 web process")
@@ -102,31 +146,63 @@ def _single_process(results: Results, tmp: Path, sandbox: Sandbox, ceiling: Ceil
         results.decisions["memory"] = decisions.run(sluice.env, CLIENTS, size.decisions_duration)
 
 
-def _scale_out(results: Results, tmp: Path, sandbox: Sandbox, ceiling: Ceiling, size: Size,
-               redis_url: str, postgres_url: str, log: Callable[[str], None]) -> None:
+def _scale_out(
+    results: Results,
+    tmp: Path,
+    sandbox: Sandbox,
+    ceiling: Ceiling,
+    size: Size,
+    redis_url: str,
+    postgres_url: str,
+    log: Callable[[str], None],
+) -> None:
     with ExitStack() as stack:
         services = stack.enter_context(ScaleOutServices(redis_url, postgres_url))
-        sluice = stack.enter_context(Sluice(tmp, sandbox, ceiling, web=4, redis_url=services.redis_url,
-                                            database_url=services.database_url))
+        sluice = stack.enter_context(
+            Sluice(
+                tmp,
+                sandbox,
+                ceiling,
+                web=4,
+                redis_url=services.redis_url,
+                database_url=services.database_url,
+            )
+        )
         worker = sluice.worker
         assert worker is not None
-        one = Target("scaleout-1", [f"{sluice.urls[0]}/v1"], sluice.keys["open"],
-                     lambda: [sluice.web_pids[0], worker.pid])
-        four = Target("scaleout-4", [f"{u}/v1" for u in sluice.urls], sluice.keys["open"],
-                      lambda: [*sluice.web_pids, worker.pid])
+        one = Target(
+            "scaleout-1",
+            [f"{sluice.urls[0]}/v1"],
+            sluice.keys["open"],
+            lambda: [sluice.web_pids[0], worker.pid],
+        )
+        four = Target(
+            "scaleout-4",
+            [f"{u}/v1" for u in sluice.urls],
+            sluice.keys["open"],
+            lambda: [*sluice.web_pids, worker.pid],
+        )
         log("scale-out up; CPU with 1 and 4 web processes")
         results.scaleout = {1: _cpu_cell(one, size), 4: _cpu_cell(four, size)}
         log("decisions, channels_redis")
         results.decisions["redis"] = decisions.run(sluice.env, CLIENTS, size.decisions_duration)
         log("accuracy, 4 web processes")
-        _accuracy(results, sandbox, sluice, ceiling, "4 web processes + limiter worker (Redis, PostgreSQL)")
+        _accuracy(
+            results,
+            sandbox,
+            sluice,
+            ceiling,
+            "4 web processes + limiter worker (Redis, PostgreSQL)",
+        )
 
 
 def run(size: Size, *, redis_url: str, postgres_url: str, log: Callable[[str], None]) -> Results:
     results = Results(uvicorn=uvicorn_installed())
     ceiling = Ceiling(ACCOUNT_RPM, ACCOUNT_PACE, size.key_max_wait)
-    with tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name, \
-            Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as sandbox:
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name,
+        Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as sandbox,
+    ):
         tmp = Path(tmp_name)
         _single_process(results, tmp, sandbox, ceiling, size, log)
         _scale_out(results, tmp, sandbox, ceiling, size, redis_url, postgres_url, log)

@@ -25,14 +25,16 @@ LOOPBACK = "127.0.0.1"
 
 def base_env(database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # embedded unless asked
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-        "DATABASE_URL": database_url,
-        "SECRET_KEY": "bench-" + secrets.token_urlsafe(16),
-        "PYTHONUNBUFFERED": "1",
-        "LOG_LEVEL": "WARNING",
-        **extra,
-    })
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DATABASE_URL": database_url,
+            "SECRET_KEY": "bench-" + secrets.token_urlsafe(16),
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
     return env
 
 
@@ -69,8 +71,17 @@ class Sandbox(_OneProcess):
     def __init__(self, tmp: Path, latency_ms: float) -> None:
         super().__init__()
         self.process = spawn(
-            [PYTHON, "manage.py", "sandbox", "--port", str(self.port), "--latency-ms", str(latency_ms)],
-            base_env(f"sqlite:///{tmp / 'sandbox.sqlite3'}"), tmp / "sandbox.log",
+            [
+                PYTHON,
+                "manage.py",
+                "sandbox",
+                "--port",
+                str(self.port),
+                "--latency-ms",
+                str(latency_ms),
+            ],
+            base_env(f"sqlite:///{tmp / 'sandbox.sqlite3'}"),
+            tmp / "sandbox.log",
         )
 
     @property
@@ -96,14 +107,25 @@ class Ceiling:
 class Sluice:
     """Sluice as deployed: `manage.py serve` x web, plus `runworker limiter` with Redis."""
 
-    def __init__(self, tmp: Path, sandbox: Sandbox, ceiling: Ceiling, *, web: int = 1,
-                 redis_url: str = "", database_url: str = "", server: str = "daphne") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        sandbox: Sandbox,
+        ceiling: Ceiling,
+        *,
+        web: int = 1,
+        redis_url: str = "",
+        database_url: str = "",
+        server: str = "daphne",
+    ) -> None:
         self.tmp = tmp
         self.server = server
         extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
         if redis_url:
             extra["REDIS_URL"] = redis_url
-        self.env = base_env(database_url or f"sqlite:///{tmp / f'sluice-{server}.sqlite3'}", **extra)
+        self.env = base_env(
+            database_url or f"sqlite:///{tmp / f'sluice-{server}.sqlite3'}", **extra
+        )
         self.ceiling = ceiling
         self.ports = [free_port() for _ in range(web)]
         self.redis_url = redis_url
@@ -123,14 +145,35 @@ class Sluice:
         try:
             manage(self.env, "migrate", "--noinput", "-v0")
             options = json.dumps(self.ceiling.__dict__)
-            out = manage(self.env, "shell", "-v", "0", "-c",
-                         f"from bench.provision import main; main({options!r})")
+            out = manage(
+                self.env,
+                "shell",
+                "-v",
+                "0",
+                "-c",
+                f"from bench.provision import main; main({options!r})",
+            )
             self.keys = json.loads(out.strip().splitlines()[-1])
             if self.redis_url:
-                self.worker = spawn([PYTHON, "manage.py", "runworker", "limiter"], self.env, self.tmp / "worker.log")
+                self.worker = spawn(
+                    [PYTHON, "manage.py", "runworker", "limiter"], self.env, self.tmp / "worker.log"
+                )
             for port in self.ports:
-                self.web.append(spawn([PYTHON, "manage.py", "serve", "--port", str(port), "--server", self.server],
-                                      self.env, self.tmp / f"serve-{port}.log"))
+                self.web.append(
+                    spawn(
+                        [
+                            PYTHON,
+                            "manage.py",
+                            "serve",
+                            "--port",
+                            str(port),
+                            "--server",
+                            self.server,
+                        ],
+                        self.env,
+                        self.tmp / f"serve-{port}.log",
+                    )
+                )
             for process, url in zip(self.web, self.urls, strict=True):
                 wait_for_http(f"{url}/healthz", process)
         except BaseException:
@@ -151,11 +194,25 @@ class Floor(_OneProcess):
         app = "bench.floor.asgi:application"
         args = {
             "daphne": ["-m", "daphne", "-b", LOOPBACK, "-p", str(self.port), app],
-            "uvicorn": ["-m", "uvicorn", "--host", LOOPBACK, "--port", str(self.port), "--log-level", "warning",
-                        "--no-access-log", app],
+            "uvicorn": [
+                "-m",
+                "uvicorn",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                app,
+            ],
         }[server]
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "bench.floor.settings",
-               "FLOOR_UPSTREAM": sandbox.v1_url, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "bench.floor.settings",
+            "FLOOR_UPSTREAM": sandbox.v1_url,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.process = spawn([PYTHON, *args], env, tmp / f"floor-{server}.log")
 
 
@@ -172,7 +229,9 @@ class ScaleOutServices:
         self.redis_url = redis_url
         self.admin_url = postgres_url
         self.db_name = f"sluice_bench_{os.getpid()}_{secrets.token_hex(3)}"
-        self.database_url = urllib.parse.urlsplit(postgres_url)._replace(path=f"/{self.db_name}").geturl()
+        self.database_url = (
+            urllib.parse.urlsplit(postgres_url)._replace(path=f"/{self.db_name}").geturl()
+        )
 
     def __enter__(self) -> ScaleOutServices:
         redis.Redis.from_url(self.redis_url).flushdb()
@@ -182,5 +241,9 @@ class ScaleOutServices:
 
     def __exit__(self, *exc: object) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.db_name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.db_name)
+                )
+            )
         redis.Redis.from_url(self.redis_url).flushdb()

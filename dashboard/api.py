@@ -104,8 +104,12 @@ api = NinjaAPI(
 )
 
 
-def _error(request: HttpRequest, status: int, code: str, message: str, fields: dict | None = None) -> HttpResponse:
-    return api.create_response(request, {"error": {"code": code, "message": message, "fields": fields}}, status=status)
+def _error(
+    request: HttpRequest, status: int, code: str, message: str, fields: dict | None = None
+) -> HttpResponse:
+    return api.create_response(
+        request, {"error": {"code": code, "message": message, "fields": fields}}, status=status
+    )
 
 
 @api.exception_handler(AuthenticationError)
@@ -173,7 +177,9 @@ def team_list(request: HttpRequest):
 @teams.post("/teams", response={201: TeamOut, **ERRORS})
 def team_create(request: OpsRequest, payload: TeamIn):
     profile = _profile(payload.profile) if payload.profile else None
-    return Status(201, services.team_create(actor=_actor(request), name=payload.name, profile=profile))
+    return Status(
+        201, services.team_create(actor=_actor(request), name=payload.name, profile=profile)
+    )
 
 
 @teams.get("/teams/{team_id}", response={200: TeamOut, **ERRORS})
@@ -201,7 +207,11 @@ def key_create(request: OpsRequest, team_id: int, payload: KeyIn):
     team = get_object_or_404(Team, pk=team_id)
     profile = _profile(payload.profile) if payload.profile else None
     issued = services.key_create(
-        actor=_actor(request), team=team, name=payload.name, profile=profile, expires_at=payload.expires_at
+        actor=_actor(request),
+        team=team,
+        name=payload.name,
+        profile=profile,
+        expires_at=payload.expires_at,
     )
     return Status(201, {"key": issued.key, "secret": issued.secret})
 
@@ -245,13 +255,17 @@ def profile_get(request: HttpRequest, profile_id: int):
 @profiles.patch("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
 def profile_update(request: OpsRequest, profile_id: int, payload: ProfilePatchIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
-    services.profile_update(actor=_actor(request), profile=profile, data=payload.dict(exclude_unset=True))
+    services.profile_update(
+        actor=_actor(request), profile=profile, data=payload.dict(exclude_unset=True)
+    )
     return profile
 
 
 @profiles.delete("/profiles/{profile_id}", response={204: None, **ERRORS})
 def profile_delete(request: OpsRequest, profile_id: int):
-    services.profile_delete(actor=_actor(request), profile=get_object_or_404(LimitProfile, pk=profile_id))
+    services.profile_delete(
+        actor=_actor(request), profile=get_object_or_404(LimitProfile, pk=profile_id)
+    )
     return Status(204, None)
 
 
@@ -266,7 +280,9 @@ def _limit_out(limit: EndpointLimit) -> LimitOut:
 def limit_create(request: OpsRequest, profile_id: int, payload: LimitIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
     data = payload.dict(exclude={"endpoint"}, exclude_none=True)
-    limit = services.limit_create(actor=_actor(request), profile=profile, endpoint=payload.endpoint, data=data)
+    limit = services.limit_create(
+        actor=_actor(request), profile=profile, endpoint=payload.endpoint, data=data
+    )
     return Status(201, _limit_out(limit))
 
 
@@ -280,7 +296,9 @@ def limit_update(request: OpsRequest, limit_id: int, payload: LimitPatchIn):
 
 @profiles.delete("/limits/{limit_id}", response={204: None, **ERRORS})
 def limit_delete(request: OpsRequest, limit_id: int):
-    services.limit_delete(actor=_actor(request), limit=get_object_or_404(EndpointLimit, pk=limit_id))
+    services.limit_delete(
+        actor=_actor(request), limit=get_object_or_404(EndpointLimit, pk=limit_id)
+    )
     return Status(204, None)
 
 
@@ -304,7 +322,12 @@ def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
 
 
 @refusals.get("/refusals", response={200: RefusalPageOut, **ERRORS})
-def refusal_list(request: HttpRequest, filters: Query[RefusalFilterIn], after: str = "", size: int = selectors.PAGE_SIZE):
+def refusal_list(
+    request: HttpRequest,
+    filters: Query[RefusalFilterIn],
+    after: str = "",
+    size: int = selectors.PAGE_SIZE,
+):
     page = selectors.refusal_page(filters=_filters(filters), after=after, size=size)
     return {"items": page.rows, "next_cursor": page.next_cursor}
 
@@ -312,12 +335,19 @@ def refusal_list(request: HttpRequest, filters: Query[RefusalFilterIn], after: s
 @refusals.get("/refusals/per-minute", response={200: list[MinuteOut], **ERRORS})
 def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
     """Refusals per minute over the filtered range (at most its last 24 hours)."""
-    return [{"minute": m, "refusals": n} for m, n in selectors.refusal_per_minute(filters=_filters(filters))]
+    return [
+        {"minute": m, "refusals": n}
+        for m, n in selectors.refusal_per_minute(filters=_filters(filters))
+    ]
 
 
-@refusals.get("/refusals.csv", response={200: None, **ERRORS}, openapi_extra={
-    "responses": {200: {"description": "CSV, streamed", "content": {"text/csv": {}}}},
-})
+@refusals.get(
+    "/refusals.csv",
+    response={200: None, **ERRORS},
+    openapi_extra={
+        "responses": {200: {"description": "CSV, streamed", "content": {"text/csv": {}}}},
+    },
+)
 def refusal_csv(request: HttpRequest, filters: Query[RefusalFilterIn]) -> StreamingHttpResponse:
     return refusal_csv_response(filters=_filters(filters))
 

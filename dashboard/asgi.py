@@ -58,8 +58,10 @@ class HttpRouter:
         return await django_application(scope, receive, send)
 
 
-application = ProtocolTypeRouter({
-    "http": HttpRouter(),
-    # Not Channels' AllowedHostsOriginValidator: it ignores the origin's scheme and port.
-    "websocket": SameOriginWebsocket(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
-})
+application = ProtocolTypeRouter(
+    {
+        "http": HttpRouter(),
+        # Not Channels' AllowedHostsOriginValidator: it ignores the origin's scheme and port.
+        "websocket": SameOriginWebsocket(AuthMiddlewareStack(URLRouter(_websocket_routes()))),
+    }
+)

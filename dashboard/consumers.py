@@ -32,7 +32,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.join_groups()
         # The limits from the database first, so the page is never empty while the
         # limiter's answer is on its way (or if it never comes).
-        await self.send_json({"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()})
+        await self.send_json(
+            {"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()}
+        )
         await self.live_jobs(await database_sync_to_async(job_selectors.jobs_live_snapshot)())
         await process.request_snapshot(self.channel_name)
 
@@ -66,4 +68,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def config_changed(self, message: dict[str, Any]) -> None:
         live.names.clear()
-        await self.send_json({"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()})
+        await self.send_json(
+            {"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()}
+        )

@@ -49,6 +49,7 @@ async def _csv_lines(filters: selectors.RefusalFilters) -> AsyncIterator[str]:
 def refusal_csv_response(*, filters: selectors.RefusalFilters) -> StreamingHttpResponse:
     stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
     return StreamingHttpResponse(
-        _csv_lines(filters), content_type="text/csv; charset=utf-8",
+        _csv_lines(filters),
+        content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="sluice-429s-{stamp}.csv"'},
     )

@@ -26,8 +26,14 @@ class LimitForm(forms.ModelForm):
     class Meta:
         model = EndpointLimit
         fields = [
-            "requests_per_minute", "pace_per_minute", "burst", "tokens_per_minute", "max_concurrent",
-            "queue_depth", "max_queue_wait_seconds", "max_batch_requests",
+            "requests_per_minute",
+            "pace_per_minute",
+            "burst",
+            "tokens_per_minute",
+            "max_concurrent",
+            "queue_depth",
+            "max_queue_wait_seconds",
+            "max_batch_requests",
         ]
         labels = {
             "requests_per_minute": "Limit (req/min)",
@@ -65,7 +71,9 @@ class ProfileCreateForm(forms.Form):
     name = forms.CharField(max_length=80)
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2}))
     copy_from = forms.ModelChoiceField(
-        queryset=LimitProfile.objects.all(), required=False, empty_label="default",
+        queryset=LimitProfile.objects.all(),
+        required=False,
+        empty_label="default",
         help_text="The new profile starts with this profile's limits.",
     )
 
@@ -90,9 +98,10 @@ class ModelNamesField(forms.CharField):
 
 class ProfileForm(forms.ModelForm):
     shared_models = ModelNamesField(
-        required=False, label="Shared fine-tuned models",
+        required=False,
+        label="Shared fine-tuned models",
         help_text="Fine-tuned models of this profile's teams that every team may call: "
-                  "one exact name or glob (org/name-*) a line. Other teams' models answer 404.",
+        "one exact name or glob (org/name-*) a line. Other teams' models answer 404.",
     )
 
     class Meta:
@@ -103,7 +112,9 @@ class ProfileForm(forms.ModelForm):
 
 class TeamCreateForm(forms.Form):
     name = forms.CharField(max_length=80)
-    profile = forms.ModelChoiceField(queryset=LimitProfile.objects.all(), required=False, empty_label="default")
+    profile = forms.ModelChoiceField(
+        queryset=LimitProfile.objects.all(), required=False, empty_label="default"
+    )
 
 
 class ProfileAssignForm(forms.Form):
@@ -125,14 +136,28 @@ class KeyCreateForm(forms.Form):
 class RefusalFilterForm(forms.Form):
     """The 429 history's filters, from the query string (GET: bookmarkable, no CSRF)."""
 
-    start = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=LOCAL_INPUT_FORMAT))
-    end = forms.DateTimeField(required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=LOCAL_INPUT_FORMAT))
-    team = forms.ModelChoiceField(queryset=Team.objects.all(), required=False, empty_label="all teams", to_field_name="name")
+    start = forms.DateTimeField(
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=LOCAL_INPUT_FORMAT),
+    )
+    end = forms.DateTimeField(
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format=LOCAL_INPUT_FORMAT),
+    )
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.all(), required=False, empty_label="all teams", to_field_name="name"
+    )
     key_prefix = forms.CharField(required=False, max_length=16, label="Key prefix")
-    endpoint = forms.ChoiceField(choices=[("", "all endpoints"), *EndpointKind.choices], required=False)
+    endpoint = forms.ChoiceField(
+        choices=[("", "all endpoints"), *EndpointKind.choices], required=False
+    )
     model = forms.CharField(required=False, max_length=200)
-    reason = forms.CharField(required=False, max_length=40, widget=forms.TextInput(attrs={"list": "reasons"}))
-    source = forms.ChoiceField(choices=[("", "all sources"), *RefusalSource.choices], required=False)
+    reason = forms.CharField(
+        required=False, max_length=40, widget=forms.TextInput(attrs={"list": "reasons"})
+    )
+    source = forms.ChoiceField(
+        choices=[("", "all sources"), *RefusalSource.choices], required=False
+    )
 
     def clean(self) -> dict[str, Any]:
         super().clean()

@@ -37,6 +37,7 @@ class LiveView(TypedDict):
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
     history: dict[str, list[list[int]]]
 
+
 # Reload names at most this often when a snapshot keeps naming an unknown id (a key
 # deleted since the limiter last saw it), so a stale id cannot cost a query per update.
 NAMES_RETRY_SECONDS = 5.0
@@ -71,7 +72,9 @@ class ScopeNames:
 names = ScopeNames()
 
 
-def snapshot_enrich(snapshot: events.LiveSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]) -> LiveView:
+def snapshot_enrich(
+    snapshot: events.LiveSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]
+) -> LiveView:
     """The snapshot as the browser gets it: every scope carries its display names."""
     scopes: list[LiveScope] = []
     for scope in snapshot["scopes"]:

@@ -23,17 +23,28 @@ logger = logging.getLogger(__name__)
 HTTP_EXCEPTIONS = (Http404, PermissionDenied, SuspiciousOperation, BadRequest, MultiPartParserError)
 
 API_PREFIX = "/api/"
-CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not_found",
-         405: "method_not_allowed", 413: "too_large", 500: "internal_error"}
+CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    500: "internal_error",
+}
 MSG_INTERNAL = "The ops API failed to handle this request; it was logged."
 
 
 def _shaped(response: HttpResponse) -> HttpResponse:
-    if response.status_code < 400 or response.get("Content-Type", "").startswith("application/json"):
+    if response.status_code < 400 or response.get("Content-Type", "").startswith(
+        "application/json"
+    ):
         return response
     code = CODES.get(response.status_code, "error")
     message = response.reason_phrase or code.replace("_", " ")
-    shaped = JsonResponse({"error": {"code": code, "message": message, "fields": None}}, status=response.status_code)
+    shaped = JsonResponse(
+        {"error": {"code": code, "message": message, "fields": None}}, status=response.status_code
+    )
     if response.has_header("Allow"):
         shaped["Allow"] = response["Allow"]
     return shaped

@@ -52,7 +52,9 @@ def origin_allowed(origin: str, *, host: str, secure: bool) -> bool:
     for trusted in settings.CSRF_TRUSTED_ORIGINS:
         pattern = urlsplit(trusted.lower())
         if "*" in pattern.netloc:  # "https://*.example.com": the domain and its subdomains
-            if pattern.scheme == parts.scheme and is_same_domain(parts.netloc, pattern.netloc.replace("*", "", 1)):
+            if pattern.scheme == parts.scheme and is_same_domain(
+                parts.netloc, pattern.netloc.replace("*", "", 1)
+            ):
                 return True
         elif _origin(pattern) == given:
             return True
@@ -77,6 +79,8 @@ class SameOriginWebsocket:
 
     async def __call__(self, scope, receive, send):
         origin = scope_header(scope, b"origin")
-        if origin_allowed(origin, host=scope_header(scope, b"host"), secure=scope.get("scheme") == "wss"):
+        if origin_allowed(
+            origin, host=scope_header(scope, b"host"), secure=scope.get("scheme") == "wss"
+        ):
             return await self.application(scope, receive, send)
         return await WebsocketDenier()(scope, receive, send)

@@ -38,8 +38,16 @@ class LimitOut(ModelSchema):
     class Meta:
         model = EndpointLimit
         fields = [
-            "id", "endpoint", "requests_per_minute", "pace_per_minute", "burst", "tokens_per_minute",
-            "max_concurrent", "queue_depth", "max_queue_wait_seconds", "max_batch_requests",
+            "id",
+            "endpoint",
+            "requests_per_minute",
+            "pace_per_minute",
+            "burst",
+            "tokens_per_minute",
+            "max_concurrent",
+            "queue_depth",
+            "max_queue_wait_seconds",
+            "max_batch_requests",
         ]
 
 
@@ -75,7 +83,9 @@ class ProfileOut(ModelSchema):
 class ProfileIn(Schema):
     name: str = Field(..., min_length=1, max_length=80)
     description: str = ""
-    copy_from: str | None = Field(None, description="Name of the profile whose limits to copy; default: 'default'.")
+    copy_from: str | None = Field(
+        None, description="Name of the profile whose limits to copy; default: 'default'."
+    )
 
 
 class ProfilePatchIn(Schema):
@@ -144,14 +154,26 @@ class RefusalOut(ModelSchema):
     class Meta:
         model = Refusal
         fields = [
-            "id", "created_at", "team_name", "key_prefix", "upstream", "endpoint", "model", "reason",
-            "source", "retry_after_seconds", "request_id", "message",
+            "id",
+            "created_at",
+            "team_name",
+            "key_prefix",
+            "upstream",
+            "endpoint",
+            "model",
+            "reason",
+            "source",
+            "retry_after_seconds",
+            "request_id",
+            "message",
         ]
 
 
 class RefusalPageOut(Schema):
     items: list[RefusalOut]
-    next_cursor: str | None = Field(None, description="Pass as `after` for the next page; null on the last.")
+    next_cursor: str | None = Field(
+        None, description="Pass as `after` for the next page; null on the last."
+    )
 
 
 class MinuteOut(Schema):
@@ -164,8 +186,15 @@ class AuditOut(ModelSchema):
     class Meta:
         model = AuditEntry
         fields = [
-            "id", "created_at", "actor_name", "action", "object_type", "object_id", "object_repr",
-            "old_values", "new_values",
+            "id",
+            "created_at",
+            "actor_name",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "old_values",
+            "new_values",
         ]
 
 
@@ -208,9 +237,13 @@ class LimitsOverviewOut(Schema):
 
 class LiveOut(Schema):
     limiter_reachable: bool
-    age_seconds: float | None = Field(None, description="Age of the snapshot; null when none was seen.")
+    age_seconds: float | None = Field(
+        None, description="Age of the snapshot; null when none was seen."
+    )
     # The same shapes the websocket sends (defined once, in dashboard/live.py and
     # limiter/jobs/live.py): the limiter's scopes with names, and the job slots.
     snapshot: LiveView | None
-    jobs: dict[str, AccountJobs] = Field(description="Fine-tune and batch slots per upstream account id.")
+    jobs: dict[str, AccountJobs] = Field(
+        description="Fine-tune and batch slots per upstream account id."
+    )
     limits: LimitsOverviewOut

@@ -21,7 +21,9 @@ class AuditPage:
     next_cursor: str | None
 
 
-def audit_page(*, after: str = "", object_type: str = "", object_id: str = "", size: int = PAGE_SIZE) -> AuditPage:
+def audit_page(
+    *, after: str = "", object_type: str = "", object_id: str = "", size: int = PAGE_SIZE
+) -> AuditPage:
     """Newest first, keyset-paginated like the 429 history (the log only grows)."""
     qs = AuditEntry.objects.order_by("-created_at", "-id")
     if object_type:
@@ -32,7 +34,9 @@ def audit_page(*, after: str = "", object_type: str = "", object_id: str = "", s
     return AuditPage(rows=rows, next_cursor=next_cursor)
 
 
-def limit_warnings(*, limit: EndpointLimit, ceilings: dict[str, EndpointLimit] | None = None) -> list[str]:
+def limit_warnings(
+    *, limit: EndpointLimit, ceilings: dict[str, EndpointLimit] | None = None
+) -> list[str]:
     """Why a limit is above its upstream ceiling: allowed, but the ops user should know.
 
     A page listing many limits of one profile passes `ceilings` (from
@@ -49,7 +53,11 @@ def limit_warnings(*, limit: EndpointLimit, ceilings: dict[str, EndpointLimit] |
         if value > top:
             warnings.append(
                 MSG_ABOVE_CEILING.format(
-                    field=label, value=value, ceiling=top, endpoint=limit.endpoint, profile=ceiling.profile.name
+                    field=label,
+                    value=value,
+                    ceiling=top,
+                    endpoint=limit.endpoint,
+                    profile=ceiling.profile.name,
                 )
             )
     return warnings

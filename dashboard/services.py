@@ -23,12 +23,20 @@ from limiter.services import IssuedKey
 TOKEN_ACTOR = "admin token"
 
 MSG_NAME_TAKEN = "The name '{name}' is already taken."
-MSG_PROFILE_IN_USE = "The profile '{name}' is used by teams, keys or upstream accounts; reassign them first."
+MSG_PROFILE_IN_USE = (
+    "The profile '{name}' is used by teams, keys or upstream accounts; reassign them first."
+)
 MSG_LIMIT_EXISTS = "The profile '{profile}' already has a limit for '{endpoint}'."
 
 LIMIT_FIELDS = (
-    "requests_per_minute", "pace_per_minute", "burst", "tokens_per_minute", "max_concurrent",
-    "queue_depth", "max_queue_wait_seconds", "max_batch_requests",
+    "requests_per_minute",
+    "pace_per_minute",
+    "burst",
+    "tokens_per_minute",
+    "max_concurrent",
+    "queue_depth",
+    "max_queue_wait_seconds",
+    "max_batch_requests",
 )
 
 
@@ -99,21 +107,32 @@ def profile_create(
     if LimitProfile.objects.filter(name=name).exists():
         raise ServiceError(MSG_NAME_TAKEN.format(name=name))
     source = copy_from or limiter_services.profile_default()
-    profile = LimitProfile(name=name, description=description, model_fallbacks=dict(source.model_fallbacks))
+    profile = LimitProfile(
+        name=name, description=description, model_fallbacks=dict(source.model_fallbacks)
+    )
     profile.full_clean()
     profile.save()
     for row in source.limits.all():
-        EndpointLimit.objects.create(profile=profile, endpoint=row.endpoint, **_values(row, LIMIT_FIELDS))
+        EndpointLimit.objects.create(
+            profile=profile, endpoint=row.endpoint, **_values(row, LIMIT_FIELDS)
+        )
     audit_record(
-        actor=actor, action="create", obj=profile,
+        actor=actor,
+        action="create",
+        obj=profile,
         new={"name": name, "description": description, "copied_from": source.name},
     )
     return profile
 
 
 @transaction.atomic
-def profile_update(*, actor: User | None, profile: LimitProfile, data: dict[str, Any]) -> LimitProfile:
-    if "name" in data and LimitProfile.objects.filter(name=data["name"]).exclude(pk=profile.pk).exists():
+def profile_update(
+    *, actor: User | None, profile: LimitProfile, data: dict[str, Any]
+) -> LimitProfile:
+    if (
+        "name" in data
+        and LimitProfile.objects.filter(name=data["name"]).exclude(pk=profile.pk).exists()
+    ):
         raise ServiceError(MSG_NAME_TAKEN.format(name=data["name"]))
     _update(actor=actor, obj=profile, data=data, action="update")
     return profile
@@ -130,7 +149,9 @@ def profile_delete(*, actor: User | None, profile: LimitProfile) -> None:
 
 
 @transaction.atomic
-def limit_create(*, actor: User | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]) -> EndpointLimit:
+def limit_create(
+    *, actor: User | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]
+) -> EndpointLimit:
     if profile.limits.filter(endpoint=endpoint).exists():
         raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint))
     limit = EndpointLimit(profile=profile, endpoint=endpoint, **data)
@@ -138,20 +159,33 @@ def limit_create(*, actor: User | None, profile: LimitProfile, endpoint: str, da
     try:
         limit.save()
     except IntegrityError as exc:  # created by someone else since the check above
-        raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint)) from exc
-    audit_record(actor=actor, action="create", obj=limit, new=_values(limit, ("endpoint", *LIMIT_FIELDS)))
+        raise ServiceError(
+            MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint)
+        ) from exc
+    audit_record(
+        actor=actor, action="create", obj=limit, new=_values(limit, ("endpoint", *LIMIT_FIELDS))
+    )
     return limit
 
 
 @transaction.atomic
-def limit_update(*, actor: User | None, limit: EndpointLimit, data: dict[str, Any]) -> EndpointLimit:
-    _update(actor=actor, obj=limit, data={k: v for k, v in data.items() if k in LIMIT_FIELDS}, action="update")
+def limit_update(
+    *, actor: User | None, limit: EndpointLimit, data: dict[str, Any]
+) -> EndpointLimit:
+    _update(
+        actor=actor,
+        obj=limit,
+        data={k: v for k, v in data.items() if k in LIMIT_FIELDS},
+        action="update",
+    )
     return limit
 
 
 @transaction.atomic
 def limit_delete(*, actor: User | None, limit: EndpointLimit) -> None:
-    audit_record(actor=actor, action="delete", obj=limit, old=_values(limit, ("endpoint", *LIMIT_FIELDS)))
+    audit_record(
+        actor=actor, action="delete", obj=limit, old=_values(limit, ("endpoint", *LIMIT_FIELDS))
+    )
     limit.delete()
 
 
@@ -161,7 +195,9 @@ def team_create(*, actor: User | None, name: str, profile: LimitProfile | None =
     team, created = limiter_services.team_get_or_create(name=name, profile=profile)
     if not created:
         raise ServiceError(MSG_NAME_TAKEN.format(name=name))
-    audit_record(actor=actor, action="create", obj=team, new=_values(team, ("name", "profile", "upstream")))
+    audit_record(
+        actor=actor, action="create", obj=team, new=_values(team, ("name", "profile", "upstream"))
+    )
     return team
 
 
@@ -190,7 +226,9 @@ def key_create(
     profile: LimitProfile | None = None,
     expires_at: datetime | None = None,
 ) -> IssuedKey:
-    issued = limiter_services.key_issue(team=team, name=name, profile=profile, expires_at=expires_at)
+    issued = limiter_services.key_issue(
+        team=team, name=name, profile=profile, expires_at=expires_at
+    )
     audit_record(actor=actor, action="create", obj=issued.key, new=_values(issued.key, KEY_FIELDS))
     return issued
 
@@ -210,7 +248,10 @@ def key_rotate(*, actor: User | None, key: ApiKey) -> IssuedKey:
     old = _values(key, ("revoked_at",))
     issued = limiter_services.key_rotate(key=key)
     audit_record(
-        actor=actor, action="rotate", obj=key, old=old,
+        actor=actor,
+        action="rotate",
+        obj=key,
+        old=old,
         new={**_values(key, ("revoked_at",)), "replaced_by": issued.key.prefix},
     )
     audit_record(actor=actor, action="create", obj=issued.key, new=_values(issued.key, KEY_FIELDS))

@@ -89,8 +89,11 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # transaction that reads first and then writes cannot wait for it (SQLite answers
     # "locked" at once rather than deadlock; seen as ops API 500s under load).
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-         "transaction_mode": "IMMEDIATE"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -128,7 +131,9 @@ if REDIS_URL:
             "CONFIG": {
                 # channels_redis blocks up to 5 s in BZPOPMIN; redis-py's default socket
                 # timeout is also 5 s, so reads would time out at random. Give it room.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}],
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}
+                ],
                 "capacity": 10_000,
                 "expiry": 30,
             },
@@ -136,7 +141,10 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10_000}}
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 10_000},
+        }
     }
 
 # --- Sluice ------------------------------------------------------------------------

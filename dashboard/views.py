@@ -47,7 +47,9 @@ def staff_required(
     view: Callable[Concatenate[StaffRequest, P], R],
 ) -> Callable[Concatenate[HttpRequest, P], R | HttpResponseRedirect]:
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: P.args, **kwargs: P.kwargs) -> R | HttpResponseRedirect:
+    def wrapper(
+        request: HttpRequest, *args: P.args, **kwargs: P.kwargs
+    ) -> R | HttpResponseRedirect:
         if not request.user.is_authenticated:
             return redirect_to_login(request.get_full_path())
         if not request.user.is_staff:
@@ -75,10 +77,16 @@ def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> 
 # --- live overview -------------------------------------------------------------------
 @staff_required
 def overview(request: StaffRequest) -> HttpResponse:
-    return render(request, "dashboard/overview.html", {
-        "limits": selectors.limit_overview(),
-        "upstream_failures": sorted(upstream.failures.values(), key=lambda failure: failure.account),
-    })
+    return render(
+        request,
+        "dashboard/overview.html",
+        {
+            "limits": selectors.limit_overview(),
+            "upstream_failures": sorted(
+                upstream.failures.values(), key=lambda failure: failure.account
+            ),
+        },
+    )
 
 
 # --- limits --------------------------------------------------------------------------
@@ -87,17 +95,29 @@ def limits(request: StaffRequest) -> HttpResponse:
     form = forms.ProfileCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         created: list[LimitProfile] = []
-        ok = _apply(request, lambda: created.append(services.profile_create(
-            actor=request.user, name=form.cleaned_data["name"],
-            description=form.cleaned_data["description"], copy_from=form.cleaned_data["copy_from"],
-        )), f"Profile '{form.cleaned_data['name']}' created.")
+        ok = _apply(
+            request,
+            lambda: created.append(
+                services.profile_create(
+                    actor=request.user,
+                    name=form.cleaned_data["name"],
+                    description=form.cleaned_data["description"],
+                    copy_from=form.cleaned_data["copy_from"],
+                )
+            ),
+            f"Profile '{form.cleaned_data['name']}' created.",
+        )
         if ok:
             return redirect("dashboard:profile", pk=created[0].pk)
-    return render(request, "dashboard/limits.html", {
-        "profiles": selectors.profile_list(),
-        "accounts": selectors.account_list(),
-        "form": form,
-    })
+    return render(
+        request,
+        "dashboard/limits.html",
+        {
+            "profiles": selectors.profile_list(),
+            "accounts": selectors.account_list(),
+            "form": form,
+        },
+    )
 
 
 @staff_required
@@ -105,20 +125,30 @@ def profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(LimitProfile, pk=pk)
     form = forms.ProfileForm(request.POST or None, instance=LimitProfile.objects.get(pk=pk))
     if request.method == "POST" and form.is_valid():
-        if _apply(request, lambda: services.profile_update(actor=request.user, profile=obj, data=form.cleaned_data), "Profile saved."):
+        if _apply(
+            request,
+            lambda: services.profile_update(
+                actor=request.user, profile=obj, data=form.cleaned_data
+            ),
+            "Profile saved.",
+        ):
             return redirect("dashboard:profile", pk=pk)
     ceilings = selectors.ceilings_for_profile(profile=obj)
     rows = [
         {"limit": row, "warnings": limit_warnings(limit=row, ceilings=ceilings)}
         for row in obj.limits.all()
     ]
-    return render(request, "dashboard/profile.html", {
-        "profile": obj,
-        "form": form,
-        "rows": rows,
-        "teams": obj.teams.order_by("name"),
-        "accounts": obj.accounts.order_by("name"),
-    })
+    return render(
+        request,
+        "dashboard/profile.html",
+        {
+            "profile": obj,
+            "form": form,
+            "rows": rows,
+            "teams": obj.teams.order_by("name"),
+            "accounts": obj.accounts.order_by("name"),
+        },
+    )
 
 
 @staff_required
@@ -127,16 +157,23 @@ def limit_edit(request: StaffRequest, pk: int) -> HttpResponse:
     # The form edits a copy, so the service sees the old values to audit against.
     form = forms.LimitForm(request.POST or None, instance=EndpointLimit.objects.get(pk=pk))
     if request.method == "POST" and form.is_valid():
-        if _apply(request, lambda: services.limit_update(actor=request.user, limit=limit, data=form.cleaned_data),
-                  f"Limit {limit} saved; the gateway uses it from the next request."):
+        if _apply(
+            request,
+            lambda: services.limit_update(actor=request.user, limit=limit, data=form.cleaned_data),
+            f"Limit {limit} saved; the gateway uses it from the next request.",
+        ):
             for warning in limit_warnings(limit=limit):
                 messages.warning(request, warning)
             return redirect("dashboard:profile", pk=limit.profile_id)
-    return render(request, "dashboard/limit_edit.html", {
-        "limit": limit,
-        "form": form,
-        "warnings": limit_warnings(limit=limit),
-    })
+    return render(
+        request,
+        "dashboard/limit_edit.html",
+        {
+            "limit": limit,
+            "form": form,
+            "warnings": limit_warnings(limit=limit),
+        },
+    )
 
 
 # --- teams and keys -----------------------------------------------------------------------
@@ -145,8 +182,13 @@ def teams(request: StaffRequest) -> HttpResponse:
     form = forms.TeamCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         name = form.cleaned_data["name"]
-        if _apply(request, lambda: services.team_create(actor=request.user, name=name, profile=form.cleaned_data["profile"]),
-                  f"Team '{name}' created."):
+        if _apply(
+            request,
+            lambda: services.team_create(
+                actor=request.user, name=name, profile=form.cleaned_data["profile"]
+            ),
+            f"Team '{name}' created.",
+        ):
             return redirect("dashboard:team", pk=Team.objects.get(name=name).pk)
     return render(request, "dashboard/teams.html", {"teams": selectors.team_list(), "form": form})
 
@@ -154,14 +196,18 @@ def teams(request: StaffRequest) -> HttpResponse:
 @staff_required
 def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = None) -> HttpResponse:
     obj = get_object_or_404(Team.objects.select_related("profile", "upstream"), pk=pk)
-    return render(request, "dashboard/team.html", {
-        "team": obj,
-        "keys": selectors.key_list(team=obj),
-        "key_form": forms.KeyCreateForm(),
-        "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
-        "issued": issued,
-        "now": timezone.now(),
-    })
+    return render(
+        request,
+        "dashboard/team.html",
+        {
+            "team": obj,
+            "keys": selectors.key_list(team=obj),
+            "key_form": forms.KeyCreateForm(),
+            "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
+            "issued": issued,
+            "now": timezone.now(),
+        },
+    )
 
 
 @require_POST
@@ -169,8 +215,11 @@ def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = Non
 def team_pause(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     paused = request.POST.get("paused") == "1"
-    _apply(request, lambda: services.team_pause(actor=request.user, team=obj, paused=paused),
-           f"Team '{obj.name}' {'paused' if paused else 'resumed'}.")
+    _apply(
+        request,
+        lambda: services.team_pause(actor=request.user, team=obj, paused=paused),
+        f"Team '{obj.name}' {'paused' if paused else 'resumed'}.",
+    )
     # The teams list pauses too and wants to come back to itself.
     back = request.POST.get("next", "")
     if back and url_has_allowed_host_and_scheme(back, allowed_hosts={request.get_host()}):
@@ -184,8 +233,13 @@ def team_profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     form = forms.ProfileAssignForm(request.POST)
     if form.is_valid():
-        _apply(request, lambda: services.profile_assign(actor=request.user, team=obj, profile=form.cleaned_data["profile"]),
-               f"Team '{obj.name}' now uses profile '{form.cleaned_data['profile']}'.")
+        _apply(
+            request,
+            lambda: services.profile_assign(
+                actor=request.user, team=obj, profile=form.cleaned_data["profile"]
+            ),
+            f"Team '{obj.name}' now uses profile '{form.cleaned_data['profile']}'.",
+        )
     else:
         messages.error(request, "Choose a profile.")
     return redirect("dashboard:team", pk=pk)
@@ -197,11 +251,16 @@ def key_create(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     form = forms.KeyCreateForm(request.POST)
     if not form.is_valid():
-        messages.error(request, "; ".join(str(e) for errors in form.errors.values() for e in errors))
+        messages.error(
+            request, "; ".join(str(e) for errors in form.errors.values() for e in errors)
+        )
         return redirect("dashboard:team", pk=pk)
     issued = services.key_create(
-        actor=request.user, team=obj, name=form.cleaned_data["name"],
-        profile=form.cleaned_data["profile"], expires_at=form.expires_at(),
+        actor=request.user,
+        team=obj,
+        name=form.cleaned_data["name"],
+        profile=form.cleaned_data["profile"],
+        expires_at=form.expires_at(),
     )
     # The secret is rendered in this response only: it is never stored, not even in
     # the session, so a reload cannot show it again.
@@ -235,16 +294,23 @@ def refusals(request: StaffRequest) -> HttpResponse:
     chart_start, chart_end = selectors.refusal_chart_range(filters=filters)
     query = request.GET.copy()
     query.pop("after", None)
-    return render(request, "dashboard/refusals.html", {
-        "form": form,
-        "page": page,
-        "query": query.urlencode(),
-        "first_page": "after" in request.GET,
-        "chart": [[int(minute.timestamp()), n] for minute, n in selectors.refusal_per_minute(filters=filters)],
-        "chart_start": int(chart_start.timestamp()),
-        "chart_end": int(chart_end.timestamp()),
-        "reasons": selectors.KNOWN_REASONS,
-    })
+    return render(
+        request,
+        "dashboard/refusals.html",
+        {
+            "form": form,
+            "page": page,
+            "query": query.urlencode(),
+            "first_page": "after" in request.GET,
+            "chart": [
+                [int(minute.timestamp()), n]
+                for minute, n in selectors.refusal_per_minute(filters=filters)
+            ],
+            "chart_start": int(chart_start.timestamp()),
+            "chart_end": int(chart_end.timestamp()),
+            "reasons": selectors.KNOWN_REASONS,
+        },
+    )
 
 
 @staff_required
@@ -256,5 +322,11 @@ def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
 # --- audit ---------------------------------------------------------------------------------
 @staff_required
 def audit(request: StaffRequest) -> HttpResponse:
-    page = audit_page(after=request.GET.get("after", ""), object_type=request.GET.get("object_type", ""))
-    return render(request, "dashboard/audit.html", {"page": page, "object_type": request.GET.get("object_type", "")})
+    page = audit_page(
+        after=request.GET.get("after", ""), object_type=request.GET.get("object_type", "")
+    )
+    return render(
+        request,
+        "dashboard/audit.html",
+        {"page": page, "object_type": request.GET.get("object_type", "")},
+    )

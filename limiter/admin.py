@@ -28,7 +28,16 @@ class TeamAdmin(admin.ModelAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
     # The secret is never stored; the hash is not worth showing.
-    list_display = ["prefix", "team", "name", "profile", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    list_display = [
+        "prefix",
+        "team",
+        "name",
+        "profile",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
     list_filter = ["team"]
     exclude = ["secret_hash"]
     readonly_fields = ["prefix", "created_at", "last_used_at"]
@@ -39,7 +48,16 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(Refusal)
 class RefusalAdmin(admin.ModelAdmin):
-    list_display = ["created_at", "team_name", "key_prefix", "endpoint", "model", "reason", "source", "retry_after_seconds"]
+    list_display = [
+        "created_at",
+        "team_name",
+        "key_prefix",
+        "endpoint",
+        "model",
+        "reason",
+        "source",
+        "retry_after_seconds",
+    ]
     list_filter = ["source", "endpoint", "reason"]
     show_full_result_count = False  # the table may hold millions of rows
 

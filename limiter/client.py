@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 STALE_GRANT_RETRIES = 3
 
+
 class LimiterUnavailable(Exception):
     """The limiter did not answer in time."""
 
@@ -90,7 +91,9 @@ class LimiterClient:
                 message = await self.layer.receive(self.reply_channel)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # e.g. Redis restarting: keep trying, requests time out meanwhile
+            except (
+                Exception
+            ) as exc:  # e.g. Redis restarting: keep trying, requests time out meanwhile
                 logger.error("limiter reply channel failed (%s); retrying", exc)
                 await asyncio.sleep(0.5)
                 last_join = 0.0  # a restarted Redis forgot our group membership
@@ -131,7 +134,11 @@ class LimiterClient:
             queue.put_nowait(message)
         elif kind == events.DECISION and message.get("kind") == "grant" and message.get("lease"):
             # Granted after its caller gave up (disconnected or timed out): hand it back.
-            spawn(self._send_until_delivered({"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}))
+            spawn(
+                self._send_until_delivered(
+                    {"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}
+                )
+            )
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.layer.send(events.LIMITER_CHANNEL, message)
@@ -151,7 +158,9 @@ class LimiterClient:
                     return
                 await asyncio.sleep(0.5)
 
-    async def acquire(self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str) -> Grant:
+    async def acquire(
+        self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str
+    ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
 
         A grant is a moment to send, not a voucher: one that reaches us late (a stalled
@@ -167,7 +176,9 @@ class LimiterClient:
             self.release(grant.lease, None)
         raise LimiterUnavailable()
 
-    async def _acquire_once(self, key: KeyInfo, endpoint: str, tokens: float, request_id: str) -> Grant:
+    async def _acquire_once(
+        self, key: KeyInfo, endpoint: str, tokens: float, request_id: str
+    ) -> Grant:
         key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
         account_limit = key.account_limits.get(endpoint) or key_limit
         ticket = uuid.uuid4().hex
@@ -175,19 +186,21 @@ class LimiterClient:
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
         try:
-            await self._send_or_unavailable({
-                "type": events.ACQUIRE,
-                "ticket": ticket,
-                "reply": self.reply_channel,
-                "endpoint": endpoint,
-                "key": key.key_id,
-                "key_limit": key_limit,
-                "account": key.account_id,
-                "account_limit": account_limit,
-                "tokens": tokens,
-                "request_id": request_id,
-                "expires": time.time() + timeout,
-            })
+            await self._send_or_unavailable(
+                {
+                    "type": events.ACQUIRE,
+                    "ticket": ticket,
+                    "reply": self.reply_channel,
+                    "endpoint": endpoint,
+                    "key": key.key_id,
+                    "key_limit": key_limit,
+                    "account": key.account_id,
+                    "account_limit": account_limit,
+                    "tokens": tokens,
+                    "request_id": request_id,
+                    "expires": time.time() + timeout,
+                }
+            )
             decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
                 # The limiter said how long; allow its max wait plus the round trip.
@@ -210,11 +223,23 @@ class LimiterClient:
             raise Refused(cast(DecisionMessage, decision))
         if decision["lease"]:
             self._held[decision["lease"]] = {
-                "type": events.ADOPT, "lease": decision["lease"], "endpoint": endpoint, "key": key.key_id,
-                "key_limit": key_limit, "account": key.account_id, "account_limit": account_limit, "tokens": tokens,
+                "type": events.ADOPT,
+                "lease": decision["lease"],
+                "endpoint": endpoint,
+                "key": key.key_id,
+                "key_limit": key_limit,
+                "account": key.account_id,
+                "account_limit": account_limit,
+                "tokens": tokens,
             }
-        return Grant(decision["lease"], decision["waited"], decision["limit"], decision["remaining"], decision["reset"],
-                     age=max(0.0, time.time() - decision["at"]))
+        return Grant(
+            decision["lease"],
+            decision["waited"],
+            decision["limit"],
+            decision["remaining"],
+            decision["reset"],
+            age=max(0.0, time.time() - decision["at"]),
+        )
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
         try:
@@ -229,10 +254,20 @@ class LimiterClient:
         if not lease:
             return  # the grant needed no lease (no concurrency cap, no token estimate)
         self._held.pop(lease, None)
-        spawn(self._send_until_delivered({"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}))
+        spawn(
+            self._send_until_delivered(
+                {"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}
+            )
+        )
 
     async def report_upstream(
-        self, *, key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool = False
+        self,
+        *,
+        key: KeyInfo,
+        endpoint: str,
+        pause: float,
+        headers: dict[str, str],
+        refused: bool = False,
     ) -> None:
         try:
             await self._send(self._report(key, endpoint, pause, headers, refused))
@@ -242,7 +277,9 @@ class LimiterClient:
             logger.warning("could not report upstream headers to the limiter: %s", exc)
 
     @staticmethod
-    def _report(key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool) -> dict[str, Any]:
+    def _report(
+        key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool
+    ) -> dict[str, Any]:
         return {
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
@@ -260,10 +297,14 @@ class LimiterClient:
         self._waiting[ticket] = queue
         started = time.monotonic()
         try:
-            await self._send_or_unavailable({"type": events.PING, "ticket": ticket, "reply": self.reply_channel})
+            await self._send_or_unavailable(
+                {"type": events.PING, "ticket": ticket, "reply": self.reply_channel}
+            )
             pong = await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
         except TimeoutError:
             raise LimiterUnavailable() from None
         finally:
             del self._waiting[ticket]
-        return time.monotonic() - started, {k: pong[k] for k in ("leases", "queued", "scopes") if k in pong}
+        return time.monotonic() - started, {
+            k: pong[k] for k in ("leases", "queued", "scopes") if k in pong
+        }

@@ -143,7 +143,9 @@ class Scope:
             self.tokens.resize(fresh.rate, fresh.capacity, now)
         self.limit = limit
 
-    def rate_wait(self, tokens: float, now: float, ahead: int = 0, ahead_tokens: float = 0.0) -> tuple[float, str]:
+    def rate_wait(
+        self, tokens: float, now: float, ahead: int = 0, ahead_tokens: float = 0.0
+    ) -> tuple[float, str]:
         """Seconds until a request conforms to this scope's rates, and the reason if > 0."""
         wait, reason = self.requests.wait(1, now, ahead), RATE_LIMITED
         if self.tokens is not None and tokens:
@@ -164,7 +166,11 @@ class Scope:
         return self.limit.max_concurrent is None or len(self.leases) < self.limit.max_concurrent
 
     def idle(self, now: float) -> bool:
-        return not self.leases and self.requests.tat <= now and (self.tokens is None or self.tokens.tat <= now)
+        return (
+            not self.leases
+            and self.requests.tat <= now
+            and (self.tokens is None or self.tokens.tat <= now)
+        )
 
 
 @dataclass(slots=True)
@@ -304,7 +310,12 @@ class Engine:
         return self.poll(now)
 
     def adopt(
-        self, lease_id: str, key: tuple[ScopeId, Limit], account: tuple[ScopeId, Limit], tokens: float, now: float
+        self,
+        lease_id: str,
+        key: tuple[ScopeId, Limit],
+        account: tuple[ScopeId, Limit],
+        tokens: float,
+        now: float,
     ) -> None:
         """Count a lease granted by a previous instance (its holder told us after a restart)."""
         if lease_id in self.leases:
@@ -354,10 +365,16 @@ class Engine:
     def forget_idle(self, now: float, older_than: float = 120.0) -> list[ScopeId]:
         """Drop scopes nobody used for a while, so memory follows the active keys.
         Returns the ids dropped (the worker drops its statistics for them too)."""
-        busy = {t.key.id for t in self.tickets.values()} | {t.account.id for t in self.tickets.values()}
+        busy = {t.key.id for t in self.tickets.values()} | {
+            t.account.id for t in self.tickets.values()
+        }
         stale = [
-            sid for sid, s in self.scopes.items()
-            if sid not in busy and s.idle(now) and now - s.last_seen > older_than and s.paused_until <= now
+            sid
+            for sid, s in self.scopes.items()
+            if sid not in busy
+            and s.idle(now)
+            and now - s.last_seen > older_than
+            and s.paused_until <= now
         ]
         for sid in stale:
             del self.scopes[sid]
@@ -380,7 +397,8 @@ class Engine:
         # token estimate to settle. Otherwise the grant is complete as it stands, and the
         # caller sends no release (one channel-layer message fewer per request).
         needs_lease = any(
-            s.limit.max_concurrent is not None or (s.tokens is not None and ticket.tokens) for s in ticket.scopes
+            s.limit.max_concurrent is not None or (s.tokens is not None and ticket.tokens)
+            for s in ticket.scopes
         )
         lease = ""
         if needs_lease:
@@ -390,12 +408,21 @@ class Engine:
             expiry = now + self.lease_ttl
             self.leases[lease] = (ticket.scopes, expiry, ticket.tokens)
             heapq.heappush(self._lease_expiries, (expiry, lease))
-        return Decision("grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived)
+        return Decision(
+            "grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived
+        )
 
-    def _refuse(self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float) -> Decision:
+    def _refuse(
+        self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float
+    ) -> Decision:
         who = "key" if scope is ticket.key else "account"
         return Decision(
-            "refuse", ticket, self.quota(ticket.key, now), reason=reason, retry_after=retry_after, scope=who
+            "refuse",
+            ticket,
+            self.quota(ticket.key, now),
+            reason=reason,
+            retry_after=retry_after,
+            scope=who,
         )
 
     def _timeout(self, ticket: Ticket, now: float) -> Decision:
@@ -405,7 +432,9 @@ class Engine:
                 return self._refuse(ticket, CONCURRENCY_LIMITED, UNKNOWN_WAIT, scope, now)
         group = self.groups.get(ticket.account.id) or _Group()
         wait = self._projected_wait(ticket, group, now)
-        return self._refuse(ticket, QUEUE_TIMEOUT, max(wait, 1.0 / ticket.key.requests.rate), ticket.key, now)
+        return self._refuse(
+            ticket, QUEUE_TIMEOUT, max(wait, 1.0 / ticket.key.requests.rate), ticket.key, now
+        )
 
     def _refuse_at_once(
         self, ticket: Ticket, group: _Group, mine: deque[Ticket] | None, now: float
@@ -430,7 +459,9 @@ class Engine:
         key_wait, key_reason = ticket.key.rate_wait(ticket.tokens, now)
         account_wait, account_reason = ticket.account.rate_wait(ticket.tokens, now)
         if account_wait > key_wait:
-            return (ACCOUNT_RATE_LIMITED if account_reason == RATE_LIMITED else account_reason), ticket.account
+            return (
+                ACCOUNT_RATE_LIMITED if account_reason == RATE_LIMITED else account_reason
+            ), ticket.account
         return key_reason, ticket.key
 
     def _projected_wait(self, ticket: Ticket, group: _Group, now: float) -> float:
@@ -447,8 +478,12 @@ class Engine:
         )
         key_tokens = sum(t.tokens for t in list(mine)[:position])
         key_wait = ticket.key.rate_wait(ticket.tokens, now, position, key_tokens)[0]
-        account_tokens = ticket.tokens * ahead_account  # other keys' sizes are unknown here: assume alike
-        account_wait = ticket.account.rate_wait(ticket.tokens, now, ahead_account, account_tokens)[0]
+        account_tokens = (
+            ticket.tokens * ahead_account
+        )  # other keys' sizes are unknown here: assume alike
+        account_wait = ticket.account.rate_wait(ticket.tokens, now, ahead_account, account_tokens)[
+            0
+        ]
         return max(key_wait, account_wait)
 
     def _enqueue(self, group: _Group, ticket: Ticket) -> None:

@@ -99,8 +99,12 @@ class KeyCache:
     def __init__(self) -> None:
         # Bounded TTL maps: a scan of random secrets can neither grow memory without
         # limit nor keep an entry past its TTL (a missed broadcast heals by then).
-        self._known: TTLCache[str, KeyInfo] = TTLCache(maxsize=MAX_KNOWN, ttl=CACHE_TTL, timer=time.monotonic)
-        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=MAX_UNKNOWN, ttl=NEGATIVE_TTL, timer=time.monotonic)
+        self._known: TTLCache[str, KeyInfo] = TTLCache(
+            maxsize=MAX_KNOWN, ttl=CACHE_TTL, timer=time.monotonic
+        )
+        self._unknown: TTLCache[str, bool] = TTLCache(
+            maxsize=MAX_UNKNOWN, ttl=NEGATIVE_TTL, timer=time.monotonic
+        )
         # Bumped by every clear(). A database read that was running when the cache was
         # cleared may predate the change (a revocation): its answer must not be stored,
         # or the revoked key would be served from the cache until CACHE_TTL.

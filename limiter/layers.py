@@ -55,8 +55,14 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
             index = next(self._send_index_generator)
         now = time.time()
         sent = await self.connection(index).eval(
-            SEND, 1, self.prefix + name,
-            int(now) - int(self.expiry), self.get_capacity(channel), now, self.serialize(message), int(self.expiry),
+            SEND,
+            1,
+            self.prefix + name,
+            int(now) - int(self.expiry),
+            self.get_capacity(channel),
+            now,
+            self.serialize(message),
+            int(self.expiry),
         )
         if not sent:
             raise ChannelFull()

@@ -10,21 +10,54 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-ADMITTED = Counter("sluice_admitted_total", "Requests the limiter admitted.", ["endpoint"], registry=REGISTRY)
-QUEUED = Counter("sluice_queued_total", "Admitted requests that waited in the queue first.", ["endpoint"],
-                 registry=REGISTRY)
-REFUSED = Counter("sluice_refused_total", "429s answered, by reason and source (gateway or upstream).",
-                  ["endpoint", "reason", "source"], registry=REGISTRY)
-QUEUE_WAIT = Histogram("sluice_queue_wait_seconds", "Time queued requests waited before admission.", ["endpoint"],
-                       buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
-UPSTREAM_SECONDS = Histogram("sluice_upstream_seconds", "Time to Together's answer, retries included.",
-                             ["endpoint"], registry=REGISTRY,
-                             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-UPSTREAM_RESPONSES = Counter("sluice_upstream_responses_total", "Together's final answers by status.",
-                             ["endpoint", "status"], registry=REGISTRY)
-LIMITER_ROUND_TRIP = Histogram("sluice_limiter_round_trip_seconds", "Limiter answer time when not queued.",
-                               registry=REGISTRY, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2))
-LIMITER_UP = Gauge("sluice_limiter_up", "1 when the limiter answered this process's last request.",
-                   registry=REGISTRY)
-LIMITER_UNAVAILABLE = Counter("sluice_limiter_unavailable_total", "Requests answered 503: the limiter was silent.",
-                              registry=REGISTRY)
+ADMITTED = Counter(
+    "sluice_admitted_total", "Requests the limiter admitted.", ["endpoint"], registry=REGISTRY
+)
+QUEUED = Counter(
+    "sluice_queued_total",
+    "Admitted requests that waited in the queue first.",
+    ["endpoint"],
+    registry=REGISTRY,
+)
+REFUSED = Counter(
+    "sluice_refused_total",
+    "429s answered, by reason and source (gateway or upstream).",
+    ["endpoint", "reason", "source"],
+    registry=REGISTRY,
+)
+QUEUE_WAIT = Histogram(
+    "sluice_queue_wait_seconds",
+    "Time queued requests waited before admission.",
+    ["endpoint"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+UPSTREAM_SECONDS = Histogram(
+    "sluice_upstream_seconds",
+    "Time to Together's answer, retries included.",
+    ["endpoint"],
+    registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+UPSTREAM_RESPONSES = Counter(
+    "sluice_upstream_responses_total",
+    "Together's final answers by status.",
+    ["endpoint", "status"],
+    registry=REGISTRY,
+)
+LIMITER_ROUND_TRIP = Histogram(
+    "sluice_limiter_round_trip_seconds",
+    "Limiter answer time when not queued.",
+    registry=REGISTRY,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
+)
+LIMITER_UP = Gauge(
+    "sluice_limiter_up",
+    "1 when the limiter answered this process's last request.",
+    registry=REGISTRY,
+)
+LIMITER_UNAVAILABLE = Counter(
+    "sluice_limiter_unavailable_total",
+    "Requests answered 503: the limiter was silent.",
+    registry=REGISTRY,
+)

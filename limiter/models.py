@@ -22,7 +22,9 @@ VISIBLE_PREFIX_LENGTH = len(KEY_PREFIX) + 6
 # name (SECRET_KEY, DATABASE_URL...) would send that secret as a bearer to the account's
 # base URL, which whoever edits accounts chooses.
 UPSTREAM_KEY_SETTING = re.compile(r"(TOGETHER_API_KEY|SLUICE_UPSTREAM_KEY_[A-Z0-9_]+)")
-MSG_UPSTREAM_KEY_SETTING = "Must be TOGETHER_API_KEY or an environment variable named SLUICE_UPSTREAM_KEY_<NAME>."
+MSG_UPSTREAM_KEY_SETTING = (
+    "Must be TOGETHER_API_KEY or an environment variable named SLUICE_UPSTREAM_KEY_<NAME>."
+)
 
 
 def upstream_key_setting_valid(name: str) -> bool:
@@ -72,16 +74,24 @@ class EndpointLimit(models.Model):
     endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
     requests_per_minute = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     pace_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, validators=[MinValueValidator(1)],
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
         help_text="Rate actually released, below the limit for headroom; empty: the limit itself.",
     )
     burst = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
-    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
-    max_concurrent = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    tokens_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
     queue_depth = models.PositiveIntegerField(default=100)
     max_queue_wait_seconds = models.FloatField(default=30.0, validators=[MinValueValidator(0.0)])
     # Batches only: the most requests one batch may carry.
-    max_batch_requests = models.PositiveIntegerField(null=True, blank=True, validators=[MinValueValidator(1)])
+    max_batch_requests = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)]
+    )
 
     class Meta:
         ordering = ["profile__name", "endpoint"]
@@ -116,7 +126,9 @@ class UpstreamAccount(models.Model):
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(
-                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_account"
+                fields=["is_default"],
+                condition=models.Q(is_default=True),
+                name="one_default_account",
             ),
         ]
 
@@ -159,7 +171,11 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True)
     secret_hash = models.CharField(max_length=64, unique=True)
     profile = models.ForeignKey(
-        LimitProfile, on_delete=models.PROTECT, null=True, blank=True, related_name="keys",
+        LimitProfile,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="keys",
         help_text="Empty: the team's profile.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -194,7 +210,9 @@ class Refusal(models.Model):
     """
 
     created_at = models.DateTimeField(default=timezone.now)
-    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    team = models.ForeignKey(
+        Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     team_name = models.CharField(max_length=80, blank=True)
     key_prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, blank=True)
     upstream = models.CharField(max_length=80, blank=True)
@@ -222,5 +240,7 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
+
+
 # The jobs models belong to this app; Django finds an app's models through this module.
 from limiter.jobs.models import Job, JobEvent, TeamFile, TeamModel  # noqa: E402,F401

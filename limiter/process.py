@@ -77,7 +77,9 @@ def release(lease: str, tokens_used: float | None) -> None:
 async def request_snapshot(reply_channel: str) -> None:
     """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
     await ensure_started()
-    await get_channel_layer().send(events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel})
+    await get_channel_layer().send(
+        events.LIMITER_CHANNEL, {"type": events.SNAPSHOT_REQUEST, "reply": reply_channel}
+    )
 
 
 async def drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:

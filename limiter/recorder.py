@@ -54,12 +54,25 @@ class Recorder:
         message: str = "",
     ) -> None:
         if len(self._refusals) == MAX_BUFFER:
-            logger.error("429 record buffer full (%d): dropping the oldest unsaved refusal", MAX_BUFFER)
-        self._refusals.append(Refusal(
-            created_at=timezone.now(), team_id=team_id, team_name=team_name, key_prefix=key_prefix,
-            upstream=upstream, endpoint=endpoint, model=model[:200], reason=reason, source=source,
-            retry_after_seconds=retry_after, request_id=request_id, message=message[:300],
-        ))
+            logger.error(
+                "429 record buffer full (%d): dropping the oldest unsaved refusal", MAX_BUFFER
+            )
+        self._refusals.append(
+            Refusal(
+                created_at=timezone.now(),
+                team_id=team_id,
+                team_name=team_name,
+                key_prefix=key_prefix,
+                upstream=upstream,
+                endpoint=endpoint,
+                model=model[:200],
+                reason=reason,
+                source=source,
+                retry_after_seconds=retry_after,
+                request_id=request_id,
+                message=message[:300],
+            )
+        )
 
     def key_used(self, key_id: str) -> None:
         self._used[key_id] = timezone.now()
@@ -74,7 +87,9 @@ class Recorder:
         except Exception:
             # Keep them for the next round rather than lose the audit trail.
             logger.exception("could not write %d refusals; will retry", len(refusals))
-            self._refusals = deque([*refusals, *self._refusals], maxlen=MAX_BUFFER)  # oldest go first
+            self._refusals = deque(
+                [*refusals, *self._refusals], maxlen=MAX_BUFFER
+            )  # oldest go first
             for key_id, at in used.items():
                 self._used.setdefault(key_id, at)
             return 0

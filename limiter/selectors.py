@@ -28,8 +28,17 @@ MAX_PAGE_SIZE = 500
 CHART_MAX_RANGE = timedelta(hours=24)
 CSV_CHUNK_SIZE = 2000
 CSV_COLUMNS = (
-    "created_at", "team_name", "key_prefix", "upstream", "endpoint", "model", "reason",
-    "source", "retry_after_seconds", "request_id", "message",
+    "created_at",
+    "team_name",
+    "key_prefix",
+    "upstream",
+    "endpoint",
+    "model",
+    "reason",
+    "source",
+    "retry_after_seconds",
+    "request_id",
+    "message",
 )
 
 
@@ -85,8 +94,12 @@ def limit_overview() -> dict:
         ],
         "teams": [
             {
-                "id": t.pk, "name": t.name, "paused": t.paused, "profile": t.profile.name,
-                "upstream": t.upstream.name, "limits": rows(t.profile),
+                "id": t.pk,
+                "name": t.name,
+                "paused": t.paused,
+                "profile": t.profile.name,
+                "upstream": t.upstream.name,
+                "limits": rows(t.profile),
             }
             for t in team_list().prefetch_related("profile__limits")
         ],
@@ -101,7 +114,10 @@ def scope_names() -> dict[str, dict[str, dict[str, str]]]:
             str(pk): {"prefix": prefix, "name": name, "team": team, "team_id": str(team_id)}
             for pk, prefix, name, team, team_id in keys
         },
-        "account": {str(pk): {"name": name} for pk, name in UpstreamAccount.objects.values_list("pk", "name")},
+        "account": {
+            str(pk): {"name": name}
+            for pk, name in UpstreamAccount.objects.values_list("pk", "name")
+        },
     }
 
 
@@ -118,7 +134,11 @@ def keys_blocked(*, key_ids: Collection[str]) -> dict[str, KeyBlock]:
     """Which of these keys may no longer call, and why: "unusable" (revoked, expired or
     deleted) or "paused" (its team is). Usable keys are left out. One query, served by
     the primary key."""
-    usable = dict(ApiKey.objects.usable().filter(pk__in=[int(k) for k in key_ids]).values_list("pk", "team__paused"))
+    usable = dict(
+        ApiKey.objects.usable()
+        .filter(pk__in=[int(k) for k in key_ids])
+        .values_list("pk", "team__paused")
+    )
     blocked: dict[str, KeyBlock] = {}
     for key_id in key_ids:
         paused = usable.get(int(key_id))
@@ -193,7 +213,9 @@ def _after(qs: QuerySet, after: str) -> QuerySet:
     cursor = Cursor.decode(after) if after else None
     if cursor is None:
         return qs
-    return qs.filter(created_at__lte=cursor.created_at).exclude(Q(created_at=cursor.created_at) & Q(id__gte=cursor.id))
+    return qs.filter(created_at__lte=cursor.created_at).exclude(
+        Q(created_at=cursor.created_at) & Q(id__gte=cursor.id)
+    )
 
 
 def keyset_page(qs: QuerySet, *, after: str = "", size: int = PAGE_SIZE) -> tuple[list, str | None]:
@@ -229,12 +251,18 @@ def refusal_chart_range(*, filters: RefusalFilters) -> tuple[datetime, datetime]
 def refusal_per_minute(*, filters: RefusalFilters) -> list[tuple[datetime, int]]:
     """Refusals per minute over the filtered range, clamped to its last 24 hours."""
     start, end = refusal_chart_range(filters=filters)
-    qs = refusal_queryset(filters=filters).filter(created_at__gte=start, created_at__lt=end).order_by()
+    qs = (
+        refusal_queryset(filters=filters)
+        .filter(created_at__gte=start, created_at__lt=end)
+        .order_by()
+    )
     if connection.vendor == "sqlite":
         # SQLite keeps datetimes as ISO text, and Django's TruncMinute there is a Python
         # function called per row (2 s for a busy day); the text's first 16 characters
         # are the minute, computed by SQLite itself in a few milliseconds.
-        rows = qs.annotate(minute=Substr("created_at", 1, 16)).values("minute").annotate(n=Count("id"))
+        rows = (
+            qs.annotate(minute=Substr("created_at", 1, 16)).values("minute").annotate(n=Count("id"))
+        )
         return sorted(
             (datetime.fromisoformat(row["minute"]).replace(tzinfo=UTC), row["n"]) for row in rows
         )
@@ -242,7 +270,9 @@ def refusal_per_minute(*, filters: RefusalFilters) -> list[tuple[datetime, int]]
     return sorted((row["minute"], row["n"]) for row in minutes)
 
 
-def refusal_csv_chunk(*, filters: RefusalFilters, after: str = "") -> tuple[list[list[str]], str | None]:
+def refusal_csv_chunk(
+    *, filters: RefusalFilters, after: str = ""
+) -> tuple[list[list[str]], str | None]:
     """The next CSV_CHUNK_SIZE filtered rows as CSV fields, and the cursor after them.
 
     An export walks the table chunk by chunk on the same keyset as the pages rather
@@ -252,7 +282,10 @@ def refusal_csv_chunk(*, filters: RefusalFilters, after: str = "") -> tuple[list
     """
     qs = _after(refusal_queryset(filters=filters), after).values_list("id", *CSV_COLUMNS)
     rows = list(qs[:CSV_CHUNK_SIZE])
-    fields = [[created_at.isoformat(), *("" if v is None else str(v) for v in rest)] for _, created_at, *rest in rows]
+    fields = [
+        [created_at.isoformat(), *("" if v is None else str(v) for v in rest)]
+        for _, created_at, *rest in rows
+    ]
     if len(rows) < CSV_CHUNK_SIZE:
         return fields, None
     last_id, last_created_at = rows[-1][0], rows[-1][1]
@@ -262,6 +295,12 @@ def refusal_csv_chunk(*, filters: RefusalFilters, after: str = "") -> tuple[list
 # The reasons a refusal can carry, offered as suggestions in the filter. A fixed list:
 # DISTINCT over a million rows would cost more than the page itself.
 KNOWN_REASONS = (
-    engine.RATE_LIMITED, engine.ACCOUNT_RATE_LIMITED, engine.TOKEN_RATE_LIMITED, engine.QUEUE_FULL,
-    engine.QUEUE_TIMEOUT, engine.CONCURRENCY_LIMITED, engine.UPSTREAM_PAUSED, "upstream_rate_limited",
+    engine.RATE_LIMITED,
+    engine.ACCOUNT_RATE_LIMITED,
+    engine.TOKEN_RATE_LIMITED,
+    engine.QUEUE_FULL,
+    engine.QUEUE_TIMEOUT,
+    engine.CONCURRENCY_LIMITED,
+    engine.UPSTREAM_PAUSED,
+    "upstream_rate_limited",
 )

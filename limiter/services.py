@@ -79,6 +79,8 @@ def key_rotate(*, key: ApiKey) -> IssuedKey:
     issued = key_issue(team=key.team, name=key.name, profile=key.profile, expires_at=key.expires_at)
     # A rotation is hygiene, not a leak: the old key's queued jobs go on under the new
     # one. (A revoked key's queued jobs never start: limiter.jobs.selectors.key_still_usable.)
-    Job.objects.filter(key=key, state=JobState.QUEUED).update(key=issued.key, key_prefix=issued.key.prefix)
+    Job.objects.filter(key=key, state=JobState.QUEUED).update(
+        key=issued.key, key_prefix=issued.key.prefix
+    )
     key_revoke(key=key)
     return issued

@@ -42,4 +42,6 @@ def _on_change(sender, **kwargs) -> None:
 
 for model in (ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount):
     post_save.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-save-{model.__name__}")
-    post_delete.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-delete-{model.__name__}")
+    post_delete.connect(
+        _on_change, sender=model, dispatch_uid=f"sluice-config-delete-{model.__name__}"
+    )

@@ -67,7 +67,9 @@ def sandbox_api_key() -> str:
 
 @functools.lru_cache(maxsize=4)
 def _derived_sandbox_key(secret_key: str) -> str:
-    return salted_hmac("sluice.sandbox-upstream", "api-key", secret=secret_key, algorithm="sha256").hexdigest()
+    return salted_hmac(
+        "sluice.sandbox-upstream", "api-key", secret=secret_key, algorithm="sha256"
+    ).hexdigest()
 
 
 def upstream_api_key(api_key_setting: str) -> str:
@@ -77,8 +79,11 @@ def upstream_api_key(api_key_setting: str) -> str:
     if not upstream_key_setting_valid(api_key_setting):
         if api_key_setting not in _refused_settings:  # once per name, not once per request
             _refused_settings.add(api_key_setting)
-            logger.error("upstream account names %r for its key: not TOGETHER_API_KEY or "
-                         "SLUICE_UPSTREAM_KEY_*; no key is sent", api_key_setting[:80])
+            logger.error(
+                "upstream account names %r for its key: not TOGETHER_API_KEY or "
+                "SLUICE_UPSTREAM_KEY_*; no key is sent",
+                api_key_setting[:80],
+            )
         return ""
     if api_key_setting == "TOGETHER_API_KEY":
         return settings.TOGETHER_API_KEY or os.environ.get(api_key_setting, "")
@@ -88,7 +93,9 @@ def upstream_api_key(api_key_setting: str) -> str:
 _refused_settings: set[str] = set()
 
 
-def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key_setting: str) -> Target:
+def resolve_target(
+    *, account_id: str, account_name: str, base_url: str, api_key_setting: str
+) -> Target:
     api_key = upstream_api_key(api_key_setting)
     if not api_key and settings.SLUICE_SANDBOX:
         api_key = sandbox_api_key()
@@ -98,8 +105,12 @@ def resolve_target(*, account_id: str, account_name: str, base_url: str, api_key
 def account_target(account: UpstreamAccount) -> Target:
     """Where an upstream account's calls go (a key's is resolved once, when the key
     cache loads it: KeyInfo.target)."""
-    return resolve_target(account_id=str(account.pk), account_name=account.name,
-                          base_url=account.base_url, api_key_setting=account.api_key_setting)
+    return resolve_target(
+        account_id=str(account.pk),
+        account_name=account.name,
+        base_url=account.base_url,
+        api_key_setting=account.api_key_setting,
+    )
 
 
 class UpstreamError(Exception):
@@ -216,7 +227,9 @@ class UpstreamClient:
         return self._client
 
     def _build(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128, keepalive_expiry=30)
+        limits = httpx.Limits(
+            max_connections=512, max_keepalive_connections=128, keepalive_expiry=30
+        )
         timeout = httpx.Timeout(
             connect=settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT,
             read=settings.SLUICE_UPSTREAM_READ_TIMEOUT,
@@ -231,12 +244,16 @@ class UpstreamClient:
         else:
             transport = httpx.AsyncHTTPTransport(limits=limits)
         # Redirects are never followed: the files flow passes Location back to the caller.
-        return without_cookies(httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False))
+        return without_cookies(
+            httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
+        )
 
     def _failed(self, target: Target, error: UpstreamError) -> None:
         # The detail names the upstream's host and port: for the operators, never the caller.
         logger.warning("upstream account %s unreachable: %s", target.account_name, error.detail)
-        self.failures[target.account_name] = UpstreamFailure(target.account_name, timezone.now(), error.detail)
+        self.failures[target.account_name] = UpstreamFailure(
+            target.account_name, timezone.now(), error.detail
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -281,7 +298,10 @@ class UpstreamClient:
             if remaining <= 0:
                 raise UpstreamError(504, "deadline passed", timeout=True)
             request = self.client.build_request(
-                method, url, content=content, headers=send_headers,
+                method,
+                url,
+                content=content,
+                headers=send_headers,
                 timeout=httpx.Timeout(
                     connect=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
                     # A stream may legitimately last longer than the retry deadline.
@@ -311,13 +331,27 @@ class UpstreamClient:
                 if not retrying:
                     return Outcome(response, attempt)
                 await response.aclose()
-                logger.info("upstream %s %s answered %s; retry %d in %.2fs", method, path, response.status_code, attempt, delay)
+                logger.info(
+                    "upstream %s %s answered %s; retry %d in %.2fs",
+                    method,
+                    path,
+                    response.status_code,
+                    attempt,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 continue
             if attempt > retries or time.monotonic() + delay >= deadline:
                 self._failed(target, error)
                 raise error
-            logger.info("upstream %s %s failed (%s); retry %d in %.2fs", method, path, error.detail, attempt, delay)
+            logger.info(
+                "upstream %s %s failed (%s); retry %d in %.2fs",
+                method,
+                path,
+                error.detail,
+                attempt,
+                delay,
+            )
             await asyncio.sleep(delay)
 
 

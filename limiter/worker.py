@@ -63,7 +63,9 @@ class Stats:
             lambda: {"gateway": SecondCounts(), "upstream": SecondCounts()}
         )
         # endpoint -> deque of [minute, admitted, queued, refused]
-        self.history: dict[str, deque[list[int]]] = defaultdict(lambda: deque(maxlen=HISTORY_MINUTES))
+        self.history: dict[str, deque[list[int]]] = defaultdict(
+            lambda: deque(maxlen=HISTORY_MINUTES)
+        )
         self.upstream_headers: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
         self.decisions = 0
 
@@ -170,7 +172,9 @@ class LimiterConsumer(AsyncConsumer):
 
     async def limiter_release(self, message: events.ReleaseMessage) -> None:
         now = time.monotonic()
-        await self._answer(self.engine.release(message["lease"], message.get("tokens_used"), now), now)
+        await self._answer(
+            self.engine.release(message["lease"], message.get("tokens_used"), now), now
+        )
 
     async def limiter_cancel(self, message: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -181,12 +185,17 @@ class LimiterConsumer(AsyncConsumer):
         scope_id = ("account", message["account"], message["endpoint"])
         if message["headers"]:
             self.stats.upstream_headers[message["account"]][message["endpoint"]] = {
-                **message["headers"], "at": f"{time.time():.3f}"
+                **message["headers"],
+                "at": f"{time.time():.3f}",
             }
         if message["pause"] > 0:
             self.engine.pause((scope_id, limit_of(message["account_limit"])), message["pause"], now)
-            logger.warning("upstream 429: pausing account %s %s for %.2fs",
-                           message["account"], message["endpoint"], message["pause"])
+            logger.warning(
+                "upstream 429: pausing account %s %s for %.2fs",
+                message["account"],
+                message["endpoint"],
+                message["pause"],
+            )
         if message.get("refused"):
             self.stats.record_upstream_refusal(scope_id, now, time.time())
         self._dirty = True
@@ -209,13 +218,16 @@ class LimiterConsumer(AsyncConsumer):
         await self.channel_layer.send(message["reply"], self.snapshot())
 
     async def limiter_ping(self, message: dict[str, Any]) -> None:
-        await self.channel_layer.send(message["reply"], {
-            "type": events.PONG,
-            "ticket": message["ticket"],
-            "leases": len(self.engine.leases),
-            "queued": len(self.engine.tickets),
-            "scopes": len(self.engine.scopes),
-        })
+        await self.channel_layer.send(
+            message["reply"],
+            {
+                "type": events.PONG,
+                "ticket": message["ticket"],
+                "leases": len(self.engine.leases),
+                "queued": len(self.engine.tickets),
+                "scopes": len(self.engine.scopes),
+            },
+        )
 
     # --- answering --------------------------------------------------------------------
     async def _answer(self, decisions: list[Decision], now: float) -> None:
@@ -224,7 +236,9 @@ class LimiterConsumer(AsyncConsumer):
         for decision in decisions:
             self.stats.record(decision, now, wall)
             if decision.ticket.reply_to:
-                sends.append(self.channel_layer.send(decision.ticket.reply_to, self._message(decision)))
+                sends.append(
+                    self.channel_layer.send(decision.ticket.reply_to, self._message(decision))
+                )
         # Concurrently: over Redis each send is a round trip, and a grant that waits for
         # the one before it reaches its caller late (and then upstream in a clump).
         if sends:
@@ -305,9 +319,15 @@ class LimiterConsumer(AsyncConsumer):
                 "tickets_queued": len(self.engine.tickets),
                 "leases": len(self.engine.leases),
             },
-            "scopes": [self._scope_snapshot(s, queued_by_scope.get(s.id, []), now) for s in self.engine.scopes.values()],
+            "scopes": [
+                self._scope_snapshot(s, queued_by_scope.get(s.id, []), now)
+                for s in self.engine.scopes.values()
+            ],
             "upstream_headers": {k: dict(v) for k, v in self.stats.upstream_headers.items()},
-            "history": {endpoint: [list(row) for row in rows] for endpoint, rows in self.stats.history.items()},
+            "history": {
+                endpoint: [list(row) for row in rows]
+                for endpoint, rows in self.stats.history.items()
+            },
         }
 
     def _scope_snapshot(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:
@@ -320,7 +340,9 @@ class LimiterConsumer(AsyncConsumer):
             "limit_per_minute": scope.limit.per_minute,
             "burst": scope.limit.burst,
             "in_use": round(scope.requests.debt(now), 3),
-            "admitted_last_minute": admitted.last_minute(now) if (admitted := self.stats.admitted.get(scope.id)) else 0,
+            "admitted_last_minute": admitted.last_minute(now)
+            if (admitted := self.stats.admitted.get(scope.id))
+            else 0,
             "queued": len(arrivals),
             "longest_wait": round(now - min(arrivals), 3) if arrivals else 0.0,
             "leases": len(scope.leases),
@@ -330,11 +352,17 @@ class LimiterConsumer(AsyncConsumer):
             "paused_for": round(max(0.0, scope.paused_until - now), 3),
             "refused_last_minute": {
                 source: counts.last_minute(now) for source, counts in (refused or {}).items()
-            } or {"gateway": 0, "upstream": 0},
+            }
+            or {"gateway": 0, "upstream": 0},
         }
 
 
-async def run_limiter(layer: BaseChannelLayer, stop: asyncio.Event | None = None, *, unknown_before_wall: float | None = None) -> None:
+async def run_limiter(
+    layer: BaseChannelLayer,
+    stop: asyncio.Event | None = None,
+    *,
+    unknown_before_wall: float | None = None,
+) -> None:
     """Serve the limiter channel until `stop` is set, surviving channel-layer errors
     (a Redis restart must not end the authority, or its state)."""
     unknown_before = None

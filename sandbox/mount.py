@@ -44,7 +44,7 @@ class MountedSandbox:
         self.app = SandboxApp(SandboxConfig(api_key=self.api_key), prefix=self.prefix)
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
-        path = scope["path"][len(self.prefix):]
+        path = scope["path"][len(self.prefix) :]
         if scope["type"] == "http" and path.startswith(HARNESS) and path not in PUBLIC_HARNESS:
             refusal = await self._refusal(scope)
             if refusal is not None:
@@ -60,20 +60,34 @@ class MountedSandbox:
     async def _refusal(self, scope: dict[str, Any]) -> ApiError | None:
         """None when Sluice itself or a staff session from this site is calling."""
         scheme, _, key = scope_header(scope, b"authorization").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            key.strip().encode(), self.api_key.encode()
+        ):
             return None
         user = await _session_user(scope)
         if user is None or not user.is_authenticated:
-            return ApiError(401, "The mounted sandbox answers only Sluice and staff sessions.",
-                            code="invalid_api_key")
+            return ApiError(
+                401,
+                "The mounted sandbox answers only Sluice and staff sessions.",
+                code="invalid_api_key",
+            )
         if not (user.is_active and user.is_staff):
             return ApiError(403, "Staff only.", error_type="permission_error", code="forbidden")
         origin = scope_header(scope, b"origin")
-        if scope["method"] not in SAFE_METHODS and origin and not origin_allowed(
-            origin, host=scope_header(scope, b"host"), secure=scope.get("scheme") == "https"
+        if (
+            scope["method"] not in SAFE_METHODS
+            and origin
+            and not origin_allowed(
+                origin, host=scope_header(scope, b"host"), secure=scope.get("scheme") == "https"
+            )
         ):
             logger.warning("sandbox control refused: staff session from origin %r", origin[:100])
-            return ApiError(403, "Cross-origin request refused.", error_type="permission_error", code="forbidden")
+            return ApiError(
+                403,
+                "Cross-origin request refused.",
+                error_type="permission_error",
+                code="forbidden",
+            )
         return None
 
 

@@ -53,7 +53,9 @@ def traffic(url: str, keys: dict[str, str], seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", help="a running Sluice; default: start one")
     parser.add_argument("--username")
     parser.add_argument("--password")
@@ -70,15 +72,29 @@ def main() -> None:
         if args.url:
             url, username, password, keys = args.url.rstrip("/"), args.username, args.password, None
         else:
-            server = stack.enter_context(SluiceServer(Path(tempfile.mkdtemp(prefix="sluice-shots-"))))
-            server.make_profile("tight", {"chat": {"requests_per_minute": 60, "pace_per_minute": None, "burst": 2,
-                                                   "queue_depth": 2, "max_queue_wait_seconds": 1}})
+            server = stack.enter_context(
+                SluiceServer(Path(tempfile.mkdtemp(prefix="sluice-shots-")))
+            )
+            server.make_profile(
+                "tight",
+                {
+                    "chat": {
+                        "requests_per_minute": 60,
+                        "pace_per_minute": None,
+                        "burst": 2,
+                        "queue_depth": 2,
+                        "max_queue_wait_seconds": 1,
+                    }
+                },
+            )
             keys = {team: server.issue_key(team) for team in ("search", "support-bot")}
             keys["research"] = server.issue_key("research", profile="tight")
             url, username, password = server.url, server.admin_username, server.admin_password
 
         playwright = stack.enter_context(sync_playwright())
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.goto(f"{url}/login/")
         page.fill("#id_username", username)

@@ -102,7 +102,13 @@ def _seeded_in_transaction(request):
 
 # The longest-running units first, so that in a parallel run (`make test`: pytest-xdist)
 # they do not start last and leave the other workers idle at the end.
-SLOW_FIRST = ("tests/scaleout/", "tests/bench/", "tests/isolation/", "tests/jobs/test_restart.py", "tests/fuzz/")
+SLOW_FIRST = (
+    "tests/scaleout/",
+    "tests/bench/",
+    "tests/isolation/",
+    "tests/jobs/test_restart.py",
+    "tests/fuzz/",
+)
 
 
 def _unit(nodeid: str) -> str:
@@ -115,7 +121,9 @@ def _unit(nodeid: str) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         unit = _unit(item.nodeid)
-        return next((i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST))
+        return next(
+            (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
+        )
 
     items.sort(key=rank)  # stable: the order within a file is kept
     for item in items:

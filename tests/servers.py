@@ -112,7 +112,9 @@ class SluiceServer:
             if self.limiter_worker:
                 self.start_worker()
             for port in self.ports:
-                self.processes.append(self._spawn("serve", "--port", str(port), log=f"serve-{port}.log"))
+                self.processes.append(
+                    self._spawn("serve", "--port", str(port), log=f"serve-{port}.log")
+                )
             for process, url in zip(self.processes, self.urls, strict=True):
                 wait_for_http(f"{url}/healthz", process=process)
         except BaseException:
@@ -128,7 +130,11 @@ class SluiceServer:
     def _spawn(self, *args: str, log: str) -> subprocess.Popen:
         output = open(self.tmp_path / log, "ab")  # noqa: SIM115  (closed with the process)
         return subprocess.Popen(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+            [PYTHON, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
 
     def start_worker(self) -> None:
@@ -146,7 +152,12 @@ class SluiceServer:
     # --- set-up through manage.py --------------------------------------------------------
     def manage(self, *args: str) -> str:
         done = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+            [PYTHON, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         if done.returncode:
             raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
@@ -155,7 +166,12 @@ class SluiceServer:
     def manage_fails(self, *args: str) -> str:
         """Run a command that must fail; its output."""
         done = subprocess.run(
-            [PYTHON, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=60,
+            [PYTHON, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode != 0, f"manage.py {' '.join(args)} succeeded:\n{done.stdout}"
         return done.stdout + done.stderr
@@ -165,16 +181,25 @@ class SluiceServer:
 
     def issue_key(self, team: str, profile: str | None = None) -> str:
         """A new key for `team` (created if need be), through the ops API."""
-        api = httpx.Client(base_url=f"{self.url}/api", headers={"authorization": f"Bearer {self.admin_token}"},
-                           timeout=30)
+        api = httpx.Client(
+            base_url=f"{self.url}/api",
+            headers={"authorization": f"Bearer {self.admin_token}"},
+            timeout=30,
+        )
         with api:
             teams = {t["name"]: t["id"] for t in api.get("/teams").raise_for_status().json()}
             if team not in teams:
-                teams[team] = api.post("/teams", json={"name": team}).raise_for_status().json()["id"]
-            issued = api.post(f"/teams/{teams[team]}/keys", json={"profile": profile}).raise_for_status()
+                teams[team] = (
+                    api.post("/teams", json={"name": team}).raise_for_status().json()["id"]
+                )
+            issued = api.post(
+                f"/teams/{teams[team]}/keys", json={"profile": profile}
+            ).raise_for_status()
             return issued.json()["secret"]
 
-    def make_profile(self, name: str, limits: dict[str, dict[str, Any]], *, account: bool = False) -> None:
+    def make_profile(
+        self, name: str, limits: dict[str, dict[str, Any]], *, account: bool = False
+    ) -> None:
         """Create (or replace) a profile: {endpoint: {field: value}}; missing endpoints copy
         the default profile. With `account`, make it the default upstream account's ceiling."""
         self.python(
@@ -209,11 +234,29 @@ def _migrated_sqlite() -> Path:
     global _template
     if _template is None:
         path = Path(tempfile.mkdtemp(prefix="sluice-template-")) / "template.sqlite3"
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DATABASE_URL": f"sqlite:///{path}"}
-        for args in (["migrate", "--noinput", "-v0"],
-                     ["shell", "-v", "0", "-c", _create_admin(SluiceServer.admin_username, TEMPLATE_ADMIN_PASSWORD)]):
-            subprocess.run([PYTHON, "manage.py", *args], cwd=ROOT, env=env, check=True, timeout=120,
-                           capture_output=True)
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DATABASE_URL": f"sqlite:///{path}",
+        }
+        for args in (
+            ["migrate", "--noinput", "-v0"],
+            [
+                "shell",
+                "-v",
+                "0",
+                "-c",
+                _create_admin(SluiceServer.admin_username, TEMPLATE_ADMIN_PASSWORD),
+            ],
+        ):
+            subprocess.run(
+                [PYTHON, "manage.py", *args],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                timeout=120,
+                capture_output=True,
+            )
         _template = path
     return _template
 

@@ -16,7 +16,10 @@ client = httpx.AsyncClient(timeout=60.0)
 
 
 def _forwarded_headers(request: HttpRequest) -> dict[str, str]:
-    return {"content-type": "application/json", "authorization": request.headers.get("authorization", "")}
+    return {
+        "content-type": "application/json",
+        "authorization": request.headers.get("authorization", ""),
+    }
 
 
 @csrf_exempt
@@ -24,10 +27,14 @@ async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttp
     headers = _forwarded_headers(request)
     if not json.loads(request.body or b"{}").get("stream"):
         upstream = await client.post(UPSTREAM, content=request.body, headers=headers)
-        return HttpResponse(upstream.content, status=upstream.status_code,
-                            content_type=upstream.headers.get("content-type"))
-    upstream = await client.send(client.build_request("POST", UPSTREAM, content=request.body, headers=headers),
-                                 stream=True)
+        return HttpResponse(
+            upstream.content,
+            status=upstream.status_code,
+            content_type=upstream.headers.get("content-type"),
+        )
+    upstream = await client.send(
+        client.build_request("POST", UPSTREAM, content=request.body, headers=headers), stream=True
+    )
 
     async def chunks() -> AsyncIterator[bytes]:
         try:
@@ -36,5 +43,6 @@ async def chat_completions(request: HttpRequest) -> HttpResponse | StreamingHttp
         finally:
             await upstream.aclose()
 
-    return StreamingHttpResponse(chunks(), status=upstream.status_code,
-                                 content_type=upstream.headers.get("content-type"))
+    return StreamingHttpResponse(
+        chunks(), status=upstream.status_code, content_type=upstream.headers.get("content-type")
+    )

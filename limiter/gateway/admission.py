@@ -54,8 +54,16 @@ class Admission:
 
     __slots__ = ("request", "endpoint", "tokens", "model", "grant")
 
-    def __init__(self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant) -> None:
-        self.request, self.endpoint, self.tokens, self.model, self.grant = request, endpoint, tokens, model, grant
+    def __init__(
+        self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant
+    ) -> None:
+        self.request, self.endpoint, self.tokens, self.model, self.grant = (
+            request,
+            endpoint,
+            tokens,
+            model,
+            grant,
+        )
 
     def release(self, tokens_used: float | None = None) -> None:
         """Hand the grant back; `tokens_used` settles a token reservation."""
@@ -72,7 +80,9 @@ class Admission:
         self.grant = await _grant_checked(self.request, self.endpoint, self.tokens, self.model)
 
     def add_quota_headers(self, response: Response | StreamingResponse) -> None:
-        for name, value in quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset).items():
+        for name, value in quota_headers(
+            self.grant.limit, self.grant.remaining, self.grant.reset
+        ).items():
             response.add_header(name, value)
         if self.grant.waited:
             response.add_header("x-sluice-queued-ms", str(round(self.grant.waited * 1000)))
@@ -83,7 +93,9 @@ class Admission:
 
 async def admit(request: Request, endpoint: str, tokens: float = 0.0, model: str = "") -> Admission:
     """Wait for the limiter's grant for this call, or raise the caller's 429 / 503."""
-    return Admission(request, endpoint, tokens, model, await _grant_checked(request, endpoint, tokens, model))
+    return Admission(
+        request, endpoint, tokens, model, await _grant_checked(request, endpoint, tokens, model)
+    )
 
 
 @asynccontextmanager
@@ -112,19 +124,31 @@ async def _grant(request: Request, endpoint: str, tokens: float, model: str) -> 
     limiter = await process.ensure_started()
     started = time.monotonic()
     try:
-        grant = await limiter.acquire(key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id)
+        grant = await limiter.acquire(
+            key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id
+        )
     except Refused as refused:
         d = refused.decision
         metrics.LIMITER_UP.set(1)
         metrics.REFUSED.labels(endpoint, d["reason"], "gateway").inc()
         recorder.refusal(
-            team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
-            endpoint=endpoint, model=model, reason=d["reason"], source="gateway",
-            retry_after=d["retry_after"], request_id=request.request_id,
+            team_id=key.team_id,
+            team_name=key.team_name,
+            key_prefix=key.prefix,
+            upstream=key.account_name,
+            endpoint=endpoint,
+            model=model,
+            reason=d["reason"],
+            source="gateway",
+            retry_after=d["retry_after"],
+            request_id=request.request_id,
         )
         message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED)
         raise rate_limited(
-            reason=d["reason"], retry_after=d["retry_after"], limited_by="gateway", scope=d["scope"],
+            reason=d["reason"],
+            retry_after=d["retry_after"],
+            limited_by="gateway",
+            scope=d["scope"],
             message=message.format(endpoint=endpoint, limit=d["limit"], retry=d["retry_after"]),
             quota=quota_headers(d["limit"], d["remaining"], d["reset"]),
         ) from None
@@ -132,9 +156,17 @@ async def _grant(request: Request, endpoint: str, tokens: float, model: str) -> 
         metrics.LIMITER_UP.set(0)
         metrics.LIMITER_UNAVAILABLE.inc()
         if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
-            raise ApiError(503, errors.MSG_LIMITER_DOWN, type=errors.SERVER, code="limiter_unavailable",
-                           headers={"retry-after": "1"}) from None
-        logger.error("limiter unavailable: admitting %s without a limit (failure mode 'open')", request.request_id)
+            raise ApiError(
+                503,
+                errors.MSG_LIMITER_DOWN,
+                type=errors.SERVER,
+                code="limiter_unavailable",
+                headers={"retry-after": "1"},
+            ) from None
+        logger.error(
+            "limiter unavailable: admitting %s without a limit (failure mode 'open')",
+            request.request_id,
+        )
         return Grant("", 0.0, 0, 0, 0.0)
     metrics.LIMITER_UP.set(1)
     metrics.ADMITTED.labels(endpoint).inc()
@@ -164,7 +196,12 @@ def quota_headers(limit: int, remaining: int, reset: float) -> dict[str, str]:
 
 
 def rate_limited(
-    *, reason: str, retry_after: float, message: str, limited_by: str, scope: str = "",
+    *,
+    reason: str,
+    retry_after: float,
+    message: str,
+    limited_by: str,
+    scope: str = "",
     quota: dict[str, str] | None = None,
 ) -> ApiError:
     """A 429 in the contract's shape: Retry-After rounded up, retry-after-ms, and who refused."""
@@ -197,10 +234,14 @@ def _text_size(value: Any) -> int:
 
 def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
     """Prompt size (about 4 characters a token) plus the completion it may produce."""
-    prompt = _text_size(body.get("messages") or body.get("prompt") or body.get("input") or body.get("documents"))
+    prompt = _text_size(
+        body.get("messages") or body.get("prompt") or body.get("input") or body.get("documents")
+    )
     completion = 0
     if endpoint in ("chat", "completions"):
-        completion = body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS
+        completion = (
+            body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS
+        )
         if not isinstance(completion, int) or completion < 0:
             completion = DEFAULT_COMPLETION_TOKENS
     return math.ceil(prompt / 4) + completion

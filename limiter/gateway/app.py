@@ -49,7 +49,9 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 class TeamApi:
     def __init__(self, routes: Sequence[Route]) -> None:
-        self.routes = [(method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes]
+        self.routes = [
+            (method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes
+        ]
         self.auth = Authenticator()
         self.trusted_proxies = trusted_networks(settings.SLUICE_TRUSTED_PROXIES)
         # Requests being handled, queued and streaming ones included: a drain waits for idle.
@@ -90,9 +92,14 @@ class TeamApi:
             response = Response()  # cut: answered just below
         except Exception:
             logger.exception("team API failed (request id %s)", request_id)
-            response = _error_response(ApiError(
-                500, errors.MSG_INTERNAL.format(request_id=request_id), type=errors.SERVER, code="internal_error"
-            ))
+            response = _error_response(
+                ApiError(
+                    500,
+                    errors.MSG_INTERNAL.format(request_id=request_id),
+                    type=errors.SERVER,
+                    code="internal_error",
+                )
+            )
         refusal = _refusal(request)
         if refusal is not None:
             # Its key was revoked or its team paused meanwhile: answer what a new call would
@@ -102,7 +109,11 @@ class TeamApi:
             if isinstance(response, StreamingResponse) and response.on_close is not None:
                 await asyncio.shield(response.on_close())
             response = _error_response(refusal)
-        if request is not None and request.call is not None and not isinstance(response, StreamingResponse):
+        if (
+            request is not None
+            and request.call is not None
+            and not isinstance(response, StreamingResponse)
+        ):
             request.call.cuttable = False  # the answer is decided: send it whole
         try:
             await _send(send, response, request_id)
@@ -120,10 +131,16 @@ class TeamApi:
 
     async def _read(self, scope, receive, headers: dict[str, str], request_id: str) -> Request:
         path = scope["path"]
-        limit = settings.SLUICE_MAX_UPLOAD_BYTES if path.startswith("/v1/files") else settings.SLUICE_MAX_BODY_BYTES
+        limit = (
+            settings.SLUICE_MAX_UPLOAD_BYTES
+            if path.startswith("/v1/files")
+            else settings.SLUICE_MAX_BODY_BYTES
+        )
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+            raise ApiError(
+                413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
+            )
         _check_forwarded_headers(headers)
         chunks, size = [], 0
         while True:
@@ -133,14 +150,20 @@ class TeamApi:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large")
+                raise ApiError(
+                    413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
+                )
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         peer = (scope.get("client") or ("", 0))[0] or ""
         return Request(
-            method=scope["method"], path=path, query_string=scope.get("query_string", b""),
-            headers=headers, body=b"".join(chunks), request_id=request_id,
+            method=scope["method"],
+            path=path,
+            query_string=scope.get("query_string", b""),
+            headers=headers,
+            body=b"".join(chunks),
+            request_id=request_id,
             client=client_address(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
         )
 
@@ -156,10 +179,18 @@ class TeamApi:
                 allowed.append(method)
         if route is None:
             if allowed:
-                raise ApiError(405, errors.MSG_METHOD_NOT_ALLOWED.format(method=request.method, path=request.path),
-                               code="method_not_allowed", headers={"allow": ", ".join(allowed)})
-            raise ApiError(404, errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
-                           type=errors.NOT_FOUND, code="unknown_url")
+                raise ApiError(
+                    405,
+                    errors.MSG_METHOD_NOT_ALLOWED.format(method=request.method, path=request.path),
+                    code="method_not_allowed",
+                    headers={"allow": ", ".join(allowed)},
+                )
+            raise ApiError(
+                404,
+                errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
+                type=errors.NOT_FOUND,
+                code="unknown_url",
+            )
         kind, handler = route
         await process.ensure_started()
         request.key = await self.auth.authenticate(request)
@@ -183,7 +214,12 @@ class TeamApi:
 def _request_id(given: str | None) -> str:
     # Keep a caller's id when it is sane, so one id follows the call end to end.
     # ASCII only: str.isalnum() is true of "é" too, and the id is sent upstream.
-    if given and len(given) <= 64 and given.isascii() and given.replace("-", "").replace("_", "").isalnum():
+    if (
+        given
+        and len(given) <= 64
+        and given.isascii()
+        and given.replace("-", "").replace("_", "").isalnum()
+    ):
         return given
     return "req_" + uuid.uuid4().hex
 
@@ -198,7 +234,9 @@ def _check_forwarded_headers(headers: dict[str, str]) -> None:
         value = headers.get(name)
         if value is not None and not (value.isascii() and value.replace("\t", " ").isprintable()):
             logger.warning("refused: header %s is not printable ASCII", name)
-            raise ApiError(400, errors.MSG_BAD_HEADER.format(header=name), code="invalid_header", param=name)
+            raise ApiError(
+                400, errors.MSG_BAD_HEADER.format(header=name), code="invalid_header", param=name
+            )
 
 
 async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:
@@ -218,7 +256,11 @@ def _error_response(exc: ApiError) -> Response:
 
 
 async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
-    headers = [(b"content-type", response.content_type), (b"x-request-id", request_id.encode()), *response.headers]
+    headers = [
+        (b"content-type", response.content_type),
+        (b"x-request-id", request_id.encode()),
+        *response.headers,
+    ]
     if isinstance(response, Response):
         headers.append((b"content-length", str(len(response.body)).encode()))
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
@@ -251,7 +293,9 @@ def _untrack(request: Request | None) -> None:
         calls.untrack(request.call)
 
 
-async def _end_cut_stream(send, response: StreamingResponse, refusal: ApiError, request_id: str) -> None:
+async def _end_cut_stream(
+    send, response: StreamingResponse, refusal: ApiError, request_id: str
+) -> None:
     """End a stream cut by a revocation with the error as a final SSE event, as OpenAI's
     clients read it (a stream not started yet is answered as a plain error)."""
     if not response.started:

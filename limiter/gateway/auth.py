@@ -33,13 +33,20 @@ class Authenticator:
         authorization = request.headers.get("authorization", "")
         scheme, _, secret = authorization.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
-            raise ApiError(401, errors.MSG_NO_KEY, type=errors.AUTHENTICATION, code="missing_api_key")
+            raise ApiError(
+                401, errors.MSG_NO_KEY, type=errors.AUTHENTICATION, code="missing_api_key"
+            )
         info = await key_cache.authenticate(secret.strip())
         if info is None:
             wait = await self.throttle.failed(request.client)
             if wait:
-                raise ApiError(429, errors.MSG_TOO_MANY_AUTH_FAILURES, type=errors.RATE_LIMIT,
-                               code="auth_rate_limited", headers={"retry-after": str(math.ceil(wait))})
+                raise ApiError(
+                    429,
+                    errors.MSG_TOO_MANY_AUTH_FAILURES,
+                    type=errors.RATE_LIMIT,
+                    code="auth_rate_limited",
+                    headers={"retry-after": str(math.ceil(wait))},
+                )
             raise errors.invalid_key()
         if info.paused:
             raise errors.team_paused(info.team_name)

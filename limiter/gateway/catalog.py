@@ -34,8 +34,12 @@ async def model_list(key: KeyInfo) -> list[dict[str, Any]]:
     except UpstreamError:
         raise errors.upstream_unreachable() from None
     if outcome.response.status_code != 200:
-        raise ApiError(502, errors.upstream_message(outcome.response.content), type=errors.UPSTREAM,
-                       code="upstream_error")
+        raise ApiError(
+            502,
+            errors.upstream_message(outcome.response.content),
+            type=errors.UPSTREAM,
+            code="upstream_error",
+        )
     data = outcome.response.json()
     # Together answers a bare array; OpenAI's shape wraps it.
     rows = data if isinstance(data, list) else data.get("data", [])
@@ -46,8 +50,12 @@ async def model_list(key: KeyInfo) -> list[dict[str, Any]]:
 async def visible_rows(key: KeyInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Together's model rows without other teams' fine-tuned models."""
     owners = await owned_models.owners()
-    return [row for row in rows if isinstance(row, dict)
-            and usable(owners, team_id=key.team_id, name=str(row.get("id", "")))]
+    return [
+        row
+        for row in rows
+        if isinstance(row, dict)
+        and usable(owners, team_id=key.team_id, name=str(row.get("id", "")))
+    ]
 
 
 async def closest_models(key: KeyInfo, model: str) -> str | None:
@@ -61,7 +69,12 @@ async def closest_models(key: KeyInfo, model: str) -> str | None:
     close = difflib.get_close_matches(model, ids, n=3, cutoff=0.3)
     if not close:  # match on the part after the organisation, e.g. "llama-3.3-70b"
         lowered = {i.split("/")[-1].lower(): i for i in ids}
-        close = [lowered[m] for m in difflib.get_close_matches(model.split("/")[-1].lower(), lowered, n=3, cutoff=0.3)]
+        close = [
+            lowered[m]
+            for m in difflib.get_close_matches(
+                model.split("/")[-1].lower(), lowered, n=3, cutoff=0.3
+            )
+        ]
     return f" Closest models: {', '.join(close)}." if close else " See GET /v1/models."
 
 
@@ -69,8 +82,13 @@ async def model_not_found(key: KeyInfo, model: str, *, param: str = "model") -> 
     """The 404 for a model this key may not use: word for word the one for a model
     Together does not know, so it does not tell that the model exists."""
     hint = await closest_models(key, model)
-    return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model, hint=hint or " See GET /v1/models."),
-                    type=errors.NOT_FOUND, code="model_not_found", param=param)
+    return ApiError(
+        404,
+        errors.MSG_MODEL_NOT_FOUND.format(model=model, hint=hint or " See GET /v1/models."),
+        type=errors.NOT_FOUND,
+        code="model_not_found",
+        param=param,
+    )
 
 
 async def models(request: Request) -> Response:
@@ -78,8 +96,13 @@ async def models(request: Request) -> Response:
     assert request.key is not None
     rows = await visible_rows(request.key, await model_list(request.key))
     data = [
-        {**row, "object": "model", "id": row.get("id", ""), "created": row.get("created", 0),
-         "owned_by": row.get("organization") or row.get("owned_by") or "together"}
+        {
+            **row,
+            "object": "model",
+            "id": row.get("id", ""),
+            "created": row.get("created", 0),
+            "owned_by": row.get("organization") or row.get("owned_by") or "together",
+        }
         for row in rows
     ]
     return Response.json({"object": "list", "data": data})

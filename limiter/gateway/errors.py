@@ -24,14 +24,24 @@ MSG_BODY_NOT_OBJECT = "The request body must be a JSON object."
 MSG_BODY_TOO_LARGE = "The request body is larger than {limit} bytes."
 MSG_NO_KEY = "No API key provided. Send 'Authorization: Bearer sk-sluice-...'."
 MSG_BAD_KEY = "Invalid API key: unknown, revoked or expired."
-MSG_TOO_MANY_AUTH_FAILURES = "Too many failed authentication attempts from this address; retry later."
+MSG_TOO_MANY_AUTH_FAILURES = (
+    "Too many failed authentication attempts from this address; retry later."
+)
 MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
-MSG_LIMITER_DOWN = "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
-MSG_UPSTREAM_DOWN = "Together could not be reached (request id {request_id}); the operators can see why."
-MSG_UPSTREAM_OVERLOADED = "Together stayed overloaded (HTTP {status}) after {attempts} attempts within the deadline."
+MSG_LIMITER_DOWN = (
+    "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
+)
+MSG_UPSTREAM_DOWN = (
+    "Together could not be reached (request id {request_id}); the operators can see why."
+)
+MSG_UPSTREAM_OVERLOADED = (
+    "Together stayed overloaded (HTTP {status}) after {attempts} attempts within the deadline."
+)
 MSG_UPSTREAM_TIMEOUT = "Together did not answer within the deadline."
-MSG_UPSTREAM_RATE_LIMITED = "Together refused the request with 429 after {attempts} attempts: {detail}"
+MSG_UPSTREAM_RATE_LIMITED = (
+    "Together refused the request with 429 after {attempts} attempts: {detail}"
+)
 MSG_TEAM_PAUSED = "Team '{team}' is paused by the operators; no requests are sent for it."
 MSG_MODEL_NOT_FOUND = "The model '{model}' does not exist or is not available.{hint}"
 MSG_INTERNAL = "Sluice failed to handle this request (request id {request_id}); it was logged."
@@ -74,7 +84,12 @@ class ApiError(Exception):
         self.extra = extra or {}  # more fields for the error object (a 429's retry_after...)
 
     def body(self) -> bytes:
-        error: dict[str, Any] = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
+        }
         error.update(self.extra)
         return json.dumps({"error": error}).encode()
 
@@ -83,8 +98,12 @@ def upstream_unreachable() -> ApiError:
     """Together gave no answer at all. The caller learns which request failed, not where
     the upstream lives: the detail (host, port, error) is logged with the request id and
     shown on the dashboard (limiter/upstream.py records it)."""
-    return ApiError(502, MSG_UPSTREAM_DOWN.format(request_id=logs.request_id.get()), type=UPSTREAM,
-                    code="upstream_unreachable")
+    return ApiError(
+        502,
+        MSG_UPSTREAM_DOWN.format(request_id=logs.request_id.get()),
+        type=UPSTREAM,
+        code="upstream_unreachable",
+    )
 
 
 def invalid_key() -> ApiError:
@@ -105,16 +124,24 @@ def _upstream_error_object(content: bytes) -> dict[str, Any]:
     except ValueError:
         return {}
     error = data.get("error") if isinstance(data, dict) else None
-    return error if isinstance(error, dict) else ({"message": error} if isinstance(error, str) else {})
+    return (
+        error if isinstance(error, dict) else ({"message": error} if isinstance(error, str) else {})
+    )
 
 
 def upstream_message(content: bytes) -> str:
-    return str(_upstream_error_object(content).get("message") or content[:300].decode(errors="replace")
-               or "no detail")
+    return str(
+        _upstream_error_object(content).get("message")
+        or content[:300].decode(errors="replace")
+        or "no detail"
+    )
 
 
 def upstream_type(content: bytes, status: int) -> str:
-    return str(_upstream_error_object(content).get("type") or (INVALID_REQUEST if status < 500 else UPSTREAM))
+    return str(
+        _upstream_error_object(content).get("type")
+        or (INVALID_REQUEST if status < 500 else UPSTREAM)
+    )
 
 
 def upstream_code(content: bytes) -> str | None:

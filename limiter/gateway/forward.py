@@ -58,20 +58,30 @@ async def forward(request: Request, admission: Admission, path: str, *, stream: 
     fallback = key.fallbacks.get(admission.model)
     if outcome.response.status_code in OVERLOADED and fallback:
         await outcome.response.aclose()
-        logger.warning("%s stayed overloaded; serving %s with fallback %s",
-                       admission.model, request.request_id, fallback)
-        outcome = await _send(request, admission, path, _with_model(request.body, fallback), stream=stream)
+        logger.warning(
+            "%s stayed overloaded; serving %s with fallback %s",
+            admission.model,
+            request.request_id,
+            fallback,
+        )
+        outcome = await _send(
+            request, admission, path, _with_model(request.body, fallback), stream=stream
+        )
         reporter.headers(key, admission.endpoint, outcome.response.headers)
         return Forwarded(outcome, served_by=fallback)
     reporter.headers(key, admission.endpoint, outcome.response.headers)
     return Forwarded(outcome)
 
 
-async def _send(request: Request, admission: Admission, path: str, body: bytes, *, stream: bool) -> Outcome:
+async def _send(
+    request: Request, admission: Admission, path: str, body: bytes, *, stream: bool
+) -> Outcome:
     """One call with its retries: 5xx inside the upstream client, 429 here (re-queued)."""
     key = request.key
     assert key is not None
-    headers = {name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers}
+    headers = {
+        name: request.headers[name] for name in FORWARDED_REQUEST_HEADERS if name in request.headers
+    }
     headers["x-request-id"] = request.request_id
     started = time.monotonic()
     deadline = started + settings.SLUICE_UPSTREAM_DEADLINE
@@ -79,14 +89,21 @@ async def _send(request: Request, admission: Admission, path: str, body: bytes, 
     while True:
         try:
             outcome = await upstream.send(
-                key.target, "POST", path, content=body, headers=headers, deadline=deadline,
-                stream=stream, retry_statuses=OVERLOADED,
+                key.target,
+                "POST",
+                path,
+                content=body,
+                headers=headers,
+                deadline=deadline,
+                stream=stream,
+                retry_statuses=OVERLOADED,
             )
         except UpstreamError as exc:
             metrics.UPSTREAM_RESPONSES.labels(admission.endpoint, str(exc.status)).inc()
             if exc.timeout:
-                raise errors.ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM,
-                                      code="upstream_timeout") from None
+                raise errors.ApiError(
+                    504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout"
+                ) from None
             raise errors.upstream_unreachable() from None
         attempts += outcome.attempts
         response = outcome.response
@@ -95,25 +112,39 @@ async def _send(request: Request, admission: Admission, path: str, body: bytes, 
             metrics.UPSTREAM_SECONDS.labels(admission.endpoint).observe(time.monotonic() - started)
             return Outcome(response, attempts)
         wait = requested_wait(response.headers)
-        await _rate_limited_upstream(request, admission, response, wait if wait is not None else 1.0)
-        retrying = attempts <= settings.SLUICE_UPSTREAM_MAX_RETRIES and time.monotonic() + (wait or 0) < deadline
+        await _rate_limited_upstream(
+            request, admission, response, wait if wait is not None else 1.0
+        )
+        retrying = (
+            attempts <= settings.SLUICE_UPSTREAM_MAX_RETRIES
+            and time.monotonic() + (wait or 0) < deadline
+        )
         if not retrying:
             return Outcome(response, attempts)
         await response.aclose()
         await admission.requeue()
 
 
-async def _rate_limited_upstream(request: Request, admission: Admission, response: httpx.Response,
-                                 pause: float) -> None:
+async def _rate_limited_upstream(
+    request: Request, admission: Admission, response: httpx.Response, pause: float
+) -> None:
     """Together said 429: keep it for the auditors (whether or not a retry then works),
     and pause the account for everyone now, before our own retry asks again."""
     key = request.key
     assert key is not None
     await response.aread()
     recorder.refusal(
-        team_id=key.team_id, team_name=key.team_name, key_prefix=key.prefix, upstream=key.account_name,
-        endpoint=admission.endpoint, model=admission.model, reason="upstream_rate_limited", source="upstream",
-        retry_after=pause, request_id=request.request_id, message=errors.upstream_message(response.content),
+        team_id=key.team_id,
+        team_name=key.team_name,
+        key_prefix=key.prefix,
+        upstream=key.account_name,
+        endpoint=admission.endpoint,
+        model=admission.model,
+        reason="upstream_rate_limited",
+        source="upstream",
+        retry_after=pause,
+        request_id=request.request_id,
+        message=errors.upstream_message(response.content),
     )
     metrics.REFUSED.labels(admission.endpoint, "upstream_rate_limited", "upstream").inc()
     await reporter.rate_limited(key, admission.endpoint, response.headers, pause=pause)
@@ -141,15 +172,21 @@ class _Reporter:
         if found:
             spawn(self._report(key, endpoint, pause=0.0, headers=found, refused=False))
 
-    async def rate_limited(self, key: KeyInfo, endpoint: str, headers: httpx.Headers, pause: float) -> None:
+    async def rate_limited(
+        self, key: KeyInfo, endpoint: str, headers: httpx.Headers, pause: float
+    ) -> None:
         # Awaited, not spawned: the pause must reach the limiter before our own retry asks.
         self._last[(key.account_id, endpoint)] = time.monotonic()
         await self._report(key, endpoint, pause=pause, headers=rate_headers(headers), refused=True)
 
     @staticmethod
-    async def _report(key: KeyInfo, endpoint: str, *, pause: float, headers: dict[str, str], refused: bool) -> None:
+    async def _report(
+        key: KeyInfo, endpoint: str, *, pause: float, headers: dict[str, str], refused: bool
+    ) -> None:
         limiter = await process.ensure_started()
-        await limiter.report_upstream(key=key, endpoint=endpoint, pause=pause, headers=headers, refused=refused)
+        await limiter.report_upstream(
+            key=key, endpoint=endpoint, pause=pause, headers=headers, refused=refused
+        )
 
 
 reporter = _Reporter()

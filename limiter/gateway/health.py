@@ -54,17 +54,35 @@ async def readiness() -> tuple[bool, dict[str, object]]:
 async def app(scope, receive, send) -> None:
     if scope["path"] == "/metrics":
         payload = generate_latest(metrics.REGISTRY)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", CONTENT_TYPE_LATEST.encode()),
-                                (b"content-length", str(len(payload)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
         return
     if scope["path"] == "/readyz":
         ok, checks = await readiness()
-        status, body = (200 if ok else 503), {"status": "ready" if ok else "not ready", "checks": checks}
+        status, body = (
+            (200 if ok else 503),
+            {"status": "ready" if ok else "not ready", "checks": checks},
+        )
     else:
         status, body = 200, {"status": "ok"}
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})

@@ -37,7 +37,9 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        )
         if children is None:
             continue
         if depth > limit:
@@ -56,7 +58,9 @@ class Request:
     client: str  # the caller's address
     request_id: str
     key: KeyInfo | None = None
-    call: Call | None = None  # once authenticated: what a revocation cuts (limiter/gateway/revocation.py)
+    call: Call | None = (
+        None  # once authenticated: what a revocation cuts (limiter/gateway/revocation.py)
+    )
     path_params: dict[str, str] = field(default_factory=dict)
     _json: Any = None
 
@@ -65,7 +69,11 @@ class Request:
         if self._json is None:
             try:
                 value = json.loads(self.body or b"null")
-            except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+            except (
+                ValueError,
+                UnicodeDecodeError,
+                RecursionError,
+            ):  # RecursionError: nested too deep
                 raise ApiError(400, MSG_BAD_JSON, code="invalid_json") from None
             if not isinstance(value, dict):
                 raise ApiError(400, MSG_BODY_NOT_OBJECT, code="invalid_json")
@@ -73,7 +81,9 @@ class Request:
             # handed a thousand levels: refused here, before any quota is spent.
             if json_depth_exceeds(value, MAX_JSON_DEPTH):
                 logger.warning("refused: request body nested deeper than %d levels", MAX_JSON_DEPTH)
-                raise ApiError(400, MSG_JSON_TOO_DEEP.format(depth=MAX_JSON_DEPTH), code="invalid_json")
+                raise ApiError(
+                    400, MSG_JSON_TOO_DEEP.format(depth=MAX_JSON_DEPTH), code="invalid_json"
+                )
             self._json = value
         return self._json
 

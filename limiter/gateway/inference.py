@@ -65,11 +65,20 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
 def _model_field(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field="model"), code="missing_field", param="model")
+        raise ApiError(
+            400,
+            errors.MSG_FIELD_REQUIRED.format(field="model"),
+            code="missing_field",
+            param="model",
+        )
     if len(model) > errors.MAX_ECHOED_MODEL:
         # No model id is this long; refused here, it is never sent on, echoed or fuzzy-matched.
-        raise ApiError(400, errors.MSG_MODEL_TOO_LONG.format(limit=errors.MAX_ECHOED_MODEL), code="invalid_value",
-                       param="model")
+        raise ApiError(
+            400,
+            errors.MSG_MODEL_TOO_LONG.format(limit=errors.MAX_ECHOED_MODEL),
+            code="invalid_value",
+            param="model",
+        )
     return model
 
 
@@ -77,7 +86,12 @@ def _stream_field(body: dict[str, Any]) -> bool:
     # Only a boolean: "yes" used to get a buffered answer the caller then parsed as a stream.
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise ApiError(400, errors.MSG_FIELD_NOT_BOOLEAN.format(field="stream"), code="invalid_type", param="stream")
+        raise ApiError(
+            400,
+            errors.MSG_FIELD_NOT_BOOLEAN.format(field="stream"),
+            code="invalid_type",
+            param="stream",
+        )
     return stream is True
 
 

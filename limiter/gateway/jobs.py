@@ -49,7 +49,7 @@ MSG_JOB_NOT_FOUND = "No {what} with id '{id}' for this team."
 MSG_FILE_NOT_FOUND = "No file with id '{id}' for this team."
 MSG_BATCH_TOO_LARGE = (
     "The input file holds {count} requests; batches on this key may carry at most {cap}. "
-    "Split the file, or send \"split\": true (or the header x-sluice-split-batch: true) "
+    'Split the file, or send "split": true (or the header x-sluice-split-batch: true) '
     "to have Sluice run it as several batches of at most {cap} requests, tracked as one."
 )
 MSG_BATCH_SPLIT = (
@@ -89,7 +89,9 @@ def _relay(response: httpx.Response) -> Response:
 
 def _upstream_failed(exc: UpstreamError) -> ApiError:
     if exc.timeout:
-        return ApiError(504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout")
+        return ApiError(
+            504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout"
+        )
     return errors.upstream_unreachable()
 
 
@@ -97,9 +99,14 @@ async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.R
     headers = {"content-type": request.content_type} if request.content_type else {}
     try:
         outcome = await client.send(
-            _key(request).target, request.method, path,
-            content=request.body or None, headers=headers, params=request.query_string or None,
-            deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE, stream=stream,
+            _key(request).target,
+            request.method,
+            path,
+            content=request.body or None,
+            headers=headers,
+            params=request.query_string or None,
+            deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE,
+            stream=stream,
         )
     except UpstreamError as exc:
         raise _upstream_failed(exc) from exc
@@ -115,22 +122,35 @@ def _require(body: dict, *names: str) -> None:
     for name in names:
         value = body.get(name)
         if value in (None, ""):
-            raise ApiError(400, errors.MSG_FIELD_REQUIRED.format(field=name), param=name, code="missing_field")
+            raise ApiError(
+                400, errors.MSG_FIELD_REQUIRED.format(field=name), param=name, code="missing_field"
+            )
         if not isinstance(value, str):
-            raise ApiError(400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type")
+            raise ApiError(
+                400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type"
+            )
 
 
 async def _own_job(request: Request, kind: str) -> Job:
     job_id = request.path_params["id"]
-    job = await sync_to_async(selectors.job_get_for_team)(team_id=_key(request).team_id, kind=kind, public_id=job_id)
+    job = await sync_to_async(selectors.job_get_for_team)(
+        team_id=_key(request).team_id, kind=kind, public_id=job_id
+    )
     if job is None:
         what = "fine-tune job" if kind == JobKind.FINE_TUNE else "batch"
-        raise ApiError(404, MSG_JOB_NOT_FOUND.format(what=what, id=job_id), type=errors.NOT_FOUND, code="not_found")
+        raise ApiError(
+            404,
+            MSG_JOB_NOT_FOUND.format(what=what, id=job_id),
+            type=errors.NOT_FOUND,
+            code="not_found",
+        )
     return job
 
 
 async def _shown(job: Job) -> dict:
-    fresh = await sync_to_async(selectors.job_get_for_team)(team_id=job.team_id, kind=job.kind, public_id=job.public_id)
+    fresh = await sync_to_async(selectors.job_get_for_team)(
+        team_id=job.team_id, kind=job.kind, public_id=job.public_id
+    )
     return await sync_to_async(job_json)(fresh or job)
 
 
@@ -152,7 +172,13 @@ async def _visible_files(request: Request) -> set[str]:
 
 
 def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
-    return ApiError(404, MSG_FILE_NOT_FOUND.format(id=file_id), type=errors.NOT_FOUND, code="not_found", param=param)
+    return ApiError(
+        404,
+        MSG_FILE_NOT_FOUND.format(id=file_id),
+        type=errors.NOT_FOUND,
+        code="not_found",
+        param=param,
+    )
 
 
 async def _own_files(request: Request, named: dict[str, Any]) -> None:
@@ -162,11 +188,14 @@ async def _own_files(request: Request, named: dict[str, Any]) -> None:
         return
     for name, file_id in named.items():
         if not isinstance(file_id, str):
-            raise ApiError(400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type")
+            raise ApiError(
+                400, errors.MSG_FIELD_NOT_STRING.format(field=name), param=name, code="invalid_type"
+            )
         if not fields.is_upstream_id(file_id):
             raise _file_not_found(file_id, name)  # not even shaped like an id: unknown, unasked
-    missing = await sync_to_async(selectors.files_not_owned)(team_id=_key(request).team_id,
-                                                             file_ids=set(named.values()))
+    missing = await sync_to_async(selectors.files_not_owned)(
+        team_id=_key(request).team_id, file_ids=set(named.values())
+    )
     for name, file_id in named.items():
         if file_id in missing:
             raise _file_not_found(file_id, name)
@@ -176,7 +205,8 @@ async def _own_file(request: Request) -> str:
     """The path's file id, escaped for the upstream path, if the file is the team's."""
     file_id = request.path_params["id"]
     if not fields.is_upstream_id(file_id) or await sync_to_async(selectors.files_not_owned)(
-            team_id=_key(request).team_id, file_ids={file_id}):
+        team_id=_key(request).team_id, file_ids={file_id}
+    ):
         raise _file_not_found(file_id)
     return fields.path_segment(file_id)
 
@@ -201,7 +231,9 @@ async def _note_shown(shown: list[dict[str, Any]]) -> None:
     """A team is about to learn its new model's name: if this process's map does not know
     the name yet (recorded by a poller whose broadcast has not arrived, or could not:
     the in-memory layer does not cross processes), reload it before anyone can use it."""
-    names = [model_key(name) for job in shown if isinstance(name := job.get("model_output_name"), str)]
+    names = [
+        model_key(name) for job in shown if isinstance(name := job.get("model_output_name"), str)
+    ]
     if names:
         owners = await owned_models.owners()
         if any(name not in owners for name in names):
@@ -217,7 +249,9 @@ async def files_create(request: Request) -> Response:
         with contextlib.suppress(ValueError, AttributeError):
             file_id = response.json().get("id")
     if fields.is_upstream_id(file_id) and (response.is_success or response.is_redirect):
-        await sync_to_async(services.file_record)(team_id=_key(request).team_id, file_id=str(file_id))
+        await sync_to_async(services.file_record)(
+            team_id=_key(request).team_id, file_id=str(file_id)
+        )
     return _relay(response)
 
 
@@ -254,14 +288,18 @@ async def file_content(request: Request) -> Response | StreamingResponse:
     return StreamingResponse(
         chunks=response.aiter_raw(),
         status=response.status_code,
-        content_type=response.headers.get("content-type", "application/octet-stream").encode("latin-1"),
+        content_type=response.headers.get("content-type", "application/octet-stream").encode(
+            "latin-1"
+        ),
         on_close=response.aclose,
     )
 
 
 # --- either kind of job --------------------------------------------------------------
 async def _listed(request: Request, kind: str) -> list[dict]:
-    jobs = await sync_to_async(selectors.job_list_for_team)(team_id=_key(request).team_id, kind=kind)
+    jobs = await sync_to_async(selectors.job_list_for_team)(
+        team_id=_key(request).team_id, kind=kind
+    )
     shown = await sync_to_async(lambda: [job_json(job) for job in jobs])()
     await _note_shown(shown)
     return shown
@@ -291,7 +329,9 @@ async def fine_tunes_create(request: Request) -> Response:
     body = request.json()
     _require(body, "training_file", "model")
     await _check_job_body(request, body)
-    job = await sync_to_async(services.job_accept)(key=_key(request), kind=JobKind.FINE_TUNE, request=body)
+    job = await sync_to_async(services.job_accept)(
+        key=_key(request), kind=JobKind.FINE_TUNE, request=body
+    )
     result = await _start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
         return _relay(result.response)  # Together refused it outright: say so, as Together would
@@ -349,14 +389,20 @@ async def batches_create(request: Request) -> Response:
     owners = await owned_models.owners()
     try:
         plan = await services.batch_plan(
-            key=key, input_file_id=str(body["input_file_id"]), split=split,
+            key=key,
+            input_file_id=str(body["input_file_id"]),
+            split=split,
             model_usable=lambda model: usable(owners, team_id=key.team_id, name=model),
         )
     except services.ModelNotUsable as exc:
         raise await model_not_found(key, exc.model) from exc
     except services.BatchTooLarge as exc:
-        raise ApiError(400, MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
-                       param="input_file_id", code="batch_too_large") from exc
+        raise ApiError(
+            400,
+            MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
+            param="input_file_id",
+            code="batch_too_large",
+        ) from exc
     except services.UpstreamRefused as exc:
         return _relay(exc.response)
     except UpstreamError as exc:
@@ -364,12 +410,14 @@ async def batches_create(request: Request) -> Response:
     warning: str | None
     if plan.part_files:
         job = await sync_to_async(services.batch_accept_split)(key=key, request=body, plan=plan)
-        warning = MSG_BATCH_SPLIT.format(count=plan.request_count, cap=key.max_batch_requests,
-                                         parts=len(plan.part_files))
+        warning = MSG_BATCH_SPLIT.format(
+            count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
+        )
         await _start_now(job)  # starts its parts, in fair order with everyone else's
     else:
-        job = await sync_to_async(services.job_accept)(key=key, kind=JobKind.BATCH, request=body,
-                                                       request_count=plan.request_count)
+        job = await sync_to_async(services.job_accept)(
+            key=key, kind=JobKind.BATCH, request=body, request_count=plan.request_count
+        )
         result = await _start_now(job)
         if result is not None and result.outcome == "failed" and result.response is not None:
             return _relay(result.response)

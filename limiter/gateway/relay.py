@@ -31,8 +31,9 @@ class Usage:
         self.tokens: float | None = None
 
 
-async def answer(forwarded: Forwarded, admission: Admission, *, stream: bool, counting: bool,
-                 usage: Usage) -> Response | StreamingResponse:
+async def answer(
+    forwarded: Forwarded, admission: Admission, *, stream: bool, counting: bool, usage: Usage
+) -> Response | StreamingResponse:
     """The caller's answer to a successful call. A stream releases the grant itself
     when it ends or the caller goes away (the team API runs `on_close` in every case);
     a buffered answer leaves that to the caller."""
@@ -40,14 +41,21 @@ async def answer(forwarded: Forwarded, admission: Admission, *, stream: bool, co
     content_type = response.headers.get("content-type", "application/json").encode("latin-1")
     result: Response | StreamingResponse
     if stream:
+
         async def close() -> None:
             await response.aclose()
             admission.release(usage.tokens if counting else None)
 
-        result = StreamingResponse(chunks=_stream(response, counting, usage), status=response.status_code,
-                                   content_type=content_type, on_close=close)
+        result = StreamingResponse(
+            chunks=_stream(response, counting, usage),
+            status=response.status_code,
+            content_type=content_type,
+            on_close=close,
+        )
     else:
-        result = Response(status=response.status_code, body=await response.aread(), content_type=content_type)
+        result = Response(
+            status=response.status_code, body=await response.aread(), content_type=content_type
+        )
         if counting:
             usage.tokens = usage_tokens(result.body) or admission.tokens
     admission.add_quota_headers(result)
@@ -95,23 +103,48 @@ async def upstream_error(request: Request, forwarded: Forwarded, admission: Admi
         # answered, with the caller's own quota, as every 429 is (README).
         wait = requested_wait(response.headers) or 1.0
         return rate_limited(
-            reason="upstream_rate_limited", retry_after=wait, limited_by="upstream", scope="account",
-            message=errors.MSG_UPSTREAM_RATE_LIMITED.format(attempts=outcome.attempts, detail=detail),
+            reason="upstream_rate_limited",
+            retry_after=wait,
+            limited_by="upstream",
+            scope="account",
+            message=errors.MSG_UPSTREAM_RATE_LIMITED.format(
+                attempts=outcome.attempts, detail=detail
+            ),
             quota=admission.quota(),
         )
     if status in OVERLOADED:
-        return ApiError(503, errors.MSG_UPSTREAM_OVERLOADED.format(status=status, attempts=outcome.attempts),
-                        type=errors.UPSTREAM, code="upstream_overloaded", headers={"retry-after": "1"})
+        return ApiError(
+            503,
+            errors.MSG_UPSTREAM_OVERLOADED.format(status=status, attempts=outcome.attempts),
+            type=errors.UPSTREAM,
+            code="upstream_overloaded",
+            headers={"retry-after": "1"},
+        )
     if status == 401:
         # Together refused *Sluice's* key: not the caller's fault, and not their key.
-        return ApiError(502, "Together rejected Sluice's upstream credentials; tell the operators.",
-                        type=errors.UPSTREAM, code="upstream_auth_failed")
+        return ApiError(
+            502,
+            "Together rejected Sluice's upstream credentials; tell the operators.",
+            type=errors.UPSTREAM,
+            code="upstream_auth_failed",
+        )
     model = forwarded.served_by or admission.model
     if status == 404 and model:
         hint = await catalog.closest_models(key, model)
         if hint is not None:
-            return ApiError(404, errors.MSG_MODEL_NOT_FOUND.format(model=model[: errors.MAX_ECHOED_MODEL], hint=hint),
-                            type=errors.NOT_FOUND, code="model_not_found", param="model")
+            return ApiError(
+                404,
+                errors.MSG_MODEL_NOT_FOUND.format(
+                    model=model[: errors.MAX_ECHOED_MODEL], hint=hint
+                ),
+                type=errors.NOT_FOUND,
+                code="model_not_found",
+                param="model",
+            )
     # Anything else (400, 402, 403, 404, 500): Together's own status and message.
-    return ApiError(status if status < 500 else 502, detail, type=errors.upstream_type(response.content, status),
-                    code=errors.upstream_code(response.content))
+    return ApiError(
+        status if status < 500 else 502,
+        detail,
+        type=errors.upstream_type(response.content, status),
+        code=errors.upstream_code(response.content),
+    )

@@ -86,7 +86,9 @@ class Calls:
         if key.expires_at is not None:
             # An expiry broadcasts nothing: the call is cut when the moment comes.
             delay = max(0.0, key.expires_at - time.time())
-            call.expiry = asyncio.get_running_loop().call_later(delay, self.cut, call, errors.invalid_key())
+            call.expiry = asyncio.get_running_loop().call_later(
+                delay, self.cut, call, errors.invalid_key()
+            )
         return call
 
     def untrack(self, call: Call) -> None:
@@ -139,7 +141,11 @@ class Calls:
         cut = 0
         for key_id, why in blocked.items():
             for call in list(self._by_key.get(key_id, ())):
-                refusal = errors.invalid_key() if why == "unusable" else errors.team_paused(call.key.team_name)
+                refusal = (
+                    errors.invalid_key()
+                    if why == "unusable"
+                    else errors.team_paused(call.key.team_name)
+                )
                 cut += self.cut(call, refusal)
         return cut
 

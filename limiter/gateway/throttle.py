@@ -102,7 +102,9 @@ class RedisFailures:
         self.url = url
         self.window_ms = int(window * 1000)
         # Deployments sharing one Redis keep their own counts: the namespace comes from SECRET_KEY.
-        self.prefix = f"sluice:authfail:{salted_hmac('sluice.auth-throttle', 'namespace').hexdigest()[:12]}:"
+        self.prefix = (
+            f"sluice:authfail:{salted_hmac('sluice.auth-throttle', 'namespace').hexdigest()[:12]}:"
+        )
         self._client: redis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -110,8 +112,9 @@ class RedisFailures:
         # A client belongs to the loop it was made on (tests run one loop per test).
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = redis.from_url(self.url, socket_timeout=REDIS_TIMEOUT,
-                                          socket_connect_timeout=REDIS_TIMEOUT)
+            self._client = redis.from_url(
+                self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            )
             self._loop = loop
         return self._client.register_script(COUNT_FAILURE)
 
@@ -123,7 +126,9 @@ class RedisFailures:
 class AuthThrottle:
     """Failed authentications per client address."""
 
-    def __init__(self, per_minute: int, *, redis_url: str = "", max_addresses: int = MAX_ADDRESSES) -> None:
+    def __init__(
+        self, per_minute: int, *, redis_url: str = "", max_addresses: int = MAX_ADDRESSES
+    ) -> None:
         self.per_minute = per_minute
         self.memory = MemoryFailures(WINDOW_SECONDS, max_addresses)
         self.shared = RedisFailures(redis_url, WINDOW_SECONDS) if redis_url else None
@@ -145,6 +150,8 @@ class AuthThrottle:
                 now = time.monotonic()
                 if now - self._redis_warned_at > WINDOW_SECONDS:
                     self._redis_warned_at = now
-                    logger.warning("auth-failure throttle: Redis unavailable (%s); counting per process",
-                                   type(exc).__name__)
+                    logger.warning(
+                        "auth-failure throttle: Redis unavailable (%s); counting per process",
+                        type(exc).__name__,
+                    )
         return await self.memory.add(address)

@@ -35,8 +35,11 @@ def file_fields(body: dict[str, Any]) -> dict[str, Any]:
     Absent, null and empty fields name none: the together SDK sends
     `validation_file: ""` when there is no validation file.
     """
-    return {name: value for name, value in body.items()
-            if FILE_FIELD.fullmatch(name) and value not in (None, "")}
+    return {
+        name: value
+        for name, value in body.items()
+        if FILE_FIELD.fullmatch(name) and value not in (None, "")
+    }
 
 
 def is_secret_field(name: str) -> bool:
@@ -46,8 +49,12 @@ def is_secret_field(name: str) -> bool:
 def redacted(data: Any) -> Any:
     """`data` with every secret field's value replaced by a marker (at any depth)."""
     if isinstance(data, dict):
-        return {name: REDACTED if is_secret_field(str(name)) and value not in (None, "") else redacted(value)
-                for name, value in data.items()}
+        return {
+            name: REDACTED
+            if is_secret_field(str(name)) and value not in (None, "")
+            else redacted(value)
+            for name, value in data.items()
+        }
     if isinstance(data, list):
         return [redacted(item) for item in data]
     return data
@@ -56,7 +63,11 @@ def redacted(data: Any) -> Any:
 def without_secrets(data: Any) -> Any:
     """`data` without its secret fields (at any depth): what a team is shown."""
     if isinstance(data, dict):
-        return {name: without_secrets(value) for name, value in data.items() if not is_secret_field(str(name))}
+        return {
+            name: without_secrets(value)
+            for name, value in data.items()
+            if not is_secret_field(str(name))
+        }
     if isinstance(data, list):
         return [without_secrets(item) for item in data]
     return data

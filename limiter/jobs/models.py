@@ -55,10 +55,16 @@ class Job(models.Model):
     public_id = models.CharField(max_length=64, unique=True)
     kind = models.CharField(max_length=10, choices=JobKind.choices)
     team = models.ForeignKey("limiter.Team", on_delete=models.PROTECT, related_name="jobs")
-    key = models.ForeignKey("limiter.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    key = models.ForeignKey(
+        "limiter.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     key_prefix = models.CharField(max_length=32, blank=True)
-    account = models.ForeignKey("limiter.UpstreamAccount", on_delete=models.PROTECT, related_name="jobs")
-    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="parts")
+    account = models.ForeignKey(
+        "limiter.UpstreamAccount", on_delete=models.PROTECT, related_name="jobs"
+    )
+    parent = models.ForeignKey(
+        "self", on_delete=models.CASCADE, null=True, blank=True, related_name="parts"
+    )
 
     state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.QUEUED)
     upstream_status = models.CharField(max_length=40, blank=True)
@@ -86,7 +92,9 @@ class Job(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             # Slot counts and the queue: jobs of one account and kind in a state, oldest first.
-            models.Index(fields=["account", "kind", "state", "created_at"], name="job_account_queue"),
+            models.Index(
+                fields=["account", "kind", "state", "created_at"], name="job_account_queue"
+            ),
             # Per-team slot counts and the team's last start (fair order).
             models.Index(fields=["team", "kind", "state"], name="job_team_state"),
             # The poller: running jobs due for a poll; stale "starting" claims.
@@ -130,7 +138,9 @@ class TeamFile(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["team", "file_id"], name="one_owner_row_per_file")]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "file_id"], name="one_owner_row_per_file")
+        ]
 
     def __str__(self) -> str:
         return f"{self.file_id} ({self.team_id})"

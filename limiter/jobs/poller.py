@@ -30,7 +30,9 @@ POLL_CONCURRENCY = 10
 
 class Poller:
     def __init__(self, *, start_deadline: float | None = None) -> None:
-        self.start_deadline = start_deadline if start_deadline is not None else together.start_deadline()
+        self.start_deadline = (
+            start_deadline if start_deadline is not None else together.start_deadline()
+        )
         self._published_version: int | None = None
         self._published_at = 0.0
 
@@ -49,7 +51,11 @@ class Poller:
         await sync_to_async(close_old_connections)()  # a long-lived loop outlives DB connections
         found = False
         steps: list[Callable[[], Awaitable[bool]]] = [
-            self.cancel_keyless, self.reconcile_starting, self.poll_running, self.start_queued, self.publish,
+            self.cancel_keyless,
+            self.reconcile_starting,
+            self.poll_running,
+            self.start_queued,
+            self.publish,
         ]
         for step in steps:
             if stop is not None and stop.is_set():
@@ -63,7 +69,8 @@ class Poller:
     async def reconcile_starting(self) -> bool:
         # A live start lasts at most the start deadline; older claims are orphans.
         stale = await sync_to_async(services.jobs_stale_starting)(
-            older_than=self.start_deadline + services.RECONCILE_MARGIN_SECONDS)
+            older_than=self.start_deadline + services.RECONCILE_MARGIN_SECONDS
+        )
         settled = [await services.job_reconcile(job=job) for job in stale]
         return any(settled)
 
@@ -104,7 +111,9 @@ class Poller:
         return True
 
 
-async def run_poller(stop: asyncio.Event, interval: float = 1.0, *, start_deadline: float | None = None) -> None:
+async def run_poller(
+    stop: asyncio.Event, interval: float = 1.0, *, start_deadline: float | None = None
+) -> None:
     """Poll until `stop` is set; a failing pass is logged and the loop goes on."""
     poller = Poller(start_deadline=start_deadline)
     logger.info("job poller running (every %.1fs)", interval)

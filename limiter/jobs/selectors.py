@@ -42,7 +42,9 @@ def file_ids_for_team(*, team_id: int) -> set[str]:
 
 def files_not_owned(*, team_id: int, file_ids: set[str]) -> set[str]:
     """Those of `file_ids` that are not this team's (one indexed query)."""
-    owned = TeamFile.objects.filter(team_id=team_id, file_id__in=file_ids).values_list("file_id", flat=True)
+    owned = TeamFile.objects.filter(team_id=team_id, file_id__in=file_ids).values_list(
+        "file_id", flat=True
+    )
     return file_ids - set(owned)
 
 
@@ -59,8 +61,12 @@ def model_owners() -> dict[str, ModelOwner]:
         for team_id, shared in Team.objects.values_list("pk", "profile__shared_models")
     }
     return {
-        name: ModelOwner(team_id, any(fnmatchcase(name, pattern) for pattern in shared_by_team.get(team_id, ())))
-        for name, team_id in TeamModel.objects.values_list("name", "team_id").iterator(chunk_size=2000)
+        name: ModelOwner(
+            team_id, any(fnmatchcase(name, pattern) for pattern in shared_by_team.get(team_id, ()))
+        )
+        for name, team_id in TeamModel.objects.values_list("name", "team_id").iterator(
+            chunk_size=2000
+        )
     }
 
 
@@ -68,7 +74,9 @@ def job_get_for_team(*, team_id: int, kind: str, public_id: str) -> Job | None:
     """The team's job with that id; another team's job is as good as unknown."""
     return (
         Job.objects.filter(team_id=team_id, kind=kind, public_id=public_id)
-        .select_related("account", "team").prefetch_related("parts").first()
+        .select_related("account", "team")
+        .prefetch_related("parts")
+        .first()
     )
 
 
@@ -88,8 +96,15 @@ def fair_order(queued: list[Job], last_start: dict[int, datetime]) -> list[Job]:
     by_team: dict[int, deque[Job]] = {}
     for job in queued:
         by_team.setdefault(job.team_id, deque()).append(job)
-    teams = sorted(by_team, key=lambda t: (t in last_start, last_start.get(t) or by_team[t][0].created_at,
-                                           by_team[t][0].created_at, by_team[t][0].pk))
+    teams = sorted(
+        by_team,
+        key=lambda t: (
+            t in last_start,
+            last_start.get(t) or by_team[t][0].created_at,
+            by_team[t][0].created_at,
+            by_team[t][0].pk,
+        ),
+    )
     order: list[Job] = []
     while teams:
         for team in teams:
@@ -111,15 +126,23 @@ def queued_in_order(*, account_id: int, kind: str, now: datetime | None = None) 
     """The account's queued jobs of a kind, in the order they will start. With `now`,
     only those that may start now: not held back by a retry delay, nor by their team
     being paused (they start when it is resumed)."""
-    jobs = Job.objects.filter(account_id=account_id, kind=kind, state=JobState.QUEUED).select_related("team")
+    jobs = Job.objects.filter(
+        account_id=account_id, kind=kind, state=JobState.QUEUED
+    ).select_related("team")
     if now is not None:
-        jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now)).filter(team__paused=False)
+        jobs = jobs.filter(Q(not_before__isnull=True) | Q(not_before__lte=now)).filter(
+            team__paused=False
+        )
         jobs = jobs.filter(key_still_usable(now))
     queued = list(jobs.order_by("created_at", "id"))
     team_ids = {job.team_id for job in queued}
     last_start = dict(
-        Job.objects.filter(account_id=account_id, kind=kind, team_id__in=team_ids, claimed_at__isnull=False)
-        .values("team").annotate(last=Max("claimed_at")).values_list("team", "last")
+        Job.objects.filter(
+            account_id=account_id, kind=kind, team_id__in=team_ids, claimed_at__isnull=False
+        )
+        .values("team")
+        .annotate(last=Max("claimed_at"))
+        .values_list("team", "last")
     )
     return fair_order(queued, last_start)
 
@@ -131,7 +154,8 @@ def _iso(value: datetime | None) -> str | None:
 def _kind_slots(account_id: int, kind: str, total: int | None) -> KindSlots:
     holders = (
         Job.objects.filter(account_id=account_id, kind=kind, state__in=HOLDING_STATES)
-        .select_related("team", "parent").order_by("claimed_at", "id")
+        .select_related("team", "parent")
+        .order_by("claimed_at", "id")
     )
     waiting = queued_in_order(account_id=account_id, kind=kind)
     return KindSlots(
@@ -139,7 +163,8 @@ def _kind_slots(account_id: int, kind: str, total: int | None) -> KindSlots:
         total=total,
         holders=[
             SlotHolder(
-                team=job.team.name, job=job.public_id,
+                team=job.team.name,
+                job=job.public_id,
                 parent=job.parent.public_id if job.parent else None,
                 upstream_id=job.upstream_id,
                 status=job.upstream_status if job.state == JobState.RUNNING else "starting",
@@ -149,9 +174,12 @@ def _kind_slots(account_id: int, kind: str, total: int | None) -> KindSlots:
         ],
         waiting=[
             WaitingJob(
-                team=job.team.name, job=job.public_id,
+                team=job.team.name,
+                job=job.public_id,
                 parent=job.parent.public_id if job.parent else None,
-                position=position, since=_iso(job.created_at) or "", not_before=_iso(job.not_before),
+                position=position,
+                since=_iso(job.created_at) or "",
+                not_before=_iso(job.not_before),
             )
             for position, job in enumerate(waiting, start=1)
         ],
@@ -168,8 +196,9 @@ def jobs_live_snapshot() -> LiveJobsMessage:
     accounts: dict[str, AccountJobs] = {}
     for account in UpstreamAccount.objects.order_by("name"):
         caps = dict(
-            EndpointLimit.objects.filter(profile_id=account.profile_id, endpoint__in=ENDPOINT_OF_KIND.values())
-            .values_list("endpoint", "max_concurrent")
+            EndpointLimit.objects.filter(
+                profile_id=account.profile_id, endpoint__in=ENDPOINT_OF_KIND.values()
+            ).values_list("endpoint", "max_concurrent")
         )
         accounts[str(account.pk)] = AccountJobs(
             name=account.name,

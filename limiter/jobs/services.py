@@ -111,11 +111,20 @@ class BatchPlan:
 
 # --- accepting ---------------------------------------------------------------------------
 def _event(job: Job, message: str = "") -> None:
-    JobEvent.objects.create(job=job, state=job.state, upstream_status=job.upstream_status, message=message[:300])
+    JobEvent.objects.create(
+        job=job, state=job.state, upstream_status=job.upstream_status, message=message[:300]
+    )
 
 
-def _new_job(*, key: KeyInfo, kind: str, request: dict[str, Any], parent: Job | None = None,
-             request_count: int | None = None, state: str = JobState.QUEUED) -> Job:
+def _new_job(
+    *,
+    key: KeyInfo,
+    kind: str,
+    request: dict[str, Any],
+    parent: Job | None = None,
+    request_count: int | None = None,
+    state: str = JobState.QUEUED,
+) -> Job:
     job = Job(
         public_id=new_public_id(kind),
         kind=kind,
@@ -142,7 +151,9 @@ def _new_job(*, key: KeyInfo, kind: str, request: dict[str, Any], parent: Job | 
 
 
 @transaction.atomic
-def job_accept(*, key: KeyInfo, kind: str, request: dict[str, Any], request_count: int | None = None) -> Job:
+def job_accept(
+    *, key: KeyInfo, kind: str, request: dict[str, Any], request_count: int | None = None
+) -> Job:
     """Store a job as queued. It is committed before the team hears back."""
     return _new_job(key=key, kind=kind, request=request, request_count=request_count)
 
@@ -150,18 +161,29 @@ def job_accept(*, key: KeyInfo, kind: str, request: dict[str, Any], request_coun
 @transaction.atomic
 def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan) -> Job:
     """Store a split batch: one parent the team sees, and one queued part per file."""
-    parent = _new_job(key=key, kind=JobKind.BATCH, request=request, request_count=plan.request_count,
-                      state=JobState.GROUP)
+    parent = _new_job(
+        key=key,
+        kind=JobKind.BATCH,
+        request=request,
+        request_count=plan.request_count,
+        state=JobState.GROUP,
+    )
     for file_id, count in plan.part_files:
         # Sluice made the part files from the team's own file: they are the team's.
         file_record(team_id=key.team_id, file_id=file_id)
-        _new_job(key=key, kind=JobKind.BATCH, request={**request, "input_file_id": file_id},
-                 parent=parent, request_count=count)
+        _new_job(
+            key=key,
+            kind=JobKind.BATCH,
+            request={**request, "input_file_id": file_id},
+            parent=parent,
+            request_count=count,
+        )
     return parent
 
 
-async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool,
-                     model_usable: Callable[[str], bool]) -> BatchPlan:
+async def batch_plan(
+    *, key: KeyInfo, input_file_id: str, split: bool, model_usable: Callable[[str], bool]
+) -> BatchPlan:
     """Count the input file's requests against the key's per-batch cap; split it if asked.
 
     Raises ModelNotUsable (a request names another team's fine-tuned model: a batch
@@ -182,12 +204,18 @@ async def batch_plan(*, key: KeyInfo, input_file_id: str, split: bool,
         return plan
     if not split:
         raise BatchTooLarge(len(lines), cap)
-    chunks = [lines[i:i + cap] for i in range(0, len(lines), cap)]
-    uploads = await asyncio.gather(*(
-        together.file_upload(target, filename=f"{input_file_id}-part-{n}.jsonl",
-                             content=b"\n".join(chunk) + b"\n", purpose="batch-api")
-        for n, chunk in enumerate(chunks, start=1)
-    ))
+    chunks = [lines[i : i + cap] for i in range(0, len(lines), cap)]
+    uploads = await asyncio.gather(
+        *(
+            together.file_upload(
+                target,
+                filename=f"{input_file_id}-part-{n}.jsonl",
+                content=b"\n".join(chunk) + b"\n",
+                purpose="batch-api",
+            )
+            for n, chunk in enumerate(chunks, start=1)
+        )
+    )
     for upload, chunk in zip(uploads, chunks, strict=True):
         if upload.status_code != 200:
             raise UpstreamRefused(upload)
@@ -225,9 +253,17 @@ def team_models_record(*, job: Job, names: dict[str, str]) -> None:
     taken = dict(TeamModel.objects.filter(name__in=names).values_list("name", "team_id"))
     for name, team_id in taken.items():
         if team_id != job.team_id:
-            logger.error("job %s reports %r, already recorded as team %s's; left as is", job.public_id, name, team_id)
-    new = [TeamModel(team_id=job.team_id, name=name, kind=kind, job=job)
-           for name, kind in names.items() if name not in taken]
+            logger.error(
+                "job %s reports %r, already recorded as team %s's; left as is",
+                job.public_id,
+                name,
+                team_id,
+            )
+    new = [
+        TeamModel(team_id=job.team_id, name=name, kind=kind, job=job)
+        for name, kind in names.items()
+        if name not in taken
+    ]
     if new:
         TeamModel.objects.bulk_create(new, ignore_conflicts=True)
         # Every web process drops its map once this is committed (see ownership.py).
@@ -243,12 +279,19 @@ def job_outputs_record(*, job: Job, obj: dict[str, Any]) -> None:
     from it: an echo of a request field proves nothing about who owns the file.
     """
     named = {value for value in fields.file_fields(job.request).values() if isinstance(value, str)}
-    produced = {value for value in fields.file_fields(obj).values()
-                if fields.is_upstream_id(value) and value not in named}
+    produced = {
+        value
+        for value in fields.file_fields(obj).values()
+        if fields.is_upstream_id(value) and value not in named
+    }
     if produced:
-        owned = TeamFile.objects.filter(team_id=job.team_id, file_id__in=produced).values_list("file_id", flat=True)
-        TeamFile.objects.bulk_create([TeamFile(team_id=job.team_id, file_id=file_id)
-                                      for file_id in produced - set(owned)], ignore_conflicts=True)
+        owned = TeamFile.objects.filter(team_id=job.team_id, file_id__in=produced).values_list(
+            "file_id", flat=True
+        )
+        TeamFile.objects.bulk_create(
+            [TeamFile(team_id=job.team_id, file_id=file_id) for file_id in produced - set(owned)],
+            ignore_conflicts=True,
+        )
     names: dict[str, str] = {}
     output_model = obj.get("model_output_name")
     if isinstance(output_model, str):
@@ -261,13 +304,18 @@ def job_outputs_record(*, job: Job, obj: dict[str, Any]) -> None:
 
 # --- fair claiming ---------------------------------------------------------------------------
 def _cap(profile_id: int, endpoint: str) -> int | None:
-    return EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint).values_list(
-        "max_concurrent", flat=True).first()
+    return (
+        EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint)
+        .values_list("max_concurrent", flat=True)
+        .first()
+    )
 
 
 def _count(queryset: QuerySet[Job]) -> Coalesce:
     # COUNT as a plain function, so the subquery has no GROUP BY and answers 0, not NULL.
-    counted = queryset.order_by().annotate(n=Func(F("pk"), function="COUNT", output_field=IntegerField()))
+    counted = queryset.order_by().annotate(
+        n=Func(F("pk"), function="COUNT", output_field=IntegerField())
+    )
     return Coalesce(Subquery(counted.values("n")[:1]), Value(0))
 
 
@@ -283,11 +331,15 @@ def job_claim_next(*, account_id: int, kind: str) -> Job | None:
             return None
         held = dict(
             Job.objects.filter(account_id=account_id, kind=kind, state__in=HOLDING_STATES)
-            .values("team").annotate(n=Count("pk")).values_list("team", "n")
+            .values("team")
+            .annotate(n=Count("pk"))
+            .values_list("team", "n")
         )
         if account_cap is not None and sum(held.values()) >= account_cap:
             return None
-        team_caps = {team.pk: _cap(team.profile_id, endpoint) for team in {job.team for job in order}}
+        team_caps = {
+            team.pk: _cap(team.profile_id, endpoint) for team in {job.team for job in order}
+        }
         for job in order:
             team_cap = team_caps[job.team_id]
             if team_cap is not None and held.get(job.team_id, 0) >= team_cap:
@@ -305,18 +357,24 @@ def _claim(job: Job, *, account_cap: int | None, team_cap: int | None, now: date
     holders = Job.objects.filter(kind=job.kind, state__in=HOLDING_STATES)
     # Its team not paused, checked in the UPDATE too: a pause committed after the queue
     # was read must still hold the job back.
-    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, team__paused=False).filter(key_still_usable(now))
+    claim = Job.objects.filter(pk=job.pk, state=JobState.QUEUED, team__paused=False).filter(
+        key_still_usable(now)
+    )
     # The caps are re-checked inside the UPDATE itself: counting first and writing
     # after would let two processes both take the last slot.
     if account_cap is not None:
-        claim = claim.filter(LessThan(_count(holders.filter(account_id=job.account_id)), account_cap))
+        claim = claim.filter(
+            LessThan(_count(holders.filter(account_id=job.account_id)), account_cap)
+        )
     if team_cap is not None:
         claim = claim.filter(LessThan(_count(holders.filter(team_id=job.team_id)), team_cap))
     with transaction.atomic():
         if connection.features.has_select_for_update:
             # PostgreSQL evaluates each UPDATE's subquery on its own snapshot; locking the
             # account row serialises claims per account. SQLite has one writer anyway.
-            UpstreamAccount.objects.select_for_update().filter(pk=job.account_id).values_list("pk").first()
+            UpstreamAccount.objects.select_for_update().filter(pk=job.account_id).values_list(
+                "pk"
+            ).first()
         return claim.update(state=JobState.STARTING, claimed_at=now) == 1
 
 
@@ -338,7 +396,11 @@ async def job_start(*, job: Job) -> StartResult:
         response = await together.submit(target, job)
     except UpstreamError as exc:
         # Together may or may not have created it: the reconciler finds out later.
-        logger.warning("starting %s: no answer from upstream (%s); left for reconciling", job.public_id, exc.detail)
+        logger.warning(
+            "starting %s: no answer from upstream (%s); left for reconciling",
+            job.public_id,
+            exc.detail,
+        )
         return StartResult("unknown")
     if response.is_success:
         data = response.json()
@@ -347,10 +409,16 @@ async def job_start(*, job: Job) -> StartResult:
         return StartResult("started", response, warning)
     if response.status_code in (409, 429):
         # Together is busy (its own concurrency limit, or other users of the account).
-        await sync_to_async(_requeue)(job, delay=BUSY_RETRY_SECONDS, reason=f"upstream busy ({response.status_code})")
+        await sync_to_async(_requeue)(
+            job, delay=BUSY_RETRY_SECONDS, reason=f"upstream busy ({response.status_code})"
+        )
         return StartResult("requeued", response)
     if response.status_code >= 500:
-        logger.warning("starting %s: upstream answered %s; left for reconciling", job.public_id, response.status_code)
+        logger.warning(
+            "starting %s: upstream answered %s; left for reconciling",
+            job.public_id,
+            response.status_code,
+        )
         return StartResult("unknown", response)
     await sync_to_async(_record_start_failed)(job, response)
     return StartResult("failed", response)
@@ -373,16 +441,25 @@ def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
         with transaction.atomic():
             updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
                 state=JobState.DONE if terminal else JobState.RUNNING,
-                upstream_id=str(obj.get("id")), upstream=fields.redacted(obj), upstream_status=status,
-                started_at=now, finished_at=now if terminal else None,
-                next_poll_at=now + timedelta(seconds=POLL_BASE_SECONDS), poll_failures=0, unchanged_polls=0,
+                upstream_id=str(obj.get("id")),
+                upstream=fields.redacted(obj),
+                upstream_status=status,
+                started_at=now,
+                finished_at=now if terminal else None,
+                next_poll_at=now + timedelta(seconds=POLL_BASE_SECONDS),
+                poll_failures=0,
+                unchanged_polls=0,
                 # Submitted: the secrets in the body (wandb_api_key...) are not needed again.
                 request=fields.redacted(job.request),
             )
             if updated:
                 job_outputs_record(job=job, obj=obj)
     except IntegrityError:
-        logger.error("upstream job %s is already recorded for another job; %s left as is", obj.get("id"), job.public_id)
+        logger.error(
+            "upstream job %s is already recorded for another job; %s left as is",
+            obj.get("id"),
+            job.public_id,
+        )
         return False
     if not updated:
         return False
@@ -394,7 +471,8 @@ def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
 def _requeue(job: Job, *, delay: float, reason: str) -> None:
     now = timezone.now()
     updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
-        state=JobState.QUEUED, claimed_at=None, not_before=now + timedelta(seconds=delay))
+        state=JobState.QUEUED, claimed_at=None, not_before=now + timedelta(seconds=delay)
+    )
     if updated:
         job.state = JobState.QUEUED
         _event(job, f"back in the queue: {reason}")
@@ -405,7 +483,10 @@ def _record_start_failed(job: Job, response: httpx.Response) -> None:
     status = FAILED[JobKind(job.kind)]
     error = _error_text(response)
     if Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
-        state=JobState.DONE, upstream_status=status, error=error, finished_at=now,
+        state=JobState.DONE,
+        upstream_status=status,
+        error=error,
+        finished_at=now,
         request=fields.redacted(job.request),  # never to be sent again
     ):
         job.state, job.upstream_status = JobState.DONE, status
@@ -429,7 +510,11 @@ def _reload(job_id: int) -> Job:
 # --- reconciling interrupted starts ---------------------------------------------------------
 def jobs_stale_starting(*, older_than: float) -> list[Job]:
     cutoff = timezone.now() - timedelta(seconds=older_than)
-    return list(Job.objects.filter(state=JobState.STARTING, claimed_at__lt=cutoff).select_related("account", "team"))
+    return list(
+        Job.objects.filter(state=JobState.STARTING, claimed_at__lt=cutoff).select_related(
+            "account", "team"
+        )
+    )
 
 
 async def job_reconcile(*, job: Job) -> bool:
@@ -451,12 +536,20 @@ async def job_reconcile(*, job: Job) -> bool:
     if match is not None:
         await _record_started_and_cancel(job, match, "found after an interrupted start:")
     else:
-        await sync_to_async(_requeue)(job, delay=0, reason="an interrupted start never reached Together")
+        await sync_to_async(_requeue)(
+            job, delay=0, reason="an interrupted start never reached Together"
+        )
     return True
 
 
 def _taken_ids(ids: list[str]) -> set[str]:
-    return {upstream_id for upstream_id in Job.objects.filter(upstream_id__in=ids).values_list("upstream_id", flat=True) if upstream_id}
+    return {
+        upstream_id
+        for upstream_id in Job.objects.filter(upstream_id__in=ids).values_list(
+            "upstream_id", flat=True
+        )
+        if upstream_id
+    }
 
 
 # --- polling -----------------------------------------------------------------------------
@@ -465,7 +558,8 @@ def jobs_due_poll(*, limit: int = 100) -> list[Job]:
     return list(
         Job.objects.filter(state=JobState.RUNNING)
         .filter(Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now))
-        .select_related("account", "team").order_by("next_poll_at")[:limit]
+        .select_related("account", "team")
+        .order_by("next_poll_at")[:limit]
     )
 
 
@@ -477,7 +571,9 @@ async def job_poll(*, job: Job) -> bool:
         await sync_to_async(_poll_failed)(job, exc.detail)
         return False
     if response.status_code != 200:
-        await sync_to_async(_poll_failed)(job, f"HTTP {response.status_code}: {_error_text(response)}")
+        await sync_to_async(_poll_failed)(
+            job, f"HTTP {response.status_code}: {_error_text(response)}"
+        )
         return False
     return await sync_to_async(job_apply_upstream)(job=job, obj=response.json())
 
@@ -488,19 +584,26 @@ def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
     status = str(obj.get("status") or job.upstream_status)
     changed = status != job.upstream_status
     if changed and status not in KNOWN_STATUSES[JobKind(job.kind)]:
-        logger.warning("job %s: unknown upstream status %r, treated as still running", job.public_id, status)
+        logger.warning(
+            "job %s: unknown upstream status %r, treated as still running", job.public_id, status
+        )
     unchanged = 0 if changed else job.unchanged_polls + 1
     values: dict[str, Any] = {
-        "upstream": fields.redacted(obj), "upstream_status": status, "poll_failures": 0, "unchanged_polls": unchanged,
+        "upstream": fields.redacted(obj),
+        "upstream_status": status,
+        "poll_failures": 0,
+        "unchanged_polls": unchanged,
         # Long jobs are polled less and less often while nothing changes.
-        "next_poll_at": now + timedelta(seconds=min(POLL_MAX_SECONDS, POLL_BASE_SECONDS * 1.5 ** unchanged)),
+        "next_poll_at": now
+        + timedelta(seconds=min(POLL_MAX_SECONDS, POLL_BASE_SECONDS * 1.5**unchanged)),
     }
     if job.is_terminal_status(status):
         values.update(state=JobState.DONE, finished_at=now, next_poll_at=None)
     with transaction.atomic():
         # Conditional on what we read, so two pollers record one event per change.
         updated = Job.objects.filter(
-            pk=job.pk, state=JobState.RUNNING, upstream_status=job.upstream_status).update(**values)
+            pk=job.pk, state=JobState.RUNNING, upstream_status=job.upstream_status
+        ).update(**values)
         if updated:
             # In the same transaction: no moment where the job shows an output file or
             # model that is not yet recorded as the team's.
@@ -516,18 +619,22 @@ def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
 
 def _poll_failed(job: Job, detail: str) -> None:
     failures = job.poll_failures + 1
-    delay = min(POLL_FAILURE_MAX_SECONDS, 2.0 ** failures)
+    delay = min(POLL_FAILURE_MAX_SECONDS, 2.0**failures)
     logger.warning("polling %s failed (%s); next try in %.0fs", job.public_id, detail, delay)
     Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-        poll_failures=failures, next_poll_at=timezone.now() + timedelta(seconds=delay))
+        poll_failures=failures, next_poll_at=timezone.now() + timedelta(seconds=delay)
+    )
 
 
 def queued_work() -> list[tuple[int, str]]:
     """(account, kind) pairs with a job ready to start."""
     now = timezone.now()
     return list(
-        Job.objects.filter(state=JobState.QUEUED).filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
-        .values_list("account_id", "kind").distinct().order_by()
+        Job.objects.filter(state=JobState.QUEUED)
+        .filter(Q(not_before__isnull=True) | Q(not_before__lte=now))
+        .values_list("account_id", "kind")
+        .distinct()
+        .order_by()
     )
 
 
@@ -539,7 +646,9 @@ async def job_cancel(*, job: Job) -> Job:
     Raises UpstreamRefused when Together refuses the cancel.
     """
     if job.state == JobState.GROUP:
-        for part in await sync_to_async(lambda: list(job.parts.select_related("account", "team")))():
+        for part in await sync_to_async(
+            lambda: list(job.parts.select_related("account", "team"))
+        )():
             await job_cancel(job=part)
         return await sync_to_async(_reload)(job.pk)
     if job.state == JobState.QUEUED and await sync_to_async(_cancel_queued)(job):
@@ -553,11 +662,15 @@ async def job_cancel(*, job: Job) -> Job:
     response = await together.cancel(account_target(job.account), job.kind, str(job.upstream_id))
     if not response.is_success:
         raise UpstreamRefused(response)
-    await sync_to_async(job_apply_upstream)(job=job, obj=together.created_object(job.kind, response.json()))
+    await sync_to_async(job_apply_upstream)(
+        job=job, obj=together.created_object(job.kind, response.json())
+    )
     return job
 
 
-MSG_KEY_REVOKED = "Cancelled before it started: the key that submitted it was revoked, expired or deleted."
+MSG_KEY_REVOKED = (
+    "Cancelled before it started: the key that submitted it was revoked, expired or deleted."
+)
 
 
 def jobs_cancel_keyless() -> int:
@@ -573,12 +686,20 @@ def jobs_cancel_keyless() -> int:
 def _cancel_queued(job: Job, *, reason: str = "") -> bool:
     status = CANCELLED[JobKind(job.kind)]
     if not Job.objects.filter(pk=job.pk, state=JobState.QUEUED).update(
-        state=JobState.DONE, upstream_status=status, finished_at=timezone.now(), cancel_requested=True,
+        state=JobState.DONE,
+        upstream_status=status,
+        finished_at=timezone.now(),
+        cancel_requested=True,
         request=fields.redacted(job.request),  # never to be sent
         error=reason,
     ):
         return False
-    job.state, job.upstream_status, job.cancel_requested, job.error = JobState.DONE, status, True, reason
+    job.state, job.upstream_status, job.cancel_requested, job.error = (
+        JobState.DONE,
+        status,
+        True,
+        reason,
+    )
     _event(job, reason or "cancelled before it started")
     return True
 

@@ -52,8 +52,14 @@ def _fine_tune(job: Job) -> dict[str, Any]:
         data = without_secrets(job.upstream)
     else:
         data = without_secrets(job.request)
-        data.update(object="fine-tune", model_output_name=None, events=[], created_at=_iso(job.created_at),
-                    updated_at=_iso(job.finished_at or job.created_at), started_at=None)
+        data.update(
+            object="fine-tune",
+            model_output_name=None,
+            events=[],
+            created_at=_iso(job.created_at),
+            updated_at=_iso(job.finished_at or job.created_at),
+            started_at=None,
+        )
     data.update(id=job.public_id, status=display_status(job), sluice=_sluice(job))
     return data
 
@@ -63,13 +69,24 @@ def _batch(job: Job) -> dict[str, Any]:
         data = without_secrets(job.upstream)
     else:
         data = {
-            "user_id": None, "input_file_id": job.request.get("input_file_id"), "file_size_bytes": None,
-            "job_deadline": None, "created_at": _iso(job.created_at), "endpoint": job.request.get("endpoint"),
-            "progress": 0.0, "model_id": job.request.get("model_id"), "output_file_id": None,
-            "error_file_id": None, "error": job.error or None, "completed_at": None,
+            "user_id": None,
+            "input_file_id": job.request.get("input_file_id"),
+            "file_size_bytes": None,
+            "job_deadline": None,
+            "created_at": _iso(job.created_at),
+            "endpoint": job.request.get("endpoint"),
+            "progress": 0.0,
+            "model_id": job.request.get("model_id"),
+            "output_file_id": None,
+            "error_file_id": None,
+            "error": job.error or None,
+            "completed_at": None,
         }
-    data.update(id=job.public_id, status=display_status(job),
-                sluice=_sluice(job, request_count=job.request_count))
+    data.update(
+        id=job.public_id,
+        status=display_status(job),
+        sluice=_sluice(job, request_count=job.request_count),
+    )
     return data
 
 
@@ -78,7 +95,9 @@ def _split_batch(job: Job) -> dict[str, Any]:
     shown = [_batch(part) for part in parts]
     counts = [part.request_count or 0 for part in parts]
     total = sum(counts) or 1
-    progress = sum(float(p.get("progress") or 0) * n for p, n in zip(shown, counts, strict=True)) / total
+    progress = (
+        sum(float(p.get("progress") or 0) * n for p, n in zip(shown, counts, strict=True)) / total
+    )
     return {
         "id": job.public_id,
         "user_id": None,
@@ -95,7 +114,8 @@ def _split_batch(job: Job) -> dict[str, Any]:
         "error_file_id": None,
         "error": None,
         "completed_at": max((p.get("completed_at") or "" for p in shown), default="") or None
-        if all(p["status"] in BATCH_TERMINAL for p in shown) else None,
+        if all(p["status"] in BATCH_TERMINAL for p in shown)
+        else None,
         "sluice": _sluice(job, request_count=job.request_count, parts=shown),
     }
 

@@ -40,8 +40,12 @@ def _deadline(seconds: float | None = None) -> float:
 
 async def submit(target: Target, job: Job, *, deadline: float | None = None) -> httpx.Response:
     outcome = await client.send(
-        target, "POST", COLLECTION[JobKind(job.kind)],
-        content=_json_bytes(job.request), headers=JSON_HEADERS, deadline=_deadline(deadline),
+        target,
+        "POST",
+        COLLECTION[JobKind(job.kind)],
+        content=_json_bytes(job.request),
+        headers=JSON_HEADERS,
+        deadline=_deadline(deadline),
     )
     return outcome.response
 
@@ -58,7 +62,9 @@ async def cancel(target: Target, kind: str, upstream_id: str) -> httpx.Response:
 
 async def list_jobs(target: Target, kind: str) -> list[dict[str, Any]] | None:
     """Every job upstream knows of this kind, or None when it could not be read."""
-    response = (await client.send(target, "GET", COLLECTION[JobKind(kind)], deadline=_deadline())).response
+    response = (
+        await client.send(target, "GET", COLLECTION[JobKind(kind)], deadline=_deadline())
+    ).response
     if response.status_code != 200:
         logger.warning("listing upstream %s jobs answered %s", kind, response.status_code)
         return None
@@ -68,19 +74,30 @@ async def list_jobs(target: Target, kind: str) -> list[dict[str, Any]] | None:
 
 
 async def file_content(target: Target, file_id: str) -> httpx.Response:
-    return (await client.send(target, "GET", f"/files/{path_segment(file_id)}/content", deadline=_deadline())).response
+    return (
+        await client.send(
+            target, "GET", f"/files/{path_segment(file_id)}/content", deadline=_deadline()
+        )
+    ).response
 
 
-async def file_upload(target: Target, *, filename: str, content: bytes, purpose: str) -> httpx.Response:
+async def file_upload(
+    target: Target, *, filename: str, content: bytes, purpose: str
+) -> httpx.Response:
     # httpx builds the multipart body; it is sent as plain bytes through the shared client.
     form = httpx.Request(
-        "POST", "http://multipart.invalid/",
+        "POST",
+        "http://multipart.invalid/",
         data={"purpose": purpose, "file_name": filename},
         files={"file": (filename, content, "application/jsonl")},
     )
     body = form.read()
     headers = {"content-type": form.headers["content-type"]}
-    return (await client.send(target, "POST", "/files", content=body, headers=headers, deadline=_deadline())).response
+    return (
+        await client.send(
+            target, "POST", "/files", content=body, headers=headers, deadline=_deadline()
+        )
+    ).response
 
 
 def created_object(kind: str, data: Any) -> dict[str, Any]:
@@ -90,7 +107,9 @@ def created_object(kind: str, data: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def find_started(job: Job, items: list[dict[str, Any]], *, taken: set[str]) -> dict[str, Any] | None:
+def find_started(
+    job: Job, items: list[dict[str, Any]], *, taken: set[str]
+) -> dict[str, Any] | None:
     """The upstream job an interrupted start of `job` created, if any.
 
     Fine-tunes carry Sluice's marker in their `suffix` (so in the output model name)
@@ -107,7 +126,9 @@ def find_started(job: Job, items: list[dict[str, Any]], *, taken: set[str]) -> d
                 return item
             continue
         fields = ("training_file", "model") if job.kind == JobKind.FINE_TUNE else ("input_file_id",)
-        if all(item.get(name) == job.request.get(name) for name in fields) and _created_since(item, since):
+        if all(item.get(name) == job.request.get(name) for name in fields) and _created_since(
+            item, since
+        ):
             return item
     return None
 

@@ -7,121 +7,301 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='LimitProfile',
+            name="LimitProfile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('model_fallbacks', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=80, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("model_fallbacks", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='Team',
+            name="Team",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80, unique=True)),
-                ('paused', models.BooleanField(default=False, help_text="A paused team's requests are refused.")),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('profile', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='teams', to='limiter.limitprofile')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=80, unique=True)),
+                (
+                    "paused",
+                    models.BooleanField(
+                        default=False, help_text="A paused team's requests are refused."
+                    ),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "profile",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="teams",
+                        to="limiter.limitprofile",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(blank=True, max_length=80)),
-                ('prefix', models.CharField(db_index=True, max_length=16)),
-                ('secret_hash', models.CharField(max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('last_used_at', models.DateTimeField(blank=True, null=True)),
-                ('profile', models.ForeignKey(blank=True, help_text="Empty: the team's profile.", null=True, on_delete=django.db.models.deletion.PROTECT, related_name='keys', to='limiter.limitprofile')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='keys', to='limiter.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(blank=True, max_length=80)),
+                ("prefix", models.CharField(db_index=True, max_length=16)),
+                ("secret_hash", models.CharField(max_length=64, unique=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                ("last_used_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "profile",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Empty: the team's profile.",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="keys",
+                        to="limiter.limitprofile",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="keys",
+                        to="limiter.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='UpstreamAccount',
+            name="UpstreamAccount",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=80, unique=True)),
-                ('base_url', models.URLField(blank=True, help_text='Empty: TOGETHER_BASE_URL.')),
-                ('api_key_setting', models.CharField(default='TOGETHER_API_KEY', max_length=80)),
-                ('is_default', models.BooleanField(default=False)),
-                ('profile', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='accounts', to='limiter.limitprofile')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=80, unique=True)),
+                ("base_url", models.URLField(blank=True, help_text="Empty: TOGETHER_BASE_URL.")),
+                ("api_key_setting", models.CharField(default="TOGETHER_API_KEY", max_length=80)),
+                ("is_default", models.BooleanField(default=False)),
+                (
+                    "profile",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="accounts",
+                        to="limiter.limitprofile",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         migrations.AddField(
-            model_name='team',
-            name='upstream',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='teams', to='limiter.upstreamaccount'),
+            model_name="team",
+            name="upstream",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="teams",
+                to="limiter.upstreamaccount",
+            ),
         ),
         migrations.CreateModel(
-            name='EndpointLimit',
+            name="EndpointLimit",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('endpoint', models.CharField(choices=[('chat', 'Chat completions'), ('completions', 'Text completions'), ('embeddings', 'Embeddings'), ('images', 'Image generation'), ('rerank', 'Rerank'), ('fine_tunes', 'Fine-tune jobs'), ('batches', 'Batch inference'), ('files', 'Files')], max_length=20)),
-                ('requests_per_minute', models.PositiveIntegerField(validators=[django.core.validators.MinValueValidator(1)])),
-                ('pace_per_minute', models.PositiveIntegerField(blank=True, help_text='Rate actually released, below the limit for headroom; empty: the limit itself.', null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('burst', models.PositiveIntegerField(default=5, validators=[django.core.validators.MinValueValidator(1)])),
-                ('tokens_per_minute', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('max_concurrent', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('queue_depth', models.PositiveIntegerField(default=100)),
-                ('max_queue_wait_seconds', models.FloatField(default=30.0, validators=[django.core.validators.MinValueValidator(0.0)])),
-                ('max_batch_requests', models.PositiveIntegerField(blank=True, null=True, validators=[django.core.validators.MinValueValidator(1)])),
-                ('profile', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='limits', to='limiter.limitprofile')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "endpoint",
+                    models.CharField(
+                        choices=[
+                            ("chat", "Chat completions"),
+                            ("completions", "Text completions"),
+                            ("embeddings", "Embeddings"),
+                            ("images", "Image generation"),
+                            ("rerank", "Rerank"),
+                            ("fine_tunes", "Fine-tune jobs"),
+                            ("batches", "Batch inference"),
+                            ("files", "Files"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                (
+                    "requests_per_minute",
+                    models.PositiveIntegerField(
+                        validators=[django.core.validators.MinValueValidator(1)]
+                    ),
+                ),
+                (
+                    "pace_per_minute",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Rate actually released, below the limit for headroom; empty: the limit itself.",
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "burst",
+                    models.PositiveIntegerField(
+                        default=5, validators=[django.core.validators.MinValueValidator(1)]
+                    ),
+                ),
+                (
+                    "tokens_per_minute",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "max_concurrent",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                ("queue_depth", models.PositiveIntegerField(default=100)),
+                (
+                    "max_queue_wait_seconds",
+                    models.FloatField(
+                        default=30.0, validators=[django.core.validators.MinValueValidator(0.0)]
+                    ),
+                ),
+                (
+                    "max_batch_requests",
+                    models.PositiveIntegerField(
+                        blank=True,
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                    ),
+                ),
+                (
+                    "profile",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="limits",
+                        to="limiter.limitprofile",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['profile__name', 'endpoint'],
-                'constraints': [models.UniqueConstraint(fields=('profile', 'endpoint'), name='one_limit_per_endpoint')],
+                "ordering": ["profile__name", "endpoint"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("profile", "endpoint"), name="one_limit_per_endpoint"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Refusal',
+            name="Refusal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('team_name', models.CharField(blank=True, max_length=80)),
-                ('key_prefix', models.CharField(blank=True, max_length=16)),
-                ('upstream', models.CharField(blank=True, max_length=80)),
-                ('endpoint', models.CharField(choices=[('chat', 'Chat completions'), ('completions', 'Text completions'), ('embeddings', 'Embeddings'), ('images', 'Image generation'), ('rerank', 'Rerank'), ('fine_tunes', 'Fine-tune jobs'), ('batches', 'Batch inference'), ('files', 'Files')], max_length=20)),
-                ('model', models.CharField(blank=True, max_length=200)),
-                ('reason', models.CharField(max_length=40)),
-                ('source', models.CharField(choices=[('gateway', 'Gateway'), ('upstream', 'Upstream (Together)')], max_length=10)),
-                ('retry_after_seconds', models.FloatField(blank=True, null=True)),
-                ('request_id', models.CharField(blank=True, max_length=64)),
-                ('message', models.CharField(blank=True, max_length=300)),
-                ('team', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='limiter.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("team_name", models.CharField(blank=True, max_length=80)),
+                ("key_prefix", models.CharField(blank=True, max_length=16)),
+                ("upstream", models.CharField(blank=True, max_length=80)),
+                (
+                    "endpoint",
+                    models.CharField(
+                        choices=[
+                            ("chat", "Chat completions"),
+                            ("completions", "Text completions"),
+                            ("embeddings", "Embeddings"),
+                            ("images", "Image generation"),
+                            ("rerank", "Rerank"),
+                            ("fine_tunes", "Fine-tune jobs"),
+                            ("batches", "Batch inference"),
+                            ("files", "Files"),
+                        ],
+                        max_length=20,
+                    ),
+                ),
+                ("model", models.CharField(blank=True, max_length=200)),
+                ("reason", models.CharField(max_length=40)),
+                (
+                    "source",
+                    models.CharField(
+                        choices=[("gateway", "Gateway"), ("upstream", "Upstream (Together)")],
+                        max_length=10,
+                    ),
+                ),
+                ("retry_after_seconds", models.FloatField(blank=True, null=True)),
+                ("request_id", models.CharField(blank=True, max_length=64)),
+                ("message", models.CharField(blank=True, max_length=300)),
+                (
+                    "team",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="limiter.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
-                'indexes': [models.Index(fields=['-created_at', '-id'], name='refusal_recent'), models.Index(fields=['team', '-created_at'], name='refusal_team_time'), models.Index(fields=['key_prefix', '-created_at'], name='refusal_key_time'), models.Index(fields=['endpoint', '-created_at'], name='refusal_endpoint_time'), models.Index(fields=['reason', '-created_at'], name='refusal_reason_time'), models.Index(fields=['source', '-created_at'], name='refusal_source_time'), models.Index(fields=['model', '-created_at'], name='refusal_model_time')],
+                "ordering": ["-created_at", "-id"],
+                "indexes": [
+                    models.Index(fields=["-created_at", "-id"], name="refusal_recent"),
+                    models.Index(fields=["team", "-created_at"], name="refusal_team_time"),
+                    models.Index(fields=["key_prefix", "-created_at"], name="refusal_key_time"),
+                    models.Index(fields=["endpoint", "-created_at"], name="refusal_endpoint_time"),
+                    models.Index(fields=["reason", "-created_at"], name="refusal_reason_time"),
+                    models.Index(fields=["source", "-created_at"], name="refusal_source_time"),
+                    models.Index(fields=["model", "-created_at"], name="refusal_model_time"),
+                ],
             },
         ),
         migrations.AddConstraint(
-            model_name='upstreamaccount',
-            constraint=models.UniqueConstraint(condition=models.Q(('is_default', True)), fields=('is_default',), name='one_default_account'),
+            model_name="upstreamaccount",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("is_default", True)),
+                fields=("is_default",),
+                name="one_default_account",
+            ),
         ),
     ]

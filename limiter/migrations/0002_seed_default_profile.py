@@ -28,7 +28,9 @@ def seed(apps, schema_editor):
     UpstreamAccount = apps.get_model("limiter", "UpstreamAccount")
     profile, _ = LimitProfile.objects.get_or_create(
         name="default",
-        defaults={"description": "The seed's table: Together's documented per-key limits, paced with headroom."},
+        defaults={
+            "description": "The seed's table: Together's documented per-key limits, paced with headroom."
+        },
     )
     for endpoint, (rpm, pace, burst, concurrent, batch) in DEFAULTS.items():
         EndpointLimit.objects.get_or_create(
@@ -44,7 +46,9 @@ def seed(apps, schema_editor):
                 "max_queue_wait_seconds": 30.0,
             },
         )
-    UpstreamAccount.objects.get_or_create(name="together", defaults={"profile": profile, "is_default": True})
+    UpstreamAccount.objects.get_or_create(
+        name="together", defaults={"profile": profile, "is_default": True}
+    )
 
 
 def unseed(apps, schema_editor):

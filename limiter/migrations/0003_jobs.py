@@ -8,73 +8,166 @@ import limiter.jobs.models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('limiter', '0002_seed_default_profile'),
+        ("limiter", "0002_seed_default_profile"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Job',
+            name="Job",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('public_id', models.CharField(max_length=64, unique=True)),
-                ('kind', models.CharField(choices=[('fine_tune', 'Fine-tune'), ('batch', 'Batch')], max_length=10)),
-                ('key_prefix', models.CharField(blank=True, max_length=32)),
-                ('state', models.CharField(choices=[('queued', 'Queued in Sluice'), ('starting', 'Starting'), ('running', 'Running upstream'), ('done', 'Ended'), ('group', 'Split batch')], default='queued', max_length=10)),
-                ('upstream_status', models.CharField(blank=True, max_length=40)),
-                ('upstream_id', models.CharField(blank=True, max_length=100, null=True, unique=True)),
-                ('marker', models.CharField(default=limiter.jobs.models.new_marker, editable=False, max_length=32)),
-                ('request', models.JSONField(help_text='The body to send upstream.')),
-                ('upstream', models.JSONField(blank=True, help_text="Together's last view of the job.", null=True)),
-                ('error', models.TextField(blank=True)),
-                ('request_count', models.PositiveIntegerField(blank=True, null=True)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('claimed_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('not_before', models.DateTimeField(blank=True, null=True)),
-                ('next_poll_at', models.DateTimeField(blank=True, null=True)),
-                ('poll_failures', models.PositiveIntegerField(default=0)),
-                ('unchanged_polls', models.PositiveIntegerField(default=0)),
-                ('account', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='limiter.upstreamaccount')),
-                ('key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='limiter.apikey')),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.CASCADE, related_name='parts', to='limiter.job')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='limiter.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("public_id", models.CharField(max_length=64, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("fine_tune", "Fine-tune"), ("batch", "Batch")], max_length=10
+                    ),
+                ),
+                ("key_prefix", models.CharField(blank=True, max_length=32)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued in Sluice"),
+                            ("starting", "Starting"),
+                            ("running", "Running upstream"),
+                            ("done", "Ended"),
+                            ("group", "Split batch"),
+                        ],
+                        default="queued",
+                        max_length=10,
+                    ),
+                ),
+                ("upstream_status", models.CharField(blank=True, max_length=40)),
+                (
+                    "upstream_id",
+                    models.CharField(blank=True, max_length=100, null=True, unique=True),
+                ),
+                (
+                    "marker",
+                    models.CharField(
+                        default=limiter.jobs.models.new_marker, editable=False, max_length=32
+                    ),
+                ),
+                ("request", models.JSONField(help_text="The body to send upstream.")),
+                (
+                    "upstream",
+                    models.JSONField(
+                        blank=True, help_text="Together's last view of the job.", null=True
+                    ),
+                ),
+                ("error", models.TextField(blank=True)),
+                ("request_count", models.PositiveIntegerField(blank=True, null=True)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("claimed_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("not_before", models.DateTimeField(blank=True, null=True)),
+                ("next_poll_at", models.DateTimeField(blank=True, null=True)),
+                ("poll_failures", models.PositiveIntegerField(default=0)),
+                ("unchanged_polls", models.PositiveIntegerField(default=0)),
+                (
+                    "account",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="jobs",
+                        to="limiter.upstreamaccount",
+                    ),
+                ),
+                (
+                    "key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="limiter.apikey",
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="parts",
+                        to="limiter.job",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="jobs",
+                        to="limiter.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at', '-id'],
+                "ordering": ["-created_at", "-id"],
             },
         ),
         migrations.CreateModel(
-            name='JobEvent',
+            name="JobEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('state', models.CharField(choices=[('queued', 'Queued in Sluice'), ('starting', 'Starting'), ('running', 'Running upstream'), ('done', 'Ended'), ('group', 'Split batch')], max_length=10)),
-                ('upstream_status', models.CharField(blank=True, max_length=40)),
-                ('message', models.CharField(blank=True, max_length=300)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='limiter.job')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued in Sluice"),
+                            ("starting", "Starting"),
+                            ("running", "Running upstream"),
+                            ("done", "Ended"),
+                            ("group", "Split batch"),
+                        ],
+                        max_length=10,
+                    ),
+                ),
+                ("upstream_status", models.CharField(blank=True, max_length=40)),
+                ("message", models.CharField(blank=True, max_length=300)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="limiter.job",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['created_at', 'id'],
+                "ordering": ["created_at", "id"],
             },
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['account', 'kind', 'state', 'created_at'], name='job_account_queue'),
+            model_name="job",
+            index=models.Index(
+                fields=["account", "kind", "state", "created_at"], name="job_account_queue"
+            ),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['team', 'kind', 'state'], name='job_team_state'),
+            model_name="job",
+            index=models.Index(fields=["team", "kind", "state"], name="job_team_state"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['state', 'next_poll_at'], name='job_due_poll'),
+            model_name="job",
+            index=models.Index(fields=["state", "next_poll_at"], name="job_due_poll"),
         ),
         migrations.AddIndex(
-            model_name='job',
-            index=models.Index(fields=['team', 'kind', '-created_at'], name='job_team_list'),
+            model_name="job",
+            index=models.Index(fields=["team", "kind", "-created_at"], name="job_team_list"),
         ),
     ]

@@ -27,14 +27,21 @@ STILL_TO_SEND = ("queued", "starting")  # these still need their secrets for the
 def _file_ids(blob):
     if not isinstance(blob, dict):
         return set()
-    return {value for name, value in blob.items()
-            if FILE_FIELD.fullmatch(name) and isinstance(value, str) and UPSTREAM_ID.fullmatch(value)}
+    return {
+        value
+        for name, value in blob.items()
+        if FILE_FIELD.fullmatch(name) and isinstance(value, str) and UPSTREAM_ID.fullmatch(value)
+    }
 
 
 def _redacted(data):
     if isinstance(data, dict):
-        return {name: REDACTED if SECRET_FIELD.fullmatch(str(name)) and value not in (None, "") else _redacted(value)
-                for name, value in data.items()}
+        return {
+            name: REDACTED
+            if SECRET_FIELD.fullmatch(str(name)) and value not in (None, "")
+            else _redacted(value)
+            for name, value in data.items()
+        }
     if isinstance(data, list):
         return [_redacted(item) for item in data]
     return data
@@ -55,7 +62,9 @@ def record_ownership(apps, schema_editor):
             new_models.append(TeamModel(team_id=job.team_id, name=name, kind=kind, job_id=job.pk))
 
     for job in Job.objects.order_by("id").iterator(chunk_size=500):
-        produced = _file_ids(job.upstream) - _file_ids(job.request)  # a request's echo proves nothing
+        produced = _file_ids(job.upstream) - _file_ids(
+            job.request
+        )  # a request's echo proves nothing
         if job.parent_id is not None and isinstance(job.request, dict):
             # A split batch's part runs on a file Sluice itself cut from the team's file.
             produced |= {job.request.get("input_file_id")} & _file_ids(job.request)
@@ -67,7 +76,9 @@ def record_ownership(apps, schema_editor):
             own_model(job, job.public_id, "checkpoint")
             if job.upstream_id:
                 own_model(job, job.upstream_id, "checkpoint")
-            output = job.upstream.get("model_output_name") if isinstance(job.upstream, dict) else None
+            output = (
+                job.upstream.get("model_output_name") if isinstance(job.upstream, dict) else None
+            )
             if isinstance(output, str):
                 own_model(job, output, "model")
         changed = []
@@ -84,29 +95,55 @@ def record_ownership(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('limiter', '0004_team_files'),
+        ("limiter", "0004_team_files"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='limitprofile',
-            name='shared_models',
+            model_name="limitprofile",
+            name="shared_models",
             field=models.JSONField(blank=True, default=list),
         ),
         migrations.CreateModel(
-            name='TeamModel',
+            name="TeamModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=300, unique=True)),
-                ('kind', models.CharField(choices=[('model', 'Fine-tuned model'), ('checkpoint', 'Checkpoint')], max_length=10)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('job', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='limiter.job')),
-                ('team', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='models', to='limiter.team')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=300, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("model", "Fine-tuned model"), ("checkpoint", "Checkpoint")],
+                        max_length=10,
+                    ),
+                ),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to="limiter.job",
+                    ),
+                ),
+                (
+                    "team",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="models",
+                        to="limiter.team",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
         # Nothing to undo: the table goes with the model, and the files recorded are

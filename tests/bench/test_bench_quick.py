@@ -15,8 +15,12 @@ from bench.__main__ import END, START, write_report
 from bench.latency import percentile
 from tests.conftest import need, reachable
 
-REDIS_URL = os.environ.get("SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")  # flushed by the run
-POSTGRES_URL = os.environ.get("SLUICE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get(
+    "SLUICE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"
+)  # flushed by the run
+POSTGRES_URL = os.environ.get(
+    "SLUICE_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres"
+)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -24,15 +28,32 @@ def expected_rows() -> list[str]:
     rows = []
     for mode in ("non-stream", "stream"):
         for c in (1, 16, 64):
-            rows += [f"Added latency p50, {mode}, c={c} (ms)", f"Added latency p99, {mode}, c={c} (ms)",
-                     f"Throughput, {mode}, c={c} (req/s)"]
-        rows += [f"Gateway CPU per request, {mode}, c=16 (ms)", f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16"]
-    rows += [f"Scale-out {what}, {n} web + limiter worker, non-stream, c=16 ({unit})"
-             for what, unit in (("CPU per request", "ms"), ("throughput", "req/s")) for n in (1, 4)]
-    rows += ["Limiter decisions per second, in-memory layer (one process)",
-             "Limiter decisions per second, channels_redis (runworker limiter)"]
-    for deployment in ("1 web process (embedded)", "4 web processes + limiter worker (Redis, PostgreSQL)"):
-        for case in ("one burst (360 requests", "two bursts across the window boundary (720 requests"):
+            rows += [
+                f"Added latency p50, {mode}, c={c} (ms)",
+                f"Added latency p99, {mode}, c={c} (ms)",
+                f"Throughput, {mode}, c={c} (req/s)",
+            ]
+        rows += [
+            f"Gateway CPU per request, {mode}, c=16 (ms)",
+            f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16",
+        ]
+    rows += [
+        f"Scale-out {what}, {n} web + limiter worker, non-stream, c=16 ({unit})"
+        for what, unit in (("CPU per request", "ms"), ("throughput", "req/s"))
+        for n in (1, 4)
+    ]
+    rows += [
+        "Limiter decisions per second, in-memory layer (one process)",
+        "Limiter decisions per second, channels_redis (runworker limiter)",
+    ]
+    for deployment in (
+        "1 web process (embedded)",
+        "4 web processes + limiter worker (Redis, PostgreSQL)",
+    ):
+        for case in (
+            "one burst (360 requests",
+            "two bursts across the window boundary (720 requests",
+        ):
             rows.append(f"Accuracy: {deployment}, {case}, 64 clients)")
     return rows
 
@@ -41,12 +62,21 @@ def expected_rows() -> list[str]:
 def test_tiny_run_prints_every_row_with_numbers() -> None:
     need(reachable(REDIS_URL), f"Redis is not reachable at {REDIS_URL}")
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    results = runner.run(runner.TINY, redis_url=REDIS_URL, postgres_url=POSTGRES_URL, log=lambda line: None)
-    text = report.render(results, command="python -m bench (tiny)",
-                         machine_line=report.machine((0.0,), (0.0,)), notes=[])
+    results = runner.run(
+        runner.TINY, redis_url=REDIS_URL, postgres_url=POSTGRES_URL, log=lambda line: None
+    )
+    text = report.render(
+        results,
+        command="python -m bench (tiny)",
+        machine_line=report.machine((0.0,), (0.0,)),
+        notes=[],
+    )
 
-    rows = {cells[1].strip(): cells[2:] for line in text.splitlines()
-            if line.startswith("| ") and (cells := line.split("|"))}
+    rows = {
+        cells[1].strip(): cells[2:]
+        for line in text.splitlines()
+        if line.startswith("| ") and (cells := line.split("|"))
+    }
     for name in expected_rows():
         assert name in rows, f"missing row {name!r}"
         sluice, baseline = rows[name][0], rows[name][1]

@@ -59,14 +59,32 @@ def admin_token(settings) -> str:
     return ADMIN_TOKEN
 
 
-def make_refusals(team, n: int, *, endpoint: str = "chat", source: str = "gateway", start=None, step_seconds: float = 1.0,
-                  reason: str = "rate_limited", model: str = "meta-llama/Llama-3-8b", key_prefix: str = "sk-sluice-abc123"):
+def make_refusals(
+    team,
+    n: int,
+    *,
+    endpoint: str = "chat",
+    source: str = "gateway",
+    start=None,
+    step_seconds: float = 1.0,
+    reason: str = "rate_limited",
+    model: str = "meta-llama/Llama-3-8b",
+    key_prefix: str = "sk-sluice-abc123",
+):
     start = start or timezone.now() - timedelta(seconds=n * step_seconds)
     rows = [
         Refusal(
-            created_at=start + timedelta(seconds=i * step_seconds), team=team, team_name=team.name if team else "",
-            key_prefix=key_prefix, upstream="together", endpoint=endpoint, model=model, reason=reason, source=source,
-            retry_after_seconds=1.5, request_id=f"req-{i}",
+            created_at=start + timedelta(seconds=i * step_seconds),
+            team=team,
+            team_name=team.name if team else "",
+            key_prefix=key_prefix,
+            upstream="together",
+            endpoint=endpoint,
+            model=model,
+            reason=reason,
+            source=source,
+            retry_after_seconds=1.5,
+            request_id=f"req-{i}",
         )
         for i in range(n)
     ]

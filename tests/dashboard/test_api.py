@@ -21,10 +21,17 @@ def api(admin_token) -> Client:
 
 
 def test_401_without_auth(client):
-    for method, path in [("get", "/api/teams"), ("post", "/api/teams"), ("get", "/api/refusals"), ("get", "/api/live")]:
+    for method, path in [
+        ("get", "/api/teams"),
+        ("post", "/api/teams"),
+        ("get", "/api/refusals"),
+        ("get", "/api/live"),
+    ]:
         response = getattr(client, method)(path, content_type="application/json")
         assert response.status_code == 401, path
-        assert response.json() == {"error": {"code": "unauthenticated", "message": MSG_AUTH, "fields": None}}
+        assert response.json() == {
+            "error": {"code": "unauthenticated", "message": MSG_AUTH, "fields": None}
+        }
 
 
 def test_wrong_token_401(client, admin_token):
@@ -46,7 +53,9 @@ def test_staff_session_needs_csrf_on_writes(staff):
     client = Client(enforce_csrf_checks=True)
     client.force_login(staff)
     assert client.get("/api/teams").status_code == 200
-    assert client.post("/api/teams", {"name": "x"}, content_type="application/json").status_code == 403
+    assert (
+        client.post("/api/teams", {"name": "x"}, content_type="application/json").status_code == 403
+    )
     assert not Team.objects.filter(name="x").exists()
 
 
@@ -61,21 +70,43 @@ def test_team_crud_and_audit(api):
     assert response.status_code == 201
     team_id = response.json()["id"]
     assert response.json()["profile"] == "default" and response.json()["upstream"] == "together"
-    assert api.post("/api/teams", {"name": "search"}, content_type="application/json").status_code == 409
+    assert (
+        api.post("/api/teams", {"name": "search"}, content_type="application/json").status_code
+        == 409
+    )
 
     LimitProfile.objects.create(name="small")
-    response = api.patch(f"/api/teams/{team_id}", {"profile": "small", "paused": True}, content_type="application/json")
-    assert response.status_code == 200 and response.json()["paused"] and response.json()["profile"] == "small"
+    response = api.patch(
+        f"/api/teams/{team_id}",
+        {"profile": "small", "paused": True},
+        content_type="application/json",
+    )
+    assert (
+        response.status_code == 200
+        and response.json()["paused"]
+        and response.json()["profile"] == "small"
+    )
     team = Team.objects.get(pk=team_id)
     assert team.paused and team.profile.name == "small"
     entries = list(AuditEntry.objects.order_by("id").values_list("actor_name", "action"))
-    assert entries == [(TOKEN_ACTOR, "create"), (TOKEN_ACTOR, "assign_profile"), (TOKEN_ACTOR, "pause")]
+    assert entries == [
+        (TOKEN_ACTOR, "create"),
+        (TOKEN_ACTOR, "assign_profile"),
+        (TOKEN_ACTOR, "pause"),
+    ]
     assert api.get("/api/teams/999").status_code == 404
-    assert api.patch(f"/api/teams/{team_id}", {"profile": "nope"}, content_type="application/json").status_code == 404
+    assert (
+        api.patch(
+            f"/api/teams/{team_id}", {"profile": "nope"}, content_type="application/json"
+        ).status_code
+        == 404
+    )
 
 
 def test_keys(api, team, other_team):
-    response = api.post(f"/api/teams/{team.pk}/keys", {"name": "ci"}, content_type="application/json")
+    response = api.post(
+        f"/api/teams/{team.pk}/keys", {"name": "ci"}, content_type="application/json"
+    )
     assert response.status_code == 201
     body = response.json()
     key = ApiKey.objects.get(pk=body["key"]["id"])
@@ -101,8 +132,11 @@ def test_profiles_and_limits(api):
 
     response = api.patch(f"/api/limits/{chat['id']}", {"burst": 0}, content_type="application/json")
     assert response.status_code == 400 and "burst" in response.json()["error"]["fields"]
-    response = api.patch(f"/api/limits/{chat['id']}", {"requests_per_minute": 10, "burst": 2, "queue_depth": 0},
-                         content_type="application/json")
+    response = api.patch(
+        f"/api/limits/{chat['id']}",
+        {"requests_per_minute": 10, "burst": 2, "queue_depth": 0},
+        content_type="application/json",
+    )
     assert response.status_code == 200
     assert (response.json()["requests_per_minute"], response.json()["burst"]) == (10, 2)
     row = EndpointLimit.objects.get(pk=chat["id"])
@@ -111,16 +145,32 @@ def test_profiles_and_limits(api):
     assert entry.new_values == {"requests_per_minute": 10, "burst": 2, "queue_depth": 0}
 
     # Above the upstream ceiling: saved, with a warning.
-    response = api.patch(f"/api/limits/{chat['id']}", {"requests_per_minute": 5000}, content_type="application/json")
+    response = api.patch(
+        f"/api/limits/{chat['id']}", {"requests_per_minute": 5000}, content_type="application/json"
+    )
     assert response.status_code == 200 and "upstream ceiling" in response.json()["warnings"][0]
 
     assert api.delete(f"/api/limits/{chat['id']}").status_code == 204
-    assert api.post(f"/api/profiles/{profile['id']}/limits", {"endpoint": "chat", "requests_per_minute": 30},
-                    content_type="application/json").status_code == 201
-    assert api.post(f"/api/profiles/{profile['id']}/limits", {"endpoint": "chat", "requests_per_minute": 30},
-                    content_type="application/json").status_code == 409
+    assert (
+        api.post(
+            f"/api/profiles/{profile['id']}/limits",
+            {"endpoint": "chat", "requests_per_minute": 30},
+            content_type="application/json",
+        ).status_code
+        == 201
+    )
+    assert (
+        api.post(
+            f"/api/profiles/{profile['id']}/limits",
+            {"endpoint": "chat", "requests_per_minute": 30},
+            content_type="application/json",
+        ).status_code
+        == 409
+    )
     default = LimitProfile.objects.get(name="default")
-    assert api.delete(f"/api/profiles/{default.pk}").status_code == 409  # used by the upstream account
+    assert (
+        api.delete(f"/api/profiles/{default.pk}").status_code == 409
+    )  # used by the upstream account
     assert api.delete(f"/api/profiles/{profile['id']}").status_code == 204
 
 
@@ -132,7 +182,10 @@ def test_refusals_filters_pages_and_csv(api, team, other_team):
     rest = api.get("/api/refusals", {"size": 50, "after": page["next_cursor"]}).json()
     assert len(rest["items"]) == 15 and rest["next_cursor"] is None
     assert len(api.get("/api/refusals", {"team": "ads"}).json()["items"]) == 5
-    assert len(api.get("/api/refusals", {"source": "upstream", "endpoint": "chat"}).json()["items"]) == 0
+    assert (
+        len(api.get("/api/refusals", {"source": "upstream", "endpoint": "chat"}).json()["items"])
+        == 0
+    )
     assert api.get("/api/refusals", {"source": "bogus"}).status_code == 400
     minutes = api.get("/api/refusals/per-minute", {"team": "search"}).json()
     assert sum(m["refusals"] for m in minutes) == 60
@@ -162,18 +215,36 @@ def test_live_carries_job_slots_and_named_scopes(api, team, monkeypatch):
     """/api/live answers the websocket's shapes: scopes with names, and every account's
     fine-tune and batch slots (the job slots were once declared but never filled)."""
     snapshot = {
-        "type": "live.snapshot", "at": 1.0, "limiter": {"decisions": 1.0},
-        "scopes": [{
-            "kind": "account", "id": str(team.upstream_id), "endpoint": "chat", "limit_per_minute": 500.0,
-            "burst": 1, "in_use": 0.0, "admitted_last_minute": 1, "queued": 0, "longest_wait": 0.0, "leases": 0,
-            "max_concurrent": None, "tokens_per_minute": None, "tokens_in_use": None, "paused_for": 0.0,
-            "refused_last_minute": {"gateway": 0, "upstream": 0},
-        }],
-        "upstream_headers": {}, "history": {},
+        "type": "live.snapshot",
+        "at": 1.0,
+        "limiter": {"decisions": 1.0},
+        "scopes": [
+            {
+                "kind": "account",
+                "id": str(team.upstream_id),
+                "endpoint": "chat",
+                "limit_per_minute": 500.0,
+                "burst": 1,
+                "in_use": 0.0,
+                "admitted_last_minute": 1,
+                "queued": 0,
+                "longest_wait": 0.0,
+                "leases": 0,
+                "max_concurrent": None,
+                "tokens_per_minute": None,
+                "tokens_in_use": None,
+                "paused_for": 0.0,
+                "refused_last_minute": {"gateway": 0, "upstream": 0},
+            }
+        ],
+        "upstream_headers": {},
+        "history": {},
     }
 
     async def fetch():
-        return live.snapshot_enrich(snapshot, {"account": {str(team.upstream_id): {"name": "together"}}, "key": {}})
+        return live.snapshot_enrich(
+            snapshot, {"account": {str(team.upstream_id): {"name": "together"}}, "key": {}}
+        )
 
     monkeypatch.setattr(live, "snapshot_fetch", fetch)
     body = api.get("/api/live").json()

@@ -17,15 +17,23 @@ pytestmark = pytest.mark.browser
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 def chat(url: str, key: str) -> httpx.Response:
     return httpx.post(
-        f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-        json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}, timeout=30,
+        f"{url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
     )
 
 
@@ -79,8 +87,13 @@ def test_changed_chat_limit_takes_effect_on_api_traffic(page, shared_server):
     page.fill("#id_name", "one-at-a-time")
     page.click("text=Create profile")
     page.click("tr[data-endpoint=chat] >> text=Edit")
-    for field, value in {"requests_per_minute": "1", "pace_per_minute": "", "burst": "1",
-                         "queue_depth": "0", "max_queue_wait_seconds": "0"}.items():
+    for field, value in {
+        "requests_per_minute": "1",
+        "pace_per_minute": "",
+        "burst": "1",
+        "queue_depth": "0",
+        "max_queue_wait_seconds": "0",
+    }.items():
         page.fill(f"#id_{field}", value)
     page.click("text=Save limit")
     assert "saved" in page.locator(".messages").inner_text()
@@ -147,10 +160,13 @@ def test_live_overview_updates_while_requests_run(page, shared_server):
         page.wait_for_function(
             """prefix => [...document.querySelectorAll('#teams tr')].some(
                  tr => tr.textContent.includes(prefix) && /[1-9]\\d* \\/ \\d+ req\\/min/.test(tr.textContent))""",
-            arg=key[:16], timeout=10_000,
+            arg=key[:16],
+            timeout=10_000,
         )
         first = page.inner_text("#updated")
-        page.wait_for_function("t => document.querySelector('#updated').textContent !== t", arg=first)
+        page.wait_for_function(
+            "t => document.querySelector('#updated').textContent !== t", arg=first
+        )
         page.wait_for_selector(".chart-card[data-endpoint=chat]")
         assert page.locator("#limiter-banner").is_hidden()
     finally:
@@ -162,8 +178,18 @@ def test_live_overview_updates_while_requests_run(page, shared_server):
 def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):
     url = shared_server.url
     key = shared_server.issue_key("history-team")
-    shared_server.make_profile("history-tight", {"chat": {"requests_per_minute": 1, "pace_per_minute": None,
-                                                          "burst": 1, "queue_depth": 0, "max_queue_wait_seconds": 0}})
+    shared_server.make_profile(
+        "history-tight",
+        {
+            "chat": {
+                "requests_per_minute": 1,
+                "pace_per_minute": None,
+                "burst": 1,
+                "queue_depth": 0,
+                "max_queue_wait_seconds": 0,
+            }
+        },
+    )
     shared_server.python(
         "from limiter.models import Team, LimitProfile;"
         "t = Team.objects.get(name='history-team'); t.profile = LimitProfile.objects.get(name='history-tight'); t.save()"
@@ -175,7 +201,10 @@ def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):
     deadline = time.monotonic() + 10
     while True:
         page.goto(f"{url}/refusals/?team=history-team")
-        if page.locator("#refusals tbody tr", has_text="history-team").count() >= 3 or time.monotonic() > deadline:
+        if (
+            page.locator("#refusals tbody tr", has_text="history-team").count() >= 3
+            or time.monotonic() > deadline
+        ):
             break
         time.sleep(0.5)
     page.select_option("#id_endpoint", "chat")
@@ -193,4 +222,6 @@ def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):
         records = list(csv.DictReader(handle))
     assert len(records) >= 3
     assert {r["team_name"] for r in records} == {"history-team"}
-    assert {r["endpoint"] for r in records} == {"chat"} and {r["source"] for r in records} == {"gateway"}
+    assert {r["endpoint"] for r in records} == {"chat"} and {r["source"] for r in records} == {
+        "gateway"
+    }

@@ -18,15 +18,29 @@ from limiter.services import key_issue, team_get_or_create, upstream_default
 
 # Transactional: the consumer reads the database from other threads. Every test asks
 # for the seeded default profile, which the flush between transactional tests removes.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("seeded_transactional_db")]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("seeded_transactional_db"),
+]
 
 
 def snapshot(key_id: str, account_id: str, admitted: int = 3) -> events.LiveSnapshot:
     def scope(kind: str, scope_id: str) -> events.ScopeSnapshot:
         return {
-            "kind": kind, "id": scope_id, "endpoint": "chat", "limit_per_minute": 500.0, "burst": 5,
-            "in_use": 1.5, "admitted_last_minute": admitted, "queued": 2, "longest_wait": 0.8, "leases": 1,
-            "max_concurrent": None, "tokens_per_minute": None, "tokens_in_use": None, "paused_for": 0.0,
+            "kind": kind,
+            "id": scope_id,
+            "endpoint": "chat",
+            "limit_per_minute": 500.0,
+            "burst": 5,
+            "in_use": 1.5,
+            "admitted_last_minute": admitted,
+            "queued": 2,
+            "longest_wait": 0.8,
+            "leases": 1,
+            "max_concurrent": None,
+            "tokens_per_minute": None,
+            "tokens_in_use": None,
+            "paused_for": 0.0,
             "refused_last_minute": {"gateway": 1, "upstream": 0},
         }
 
@@ -34,7 +48,12 @@ def snapshot(key_id: str, account_id: str, admitted: int = 3) -> events.LiveSnap
     return {
         "type": events.LIVE_SNAPSHOT,
         "at": time.time(),
-        "limiter": {"started_at": time.time() - 10, "decisions": 7, "tickets_queued": 2, "leases": 1},
+        "limiter": {
+            "started_at": time.time() - 10,
+            "decisions": 7,
+            "tickets_queued": 2,
+            "leases": 1,
+        },
         "scopes": [scope("key", key_id), scope("account", account_id)],
         "upstream_headers": {account_id: {"chat": {"x-ratelimit-remaining": "59"}}},
         "history": {"chat": [[minute, admitted, 2, 1]]},
@@ -94,18 +113,25 @@ async def test_non_staff_refused(django_user_model, fake_limiter):
 async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, fake_limiter, ids):
     state, asked = fake_limiter
     state["snapshot"] = snapshot(ids["key"], ids["account"])
-    user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
+    user = await database_sync_to_async(django_user_model.objects.create_user)(
+        "ops", password="x", is_staff=True
+    )
     communicator, connected, _ = await connect(user)
     assert connected
 
     first = await communicator.receive_json_from(timeout=2)
     assert first["type"] == "limits"
     assert [t["name"] for t in first["limits"]["teams"]] == ["search"]
-    assert {row["endpoint"] for row in first["limits"]["accounts"][0]["limits"]} >= {"chat", "embeddings"}
+    assert {row["endpoint"] for row in first["limits"]["accounts"][0]["limits"]} >= {
+        "chat",
+        "embeddings",
+    }
 
     jobs = await communicator.receive_json_from(timeout=2)
     assert jobs["type"] == "jobs"
-    assert jobs["accounts"][ids["account"]]["fine_tunes"]["total"] == 3  # the seeded cap, nothing running
+    assert (
+        jobs["accounts"][ids["account"]]["fine_tunes"]["total"] == 3
+    )  # the seeded cap, nothing running
 
     second = await communicator.receive_json_from(timeout=2)
     assert second["type"] == "snapshot" and len(asked) == 1
@@ -118,12 +144,16 @@ async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, 
 
 
 async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, ids):
-    user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
+    user = await database_sync_to_async(django_user_model.objects.create_user)(
+        "ops", password="x", is_staff=True
+    )
     communicator, connected, _ = await connect(user)
     assert (await communicator.receive_json_from(timeout=2))["type"] == "limits"
     assert (await communicator.receive_json_from(timeout=2))["type"] == "jobs"
 
-    await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(ids["key"], ids["account"], admitted=42))
+    await get_channel_layer().group_send(
+        events.LIVE_GROUP, snapshot(ids["key"], ids["account"], admitted=42)
+    )
     message = await communicator.receive_json_from(timeout=2)
     assert message["type"] == "snapshot"
     assert [s["admitted_last_minute"] for s in message["scopes"]] == [42, 42]
@@ -132,7 +162,9 @@ async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, id
 
 
 async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, ids):
-    user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
+    user = await database_sync_to_async(django_user_model.objects.create_user)(
+        "ops", password="x", is_staff=True
+    )
     communicator, _, _ = await connect(user)
     await receive_type(communicator, "jobs")  # after the limits
     await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(ids["key"], ids["account"]))
@@ -143,8 +175,13 @@ async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, 
     # The key's save broadcasts a configuration change: the consumer sends fresh limits
     # and forgets its names, so the next snapshot names the new key.
     refreshed = await communicator.receive_json_from(timeout=2)
-    assert refreshed["type"] == "limits" and {t["name"] for t in refreshed["limits"]["teams"]} == {"ads", "search"}
-    await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(str(new_key.pk), ids["account"]))
+    assert refreshed["type"] == "limits" and {t["name"] for t in refreshed["limits"]["teams"]} == {
+        "ads",
+        "search",
+    }
+    await get_channel_layer().group_send(
+        events.LIVE_GROUP, snapshot(str(new_key.pk), ids["account"])
+    )
     message = await receive_type(communicator, "snapshot")  # after one "limits" per change
     assert next(s for s in message["scopes"] if s["kind"] == "key")["team"] == "ads"
     await communicator.disconnect()
@@ -153,7 +190,9 @@ async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, 
 async def test_refresh_and_limiter_restart_ask_for_a_snapshot(django_user_model, fake_limiter, ids):
     state, asked = fake_limiter
     state["snapshot"] = snapshot(ids["key"], ids["account"])
-    user = await database_sync_to_async(django_user_model.objects.create_user)("ops", password="x", is_staff=True)
+    user = await database_sync_to_async(django_user_model.objects.create_user)(
+        "ops", password="x", is_staff=True
+    )
     communicator, _, _ = await connect(user)
     await receive_type(communicator, "snapshot")
 

@@ -14,26 +14,36 @@ pytestmark = pytest.mark.django_db
 
 
 def test_shared_models_are_edited_one_a_line_and_drop_the_ownership_map(
-        staff_client, django_capture_on_commit_callbacks):
+    staff_client, django_capture_on_commit_callbacks
+):
     profile = LimitProfile.objects.get(name="default")
     ownership.owned_models._owners = {}  # as if loaded: the save must drop it
     with django_capture_on_commit_callbacks(execute=True):
-        response = staff_client.post(reverse("dashboard:profile", args=[profile.pk]), {
-            "name": "default", "description": profile.description, "shared_models": "org/tuned-1\n\n  org/shared-*  \n"})
+        response = staff_client.post(
+            reverse("dashboard:profile", args=[profile.pk]),
+            {
+                "name": "default",
+                "description": profile.description,
+                "shared_models": "org/tuned-1\n\n  org/shared-*  \n",
+            },
+        )
     assert response.status_code == 302
     assert ownership.owned_models._owners is None
     profile.refresh_from_db()
     assert profile.shared_models == ["org/tuned-1", "org/shared-*"]
     assert AuditEntry.objects.get(object_type="limitprofile").new_values == {
-        "shared_models": ["org/tuned-1", "org/shared-*"]}
+        "shared_models": ["org/tuned-1", "org/shared-*"]
+    }
     page = staff_client.get(reverse("dashboard:profile", args=[profile.pk])).content.decode()
     assert "org/tuned-1\norg/shared-*" in page
 
 
 def test_shared_model_names_with_spaces_are_refused(staff_client):
     profile = LimitProfile.objects.get(name="default")
-    response = staff_client.post(reverse("dashboard:profile", args=[profile.pk]), {
-        "name": "default", "description": profile.description, "shared_models": "org/a b"})
+    response = staff_client.post(
+        reverse("dashboard:profile", args=[profile.pk]),
+        {"name": "default", "description": profile.description, "shared_models": "org/a b"},
+    )
     assert response.status_code == 200
     assert MSG_MODEL_NAME.format(name="org/a b") in response.content.decode().replace("&#x27;", "'")
     profile.refresh_from_db()

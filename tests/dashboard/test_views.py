@@ -18,7 +18,13 @@ from tests.dashboard.conftest import make_refusals
 
 pytestmark = pytest.mark.django_db
 
-PAGES = ["dashboard:overview", "dashboard:limits", "dashboard:teams", "dashboard:refusals", "dashboard:audit"]
+PAGES = [
+    "dashboard:overview",
+    "dashboard:limits",
+    "dashboard:teams",
+    "dashboard:refusals",
+    "dashboard:audit",
+]
 
 
 def chat_limit(profile_name: str = "default") -> EndpointLimit:
@@ -70,9 +76,14 @@ def test_sandbox_banner(staff_client, settings):
 # --- limits --------------------------------------------------------------------------------
 def limit_post(limit: EndpointLimit, **changes) -> dict:
     data = {
-        "requests_per_minute": limit.requests_per_minute, "pace_per_minute": limit.pace_per_minute or "",
-        "burst": limit.burst, "tokens_per_minute": "", "max_concurrent": "", "queue_depth": limit.queue_depth,
-        "max_queue_wait_seconds": limit.max_queue_wait_seconds, "max_batch_requests": "",
+        "requests_per_minute": limit.requests_per_minute,
+        "pace_per_minute": limit.pace_per_minute or "",
+        "burst": limit.burst,
+        "tokens_per_minute": "",
+        "max_concurrent": "",
+        "queue_depth": limit.queue_depth,
+        "max_queue_wait_seconds": limit.max_queue_wait_seconds,
+        "max_batch_requests": "",
     }
     data.update(changes)
     return data
@@ -80,7 +91,11 @@ def limit_post(limit: EndpointLimit, **changes) -> dict:
 
 def test_limit_edit_saves_and_audits_old_and_new(staff_client, staff):
     limit = chat_limit()
-    old = {"requests_per_minute": limit.requests_per_minute, "pace_per_minute": limit.pace_per_minute, "burst": limit.burst}
+    old = {
+        "requests_per_minute": limit.requests_per_minute,
+        "pace_per_minute": limit.pace_per_minute,
+        "burst": limit.burst,
+    }
     response = staff_client.post(
         reverse("dashboard:limit_edit", args=[limit.pk]),
         limit_post(limit, requests_per_minute=120, pace_per_minute="", burst=7),
@@ -111,21 +126,29 @@ def test_limit_edit_unchanged_writes_no_audit(staff_client):
 )
 def test_limit_form_errors(staff_client, changes, field, message):
     limit = chat_limit()
-    response = staff_client.post(reverse("dashboard:limit_edit", args=[limit.pk]), limit_post(limit, **changes))
+    response = staff_client.post(
+        reverse("dashboard:limit_edit", args=[limit.pk]), limit_post(limit, **changes)
+    )
     assert response.status_code == 200
     assert message in response.context["form"].errors[field]
     assert message in response.content.decode()
-    assert EndpointLimit.objects.filter(pk=limit.pk, requests_per_minute=limit.requests_per_minute, burst=limit.burst).exists()
+    assert EndpointLimit.objects.filter(
+        pk=limit.pk, requests_per_minute=limit.requests_per_minute, burst=limit.burst
+    ).exists()
     assert not AuditEntry.objects.exists()
 
 
 def test_limit_above_upstream_ceiling_is_saved_but_flagged(staff_client, staff, team):
     profile = LimitProfile.objects.create(name="big")
-    limit = EndpointLimit.objects.create(profile=profile, endpoint="chat", requests_per_minute=100, burst=5)
+    limit = EndpointLimit.objects.create(
+        profile=profile, endpoint="chat", requests_per_minute=100, burst=5
+    )
     team.profile = profile
     team.save()
     response = staff_client.post(
-        reverse("dashboard:limit_edit", args=[limit.pk]), limit_post(limit, requests_per_minute=900), follow=True
+        reverse("dashboard:limit_edit", args=[limit.pk]),
+        limit_post(limit, requests_per_minute=900),
+        follow=True,
     )
     limit.refresh_from_db()
     assert limit.requests_per_minute == 900
@@ -134,9 +157,13 @@ def test_limit_above_upstream_ceiling_is_saved_but_flagged(staff_client, staff, 
 
 
 def test_profile_create_copies_default_limits(staff_client):
-    response = staff_client.post(reverse("dashboard:limits"), {"name": "batch-heavy", "description": "x"})
+    response = staff_client.post(
+        reverse("dashboard:limits"), {"name": "batch-heavy", "description": "x"}
+    )
     profile = LimitProfile.objects.get(name="batch-heavy")
-    assert response.status_code == 302 and response["Location"] == reverse("dashboard:profile", args=[profile.pk])
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "dashboard:profile", args=[profile.pk]
+    )
     assert profile.limits.count() == LimitProfile.objects.get(name="default").limits.count()
     assert AuditEntry.objects.get(object_type="limitprofile").new_values["copied_from"] == "default"
 
@@ -152,7 +179,11 @@ def test_assign_profile_and_pause_team(staff_client, team):
     staff_client.post(reverse("dashboard:team_pause", args=[team.pk]), {"paused": "1"})
     team.refresh_from_db()
     assert team.profile == other and team.paused
-    actions = list(AuditEntry.objects.filter(object_type="team").order_by("id").values_list("action", "old_values", "new_values"))
+    actions = list(
+        AuditEntry.objects.filter(object_type="team")
+        .order_by("id")
+        .values_list("action", "old_values", "new_values")
+    )
     assert actions == [
         ("assign_profile", {"profile": "default"}, {"profile": "small"}),
         ("pause", {"paused": False}, {"paused": True}),
@@ -175,9 +206,14 @@ def test_key_create_shows_secret_once(staff_client, team):
     assert secret.startswith(key.prefix) and ApiKey.hash_secret(secret) == key.secret_hash
     assert secret in response.content.decode()
     # Not kept anywhere: the next view of the page does not show it.
-    assert secret not in staff_client.get(reverse("dashboard:team", args=[team.pk])).content.decode()
+    assert (
+        secret not in staff_client.get(reverse("dashboard:team", args=[team.pk])).content.decode()
+    )
     assert secret not in str(dict(staff_client.session))
-    assert AuditEntry.objects.get(object_type="apikey", action="create").new_values["prefix"] == key.prefix
+    assert (
+        AuditEntry.objects.get(object_type="apikey", action="create").new_values["prefix"]
+        == key.prefix
+    )
 
 
 def test_team_page_lists_only_its_keys(staff_client, team, other_team, key):
@@ -199,7 +235,11 @@ def test_key_revoke_and_rotate(staff_client, key):
     staff_client.post(reverse("dashboard:key_revoke", args=[new.pk]))
     new.refresh_from_db()
     assert new.revoked_at is not None
-    assert list(AuditEntry.objects.order_by("id").values_list("action", flat=True)) == ["rotate", "create", "revoke"]
+    assert list(AuditEntry.objects.order_by("id").values_list("action", flat=True)) == [
+        "rotate",
+        "create",
+        "revoke",
+    ]
 
 
 # --- 429 history ------------------------------------------------------------------------------------
@@ -212,7 +252,11 @@ def test_refusals_keyset_pagination(staff_client, team):
         response = staff_client.get(url)
         page = response.context["page"]
         seen += [r.pk for r in page.rows]
-        url = f"{reverse('dashboard:refusals')}?after={page.next_cursor}" if page.next_cursor else None
+        url = (
+            f"{reverse('dashboard:refusals')}?after={page.next_cursor}"
+            if page.next_cursor
+            else None
+        )
     assert seen == [r.pk for r in newest_first]
 
 
@@ -220,7 +264,9 @@ def test_refusals_pagination_ties_on_created_at(staff_client, team):
     moment = timezone.now()
     make_refusals(team, 75, step_seconds=0, start=moment)  # all at the same instant
     first = staff_client.get(reverse("dashboard:refusals")).context["page"]
-    second = staff_client.get(reverse("dashboard:refusals"), {"after": first.next_cursor}).context["page"]
+    second = staff_client.get(reverse("dashboard:refusals"), {"after": first.next_cursor}).context[
+        "page"
+    ]
     ids = [r.pk for r in first.rows + second.rows]
     assert len(ids) == len(set(ids)) == 75 and second.next_cursor is None
 

@@ -20,8 +20,10 @@ def describe(response: httpx.Response) -> str:
     """The request and answer, short enough for an assertion message."""
     request = response.request
     body = request.content[:200] if request is not None else b""
-    return (f"{request.method} {request.url} body={body!r} -> {response.status_code} "
-            f"{response.headers.get('content-type')!r} {response.content[:300]!r}")
+    return (
+        f"{request.method} {request.url} body={body!r} -> {response.status_code} "
+        f"{response.headers.get('content-type')!r} {response.content[:300]!r}"
+    )
 
 
 def team_problem(status: int, content_type: str, body: bytes) -> str | None:
@@ -55,7 +57,9 @@ def team_problem(status: int, content_type: str, body: bytes) -> str | None:
 
 
 def assert_team_contract(response: httpx.Response) -> None:
-    problem = team_problem(response.status_code, response.headers.get("content-type", ""), response.content)
+    problem = team_problem(
+        response.status_code, response.headers.get("content-type", ""), response.content
+    )
     assert problem is None, f"{problem}: {describe(response)}"
 
 

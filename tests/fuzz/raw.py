@@ -40,7 +40,9 @@ def raw_request(
     timeout: float = 30.0,
 ) -> RawResponse:
     url = urllib.parse.urlsplit(base_url)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout, source_address=(source, 0))
+    connection = http.client.HTTPConnection(
+        url.hostname, url.port, timeout=timeout, source_address=(source, 0)
+    )
     try:
         connection.putrequest(method, path, skip_accept_encoding=True)
         for name, value in headers:
@@ -50,7 +52,11 @@ def raw_request(
             connection.putheader("content-length", str(len(body)))
         connection.endheaders(body or None)
         response = connection.getresponse()
-        return RawResponse(response.status, response.getheader("content-type", ""), response.read(),
-                           f"{method} {path[:120]} headers={[(n, v[:60]) for n, v in headers]} body={body[:120]!r}")
+        return RawResponse(
+            response.status,
+            response.getheader("content-type", ""),
+            response.read(),
+            f"{method} {path[:120]} headers={[(n, v[:60]) for n, v in headers]} body={body[:120]!r}",
+        )
     finally:
         connection.close()

@@ -19,8 +19,22 @@ from tests.servers import SluiceServer
 ADMIN_TOKEN = "fuzz-" + secrets.token_urlsafe(24)
 MAX_BODY_BYTES = 64 * 1024
 MAX_UPLOAD_BYTES = 256 * 1024
-ENDPOINTS = ("chat", "completions", "embeddings", "images", "rerank", "fine_tunes", "batches", "files")
-GENEROUS = {"requests_per_minute": 1_000_000, "pace_per_minute": None, "burst": 100_000, "queue_depth": 1000}
+ENDPOINTS = (
+    "chat",
+    "completions",
+    "embeddings",
+    "images",
+    "rerank",
+    "fine_tunes",
+    "batches",
+    "files",
+)
+GENEROUS = {
+    "requests_per_minute": 1_000_000,
+    "pace_per_minute": None,
+    "burst": 100_000,
+    "queue_depth": 1000,
+}
 
 
 @contextmanager

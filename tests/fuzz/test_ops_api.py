@@ -87,10 +87,14 @@ def _daphne_multipart_refusal(response: Response) -> bool:
 def ops_error_shape(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     if _daphne_multipart_refusal(response):
         return None
-    problem = ops_error_problem(response.status_code, _content_type(response.headers), response.content)
+    problem = ops_error_problem(
+        response.status_code, _content_type(response.headers), response.content
+    )
     if problem is not None:
-        raise OpsErrorShape(operation=case.operation.label,
-                            message=f"{response.status_code}: {problem}: {response.content[:300]!r}")
+        raise OpsErrorShape(
+            operation=case.operation.label,
+            message=f"{response.status_code}: {problem}: {response.content[:300]!r}",
+        )
     return None
 
 
@@ -102,16 +106,25 @@ def test_served_schema_is_the_fuzzed_one(fuzz_server: SluiceServer) -> None:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_ops_api(case: Case, fuzz_server: SluiceServer) -> None:
     excluded = []
     if case.operation.path.startswith("/api/refusals"):
         # pydantic's lax datetimes take numbers as Unix timestamps (`start=0.5`), which the
         # document's `format: date-time` does not say; accepting them is harmless.
         excluded.append(negative_data_rejection)
-    case.call_and_validate(base_url=fuzz_server.url, timeout=10, additional_checks=[ops_error_shape],
-                           excluded_checks=excluded)
+    case.call_and_validate(
+        base_url=fuzz_server.url,
+        timeout=10,
+        additional_checks=[ops_error_shape],
+        excluded_checks=excluded,
+    )
 
 
 # --- hand-picked requests outside what the document describes ------------------------------
@@ -119,11 +132,23 @@ HAND_PICKED: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/teams/abc", {}),
     ("GET", "/api/teams/-1", {}),
     ("GET", "/api/teams/99999999999999999999999", {}),
-    ("POST", "/api/teams", {"content": b'{"name":', "headers": {"content-type": "application/json"}}),
-    ("POST", "/api/teams", {"content": b"\xff\xfe\x00", "headers": {"content-type": "application/json"}}),
+    (
+        "POST",
+        "/api/teams",
+        {"content": b'{"name":', "headers": {"content-type": "application/json"}},
+    ),
+    (
+        "POST",
+        "/api/teams",
+        {"content": b"\xff\xfe\x00", "headers": {"content-type": "application/json"}},
+    ),
     ("POST", "/api/teams", {"content": b"[1, 2]", "headers": {"content-type": "application/json"}}),
     ("POST", "/api/teams", {"content": b'"team"', "headers": {"content-type": "application/json"}}),
-    ("POST", "/api/teams", {"content": b"name=x", "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+    (
+        "POST",
+        "/api/teams",
+        {"content": b"name=x", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+    ),
     ("POST", "/api/teams", {"json": {"name": "a" * 81}}),
     ("POST", "/api/teams", {"json": {"name": "ok", "profile": "no-such-profile"}}),
     ("POST", "/api/teams", {"json": {"name": {"nested": [[[[1]]]]}}}),
@@ -138,45 +163,72 @@ HAND_PICKED: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs"), HAND_PICKED, ids=[f"{m} {p[:50]}" for m, p, _ in HAND_PICKED])
-def test_hand_picked(fuzz_server: SluiceServer, method: str, path: str, kwargs: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"), HAND_PICKED, ids=[f"{m} {p[:50]}" for m, p, _ in HAND_PICKED]
+)
+def test_hand_picked(
+    fuzz_server: SluiceServer, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
     headers = {**ADMIN, **kwargs.pop("headers", {})}
     response = httpx.request(method, fuzz_server.url + path, headers=headers, timeout=10, **kwargs)
-    assert response.status_code < 500, f"{method} {path} -> {response.status_code} {response.content[:300]!r}"
-    problem = ops_error_problem(response.status_code, response.headers.get("content-type", ""), response.content)
-    assert problem is None, f"{method} {path} -> {response.status_code}: {problem}: {response.content[:300]!r}"
+    assert response.status_code < 500, (
+        f"{method} {path} -> {response.status_code} {response.content[:300]!r}"
+    )
+    problem = ops_error_problem(
+        response.status_code, response.headers.get("content-type", ""), response.content
+    )
+    assert problem is None, (
+        f"{method} {path} -> {response.status_code}: {problem}: {response.content[:300]!r}"
+    )
 
 
 # --- once bugs, now pinned as behaviour ---------------------------------------------------------
 def _assert_ops_error(response: httpx.Response, status: int) -> None:
     assert response.status_code == status, (response.status_code, response.content[:300])
-    problem = ops_error_problem(response.status_code, response.headers.get("content-type", ""), response.content)
+    problem = ops_error_problem(
+        response.status_code, response.headers.get("content-type", ""), response.content
+    )
     assert problem is None, (problem, response.content[:300])
 
 
 def test_profile_patch_null_description_is_a_400(fuzz_server: SluiceServer) -> None:
-    response = httpx.patch(f"{fuzz_server.url}/api/profiles/1", json={"description": None}, headers=ADMIN)
+    response = httpx.patch(
+        f"{fuzz_server.url}/api/profiles/1", json={"description": None}, headers=ADMIN
+    )
     _assert_ops_error(response, 400)
 
 
 def test_per_minute_with_earliest_end_is_not_a_500(fuzz_server: SluiceServer) -> None:
-    response = httpx.get(f"{fuzz_server.url}/api/refusals/per-minute", params={"end": "0001-01-01T00:00:00Z"},
-                         headers=ADMIN)
+    response = httpx.get(
+        f"{fuzz_server.url}/api/refusals/per-minute",
+        params={"end": "0001-01-01T00:00:00Z"},
+        headers=ADMIN,
+    )
     assert response.status_code in (200, 400), (response.status_code, response.content[:300])
     if response.status_code == 400:
         _assert_ops_error(response, 400)
 
 
-@pytest.mark.parametrize(("method", "path"), [("PUT", "/api/teams"), ("TRACE", "/api/live"), ("DELETE", "/api/teams/1")])
-def test_unsupported_method_answers_error_shape(fuzz_server: SluiceServer, method: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"), [("PUT", "/api/teams"), ("TRACE", "/api/live"), ("DELETE", "/api/teams/1")]
+)
+def test_unsupported_method_answers_error_shape(
+    fuzz_server: SluiceServer, method: str, path: str
+) -> None:
     _assert_ops_error(httpx.request(method, fuzz_server.url + path, headers=ADMIN), 405)
 
 
-@pytest.mark.xfail(strict=True, reason="daphne (twisted) parses multipart bodies itself and answers a "
-                   "malformed one with a bare 400 before Django runs: a limit of the server, not the ops API")
+@pytest.mark.xfail(
+    strict=True,
+    reason="daphne (twisted) parses multipart bodies itself and answers a "
+    "malformed one with a bare 400 before Django runs: a limit of the server, not the ops API",
+)
 def test_multipart_content_type_answers_error_shape(fuzz_server: SluiceServer) -> None:
-    response = httpx.post(f"{fuzz_server.url}/api/teams", content=b'{"name": "x"}',
-                          headers={**ADMIN, "content-type": "multipart/form-data"})
+    response = httpx.post(
+        f"{fuzz_server.url}/api/teams",
+        content=b'{"name": "x"}',
+        headers={**ADMIN, "content-type": "multipart/form-data"},
+    )
     _assert_ops_error(response, 400)
 
 
@@ -187,8 +239,11 @@ def test_unknown_ops_path_answers_error_shape(fuzz_server: SluiceServer, path: s
 
 def test_oversized_ops_body_answers_error_shape(fuzz_server: SluiceServer) -> None:
     body = json.dumps({"name": "x", "description": "d" * 3_000_000}).encode()
-    response = httpx.post(f"{fuzz_server.url}/api/profiles", content=body,
-                          headers={**ADMIN, "content-type": "application/json"})
+    response = httpx.post(
+        f"{fuzz_server.url}/api/profiles",
+        content=body,
+        headers={**ADMIN, "content-type": "application/json"},
+    )
     assert 400 <= response.status_code < 500, response.status_code
     _assert_ops_error(response, response.status_code)
 

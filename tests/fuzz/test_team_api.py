@@ -26,22 +26,44 @@ from tests.fuzz.raw import raw_request
 from tests.fuzz.server import MAX_BODY_BYTES, MAX_UPLOAD_BYTES
 from tests.servers import SluiceServer
 
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 JSON = {"content-type": "application/json"}
 
 # Every team route, with ids that exist nowhere (a job of another team looks the same).
 POST_JSON_ROUTES = [
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/images/generations", "/v1/rerank",
-    "/v1/fine-tunes", "/v1/fine-tunes/estimate-price", "/v1/batches",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/rerank",
+    "/v1/fine-tunes",
+    "/v1/fine-tunes/estimate-price",
+    "/v1/batches",
 ]
 OTHER_ROUTES = [
-    ("GET", "/v1/models"), ("GET", "/v2/projects/p/models"), ("GET", "/v1/files"), ("POST", "/v1/files"),
-    ("GET", "/v1/files/file-nope"), ("DELETE", "/v1/files/file-nope"), ("GET", "/v1/files/file-nope/content"),
-    ("POST", "/v1/files/file-nope/preprocess"), ("GET", "/v1/fine-tunes"), ("GET", "/v1/fine-tunes/models/limits"),
-    ("GET", "/v1/fine-tunes/ft-nope"), ("POST", "/v1/fine-tunes/ft-nope/cancel"), ("GET", "/v1/fine-tunes/ft-nope/events"),
-    ("GET", "/v1/batches"), ("GET", "/v1/batches/batch-nope"), ("POST", "/v1/batches/batch-nope/cancel"),
+    ("GET", "/v1/models"),
+    ("GET", "/v2/projects/p/models"),
+    ("GET", "/v1/files"),
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/file-nope"),
+    ("DELETE", "/v1/files/file-nope"),
+    ("GET", "/v1/files/file-nope/content"),
+    ("POST", "/v1/files/file-nope/preprocess"),
+    ("GET", "/v1/fine-tunes"),
+    ("GET", "/v1/fine-tunes/models/limits"),
+    ("GET", "/v1/fine-tunes/ft-nope"),
+    ("POST", "/v1/fine-tunes/ft-nope/cancel"),
+    ("GET", "/v1/fine-tunes/ft-nope/events"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/batch-nope"),
+    ("POST", "/v1/batches/batch-nope/cancel"),
 ]
 ALL_ROUTES = [("POST", path) for path in POST_JSON_ROUTES] + OTHER_ROUTES
 
@@ -54,7 +76,9 @@ def key(fuzz_server: SluiceServer) -> str:
 
 @pytest.fixture(scope="module")
 def client(fuzz_server: SluiceServer, key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fuzz_server.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+    with httpx.Client(
+        base_url=fuzz_server.url, headers={"authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
         yield http
 
 
@@ -65,10 +89,20 @@ def check(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.
 
 
 # --- hypothesis strategies ------------------------------------------------------------------------
-json_scalars = st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | \
-    st.floats(allow_nan=False) | st.text(max_size=40)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4) |
-                           st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 # The fields the gateway itself reads, with the right types and the wrong ones.
 odd_values = {
     "model": st.sampled_from([MODEL, "", "nope/nope"]) | json_values,
@@ -78,14 +112,18 @@ odd_values = {
     "query": st.just("q") | json_values,
     "documents": st.just(["a", "b"]) | json_values,
     "stream": st.sampled_from([False, "yes", 1, None, "true"]),
-    "max_tokens": st.sampled_from([-1, 0, 2**31, 10**30, "5", 1.5, None, [4]]) | st.integers(-5, 64),
+    "max_tokens": st.sampled_from([-1, 0, 2**31, 10**30, "5", 1.5, None, [4]])
+    | st.integers(-5, 64),
     "training_file": st.sampled_from(["", "file-nope"]) | json_values,
     "input_file_id": st.sampled_from(["", "file-nope"]) | json_values,
     "endpoint": st.sampled_from(["/v1/chat/completions", ""]) | json_values,
     "split": st.sampled_from([True, "yes", "maybe", 0]),
 }
 objects = st.fixed_dictionaries({}, optional=odd_values).flatmap(
-    lambda known: st.dictionaries(st.text(max_size=8), json_values, max_size=2).map(lambda extra: {**extra, **known}))
+    lambda known: st.dictionaries(st.text(max_size=8), json_values, max_size=2).map(
+        lambda extra: {**extra, **known}
+    )
+)
 
 
 @st.composite
@@ -100,10 +138,17 @@ def bodies(draw: st.DrawFn) -> bytes:
     return encoded
 
 
-content_types = st.sampled_from([
-    "application/json", "application/json; charset=latin-1", "text/plain", "application/x-www-form-urlencoded",
-    "application/octet-stream", "", "*/*",
-])
+content_types = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=latin-1",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/octet-stream",
+        "",
+        "*/*",
+    ]
+)
 
 
 # --- hypothesis: bodies to every JSON route -----------------------------------------------------
@@ -116,12 +161,16 @@ def test_fuzzed_bodies(client: httpx.Client, path: str, body: bytes, content_typ
 
 
 @FUZZ
-@given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-       tail=st.text(st.characters(codec="utf-8", exclude_characters="?#"), max_size=40))
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+    tail=st.text(st.characters(codec="utf-8", exclude_characters="?#"), max_size=40),
+)
 def test_fuzzed_paths(fuzz_server: SluiceServer, key: str, method: str, tail: str) -> None:
     # Percent-encoded, but `%` itself kept: stray and invalid escapes ("%zz", "%ff") reach the router.
     path = "/v1/" + urllib.parse.quote(tail, safe="/%;=,.~-_:@!$&'()*+")
-    response = raw_request(fuzz_server.url, method, path, headers=[("authorization", f"Bearer {key}".encode())])
+    response = raw_request(
+        fuzz_server.url, method, path, headers=[("authorization", f"Bearer {key}".encode())]
+    )
     if method != "HEAD":
         assert response.problem() is None, f"{response.problem()}: {response}"
     else:
@@ -130,15 +179,28 @@ def test_fuzzed_paths(fuzz_server: SluiceServer, key: str, method: str, tail: st
 
 # CR, LF and NUL cannot be sent in a header at all; DAPHNE_BAD_HEADER_BYTES hit a known bug.
 UNSENDABLE = frozenset(b"\r\n\x00")
-DAPHNE_BAD_HEADER_BYTES = frozenset(b"\x0b\x0c\x1c\x1d\x1e\x85")  # see test_daphne_refusals_are_openai_errors
+DAPHNE_BAD_HEADER_BYTES = frozenset(
+    b"\x0b\x0c\x1c\x1d\x1e\x85"
+)  # see test_daphne_refusals_are_openai_errors
 
 
-@settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
-@given(value=st.binary(max_size=200).filter(lambda v: not (UNSENDABLE | DAPHNE_BAD_HEADER_BYTES).intersection(v)))
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(
+    value=st.binary(max_size=200).filter(
+        lambda v: not (UNSENDABLE | DAPHNE_BAD_HEADER_BYTES).intersection(v)
+    )
+)
 def test_fuzzed_authorization(fuzz_server: SluiceServer, value: bytes) -> None:
     # From its own address: these failures throttle that address, not the rest of the run.
-    response = raw_request(fuzz_server.url, "GET", "/v1/models", headers=[("authorization", value)],
-                           source="127.0.0.3")
+    response = raw_request(
+        fuzz_server.url, "GET", "/v1/models", headers=[("authorization", value)], source="127.0.0.3"
+    )
     assert response.problem() is None, f"{response.problem()}: {response}"
     assert response.status in (401, 429), str(response)
 
@@ -147,7 +209,9 @@ def test_fuzzed_authorization(fuzz_server: SluiceServer, value: bytes) -> None:
 def _padded(size: int) -> bytes:
     """A JSON object of exactly `size` bytes."""
     skeleton = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": ""}]}).encode()
-    return skeleton.replace(b'"content": ""', b'"content": "' + b"a" * (size - len(skeleton)) + b'"')
+    return skeleton.replace(
+        b'"content": ""', b'"content": "' + b"a" * (size - len(skeleton)) + b'"'
+    )
 
 
 BAD_JSON: list[tuple[str, bytes]] = [
@@ -175,7 +239,9 @@ BAD_JSON: list[tuple[str, bytes]] = [
 def test_bad_json_is_a_400(client: httpx.Client, path: str, name: str, body: bytes) -> None:
     response = check(client, "POST", path, content=body, headers=JSON)
     if path != "/v1/fine-tunes/estimate-price":  # passed to Together as is; it answers 400 too
-        assert response.status_code == 400, f"{name}: {response.status_code} {response.content[:200]!r}"
+        assert response.status_code == 400, (
+            f"{name}: {response.status_code} {response.content[:200]!r}"
+        )
 
 
 WRONG_TYPES: list[dict[str, Any]] = [
@@ -229,20 +295,38 @@ def test_chunked_body_over_the_limit_is_a_413(client: httpx.Client) -> None:
     assert response.status_code == 413
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason="BUG (daphne/twisted): twisted reads the whole "
-                   "body before the app runs, so a declared content-length over the limit is not answered 413 "
-                   "at once: the client must upload everything first (to twisted's buffer or temp file)")
-def test_declared_length_over_the_limit_is_a_413_at_once(fuzz_server: SluiceServer, key: str) -> None:
-    response = raw_request(fuzz_server.url, "POST", "/v1/chat/completions", timeout=3,
-                           headers=[("authorization", f"Bearer {key}".encode()),
-                                    ("content-length", str(MAX_BODY_BYTES * 100).encode())])
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="BUG (daphne/twisted): twisted reads the whole "
+    "body before the app runs, so a declared content-length over the limit is not answered 413 "
+    "at once: the client must upload everything first (to twisted's buffer or temp file)",
+)
+def test_declared_length_over_the_limit_is_a_413_at_once(
+    fuzz_server: SluiceServer, key: str
+) -> None:
+    response = raw_request(
+        fuzz_server.url,
+        "POST",
+        "/v1/chat/completions",
+        timeout=3,
+        headers=[
+            ("authorization", f"Bearer {key}".encode()),
+            ("content-length", str(MAX_BODY_BYTES * 100).encode()),
+        ],
+    )
     assert response.problem() is None and response.status == 413, str(response)
 
 
 # --- files: multipart ---------------------------------------------------------------------------------
 def test_files_upload_over_the_limit_is_a_413(client: httpx.Client) -> None:
-    response = check(client, "POST", "/v1/files", data={"purpose": "fine-tune"},
-                     files={"file": ("big.jsonl", b"x" * (MAX_UPLOAD_BYTES + 1))})
+    response = check(
+        client,
+        "POST",
+        "/v1/files",
+        data={"purpose": "fine-tune"},
+        files={"file": ("big.jsonl", b"x" * (MAX_UPLOAD_BYTES + 1))},
+    )
     assert response.status_code == 413
 
 
@@ -250,14 +334,22 @@ MULTIPART_CASES: list[tuple[str, dict[str, Any]]] = [
     ("json body", {"json": {"purpose": "fine-tune"}}),
     ("no file part", {"data": {"purpose": "fine-tune"}, "files": {"other": ("a.txt", b"x")}}),
     ("no purpose", {"files": {"file": ("a.jsonl", b'{"a": 1}\n')}}),
-    ("bad purpose", {"data": {"purpose": "\x00" * 3}, "files": {"file": ("a.jsonl", b'{"a": 1}\n')}}),
-    ("odd filename", {"data": {"purpose": "fine-tune"}, "files": {"file": ("../../é\x01.jsonl", b"not json")}}),
+    (
+        "bad purpose",
+        {"data": {"purpose": "\x00" * 3}, "files": {"file": ("a.jsonl", b'{"a": 1}\n')}},
+    ),
+    (
+        "odd filename",
+        {"data": {"purpose": "fine-tune"}, "files": {"file": ("../../é\x01.jsonl", b"not json")}},
+    ),
     ("empty file", {"data": {"purpose": "fine-tune"}, "files": {"file": ("a.jsonl", b"")}}),
     ("text body", {"content": b"purpose=fine-tune", "headers": {"content-type": "text/plain"}}),
 ]
 
 
-@pytest.mark.parametrize(("name", "kwargs"), MULTIPART_CASES, ids=[name for name, _ in MULTIPART_CASES])
+@pytest.mark.parametrize(
+    ("name", "kwargs"), MULTIPART_CASES, ids=[name for name, _ in MULTIPART_CASES]
+)
 def test_odd_file_uploads(client: httpx.Client, name: str, kwargs: dict[str, Any]) -> None:
     check(client, "POST", "/v1/files", **kwargs)
 
@@ -280,12 +372,17 @@ AUTH_VALUES: list[tuple[str, bytes | None]] = [
 
 @pytest.mark.parametrize("route", ALL_ROUTES, ids=[f"{m} {p}" for m, p in ALL_ROUTES])
 @pytest.mark.parametrize(("name", "value"), AUTH_VALUES, ids=[name for name, _ in AUTH_VALUES])
-def test_bad_authorization_is_a_401(fuzz_server: SluiceServer, route: tuple[str, str], name: str,
-                                    value: bytes | None) -> None:
+def test_bad_authorization_is_a_401(
+    fuzz_server: SluiceServer, route: tuple[str, str], name: str, value: bytes | None
+) -> None:
     method, path = route
-    headers = [("content-type", b"application/json")] + ([("authorization", value)] if value is not None else [])
+    headers = [("content-type", b"application/json")] + (
+        [("authorization", value)] if value is not None else []
+    )
     # Its own address: these count as failed authentications (throttled per address).
-    response = raw_request(fuzz_server.url, method, path, headers=headers, body=b"{}", source="127.0.0.2")
+    response = raw_request(
+        fuzz_server.url, method, path, headers=headers, body=b"{}", source="127.0.0.2"
+    )
     assert response.problem() is None, f"{response.problem()}: {response}"
     assert response.status in (401, 429), str(response)
 
@@ -295,24 +392,48 @@ def test_bad_authorization_is_a_401(fuzz_server: SluiceServer, route: tuple[str,
 def test_wrong_method_on_post_route_is_a_405(client: httpx.Client, method: str, path: str) -> None:
     if method == "GET" and path in ("/v1/fine-tunes", "/v1/batches", "/v1/files"):
         return  # those are GET routes too
-    expected = 404 if method == "GET" and path == "/v1/fine-tunes/estimate-price" else 405  # GET /v1/fine-tunes/{id}
+    expected = (
+        404 if method == "GET" and path == "/v1/fine-tunes/estimate-price" else 405
+    )  # GET /v1/fine-tunes/{id}
     assert check(client, method, path, content=b"{}").status_code == expected
 
 
 ODD_PATHS = [
-    "/v1/", "/v1//chat/completions", "/v1/chat/completions/", "/v1/chat//completions",
-    "/v1/chat%2Fcompletions", "/v1/%63hat/completions", "/v1/chat/completions%00", "/v1/chat/completions;x=1",
-    "/v1/./chat/completions", "/v1/../v1/chat/completions", "/v1/files/..%2f..%2fetc%2fpasswd",
-    "/v1/fine-tunes/%ff%fe", "/v1/batches/" + "b" * 4000, "/v1/" + "a/" * 1500, "/v2/projects/", "/v2/projects//models",
-    "/v1/chat/completions?stream=true&x=%ff", "/V1/chat/completions", "/v1/CHAT/completions",
+    "/v1/",
+    "/v1//chat/completions",
+    "/v1/chat/completions/",
+    "/v1/chat//completions",
+    "/v1/chat%2Fcompletions",
+    "/v1/%63hat/completions",
+    "/v1/chat/completions%00",
+    "/v1/chat/completions;x=1",
+    "/v1/./chat/completions",
+    "/v1/../v1/chat/completions",
+    "/v1/files/..%2f..%2fetc%2fpasswd",
+    "/v1/fine-tunes/%ff%fe",
+    "/v1/batches/" + "b" * 4000,
+    "/v1/" + "a/" * 1500,
+    "/v2/projects/",
+    "/v2/projects//models",
+    "/v1/chat/completions?stream=true&x=%ff",
+    "/V1/chat/completions",
+    "/v1/CHAT/completions",
 ]
 
 
 @pytest.mark.parametrize("path", ODD_PATHS, ids=[p[:40] for p in ODD_PATHS])
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_odd_paths(fuzz_server: SluiceServer, key: str, method: str, path: str) -> None:
-    response = raw_request(fuzz_server.url, method, path, body=b"{}",
-                           headers=[("authorization", f"Bearer {key}".encode()), ("content-type", b"application/json")])
+    response = raw_request(
+        fuzz_server.url,
+        method,
+        path,
+        body=b"{}",
+        headers=[
+            ("authorization", f"Bearer {key}".encode()),
+            ("content-type", b"application/json"),
+        ],
+    )
     if path.startswith(("/V1/", "/v1/../")):
         assert response.status < 500, str(response)  # not under /v1/: the dashboard answers
         return
@@ -326,44 +447,75 @@ def test_deeply_nested_json_is_a_400(client: httpx.Client, body: bytes) -> None:
     assert response.status_code == 400, (response.status_code, response.content[:300])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (daphne/twisted): twisted refuses some requests itself, before "
-                   "the app, with a bare 400 (empty body, no content-type, connection closed): a malformed "
-                   "multipart body (twisted parses multipart forms), conflicting content-lengths")
-@pytest.mark.parametrize(("headers", "body"), [
-    ([("content-type", b"multipart/form-data; boundary=zz")], b"garbage"),
-    ([("content-type", b"multipart/form-data")], b"--zz\r\n\r\n--zz--\r\n"),
-    ([("content-length", b"2"), ("content-length", b"3")], b"{}"),
-], ids=["multipart-garbage", "multipart-no-boundary", "two-content-lengths"])
-def test_twisted_bare_400s_are_openai_errors(fuzz_server: SluiceServer, key: str,
-                                             headers: list[tuple[str, bytes]], body: bytes) -> None:
-    response = raw_request(fuzz_server.url, "POST", "/v1/files", body=body,
-                           headers=[("authorization", f"Bearer {key}".encode()), *headers])
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (daphne/twisted): twisted refuses some requests itself, before "
+    "the app, with a bare 400 (empty body, no content-type, connection closed): a malformed "
+    "multipart body (twisted parses multipart forms), conflicting content-lengths",
+)
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ([("content-type", b"multipart/form-data; boundary=zz")], b"garbage"),
+        ([("content-type", b"multipart/form-data")], b"--zz\r\n\r\n--zz--\r\n"),
+        ([("content-length", b"2"), ("content-length", b"3")], b"{}"),
+    ],
+    ids=["multipart-garbage", "multipart-no-boundary", "two-content-lengths"],
+)
+def test_twisted_bare_400s_are_openai_errors(
+    fuzz_server: SluiceServer, key: str, headers: list[tuple[str, bytes]], body: bytes
+) -> None:
+    response = raw_request(
+        fuzz_server.url,
+        "POST",
+        "/v1/files",
+        body=body,
+        headers=[("authorization", f"Bearer {key}".encode()), *headers],
+    )
     assert response.problem() is None, f"{response.problem()}: {response}"
 
 
 def test_fine_tune_with_wrongly_typed_fields_is_a_400(client: httpx.Client) -> None:
-    response = client.post("/v1/fine-tunes", json={"training_file": {"id": "file-x"}, "model": [MODEL]})
+    response = client.post(
+        "/v1/fine-tunes", json={"training_file": {"id": "file-x"}, "model": [MODEL]}
+    )
     assert response.status_code == 400, (response.status_code, response.content[:300])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (daphne/twisted): a request line or header over twisted's 16 KiB "
-                   "line limit is dropped without any answer")
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (daphne/twisted): a request line or header over twisted's 16 KiB "
+    "line limit is dropped without any answer",
+)
 def test_huge_authorization_header_is_answered(fuzz_server: SluiceServer) -> None:
-    response = raw_request(fuzz_server.url, "GET", "/v1/models",
-                           headers=[("authorization", b"Bearer sk-sluice-" + b"k" * 100_000)], source="127.0.0.4")
+    response = raw_request(
+        fuzz_server.url,
+        "GET",
+        "/v1/models",
+        headers=[("authorization", b"Bearer sk-sluice-" + b"k" * 100_000)],
+        source="127.0.0.4",
+    )
     assert response.problem() is None and 400 <= response.status < 500, str(response)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (daphne): requests daphne refuses before the app (a header value "
-                   "with \\x0b/\\x0c/\\x1c-\\x1e/\\x85, non-ASCII path or query bytes) get daphne's HTML 400 page on /v1/")
-@pytest.mark.parametrize(("path", "headers"), [
-    ("/v1/models", [("authorization", b"Bearer \x0bsk-sluice-x")]),
-    ("/v1/models", [("x-anything", b"\x85")]),
-    ("/v1/chat/\xc3\xa9", []),
-    ("/v1/models?q=\xc3\xa9", []),
-], ids=["auth-control-char", "other-header", "non-ascii-path", "non-ascii-query"])
-def test_daphne_refusals_are_openai_errors(fuzz_server: SluiceServer, path: str,
-                                           headers: list[tuple[str, bytes]]) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (daphne): requests daphne refuses before the app (a header value "
+    "with \\x0b/\\x0c/\\x1c-\\x1e/\\x85, non-ASCII path or query bytes) get daphne's HTML 400 page on /v1/",
+)
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/v1/models", [("authorization", b"Bearer \x0bsk-sluice-x")]),
+        ("/v1/models", [("x-anything", b"\x85")]),
+        ("/v1/chat/\xc3\xa9", []),
+        ("/v1/models?q=\xc3\xa9", []),
+    ],
+    ids=["auth-control-char", "other-header", "non-ascii-path", "non-ascii-query"],
+)
+def test_daphne_refusals_are_openai_errors(
+    fuzz_server: SluiceServer, path: str, headers: list[tuple[str, bytes]]
+) -> None:
     response = raw_request(fuzz_server.url, "GET", path, headers=headers, source="127.0.0.4")
     assert response.problem() is None, f"{response.problem()}: {response}"
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.gateway.admission import DEFAULT_COMPLETION_TOKENS, estimate_tokens, quota_headers, rate_limited
+from limiter.gateway.admission import (
+    DEFAULT_COMPLETION_TOKENS,
+    estimate_tokens,
+    quota_headers,
+    rate_limited,
+)
 
 
 def test_chat_estimate_is_a_quarter_of_the_text_plus_the_completion_asked_for() -> None:
-    body = {"messages": [{"role": "user", "content": "x" * 400}, {"role": "assistant", "content": "y" * 4}],
-            "max_tokens": 50}
+    body = {
+        "messages": [
+            {"role": "user", "content": "x" * 400},
+            {"role": "assistant", "content": "y" * 4},
+        ],
+        "max_tokens": 50,
+    }
     # "user", "assistant" and the contents: 417 characters of text, 105 tokens rounded up.
     assert estimate_tokens(body, "chat") == 105 + 50
 
@@ -34,8 +44,14 @@ def test_deeply_nested_bodies_are_counted_without_recursion() -> None:
 
 
 def test_a_429_carries_whole_seconds_milliseconds_and_the_callers_quota() -> None:
-    error = rate_limited(reason="rate_limited", retry_after=1.2, message="slow down", limited_by="gateway",
-                         scope="key", quota=quota_headers(60, 0, 0.25))
+    error = rate_limited(
+        reason="rate_limited",
+        retry_after=1.2,
+        message="slow down",
+        limited_by="gateway",
+        scope="key",
+        quota=quota_headers(60, 0, 0.25),
+    )
     assert error.status == 429 and error.code == "rate_limited"
     assert error.headers["retry-after"] == "2" and error.headers["retry-after-ms"] == "1200"
     assert error.headers["x-ratelimit-limit-requests"] == "60"

@@ -22,7 +22,9 @@ from tests.servers import SluiceServer, free_port
 MODELS = "/v1/models"
 
 
-def call(server: SluiceServer, key: str, source: str, forwarded_for: str | None = None) -> RawResponse:
+def call(
+    server: SluiceServer, key: str, source: str, forwarded_for: str | None = None
+) -> RawResponse:
     headers = [("authorization", f"Bearer {key}".encode())]
     if forwarded_for is not None:
         headers.append(("x-forwarded-for", forwarded_for.encode()))
@@ -79,23 +81,30 @@ def test_forwarded_for_from_anyone_else_is_ignored(proxied_server: SluiceServer)
     assert_throttled(call(proxied_server, "sk-sluice-wrong", source, "198.51.100.250"))
 
 
-@pytest.mark.parametrize(("peer", "chain", "expected"), [
-    ("127.0.0.9", "1.2.3.4", "127.0.0.9"),  # not a trusted proxy: its header is ignored
-    ("10.0.0.1", None, "10.0.0.1"),
-    ("10.0.0.1", "1.2.3.4", "1.2.3.4"),
-    ("10.0.0.1", "6.6.6.6, 1.2.3.4", "1.2.3.4"),
-    ("10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.7", "1.2.3.4"),  # skips trusted hops from the right
-    ("10.0.0.1", "10.0.0.8, 10.0.0.7", "10.0.0.8"),  # all proxies: the furthest one
-    ("10.0.0.1", " , ", "10.0.0.1"),
-    ("10.0.0.1", "2001:db8::1", "2001:db8::1"),
-    ("10.0.0.1", "not-an-address", "not-an-address"),
-])
+@pytest.mark.parametrize(
+    ("peer", "chain", "expected"),
+    [
+        ("127.0.0.9", "1.2.3.4", "127.0.0.9"),  # not a trusted proxy: its header is ignored
+        ("10.0.0.1", None, "10.0.0.1"),
+        ("10.0.0.1", "1.2.3.4", "1.2.3.4"),
+        ("10.0.0.1", "6.6.6.6, 1.2.3.4", "1.2.3.4"),
+        ("10.0.0.1", "6.6.6.6, 1.2.3.4, 10.0.0.7", "1.2.3.4"),  # skips trusted hops from the right
+        ("10.0.0.1", "10.0.0.8, 10.0.0.7", "10.0.0.8"),  # all proxies: the furthest one
+        ("10.0.0.1", " , ", "10.0.0.1"),
+        ("10.0.0.1", "2001:db8::1", "2001:db8::1"),
+        ("10.0.0.1", "not-an-address", "not-an-address"),
+    ],
+)
 def test_client_address(peer: str, chain: str | None, expected: str) -> None:
     assert client_address(peer, chain, trusted_networks(["10.0.0.0/8"])) == expected
 
 
-async def test_a_redis_error_falls_back_to_counting_in_process(caplog: pytest.LogCaptureFixture) -> None:
-    throttle = AuthThrottle(3, redis_url=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+async def test_a_redis_error_falls_back_to_counting_in_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    throttle = AuthThrottle(
+        3, redis_url=f"redis://127.0.0.1:{free_port()}/0"
+    )  # nothing listens there
     with caplog.at_level(logging.WARNING, logger="limiter.gateway.throttle"):
         waits = [await throttle.failed("192.0.2.1") for _ in range(4)]
     assert waits[:3] == [0.0, 0.0, 0.0] and 0 < waits[3] <= 60

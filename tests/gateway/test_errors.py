@@ -28,7 +28,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None) -> dic
 @pytest.fixture(scope="module")
 def client(shared_server):
     key = shared_server.issue_key("errors")
-    with httpx.Client(base_url=shared_server.url, headers={"authorization": f"Bearer {key}"}, timeout=30) as c:
+    with httpx.Client(
+        base_url=shared_server.url, headers={"authorization": f"Bearer {key}"}, timeout=30
+    ) as c:
         yield c
 
 
@@ -51,7 +53,9 @@ def test_wrongly_typed_model(client):
 
 
 def test_oversized_body(client):
-    huge = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]})
+    huge = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
+    )
     assert_error(client.post(CHAT, content=huge), 413, "request_too_large")
 
 
@@ -61,8 +65,11 @@ def test_no_key(shared_server):
 
 
 def test_unknown_key(shared_server):
-    response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
-                          headers={"authorization": "Bearer sk-sluice-not-a-key"})
+    response = httpx.post(
+        f"{shared_server.url}{CHAT}",
+        json={"model": MODEL, "messages": MESSAGES},
+        headers={"authorization": "Bearer sk-sluice-not-a-key"},
+    )
     assert_error(response, 401, "invalid_api_key")
 
 
@@ -72,8 +79,11 @@ def test_revoked_key(shared_server):
         "from limiter.models import ApiKey; from limiter.services import key_revoke;"
         f"key_revoke(key=ApiKey.objects.get(secret_hash=ApiKey.hash_secret({key!r})))"
     )
-    response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
-                          headers={"authorization": f"Bearer {key}"})
+    response = httpx.post(
+        f"{shared_server.url}{CHAT}",
+        json={"model": MODEL, "messages": MESSAGES},
+        headers={"authorization": f"Bearer {key}"},
+    )
     assert_error(response, 401, "invalid_api_key")
 
 
@@ -89,13 +99,20 @@ def test_wrong_method(client):
 
 
 def test_unknown_model_names_the_closest(client):
-    error = assert_error(client.post(CHAT, json={"model": "meta-llama/Llama-3.3-70B-Instruct", "messages": MESSAGES}),
-                         404, "model_not_found")
+    error = assert_error(
+        client.post(
+            CHAT, json={"model": "meta-llama/Llama-3.3-70B-Instruct", "messages": MESSAGES}
+        ),
+        404,
+        "model_not_found",
+    )
     assert MODEL in error["message"]
 
 
 def test_request_id_is_returned_and_forwarded(shared_server, client):
-    response = client.post(CHAT, json={"model": MODEL, "messages": MESSAGES}, headers={"x-request-id": "trace-123"})
+    response = client.post(
+        CHAT, json={"model": MODEL, "messages": MESSAGES}, headers={"x-request-id": "trace-123"}
+    )
     assert response.headers["x-request-id"] == "trace-123"
     assert shared_server.sandbox.stats()["seen_headers"]["x-request-id"] == "trace-123"
 
@@ -103,7 +120,9 @@ def test_request_id_is_returned_and_forwarded(shared_server, client):
 def test_upstream_503_storm_retries_then_a_clear_503(shared_server, client):
     shared_server.sandbox.configure({"fail_next": [503] * 4})
     started = time.monotonic()
-    error = assert_error(client.post(CHAT, json={"model": MODEL, "messages": MESSAGES}), 503, "upstream_overloaded")
+    error = assert_error(
+        client.post(CHAT, json={"model": MODEL, "messages": MESSAGES}), 503, "upstream_overloaded"
+    )
     assert "4 attempts" in error["message"]
     assert time.monotonic() - started < 30
     assert shared_server.sandbox.stats()["chat"]["status_503"] >= 4
@@ -121,8 +140,12 @@ def test_overloaded_model_is_served_by_the_fallback(shared_server):
     key = shared_server.issue_key("fallback", profile="with-fallback")
     shared_server.sandbox.configure({"overloaded_models": [MODEL]})
     try:
-        response = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
-                              headers={"authorization": f"Bearer {key}"}, timeout=60)
+        response = httpx.post(
+            f"{shared_server.url}{CHAT}",
+            json={"model": MODEL, "messages": MESSAGES},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=60,
+        )
     finally:
         shared_server.sandbox.configure({"overloaded_models": []})
     assert response.status_code == 200, response.text
@@ -131,17 +154,35 @@ def test_overloaded_model_is_served_by_the_fallback(shared_server):
 
 
 def test_refusals_are_recorded(shared_server):
-    shared_server.make_profile("no-room", {"chat": {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1,
-                                                    "queue_depth": 0, "max_queue_wait_seconds": 0}})
+    shared_server.make_profile(
+        "no-room",
+        {
+            "chat": {
+                "requests_per_minute": 1,
+                "pace_per_minute": None,
+                "burst": 1,
+                "queue_depth": 0,
+                "max_queue_wait_seconds": 0,
+            }
+        },
+    )
     key = shared_server.issue_key("recorded", profile="no-room")
     headers = {"authorization": f"Bearer {key}", "x-request-id": "audit-me"}
-    httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
-    refused = httpx.post(f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers)
+    httpx.post(
+        f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers
+    )
+    refused = httpx.post(
+        f"{shared_server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES}, headers=headers
+    )
     assert_error(refused, 429, "rate_limited")
     # The recorder writes once a second, off the request path: wait for the row to land.
-    api = httpx.Client(base_url=shared_server.url, headers={"authorization": f"Bearer {shared_server.admin_token}"})
+    api = httpx.Client(
+        base_url=shared_server.url, headers={"authorization": f"Bearer {shared_server.admin_token}"}
+    )
     deadline = time.monotonic() + 10
-    while not any(row["request_id"] == "audit-me" for row in api.get("/api/refusals").json()["items"]):
+    while not any(
+        row["request_id"] == "audit-me" for row in api.get("/api/refusals").json()["items"]
+    ):
         assert time.monotonic() < deadline, "the refusal was never recorded"
         time.sleep(0.05)
     row = shared_server.python(
@@ -153,23 +194,37 @@ def test_refusals_are_recorded(shared_server):
 
 
 def test_upstream_unreachable(tmp_path):
-    with SluiceServer(tmp_path, env={"TOGETHER_BASE_URL": "http://127.0.0.1:9/v1",
-                                     "SLUICE_UPSTREAM_DEADLINE": "3"}) as server:
+    with SluiceServer(
+        tmp_path,
+        env={"TOGETHER_BASE_URL": "http://127.0.0.1:9/v1", "SLUICE_UPSTREAM_DEADLINE": "3"},
+    ) as server:
         key = server.issue_key("lonely")
-        response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
-                              headers={"authorization": f"Bearer {key}"}, timeout=30)
+        response = httpx.post(
+            f"{server.url}{CHAT}",
+            json={"model": MODEL, "messages": MESSAGES},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         error = assert_error(response, 502, "upstream_unreachable")
         # The team learns it failed and which request it was, not where Together lives.
         request_id = response.headers["x-request-id"]
         assert "127.0.0.1" not in response.text and ":9" not in response.text
         assert error["message"] == errors.MSG_UPSTREAM_DOWN.format(request_id=request_id)
         # The operators learn where: the log line carries the request id and the detail...
-        assert any(request_id in line and "127.0.0.1:9" in line for line in server.log().splitlines())
+        assert any(
+            request_id in line and "127.0.0.1:9" in line for line in server.log().splitlines()
+        )
         # ...and the dashboard shows the account's last failure.
         with httpx.Client(base_url=server.url, timeout=30) as staff:
             staff.get("/login/")
-            staff.post("/login/", data={"username": server.admin_username, "password": server.admin_password,
-                                        "csrfmiddlewaretoken": staff.cookies["csrftoken"]})
+            staff.post(
+                "/login/",
+                data={
+                    "username": server.admin_username,
+                    "password": server.admin_password,
+                    "csrfmiddlewaretoken": staff.cookies["csrftoken"],
+                },
+            )
             page = staff.get("/")
         assert page.status_code == 200
         assert "127.0.0.1:9" in page.text and "upstream-failures" in page.text
@@ -192,11 +247,17 @@ def test_upstream_429_carries_the_callers_own_quota_headers(shared_server, clien
 
 
 def test_limiter_down_is_a_clear_503_not_a_hang(tmp_path):
-    with SluiceServer(tmp_path, env={"SLUICE_EMBEDDED_LIMITER": "0", "SLUICE_LIMITER_TIMEOUT": "0.5"}) as server:
+    with SluiceServer(
+        tmp_path, env={"SLUICE_EMBEDDED_LIMITER": "0", "SLUICE_LIMITER_TIMEOUT": "0.5"}
+    ) as server:
         key = server.issue_key("no-limiter")
         started = time.monotonic()
-        response = httpx.post(f"{server.url}{CHAT}", json={"model": MODEL, "messages": MESSAGES},
-                              headers={"authorization": f"Bearer {key}"}, timeout=30)
+        response = httpx.post(
+            f"{server.url}{CHAT}",
+            json={"model": MODEL, "messages": MESSAGES},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
         assert time.monotonic() - started < 5
         error = assert_error(response, 503, "limiter_unavailable")
         assert error["message"] == errors.MSG_LIMITER_DOWN

@@ -36,7 +36,9 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
 def together_like(tmp_path):
     """A sandbox enforcing the seed's chat limit the way Together does: per second (600/min
     is 10 a second) and per minute; Sluice's account profile is the seeded default."""
-    config = SandboxConfig(limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)})
+    config = SandboxConfig(
+        limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)}
+    )
     with SluiceServer(tmp_path, sandbox=config) as server:
         yield server
 
@@ -73,8 +75,12 @@ async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_stream
     key = server.issue_key("streamer", profile="capped")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         for _ in range(5):
-            async with client.stream("POST", CHAT, json=body(stream=True, max_tokens=50),
-                                     headers={"authorization": f"Bearer {key}"}) as response:
+            async with client.stream(
+                "POST",
+                CHAT,
+                json=body(stream=True, max_tokens=50),
+                headers={"authorization": f"Bearer {key}"},
+            ) as response:
                 assert response.status_code == 200
                 async for _chunk in response.aiter_raw():
                     break  # one chunk, then hang up
@@ -83,10 +89,22 @@ async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_stream
     assert wait_until(lambda: server.sandbox.stats()["streams"]["disconnected"] >= 1)
 
 
-async def test_caller_that_disconnects_while_queued_gives_its_place_back(shared_server_slow_streams):
+async def test_caller_that_disconnects_while_queued_gives_its_place_back(
+    shared_server_slow_streams,
+):
     server = shared_server_slow_streams
-    server.make_profile("slow-queue", {"chat": {"requests_per_minute": 6, "pace_per_minute": None, "burst": 1,
-                                                "queue_depth": 10, "max_queue_wait_seconds": 60}})
+    server.make_profile(
+        "slow-queue",
+        {
+            "chat": {
+                "requests_per_minute": 6,
+                "pace_per_minute": None,
+                "burst": 1,
+                "queue_depth": 10,
+                "max_queue_wait_seconds": 60,
+            }
+        },
+    )
     key = server.issue_key("queuer", profile="slow-queue")
     headers = {"authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -111,12 +129,17 @@ async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
     server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 3})
     first, second = server.issue_key("paused-a"), server.issue_key("paused-b")
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-        hit = asyncio.ensure_future(client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"}))
+        hit = asyncio.ensure_future(
+            client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"})
+        )
         # Wait until Together's 429 has paused the account in the limiter (the live view says).
         ops = {"authorization": f"Bearer {server.admin_token}"}
-        while not any(scope["kind"] == "account" and scope["paused_for"] > 0
-                      for scope in ((await client.get("/api/live", headers=ops)).json()["snapshot"] or {})
-                      .get("scopes", [])):
+        while not any(
+            scope["kind"] == "account" and scope["paused_for"] > 0
+            for scope in (
+                (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}
+            ).get("scopes", [])
+        ):
             await asyncio.sleep(0.02)
         started = time.monotonic()
         other = await client.post(CHAT, json=body(), headers={"authorization": f"Bearer {second}"})
@@ -136,13 +159,27 @@ async def test_retries_after_togethers_429_do_not_deadlock_under_a_concurrency_c
     wait. A retry now gives its slot back before it queues again."""
     config = SandboxConfig(latency_ms=300, fail_next=[429, 429, 429], inject_retry_after_s=0.2)
     with SluiceServer(tmp_path, sandbox=config) as server:
-        server.make_profile("capped", {"chat": {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 10,
-                                                "max_concurrent": 3, "max_queue_wait_seconds": 5}}, account=True)
+        server.make_profile(
+            "capped",
+            {
+                "chat": {
+                    "requests_per_minute": 6000,
+                    "pace_per_minute": None,
+                    "burst": 10,
+                    "max_concurrent": 3,
+                    "max_queue_wait_seconds": 5,
+                }
+            },
+            account=True,
+        )
         key = server.issue_key("capped-team", profile="capped")
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            answers = await asyncio.gather(*(
-                client.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"}) for _ in range(3)
-            ))
+            answers = await asyncio.gather(
+                *(
+                    client.post(CHAT, json=body(), headers={"authorization": f"Bearer {key}"})
+                    for _ in range(3)
+                )
+            )
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         stats = server.sandbox.stats()["chat"]
         assert stats["status_429"] == 3 and stats["ok"] == 3

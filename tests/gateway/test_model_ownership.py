@@ -53,10 +53,17 @@ def auth(key: str) -> dict[str, str]:
 
 def fine_tune(server: Any, http: httpx.Client, key: str, **extra: Any) -> dict[str, Any]:
     """Start a fine-tune for the key's team; its answer names the output model at once."""
-    upload = http.post("/files", headers=auth(key), data={"purpose": "fine-tune"},
-                       files={"file": ("t.jsonl", b'{"text": "x"}\n')})
-    job = http.post("/fine-tunes", headers=auth(key),
-                    json={"model": BASE_MODEL, "training_file": upload.json()["id"], **extra})
+    upload = http.post(
+        "/files",
+        headers=auth(key),
+        data={"purpose": "fine-tune"},
+        files={"file": ("t.jsonl", b'{"text": "x"}\n')},
+    )
+    job = http.post(
+        "/fine-tunes",
+        headers=auth(key),
+        json={"model": BASE_MODEL, "training_file": upload.json()["id"], **extra},
+    )
     assert job.status_code == 200, job.text
     assert job.json()["model_output_name"], job.json()
     # The sandbox serves only models it knows: teach it this one, as Together knows it.
@@ -69,7 +76,10 @@ def assert_unknown_model(answer: httpx.Response, model: str, param: str = "model
     assert answer.status_code == 404, answer.text
     error = answer.json()["error"]
     assert {name: error[name] for name in ("type", "param", "code")} == {
-        "type": "not_found_error", "param": param, "code": "model_not_found"}
+        "type": "not_found_error",
+        "param": param,
+        "code": "model_not_found",
+    }
     assert error["message"].startswith(UNKNOWN_START.format(model=model)), error["message"]
 
 
@@ -88,17 +98,23 @@ def teams(server: Any, request: pytest.FixtureRequest) -> dict[str, str]:
     return {"a": server.issue_key(f"{name}-a"), "b": server.issue_key(f"{name}-b")}
 
 
-def test_chat_with_another_teams_fine_tuned_model_is_404(server: Any, http: httpx.Client, teams: dict) -> None:
+def test_chat_with_another_teams_fine_tuned_model_is_404(
+    server: Any, http: httpx.Client, teams: dict
+) -> None:
     # Used the moment the create answer names it: ownership is recorded by then.
     model = fine_tune(server, http, teams["b"])["model_output_name"]
     requests = server.sandbox.stats()["chat"]["requests"]
     with upstream_calls(server.sandbox) as calls:
         for name in (model, model.upper(), f" {model} "):
-            assert_unknown_model(http.post("/chat/completions", headers=auth(teams["a"]), json=chat(name)), name)
+            assert_unknown_model(
+                http.post("/chat/completions", headers=auth(teams["a"]), json=chat(name)), name
+            )
     assert posts(calls) == []  # reads only: the poller's, and the model list for the hint
     assert server.sandbox.stats()["chat"]["requests"] == requests
     # Word for word what a model nobody has gets (whatever Together itself says).
-    unknown = http.post("/chat/completions", headers=auth(teams["a"]), json=chat(model + "-nobodys"))
+    unknown = http.post(
+        "/chat/completions", headers=auth(teams["a"]), json=chat(model + "-nobodys")
+    )
     assert_unknown_model(unknown, model + "-nobodys")
     # The owner uses it as any model.
     own = http.post("/chat/completions", headers=auth(teams["b"]), json=chat(model))
@@ -107,12 +123,16 @@ def test_chat_with_another_teams_fine_tuned_model_is_404(server: Any, http: http
 
 
 @pytest.mark.parametrize("path", ["/completions", "/embeddings", "/images/generations", "/rerank"])
-def test_other_inference_routes_with_another_teams_model_are_404(server: Any, http: httpx.Client, teams: dict,
-                                                                 path: str) -> None:
+def test_other_inference_routes_with_another_teams_model_are_404(
+    server: Any, http: httpx.Client, teams: dict, path: str
+) -> None:
     model = fine_tune(server, http, teams["b"])["model_output_name"]
     with upstream_calls(server.sandbox) as calls:
-        answer = http.post(path, headers=auth(teams["a"]),
-                           json={"model": model, "prompt": "hi", "input": "hi", "query": "q", "documents": ["d"]})
+        answer = http.post(
+            path,
+            headers=auth(teams["a"]),
+            json={"model": model, "prompt": "hi", "input": "hi", "query": "q", "documents": ["d"]},
+        )
     assert_unknown_model(answer, model)
     assert posts(calls) == []
 
@@ -124,53 +144,94 @@ def test_another_teams_model_is_not_listed(server: Any, http: httpx.Client, team
     assert model not in listed and "meta-llama/Llama-3.3-70B-Instruct-Turbo" in listed
 
 
-def test_fine_tune_from_another_teams_checkpoint_or_model_is_404(server: Any, http: httpx.Client,
-                                                                  teams: dict) -> None:
+def test_fine_tune_from_another_teams_checkpoint_or_model_is_404(
+    server: Any, http: httpx.Client, teams: dict
+) -> None:
     theirs = fine_tune(server, http, teams["b"])
     upstream_id = theirs["sluice"]["upstream_id"]
-    upload = http.post("/files", headers=auth(teams["a"]), data={"purpose": "fine-tune"},
-                       files={"file": ("t.jsonl", b'{"text": "a"}\n')}).json()["id"]
+    upload = http.post(
+        "/files",
+        headers=auth(teams["a"]),
+        data={"purpose": "fine-tune"},
+        files={"file": ("t.jsonl", b'{"text": "a"}\n')},
+    ).json()["id"]
     created = server.sandbox.stats()["fine_tunes"]["created"]
     with upstream_calls(server.sandbox) as calls:
-        for checkpoint in (upstream_id, f"{upstream_id}:3", theirs["id"], theirs["model_output_name"]):
-            answer = http.post("/fine-tunes", headers=auth(teams["a"]), json={
-                "model": BASE_MODEL, "training_file": upload, "from_checkpoint": checkpoint})
+        for checkpoint in (
+            upstream_id,
+            f"{upstream_id}:3",
+            theirs["id"],
+            theirs["model_output_name"],
+        ):
+            answer = http.post(
+                "/fine-tunes",
+                headers=auth(teams["a"]),
+                json={"model": BASE_MODEL, "training_file": upload, "from_checkpoint": checkpoint},
+            )
             assert_unknown_model(answer, checkpoint, param="from_checkpoint")
-        answer = http.post("/fine-tunes", headers=auth(teams["a"]),
-                           json={"model": theirs["model_output_name"], "training_file": upload})
+        answer = http.post(
+            "/fine-tunes",
+            headers=auth(teams["a"]),
+            json={"model": theirs["model_output_name"], "training_file": upload},
+        )
         assert_unknown_model(answer, theirs["model_output_name"])
-        price = http.post("/fine-tunes/estimate-price", headers=auth(teams["a"]),
-                          json={"model": BASE_MODEL, "training_file": upload, "from_checkpoint": upstream_id})
+        price = http.post(
+            "/fine-tunes/estimate-price",
+            headers=auth(teams["a"]),
+            json={"model": BASE_MODEL, "training_file": upload, "from_checkpoint": upstream_id},
+        )
         assert_unknown_model(price, upstream_id, param="from_checkpoint")
     assert posts(calls) == []
     assert server.sandbox.stats()["fine_tunes"]["created"] == created
     assert http.get("/fine-tunes", headers=auth(teams["a"])).json() == {"data": []}
     # The owner continues from its own checkpoint.
-    own = http.post("/fine-tunes", headers=auth(teams["b"]), json={
-        "model": BASE_MODEL, "training_file": theirs["training_file"], "from_checkpoint": f"{upstream_id}:1"})
+    own = http.post(
+        "/fine-tunes",
+        headers=auth(teams["b"]),
+        json={
+            "model": BASE_MODEL,
+            "training_file": theirs["training_file"],
+            "from_checkpoint": f"{upstream_id}:1",
+        },
+    )
     assert own.status_code == 200, own.text
 
 
-def test_batch_running_another_teams_model_is_404(server: Any, http: httpx.Client, teams: dict) -> None:
+def test_batch_running_another_teams_model_is_404(
+    server: Any, http: httpx.Client, teams: dict
+) -> None:
     model = fine_tune(server, http, teams["b"])["model_output_name"]
     line = b'{"custom_id": "r1", "body": {"model": "%s", "messages": []}}\n' % model.encode()
-    upload = http.post("/files", headers=auth(teams["a"]), data={"purpose": "batch-api"},
-                       files={"file": ("b.jsonl", line)}).json()["id"]
+    upload = http.post(
+        "/files",
+        headers=auth(teams["a"]),
+        data={"purpose": "batch-api"},
+        files={"file": ("b.jsonl", line)},
+    ).json()["id"]
     created = server.sandbox.stats()["batches"]["created"]
-    answer = http.post("/batches", headers=auth(teams["a"]),
-                       json={"endpoint": "/v1/chat/completions", "input_file_id": upload})
+    answer = http.post(
+        "/batches",
+        headers=auth(teams["a"]),
+        json={"endpoint": "/v1/chat/completions", "input_file_id": upload},
+    )
     assert_unknown_model(answer, model)
     assert server.sandbox.stats()["batches"]["created"] == created
     assert http.get("/batches", headers=auth(teams["a"])).json() == []
 
 
-def test_model_shared_by_its_owners_profile_is_usable_by_every_team(server: Any, http: httpx.Client) -> None:
+def test_model_shared_by_its_owners_profile_is_usable_by_every_team(
+    server: Any, http: httpx.Client
+) -> None:
     admin = httpx.Client(base_url=f"{server.url}/api", headers=auth(server.admin_token), timeout=30)
     with admin:
-        admin.post("/teams", json={"name": "sharer", "profile": "shares-sandbox"}).raise_for_status()
+        admin.post(
+            "/teams", json={"name": "sharer", "profile": "shares-sandbox"}
+        ).raise_for_status()
     sharer, other = server.issue_key("sharer"), server.issue_key("shared-with")
     shared = fine_tune(server, http, sharer, suffix="shared")["model_output_name"]
     private = fine_tune(server, http, sharer, suffix="private")["model_output_name"]
     answer = http.post("/chat/completions", headers=auth(other), json=chat(shared))
     assert answer.status_code == 200, answer.text
-    assert_unknown_model(http.post("/chat/completions", headers=auth(other), json=chat(private)), private)
+    assert_unknown_model(
+        http.post("/chat/completions", headers=auth(other), json=chat(private)), private
+    )

@@ -24,8 +24,15 @@ from tests.servers import SluiceServer
 CHAT = "/v1/chat/completions"
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 # One call a minute: the second call of a key queues for about a minute.
-ONE_A_MINUTE = {"chat": {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1, "queue_depth": 10,
-                         "max_queue_wait_seconds": 90}}
+ONE_A_MINUTE = {
+    "chat": {
+        "requests_per_minute": 1,
+        "pace_per_minute": None,
+        "burst": 1,
+        "queue_depth": 10,
+        "max_queue_wait_seconds": 90,
+    }
+}
 # A concurrency cap, so every running call holds a lease the test can watch.
 CAPPED = {"chat": {"max_concurrent": 10}}
 PROMPTLY = 5.0  # seconds: far below the minute the queued call would otherwise wait
@@ -59,7 +66,9 @@ class Team:
         team = await self.client.post("/api/teams", json={"name": self.name}, headers=self.ops)
         self.id = team.raise_for_status().json()["id"]
         payload = {"profile": profile, "expires_at": expires_at.isoformat() if expires_at else None}
-        issued = (await self.client.post(f"/api/teams/{self.id}/keys", json=payload, headers=self.ops)).raise_for_status()
+        issued = (
+            await self.client.post(f"/api/teams/{self.id}/keys", json=payload, headers=self.ops)
+        ).raise_for_status()
         self.key_id, self.secret = issued.json()["key"]["id"], issued.json()["secret"]
         return self
 
@@ -71,16 +80,25 @@ class Team:
         if action == "revoke":
             answer = await self.client.post(f"/api/keys/{self.key_id}/revoke", headers=self.ops)
         else:
-            answer = await self.client.patch(f"/api/teams/{self.id}", json={"paused": action == "pause"},
-                                             headers=self.ops)
+            answer = await self.client.patch(
+                f"/api/teams/{self.id}", json={"paused": action == "pause"}, headers=self.ops
+            )
         answer.raise_for_status()
 
     async def key_row(self) -> dict:
-        rows = (await self.client.get(f"/api/teams/{self.id}/keys", headers=self.ops)).raise_for_status().json()
+        rows = (
+            (await self.client.get(f"/api/teams/{self.id}/keys", headers=self.ops))
+            .raise_for_status()
+            .json()
+        )
         return next(row for row in rows if row["id"] == self.key_id)
 
     async def team_row(self) -> dict:
-        return (await self.client.get(f"/api/teams/{self.id}", headers=self.ops)).raise_for_status().json()
+        return (
+            (await self.client.get(f"/api/teams/{self.id}", headers=self.ops))
+            .raise_for_status()
+            .json()
+        )
 
 
 async def limiter_counts(client: httpx.AsyncClient) -> dict:
@@ -107,7 +125,10 @@ def assert_refused(response: httpx.Response, status: int, code: str, team: Team)
     if code == "invalid_api_key":
         assert (error["type"], error["message"]) == (errors.AUTHENTICATION, errors.MSG_BAD_KEY)
     else:
-        assert (error["type"], error["message"]) == (errors.PERMISSION, errors.MSG_TEAM_PAUSED.format(team=team.name))
+        assert (error["type"], error["message"]) == (
+            errors.PERMISSION,
+            errors.MSG_TEAM_PAUSED.format(team=team.name),
+        )
 
 
 async def assert_changed_in_database(team: Team, action: str) -> None:
@@ -118,7 +139,9 @@ async def assert_changed_in_database(team: Team, action: str) -> None:
 
 
 @pytest.mark.parametrize(("action", "status", "code"), CHANGES)
-async def test_a_queued_call_is_refused_when_its_key_is_revoked_or_team_paused(server, action, status, code):
+async def test_a_queued_call_is_refused_when_its_key_is_revoked_or_team_paused(
+    server, action, status, code
+):
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         team = await Team(server, client, f"queued-{action}").create("one-a-minute")
         assert (await client.post(CHAT, json=body(), headers=team.auth)).status_code == 200
@@ -163,13 +186,17 @@ async def test_a_queued_call_is_refused_when_its_key_expires_not_when_granted(se
 
 
 @pytest.mark.parametrize(("action", "status", "code"), CHANGES)
-async def test_a_running_stream_is_cut_when_its_key_is_revoked_or_team_paused(server, action, status, code):
+async def test_a_running_stream_is_cut_when_its_key_is_revoked_or_team_paused(
+    server, action, status, code
+):
     # 40 words 0.2 s apart: the stream runs for 8 s unless it is cut.
     server.sandbox.configure({"stream_chunk_delay_ms": 200})
     disconnected = server.sandbox.stats()["streams"]["disconnected"]
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         team = await Team(server, client, f"stream-{action}").create("capped")
-        async with client.stream("POST", CHAT, json=body(stream=True, max_tokens=40), headers=team.auth) as response:
+        async with client.stream(
+            "POST", CHAT, json=body(stream=True, max_tokens=40), headers=team.auth
+        ) as response:
             assert response.status_code == 200
             chunks = response.aiter_raw()
             received = await anext(chunks)
@@ -187,7 +214,9 @@ async def test_a_running_stream_is_cut_when_its_key_is_revoked_or_team_paused(se
         assert "[DONE]" not in received.decode()
         last = json.loads(events[-1].removeprefix("data: "))
         assert last["error"]["code"] == code
-        assert last["error"]["type"] == (errors.AUTHENTICATION if status == 401 else errors.PERMISSION)
+        assert last["error"]["type"] == (
+            errors.AUTHENTICATION if status == 401 else errors.PERMISSION
+        )
         # The upstream stream was closed, and the lease handed back.
         assert await eventually(lambda: _leases(client, 0)), await limiter_counts(client)
         assert await eventually(lambda: _disconnected(server, disconnected + 1))

@@ -42,11 +42,18 @@ def running() -> asyncio.Task:
     return asyncio.ensure_future(asyncio.Event().wait())
 
 
-async def test_a_configuration_change_cuts_the_calls_of_revoked_keys_and_paused_teams(seeded_transactional_db):
-    revoked, paused, kept = [await sync_to_async(make_key)(team) for team in ("alpha", "beta", "gamma")]
+async def test_a_configuration_change_cuts_the_calls_of_revoked_keys_and_paused_teams(
+    seeded_transactional_db,
+):
+    revoked, paused, kept = [
+        await sync_to_async(make_key)(team) for team in ("alpha", "beta", "gamma")
+    ]
     calls = Calls()
     tasks = {key.key_id: running() for key in (revoked, paused, kept)}
-    tracked = {key.key_id: calls.track(key, tasks[key.key_id], f"req_{key.key_id}") for key in (revoked, paused, kept)}
+    tracked = {
+        key.key_id: calls.track(key, tasks[key.key_id], f"req_{key.key_id}")
+        for key in (revoked, paused, kept)
+    }
     await sync_to_async(revoke)(revoked)
     await sync_to_async(pause)("beta")
 
@@ -56,7 +63,10 @@ async def test_a_configuration_change_cuts_the_calls_of_revoked_keys_and_paused_
     assert len(done) == 2 and all(task.cancelled() for task in done)
     assert tracked[revoked.key_id].refusal.code == "invalid_api_key"
     assert tracked[paused.key_id].refusal.code == "team_paused"
-    assert tracked[paused.key_id].refusal.message == "Team 'beta' is paused by the operators; no requests are sent for it."
+    assert (
+        tracked[paused.key_id].refusal.message
+        == "Team 'beta' is paused by the operators; no requests are sent for it."
+    )
     # The one pass that cut them checked the third key too, and left it running.
     assert not tasks[kept.key_id].done() and tracked[kept.key_id].refusal is None
     tasks[kept.key_id].cancel()

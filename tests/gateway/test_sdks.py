@@ -12,8 +12,15 @@ EMBED_MODEL = "BAAI/bge-base-en-v1.5"
 IMAGE_MODEL = "black-forest-labs/FLUX.1-schnell"
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 # One request a minute, no burst beyond one, no queueing: the second call is refused.
-ONE_A_MINUTE = {"chat": {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1,
-                         "queue_depth": 0, "max_queue_wait_seconds": 0}}
+ONE_A_MINUTE = {
+    "chat": {
+        "requests_per_minute": 1,
+        "pace_per_minute": None,
+        "burst": 1,
+        "queue_depth": 0,
+        "max_queue_wait_seconds": 0,
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +63,9 @@ class TestOpenAI:
         assert len(result.data[0].embedding) > 0
 
     def test_images(self, oai):
-        result = oai.images.generate(model=IMAGE_MODEL, prompt="a lighthouse", response_format="b64_json")
+        result = oai.images.generate(
+            model=IMAGE_MODEL, prompt="a lighthouse", response_format="b64_json"
+        )
         assert result.data[0].b64_json
 
     def test_models_list(self, oai):
@@ -64,7 +73,9 @@ class TestOpenAI:
         assert CHAT_MODEL in ids and EMBED_MODEL in ids
 
     def test_invalid_key_raises_authentication_error(self, shared_server):
-        client = openai.OpenAI(base_url=f"{shared_server.url}/v1", api_key="sk-sluice-nope", max_retries=0)
+        client = openai.OpenAI(
+            base_url=f"{shared_server.url}/v1", api_key="sk-sluice-nope", max_retries=0
+        )
         with pytest.raises(openai.AuthenticationError) as caught:
             client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
         assert caught.value.body["code"] == "invalid_api_key"
@@ -104,18 +115,25 @@ class TestTogether:
 
     def test_models_list(self, shared_server, key):
         # together 3.x lists models per project: Sluice answers that path with the same list.
-        client = together.Together(base_url=shared_server.url, api_key=key, max_retries=0, project_id="p")
+        client = together.Together(
+            base_url=shared_server.url, api_key=key, max_retries=0, project_id="p"
+        )
         assert CHAT_MODEL in [m.id for m in client.models.list()]
 
     def test_invalid_key_raises_authentication_error(self, shared_server):
-        client = together.Together(base_url=shared_server.url, api_key="sk-sluice-nope", max_retries=0)
+        client = together.Together(
+            base_url=shared_server.url, api_key="sk-sluice-nope", max_retries=0
+        )
         with pytest.raises(together.AuthenticationError):
             client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
 
     def test_refusal_raises_rate_limit_error_with_retry_after(self, shared_server):
         shared_server.make_profile("one-a-minute-t", ONE_A_MINUTE)
-        client = together.Together(base_url=shared_server.url, max_retries=0,
-                                    api_key=shared_server.issue_key("sdk-tight-t", profile="one-a-minute-t"))
+        client = together.Together(
+            base_url=shared_server.url,
+            max_retries=0,
+            api_key=shared_server.issue_key("sdk-tight-t", profile="one-a-minute-t"),
+        )
         client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)
         with pytest.raises(together.RateLimitError) as caught:
             client.chat.completions.create(model=CHAT_MODEL, messages=MESSAGES)

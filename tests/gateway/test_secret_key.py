@@ -16,14 +16,27 @@ from tests.servers import PYTHON, ROOT, free_port, stop, wait_for_http
 
 def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
     # SECRET_KEY="" (not absent): a developer's .env must not fill it in behind the test.
-    return {**os.environ, "DJANGO_SETTINGS_MODULE": "dashboard.settings", "SECRET_KEY": "", "DEBUG": "false",
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "TOGETHER_API_KEY": "", **extra}
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "SECRET_KEY": "",
+        "DEBUG": "false",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "TOGETHER_API_KEY": "",
+        **extra,
+    }
 
 
 def exits(args: list[str], env: dict[str, str], within: float = 30.0) -> tuple[int, str]:
     """Run manage.py; its exit code and output. Still running after `within` s is a failure."""
-    process = subprocess.Popen([PYTHON, "manage.py", *args], cwd=ROOT, env=env, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         output, _ = process.communicate(timeout=within)
     except subprocess.TimeoutExpired:
@@ -32,7 +45,9 @@ def exits(args: list[str], env: dict[str, str], within: float = 30.0) -> tuple[i
     return process.returncode, output
 
 
-@pytest.mark.parametrize("args", [["serve", "--port", "0"], ["runworker", "limiter"]], ids=["serve", "runworker"])
+@pytest.mark.parametrize(
+    "args", [["serve", "--port", "0"], ["runworker", "limiter"]], ids=["serve", "runworker"]
+)
 def test_refuses_to_start_on_the_development_key(tmp_path: Path, args: list[str]) -> None:
     if args[0] == "serve":
         args = ["serve", "--port", str(free_port())]
@@ -51,8 +66,13 @@ def test_debug_serves_on_the_development_key(tmp_path: Path) -> None:
     port = free_port()
     env = environment(tmp_path, DEBUG="true")
     assert exits(["migrate", "--noinput", "-v0"], env)[0] == 0
-    process = subprocess.Popen([PYTHON, "manage.py", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [PYTHON, "manage.py", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         started = time.monotonic()
         wait_for_http(f"http://127.0.0.1:{port}/healthz", process=process)

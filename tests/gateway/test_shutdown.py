@@ -15,18 +15,33 @@ MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
 def test_sigterm_answers_in_flight_and_queued_requests(tmp_path):
     with SluiceServer(tmp_path, sandbox=SandboxConfig(latency_ms=1500)) as server:
-        server.make_profile("slow", {"chat": {"requests_per_minute": 60, "pace_per_minute": None, "burst": 1,
-                                              "queue_depth": 5, "max_queue_wait_seconds": 10}})
+        server.make_profile(
+            "slow",
+            {
+                "chat": {
+                    "requests_per_minute": 60,
+                    "pace_per_minute": None,
+                    "burst": 1,
+                    "queue_depth": 5,
+                    "max_queue_wait_seconds": 10,
+                }
+            },
+        )
         key = server.issue_key("draining", profile="slow")
         results: list[int] = []
 
         def call() -> None:
-            response = httpx.post(f"{server.url}/v1/chat/completions", timeout=30,
-                                  headers={"authorization": f"Bearer {key}"},
-                                  json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]})
+            response = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                timeout=30,
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            )
             results.append(response.status_code)
 
-        callers = [threading.Thread(target=call) for _ in range(2)]  # one in flight, one queued behind it
+        callers = [
+            threading.Thread(target=call) for _ in range(2)
+        ]  # one in flight, one queued behind it
         for caller in callers:
             caller.start()
         assert server.sandbox.stats()["chat"]["requests"] == 0

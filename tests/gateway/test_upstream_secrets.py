@@ -41,8 +41,12 @@ def team_on_account(server: SluiceServer, team: str, api_key_setting: str) -> st
 
 
 def chat(server: SluiceServer, key: str) -> httpx.Response:
-    return httpx.post(f"{server.url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES},
-                      headers={"authorization": f"Bearer {key}"}, timeout=30)
+    return httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
 
 
 def test_an_account_cannot_send_secret_key_upstream(server: SluiceServer) -> None:
@@ -55,7 +59,7 @@ def test_an_account_cannot_send_secret_key_upstream(server: SluiceServer) -> Non
     finally:
         server.sandbox.configure({"api_key": None})
     assert_error(response, 502, "upstream_auth_failed")
-    logged = server.log()[len(log_before):]
+    logged = server.log()[len(log_before) :]
     assert "SECRET_KEY" in logged and "ERROR" in logged
     assert server.env["SECRET_KEY"] not in logged
 
@@ -70,8 +74,20 @@ def test_a_sluice_upstream_key_variable_is_used(server: SluiceServer) -> None:
 
 
 # --- on save: the model and the admin ------------------------------------------------------------
-@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "SLUICE_ADMIN_TOKEN", "PATH", "together_api_key",
-                                  "SLUICE_UPSTREAM_KEY_", "SLUICE_UPSTREAM_KEY_a", "TOGETHER_API_KEY_2", ""])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SECRET_KEY",
+        "DATABASE_URL",
+        "SLUICE_ADMIN_TOKEN",
+        "PATH",
+        "together_api_key",
+        "SLUICE_UPSTREAM_KEY_",
+        "SLUICE_UPSTREAM_KEY_a",
+        "TOGETHER_API_KEY_2",
+        "",
+    ],
+)
 def test_clean_refuses_other_names(db, name: str) -> None:
     account = UpstreamAccount(name="x", api_key_setting=name, profile=profile_default())
     with pytest.raises(ValidationError) as refused:
@@ -79,7 +95,9 @@ def test_clean_refuses_other_names(db, name: str) -> None:
     assert "api_key_setting" in refused.value.message_dict
 
 
-@pytest.mark.parametrize("name", ["TOGETHER_API_KEY", "SLUICE_UPSTREAM_KEY_SECOND", "SLUICE_UPSTREAM_KEY_EU_2"])
+@pytest.mark.parametrize(
+    "name", ["TOGETHER_API_KEY", "SLUICE_UPSTREAM_KEY_SECOND", "SLUICE_UPSTREAM_KEY_EU_2"]
+)
 def test_clean_accepts_upstream_key_names(db, name: str) -> None:
     UpstreamAccount(name="x", api_key_setting=name, profile=profile_default()).full_clean()
 
@@ -89,10 +107,16 @@ def test_the_admin_refuses_a_secret_name(db, django_user_model) -> None:
     client = Client()
     client.force_login(admin)
     account = UpstreamAccount.objects.get(is_default=True)
-    response = client.post(f"/admin/limiter/upstreamaccount/{account.pk}/change/", {
-        "name": account.name, "base_url": "https://attacker.example/v1", "api_key_setting": "SECRET_KEY",
-        "profile": account.profile_id, "is_default": "on",
-    })
+    response = client.post(
+        f"/admin/limiter/upstreamaccount/{account.pk}/change/",
+        {
+            "name": account.name,
+            "base_url": "https://attacker.example/v1",
+            "api_key_setting": "SECRET_KEY",
+            "profile": account.profile_id,
+            "is_default": "on",
+        },
+    )
     assert response.status_code == 200  # the form again, with the error
     assert "api_key_setting" in response.context["adminform"].form.errors
     account.refresh_from_db()
@@ -107,7 +131,9 @@ def test_resolving_reads_only_upstream_key_variables(settings, monkeypatch, capl
     monkeypatch.setenv("DATABASE_PASSWORD", "hunter2")
 
     def key(setting: str) -> str:
-        return resolve_target(account_id="1", account_name="a", base_url="", api_key_setting=setting).api_key
+        return resolve_target(
+            account_id="1", account_name="a", base_url="", api_key_setting=setting
+        ).api_key
 
     with caplog.at_level(logging.ERROR, logger="limiter.upstream"):
         assert key("SECRET_KEY") == ""
@@ -122,5 +148,7 @@ def test_resolving_reads_only_upstream_key_variables(settings, monkeypatch, capl
 
 def test_resolving_an_invalid_name_in_sandbox_mode_sends_the_sandbox_key(settings) -> None:
     settings.SLUICE_SANDBOX = True
-    target = resolve_target(account_id="1", account_name="a", base_url="", api_key_setting="SECRET_KEY_TOO")
+    target = resolve_target(
+        account_id="1", account_name="a", base_url="", api_key_setting="SECRET_KEY_TOO"
+    )
     assert target.api_key == sandbox_api_key() != settings.SECRET_KEY

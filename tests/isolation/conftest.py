@@ -78,7 +78,13 @@ class ServerDb:
         self.alias = "isolation_server"
         self.blocker = blocker
         configured = connections.configure_settings(
-            {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": path, "OPTIONS": {"timeout": 20}}}
+            {
+                "default": {
+                    "ENGINE": "django.db.backends.sqlite3",
+                    "NAME": path,
+                    "OPTIONS": {"timeout": 20},
+                }
+            }
         )
         connections.databases[self.alias] = copy.deepcopy(configured["default"])
 
@@ -99,10 +105,26 @@ class ServerDb:
 
         def query(db: str) -> dict[str, list]:
             return {
-                "jobs": list(Job.objects.using(db).filter(team_id__in=team_ids).order_by("pk").values_list(
-                    "public_id", "team_id", "state", "cancel_requested", "upstream_id", "finished_at", "error")),
-                "files": list(TeamFile.objects.using(db).filter(team_id__in=team_ids).order_by("pk").values_list(
-                    "team_id", "file_id")),
+                "jobs": list(
+                    Job.objects.using(db)
+                    .filter(team_id__in=team_ids)
+                    .order_by("pk")
+                    .values_list(
+                        "public_id",
+                        "team_id",
+                        "state",
+                        "cancel_requested",
+                        "upstream_id",
+                        "finished_at",
+                        "error",
+                    )
+                ),
+                "files": list(
+                    TeamFile.objects.using(db)
+                    .filter(team_id__in=team_ids)
+                    .order_by("pk")
+                    .values_list("team_id", "file_id")
+                ),
             }
 
         return self.read(query)
@@ -116,7 +138,10 @@ class ServerDb:
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
         def rows(queryset: Any, *exclude: str) -> list[dict]:
-            return [{k: v for k, v in row.items() if k not in exclude} for row in queryset.order_by("pk").values()]
+            return [
+                {k: v for k, v in row.items() if k not in exclude}
+                for row in queryset.order_by("pk").values()
+            ]
 
         def query(db: str) -> dict[str, list]:
             return {
@@ -151,12 +176,20 @@ class ServerDb:
 class TeamClient:
     """A caller of the team API with one key (or none, or a bad one)."""
 
-    def __init__(self, server: SluiceServer, secret: str | None, *, own_address: bool = False,
-                 address: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        server: SluiceServer,
+        secret: str | None,
+        *,
+        own_address: bool = False,
+        address: str = "127.0.0.1",
+    ) -> None:
         headers = {"authorization": f"Bearer {secret}"} if secret is not None else {}
         self.address = new_loopback_address() if own_address else address
         transport = httpx.HTTPTransport(local_address=self.address)
-        self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport)
+        self.http = httpx.Client(
+            base_url=server.url, headers=headers, timeout=30, transport=transport
+        )
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.http.request(method, path, **kwargs)
@@ -215,13 +248,23 @@ class World:
 
     def b_ids(self) -> set[str]:
         """Every id and name of B's, for "never shows up in A's answer" checks."""
-        return {*self.b_files.values(), *self.b_fine_tunes.public.values(), *self.b_fine_tunes.upstream.values(),
-                *self.b_batches.public.values(), *self.b_batches.upstream.values(), self.b_model}
+        return {
+            *self.b_files.values(),
+            *self.b_fine_tunes.public.values(),
+            *self.b_fine_tunes.upstream.values(),
+            *self.b_batches.public.values(),
+            *self.b_batches.upstream.values(),
+            self.b_model,
+        }
 
     def upstream(self, method: str, path: str) -> httpx.Response:
         """Together's own view (the sandbox, asked directly)."""
-        return httpx.request(method, f"{self.server.sandbox.v1_url}{path}", headers={"authorization": "Bearer x"},
-                             timeout=10)
+        return httpx.request(
+            method,
+            f"{self.server.sandbox.v1_url}{path}",
+            headers={"authorization": "Bearer x"},
+            timeout=10,
+        )
 
     def new_team(self, name: str, profile: str = "iso-fast") -> Team:
         return new_team(self.server, self.ops, name, profile)
@@ -237,7 +280,9 @@ def new_team(server: SluiceServer, ops: httpx.Client, name: str, profile: str) -
     return Team(name, team["id"], *_issue(server, ops, team["id"], ""))
 
 
-def _issue(server: SluiceServer, ops: httpx.Client, team_id: int, name: str) -> tuple[str, int, TeamClient]:
+def _issue(
+    server: SluiceServer, ops: httpx.Client, team_id: int, name: str
+) -> tuple[str, int, TeamClient]:
     issued = ops.post(f"/teams/{team_id}/keys", json={"name": name}).raise_for_status().json()
     return issued["secret"], issued["key"]["id"], TeamClient(server, issued["secret"])
 
@@ -254,15 +299,24 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     # The account and team A: fast request rates, the default's caps (3 fine-tunes, 10
     # batches). Team B: one running job of each kind at a time, so its next one queues.
     server.make_profile("iso-fast", FAST_LIMITS, account=True)
-    server.make_profile("iso-b", {**FAST_LIMITS, "fine_tunes": {**FAST, "max_concurrent": 1},
-                                  "batches": {**FAST, "max_concurrent": 1}})
+    server.make_profile(
+        "iso-b",
+        {
+            **FAST_LIMITS,
+            "fine_tunes": {**FAST, "max_concurrent": 1},
+            "batches": {**FAST, "max_concurrent": 1},
+        },
+    )
     server.make_profile("iso-c", {**FAST_LIMITS, "batches": {**FAST, "max_concurrent": 1}})
     server.python(
         "from django.contrib.auth import get_user_model\n"
         f"get_user_model().objects.create_user({NON_STAFF_USERNAME!r}, password={NON_STAFF_PASSWORD!r})\n"
     )
-    ops = httpx.Client(base_url=f"{server.url}/api", headers={"authorization": f"Bearer {server.admin_token}"},
-                       timeout=30)
+    ops = httpx.Client(
+        base_url=f"{server.url}/api",
+        headers={"authorization": f"Bearer {server.admin_token}"},
+        timeout=30,
+    )
     a = new_team(server, ops, "iso-a", "iso-fast")
     b = new_team(server, ops, "iso-b", "iso-b")
     b_teammate = Team(b.name, b.id, *_issue(server, ops, b.id, "teammate"))
@@ -274,7 +328,9 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
 
     # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess), a batch input.
     files = {"multipart": b.client.upload(TRAINING, "fine-tune", "b-train.jsonl")}
-    redirect = b.client.post("/v1/files", data={"purpose": "fine-tune", "file_name": "b-redirect.jsonl"})
+    redirect = b.client.post(
+        "/v1/files", data={"purpose": "fine-tune", "file_name": "b-redirect.jsonl"}
+    )
     assert redirect.status_code == 302, redirect.text
     files["redirect"] = redirect.headers["x-together-file-id"]
     httpx.put(redirect.headers["location"], content=TRAINING, timeout=10).raise_for_status()
@@ -297,19 +353,25 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     b_fine_tunes.public["completed"] = start(b, "fine-tunes", fine_tune)
     b_batches.public["completed"] = start(b, "batches", batch)
     a_fine_tune = start(a, "fine-tunes", {"model": MODEL, "training_file": a_file})
-    a_batch = start(a, "batches", {"endpoint": "/v1/chat/completions", "input_file_id": a_batch_file})
+    a_batch = start(
+        a, "batches", {"endpoint": "/v1/chat/completions", "input_file_id": a_batch_file}
+    )
     for team, kind, job_id, done in (
         (b, "fine-tunes", b_fine_tunes.public["completed"], "completed"),
         (b, "batches", b_batches.public["completed"], "COMPLETED"),
         (a, "fine-tunes", a_fine_tune, "completed"),
         (a, "batches", a_batch, "COMPLETED"),
     ):
-        wait_for(lambda team=team, kind=kind, job_id=job_id: _job_status(team.client, kind, job_id),
-                 lambda status, done=done: status == done)
+        wait_for(
+            lambda team=team, kind=kind, job_id=job_id: _job_status(team.client, kind, job_id),
+            lambda status, done=done: status == done,
+        )
     # Then long ones: running for the whole session, and one more of each kind that waits
     # in Sluice behind it (B's cap is one at a time).
     sandbox.configure({"fine_tune_seconds": 3600.0, "batch_seconds": 3600.0})
-    b_fine_tunes.public["running"] = start(b, "fine-tunes", {**fine_tune, "training_file": files["redirect"]})
+    b_fine_tunes.public["running"] = start(
+        b, "fine-tunes", {**fine_tune, "training_file": files["redirect"]}
+    )
     b_fine_tunes.public["queued"] = start(b, "fine-tunes", fine_tune)
     b_batches.public["running"] = start(b, "batches", batch)
     b_batches.public["queued"] = start(b, "batches", batch)
@@ -324,18 +386,32 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     completed_batch = b.client.get(f"/v1/batches/{b_batches.public['completed']}").json()
     files["batch_output"] = completed_batch["output_file_id"]
     assert files["batch_output"], completed_batch
-    b_model = b.client.get(f"/v1/fine-tunes/{b_fine_tunes.public['completed']}").json()["model_output_name"]
+    b_model = b.client.get(f"/v1/fine-tunes/{b_fine_tunes.public['completed']}").json()[
+        "model_output_name"
+    ]
     assert b_model, "B's completed fine-tune names no output model"
     # Together serves an account's fine-tuned models; the sandbox does once told of them.
     sandbox.configure({"extra_models": [b_model]})
 
     return World(
-        server=server, db=db, ops=ops, a=a, b=b, b_teammate=b_teammate, b_revoked_secret=revoked_secret,
-        b_profile_id=b_profile["id"], b_limit_id=b_limit_id, b_files=files, b_fine_tunes=b_fine_tunes,
-        b_batches=b_batches, b_model=b_model, a_file=a_file, a_batch_file=a_batch_file,
-        a_fine_tune=a_fine_tune, a_batch=a_batch,
+        server=server,
+        db=db,
+        ops=ops,
+        a=a,
+        b=b,
+        b_teammate=b_teammate,
+        b_revoked_secret=revoked_secret,
+        b_profile_id=b_profile["id"],
+        b_limit_id=b_limit_id,
+        b_files=files,
+        b_fine_tunes=b_fine_tunes,
+        b_batches=b_batches,
+        b_model=b_model,
+        a_file=a_file,
+        a_batch_file=a_batch_file,
+        a_fine_tune=a_fine_tune,
+        a_batch=a_batch,
     )
-
 
 
 @pytest.fixture(scope="package")
@@ -376,8 +452,11 @@ OUTSIDERS = ["no_key", "bogus_key", "revoked_key"]
 @pytest.fixture(params=OUTSIDERS)
 def outsider(request: pytest.FixtureRequest, world: World) -> Iterator[TeamClient]:
     """Someone without a valid key: none, a made-up one, or B's own key since revoked."""
-    secret = {"no_key": None, "bogus_key": "sk-sluice-" + secrets.token_urlsafe(24),
-              "revoked_key": world.b_revoked_secret}[request.param]
+    secret = {
+        "no_key": None,
+        "bogus_key": "sk-sluice-" + secrets.token_urlsafe(24),
+        "revoked_key": world.b_revoked_secret,
+    }[request.param]
     client = TeamClient(world.server, secret, own_address=True)
     yield client
     client.close()
@@ -397,8 +476,10 @@ class Browser:
         return self.http.cookies["csrftoken"]
 
     def login(self, username: str, password: str) -> Browser:
-        answer = self.http.post("/login/", data={"username": username, "password": password,
-                                                 "csrfmiddlewaretoken": self.csrf})
+        answer = self.http.post(
+            "/login/",
+            data={"username": username, "password": password, "csrfmiddlewaretoken": self.csrf},
+        )
         assert answer.status_code == 302, f"login as {username} failed: {answer.status_code}"
         return self
 

@@ -26,8 +26,12 @@ CLOSE_FORBIDDEN = 4403
 
 
 def page_path(world: World, path: str) -> str:
-    return path.format(team=world.b.id, key=world.b_teammate.key_id, profile=world.b_profile_id,
-                       limit=world.b_limit_id)
+    return path.format(
+        team=world.b.id,
+        key=world.b_teammate.key_id,
+        profile=world.b_profile_id,
+        limit=world.b_limit_id,
+    )
 
 
 @pytest.mark.parametrize("route", PAGE_ROUTES, ids=lambda r: f"{r.method} {r.name}")
@@ -54,7 +58,9 @@ def test_non_staff_is_forbidden(world: World, non_staff: Browser, route: PageRou
     assert world.db.ops_state() == before
 
 
-@pytest.mark.parametrize("route", [r for r in PAGE_ROUTES if r.method == "GET"], ids=lambda r: r.name)
+@pytest.mark.parametrize(
+    "route", [r for r in PAGE_ROUTES if r.method == "GET"], ids=lambda r: r.name
+)
 def test_staff_sees_every_page(world: World, staff: Browser, route: PageRoute) -> None:
     """The control: the same paths answer staff, so the refusals above are real."""
     answer = staff.request("GET", page_path(world, route.path))
@@ -72,7 +78,12 @@ def test_login_and_logout_pages_name_no_tenant(world: World, anonymous: Browser)
 def test_health_and_metrics_are_public_and_name_no_tenant(world: World, path: str) -> None:
     answer = httpx.get(world.server.url + path, timeout=30)
     assert answer.status_code == 200
-    for name in (world.a.name, world.b.name, world.b.secret[:VISIBLE_PREFIX_LENGTH], *world.b_ids()):
+    for name in (
+        world.a.name,
+        world.b.name,
+        world.b.secret[:VISIBLE_PREFIX_LENGTH],
+        *world.b_ids(),
+    ):
         assert name not in answer.text
 
 
@@ -80,19 +91,31 @@ def test_health_and_metrics_are_public_and_name_no_tenant(world: World, path: st
 def admin_paths(world: World) -> list[str]:
     """Every admin page: the index, each app, and each registered model's pages (for an
     object of B's where there is one)."""
-    b_rows = {"team": world.b.id, "apikey": world.b_teammate.key_id, "limitprofile": world.b_profile_id}
-    paths = [reverse("admin:index"), reverse("admin:password_change"), reverse("admin:password_change_done")]
+    b_rows = {
+        "team": world.b.id,
+        "apikey": world.b_teammate.key_id,
+        "limitprofile": world.b_profile_id,
+    }
+    paths = [
+        reverse("admin:index"),
+        reverse("admin:password_change"),
+        reverse("admin:password_change_done"),
+    ]
     for model in admin.site._registry:
         meta = model._meta
         paths.append(reverse("admin:app_list", args=[meta.app_label]))
         prefix = f"admin:{meta.app_label}_{meta.model_name}"
         paths += [reverse(f"{prefix}_changelist"), reverse(f"{prefix}_add")]
         pk = b_rows.get(meta.model_name, 1)
-        paths += [reverse(f"{prefix}_{page}", args=[pk]) for page in ("change", "delete", "history")]
+        paths += [
+            reverse(f"{prefix}_{page}", args=[pk]) for page in ("change", "delete", "history")
+        ]
     return sorted(set(paths))
 
 
-def test_admin_refuses_anonymous_and_non_staff(world: World, anonymous: Browser, non_staff: Browser) -> None:
+def test_admin_refuses_anonymous_and_non_staff(
+    world: World, anonymous: Browser, non_staff: Browser
+) -> None:
     for path in admin_paths(world):
         for browser in (anonymous, non_staff):
             answer = browser.request("GET", path)
@@ -108,7 +131,10 @@ def test_admin_refuses_anonymous_and_non_staff(world: World, anonymous: Browser,
 
 
 def test_staff_sees_the_admin(world: World, staff: Browser) -> None:
-    assert staff.request("GET", reverse("admin:limiter_team_change", args=[world.b.id])).status_code == 200
+    assert (
+        staff.request("GET", reverse("admin:limiter_team_change", args=[world.b.id])).status_code
+        == 200
+    )
 
 
 # --- the live websocket ------------------------------------------------------------------------
@@ -117,8 +143,9 @@ def open_socket(world: World, path: str, browser: Browser) -> tuple[str, Any]:
     cookies = "; ".join(f"{name}={value}" for name, value in browser.http.cookies.items())
     url = world.server.url.replace("http://", "ws://") + path
     try:
-        with connect(url, additional_headers={"origin": world.server.url, "cookie": cookies},
-                     open_timeout=10) as socket:
+        with connect(
+            url, additional_headers={"origin": world.server.url, "cookie": cookies}, open_timeout=10
+        ) as socket:
             try:
                 return "accepted", socket.recv(timeout=10)
             except Exception:  # closed right after the handshake
@@ -128,8 +155,9 @@ def open_socket(world: World, path: str, browser: Browser) -> tuple[str, Any]:
 
 
 @pytest.mark.parametrize("path", WEBSOCKET_ROUTES)
-def test_websocket_refuses_anonymous_and_non_staff(world: World, anonymous: Browser, non_staff: Browser,
-                                                   path: str) -> None:
+def test_websocket_refuses_anonymous_and_non_staff(
+    world: World, anonymous: Browser, non_staff: Browser, path: str
+) -> None:
     for browser in (anonymous, non_staff):
         outcome, detail = open_socket(world, path, browser)
         assert outcome == "refused", detail

@@ -17,8 +17,9 @@ B_FILES = ["multipart", "redirect", "batch_input", "batch_output"]
 
 @pytest.mark.parametrize("route", v1_routes("file"), ids=lambda r: r.id)
 @pytest.mark.parametrize("which", B_FILES)
-def test_another_teams_file_is_not_found(world: World, team_a: TeamClient, owner: TeamClient,
-                                         route: V1Route, which: str) -> None:
+def test_another_teams_file_is_not_found(
+    world: World, team_a: TeamClient, owner: TeamClient, route: V1Route, which: str
+) -> None:
     file_id = world.b_files[which]
     before = world.db.tenant_state(world.a.id, world.b.id)
 
@@ -33,12 +34,18 @@ def test_another_teams_file_is_not_found(world: World, team_a: TeamClient, owner
     assert owner.get(f"/v1/files/{file_id}").status_code == 200
 
 
-def test_listing_shows_a_team_its_own_files_only(world: World, team_a: TeamClient, owner: TeamClient) -> None:
+def test_listing_shows_a_team_its_own_files_only(
+    world: World, team_a: TeamClient, owner: TeamClient
+) -> None:
     mine = team_a.get("/v1/files")
     theirs = owner.get("/v1/files")
 
     assert mine.status_code == 200 and theirs.status_code == 200
-    assert {row["id"] for row in mine.json()["data"]} == {world.a_file, world.a_batch_file, *_outputs(world, team_a)}
+    assert {row["id"] for row in mine.json()["data"]} == {
+        world.a_file,
+        world.a_batch_file,
+        *_outputs(world, team_a),
+    }
     assert not world.b_ids() & {row["id"] for row in mine.json()["data"]}
     assert world.b.name not in mine.text
     assert {row["id"] for row in theirs.json()["data"]} >= set(world.b_files.values())

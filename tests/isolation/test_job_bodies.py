@@ -33,7 +33,11 @@ class Intruder:
 def intruder(world: World) -> Iterator[Intruder]:
     """A fresh team with a training file and a batch input of its own."""
     team = world.new_team(f"iso-intruder-{uuid.uuid4().hex[:8]}")
-    yield Intruder(team, team.client.upload(TRAINING, "fine-tune"), team.client.upload(batch_lines(2), "batch-api"))
+    yield Intruder(
+        team,
+        team.client.upload(TRAINING, "fine-tune"),
+        team.client.upload(batch_lines(2), "batch-api"),
+    )
     team.client.close()
 
 
@@ -48,34 +52,54 @@ def _refused(world: World, intruder: Intruder, answer, code: str | None, before:
 
 # --- files named in a body ---------------------------------------------------------------------
 @pytest.mark.parametrize("which", B_FILES)
-def test_fine_tune_on_another_teams_training_file(world: World, intruder: Intruder, which: str) -> None:
+def test_fine_tune_on_another_teams_training_file(
+    world: World, intruder: Intruder, which: str
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
-    answer = intruder.team.client.post("/v1/fine-tunes", json={"model": MODEL, "training_file": world.b_files[which]})
+    answer = intruder.team.client.post(
+        "/v1/fine-tunes", json={"model": MODEL, "training_file": world.b_files[which]}
+    )
     _refused(world, intruder, answer, "not_found", before)
 
 
 @pytest.mark.parametrize("which", B_FILES)
-def test_fine_tune_validated_on_another_teams_file(world: World, intruder: Intruder, which: str) -> None:
+def test_fine_tune_validated_on_another_teams_file(
+    world: World, intruder: Intruder, which: str
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
-    answer = intruder.team.client.post("/v1/fine-tunes", json={
-        "model": MODEL, "training_file": intruder.training_file, "validation_file": world.b_files[which],
-    })
+    answer = intruder.team.client.post(
+        "/v1/fine-tunes",
+        json={
+            "model": MODEL,
+            "training_file": intruder.training_file,
+            "validation_file": world.b_files[which],
+        },
+    )
     _refused(world, intruder, answer, None, before)
 
 
 @pytest.mark.parametrize("which", B_FILES)
 def test_batch_on_another_teams_input_file(world: World, intruder: Intruder, which: str) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
-    answer = intruder.team.client.post("/v1/batches", json={**BATCH, "input_file_id": world.b_files[which]})
+    answer = intruder.team.client.post(
+        "/v1/batches", json={**BATCH, "input_file_id": world.b_files[which]}
+    )
     _refused(world, intruder, answer, "not_found", before)
 
 
 @pytest.mark.parametrize("field", ["output_file_id", "error_file_id"])
-def test_batch_naming_another_teams_file_as_its_output(world: World, intruder: Intruder, field: str) -> None:
+def test_batch_naming_another_teams_file_as_its_output(
+    world: World, intruder: Intruder, field: str
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
-    answer = intruder.team.client.post("/v1/batches", json={
-        **BATCH, "input_file_id": intruder.batch_file, field: world.b_files["batch_output"],
-    })
+    answer = intruder.team.client.post(
+        "/v1/batches",
+        json={
+            **BATCH,
+            "input_file_id": intruder.batch_file,
+            field: world.b_files["batch_output"],
+        },
+    )
     _refused(world, intruder, answer, None, before)
 
 
@@ -83,7 +107,11 @@ def test_batch_naming_another_teams_file_as_its_output(world: World, intruder: I
 def test_price_estimate_on_another_teams_file(world: World, intruder: Intruder, field: str) -> None:
     """The sandbox, like Together, counts the file's tokens: an answer describes B's file."""
     before = world.db.tenant_state(world.a.id, world.b.id)
-    body = {"model": MODEL, "training_file": intruder.training_file, field: world.b_files["multipart"]}
+    body = {
+        "model": MODEL,
+        "training_file": intruder.training_file,
+        field: world.b_files["multipart"],
+    }
     answer = intruder.team.client.post("/v1/fine-tunes/estimate-price", json=body)
     _refused(world, intruder, answer, None, before)
 
@@ -98,20 +126,33 @@ CHECKPOINTS = {
 
 
 @pytest.mark.parametrize("form", CHECKPOINTS)
-def test_fine_tune_from_another_teams_checkpoint(world: World, intruder: Intruder, form: str) -> None:
+def test_fine_tune_from_another_teams_checkpoint(
+    world: World, intruder: Intruder, form: str
+) -> None:
     """Together takes a job id or an output model name, with an optional `:step`."""
     before = world.db.tenant_state(world.a.id, world.b.id)
-    answer = intruder.team.client.post("/v1/fine-tunes", json={
-        "model": MODEL, "training_file": intruder.training_file, "from_checkpoint": CHECKPOINTS[form](world),
-    })
+    answer = intruder.team.client.post(
+        "/v1/fine-tunes",
+        json={
+            "model": MODEL,
+            "training_file": intruder.training_file,
+            "from_checkpoint": CHECKPOINTS[form](world),
+        },
+    )
     _refused(world, intruder, answer, None, before)
 
 
 def test_intruder_may_use_its_own_files(world: World, intruder: Intruder) -> None:
     """The control: the same bodies naming the intruder's own files are accepted."""
-    estimate = intruder.team.client.post("/v1/fine-tunes/estimate-price",
-                                         json={"model": MODEL, "training_file": intruder.training_file})
+    estimate = intruder.team.client.post(
+        "/v1/fine-tunes/estimate-price",
+        json={"model": MODEL, "training_file": intruder.training_file},
+    )
     assert estimate.status_code == 200, estimate.text
-    batch = intruder.team.client.post("/v1/batches", json={**BATCH, "input_file_id": intruder.batch_file})
+    batch = intruder.team.client.post(
+        "/v1/batches", json={**BATCH, "input_file_id": intruder.batch_file}
+    )
     assert batch.status_code == 201, batch.text
-    assert [job.public_id for job in world.db.jobs_of(intruder.team.id)] == [batch.json()["job"]["id"]]
+    assert [job.public_id for job in world.db.jobs_of(intruder.team.id)] == [
+        batch.json()["job"]["id"]
+    ]

@@ -31,8 +31,9 @@ def _jobs(world: World, kind: str) -> Jobs:
 
 
 @pytest.mark.parametrize(("route", "state", "form"), JOB_CASES)
-def test_another_teams_job_is_not_found(world: World, team_a: TeamClient, owner: TeamClient,
-                                        route: V1Route, state: str, form: str) -> None:
+def test_another_teams_job_is_not_found(
+    world: World, team_a: TeamClient, owner: TeamClient, route: V1Route, state: str, form: str
+) -> None:
     jobs = _jobs(world, route.takes)
     public_id = jobs.public[state]
     named = public_id if form == "sluice_id" else jobs.upstream[state]
@@ -54,8 +55,9 @@ def test_another_teams_job_is_not_found(world: World, team_a: TeamClient, owner:
 
 
 @pytest.mark.parametrize("kind", ["fine_tune", "batch"])
-def test_lists_show_a_team_its_own_jobs_only(world: World, team_a: TeamClient, owner: TeamClient,
-                                             kind: str) -> None:
+def test_lists_show_a_team_its_own_jobs_only(
+    world: World, team_a: TeamClient, owner: TeamClient, kind: str
+) -> None:
     mine = team_a.get(f"/v1/{KIND_PATH[kind]}")
     theirs = owner.get(f"/v1/{KIND_PATH[kind]}")
 
@@ -83,7 +85,9 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     stayer = world.add_key(leaver, "stays")
     input_file = stayer.client.upload(batch_lines(2), "batch-api")
     body = {"endpoint": "/v1/chat/completions", "input_file_id": input_file}
-    running = stayer.client.post("/v1/batches", json=body)  # runs for the session: the slot is taken
+    running = stayer.client.post(
+        "/v1/batches", json=body
+    )  # runs for the session: the slot is taken
     assert running.status_code == 201 and running.json()["job"]["status"] != "QUEUED", running.text
     queued = leaver.client.post("/v1/batches", json=body)
     assert queued.status_code == 201, queued.text
@@ -100,7 +104,9 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     assert started.json()["job"]["status"] != "QUEUED"  # a slot was free
 
     job = world.db.job(job_id)
-    assert job.upstream_id is None, f"the revoked key's queued batch was started upstream ({job.state})"
+    assert job.upstream_id is None, (
+        f"the revoked key's queued batch was started upstream ({job.state})"
+    )
     assert job.state not in ("starting", "running")
     stayer.client.close()
     leaver.client.close()

@@ -24,7 +24,9 @@ def model_body(route: V1Route, model: str) -> dict:
 
 
 @pytest.mark.parametrize("route", v1_routes("model"), ids=lambda r: r.id)
-def test_another_teams_fine_tuned_model_is_not_found(world: World, team_a: TeamClient, route: V1Route) -> None:
+def test_another_teams_fine_tuned_model_is_not_found(
+    world: World, team_a: TeamClient, route: V1Route
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
 
     answer = team_a.post(route.pattern, json=model_body(route, world.b_model))
@@ -34,8 +36,11 @@ def test_another_teams_fine_tuned_model_is_not_found(world: World, team_a: TeamC
     assert world.db.tenant_state(world.a.id, world.b.id) == before
 
 
-@pytest.mark.parametrize("route", [r for r in v1_routes("model") if r.pattern.endswith("completions")],
-                         ids=lambda r: r.id)
+@pytest.mark.parametrize(
+    "route",
+    [r for r in v1_routes("model") if r.pattern.endswith("completions")],
+    ids=lambda r: r.id,
+)
 @pytest.mark.parametrize("who", ["owner", "teammate"])
 def test_the_team_uses_its_own_fine_tuned_model(world: World, route: V1Route, who: str) -> None:
     client = world.b.client if who == "owner" else world.b_teammate.client
@@ -54,8 +59,9 @@ def test_model_list_answers_every_team(world: World, team_a: TeamClient, route: 
 
 
 @pytest.mark.parametrize("route", MODEL_LISTS, ids=lambda r: r.id)
-def test_model_list_does_not_name_another_teams_fine_tuned_model(world: World, team_a: TeamClient,
-                                                                  route: V1Route) -> None:
+def test_model_list_does_not_name_another_teams_fine_tuned_model(
+    world: World, team_a: TeamClient, route: V1Route
+) -> None:
     answer = team_a.get(route.pattern.format(project_id="proj"))
     assert answer.status_code == 200
     assert world.b_model not in {row["id"] for row in answer.json()["data"]}

@@ -25,14 +25,19 @@ REFUSED = {
 
 
 def ops_path(world: World, route: OpsRoute) -> str:
-    return "/api" + route.path.format(team=world.b.id, key=world.b_teammate.key_id, profile=world.b_profile_id,
-                                      limit=world.b_limit_id)
+    return "/api" + route.path.format(
+        team=world.b.id,
+        key=world.b_teammate.key_id,
+        profile=world.b_profile_id,
+        limit=world.b_limit_id,
+    )
 
 
 @pytest.mark.parametrize("route", OPS_ROUTES, ids=lambda r: r.id)
 @pytest.mark.parametrize("persona", REFUSED)
-def test_ops_api_refuses_everyone_but_staff(world: World, anonymous: Browser, non_staff: Browser,
-                                            route: OpsRoute, persona: str) -> None:
+def test_ops_api_refuses_everyone_but_staff(
+    world: World, anonymous: Browser, non_staff: Browser, route: OpsRoute, persona: str
+) -> None:
     before = world.db.ops_state()
     path = ops_path(world, route)
 
@@ -41,8 +46,13 @@ def test_ops_api_refuses_everyone_but_staff(world: World, anonymous: Browser, no
         answer = browser.request(route.method, path, json=route.body)
     else:
         token = world.a.secret if persona == "team_key" else secrets.token_urlsafe(24)
-        answer = httpx.request(route.method, world.server.url + path, json=route.body, timeout=30,
-                               headers={"authorization": f"Bearer {token}"})
+        answer = httpx.request(
+            route.method,
+            world.server.url + path,
+            json=route.body,
+            timeout=30,
+            headers={"authorization": f"Bearer {token}"},
+        )
 
     status, code = REFUSED[persona]
     assert answer.status_code == status, answer.text[:300]
@@ -59,7 +69,9 @@ def test_admin_token_reads_every_route(world: World, route: OpsRoute) -> None:
 
 
 @pytest.mark.parametrize("name", OPS_PUBLIC)
-def test_api_schema_is_public_and_names_no_tenant(world: World, anonymous: Browser, name: str) -> None:
+def test_api_schema_is_public_and_names_no_tenant(
+    world: World, anonymous: Browser, name: str
+) -> None:
     answer = anonymous.request("GET", OPS_PUBLIC[name])
     assert answer.status_code in (200, 404)
     assert world.b.name not in answer.text and world.a.name not in answer.text

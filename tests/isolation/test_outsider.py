@@ -19,26 +19,38 @@ from tests.jobs.conftest import MODEL
 
 def _call(world: World, route: V1Route) -> dict[str, Any]:
     """The request for this route, naming B's things."""
-    ids = {"file": world.b_files["multipart"], "fine_tune": world.b_fine_tunes.public["running"],
-           "batch": world.b_batches.public["running"]}
-    call: dict[str, Any] = {"path": route.pattern.format(id=ids.get(route.takes, ""), project_id="proj")}
+    ids = {
+        "file": world.b_files["multipart"],
+        "fine_tune": world.b_fine_tunes.public["running"],
+        "batch": world.b_batches.public["running"],
+    }
+    call: dict[str, Any] = {
+        "path": route.pattern.format(id=ids.get(route.takes, ""), project_id="proj")
+    }
     if route.takes == "model":
         call["json"] = {"model": world.b_model, **BODIES[route.pattern]}
     elif route.takes == "upload":
         call.update(data={"purpose": "fine-tune"}, files={"file": ("o.jsonl", TRAINING)})
     elif route.pattern == "/v1/batches":
-        call["json"] = {"endpoint": "/v1/chat/completions", "input_file_id": world.b_files["batch_input"]}
+        call["json"] = {
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": world.b_files["batch_input"],
+        }
     elif route.takes == "body":
-        call["json"] = {"model": MODEL, "training_file": world.b_files["multipart"],
-                        "from_checkpoint": world.b_fine_tunes.upstream["completed"]}
+        call["json"] = {
+            "model": MODEL,
+            "training_file": world.b_files["multipart"],
+            "from_checkpoint": world.b_fine_tunes.upstream["completed"],
+        }
     elif route.takes == "catalogue":
         call["params"] = {"model_name": world.b_model}
     return call
 
 
 @pytest.mark.parametrize("route", V1_ROUTES, ids=lambda r: r.id)
-def test_outsider_is_refused_everywhere(world: World, outsider: TeamClient, request: pytest.FixtureRequest,
-                                        route: V1Route) -> None:
+def test_outsider_is_refused_everywhere(
+    world: World, outsider: TeamClient, request: pytest.FixtureRequest, route: V1Route
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id), world.db.file_owner_count()
     upstream_files = len(world.upstream("GET", "/files").json()["data"])
 
@@ -49,8 +61,9 @@ def test_outsider_is_refused_everywhere(world: World, outsider: TeamClient, requ
     assert error["type"] == "authentication_error"
     assert (world.db.tenant_state(world.a.id, world.b.id), world.db.file_owner_count()) == before
     assert len(world.upstream("GET", "/files").json()["data"]) == upstream_files
-    assert world.b.client.get(f"/v1/fine-tunes/{world.b_fine_tunes.public['running']}").json()["status"] not in (
-        "cancelled", "cancel_requested")
+    assert world.b.client.get(f"/v1/fine-tunes/{world.b_fine_tunes.public['running']}").json()[
+        "status"
+    ] not in ("cancelled", "cancel_requested")
 
 
 def test_another_callers_bad_keys_do_not_lock_a_team_out(world: World) -> None:

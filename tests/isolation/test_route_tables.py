@@ -41,8 +41,12 @@ def test_every_ops_api_operation_is_walked() -> None:
     walked = {(route.method, route.pattern) for route in OPS_ROUTES}
     assert declared - walked == set(), "ops API operations missing from OPS_ROUTES"
     assert walked - declared == set(), "OPS_ROUTES names operations the ops API does not have"
-    operations = {op.view_func.__name__ for _p, r in api._routers for v in r.path_operations.values()
-                  for op in v.operations}
+    operations = {
+        op.view_func.__name__
+        for _p, r in api._routers
+        for v in r.path_operations.values()
+        for op in v.operations
+    }
     others = {pattern.name for pattern in api.urls[0]} - operations
     assert others == set(OPS_PUBLIC), "a URL of the ops API that is no operation is not walked"
 

@@ -19,20 +19,32 @@ from tests.servers import SluiceServer
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SluiceServer]:
     # No TOGETHER_BASE_URL: `serve` points the upstream at its own /sandbox/ mount.
-    with SluiceServer(Path(tmp_path_factory.mktemp("demo")), env={"TOGETHER_BASE_URL": ""}) as server:
+    with SluiceServer(
+        Path(tmp_path_factory.mktemp("demo")), env={"TOGETHER_BASE_URL": ""}
+    ) as server:
         yield server
 
 
 def test_a_teams_file_is_not_readable_around_sluice(demo_server: SluiceServer) -> None:
-    owner = httpx.Client(base_url=demo_server.url, timeout=30,
-                         headers={"authorization": f"Bearer {demo_server.issue_key('iso-b')}"})
-    uploaded = owner.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": ("b.jsonl", b'{"text": "b"}\n')})
+    owner = httpx.Client(
+        base_url=demo_server.url,
+        timeout=30,
+        headers={"authorization": f"Bearer {demo_server.issue_key('iso-b')}"},
+    )
+    uploaded = owner.post(
+        "/v1/files", data={"purpose": "fine-tune"}, files={"file": ("b.jsonl", b'{"text": "b"}\n')}
+    )
     assert uploaded.status_code == 200, uploaded.text
     file_id = uploaded.json()["id"]
-    assert httpx.get(f"{demo_server.url}/v1/files/{file_id}/content").status_code == 401  # Sluice says no
+    assert (
+        httpx.get(f"{demo_server.url}/v1/files/{file_id}/content").status_code == 401
+    )  # Sluice says no
 
-    around = httpx.get(f"{demo_server.url}/sandbox/v1/files/{file_id}/content",
-                       headers={"authorization": "Bearer anything"}, timeout=30)
+    around = httpx.get(
+        f"{demo_server.url}/sandbox/v1/files/{file_id}/content",
+        headers={"authorization": "Bearer anything"},
+        timeout=30,
+    )
 
     assert around.status_code == 401, around.content
     owner.close()

@@ -39,7 +39,9 @@ def _jobs_sandbox() -> Iterator[ThreadedSandbox]:
 @pytest.fixture
 def sandbox(_jobs_sandbox: ThreadedSandbox) -> ThreadedSandbox:
     _jobs_sandbox.reset()
-    _jobs_sandbox.configure({"fine_tune_seconds": 1.0, "batch_seconds": 1.0, "max_running_fine_tunes": 3})
+    _jobs_sandbox.configure(
+        {"fine_tune_seconds": 1.0, "batch_seconds": 1.0, "max_running_fine_tunes": 3}
+    )
     return _jobs_sandbox
 
 
@@ -77,13 +79,30 @@ def set_cap(profile: str, endpoint: str, **fields: Any) -> None:
     EndpointLimit.objects.filter(profile__name=profile, endpoint=endpoint).update(**fields)
 
 
-def request(key: KeyInfo, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None,
-            path_params: dict[str, str] | None = None, raw: bytes | None = None) -> Request:
+def request(
+    key: KeyInfo,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    headers: dict[str, str] | None = None,
+    path_params: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> Request:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
     all_headers = {"content-type": "application/json"} if body is not None else {}
     all_headers.update(headers or {})
-    return Request(method=method, path=path, query_string=b"", headers=all_headers, body=data,
-                   client="127.0.0.1", request_id="req_test", key=key, path_params=path_params or {})
+    return Request(
+        method=method,
+        path=path,
+        query_string=b"",
+        headers=all_headers,
+        body=data,
+        client="127.0.0.1",
+        request_id="req_test",
+        key=key,
+        path_params=path_params or {},
+    )
 
 
 async def call(handler: Any, req: Request) -> tuple[int, Any]:
@@ -97,20 +116,33 @@ async def call(handler: Any, req: Request) -> tuple[int, Any]:
 
 
 def upload(sandbox: ThreadedSandbox, content: bytes, purpose: str, name: str = "data.jsonl") -> str:
-    answer = httpx.post(f"{sandbox.v1_url}/files", headers={"authorization": "Bearer x"},
-                        data={"purpose": purpose}, files={"file": (name, content)}, timeout=10)
+    answer = httpx.post(
+        f"{sandbox.v1_url}/files",
+        headers={"authorization": "Bearer x"},
+        data={"purpose": purpose},
+        files={"file": (name, content)},
+        timeout=10,
+    )
     answer.raise_for_status()
     return answer.json()["id"]
 
 
 def batch_lines(count: int) -> bytes:
     return b"".join(
-        json.dumps({"custom_id": f"r{i}", "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}}).encode()
-        + b"\n" for i in range(count)
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "body": {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            }
+        ).encode()
+        + b"\n"
+        for i in range(count)
     )
 
 
-async def drive(poller: Poller, until: Callable[[], bool], *, within: float = 30.0, every: float = 0.1) -> None:
+async def drive(
+    poller: Poller, until: Callable[[], bool], *, within: float = 30.0, every: float = 0.1
+) -> None:
     """Run poller passes until `until()` (a sync DB check) holds."""
     deadline = time.monotonic() + within
     check = sync_to_async(until)

@@ -19,8 +19,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def create(key, file_id: str, *, headers=None, **extra):
     # The team owns the file, as if it had uploaded it through Sluice.
     await sync_to_async(services.file_record)(team_id=key.team_id, file_id=file_id)
-    body = {"endpoint": "/v1/chat/completions", "input_file_id": file_id, "model_id": MODEL, **extra}
-    return await call(api.batches_create, request(key, "POST", "/v1/batches", body, headers=headers))
+    body = {
+        "endpoint": "/v1/chat/completions",
+        "input_file_id": file_id,
+        "model_id": MODEL,
+        **extra,
+    }
+    return await call(
+        api.batches_create, request(key, "POST", "/v1/batches", body, headers=headers)
+    )
 
 
 async def test_batch_over_the_cap_is_refused_clearly(sandbox, make_key):
@@ -56,7 +63,9 @@ async def test_batch_of_250_with_split_becomes_three_batches(sandbox, make_key, 
     stats = sandbox.stats()["batches"]
     assert stats["created"] == 3
     assert sorted(stats["request_counts"].values()) == [50, 100, 100]
-    status, shown = await call(api.batch_retrieve, request(key, "GET", "/x", path_params={"id": job["id"]}))
+    status, shown = await call(
+        api.batch_retrieve, request(key, "GET", "/x", path_params={"id": job["id"]})
+    )
     assert (status, shown["status"], shown["progress"]) == (200, "COMPLETED", 100.0)
     assert all(part["output_file_id"] for part in shown["sluice"]["parts"])
     status, listed = await call(api.batches_list, request(key, "GET", "/v1/batches"))
@@ -88,7 +97,9 @@ async def test_cancel_queued_and_running_batches(sandbox, make_key):
     assert queued["status"] == "QUEUED"
 
     for job in (queued, running):
-        status, body = await call(api.batch_cancel, request(key, "POST", "/x", path_params={"id": job["id"]}))
+        status, body = await call(
+            api.batch_cancel, request(key, "POST", "/x", path_params={"id": job["id"]})
+        )
         assert (status, body["status"]) == (200, "CANCELLED")
 
     assert sandbox.stats()["batches"]["created"] == 10

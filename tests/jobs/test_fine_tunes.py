@@ -46,10 +46,15 @@ async def test_five_fine_tunes_run_three_at_a_time_and_all_complete(sandbox, mak
     assert stats["max_concurrent_fine_tunes_seen"] == 3
     assert stats["rejected_409"] == 0
     for job_id in ids:
-        status, body = await call(api.fine_tune_retrieve, request(key, "GET", "/v1/fine-tunes/x", path_params={"id": job_id}))
+        status, body = await call(
+            api.fine_tune_retrieve,
+            request(key, "GET", "/v1/fine-tunes/x", path_params={"id": job_id}),
+        )
         assert (status, body["status"]) == (200, "completed")
         assert body["id"] == job_id and body["sluice"]["upstream_id"].startswith("ft-")
-    assert await JobEvent.objects.filter(job__public_id=ids[0], upstream_status="completed").aexists()
+    assert await JobEvent.objects.filter(
+        job__public_id=ids[0], upstream_status="completed"
+    ).aexists()
 
 
 async def test_cancelled_queued_job_never_starts(sandbox, make_key):
@@ -60,7 +65,9 @@ async def test_cancelled_queued_job_never_starts(sandbox, make_key):
     queued = answers[3][1]
     assert queued["status"] == "queued"
 
-    status, body = await call(api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": queued["id"]}))
+    status, body = await call(
+        api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": queued["id"]})
+    )
     assert (status, body["status"]) == (200, "cancelled")
 
     await drive(Poller(), all_done)
@@ -76,7 +83,9 @@ async def test_running_job_is_cancelled_upstream(sandbox, make_key):
     _, started = await create(key, training)
     assert started["status"] != "queued"
 
-    status, body = await call(api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": started["id"]}))
+    status, body = await call(
+        api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": started["id"]})
+    )
 
     assert (status, body["status"]) == (200, "cancelled")
     job = await Job.objects.aget(public_id=started["id"])
@@ -93,9 +102,13 @@ async def test_fair_order_across_teams_and_team_cap(sandbox, make_key):
         await create(alpha, training)
     _, beta_job = await create(beta, training)
     assert beta_job["status"] == "queued"
-    running = [job async for job in Job.objects.filter(state=JobState.RUNNING).order_by("claimed_at")]
+    running = [
+        job async for job in Job.objects.filter(state=JobState.RUNNING).order_by("claimed_at")
+    ]
     # Free one slot: beta, never served, goes before alpha's older queued jobs.
-    _, _ = await call(api.fine_tune_cancel, request(alpha, "POST", "/x", path_params={"id": running[0].public_id}))
+    _, _ = await call(
+        api.fine_tune_cancel, request(alpha, "POST", "/x", path_params={"id": running[0].public_id})
+    )
     await Poller().tick()
     assert (await Job.objects.aget(public_id=beta_job["id"])).state == JobState.RUNNING
 
@@ -105,9 +118,13 @@ async def test_another_teams_job_is_not_found(sandbox, make_key):
     training = upload(sandbox, b'{"text": "hello"}\n', "fine-tune")
     _, job = await create(alpha, training)
 
-    status, body = await call(api.fine_tune_retrieve, request(beta, "GET", "/x", path_params={"id": job["id"]}))
+    status, body = await call(
+        api.fine_tune_retrieve, request(beta, "GET", "/x", path_params={"id": job["id"]})
+    )
     assert status == 404 and body["error"]["code"] == "not_found"
-    status, body = await call(api.fine_tune_cancel, request(beta, "POST", "/x", path_params={"id": job["id"]}))
+    status, body = await call(
+        api.fine_tune_cancel, request(beta, "POST", "/x", path_params={"id": job["id"]})
+    )
     assert status == 404
     status, listed = await call(api.fine_tunes_list, request(beta, "GET", "/v1/fine-tunes"))
     assert (status, listed) == (200, {"data": []})
@@ -117,7 +134,9 @@ async def test_another_teams_job_is_not_found(sandbox, make_key):
 
 async def test_missing_field_and_upstream_refusal(sandbox, make_key):
     key = await sync_to_async(make_key)("alpha")
-    status, body = await call(api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", {"model": MODEL}))
+    status, body = await call(
+        api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", {"model": MODEL})
+    )
     assert status == 400 and body["error"]["param"] == "training_file"
     # Together refuses a file it does not hold: the team sees Together's answer, the job is recorded as an error.
     status, body = await create(key, "file-does-not-exist")
@@ -132,7 +151,9 @@ async def test_unknown_status_holds_the_slot_and_is_logged(sandbox, make_key, ca
     _, started = await create(key, upload(sandbox, b'{"text": "hello"}\n', "fine-tune"))
     job = await Job.objects.select_related("account", "team").aget(public_id=started["id"])
 
-    changed = await sync_to_async(services.job_apply_upstream)(job=job, obj={"id": job.upstream_id, "status": "defrosting"})
+    changed = await sync_to_async(services.job_apply_upstream)(
+        job=job, obj={"id": job.upstream_id, "status": "defrosting"}
+    )
 
     assert changed
     job = await Job.objects.aget(pk=job.pk)

@@ -43,7 +43,10 @@ async def test_a_queued_job_keeps_its_secrets_until_it_starts(sandbox, make_key)
     training = upload(sandbox, b'{"text": "hello"}\n', "fine-tune")
     await sync_to_async(services.file_record)(team_id=key.team_id, file_id=training)
     body = {"model": MODEL, "training_file": training, **SECRETS}
-    answers = [await call(api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", body)) for _ in range(2)]
+    answers = [
+        await call(api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", body))
+        for _ in range(2)
+    ]
     assert [answer["status"] for _, answer in answers] == ["pending", "queued"]
     assert not any(name in answer for _, answer in answers for name in SECRETS)
     running, queued = [await Job.objects.aget(public_id=answer["id"]) for _, answer in answers]
@@ -58,17 +61,30 @@ async def test_a_queued_job_keeps_its_secrets_until_it_starts(sandbox, make_key)
     assert [{name: request.get(name) for name in SECRETS} for request in sent] == [SECRETS, SECRETS]
 
 
-def test_what_together_reports_for_a_job_is_its_teams_and_nothing_its_request_names(make_key) -> None:
+def test_what_together_reports_for_a_job_is_its_teams_and_nothing_its_request_names(
+    make_key,
+) -> None:
     alpha, beta = make_key("alpha"), make_key("beta")
     TeamFile.objects.create(team_id=beta.team_id, file_id="file-beta")
-    job = services.job_accept(key=alpha, kind=JobKind.BATCH,
-                              request={"input_file_id": "file-alpha", "output_file_id": "file-beta"})
+    job = services.job_accept(
+        key=alpha,
+        kind=JobKind.BATCH,
+        request={"input_file_id": "file-alpha", "output_file_id": "file-beta"},
+    )
     Job.objects.filter(pk=job.pk).update(state=JobState.RUNNING, upstream_status="IN_PROGRESS")
     job.refresh_from_db()
 
     # An upstream that echoed the request's output_file_id must not hand it over.
-    services.job_apply_upstream(job=job, obj={"id": "b-1", "status": "COMPLETED", "output_file_id": "file-beta",
-                                              "error_file_id": "file-errors", "input_file_id": "file-alpha"})
+    services.job_apply_upstream(
+        job=job,
+        obj={
+            "id": "b-1",
+            "status": "COMPLETED",
+            "output_file_id": "file-beta",
+            "error_file_id": "file-errors",
+            "input_file_id": "file-alpha",
+        },
+    )
 
     assert selectors.file_ids_for_team(team_id=alpha.team_id) == {"file-errors"}
 
@@ -78,8 +94,9 @@ async def test_new_models_reach_every_web_process_through_the_broadcast(make_key
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(events.CONFIG_GROUP, channel)
-    job = await sync_to_async(services.job_accept)(key=alpha, kind=JobKind.FINE_TUNE,
-                                                   request={"model": MODEL, "training_file": "f"})
+    job = await sync_to_async(services.job_accept)(
+        key=alpha, kind=JobKind.FINE_TUNE, request={"model": MODEL, "training_file": "f"}
+    )
     # The accept recorded Sluice's own id as a checkpoint, and said so.
     assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": events.MODELS_CHANGED}
     await Job.objects.filter(pk=job.pk).aupdate(state=JobState.STARTING)
@@ -96,10 +113,16 @@ async def test_new_models_reach_every_web_process_through_the_broadcast(make_key
     assert ownership.owned_models._owners is None  # this process: at once
     assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": events.MODELS_CHANGED}
     owners = await ownership.owned_models.owners()
-    assert owners["org/model-a-1"].team_id == alpha.team_id and owners["ft-1"].team_id == alpha.team_id
-    assert set(await sync_to_async(lambda: set(TeamModel.objects.values_list("name", "kind")))()) == {
-        ("org/model-a-1", ModelKind.MODEL), ("ft-1", ModelKind.CHECKPOINT),
-        (job.public_id.lower(), ModelKind.CHECKPOINT)}
+    assert (
+        owners["org/model-a-1"].team_id == alpha.team_id and owners["ft-1"].team_id == alpha.team_id
+    )
+    assert set(
+        await sync_to_async(lambda: set(TeamModel.objects.values_list("name", "kind")))()
+    ) == {
+        ("org/model-a-1", ModelKind.MODEL),
+        ("ft-1", ModelKind.CHECKPOINT),
+        (job.public_id.lower(), ModelKind.CHECKPOINT),
+    }
 
     # Every other web process: its LimiterClient hears the broadcast and drops its map.
     await ownership.owned_models.owners()
@@ -143,14 +166,30 @@ def test_migration_records_ownership_from_together_view_and_redacts_secrets(make
     apps = executor.loader.project_state([("limiter", "0004_team_files")]).apps
     OldJob = apps.get_model("limiter", "Job")
     common = {"account_id": alpha.account_id, "team_id": alpha.team_id, "key_prefix": ""}
-    OldJob.objects.create(public_id="batch-sluice-1", kind="batch", state="done", **common,
-                          request={"input_file_id": "file-a", "output_file_id": "file-beta"},
-                          upstream={"id": "u-1", "output_file_id": "file-out", "error_file_id": "file-beta"})
-    OldJob.objects.create(public_id="ft-sluice-2", kind="fine_tune", state="done", upstream_id="ft-up-2", **common,
-                          request={"training_file": "file-a", **SECRETS},
-                          upstream={"id": "ft-up-2", "model_output_name": "Org/Tuned-2", "wandb_api_key": "x"})
-    OldJob.objects.create(public_id="ft-sluice-3", kind="fine_tune", state="queued", **common,
-                          request={"training_file": "file-a", **SECRETS})
+    OldJob.objects.create(
+        public_id="batch-sluice-1",
+        kind="batch",
+        state="done",
+        **common,
+        request={"input_file_id": "file-a", "output_file_id": "file-beta"},
+        upstream={"id": "u-1", "output_file_id": "file-out", "error_file_id": "file-beta"},
+    )
+    OldJob.objects.create(
+        public_id="ft-sluice-2",
+        kind="fine_tune",
+        state="done",
+        upstream_id="ft-up-2",
+        **common,
+        request={"training_file": "file-a", **SECRETS},
+        upstream={"id": "ft-up-2", "model_output_name": "Org/Tuned-2", "wandb_api_key": "x"},
+    )
+    OldJob.objects.create(
+        public_id="ft-sluice-3",
+        kind="fine_tune",
+        state="queued",
+        **common,
+        request={"training_file": "file-a", **SECRETS},
+    )
 
     executor = MigrationExecutor(connection)
     executor.loader.build_graph()
@@ -159,8 +198,15 @@ def test_migration_records_ownership_from_together_view_and_redacts_secrets(make
     assert selectors.file_ids_for_team(team_id=alpha.team_id) == {"file-out"}
     assert selectors.file_ids_for_team(team_id=beta.team_id) == set()
     assert set(TeamModel.objects.filter(team_id=alpha.team_id).values_list("name", flat=True)) == {
-        "org/tuned-2", "ft-up-2", "ft-sluice-2", "ft-sluice-3"}
-    done, queued = Job.objects.get(public_id="ft-sluice-2"), Job.objects.get(public_id="ft-sluice-3")
+        "org/tuned-2",
+        "ft-up-2",
+        "ft-sluice-2",
+        "ft-sluice-3",
+    }
+    done, queued = (
+        Job.objects.get(public_id="ft-sluice-2"),
+        Job.objects.get(public_id="ft-sluice-3"),
+    )
     assert {name: done.request[name] for name in SECRETS} == dict.fromkeys(SECRETS, "[redacted]")
     assert done.upstream["wandb_api_key"] == "[redacted]"
     assert {name: queued.request[name] for name in SECRETS} == SECRETS

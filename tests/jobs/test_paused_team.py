@@ -22,14 +22,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def create(key, training_file: str) -> dict:
     # The team owns the file, as if it had uploaded it through Sluice.
     await sync_to_async(jobs.file_record)(team_id=key.team_id, file_id=training_file)
-    status, body = await call(api.fine_tunes_create,
-                              request(key, "POST", "/v1/fine-tunes", {"model": MODEL, "training_file": training_file}))
+    status, body = await call(
+        api.fine_tunes_create,
+        request(key, "POST", "/v1/fine-tunes", {"model": MODEL, "training_file": training_file}),
+    )
     assert status == 200, body
     return body
 
 
 async def cancel(key, job: dict) -> None:
-    status, body = await call(api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": job["id"]}))
+    status, body = await call(
+        api.fine_tune_cancel, request(key, "POST", "/x", path_params={"id": job["id"]})
+    )
     assert (status, body["status"]) == (200, "cancelled")
 
 
@@ -48,7 +52,9 @@ def one_slot(sandbox) -> None:
     set_cap("default", "fine_tunes", max_concurrent=1)
 
 
-async def test_a_paused_teams_queued_job_waits_until_the_team_is_resumed(sandbox, make_key, one_slot):
+async def test_a_paused_teams_queued_job_waits_until_the_team_is_resumed(
+    sandbox, make_key, one_slot
+):
     alpha, beta = await sync_to_async(make_key)("alpha"), await sync_to_async(make_key)("beta")
     training = upload(sandbox, b'{"text": "hello"}\n', "fine-tune")
     running = await create(alpha, training)

@@ -38,15 +38,22 @@ def _claim_interrupted(key, kind: str, request: dict) -> Job:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("kind", [JobKind.FINE_TUNE, JobKind.BATCH])
-async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(sandbox, make_key, kind):
+async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(
+    sandbox, make_key, kind
+):
     key = await sync_to_async(make_key)("alpha")
     if kind == JobKind.FINE_TUNE:
         body = {"model": MODEL, "training_file": upload(sandbox, b'{"text": "x"}\n', "fine-tune")}
     else:
-        body = {"endpoint": "/v1/chat/completions", "input_file_id": upload(sandbox, batch_lines(3), "batch-api")}
+        body = {
+            "endpoint": "/v1/chat/completions",
+            "input_file_id": upload(sandbox, batch_lines(3), "batch-api"),
+        }
     job = await sync_to_async(_claim_interrupted)(key, kind, body)
     # The dead process's call did reach Together.
-    created = together.created_object(kind, (await together.submit(account_target(job.account), job)).json())
+    created = together.created_object(
+        kind, (await together.submit(account_target(job.account), job)).json()
+    )
 
     assert await Poller(start_deadline=0).reconcile_starting()
 
@@ -78,15 +85,25 @@ class Deployment:
 
     def __init__(self, database_url: str, sandbox: ThreadedSandbox, tmp_path: Path) -> None:
         self.env = {
-            "PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "dashboard.settings", "DATABASE_URL": database_url,
-            "TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SECRET_KEY": "jobs-test",
+            "PATH": "/usr/bin:/bin",
+            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DATABASE_URL": database_url,
+            "TOGETHER_BASE_URL": sandbox.v1_url,
+            "TOGETHER_API_KEY": "",
+            "SECRET_KEY": "jobs-test",
             "PYTHONUNBUFFERED": "1",
         }
         self.tmp_path = tmp_path
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -97,8 +114,19 @@ class Deployment:
     def poller(self) -> subprocess.Popen:
         log = open(self.tmp_path / "poller.log", "ab")  # noqa: SIM115  (closed with the process)
         return subprocess.Popen(
-            [sys.executable, "manage.py", "jobpoller", "--interval", "0.2", "--start-deadline", "1"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "manage.py",
+                "jobpoller",
+                "--interval",
+                "0.2",
+                "--start-deadline",
+                "1",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def jobs(self) -> list[dict]:
@@ -142,21 +170,36 @@ def _postgres_database(tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(sandbox, tmp_path, database):
-    url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}" if database == "sqlite" else _postgres_database(tmp_path)
+def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
+    sandbox, tmp_path, database
+):
+    url = (
+        f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+        if database == "sqlite"
+        else _postgres_database(tmp_path)
+    )
     sandbox.configure({"fine_tune_seconds": 2.0, "batch_seconds": 2.0})
     deployment = Deployment(url, sandbox, tmp_path)
     deployment.manage("migrate", "--noinput", "-v0")
     training = upload(sandbox, b'{"text": "x"}\n', "fine-tune")
     batch_file = upload(sandbox, batch_lines(3), "batch-api")
-    deployment.python(SUBMIT.format(base_url=sandbox.v1_url, model=MODEL, training=training, batch_file=batch_file))
+    deployment.python(
+        SUBMIT.format(
+            base_url=sandbox.v1_url, model=MODEL, training=training, batch_file=batch_file
+        )
+    )
 
     poller = deployment.poller()
     try:
         deadline = time.monotonic() + 30
         # Mid-way: the first jobs are running upstream, others still wait.
-        while sandbox.stats()["fine_tunes"]["created"] < 3 or sandbox.stats()["batches"]["created"] < 10:
-            assert time.monotonic() < deadline and poller.poll() is None, (tmp_path / "poller.log").read_text()
+        while (
+            sandbox.stats()["fine_tunes"]["created"] < 3
+            or sandbox.stats()["batches"]["created"] < 10
+        ):
+            assert time.monotonic() < deadline and poller.poll() is None, (
+                tmp_path / "poller.log"
+            ).read_text()
             time.sleep(0.05)
         poller.send_signal(signal.SIGKILL)
         poller.wait(10)
@@ -180,7 +223,9 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(s
         deadline = time.monotonic() + 60
         jobs = deployment.jobs()
         while not all(job["state"] == "done" for job in jobs):
-            assert time.monotonic() < deadline and poller.poll() is None, (tmp_path / "poller.log").read_text()
+            assert time.monotonic() < deadline and poller.poll() is None, (
+                tmp_path / "poller.log"
+            ).read_text()
             time.sleep(0.5)
             jobs = deployment.jobs()
         poller.send_signal(signal.SIGTERM)
@@ -190,7 +235,9 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(s
             poller.kill()
 
     stats = sandbox.stats()
-    assert stats["fine_tunes"]["created"] == 6 and stats["batches"]["created"] == 12  # nothing started twice
+    assert (
+        stats["fine_tunes"]["created"] == 6 and stats["batches"]["created"] == 12
+    )  # nothing started twice
     assert stats["fine_tunes"]["max_concurrent_fine_tunes_seen"] == 3
     assert stats["batches"]["max_concurrent_batches_seen"] <= 10
     assert {job["upstream_status"] for job in jobs} == {"completed", "COMPLETED"}  # nothing lost

@@ -22,10 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def jobs_server(sluice_server: Any, tmp_path: Path) -> Iterator[Any]:
     """Sluice plus a `manage.py jobpoller` on its database (serve may run one too: both is safe)."""
-    sluice_server.sandbox.configure({"fine_tune_seconds": 1.0, "batch_seconds": 1.0, "max_running_fine_tunes": 3})
+    sluice_server.sandbox.configure(
+        {"fine_tune_seconds": 1.0, "batch_seconds": 1.0, "max_running_fine_tunes": 3}
+    )
     log = open(tmp_path / "jobpoller.log", "ab")  # noqa: SIM115  (closed with the process)
-    poller = subprocess.Popen([sys.executable, "manage.py", "jobpoller", "--interval", "0.2"],
-                              cwd=ROOT, env=sluice_server.env, stdout=log, stderr=subprocess.STDOUT)
+    poller = subprocess.Popen(
+        [sys.executable, "manage.py", "jobpoller", "--interval", "0.2"],
+        cwd=ROOT,
+        env=sluice_server.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         yield sluice_server
     finally:
@@ -46,8 +53,12 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
     # generous request rate so the SDK's calls are not paced (caps are the default's).
     jobs_server.sandbox.configure({"fine_tune_seconds": 3.0})
     fast = {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 100}
-    jobs_server.make_profile("fast", {"files": fast, "fine_tunes": fast, "batches": fast}, account=True)
-    client = Together(api_key=jobs_server.issue_key("sdk-team", profile="fast"), base_url=jobs_server.url)
+    jobs_server.make_profile(
+        "fast", {"files": fast, "fine_tunes": fast, "batches": fast}, account=True
+    )
+    client = Together(
+        api_key=jobs_server.issue_key("sdk-team", profile="fast"), base_url=jobs_server.url
+    )
     training = tmp_path / "train.jsonl"
     training.write_text("".join(json.dumps({"text": f"example {i}"}) + "\n" for i in range(20)))
 
@@ -62,20 +73,31 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
     assert [job.status for job in jobs].count("queued") >= 1
     assert all(job.id.startswith("ft-sluice-") for job in jobs)
     for job in jobs:
-        final = wait_for(lambda job=job: client.fine_tuning.retrieve(job.id), lambda j: j.status == "completed")
+        final = wait_for(
+            lambda job=job: client.fine_tuning.retrieve(job.id), lambda j: j.status == "completed"
+        )
         assert final.id == job.id
     assert {job.id for job in client.fine_tuning.list().data} == {job.id for job in jobs}
     stats = httpx.get(f"{jobs_server.sandbox_url}/sandbox/stats").json()["fine_tunes"]
-    assert (stats["created"], stats["max_concurrent_fine_tunes_seen"], stats["rejected_409"]) == (4, 3, 0)
+    assert (stats["created"], stats["max_concurrent_fine_tunes_seen"], stats["rejected_409"]) == (
+        4,
+        3,
+        0,
+    )
 
     # Batches: a 150-request file, split on request into two batches tracked as one.
     requests_file = tmp_path / "batch.jsonl"
     requests_file.write_bytes(batch_lines(150))
     batch_input = client.files.upload(file=requests_file, purpose="batch-api", check=False)
-    created = client.batches.create(input_file_id=batch_input.id, endpoint="/v1/chat/completions",
-                                    extra_headers={"x-sluice-split-batch": "true"})
+    created = client.batches.create(
+        input_file_id=batch_input.id,
+        endpoint="/v1/chat/completions",
+        extra_headers={"x-sluice-split-batch": "true"},
+    )
     assert created.job is not None and created.warning and "2 batches" in created.warning
-    batch = wait_for(lambda: client.batches.retrieve(created.job.id), lambda b: b.status == "COMPLETED")
+    batch = wait_for(
+        lambda: client.batches.retrieve(created.job.id), lambda b: b.status == "COMPLETED"
+    )
     assert batch.progress == 100.0
     assert [b.id for b in client.batches.list()] == [created.job.id]
     parts = batch.model_extra["sluice"]["parts"]
@@ -90,26 +112,45 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
 def test_plain_multipart_upload_and_another_teams_jobs(jobs_server: Any) -> None:
     alpha, beta = jobs_server.issue_key("alpha"), jobs_server.issue_key("beta")
     with httpx.Client(base_url=f"{jobs_server.url}/v1", timeout=30) as http:
-        answer = http.post("/files", headers={"authorization": f"Bearer {alpha}"},
-                           data={"purpose": "fine-tune"}, files={"file": ("t.jsonl", b'{"text": "x"}\n')})
+        answer = http.post(
+            "/files",
+            headers={"authorization": f"Bearer {alpha}"},
+            data={"purpose": "fine-tune"},
+            files={"file": ("t.jsonl", b'{"text": "x"}\n')},
+        )
         assert answer.status_code == 200, answer.text
         file_id = answer.json()["id"]
-        job = http.post("/fine-tunes", headers={"authorization": f"Bearer {alpha}"},
-                        json={"model": MODEL, "training_file": file_id}).json()
+        job = http.post(
+            "/fine-tunes",
+            headers={"authorization": f"Bearer {alpha}"},
+            json={"model": MODEL, "training_file": file_id},
+        ).json()
         other = http.get(f"/fine-tunes/{job['id']}", headers={"authorization": f"Bearer {beta}"})
         assert other.status_code == 404 and other.json()["error"]["code"] == "not_found"
-        assert http.get("/fine-tunes", headers={"authorization": f"Bearer {beta}"}).json() == {"data": []}
+        assert http.get("/fine-tunes", headers={"authorization": f"Bearer {beta}"}).json() == {
+            "data": []
+        }
         assert http.get("/batches", headers={"authorization": f"Bearer {beta}"}).json() == []
         assert http.get("/fine-tunes").status_code == 401
 
         # Files: one Together account holds both teams' files; each team sees its own only.
         as_beta = {"authorization": f"Bearer {beta}"}
-        assert file_id in [f["id"] for f in http.get("/files", headers={"authorization": f"Bearer {alpha}"}).json()["data"]]
+        assert file_id in [
+            f["id"]
+            for f in http.get("/files", headers={"authorization": f"Bearer {alpha}"}).json()["data"]
+        ]
         assert http.get("/files", headers=as_beta).json()["data"] == []
         for path in (f"/files/{file_id}", f"/files/{file_id}/content"):
             refused = http.get(path, headers=as_beta)
-            assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found", path
-        stolen = http.post("/fine-tunes", headers=as_beta, json={"model": MODEL, "training_file": file_id})
+            assert refused.status_code == 404 and refused.json()["error"]["code"] == "not_found", (
+                path
+            )
+        stolen = http.post(
+            "/fine-tunes", headers=as_beta, json={"model": MODEL, "training_file": file_id}
+        )
         assert stolen.status_code == 404
         assert http.delete(f"/files/{file_id}", headers=as_beta).status_code == 404
-        assert http.get(f"/files/{file_id}", headers={"authorization": f"Bearer {alpha}"}).status_code == 200
+        assert (
+            http.get(f"/files/{file_id}", headers={"authorization": f"Bearer {alpha}"}).status_code
+            == 200
+        )

@@ -33,7 +33,9 @@ async def test_a_second_limiter_cannot_take_a_held_authority(clean_redis) -> Non
     await second.release()
 
 
-async def test_a_dead_holders_lease_lapses_and_its_last_heartbeat_is_read(clean_redis, monkeypatch) -> None:
+async def test_a_dead_holders_lease_lapses_and_its_last_heartbeat_is_read(
+    clean_redis, monkeypatch
+) -> None:
     monkeypatch.setattr(authority_module, "LOCK_TTL_MS", 300)
     dead = Authority(clean_redis)
     await dead.acquire(wait=0)

@@ -30,9 +30,20 @@ class RecordingLayer:
 
 def key_info() -> KeyInfo:
     return KeyInfo(
-        key_id="7", prefix="sk-sluice-abcdef", secret_hash="0" * 64, team_id=1, team_name="alpha", paused=False,
-        expires_at=None, account_id="1", account_name="together", target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
-        key_limits={"chat": LIMIT}, account_limits={"chat": LIMIT}, fallbacks={}, max_batch_requests=None,
+        key_id="7",
+        prefix="sk-sluice-abcdef",
+        secret_hash="0" * 64,
+        team_id=1,
+        team_name="alpha",
+        paused=False,
+        expires_at=None,
+        account_id="1",
+        account_name="together",
+        target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
+        key_limits={"chat": LIMIT},
+        account_limits={"chat": LIMIT},
+        fallbacks={},
+        max_batch_requests=None,
         loaded_at=time.monotonic(),
     )
 
@@ -49,16 +60,33 @@ async def until_sent(layer: RecordingLayer, kind: str) -> dict:
 async def test_a_grant_that_arrives_as_its_caller_is_cancelled_is_handed_back():
     client = LimiterClient()
     client.layer = layer = RecordingLayer()
-    waiting = asyncio.ensure_future(client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1"))
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
     ticket = (await until_sent(layer, events.ACQUIRE))["ticket"]
 
     # The call is cancelled (its caller went away, or its key was revoked) and in the same
     # instant, before it runs again, its grant arrives: it never reads the grant.
     waiting.cancel()
-    client._dispatch({"type": events.DECISION, "ticket": ticket, "kind": "grant", "lease": "lease-1", "reason": "",
-                      "scope": "", "retry_after": 0.0, "waited": 0.0, "limit": 60, "remaining": 0, "reset": 1.0,
-                      "at": time.time()})
-    assert isinstance((await asyncio.gather(waiting, return_exceptions=True))[0], asyncio.CancelledError)
+    client._dispatch(
+        {
+            "type": events.DECISION,
+            "ticket": ticket,
+            "kind": "grant",
+            "lease": "lease-1",
+            "reason": "",
+            "scope": "",
+            "retry_after": 0.0,
+            "waited": 0.0,
+            "limit": 60,
+            "remaining": 0,
+            "reset": 1.0,
+            "at": time.time(),
+        }
+    )
+    assert isinstance(
+        (await asyncio.gather(waiting, return_exceptions=True))[0], asyncio.CancelledError
+    )
 
     assert (await until_sent(layer, events.RELEASE))["lease"] == "lease-1"
     assert events.CANCEL in layer.types()

@@ -71,7 +71,11 @@ class TestAdmission:
         account = Limit(per_minute=60, burst=1, queue_depth=0, max_wait=0)
         assert ask(engine, "1", key=KEY_A, account_limit=account).kind == "grant"
         refused = ask(engine, "2", key=KEY_B, account_limit=account, key_limit=Limit(6000, 100))
-        assert (refused.kind, refused.reason, refused.scope) == ("refuse", ACCOUNT_RATE_LIMITED, "account")
+        assert (refused.kind, refused.reason, refused.scope) == (
+            "refuse",
+            ACCOUNT_RATE_LIMITED,
+            "account",
+        )
 
     def test_refused_requests_charge_no_scope(self):
         engine = Engine()
@@ -204,7 +208,11 @@ class TestUpstreamPause:
         engine.pause((ACCOUNT, WIDE), 2.0, now=0.0)
         no_queue = Limit(per_minute=6000, burst=100, queue_depth=0, max_wait=0)
         refused = ask(engine, "1", key=KEY_B, key_limit=no_queue, now=0.5)
-        assert (refused.reason, refused.scope, refused.retry_after) == (UPSTREAM_PAUSED, "account", pytest.approx(1.5))
+        assert (refused.reason, refused.scope, refused.retry_after) == (
+            UPSTREAM_PAUSED,
+            "account",
+            pytest.approx(1.5),
+        )
         assert ask(engine, "2", key=KEY_A, now=0.5).kind == "queued"
         [grant] = engine.poll(2.0)
         assert grant.ticket.id == "2"
@@ -215,7 +223,10 @@ def test_limit_change_applies_on_next_request():
     tight = Limit(per_minute=60, burst=1, queue_depth=0, max_wait=0)
     ask(engine, "1", key_limit=tight)
     assert ask(engine, "2", key_limit=tight).kind == "refuse"
-    assert ask(engine, "3", key_limit=Limit(per_minute=60, burst=3, queue_depth=0, max_wait=0)).kind == "grant"
+    assert (
+        ask(engine, "3", key_limit=Limit(per_minute=60, burst=3, queue_depth=0, max_wait=0)).kind
+        == "grant"
+    )
 
 
 def test_idle_scopes_are_forgotten():

@@ -18,13 +18,27 @@ SECRET = "sk-sluice-test-secret"
 
 def key_info() -> KeyInfo:
     return KeyInfo(
-        key_id="7", prefix=SECRET[:16], secret_hash=ApiKey.hash_secret(SECRET), team_id=1, team_name="alpha",
-        paused=False, expires_at=None, account_id="1", account_name="together", target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
-        key_limits={}, account_limits={}, fallbacks={}, max_batch_requests=None, loaded_at=time.monotonic(),
+        key_id="7",
+        prefix=SECRET[:16],
+        secret_hash=ApiKey.hash_secret(SECRET),
+        team_id=1,
+        team_name="alpha",
+        paused=False,
+        expires_at=None,
+        account_id="1",
+        account_name="together",
+        target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
+        key_limits={},
+        account_limits={},
+        fallbacks={},
+        max_batch_requests=None,
+        loaded_at=time.monotonic(),
     )
 
 
-async def test_a_lookup_in_flight_when_the_cache_is_cleared_does_not_store_its_stale_answer(monkeypatch):
+async def test_a_lookup_in_flight_when_the_cache_is_cleared_does_not_store_its_stale_answer(
+    monkeypatch,
+):
     # The first load reads the key while it is still usable and is slow to return; the key
     # is revoked (and the cache cleared) meanwhile. Every later load sees the revocation.
     loading, finish = threading.Event(), threading.Event()
@@ -54,7 +68,9 @@ async def test_a_lookup_in_flight_when_the_cache_is_cleared_does_not_store_its_s
 
 
 @pytest.mark.parametrize("cleared", [False, True])
-async def test_a_lookup_caches_its_answer_unless_the_cache_was_cleared_meanwhile(monkeypatch, cleared):
+async def test_a_lookup_caches_its_answer_unless_the_cache_was_cleared_meanwhile(
+    monkeypatch, cleared
+):
     loads: list[str] = []
     cache = KeyCache()
 

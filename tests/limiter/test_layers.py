@@ -18,7 +18,9 @@ def test_the_private_methods_replaced_still_exist_with_the_same_signatures() -> 
     for name in ("_brpop_with_clean", "_clean_receive_backup"):
         parent = getattr(RedisChannelLayer, name)
         ours = getattr(SluiceRedisChannelLayer, name)
-        assert list(inspect.signature(parent).parameters) == list(inspect.signature(ours).parameters), name
+        assert list(inspect.signature(parent).parameters) == list(
+            inspect.signature(ours).parameters
+        ), name
     # ...and channels_redis still reaches them from its receive path.
     assert "_brpop_with_clean" in inspect.getsource(RedisChannelLayer.receive_single)
     assert "_clean_receive_backup" in inspect.getsource(RedisChannelLayer)
@@ -26,11 +28,15 @@ def test_the_private_methods_replaced_still_exist_with_the_same_signatures() -> 
 
 @pytest.mark.services
 async def test_send_and_receive_over_real_redis(redis_url) -> None:
-    layer = SluiceRedisChannelLayer(hosts=[redis_url], capacity=2, prefix=f"sluice-test-{uuid.uuid4().hex[:8]}")
+    layer = SluiceRedisChannelLayer(
+        hosts=[redis_url], capacity=2, prefix=f"sluice-test-{uuid.uuid4().hex[:8]}"
+    )
     try:
         await layer.send("limiter", {"type": "limiter.ping", "n": 1})
         channel = await layer.new_channel("sluice.web.")
-        await layer.send(channel, {"type": "limiter.decision", "n": 2})  # a process-specific channel
+        await layer.send(
+            channel, {"type": "limiter.decision", "n": 2}
+        )  # a process-specific channel
         assert (await layer.receive("limiter"))["n"] == 1
         assert (await layer.receive(channel))["n"] == 2
         await layer.send("limiter", {"type": "x"})

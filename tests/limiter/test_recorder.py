@@ -14,9 +14,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def refuse(recorder: Recorder, n: int = 1, model: str = "m") -> None:
     for i in range(n):
-        recorder.refusal(team_id=None, team_name="t", key_prefix="sk-sluice-abc", upstream="together",
-                         endpoint="chat", model=model, reason="rate_limited", source="gateway",
-                         retry_after=1.0, request_id=f"req-{i}")
+        recorder.refusal(
+            team_id=None,
+            team_name="t",
+            key_prefix="sk-sluice-abc",
+            upstream="together",
+            endpoint="chat",
+            model=model,
+            reason="rate_limited",
+            source="gateway",
+            retry_after=1.0,
+            request_id=f"req-{i}",
+        )
 
 
 @pytest.fixture
@@ -58,5 +67,11 @@ def test_buffer_is_bounded_and_drops_the_oldest(monkeypatch, caplog) -> None:
     monkeypatch.setattr(recorder_module, "MAX_BUFFER", 5)
     recorder = Recorder()
     refuse(recorder, 7)
-    assert [r.request_id for r in recorder._refusals] == ["req-2", "req-3", "req-4", "req-5", "req-6"]
+    assert [r.request_id for r in recorder._refusals] == [
+        "req-2",
+        "req-3",
+        "req-4",
+        "req-5",
+        "req-6",
+    ]
     assert "buffer full" in caplog.text

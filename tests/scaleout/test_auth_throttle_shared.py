@@ -14,7 +14,9 @@ from tests.servers import SluiceServer
 pytestmark = pytest.mark.services
 
 
-def test_failures_are_counted_across_web_processes(tmp_path, private_redis, postgres_database) -> None:
+def test_failures_are_counted_across_web_processes(
+    tmp_path, private_redis, postgres_database
+) -> None:
     env = {"REDIS_URL": private_redis.url, "DATABASE_URL": postgres_database}
     with SluiceServer(tmp_path, web_processes=2, limiter_worker=True, env=env) as server:
         good = server.issue_key("shared-throttle")
@@ -22,8 +24,13 @@ def test_failures_are_counted_across_web_processes(tmp_path, private_redis, post
         source = "127.0.0.24"
 
         def call(url: str, key: str):
-            return raw_request(url, "GET", "/v1/models", headers=[("authorization", f"Bearer {key}".encode())],
-                               source=source)
+            return raw_request(
+                url,
+                "GET",
+                "/v1/models",
+                headers=[("authorization", f"Bearer {key}".encode())],
+                source=source,
+            )
 
         for i in range(AUTH_FAILURES_PER_MINUTE):
             response = call(first if i % 2 else second, f"sk-sluice-wrong-{i}")

@@ -19,18 +19,41 @@ MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 # The account's ceiling and what the sandbox enforces: Together's 600/min is 10 a second.
 # Sluice paces the account at 420/min (7 a second) with a burst of 1. The headroom covers
 # grants used up to SLUICE_GRANT_MAX_AGE (0.2 s) late: 7 x 1.2 + 1 < 10 in any second.
-ACCOUNT = {"chat": {"requests_per_minute": 600, "pace_per_minute": 420, "burst": 1,
-                    "queue_depth": 1000, "max_queue_wait_seconds": 30}}
-TEAM = {"chat": {"requests_per_minute": 100000, "pace_per_minute": None, "burst": 1000,
-                 "queue_depth": 1000, "max_queue_wait_seconds": 30}}
-SANDBOX = SandboxConfig(limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)})
+ACCOUNT = {
+    "chat": {
+        "requests_per_minute": 600,
+        "pace_per_minute": 420,
+        "burst": 1,
+        "queue_depth": 1000,
+        "max_queue_wait_seconds": 30,
+    }
+}
+TEAM = {
+    "chat": {
+        "requests_per_minute": 100000,
+        "pace_per_minute": None,
+        "burst": 1000,
+        "queue_depth": 1000,
+        "max_queue_wait_seconds": 30,
+    }
+}
+SANDBOX = SandboxConfig(
+    limits={"chat": KindLimits(requests_per_second=10, requests_per_minute=600)}
+)
 
 
 @pytest.fixture
 def cluster(tmp_path, private_redis, postgres_database):
     server = SluiceServer(
-        tmp_path, sandbox=SANDBOX, web_processes=4, limiter_worker=True,
-        env={"REDIS_URL": private_redis.url, "DATABASE_URL": postgres_database, "SLUICE_LIMITER_TIMEOUT": "2"},
+        tmp_path,
+        sandbox=SANDBOX,
+        web_processes=4,
+        limiter_worker=True,
+        env={
+            "REDIS_URL": private_redis.url,
+            "DATABASE_URL": postgres_database,
+            "SLUICE_LIMITER_TIMEOUT": "2",
+        },
     )
     with server:
         server.make_profile("account", ACCOUNT, account=True)
@@ -39,7 +62,9 @@ def cluster(tmp_path, private_redis, postgres_database):
         yield server
 
 
-async def burst(server: SluiceServer, keys: list[str], total: int, concurrency: int = 64) -> list[int]:
+async def burst(
+    server: SluiceServer, keys: list[str], total: int, concurrency: int = 64
+) -> list[int]:
     """`total` chat calls from `concurrency` clients spread over every web process."""
     targets = itertools.cycle([(url, key) for url in server.urls for key in keys])
     jobs = [next(targets) for _ in range(total)]
@@ -50,14 +75,17 @@ async def burst(server: SluiceServer, keys: list[str], total: int, concurrency: 
         async with limit:
             try:
                 response = await client.post(
-                    f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                    f"{url}/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key}"},
                     json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
                 )
                 statuses.append(response.status_code)
             except httpx.TimeoutException:
                 statuses.append(0)  # a hang: the tests assert there are none
 
-    async with httpx.AsyncClient(timeout=45, limits=httpx.Limits(max_connections=concurrency)) as client:
+    async with httpx.AsyncClient(
+        timeout=45, limits=httpx.Limits(max_connections=concurrency)
+    ) as client:
         await asyncio.gather(*(one(client, url, key) for url, key in jobs))
     return statuses
 

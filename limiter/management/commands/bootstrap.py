@@ -18,7 +18,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, username: str, **options: Any) -> None:
         User = get_user_model()
         if User.objects.filter(username=username).exists():
-            self.stdout.write(f"Admin login '{username}' exists (password as printed on first run).")
+            self.stdout.write(
+                f"Admin login '{username}' exists (password as printed on first run)."
+            )
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email="", password=password)

@@ -25,9 +25,13 @@ class Command(BaseCommand):
                 chosen = LimitProfile.objects.get(name=profile)
             except LimitProfile.DoesNotExist:
                 names = ", ".join(LimitProfile.objects.values_list("name", flat=True))
-                raise CommandError(f"No limit profile named {profile!r}. Profiles: {names}.") from None
+                raise CommandError(
+                    f"No limit profile named {profile!r}. Profiles: {names}."
+                ) from None
         team_row, created = team_get_or_create(name=team)
         issued = key_issue(team=team_row, name=name, profile=chosen)
-        self.stdout.write(f"{'Created team' if created else 'Team'} {team_row.name}; key {issued.key.prefix}… "
-                          f"(profile {(chosen or team_row.profile).name}). The secret is shown once:")
+        self.stdout.write(
+            f"{'Created team' if created else 'Team'} {team_row.name}; key {issued.key.prefix}… "
+            f"(profile {(chosen or team_row.profile).name}). The secret is shown once:"
+        )
         self.stdout.write(issued.secret)

@@ -18,11 +18,15 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
         parser.add_argument("--once", action="store_true", help="run one pass and exit")
         parser.add_argument(
-            "--start-deadline", type=float, default=None,
+            "--start-deadline",
+            type=float,
+            default=None,
             help="seconds a job start may take; claims older than this (plus a margin) are reconciled",
         )
 
-    def handle(self, *args: Any, interval: float, once: bool, start_deadline: float | None, **options: Any) -> None:
+    def handle(
+        self, *args: Any, interval: float, once: bool, start_deadline: float | None, **options: Any
+    ) -> None:
         asyncio.run(self._main(interval=interval, once=once, start_deadline=start_deadline))
 
     async def _main(self, *, interval: float, once: bool, start_deadline: float | None) -> None:

@@ -10,7 +10,9 @@ from dashboard.services import refusal_prune
 
 
 class Command(BaseCommand):
-    help = "Delete 429 records older than --days (default: SLUICE_REFUSAL_RETENTION_DAYS), in batches."
+    help = (
+        "Delete 429 records older than --days (default: SLUICE_REFUSAL_RETENTION_DAYS), in batches."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--days", type=int, default=settings.SLUICE_REFUSAL_RETENTION_DAYS)
@@ -19,4 +21,6 @@ class Command(BaseCommand):
     def handle(self, *args, days: int, batch_size: int, **options) -> None:
         cutoff = timezone.now() - timedelta(days=days)
         deleted = refusal_prune(older_than=cutoff, batch_size=batch_size)
-        self.stdout.write(f"Deleted {deleted} refusals older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC).")
+        self.stdout.write(
+            f"Deleted {deleted} refusals older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC)."
+        )

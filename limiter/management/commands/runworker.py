@@ -30,13 +30,19 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("channels", nargs="+", help="only 'limiter' is served")
-        parser.add_argument("--wait", type=float, default=10.0,
-                            help="seconds to wait for a previous limiter's lease to lapse (default 10)")
+        parser.add_argument(
+            "--wait",
+            type=float,
+            default=10.0,
+            help="seconds to wait for a previous limiter's lease to lapse (default 10)",
+        )
 
     def handle(self, *args: Any, channels: list[str], wait: float, **options: Any) -> None:
         refuse_development_secret_key()
         if channels != [events.LIMITER_CHANNEL]:
-            raise CommandError(f"Sluice's runworker serves only the {events.LIMITER_CHANNEL!r} channel.")
+            raise CommandError(
+                f"Sluice's runworker serves only the {events.LIMITER_CHANNEL!r} channel."
+            )
         if not settings.REDIS_URL:
             raise CommandError(
                 "runworker needs REDIS_URL (channels_redis). With the in-memory layer the limiter "
@@ -59,9 +65,13 @@ class Command(BaseCommand):
             loop.add_signal_handler(sig, stop.set)
         # Anything a crashed predecessor admitted happened before its last heartbeat (plus one beat).
         unknown_before = authority.last_alive + HEARTBEAT * 2 if authority.last_alive else None
-        limiter = asyncio.create_task(run_limiter(get_channel_layer(), stop, unknown_before_wall=unknown_before))
+        limiter = asyncio.create_task(
+            run_limiter(get_channel_layer(), stop, unknown_before_wall=unknown_before)
+        )
         keeper = asyncio.create_task(authority.keep(stop))
-        self.stdout.write(f"Limiter worker serving channel {events.LIMITER_CHANNEL!r} (authority {authority.token})")
+        self.stdout.write(
+            f"Limiter worker serving channel {events.LIMITER_CHANNEL!r} (authority {authority.token})"
+        )
         self.stdout.flush()
         try:
             await stop.wait()

@@ -23,13 +23,19 @@ env = environ.Env()
 
 
 class Command(BaseCommand):
-    help = "Serve Sluice (dashboard + team API + embedded limiter) on HOST:PORT (daphne, or uvicorn)."
+    help = (
+        "Serve Sluice (dashboard + team API + embedded limiter) on HOST:PORT (daphne, or uvicorn)."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--host", default=env.str("HOST", default="127.0.0.1"))
         parser.add_argument("--port", type=int, default=env.int("PORT", default=8000))
-        parser.add_argument("--server", choices=["daphne", "uvicorn"], default=env.str("SLUICE_SERVER", default="daphne"),
-                            help="the ASGI server: daphne (default) or uvicorn (measured faster; see README)")
+        parser.add_argument(
+            "--server",
+            choices=["daphne", "uvicorn"],
+            default=env.str("SLUICE_SERVER", default="daphne"),
+            help="the ASGI server: daphne (default) or uvicorn (measured faster; see README)",
+        )
 
     def handle(self, *args: Any, host: str, port: int, server: str, **options: Any) -> None:
         refuse_development_secret_key()
@@ -83,7 +89,8 @@ class Command(BaseCommand):
             # twisted types `reactor` as its zope Interface, whose methods are declared
             # without self; mypy reads them right only with the mypy-zope plugin.
             loop.add_signal_handler(
-                sig, lambda: asyncio.ensure_future(process.drain(stop_listening, reactor.stop)),  # type: ignore[misc]
+                sig,
+                lambda: asyncio.ensure_future(process.drain(stop_listening, reactor.stop)),  # type: ignore[misc]
             )
         self._announce(host, port, "daphne")
 
@@ -99,7 +106,12 @@ class Command(BaseCommand):
             def install_signal_handlers(self) -> None:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(process.drain(self.stop_listening, self.exit)))
+                    loop.add_signal_handler(
+                        sig,
+                        lambda: asyncio.ensure_future(
+                            process.drain(self.stop_listening, self.exit)
+                        ),
+                    )
 
             def stop_listening(self) -> None:
                 for listener in self.servers:
@@ -114,15 +126,23 @@ class Command(BaseCommand):
                 command._announce(host, port, "uvicorn")
 
         config = uvicorn.Config(
-            application, host=host, port=port, lifespan="off", log_level="warning",
+            application,
+            host=host,
+            port=port,
+            lifespan="off",
+            log_level="warning",
             timeout_graceful_shutdown=int(settings.SLUICE_SHUTDOWN_GRACE),
         )
         await DrainingServer(config).serve()
 
     def _announce(self, host: str, port: int, server: str) -> None:
-        mode = "embedded limiter" if settings.SLUICE_EMBEDDED_LIMITER else "limiter worker over Redis"
+        mode = (
+            "embedded limiter" if settings.SLUICE_EMBEDDED_LIMITER else "limiter worker over Redis"
+        )
         upstream = "sandbox upstream" if settings.SLUICE_SANDBOX else settings.TOGETHER_BASE_URL
-        self.stdout.write(f"Sluice listening on http://{host}:{port}/ ({server}; {mode}; {upstream})")
+        self.stdout.write(
+            f"Sluice listening on http://{host}:{port}/ ({server}; {mode}; {upstream})"
+        )
         self.stdout.flush()
 
 
