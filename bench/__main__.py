@@ -32,7 +32,9 @@ def write_report(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out.",
+        description=(
+            "Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out."
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="a reduced run (about two minutes)")
     parser.add_argument("--duration", type=float, help="seconds of load per latency cell")
@@ -60,8 +62,9 @@ def main(argv: list[str] | None = None) -> None:
         log=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True),
     )
     notes = [
-        f"Total run time {time.monotonic() - started:.0f} s. Latency cells: {size.duration:g} s of load "
-        f"each, median of {size.repeats} run(s); the upstream is the sandbox with 20 ms latency. "
+        f"Total run time {time.monotonic() - started:.0f} s. Latency cells: "
+        f"{size.duration:g} s of load each, median of {size.repeats} run(s); "
+        "the upstream is the sandbox with 20 ms latency. "
         "Added latency = through the gateway minus directly against the sandbox, same concurrency.",
     ]
     if not results.uvicorn:

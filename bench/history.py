@@ -82,7 +82,10 @@ def fill(rows: int, teams: list[Team], rng: random.Random) -> None:
         "message",
     ]
     names = ", ".join(connection.ops.quote_name(_column(c)) for c in columns)
-    sql = f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
+    sql = (
+        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({names}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))})"
+    )
     endpoints = [e.value for e in EndpointKind]
     reasons = list(selectors.KNOWN_REASONS)
     prefixes = {t.pk: [f"sk-sluice-{t.pk:02d}{k:04d}" for k in range(3)] for t in teams}

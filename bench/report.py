@@ -169,7 +169,10 @@ def _decision_rows(r: Results) -> list[Row]:
         Row(
             "Limiter decisions per second, channels_redis (runworker limiter)",
             num(redis["decisions_per_s"], 0),
-            f"in-memory {num(memory['decisions_per_s'], 0)}; round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms",
+            (
+                f"in-memory {num(memory['decisions_per_s'], 0)}; "
+                f"round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms"
+            ),
         ),
     ]
 
@@ -203,8 +206,8 @@ def table(r: Results) -> str:
     )
     lines = [header, "|" + "---|" * 9]
     lines += [
-        f"| {x.measure} | {x.sluice} | {x.baseline} | {x.sluice_uvicorn} | {x.floor} | {x.floor_uvicorn} "
-        f"| {x.litellm} | {x.target} | {x.met} |"
+        f"| {x.measure} | {x.sluice} | {x.baseline} | {x.sluice_uvicorn} | {x.floor} "
+        f"| {x.floor_uvicorn} | {x.litellm} | {x.target} | {x.met} |"
         for x in rows
     ]
     return "\n".join(lines)
@@ -234,8 +237,9 @@ def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> st
         for p in ("django", "daphne", "channels", "channels-redis", "httpx", "aiohttp", "uvicorn")
     )
     return (
-        f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; Python {platform.python_version()}; "
-        f"{packages}. Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, "
+        f"Machine: {os.cpu_count()} CPUs (nproc), {_cpu_model()}; "
+        f"Python {platform.python_version()}; {packages}. "
+        f"Load average (1/5/15 min) before {' '.join(f'{x:.2f}' for x in load_before)}, "
         f"after {' '.join(f'{x:.2f}' for x in load_after)}."
     )
 

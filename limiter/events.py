@@ -69,7 +69,8 @@ class DecisionMessage(TypedDict):
     limit: int
     remaining: int
     reset: float
-    at: float  # unix time of the decision: a grant delivered late is not used (limiter/client.py acquire)
+    # unix time of the decision: a grant delivered late is not used (limiter/client.py acquire)
+    at: float
 
 
 class ReleaseMessage(TypedDict):

@@ -1,7 +1,8 @@
 """Refresh the README's screenshots: docs/overview.png and docs/refusals.png.
 
     .venv/bin/python scripts/screenshots.py            # starts its own server + sandbox
-    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8000 --username ops --password ...
+    .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8000 \\
+        --username ops --password ...
 
 Starts Sluice against the sandbox upstream (or uses the one at --url), logs in, sends
 some traffic from three teams (one with a tight chat limit, so there are 429s), and

@@ -205,7 +205,8 @@ class SluiceServer:
         self.python(
             "import json\n"
             "from limiter.models import LimitProfile, EndpointLimit, UpstreamAccount\n"
-            f"name, limits, account = {name!r}, json.loads({json.dumps(json.dumps(limits))}), {account!r}\n"
+            f"name, limits, account = {name!r}, "
+            f"json.loads({json.dumps(json.dumps(limits))}), {account!r}\n"
             "profile, _ = LimitProfile.objects.get_or_create(name=name)\n"
             "profile.limits.all().delete()\n"
             "for row in EndpointLimit.objects.filter(profile__name='default'):\n"

@@ -33,17 +33,25 @@ logger = logging.getLogger(__name__)
 DEFAULT_COMPLETION_TOKENS = 256  # reserved when a call sets no max_tokens (and a TPM limit applies)
 
 REFUSAL_MESSAGES = {
-    "rate_limited": "Rate limit reached for this key on {endpoint}: {limit} requests/min. Retry after {retry:.2f}s.",
-    "account_rate_limited": "The shared Together account is at its limit on {endpoint}. Retry after {retry:.2f}s.",
+    "rate_limited": (
+        "Rate limit reached for this key on {endpoint}: {limit} requests/min. "
+        "Retry after {retry:.2f}s."
+    ),
+    "account_rate_limited": (
+        "The shared Together account is at its limit on {endpoint}. Retry after {retry:.2f}s."
+    ),
     "token_rate_limited": "Token rate limit reached on {endpoint}. Retry after {retry:.2f}s.",
-    "queue_full": "Too many requests of this key are already queued on {endpoint}. Retry after {retry:.2f}s.",
+    "queue_full": (
+        "Too many requests of this key are already queued on {endpoint}. Retry after {retry:.2f}s."
+    ),
     "queue_timeout": (
         "The request waited the longest this key may queue on {endpoint} and was not admitted. "
         "Retry after {retry:.2f}s."
     ),
     "concurrency_limited": "Too many concurrent requests on {endpoint}. Retry after {retry:.2f}s.",
     "upstream_paused": (
-        "Together asked Sluice to slow down on {endpoint}; calls are paused. Retry after {retry:.2f}s."
+        "Together asked Sluice to slow down on {endpoint}; calls are paused. "
+        "Retry after {retry:.2f}s."
     ),
 }
 MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."

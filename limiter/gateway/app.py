@@ -6,10 +6,10 @@
 per-key request rate for kinds whose handlers do not admit themselves, calls the
 route's handler (inference: `inference.py`, which reads top-down through
 `admission.py`, `forward.py` and `relay.py`; files and jobs: `jobs.py`) and writes
-the answer; every failure becomes the OpenAI error shape. A caller that disconnects cancels its request: a queued ticket is
-given back and a stream's lease released (see `_watch_disconnect`). Revoking the key or
-pausing the team cancels it the same way, and it is answered what a new call would get
-(see limiter/gateway/revocation.py).
+the answer; every failure becomes the OpenAI error shape. A caller that disconnects
+cancels its request: a queued ticket is given back and a stream's lease released (see
+`_watch_disconnect`). Revoking the key or pausing the team cancels it the same way, and
+it is answered what a new call would get (see limiter/gateway/revocation.py).
 """
 
 from __future__ import annotations

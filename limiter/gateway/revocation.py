@@ -102,7 +102,8 @@ class Calls:
                 del self._by_key[call.key.key_id]
 
     def cut(self, call: Call, refusal: ApiError) -> bool:
-        """Cancel the call, to be answered `refusal`; whether it was cut (not already, and cuttable)."""
+        """Cancel the call, to be answered `refusal`; whether it was cut (not already, and
+        cuttable)."""
         if not call.cuttable or call.refusal is not None:
             return False
         call.refusal = refusal

@@ -171,7 +171,10 @@ class Migration(migrations.Migration):
                     "pace_per_minute",
                     models.PositiveIntegerField(
                         blank=True,
-                        help_text="Rate actually released, below the limit for headroom; empty: the limit itself.",
+                        help_text=(
+                            "Rate actually released, below the limit for headroom; "
+                            "empty: the limit itself."
+                        ),
                         null=True,
                         validators=[django.core.validators.MinValueValidator(1)],
                     ),

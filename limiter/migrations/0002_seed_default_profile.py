@@ -29,7 +29,9 @@ def seed(apps, schema_editor):
     profile, _ = LimitProfile.objects.get_or_create(
         name="default",
         defaults={
-            "description": "The seed's table: Together's documented per-key limits, paced with headroom."
+            "description": (
+                "The seed's table: Together's documented per-key limits, paced with headroom."
+            )
         },
     )
     for endpoint, (rpm, pace, burst, concurrent, batch) in DEFAULTS.items():

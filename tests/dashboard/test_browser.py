@@ -159,7 +159,8 @@ def test_live_overview_updates_while_requests_run(page, shared_server):
         row.first.wait_for(timeout=10_000)
         page.wait_for_function(
             """prefix => [...document.querySelectorAll('#teams tr')].some(
-                 tr => tr.textContent.includes(prefix) && /[1-9]\\d* \\/ \\d+ req\\/min/.test(tr.textContent))""",
+                 tr => tr.textContent.includes(prefix)
+                       && /[1-9]\\d* \\/ \\d+ req\\/min/.test(tr.textContent))""",
             arg=key[:16],
             timeout=10_000,
         )
@@ -192,7 +193,8 @@ def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):
     )
     shared_server.python(
         "from limiter.models import Team, LimitProfile;"
-        "t = Team.objects.get(name='history-team'); t.profile = LimitProfile.objects.get(name='history-tight'); t.save()"
+        "t = Team.objects.get(name='history-team');"
+        " t.profile = LimitProfile.objects.get(name='history-tight'); t.save()"
     )
     codes = [chat(url, key).status_code for _ in range(4)]
     assert codes.count(429) >= 3, codes

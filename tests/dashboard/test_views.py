@@ -242,7 +242,7 @@ def test_key_revoke_and_rotate(staff_client, key):
     ]
 
 
-# --- 429 history ------------------------------------------------------------------------------------
+# --- 429 history ----------------------------------------------------------------------------------
 def test_refusals_keyset_pagination(staff_client, team):
     rows = make_refusals(team, 120)
     newest_first = sorted(rows, key=lambda r: (r.created_at, r.pk), reverse=True)

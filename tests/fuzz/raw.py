@@ -56,7 +56,10 @@ def raw_request(
             response.status,
             response.getheader("content-type", ""),
             response.read(),
-            f"{method} {path[:120]} headers={[(n, v[:60]) for n, v in headers]} body={body[:120]!r}",
+            (
+                f"{method} {path[:120]} headers={[(n, v[:60]) for n, v in headers]} "
+                f"body={body[:120]!r}"
+            ),
         )
     finally:
         connection.close()

@@ -166,7 +166,8 @@ def test_fuzzed_bodies(client: httpx.Client, path: str, body: bytes, content_typ
     tail=st.text(st.characters(codec="utf-8", exclude_characters="?#"), max_size=40),
 )
 def test_fuzzed_paths(fuzz_server: SluiceServer, key: str, method: str, tail: str) -> None:
-    # Percent-encoded, but `%` itself kept: stray and invalid escapes ("%zz", "%ff") reach the router.
+    # Percent-encoded, but `%` itself kept: stray and invalid escapes ("%zz", "%ff") reach
+    # the router.
     path = "/v1/" + urllib.parse.quote(tail, safe="/%;=,.~-_:@!$&'()*+")
     response = raw_request(
         fuzz_server.url, method, path, headers=[("authorization", f"Bearer {key}".encode())]
@@ -318,7 +319,7 @@ def test_declared_length_over_the_limit_is_a_413_at_once(
     assert response.problem() is None and response.status == 413, str(response)
 
 
-# --- files: multipart ---------------------------------------------------------------------------------
+# --- files: multipart -----------------------------------------------------------------------------
 def test_files_upload_over_the_limit_is_a_413(client: httpx.Client) -> None:
     response = check(
         client,
@@ -354,7 +355,7 @@ def test_odd_file_uploads(client: httpx.Client, name: str, kwargs: dict[str, Any
     check(client, "POST", "/v1/files", **kwargs)
 
 
-# --- authorization, methods, paths ----------------------------------------------------------------------
+# --- authorization, methods, paths ----------------------------------------------------------------
 AUTH_VALUES: list[tuple[str, bytes | None]] = [
     ("missing", None),
     ("no scheme", b"sk-sluice-abc"),
@@ -440,7 +441,7 @@ def test_odd_paths(fuzz_server: SluiceServer, key: str, method: str, path: str) 
     assert response.problem() is None, f"{response.problem()}: {response}"
 
 
-# --- bugs this pass found, pinned; and daphne's own refusals (strict xfails) ----------------------------
+# --- bugs this pass found, pinned; and daphne's own refusals (strict xfails) ----------------------
 @pytest.mark.parametrize("body", [b"[" * 30_000, b'{"a": ' * 10_000], ids=["arrays", "objects"])
 def test_deeply_nested_json_is_a_400(client: httpx.Client, body: bytes) -> None:
     response = client.post("/v1/chat/completions", content=body, headers=JSON)
@@ -500,8 +501,11 @@ def test_huge_authorization_header_is_answered(fuzz_server: SluiceServer) -> Non
 
 @pytest.mark.xfail(
     strict=True,
-    reason="BUG (daphne): requests daphne refuses before the app (a header value "
-    "with \\x0b/\\x0c/\\x1c-\\x1e/\\x85, non-ASCII path or query bytes) get daphne's HTML 400 page on /v1/",
+    reason=(
+        "BUG (daphne): requests daphne refuses before the app (a header value "
+        "with \\x0b/\\x0c/\\x1c-\\x1e/\\x85, non-ASCII path or query bytes) "
+        "get daphne's HTML 400 page on /v1/"
+    ),
 )
 @pytest.mark.parametrize(
     ("path", "headers"),

@@ -188,7 +188,8 @@ def test_refusals_are_recorded(shared_server):
     row = shared_server.python(
         "from limiter.models import Refusal;"
         "r = Refusal.objects.get(request_id='audit-me');"
-        "print(r.team_name, r.key_prefix, r.endpoint, r.model, r.reason, r.source, round(r.retry_after_seconds))"
+        "print(r.team_name, r.key_prefix, r.endpoint, r.model, r.reason, r.source,"
+        " round(r.retry_after_seconds))"
     ).split()
     assert row == ["recorded", key[:16], "chat", MODEL, "rate_limited", "gateway", "60"]
 

@@ -134,7 +134,7 @@ async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
         )
         # Wait until Together's 429 has paused the account in the limiter (the live view says).
         ops = {"authorization": f"Bearer {server.admin_token}"}
-        while not any(
+        while not any(  # noqa: ASYNC110  (polls the ops API over HTTP: no event to await)
             scope["kind"] == "account" and scope["paused_for"] > 0
             for scope in (
                 (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}

@@ -29,7 +29,8 @@ def server(shared_server: Any) -> Any:
     shared_server.python(
         "from limiter.models import LimitProfile, EndpointLimit\n"
         "EndpointLimit.objects.filter(endpoint='fine_tunes').update(max_concurrent=None)\n"
-        "profile = LimitProfile.objects.create(name='shares-sandbox', shared_models=['SANDBOX/*-shared-*'])\n"
+        "profile = LimitProfile.objects.create("
+        "name='shares-sandbox', shared_models=['SANDBOX/*-shared-*'])\n"
         "for row in EndpointLimit.objects.filter(profile__name='default'):\n"
         "    row.pk, row.profile = None, profile\n"
         "    row.save()\n"

@@ -34,7 +34,8 @@ def team_on_account(server: SluiceServer, team: str, api_key_setting: str) -> st
     server.python(
         "from limiter.models import Team, UpstreamAccount, LimitProfile\n"
         "profile = LimitProfile.objects.get(name='default')\n"
-        f"account = UpstreamAccount.objects.create(name={team!r}, api_key_setting={api_key_setting!r}, profile=profile)\n"
+        f"account = UpstreamAccount.objects.create(name={team!r}, "
+        f"api_key_setting={api_key_setting!r}, profile=profile)\n"
         f"Team.objects.create(name={team!r}, profile=profile, upstream=account)\n"
     )
     return server.issue_key(team)
@@ -123,7 +124,7 @@ def test_the_admin_refuses_a_secret_name(db, django_user_model) -> None:
     assert account.api_key_setting == "TOGETHER_API_KEY" and account.base_url == ""
 
 
-# --- when resolving ---------------------------------------------------------------------------------
+# --- when resolving -------------------------------------------------------------------------------
 def test_resolving_reads_only_upstream_key_variables(settings, monkeypatch, caplog) -> None:
     settings.SECRET_KEY = "not-for-together"
     settings.SLUICE_SANDBOX = False

@@ -310,7 +310,8 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     server.make_profile("iso-c", {**FAST_LIMITS, "batches": {**FAST, "max_concurrent": 1}})
     server.python(
         "from django.contrib.auth import get_user_model\n"
-        f"get_user_model().objects.create_user({NON_STAFF_USERNAME!r}, password={NON_STAFF_PASSWORD!r})\n"
+        f"get_user_model().objects.create_user({NON_STAFF_USERNAME!r}, "
+        f"password={NON_STAFF_PASSWORD!r})\n"
     )
     ops = httpx.Client(
         base_url=f"{server.url}/api",
@@ -326,7 +327,8 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     b_profile = next(p for p in ops.get("/profiles").json() if p["name"] == "iso-b")
     b_limit_id = next(limit["id"] for limit in b_profile["limits"] if limit["endpoint"] == "chat")
 
-    # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess), a batch input.
+    # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess),
+    # a batch input.
     files = {"multipart": b.client.upload(TRAINING, "fine-tune", "b-train.jsonl")}
     redirect = b.client.post(
         "/v1/files", data={"purpose": "fine-tune", "file_name": "b-redirect.jsonl"}

@@ -234,7 +234,8 @@ def test_malformed_file_id_is_404_without_an_upstream_call(
     # something that is not an id into an upstream path.
     server.python(
         "from limiter.jobs.models import TeamFile\n"
-        f"TeamFile.objects.create(team_id={team_id(server, teams['a'])}, file_id={httpx.URL('/' + file_id).path[1:]!r})\n"
+        f"TeamFile.objects.create(team_id={team_id(server, teams['a'])}, "
+        f"file_id={httpx.URL('/' + file_id).path[1:]!r})\n"
     )
     with upstream_calls(server.sandbox) as calls:
         for path in (f"/files/{file_id}", f"/files/{file_id}/content"):

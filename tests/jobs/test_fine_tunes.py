@@ -138,7 +138,8 @@ async def test_missing_field_and_upstream_refusal(sandbox, make_key):
         api.fine_tunes_create, request(key, "POST", "/v1/fine-tunes", {"model": MODEL})
     )
     assert status == 400 and body["error"]["param"] == "training_file"
-    # Together refuses a file it does not hold: the team sees Together's answer, the job is recorded as an error.
+    # Together refuses a file it does not hold: the team sees Together's answer, the job is
+    # recorded as an error.
     status, body = await create(key, "file-does-not-exist")
     assert status == 400
     job = await Job.objects.aget(kind=JobKind.FINE_TUNE)

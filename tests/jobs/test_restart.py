@@ -132,7 +132,8 @@ class Deployment:
     def jobs(self) -> list[dict]:
         return self.python(
             "import json; from limiter.jobs.models import Job\n"
-            "print(json.dumps(list(Job.objects.values('public_id', 'kind', 'state', 'upstream_status', 'upstream_id'))))"
+            "print(json.dumps(list(Job.objects.values("
+            "'public_id', 'kind', 'state', 'upstream_status', 'upstream_id'))))"
         )
 
 
@@ -149,9 +150,17 @@ for team in ("alpha", "beta"):
     issued = key_issue(team=team_get_or_create(name=team)[0])
     infos.append(keys._load(issued.key.secret_hash))
 for n in range(6):
-    services.job_accept(key=infos[n % 2], kind="fine_tune", request={{"model": {model!r}, "training_file": {training!r}}})
+    services.job_accept(
+        key=infos[n % 2],
+        kind="fine_tune",
+        request={{"model": {model!r}, "training_file": {training!r}}},
+    )
 for n in range(12):
-    services.job_accept(key=infos[n % 2], kind="batch", request={{"endpoint": "/v1/chat/completions", "input_file_id": {batch_file!r}}})
+    services.job_accept(
+        key=infos[n % 2],
+        kind="batch",
+        request={{"endpoint": "/v1/chat/completions", "input_file_id": {batch_file!r}}},
+    )
 print(json.dumps("ok"))
 """
 
@@ -214,7 +223,8 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
         "import json; from datetime import timedelta; from django.utils import timezone\n"
         "from limiter.jobs.models import Job\n"
         "job = Job.objects.filter(state='queued', kind='fine_tune').first()\n"
-        "Job.objects.filter(pk=job.pk).update(state='starting', claimed_at=timezone.now() - timedelta(hours=1))\n"
+        "Job.objects.filter(pk=job.pk).update("
+        "state='starting', claimed_at=timezone.now() - timedelta(hours=1))\n"
         "print(json.dumps(job.public_id))"
     )
 

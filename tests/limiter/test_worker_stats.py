@@ -1,4 +1,5 @@
-"""The worker's per-scope statistics follow the engine's scopes: forgotten scopes leave nothing behind."""
+"""The worker's per-scope statistics follow the engine's scopes: forgotten scopes leave
+nothing behind."""
 
 from limiter.engine import Engine, Limit
 from limiter.worker import Stats

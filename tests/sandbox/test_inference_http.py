@@ -150,8 +150,10 @@ def test_validation_errors_are_together_shaped(client: httpx.Client) -> None:
     assert unknown.status_code == 404
     assert unknown.json() == {
         "error": {
-            "message": "Unable to access model acme/nope. Please visit https://api.together.ai/models "
-            "to view the list of supported models.",
+            "message": (
+                "Unable to access model acme/nope. Please visit https://api.together.ai/models "
+                "to view the list of supported models."
+            ),
             "type": "invalid_request_error",
             "param": None,
             "code": "model_not_available",

@@ -11,7 +11,10 @@ from limiter.services import key_issue, team_get_or_create
 
 
 class Command(BaseCommand):
-    help = "Create the team if needed and issue it a key. The secret is printed once, alone on the last line."
+    help = (
+        "Create the team if needed and issue it a key. "
+        "The secret is printed once, alone on the last line."
+    )
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("team")

@@ -21,7 +21,10 @@ class Command(BaseCommand):
             "--start-deadline",
             type=float,
             default=None,
-            help="seconds a job start may take; claims older than this (plus a margin) are reconciled",
+            help=(
+                "seconds a job start may take; "
+                "claims older than this (plus a margin) are reconciled"
+            ),
         )
 
     def handle(

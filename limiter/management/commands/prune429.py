@@ -22,5 +22,6 @@ class Command(BaseCommand):
         cutoff = timezone.now() - timedelta(days=days)
         deleted = refusal_prune(older_than=cutoff, batch_size=batch_size)
         self.stdout.write(
-            f"Deleted {deleted} refusals older than {days} days (before {cutoff:%Y-%m-%d %H:%M} UTC)."
+            f"Deleted {deleted} refusals older than {days} days "
+            f"(before {cutoff:%Y-%m-%d %H:%M} UTC)."
         )

@@ -52,8 +52,8 @@ class Command(BaseCommand):
             asyncio.run(self._serve(wait))
         except AuthorityTaken as taken:
             raise CommandError(
-                f"Another limiter worker ({taken}) holds the authority on this Redis. Refusing to start: "
-                "two limiters would each admit a full limit."
+                f"Another limiter worker ({taken}) holds the authority on this Redis. "
+                "Refusing to start: two limiters would each admit a full limit."
             ) from None
 
     async def _serve(self, wait: float) -> None:
@@ -63,14 +63,16 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        # Anything a crashed predecessor admitted happened before its last heartbeat (plus one beat).
+        # Anything a crashed predecessor admitted happened before its last heartbeat
+        # (plus one beat).
         unknown_before = authority.last_alive + HEARTBEAT * 2 if authority.last_alive else None
         limiter = asyncio.create_task(
             run_limiter(get_channel_layer(), stop, unknown_before_wall=unknown_before)
         )
         keeper = asyncio.create_task(authority.keep(stop))
         self.stdout.write(
-            f"Limiter worker serving channel {events.LIMITER_CHANNEL!r} (authority {authority.token})"
+            f"Limiter worker serving channel {events.LIMITER_CHANNEL!r} "
+            f"(authority {authority.token})"
         )
         self.stdout.flush()
         try:
