@@ -41,7 +41,7 @@ class Grant:
     limit: int
     remaining: int
     reset: float
-    age: float = 0.0  # seconds between the limiter's decision and its arrival here
+    age: float = 0.0  # seconds the answer spent travelling (the round trip beyond its queueing)
 
 
 class Refused(Exception):
@@ -71,8 +71,9 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
 
 
 class LimiterClient:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.layer = get_channel_layer()
+        self.clock = clock  # this process's monotonic clock: grant lateness is measured on it
         self.reply_channel = ""
         self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
@@ -182,6 +183,7 @@ class LimiterClient:
         key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
         account_limit = key.account_limits.get(endpoint) or key_limit
         ticket = uuid.uuid4().hex
+        sent = self.clock()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
@@ -198,7 +200,6 @@ class LimiterClient:
                     "account_limit": account_limit,
                     "tokens": tokens,
                     "request_id": request_id,
-                    "expires": time.time() + timeout,
                 }
             )
             decision = await asyncio.wait_for(queue.get(), timeout)
@@ -238,7 +239,10 @@ class LimiterClient:
             decision["limit"],
             decision["remaining"],
             decision["reset"],
-            age=max(0.0, time.time() - decision["at"]),
+            # Lateness on this process's own clock (other hosts' clocks differ): the time
+            # since the ticket was sent, less the time the limiter says it queued, is the
+            # round trip, a few milliseconds unless a loop stalled or the layer recovered.
+            age=max(0.0, self.clock() - sent - decision["waited"]),
         )
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:

@@ -54,7 +54,6 @@ class AcquireMessage(TypedDict):
     account_limit: LimitTuple
     tokens: float
     request_id: str
-    expires: float  # unix time after which the asker has given up (never worth granting)
 
 
 class DecisionMessage(TypedDict):
@@ -69,8 +68,6 @@ class DecisionMessage(TypedDict):
     limit: int
     remaining: int
     reset: float
-    # unix time of the decision: a grant delivered late is not used (limiter/client.py acquire)
-    at: float
 
 
 class ReleaseMessage(TypedDict):

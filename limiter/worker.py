@@ -156,8 +156,9 @@ class LimiterConsumer(AsyncConsumer):
     # --- messages ---------------------------------------------------------------------
     async def limiter_acquire(self, message: events.AcquireMessage) -> None:
         now = time.monotonic()
-        if message["expires"] <= time.time():
-            return  # the asker gave up long ago (e.g. it queued while we were down)
+        # No staleness check on the asker's clock: hosts' clocks differ. An asker that
+        # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
+        # that finds nobody waiting is handed back by its web process.
         endpoint = message["endpoint"]
         decisions = self.engine.acquire(
             message["ticket"],
@@ -262,7 +263,6 @@ class LimiterConsumer(AsyncConsumer):
             "limit": decision.quota.limit_per_minute,
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
-            "at": time.time(),
         }
 
     def _schedule(self, now: float) -> None:

@@ -64,6 +64,7 @@ class SluiceServer:
         sandbox: SandboxConfig | None = None,
         web_processes: int = 1,
         limiter_worker: bool = False,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
         self.tmp_path = tmp_path
         self.sandbox = run_in_thread(config=sandbox or SandboxConfig())
@@ -83,6 +84,7 @@ class SluiceServer:
         }
         self.ports = [free_port() for _ in range(web_processes)]
         self.limiter_worker = limiter_worker
+        self.worker_env = worker_env or {}  # on top of `env`, for the limiter worker only
         self.processes: list[subprocess.Popen] = []
         self.worker: subprocess.Popen | None = None
 
@@ -127,18 +129,18 @@ class SluiceServer:
             stop(process)
         self.sandbox.stop()
 
-    def _spawn(self, *args: str, log: str) -> subprocess.Popen:
+    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         output = open(self.tmp_path / log, "ab")  # noqa: SIM115  (closed with the process)
         return subprocess.Popen(
             [PYTHON, "manage.py", *args],
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
         )
 
     def start_worker(self) -> None:
-        self.worker = self._spawn("runworker", "limiter", log="worker.log")
+        self.worker = self._spawn("runworker", "limiter", log="worker.log", env=self.worker_env)
 
     def kill_worker(self) -> None:
         assert self.worker is not None
