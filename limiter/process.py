@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -82,28 +83,34 @@ async def request_snapshot(reply_channel: str) -> None:
     )
 
 
-async def drain(stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
+class Served(Protocol):
+    """What a drain waits for: the team API's requests in flight (limiter.gateway.app)."""
+
+    in_flight: int
+    idle: asyncio.Event
+
+
+async def drain(served: Served, stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
     and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
     what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,
     flush the 429 record, then stop the server."""
     global draining
-    from limiter.gateway.app import application as team_api
     from limiter.recorder import recorder
     from limiter.upstream import client as upstream
 
     if draining:
         return
     draining = True
-    logger.info("draining: no new connections; %d requests in flight", team_api.in_flight)
+    logger.info("draining: no new connections; %d requests in flight", served.in_flight)
     stop_listening()
-    if team_api.in_flight:
+    if served.in_flight:
         try:
-            await asyncio.wait_for(team_api.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)
+            await asyncio.wait_for(served.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)
         except TimeoutError:
             pass
-    if team_api.in_flight:
-        logger.warning("shutting down with %d requests still in flight", team_api.in_flight)
+    if served.in_flight:
+        logger.warning("shutting down with %d requests still in flight", served.in_flight)
     await recorder.flush()
     await upstream.aclose()
     stop()

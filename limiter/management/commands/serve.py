@@ -90,7 +90,7 @@ class Command(BaseCommand):
             # without self; mypy reads them right only with the mypy-zope plugin.
             loop.add_signal_handler(
                 sig,
-                lambda: asyncio.ensure_future(process.drain(stop_listening, reactor.stop)),  # type: ignore[misc]
+                lambda: asyncio.ensure_future(process.drain(team_api, stop_listening, reactor.stop)),  # type: ignore[misc]
             )
         self._announce(host, port, "daphne")
 
@@ -109,7 +109,7 @@ class Command(BaseCommand):
                     loop.add_signal_handler(
                         sig,
                         lambda: asyncio.ensure_future(
-                            process.drain(self.stop_listening, self.exit)
+                            process.drain(team_api, self.stop_listening, self.exit)
                         ),
                     )
 
