@@ -16,21 +16,71 @@ Buckets (GCRA)
   would be empty again. At time t the bucket holds `(tat - t) * rate` units of debt;
   a request of n units conforms when that debt plus n fits in `capacity` (the burst).
   This paces requests at `rate` with at most `capacity` at once, never "a minute's
-  allowance in one second", because Together enforces per second.
+  allowance in one second", because Together enforces per second. A request larger
+  than the capacity (a long prompt against a token bucket) is paced, not refused: it
+  goes once the bucket has been empty for the time its excess takes to refill, and is
+  charged from then, so it too leaves the bucket at most full.
+
+Leases and settling
+  A grant that holds a concurrency slot or a token estimate returns a lease. Releasing
+  it settles the estimate against what the request used: an overrun (used more than
+  estimated) is charged from now on; an underrun is refunded only from the part of the
+  reservation that has not drained yet (capacity that went by while the reservation
+  held it was capacity nobody else could use). `renew` keeps a long stream's lease;
+  a lease not renewed within `lease_ttl` belongs to a dead process and is reaped.
 
 Queue
-  A request that does not conform waits in the queue of its upstream scope, in a
-  sub-queue of its key. Sub-queues are served round-robin, so one key's flood cannot
-  starve another key's trickle. A request whose projected wait already exceeds its
-  max wait is refused at once, with the wait as an exact Retry-After.
+  A request that cannot go at once waits in the queue of its upstream scope, in a FIFO
+  per key. Keys are served fairly by cost (start-time fair queuing): each waiting key
+  has a tag, the account capacity it has been served since it started waiting (in
+  seconds of that capacity: the larger of one request and its tokens); the head of the
+  least-served key goes next. A key that starts waiting joins at the tag the key served
+  last has reached (no credit for idle time, no catching up on service another key got
+  alone). That head holds its turn while it waits for the account: nobody behind it
+  overtakes, however small. Only a head held back by its own key's limit is passed over
+  (it delays no one else's share of the account). A retry after an upstream 429
+  (`reacquire`) takes the head of its key's queue.
+  A request whose projected wait in that order already exceeds its max wait is refused
+  at once, with the wait as its Retry-After.
+
+Guarantees (`tests/limiter/test_engine_invariants.py` checks each after every step of
+generated histories of acquires, releases with actual usage, renewals, cancels, limit
+changes, upstream pauses, restarts with adoption and time passing)
+  1. Rate. For every bucket, between two changes of its limit, and for every run of
+     charges ending with an admission: units charged <= max(capacity, n) + rate x d,
+     where d is the run's duration and n the size of its first request (larger than
+     the capacity only for an over-burst request, which prepaid its excess). Refunds
+     count as lowering the refunded grant; overruns count where they were charged.
+     Hence requests admitted <= burst + rate x d, and tokens used up to the estimates
+     likewise; tokens used beyond an estimate are charged when the lease is settled
+     (they were spent upstream before anyone could refuse them) and delay what follows.
+  2. Concurrency. A grant never leaves a scope with more leases than its
+     max_concurrent. Across a restart this holds when every lease still held is
+     adopted before `adopt_until`: until then, capped scopes grant nothing. A lease
+     adopted later is counted at once, so the cap can be exceeded by late adoptions.
+  3. Deadlines. Every queued ticket is answered (granted or refused) by its deadline,
+     provided the caller polls at `next_wakeup`.
+  4. Fairness. While two keys are both waiting on one account, and neither is held
+     back by its own key's limit, the account capacity each is served differs by at
+     most two requests of the largest cost (one from where their tags stood when the
+     second started waiting, one from the last grant): neither gets more than its share
+     plus one maximum-size request.
+  5. Restart. Every admission leaves a bucket at most full, so a restarted engine that
+     assumes every bucket full at `unknown_before` never admits more than the old one
+     could have, as long as `unknown_before` is no earlier than the old instance's last
+     decision and its `fullness_bound()` then (an overrun settled before the restart can
+     leave a bucket more than full; `fullness_bound` says how far).
+  6. Memory. Heaps and maps stay within a constant factor of live tickets and leases
+     (plus the scopes seen recently; `forget_idle` drops the rest).
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +99,15 @@ UPSTREAM_PAUSED = "upstream_paused"
 # request ends, which nobody can predict).
 UNKNOWN_WAIT = 1.0
 
+# A wait this short is no wait: float error must not leave the worker's timer firing
+# over and over a hair before a request conforms.
+EPSILON = 1e-9
+
+# Stale heap entries (released leases, answered tickets) are dropped lazily; the heap is
+# rebuilt once they outnumber the live ones by this factor (plus some slack).
+COMPACT_FACTOR = 2
+COMPACT_SLACK = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Limit:
@@ -63,35 +122,58 @@ class Limit:
 
 
 class Bucket:
-    """A GCRA bucket of `capacity` units refilling at `rate` units a second."""
+    """A GCRA bucket of `capacity` units refilling at `rate` units a second.
 
-    __slots__ = ("rate", "capacity", "tat")
+    A `tat` in the past says since when the bucket has been empty; a bucket nobody has
+    used has been empty forever.
+    """
 
-    def __init__(self, rate: float, capacity: float, tat: float = 0.0) -> None:
+    __slots__ = ("rate", "capacity", "tat", "_drained", "_drained_at")
+
+    def __init__(
+        self, rate: float, capacity: float, tat: float = -math.inf, now: float = 0.0
+    ) -> None:
         self.rate = rate
         self.capacity = capacity
         self.tat = tat
+        # The drain clock: units the bucket could have drained since it was made (rate x
+        # time, across rate changes). Settling reads it to tell how much of a
+        # reservation has drained already.
+        self._drained = 0.0
+        self._drained_at = now
+
+    def drained(self, now: float) -> float:
+        return self._drained + (now - self._drained_at) * self.rate
 
     def debt(self, now: float) -> float:
         """Units in use now: what the limiter enforces, and what the dashboard shows."""
         return max(0.0, self.tat - now) * self.rate
 
-    def wait(self, units: float, now: float, ahead: float = 0.0) -> float:
-        """Seconds until `units` conform, after `ahead` units queued before them.
+    def wait(self, units: float, now: float) -> float:
+        """Seconds until `units` conform: until charging them leaves at most `capacity`.
 
-        A request larger than the whole burst (a long prompt against a token bucket)
-        conforms once the bucket is empty, so it is paced rather than refused forever.
+        A request larger than the whole burst conforms once the bucket has been empty
+        for (units - capacity) / rate seconds: it is paced rather than refused forever,
+        and prepays its excess instead of leaving the bucket more than full.
         """
-        tat = max(self.tat, now) + ahead / self.rate
-        room = max(0.0, self.capacity - units) / self.rate
-        return max(0.0, tat - room - now)
+        wait = self.tat + (units - self.capacity) / self.rate - now
+        return wait if wait > EPSILON else 0.0
 
-    def charge(self, units: float, now: float) -> None:
+    def charge(self, units: float, now: float) -> float:
+        """Charge `units` that conform now. Returns the drain clock's reading when they
+        began to drain (earlier than now by an over-burst request's prepaid excess)."""
+        excess = max(0.0, units - self.capacity)
+        self.tat = max(self.tat, now - excess / self.rate) + units / self.rate
+        return self.drained(now) - excess
+
+    def overdraw(self, units: float, now: float) -> None:
+        """Charge units already spent (an overrun): from now on, conforming or not."""
         self.tat = max(self.tat, now) + units / self.rate
 
-    def refund(self, units: float) -> None:
-        # Settling a token estimate: a negative refund charges the difference.
-        self.tat -= units / self.rate
+    def refund(self, units: float, now: float) -> None:
+        units = min(units, self.debt(now))
+        if units > 0:
+            self.tat -= units / self.rate
 
     def remaining(self, now: float) -> int:
         return max(0, math.floor(self.capacity - self.debt(now) + 1e-9))
@@ -100,10 +182,16 @@ class Bucket:
         """Seconds until the bucket is empty (fully replenished)."""
         return max(0.0, self.tat - now)
 
+    def full_at(self) -> float:
+        """The moment at which a full bucket would hold this bucket's debt."""
+        return self.tat - self.capacity / self.rate
+
     def resize(self, rate: float, capacity: float, now: float) -> None:
         # Keep the units in use when a limit changes, so a raised limit frees room at
-        # once and a lowered one does not forgive what was already admitted.
+        # once and a lowered one does not forgive what was already admitted. (Time the
+        # bucket spent empty is forgotten: an over-burst request prepays again.)
         debt = self.debt(now)
+        self._drained, self._drained_at = self.drained(now), now
         self.rate, self.capacity = rate, capacity
         self.tat = now + debt / rate
 
@@ -113,49 +201,62 @@ class Scope:
 
     __slots__ = ("id", "limit", "requests", "tokens", "leases", "paused_until", "last_seen")
 
-    def __init__(self, scope_id: ScopeId, limit: Limit, now: float) -> None:
+    def __init__(
+        self, scope_id: ScopeId, limit: Limit, now: float, empty_since: float = -math.inf
+    ) -> None:
         self.id = scope_id
         self.limit = limit
-        self.requests = Bucket(limit.per_minute / 60.0, float(limit.burst), now)
-        self.tokens = self._token_bucket(limit, now)
+        self.requests = Bucket(limit.per_minute / 60.0, float(limit.burst), empty_since, now)
+        self.tokens = self._token_bucket(limit, now, empty_since)
         self.leases: set[str] = set()
         self.paused_until = 0.0
         self.last_seen = now
 
     @staticmethod
-    def _token_bucket(limit: Limit, now: float) -> Bucket | None:
+    def _token_bucket(limit: Limit, now: float, empty_since: float) -> Bucket | None:
         if not limit.tokens_per_minute:
             return None
         rate = limit.tokens_per_minute / 60.0
         # The token burst is the same number of seconds' worth as the request burst,
         # and at least one second's worth.
         seconds = max(1.0, limit.burst / (limit.per_minute / 60.0))
-        return Bucket(rate, rate * seconds, now)
+        return Bucket(rate, rate * seconds, empty_since, now)
 
     def update(self, limit: Limit, now: float) -> None:
         if limit == self.limit:
             return
         self.requests.resize(limit.per_minute / 60.0, float(limit.burst), now)
-        fresh = self._token_bucket(limit, now)
+        fresh = self._token_bucket(limit, now, empty_since=now)
         if fresh is None or self.tokens is None:
             self.tokens = fresh
         else:
             self.tokens.resize(fresh.rate, fresh.capacity, now)
         self.limit = limit
 
-    def rate_wait(
-        self, tokens: float, now: float, ahead: int = 0, ahead_tokens: float = 0.0
-    ) -> tuple[float, str]:
+    @property
+    def capped(self) -> bool:
+        return self.limit.max_concurrent is not None
+
+    def rate_wait(self, tokens: float, now: float) -> tuple[float, str]:
         """Seconds until a request conforms to this scope's rates, and the reason if > 0."""
-        wait, reason = self.requests.wait(1, now, ahead), RATE_LIMITED
+        wait, reason = self.requests.wait(1, now), RATE_LIMITED
         if self.tokens is not None and tokens:
-            token_wait = self.tokens.wait(tokens, now, ahead_tokens)
+            token_wait = self.tokens.wait(tokens, now)
             if token_wait > wait:
                 wait, reason = token_wait, TOKEN_RATE_LIMITED
         pause = self.paused_until - now
         if pause > wait:
             wait, reason = pause, UPSTREAM_PAUSED
         return wait, reason
+
+    def charge(self, tokens: float, now: float) -> list[_Charge]:
+        """Charge one request of `tokens` that conforms now; returns the token charge to settle."""
+        self.requests.charge(1, now)
+        if self.tokens is None:
+            return []
+        # A request with no estimate charges no tokens, but may still overrun.
+        mark = self.tokens.charge(tokens, now) if tokens else self.tokens.drained(now)
+        return [_Charge(self.tokens, tokens, mark)]
 
     def assume_full_at(self, moment: float) -> None:
         for bucket in (self.requests, self.tokens):
@@ -172,6 +273,32 @@ class Scope:
             and (self.tokens is None or self.tokens.tat <= now)
         )
 
+    def clone(self) -> Scope:
+        """A copy of the buckets to project a queue on (leases are not copied)."""
+        twin = copy.copy(self)
+        twin.requests = copy.copy(self.requests)
+        twin.tokens = copy.copy(self.tokens)
+        return twin
+
+
+@dataclass(slots=True)
+class _Charge:
+    """What one grant charged one token bucket, kept to settle it on release."""
+
+    bucket: Bucket
+    units: float  # 0 for an adopted lease: the previous instance charged it
+    drain_mark: float  # the bucket's drain clock when these units began to drain
+
+    def settle(self, reserved: float, used: float, now: float) -> None:
+        if used > reserved:
+            # Spent upstream already: nothing to refuse, so charge it from now on.
+            self.bucket.overdraw(used - reserved, now)
+            return
+        # Only the part not drained yet comes back: capacity that went by while this
+        # reservation held it was capacity nobody else could use.
+        undrained = self.units - (self.bucket.drained(now) - self.drain_mark)
+        self.bucket.refund(min(self.units - used, undrained), now)
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -185,10 +312,19 @@ class Ticket:
     deadline: float
     reply_to: str = ""
     request_id: str = ""
+    seq: int = 0  # arrival order: breaks ties in the fair order
 
     @property
     def scopes(self) -> tuple[Scope, Scope]:
         return (self.key, self.account)
+
+
+@dataclass(slots=True)
+class _Lease:
+    scopes: tuple[Scope, Scope]
+    expiry: float
+    tokens: float  # the estimate reserved
+    charges: list[_Charge]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,34 +350,57 @@ class Decision:
 
 @dataclass(slots=True)
 class _Group:
-    """The queue of one upstream scope: a FIFO per key, served round-robin."""
+    """The queue of one upstream scope: a FIFO per waiting key, and each waiting key's
+    tag (the account capacity it has been served since it started waiting)."""
 
-    by_key: OrderedDict[ScopeId, deque[Ticket]] = field(default_factory=OrderedDict)
+    by_key: dict[ScopeId, deque[Ticket]] = field(default_factory=dict)
+    served: dict[ScopeId, float] = field(default_factory=dict)
     size: int = 0
+    # The tag the key served last reached: where a key that starts waiting joins.
+    vtime: float = 0.0
+
+    def heads(self) -> list[Ticket]:
+        """The heads in the fair order: least served first, earliest on a tie."""
+        return sorted(
+            (q[0] for q in self.by_key.values()), key=lambda t: (self.served[t.key.id], t.seq)
+        )
 
 
 class Engine:
     """The single authority over admission for every scope it has seen."""
 
-    def __init__(self, lease_ttl: float = 600.0, unknown_before: float | None = None) -> None:
+    def __init__(
+        self,
+        lease_ttl: float = 600.0,
+        unknown_before: float | None = None,
+        adopt_until: float | None = None,
+    ) -> None:
         self.lease_ttl = lease_ttl
         # After a restart, another instance may have admitted requests up to this
         # (monotonic) time. Every scope then starts as if its burst had been used at that
-        # moment: its true state can be no fuller, so limits hold across the restart.
+        # moment: no admission leaves a bucket fuller, so limits hold across the restart.
         self.unknown_before = unknown_before
+        # After a restart, web processes hand back the leases they hold until this time;
+        # capped scopes grant nothing before it, or the cap could be exceeded.
+        self.adopt_until = adopt_until
         self.scopes: dict[ScopeId, Scope] = {}
         self.groups: dict[ScopeId, _Group] = {}
         self.tickets: dict[str, Ticket] = {}  # queued tickets by id
-        # lease id -> (scopes holding it, expiry, tokens reserved)
-        self.leases: dict[str, tuple[tuple[Scope, Scope], float, float]] = {}
+        self.leases: dict[str, _Lease] = {}
         self._deadlines: list[tuple[float, str]] = []  # heap of queued tickets' deadlines
         self._lease_expiries: list[tuple[float, str]] = []  # heap of lease expiries
+        self._seq = 0
+        # The latest moment a forgotten scope's buckets emptied: a scope seen (again)
+        # counts as empty since then, not forever, so forgetting grants no credit.
+        self._forgotten_tat = -math.inf
 
     # --- scopes -----------------------------------------------------------------------
     def scope(self, scope_id: ScopeId, limit: Limit, now: float) -> Scope:
         scope = self.scopes.get(scope_id)
         if scope is None:
-            scope = self.scopes[scope_id] = Scope(scope_id, limit, now)
+            scope = self.scopes[scope_id] = Scope(
+                scope_id, limit, now, empty_since=self._forgotten_tat
+            )
             if self.unknown_before is not None:
                 scope.assume_full_at(self.unknown_before)
         else:
@@ -269,38 +428,53 @@ class Engine:
         # Serve anyone already due first (a timer firing late must not let this
         # request jump ahead of them); whoever is still queued after that cannot go now.
         decisions = self.poll(now)
-        key_scope = self.scope(key[0], key[1], now)
-        account_scope = self.scope(account[0], account[1], now)
-        ticket = Ticket(ticket_id, key_scope, account_scope, tokens, now, now, reply_to, request_id)
-        group = self.groups.setdefault(account_scope.id, _Group())
-        mine = group.by_key.get(key_scope.id)
+        ticket = self._ticket(ticket_id, key, account, tokens, now, reply_to, request_id)
+        decisions.extend(self._admit(ticket, now, front=False))
+        return decisions
 
-        if not mine and self._admissible(ticket, now):
-            decisions.append(self._grant(ticket, now))
-            return decisions
+    def reacquire(
+        self,
+        lease_id: str,
+        ticket_id: str,
+        key: tuple[ScopeId, Limit],
+        account: tuple[ScopeId, Limit],
+        tokens: float,
+        now: float,
+        tokens_used: float | None = 0.0,
+        reply_to: str = "",
+        request_id: str = "",
+    ) -> list[Decision]:
+        """Ask again for a request that holds `lease_id` (Together answered 429): hand
+        the lease back and queue the new ticket in one step.
 
-        refusal = self._refuse_at_once(ticket, group, mine, now)
-        if refusal is not None:
-            decisions.append(refusal)
-            return decisions
-
-        ticket.deadline = now + key_scope.limit.max_wait
-        eta = self._projected_wait(ticket, group, now)
-        self._enqueue(group, ticket)
-        decisions.append(Decision("queued", ticket, self.quota(key_scope, now), retry_after=eta))
+        Asking while holding the lease deadlocks a capped scope (every retry waits for a
+        slot its own holder keeps); releasing first and then asking lets a newcomer take
+        the slot in between. Here the slot frees and the ticket takes the head of its
+        key's queue before anyone else is served. The old lease's tokens are settled as
+        `tokens_used` (none by default: the upstream refused the call).
+        """
+        decisions = self.poll(now)
+        self._settle(lease_id, tokens_used, now)
+        ticket = self._ticket(ticket_id, key, account, tokens, now, reply_to, request_id)
+        decisions.extend(self._admit(ticket, now, front=True))
         return decisions
 
     def release(self, lease_id: str, tokens_used: float | None, now: float) -> list[Decision]:
         """Hand a lease back, settle its token estimate, and serve whoever waited for it."""
-        held = self.leases.pop(lease_id, None)
-        if held is None:
+        if not self._settle(lease_id, tokens_used, now):
             return []  # released twice or reaped already: harmless
-        scopes, _expiry, reserved = held
-        for scope in scopes:
-            scope.leases.discard(lease_id)
-            if tokens_used is not None and scope.tokens is not None:
-                scope.tokens.refund(reserved - tokens_used)
         return self.poll(now)
+
+    def renew(self, lease_id: str, now: float) -> bool:
+        """Keep a lease whose request is still running (a long stream) for another
+        `lease_ttl`. False when it is gone (expired, released): its slot is no longer held."""
+        lease = self.leases.get(lease_id)
+        if lease is None or lease.expiry <= now:
+            return False  # the next poll reaps an expired one
+        if now + self.lease_ttl > lease.expiry:  # the heap holds one live entry per lease
+            lease.expiry = now + self.lease_ttl
+            self._push(self._lease_expiries, lease.expiry, lease_id)
+        return True
 
     def cancel(self, ticket_id: str, now: float) -> list[Decision]:
         """A caller that went away while queued gives its place back."""
@@ -317,15 +491,22 @@ class Engine:
         tokens: float,
         now: float,
     ) -> None:
-        """Count a lease granted by a previous instance (its holder told us after a restart)."""
+        """Count a lease granted by a previous instance (its holder told us after a restart).
+
+        Counted even over the cap: the request is running. Its tokens were charged by
+        the previous instance (the restart assumes every bucket full), so settling it
+        refunds nothing here and charges only an overrun.
+        """
         if lease_id in self.leases:
             return
         scopes = (self.scope(key[0], key[1], now), self.scope(account[0], account[1], now))
+        charges = []
         for scope in scopes:
             scope.leases.add(lease_id)
-        expiry = now + self.lease_ttl
-        self.leases[lease_id] = (scopes, expiry, tokens)
-        heapq.heappush(self._lease_expiries, (expiry, lease_id))
+            if scope.tokens is not None:
+                charges.append(_Charge(scope.tokens, 0.0, scope.tokens.drained(now)))
+        lease = self.leases[lease_id] = _Lease(scopes, now + self.lease_ttl, tokens, charges)
+        self._push(self._lease_expiries, lease.expiry, lease_id)
 
     def pause(self, account: tuple[ScopeId, Limit], seconds: float, now: float) -> None:
         """Together said 429: nobody routed to this account and endpoint goes for `seconds`."""
@@ -335,32 +516,57 @@ class Engine:
     # --- the clock's side ---------------------------------------------------------------
     def poll(self, now: float) -> list[Decision]:
         """Reap expired leases, refuse timed-out tickets, and grant whatever conforms now."""
-        decisions: list[Decision] = []
         self._reap_leases(now)
-        for group in self.groups.values():
-            if group.size:
-                decisions.extend(self._drain(group, now))
-        while self._deadlines and self._deadlines[0][0] <= now:
+        decisions = self._drain_all(now)
+        timed_out = False
+        while (
+            deadline := self._top(self._deadlines, self._ticket_live)
+        ) is not None and deadline <= now:
             _deadline, ticket_id = heapq.heappop(self._deadlines)
-            ticket = self.tickets.get(ticket_id)
-            if ticket is not None and ticket.deadline <= now:
-                self._dequeue(ticket)
-                decisions.append(self._timeout(ticket, now))
+            ticket = self.tickets[ticket_id]
+            decisions.append(self._timeout(ticket, now))
+            self._dequeue(ticket)
+            timed_out = True
+        if timed_out:
+            decisions.extend(self._drain_all(now))  # a head that held its turn is gone
         return decisions
 
     def next_wakeup(self, now: float) -> float | None:
         """When `poll` next has something to do, or None when only a release can help."""
         times: list[float] = []
-        if self._deadlines:
-            times.append(self._deadlines[0][0])
-        if self._lease_expiries:
-            times.append(self._lease_expiries[0][0])
+        for heap, live in (
+            (self._deadlines, self._ticket_live),
+            (self._lease_expiries, self._lease_live),
+        ):
+            top = self._top(heap, live)
+            if top is not None:
+                times.append(top)
         for group in self.groups.values():
-            for queue in group.by_key.values():
-                head = queue[0]
-                if all(scope.has_slot() for scope in head.scopes):
-                    times.append(now + max(s.rate_wait(head.tokens, now)[0] for s in head.scopes))
+            for head in group.heads():
+                # Mirrors _turn: a head held back by its own key is passed over, so
+                # wake when its key lets it go; the first other head holds the turn.
+                key_wait = self._wait(head.key, head.tokens, now)
+                if key_wait is None:
+                    continue
+                if key_wait > 0:
+                    times.append(now + key_wait)
+                    continue
+                account_wait = self._wait(head.account, head.tokens, now)
+                if account_wait is not None:
+                    times.append(now + account_wait)
+                break
         return min(times) if times else None
+
+    def fullness_bound(self, now: float) -> float:
+        """The moment a restarted engine must assume every bucket full at (its
+        `unknown_before`) for limits to hold: now, unless a settled overrun left some
+        bucket more than full. A heartbeat should record this rather than the bare time."""
+        bound = now
+        for scope in self.scopes.values():
+            for bucket in (scope.requests, scope.tokens):
+                if bucket is not None:
+                    bound = max(bound, bucket.full_at())
+        return bound
 
     def forget_idle(self, now: float, older_than: float = 120.0) -> list[ScopeId]:
         """Drop scopes nobody used for a while, so memory follows the active keys.
@@ -377,41 +583,99 @@ class Engine:
             and s.paused_until <= now
         ]
         for sid in stale:
-            del self.scopes[sid]
+            scope = self.scopes.pop(sid)
+            for bucket in (scope.requests, scope.tokens):
+                if bucket is not None:
+                    self._forgotten_tat = max(self._forgotten_tat, bucket.tat)
             self.groups.pop(sid, None)
         return stale
 
-    # --- internals ------------------------------------------------------------------------
+    # --- admission ------------------------------------------------------------------------
+    def _ticket(
+        self,
+        ticket_id: str,
+        key: tuple[ScopeId, Limit],
+        account: tuple[ScopeId, Limit],
+        tokens: float,
+        now: float,
+        reply_to: str,
+        request_id: str,
+    ) -> Ticket:
+        self._seq += 1
+        key_scope = self.scope(key[0], key[1], now)
+        account_scope = self.scope(account[0], account[1], now)
+        return Ticket(
+            ticket_id, key_scope, account_scope, tokens, now, now, reply_to, request_id, self._seq
+        )
+
+    def _admit(self, ticket: Ticket, now: float, front: bool) -> list[Decision]:
+        group = self.groups.setdefault(ticket.account.id, _Group())
+        if not group.size and self._admissible(ticket, now):
+            return [self._grant(ticket, now)]
+        # Others wait: take a place in the fair order and see whether it is this
+        # ticket's turn (it may be, when those ahead are held back by their own keys).
+        self._enqueue(group, ticket, front)
+        decisions = self._drain(group, now)
+        if ticket.id not in self.tickets:
+            return decisions
+        projected = self._projected(ticket, group, now)
+        refusal = self._refuse_at_once(ticket, group, projected, now)
+        if refusal is not None:
+            self._dequeue(ticket)
+            decisions.append(refusal)
+            return decisions
+        ticket.deadline = now + ticket.key.limit.max_wait
+        self._push(self._deadlines, ticket.deadline, ticket.id)
+        decisions.append(
+            Decision("queued", ticket, self.quota(ticket.key, now), retry_after=projected[0])
+        )
+        return decisions
+
+    def _wait(self, scope: Scope, tokens: float, now: float) -> float | None:
+        """Seconds until `scope` lets a request of `tokens` go, or None while it has no
+        free concurrency slot (nobody can say when one frees)."""
+        if not scope.has_slot():
+            return None
+        wait = scope.rate_wait(tokens, now)[0]
+        if scope.capped and self.adopt_until is not None and self.adopt_until - now > wait:
+            wait = self.adopt_until - now
+        return wait
+
     def _admissible(self, ticket: Ticket, now: float) -> bool:
-        for scope in ticket.scopes:
-            if not scope.has_slot() or scope.rate_wait(ticket.tokens, now)[0] > 0:
-                return False
-        return True
+        return all(self._wait(scope, ticket.tokens, now) == 0 for scope in ticket.scopes)
 
     def _grant(self, ticket: Ticket, now: float) -> Decision:
-        for scope in ticket.scopes:
-            scope.requests.charge(1, now)
-            if scope.tokens is not None and ticket.tokens:
-                scope.tokens.charge(ticket.tokens, now)
+        charges = [charge for scope in ticket.scopes for charge in scope.charge(ticket.tokens, now)]
         # A lease only where something must be handed back: a concurrency slot, or a
         # token estimate to settle. Otherwise the grant is complete as it stands, and the
         # caller sends no release (one channel-layer message fewer per request).
         needs_lease = any(
-            s.limit.max_concurrent is not None or (s.tokens is not None and ticket.tokens)
-            for s in ticket.scopes
+            s.capped or (s.tokens is not None and ticket.tokens) for s in ticket.scopes
         )
         lease = ""
         if needs_lease:
             lease = ticket.id
             for scope in ticket.scopes:
                 scope.leases.add(lease)
-            expiry = now + self.lease_ttl
-            self.leases[lease] = (ticket.scopes, expiry, ticket.tokens)
-            heapq.heappush(self._lease_expiries, (expiry, lease))
+            self.leases[lease] = _Lease(ticket.scopes, now + self.lease_ttl, ticket.tokens, charges)
+            self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
             "grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived
         )
 
+    def _settle(self, lease_id: str, tokens_used: float | None, now: float) -> bool:
+        lease = self.leases.pop(lease_id, None)
+        if lease is None:
+            return False
+        for scope in lease.scopes:
+            scope.leases.discard(lease_id)
+        self._compact(self._lease_expiries)
+        if tokens_used is not None:
+            for charge in lease.charges:
+                charge.settle(lease.tokens, tokens_used, now)
+        return True
+
+    # --- refusals -------------------------------------------------------------------------
     def _refuse(
         self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float
     ) -> Decision:
@@ -430,67 +694,57 @@ class Engine:
         for scope in ticket.scopes:
             if not scope.has_slot():
                 return self._refuse(ticket, CONCURRENCY_LIMITED, UNKNOWN_WAIT, scope, now)
-        group = self.groups.get(ticket.account.id) or _Group()
-        wait = self._projected_wait(ticket, group, now)
+        group = self.groups[ticket.account.id]
+        wait = self._projected(ticket, group, now)[0]
         return self._refuse(
             ticket, QUEUE_TIMEOUT, max(wait, 1.0 / ticket.key.requests.rate), ticket.key, now
         )
 
     def _refuse_at_once(
-        self, ticket: Ticket, group: _Group, mine: deque[Ticket] | None, now: float
+        self, ticket: Ticket, group: _Group, projected: tuple[float, str, Scope], now: float
     ) -> Decision | None:
-        """Refuse now what the queue could not serve in time. Called only when the
-        request cannot go at once."""
+        """Refuse now what the queue could not serve in time. Called with the ticket in
+        its place in the queue, when it could not go at once."""
         key = ticket.key
-        wait = self._projected_wait(ticket, group, now)
+        wait, reason, scope = projected
         if wait > key.limit.max_wait:
-            reason, scope = self._binding_reason(ticket, now)
             # Retry when the wait will have shrunk to what this key may queue for.
             return self._refuse(ticket, reason, wait - key.limit.max_wait, scope, now)
-        blocked = next((s for s in ticket.scopes if not s.has_slot()), None)
-        if len(mine or ()) >= key.limit.queue_depth or key.limit.max_wait <= 0:
+        blocked = next(
+            (s for s in ticket.scopes if self._wait(s, ticket.tokens, now) is None), None
+        )
+        ahead_in_key = next(i for i, t in enumerate(group.by_key[key.id]) if t is ticket)
+        if ahead_in_key >= key.limit.queue_depth or key.limit.max_wait <= 0:
             if blocked is not None and (wait <= 0 or not key.limit.queue_depth):
                 return self._refuse(ticket, CONCURRENCY_LIMITED, UNKNOWN_WAIT, blocked, now)
-            reason = QUEUE_FULL if key.limit.queue_depth else self._binding_reason(ticket, now)[0]
+            reason = QUEUE_FULL if key.limit.queue_depth else reason
             return self._refuse(ticket, reason, max(wait, 1.0 / key.requests.rate), key, now)
         return None
 
-    def _binding_reason(self, ticket: Ticket, now: float) -> tuple[str, Scope]:
-        key_wait, key_reason = ticket.key.rate_wait(ticket.tokens, now)
-        account_wait, account_reason = ticket.account.rate_wait(ticket.tokens, now)
-        if account_wait > key_wait:
-            return (
-                ACCOUNT_RATE_LIMITED if account_reason == RATE_LIMITED else account_reason
-            ), ticket.account
-        return key_reason, ticket.key
+    # --- the fair queue -------------------------------------------------------------------
+    @staticmethod
+    def _cost(ticket: Ticket) -> float:
+        """What a ticket takes of its account, in seconds of the account's capacity: the
+        larger of one request and its tokens. Fairness counts this, not requests."""
+        account = ticket.account
+        cost = 1.0 / account.requests.rate
+        if account.tokens is not None and ticket.tokens:
+            cost = max(cost, ticket.tokens / account.tokens.rate)
+        return cost
 
-    def _projected_wait(self, ticket: Ticket, group: _Group, now: float) -> float:
-        """How long this ticket would wait if it joined (or holds its place in) the queue.
-
-        Round-robin serves one ticket of every waiting key per turn, so ahead of this
-        ticket on the shared account are its own key's earlier tickets plus, from each
-        other key, at most as many as its own position.
-        """
-        mine = group.by_key.get(ticket.key.id, ())
-        position = next((i for i, t in enumerate(mine) if t is ticket), len(mine))
-        ahead_account = position + sum(
-            min(len(q), position + 1) for sid, q in group.by_key.items() if sid != ticket.key.id
-        )
-        key_tokens = sum(t.tokens for t in list(mine)[:position])
-        key_wait = ticket.key.rate_wait(ticket.tokens, now, position, key_tokens)[0]
-        account_tokens = (
-            ticket.tokens * ahead_account
-        )  # other keys' sizes are unknown here: assume alike
-        account_wait = ticket.account.rate_wait(ticket.tokens, now, ahead_account, account_tokens)[
-            0
-        ]
-        return max(key_wait, account_wait)
-
-    def _enqueue(self, group: _Group, ticket: Ticket) -> None:
-        group.by_key.setdefault(ticket.key.id, deque()).append(ticket)
+    def _enqueue(self, group: _Group, ticket: Ticket, front: bool) -> None:
+        queue = group.by_key.get(ticket.key.id)
+        if queue is None:
+            # Starts waiting: level with whoever went last, so idle time earns no credit
+            # (and a key held back by its own limit lends its low tag to nobody).
+            group.served[ticket.key.id] = group.vtime
+            queue = group.by_key[ticket.key.id] = deque()
+        if front:
+            queue.appendleft(ticket)
+        else:
+            queue.append(ticket)
         group.size += 1
         self.tickets[ticket.id] = ticket
-        heapq.heappush(self._deadlines, (ticket.deadline, ticket.id))
 
     def _dequeue(self, ticket: Ticket) -> None:
         del self.tickets[ticket.id]
@@ -499,36 +753,133 @@ class Engine:
         queue.remove(ticket)
         group.size -= 1
         if not queue:
-            del group.by_key[ticket.key.id]
+            del group.by_key[ticket.key.id], group.served[ticket.key.id]
+        if not group.size:
+            group.vtime = 0.0
+        self._compact(self._deadlines)
 
-    def _drain(self, group: _Group, now: float) -> Iterable[Decision]:
-        """Grant heads that conform, one key at a time in round-robin order."""
+    def _turn(self, group: _Group, now: float) -> Ticket | None:
+        """The head whose turn it is: the least-served key's, passing over heads held
+        back only by their own key (they delay nobody else's share of the account)."""
+        for head in group.heads():
+            if self._wait(head.key, head.tokens, now) == 0:
+                return head
+        return None
+
+    def _drain(self, group: _Group, now: float) -> list[Decision]:
+        """Grant heads in the fair order while they conform. A head waiting for the
+        account holds its turn: nobody behind it goes first, however small."""
         granted: list[Decision] = []
-        progress = True
-        while progress and group.size:
-            progress = False
-            for key_id, queue in group.by_key.items():
-                head = queue[0]
-                if not self._admissible(head, now):
-                    continue
-                queue.popleft()
-                group.size -= 1
-                del self.tickets[head.id]
-                if queue:
-                    group.by_key.move_to_end(key_id)  # its next ticket waits for the others' turn
-                else:
-                    del group.by_key[key_id]
-                granted.append(self._grant(head, now))
-                progress = True
+        while group.size:
+            head = self._turn(group, now)
+            if head is None or self._wait(head.account, head.tokens, now) != 0:
                 break
+            group.served[head.key.id] += self._cost(head)
+            group.vtime = group.served[head.key.id]
+            self._dequeue(head)
+            granted.append(self._grant(head, now))
         return granted
 
+    def _drain_all(self, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        for group in self.groups.values():
+            if group.size:
+                decisions.extend(self._drain(group, now))
+        return decisions
+
+    def _ahead(self, ticket: Ticket, group: _Group) -> list[Ticket]:
+        """The queued tickets served before `ticket` in the fair order, in that order.
+
+        A ticket's tag is its key's tag plus the cost of its key's tickets before it;
+        tickets go in tag order (earliest arrival on a tie).
+        """
+        tagged: list[tuple[float, int, Ticket]] = []
+        mine: tuple[float, int] | None = None
+        for key_id, queue in group.by_key.items():
+            tag = group.served[key_id]
+            for queued in queue:
+                if queued is ticket:
+                    mine = (tag, ticket.seq)
+                    break
+                tagged.append((tag, queued.seq, queued))
+                tag += self._cost(queued)
+        assert mine is not None, "only a queued ticket has a place in the order"
+        return [
+            t
+            for tag, seq, t in sorted(tagged, key=lambda e: (e[0], e[1]))
+            if t.key is ticket.key or (tag, seq) < mine
+        ]
+
+    def _projected(self, ticket: Ticket, group: _Group, now: float) -> tuple[float, str, Scope]:
+        """How long `ticket` would wait in its place in the fair order if nobody else
+        came, why, and whose limit that is.
+
+        Every ticket ahead of it is charged to the account as soon as the account lets
+        it go, its own key's earlier tickets to its key as well; a concurrency slot that
+        is closed now is not predicted (it frees when a request ends).
+        """
+        account, key = ticket.account.clone(), ticket.key.clone()
+        at_account = at_key = now
+        account_reason, key_reason = ACCOUNT_RATE_LIMITED, RATE_LIMITED
+        for queued in [*self._ahead(ticket, group), ticket]:
+            at_account, account_reason = self._ready(
+                account, queued.tokens, at_account, account_reason
+            )
+            account.charge(queued.tokens, at_account)
+            if queued.key is ticket.key:
+                at_key, key_reason = self._ready(key, queued.tokens, at_key, key_reason)
+                key.charge(queued.tokens, at_key)
+        if at_account > at_key:
+            reason = ACCOUNT_RATE_LIMITED if account_reason == RATE_LIMITED else account_reason
+            return at_account - now, reason, ticket.account
+        return at_key - now, key_reason, ticket.key
+
+    def _ready(self, scope: Scope, tokens: float, at: float, reason: str) -> tuple[float, str]:
+        """When (not before `at`) `scope`'s rates let a request go, and why it waits."""
+        wait, why = scope.rate_wait(tokens, at)
+        if scope.capped and self.adopt_until is not None and self.adopt_until - at > wait:
+            wait, why = self.adopt_until - at, CONCURRENCY_LIMITED
+        return (at + wait, why) if wait > 0 else (at, reason)
+
+    # --- expiry -------------------------------------------------------------------------
     def _reap_leases(self, now: float) -> None:
         # A lease whose holder vanished (a killed web process) frees its slot at expiry.
-        while self._lease_expiries and self._lease_expiries[0][0] <= now:
-            _expiry, lease = heapq.heappop(self._lease_expiries)
-            held = self.leases.get(lease)
-            if held is not None and held[1] <= now:
-                del self.leases[lease]
-                for scope in held[0]:
-                    scope.leases.discard(lease)
+        while (
+            expiry := self._top(self._lease_expiries, self._lease_live)
+        ) is not None and expiry <= now:
+            _expiry, lease_id = heapq.heappop(self._lease_expiries)
+            for scope in self.leases.pop(lease_id).scopes:
+                scope.leases.discard(lease_id)
+        self._compact(self._lease_expiries)
+
+    def _ticket_live(self, entry: tuple[float, str]) -> bool:
+        ticket = self.tickets.get(entry[1])
+        return ticket is not None and ticket.deadline == entry[0]
+
+    def _lease_live(self, entry: tuple[float, str]) -> bool:
+        lease = self.leases.get(entry[1])
+        return lease is not None and lease.expiry == entry[0]
+
+    @staticmethod
+    def _top(
+        heap: list[tuple[float, str]], live: Callable[[tuple[float, str]], bool]
+    ) -> float | None:
+        """The earliest live time in `heap`, dropping stale entries on the way."""
+        while heap and not live(heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _push(self, heap: list[tuple[float, str]], at: float, item: str) -> None:
+        heapq.heappush(heap, (at, item))
+        self._compact(heap)
+
+    def _compact(self, heap: list[tuple[float, str]]) -> None:
+        # Answered tickets and released (or renewed) leases leave stale entries behind;
+        # rebuild once they outnumber the live ones, so memory follows live work. Each
+        # rebuild follows at least half as many removals or pushes: O(1) amortised.
+        deadlines = heap is self._deadlines
+        live_count = len(self.tickets) if deadlines else len(self.leases)
+        if len(heap) > COMPACT_FACTOR * live_count + COMPACT_SLACK:
+            live = self._ticket_live if deadlines else self._lease_live
+            heap[:] = [entry for entry in heap if live(entry)]
+            heapq.heapify(heap)
