@@ -90,7 +90,9 @@ class Served(Protocol):
     idle: asyncio.Event
 
 
-async def drain(served: Served, stop_listening: Callable[[], None], stop: Callable[[], None]) -> None:
+async def drain(
+    served: Served, stop_listening: Callable[[], None], stop: Callable[[], None]
+) -> None:
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
     and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
     what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,

@@ -397,7 +397,8 @@ class EngineMachine(RuleBasedStateMachine):
                     burst = max(log.capacity, first.estimate) if first.admission else log.capacity
                     allowed = burst + log.rate * (entries[end].at - first.at)
                     assert total <= allowed + EPS * max(1.0, allowed), (
-                        f"{name} {kind}: {total} units in [{first.at}, {entries[end].at}], allowed {allowed}"
+                        f"{name} {kind}: {total} units in [{first.at}, {entries[end].at}], "
+                        f"allowed {allowed}"
                     )
             log.checked = len(entries)
 

@@ -76,6 +76,7 @@ class Command(BaseCommand):
         from twisted.internet import reactor
 
         from limiter import process
+        from limiter.gateway.app import application as team_api
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
         asyncio.ensure_future(process.ensure_started())
@@ -90,7 +91,9 @@ class Command(BaseCommand):
             # without self; mypy reads them right only with the mypy-zope plugin.
             loop.add_signal_handler(
                 sig,
-                lambda: asyncio.ensure_future(process.drain(team_api, stop_listening, reactor.stop)),  # type: ignore[misc]
+                lambda: asyncio.ensure_future(
+                    process.drain(team_api, stop_listening, reactor.stop)  # type: ignore[misc]
+                ),
             )
         self._announce(host, port, "daphne")
 
@@ -99,6 +102,7 @@ class Command(BaseCommand):
 
         from dashboard.asgi import application
         from limiter import process
+        from limiter.gateway.app import application as team_api
 
         command = self
 
