@@ -171,6 +171,9 @@ if SLUICE_LIMITER_FAILURE_MODE not in {"open", "closed"}:
 SLUICE_SHUTDOWN_GRACE = env.float("SLUICE_SHUTDOWN_GRACE", default=35.0)
 # A concurrency lease not released within this many seconds is reaped by the limiter.
 SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
+# A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
+# the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
+SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)
 # Largest request body accepted on /v1/ (bytes); file uploads have their own limit.
 SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 SLUICE_MAX_UPLOAD_BYTES = env.int("SLUICE_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)

@@ -160,17 +160,28 @@ class LimiterClient:
                 await asyncio.sleep(0.5)
 
     async def acquire(
-        self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str
+        self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str, replacing: str = ""
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
+
+        `replacing`: the lease the call holds when it asks again (Together answered 429);
+        the limiter frees it and queues the new ticket in one step (events.REACQUIRE).
 
         A grant is a moment to send, not a voucher: one that reaches us late (a stalled
         event loop, a channel layer recovering) would send this call upstream together
         with the calls granted after it, a burst the limiter never allowed. So a stale
         grant is handed back and the request asks again.
         """
+        if replacing:
+            self._held.pop(replacing, None)
         for _attempt in range(STALE_GRANT_RETRIES):
-            grant = await self._acquire_once(key, endpoint, tokens, request_id)
+            try:
+                grant = await self._acquire_once(key, endpoint, tokens, request_id, replacing)
+            except (LimiterUnavailable, asyncio.CancelledError):
+                if replacing:  # it may never have reached the limiter: hand it back plainly
+                    self.release(replacing, 0.0)
+                raise
+            replacing = ""  # handed back with the first ask
             if grant.age <= settings.SLUICE_GRANT_MAX_AGE:
                 return grant
             logger.warning("grant arrived %.0f ms late; asking again", grant.age * 1000)
@@ -178,7 +189,7 @@ class LimiterClient:
         raise LimiterUnavailable()
 
     async def _acquire_once(
-        self, key: KeyInfo, endpoint: str, tokens: float, request_id: str
+        self, key: KeyInfo, endpoint: str, tokens: float, request_id: str, replacing: str = ""
     ) -> Grant:
         key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
         account_limit = key.account_limits.get(endpoint) or key_limit
@@ -190,7 +201,7 @@ class LimiterClient:
         try:
             await self._send_or_unavailable(
                 {
-                    "type": events.ACQUIRE,
+                    "type": events.REACQUIRE if replacing else events.ACQUIRE,
                     "ticket": ticket,
                     "reply": self.reply_channel,
                     "endpoint": endpoint,
@@ -200,6 +211,7 @@ class LimiterClient:
                     "account_limit": account_limit,
                     "tokens": tokens,
                     "request_id": request_id,
+                    **({"lease": replacing} if replacing else {}),
                 }
             )
             decision = await asyncio.wait_for(queue.get(), timeout)
@@ -263,6 +275,11 @@ class LimiterClient:
                 {"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}
             )
         )
+
+    def renew(self, lease: str) -> None:
+        """Keep a lease whose request still runs (a stream longer than SLUICE_LEASE_TTL)."""
+        if lease:
+            spawn(self._send_until_delivered({"type": events.RENEW, "lease": lease}))
 
     async def report_upstream(
         self,

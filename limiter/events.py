@@ -37,6 +37,8 @@ CONFIG_CHANGED = "config.changed"
 MODELS_CHANGED = "models.changed"  # to CONFIG_GROUP: a team's fine-tuned models were recorded
 LIMITER_STARTED = "limiter.started"  # to CONFIG_GROUP: web processes answer with ADOPT
 ADOPT = "limiter.adopt"
+REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
+RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
 
 # A limit as it travels: per_minute, burst, tokens_per_minute, max_concurrent,
 # queue_depth, max_wait (the fields of engine.Limit, in that order).
@@ -54,6 +56,19 @@ class AcquireMessage(TypedDict):
     account_limit: LimitTuple
     tokens: float
     request_id: str
+
+
+class ReacquireMessage(AcquireMessage):
+    """An ACQUIRE for a call that holds `lease` (Together answered it 429): the limiter
+    frees the lease and queues the ticket at the head of its key's queue in one step,
+    so the retry neither waits on its own slot nor loses it to a newcomer."""
+
+    lease: str
+
+
+class RenewMessage(TypedDict):
+    type: str  # RENEW
+    lease: str
 
 
 class DecisionMessage(TypedDict):

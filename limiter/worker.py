@@ -113,12 +113,20 @@ class LimiterConsumer(AsyncConsumer):
     reading the channel itself: Channels' own runworker and channel routing are not used.
     """
 
-    def __init__(self, *, unknown_before: float | None = None) -> None:
+    def __init__(
+        self, *, unknown_before: float | None = None, adopt_until: float | None = None
+    ) -> None:
         from django.conf import settings
 
         # unknown_before: a monotonic time before which another limiter instance may
         # have admitted requests this one never saw (a restart); see Engine.
-        self.engine = Engine(lease_ttl=settings.SLUICE_LEASE_TTL, unknown_before=unknown_before)
+        # adopt_until: capped scopes grant nothing before it, so the leases web
+        # processes hand back after a restart are counted first.
+        self.engine = Engine(
+            lease_ttl=settings.SLUICE_LEASE_TTL,
+            unknown_before=unknown_before,
+            adopt_until=adopt_until,
+        )
         self.stats = Stats()
         self.started_at = time.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -170,6 +178,27 @@ class LimiterConsumer(AsyncConsumer):
             request_id=message["request_id"],
         )
         await self._answer(decisions, now)
+
+    async def limiter_reacquire(self, message: events.ReacquireMessage) -> None:
+        now = time.monotonic()
+        endpoint = message["endpoint"]
+        decisions = self.engine.reacquire(
+            message["lease"],
+            message["ticket"],
+            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
+            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            message["tokens"],
+            now,  # the refused call used no tokens: its reservation is settled as 0
+            reply_to=message["reply"],
+            request_id=message["request_id"],
+        )
+        await self._answer(decisions, now)
+
+    async def limiter_renew(self, message: events.RenewMessage) -> None:
+        if not self.engine.renew(message["lease"], time.monotonic()):
+            logger.warning(
+                "lease %s renewed after it expired: its slot was already free", message["lease"]
+            )
 
     async def limiter_release(self, message: events.ReleaseMessage) -> None:
         now = time.monotonic()
@@ -365,10 +394,13 @@ async def run_limiter(
 ) -> None:
     """Serve the limiter channel until `stop` is set, surviving channel-layer errors
     (a Redis restart must not end the authority, or its state)."""
-    unknown_before = None
+    from django.conf import settings
+
+    unknown_before = adopt_until = None
     if unknown_before_wall is not None:
         unknown_before = time.monotonic() - (time.time() - unknown_before_wall)
-    consumer = LimiterConsumer(unknown_before=unknown_before)
+        adopt_until = time.monotonic() + settings.SLUICE_ADOPT_WINDOW
+    consumer = LimiterConsumer(unknown_before=unknown_before, adopt_until=adopt_until)
     consumer.channel_layer = layer
     consumer.channel_name = events.LIMITER_CHANNEL
     stop = stop or asyncio.Event()

@@ -11,6 +11,7 @@ past it (the broadcast cleared the key cache, so the check asks the database).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -79,13 +80,24 @@ class Admission:
         process.release(grant.lease, tokens_used)
 
     async def requeue(self) -> None:
-        """Give the grant back, then queue for a new one (a retry after Together's 429).
+        """Queue again for a retry after Together's 429, handing the grant back in the
+        same step (events.REACQUIRE): every call in flight gets the same 429, and a retry
+        that kept its slot while queueing for another would wait on itself under a
+        concurrency cap; one that let go first could lose the slot to a newcomer."""
+        held, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
+        self.grant = await _grant_checked(
+            self.request, self.endpoint, self.tokens, self.model, replacing=held.lease
+        )
 
-        Released first: every call in flight gets the same 429, and a retry that kept its
-        slot while queueing for another would wait on itself under a concurrency cap.
-        """
-        self.release(None)
-        self.grant = await _grant_checked(self.request, self.endpoint, self.tokens, self.model)
+    async def keep_alive(self) -> None:
+        """Renew the grant's lease while the call runs (a stream may outlast
+        SLUICE_LEASE_TTL; the expiry is for processes that died). Cancelled at the end."""
+        if not self.grant.lease:
+            return
+        limiter = await process.ensure_started()
+        while True:
+            await asyncio.sleep(settings.SLUICE_LEASE_TTL / 3)
+            limiter.renew(self.grant.lease)
 
     def add_quota_headers(self, response: Response | StreamingResponse) -> None:
         for name, value in quota_headers(
@@ -116,8 +128,10 @@ async def admitted(request: Request, endpoint: str) -> AsyncIterator[Admission]:
         admission.release()
 
 
-async def _grant_checked(request: Request, endpoint: str, tokens: float, model: str) -> Grant:
-    grant = await _grant(request, endpoint, tokens, model)
+async def _grant_checked(
+    request: Request, endpoint: str, tokens: float, model: str, *, replacing: str = ""
+) -> Grant:
+    grant = await _grant(request, endpoint, tokens, model, replacing)
     assert request.key is not None
     refusal = await revocation.key_refusal(request.key)
     if refusal is not None:
@@ -126,14 +140,20 @@ async def _grant_checked(request: Request, endpoint: str, tokens: float, model: 
     return grant
 
 
-async def _grant(request: Request, endpoint: str, tokens: float, model: str) -> Grant:
+async def _grant(
+    request: Request, endpoint: str, tokens: float, model: str, replacing: str = ""
+) -> Grant:
     key = request.key
     assert key is not None
     limiter = await process.ensure_started()
     started = time.monotonic()
     try:
         grant = await limiter.acquire(
-            key=key, endpoint=endpoint, tokens=tokens, request_id=request.request_id
+            key=key,
+            endpoint=endpoint,
+            tokens=tokens,
+            request_id=request.request_id,
+            replacing=replacing,
         )
     except Refused as refused:
         d = refused.decision

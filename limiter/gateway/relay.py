@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from limiter.client import spawn
 from limiter.gateway import catalog, errors
 from limiter.gateway.admission import Admission, rate_limited
 from limiter.gateway.errors import ApiError
@@ -41,8 +42,11 @@ async def answer(
     content_type = response.headers.get("content-type", "application/json").encode("latin-1")
     result: Response | StreamingResponse
     if stream:
+        # A stream may outlast the lease's expiry: it keeps its slot while it runs.
+        keeping = spawn(admission.keep_alive())
 
         async def close() -> None:
+            keeping.cancel()
             await response.aclose()
             admission.release(usage.tokens if counting else None)
 

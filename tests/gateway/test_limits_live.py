@@ -183,3 +183,35 @@ async def test_retries_after_togethers_429_do_not_deadlock_under_a_concurrency_c
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         stats = server.sandbox.stats()["chat"]
         assert stats["status_429"] == 3 and stats["ok"] == 3
+
+
+async def test_a_stream_longer_than_the_lease_ttl_keeps_its_slot(tmp_path):
+    """Issue 10, fault 8: leases were never renewed, so a stream running longer than the
+    lease's expiry freed its concurrency slot while still running. A stream renews its
+    lease while it runs (every third of SLUICE_LEASE_TTL); expiry stays for dead processes."""
+    config = SandboxConfig(stream_chunk_delay_ms=150, default_max_tokens=20)  # about 3 s
+    with SluiceServer(tmp_path, sandbox=config, env={"SLUICE_LEASE_TTL": "1"}) as server:
+        server.make_profile(
+            "one-at-a-time", {"chat": {"max_concurrent": 1, "max_queue_wait_seconds": 0.2}}
+        )
+        key = server.issue_key("streamer", profile="one-at-a-time")
+        headers = {"authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            async with client.stream(
+                "POST", CHAT, json=body(stream=True), headers=headers
+            ) as stream:
+                assert stream.status_code == 200
+                chunks = 0
+                async for line in stream.aiter_lines():
+                    chunks += line.startswith("data: {")
+                    if chunks == 15:  # about 2.2 s in: twice the lease's expiry
+                        second = await client.post(CHAT, json=body(), headers=headers)
+                        break
+            assert second.status_code == 429, second.text  # the slot is still the stream's
+            assert second.json()["error"]["code"] == "concurrency_limited"
+            # Once the stream has ended (its release is one hop away), the slot is free again.
+            for _ in range(50):
+                after = await client.post(CHAT, json=body(), headers=headers)
+                if after.status_code == 200:
+                    break
+            assert after.status_code == 200, after.text
