@@ -89,7 +89,10 @@ def _seeded_in_transaction(request):
     itself, so whether that data is still there would depend on which tests ran before
     on this worker (the suite runs in parallel, by file): put it back when it is gone."""
     marker = request.node.get_closest_marker("django_db")
-    if marker is None or marker.kwargs.get("transaction") or (marker.args and marker.args[0]):
+    if marker is not None:
+        if marker.kwargs.get("transaction") or (marker.args and marker.args[0]):
+            return
+    elif "db" not in request.fixturenames:
         return
     request.getfixturevalue("db")
     from django.apps import apps

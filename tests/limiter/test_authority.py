@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 import redis.asyncio as redis
@@ -15,11 +16,14 @@ pytestmark = pytest.mark.services
 
 
 @pytest.fixture
-async def clean_redis(redis_url):
+async def clean_redis(redis_url, monkeypatch):
+    # Keys of this test's own: a Sluice (or another test run) on the same Redis keeps its lease.
+    suffix = uuid.uuid4().hex[:8]
+    monkeypatch.setattr(authority_module, "LOCK_KEY", f"{LOCK_KEY}:test-{suffix}")
+    monkeypatch.setattr(authority_module, "ALIVE_KEY", f"{ALIVE_KEY}:test-{suffix}")
     client = redis.from_url(redis_url)
-    await client.delete(LOCK_KEY, ALIVE_KEY)
     yield redis_url
-    await client.delete(LOCK_KEY, ALIVE_KEY)
+    await client.delete(authority_module.LOCK_KEY, authority_module.ALIVE_KEY)
     await client.aclose()
 
 
@@ -40,7 +44,7 @@ async def test_a_dead_holders_lease_lapses_and_its_last_heartbeat_is_read(
     dead = Authority(clean_redis)
     await dead.acquire(wait=0)
     before = time.time()
-    await dead.client.set(ALIVE_KEY, before)
+    await dead.client.set(authority_module.ALIVE_KEY, before)
     await dead.client.aclose()  # dies without releasing
     successor = Authority(clean_redis)
     await successor.acquire(wait=2)
@@ -54,7 +58,7 @@ async def test_keep_steps_down_when_another_took_the_lease(clean_redis, monkeypa
     await holder.acquire(wait=0)
     stop = asyncio.Event()
     keeping = asyncio.create_task(holder.keep(stop))
-    await holder.client.set(LOCK_KEY, "someone-else")
+    await holder.client.set(authority_module.LOCK_KEY, "someone-else")
     await asyncio.wait_for(keeping, 2)
     assert stop.is_set()
     await holder.client.aclose()
