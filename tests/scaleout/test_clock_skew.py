@@ -35,6 +35,8 @@ async def test_a_limiter_5_seconds_ahead_changes_nothing(
         statuses = await burst(server, keys, total=60, concurrency=16)
         assert statuses == [200] * 60, statuses  # no 503 "limiter did not answer", none refused
         assert_upstream_held(server)  # and the limit held: 0 upstream 429s, <= 10 in any second
+        # Before, every grant was "stale" by the skew. A grant can still be genuinely late
+        # on a loaded machine (and is asked for again): a few, not all.
         logs = "".join(server.log(f"serve-{port}.log") for port in server.ports)
-        assert "late; asking again" not in logs  # no grant was taken for stale
+        assert logs.count("late; asking again") < len(statuses) // 4, logs
         assert "Traceback" not in server.log("worker.log")
