@@ -191,8 +191,6 @@ class LimiterClient:
     async def _acquire_once(
         self, key: KeyInfo, endpoint: str, tokens: float, request_id: str, replacing: str = ""
     ) -> Grant:
-        key_limit = key.key_limits.get(endpoint) or key.account_limits[endpoint]
-        account_limit = key.account_limits.get(endpoint) or key_limit
         ticket = uuid.uuid4().hex
         sent = self.clock()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -206,9 +204,8 @@ class LimiterClient:
                     "reply": self.reply_channel,
                     "endpoint": endpoint,
                     "key": key.key_id,
-                    "key_limit": key_limit,
                     "account": key.account_id,
-                    "account_limit": account_limit,
+                    "version": key.config_version,
                     "tokens": tokens,
                     "request_id": request_id,
                     **({"lease": replacing} if replacing else {}),
@@ -217,7 +214,7 @@ class LimiterClient:
             decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
                 # The limiter said how long; allow its max wait plus the round trip.
-                decision = await asyncio.wait_for(queue.get(), key_limit[5] + timeout)
+                decision = await asyncio.wait_for(queue.get(), decision["max_wait"] + timeout)
         except TimeoutError:
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise LimiterUnavailable() from None
@@ -240,9 +237,7 @@ class LimiterClient:
                 "lease": decision["lease"],
                 "endpoint": endpoint,
                 "key": key.key_id,
-                "key_limit": key_limit,
                 "account": key.account_id,
-                "account_limit": account_limit,
                 "tokens": tokens,
             }
         return Grant(
@@ -304,7 +299,6 @@ class LimiterClient:
         return {
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
-            "account_limit": key.account_limits.get(endpoint) or key.key_limits[endpoint],
             "endpoint": endpoint,
             "pause": pause,
             "headers": headers,

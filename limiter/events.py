@@ -40,21 +40,19 @@ ADOPT = "limiter.adopt"
 REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
 RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
 
-# A limit as it travels: per_minute, burst, tokens_per_minute, max_concurrent,
-# queue_depth, max_wait (the fields of engine.Limit, in that order).
-LimitTuple = tuple[float, int, float | None, int | None, int, float]
-
 
 class AcquireMessage(TypedDict):
+    """A ticket names who asks, never which limits apply: the limiter owns those
+    (limiter/config.py), so a web process with a stale cache cannot flip a limit back."""
+
     type: str  # ACQUIRE
     ticket: str
     reply: str
     endpoint: str
     key: str  # ApiKey pk
-    key_limit: LimitTuple
     account: str  # UpstreamAccount pk
-    account_limit: LimitTuple
-    tokens: float
+    version: int  # the configuration version the asker's key cache saw (ConfigVersion)
+    tokens: float  # the estimate to reserve where a token limit applies
     request_id: str
 
 
@@ -83,6 +81,7 @@ class DecisionMessage(TypedDict):
     limit: int
     remaining: int
     reset: float
+    max_wait: float  # "queued": the longest the ticket may wait for its grant
 
 
 class ReleaseMessage(TypedDict):
@@ -98,9 +97,7 @@ class AdoptMessage(TypedDict):
     lease: str
     endpoint: str
     key: str
-    key_limit: LimitTuple
     account: str
-    account_limit: LimitTuple
     tokens: float
 
 
@@ -109,7 +106,6 @@ class UpstreamReportMessage(TypedDict):
 
     type: str  # UPSTREAM_REPORT
     account: str
-    account_limit: LimitTuple
     endpoint: str
     pause: float  # seconds; 0 when this is only a headers report
     headers: dict[str, str]

@@ -1,8 +1,9 @@
 """Team key authentication, cached per process.
 
 The hot path does no database query for a known key: `KeyCache` maps the SHA-256 of a
-secret to a `KeyInfo` carrying everything the gateway needs (team, limits of the key's
-profile and of its upstream account). The cache is dropped whole on any configuration
+secret to a `KeyInfo` carrying everything the gateway needs (team, upstream account
+and where its calls go, the configuration version it was read at; the limits
+themselves are the limiter's, limiter/config.py). The cache is dropped whole on any configuration
 change (see limiter/signals.py), so a revoked key fails on the next request; a TTL
 bounds staleness should a broadcast ever be missed.
 """
@@ -17,8 +18,7 @@ from cachetools import TTLCache
 from django.db import close_old_connections
 from django.utils import timezone
 
-from limiter.events import LimitTuple
-from limiter.models import ApiKey, EndpointLimit
+from limiter.models import ApiKey, ConfigVersion
 from limiter.upstream import Target, account_target
 
 CACHE_TTL = 60.0
@@ -26,17 +26,6 @@ NEGATIVE_TTL = 5.0
 MAX_KNOWN = 100_000  # keys held at once per process
 MAX_UNKNOWN = 10_000  # recent bad secrets remembered (the auth throttle slows their senders)
 LOAD_ATTEMPTS = 3  # reads of one key, should configuration changes keep interrupting them
-
-
-def limit_tuple(row: EndpointLimit) -> LimitTuple:
-    return (
-        float(row.effective_per_minute),
-        row.burst,
-        float(row.tokens_per_minute) if row.tokens_per_minute else None,
-        row.max_concurrent,
-        row.queue_depth,
-        row.max_queue_wait_seconds,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +40,7 @@ class KeyInfo:
     account_id: str
     account_name: str
     target: Target  # where its calls go: the account's base URL and upstream secret
-    key_limits: dict[str, LimitTuple]
-    account_limits: dict[str, LimitTuple]
+    config_version: int  # the configuration version this was read at (see limiter/config.py)
     fallbacks: dict[str, str]
     max_batch_requests: int | None
     loaded_at: float
@@ -63,6 +51,7 @@ class KeyInfo:
 
 def _load(secret_hash: str) -> KeyInfo | None:
     close_old_connections()  # this runs outside a request: drop a connection the DB closed
+    version = ConfigVersion.current()  # read first: what follows is at least this new
     key = (
         ApiKey.objects.usable()
         .select_related("team__profile", "team__upstream__profile", "profile")
@@ -73,9 +62,11 @@ def _load(secret_hash: str) -> KeyInfo | None:
         return None
     profile = key.profile or key.team.profile
     account = key.team.upstream
-    key_rows = {row.endpoint: row for row in profile.limits.all()}
-    account_rows = {row.endpoint: row for row in account.profile.limits.all()}
-    batches = key_rows.get("batches") or account_rows.get("batches")
+    # The per-batch cap is applied here (the jobs edge); the limiter applies the rest.
+    batches = (
+        profile.limits.filter(endpoint="batches").first()
+        or account.profile.limits.filter(endpoint="batches").first()
+    )
     return KeyInfo(
         key_id=str(key.pk),
         prefix=key.prefix,
@@ -87,8 +78,7 @@ def _load(secret_hash: str) -> KeyInfo | None:
         account_id=str(account.pk),
         account_name=account.name,
         target=account_target(account),
-        key_limits={k: limit_tuple(v) for k, v in key_rows.items()},
-        account_limits={k: limit_tuple(v) for k, v in account_rows.items()},
+        config_version=version,
         fallbacks=dict(profile.model_fallbacks or {}),
         max_batch_requests=batches.max_batch_requests if batches else None,
         loaded_at=time.monotonic(),

@@ -197,6 +197,28 @@ class ApiKey(models.Model):
         return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class ConfigVersion(models.Model):
+    """One row: a counter bumped in the same transaction as every change to teams, keys,
+    profiles, limits and accounts (limiter/signals.py). The limiter loads the limits
+    itself and tickets carry the version their web process saw, so a ticket from a
+    newer configuration than the limiter's makes it reload before deciding."""
+
+    version = models.PositiveBigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"configuration version {self.version}"
+
+    @classmethod
+    def current(cls) -> int:
+        return cls.objects.filter(pk=1).values_list("version", flat=True).first() or 0
+
+    @classmethod
+    def bump(cls) -> None:
+        # Conditional UPDATE, not read-then-write: concurrent changes each count.
+        if not cls.objects.filter(pk=1).update(version=models.F("version") + 1):
+            cls.objects.get_or_create(pk=1, defaults={"version": 1})
+
+
 class RefusalSource(models.TextChoices):
     GATEWAY = "gateway", "Gateway"
     UPSTREAM = "upstream", "Upstream (Together)"

@@ -1,9 +1,10 @@
 """Configuration changes take effect at once: any saved or deleted team, key, profile,
 limit or upstream account is broadcast to every web process (CONFIG_GROUP), which
 drops its cached keys and limits, and cuts the calls in flight of a key revoked or a
-team paused (limiter/gateway/revocation.py). The limiter itself keeps no copy of the limits:
-each request carries its own, so the next request after the broadcast uses the new
-ones, in the embedded and the separate-worker modes alike.
+team paused (limiter/gateway/revocation.py). The limiter hears it too and reloads
+its own copy of the limits (limiter/config.py). Each change also bumps the
+configuration version in its own transaction, so a ticket sent by a process that has
+seen a change the limiter has not yet heard of makes the limiter reload first.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
 from limiter import events
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+from limiter.models import ApiKey, ConfigVersion, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def broadcast_config_changed() -> None:
         logger.exception("could not broadcast a configuration change")
 
 
-def _on_change(sender, **kwargs) -> None:
+def _on_change(sender: type, **kwargs: object) -> None:
+    ConfigVersion.bump()
     transaction.on_commit(broadcast_config_changed)
 
 

@@ -24,14 +24,16 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.layers import BaseChannelLayer
 
 from limiter import events
+from limiter.config import LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
-from limiter.events import DecisionMessage, LimitTuple, ScopeSnapshot
+from limiter.events import DecisionMessage, ScopeSnapshot
 
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 0.5  # at most two live snapshots a second while anything changes
 HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we are alive
 HISTORY_MINUTES = 60
+CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 
 
 class SecondCounts:
@@ -102,10 +104,6 @@ class Stats:
         self._minute(scope_id[2], wall)[3] += 1
 
 
-def limit_of(value: LimitTuple) -> Limit:
-    return Limit(*value)
-
-
 class LimiterConsumer(AsyncConsumer):
     """Handles `limiter.*` messages. One instance per process owns the engine.
 
@@ -114,9 +112,16 @@ class LimiterConsumer(AsyncConsumer):
     """
 
     def __init__(
-        self, *, unknown_before: float | None = None, adopt_until: float | None = None
+        self,
+        *,
+        unknown_before: float | None = None,
+        adopt_until: float | None = None,
+        config: LimiterConfig | None = None,
     ) -> None:
         from django.conf import settings
+
+        # The limits it applies: its own copy (limiter/config.py), never a ticket's.
+        self.config = config or LimiterConfig()
 
         # unknown_before: a monotonic time before which another limiter instance may
         # have admitted requests this one never saw (a restart); see Engine.
@@ -161,17 +166,64 @@ class LimiterConsumer(AsyncConsumer):
         except Exception:
             logger.exception("limiter failed to handle a %r message", message.get("type"))
 
+    # --- the configuration -------------------------------------------------------------
+    async def reload(self) -> None:
+        """Load the limits again and apply them to every scope the engine holds."""
+        from asgiref.sync import sync_to_async
+
+        try:
+            self.config = await sync_to_async(config_load, thread_sensitive=False)()
+        except Exception:  # the database is down: decide with the limits we hold
+            logger.exception(
+                "could not reload the configuration; keeping version %d", self.config.version
+            )
+            return
+        now = time.monotonic()
+        for scope_id in list(self.engine.scopes):
+            kind, object_id, endpoint = scope_id
+            limit = (
+                self.config.key_limit(object_id, endpoint)
+                if kind == "key"
+                else self.config.account_limit(object_id, endpoint)
+            )
+            self.engine.scope(scope_id, limit, now)
+        self._dirty = True
+        logger.info("limiter configuration loaded (version %d)", self.config.version)
+
+    async def config_changed(self, message: dict[str, Any]) -> None:
+        await self.reload()
+        now = time.monotonic()
+        await self._answer(self.engine.poll(now), now)  # a raised limit frees queued work
+
+    async def limiter_started(self, message: dict[str, Any]) -> None:
+        return None  # our own announcement, heard through CONFIG_GROUP
+
+    async def _scopes(
+        self, message: events.AcquireMessage | events.AdoptMessage
+    ) -> tuple[tuple[ScopeId, Limit], tuple[ScopeId, Limit]]:
+        """The key's and the account's scope for a ticket, with the limits this limiter
+        holds: reloaded first when the ticket saw a newer configuration, or names a key
+        or account it does not know yet (created since its last load)."""
+        key, account, endpoint = message["key"], message["account"], message["endpoint"]
+        newer = message.get("version", 0) > self.config.version  # type: ignore[operator]
+        if newer or not self.config.knows(key, account):
+            await self.reload()
+        return (
+            (("key", key, endpoint), self.config.key_limit(key, endpoint)),
+            (("account", account, endpoint), self.config.account_limit(account, endpoint)),
+        )
+
     # --- messages ---------------------------------------------------------------------
     async def limiter_acquire(self, message: events.AcquireMessage) -> None:
-        now = time.monotonic()
         # No staleness check on the asker's clock: hosts' clocks differ. An asker that
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
         # that finds nobody waiting is handed back by its web process.
-        endpoint = message["endpoint"]
+        key_scope, account_scope = await self._scopes(message)
+        now = time.monotonic()
         decisions = self.engine.acquire(
             message["ticket"],
-            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
-            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            key_scope,
+            account_scope,
             message["tokens"],
             now,
             reply_to=message["reply"],
@@ -180,13 +232,13 @@ class LimiterConsumer(AsyncConsumer):
         await self._answer(decisions, now)
 
     async def limiter_reacquire(self, message: events.ReacquireMessage) -> None:
+        key_scope, account_scope = await self._scopes(message)
         now = time.monotonic()
-        endpoint = message["endpoint"]
         decisions = self.engine.reacquire(
             message["lease"],
             message["ticket"],
-            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
-            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            key_scope,
+            account_scope,
             message["tokens"],
             now,  # the refused call used no tokens: its reservation is settled as 0
             reply_to=message["reply"],
@@ -219,7 +271,8 @@ class LimiterConsumer(AsyncConsumer):
                 "at": f"{time.time():.3f}",
             }
         if message["pause"] > 0:
-            self.engine.pause((scope_id, limit_of(message["account_limit"])), message["pause"], now)
+            limit = self.config.account_limit(message["account"], message["endpoint"])
+            self.engine.pause((scope_id, limit), message["pause"], now)
             logger.warning(
                 "upstream 429: pausing account %s %s for %.2fs",
                 message["account"],
@@ -233,12 +286,12 @@ class LimiterConsumer(AsyncConsumer):
 
     async def limiter_adopt(self, message: events.AdoptMessage) -> None:
         """A web process still holds this lease from before we started: count it."""
+        key_scope, account_scope = await self._scopes(message)
         now = time.monotonic()
-        endpoint = message["endpoint"]
         self.engine.adopt(
             message["lease"],
-            (("key", message["key"], endpoint), limit_of(message["key_limit"])),
-            (("account", message["account"], endpoint), limit_of(message["account_limit"])),
+            key_scope,
+            account_scope,
             message["tokens"],
             now,
         )
@@ -292,6 +345,7 @@ class LimiterConsumer(AsyncConsumer):
             "limit": decision.quota.limit_per_minute,
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
+            "max_wait": decision.ticket.key.limit.max_wait,
         }
 
     def _schedule(self, now: float) -> None:
@@ -404,10 +458,15 @@ async def run_limiter(
     consumer.channel_layer = layer
     consumer.channel_name = events.LIMITER_CHANNEL
     stop = stop or asyncio.Event()
+    await consumer.reload()  # the limits, before the first ticket (a ticket would reload anyway)
     logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)
     await _announce(layer)
+    joined = time.monotonic()
     try:
         while not stop.is_set():
+            if time.monotonic() - joined > CONFIG_GROUP_REFRESH:
+                joined = time.monotonic()
+                await _announce(layer, join_only=True)
             try:
                 message = await layer.receive(events.LIMITER_CHANNEL)
             except asyncio.CancelledError:
@@ -422,9 +481,12 @@ async def run_limiter(
         consumer.close()
 
 
-async def _announce(layer: BaseChannelLayer) -> None:
-    """Tell web processes a (new) limiter is serving, so they hand back their live leases."""
+async def _announce(layer: BaseChannelLayer, *, join_only: bool = False) -> None:
+    """Join the configuration broadcast (the limiter reloads its limits on each change),
+    and tell web processes a (new) limiter is serving, so they hand back their leases."""
     try:
-        await layer.group_send(events.CONFIG_GROUP, {"type": events.LIMITER_STARTED})
+        await layer.group_add(events.CONFIG_GROUP, events.LIMITER_CHANNEL)
+        if not join_only:
+            await layer.group_send(events.CONFIG_GROUP, {"type": events.LIMITER_STARTED})
     except Exception as exc:
         logger.warning("could not announce the limiter start: %s", exc)

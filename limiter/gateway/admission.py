@@ -26,7 +26,6 @@ from limiter.client import Grant, LimiterUnavailable, Refused
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response, StreamingResponse
-from limiter.keys import KeyInfo
 from limiter.recorder import recorder
 
 logger = logging.getLogger(__name__)
@@ -273,9 +272,3 @@ def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
         if not isinstance(completion, int) or completion < 0:
             completion = DEFAULT_COMPLETION_TOKENS
     return math.ceil(prompt / 4) + completion
-
-
-def uses_tokens(key: KeyInfo, endpoint: str) -> bool:
-    """Whether a token limit applies to this call (its key's or its account's)."""
-    limits = (key.key_limits.get(endpoint), key.account_limits.get(endpoint))
-    return any(limit and limit[2] for limit in limits)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from limiter.gateway import errors
-from limiter.gateway.admission import admit, estimate_tokens, uses_tokens
+from limiter.gateway.admission import admit, estimate_tokens
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import forward
@@ -41,8 +41,8 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.
         raise await model_not_found(key, model)
     stream = _stream_field(body)
-    counting = uses_tokens(key, endpoint)
-    tokens = estimate_tokens(body, endpoint) if counting else 0.0
+    # Reserved where a token limit applies (the limiter knows where: it owns the limits).
+    tokens = estimate_tokens(body, endpoint)
     # 2. admission
     admission = await admit(request, endpoint, tokens, model)
     usage = Usage()
@@ -53,7 +53,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         # 4. the answer
         if forwarded.response.status_code >= 400:
             raise await upstream_error(request, forwarded, admission)
-        result = await answer(forwarded, admission, stream=stream, counting=counting, usage=usage)
+        result = await answer(forwarded, admission, stream=stream, usage=usage)
         streaming = isinstance(result, StreamingResponse)  # it releases the grant when it ends
         return result
     finally:

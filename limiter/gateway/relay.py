@@ -33,13 +33,15 @@ class Usage:
 
 
 async def answer(
-    forwarded: Forwarded, admission: Admission, *, stream: bool, counting: bool, usage: Usage
+    forwarded: Forwarded, admission: Admission, *, stream: bool, usage: Usage
 ) -> Response | StreamingResponse:
     """The caller's answer to a successful call. A stream releases the grant itself
     when it ends or the caller goes away (the team API runs `on_close` in every case);
     a buffered answer leaves that to the caller."""
     response = forwarded.response
     content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+    # A lease is what is handed back with the tokens used: read Together's count then.
+    counting = bool(admission.grant.lease)
     result: Response | StreamingResponse
     if stream:
         # A stream may outlast the lease's expiry: it keeps its slot while it runs.

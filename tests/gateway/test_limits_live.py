@@ -215,3 +215,21 @@ async def test_a_stream_longer_than_the_lease_ttl_keeps_its_slot(tmp_path):
                 if after.status_code == 200:
                     break
             assert after.status_code == 200, after.text
+
+
+def test_an_endpoint_with_no_limit_rows_is_served_not_a_500(tmp_path):
+    """Issue 10, fault 4: with no row for an endpoint in the key's profile nor in the
+    account's, the web process looked the limit up in its own cache and failed with a
+    KeyError (a 500). The limiter owns the limits now; no row means no limit there."""
+    with SluiceServer(tmp_path) as server:
+        key = server.issue_key("no-rows")
+        server.python(
+            "from limiter.models import EndpointLimit; EndpointLimit.objects.filter(endpoint='rerank').delete()"
+        )
+        response = httpx.post(
+            f"{server.url}/v1/rerank",
+            json={"model": "Salesforce/Llama-Rank-V1", "query": "q", "documents": ["a", "b"]},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text

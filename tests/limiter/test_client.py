@@ -10,8 +10,6 @@ from limiter.client import LimiterClient
 from limiter.keys import KeyInfo
 from limiter.upstream import Target
 
-LIMIT = (60.0, 1, None, None, 10, 30.0)
-
 
 class RecordingLayer:
     """A channel layer that keeps what is sent to the limiter; answers come from the test."""
@@ -40,8 +38,7 @@ def key_info() -> KeyInfo:
         account_id="1",
         account_name="together",
         target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
-        key_limits={"chat": LIMIT},
-        account_limits={"chat": LIMIT},
+        config_version=1,
         fallbacks={},
         max_batch_requests=None,
         loaded_at=time.monotonic(),
