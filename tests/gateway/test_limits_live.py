@@ -224,7 +224,8 @@ def test_an_endpoint_with_no_limit_rows_is_served_not_a_500(tmp_path):
     with SluiceServer(tmp_path) as server:
         key = server.issue_key("no-rows")
         server.python(
-            "from limiter.models import EndpointLimit; EndpointLimit.objects.filter(endpoint='rerank').delete()"
+            "from limiter.models import EndpointLimit;"
+            "EndpointLimit.objects.filter(endpoint='rerank').delete()"
         )
         response = httpx.post(
             f"{server.url}/v1/rerank",
