@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as redis
 
@@ -65,8 +66,12 @@ class Authority:
         self.last_alive = float(raw) if raw else None
         await self.client.set(ALIVE_KEY, time.time())
 
-    async def keep(self, stop: asyncio.Event) -> None:
-        """Refresh the lease and the heartbeat until `stop`; set `stop` if another took over."""
+    async def keep(self, stop: asyncio.Event, alive_until: Callable[[], float] = time.time) -> None:
+        """Refresh the lease and the heartbeat until `stop`; set `stop` if another took over.
+
+        The heartbeat records `alive_until()`: the wall time a successor must assume every
+        bucket full at. Now, unless a settled overrun left a bucket more than full (the
+        limiter passes its engine's `fullness_bound`)."""
         while not stop.is_set():
             try:
                 extended = await self.client.eval(EXTEND, 1, LOCK_KEY, self.token, LOCK_TTL_MS)
@@ -76,7 +81,7 @@ class Authority:
                         logger.critical("another limiter took the authority; stopping this one")
                         stop.set()
                         return
-                await self.client.set(ALIVE_KEY, time.time())
+                await self.client.set(ALIVE_KEY, alive_until())
             except (redis.RedisError, OSError) as exc:
                 logger.error("cannot refresh the limiter authority (%s); still serving", exc)
             try:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
@@ -445,6 +446,7 @@ async def run_limiter(
     stop: asyncio.Event | None = None,
     *,
     unknown_before_wall: float | None = None,
+    started: Callable[[LimiterConsumer], None] | None = None,
 ) -> None:
     """Serve the limiter channel until `stop` is set, surviving channel-layer errors
     (a Redis restart must not end the authority, or its state)."""
@@ -457,6 +459,8 @@ async def run_limiter(
     consumer = LimiterConsumer(unknown_before=unknown_before, adopt_until=adopt_until)
     consumer.channel_layer = layer
     consumer.channel_name = events.LIMITER_CHANNEL
+    if started is not None:
+        started(consumer)  # runworker's heartbeat reads the engine's fullness bound
     stop = stop or asyncio.Event()
     await consumer.reload()  # the limits, before the first ticket (a ticket would reload anyway)
     logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)

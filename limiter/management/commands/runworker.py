@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -20,7 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from limiter import events
 from limiter.authority import HEARTBEAT, Authority, AuthorityTaken
 from limiter.management.production import refuse_development_secret_key
-from limiter.worker import run_limiter
+from limiter.worker import LimiterConsumer, run_limiter
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,25 @@ class Command(BaseCommand):
         # Anything a crashed predecessor admitted happened before its last heartbeat
         # (plus one beat).
         unknown_before = authority.last_alive + HEARTBEAT * 2 if authority.last_alive else None
+        serving: list[LimiterConsumer] = []
+
+        def alive_until() -> float:
+            # A successor assumes every bucket full at this wall time: now, or later where
+            # a settled overrun left a bucket more than full (Engine.fullness_bound).
+            if not serving:
+                return time.time()
+            now = time.monotonic()
+            return time.time() + serving[0].engine.fullness_bound(now) - now
+
         limiter = asyncio.create_task(
-            run_limiter(get_channel_layer(), stop, unknown_before_wall=unknown_before)
+            run_limiter(
+                get_channel_layer(),
+                stop,
+                unknown_before_wall=unknown_before,
+                started=serving.append,
+            )
         )
-        keeper = asyncio.create_task(authority.keep(stop))
+        keeper = asyncio.create_task(authority.keep(stop, alive_until))
         self.stdout.write(
             f"Limiter worker serving channel {events.LIMITER_CHANNEL!r} "
             f"(authority {authority.token})"
