@@ -160,7 +160,14 @@ class LimiterClient:
                 await asyncio.sleep(0.5)
 
     async def acquire(
-        self, *, key: KeyInfo, endpoint: str, tokens: float, request_id: str, replacing: str = ""
+        self,
+        *,
+        key: KeyInfo,
+        endpoint: str,
+        tokens: float,
+        request_id: str,
+        model: str = "",
+        replacing: str = "",
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
 
@@ -176,7 +183,9 @@ class LimiterClient:
             self._held.pop(replacing, None)
         for _attempt in range(STALE_GRANT_RETRIES):
             try:
-                grant = await self._acquire_once(key, endpoint, tokens, request_id, replacing)
+                grant = await self._acquire_once(
+                    key, endpoint, model, tokens, request_id, replacing
+                )
             except (LimiterUnavailable, asyncio.CancelledError):
                 if replacing:  # it may never have reached the limiter: hand it back plainly
                     self.release(replacing, 0.0)
@@ -189,7 +198,13 @@ class LimiterClient:
         raise LimiterUnavailable()
 
     async def _acquire_once(
-        self, key: KeyInfo, endpoint: str, tokens: float, request_id: str, replacing: str = ""
+        self,
+        key: KeyInfo,
+        endpoint: str,
+        model: str,
+        tokens: float,
+        request_id: str,
+        replacing: str = "",
     ) -> Grant:
         ticket = uuid.uuid4().hex
         sent = self.clock()
@@ -205,6 +220,7 @@ class LimiterClient:
                     "endpoint": endpoint,
                     "key": key.key_id,
                     "account": key.account_id,
+                    "model": model,
                     "version": key.config_version,
                     "tokens": tokens,
                     "request_id": request_id,
@@ -238,6 +254,7 @@ class LimiterClient:
                 "endpoint": endpoint,
                 "key": key.key_id,
                 "account": key.account_id,
+                "model": model,
                 "tokens": tokens,
             }
         return Grant(
@@ -281,29 +298,26 @@ class LimiterClient:
         *,
         key: KeyInfo,
         endpoint: str,
+        model: str,
         pause: float,
         headers: dict[str, str],
         refused: bool = False,
     ) -> None:
-        try:
-            await self._send(self._report(key, endpoint, pause, headers, refused))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a report is advice; the request itself goes on
-            logger.warning("could not report upstream headers to the limiter: %s", exc)
-
-    @staticmethod
-    def _report(
-        key: KeyInfo, endpoint: str, pause: float, headers: dict[str, str], refused: bool
-    ) -> dict[str, Any]:
-        return {
+        message: events.UpstreamReportMessage = {
             "type": events.UPSTREAM_REPORT,
             "account": key.account_id,
             "endpoint": endpoint,
+            "model": model,
             "pause": pause,
             "headers": headers,
             "refused": refused,
         }
+        try:
+            await self._send(dict(message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a report is advice; the request itself goes on
+            logger.warning("could not report upstream headers to the limiter: %s", exc)
 
     async def ping(self, within: float | None = None) -> tuple[float, dict[str, Any]]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""

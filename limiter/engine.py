@@ -84,7 +84,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-ScopeId = tuple[str, str, str]  # ("key" | "account", object id, endpoint)
+# ("key" | "account", object id, endpoint, model). A key's scope is per endpoint kind
+# (model ""); an account's is per model, as Together limits each model on its own.
+ScopeId = tuple[str, ...]
 
 # Reason codes, as the API puts them in `error.code` and the 429 record keeps them.
 RATE_LIMITED = "rate_limited"

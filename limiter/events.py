@@ -51,6 +51,8 @@ class AcquireMessage(TypedDict):
     endpoint: str
     key: str  # ApiKey pk
     account: str  # UpstreamAccount pk
+    # Together limits each model on its own: the account's scope is per model ("": files, jobs).
+    model: str
     version: int  # the configuration version the asker's key cache saw (ConfigVersion)
     tokens: float  # the estimate to reserve where a token limit applies
     request_id: str
@@ -98,6 +100,7 @@ class AdoptMessage(TypedDict):
     endpoint: str
     key: str
     account: str
+    model: str
     tokens: float
 
 
@@ -107,6 +110,7 @@ class UpstreamReportMessage(TypedDict):
     type: str  # UPSTREAM_REPORT
     account: str
     endpoint: str
+    model: str  # what Together said concerns this model only
     pause: float  # seconds; 0 when this is only a headers report
     headers: dict[str, str]
     refused: bool  # an upstream 429 that reached the caller (for the live 429 counts)
@@ -116,6 +120,7 @@ class ScopeSnapshot(TypedDict):
     kind: Literal["key", "account"]
     id: str
     endpoint: str
+    model: str  # an account's scope is per model; "" for a key's
     limit_per_minute: float
     burst: int
     in_use: float  # units of the burst in use now: the window the limiter enforces

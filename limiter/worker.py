@@ -181,7 +181,7 @@ class LimiterConsumer(AsyncConsumer):
             return
         now = time.monotonic()
         for scope_id in list(self.engine.scopes):
-            kind, object_id, endpoint = scope_id
+            kind, object_id, endpoint = scope_id[:3]
             limit = (
                 self.config.key_limit(object_id, endpoint)
                 if kind == "key"
@@ -206,12 +206,14 @@ class LimiterConsumer(AsyncConsumer):
         holds: reloaded first when the ticket saw a newer configuration, or names a key
         or account it does not know yet (created since its last load)."""
         key, account, endpoint = message["key"], message["account"], message["endpoint"]
+        model = message.get("model", "")
         newer = message.get("version", 0) > self.config.version  # type: ignore[operator]
         if newer or not self.config.knows(key, account):
             await self.reload()
         return (
-            (("key", key, endpoint), self.config.key_limit(key, endpoint)),
-            (("account", account, endpoint), self.config.account_limit(account, endpoint)),
+            (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),
+            # The account's ceiling per model: one model's 429 or pace leaves the others be.
+            (("account", account, endpoint, model), self.config.account_limit(account, endpoint)),
         )
 
     # --- messages ---------------------------------------------------------------------
@@ -265,7 +267,7 @@ class LimiterConsumer(AsyncConsumer):
 
     async def limiter_upstream(self, message: events.UpstreamReportMessage) -> None:
         now = time.monotonic()
-        scope_id = ("account", message["account"], message["endpoint"])
+        scope_id = ("account", message["account"], message["endpoint"], message.get("model", ""))
         if message["headers"]:
             self.stats.upstream_headers[message["account"]][message["endpoint"]] = {
                 **message["headers"],
@@ -415,12 +417,13 @@ class LimiterConsumer(AsyncConsumer):
         }
 
     def _scope_snapshot(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:
-        kind, object_id, endpoint = scope.id
+        kind, object_id, endpoint, model = scope.id
         refused = self.stats.refused.get(scope.id)
         return {
             "kind": "key" if kind == "key" else "account",
             "id": object_id,
             "endpoint": endpoint,
+            "model": model,
             "limit_per_minute": scope.limit.per_minute,
             "burst": scope.limit.burst,
             "in_use": round(scope.requests.debt(now), 3),

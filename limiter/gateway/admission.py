@@ -152,6 +152,7 @@ async def _grant(
             endpoint=endpoint,
             tokens=tokens,
             request_id=request.request_id,
+            model=model,
             replacing=replacing,
         )
     except Refused as refused:

@@ -67,9 +67,9 @@ async def forward(request: Request, admission: Admission, path: str, *, stream: 
         outcome = await _send(
             request, admission, path, _with_model(request.body, fallback), stream=stream
         )
-        reporter.headers(key, admission.endpoint, outcome.response.headers)
+        reporter.headers(key, admission.endpoint, fallback, outcome.response.headers)
         return Forwarded(outcome, served_by=fallback)
-    reporter.headers(key, admission.endpoint, outcome.response.headers)
+    reporter.headers(key, admission.endpoint, admission.model, outcome.response.headers)
     return Forwarded(outcome)
 
 
@@ -147,7 +147,9 @@ async def _rate_limited_upstream(
         message=errors.upstream_message(response.content),
     )
     metrics.REFUSED.labels(admission.endpoint, "upstream_rate_limited", "upstream").inc()
-    await reporter.rate_limited(key, admission.endpoint, response.headers, pause=pause)
+    await reporter.rate_limited(
+        key, admission.endpoint, admission.model, response.headers, pause=pause
+    )
 
 
 def _with_model(body: bytes, model: str) -> bytes:
@@ -157,35 +159,43 @@ def _with_model(body: bytes, model: str) -> bytes:
 
 
 class _Reporter:
-    """Tells the limiter what Together said: its rate headers (for the dashboard) at most
-    once a second per account and endpoint, and every 429 at once."""
+    """Tells the limiter what Together said about a model: its rate headers at most once
+    a second per account, endpoint and model, and every 429 at once."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
+        self._last: dict[tuple[str, str, str], float] = {}
 
-    def headers(self, key: KeyInfo, endpoint: str, headers: httpx.Headers) -> None:
+    def headers(self, key: KeyInfo, endpoint: str, model: str, headers: httpx.Headers) -> None:
         now = time.monotonic()
-        if now - self._last.get((key.account_id, endpoint), 0.0) < HEADER_REPORT_INTERVAL:
+        if now - self._last.get((key.account_id, endpoint, model), 0.0) < HEADER_REPORT_INTERVAL:
             return
-        self._last[(key.account_id, endpoint)] = now
+        self._last[(key.account_id, endpoint, model)] = now
         found = rate_headers(headers)
         if found:
-            spawn(self._report(key, endpoint, pause=0.0, headers=found, refused=False))
+            spawn(self._report(key, endpoint, model, pause=0.0, headers=found, refused=False))
 
     async def rate_limited(
-        self, key: KeyInfo, endpoint: str, headers: httpx.Headers, pause: float
+        self, key: KeyInfo, endpoint: str, model: str, headers: httpx.Headers, pause: float
     ) -> None:
         # Awaited, not spawned: the pause must reach the limiter before our own retry asks.
-        self._last[(key.account_id, endpoint)] = time.monotonic()
-        await self._report(key, endpoint, pause=pause, headers=rate_headers(headers), refused=True)
+        self._last[(key.account_id, endpoint, model)] = time.monotonic()
+        await self._report(
+            key, endpoint, model, pause=pause, headers=rate_headers(headers), refused=True
+        )
 
     @staticmethod
     async def _report(
-        key: KeyInfo, endpoint: str, *, pause: float, headers: dict[str, str], refused: bool
+        key: KeyInfo,
+        endpoint: str,
+        model: str,
+        *,
+        pause: float,
+        headers: dict[str, str],
+        refused: bool,
     ) -> None:
         limiter = await process.ensure_started()
         await limiter.report_upstream(
-            key=key, endpoint=endpoint, pause=pause, headers=headers, refused=refused
+            key=key, endpoint=endpoint, model=model, pause=pause, headers=headers, refused=refused
         )
 
 

@@ -64,11 +64,17 @@
   function renderAccounts(scopes) {
     const rows = [];
     for (const account of limits.accounts) {
-      account.limits.forEach((limit, i) => {
-        const scope = scopes.find((s) => s.kind === "account" && s.id === account.id && s.endpoint === limit.endpoint);
-        const label = i === 0 ? `<strong>${esc(account.name)}</strong><br><span class="muted small">profile ${esc(account.profile)}</span>` : "";
-        rows.push(`<tr class="${i === 0 ? "group-start" : ""} ${scope ? "" : "idle"}"><td>${label}</td>${scope ? scopeCells(scope) : limitCells(limit)}</tr>`);
-      });
+      // Together limits each model on its own: one row per model in use, else the endpoint's limit.
+      let first = true;
+      for (const limit of account.limits) {
+        const inUse = scopes.filter((s) => s.kind === "account" && s.id === account.id && s.endpoint === limit.endpoint);
+        for (const scope of inUse.length ? inUse : [null]) {
+          const name = first ? `<strong>${esc(account.name)}</strong><br><span class="muted small">profile ${esc(account.profile)}</span>` : "";
+          const model = scope && scope.model ? `<br><code class="small">${esc(scope.model)}</code>` : "";
+          rows.push(`<tr class="${first ? "group-start" : ""} ${scope ? "" : "idle"}"><td>${name}${model}</td>${scope ? scopeCells(scope) : limitCells(limit)}</tr>`);
+          first = false;
+        }
+      }
     }
     $("accounts").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">No upstream account.</td></tr>`;
   }

@@ -223,6 +223,7 @@ def test_live_carries_job_slots_and_named_scopes(api, team, monkeypatch):
                 "kind": "account",
                 "id": str(team.upstream_id),
                 "endpoint": "chat",
+                "model": "meta-llama/Llama-3.3-70B-Instruct-Turbo",
                 "limit_per_minute": 500.0,
                 "burst": 1,
                 "in_use": 0.0,

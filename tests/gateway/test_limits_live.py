@@ -234,3 +234,45 @@ def test_an_endpoint_with_no_limit_rows_is_served_not_a_500(tmp_path):
             timeout=30,
         )
         assert response.status_code == 200, response.text
+
+
+OTHER_MODEL = "Qwen/Qwen2.5-7B-Instruct-Turbo"
+
+
+async def test_togethers_429_on_one_model_leaves_the_other_models_be(shared_server):
+    """Issue 11, point 3: Together limits each model on its own, so its 429 for one model
+    pauses that model's scope only. Before, it paused the whole account's endpoint: every
+    team's calls to every other model waited out the pause too."""
+    server = shared_server
+    server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 3})
+    first, second = server.issue_key("model-a"), server.issue_key("model-b")
+    ops = {"authorization": f"Bearer {server.admin_token}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        hit = asyncio.ensure_future(
+            client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"})
+        )
+        while not any(  # noqa: ASYNC110  (polls the ops API over HTTP: no event to await)
+            scope["kind"] == "account" and scope["paused_for"] > 0
+            for scope in (
+                (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}
+            ).get("scopes", [])
+        ):
+            await asyncio.sleep(0.02)
+        started = time.monotonic()
+        other = await client.post(
+            CHAT, json=body(model=OTHER_MODEL), headers={"authorization": f"Bearer {second}"}
+        )
+        waited = time.monotonic() - started
+        assert (await hit).status_code == 200
+    assert other.status_code == 200, other.text
+    assert waited < 1.0, (
+        f"a call to another model waited out the first model's pause ({waited:.2f}s)"
+    )
+    paused = [
+        scope
+        for scope in (
+            await asyncio.to_thread(lambda: httpx.get(f"{server.url}/api/live", headers=ops).json())
+        )["snapshot"]["scopes"]
+        if scope["kind"] == "account" and scope["model"] == MODEL
+    ]
+    assert paused, "the paused scope is the first model's"
