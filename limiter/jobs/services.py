@@ -61,7 +61,7 @@ from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import key_still_usable, queued_in_order
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
-from limiter.upstream import UpstreamError, account_target
+from limiter.upstream import Target, UpstreamError, account_target
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,8 @@ async def batch_plan(
 
     Raises ModelNotUsable (a request names another team's fine-tuned model: a batch
     would run it as surely as a chat call), BatchTooLarge (over the cap, no split
-    asked) or UpstreamRefused.
+    asked), UpstreamRefused or UpstreamError. A part that fails to upload fails the
+    split, and the parts already uploaded are deleted.
     """
     target = key.target
     response = await together.file_content(target, input_file_id)
@@ -224,6 +225,8 @@ async def batch_plan(
     if not split:
         raise BatchTooLarge(len(lines), cap)
     chunks = [lines[i : i + cap] for i in range(0, len(lines), cap)]
+    # Every upload is let finish (none is retried: see together.py), so that a failed
+    # split can delete the parts that did upload instead of leaving them orphaned.
     uploads = await asyncio.gather(
         *(
             together.file_upload(
@@ -233,13 +236,42 @@ async def batch_plan(
                 purpose="batch-api",
             )
             for n, chunk in enumerate(chunks, start=1)
-        )
+        ),
+        return_exceptions=True,
     )
-    for upload, chunk in zip(uploads, chunks, strict=True):
-        if upload.status_code != 200:
-            raise UpstreamRefused(upload)
-        plan.part_files.append((str(upload.json()["id"]), len(chunk)))
+    uploaded = [
+        str(upload.json()["id"])
+        for upload in uploads
+        if isinstance(upload, httpx.Response) and upload.status_code == 200
+    ]
+    if len(uploaded) < len(chunks):
+        await _files_delete(target, uploaded)
+        failure = next(
+            upload
+            for upload in uploads
+            if not isinstance(upload, httpx.Response) or upload.status_code != 200
+        )
+        if isinstance(failure, httpx.Response):
+            raise UpstreamRefused(failure)
+        raise failure
+    plan.part_files = [
+        (file_id, len(chunk)) for file_id, chunk in zip(uploaded, chunks, strict=True)
+    ]
     return plan
+
+
+async def _files_delete(target: Target, file_ids: list[str]) -> None:
+    """Best effort: a part file left behind costs storage, not correctness."""
+    for file_id in file_ids:
+        try:
+            response = await together.file_delete(target, file_id)
+        except UpstreamError as exc:
+            logger.warning("deleting part file %s: %s; left upstream", file_id, exc.detail)
+            continue
+        if not response.is_success:
+            logger.warning(
+                "deleting part file %s answered %s; left upstream", file_id, response.status_code
+            )
 
 
 def _batch_models(lines: list[bytes]) -> set[str]:

@@ -3,6 +3,7 @@ never holds a slot for ever, and a create or part upload is never repeated blind
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -10,12 +11,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from limiter.gateway import jobs as api
 from limiter.jobs import services
-from limiter.jobs.models import Job, JobEvent, JobKind, JobState
+from limiter.jobs.models import Job, JobEvent, JobKind, JobState, TeamFile
 from limiter.jobs.poller import Poller
 from sandbox import ThreadedSandbox
 from sandbox.http import ApiError
-from tests.jobs.conftest import MODEL, batch_lines, set_cap, upload
+from tests.jobs.conftest import MODEL, all_done, batch_lines, call, drive, request, set_cap, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -153,3 +155,59 @@ async def test_failing_polls_back_off_to_a_cap(sandbox, make_key, monkeypatch):
     assert first.state == JobState.RUNNING and first.poll_failures == 41
     wait = (first.next_poll_at - timezone.now()).total_seconds()
     assert services.POLL_FAILURE_MAX_SECONDS - 5 < wait <= services.POLL_FAILURE_MAX_SECONDS
+
+
+# --- creates are never repeated blindly -----------------------------------------------------
+@pytest.mark.parametrize("kind", [JobKind.FINE_TUNE, JobKind.BATCH])
+async def test_a_create_answered_502_after_together_made_the_job_makes_one_job_not_two(
+    sandbox, make_key, monkeypatch, kind
+):
+    key = await sync_to_async(make_key)("alpha")
+    job = await sync_to_async(services.job_accept)(
+        key=key, kind=kind, request=body_for(sandbox, kind)
+    )
+    create = "fine_tune_create" if kind == JobKind.FINE_TUNE else "batch_create"
+    fail_after(sandbox, monkeypatch, create, 502)
+
+    await Poller().start_queued()
+
+    job = await Job.objects.aget(pk=job.pk)
+    assert job.state == JobState.STARTING  # Together may have it: not known, not re-sent
+    assert len(upstream_jobs(sandbox, kind)) == 1
+    monkeypatch.undo()
+    # The reconciler runs once the start's deadline (and margin) is past.
+    await Job.objects.filter(pk=job.pk).aupdate(claimed_at=timezone.now() - timedelta(minutes=5))
+    await drive(Poller(start_deadline=0), all_done)
+
+    (upstream_id,) = upstream_jobs(sandbox, kind)  # exactly one, and Sluice tracks it
+    job = await Job.objects.aget(pk=job.pk)
+    assert (job.state, job.upstream_id) == (JobState.DONE, upstream_id)
+    assert job.upstream_status in ("completed", "COMPLETED")
+
+
+async def test_a_split_whose_part_upload_fails_is_refused_and_leaves_no_part_files(
+    sandbox, make_key, monkeypatch
+):
+    key = await sync_to_async(make_key)("alpha")
+    file_id = upload(sandbox, batch_lines(250), "batch-api")
+    await sync_to_async(services.file_record)(team_id=key.team_id, file_id=file_id)
+    state = sandbox.app.state
+    file_create: Callable[..., Any] = state.file_create
+
+    def second_part_fails(*, filename: str, **kwargs: Any) -> Any:
+        stored = file_create(filename=filename, **kwargs)
+        if filename.endswith("-part-2.jsonl"):
+            raise ApiError(502, "Bad gateway", error_type="server_error")
+        return stored
+
+    monkeypatch.setattr(state, "file_create", second_part_fails)
+    body = {"endpoint": "/v1/chat/completions", "input_file_id": file_id, "split": True}
+
+    status, answer = await call(api.batches_create, request(key, "POST", "/v1/batches", body))
+
+    assert status == 502, answer
+    assert not await Job.objects.aexists()
+    # Part 2 was stored but answered 502: it cannot be found, and it was not sent twice.
+    parts = sorted(f.filename for f in state.files.values() if "-part-" in f.filename)
+    assert parts == [f"{file_id}-part-2.jsonl"]
+    assert not await TeamFile.objects.exclude(file_id=file_id).aexists()
