@@ -86,6 +86,8 @@ class Job(models.Model):
     not_before = models.DateTimeField(null=True, blank=True)
     next_poll_at = models.DateTimeField(null=True, blank=True)
     poll_failures = models.PositiveIntegerField(default=0)
+    # Polls in a row that found the status unchanged; while polls fail, Together's 404s in
+    # a row (the job policy in services.py ends a job after a few).
     unchanged_polls = models.PositiveIntegerField(default=0)
 
     class Meta:

@@ -4,7 +4,20 @@ Starting is claim-then-call: a conditional UPDATE moves a job from queued to sta
 only while the account (and the team) still has a free slot, so two processes can
 never start the same job or overfill the caps. Only then is Together called, and the
 upstream id recorded. A job left in "starting" by a crash is reconciled by looking it
-up upstream (`together.find_started`) before it may be started again.
+up upstream (`together.find_started`) before it may be started again. A create is
+sent once, never retried: a job whose create got no clear answer stays "starting"
+and is settled the same way (a blind retry could make a second upstream job).
+
+A running job never holds its slot for ever. Its polls back off on failure (2 s
+doubling, at most POLL_FAILURE_MAX_SECONDS apart), and it is recorded as ended
+(`done`, upstream status "error" / "FAILED", an error saying why, a JobEvent), which
+frees its slot, when either:
+- Together answers 404 (or 410) to GONE_AFTER_POLLS polls in a row, spaced at least
+  GONE_CONFIRM_SECONDS apart: it no longer knows the job, and one 404 may be a blip;
+- its polls have failed for SLUICE_JOB_LOST_AFTER (default 24 h) whatever the cause
+  (5xx, no answer). That span is counted on the backoff schedule, so a job is never
+  ended sooner; a poller that was down adds to it.
+A successful poll in between starts both counts again.
 
 Functions without `async` touch only the database; the async ones call Together and
 reach the database through `sync_to_async`.
@@ -22,6 +35,7 @@ from typing import Any
 
 import httpx
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F, Func, IntegerField, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -47,7 +61,7 @@ from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import key_still_usable, queued_in_order
 from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
-from limiter.upstream import UpstreamError, account_target
+from limiter.upstream import Target, UpstreamError, account_target
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +78,11 @@ FAILED = {JobKind.FINE_TUNE: "error", JobKind.BATCH: "FAILED"}
 POLL_BASE_SECONDS = 1.0
 POLL_MAX_SECONDS = 60.0
 POLL_FAILURE_MAX_SECONDS = 300.0
+# A job Together answers 404 for this many polls in a row is gone (see the docstring).
+GONE_AFTER_POLLS = 3
+GONE_CONFIRM_SECONDS = 30.0
+GONE_STATUSES = frozenset({404, 410})
+LOST_AFTER_DEFAULT_SECONDS = 24 * 3600.0
 # Together said "busy" (409/429) to a start: wait this long before trying that job again.
 BUSY_RETRY_SECONDS = 15.0
 # A start in flight can last the start deadline; a claim older than this plus the margin
@@ -188,7 +207,8 @@ async def batch_plan(
 
     Raises ModelNotUsable (a request names another team's fine-tuned model: a batch
     would run it as surely as a chat call), BatchTooLarge (over the cap, no split
-    asked) or UpstreamRefused.
+    asked), UpstreamRefused or UpstreamError. A part that fails to upload fails the
+    split, and the parts already uploaded are deleted.
     """
     target = key.target
     response = await together.file_content(target, input_file_id)
@@ -205,6 +225,8 @@ async def batch_plan(
     if not split:
         raise BatchTooLarge(len(lines), cap)
     chunks = [lines[i : i + cap] for i in range(0, len(lines), cap)]
+    # Every upload is let finish (none is retried: see together.py), so that a failed
+    # split can delete the parts that did upload instead of leaving them orphaned.
     uploads = await asyncio.gather(
         *(
             together.file_upload(
@@ -214,13 +236,42 @@ async def batch_plan(
                 purpose="batch-api",
             )
             for n, chunk in enumerate(chunks, start=1)
-        )
+        ),
+        return_exceptions=True,
     )
-    for upload, chunk in zip(uploads, chunks, strict=True):
-        if upload.status_code != 200:
-            raise UpstreamRefused(upload)
-        plan.part_files.append((str(upload.json()["id"]), len(chunk)))
+    uploaded = [
+        str(upload.json()["id"])
+        for upload in uploads
+        if isinstance(upload, httpx.Response) and upload.status_code == 200
+    ]
+    if len(uploaded) < len(chunks):
+        await _files_delete(target, uploaded)
+        failure = next(
+            upload
+            for upload in uploads
+            if not isinstance(upload, httpx.Response) or upload.status_code != 200
+        )
+        if isinstance(failure, httpx.Response):
+            raise UpstreamRefused(failure)
+        raise failure
+    plan.part_files = [
+        (file_id, len(chunk)) for file_id, chunk in zip(uploaded, chunks, strict=True)
+    ]
     return plan
+
+
+async def _files_delete(target: Target, file_ids: list[str]) -> None:
+    """Best effort: a part file left behind costs storage, not correctness."""
+    for file_id in file_ids:
+        try:
+            response = await together.file_delete(target, file_id)
+        except UpstreamError as exc:
+            logger.warning("deleting part file %s: %s; left upstream", file_id, exc.detail)
+            continue
+        if not response.is_success:
+            logger.warning(
+                "deleting part file %s answered %s; left upstream", file_id, response.status_code
+            )
 
 
 def _batch_models(lines: list[bytes]) -> set[str]:
@@ -572,7 +623,9 @@ async def job_poll(*, job: Job) -> bool:
         return False
     if response.status_code != 200:
         await sync_to_async(_poll_failed)(
-            job, f"HTTP {response.status_code}: {_error_text(response)}"
+            job,
+            f"HTTP {response.status_code}: {_error_text(response)}",
+            not_found=response.status_code in GONE_STATUSES,
         )
         return False
     return await sync_to_async(job_apply_upstream)(job=job, obj=response.json())
@@ -587,7 +640,8 @@ def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
         logger.warning(
             "job %s: unknown upstream status %r, treated as still running", job.public_id, status
         )
-    unchanged = 0 if changed else job.unchanged_polls + 1
+    # After failed polls, unchanged_polls held the 404 count (see _poll_failed).
+    unchanged = 0 if changed or job.poll_failures else job.unchanged_polls + 1
     values: dict[str, Any] = {
         "upstream": fields.redacted(obj),
         "upstream_status": status,
@@ -617,13 +671,72 @@ def job_apply_upstream(*, job: Job, obj: dict[str, Any]) -> bool:
     return changed
 
 
-def _poll_failed(job: Job, detail: str) -> None:
+MSG_JOB_GONE = (
+    "Together no longer knows this job: it answered 404 to {polls} polls in a row. "
+    "Sluice recorded it as ended and freed its slot."
+)
+MSG_JOB_UNREADABLE = (
+    "Sluice could not read this job from Together for {seconds:.0f} s, so it recorded it "
+    "as ended and freed its slot. Last error: {detail}"
+)
+
+
+def lost_after() -> float:
+    """Seconds of failing polls after which a running job gives its slot back."""
+    return float(getattr(settings, "SLUICE_JOB_LOST_AFTER", LOST_AFTER_DEFAULT_SECONDS))
+
+
+def _poll_delay(failures: int) -> float:
+    return min(POLL_FAILURE_MAX_SECONDS, 2.0**failures)
+
+
+def _failing_for(failures: int) -> float:
+    """The least time `failures` failed polls in a row span: the backoff between them."""
+    return sum(_poll_delay(n) for n in range(1, failures))
+
+
+def _poll_failed(job: Job, detail: str, *, not_found: bool = False) -> None:
+    """Back off; end the job once Together has surely lost it or polls failed too long."""
     failures = job.poll_failures + 1
-    delay = min(POLL_FAILURE_MAX_SECONDS, 2.0**failures)
+    # No schema change for a second counter: while polls fail, unchanged_polls counts
+    # Together's 404s in a row (any other failure breaks the run; a success resets it).
+    gone_polls = (job.unchanged_polls + 1 if job.poll_failures else 1) if not_found else 0
+    if gone_polls >= GONE_AFTER_POLLS:
+        _record_lost(job, failures, MSG_JOB_GONE.format(polls=gone_polls))
+        return
+    if _failing_for(failures) >= lost_after():
+        _record_lost(job, failures, MSG_JOB_UNREADABLE.format(seconds=lost_after(), detail=detail))
+        return
+    delay = _poll_delay(failures)
+    if not_found:
+        delay = max(delay, GONE_CONFIRM_SECONDS)  # a blip of Together's must not end a job
     logger.warning("polling %s failed (%s); next try in %.0fs", job.public_id, detail, delay)
-    Job.objects.filter(pk=job.pk, state=JobState.RUNNING).update(
-        poll_failures=failures, next_poll_at=timezone.now() + timedelta(seconds=delay)
+    # Conditional on what we read, so two pollers failing at once count one failure.
+    Job.objects.filter(pk=job.pk, state=JobState.RUNNING, poll_failures=job.poll_failures).update(
+        poll_failures=failures,
+        unchanged_polls=gone_polls,
+        next_poll_at=timezone.now() + timedelta(seconds=delay),
     )
+
+
+def _record_lost(job: Job, failures: int, error: str) -> None:
+    status = FAILED[JobKind(job.kind)]
+    now = timezone.now()
+    if not Job.objects.filter(
+        pk=job.pk, state=JobState.RUNNING, poll_failures=job.poll_failures
+    ).update(
+        state=JobState.DONE,
+        upstream_status=status,
+        error=error,
+        finished_at=now,
+        next_poll_at=None,
+        poll_failures=failures,
+    ):
+        return
+    job.state, job.upstream_status, job.error = JobState.DONE, status, error
+    job.finished_at, job.next_poll_at, job.poll_failures = now, None, failures
+    logger.error("job %s (upstream %s) ended: %s", job.public_id, job.upstream_id, error)
+    _event(job, error)
 
 
 def queued_work() -> list[tuple[int, str]]:

@@ -4,6 +4,10 @@ Fine-tunes and batches differ in small ways (a batch create answers `{job, warni
 the batch list is a bare array, fine-tune lists are `{"data": [...]}`); this module
 hides those differences. All HTTP still goes through `limiter.upstream.client`; every id
 put into a path is escaped as one segment.
+
+Creates (a job, a file) are sent once: after a timeout or a 502 Together may have
+made the thing, and a retry would make a second one Sluice never tracks. Reads,
+cancels and deletes are safe to repeat and keep the client's retries.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ def _deadline(seconds: float | None = None) -> float:
 
 
 async def submit(target: Target, job: Job, *, deadline: float | None = None) -> httpx.Response:
+    """Create the job upstream, once. No answer or a 5xx is settled by its marker later."""
     outcome = await client.send(
         target,
         "POST",
@@ -46,6 +51,7 @@ async def submit(target: Target, job: Job, *, deadline: float | None = None) -> 
         content=_json_bytes(job.request),
         headers=JSON_HEADERS,
         deadline=_deadline(deadline),
+        max_retries=0,  # not idempotent: see the module docstring
     )
     return outcome.response
 
@@ -93,11 +99,21 @@ async def file_upload(
     )
     body = form.read()
     headers = {"content-type": form.headers["content-type"]}
-    return (
-        await client.send(
-            target, "POST", "/files", content=body, headers=headers, deadline=_deadline()
-        )
-    ).response
+    outcome = await client.send(
+        target,
+        "POST",
+        "/files",
+        content=body,
+        headers=headers,
+        deadline=_deadline(),
+        max_retries=0,  # a retried upload leaves an orphan file behind
+    )
+    return outcome.response
+
+
+async def file_delete(target: Target, file_id: str) -> httpx.Response:
+    path = f"/files/{path_segment(file_id)}"
+    return (await client.send(target, "DELETE", path, deadline=_deadline())).response
 
 
 def created_object(kind: str, data: Any) -> dict[str, Any]:
