@@ -189,6 +189,9 @@ SLUICE_UPSTREAM_TRANSPORT = env.str("SLUICE_UPSTREAM_TRANSPORT", default="aiohtt
 SLUICE_EMBEDDED_JOB_POLLER = env.bool("SLUICE_EMBEDDED_JOB_POLLER", default=SLUICE_EMBEDDED_LIMITER)
 # A job claimed for starting but not confirmed within this many seconds is reconciled.
 SLUICE_JOB_START_DEADLINE = env.float("SLUICE_JOB_START_DEADLINE", default=30.0)
+# A running job whose status polls keep failing gives its slot back after this many
+# seconds (three 404s in a row end it sooner): see limiter/jobs/services.py.
+SLUICE_JOB_LOST_AFTER = env.float("SLUICE_JOB_LOST_AFTER", default=24 * 3600.0)
 # A bearer token for the ops API (scripts, CI); empty: staff sessions only.
 SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")
 # Days of 429 history kept by `manage.py prune429`.

@@ -82,7 +82,6 @@ POLL_FAILURE_MAX_SECONDS = 300.0
 GONE_AFTER_POLLS = 3
 GONE_CONFIRM_SECONDS = 30.0
 GONE_STATUSES = frozenset({404, 410})
-LOST_AFTER_DEFAULT_SECONDS = 24 * 3600.0
 # Together said "busy" (409/429) to a start: wait this long before trying that job again.
 BUSY_RETRY_SECONDS = 15.0
 # A start in flight can last the start deadline; a claim older than this plus the margin
@@ -683,7 +682,7 @@ MSG_JOB_UNREADABLE = (
 
 def lost_after() -> float:
     """Seconds of failing polls after which a running job gives its slot back."""
-    return float(getattr(settings, "SLUICE_JOB_LOST_AFTER", LOST_AFTER_DEFAULT_SECONDS))
+    return float(settings.SLUICE_JOB_LOST_AFTER)
 
 
 def _poll_delay(failures: int) -> float:
