@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -70,10 +71,40 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
     return task
 
 
+class Lateness:
+    """How late the limiter's answers arrive, without comparing two hosts' clocks.
+
+    Each decision carries the limiter's monotonic time `at`. Here, `now - at` is the
+    delivery delay plus an unknown, constant offset between the two clocks; the smallest
+    value seen lately is the offset plus the fastest delivery. A decision's lateness is
+    how much slower than that it came: a grant used that late would reach Together
+    bunched with the grants after it. Time a ticket spent waiting for the limiter to read
+    it is not lateness (the limiter decided after it), nor is time queued for a grant.
+    The minimum is kept over two windows, so a drifting clock is followed.
+    """
+
+    WINDOW = 30.0
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._best = self._previous = math.inf
+        self._since: float | None = None
+
+    def age(self, now: float, at: float) -> float:
+        delta = now - at
+        if self._since is None or now - self._since > self.WINDOW:
+            self._previous, self._best, self._since = self._best, math.inf, now
+        self._best = min(self._best, delta)
+        return max(0.0, delta - min(self._best, self._previous))
+
+
 class LimiterClient:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.layer = get_channel_layer()
         self.clock = clock  # this process's monotonic clock: grant lateness is measured on it
+        self.lateness = Lateness()
         self.reply_channel = ""
         self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
@@ -127,6 +158,7 @@ class LimiterClient:
             owned_models.clear()
             return
         if kind == events.LIMITER_STARTED:
+            self.lateness.reset()  # a new limiter, a new clock
             for held in list(self._held.values()):
                 spawn(self._send_until_delivered(dict(held)))
             return
@@ -207,7 +239,6 @@ class LimiterClient:
         replacing: str = "",
     ) -> Grant:
         ticket = uuid.uuid4().hex
-        sent = self.clock()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
@@ -263,10 +294,7 @@ class LimiterClient:
             decision["limit"],
             decision["remaining"],
             decision["reset"],
-            # Lateness on this process's own clock (other hosts' clocks differ): the time
-            # since the ticket was sent, less the time the limiter says it queued, is the
-            # round trip, a few milliseconds unless a loop stalled or the layer recovered.
-            age=max(0.0, self.clock() - sent - decision["waited"]),
+            age=self.lateness.age(self.clock(), decision["at"]),
         )
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:

@@ -84,6 +84,9 @@ class DecisionMessage(TypedDict):
     remaining: int
     reset: float
     max_wait: float  # "queued": the longest the ticket may wait for its grant
+    # The limiter's monotonic clock at the decision: only differences between decisions
+    # mean anything on another host (limiter/client.py Lateness).
+    at: float
 
 
 class ReleaseMessage(TypedDict):

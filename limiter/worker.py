@@ -349,6 +349,8 @@ class LimiterConsumer(AsyncConsumer):
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
             "max_wait": decision.ticket.key.limit.max_wait,
+            # This host's monotonic clock: the web process learns the offset (client.Lateness).
+            "at": time.monotonic(),
         }
 
     def _schedule(self, now: float) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from limiter import events
 from limiter.client import LimiterClient
 from limiter.keys import KeyInfo
@@ -88,7 +90,7 @@ async def test_a_grant_that_arrives_as_its_caller_is_cancelled_is_handed_back():
     assert events.CANCEL in layer.types()
 
 
-def grant(ticket: str, lease: str, waited: float) -> dict:
+def grant(ticket: str, lease: str, at: float, waited: float = 0.0) -> dict:
     return {
         "type": events.DECISION,
         "ticket": ticket,
@@ -101,53 +103,69 @@ def grant(ticket: str, lease: str, waited: float) -> dict:
         "limit": 60,
         "remaining": 0,
         "reset": 1.0,
+        "max_wait": 30.0,
+        "at": at,
     }
 
 
 class Clock:
-    """This process's monotonic clock, moved by the test."""
+    """A monotonic clock, moved by the test."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
+    def __init__(self, now: float) -> None:
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
 
 
-async def test_grant_lateness_is_measured_on_this_processs_clock_not_the_limiters():
-    """Issue 10, fault 5: a grant's age was this host's wall clock minus the limiter's; with
-    more than 200 ms of skew every grant was 'stale', asked for three times and answered 503.
-    The messages carry no wall time now: a grant that queued 2 s at the limiter and took
-    2.01 s end to end here is 10 ms late, whatever either host's clock says."""
-    clock = Clock()
-    client = LimiterClient(clock=clock)
-    client.layer = layer = RecordingLayer()
+async def granted(
+    client: LimiterClient, layer: RecordingLayer, lease: str, at: float, **kw
+) -> object:
     waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="r")
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id=lease)
     )
-    acquire = await until_sent(layer, events.ACQUIRE)
-    assert set(acquire).isdisjoint({"expires", "at"})  # no clock crosses hosts
-    clock.now += 2.01
-    client._dispatch(grant(acquire["ticket"], "lease-1", waited=2.0))
-    granted = await waiting
-    assert granted.lease == "lease-1" and granted.age < 0.02
-    assert layer.types() == [events.ACQUIRE]  # used, not handed back and asked again
-
-
-async def test_a_grant_delivered_late_is_handed_back_and_asked_for_again():
-    clock = Clock()
-    client = LimiterClient(clock=clock)
-    client.layer = layer = RecordingLayer()
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="r")
-    )
-    first = await until_sent(layer, events.ACQUIRE)
-    clock.now += 1.0  # granted at once by the limiter, but a second in transit (a stalled loop)
-    client._dispatch(grant(first["ticket"], "lease-late", waited=0.0))
-    while layer.types().count(events.ACQUIRE) < 2:
+    sent = len([m for m in layer.sent if m["type"] == events.ACQUIRE])
+    while len([m for m in layer.sent if m["type"] == events.ACQUIRE]) == sent:
         layer.arrived.clear()
         await asyncio.wait_for(layer.arrived.wait(), 5)
-    second = [m for m in layer.sent if m["type"] == events.ACQUIRE][1]
-    client._dispatch(grant(second["ticket"], "lease-fresh", waited=0.0))
-    assert (await waiting).lease == "lease-fresh"
-    assert (await until_sent(layer, events.RELEASE))["lease"] == "lease-late"
+    ticket = [m for m in layer.sent if m["type"] == events.ACQUIRE][-1]["ticket"]
+    client._dispatch(grant(ticket, lease, at, **kw))
+    return waiting
+
+
+async def test_grant_lateness_is_measured_without_comparing_the_hosts_clocks():
+    """Issue 10, fault 5: a grant's age was this host's wall clock minus the limiter's; with
+    more than 200 ms of skew every grant was 'stale', asked for three times and answered
+    503. Decisions carry the limiter's own monotonic time; here only its differences count:
+    a limiter whose clock reads 5,000 s apart is no later for it."""
+    here, limiter = Clock(1000.0), Clock(6000.0)  # two hosts, two clocks
+    client = LimiterClient(clock=here)
+    client.layer = layer = RecordingLayer()
+    for i, lease in enumerate(("a", "b", "c")):
+        limiter.now = 6000.0 + i
+        here.now = 1000.0 + i + 0.004  # decided at the limiter, delivered 4 ms later
+        first = await granted(client, layer, lease, at=limiter.now)
+        assert (await first).lease == lease and (await first).age == pytest.approx(0.0, abs=1e-6)
+    assert events.RELEASE not in layer.types()  # none handed back
+
+
+async def test_a_grant_that_queued_is_not_late_but_one_that_travelled_long_is():
+    here, limiter = Clock(1000.0), Clock(50.0)
+    client = LimiterClient(clock=here)
+    client.layer = layer = RecordingLayer()
+    here.now = 1000.002  # delivered 2 ms after the limiter decided
+    assert (await (await granted(client, layer, "fresh", at=limiter.now))).age == 0.0
+    # Queued 2 s at the limiter, then delivered in 2 ms: on time.
+    limiter.now, here.now = 52.0, 1002.002
+    queued = await granted(client, layer, "queued", at=limiter.now, waited=2.0)
+    assert (await queued).age == pytest.approx(0.0, abs=1e-6)
+    # Decided at once, but a second in transit (a stalled loop): handed back, asked again.
+    limiter.now, here.now = 53.0, 1004.002
+    late = await granted(client, layer, "late", at=limiter.now)
+    while layer.types().count(events.ACQUIRE) < 4:
+        layer.arrived.clear()
+        await asyncio.wait_for(layer.arrived.wait(), 5)
+    again = [m for m in layer.sent if m["type"] == events.ACQUIRE][-1]
+    client._dispatch(grant(again["ticket"], "on-time", at=limiter.now + 1.0))
+    assert (await late).lease == "on-time"
+    assert (await until_sent(layer, events.RELEASE))["lease"] == "late"
