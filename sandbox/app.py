@@ -16,6 +16,7 @@ from typing import Any
 from . import resources
 from .catalog import is_known, model_list
 from .config import SandboxConfig
+from .dynamic import REQUEST_LIMITED, TOKEN_LIMITED, DynamicDecision
 from .http import (
     ApiError,
     Receive,
@@ -39,6 +40,16 @@ RouteHandler = Callable[[SandboxState, Request, str], Response]
 
 # What x-ratelimit-* report when a kind has no limit configured: plausible, Together-sized.
 UNLIMITED_REPORTED_RPS = 600
+
+# The dynamic mode's 429 messages; tests assert on them.
+DYNAMIC_REQUEST_LIMITED_MESSAGE = (
+    "You have exceeded the dynamic request rate limit of {limit} requests per second "
+    "({rate} per minute) for model {model}. Retry in {reset:.2f} seconds."
+)
+DYNAMIC_TOKEN_LIMITED_MESSAGE = (
+    "You have exceeded the dynamic token rate limit of {limit} tokens per second "
+    "({rate} per minute) for model {model}. Retry in {reset:.2f} seconds."
+)
 
 _INFERENCE_PATHS = {
     "/v1/chat/completions": "chat",
@@ -216,6 +227,9 @@ class SandboxApp:
         injected = state.take_injected_status()
         if injected is not None:
             raise _injected_error(injected, state.config.inject_retry_after_s)
+        if state.config.dynamic is not None:
+            self._check_dynamic(kind, key, model, response, tokens)
+            return
         decision = state.admit(key, kind)
         if not decision.allowed:
             raise _limited(decision)
@@ -226,6 +240,30 @@ class SandboxApp:
         if fault is not None:
             raise _injected_error(fault, state.config.inject_retry_after_s)
         response.headers.update(_limit_headers(decision, tokens, state.config.tokens_per_second))
+
+    def _check_dynamic(
+        self, kind: str, key: str, model: str, response: Response, tokens: int
+    ) -> None:
+        """Together's dynamic limits instead of the per-kind ones; every answer gets the headers."""
+        state = self.state
+        decision = state.dynamic_admit(key=key, kind=kind, model=model, tokens=tokens)
+        headers = _dynamic_headers(decision, state.config.tokens_per_second, tokens)
+        if not decision.allowed:
+            raise _dynamic_limited(decision, model, headers)
+        # Capacity failures happen at or below the rate, after admission (Together's 503).
+        error = None
+        if model in state.config.overloaded_models or state.capacity_fault():
+            error = overloaded()
+        else:
+            fault = state.random_fault()
+            if fault is not None:
+                error = _injected_error(fault, state.config.inject_retry_after_s)
+        status = 200 if error is None else error.status
+        state.dynamic_settle(key=key, model=model, tokens=tokens, status=status)
+        if error is not None:
+            error.headers = {**headers, **error.headers}
+            raise error
+        response.headers.update(headers)
 
     # --- harness endpoints --------------------------------------------------------
     def _control(self, request: Request) -> Response:
@@ -268,6 +306,49 @@ def _limited(decision: Decision) -> ApiError:
             "x-ratelimit-reset": f"{decision.reset:.3f}",
             "retry-after": str(decision.retry_after),
         },
+    )
+
+
+def _dynamic_headers(
+    decision: DynamicDecision, tokens_per_second: int, tokens: int
+) -> dict[str, str]:
+    """Per second in the plain headers, the per-minute dynamic rate in the -dynamic ones."""
+    requests = decision.requests
+    headers = {
+        "x-ratelimit-limit": str(requests.per_second),
+        "x-ratelimit-remaining": str(requests.remaining),
+        "x-ratelimit-reset": f"{decision.reset:.3f}",
+        "x-ratelimit-limit-dynamic": str(requests.per_minute),
+        "x-ratelimit-remaining-dynamic": str(requests.remaining_minute),
+    }
+    allowance = decision.tokens
+    if allowance is None:
+        # Token limits off: report the static figure, as outside the dynamic mode.
+        headers["x-tokenlimit-limit"] = str(tokens_per_second)
+        headers["x-tokenlimit-remaining"] = str(max(0, tokens_per_second - tokens))
+        return headers
+    return {
+        **headers,
+        "x-tokenlimit-limit": str(allowance.per_second),
+        "x-tokenlimit-remaining": str(allowance.remaining),
+        "x-tokenlimit-limit-dynamic": str(allowance.per_minute),
+        "x-tokenlimit-remaining-dynamic": str(allowance.remaining_minute),
+    }
+
+
+def _dynamic_limited(decision: DynamicDecision, model: str, headers: dict[str, str]) -> ApiError:
+    if decision.error_type == TOKEN_LIMITED and decision.tokens is not None:
+        template, allowance = DYNAMIC_TOKEN_LIMITED_MESSAGE, decision.tokens
+    else:
+        template, allowance = DYNAMIC_REQUEST_LIMITED_MESSAGE, decision.requests
+    message = template.format(
+        limit=allowance.per_second, rate=allowance.per_minute, model=model, reset=decision.reset
+    )
+    return ApiError(
+        429,
+        message,
+        error_type=decision.error_type or REQUEST_LIMITED,
+        headers={**headers, "retry-after": str(decision.retry_after)},
     )
 
 

@@ -49,6 +49,52 @@ class SlidingWindow:
         self._expire(now)
         return max(0.0, self.times[0] + self.width - now) if self.times else 0.0
 
+    def wait_for_room(self, now: float, limit: int) -> float:
+        """Seconds until fewer than `limit` remain, so one more fits; 0 when it fits now.
+
+        Unlike `reset_in`, right even when a shrinking (dynamic) limit leaves the window over full.
+        """
+        self._expire(now)
+        excess = len(self.times) - max(1, limit)
+        return 0.0 if excess < 0 else self.times[excess] + self.width - now
+
+
+class TokenWindow:
+    """Admitted tokens of one budget over the last `width` seconds: (time, tokens) pairs."""
+
+    def __init__(self, width: float) -> None:
+        self.width = width
+        self.entries: deque[tuple[float, int]] = deque()
+        self.total = 0
+
+    def _expire(self, now: float) -> None:
+        while self.entries and self.entries[0][0] <= now - self.width:
+            self.total -= self.entries.popleft()[1]
+
+    def used(self, now: float) -> int:
+        self._expire(now)
+        return self.total
+
+    def add(self, now: float, tokens: int) -> None:
+        self.entries.append((now, tokens))
+        self.total += tokens
+
+    def wait_for_room(self, now: float, limit: int, need: int) -> float:
+        """Seconds until `need` more tokens fit under `limit`; 0 when they fit now.
+
+        A request bigger than the whole limit fits only an empty window, so it waits rather than
+        being refused forever.
+        """
+        self._expire(now)
+        if not self.entries or self.total + need <= limit:
+            return 0.0
+        excess, freed = self.total + need - limit, 0
+        for t, tokens in self.entries:
+            freed += tokens
+            if freed >= excess:
+                return t + self.width - now
+        return self.entries[-1][0] + self.width - now
+
 
 class SlidingWindowLimiter:
     """Per (key, kind) limits over a 1 s and a 60 s window; check and record in one step."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import KINDS, SandboxConfig
+from .dynamic import DynamicDecision, DynamicLimiter
 from .files import StoredFile, new_file_id
 from .http import ApiError
 from .jobs import Batch, FineTune, max_overlap, new_batch_id, new_fine_tune_id
@@ -75,6 +76,7 @@ class SandboxState:
         self.config = copy.deepcopy(self._initial_config)
         self.rng = random.Random(self.config.seed)
         self.limiter = SlidingWindowLimiter()
+        self.dynamic = DynamicLimiter()
         self.kinds = {kind: KindStats() for kind in KINDS}
         self.streams = {"started": 0, "completed": 0, "disconnected": 0}
         self.seen_headers: dict[str, str | None] = {"x-request-id": None}
@@ -119,6 +121,17 @@ class SandboxState:
             },
             "files": {"count": len(self.files)},
             "seen_headers": dict(self.seen_headers),
+            "dynamic": self._dynamic_stats(now),
+        }
+
+    def _dynamic_stats(self, now: float) -> dict[str, Any] | None:
+        limits = self.config.dynamic
+        if limits is None:
+            return None
+        return {
+            "now": now,
+            "window_seconds": limits.window_seconds,
+            "models": self.dynamic.stats(limits, now),
         }
 
     # --- inference --------------------------------------------------------------------
@@ -138,6 +151,35 @@ class SandboxState:
         if decision.allowed:
             self.kinds[kind].admitted_times.append(now)
         return decision
+
+    def dynamic_admit(self, *, key: str, kind: str, model: str, tokens: int) -> DynamicDecision:
+        """Together's dynamic limits (config.dynamic must be set); check and record in one step."""
+        assert self.config.dynamic is not None
+        now = self.clock()
+        decision = self.dynamic.acquire(
+            self.config.dynamic, key=key, model=model, tokens=tokens, now=now
+        )
+        if decision.allowed:
+            self.kinds[kind].admitted_times.append(now)
+        return decision
+
+    def dynamic_settle(self, *, key: str, model: str, tokens: int, status: int) -> None:
+        """How an admitted request ended: only successes raise the dynamic rate."""
+        assert self.config.dynamic is not None
+        self.dynamic.settle(
+            self.config.dynamic,
+            key=key,
+            model=model,
+            tokens=tokens,
+            status=status,
+            now=self.clock(),
+        )
+
+    def capacity_fault(self) -> bool:
+        """Whether this admitted request fails with Together's capacity 503."""
+        rate = self.config.dynamic.capacity_503_rate if self.config.dynamic else 0.0
+        # No roll at rate 0, so turning this on never shifts the other random faults' sequence.
+        return rate > 0 and self.rng.random() < rate
 
     def take_injected_status(self) -> int | None:
         """The next status queued in `fail_next`, consumed by this request."""

@@ -10,32 +10,7 @@ import pytest
 
 from sandbox import SandboxApp, serve_in_background
 
-from .conftest import chat_body
-
-
-async def call(
-    app: SandboxApp, method: str, path: str, body: bytes = b""
-) -> tuple[int, dict[str, str], bytes]:
-    """Run one request through the ASGI interface with no server at all."""
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "query_string": b"",
-        "headers": [(b"authorization", b"Bearer k"), (b"host", b"testserver")],
-    }
-    await app(scope, receive, send)
-    headers = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
-    return sent[0]["status"], headers, b"".join(m.get("body", b"") for m in sent[1:])
+from .conftest import call, chat_body
 
 
 async def test_lifespan_startup_and_shutdown_are_acknowledged() -> None:

@@ -7,13 +7,7 @@ import pytest
 from sandbox import SandboxConfig, SandboxState
 from sandbox.http import ApiError
 
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from .conftest import FakeClock
 
 
 @pytest.fixture
