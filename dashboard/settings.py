@@ -171,6 +171,10 @@ if SLUICE_LIMITER_FAILURE_MODE not in {"open", "closed"}:
 SLUICE_SHUTDOWN_GRACE = env.float("SLUICE_SHUTDOWN_GRACE", default=35.0)
 # A concurrency lease not released within this many seconds is reaped by the limiter.
 SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
+# Together's x-ratelimit-* / x-tokenlimit-* limits are per second (its docs); seconds per
+# unit if that changes. The pace a model gets stays this fraction below what they report.
+SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS = env.float("SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS", default=1.0)
+SLUICE_UPSTREAM_MARGIN = env.float("SLUICE_UPSTREAM_MARGIN", default=0.1)
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
 SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)

@@ -330,6 +330,7 @@ class LimiterClient:
         pause: float,
         headers: dict[str, str],
         refused: bool = False,
+        error_type: str = "",
     ) -> None:
         message: events.UpstreamReportMessage = {
             "type": events.UPSTREAM_REPORT,
@@ -339,6 +340,7 @@ class LimiterClient:
             "pause": pause,
             "headers": headers,
             "refused": refused,
+            "error_type": error_type,
         }
         try:
             await self._send(dict(message))

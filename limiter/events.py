@@ -114,6 +114,7 @@ class UpstreamReportMessage(TypedDict):
     account: str
     endpoint: str
     model: str  # what Together said concerns this model only
+    error_type: str  # a 429's error type: dynamic_token_limited cuts the token pace
     pause: float  # seconds; 0 when this is only a headers report
     headers: dict[str, str]
     refused: bool  # an upstream 429 that reached the caller (for the live 429 counts)

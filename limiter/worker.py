@@ -25,7 +25,8 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.layers import BaseChannelLayer
 
 from limiter import events
-from limiter.config import LimiterConfig, config_load
+from limiter.ceilings import Ceiling
+from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
 
@@ -123,6 +124,10 @@ class LimiterConsumer(AsyncConsumer):
 
         # The limits it applies: its own copy (limiter/config.py), never a ticket's.
         self.config = config or LimiterConfig()
+        # What Together allows each model, learned from its answers (limiter/ceilings.py).
+        self.ceilings: dict[ScopeId, Ceiling] = {}
+        self.margin = settings.SLUICE_UPSTREAM_MARGIN
+        self.unit_seconds = settings.SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS
 
         # unknown_before: a monotonic time before which another limiter instance may
         # have admitted requests this one never saw (a restart); see Engine.
@@ -185,7 +190,7 @@ class LimiterConsumer(AsyncConsumer):
             limit = (
                 self.config.key_limit(object_id, endpoint)
                 if kind == "key"
-                else self.config.account_limit(object_id, endpoint)
+                else self._model_limit(scope_id, self.config.account_limit(object_id, endpoint))
             )
             self.engine.scope(scope_id, limit, now)
         self._dirty = True
@@ -210,11 +215,53 @@ class LimiterConsumer(AsyncConsumer):
         newer = message.get("version", 0) > self.config.version  # type: ignore[operator]
         if newer or not self.config.knows(key, account):
             await self.reload()
+        account_id = ("account", account, endpoint, model)
         return (
             (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),
             # The account's ceiling per model: one model's 429 or pace leaves the others be.
-            (("account", account, endpoint, model), self.config.account_limit(account, endpoint)),
+            (
+                account_id,
+                self._model_limit(account_id, self.config.account_limit(account, endpoint)),
+            ),
         )
+
+    def _model_limit(self, scope_id: ScopeId, profile: Limit) -> Limit:
+        """A model's scope on an account: the profile's row, paced at what Together
+        allows that model (files and jobs, with no model, take the row as it is)."""
+        if not scope_id[3] or profile.per_minute >= UNLIMITED.per_minute:
+            return profile
+        ceiling = self.ceilings.get(scope_id)
+        if ceiling is None:
+            ceiling = self.ceilings[scope_id] = Ceiling.start(profile)
+        elif ceiling.cap != profile:  # the profile changed: new cap, pace within it
+            ceiling.cap = profile
+            ceiling.pace = min(ceiling.pace, ceiling.ceiling(self.margin))
+        return ceiling.limit()
+
+    def _learn(self, scope_id: ScopeId, message: events.UpstreamReportMessage, now: float) -> None:
+        """Together's headers and 429s move that model's pace (never another's)."""
+        ceiling = self.ceilings.get(scope_id)
+        if ceiling is None:
+            return  # no call of ours made it: nothing to pace
+        changed = False
+        if message["headers"]:
+            changed = ceiling.observe(
+                message["headers"], unit_seconds=self.unit_seconds, margin=self.margin
+            )
+        if message["pause"] > 0:
+            ceiling.refused(now, error_type=message.get("error_type", ""))
+            changed = True
+        if changed:
+            self.engine.scope(scope_id, ceiling.limit(), now)
+
+    def _ramp(self, now: float) -> None:
+        """Models whose callers wait for more than their pace, and that Together has not
+        refused for a while, step up (limiter/ceilings.py)."""
+        waiting = {ticket.account.id for ticket in self.engine.tickets.values()}
+        for scope_id, ceiling in self.ceilings.items():
+            if ceiling.ramp(now, demand=scope_id in waiting, margin=self.margin):
+                self.engine.scope(scope_id, ceiling.limit(), now)
+                self._dirty = True
 
     # --- messages ---------------------------------------------------------------------
     async def limiter_acquire(self, message: events.AcquireMessage) -> None:
@@ -273,8 +320,11 @@ class LimiterConsumer(AsyncConsumer):
                 **message["headers"],
                 "at": f"{time.time():.3f}",
             }
+        self._learn(scope_id, message, now)
         if message["pause"] > 0:
-            limit = self.config.account_limit(message["account"], message["endpoint"])
+            limit = self._model_limit(
+                scope_id, self.config.account_limit(message["account"], message["endpoint"])
+            )
             self.engine.pause((scope_id, limit), message["pause"], now)
             logger.warning(
                 "upstream 429: pausing account %s %s for %.2fs",
@@ -380,6 +430,7 @@ class LimiterConsumer(AsyncConsumer):
         while True:
             await asyncio.sleep(SNAPSHOT_INTERVAL)
             now = time.monotonic()
+            self._ramp(now)
             if self._dirty or now - self._last_snapshot >= HEARTBEAT_INTERVAL:
                 self._dirty = False
                 self._last_snapshot = now

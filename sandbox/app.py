@@ -312,14 +312,16 @@ def _limited(decision: Decision) -> ApiError:
 def _dynamic_headers(
     decision: DynamicDecision, tokens_per_second: int, tokens: int
 ) -> dict[str, str]:
-    """Per second in the plain headers, the per-minute dynamic rate in the -dynamic ones."""
+    """All per second, as Together documents its headers: the plain ones are the whole
+    requests (tokens) a second enforced now; the -dynamic ones the dynamic rate itself,
+    fractional (6 a minute is "0.1"), and what is left of it over the last minute."""
     requests = decision.requests
     headers = {
         "x-ratelimit-limit": str(requests.per_second),
         "x-ratelimit-remaining": str(requests.remaining),
         "x-ratelimit-reset": f"{decision.reset:.3f}",
-        "x-ratelimit-limit-dynamic": str(requests.per_minute),
-        "x-ratelimit-remaining-dynamic": str(requests.remaining_minute),
+        "x-ratelimit-limit-dynamic": _per_second(requests.per_minute),
+        "x-ratelimit-remaining-dynamic": _per_second(requests.remaining_minute),
     }
     allowance = decision.tokens
     if allowance is None:
@@ -331,9 +333,13 @@ def _dynamic_headers(
         **headers,
         "x-tokenlimit-limit": str(allowance.per_second),
         "x-tokenlimit-remaining": str(allowance.remaining),
-        "x-tokenlimit-limit-dynamic": str(allowance.per_minute),
-        "x-tokenlimit-remaining-dynamic": str(allowance.remaining_minute),
+        "x-tokenlimit-limit-dynamic": _per_second(allowance.per_minute),
+        "x-tokenlimit-remaining-dynamic": _per_second(allowance.remaining_minute),
     }
+
+
+def _per_second(per_minute: float) -> str:
+    return f"{per_minute / 60:.4f}".rstrip("0").rstrip(".") or "0"
 
 
 def _dynamic_limited(decision: DynamicDecision, model: str, headers: dict[str, str]) -> ApiError:

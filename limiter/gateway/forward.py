@@ -148,7 +148,12 @@ async def _rate_limited_upstream(
     )
     metrics.REFUSED.labels(admission.endpoint, "upstream_rate_limited", "upstream").inc()
     await reporter.rate_limited(
-        key, admission.endpoint, admission.model, response.headers, pause=pause
+        key,
+        admission.endpoint,
+        admission.model,
+        response.headers,
+        pause=pause,
+        error_type=errors.upstream_type(response.content, 429),
     )
 
 
@@ -175,12 +180,24 @@ class _Reporter:
             spawn(self._report(key, endpoint, model, pause=0.0, headers=found, refused=False))
 
     async def rate_limited(
-        self, key: KeyInfo, endpoint: str, model: str, headers: httpx.Headers, pause: float
+        self,
+        key: KeyInfo,
+        endpoint: str,
+        model: str,
+        headers: httpx.Headers,
+        pause: float,
+        error_type: str,
     ) -> None:
         # Awaited, not spawned: the pause must reach the limiter before our own retry asks.
         self._last[(key.account_id, endpoint, model)] = time.monotonic()
         await self._report(
-            key, endpoint, model, pause=pause, headers=rate_headers(headers), refused=True
+            key,
+            endpoint,
+            model,
+            pause=pause,
+            headers=rate_headers(headers),
+            refused=True,
+            error_type=error_type,
         )
 
     @staticmethod
@@ -192,10 +209,17 @@ class _Reporter:
         pause: float,
         headers: dict[str, str],
         refused: bool,
+        error_type: str = "",
     ) -> None:
         limiter = await process.ensure_started()
         await limiter.report_upstream(
-            key=key, endpoint=endpoint, model=model, pause=pause, headers=headers, refused=refused
+            key=key,
+            endpoint=endpoint,
+            model=model,
+            pause=pause,
+            headers=headers,
+            refused=refused,
+            error_type=error_type,
         )
 
 

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from sandbox import KindLimits, SandboxConfig
+from sandbox import DynamicLimits, KindLimits, SandboxConfig
 from tests.servers import SluiceServer
 
 CHAT = "/v1/chat/completions"
@@ -276,3 +276,58 @@ async def test_togethers_429_on_one_model_leaves_the_other_models_be(shared_serv
         if scope["kind"] == "account" and scope["model"] == MODEL
     ]
     assert paused, "the paused scope is the first model's"
+
+
+async def test_a_tiny_model_limit_is_learned_and_leaves_other_models_be(tmp_path):
+    """Issue 11, points 2 and 3, against a sandbox playing Together's dynamic limits: an
+    image model capped at 6 a minute upstream, while the profile allows 60. Sluice learns
+    the model's ceiling from the first answer's headers and paces it there: Together
+    answers at most one 429, the rest are Sluice's own (x-sluice-limited-by:
+    gateway). Another team calling a chat model at the same time is served throughout."""
+    config = SandboxConfig(
+        dynamic=DynamicLimits(floor_per_minute=600, model_caps={"black-forest-labs/FLUX*": 6})
+    )
+    flux = "black-forest-labs/FLUX.1-schnell"
+    with SluiceServer(tmp_path, sandbox=config) as server:
+        server.make_profile(
+            "quick", {"images": {"max_queue_wait_seconds": 12}, "chat": {"burst": 5}}, account=True
+        )
+        painter, writer = (
+            server.issue_key("painter", profile="quick"),
+            server.issue_key("writer", profile="quick"),
+        )
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+            async def paint() -> httpx.Response:
+                return await client.post(
+                    "/v1/images/generations",
+                    json={"model": flux, "prompt": "a sluice"},
+                    headers={"authorization": f"Bearer {painter}"},
+                )
+
+            async def write() -> httpx.Response:
+                return await client.post(
+                    CHAT, json=body(), headers={"authorization": f"Bearer {writer}"}
+                )
+
+            first = await paint()  # its headers teach Sluice the model's ceiling
+            assert first.status_code == 200, first.text
+            images, chats = await asyncio.gather(
+                asyncio.gather(*(paint() for _ in range(12))),
+                asyncio.gather(*(write() for _ in range(10))),
+            )
+        assert [c.status_code for c in chats] == [200] * 10
+        for answer in images:
+            assert answer.status_code in (200, 429), answer.text
+            if answer.status_code == 429:
+                assert answer.headers["x-sluice-limited-by"] == "gateway"
+        upstream = server.sandbox.stats()["dynamic"]["models"][flux]
+        assert upstream["status_429"] <= 1, upstream
+        # The model's scope is paced at what Together reported (6 a minute) less the margin.
+        ops = {"authorization": f"Bearer {server.admin_token}"}
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            scopes = (await client.get("/api/live", headers=ops)).json()["snapshot"]["scopes"]
+        flux_scope = next(s for s in scopes if s["kind"] == "account" and s["model"] == flux)
+        assert flux_scope["limit_per_minute"] == pytest.approx(5.4)
+        chat_scope = next(s for s in scopes if s["kind"] == "account" and s["model"] == MODEL)
+        assert chat_scope["limit_per_minute"] > 100  # the chat model keeps its own, higher pace

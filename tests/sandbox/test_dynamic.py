@@ -233,9 +233,13 @@ async def test_headers_on_successes_and_429s_agree(clock: FakeClock) -> None:
     assert (s1, s2, s3) == (200, 200, 429)
     for headers in (h1, h2, h3):
         assert all(name in headers for name in DYNAMIC_HEADERS)
-        assert (headers["x-ratelimit-limit"], headers["x-ratelimit-limit-dynamic"]) == ("2", "120")
+        assert (headers["x-ratelimit-limit"], headers["x-ratelimit-limit-dynamic"]) == ("2", "2")
     assert [h["x-ratelimit-remaining"] for h in (h1, h2, h3)] == ["1", "0", "0"]
-    assert [h["x-ratelimit-remaining-dynamic"] for h in (h1, h2, h3)] == ["119", "118", "118"]
+    assert [h["x-ratelimit-remaining-dynamic"] for h in (h1, h2, h3)] == [
+        "1.9833",
+        "1.9667",
+        "1.9667",
+    ]  # per second: 119, 118 a minute
     # Reset is 0 while a slot is free, else the wait for one; the 429 adds Retry-After.
     assert [h["x-ratelimit-reset"] for h in (h1, h2, h3)] == ["0.000", "1.000", "1.000"]
     assert h3["retry-after"] == "1"
@@ -264,8 +268,8 @@ async def test_token_headers_and_dynamic_token_limited_body(clock: FakeClock) ->
     assert (ok_status, status) == (200, 429)
     assert all(name in ok_headers and name in headers for name in TOKEN_HEADERS)
     assert (ok_headers["x-tokenlimit-limit"], ok_headers["x-tokenlimit-remaining"]) == ("30", "11")
-    assert ok_headers["x-tokenlimit-limit-dynamic"] == "1800"
-    assert ok_headers["x-tokenlimit-remaining-dynamic"] == "1781"
+    assert ok_headers["x-tokenlimit-limit-dynamic"] == "30"
+    assert ok_headers["x-tokenlimit-remaining-dynamic"] == "29.6833"  # 1,781 a minute
     assert body["error"]["type"] == "dynamic_token_limited"
     assert "30 tokens per second" in body["error"]["message"]
     assert (headers["x-ratelimit-reset"], headers["retry-after"]) == ("0.800", "1")
@@ -392,7 +396,7 @@ def test_dynamic_limits_over_http_and_the_control_endpoint(
 
     ok, refused = answers
     assert all(name in ok.headers and name in refused.headers for name in DYNAMIC_HEADERS)
-    assert (ok.headers["x-ratelimit-limit"], ok.headers["x-ratelimit-limit-dynamic"]) == ("1", "60")
+    assert (ok.headers["x-ratelimit-limit"], ok.headers["x-ratelimit-limit-dynamic"]) == ("1", "1")
     assert refused.json()["error"]["type"] == "dynamic_request_limited"
     assert 0 < float(refused.headers["x-ratelimit-reset"]) <= 1
     assert refused.headers["retry-after"] == "1"

@@ -1,0 +1,143 @@
+"""What Together allows each model, learned from its answers. Pure and clock-free.
+
+Together limits each model on its own and moves the limit with the organisation's
+recent successful traffic (../shared/together-api.md, section 1), and it says so on
+every answer: `x-ratelimit-limit` / `-remaining` / `-reset` and `x-tokenlimit-*`, with
+`-dynamic` variants when the dynamic limit is on. The limiter keeps one `Ceiling` per
+(account, endpoint kind, model), starting from the profile's numbers, and paces that
+model's scope at:
+
+    pace = min(profile cap, learned ceiling x (1 - margin))          (requests and tokens)
+
+- **Learned ceilings** come from the headers (the dynamic variant when present),
+  read leniently: a missing, odd or fractional value never breaks anything. Together
+  documents them as per second; `unit_seconds` says otherwise if that changes.
+- **A 429 cuts the pace multiplicatively** (`dynamic_token_limited` the token pace,
+  anything else the request pace), and the scope pauses for the time Together asked.
+- **Without a 429 for a while, a model with unmet demand ramps up** step by step
+  (additive increase), never above the profile's cap nor what the headers report.
+- A 503 is capacity, not a limit: it changes no pace.
+
+The worker (limiter/worker.py) owns the ceilings and turns each into the `Limit` of the
+model's account scope.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from limiter.engine import Limit
+
+DECREASE = 0.5  # a 429 halves the pace
+QUIET_SECONDS = 10.0  # no 429 for this long before the pace may rise again
+STEP_SECONDS = 2.0  # at most one increase this often
+STEP_FRACTION = 0.1  # an increase adds this much of the cap (additive, not compounding)
+FLOOR_PER_MINUTE = 1.0  # the pace never falls below one request a minute
+
+
+def _number(headers: Mapping[str, str], *names: str) -> float | None:
+    """The first of `names` that holds a positive number, leniently; else None."""
+    for name in names:
+        try:
+            value = float(str(headers.get(name, "")).strip())
+        except ValueError:
+            continue
+        if math.isfinite(value) and value > 0:
+            return value
+    return None
+
+
+@dataclass(slots=True)
+class Ceiling:
+    """One model's ceiling on one account: the profile's numbers, what Together's
+    headers said, and the pace in use."""
+
+    cap: Limit  # the profile's row for the endpoint: a cap and the starting point
+    pace: float  # requests per minute in use
+    token_pace: float | None  # tokens per minute in use, where a token limit applies
+    learned: float | None = None  # requests per minute Together reported
+    learned_tokens: float | None = None
+    source: str = "profile"  # where the pace came from: "profile" | "headers" | "429"
+    last_429: float = -math.inf
+    last_increase: float = -math.inf
+    last_headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, cap: Limit) -> Ceiling:
+        return cls(cap=cap, pace=cap.per_minute, token_pace=cap.tokens_per_minute)
+
+    # --- the limits ------------------------------------------------------------------
+    def ceiling(self, margin: float) -> float:
+        """The highest request pace allowed now: the cap, or the learned limit less a margin."""
+        top = self.cap_per_minute
+        if self.learned is not None:
+            top = min(top, self.learned * (1 - margin))
+        return max(FLOOR_PER_MINUTE, top)
+
+    def token_ceiling(self, margin: float) -> float | None:
+        top = self.cap.tokens_per_minute
+        if self.learned_tokens is not None:
+            learned = self.learned_tokens * (1 - margin)
+            top = learned if top is None else min(top, learned)
+        return top
+
+    @property
+    def cap_per_minute(self) -> float:
+        return self.cap.per_minute
+
+    def limit(self) -> Limit:
+        """The model scope's limit: the profile's row at the pace in use."""
+        return replace(self.cap, per_minute=self.pace, tokens_per_minute=self.token_pace)
+
+    # --- what Together says ------------------------------------------------------------
+    def observe(self, headers: Mapping[str, str], *, unit_seconds: float, margin: float) -> bool:
+        """Learn from an answer's headers; returns whether the pace changed."""
+        lowered = {name.lower(): value for name, value in headers.items()}
+        per_minute = 60.0 / unit_seconds
+        requests = _number(lowered, "x-ratelimit-limit-dynamic", "x-ratelimit-limit")
+        tokens = _number(lowered, "x-tokenlimit-limit-dynamic", "x-tokenlimit-limit")
+        if requests is None and tokens is None:
+            return False
+        self.last_headers = dict(lowered)
+        before = (self.pace, self.token_pace)
+        if requests is not None:
+            self.learned = requests * per_minute
+            if self.pace > self.ceiling(margin):
+                self.pace, self.source = self.ceiling(margin), "headers"
+        if tokens is not None and self.cap.tokens_per_minute is not None:
+            self.learned_tokens = tokens * per_minute
+            top = self.token_ceiling(margin)
+            if top is not None and (self.token_pace is None or self.token_pace > top):
+                self.token_pace, self.source = top, "headers"
+        return (self.pace, self.token_pace) != before
+
+    def refused(self, now: float, *, error_type: str) -> None:
+        """Together answered 429: cut the pace it names (multiplicative decrease)."""
+        self.last_429 = now
+        self.source = "429"
+        if error_type == "dynamic_token_limited" and self.token_pace is not None:
+            self.token_pace = max(1.0, self.token_pace * DECREASE)
+        else:
+            self.pace = max(FLOOR_PER_MINUTE, self.pace * DECREASE)
+
+    def ramp(self, now: float, *, demand: bool, margin: float) -> bool:
+        """Raise the pace one step when callers want more than it and Together has not
+        refused for a while (additive increase); returns whether it rose."""
+        if (
+            not demand
+            or now - self.last_429 < QUIET_SECONDS
+            or now - self.last_increase < STEP_SECONDS
+        ):
+            return False
+        top = self.ceiling(margin)
+        if self.pace >= top:
+            return False
+        self.pace = min(top, self.pace + STEP_FRACTION * self.cap_per_minute)
+        if self.token_pace is not None:
+            token_top = self.token_ceiling(margin)
+            if token_top is not None:
+                self.token_pace = min(token_top, self.token_pace + STEP_FRACTION * token_top)
+        self.last_increase = now
+        return True
