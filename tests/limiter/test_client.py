@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
 from limiter import events
 from limiter.client import LimiterClient
-from limiter.keys import KeyInfo
-from limiter.upstream import Target
+from tests.factories import key_info
 
 
 class RecordingLayer:
@@ -26,25 +24,6 @@ class RecordingLayer:
 
     def types(self) -> list[str]:
         return [message["type"] for message in self.sent]
-
-
-def key_info() -> KeyInfo:
-    return KeyInfo(
-        key_id="7",
-        prefix="sk-sluice-abcdef",
-        secret_hash="0" * 64,
-        team_id=1,
-        team_name="alpha",
-        paused=False,
-        expires_at=None,
-        account_id="1",
-        account_name="together",
-        target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
-        config_version=1,
-        fallbacks={},
-        max_batch_requests=None,
-        loaded_at=time.monotonic(),
-    )
 
 
 async def until_sent(layer: RecordingLayer, kind: str) -> dict:

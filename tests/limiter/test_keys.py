@@ -4,35 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from limiter import keys
 from limiter.keys import KeyCache, KeyInfo
 from limiter.models import ApiKey
-from limiter.upstream import Target
+from tests import factories
 
 SECRET = "sk-sluice-test-secret"
 
 
 def key_info() -> KeyInfo:
-    return KeyInfo(
-        key_id="7",
-        prefix=SECRET[:16],
-        secret_hash=ApiKey.hash_secret(SECRET),
-        team_id=1,
-        team_name="alpha",
-        paused=False,
-        expires_at=None,
-        account_id="1",
-        account_name="together",
-        target=Target("1", "together", "http://127.0.0.1:9/v1", ""),
-        config_version=1,
-        fallbacks={},
-        max_batch_requests=None,
-        loaded_at=time.monotonic(),
-    )
+    return factories.key_info(prefix=SECRET[:16], secret_hash=ApiKey.hash_secret(SECRET))
 
 
 async def test_a_lookup_in_flight_when_the_cache_is_cleared_does_not_store_its_stale_answer(
