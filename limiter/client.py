@@ -91,8 +91,12 @@ class Lateness:
     def reset(self) -> None:
         self._best = self._previous = math.inf
         self._since: float | None = None
+        self._limiter = ""
 
-    def age(self, now: float, at: float) -> float:
+    def age(self, now: float, at: float, limiter: str = "") -> float:
+        if limiter != self._limiter:  # another limiter instance: another clock
+            self.reset()
+            self._limiter = limiter
         delta = now - at
         if self._since is None or now - self._since > self.WINDOW:
             self._previous, self._best, self._since = self._best, math.inf, now
@@ -158,7 +162,6 @@ class LimiterClient:
             owned_models.clear()
             return
         if kind == events.LIMITER_STARTED:
-            self.lateness.reset()  # a new limiter, a new clock
             for held in list(self._held.values()):
                 spawn(self._send_until_delivered(dict(held)))
             return
@@ -294,7 +297,7 @@ class LimiterClient:
             decision["limit"],
             decision["remaining"],
             decision["reset"],
-            age=self.lateness.age(self.clock(), decision["at"]),
+            age=self.lateness.age(self.clock(), decision["at"], decision.get("limiter", "")),
         )
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:

@@ -87,6 +87,7 @@ class DecisionMessage(TypedDict):
     # The limiter's monotonic clock at the decision: only differences between decisions
     # mean anything on another host (limiter/client.py Lateness).
     at: float
+    limiter: str  # the deciding limiter instance: its clock is another one after a restart
 
 
 class ReleaseMessage(TypedDict):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
@@ -140,6 +141,7 @@ class LimiterConsumer(AsyncConsumer):
         )
         self.stats = Stats()
         self.started_at = time.time()
+        self.instance = uuid.uuid4().hex[:12]
         self._timer: asyncio.TimerHandle | None = None
         self._dirty = True
         self._last_snapshot = 0.0
@@ -384,8 +386,7 @@ class LimiterConsumer(AsyncConsumer):
         self._schedule(now)
         self._ensure_publisher()
 
-    @staticmethod
-    def _message(decision: Decision) -> DecisionMessage:
+    def _message(self, decision: Decision) -> DecisionMessage:
         return {
             "type": events.DECISION,
             "ticket": decision.ticket.id,
@@ -399,8 +400,10 @@ class LimiterConsumer(AsyncConsumer):
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
             "max_wait": decision.ticket.key.limit.max_wait,
-            # This host's monotonic clock: the web process learns the offset (client.Lateness).
+            # This host's monotonic clock: the web process learns the offset (client.Lateness),
+            # per limiter instance (a Redis restart keeps the instance, a new limiter not).
             "at": time.monotonic(),
+            "limiter": self.instance,
         }
 
     def _schedule(self, now: float) -> None:
