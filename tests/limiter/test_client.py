@@ -141,3 +141,25 @@ async def test_another_limiter_instance_is_another_clock():
     here.now = 1001.002
     waiting = await granted(client, layer, "new", at=-90_000.0, limiter="two")
     assert (await waiting).age == 0.0
+
+
+async def test_a_grant_that_queued_is_not_late_but_one_that_travelled_long_is():
+    here, limiter = Clock(1000.0), Clock(50.0)
+    client = LimiterClient(clock=here)
+    client.layer = layer = RecordingLayer()
+    here.now = 1000.002  # delivered 2 ms after the limiter decided
+    assert (await (await granted(client, layer, "fresh", at=limiter.now))).age == 0.0
+    # Queued 2 s at the limiter, then delivered in 2 ms: on time.
+    limiter.now, here.now = 52.0, 1002.002
+    queued = await granted(client, layer, "queued", at=limiter.now, waited=2.0)
+    assert (await queued).age == pytest.approx(0.0, abs=1e-6)
+    # Decided at once, but a second in transit (a stalled loop): handed back, asked again.
+    limiter.now, here.now = 53.0, 1004.002
+    late = await granted(client, layer, "late", at=limiter.now)
+    while layer.types().count(events.ACQUIRE) < 4:
+        layer.arrived.clear()
+        await asyncio.wait_for(layer.arrived.wait(), 5)
+    again = [m for m in layer.sent if m["type"] == events.ACQUIRE][-1]
+    client._dispatch(grant(again["ticket"], "on-time", at=limiter.now + 1.0))
+    assert (await late).lease == "on-time"
+    assert (await until_sent(layer, events.RELEASE))["lease"] == "late"
