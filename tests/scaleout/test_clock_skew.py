@@ -12,7 +12,7 @@ import pytest
 from tests.scaleout.test_many_processes import ACCOUNT, SANDBOX, TEAM, assert_upstream_held, burst
 from tests.servers import SluiceServer
 
-pytestmark = pytest.mark.services
+pytestmark = [pytest.mark.services, pytest.mark.alone]
 
 SKEWED_CLOCK = Path(__file__).parent / "skewed_clock"  # a sitecustomize moving time.time
 

@@ -13,7 +13,9 @@ import pytest
 from sandbox import KindLimits, SandboxConfig
 from tests.servers import SluiceServer
 
-pytestmark = pytest.mark.services
+# Upstream accuracy under a 3x burst is a measurement: other tests' load on the same two
+# cores would delay requests on their way to the sandbox and bunch them there.
+pytestmark = [pytest.mark.services, pytest.mark.alone]
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 # The account's ceiling and what the sandbox enforces: Together's 600/min is 10 a second.
