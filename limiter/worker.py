@@ -125,6 +125,9 @@ class LimiterConsumer(AsyncConsumer):
 
         # The limits it applies: its own copy (limiter/config.py), never a ticket's.
         self.config = config or LimiterConfig()
+        # Keys and accounts a reload did not find (deleted): not reloaded for again until
+        # the configuration changes.
+        self._unknown: set[tuple[str, str]] = set()
         # What Together allows each model, learned from its answers (limiter/ceilings.py).
         self.ceilings: dict[ScopeId, Ceiling] = {}
         self.margin = settings.SLUICE_UPSTREAM_MARGIN
@@ -181,6 +184,7 @@ class LimiterConsumer(AsyncConsumer):
 
         try:
             self.config = await sync_to_async(config_load, thread_sensitive=False)()
+            self._unknown.clear()  # a new configuration: ask about them again
         except Exception:  # the database is down: decide with the limits we hold
             logger.exception(
                 "could not reload the configuration; keeping version %d", self.config.version
@@ -215,8 +219,13 @@ class LimiterConsumer(AsyncConsumer):
         key, account, endpoint = message["key"], message["account"], message["endpoint"]
         model = message.get("model", "")
         newer = message.get("version", 0) > self.config.version  # type: ignore[operator]
-        if newer or not self.config.knows(key, account):
+        unknown = not self.config.knows(key, account)
+        # An id still unknown after a reload (a key deleted since its web process cached it)
+        # is not worth another: it is limited as "no row" until the configuration changes.
+        if newer or (unknown and (key, account) not in self._unknown):
             await self.reload()
+            if not self.config.knows(key, account):
+                self._unknown.add((key, account))
         account_id = ("account", account, endpoint, model)
         return (
             (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),

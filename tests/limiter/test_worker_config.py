@@ -115,3 +115,27 @@ async def test_neither_row_means_no_limit_not_an_error(world):
         assert (await ask(consumer, layer, ticket, world["key"], world["account"]))[
             "kind"
         ] == "grant"
+
+
+async def test_an_unknown_key_reloads_once_not_on_every_ticket(world, monkeypatch):
+    """A key deleted since a web process cached it (or a benchmark's made-up key) is
+    limited as having no row; its tickets must not reload the configuration each time."""
+    consumer, layer = await limiter()
+    loads = []
+    reload = consumer.reload
+
+    async def counted() -> None:
+        loads.append(1)
+        await reload()
+
+    monkeypatch.setattr(consumer, "reload", counted)
+    for ticket in "abcde":
+        await ask(
+            consumer,
+            layer,
+            ticket,
+            "no-such-key",
+            world["account"],
+            version=consumer.config.version,
+        )
+    assert len(loads) == 1
