@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -52,21 +54,50 @@ class RedisServer:
             self.process.wait(10)
 
 
-@pytest.fixture
-def private_redis():
+@contextmanager
+def _redis_server() -> Iterator[RedisServer]:
     need(shutil.which("redis-server") is not None, "redis-server is not installed")
     server = RedisServer()
     server.start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-@pytest.fixture
-def postgres_database():
+@contextmanager
+def _postgres_database() -> Iterator[str]:
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
     name = f"sluice_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_redis():
+    with _redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database():
+    with _postgres_database() as url:
+        yield url
+
+
+# One cluster for a module whose tests run in order on it (it costs seconds to start).
+@pytest.fixture(scope="module")
+def module_redis():
+    with _redis_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def module_postgres():
+    with _postgres_database() as url:
+        yield url

@@ -44,10 +44,13 @@ SANDBOX = SandboxConfig(
 )
 
 
-@pytest.fixture
-def cluster(tmp_path, private_redis, postgres_database):
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, module_redis, module_postgres):
+    """One cluster for the module: the tests below run on it in order (the burst first, on
+    a fresh sandbox; then the restarts, each leaving it serving again)."""
+    private_redis, postgres_database = module_redis, module_postgres
     server = SluiceServer(
-        tmp_path,
+        tmp_path_factory.mktemp("cluster"),
         sandbox=SANDBOX,
         web_processes=4,
         limiter_worker=True,
