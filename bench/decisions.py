@@ -38,7 +38,6 @@ def _key() -> Any:
         config_version=0,
         fallbacks={},
         max_batch_requests=None,
-        loaded_at=time.monotonic(),
     )
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from limiter.engine import Limit
 
@@ -62,7 +62,6 @@ class Ceiling:
     source: str = "profile"  # where the pace came from: "profile" | "headers" | "429"
     last_429: float = -math.inf
     last_increase: float = -math.inf
-    last_headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, cap: Limit) -> Ceiling:
@@ -100,7 +99,6 @@ class Ceiling:
         tokens = _number(lowered, "x-tokenlimit-limit-dynamic", "x-tokenlimit-limit")
         if requests is None and tokens is None:
             return False
-        self.last_headers = dict(lowered)
         before = (self.pace, self.token_pace)
         if requests is not None:
             self.learned = requests * per_minute

@@ -113,12 +113,11 @@ class LimiterClient:
         self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
         self._held: dict[str, events.AdoptMessage] = {}
-        self._dispatcher: asyncio.Task[Any] | None = None
 
     async def start(self) -> None:
         self.reply_channel = await self.layer.new_channel("sluice.web.")
         await self.layer.group_add(events.CONFIG_GROUP, self.reply_channel)
-        self._dispatcher = spawn(self._dispatch_forever())
+        spawn(self._dispatch_forever())
 
     async def _dispatch_forever(self) -> None:
         last_join = time.monotonic()

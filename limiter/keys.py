@@ -43,7 +43,6 @@ class KeyInfo:
     config_version: int  # the configuration version this was read at (see limiter/config.py)
     fallbacks: dict[str, str]
     max_batch_requests: int | None
-    loaded_at: float
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -81,7 +80,6 @@ def _load(secret_hash: str) -> KeyInfo | None:
         config_version=version,
         fallbacks=dict(profile.model_fallbacks or {}),
         max_batch_requests=batches.max_batch_requests if batches else None,
-        loaded_at=time.monotonic(),
     )
 
 

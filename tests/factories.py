@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from typing import Any
 
@@ -26,6 +25,5 @@ def key_info(**overrides: Any) -> KeyInfo:
         config_version=1,
         fallbacks={},
         max_batch_requests=None,
-        loaded_at=time.monotonic(),
     )
     return replace(info, **overrides)

@@ -99,9 +99,7 @@ class Admission:
             limiter.renew(self.grant.lease)
 
     def add_quota_headers(self, response: Response | StreamingResponse) -> None:
-        for name, value in quota_headers(
-            self.grant.limit, self.grant.remaining, self.grant.reset
-        ).items():
+        for name, value in self.quota().items():
             response.add_header(name, value)
         if self.grant.waited:
             response.add_header("x-sluice-queued-ms", str(round(self.grant.waited * 1000)))
