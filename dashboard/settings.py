@@ -7,6 +7,7 @@ it incomplete fail loudly with ImproperlyConfigured.
 """
 
 import ipaddress
+import zoneinfo
 from pathlib import Path
 
 import environ
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     # limiter before channels: its `runworker` (one authority, survives Redis restarts)
     # takes precedence over Channels' generic one.
     "limiter",
+    "limiter.usage",
     "channels",
     "dashboard",
     # The simulated Together (a development tool): installed for `manage.py sandbox`,
@@ -200,6 +202,22 @@ SLUICE_JOB_LOST_AFTER = env.float("SLUICE_JOB_LOST_AFTER", default=24 * 3600.0)
 SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")
 # Days of 429 history kept by `manage.py prune429`.
 SLUICE_REFUSAL_RETENTION_DAYS = env.int("SLUICE_REFUSAL_RETENTION_DAYS", default=90)
+# Usage accounting (limiter/usage/): record every answered call's tokens and cost in
+# per-minute rollups, written in batches off the request path every
+# SLUICE_USAGE_FLUSH_SECONDS (a crash loses at most that much). Off: no records, and
+# budgets are charged from nothing (they refuse nothing).
+SLUICE_USAGE_RECORDING = env.bool("SLUICE_USAGE_RECORDING", default=True)
+SLUICE_USAGE_FLUSH_SECONDS = env.float("SLUICE_USAGE_FLUSH_SECONDS", default=1.0)
+# Budgets' calendar days, weeks and months are counted in this time zone.
+SLUICE_USAGE_TIME_ZONE = env.str("SLUICE_USAGE_TIME_ZONE", default="UTC")
+try:
+    zoneinfo.ZoneInfo(SLUICE_USAGE_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"SLUICE_USAGE_TIME_ZONE: unknown time zone {SLUICE_USAGE_TIME_ZONE!r}"
+    ) from None
+# Batch inference is billed at this fraction of the list price (Together: 50% off).
+SLUICE_BATCH_PRICE_FACTOR = env.float("SLUICE_BATCH_PRICE_FACTOR", default=0.5)
 # Proxies (addresses or CIDRs) whose X-Forwarded-For names the caller, for the team API's
 # auth-failure throttle. Empty: the TCP peer is the caller, whatever the header says.
 SLUICE_TRUSTED_PROXIES = env.list("SLUICE_TRUSTED_PROXIES", default=[])
