@@ -37,10 +37,6 @@ from django.utils import timezone
 
 from limiter.models import VISIBLE_PREFIX_LENGTH, ApiKey, EndpointKind, Team
 
-# Dollars to 1e-10: a one-token embedding at $0.008 per million tokens is 8e-9 dollars.
-MONEY = {"max_digits": 24, "decimal_places": 10}
-PRICE = {"max_digits": 16, "decimal_places": 6}
-
 
 class UsageSource(models.TextChoices):
     ONLINE = "online", "Online inference"
@@ -65,16 +61,23 @@ class UsageRollup(models.Model):
     source = models.CharField(
         max_length=10, choices=UsageSource.choices, default=UsageSource.ONLINE
     )
-    input_price = models.DecimalField(**PRICE, null=True, blank=True)  # $ / 1M prompt tokens
-    output_price = models.DecimalField(**PRICE, null=True, blank=True)  # $ / 1M completion
-    image_price = models.DecimalField(**PRICE, null=True, blank=True)  # $ / image
+    input_price = models.DecimalField(
+        max_digits=16, decimal_places=6, null=True, blank=True
+    )  # $ / 1M prompt tokens
+    output_price = models.DecimalField(
+        max_digits=16, decimal_places=6, null=True, blank=True
+    )  # $ / 1M completion
+    image_price = models.DecimalField(
+        max_digits=16, decimal_places=6, null=True, blank=True
+    )  # $ / image
     requests = models.PositiveBigIntegerField(default=0)
     units = models.PositiveBigIntegerField(default=0)
     prompt_tokens = models.PositiveBigIntegerField(default=0)
     completion_tokens = models.PositiveBigIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
     estimated_tokens = models.PositiveBigIntegerField(default=0)
-    cost = models.DecimalField(**MONEY, default=Decimal(0))
+    # Dollars to 1e-10: one embedding token at $0.008 per million tokens is 8e-9 dollars.
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
 
     class Meta:
         ordering = ["-minute", "-id"]
@@ -93,16 +96,28 @@ class ModelPrice(models.Model):
     """A model's price: Together's list price, unless staff set an override."""
 
     model = models.CharField(max_length=200, unique=True)
-    together_input = models.DecimalField(**PRICE, null=True, blank=True)
-    together_output = models.DecimalField(**PRICE, null=True, blank=True)
+    together_input = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
+    together_output = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
     override_input = models.DecimalField(
-        **PRICE, null=True, blank=True, validators=[MinValueValidator(Decimal(0))]
+        max_digits=16,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
     )
     override_output = models.DecimalField(
-        **PRICE, null=True, blank=True, validators=[MinValueValidator(Decimal(0))]
+        max_digits=16,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
     )
     image_price = models.DecimalField(
-        **PRICE, null=True, blank=True, validators=[MinValueValidator(Decimal(0))]
+        max_digits=16,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal(0))],
     )
     refreshed_at = models.DateTimeField(null=True, blank=True)  # last seen in Together's list
     updated_at = models.DateTimeField(auto_now=True)
@@ -185,7 +200,7 @@ class BudgetCrossing(models.Model):
     budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="crossings")
     level = models.CharField(max_length=4, choices=BudgetLevel.choices)
     period_start = models.DateTimeField()
-    spent = models.DecimalField(**MONEY)
+    spent = models.DecimalField(max_digits=24, decimal_places=10)
     limit = models.DecimalField(max_digits=20, decimal_places=6)
     created_at = models.DateTimeField(default=timezone.now)
 
