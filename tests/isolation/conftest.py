@@ -136,6 +136,7 @@ class ServerDb:
 
         from dashboard.models import AuditEntry
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+        from limiter.usage.models import Budget, ModelPrice
 
         def rows(queryset: Any, *exclude: str) -> list[dict]:
             return [
@@ -152,6 +153,8 @@ class ServerDb:
                 "accounts": rows(UpstreamAccount.objects.using(db)),
                 "users": rows(get_user_model().objects.using(db), "last_login"),
                 "audit": rows(AuditEntry.objects.using(db)),
+                "budgets": rows(Budget.objects.using(db)),
+                "prices": rows(ModelPrice.objects.using(db)),
             }
 
         return self.read(query)
@@ -237,6 +240,7 @@ class World:
     b_revoked_secret: str
     b_profile_id: int
     b_limit_id: int
+    b_budget_id: int
     b_files: dict[str, str]  # kind -> file id
     b_fine_tunes: Jobs
     b_batches: Jobs
@@ -326,6 +330,14 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     ops.post(f"/keys/{revoked_id}/revoke").raise_for_status()
     b_profile = next(p for p in ops.get("/profiles").json() if p["name"] == "iso-b")
     b_limit_id = next(limit["id"] for limit in b_profile["limits"] if limit["endpoint"] == "chat")
+    b_budget_id = (
+        ops.post(
+            f"/teams/{b.id}/budgets",
+            json={"unit": "dollars", "period": "month", "limit": "1000"},
+        )
+        .raise_for_status()
+        .json()["id"]
+    )
 
     # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess),
     # a batch input.
@@ -405,6 +417,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_revoked_secret=revoked_secret,
         b_profile_id=b_profile["id"],
         b_limit_id=b_limit_id,
+        b_budget_id=b_budget_id,
         b_files=files,
         b_fine_tunes=b_fine_tunes,
         b_batches=b_batches,
