@@ -108,6 +108,10 @@ class Prices:
         self._rebuild()
         self.loaded_at = time.monotonic()
 
+    def expire(self) -> None:
+        """Reload at the next chance (a price override was broadcast)."""
+        self.loaded_at = -RELOAD_SECONDS
+
     async def reload_if_due(self, *, force: bool = False) -> None:
         if force or time.monotonic() - self.loaded_at >= RELOAD_SECONDS:
             try:

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from limiter.models import ApiKey, Team
 from limiter.usage.models import Budget, BudgetCrossing, ModelPrice
+from limiter.usage.prices import prices
 
 
 def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) -> int:
@@ -50,7 +51,8 @@ def price_override(
         image_price,
     )
     row.full_clean()
-    row.save()
+    row.save()  # broadcast: every web process reloads its prices (limiter/usage/signals.py)
+    prices.load()  # this one at once
     return row
 
 

@@ -157,7 +157,14 @@ def test_a_staff_override_prices_what_follows(shared_server, ops):
     )
     assert override.status_code == 200, override.text
     assert Decimal(str(override.json()["input_price"])) == Decimal("2.5")
-    # Web processes reload prices every minute; this one was told at once? No: ask it.
-    with caller(shared_server, team) as v1:
-        v1.get("/models").raise_for_status()
-    ops.post("/prices", json={"model": RERANK}).raise_for_status()  # back to Together's
+    assert Decimal(str(override.json()["together_input"])) == Decimal(str(PRICES[RERANK]["input"]))
+    try:
+        with caller(shared_server, team) as v1:
+            reranked = v1.post(
+                "/rerank", json={"model": RERANK, "query": "q", "documents": ["a", "b c"]}
+            ).json()
+        (row,) = wait_for_requests(ops, team, 1)
+        prompt = reranked["usage"]["prompt_tokens"]
+        assert Decimal(str(row["cost"])) == Decimal("2.5") * prompt / 1_000_000
+    finally:
+        ops.post("/prices", json={"model": RERANK}).raise_for_status()  # Together's again
