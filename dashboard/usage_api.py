@@ -76,7 +76,10 @@ def price_override(request: HttpRequest, payload: PriceOverrideIn):
 def _budget_out(status: selectors.BudgetStatus) -> dict:
     budget = status.budget
     return {
-        **{f: getattr(budget, f) for f in BudgetOut.Meta.fields},
+        **{
+            f: getattr(budget, f)
+            for f in ("id", "model", "unit", "period", "limit", "soft_threshold", "enabled")
+        },
         "team": budget.team.name,
         "key_prefix": budget.key.prefix if budget.key else None,
         "period_start": status.period_start,

@@ -9,7 +9,7 @@ from typing import Literal
 from ninja import Field, ModelSchema, Schema
 
 from limiter.models import EndpointKind
-from limiter.usage.models import Budget, BudgetPeriod, BudgetUnit, ModelPrice
+from limiter.usage.models import BudgetPeriod, BudgetUnit, ModelPrice
 
 UsageGroup = Literal["team", "model", "endpoint", "key", "day"]
 
@@ -65,18 +65,21 @@ class PriceOverrideIn(Schema):
     image_price: Decimal | None = Field(None, ge=0, description="$ per image; null: none.")
 
 
-class BudgetOut(ModelSchema):
-    team: str = Field(..., alias="team.name")
-    key_prefix: str | None = None
+class BudgetOut(Schema):
+    id: int
+    team: str
+    key_prefix: str | None = Field(None, description="Null: every key of the team.")
+    model: str = Field(..., description="Empty: all models.")
+    unit: BudgetUnit
+    period: BudgetPeriod
+    limit: Decimal
+    soft_threshold: float
+    enabled: bool
     period_start: datetime
     resets_at: datetime
     spent: Decimal = Field(..., description="This period, from the usage records.")
     left: Decimal
     used_fraction: float
-
-    class Meta:
-        model = Budget
-        fields = ["id", "model", "unit", "period", "limit", "soft_threshold", "enabled"]
 
 
 class BudgetIn(Schema):
