@@ -97,6 +97,14 @@ OPS_ROUTES = [
     OpsRoute("GET", "/refusals.csv", "/refusals.csv"),
     OpsRoute("GET", "/audit", "/audit"),
     OpsRoute("GET", "/live", "/live"),
+    OpsRoute("GET", "/ceilings", "/ceilings"),
+    # Account 1 is the seeded default account: a reset that got through would be audited.
+    OpsRoute(
+        "POST",
+        "/ceilings/reset",
+        "/ceilings/reset",
+        {"account": 1, "endpoint": "chat", "model": "some/model"},
+    ),
 ]
 
 # Served by Ninja to anyone, by design: the schema and its docs page, no rows; the root
@@ -121,6 +129,19 @@ PAGE_ROUTES = [
     PageRoute("dashboard:limits", "GET", "/limits/"),
     PageRoute("dashboard:profile", "GET", "/limits/profiles/{profile}/"),
     PageRoute("dashboard:limit_edit", "GET", "/limits/{limit}/edit/"),
+    PageRoute(
+        "dashboard:model_limit_create",
+        "POST",
+        "/limits/profiles/{profile}/models/",
+        {"endpoint": "chat", "model": "stolen/*", "requests_per_minute": "1", "burst": "1"},
+    ),
+    PageRoute("dashboard:model_limit_delete", "POST", "/limits/{limit}/delete/"),
+    PageRoute(
+        "dashboard:ceiling_reset",
+        "POST",
+        "/live/ceilings/reset/",
+        {"account": "1", "endpoint": "chat", "model": "some/model"},
+    ),
     PageRoute(
         "dashboard:limit_edit",
         "POST",
