@@ -87,11 +87,17 @@ def learned_save(states: dict[ScopeId, Learned]) -> int:
 
 
 def learned_delete(*, account: str, endpoint: str, model: str) -> int:
-    """Forget one model's learned state (a reset): its next limiter starts from the profile."""
-    close_old_connections()
+    """Forget one model's learned state (a reset): its next limiter starts from the profile.
+    Safe inside a request's transaction (the ops API's reset)."""
     if not account.isdigit():
         return 0
     deleted, _ = LearnedCeiling.objects.filter(
         account_id=int(account), endpoint=endpoint, model=model
     ).delete()
     return deleted
+
+
+def learned_forget(*, account: str, endpoint: str, model: str) -> int:
+    """`learned_delete` from the limiter's long-lived process, whose connection may be stale."""
+    close_old_connections()
+    return learned_delete(account=account, endpoint=endpoint, model=model)

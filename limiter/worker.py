@@ -449,7 +449,7 @@ class LimiterConsumer(AsyncConsumer):
         pace the model at its profile's row again, until Together's next answer."""
         from asgiref.sync import sync_to_async
 
-        from limiter.learned import learned_delete
+        from limiter.learned import learned_forget
 
         account, endpoint, model = message["account"], message["endpoint"], message["model"]
         scope_id: ScopeId = ("account", account, endpoint, model)
@@ -463,7 +463,7 @@ class LimiterConsumer(AsyncConsumer):
         if scope_id in self.engine.scopes:
             self.engine.scope(scope_id, limit, now)
         try:
-            await sync_to_async(learned_delete, thread_sensitive=False)(
+            await sync_to_async(learned_forget, thread_sensitive=False)(
                 account=account, endpoint=endpoint, model=model
             )
         except Exception:
