@@ -272,7 +272,7 @@ class ModelCeilingsOut(Schema):
 
 
 class CeilingResetIn(Schema):
-    account: int = Field(..., description="Upstream account id.")
+    account: int = Field(..., ge=1, le=2**63 - 1, description="Upstream account id.")
     endpoint: EndpointKind
     model: str = Field(..., min_length=1, max_length=200)
 
