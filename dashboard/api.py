@@ -26,6 +26,8 @@ from dashboard import live, services
 from dashboard.exports import refusal_csv_response
 from dashboard.schemas import (
     AuditPageOut,
+    CeilingResetIn,
+    CeilingResetOut,
     ErrorOut,
     KeyIn,
     KeyIssuedOut,
@@ -36,6 +38,7 @@ from dashboard.schemas import (
     LimitsOverviewOut,
     LiveOut,
     MinuteOut,
+    ModelCeilingsOut,
     ProfileIn,
     ProfileOut,
     ProfilePatchIn,
@@ -49,7 +52,7 @@ from dashboard.selectors import audit_page, limit_warnings
 from dashboard.usage_api import router as usage_router
 from limiter import selectors
 from limiter.jobs import selectors as job_selectors
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
 MSG_AUTH = "Log in as staff or send 'Authorization: Bearer <admin token>'."
 MSG_STAFF = "This account is not staff."
@@ -280,9 +283,13 @@ def _limit_out(limit: EndpointLimit) -> LimitOut:
 @profiles.post("/profiles/{profile_id}/limits", response={201: LimitOut, **ERRORS})
 def limit_create(request: OpsRequest, profile_id: int, payload: LimitIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
-    data = payload.dict(exclude={"endpoint"}, exclude_none=True)
+    data = payload.dict(exclude={"endpoint", "model"}, exclude_none=True)
     limit = services.limit_create(
-        actor=_actor(request), profile=profile, endpoint=payload.endpoint, data=data
+        actor=_actor(request),
+        profile=profile,
+        endpoint=payload.endpoint,
+        model=payload.model.strip(),
+        data=data,
     )
     return Status(201, _limit_out(limit))
 
@@ -376,6 +383,29 @@ def live_get(request: HttpRequest):
         "jobs": job_selectors.jobs_live_snapshot()["accounts"],
         "limits": LimitsOverviewOut(**selectors.limit_overview()),
     }
+
+
+@ops.get("/ceilings", response={200: ModelCeilingsOut, **ERRORS})
+def ceiling_list(request: HttpRequest):
+    """Together's limit per account and model as the limiter learned it: the learned
+    ceiling, where the pace came from, the pace in use, the last headers, 429s and 503s."""
+    snapshot = async_to_sync(live.snapshot_fetch)()
+    age = live.latest.age()
+    return {
+        "limiter_reachable": age is not None and age <= LIVE_STALE_SECONDS,
+        "models": snapshot["models"] if snapshot else [],
+    }
+
+
+@ops.post("/ceilings/reset", response={200: CeilingResetOut, **ERRORS})
+def ceiling_reset(request: OpsRequest, payload: CeilingResetIn):
+    """Forget one model's learned ceiling (database and limiter): it is paced at its
+    profile's row again until Together's next answer."""
+    account = get_object_or_404(UpstreamAccount, pk=payload.account)
+    confirmed = services.learned_ceiling_reset(
+        actor=_actor(request), account=account, endpoint=payload.endpoint, model=payload.model
+    )
+    return {"reset": True, "limiter_confirmed": confirmed}
 
 
 api.add_router("", teams)

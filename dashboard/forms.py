@@ -9,7 +9,15 @@ from django import forms
 from django.utils import timezone
 
 from limiter import selectors
-from limiter.models import EndpointKind, EndpointLimit, LimitProfile, RefusalSource, Team
+from limiter.models import (
+    MODEL_ENDPOINTS,
+    EndpointKind,
+    EndpointLimit,
+    LimitProfile,
+    RefusalSource,
+    Team,
+    UpstreamAccount,
+)
 
 MSG_NEGATIVE = "Must be 0 or more."
 MSG_BURST = "Burst must be at least 1."
@@ -65,6 +73,57 @@ class LimitForm(forms.ModelForm):
         if rpm and pace and pace > rpm:
             self.add_error("pace_per_minute", MSG_PACE_ABOVE_LIMIT)
         return data
+
+
+class ModelLimitForm(LimitForm):
+    """A model's own row in a profile: a name or glob on one inference endpoint kind.
+    The model's clean() refuses a bad glob; a duplicate (any case) is refused here."""
+
+    MSG_DUPLICATE = "This profile already has a limit for this model on this endpoint."
+
+    class Meta(LimitForm.Meta):
+        fields = ["endpoint", "model", *LimitForm.Meta.fields]
+        labels = {
+            **LimitForm.Meta.labels,
+            "model": "Model or glob",
+            "endpoint": "Endpoint",
+        }
+
+    def __init__(self, data: Any = None, *, profile: LimitProfile) -> None:
+        super().__init__(data, instance=EndpointLimit(profile=profile))
+        endpoint = self.fields["endpoint"]
+        assert isinstance(endpoint, forms.ChoiceField)
+        endpoint.choices = [
+            (value, label) for value, label in EndpointKind.choices if value in MODEL_ENDPOINTS
+        ]
+        self.fields["model"].required = True
+        self.fields["model"].widget.attrs["placeholder"] = "black-forest-labs/FLUX*"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        model = (data.get("model") or "").strip()
+        data["model"] = model
+        if (
+            model
+            and data.get("endpoint")
+            and self.instance.profile.limits.filter(
+                endpoint=data["endpoint"], model__iexact=model
+            ).exists()
+        ):
+            self.add_error("model", self.MSG_DUPLICATE)
+        return data
+
+    def limit_data(self) -> dict[str, Any]:
+        """The row's limits, for services.limit_create."""
+        return {name: self.cleaned_data[name] for name in LimitForm.Meta.fields}
+
+
+class CeilingResetForm(forms.Form):
+    """Which model's learned ceiling to forget (the live page's Reset button)."""
+
+    account = forms.ModelChoiceField(queryset=UpstreamAccount.objects.all())
+    endpoint = forms.ChoiceField(choices=[(e, e) for e in MODEL_ENDPOINTS])
+    model = forms.CharField(max_length=200)
 
 
 class ProfileCreateForm(forms.Form):

@@ -27,6 +27,12 @@ class LiveScope(events.ScopeSnapshot, total=False):
     account: str  # account scopes
 
 
+class LiveModel(events.ModelCeilingSnapshot):
+    """A model's learned ceiling as the browser and /api/live get it: with the account's name."""
+
+    account_name: str
+
+
 class LiveView(TypedDict):
     """The limiter's snapshot with names instead of ids (the websocket's "snapshot")."""
 
@@ -35,6 +41,7 @@ class LiveView(TypedDict):
     limiter: dict[str, float]
     scopes: list[LiveScope]
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
+    models: list[LiveModel]  # Together's limits per account and model, as learned
     history: dict[str, list[list[int]]]
 
 
@@ -99,6 +106,15 @@ def snapshot_enrich(
             accounts.get(account, {}).get("name", account): headers
             for account, headers in snapshot["upstream_headers"].items()
         },
+        "models": [
+            LiveModel(
+                **model,
+                account_name=accounts.get(model["account"], {}).get(
+                    "name", f"account {model['account']}"
+                ),
+            )
+            for model in snapshot.get("models", [])
+        ],
         "history": snapshot["history"],
     }
 
@@ -125,6 +141,28 @@ async def snapshot_enriched(snapshot: events.LiveSnapshot) -> LiveView:
     enriched = snapshot_enrich(snapshot, await names.get(snapshot))
     latest.store(enriched)
     return enriched
+
+
+async def ceiling_reset_send(*, account: str, endpoint: str, model: str) -> bool:
+    """Tell the limiter to forget a model's learned ceiling; whether it confirmed within
+    SNAPSHOT_TIMEOUT (the database row is deleted by the caller either way)."""
+    await process.ensure_started()
+    layer = get_channel_layer()
+    reply = await layer.new_channel("sluice.reset.")
+    message: events.CeilingResetMessage = {
+        "type": events.CEILING_RESET,
+        "account": account,
+        "endpoint": endpoint,
+        "model": model,
+        "reply": reply,
+    }
+    await layer.send(events.LIMITER_CHANNEL, dict(message))
+    try:
+        await asyncio.wait_for(layer.receive(reply), SNAPSHOT_TIMEOUT)
+    except TimeoutError:
+        return False
+    latest.seen_at = 0.0  # the next /api/live asks the limiter: it shows the reset
+    return True
 
 
 async def snapshot_fetch() -> LiveView | None:

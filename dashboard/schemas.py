@@ -40,6 +40,7 @@ class LimitOut(ModelSchema):
         fields = [
             "id",
             "endpoint",
+            "model",
             "requests_per_minute",
             "pace_per_minute",
             "burst",
@@ -69,6 +70,12 @@ class LimitPatchIn(Schema):
 
 class LimitIn(LimitPatchIn):
     endpoint: EndpointKind
+    model: str = Field(
+        "",
+        max_length=200,
+        description="Empty: the endpoint's row. A model name or glob (org/prefix*, any "
+        "case): that model's own row (exact beats glob, a longer glob a shorter one).",
+    )
     requests_per_minute: int = Field(..., ge=1)
 
 
@@ -206,6 +213,7 @@ class AuditPageOut(Schema):
 # --- live -----------------------------------------------------------------------------------------
 class DbLimitOut(Schema):
     endpoint: str
+    model: str = Field(description="Empty: the endpoint's row; else a model name or glob.")
     limit_per_minute: int
     requests_per_minute: int
     burst: int
@@ -233,6 +241,47 @@ class TeamLimitsOut(Schema):
 class LimitsOverviewOut(Schema):
     accounts: list[AccountLimitsOut]
     teams: list[TeamLimitsOut]
+
+
+class ModelCeilingOut(Schema):
+    """Together's limit for one model on one account, as the limiter learned it."""
+
+    account: str = Field(description="Upstream account id.")
+    account_name: str
+    endpoint: str
+    model: str
+    cap_per_minute: float = Field(description="The profile's row: the cap and starting pace.")
+    learned_per_minute: float | None = Field(
+        description="What Together's headers said, per minute; null before any."
+    )
+    learned_tokens_per_minute: float | None
+    pace_per_minute: float = Field(description="The pace Sluice uses now.")
+    token_pace_per_minute: float | None
+    source: str = Field(description="Where the pace came from: profile, headers or 429.")
+    updated_at: float | None = Field(description="Unix time of the last change.")
+    last_headers: dict[str, str] = Field(
+        description="Together's last rate headers for the model, with 'at' (unix time)."
+    )
+    upstream_429_last_minute: int
+    upstream_503_last_minute: int
+
+
+class ModelCeilingsOut(Schema):
+    limiter_reachable: bool
+    models: list[ModelCeilingOut]
+
+
+class CeilingResetIn(Schema):
+    account: int = Field(..., ge=1, le=2**63 - 1, description="Upstream account id.")
+    endpoint: EndpointKind
+    model: str = Field(..., min_length=1, max_length=200)
+
+
+class CeilingResetOut(Schema):
+    reset: bool = Field(description="The stored learned state is gone.")
+    limiter_confirmed: bool = Field(
+        description="The limiter confirmed it forgot its own within a second."
+    )
 
 
 class LiveOut(Schema):

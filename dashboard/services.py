@@ -10,14 +10,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError
 
+from dashboard import live
 from dashboard.models import AuditEntry
 from limiter import services as limiter_services
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team
+from limiter.learned import learned_delete
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 from limiter.services import IssuedKey
 
 TOKEN_ACTOR = "admin token"
@@ -27,6 +30,22 @@ MSG_PROFILE_IN_USE = (
     "The profile '{name}' is used by teams, keys or upstream accounts; reassign them first."
 )
 MSG_LIMIT_EXISTS = "The profile '{profile}' already has a limit for '{endpoint}'."
+MSG_MODEL_LIMIT_EXISTS = (
+    "The profile '{profile}' already has a limit for '{model}' on '{endpoint}'."
+)
+
+
+def _exists_message(*, profile: LimitProfile, endpoint: str, model: str) -> str:
+    if model:
+        return MSG_MODEL_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint, model=model)
+    return MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint)
+
+
+def limit_exists(*, profile: LimitProfile, endpoint: str, model: str = "") -> bool:
+    """Whether the profile has a row for this endpoint and model. Model names and globs
+    match without regard to case, so `FLUX*` and `flux*` would be one row twice."""
+    return profile.limits.filter(endpoint=endpoint, model__iexact=model).exists()
+
 
 LIMIT_FIELDS = (
     "requests_per_minute",
@@ -114,7 +133,7 @@ def profile_create(
     profile.save()
     for row in source.limits.all():
         EndpointLimit.objects.create(
-            profile=profile, endpoint=row.endpoint, **_values(row, LIMIT_FIELDS)
+            profile=profile, endpoint=row.endpoint, model=row.model, **_values(row, LIMIT_FIELDS)
         )
     audit_record(
         actor=actor,
@@ -150,20 +169,29 @@ def profile_delete(*, actor: User | None, profile: LimitProfile) -> None:
 
 @transaction.atomic
 def limit_create(
-    *, actor: User | None, profile: LimitProfile, endpoint: str, data: dict[str, Any]
+    *,
+    actor: User | None,
+    profile: LimitProfile,
+    endpoint: str,
+    data: dict[str, Any],
+    model: str = "",
 ) -> EndpointLimit:
-    if profile.limits.filter(endpoint=endpoint).exists():
-        raise ServiceError(MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint))
-    limit = EndpointLimit(profile=profile, endpoint=endpoint, **data)
+    """A row for an endpoint kind, or (with `model`, a name or glob) a model's own row
+    there. Effective at once: the save broadcasts the change (limiter/signals.py)."""
+    exists = _exists_message(profile=profile, endpoint=endpoint, model=model)
+    if limit_exists(profile=profile, endpoint=endpoint, model=model):
+        raise ServiceError(exists)
+    limit = EndpointLimit(profile=profile, endpoint=endpoint, model=model, **data)
     limit.full_clean()
     try:
         limit.save()
     except IntegrityError as exc:  # created by someone else since the check above
-        raise ServiceError(
-            MSG_LIMIT_EXISTS.format(profile=profile.name, endpoint=endpoint)
-        ) from exc
+        raise ServiceError(exists) from exc
     audit_record(
-        actor=actor, action="create", obj=limit, new=_values(limit, ("endpoint", *LIMIT_FIELDS))
+        actor=actor,
+        action="create",
+        obj=limit,
+        new=_values(limit, ("endpoint", "model", *LIMIT_FIELDS)),
     )
     return limit
 
@@ -184,9 +212,39 @@ def limit_update(
 @transaction.atomic
 def limit_delete(*, actor: User | None, limit: EndpointLimit) -> None:
     audit_record(
-        actor=actor, action="delete", obj=limit, old=_values(limit, ("endpoint", *LIMIT_FIELDS))
+        actor=actor,
+        action="delete",
+        obj=limit,
+        old=_values(limit, ("endpoint", "model", *LIMIT_FIELDS)),
     )
     limit.delete()
+
+
+# --- learned ceilings -----------------------------------------------------------------------
+MSG_RESET_UNCONFIRMED = (
+    "The limiter did not confirm within a second; the stored ceiling is gone, and the "
+    "limiter forgets its own when the message reaches it."
+)
+
+
+def learned_ceiling_reset(
+    *, actor: User | None, account: UpstreamAccount, endpoint: str, model: str
+) -> bool:
+    """Forget what was learned of one model's limit on an account: the stored row now, and
+    the limiter's own state (it paces the model at its profile's row again, until
+    Together's next answer). Returns whether the limiter confirmed."""
+    with transaction.atomic():
+        learned_delete(account=str(account.pk), endpoint=endpoint, model=model)
+        audit_record(
+            actor=actor,
+            action="reset_ceiling",
+            obj=account,
+            old={"endpoint": endpoint, "model": model},
+        )
+    # After the commit: the message is not undone by a rollback.
+    return async_to_sync(live.ceiling_reset_send)(
+        account=str(account.pk), endpoint=endpoint, model=model
+    )
 
 
 # --- teams -------------------------------------------------------------------------------

@@ -177,6 +177,9 @@ SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
 # unit if that changes. The pace a model gets stays this fraction below what they report.
 SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS = env.float("SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS", default=1.0)
 SLUICE_UPSTREAM_MARGIN = env.float("SLUICE_UPSTREAM_MARGIN", default=0.1)
+# A restarted limiter starts each model from the ceiling learned before (limiter/learned.py)
+# when it is at most this many seconds old; older, from the profile.
+SLUICE_LEARNED_CEILING_MAX_AGE = env.float("SLUICE_LEARNED_CEILING_MAX_AGE", default=3600.0)
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
 SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)

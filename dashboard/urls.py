@@ -13,9 +13,12 @@ from dashboard.api import api
 
 dashboard_patterns = [
     path("", views.overview, name="overview"),
+    path("live/ceilings/reset/", views.ceiling_reset, name="ceiling_reset"),
     path("limits/", views.limits, name="limits"),
     path("limits/profiles/<int:pk>/", views.profile, name="profile"),
     path("limits/<int:pk>/edit/", views.limit_edit, name="limit_edit"),
+    path("limits/profiles/<int:pk>/models/", views.model_limit_create, name="model_limit_create"),
+    path("limits/<int:pk>/delete/", views.model_limit_delete, name="model_limit_delete"),
     path("teams/", views.teams, name="teams"),
     path("teams/<int:pk>/", views.team, name="team"),
     path("teams/<int:pk>/pause/", views.team_pause, name="team_pause"),

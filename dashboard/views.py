@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Concatenate, ParamSpec, TypeVar, cast
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
@@ -85,8 +86,36 @@ def overview(request: StaffRequest) -> HttpResponse:
             "upstream_failures": sorted(
                 upstream.failures.values(), key=lambda failure: failure.account
             ),
+            "margin_percent": round(settings.SLUICE_UPSTREAM_MARGIN * 100),
         },
     )
+
+
+@staff_required
+@require_POST
+def ceiling_reset(request: StaffRequest) -> HttpResponse:
+    """Forget what the limiter learned of one model's limit (the live page's Reset)."""
+    form = forms.CeilingResetForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, " ".join(str(e) for errors in form.errors.values() for e in errors))
+        return redirect("dashboard:overview")
+    data = form.cleaned_data
+    confirmed: list[bool] = []
+    _apply(
+        request,
+        lambda: confirmed.append(
+            services.learned_ceiling_reset(
+                actor=request.user,
+                account=data["account"],
+                endpoint=data["endpoint"],
+                model=data["model"],
+            )
+        ),
+        f"The learned limit of {data['model']} is reset; it is paced at its profile's row.",
+    )
+    if confirmed and not confirmed[0]:
+        messages.warning(request, services.MSG_RESET_UNCONFIRMED)
+    return redirect("dashboard:overview")
 
 
 # --- limits --------------------------------------------------------------------------
@@ -133,10 +162,27 @@ def profile(request: StaffRequest, pk: int) -> HttpResponse:
             "Profile saved.",
         ):
             return redirect("dashboard:profile", pk=pk)
+    return _profile_page(request, obj, form=form, model_form=forms.ModelLimitForm(profile=obj))
+
+
+def _profile_page(
+    request: StaffRequest,
+    obj: LimitProfile,
+    *,
+    form: forms.ProfileForm,
+    model_form: forms.ModelLimitForm,
+) -> HttpResponse:
     ceilings = selectors.ceilings_for_profile(profile=obj)
+    limits = list(obj.limits.all())
     rows = [
         {"limit": row, "warnings": limit_warnings(limit=row, ceilings=ceilings)}
-        for row in obj.limits.all()
+        for row in limits
+        if not row.model
+    ]
+    model_rows = [
+        {"limit": row, "warnings": limit_warnings(limit=row, ceilings=ceilings)}
+        for row in limits
+        if row.model
     ]
     return render(
         request,
@@ -144,11 +190,51 @@ def profile(request: StaffRequest, pk: int) -> HttpResponse:
         {
             "profile": obj,
             "form": form,
+            "model_form": model_form,
             "rows": rows,
+            "model_rows": model_rows,
             "teams": obj.teams.order_by("name"),
             "accounts": obj.accounts.order_by("name"),
         },
     )
+
+
+@staff_required
+@require_POST
+def model_limit_create(request: StaffRequest, pk: int) -> HttpResponse:
+    """A model's own row in the profile (per-model override), effective at once."""
+    obj = get_object_or_404(LimitProfile, pk=pk)
+    model_form = forms.ModelLimitForm(request.POST, profile=obj)
+    if model_form.is_valid():
+        data = model_form.cleaned_data
+        if _apply(
+            request,
+            lambda: services.limit_create(
+                actor=request.user,
+                profile=obj,
+                endpoint=data["endpoint"],
+                model=data["model"],
+                data=model_form.limit_data(),
+            ),
+            f"Limit for {data['model']} on {data['endpoint']} added; in force at once.",
+        ):
+            return redirect("dashboard:profile", pk=pk)
+    form = forms.ProfileForm(instance=obj)
+    return _profile_page(request, obj, form=form, model_form=model_form)
+
+
+@staff_required
+@require_POST
+def model_limit_delete(request: StaffRequest, pk: int) -> HttpResponse:
+    """Remove a model's own row: that model falls back to the endpoint's row at once.
+    Only per-model rows are deleted here; an endpoint's row is edited, not removed."""
+    limit = get_object_or_404(EndpointLimit.objects.exclude(model=""), pk=pk)
+    _apply(
+        request,
+        lambda: services.limit_delete(actor=request.user, limit=limit),
+        f"Limit {limit} removed; the endpoint's limit applies to that model again.",
+    )
+    return redirect("dashboard:profile", pk=limit.profile_id)
 
 
 @staff_required

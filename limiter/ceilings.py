@@ -19,7 +19,8 @@ model's scope at:
 - A 503 is capacity, not a limit: it changes no pace.
 
 The worker (limiter/worker.py) owns the ceilings and turns each into the `Limit` of the
-model's account scope.
+model's account scope. What a ceiling learned (`Learned`) is kept in the database
+(limiter/learned.py), so a restarted limiter starts from it, not from the profile.
 """
 
 from __future__ import annotations
@@ -49,6 +50,18 @@ def _number(headers: Mapping[str, str], *names: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """What a ceiling learned, as it is kept across restarts (per minute throughout)."""
+
+    learned: float | None
+    learned_tokens: float | None
+    pace: float
+    token_pace: float | None
+    source: str
+    updated_at: float  # unix time of the last change
+
+
 @dataclass(slots=True)
 class Ceiling:
     """One model's ceiling on one account: the profile's numbers, what Together's
@@ -66,6 +79,28 @@ class Ceiling:
     @classmethod
     def start(cls, cap: Limit) -> Ceiling:
         return cls(cap=cap, pace=cap.per_minute, token_pace=cap.tokens_per_minute)
+
+    # --- across restarts ---------------------------------------------------------------
+    def learned_state(self, updated_at: float) -> Learned:
+        return Learned(
+            learned=self.learned,
+            learned_tokens=self.learned_tokens,
+            pace=self.pace,
+            token_pace=self.token_pace,
+            source=self.source,
+            updated_at=updated_at,
+        )
+
+    def restore(self, state: Learned, *, margin: float) -> None:
+        """Start from what a previous limiter learned, within today's profile: a cap
+        lowered since then still holds, and a token pace needs a token cap."""
+        self.learned, self.source = state.learned, state.source
+        self.pace = max(FLOOR_PER_MINUTE, min(state.pace, self.ceiling(margin)))
+        if self.cap.tokens_per_minute is not None:
+            self.learned_tokens = state.learned_tokens
+            top = self.token_ceiling(margin)
+            if state.token_pace is not None and top is not None:
+                self.token_pace = max(1.0, min(state.token_pace, top))
 
     # --- the limits ------------------------------------------------------------------
     def ceiling(self, margin: float) -> float:

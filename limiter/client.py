@@ -347,6 +347,7 @@ class LimiterClient:
         headers: dict[str, str],
         refused: bool = False,
         error_type: str = "",
+        unavailable: int = 0,
     ) -> None:
         message: events.UpstreamReportMessage = {
             "type": events.UPSTREAM_REPORT,
@@ -357,6 +358,7 @@ class LimiterClient:
             "headers": headers,
             "refused": refused,
             "error_type": error_type,
+            "unavailable": unavailable,
         }
         try:
             await self._send(dict(message))

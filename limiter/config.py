@@ -11,16 +11,23 @@ an endpoint is held only by its upstream account's ceiling there; an account who
 profile has no row is held only by its keys' limits; with neither, the call is not
 limited (the dashboard's profiles are created with a row for every endpoint). Such a
 level is the `UNLIMITED` scope below, with the default queue settings of a row.
+
+**Per-model overrides.** A profile's row may name a model (exactly, or a glob such as
+`black-forest-labs/FLUX*`, matched without regard to case). For a call to a model, the
+profile's limit is the exact row's, else the longest matching glob's, else the
+endpoint's row (`ModelRows.match`). On the account's profile that is the model's cap
+and starting point; on a key's profile, the key's own budget for that model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 from django.db import close_old_connections
 
 from limiter.engine import Limit
-from limiter.models import ApiKey, ConfigVersion, EndpointLimit, UpstreamAccount
+from limiter.models import ApiKey, ConfigVersion, EndpointLimit, UpstreamAccount, is_glob
 
 # A rate no caller reaches, and EndpointLimit's default queue (100 deep, 30 s).
 UNLIMITED = Limit(per_minute=1e12, burst=10**12, queue_depth=100, max_wait=30.0)
@@ -38,11 +45,40 @@ def limit_of(row: EndpointLimit) -> Limit:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelRows:
+    """One profile's per-model rows for one endpoint kind, in the order they are tried:
+    exact names (lowercased) first, then globs longest first."""
+
+    exact: dict[str, Limit] = field(default_factory=dict)
+    globs: list[tuple[str, Limit]] = field(default_factory=list)  # (lowercased glob, limit)
+
+    def match(self, model: str) -> tuple[str, Limit] | None:
+        """The row that names `model`: (its name or glob, its limit); None for none."""
+        name = model.lower()
+        if name in self.exact:
+            return name, self.exact[name]
+        for glob, limit in self.globs:
+            if fnmatchcase(name, glob):
+                return glob, limit
+        return None
+
+
+def model_rows(rows: list[tuple[str, Limit]]) -> ModelRows:
+    exact = {name.lower(): limit for name, limit in rows if not is_glob(name)}
+    globs = sorted(
+        ((name.lower(), limit) for name, limit in rows if is_glob(name)),
+        key=lambda item: (-len(item[0]), item[0]),  # longest first; ties by name, stably
+    )
+    return ModelRows(exact=exact, globs=globs)
+
+
+@dataclass(frozen=True, slots=True)
 class LimiterConfig:
     version: int = 0
     key_profiles: dict[str, int] = field(default_factory=dict)  # ApiKey pk -> its profile's pk
     account_profiles: dict[str, int] = field(default_factory=dict)  # UpstreamAccount pk -> pk
     limits: dict[tuple[int, str], Limit] = field(default_factory=dict)  # (profile, endpoint)
+    models: dict[tuple[int, str], ModelRows] = field(default_factory=dict)  # per-model rows
 
     def knows(self, key_id: str, account_id: str) -> bool:
         return key_id in self.key_profiles and account_id in self.account_profiles
@@ -50,8 +86,23 @@ class LimiterConfig:
     def key_limit(self, key_id: str, endpoint: str) -> Limit:
         return self._limit(self.key_profiles.get(key_id), endpoint)
 
-    def account_limit(self, account_id: str, endpoint: str) -> Limit:
-        return self._limit(self.account_profiles.get(account_id), endpoint)
+    def key_model_limit(self, key_id: str, endpoint: str, model: str) -> Limit | None:
+        """The key's own budget for `model` when its profile names the model; else None
+        (the endpoint's row applies)."""
+        profile_id = self.key_profiles.get(key_id)
+        rows = self.models.get((profile_id, endpoint)) if profile_id is not None else None
+        found = rows.match(model) if rows and model else None
+        return found[1] if found else None
+
+    def account_limit(self, account_id: str, endpoint: str, model: str = "") -> Limit:
+        """The account's ceiling for `model`: its override's row, else the endpoint's."""
+        profile_id = self.account_profiles.get(account_id)
+        if profile_id is not None and model:
+            rows = self.models.get((profile_id, endpoint))
+            found = rows.match(model) if rows else None
+            if found:
+                return found[1]
+        return self._limit(profile_id, endpoint)
 
     def _limit(self, profile_id: int | None, endpoint: str) -> Limit:
         if profile_id is None:
@@ -65,6 +116,15 @@ def config_load() -> LimiterConfig:
     close_old_connections()  # a long-lived process outlives database connections
     version = ConfigVersion.current()  # read first: a change during the load reloads again
     keys = ApiKey.objects.usable().values_list("pk", "profile_id", "team__profile_id")
+    limits: dict[tuple[int, str], Limit] = {}
+    overrides: dict[tuple[int, str], list[tuple[str, Limit]]] = {}
+    for row in EndpointLimit.objects.all():
+        if row.model:
+            overrides.setdefault((row.profile_id, row.endpoint), []).append(
+                (row.model, limit_of(row))
+            )
+        else:
+            limits[(row.profile_id, row.endpoint)] = limit_of(row)
     return LimiterConfig(
         version=version,
         key_profiles={str(pk): own or team for pk, own, team in keys},
@@ -72,7 +132,6 @@ def config_load() -> LimiterConfig:
             str(pk): profile
             for pk, profile in UpstreamAccount.objects.values_list("pk", "profile_id")
         },
-        limits={
-            (row.profile_id, row.endpoint): limit_of(row) for row in EndpointLimit.objects.all()
-        },
+        limits=limits,
+        models={where: model_rows(rows) for where, rows in overrides.items()},
     )

@@ -40,6 +40,8 @@ ADOPT = "limiter.adopt"
 REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
 RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
 USAGE = "limiter.usage"  # a budgeted call's actual usage, charged to its budgets
+CEILING_RESET = "limiter.ceiling_reset"  # staff: forget a model's learned ceiling
+CEILING_RESET_DONE = "limiter.ceiling_reset_done"  # the answer, on the asker's reply channel
 
 
 class AcquireMessage(TypedDict):
@@ -134,6 +136,36 @@ class UpstreamReportMessage(TypedDict):
     pause: float  # seconds; 0 when this is only a headers report
     headers: dict[str, str]
     refused: bool  # an upstream 429 that reached the caller (for the live 429 counts)
+    unavailable: int  # Together's 503s (capacity) on the way: counted, no pace changes
+
+
+class CeilingResetMessage(TypedDict):
+    """Staff reset a model's learned ceiling: the limiter forgets it (memory and
+    database) and paces the model at its profile's row until Together says more."""
+
+    type: str  # CEILING_RESET
+    account: str
+    endpoint: str
+    model: str
+    reply: str  # where to confirm (CEILING_RESET_DONE); "" for none
+
+
+class ModelCeilingSnapshot(TypedDict):
+    """One model's ceiling on one account, as learned from Together (limiter/ceilings.py)."""
+
+    account: str  # UpstreamAccount pk
+    endpoint: str
+    model: str
+    cap_per_minute: float  # the profile's row: the cap and starting point
+    learned_per_minute: float | None  # what Together's headers said; None: nothing yet
+    learned_tokens_per_minute: float | None
+    pace_per_minute: float  # the pace in use
+    token_pace_per_minute: float | None
+    source: str  # where the pace came from: "profile" | "headers" | "429"
+    updated_at: float | None  # unix time the pace or learned limit last changed
+    last_headers: dict[str, str]  # Together's last rate headers for the model, with "at"
+    upstream_429_last_minute: int
+    upstream_503_last_minute: int
 
 
 class ScopeSnapshot(TypedDict):
@@ -161,5 +193,6 @@ class LiveSnapshot(TypedDict):
     limiter: dict[str, float]  # started_at, decisions, tickets_queued, leases
     scopes: list[ScopeSnapshot]
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
+    models: list[ModelCeilingSnapshot]  # Together's limit per account and model, as learned
     # Per endpoint, the last 60 minutes: [[minute_unix, admitted, queued, refused], ...]
     history: dict[str, list[list[int]]]

@@ -63,8 +63,8 @@ def _load(secret_hash: str) -> KeyInfo | None:
     account = key.team.upstream
     # The per-batch cap is applied here (the jobs edge); the limiter applies the rest.
     batches = (
-        profile.limits.filter(endpoint="batches").first()
-        or account.profile.limits.filter(endpoint="batches").first()
+        profile.limits.filter(endpoint="batches", model="").first()
+        or account.profile.limits.filter(endpoint="batches", model="").first()
     )
     return KeyInfo(
         key_id=str(key.pk),

@@ -62,16 +62,64 @@ class LimitProfile(models.Model):
         return self.name
 
 
+# Endpoint kinds whose calls name a model, so a profile may give a model its own limits.
+MODEL_ENDPOINTS = ("chat", "completions", "embeddings", "images", "rerank")
+# A model override names one model or a glob of them: Together's ids are org/name with
+# letters, digits and . _ - : + plus the glob's * ? and [...] classes; nothing else.
+MODEL_PATTERN = re.compile(r"[A-Za-z0-9._\-:/+*?\[\]!]{1,200}")
+MSG_MODEL_PATTERN = (
+    "One model name or glob (org/name, org/prefix*), 200 characters at most, no spaces."
+)
+MSG_MODEL_BRACKETS = "A glob's [ must be closed by ] with something between them."
+MSG_MODEL_ENDPOINT = "Per-model limits apply to chat, completions, embeddings, images and rerank."
+
+
+def model_pattern_error(pattern: str) -> str | None:
+    """Why `pattern` is not a usable model name or glob; None when it is."""
+    if not MODEL_PATTERN.fullmatch(pattern):
+        return MSG_MODEL_PATTERN
+    # fnmatch reads an unclosed [ as a literal; a typo like FLUX[ would silently match
+    # nothing, so refuse it.
+    depth = 0
+    for index, char in enumerate(pattern):
+        if char == "[":
+            if depth:
+                return MSG_MODEL_BRACKETS
+            depth, opened = 1, index
+        elif char == "]" and depth:
+            if index == opened + 1:
+                return MSG_MODEL_BRACKETS
+            depth = 0
+    return MSG_MODEL_BRACKETS if depth else None
+
+
+def is_glob(pattern: str) -> bool:
+    return any(char in pattern for char in "*?[")
+
+
 class EndpointLimit(models.Model):
-    """The limits of one endpoint kind within a profile.
+    """The limits of one endpoint kind within a profile, or of one model there.
 
     Requests are paced, not released a minute at a time: the bucket refills at
     `pace_per_minute` (or `requests_per_minute` when no pace is set) and holds at most
     `burst` requests, because Together enforces its limits per second.
+
+    `model` blank is the endpoint's row. A row naming a model (exact, or a glob such as
+    `black-forest-labs/FLUX*`, matched without regard to case) overrides it for the
+    models it matches: exact beats glob, a longer glob beats a shorter one (see
+    limiter/config.py). On an upstream account's profile it is that model's cap and
+    starting point; on a team's or key's, the key's own budget for that model, used
+    instead of the endpoint's row for calls to it.
     """
 
     profile = models.ForeignKey(LimitProfile, on_delete=models.CASCADE, related_name="limits")
     endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
+    model = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text="Empty: the endpoint's limits. A model name or glob: that model's own.",
+    )
     requests_per_minute = models.PositiveIntegerField(validators=[MinValueValidator(1)])
     pace_per_minute = models.PositiveIntegerField(
         null=True,
@@ -94,13 +142,24 @@ class EndpointLimit(models.Model):
     )
 
     class Meta:
-        ordering = ["profile__name", "endpoint"]
+        ordering = ["profile__name", "endpoint", "model"]
         constraints = [
-            models.UniqueConstraint(fields=["profile", "endpoint"], name="one_limit_per_endpoint"),
+            models.UniqueConstraint(
+                fields=["profile", "endpoint", "model"], name="one_limit_per_endpoint_model"
+            ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.profile.name}/{self.endpoint}"
+        name = f"{self.profile.name}/{self.endpoint}"
+        return f"{name}/{self.model}" if self.model else name
+
+    def clean(self) -> None:
+        if self.model:
+            error = model_pattern_error(self.model)
+            if error is None and self.endpoint not in MODEL_ENDPOINTS:
+                error = MSG_MODEL_ENDPOINT
+            if error:
+                raise ValidationError({"model": error})
 
     @property
     def effective_per_minute(self) -> int:
@@ -139,6 +198,40 @@ class UpstreamAccount(models.Model):
         # The key comes from a variable made for upstream keys, never from another secret.
         if not upstream_key_setting_valid(self.api_key_setting):
             raise ValidationError({"api_key_setting": MSG_UPSTREAM_KEY_SETTING})
+
+
+class LearnedCeiling(models.Model):
+    """What the limiter learned of one model's limit on one account, kept across restarts.
+
+    Written by the limiter worker in batches, off its decision path (limiter/worker.py),
+    and read when a limiter starts so it paces each model where the last one left off
+    instead of at the profile's starting point. Rows older than
+    SLUICE_LEARNED_CEILING_MAX_AGE are ignored then: Together's dynamic limit follows
+    recent traffic, so an old reading says little.
+    """
+
+    account = models.ForeignKey(
+        UpstreamAccount, on_delete=models.CASCADE, related_name="learned_ceilings"
+    )
+    endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
+    model = models.CharField(max_length=200)
+    learned_per_minute = models.FloatField(null=True, blank=True)
+    learned_tokens_per_minute = models.FloatField(null=True, blank=True)
+    pace_per_minute = models.FloatField()
+    token_pace_per_minute = models.FloatField(null=True, blank=True)
+    source = models.CharField(max_length=10)  # "profile" | "headers" | "429"
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["account_id", "endpoint", "model"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "endpoint", "model"], name="one_learned_ceiling_per_model"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.account_id}/{self.endpoint}/{self.model}: {self.pace_per_minute:.1f}/min"
 
 
 class Team(models.Model):

@@ -131,5 +131,8 @@ async def drain(
         logger.warning("shutting down with %d requests still in flight", served.in_flight)
     await recorder.flush()
     await usage_recorder.flush()
+    from limiter.worker import learned_persist
+
+    await learned_persist()  # the embedded limiter's learned ceilings, for the next start
     await upstream.aclose()
     stop()

@@ -61,7 +61,9 @@ def ceilings_for_profile(*, profile: LimitProfile) -> dict[str, EndpointLimit]:
     account_ids = set(Team.objects.filter(profile=profile).values_list("upstream_id", flat=True))
     account_ids |= set(UpstreamAccount.objects.filter(is_default=True).values_list("pk", flat=True))
     ceilings: dict[str, EndpointLimit] = {}
-    rows = EndpointLimit.objects.filter(profile__accounts__in=account_ids).exclude(profile=profile)
+    rows = EndpointLimit.objects.filter(profile__accounts__in=account_ids, model="").exclude(
+        profile=profile
+    )
     for row in rows.select_related("profile"):
         current = ceilings.get(row.endpoint)
         if current is None or row.requests_per_minute < current.requests_per_minute:
@@ -77,6 +79,7 @@ def limit_overview() -> dict:
         return [
             {
                 "endpoint": row.endpoint,
+                "model": row.model,
                 "limit_per_minute": row.effective_per_minute,
                 "requests_per_minute": row.requests_per_minute,
                 "burst": row.burst,

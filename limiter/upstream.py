@@ -138,6 +138,7 @@ class Outcome:
 
     response: httpx.Response
     attempts: int
+    unavailable: int = 0  # 503s on the way (Together's capacity), the final answer included
 
 
 def parse_seconds(value: str | None) -> float | None:
@@ -291,7 +292,7 @@ class UpstreamClient:
         url = target.url(path)
         if params:
             url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
-        attempt = 0
+        attempt = unavailable = 0
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()
@@ -321,15 +322,16 @@ class UpstreamClient:
                     error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
                 delay = backoff(attempt)
             else:
+                unavailable += response.status_code == 503
                 if response.status_code not in retry_statuses:
-                    return Outcome(response, attempt)
+                    return Outcome(response, attempt, unavailable)
                 asked = requested_wait(response.headers)
                 # Honour what Together asked for, plus a little jitter so callers paused
                 # together do not all come back in the same millisecond.
                 delay = asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
                 retrying = attempt <= retries and time.monotonic() + delay < deadline
                 if not retrying:
-                    return Outcome(response, attempt)
+                    return Outcome(response, attempt, unavailable)
                 await response.aclose()
                 logger.info(
                     "upstream %s %s answered %s; retry %d in %.2fs",

@@ -28,7 +28,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.layers import BaseChannelLayer
 
 from limiter import events
-from limiter.ceilings import Ceiling
+from limiter.ceilings import Ceiling, Learned
 from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
@@ -40,6 +40,8 @@ SNAPSHOT_INTERVAL = 0.5  # at most two live snapshots a second while anything ch
 HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we are alive
 HISTORY_MINUTES = 60
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
+# Learned ceilings that changed are written to the database this often (limiter/learned.py).
+LEARNED_SAVE_INTERVAL = 2.0
 
 
 class SecondCounts:
@@ -75,6 +77,11 @@ class Stats:
             lambda: deque(maxlen=HISTORY_MINUTES)
         )
         self.upstream_headers: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
+        # Per model's account scope: the last rate headers Together sent, and its 503s
+        # (capacity, which change no pace but are worth seeing).
+        self.model_headers: dict[ScopeId, dict[str, str]] = {}
+        self.unavailable: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
+        self.upstream_refused: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
         self.decisions = 0
 
     def _minute(self, endpoint: str, wall: float) -> list[int]:
@@ -107,6 +114,9 @@ class Stats:
 
     def record_upstream_refusal(self, scope_id: ScopeId, mono: float, wall: float) -> None:
         self.refused[scope_id]["upstream"].add(mono)
+        # Kept apart from the scope's counts, which go when the scope idles: the models
+        # panel shows each model as long as its ceiling is known.
+        self.upstream_refused[scope_id].add(mono)
         self._minute(scope_id[2], wall)[3] += 1
 
 
@@ -135,6 +145,14 @@ class LimiterConsumer(AsyncConsumer):
         self.ceilings: dict[ScopeId, Ceiling] = {}
         self.margin = settings.SLUICE_UPSTREAM_MARGIN
         self.unit_seconds = settings.SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS
+        # Kept across restarts (limiter/learned.py): what a previous limiter learned,
+        # applied when a model's scope is first made; when each ceiling last changed;
+        # and which changed since the last write.
+        self.learned_max_age = settings.SLUICE_LEARNED_CEILING_MAX_AGE
+        self._restored: dict[ScopeId, Learned] = {}
+        self.ceiling_changed_at: dict[ScopeId, float] = {}
+        self._unsaved: set[ScopeId] = set()
+        self._persister: asyncio.Task[Any] | None = None
 
         # unknown_before: a monotonic time before which another limiter instance may
         # have admitted requests this one never saw (a restart); see Engine.
@@ -165,8 +183,63 @@ class LimiterConsumer(AsyncConsumer):
     def close(self) -> None:
         if self._publisher:
             self._publisher.cancel()
+        if self._persister:
+            self._persister.cancel()
         if self._timer:
             self._timer.cancel()
+
+    # --- learned ceilings across restarts (limiter/learned.py) -------------------------
+    async def learned_restore(self) -> int:
+        """Read what the previous limiter learned (fresher than the max age); each model's
+        ceiling starts from it when its scope is first made. Returns how many."""
+        from asgiref.sync import sync_to_async
+
+        from limiter.learned import learned_load
+
+        try:
+            self._restored = await sync_to_async(learned_load, thread_sensitive=False)(
+                max_age=self.learned_max_age
+            )
+        except Exception:  # the database is down: start from the profiles, as before
+            logger.exception("could not load the learned ceilings; starting from the profiles")
+            return 0
+        logger.info("learned ceilings restored for %d models", len(self._restored))
+        return len(self._restored)
+
+    def _changed(self, scope_id: ScopeId) -> None:
+        self.ceiling_changed_at[scope_id] = time.time()
+        self._unsaved.add(scope_id)
+
+    async def learned_persist(self) -> int:
+        """Write the ceilings that changed since the last write, in one statement, in a
+        thread: decisions go on meanwhile. Returns how many were written."""
+        from asgiref.sync import sync_to_async
+
+        from limiter.learned import learned_save
+
+        if not self._unsaved:
+            return 0
+        states = {
+            scope_id: self.ceilings[scope_id].learned_state(self.ceiling_changed_at[scope_id])
+            for scope_id in self._unsaved
+            if scope_id in self.ceilings
+        }
+        self._unsaved = set()
+        try:
+            return await sync_to_async(learned_save, thread_sensitive=False)(states)
+        except Exception:  # keep them for the next round
+            logger.exception("could not save %d learned ceilings; retrying", len(states))
+            self._unsaved |= set(states) & set(self.ceilings)
+            return 0
+
+    def start_persisting(self) -> None:
+        if self._persister is None or self._persister.done():
+            self._persister = asyncio.ensure_future(self._persist_forever())
+
+    async def _persist_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEARNED_SAVE_INTERVAL)
+            await self.learned_persist()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Not Channels' dispatch: it closes stale database connections in a thread
@@ -199,12 +272,16 @@ class LimiterConsumer(AsyncConsumer):
         self.budgets.load(*budgets)
         now = time.monotonic()
         for scope_id in list(self.engine.scopes):
-            kind, object_id, endpoint = scope_id[:3]
-            limit = (
-                self.config.key_limit(object_id, endpoint)
-                if kind == "key"
-                else self._model_limit(scope_id, self.config.account_limit(object_id, endpoint))
-            )
+            kind, object_id, endpoint, model = scope_id
+            if kind == "key":
+                # A model's own budget that is gone takes the endpoint's row until its
+                # scope idles out (new calls go to the endpoint's scope already).
+                budget = self.config.key_model_limit(object_id, endpoint, model) if model else None
+                limit = budget or self.config.key_limit(object_id, endpoint)
+            else:
+                limit = self._model_limit(
+                    scope_id, self.config.account_limit(object_id, endpoint, model)
+                )
             self.engine.scope(scope_id, limit, now)
         self._dirty = True
         logger.info("limiter configuration loaded (version %d)", self.config.version)
@@ -235,13 +312,23 @@ class LimiterConsumer(AsyncConsumer):
                 self._unknown.add((key, account))
         account_id = ("account", account, endpoint, model)
         return (
-            (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),
+            self._key_scope(key, endpoint, model),
             # The account's ceiling per model: one model's 429 or pace leaves the others be.
             (
                 account_id,
-                self._model_limit(account_id, self.config.account_limit(account, endpoint)),
+                self._model_limit(account_id, self.config.account_limit(account, endpoint, model)),
             ),
         )
+
+    def _key_scope(self, key: str, endpoint: str, model: str) -> tuple[ScopeId, Limit]:
+        """The key's scope for a call: its profile's row for the model when it names one
+        (a budget of its own, charged instead of the endpoint's), else the endpoint's.
+        A key's calls to one model always land in the same scope, so the fair queue of
+        each model's account scope still sees one queue per key."""
+        budget = self.config.key_model_limit(key, endpoint, model)
+        if budget is not None:
+            return ("key", key, endpoint, model), budget
+        return ("key", key, endpoint, ""), self.config.key_limit(key, endpoint)
 
     def _model_limit(self, scope_id: ScopeId, profile: Limit) -> Limit:
         """A model's scope on an account: the profile's row, paced at what Together
@@ -251,6 +338,10 @@ class LimiterConsumer(AsyncConsumer):
         ceiling = self.ceilings.get(scope_id)
         if ceiling is None:
             ceiling = self.ceilings[scope_id] = Ceiling.start(profile)
+            restored = self._restored.pop(scope_id, None)
+            if restored is not None:  # a previous limiter learned it: start there
+                ceiling.restore(restored, margin=self.margin)
+                self.ceiling_changed_at[scope_id] = restored.updated_at
         elif ceiling.cap != profile:  # the profile changed: new cap, pace within it
             ceiling.cap = profile
             ceiling.pace = min(ceiling.pace, ceiling.ceiling(self.margin))
@@ -271,6 +362,7 @@ class LimiterConsumer(AsyncConsumer):
             changed = True
         if changed:
             self.engine.scope(scope_id, ceiling.limit(), now)
+            self._changed(scope_id)
 
     def _ramp(self, now: float) -> None:
         """Models whose callers wait for more than their pace, and that Together has not
@@ -279,6 +371,7 @@ class LimiterConsumer(AsyncConsumer):
         for scope_id, ceiling in self.ceilings.items():
             if ceiling.ramp(now, demand=scope_id in waiting, margin=self.margin):
                 self.engine.scope(scope_id, ceiling.limit(), now)
+                self._changed(scope_id)
                 self._dirty = True
 
     # --- messages ---------------------------------------------------------------------
@@ -387,14 +480,17 @@ class LimiterConsumer(AsyncConsumer):
         now = time.monotonic()
         scope_id = ("account", message["account"], message["endpoint"], message.get("model", ""))
         if message["headers"]:
-            self.stats.upstream_headers[message["account"]][message["endpoint"]] = {
-                **message["headers"],
-                "at": f"{time.time():.3f}",
-            }
+            seen = {**message["headers"], "at": f"{time.time():.3f}"}
+            self.stats.upstream_headers[message["account"]][message["endpoint"]] = seen
+            if scope_id[3]:
+                self.stats.model_headers[scope_id] = seen
+        if message.get("unavailable"):  # Together's capacity: counted, no pace changes
+            self.stats.unavailable[scope_id].add(now, message["unavailable"])
         self._learn(scope_id, message, now)
         if message["pause"] > 0:
             limit = self._model_limit(
-                scope_id, self.config.account_limit(message["account"], message["endpoint"])
+                scope_id,
+                self.config.account_limit(message["account"], message["endpoint"], scope_id[3]),
             )
             self.engine.pause((scope_id, limit), message["pause"], now)
             logger.warning(
@@ -406,6 +502,38 @@ class LimiterConsumer(AsyncConsumer):
         if message.get("refused"):
             self.stats.record_upstream_refusal(scope_id, now, time.time())
         self._dirty = True
+        await self._answer(self.engine.poll(now), now)
+
+    async def limiter_ceiling_reset(self, message: events.CeilingResetMessage) -> None:
+        """Staff reset a model's learned ceiling: forget it (here and in the database) and
+        pace the model at its profile's row again, until Together's next answer."""
+        from asgiref.sync import sync_to_async
+
+        from limiter.learned import learned_forget
+
+        account, endpoint, model = message["account"], message["endpoint"], message["model"]
+        scope_id: ScopeId = ("account", account, endpoint, model)
+        self.ceilings.pop(scope_id, None)
+        self._restored.pop(scope_id, None)
+        self._unsaved.discard(scope_id)
+        self.ceiling_changed_at.pop(scope_id, None)
+        now = time.monotonic()
+        # A fresh ceiling at the profile's row (shown in the live view as "profile").
+        limit = self._model_limit(scope_id, self.config.account_limit(account, endpoint, model))
+        if scope_id in self.engine.scopes:
+            self.engine.scope(scope_id, limit, now)
+        try:
+            await sync_to_async(learned_forget, thread_sensitive=False)(
+                account=account, endpoint=endpoint, model=model
+            )
+        except Exception:
+            logger.exception("could not delete the learned ceiling of %s", model)
+        logger.info("learned ceiling of %s on account %s %s reset", model, account, endpoint)
+        self._dirty = True
+        if message.get("reply"):
+            await self.channel_layer.send(
+                message["reply"], {"type": events.CEILING_RESET_DONE, "model": model}
+            )
         await self._answer(self.engine.poll(now), now)
 
     async def limiter_adopt(self, message: events.AdoptMessage) -> None:
@@ -536,10 +664,36 @@ class LimiterConsumer(AsyncConsumer):
                 for s in self.engine.scopes.values()
             ],
             "upstream_headers": {k: dict(v) for k, v in self.stats.upstream_headers.items()},
+            "models": [
+                self._model_snapshot(scope_id, ceiling, now)
+                for scope_id, ceiling in sorted(self.ceilings.items())
+            ],
             "history": {
                 endpoint: [list(row) for row in rows]
                 for endpoint, rows in self.stats.history.items()
             },
+        }
+
+    def _model_snapshot(
+        self, scope_id: ScopeId, ceiling: Ceiling, now: float
+    ) -> events.ModelCeilingSnapshot:
+        _, account, endpoint, model = scope_id
+        refused = self.stats.upstream_refused.get(scope_id)
+        unavailable = self.stats.unavailable.get(scope_id)
+        return {
+            "account": account,
+            "endpoint": endpoint,
+            "model": model,
+            "cap_per_minute": ceiling.cap_per_minute,
+            "learned_per_minute": ceiling.learned,
+            "learned_tokens_per_minute": ceiling.learned_tokens,
+            "pace_per_minute": round(ceiling.pace, 3),
+            "token_pace_per_minute": ceiling.token_pace,
+            "source": ceiling.source,
+            "updated_at": self.ceiling_changed_at.get(scope_id),
+            "last_headers": dict(self.stats.model_headers.get(scope_id, {})),
+            "upstream_429_last_minute": refused.last_minute(now) if refused else 0,
+            "upstream_503_last_minute": unavailable.last_minute(now) if unavailable else 0,
         }
 
     def _scope_snapshot(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:
@@ -612,6 +766,10 @@ async def run_limiter(
         started(consumer)  # runworker's heartbeat reads the engine's fullness bound
     stop = stop or asyncio.Event()
     await consumer.reload()  # the limits, before the first ticket (a ticket would reload anyway)
+    await consumer.learned_restore()  # what the previous limiter learned of each model
+    consumer.start_persisting()
+    global running
+    running = consumer
     logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)
     await _announce(layer)
     joined = time.monotonic()
@@ -632,6 +790,18 @@ async def run_limiter(
             await consumer.dispatch(message)
     finally:
         consumer.close()
+        running = None
+        await consumer.learned_persist()  # what changed since the last write
+
+
+# The limiter serving in this process, if any: `serve`'s drain saves its learned ceilings.
+running: LimiterConsumer | None = None
+
+
+async def learned_persist() -> None:
+    """Save the learned ceilings of the limiter running in this process (on shutdown)."""
+    if running is not None:
+        await running.learned_persist()
 
 
 async def _announce(layer: BaseChannelLayer, *, join_only: bool = False) -> None:

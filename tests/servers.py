@@ -139,6 +139,18 @@ class SluiceServer:
             stderr=subprocess.STDOUT,
         )
 
+    def restart(self) -> None:
+        """Stop every web process (SIGTERM: the drain runs, as in a deploy) and start them
+        again on the same ports, database and sandbox."""
+        for process in self.processes:
+            stop(process)
+        self.processes = [
+            self._spawn("serve", "--port", str(port), log=f"serve-{port}.log")
+            for port in self.ports
+        ]
+        for process, url in zip(self.processes, self.urls, strict=True):
+            wait_for_http(f"{url}/healthz", process=process)
+
     def start_worker(self) -> None:
         self.worker = self._spawn("runworker", "limiter", log="worker.log", env=self.worker_env)
 

@@ -5,7 +5,8 @@
 in the client, because its retry is another call on the account: it is recorded for
 the auditors, reported to the limiter (which pauses the account for everyone, at
 once), and the call gives its grant back and queues again behind the pause
-(`Admission.requeue`), instead of firing the moment the pause ends.
+(`Admission.requeue`), instead of firing the moment the pause ends. Together's 503s
+(capacity, not a limit) are reported too, for the live view's count: they change no pace.
 
 A model that stays overloaded is tried once more with the profile's fallback model.
 """
@@ -85,7 +86,7 @@ async def _send(
     headers["x-request-id"] = request.request_id
     started = time.monotonic()
     deadline = started + settings.SLUICE_UPSTREAM_DEADLINE
-    attempts = 0
+    attempts = unavailable = 0
     while True:
         try:
             outcome = await upstream.send(
@@ -106,11 +107,14 @@ async def _send(
                 ) from None
             raise errors.upstream_unreachable() from None
         attempts += outcome.attempts
+        unavailable += outcome.unavailable
         response = outcome.response
         metrics.UPSTREAM_RESPONSES.labels(admission.endpoint, str(response.status_code)).inc()
         if response.status_code != 429:
             metrics.UPSTREAM_SECONDS.labels(admission.endpoint).observe(time.monotonic() - started)
-            return Outcome(response, attempts)
+            if unavailable:  # capacity, not a limit: the live view counts it, no pace changes
+                reporter.unavailable(key, admission.endpoint, admission.model, unavailable)
+            return Outcome(response, attempts, unavailable)
         wait = requested_wait(response.headers)
         await _rate_limited_upstream(
             request, admission, response, wait if wait is not None else 1.0
@@ -120,7 +124,9 @@ async def _send(
             and time.monotonic() + (wait or 0) < deadline
         )
         if not retrying:
-            return Outcome(response, attempts)
+            if unavailable:
+                reporter.unavailable(key, admission.endpoint, admission.model, unavailable)
+            return Outcome(response, attempts, unavailable)
         await response.aclose()
         await admission.requeue()
 
@@ -179,6 +185,14 @@ class _Reporter:
         if found:
             spawn(self._report(key, endpoint, model, pause=0.0, headers=found, refused=False))
 
+    def unavailable(self, key: KeyInfo, endpoint: str, model: str, count: int) -> None:
+        """Together answered 503 `count` times (capacity): every one is counted."""
+        spawn(
+            self._report(
+                key, endpoint, model, pause=0.0, headers={}, refused=False, unavailable=count
+            )
+        )
+
     async def rate_limited(
         self,
         key: KeyInfo,
@@ -210,6 +224,7 @@ class _Reporter:
         headers: dict[str, str],
         refused: bool,
         error_type: str = "",
+        unavailable: int = 0,
     ) -> None:
         limiter = await process.ensure_started()
         await limiter.report_upstream(
@@ -220,6 +235,7 @@ class _Reporter:
             headers=headers,
             refused=refused,
             error_type=error_type,
+            unavailable=unavailable,
         )
 
 

@@ -197,7 +197,7 @@ def jobs_live_snapshot() -> LiveJobsMessage:
     for account in UpstreamAccount.objects.order_by("name"):
         caps = dict(
             EndpointLimit.objects.filter(
-                profile_id=account.profile_id, endpoint__in=ENDPOINT_OF_KIND.values()
+                profile_id=account.profile_id, endpoint__in=ENDPOINT_OF_KIND.values(), model=""
             ).values_list("endpoint", "max_concurrent")
         )
         accounts[str(account.pk)] = AccountJobs(

@@ -355,7 +355,7 @@ def job_outputs_record(*, job: Job, obj: dict[str, Any]) -> None:
 # --- fair claiming ---------------------------------------------------------------------------
 def _cap(profile_id: int, endpoint: str) -> int | None:
     return (
-        EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint)
+        EndpointLimit.objects.filter(profile_id=profile_id, endpoint=endpoint, model="")
         .values_list("max_concurrent", flat=True)
         .first()
     )

@@ -66,7 +66,7 @@
     for (const account of limits.accounts) {
       // Together limits each model on its own: one row per model in use, else the endpoint's limit.
       let first = true;
-      for (const limit of account.limits) {
+      for (const limit of account.limits.filter((l) => !l.model)) {
         const inUse = scopes.filter((s) => s.kind === "account" && s.id === account.id && s.endpoint === limit.endpoint);
         for (const scope of inUse.length ? inUse : [null]) {
           const name = first ? `<strong>${esc(account.name)}</strong><br><span class="muted small">profile ${esc(account.profile)}</span>` : "";
@@ -91,7 +91,7 @@
     for (const team of teams.values()) {
       const head = `<strong>${esc(team.name)}</strong>${team.paused ? ' <span class="paused">paused</span>' : ""}`;
       if (!team.scopes.length) {
-        const chat = team.limits.find((l) => l.endpoint === "chat");
+        const chat = team.limits.find((l) => l.endpoint === "chat" && !l.model);
         const hint = chat ? `chat ${chat.limit_per_minute} req/min, burst ${chat.burst}` : "";
         rows.push(`<tr class="group-start idle"><td>${head}<br><span class="muted small">profile ${esc(team.profile)}</span></td>
           <td colspan="6" class="muted">idle · ${esc(hint)}</td></tr>`);
@@ -135,6 +135,41 @@
     $("headers").tBodies[0].innerHTML = rows.join("") || `<tr><td class="muted">— (none received yet)</td></tr>`;
   }
 
+  // Together's limit per account and model: learned ceiling, where the pace came from,
+  // the pace in use, 429s and 503s in the last minute, and a reset for staff.
+  const SOURCES = { headers: "Together's headers", "429": "a Together 429", profile: "the profile" };
+
+  function renderModels(models) {
+    const rows = (models || []).map((m) => {
+      const learned = m.learned_per_minute == null ? "— (no headers yet)" : `${num(m.learned_per_minute, 1)} req/min`;
+      const tokens = m.token_pace_per_minute == null ? "" : `<br><span class="muted small">${num(m.token_pace_per_minute)} tok/min</span>`;
+      const headers = Object.entries(m.last_headers || {}).filter(([k]) => k !== "at")
+        .map(([k, v]) => `<code>${esc(k)}: ${esc(v)}</code>`).join("<br>");
+      return `<tr data-model="${esc(m.model)}" data-account="${esc(m.account)}">
+        <td><strong>${esc(m.account_name)}</strong><br><code class="small">${esc(m.model)}</code></td>
+        <td>${esc(m.endpoint)}</td>
+        <td class="num">${learned}</td>
+        <td class="source">${esc(SOURCES[m.source] || m.source)}</td>
+        <td class="num pace">${num(m.pace_per_minute, 1)} req/min${tokens}</td>
+        <td class="num">${num(m.cap_per_minute)} req/min</td>
+        <td class="num">${m.upstream_429_last_minute} × 429 · ${m.upstream_503_last_minute} × 503</td>
+        <td class="small">${headers || "—"}</td>
+        <td><button type="button" class="reset" data-account="${esc(m.account)}" data-endpoint="${esc(m.endpoint)}" data-model="${esc(m.model)}">Reset</button></td>
+      </tr>`;
+    });
+    $("models").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="9" class="muted">— (no model called yet)</td></tr>`;
+  }
+
+  // A reset posts the page's form (with its CSRF token); the limiter forgets what it
+  // learned of that model and paces it at the profile's row again.
+  $("models").addEventListener("click", (event) => {
+    const button = event.target.closest("button.reset");
+    if (!button) return;
+    const form = $("ceiling-reset");
+    for (const name of ["account", "endpoint", "model"]) form.elements[name].value = button.dataset[name];
+    form.submit();
+  });
+
   function renderCharts(history) {
     const box = $("charts");
     const endpoints = Object.keys(history || {}).sort();
@@ -177,6 +212,7 @@
     renderJobs(jobs);
     if (snapshot) {
       renderHeaders(snapshot.upstream_headers);
+      renderModels(snapshot.models);
       renderCharts(snapshot.history);
       const l = snapshot.limiter || {};
       $("limiter-stats").textContent = l.decisions != null ? `· ${l.decisions} decisions · ${l.leases ?? 0} leases` : "";

@@ -170,10 +170,22 @@ def test_live_overview_updates_while_requests_run(page, shared_server):
         )
         page.wait_for_selector(".chart-card[data-endpoint=chat]")
         assert page.locator("#limiter-banner").is_hidden()
+        # Together's limits per model: the model called has its row, with the pace in use.
+        model_row = page.locator(f"#models tr[data-model='{CHAT_MODEL}']")
+        model_row.wait_for(timeout=10_000)
+        assert "req/min" in model_row.locator("td.pace").inner_text()
     finally:
         stop.set()
         for worker in workers:
             worker.join()
+    # Staff reset its learned ceiling (a POST with the page's CSRF token): back to the profile.
+    page.locator(f"#models tr[data-model='{CHAT_MODEL}'] button.reset").click()
+    page.wait_for_selector(".messages >> text=is reset")
+    page.locator(f"#models tr[data-model='{CHAT_MODEL}']").wait_for(timeout=10_000)
+    assert (
+        page.locator(f"#models tr[data-model='{CHAT_MODEL}'] td.source").inner_text()
+        == "the profile"
+    )
 
 
 def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):

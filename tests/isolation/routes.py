@@ -109,6 +109,14 @@ OPS_ROUTES = [
     ),
     OpsRoute("PATCH", "/budgets/{budget_id}", "/budgets/{budget}", {"limit": 1}),
     OpsRoute("DELETE", "/budgets/{budget_id}", "/budgets/{budget}"),
+    OpsRoute("GET", "/ceilings", "/ceilings"),
+    # Account 1 is the seeded default account: a reset that got through would be audited.
+    OpsRoute(
+        "POST",
+        "/ceilings/reset",
+        "/ceilings/reset",
+        {"account": 1, "endpoint": "chat", "model": "some/model"},
+    ),
 ]
 
 # Served by Ninja to anyone, by design: the schema and its docs page, no rows; the root
@@ -133,6 +141,19 @@ PAGE_ROUTES = [
     PageRoute("dashboard:limits", "GET", "/limits/"),
     PageRoute("dashboard:profile", "GET", "/limits/profiles/{profile}/"),
     PageRoute("dashboard:limit_edit", "GET", "/limits/{limit}/edit/"),
+    PageRoute(
+        "dashboard:model_limit_create",
+        "POST",
+        "/limits/profiles/{profile}/models/",
+        {"endpoint": "chat", "model": "stolen/*", "requests_per_minute": "1", "burst": "1"},
+    ),
+    PageRoute("dashboard:model_limit_delete", "POST", "/limits/{limit}/delete/"),
+    PageRoute(
+        "dashboard:ceiling_reset",
+        "POST",
+        "/live/ceilings/reset/",
+        {"account": "1", "endpoint": "chat", "model": "some/model"},
+    ),
     PageRoute(
         "dashboard:limit_edit",
         "POST",
