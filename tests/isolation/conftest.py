@@ -135,6 +135,7 @@ class ServerDb:
         from django.contrib.auth import get_user_model
 
         from dashboard.models import AuditEntry
+        from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
         def rows(queryset: Any, *exclude: str) -> list[dict]:
@@ -152,6 +153,8 @@ class ServerDb:
                 "accounts": rows(UpstreamAccount.objects.using(db)),
                 "users": rows(get_user_model().objects.using(db), "last_login"),
                 "audit": rows(AuditEntry.objects.using(db)),
+                "webhooks": rows(Webhook.objects.using(db)),
+                "alerts": rows(Alert.objects.using(db)),
             }
 
         return self.read(query)
