@@ -46,6 +46,7 @@ from dashboard.schemas import (
     TeamPatchIn,
 )
 from dashboard.selectors import audit_page, limit_warnings
+from dashboard.usage_api import router as usage_router
 from limiter import selectors
 from limiter.jobs import selectors as job_selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
@@ -381,3 +382,4 @@ api.add_router("", teams)
 api.add_router("", profiles)
 api.add_router("", refusals)
 api.add_router("", ops)
+api.add_router("", usage_router)

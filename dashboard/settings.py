@@ -7,6 +7,7 @@ it incomplete fail loudly with ImproperlyConfigured.
 """
 
 import ipaddress
+import zoneinfo
 from pathlib import Path
 
 import environ
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     # takes precedence over Channels' generic one.
     "limiter",
     "limiter.alerts",
+    "limiter.usage",
     "channels",
     "dashboard",
     # The simulated Together (a development tool): installed for `manage.py sandbox`,
@@ -215,6 +217,22 @@ SLUICE_ALERT_UPSTREAM_503_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_503_PER_MI
 SLUICE_ALERT_RETRY_BACKOFF = env.float("SLUICE_ALERT_RETRY_BACKOFF", default=5.0)
 SLUICE_ALERT_MAX_ATTEMPTS = env.int("SLUICE_ALERT_MAX_ATTEMPTS", default=8)
 SLUICE_ALERT_TIMEOUT = env.float("SLUICE_ALERT_TIMEOUT", default=10.0)
+# Usage accounting (limiter/usage/): record every answered call's tokens and cost in
+# per-minute rollups, written in batches off the request path every
+# SLUICE_USAGE_FLUSH_SECONDS (a crash loses at most that much). Off: no records, and
+# budgets are charged from nothing (they refuse nothing).
+SLUICE_USAGE_RECORDING = env.bool("SLUICE_USAGE_RECORDING", default=True)
+SLUICE_USAGE_FLUSH_SECONDS = env.float("SLUICE_USAGE_FLUSH_SECONDS", default=1.0)
+# Budgets' calendar days, weeks and months are counted in this time zone.
+SLUICE_USAGE_TIME_ZONE = env.str("SLUICE_USAGE_TIME_ZONE", default="UTC")
+try:
+    zoneinfo.ZoneInfo(SLUICE_USAGE_TIME_ZONE)
+except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    raise ImproperlyConfigured(
+        f"SLUICE_USAGE_TIME_ZONE: unknown time zone {SLUICE_USAGE_TIME_ZONE!r}"
+    ) from None
+# Batch inference is billed at this fraction of the list price (Together: 50% off).
+SLUICE_BATCH_PRICE_FACTOR = env.float("SLUICE_BATCH_PRICE_FACTOR", default=0.5)
 # Proxies (addresses or CIDRs) whose X-Forwarded-For names the caller, for the team API's
 # auth-failure throttle. Empty: the TCP peer is the caller, whatever the header says.
 SLUICE_TRUSTED_PROXIES = env.list("SLUICE_TRUSTED_PROXIES", default=[])

@@ -43,6 +43,7 @@ class Grant:
     remaining: int
     reset: float
     age: float = 0.0  # seconds the answer spent travelling (the round trip beyond its queueing)
+    budgeted: bool = False  # a budget counts this call: report its usage (report_usage)
 
 
 class Refused(Exception):
@@ -297,6 +298,7 @@ class LimiterClient:
             decision["remaining"],
             decision["reset"],
             age=self.lateness.age(self.clock(), decision["at"], decision.get("limiter", "")),
+            budgeted=bool(decision.get("budgeted")),
         )
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
@@ -317,6 +319,18 @@ class LimiterClient:
                 {"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}
             )
         )
+
+    def report_usage(self, *, key_id: str, model: str, tokens: float, cost: float) -> None:
+        """A budgeted call ended: tell the limiter what it used (fire and forget, retried
+        through a channel-layer outage: a lost report is spend the budget never sees)."""
+        message: events.UsageMessage = {
+            "type": events.USAGE,
+            "key": key_id,
+            "model": model,
+            "tokens": tokens,
+            "cost": cost,
+        }
+        spawn(self._send_until_delivered(dict(message)))
 
     def renew(self, lease: str) -> None:
         """Keep a lease whose request still runs (a stream longer than SLUICE_LEASE_TTL)."""

@@ -13,7 +13,7 @@ of who owns which.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NotRequired
 
 # typing_extensions' TypedDict: pydantic (the ops API's schemas) reads these shapes too,
 # and on Python 3.11 it accepts only this one.
@@ -39,6 +39,7 @@ LIMITER_STARTED = "limiter.started"  # to CONFIG_GROUP: web processes answer wit
 ADOPT = "limiter.adopt"
 REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
 RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
+USAGE = "limiter.usage"  # a budgeted call's actual usage, charged to its budgets
 
 
 class AcquireMessage(TypedDict):
@@ -88,12 +89,26 @@ class DecisionMessage(TypedDict):
     # mean anything on another host (limiter/client.py Lateness).
     at: float
     limiter: str  # the deciding limiter instance: its clock is another one after a restart
+    # A grant: a budget counts this key's calls, so report the call's usage (USAGE).
+    budgeted: NotRequired[bool]
+    # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
+    message: NotRequired[str]
 
 
 class ReleaseMessage(TypedDict):
     type: str  # RELEASE
     lease: str
     tokens_used: float | None
+
+
+class UsageMessage(TypedDict):
+    """What a budgeted call used, reported when it ends (limiter/usage/budgets.py)."""
+
+    type: str  # USAGE
+    key: str
+    model: str
+    tokens: float
+    cost: float  # US dollars at the price in force in the web process
 
 
 class AdoptMessage(TypedDict):

@@ -2,6 +2,8 @@
 
 `ensure_started()` starts, once per process and on the running loop: the limiter
 client's reply dispatcher, the 429 recorder, the alerts loop, and (embedded mode) the limiter worker
+client's reply dispatcher, the 429 recorder, the usage recorder (with the model
+prices loaded), and (embedded mode) the limiter worker
 itself and the job poller. `draining` is set while `serve` shuts down.
 """
 
@@ -52,6 +54,14 @@ async def _start() -> LimiterClient:
     client = LimiterClient()
     await client.start()
     recorder.start()
+    if settings.SLUICE_USAGE_RECORDING:
+        from limiter.usage.prices import prices, refresh_from_together
+        from limiter.usage.recorder import usage_recorder
+
+        # The prices in force before the first call: staff's overrides, Together's list.
+        await prices.reload_if_due(force=True)
+        await refresh_from_together()
+        usage_recorder.start()
     upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
     from limiter.alerts.delivery import run_alerts
 
@@ -78,6 +88,12 @@ def release(lease: str, tokens_used: float | None) -> None:
         _client.release(lease, tokens_used)
 
 
+def report_usage(*, key_id: str, model: str, tokens: float, cost: float) -> None:
+    """A budgeted call's usage, for the limiter to charge to its budgets."""
+    if _client is not None:
+        _client.report_usage(key_id=key_id, model=model, tokens=tokens, cost=cost)
+
+
 async def request_snapshot(reply_channel: str) -> None:
     """Ask the limiter to send a live snapshot to `reply_channel` (the dashboard)."""
     await ensure_started()
@@ -99,10 +115,11 @@ async def drain(
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
     and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
     what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,
-    flush the 429 record, then stop the server."""
+    flush the 429 record and the usage rollups, then stop the server."""
     global draining
     from limiter.recorder import recorder
     from limiter.upstream import client as upstream
+    from limiter.usage.recorder import usage_recorder
 
     if draining:
         return
@@ -117,5 +134,6 @@ async def drain(
     if served.in_flight:
         logger.warning("shutting down with %d requests still in flight", served.in_flight)
     await recorder.flush()
+    await usage_recorder.flush()
     await upstream.aclose()
     stop()

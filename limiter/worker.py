@@ -20,7 +20,9 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.layers import BaseChannelLayer
@@ -30,6 +32,7 @@ from limiter.ceilings import Ceiling
 from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
+from limiter.usage.budgets import BUDGET_EXCEEDED, BudgetBook, Exceeded, threshold_crossed
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +150,8 @@ class LimiterConsumer(AsyncConsumer):
             unknown_before=unknown_before,
             adopt_until=adopt_until,
         )
+        # Budgets and their spend this period: checked on every ACQUIRE, in memory.
+        self.budgets = BudgetBook(ZoneInfo(settings.SLUICE_USAGE_TIME_ZONE))
         self.stats = Stats()
         self.started_at = time.time()
         self.instance = uuid.uuid4().hex[:12]
@@ -190,11 +195,13 @@ class LimiterConsumer(AsyncConsumer):
         try:
             self.config = await sync_to_async(config_load, thread_sensitive=False)()
             self._unknown.clear()  # a new configuration: ask about them again
+            budgets = await sync_to_async(_budgets_load, thread_sensitive=False)(self.budgets)
         except Exception:  # the database is down: decide with the limits we hold
             logger.exception(
                 "could not reload the configuration; keeping version %d", self.config.version
             )
             return
+        self.budgets.load(*budgets)
         now = time.monotonic()
         for scope_id in list(self.engine.scopes):
             kind, object_id, endpoint = scope_id[:3]
@@ -285,6 +292,13 @@ class LimiterConsumer(AsyncConsumer):
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
         # that finds nobody waiting is handed back by its web process.
         key_scope, account_scope = await self._scopes(message)
+        if self.budgets.states:
+            exceeded = self.budgets.check(
+                message["key"], message.get("model", ""), datetime.now(UTC)
+            )
+            if exceeded is not None:
+                await self._refuse_budget(message, key_scope, exceeded)
+                return
         now = time.monotonic()
         decisions = self.engine.acquire(
             message["ticket"],
@@ -311,6 +325,52 @@ class LimiterConsumer(AsyncConsumer):
             request_id=message["request_id"],
         )
         await self._answer(decisions, now)
+
+    async def _refuse_budget(
+        self, message: events.AcquireMessage, key_scope: tuple[Any, Any], exceeded: Exceeded
+    ) -> None:
+        """A budget is used up: refuse before the engine charges any scope."""
+        now = time.monotonic()
+        quota = self.engine.quota(self.engine.scope(key_scope[0], key_scope[1], now), now)
+        refusal: DecisionMessage = {
+            "type": events.DECISION,
+            "ticket": message["ticket"],
+            "kind": "refuse",
+            "lease": "",
+            "reason": BUDGET_EXCEEDED,
+            "scope": "key" if exceeded.rule.key_id else "team",
+            "retry_after": max(exceeded.retry_after, 0.001),
+            "waited": 0.0,
+            "limit": quota.limit_per_minute,
+            "remaining": quota.remaining,
+            "reset": quota.reset_after,
+            "max_wait": 0.0,
+            "at": time.monotonic(),
+            "limiter": self.instance,
+            "message": exceeded.message(),
+        }
+        self.stats.decisions += 1
+        try:
+            await self.channel_layer.send(message["reply"], dict(refusal))
+        except Exception:
+            logger.exception("could not answer a budget refusal")
+
+    async def limiter_usage(self, message: events.UsageMessage) -> None:
+        """A budgeted call ended: charge what it used; announce thresholds it crossed."""
+        crossings = self.budgets.charge(
+            message["key"],
+            message.get("model", ""),
+            float(message.get("tokens") or 0.0),
+            float(message.get("cost") or 0.0),
+            datetime.now(UTC),
+        )
+        if crossings:
+            from asgiref.sync import sync_to_async
+
+            for crossing in crossings:
+                asyncio.ensure_future(
+                    sync_to_async(_announce_crossing, thread_sensitive=False)(crossing)
+                )
 
     async def limiter_renew(self, message: events.RenewMessage) -> None:
         if not self.engine.renew(message["lease"], time.monotonic()):
@@ -418,6 +478,7 @@ class LimiterConsumer(AsyncConsumer):
             # per limiter instance (a Redis restart keeps the instance, a new limiter not).
             "at": time.monotonic(),
             "limiter": self.instance,
+            "budgeted": decision.kind == "grant" and self.budgets.covers(decision.ticket.key.id[1]),
         }
 
     def _schedule(self, now: float) -> None:
@@ -513,6 +574,26 @@ class LimiterConsumer(AsyncConsumer):
             }
             or {"gateway": 0, "upstream": 0},
         }
+
+
+def _budgets_load(
+    book: BudgetBook,
+) -> tuple[list[Any], dict[str, int], dict[int, float], datetime]:
+    """The budgets, and the spend so far of those the book does not track yet (off the
+    event loop: database reads)."""
+    from limiter.usage.selectors import budget_rules, budget_seed
+
+    now = datetime.now(UTC)
+    rules, key_teams = budget_rules()
+    seed = budget_seed(book.untracked(rules, now), now, book.zone)
+    return rules, key_teams, seed, now
+
+
+def _announce_crossing(crossing: Any) -> None:
+    try:
+        threshold_crossed(crossing.rule, crossing.level, crossing.spent, crossing.period_start)
+    except Exception:
+        logger.exception("could not record budget %d's crossing", crossing.rule.id)
 
 
 async def run_limiter(

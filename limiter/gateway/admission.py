@@ -61,7 +61,7 @@ MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
 class Admission:
     """The grant a call holds, released exactly once (shielded from cancellation)."""
 
-    __slots__ = ("request", "endpoint", "tokens", "model", "grant")
+    __slots__ = ("request", "endpoint", "tokens", "model", "grant", "budgeted")
 
     def __init__(
         self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant
@@ -73,6 +73,8 @@ class Admission:
             model,
             grant,
         )
+        # A budget counts this call: its usage goes to the limiter when it ends.
+        self.budgeted = grant.budgeted
 
     def release(self, tokens_used: float | None = None) -> None:
         """Hand the grant back; `tokens_used` settles a token reservation."""
@@ -88,6 +90,7 @@ class Admission:
         self.grant = await _grant_checked(
             self.request, self.endpoint, self.tokens, self.model, replacing=held.lease
         )
+        self.budgeted = self.budgeted or self.grant.budgeted
 
     async def keep_alive(self) -> None:
         """Renew the grant's lease while the call runs (a stream may outlast
@@ -170,6 +173,7 @@ async def _grant(
             source="gateway",
             retry_after=d["retry_after"],
             request_id=request.request_id,
+            message=d.get("message", ""),
         )
         message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED)
         raise rate_limited(
@@ -177,7 +181,9 @@ async def _grant(
             retry_after=d["retry_after"],
             limited_by="gateway",
             scope=d["scope"],
-            message=message.format(endpoint=endpoint, limit=d["limit"], retry=d["retry_after"]),
+            # The limiter words a budget refusal itself: only it knows the budget.
+            message=d.get("message")
+            or message.format(endpoint=endpoint, limit=d["limit"], retry=d["retry_after"]),
             quota=quota_headers(d["limit"], d["remaining"], d["reset"]),
         ) from None
     except LimiterUnavailable:

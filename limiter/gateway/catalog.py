@@ -8,9 +8,13 @@ and another team's model is answered exactly as an unknown one (`model_not_found
 from __future__ import annotations
 
 import difflib
+import logging
 import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
+
+from limiter.client import spawn
 from limiter.gateway import errors
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response
@@ -18,6 +22,10 @@ from limiter.jobs.ownership import owned_models, usable
 from limiter.keys import KeyInfo
 from limiter.upstream import UpstreamError
 from limiter.upstream import client as upstream
+from limiter.usage.prices import prices
+from limiter.usage.services import prices_record
+
+logger = logging.getLogger(__name__)
 
 MODELS_TTL = 300.0
 
@@ -44,7 +52,20 @@ async def model_list(key: KeyInfo) -> list[dict[str, Any]]:
     # Together answers a bare array; OpenAI's shape wraps it.
     rows = data if isinstance(data, list) else data.get("data", [])
     _models[key.account_id] = (time.monotonic(), rows)
+    # Together's prices come with its model list: in force here at once, stored off the path.
+    found = prices.observe(rows)
+    if found:
+        spawn(sync_to_async(prices_record, thread_sensitive=True)(found=found))
     return rows
+
+
+async def refresh_prices(key: KeyInfo) -> None:
+    """Fetch the account's model list again for its prices (a model had none)."""
+    _models.pop(key.account_id, None)
+    try:
+        await model_list(key)
+    except ApiError as exc:
+        logger.warning("could not refresh model prices: %s", exc.message)
 
 
 async def visible_rows(key: KeyInfo, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

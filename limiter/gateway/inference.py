@@ -8,7 +8,8 @@ Every call takes the same steps, each in its own module:
   3. forward to Together: 5xx retried in the upstream client, a 429 paused and queued
      again, an overloaded model's fallback (`forward.py`);
   4. relay the answer, or Together's error in OpenAI's shape (`relay.py`);
-  5. release the grant with the tokens Together reported (a stream when it ends).
+  5. record what the call used and release the grant with the tokens Together
+     reported (`metering.py`; a stream when it ends).
 Authentication came before (`app.py`); 429s are recorded where they happen
 (`limiter/recorder.py`, written off the request path).
 """
@@ -23,7 +24,8 @@ from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import forward
 from limiter.gateway.http import Request, Response, StreamingResponse
-from limiter.gateway.relay import Usage, answer, upstream_error
+from limiter.gateway.metering import Usage, meter
+from limiter.gateway.relay import answer, upstream_error
 from limiter.jobs.ownership import owned_models
 
 # Endpoint kinds whose handlers take their own grant (the team API must not wrap them).
@@ -47,6 +49,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     admission = await admit(request, endpoint, tokens, model)
     usage = Usage()
     streaming = False
+    forwarded = None
     try:
         # 3. Together
         forwarded = await forward(request, admission, path, stream=stream)
@@ -57,8 +60,10 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         streaming = isinstance(result, StreamingResponse)  # it releases the grant when it ends
         return result
     finally:
-        # 5. the grant back, settled with what Together reported
+        # 5. what it used recorded, and the grant back settled with it
         if not streaming:
+            if forwarded is not None:
+                meter(admission, forwarded.response.status_code, usage, forwarded.served_by)
             admission.release(usage.tokens)
 
 

@@ -9,27 +9,18 @@ own credentials as 502, an unknown model as a 404 naming the closest ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import httpx
 
 from limiter.client import spawn
-from limiter.gateway import catalog, errors
+from limiter.gateway import catalog, errors, metering
 from limiter.gateway.admission import Admission, rate_limited
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import OVERLOADED, Forwarded
 from limiter.gateway.http import Request, Response, StreamingResponse
+from limiter.gateway.metering import Usage
 from limiter.upstream import requested_wait
-
-
-class Usage:
-    """Tokens Together reported for the call; None until (or unless) it says."""
-
-    __slots__ = ("tokens",)
-
-    def __init__(self) -> None:
-        self.tokens: float | None = None
 
 
 async def answer(
@@ -40,8 +31,9 @@ async def answer(
     a buffered answer leaves that to the caller."""
     response = forwarded.response
     content_type = response.headers.get("content-type", "application/json").encode("latin-1")
-    # A lease is what is handed back with the tokens used: read Together's count then.
-    counting = bool(admission.grant.lease)
+    # A lease is what is handed back with the tokens used, and usage is recorded (and
+    # reported to budgets): read Together's count then.
+    counting = bool(admission.grant.lease) or metering.enabled() or admission.budgeted
     result: Response | StreamingResponse
     if stream:
         # A stream may outlast the lease's expiry: it keeps its slot while it runs.
@@ -50,6 +42,7 @@ async def answer(
         async def close() -> None:
             keeping.cancel()
             await response.aclose()
+            metering.meter(admission, response.status_code, usage, forwarded.served_by)
             admission.release(usage.tokens if counting else None)
 
         result = StreamingResponse(
@@ -63,7 +56,9 @@ async def answer(
             status=response.status_code, body=await response.aread(), content_type=content_type
         )
         if counting:
-            usage.tokens = usage_tokens(result.body) or admission.tokens
+            usage.take(result.body)
+            if usage.tokens is None and admission.grant.lease:
+                usage.tokens = admission.tokens
     admission.add_quota_headers(result)
     upstream_id = response.headers.get("x-request-id")
     if upstream_id:
@@ -83,16 +78,8 @@ async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> Asy
     if counting:
         for line in reversed(tail.split(b"\n")):
             if line.startswith(b"data: {") and b'"usage"' in line:
-                usage.tokens = usage_tokens(line[6:])
+                usage.take(line[6:])
                 break
-
-
-def usage_tokens(data: bytes) -> float | None:
-    try:
-        reported = json.loads(data).get("usage") or {}
-        return float(reported["total_tokens"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
 
 
 async def upstream_error(request: Request, forwarded: Forwarded, admission: Admission) -> ApiError:

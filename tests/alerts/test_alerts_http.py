@@ -199,3 +199,43 @@ def test_a_delivery_is_retried_while_the_receiver_is_down(server):
         assert secret not in history
         assert secret not in server.log()
         assert all(secret not in error for _, error, _ in log)
+
+
+def test_budget_thresholds_alert_the_team_once_per_period(server):
+    key = server.issue_key("spender")
+    with Receiver() as receiver, staff_session(server) as staff:
+        add_webhook(staff, server, "spender-hook", receiver.url("/budget-secret"), "spender")
+        team = query(server, "select id from limiter_team where name = 'spender'")[0][0]
+        api = {"authorization": f"Bearer {server.admin_token}"}
+        made = httpx.post(
+            f"{server.url}/api/teams/{team}/budgets",
+            headers=api,
+            json={"unit": "tokens", "period": "day", "limit": 10, "soft_threshold": 0.5},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        budget = made.json()["id"]
+        with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as v1:
+            body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            assert v1.post(f"{server.url}/v1/chat/completions", json=body).status_code == 200
+            codes = [
+                v1.post(f"{server.url}/v1/chat/completions", json=body).status_code
+                for _ in range(2)  # under the team-429 alert's 3 a minute: only budget alerts
+            ]
+        assert codes == [429, 429]
+
+        alerts = receiver.wait_for(2)
+        by_condition = {a["sluice"]["condition"]: a for a in alerts}
+        assert set(by_condition) == {f"budget_soft:{budget}", f"budget_hard:{budget}"}
+        hard = by_condition[f"budget_hard:{budget}"]
+        assert "daily budget of team 'spender'" in hard["text"]
+        assert "reached its limit" in hard["text"]
+        assert hard["sluice"]["team"] == "spender"
+        wait_until(
+            lambda: (
+                query(server, "select count(*) from alerts_delivery where state = 'pending'")
+                == [(0,)]
+            ),
+            "no delivery pending",
+        )
+        assert len(receiver.bodies) == 2

@@ -137,6 +137,7 @@ class ServerDb:
         from dashboard.models import AuditEntry
         from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+        from limiter.usage.models import Budget, ModelPrice
 
         def rows(queryset: Any, *exclude: str) -> list[dict]:
             return [
@@ -155,6 +156,8 @@ class ServerDb:
                 "audit": rows(AuditEntry.objects.using(db)),
                 "webhooks": rows(Webhook.objects.using(db)),
                 "alerts": rows(Alert.objects.using(db)),
+                "budgets": rows(Budget.objects.using(db)),
+                "prices": rows(ModelPrice.objects.using(db)),
             }
 
         return self.read(query)
@@ -240,6 +243,7 @@ class World:
     b_revoked_secret: str
     b_profile_id: int
     b_limit_id: int
+    b_budget_id: int
     b_files: dict[str, str]  # kind -> file id
     b_fine_tunes: Jobs
     b_batches: Jobs
@@ -329,6 +333,14 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     ops.post(f"/keys/{revoked_id}/revoke").raise_for_status()
     b_profile = next(p for p in ops.get("/profiles").json() if p["name"] == "iso-b")
     b_limit_id = next(limit["id"] for limit in b_profile["limits"] if limit["endpoint"] == "chat")
+    b_budget_id = (
+        ops.post(
+            f"/teams/{b.id}/budgets",
+            json={"unit": "dollars", "period": "month", "limit": "1000"},
+        )
+        .raise_for_status()
+        .json()["id"]
+    )
 
     # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess),
     # a batch input.
@@ -408,6 +420,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_revoked_secret=revoked_secret,
         b_profile_id=b_profile["id"],
         b_limit_id=b_limit_id,
+        b_budget_id=b_budget_id,
         b_files=files,
         b_fine_tunes=b_fine_tunes,
         b_batches=b_batches,

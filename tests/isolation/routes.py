@@ -97,6 +97,18 @@ OPS_ROUTES = [
     OpsRoute("GET", "/refusals.csv", "/refusals.csv"),
     OpsRoute("GET", "/audit", "/audit"),
     OpsRoute("GET", "/live", "/live"),
+    OpsRoute("GET", "/usage", "/usage"),
+    OpsRoute("GET", "/prices", "/prices"),
+    OpsRoute("POST", "/prices", "/prices", {"model": "defaced", "override_input": 0}),
+    OpsRoute("GET", "/teams/{team_id}/budgets", "/teams/{team}/budgets"),
+    OpsRoute(
+        "POST",
+        "/teams/{team_id}/budgets",
+        "/teams/{team}/budgets",
+        {"unit": "tokens", "period": "day", "limit": 1},
+    ),
+    OpsRoute("PATCH", "/budgets/{budget_id}", "/budgets/{budget}", {"limit": 1}),
+    OpsRoute("DELETE", "/budgets/{budget_id}", "/budgets/{budget}"),
 ]
 
 # Served by Ninja to anyone, by design: the schema and its docs page, no rows; the root

@@ -30,6 +30,7 @@ def ops_path(world: World, route: OpsRoute) -> str:
         key=world.b_teammate.key_id,
         profile=world.b_profile_id,
         limit=world.b_limit_id,
+        budget=world.b_budget_id,
     )
 
 

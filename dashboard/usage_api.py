@@ -1,0 +1,134 @@
+"""The ops API's usage router: usage totals, model prices (and staff's overrides), and
+each team's budgets with their spend this period. Mounted on the one NinjaAPI
+(dashboard/api.py), with its auth and error shape."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db.models.functions import TruncDay
+from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from ninja import Query, Router, Status
+
+from dashboard.schemas import ErrorOut
+from dashboard.usage_schemas import (
+    BudgetIn,
+    BudgetOut,
+    BudgetPatchIn,
+    PriceOut,
+    PriceOverrideIn,
+    UsageFilterIn,
+    UsageTotalOut,
+)
+from limiter.models import ApiKey, Team
+from limiter.usage import selectors, services
+from limiter.usage.models import Budget
+
+DEFAULT_RANGE = timedelta(days=30)
+
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut}
+
+router = Router(tags=["usage and budgets"])
+
+
+@router.get("/usage", response={200: list[UsageTotalOut], **ERRORS})
+def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
+    """Requests, tokens and cost summed per the `group_by` dimensions."""
+    team = Team.objects.filter(name=filters.team).first() if filters.team else None
+    if filters.team and team is None:
+        return []
+    rows = selectors.usage_rows(
+        since=filters.start or timezone.now() - DEFAULT_RANGE,
+        until=filters.end,
+        team_id=team.pk if team else None,
+        model=filters.model or "",
+        endpoint=filters.endpoint or "",
+        key_prefix=filters.key_prefix or "",
+    )
+    groups = list(dict.fromkeys(filters.group_by))
+    if "day" in groups:
+        rows = rows.annotate(day=TruncDay("minute", tzinfo=selectors.usage_zone()))
+    totals = selectors.usage_totals(rows, groups)
+    for row in totals:
+        if row.get("day") is not None:
+            row["day"] = row["day"].date().isoformat()  # type: ignore[attr-defined]
+    return totals
+
+
+@router.get("/prices", response={200: list[PriceOut], **ERRORS})
+def price_list(request: HttpRequest):
+    return selectors.model_prices()
+
+
+@router.post("/prices", response={200: PriceOut, **ERRORS})
+def price_override(request: HttpRequest, payload: PriceOverrideIn):
+    """Set (or, with nulls, clear) staff's negotiated price for a model."""
+    return services.price_override(
+        model=payload.model,
+        input_price=payload.override_input,
+        output_price=payload.override_output,
+        image_price=payload.image_price,
+    )
+
+
+def _budget_out(status: selectors.BudgetStatus) -> dict:
+    budget = status.budget
+    return {
+        **{
+            f: getattr(budget, f)
+            for f in ("id", "model", "unit", "period", "limit", "soft_threshold", "enabled")
+        },
+        "team": budget.team.name,
+        "key_prefix": budget.key.prefix if budget.key else None,
+        "period_start": status.period_start,
+        "resets_at": status.resets_at,
+        "spent": status.spent,
+        "left": status.left,
+        "used_fraction": status.used_fraction,
+    }
+
+
+def _status(budget: Budget) -> dict:
+    found = [
+        s for s in selectors.budget_statuses(team_id=budget.team_id) if s.budget.pk == budget.pk
+    ]
+    return _budget_out(found[0])
+
+
+@router.get("/teams/{team_id}/budgets", response={200: list[BudgetOut], **ERRORS})
+def budget_list(request: HttpRequest, team_id: int):
+    team = get_object_or_404(Team, pk=team_id)
+    return [_budget_out(s) for s in selectors.budget_statuses(team_id=team.pk)]
+
+
+@router.post("/teams/{team_id}/budgets", response={201: BudgetOut, **ERRORS})
+def budget_create(request: HttpRequest, team_id: int, payload: BudgetIn):
+    team = get_object_or_404(Team, pk=team_id)
+    # A key budget names one of this team's keys; another team's key is "not found".
+    key = get_object_or_404(ApiKey, pk=payload.key_id, team=team) if payload.key_id else None
+    budget = services.budget_create(
+        team=team,
+        key=key,
+        model=payload.model,
+        unit=payload.unit,
+        period=payload.period,
+        limit=payload.limit,
+        soft_threshold=payload.soft_threshold,
+        enabled=payload.enabled,
+    )
+    return Status(201, _status(budget))
+
+
+@router.patch("/budgets/{budget_id}", response={200: BudgetOut, **ERRORS})
+def budget_update(request: HttpRequest, budget_id: int, payload: BudgetPatchIn):
+    budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=budget_id)
+    services.budget_update(budget=budget, **payload.dict(exclude_unset=True, exclude_none=True))
+    return _status(budget)
+
+
+@router.delete("/budgets/{budget_id}", response={204: None, **ERRORS})
+def budget_delete(request: HttpRequest, budget_id: int):
+    services.budget_delete(budget=get_object_or_404(Budget, pk=budget_id))
+    return Status(204, None)

@@ -1,0 +1,101 @@
+"""The ops API's shapes for usage, prices and budgets (dashboard/usage_api.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+from ninja import Field, ModelSchema, Schema
+
+from limiter.models import EndpointKind
+from limiter.usage.models import BudgetPeriod, BudgetUnit, ModelPrice
+
+UsageGroup = Literal["team", "model", "endpoint", "key", "day"]
+
+
+class UsageFilterIn(Schema):
+    start: datetime | None = Field(None, description="From this time (default: 30 days ago).")
+    end: datetime | None = None
+    team: str | None = Field(None, description="Team name.")
+    model: str | None = None
+    endpoint: EndpointKind | None = None
+    key_prefix: str | None = None
+    group_by: list[UsageGroup] = Field(
+        default_factory=lambda: list[UsageGroup](["team", "model"]),
+        description="Dimensions to sum per; 'day' is the calendar day in SLUICE_USAGE_TIME_ZONE.",
+    )
+
+
+class UsageTotalOut(Schema):
+    team: str | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    key: str | None = None
+    day: str | None = None
+    requests: int
+    units: int = Field(..., description="Embedding inputs, images.")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: Decimal = Field(..., description="US dollars at the prices in force when recorded.")
+
+
+class PriceOut(ModelSchema):
+    input_price: Decimal | None = Field(None, description="In force: $ per 1M prompt tokens.")
+    output_price: Decimal | None = Field(None, description="In force: $ per 1M completion tokens.")
+
+    class Meta:
+        model = ModelPrice
+        fields = [
+            "model",
+            "together_input",
+            "together_output",
+            "override_input",
+            "override_output",
+            "image_price",
+            "refreshed_at",
+        ]
+
+
+class PriceOverrideIn(Schema):
+    model: str = Field(..., min_length=1, max_length=200)
+    override_input: Decimal | None = Field(None, ge=0, description="Null: Together's price.")
+    override_output: Decimal | None = Field(None, ge=0, description="Null: Together's price.")
+    image_price: Decimal | None = Field(None, ge=0, description="$ per image; null: none.")
+
+
+class BudgetOut(Schema):
+    id: int
+    team: str
+    key_prefix: str | None = Field(None, description="Null: every key of the team.")
+    model: str = Field(..., description="Empty: all models.")
+    unit: BudgetUnit
+    period: BudgetPeriod
+    limit: Decimal
+    soft_threshold: float
+    enabled: bool
+    period_start: datetime
+    resets_at: datetime
+    spent: Decimal = Field(..., description="This period, from the usage records.")
+    left: Decimal
+    used_fraction: float
+
+
+class BudgetIn(Schema):
+    key_id: int | None = Field(None, description="One of the team's keys; null: every key.")
+    model: str = Field("", max_length=200, description="Empty: all models.")
+    unit: BudgetUnit
+    period: BudgetPeriod
+    limit: Decimal = Field(..., gt=0)
+    soft_threshold: float = Field(0.8, ge=0.01, le=1.0)
+    enabled: bool = True
+
+
+class BudgetPatchIn(Schema):
+    model: str | None = Field(None, max_length=200)
+    unit: BudgetUnit | None = None
+    period: BudgetPeriod | None = None
+    limit: Decimal | None = Field(None, gt=0)
+    soft_threshold: float | None = Field(None, ge=0.01, le=1.0)
+    enabled: bool | None = None

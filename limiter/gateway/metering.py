@@ -1,0 +1,123 @@
+"""Step 5 of a call, beside the release: what it used, for the usage record and budgets.
+
+Tokens come from Together's `usage` block (a stream's last chunk included). Where
+Together reports none: an embeddings call counts its inputs and estimates its prompt
+tokens (about 4 characters a token, the admission estimate), marked as estimated; an
+images call counts its images (`n`, 1 by default). The counts go to the usage recorder
+(an in-memory addition; limiter/usage/recorder.py writes them off the request path),
+and, when a budget counts the call (its grant said so), to the limiter as well.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+
+from limiter import process
+from limiter.client import spawn
+from limiter.gateway.admission import Admission, estimate_tokens
+from limiter.usage.prices import cost_of, prices
+from limiter.usage.recorder import usage_recorder
+
+
+class Usage:
+    """What Together reported the call used: `tokens` (the total, for settling the
+    grant) is None until (or unless) it says; `reported` is its `usage` block."""
+
+    __slots__ = ("tokens", "reported")
+
+    def __init__(self) -> None:
+        self.tokens: float | None = None
+        self.reported: dict[str, Any] | None = None
+
+    def take(self, data: bytes) -> None:
+        """Keep the `usage` block of an answer (or of a stream's last chunk)."""
+        self.reported = usage_block(data)
+        if self.reported is not None:
+            total = self.reported.get("total_tokens")
+            if isinstance(total, int | float) and not isinstance(total, bool):
+                self.tokens = float(total)
+
+
+_decoder = json.JSONDecoder()
+
+
+def usage_block(data: bytes) -> dict[str, Any] | None:
+    """The top-level `usage` object of a JSON answer, without parsing the whole answer
+    (an embeddings answer is mostly vectors): the last `"usage":` key is decoded where
+    it stands. None when there is none (Together's embeddings answers carry none)."""
+    at = data.rfind(b'"usage"')
+    if at < 0:
+        return None
+    colon = data.find(b":", at + 7)
+    if colon < 0:
+        return None
+    try:
+        text = data[colon + 1 : colon + 1 + 2048].decode("utf-8", "replace").lstrip()
+        block, _end = _decoder.raw_decode(text)
+    except ValueError:
+        return None
+    return block if isinstance(block, dict) else None
+
+
+def enabled() -> bool:
+    return bool(settings.SLUICE_USAGE_RECORDING)
+
+
+def _count(value: object) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") -> None:
+    """Record one answered call (success or Together's error) and report it to budgets."""
+    if not enabled():
+        return
+    request, endpoint = admission.request, admission.endpoint
+    key = request.key
+    assert key is not None
+    model = served_by or admission.model
+    reported = usage.reported or {}
+    prompt = _count(reported.get("prompt_tokens"))
+    completion = _count(reported.get("completion_tokens"))
+    total = _count(reported.get("total_tokens")) or prompt + completion
+    units = estimated = 0
+    if status < 400:
+        body = request.json()
+        if endpoint == "embeddings":
+            inputs = body.get("input")
+            units = len(inputs) if isinstance(inputs, list) else 1
+            if not reported:
+                prompt = total = estimated = int(estimate_tokens(body, endpoint))
+        elif endpoint == "images":
+            n = body.get("n")
+            units = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    price = prices.price(model)
+    usage_recorder.record(
+        team_id=key.team_id,
+        team_name=key.team_name,
+        key_prefix=key.prefix,
+        upstream=key.account_name,
+        endpoint=endpoint,
+        model=model,
+        status=status,
+        prompt=prompt,
+        completion=completion,
+        total=total,
+        units=units,
+        estimated=estimated,
+        price=price,
+    )
+    if not prices.knows(model) and usage_recorder.should_refresh(key.account_id):
+        from limiter.gateway.catalog import refresh_prices
+
+        spawn(refresh_prices(key))
+    if admission.budgeted:
+        images = units if endpoint == "images" else 0
+        process.report_usage(
+            key_id=key.key_id,
+            model=admission.model,
+            tokens=float(total),
+            cost=float(cost_of(price, prompt, completion, images)),
+        )

@@ -1,0 +1,170 @@
+"""Each web process's copy of the model prices: Together's list price, or staff's override.
+
+Read on the request path (a dict lookup), never from the database there. Loaded from
+ModelPrice when the process starts and again every RELOAD_SECONDS (a staff override
+reaches every process within that), and updated at once from every model list Sluice
+fetches from Together (limiter/gateway/catalog.py calls `observe`), whose prices are
+also written to ModelPrice off the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+logger = logging.getLogger(__name__)
+
+RELOAD_SECONDS = 60.0
+
+# (input $/1M tokens, output $/1M tokens, $/image): the price in force, copied into rows.
+Price = tuple[Decimal | None, Decimal | None, Decimal | None]
+NO_PRICE: Price = (None, None, None)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() and number >= 0 else None
+
+
+def list_prices(rows: list[dict[str, Any]]) -> dict[str, tuple[Decimal | None, Decimal | None]]:
+    """Together's `pricing: {input, output}` per model id (dollars per million tokens),
+    leniently: a row without a usable price is skipped."""
+    found = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
+            continue
+        pricing = row.get("pricing")
+        if not isinstance(pricing, dict):
+            continue
+        inp, out = _decimal(pricing.get("input")), _decimal(pricing.get("output"))
+        if inp is not None or out is not None:
+            found[row["id"][:200]] = (inp, out)
+    return found
+
+
+class Prices:
+    def __init__(self) -> None:
+        self._together: dict[str, tuple[Decimal | None, Decimal | None]] = {}
+        self._override: dict[str, Price] = {}
+        self._table: dict[str, Price] = {}
+        self.loaded_at = -RELOAD_SECONDS
+
+    def price(self, model: str) -> Price:
+        return self._table.get(model, NO_PRICE)
+
+    def knows(self, model: str) -> bool:
+        return model in self._table
+
+    def _rebuild(self) -> None:
+        table: dict[str, Price] = {}
+        for model, (inp, out) in self._together.items():
+            table[model] = (inp, out, None)
+        for model, (o_in, o_out, image) in self._override.items():
+            t_in, t_out, _ = table.get(model, NO_PRICE)
+            table[model] = (
+                o_in if o_in is not None else t_in,
+                o_out if o_out is not None else t_out,
+                image,
+            )
+        self._table = table
+
+    def observe(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[str, tuple[Decimal | None, Decimal | None]]:
+        """Take Together's prices from a model list, here at once; returns them (the
+        caller writes them to the database off the request path)."""
+        found = list_prices(rows)
+        if found:
+            self._together.update(found)
+            self._rebuild()
+        return found
+
+    def load(self) -> None:
+        """Read every ModelPrice (sync: call off the event loop)."""
+        from limiter.usage.models import ModelPrice
+
+        together, override = {}, {}
+        for row in ModelPrice.objects.all():
+            if row.together_input is not None or row.together_output is not None:
+                together[row.model] = (row.together_input, row.together_output)
+            if (
+                row.override_input is not None
+                or row.override_output is not None
+                or row.image_price is not None
+            ):
+                override[row.model] = (row.override_input, row.override_output, row.image_price)
+        # Prices seen in a model list since are as new as the database's: keep them.
+        self._together = {**together, **self._together} if self._together else together
+        self._override = override
+        self._rebuild()
+        self.loaded_at = time.monotonic()
+
+    def expire(self) -> None:
+        """Reload at the next chance (a price override was broadcast)."""
+        self.loaded_at = -RELOAD_SECONDS
+
+    async def reload_if_due(self, *, force: bool = False) -> None:
+        if force or time.monotonic() - self.loaded_at >= RELOAD_SECONDS:
+            try:
+                await sync_to_async(self.load, thread_sensitive=True)()
+            except Exception:
+                logger.exception("could not load model prices; keeping the ones held")
+                self.loaded_at = time.monotonic()
+
+
+prices = Prices()
+
+START_DEADLINE = 5.0  # seconds the first price fetch may take before serving without it
+
+
+async def refresh_from_together() -> None:
+    """Fetch every upstream account's model list for its prices (a process starting: the
+    first calls are priced). A failure is logged; calls are recorded unpriced meanwhile."""
+    from limiter.models import UpstreamAccount
+    from limiter.upstream import UpstreamError, account_target
+    from limiter.upstream import client as upstream
+    from limiter.usage.services import prices_record
+
+    def accounts() -> list[UpstreamAccount]:
+        return list(UpstreamAccount.objects.all())
+
+    for account in await sync_to_async(accounts, thread_sensitive=True)():
+        try:
+            outcome = await upstream.send(
+                account_target(account),
+                "GET",
+                "/models",
+                deadline=time.monotonic() + START_DEADLINE,
+            )
+            if outcome.response.status_code != 200:
+                raise UpstreamError(outcome.response.status_code, "no model list")
+            data = outcome.response.json()
+        except (UpstreamError, ValueError) as exc:
+            logger.warning("could not read %s's model prices: %s", account.name, exc)
+            continue
+        rows = data if isinstance(data, list) else data.get("data", [])
+        found = prices.observe(rows if isinstance(rows, list) else [])
+        if found:
+            await sync_to_async(prices_record, thread_sensitive=True)(found=found)
+
+
+def cost_of(price: Price, prompt: int, completion: int, images: int) -> Decimal:
+    """Dollars for these counts at `price` (per million tokens, per image)."""
+    inp, out, image = price
+    cost = Decimal(0)
+    if inp is not None and prompt:
+        cost += inp * prompt / 1_000_000
+    if out is not None and completion:
+        cost += out * completion / 1_000_000
+    if image is not None and images:
+        cost += image * images
+    return cost

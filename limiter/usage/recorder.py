@@ -1,0 +1,234 @@
+"""Records every answered call's usage in per-minute rollups, off the request path.
+
+A call only adds its counts to an in-memory row (a dict lookup and a few additions);
+a background task writes the rows that changed every SLUICE_USAGE_FLUSH_SECONDS in one
+transaction, modelled on the 429 recorder (limiter/recorder.py). Each process writes
+only its own rows (`writer`, unique per process start), adding to them with F()
+increments, so several web processes never race on a row and a query sums over them.
+
+`serve`'s drain on SIGTERM flushes last (limiter/process.py): a graceful shutdown loses
+nothing. A crash loses what was recorded since the last flush: at most
+SLUICE_USAGE_FLUSH_SECONDS (1 s by default) of that process's usage.
+
+The price in force is part of a row's dimensions, so the row's cost is exactly its
+tokens at that price, however prices change later. A model with no price yet is
+recorded with none (cost 0) and its account's model list is fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections, transaction
+from django.db.models import F
+
+from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
+
+logger = logging.getLogger(__name__)
+
+MAX_ROWS = 100_000  # distinct unsaved rows; beyond this new dimensions are dropped, loudly
+
+
+@dataclass(frozen=True, slots=True)
+class Dims:
+    """What a rollup row is per (limiter/usage/models.py UsageRollup)."""
+
+    minute: int  # unix time of the minute's start
+    team_id: int | None
+    team_name: str
+    key_prefix: str
+    upstream: str
+    endpoint: str
+    model: str
+    status_class: str
+    source: str
+    price: Price
+
+
+class Counts:
+    __slots__ = ("requests", "units", "prompt", "completion", "total", "estimated")
+
+    def __init__(self) -> None:
+        self.requests = self.units = self.prompt = self.completion = self.total = 0
+        self.estimated = 0
+
+    def add(self, other: Counts) -> None:
+        self.requests += other.requests
+        self.units += other.units
+        self.prompt += other.prompt
+        self.completion += other.completion
+        self.total += other.total
+        self.estimated += other.estimated
+
+
+def status_class(status: int) -> str:
+    return f"{min(max(status // 100, 1), 5)}xx"
+
+
+class UsageRecorder:
+    def __init__(self) -> None:
+        self.writer = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._rows: dict[Dims, Counts] = {}
+        self._pks: dict[Dims, int] = {}  # rows this writer has saved, for F() increments
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refreshing: dict[str, float] = {}  # account id -> when its prices were asked
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._loop is not loop or self._task.done():
+            self._loop = loop
+            self._task = loop.create_task(self._flush_forever())
+
+    def record(
+        self,
+        *,
+        team_id: int | None,
+        team_name: str,
+        key_prefix: str,
+        upstream: str,
+        endpoint: str,
+        model: str,
+        status: int,
+        prompt: int,
+        completion: int,
+        total: int,
+        units: int = 0,
+        estimated: int = 0,
+        source: str = "online",
+        price: Price | None = None,
+    ) -> None:
+        """Add one call (or a job's usage) to this minute's row. No I/O."""
+        dims = Dims(
+            int(time.time() // 60 * 60),
+            team_id,
+            team_name,
+            key_prefix,
+            upstream,
+            endpoint,
+            model[:200],
+            status_class(status),
+            source,
+            prices.price(model) if price is None else price,
+        )
+        row = self._rows.get(dims)
+        if row is None:
+            if len(self._rows) >= MAX_ROWS:
+                logger.error("usage buffer full (%d rows): dropping a call's usage", MAX_ROWS)
+                return
+            row = self._rows[dims] = Counts()
+        row.requests += 1
+        row.units += units
+        row.prompt += prompt
+        row.completion += completion
+        row.total += total
+        row.estimated += estimated
+
+    def unpriced(self, model: str) -> bool:
+        return not prices.knows(model)
+
+    def should_refresh(self, account_id: str) -> bool:
+        """At most one price refresh a minute per account, for models with no price."""
+        now = time.monotonic()
+        if now - self._refreshing.get(account_id, -120.0) < 60.0:
+            return False
+        self._refreshing[account_id] = now
+        return True
+
+    async def flush(self) -> int:
+        """Write the rows recorded since the last flush; returns how many."""
+        rows, self._rows = self._rows, {}
+        if not rows:
+            return 0
+        try:
+            created = await sync_to_async(_write, thread_sensitive=True)(
+                self.writer, rows, dict(self._pks)
+            )
+        except Exception:
+            # Keep them for the next round rather than lose the usage.
+            logger.exception("could not write %d usage rows; will retry", len(rows))
+            for dims, counts in rows.items():
+                self._rows.setdefault(dims, Counts()).add(counts)
+            return 0
+        self._pks.update(created)
+        # Rows of minutes gone by are not added to again: forget their ids.
+        current = int(time.time() // 60 * 60) - 60
+        self._pks = {dims: pk for dims, pk in self._pks.items() if dims.minute >= current}
+        return len(rows)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(settings.SLUICE_USAGE_FLUSH_SECONDS)
+            await prices.reload_if_due()
+            await self.flush()
+
+
+def _write(writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]) -> dict[Dims, int]:
+    from limiter.usage.models import UsageRollup
+
+    close_old_connections()
+    new: list[tuple[Dims, UsageRollup]] = []
+    with transaction.atomic():
+        for dims, counts in rows.items():
+            inp, out, image = dims.price
+            cost = cost_of(
+                dims.price,
+                counts.prompt,
+                counts.completion,
+                counts.units if dims.endpoint == "images" else 0,
+            )
+            pk = pks.get(dims)
+            if pk is not None and UsageRollup.objects.filter(pk=pk).update(
+                requests=F("requests") + counts.requests,
+                units=F("units") + counts.units,
+                prompt_tokens=F("prompt_tokens") + counts.prompt,
+                completion_tokens=F("completion_tokens") + counts.completion,
+                total_tokens=F("total_tokens") + counts.total,
+                estimated_tokens=F("estimated_tokens") + counts.estimated,
+                cost=F("cost") + cost,
+            ):
+                continue
+            new.append(
+                (
+                    dims,
+                    UsageRollup(
+                        writer=writer,
+                        minute=datetime.fromtimestamp(dims.minute, tz=UTC),
+                        team_id=dims.team_id,
+                        team_name=dims.team_name,
+                        key_prefix=dims.key_prefix,
+                        upstream=dims.upstream,
+                        endpoint=dims.endpoint,
+                        model=dims.model,
+                        status_class=dims.status_class,
+                        source=dims.source,
+                        input_price=inp,
+                        output_price=out,
+                        image_price=image,
+                        requests=counts.requests,
+                        units=counts.units,
+                        prompt_tokens=counts.prompt,
+                        completion_tokens=counts.completion,
+                        total_tokens=counts.total,
+                        estimated_tokens=counts.estimated,
+                        cost=cost,
+                    ),
+                )
+            )
+        if new:
+            UsageRollup.objects.bulk_create([row for _dims, row in new], batch_size=500)
+    return {dims: row.pk for dims, row in new if row.pk is not None}
+
+
+usage_recorder = UsageRecorder()
+
+__all__ = ["NO_PRICE", "UsageRecorder", "status_class", "usage_recorder"]

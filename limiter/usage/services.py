@@ -1,0 +1,112 @@
+"""Writes of the usage app: Together's prices, staff's overrides, budgets, crossings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from limiter.models import ApiKey, Team
+from limiter.usage.models import Budget, BudgetCrossing, ModelPrice
+from limiter.usage.prices import prices
+
+
+def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) -> int:
+    """Store Together's list prices (overrides untouched). Returns the rows written.
+    Update-or-insert per model: the list is a few hundred rows, refreshed every few
+    minutes at most."""
+    now = timezone.now()
+    existing = set(ModelPrice.objects.filter(model__in=list(found)).values_list("model", flat=True))
+    with transaction.atomic():
+        for model, (inp, out) in found.items():
+            if model in existing:
+                ModelPrice.objects.filter(model=model).update(
+                    together_input=inp, together_output=out, refreshed_at=now
+                )
+        ModelPrice.objects.bulk_create(
+            [
+                ModelPrice(model=m, together_input=i, together_output=o, refreshed_at=now)
+                for m, (i, o) in found.items()
+                if m not in existing
+            ],
+            ignore_conflicts=True,  # another process inserted it meanwhile: its price is as new
+        )
+    return len(found)
+
+
+def price_override(
+    *,
+    model: str,
+    input_price: Decimal | None,
+    output_price: Decimal | None,
+    image_price: Decimal | None,
+) -> ModelPrice:
+    """Staff's negotiated rate for a model (None: Together's list price applies)."""
+    row, _created = ModelPrice.objects.get_or_create(model=model)
+    row.override_input, row.override_output, row.image_price = (
+        input_price,
+        output_price,
+        image_price,
+    )
+    row.full_clean()
+    row.save()  # broadcast: every web process reloads its prices (limiter/usage/signals.py)
+    prices.load()  # this one at once
+    return row
+
+
+def budget_create(
+    *,
+    team: Team,
+    key: ApiKey | None,
+    model: str,
+    unit: str,
+    period: str,
+    limit: Decimal,
+    soft_threshold: float = 0.8,
+    enabled: bool = True,
+) -> Budget:
+    budget = Budget(
+        team=team,
+        key=key,
+        model=model,
+        unit=unit,
+        period=period,
+        limit=limit,
+        soft_threshold=soft_threshold,
+        enabled=enabled,
+    )
+    budget.full_clean()
+    budget.save()  # the save broadcasts: the limiter reloads its budgets (signals.py)
+    return budget
+
+
+def budget_update(*, budget: Budget, **fields: object) -> Budget:
+    for name, value in fields.items():
+        setattr(budget, name, value)
+    budget.full_clean()
+    budget.save()
+    return budget
+
+
+def budget_delete(*, budget: Budget) -> None:
+    budget.delete()
+
+
+def budget_crossing_record(
+    *, budget_id: int, level: str, period_start: datetime, spent: Decimal, limit: Decimal
+) -> bool:
+    """Record a crossing once per (budget, level, period); False when already recorded
+    (or the budget is gone)."""
+    try:
+        with transaction.atomic():
+            _row, created = BudgetCrossing.objects.get_or_create(
+                budget_id=budget_id,
+                level=level,
+                period_start=period_start,
+                defaults={"spent": spent, "limit": limit},
+            )
+    except IntegrityError:
+        return False
+    return created

@@ -1,0 +1,170 @@
+"""Usage recorded over real HTTP against the sandbox: tokens as the sandbox reported them,
+cost at the sandbox's own prices (its model list), per endpoint kind, streams included."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from sandbox.catalog import model_list
+
+CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+COMPLETION = "meta-llama/Llama-2-70b-hf"
+EMBEDDING = "BAAI/bge-base-en-v1.5"
+IMAGE = "black-forest-labs/FLUX.1-schnell"
+RERANK = "Salesforce/Llama-Rank-V1"
+PRICES = {row["id"]: row["pricing"] for row in model_list([])}
+
+
+def cost(model: str, prompt: int, completion: int) -> Decimal:
+    price = PRICES[model]
+    return (
+        Decimal(str(price["input"])) * prompt + Decimal(str(price["output"])) * completion
+    ) / 1_000_000
+
+
+def usage_rows(ops: httpx.Client, team: str, **params: object) -> list[dict]:
+    answer = ops.get("/usage", params={"team": team, **params})
+    answer.raise_for_status()
+    return answer.json()
+
+
+def wait_for_requests(ops: httpx.Client, team: str, count: int, **params: object) -> list[dict]:
+    """The rollups are written off the request path (every second): poll the API until
+    they show `count` requests, or fail after a deadline."""
+    deadline = time.monotonic() + 15
+    while True:
+        rows = usage_rows(ops, team, **params)
+        if sum(row["requests"] for row in rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)  # polling a write that happens off the request path, not timing
+
+
+@pytest.fixture
+def ops(shared_server):
+    with httpx.Client(
+        base_url=f"{shared_server.url}/api",
+        headers={"authorization": f"Bearer {shared_server.admin_token}"},
+        timeout=30,
+    ) as client:
+        yield client
+
+
+def caller(server, team: str) -> httpx.Client:
+    key = server.issue_key(team)
+    return httpx.Client(
+        base_url=f"{server.url}/v1", headers={"authorization": f"Bearer {key}"}, timeout=30
+    )
+
+
+def test_chat_and_completions_record_the_sandbox_tokens_at_its_prices(shared_server, ops):
+    team = "usage-chat"
+    expected: dict[str, list[int]] = {CHAT: [0, 0, 0, 0], COMPLETION: [0, 0, 0, 0]}
+    with caller(shared_server, team) as v1:
+        for words in ("hello there", "a somewhat longer prompt for the model"):
+            body = v1.post(
+                "/chat/completions",
+                json={"model": CHAT, "messages": [{"role": "user", "content": words}]},
+            ).json()
+            usage = body["usage"]
+            expected[CHAT] = [
+                a + b
+                for a, b in zip(
+                    expected[CHAT],
+                    [1, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]],
+                    strict=True,
+                )
+            ]
+        # A stream: the usage is in its last chunk.
+        with v1.stream(
+            "POST",
+            "/chat/completions",
+            json={"model": CHAT, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        ) as stream:
+            chunks = [
+                json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: {")
+            ]
+        usage = chunks[-1]["usage"]
+        expected[CHAT] = [
+            a + b
+            for a, b in zip(
+                expected[CHAT],
+                [1, usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]],
+                strict=True,
+            )
+        ]
+        usage = v1.post("/completions", json={"model": COMPLETION, "prompt": "once upon"}).json()[
+            "usage"
+        ]
+        expected[COMPLETION] = [
+            1,
+            usage["prompt_tokens"],
+            usage["completion_tokens"],
+            usage["total_tokens"],
+        ]
+
+    rows = {row["model"]: row for row in wait_for_requests(ops, team, 4)}
+    for model, (requests, prompt, completion, total) in expected.items():
+        row = rows[model]
+        assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == (
+            requests,
+            prompt,
+            completion,
+        )
+        assert row["total_tokens"] == total
+        assert Decimal(str(row["cost"])) == cost(model, prompt, completion)
+        assert row["cost"] != 0
+
+
+def test_embeddings_images_and_rerank_are_counted(shared_server, ops):
+    team = "usage-other"
+    inputs = ["first text to embed", "second one"]
+    with caller(shared_server, team) as v1:
+        assert v1.post("/embeddings", json={"model": EMBEDDING, "input": inputs}).status_code == 200
+        assert (
+            v1.post(
+                "/images/generations", json={"model": IMAGE, "prompt": "a cat", "n": 2}
+            ).status_code
+            == 200
+        )
+        reranked = v1.post(
+            "/rerank", json={"model": RERANK, "query": "cat", "documents": ["a cat", "a dog"]}
+        ).json()
+
+    rows = {row["model"]: row for row in wait_for_requests(ops, team, 3)}
+    # Together's embeddings answer reports no usage: inputs counted, tokens estimated
+    # (4 characters a token, as admission estimates).
+    estimated = math.ceil(sum(len(text) for text in inputs) / 4)
+    assert rows[EMBEDDING]["units"] == 2
+    assert rows[EMBEDDING]["prompt_tokens"] == estimated
+    assert Decimal(str(rows[EMBEDDING]["cost"])) == cost(EMBEDDING, estimated, 0)
+    assert rows[IMAGE]["units"] == 2
+    assert rows[IMAGE]["total_tokens"] == 0
+    prompt = reranked["usage"]["prompt_tokens"]
+    assert rows[RERANK]["prompt_tokens"] == prompt
+    assert Decimal(str(rows[RERANK]["cost"])) == cost(RERANK, prompt, 0)
+
+
+def test_a_staff_override_prices_what_follows(shared_server, ops):
+    team = "usage-override"
+    override = ops.post(
+        "/prices", json={"model": RERANK, "override_input": "2.5", "override_output": None}
+    )
+    assert override.status_code == 200, override.text
+    assert Decimal(str(override.json()["input_price"])) == Decimal("2.5")
+    assert Decimal(str(override.json()["together_input"])) == Decimal(str(PRICES[RERANK]["input"]))
+    try:
+        with caller(shared_server, team) as v1:
+            reranked = v1.post(
+                "/rerank", json={"model": RERANK, "query": "q", "documents": ["a", "b c"]}
+            ).json()
+        (row,) = wait_for_requests(ops, team, 1)
+        prompt = reranked["usage"]["prompt_tokens"]
+        assert Decimal(str(row["cost"])) == Decimal("2.5") * prompt / 1_000_000
+    finally:
+        ops.post("/prices", json={"model": RERANK}).raise_for_status()  # Together's again
