@@ -238,3 +238,16 @@ class RefusalFilterForm(forms.Form):
             reason=data.get("reason", "").strip(),
             source=data.get("source", ""),
         )
+
+
+class WebhookForm(forms.Form):
+    name = forms.CharField(max_length=80)
+    url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        label="Webhook URL",
+        help_text="Slack-compatible; shown redacted once saved.",
+    )
+    team = forms.ModelChoiceField(
+        Team.objects.all(), required=False, empty_label="the whole organisation"
+    )

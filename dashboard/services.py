@@ -19,6 +19,9 @@ from django.db.models import ProtectedError
 from dashboard import live
 from dashboard.models import AuditEntry
 from limiter import services as limiter_services
+from limiter.alerts import services as alert_services
+from limiter.alerts.models import Webhook
+from limiter.alerts.payload import redact_url
 from limiter.learned import learned_delete
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 from limiter.services import IssuedKey
@@ -330,3 +333,31 @@ def refusal_prune(*, older_than: datetime, batch_size: int = 10_000) -> int:
         if not ids:
             return deleted
         deleted += Refusal.objects.filter(id__in=ids).delete()[0]
+
+
+# --- alert webhooks ----------------------------------------------------------------------
+def webhook_add(*, actor: User | None, name: str, url: str, team: Team | None) -> Webhook:
+    """A new webhook; the audit log keeps its URL redacted (it carries the secret)."""
+    with transaction.atomic():
+        webhook = alert_services.webhook_create(name=name, url=url, team=team)
+        audit_record(
+            actor=actor,
+            action="webhook_create",
+            obj=webhook,
+            new={"name": name, "team": team.name if team else "", "url": redact_url(url)},
+        )
+    return webhook
+
+
+def webhook_enable(*, actor: User | None, webhook: Webhook, enabled: bool) -> Webhook:
+    with transaction.atomic():
+        old = webhook.enabled
+        alert_services.webhook_set_enabled(webhook=webhook, enabled=enabled)
+        audit_record(
+            actor=actor,
+            action="webhook_enable" if enabled else "webhook_disable",
+            obj=webhook,
+            old={"enabled": old},
+            new={"enabled": enabled},
+        )
+    return webhook

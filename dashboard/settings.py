@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     # limiter before channels: its `runworker` (one authority, survives Redis restarts)
     # takes precedence over Channels' generic one.
     "limiter",
+    "limiter.alerts",
     "limiter.usage",
     "channels",
     "dashboard",
@@ -205,6 +206,20 @@ SLUICE_JOB_LOST_AFTER = env.float("SLUICE_JOB_LOST_AFTER", default=24 * 3600.0)
 SLUICE_ADMIN_TOKEN = env.str("SLUICE_ADMIN_TOKEN", default="")
 # Days of 429 history kept by `manage.py prune429`.
 SLUICE_REFUSAL_RETENTION_DAYS = env.int("SLUICE_REFUSAL_RETENTION_DAYS", default=90)
+# Alerts (limiter/alerts/): how often each web process adds its counts to the shared
+# per-minute rows and judges the rates; one alert per condition per period (seconds).
+SLUICE_ALERT_CHECK_INTERVAL = env.float("SLUICE_ALERT_CHECK_INTERVAL", default=5.0)
+SLUICE_ALERT_PERIOD = env.int("SLUICE_ALERT_PERIOD", default=3600)
+# Rates that raise an alert, per calendar minute summed over all web processes: a team's
+# 429s from Sluice, and Together's 429s / 503s on an upstream account.
+SLUICE_ALERT_TEAM_429_PER_MINUTE = env.int("SLUICE_ALERT_TEAM_429_PER_MINUTE", default=60)
+SLUICE_ALERT_UPSTREAM_429_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_429_PER_MINUTE", default=10)
+SLUICE_ALERT_UPSTREAM_503_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_503_PER_MINUTE", default=10)
+# Webhook delivery: the wait after the first failed attempt (doubling after each, at most
+# 10 min), attempts before giving up, and each attempt's timeout (seconds).
+SLUICE_ALERT_RETRY_BACKOFF = env.float("SLUICE_ALERT_RETRY_BACKOFF", default=5.0)
+SLUICE_ALERT_MAX_ATTEMPTS = env.int("SLUICE_ALERT_MAX_ATTEMPTS", default=8)
+SLUICE_ALERT_TIMEOUT = env.float("SLUICE_ALERT_TIMEOUT", default=10.0)
 # Usage accounting (limiter/usage/): record every answered call's tokens and cost in
 # per-minute rollups, written in batches off the request path every
 # SLUICE_USAGE_FLUSH_SECONDS (a crash loses at most that much). Off: no records, and

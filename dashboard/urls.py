@@ -29,6 +29,9 @@ dashboard_patterns = [
     path("refusals/", views.refusals, name="refusals"),
     path("refusals.csv", views.refusals_csv, name="refusals_csv"),
     path("audit/", views.audit, name="audit"),
+    path("alerts/", views.alerts, name="alerts"),
+    path("alerts/webhooks/<int:pk>/test/", views.webhook_test, name="webhook_test"),
+    path("alerts/webhooks/<int:pk>/enable/", views.webhook_enable, name="webhook_enable"),
 ]
 
 urlpatterns = [

@@ -31,6 +31,9 @@ from dashboard import forms, services
 from dashboard.exports import refusal_csv_response
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
+from limiter.alerts import selectors as alert_selectors
+from limiter.alerts import services as alert_services
+from limiter.alerts.models import Webhook
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
 from limiter.upstream import client as upstream
 
@@ -416,3 +419,44 @@ def audit(request: StaffRequest) -> HttpResponse:
         "dashboard/audit.html",
         {"page": page, "object_type": request.GET.get("object_type", "")},
     )
+
+
+# --- alerts --------------------------------------------------------------------------------
+@staff_required
+def alerts(request: StaffRequest) -> HttpResponse:
+    form = forms.WebhookForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        services.webhook_add(
+            actor=request.user, name=data["name"], url=data["url"], team=data["team"]
+        )
+        messages.success(request, f"Webhook '{data['name']}' added.")
+        return redirect("dashboard:alerts")
+    return render(
+        request,
+        "dashboard/alerts.html",
+        {
+            "form": form,
+            "webhooks": alert_selectors.webhook_list(),
+            "alerts": alert_selectors.alert_history(),
+        },
+    )
+
+
+@require_POST
+@staff_required
+def webhook_test(request: StaffRequest, pk: int) -> HttpResponse:
+    webhook = get_object_or_404(Webhook, pk=pk)
+    alert_services.webhook_test(webhook=webhook)
+    messages.success(request, f"Test alert queued for '{webhook.name}'; see the history below.")
+    return redirect("dashboard:alerts")
+
+
+@require_POST
+@staff_required
+def webhook_enable(request: StaffRequest, pk: int) -> HttpResponse:
+    webhook = get_object_or_404(Webhook, pk=pk)
+    enabled = request.POST.get("enabled") == "1"
+    services.webhook_enable(actor=request.user, webhook=webhook, enabled=enabled)
+    messages.success(request, f"Webhook '{webhook.name}' {'enabled' if enabled else 'disabled'}.")
+    return redirect("dashboard:alerts")

@@ -190,9 +190,12 @@ class ScopeSnapshot(TypedDict):
 class LiveSnapshot(TypedDict):
     type: str  # LIVE_SNAPSHOT
     at: float  # unix time
-    limiter: dict[str, float]  # started_at, decisions, tickets_queued, leases
+    limiter: dict[
+        str, float
+    ]  # started_at, decisions, tickets_queued, leases, history_bucket_seconds
     scopes: list[ScopeSnapshot]
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
     models: list[ModelCeilingSnapshot]  # Together's limit per account and model, as learned
-    # Per endpoint, the last 60 minutes: [[minute_unix, admitted, queued, refused], ...]
+    # Per endpoint, the last hour in 10-second buckets (worker.HISTORY_BUCKET_SECONDS):
+    # [[bucket_start_unix_seconds, admitted, queued, refused], ...], empty buckets left out
     history: dict[str, list[list[int]]]

@@ -1,6 +1,7 @@
 """Process start-up: the background parts every web process runs, started once.
 
 `ensure_started()` starts, once per process and on the running loop: the limiter
+client's reply dispatcher, the 429 recorder, the alerts loop, and (embedded mode) the limiter worker
 client's reply dispatcher, the 429 recorder, the usage recorder (with the model
 prices loaded), and (embedded mode) the limiter worker
 itself and the job poller. `draining` is set while `serve` shuts down.
@@ -62,6 +63,9 @@ async def _start() -> LimiterClient:
         await refresh_from_together()
         usage_recorder.start()
     upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
+    from limiter.alerts.delivery import run_alerts
+
+    spawn(run_alerts())  # every web process checks and delivers; the database dedupes
     if settings.SLUICE_EMBEDDED_LIMITER:
         spawn(run_embedded_limiter())
     if settings.SLUICE_EMBEDDED_JOB_POLLER:

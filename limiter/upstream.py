@@ -31,6 +31,7 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
+from limiter.alerts.monitor import monitor
 from limiter.models import upstream_key_setting_valid
 
 if TYPE_CHECKING:
@@ -313,6 +314,7 @@ class UpstreamClient:
             )
             try:
                 response = await self.client.send(request, stream=stream)
+                monitor.upstream_answered(target.account_name, response.status_code)
                 if self.failures:
                     self.failures.pop(target.account_name, None)
             except httpx.TransportError as exc:

@@ -38,7 +38,11 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_INTERVAL = 0.5  # at most two live snapshots a second while anything changes
 HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we are alive
-HISTORY_MINUTES = 60
+# The live charts' history: counts per 10-second bucket over the last hour. Per-minute
+# rows left a fresh server's chart empty for its first minute (one point, no line) and
+# moved once a minute; 10 s buckets draw within seconds and cost 360 rows an hour.
+HISTORY_BUCKET_SECONDS = 10
+HISTORY_BUCKETS = 3600 // HISTORY_BUCKET_SECONDS
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 # Learned ceilings that changed are written to the database this often (limiter/learned.py).
 LEARNED_SAVE_INTERVAL = 2.0
@@ -72,9 +76,10 @@ class Stats:
         self.refused: dict[ScopeId, dict[str, SecondCounts]] = defaultdict(
             lambda: {"gateway": SecondCounts(), "upstream": SecondCounts()}
         )
-        # endpoint -> deque of [minute, admitted, queued, refused]
+        # endpoint -> deque of [bucket start (unix seconds), admitted, queued, refused];
+        # only buckets with something in them (the browser fills the gaps with zeros)
         self.history: dict[str, deque[list[int]]] = defaultdict(
-            lambda: deque(maxlen=HISTORY_MINUTES)
+            lambda: deque(maxlen=HISTORY_BUCKETS)
         )
         self.upstream_headers: dict[str, dict[str, dict[str, str]]] = defaultdict(dict)
         # Per model's account scope: the last rate headers Together sent, and its 503s
@@ -84,18 +89,18 @@ class Stats:
         self.upstream_refused: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
         self.decisions = 0
 
-    def _minute(self, endpoint: str, wall: float) -> list[int]:
-        minute = int(wall // 60 * 60)
+    def _bucket(self, endpoint: str, wall: float) -> list[int]:
+        start = int(wall // HISTORY_BUCKET_SECONDS * HISTORY_BUCKET_SECONDS)
         rows = self.history[endpoint]
-        if not rows or rows[-1][0] != minute:
-            rows.append([minute, 0, 0, 0])
+        if not rows or rows[-1][0] != start:
+            rows.append([start, 0, 0, 0])
         return rows[-1]
 
     def record(self, decision: Decision, mono: float, wall: float) -> None:
         self.decisions += 1
         ticket = decision.ticket
         endpoint = ticket.account.id[2]
-        row = self._minute(endpoint, wall)
+        row = self._bucket(endpoint, wall)
         if decision.kind == "grant":
             row[1] += 1
             for scope in ticket.scopes:
@@ -117,7 +122,7 @@ class Stats:
         # Kept apart from the scope's counts, which go when the scope idles: the models
         # panel shows each model as long as its ceiling is known.
         self.upstream_refused[scope_id].add(mono)
-        self._minute(scope_id[2], wall)[3] += 1
+        self._bucket(scope_id[2], wall)[3] += 1
 
 
 class LimiterConsumer(AsyncConsumer):
@@ -658,6 +663,7 @@ class LimiterConsumer(AsyncConsumer):
                 "decisions": self.stats.decisions,
                 "tickets_queued": len(self.engine.tickets),
                 "leases": len(self.engine.leases),
+                "history_bucket_seconds": HISTORY_BUCKET_SECONDS,
             },
             "scopes": [
                 self._scope_snapshot(s, queued_by_scope.get(s.id, []), now)

@@ -22,6 +22,7 @@ from typing import Any
 from django.conf import settings
 
 from limiter import metrics, process
+from limiter.alerts.monitor import monitor
 from limiter.client import Grant, LimiterUnavailable, Refused
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
@@ -160,6 +161,7 @@ async def _grant(
         d = refused.decision
         metrics.LIMITER_UP.set(1)
         metrics.REFUSED.labels(endpoint, d["reason"], "gateway").inc()
+        monitor.team_refused(key.team_id)
         recorder.refusal(
             team_id=key.team_id,
             team_name=key.team_name,
@@ -187,6 +189,7 @@ async def _grant(
     except LimiterUnavailable:
         metrics.LIMITER_UP.set(0)
         metrics.LIMITER_UNAVAILABLE.inc()
+        monitor.limiter_unavailable()
         if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
             raise ApiError(
                 503,

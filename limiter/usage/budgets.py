@@ -249,7 +249,7 @@ def _at_least(state: BudgetState, level: str) -> bool:
 
 def threshold_crossed(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
     """THE place a budget's threshold crossing goes: logged, and recorded once per
-    (budget, level, period) in BudgetCrossing. The alerts (webhooks) hook in here.
+    (budget, level, period) in BudgetCrossing, and an alert to the webhooks (budget_alert).
     Runs off the limiter's event loop (it writes to the database)."""
     from limiter.usage.services import budget_crossing_record
 
@@ -270,4 +270,38 @@ def threshold_crossed(budget: BudgetRule, level: str, spent: float, period_start
         period_start=period_start,
         spent=Decimal(str(spent)),
         limit=Decimal(str(budget.limit)),
+    )
+    budget_alert(budget, level, spent, period_start)
+
+
+PER = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def budget_alert(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
+    """The webhooks' word on it: one alert per budget, level and period (the alerts
+    table dedupes, so a restarted limiter that crosses again in the period stays quiet).
+    Only queued here: every web process's alerts loop delivers it."""
+    from limiter.alerts.services import notify
+    from limiter.models import Team
+
+    unit = "$" if budget.unit == "dollars" else ""
+    amount = f"{unit}{spent:,.2f}" if unit else f"{spent:,.0f} tokens"
+    limit = f"{unit}{budget.limit:,.2f}" if unit else f"{budget.limit:,.0f} tokens"
+    what = "reached its limit: calls are refused" if level == HARD else "passed its soft threshold"
+    notify(
+        f"budget_{level}:{budget.id}",
+        period_key=period_start.isoformat(timespec="minutes"),
+        text=(
+            f"The {PER[budget.period]} budget of {budget.owner} on "
+            f"{budget.model or 'all models'} {what}: {amount} of {limit} used."
+        ),
+        team=Team.objects.filter(pk=budget.team_id).first(),
+        fields={
+            "budget": budget.id,
+            "level": level,
+            "spent": round(spent, 6),
+            "limit": budget.limit,
+            "unit": budget.unit,
+            "period_start": period_start.isoformat(),
+        },
     )

@@ -124,12 +124,16 @@
     body.innerHTML = rows.join("") || `<tr><td class="muted">— (the job queue has not reported)</td></tr>`;
   }
 
+  // Together's headers as they came, and when: `at` is the limiter's Unix time in
+  // seconds, shown in the browser's time zone.
   function renderHeaders(headers) {
     const rows = [];
     for (const [account, endpoints] of Object.entries(headers || {})) {
       for (const [endpoint, values] of Object.entries(endpoints)) {
-        const list = Object.entries(values).map(([k, v]) => `<code>${esc(k)}: ${esc(v)}</code>`).join("<br>");
-        rows.push(`<tr><th>${esc(account)}<br><span class="muted small">${esc(endpoint)}</span></th><td class="small">${list}</td></tr>`);
+        const { at, ...rest } = values;
+        const list = Object.entries(rest).map(([k, v]) => `<code>${esc(k)}: ${esc(v)}</code>`).join("<br>");
+        const when = at ? `<br><span class="muted small received" data-at="${esc(at)}">received ${esc(clock(Number(at)))}</span>` : "";
+        rows.push(`<tr><th>${esc(account)}<br><span class="muted small">${esc(endpoint)}</span>${when}</th><td class="small">${list}</td></tr>`);
       }
     }
     $("headers").tBodies[0].innerHTML = rows.join("") || `<tr><td class="muted">— (none received yet)</td></tr>`;
@@ -170,14 +174,39 @@
     form.submit();
   });
 
-  function renderCharts(history) {
+  // Unix seconds as the browser's local date and time ("29/11/2026, 10:05:03" or the locale's own).
+  const clock = (seconds) => new Date(seconds * 1000).toLocaleString([], {
+    year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit",
+  });
+  const tick = (seconds) => new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const day = (seconds) => new Date(seconds * 1000).toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" });
+
+  // The charts' x range: the hour up to the limiter's latest snapshot (its clock, not the
+  // browser's, so a skewed laptop clock cannot push the points out of view). Fixed, never
+  // derived from the data: uPlot pads a single point's range by 86,400,000 units (a day in
+  // milliseconds), which on a seconds scale is 1000 days, and the first point fell out of view.
+  let xRange = [0, 1];
+
+  // One row per bucket of the hour, zeros where the limiter saw nothing (it keeps only
+  // buckets with traffic), so the line falls to zero between bursts instead of bridging them.
+  function series(rows, bucket, start, end) {
+    const byStart = new Map(rows.map((r) => [r[0], r]));
+    const data = [[], [], [], []];
+    for (let t = Math.floor(start / bucket) * bucket; t <= end; t += bucket) {
+      const row = byStart.get(t) || [t, 0, 0, 0];
+      for (let i = 0; i < 4; i += 1) data[i].push(row[i]);
+    }
+    return data;
+  }
+
+  function renderCharts(history, at, bucket) {
     const box = $("charts");
     const endpoints = Object.keys(history || {}).sort();
     if (!endpoints.length) return;
     if (!charts.size) box.innerHTML = "";
+    xRange = [at - 3600, at];
     for (const endpoint of endpoints) {
-      const points = history[endpoint];
-      const data = [points.map((p) => p[0]), points.map((p) => p[1]), points.map((p) => p[2]), points.map((p) => p[3])];
+      const data = series(history[endpoint], bucket, xRange[0], xRange[1]);
       if (charts.has(endpoint)) {
         charts.get(endpoint).setData(data);
         continue;
@@ -189,16 +218,25 @@
       box.appendChild(card);
       const plot = new uPlot({
         width: Math.max(340, card.clientWidth - 20),
-        height: 160,
-        // Always the last hour, even when the limiter has only seen a minute of it.
-        scales: { x: { time: true, range: (u, min, max) => [Math.max(max, Date.now() / 1000) - 3600, Math.max(max, Date.now() / 1000)] } },
-        axes: [{}, { label: "req/min", size: 50 }],
+        height: 170,
+        scales: { x: { time: true, range: () => xRange } },
+        axes: [
+          {
+            // Local times; the first tick carries the date. The labels are kept on the
+            // card too (data-x-labels): the canvas cannot be read back as text.
+            values: (u, splits) => {
+              const labels = splits.map((s, i) => (i === 0 ? `${tick(s)}\n${day(s)}` : tick(s)));
+              card.dataset.xLabels = JSON.stringify(labels);
+              return labels;
+            },
+          },
+          { label: `requests per ${bucket} s`, size: 50 },
+        ],
         series: [
-          {},
-          // Points too: in the first minute there is one sample, and a line needs two.
-          { label: "admitted", stroke: "#2f7d4f", width: 2, points: { show: true, size: 5 } },
-          { label: "queued", stroke: "#c08a00", width: 2, points: { show: true, size: 5 } },
-          { label: "refused", stroke: "#c0392b", width: 2, points: { show: true, size: 5 } },
+          { value: (u, v) => (v == null ? "—" : clock(v)) },
+          { label: "admitted", stroke: "#2f7d4f", width: 2 },
+          { label: "queued", stroke: "#c08a00", width: 2 },
+          { label: "refused", stroke: "#c0392b", width: 2 },
         ],
       }, data, card);
       charts.set(endpoint, plot);
@@ -213,7 +251,7 @@
     if (snapshot) {
       renderHeaders(snapshot.upstream_headers);
       renderModels(snapshot.models);
-      renderCharts(snapshot.history);
+      renderCharts(snapshot.history, snapshot.at, (snapshot.limiter || {}).history_bucket_seconds || 10);
       const l = snapshot.limiter || {};
       $("limiter-stats").textContent = l.decisions != null ? `· ${l.decisions} decisions · ${l.leases ?? 0} leases` : "";
     }

@@ -135,6 +135,7 @@ class ServerDb:
         from django.contrib.auth import get_user_model
 
         from dashboard.models import AuditEntry
+        from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
         from limiter.usage.models import Budget, ModelPrice
 
@@ -153,6 +154,8 @@ class ServerDb:
                 "accounts": rows(UpstreamAccount.objects.using(db)),
                 "users": rows(get_user_model().objects.using(db), "last_login"),
                 "audit": rows(AuditEntry.objects.using(db)),
+                "webhooks": rows(Webhook.objects.using(db)),
+                "alerts": rows(Alert.objects.using(db)),
                 "budgets": rows(Budget.objects.using(db)),
                 "prices": rows(ModelPrice.objects.using(db)),
             }

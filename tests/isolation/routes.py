@@ -170,6 +170,16 @@ PAGE_ROUTES = [
     PageRoute("dashboard:refusals", "GET", "/refusals/"),
     PageRoute("dashboard:refusals_csv", "GET", "/refusals.csv"),
     PageRoute("dashboard:audit", "GET", "/audit/"),
+    PageRoute("dashboard:alerts", "GET", "/alerts/"),
+    PageRoute(
+        "dashboard:alerts",
+        "POST",
+        "/alerts/",
+        {"name": "stolen", "url": "https://attacker.example/hook", "team": ""},
+    ),
+    # No webhook exists in the walk's world: the refusal comes before the lookup.
+    PageRoute("dashboard:webhook_test", "POST", "/alerts/webhooks/1/test/"),
+    PageRoute("dashboard:webhook_enable", "POST", "/alerts/webhooks/1/enable/", {"enabled": "0"}),
 ]
 
 # Public by design: the way in and out. Walked anonymously only (a logout would end the

@@ -1,0 +1,241 @@
+"""Alerts against a real `manage.py serve` and the sandbox upstream, delivered over real
+HTTP to a webhook receiver on 127.0.0.1: one alert per condition and period however many
+times the condition is met, and a delivery retried (with the backoff passed in as a
+setting) while the receiver is down. Webhooks are added and tested from the dashboard.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from tests.alerts.receiver import Receiver
+from tests.servers import SluiceServer, free_port
+
+CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
+SETTINGS = {
+    "SLUICE_ALERT_CHECK_INTERVAL": "0.2",
+    "SLUICE_ALERT_RETRY_BACKOFF": "0.3",
+    "SLUICE_ALERT_MAX_ATTEMPTS": "20",
+    "SLUICE_ALERT_TEAM_429_PER_MINUTE": "3",
+    "SLUICE_ALERT_PERIOD": "86400",
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[SluiceServer]:
+    with SluiceServer(tmp_path_factory.mktemp("alerts"), env=SETTINGS) as server:
+        yield server
+
+
+def query(server: SluiceServer, sql: str, *args: object) -> list[tuple]:
+    """Read the server's database directly (SQLite, read-only)."""
+    path = server.env["DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+        return db.execute(sql, args).fetchall()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Poll the server's state (its background loop gives no other signal to a test)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def staff_session(server: SluiceServer) -> Iterator[httpx.Client]:
+    """A logged-in staff user's browser session (cookies and CSRF), over HTTP."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield _logged_in(client, server)
+
+
+def _logged_in(client: httpx.Client, server: SluiceServer) -> httpx.Client:
+    page = client.get("/login/")
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+    assert token
+    done = client.post(
+        "/login/",
+        data={
+            "csrfmiddlewaretoken": token.group(1),
+            "username": server.admin_username,
+            "password": server.admin_password,
+        },
+    )
+    assert done.status_code == 302, done.text
+    return client
+
+
+def csrf(client: httpx.Client) -> str:
+    return client.cookies["csrftoken"]
+
+
+def add_webhook(client: httpx.Client, server: SluiceServer, name: str, url: str, team: str) -> int:
+    team_id = query(server, "select id from limiter_team where name = ?", team)[0][0]
+    done = client.post(
+        "/alerts/",
+        data={"csrfmiddlewaretoken": csrf(client), "name": name, "url": url, "team": team_id},
+    )
+    assert done.status_code == 302, done.text
+    return query(server, "select id from alerts_webhook where name = ?", name)[0][0]
+
+
+def tighten(server: SluiceServer, team: str) -> None:
+    """One chat call a minute for `team`, no queue: the next ones are 429s."""
+    server.make_profile(
+        "one-a-minute",
+        {
+            "chat": {
+                "requests_per_minute": 1,
+                "pace_per_minute": None,
+                "burst": 1,
+                "queue_depth": 0,
+                "max_queue_wait_seconds": 0,
+            }
+        },
+    )
+    server.python(
+        "from limiter.models import Team, LimitProfile;"
+        f"t = Team.objects.get(name={team!r});"
+        " t.profile = LimitProfile.objects.get(name='one-a-minute'); t.save()"
+    )
+
+
+def refused(server: SluiceServer, key: str, calls: int) -> int:
+    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
+        codes = [
+            http.post(
+                f"{server.url}/v1/chat/completions",
+                json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
+            ).status_code
+            for _ in range(calls)
+        ]
+    return codes.count(429)
+
+
+def test_a_teams_429s_raise_one_alert_however_long_they_go_on(server):
+    key = server.issue_key("noisy")
+    tighten(server, "noisy")
+    team_id = query(server, "select id from limiter_team where name = 'noisy'")[0][0]
+    with Receiver() as receiver, staff_session(server) as staff:
+        add_webhook(
+            staff, server, "noisy-hook", receiver.url("/services/T0/B0/team-secret"), "noisy"
+        )
+
+        first = refused(server, key, 8)
+        assert first >= 5
+        [alert] = receiver.wait_for(1)
+        assert alert["sluice"]["condition"] == f"team_429:{team_id}"
+        assert "Team 'noisy' got" in alert["text"] and "429s from Sluice" in alert["text"]
+        fields = {f["title"]: f["value"] for f in alert["attachments"][0]["fields"]}
+        assert fields["team"] == "noisy" and int(fields["count"]) >= 3
+
+        # The condition goes on: every 429 is counted and judged again, and no second alert.
+        second = refused(server, key, 8)
+        assert second >= 7
+
+        def all_judged() -> bool:
+            counted = query(
+                server,
+                "select coalesce(sum(count), 0) from alerts_signal"
+                " where kind = 'team_429' and subject = ?",
+                str(team_id),
+            )[0][0]
+            pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
+            return counted == first + second and pending[0][0] == 0
+
+        wait_until(all_judged, "every 429 counted and no delivery pending")
+        assert len(receiver.bodies) == 1, receiver.bodies
+        assert query(
+            server, "select count(*) from alerts_alert where condition = ?", f"team_429:{team_id}"
+        ) == [(1,)]
+        assert receiver.paths == ["/services/T0/B0/team-secret"]
+    assert "team-secret" not in server.log()
+
+
+def test_a_delivery_is_retried_while_the_receiver_is_down(server):
+    server.issue_key("quiet")
+    port = free_port()  # nothing listens here yet: connection refused
+    url = f"http://127.0.0.1:{port}/hooks/retry-secret?token=also-secret"
+    with staff_session(server) as staff:
+        webhook = add_webhook(staff, server, "quiet-hook", url, "quiet")
+        sent = staff.post(
+            f"/alerts/webhooks/{webhook}/test/", data={"csrfmiddlewaretoken": csrf(staff)}
+        )
+        assert sent.status_code == 302, sent.text
+        # The button is a POST with CSRF: without the token it is refused.
+        assert staff.post(f"/alerts/webhooks/{webhook}/test/").status_code == 403
+
+        def attempts() -> list[tuple]:
+            return query(
+                server,
+                "select a.status_code, a.error, d.state from alerts_attempt a"
+                " join alerts_delivery d on d.id = a.delivery_id"
+                " where d.webhook_id = ? order by a.id",
+                webhook,
+            )
+
+        wait_until(lambda: len(attempts()) >= 2, "two failed attempts")
+        with Receiver(port) as receiver:
+            [alert] = receiver.wait_for(1)
+            assert alert["sluice"]["condition"] == f"test:{webhook}"
+            wait_until(lambda: attempts()[-1][2] == "delivered", "the delivery recorded")
+            log = attempts()
+            assert all(status is None and "ConnectError" in error for status, error, _ in log[:-1])
+            assert log[-1][0] == 200
+            assert len(receiver.bodies) == 1
+
+        history = staff.get("/alerts/").text
+    assert f"http://127.0.0.1:{port}/…" in history
+    assert "delivered" in history and "ConnectError" in history
+    for secret in ("retry-secret", "also-secret"):
+        assert secret not in history
+        assert secret not in server.log()
+        assert all(secret not in error for _, error, _ in log)
+
+
+def test_budget_thresholds_alert_the_team_once_per_period(server):
+    key = server.issue_key("spender")
+    with Receiver() as receiver, staff_session(server) as staff:
+        add_webhook(staff, server, "spender-hook", receiver.url("/budget-secret"), "spender")
+        team = query(server, "select id from limiter_team where name = 'spender'")[0][0]
+        api = {"authorization": f"Bearer {server.admin_token}"}
+        made = httpx.post(
+            f"{server.url}/api/teams/{team}/budgets",
+            headers=api,
+            json={"unit": "tokens", "period": "day", "limit": 10, "soft_threshold": 0.5},
+            timeout=30,
+        )
+        assert made.status_code == 201, made.text
+        budget = made.json()["id"]
+        with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as v1:
+            body = {"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+            assert v1.post(f"{server.url}/v1/chat/completions", json=body).status_code == 200
+            codes = [
+                v1.post(f"{server.url}/v1/chat/completions", json=body).status_code
+                for _ in range(2)  # under the team-429 alert's 3 a minute: only budget alerts
+            ]
+        assert codes == [429, 429]
+
+        alerts = receiver.wait_for(2)
+        by_condition = {a["sluice"]["condition"]: a for a in alerts}
+        assert set(by_condition) == {f"budget_soft:{budget}", f"budget_hard:{budget}"}
+        hard = by_condition[f"budget_hard:{budget}"]
+        assert "daily budget of team 'spender'" in hard["text"]
+        assert "reached its limit" in hard["text"]
+        assert hard["sluice"]["team"] == "spender"
+        wait_until(
+            lambda: (
+                query(server, "select count(*) from alerts_delivery where state = 'pending'")
+                == [(0,)]
+            ),
+            "no delivery pending",
+        )
+        assert len(receiver.bodies) == 2

@@ -1,0 +1,141 @@
+"""Alerts without a server: deduplication by the database, rates summed over processes,
+who gets which alert, the retry schedule, and webhook secrets kept out of sight."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from limiter.alerts import delivery, monitor
+from limiter.alerts.models import Alert, Attempt, Delivery, Signal
+from limiter.alerts.payload import alert_payload, redact_url, scrub
+from limiter.alerts.services import notify, webhook_create
+from limiter.services import team_get_or_create
+
+NOW = datetime(2026, 11, 29, 10, 30, 15, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process(settings):
+    """Each test is a new web process: nothing raised yet in its memory."""
+    settings.SLUICE_ALERT_TEAM_429_PER_MINUTE = 3
+    settings.SLUICE_ALERT_UPSTREAM_503_PER_MINUTE = 2
+    settings.SLUICE_ALERT_PERIOD = 3600
+    settings.SLUICE_ALERT_RETRY_BACKOFF = 0.5
+    settings.SLUICE_ALERT_MAX_ATTEMPTS = 3
+    delivery._raised.clear()
+    monitor.monitor.take()
+    yield
+    delivery._raised.clear()
+
+
+@pytest.fixture
+def teams(db):
+    return team_get_or_create(name="search")[0], team_get_or_create(name="ads")[0]
+
+
+def test_one_alert_per_condition_and_period_to_the_organisation_and_the_team(teams):
+    search, ads = teams
+    org = webhook_create(name="org", url="https://hooks.example/services/T/B/x")
+    own = webhook_create(name="search", url="https://hooks.example/search", team=search)
+    webhook_create(name="ads", url="https://hooks.example/ads", team=ads)
+    off = webhook_create(name="off", url="https://hooks.example/off")
+    off.enabled = False
+    off.save()
+
+    first = notify("budget_soft:1", period_key="2026-11", text="80% used", team=search)
+    again = notify("budget_soft:1", period_key="2026-11", text="80% used", team=search)
+    next_month = notify("budget_soft:1", period_key="2026-12", text="80% used", team=search)
+
+    assert first is not None and again is None and next_month is not None
+    assert Alert.objects.filter(condition="budget_soft:1").count() == 2
+    assert {d.webhook for d in first.deliveries.all()} == {org, own}
+
+
+def test_a_rate_is_judged_on_the_counts_of_all_processes_together(teams):
+    search, _ = teams
+    webhook_create(name="org", url="https://hooks.example/org")
+    key = (monitor.TEAM_429, str(search.pk))
+
+    # Two processes see 2 and 1 of the team's 429s in the same minute: 3, the threshold.
+    assert delivery.signals_check(Counter({key: 2}), NOW) == 0
+    delivery._raised.clear()  # the other process has its own memory
+    assert delivery.signals_check(Counter({key: 1}), NOW + timedelta(seconds=5)) == 1
+    # A third process, later in the hour, sees the same minute over the threshold: the
+    # unique constraint, not its memory, stops a second alert.
+    delivery._raised.clear()
+    assert delivery.signals_check(Counter({key: 4}), NOW + timedelta(seconds=30)) == 0
+
+    [alert] = Alert.objects.all()
+    assert alert.condition == f"team_429:{search.pk}" and alert.team == search
+    assert alert.period_key == "2026-11-29T10:00Z"
+    assert "Team 'search' got 3 429s" in alert.text
+    assert Signal.objects.get(kind=monitor.TEAM_429).count == 7
+    assert Delivery.objects.count() == 1
+
+
+def test_together_503s_and_the_limiter_being_down_are_counted_from_the_request_path(db):
+    webhook_create(name="org", url="https://hooks.example/org")
+    watch = monitor.monitor
+    for status in (200, 429, 503, 503, 500):
+        watch.upstream_answered("together", status)
+    watch.limiter_unavailable()
+
+    assert delivery.signals_check(watch.take(), NOW) == 2  # 503s reached 2; the limiter, 1
+
+    conditions = set(Alert.objects.values_list("condition", flat=True))
+    assert conditions == {"upstream_503:together", "limiter_unavailable"}
+    assert Signal.objects.get(kind=monitor.UPSTREAM_429).count == 1  # under its threshold
+    # 200 and 500 are not watched.
+    assert set(Signal.objects.values_list("kind", flat=True)) == {
+        monitor.UPSTREAM_429,
+        monitor.UPSTREAM_503,
+        monitor.LIMITER_UNAVAILABLE,
+    }
+
+
+def test_failed_attempts_back_off_doubling_then_give_up(db):
+    webhook = webhook_create(name="org", url="https://hooks.example/org")
+    alert = notify("limiter_unavailable", period_key="p", text="down")
+    assert alert is not None
+    [claimed] = delivery.deliveries_claim()
+    assert delivery.deliveries_claim() == []  # claimed: no second sender
+
+    before = claimed.next_attempt_at
+    done = delivery.attempt_record(claimed, status=503, error="HTTP 503", duration_ms=3)
+    assert done.state == Delivery.PENDING and done.claimed_until is None
+    assert done.next_attempt_at - before >= timedelta(seconds=0.5)
+    assert [delivery.backoff(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+
+    delivery.attempt_record(done, status=None, error="ConnectError", duration_ms=1)
+    done = delivery.attempt_record(done, status=500, error="HTTP 500", duration_ms=1)
+    assert done.state == Delivery.FAILED
+    assert Attempt.objects.filter(delivery__webhook=webhook).count() == 3
+
+
+def test_the_payload_is_slack_compatible_with_structured_fields(teams):
+    search, _ = teams
+    alert = notify(
+        "budget_hard:4", period_key="2026-11", text="budget used", team=search, fields={"left": 0}
+    )
+    assert alert is not None
+    body = alert_payload(alert)
+    assert body["text"] == "[Sluice] budget used"
+    fields = {f["title"]: f["value"] for f in body["attachments"][0]["fields"]}
+    assert fields == {
+        "condition": "budget_hard",
+        "period": "2026-11",
+        "team": "search",
+        "left": "0",
+    }
+    assert body["sluice"]["condition"] == "budget_hard:4"
+
+
+def test_webhook_urls_are_shown_and_recorded_without_their_secret():
+    slack = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+    assert redact_url(slack) == "https://hooks.slack.com/…"
+    assert redact_url("https://user:pw@example.org:8443/?k=SECRET") == "https://example.org:8443/…"
+    error = f"ConnectError: could not reach {slack}"
+    assert "XXXXSECRET" not in scrub(error, slack)
