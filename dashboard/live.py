@@ -36,6 +36,8 @@ class LiveView(TypedDict):
     scopes: list[LiveScope]
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
     history: dict[str, list[list[int]]]
+    # Merged embeddings requests of the last minute (limiter/coalesce_stats.py), by account name.
+    coalescing: list[events.CoalescingSnapshot]
 
 
 # Reload names at most this often when a snapshot keeps naming an unknown id (a key
@@ -100,6 +102,10 @@ def snapshot_enrich(
             for account, headers in snapshot["upstream_headers"].items()
         },
         "history": snapshot["history"],
+        "coalescing": [
+            {**row, "account": accounts.get(row["account"], {}).get("name", row["account"])}
+            for row in snapshot.get("coalescing", [])
+        ],
     }
 
 

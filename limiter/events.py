@@ -39,9 +39,21 @@ LIMITER_STARTED = "limiter.started"  # to CONFIG_GROUP: web processes answer wit
 ADOPT = "limiter.adopt"
 REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
 RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
+COALESCED = "limiter.coalesced"  # a merged embeddings request was sent (for the live view)
+
+# What a ticket charges (AcquireMessage.charge). A merged embeddings request
+# (limiter/gateway/coalesce.py) charges each caller's key as if it had called alone, and
+# the account's per-model scope once for the whole upstream request.
+CHARGE_BOTH = ""  # the key and the account, atomically: every other call
+CHARGE_KEY = "key"  # a caller of a merged request: its key's scope only
+CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope only
 
 
-class AcquireMessage(TypedDict):
+class _Charge(TypedDict, total=False):
+    charge: str  # CHARGE_KEY or CHARGE_ACCOUNT; absent: both
+
+
+class AcquireMessage(_Charge):
     """A ticket names who asks, never which limits apply: the limiter owns those
     (limiter/config.py), so a web process with a stale cache cannot flip a limit back."""
 
@@ -96,7 +108,7 @@ class ReleaseMessage(TypedDict):
     tokens_used: float | None
 
 
-class AdoptMessage(TypedDict):
+class AdoptMessage(_Charge):
     """A lease a web process holds, handed to a limiter that started after it was granted."""
 
     type: str  # ADOPT
@@ -119,6 +131,32 @@ class UpstreamReportMessage(TypedDict):
     pause: float  # seconds; 0 when this is only a headers report
     headers: dict[str, str]
     refused: bool  # an upstream 429 that reached the caller (for the live 429 counts)
+
+
+class CoalescedMessage(TypedDict):
+    """A web process sent one merged embeddings request: how many inputs it carried and
+    how long its callers waited to be merged (the live view shows the last minute)."""
+
+    type: str  # COALESCED
+    account: str
+    model: str
+    inputs: int
+    callers: int
+    waited: float  # seconds, summed over its callers
+    longest_wait: float  # seconds, the longest any of its callers waited
+
+
+class CoalescingSnapshot(TypedDict):
+    """Merged embeddings requests of the last minute on one account and model."""
+
+    account: str
+    model: str
+    requests: int
+    inputs: int
+    callers: int
+    inputs_per_request: float
+    mean_wait_ms: float
+    longest_wait_ms: float
 
 
 class ScopeSnapshot(TypedDict):
@@ -148,3 +186,4 @@ class LiveSnapshot(TypedDict):
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
     # Per endpoint, the last 60 minutes: [[minute_unix, admitted, queued, refused], ...]
     history: dict[str, list[list[int]]]
+    coalescing: list[CoalescingSnapshot]

@@ -27,6 +27,7 @@ from channels.layers import BaseChannelLayer
 
 from limiter import events
 from limiter.ceilings import Ceiling
+from limiter.coalesce_stats import CoalesceStats
 from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
@@ -87,7 +88,8 @@ class Stats:
         endpoint = ticket.account.id[2]
         row = self._minute(endpoint, wall)
         if decision.kind == "grant":
-            row[1] += 1
+            if ticket.key.id[1]:  # a merged embeddings request counts by its callers
+                row[1] += 1
             for scope in ticket.scopes:
                 self.admitted[scope.id].add(mono)
         elif decision.kind == "queued":
@@ -143,6 +145,7 @@ class LimiterConsumer(AsyncConsumer):
             adopt_until=adopt_until,
         )
         self.stats = Stats()
+        self.coalesced = CoalesceStats()
         self.started_at = time.time()
         self.instance = uuid.uuid4().hex[:12]
         self._timer: asyncio.TimerHandle | None = None
@@ -227,6 +230,20 @@ class LimiterConsumer(AsyncConsumer):
             if not self.config.knows(key, account):
                 self._unknown.add((key, account))
         account_id = ("account", account, endpoint, model)
+        charge = message.get("charge", events.CHARGE_BOTH)
+        if charge == events.CHARGE_KEY:  # a merged call's caller: its key alone
+            return (
+                (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),
+                (("account", "", endpoint, ""), UNLIMITED),
+            )
+        if charge == events.CHARGE_ACCOUNT:  # the merged request: the account alone
+            return (
+                (("key", "", endpoint, ""), UNLIMITED),
+                (
+                    account_id,
+                    self._model_limit(account_id, self.config.account_limit(account, endpoint)),
+                ),
+            )
         return (
             (("key", key, endpoint, ""), self.config.key_limit(key, endpoint)),
             # The account's ceiling per model: one model's 429 or pace leaves the others be.
@@ -347,6 +364,11 @@ class LimiterConsumer(AsyncConsumer):
             self.stats.record_upstream_refusal(scope_id, now, time.time())
         self._dirty = True
         await self._answer(self.engine.poll(now), now)
+
+    async def limiter_coalesced(self, message: events.CoalescedMessage) -> None:
+        self.coalesced.record(message, time.monotonic())
+        self._dirty = True
+        self._ensure_publisher()
 
     async def limiter_adopt(self, message: events.AdoptMessage) -> None:
         """A web process still holds this lease from before we started: count it."""
@@ -473,12 +495,14 @@ class LimiterConsumer(AsyncConsumer):
             "scopes": [
                 self._scope_snapshot(s, queued_by_scope.get(s.id, []), now)
                 for s in self.engine.scopes.values()
+                if s.id[1]  # not the unlimited halves of merged embeddings calls (CHARGE_*)
             ],
             "upstream_headers": {k: dict(v) for k, v in self.stats.upstream_headers.items()},
             "history": {
                 endpoint: [list(row) for row in rows]
                 for endpoint, rows in self.stats.history.items()
             },
+            "coalescing": self.coalesced.snapshot(now),
         }
 
     def _scope_snapshot(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:

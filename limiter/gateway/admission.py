@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import metrics, process
+from limiter import events, metrics, process
 from limiter.client import Grant, LimiterUnavailable, Refused
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
@@ -60,10 +60,16 @@ MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
 class Admission:
     """The grant a call holds, released exactly once (shielded from cancellation)."""
 
-    __slots__ = ("request", "endpoint", "tokens", "model", "grant")
+    __slots__ = ("request", "endpoint", "tokens", "model", "grant", "charge")
 
     def __init__(
-        self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant
+        self,
+        request: Request,
+        endpoint: str,
+        tokens: float,
+        model: str,
+        grant: Grant,
+        charge: str = events.CHARGE_BOTH,
     ) -> None:
         self.request, self.endpoint, self.tokens, self.model, self.grant = (
             request,
@@ -72,6 +78,7 @@ class Admission:
             model,
             grant,
         )
+        self.charge = charge  # events.CHARGE_*: a merged embeddings call charges apart
 
     def release(self, tokens_used: float | None = None) -> None:
         """Hand the grant back; `tokens_used` settles a token reservation."""
@@ -85,7 +92,12 @@ class Admission:
         concurrency cap; one that let go first could lose the slot to a newcomer."""
         held, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
         self.grant = await _grant_checked(
-            self.request, self.endpoint, self.tokens, self.model, replacing=held.lease
+            self.request,
+            self.endpoint,
+            self.tokens,
+            self.model,
+            replacing=held.lease,
+            charge=self.charge,
         )
 
     async def keep_alive(self) -> None:
@@ -108,11 +120,18 @@ class Admission:
         return quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset)
 
 
-async def admit(request: Request, endpoint: str, tokens: float = 0.0, model: str = "") -> Admission:
-    """Wait for the limiter's grant for this call, or raise the caller's 429 / 503."""
-    return Admission(
-        request, endpoint, tokens, model, await _grant_checked(request, endpoint, tokens, model)
-    )
+async def admit(
+    request: Request,
+    endpoint: str,
+    tokens: float = 0.0,
+    model: str = "",
+    *,
+    charge: str = events.CHARGE_BOTH,
+) -> Admission:
+    """Wait for the limiter's grant for this call, or raise the caller's 429 / 503.
+    `charge`: the scopes charged (events.CHARGE_*); a merged request charges apart."""
+    grant = await _grant_checked(request, endpoint, tokens, model, charge=charge)
+    return Admission(request, endpoint, tokens, model, grant, charge)
 
 
 @asynccontextmanager
@@ -126,9 +145,17 @@ async def admitted(request: Request, endpoint: str) -> AsyncIterator[Admission]:
 
 
 async def _grant_checked(
-    request: Request, endpoint: str, tokens: float, model: str, *, replacing: str = ""
+    request: Request,
+    endpoint: str,
+    tokens: float,
+    model: str,
+    *,
+    replacing: str = "",
+    charge: str = events.CHARGE_BOTH,
 ) -> Grant:
-    grant = await _grant(request, endpoint, tokens, model, replacing)
+    grant = await _grant(request, endpoint, tokens, model, replacing, charge)
+    if charge == events.CHARGE_ACCOUNT:
+        return grant  # a merged request: each of its callers' keys was checked at its own grant
     assert request.key is not None
     refusal = await revocation.key_refusal(request.key)
     if refusal is not None:
@@ -138,7 +165,12 @@ async def _grant_checked(
 
 
 async def _grant(
-    request: Request, endpoint: str, tokens: float, model: str, replacing: str = ""
+    request: Request,
+    endpoint: str,
+    tokens: float,
+    model: str,
+    replacing: str = "",
+    charge: str = events.CHARGE_BOTH,
 ) -> Grant:
     key = request.key
     assert key is not None
@@ -152,6 +184,7 @@ async def _grant(
             request_id=request.request_id,
             model=model,
             replacing=replacing,
+            charge=charge,
         )
     except Refused as refused:
         d = refused.decision
