@@ -84,7 +84,8 @@ class SandboxState:
         self.fine_tunes: dict[str, FineTune] = {}
         self.fine_tunes_rejected = 0
         self.batches: dict[str, Batch] = {}
-        # Every valid embeddings request: [model, inputs], so tests see how calls were merged.
+        # Every embeddings request of strings, refused or not: [model, inputs], so tests
+        # see how calls were merged.
         self.embeddings_requests: list[list[Any]] = []
 
     # --- control --------------------------------------------------------------------
