@@ -28,6 +28,7 @@ headers; a 404's hint from its own team's models).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -116,13 +117,19 @@ GroupKey = tuple[str, str, str, int, str]  # account, model, fallback, N, other 
 
 @dataclass(eq=False, slots=True)
 class Batch:
+    """One upstream request in the making. It asks for the account's grant as soon as
+    it opens and takes callers until it is full, or until both the grant has come and
+    the window since it opened has passed: while it queues behind the account's pace,
+    the callers arriving meanwhile ride along instead of queueing requests of their own."""
+
     group: GroupKey
     key: KeyInfo  # the first caller's: the account's target and the model's fallback
     model: str
     params: dict[str, Any]  # the body's other fields, the same for every member
     parts: list[Part] = field(default_factory=list)
     inputs: int = 0
-    timer: asyncio.TimerHandle | None = None
+    opened: float = field(default_factory=time.monotonic)
+    full: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Coalescer:
@@ -152,30 +159,36 @@ class Coalescer:
             part = Part(chunk, now, loop.create_future())
             parts.append(part)
             if len(chunk) == limit:  # a full request on its own: nothing to wait for
-                batch = Batch(group, key, model, params, [part], len(chunk))
-                spawn(self._send(batch))
+                self._start(Batch(group, key, model, params), part, open_=False)
                 continue
-            batch_open = self._open.get(group)
-            if batch_open is not None and batch_open.inputs + len(chunk) > limit:
-                self._flush(batch_open)  # the list stays whole: it starts the next one
-                batch_open = None
-            if batch_open is None:
-                batch_open = self._open[group] = Batch(group, key, model, params)
-                window = settings.SLUICE_COALESCE_WINDOW_MS / 1000
-                batch_open.timer = loop.call_later(window, self._flush, batch_open)
-            batch_open.parts.append(part)
-            batch_open.inputs += len(chunk)
-            if batch_open.inputs >= limit:
-                self._flush(batch_open)
+            batch = self._open.get(group)
+            if batch is not None and batch.inputs + len(chunk) > limit:
+                self._close(batch)  # the list stays whole: it starts the next one
+                batch = None
+            if batch is None:
+                batch = self._start(Batch(group, key, model, params), part, open_=True)
+            else:
+                batch.parts.append(part)
+                batch.inputs += len(chunk)
+            if batch.inputs >= limit:
+                self._close(batch)
         return parts
 
-    def _flush(self, batch: Batch) -> None:
+    def _start(self, batch: Batch, part: Part, *, open_: bool) -> Batch:
+        batch.parts.append(part)
+        batch.inputs += len(part.texts)
+        if open_:
+            self._open[batch.group] = batch
+        else:
+            batch.full.set()
+        spawn(self._send(batch))
+        return batch
+
+    def _close(self, batch: Batch) -> None:
+        """No one joins it any more; it goes as soon as it has its grant."""
         if self._open.get(batch.group) is batch:
             del self._open[batch.group]
-        if batch.timer is not None:
-            batch.timer.cancel()
-            batch.timer = None
-        spawn(self._send(batch))
+        batch.full.set()
 
     async def _send(self, batch: Batch) -> None:
         """One upstream request for the batch's parts still wanted; every part is resolved,
@@ -202,9 +215,6 @@ class Coalescer:
                     part.resolve(failed)
 
     async def _send_once(self, batch: Batch) -> None:
-        parts = [part for part in batch.parts if not part.withdrawn]
-        if not parts:
-            return  # everyone went away before it was sent
         request = Request(
             method="POST",
             path="/v1" + PATH,
@@ -215,19 +225,26 @@ class Coalescer:
             request_id="req_merged_" + uuid.uuid4().hex,
             key=batch.key,
         )
-        tokens = sum(math.ceil(part.size / 4) for part in parts)
+        # Reserved for the first caller's inputs; those joining later are settled at release.
+        tokens = sum(math.ceil(part.size / 4) for part in batch.parts)
         try:
             # The account's per-model request scope, once for the whole upstream request.
             admission = await admit(
                 request, ENDPOINT, tokens, batch.model, charge=events.CHARGE_ACCOUNT
             )
         except ApiError as refused:
-            for part in parts:
+            self._close(batch)
+            for part in batch.parts:
                 part.resolve(Failed(refused))
             return
         used: float | None = 0.0
         try:
-            parts = [part for part in parts if not part.withdrawn]  # gone while it queued
+            window = batch.opened + settings.SLUICE_COALESCE_WINDOW_MS / 1000 - time.monotonic()
+            if window > 0 and not batch.full.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(batch.full.wait(), window)
+            self._close(batch)
+            parts = [part for part in batch.parts if not part.withdrawn]  # gone before the send
             if not parts:
                 return
             texts = [text for part in parts for text in part.texts]
@@ -236,6 +253,8 @@ class Coalescer:
             ).encode()
             self._observe(batch, parts, len(texts))
             used = await self._forward(batch, request, admission, parts)
+            if used is None:  # no usage from Together: the estimate of every input sent
+                used = float(sum(math.ceil(part.size / 4) for part in parts))
         finally:
             admission.release(used)
 
@@ -267,12 +286,7 @@ class Coalescer:
             if response.status_code in SPLIT_STATUSES and len(parts) > 1:
                 # One input spoilt it for everyone: each part again on its own (each an
                 # upstream request of its own, charged to the account as such).
-                await asyncio.gather(
-                    *(
-                        self._send(Batch(batch.group, batch.key, batch.model, batch.params, [p]))
-                        for p in parts
-                    )
-                )
+                await asyncio.gather(*(self._alone(batch, part) for part in parts))
                 return 0.0
             for part in parts:
                 part.resolve(Failed(forwarded=forwarded))
@@ -299,6 +313,14 @@ class Coalescer:
             offset += count
         total = (payload.get("usage") or {}).get("total_tokens")
         return float(total) if isinstance(total, int | float) else None
+
+    async def _alone(self, merged: Batch, part: Part) -> None:
+        """One part of a refused merged request, sent again on its own."""
+        batch = Batch(merged.group, merged.key, merged.model, merged.params)
+        batch.parts.append(part)
+        batch.inputs = len(part.texts)
+        batch.full.set()
+        await self._send(batch)
 
 
 def _usage_shares(usage: Any, parts: list[Part]) -> list[dict[str, int] | None]:
