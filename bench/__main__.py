@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench import report, runner
+from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -49,12 +50,33 @@ def main(argv: list[str] | None = None) -> None:
         default="postgres://postgres@127.0.0.1:5432/postgres",
         help="a PostgreSQL server where a throwaway database is created and dropped",
     )
+    parser.add_argument(
+        "--only",
+        choices=["coalesce"],
+        help="run one scenario alone: coalesce = embeddings coalescing, with and without",
+    )
     args = parser.parse_args(argv)
 
     size = runner.QUICK if args.quick else runner.FULL
     if args.duration:
         size = replace(size, duration=args.duration)
     started, load_before = time.monotonic(), runner.load_average()
+    command = "python -m " + shlex.join(["bench", *(argv if argv is not None else sys.argv[1:])])
+    if args.only == "coalesce":
+        figures = runner.run_coalesce(
+            size, lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True)
+        )
+        text = "\n\n".join(
+            [
+                f"Command: `{command}`",
+                report.machine(load_before, runner.load_average()),
+                coalesce_table(figures),
+                f"Total run time {time.monotonic() - started:.0f} s; medians of {size.repeats} "
+                "run(s); the upstream is the sandbox with 20 ms latency.",
+            ]
+        )
+        print(text)
+        return
     results = runner.run(
         size,
         redis_url=args.redis_url,
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         notes.append("uvicorn is not installed: the floor was measured under daphne only.")
     text = report.render(
         results,
-        command="python -m " + shlex.join(["bench", *(argv if argv is not None else sys.argv[1:])]),
+        command=command,
         machine_line=report.machine(load_before, runner.load_average()),
         notes=notes,
     )

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from bench.accuracy import Accuracy
+from bench.coalesce import CoalesceResults
+from bench.coalesce import table as coalesce_table
 from bench.latency import Cell
 
 CONCURRENCIES = (1, 16, 64)
@@ -29,6 +31,7 @@ class Results:
     decisions: dict[str, dict[str, float]] = field(default_factory=dict)  # "memory" | "redis"
     accuracy: dict[str, Accuracy] = field(default_factory=dict)  # case -> figures
     uvicorn: bool = False
+    coalesce: CoalesceResults | None = None
 
 
 @dataclass
@@ -245,4 +248,5 @@ def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> st
 
 
 def render(r: Results, *, command: str, machine_line: str, notes: list[str]) -> str:
-    return "\n\n".join([f"Command: `{command}`", machine_line, table(r), *notes]) + "\n"
+    tables = [table(r)] + ([coalesce_table(r.coalesce)] if r.coalesce is not None else [])
+    return "\n\n".join([f"Command: `{command}`", machine_line, *tables, *notes]) + "\n"

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import decisions
+from bench import coalesce, decisions
 from bench.accuracy import run_case
 from bench.latency import Cell, Target, measure_once, median_cell
 from bench.report import CONCURRENCIES, MODES, Results
@@ -206,7 +206,29 @@ def run(size: Size, *, redis_url: str, postgres_url: str, log: Callable[[str], N
         tmp = Path(tmp_name)
         _single_process(results, tmp, sandbox, ceiling, size, log)
         _scale_out(results, tmp, sandbox, ceiling, size, redis_url, postgres_url, log)
+        log("embeddings coalescing, with and without")
+        results.coalesce = run_coalesce(size, log, tmp=tmp, sandbox=sandbox)
     return results
+
+
+def run_coalesce(
+    size: Size,
+    log: Callable[[str], None],
+    *,
+    tmp: Path | None = None,
+    sandbox: Sandbox | None = None,
+) -> coalesce.CoalesceResults:
+    """The coalescing scenario (bench/coalesce.py), on its own servers when none given.
+    Its throughput runs are longer than a latency cell: the unmerged run is paced at
+    250 requests a minute, so a short run would count a handful of answers."""
+    duration = max(10.0, size.duration * 5)
+    if tmp is not None and sandbox is not None:
+        return coalesce.run(tmp, sandbox, duration, size.repeats, log)
+    with (
+        tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name,
+        Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as own,
+    ):
+        return coalesce.run(Path(tmp_name), own, duration, size.repeats, log)
 
 
 def load_average() -> tuple[float, ...]:

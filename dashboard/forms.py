@@ -165,8 +165,18 @@ class ProfileForm(forms.ModelForm):
 
     class Meta:
         model = LimitProfile
-        fields = ["name", "description", "shared_models"]
+        fields = [
+            "name",
+            "description",
+            "shared_models",
+            "coalesce_embeddings",
+            "coalesce_max_inputs",
+        ]
         widgets = {"description": forms.Textarea(attrs={"rows": 2})}
+        labels = {
+            "coalesce_embeddings": "Merge embeddings calls",
+            "coalesce_max_inputs": "Inputs per merged request",
+        }
 
 
 class TeamCreateForm(forms.Form):

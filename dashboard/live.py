@@ -43,6 +43,8 @@ class LiveView(TypedDict):
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
     models: list[LiveModel]  # Together's limits per account and model, as learned
     history: dict[str, list[list[int]]]
+    # Merged embeddings requests of the last minute (limiter/coalesce_stats.py), by account name.
+    coalescing: list[events.CoalescingSnapshot]
 
 
 # Reload names at most this often when a snapshot keeps naming an unknown id (a key
@@ -116,6 +118,10 @@ def snapshot_enrich(
             for model in snapshot.get("models", [])
         ],
         "history": snapshot["history"],
+        "coalescing": [
+            {**row, "account": accounts.get(row["account"], {}).get("name", row["account"])}
+            for row in snapshot.get("coalescing", [])
+        ],
     }
 
 

@@ -130,7 +130,11 @@ def profile_create(
         raise ServiceError(MSG_NAME_TAKEN.format(name=name))
     source = copy_from or limiter_services.profile_default()
     profile = LimitProfile(
-        name=name, description=description, model_fallbacks=dict(source.model_fallbacks)
+        name=name,
+        description=description,
+        model_fallbacks=dict(source.model_fallbacks),
+        coalesce_embeddings=source.coalesce_embeddings,
+        coalesce_max_inputs=source.coalesce_max_inputs,
     )
     profile.full_clean()
     profile.save()

@@ -184,6 +184,12 @@ SLUICE_LEARNED_CEILING_MAX_AGE = env.float("SLUICE_LEARNED_CEILING_MAX_AGE", def
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
 SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)
+# Concurrent embeddings calls are merged into one upstream request (a profile can turn
+# it off): a merged request is sent once it holds its profile's inputs, or this many
+# milliseconds after its first caller joined (limiter/gateway/coalesce.py).
+SLUICE_COALESCE_WINDOW_MS = env.float("SLUICE_COALESCE_WINDOW_MS", default=5.0)
+if SLUICE_COALESCE_WINDOW_MS < 0:
+    raise ImproperlyConfigured("SLUICE_COALESCE_WINDOW_MS must be zero or more")
 # Largest request body accepted on /v1/ (bytes); file uploads have their own limit.
 SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 SLUICE_MAX_UPLOAD_BYTES = env.int("SLUICE_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)

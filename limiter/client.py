@@ -203,8 +203,12 @@ class LimiterClient:
         request_id: str,
         model: str = "",
         replacing: str = "",
+        charge: str = events.CHARGE_BOTH,
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
+
+        `charge`: which scopes the ticket charges (events.CHARGE_*): both by default; a
+        merged embeddings request charges its callers' keys and the account apart.
 
         `replacing`: the lease the call holds when it asks again (Together answered 429);
         the limiter frees it and queues the new ticket in one step (events.REACQUIRE).
@@ -219,7 +223,7 @@ class LimiterClient:
         for _attempt in range(STALE_GRANT_RETRIES):
             try:
                 grant = await self._acquire_once(
-                    key, endpoint, model, tokens, request_id, replacing
+                    key, endpoint, model, tokens, request_id, replacing, charge
                 )
             except (LimiterUnavailable, asyncio.CancelledError):
                 if replacing:  # it may never have reached the limiter: hand it back plainly
@@ -240,6 +244,7 @@ class LimiterClient:
         tokens: float,
         request_id: str,
         replacing: str = "",
+        charge: str = events.CHARGE_BOTH,
     ) -> Grant:
         ticket = uuid.uuid4().hex
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -259,6 +264,7 @@ class LimiterClient:
                     "tokens": tokens,
                     "request_id": request_id,
                     **({"lease": replacing} if replacing else {}),
+                    **({"charge": charge} if charge else {}),
                 }
             )
             decision = await asyncio.wait_for(queue.get(), timeout)
@@ -290,6 +296,7 @@ class LimiterClient:
                 "account": key.account_id,
                 "model": model,
                 "tokens": tokens,
+                **({"charge": charge} if charge else {}),  # type: ignore[typeddict-item]
             }
         return Grant(
             decision["lease"],
@@ -366,6 +373,26 @@ class LimiterClient:
             raise
         except Exception as exc:  # a report is advice; the request itself goes on
             logger.warning("could not report upstream headers to the limiter: %s", exc)
+
+    async def report_coalesced(
+        self, *, key: KeyInfo, model: str, inputs: int, callers: int, waited: float, longest: float
+    ) -> None:
+        """Tell the live view about one merged embeddings request (advice, like a report)."""
+        message: events.CoalescedMessage = {
+            "type": events.COALESCED,
+            "account": key.account_id,
+            "model": model,
+            "inputs": inputs,
+            "callers": callers,
+            "waited": waited,
+            "longest_wait": longest,
+        }
+        try:
+            await self._send(dict(message))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.warning("could not report a merged request to the limiter: %s", exc)
 
     async def ping(self, within: float | None = None) -> tuple[float, dict[str, Any]]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""

@@ -42,9 +42,21 @@ RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
 USAGE = "limiter.usage"  # a budgeted call's actual usage, charged to its budgets
 CEILING_RESET = "limiter.ceiling_reset"  # staff: forget a model's learned ceiling
 CEILING_RESET_DONE = "limiter.ceiling_reset_done"  # the answer, on the asker's reply channel
+COALESCED = "limiter.coalesced"  # a merged embeddings request was sent (for the live view)
+
+# What a ticket charges (AcquireMessage.charge). A merged embeddings request
+# (limiter/gateway/coalesce.py) charges each caller's key as if it had called alone, and
+# the account's per-model scope once for the whole upstream request.
+CHARGE_BOTH = ""  # the key and the account, atomically: every other call
+CHARGE_KEY = "key"  # a caller of a merged request: its key's scope only
+CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope only
 
 
-class AcquireMessage(TypedDict):
+class _Charge(TypedDict, total=False):
+    charge: str  # CHARGE_KEY or CHARGE_ACCOUNT; absent: both
+
+
+class AcquireMessage(_Charge):
     """A ticket names who asks, never which limits apply: the limiter owns those
     (limiter/config.py), so a web process with a stale cache cannot flip a limit back."""
 
@@ -113,7 +125,7 @@ class UsageMessage(TypedDict):
     cost: float  # US dollars at the price in force in the web process
 
 
-class AdoptMessage(TypedDict):
+class AdoptMessage(_Charge):
     """A lease a web process holds, handed to a limiter that started after it was granted."""
 
     type: str  # ADOPT
@@ -168,6 +180,32 @@ class ModelCeilingSnapshot(TypedDict):
     upstream_503_last_minute: int
 
 
+class CoalescedMessage(TypedDict):
+    """A web process sent one merged embeddings request: how many inputs it carried and
+    how long its callers waited to be merged (the live view shows the last minute)."""
+
+    type: str  # COALESCED
+    account: str
+    model: str
+    inputs: int
+    callers: int
+    waited: float  # seconds, summed over its callers
+    longest_wait: float  # seconds, the longest any of its callers waited
+
+
+class CoalescingSnapshot(TypedDict):
+    """Merged embeddings requests of the last minute on one account and model."""
+
+    account: str
+    model: str
+    requests: int
+    inputs: int
+    callers: int
+    inputs_per_request: float
+    mean_wait_ms: float
+    longest_wait_ms: float
+
+
 class ScopeSnapshot(TypedDict):
     kind: Literal["key", "account"]
     id: str
@@ -199,3 +237,4 @@ class LiveSnapshot(TypedDict):
     # Per endpoint, the last hour in 10-second buckets (worker.HISTORY_BUCKET_SECONDS):
     # [[bucket_start_unix_seconds, admitted, queued, refused], ...], empty buckets left out
     history: dict[str, list[list[int]]]
+    coalescing: list[CoalescingSnapshot]

@@ -43,6 +43,9 @@ class KeyInfo:
     config_version: int  # the configuration version this was read at (see limiter/config.py)
     fallbacks: dict[str, str]
     max_batch_requests: int | None
+    # Inputs per merged embeddings request for this key's calls; 0: not merged (its profile
+    # turned coalescing off). See limiter/gateway/coalesce.py.
+    coalesce_max_inputs: int = 0
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -80,6 +83,7 @@ def _load(secret_hash: str) -> KeyInfo | None:
         config_version=version,
         fallbacks=dict(profile.model_fallbacks or {}),
         max_batch_requests=batches.max_batch_requests if batches else None,
+        coalesce_max_inputs=profile.coalesce_max_inputs if profile.coalesce_embeddings else 0,
     )
 
 

@@ -61,3 +61,15 @@ LIMITER_UNAVAILABLE = Counter(
     "Requests answered 503: the limiter was silent.",
     registry=REGISTRY,
 )
+COALESCED_INPUTS = Histogram(
+    "sluice_coalesce_inputs_per_request",
+    "Inputs carried by each merged embeddings request sent upstream.",
+    buckets=(1, 2, 4, 8, 12, 16, 20, 30, 50, 100),
+    registry=REGISTRY,
+)
+COALESCE_WAIT = Histogram(
+    "sluice_coalesce_wait_seconds",
+    "Time an embeddings caller waited to be merged (from joining to the send).",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 5),
+    registry=REGISTRY,
+)

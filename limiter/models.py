@@ -10,7 +10,7 @@ import hashlib
 import re
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -25,6 +25,11 @@ UPSTREAM_KEY_SETTING = re.compile(r"(TOGETHER_API_KEY|SLUICE_UPSTREAM_KEY_[A-Z0-
 MSG_UPSTREAM_KEY_SETTING = (
     "Must be TOGETHER_API_KEY or an environment variable named SLUICE_UPSTREAM_KEY_<NAME>."
 )
+
+
+# The most inputs Sluice puts in one merged embeddings request. Together documents no
+# maximum; its own guide batches about 100 (../shared/together-api.md), the seed 20.
+COALESCE_MAX_INPUTS = 100
 
 
 def upstream_key_setting_valid(name: str) -> bool:
@@ -52,6 +57,18 @@ class LimitProfile(models.Model):
     # ["name", "org/prefix-*"]: fine-tuned models of teams on this profile that every
     # team may call (exact names or globs, matched without regard to case).
     shared_models = models.JSONField(default=list, blank=True)
+    # Embeddings calls of this profile's keys are merged with other concurrent calls into
+    # one upstream request (limiter/gateway/coalesce.py): Together limits embeddings by
+    # requests, and one request may carry many inputs.
+    coalesce_embeddings = models.BooleanField(
+        default=True,
+        help_text="Merge concurrent embeddings calls into one upstream request.",
+    )
+    coalesce_max_inputs = models.PositiveIntegerField(
+        default=20,
+        validators=[MinValueValidator(1), MaxValueValidator(COALESCE_MAX_INPUTS)],
+        help_text=f"Inputs per merged upstream request (at most {COALESCE_MAX_INPUTS}).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

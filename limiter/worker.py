@@ -29,6 +29,7 @@ from channels.layers import BaseChannelLayer
 
 from limiter import events
 from limiter.ceilings import Ceiling, Learned
+from limiter.coalesce_stats import CoalesceStats
 from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
@@ -102,7 +103,8 @@ class Stats:
         endpoint = ticket.account.id[2]
         row = self._bucket(endpoint, wall)
         if decision.kind == "grant":
-            row[1] += 1
+            if ticket.key.id[1]:  # a merged embeddings request counts by its callers
+                row[1] += 1
             for scope in ticket.scopes:
                 self.admitted[scope.id].add(mono)
         elif decision.kind == "queued":
@@ -171,6 +173,7 @@ class LimiterConsumer(AsyncConsumer):
         # Budgets and their spend this period: checked on every ACQUIRE, in memory.
         self.budgets = BudgetBook(ZoneInfo(settings.SLUICE_USAGE_TIME_ZONE))
         self.stats = Stats()
+        self.coalesced = CoalesceStats()
         self.started_at = time.time()
         self.instance = uuid.uuid4().hex[:12]
         self._timer: asyncio.TimerHandle | None = None
@@ -316,6 +319,22 @@ class LimiterConsumer(AsyncConsumer):
             if not self.config.knows(key, account):
                 self._unknown.add((key, account))
         account_id = ("account", account, endpoint, model)
+        charge = message.get("charge", events.CHARGE_BOTH)
+        if charge == events.CHARGE_KEY:  # a merged call's caller: its key alone
+            return (
+                self._key_scope(key, endpoint, model),
+                (("account", "", endpoint, ""), UNLIMITED),
+            )
+        if charge == events.CHARGE_ACCOUNT:  # the merged request: the account alone
+            return (
+                (("key", "", endpoint, ""), UNLIMITED),
+                (
+                    account_id,
+                    self._model_limit(
+                        account_id, self.config.account_limit(account, endpoint, model)
+                    ),
+                ),
+            )
         return (
             self._key_scope(key, endpoint, model),
             # The account's ceiling per model: one model's 429 or pace leaves the others be.
@@ -541,6 +560,11 @@ class LimiterConsumer(AsyncConsumer):
             )
         await self._answer(self.engine.poll(now), now)
 
+    async def limiter_coalesced(self, message: events.CoalescedMessage) -> None:
+        self.coalesced.record(message, time.monotonic())
+        self._dirty = True
+        self._ensure_publisher()
+
     async def limiter_adopt(self, message: events.AdoptMessage) -> None:
         """A web process still holds this lease from before we started: count it."""
         key_scope, account_scope = await self._scopes(message)
@@ -668,6 +692,7 @@ class LimiterConsumer(AsyncConsumer):
             "scopes": [
                 self._scope_snapshot(s, queued_by_scope.get(s.id, []), now)
                 for s in self.engine.scopes.values()
+                if s.id[1]  # not the unlimited halves of merged embeddings calls (CHARGE_*)
             ],
             "upstream_headers": {k: dict(v) for k, v in self.stats.upstream_headers.items()},
             "models": [
@@ -678,6 +703,7 @@ class LimiterConsumer(AsyncConsumer):
                 endpoint: [list(row) for row in rows]
                 for endpoint, rows in self.stats.history.items()
             },
+            "coalescing": self.coalesced.snapshot(now),
         }
 
     def _model_snapshot(

@@ -123,6 +123,8 @@ class SandboxConfig:
 
     # Generation.
     default_max_tokens: int = 16
+    # Together refuses a whole embeddings request (400) when one input is too long.
+    embedding_max_input_chars: int = 8192
     stream_chunk_delay_ms: float = 0.0
     # Accepted on top of the built-in catalogue (listed as chat models).
     extra_models: list[str] = field(default_factory=list)

@@ -160,6 +160,14 @@ def embeddings(state: SandboxState, request: Request, body: dict[str, Any]) -> t
     texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
     if not all(isinstance(text, str) for text in texts):
         raise ApiError(400, "input must be a string or a list of strings", param="input")
+    state.note_embeddings(body["model"], len(texts))
+    longest = state.config.embedding_max_input_chars
+    for i, text in enumerate(texts):
+        if len(text) > longest:
+            # Together refuses the whole request for one input over the model's length.
+            raise ApiError(
+                400, f"input[{i}] is longer than the model's {longest} characters", param="input"
+            )
     data = [
         {"object": "embedding", "embedding": embedding(text), "index": i}
         for i, text in enumerate(texts)

@@ -84,6 +84,9 @@ class SandboxState:
         self.fine_tunes: dict[str, FineTune] = {}
         self.fine_tunes_rejected = 0
         self.batches: dict[str, Batch] = {}
+        # Every embeddings request of strings, refused or not: [model, inputs], so tests
+        # see how calls were merged.
+        self.embeddings_requests: list[list[Any]] = []
 
     # --- control --------------------------------------------------------------------
     def configure(self, patch: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +124,7 @@ class SandboxState:
             },
             "files": {"count": len(self.files)},
             "seen_headers": dict(self.seen_headers),
+            "embeddings_requests": [list(row) for row in self.embeddings_requests],
             "dynamic": self._dynamic_stats(now),
         }
 
@@ -141,6 +145,9 @@ class SandboxState:
         self.seen_headers.setdefault("x-request-id", None)
         if kind:
             self.kinds[kind].requests += 1
+
+    def note_embeddings(self, model: str, inputs: int) -> None:
+        self.embeddings_requests.append([model, inputs])
 
     def note_status(self, kind: str, status: int) -> None:
         self.kinds[kind].record_status(status)

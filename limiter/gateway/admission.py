@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import metrics, process
+from limiter import events, metrics, process
 from limiter.alerts.monitor import monitor
 from limiter.client import Grant, LimiterUnavailable, Refused
 from limiter.gateway import errors, revocation
@@ -61,10 +61,16 @@ MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
 class Admission:
     """The grant a call holds, released exactly once (shielded from cancellation)."""
 
-    __slots__ = ("request", "endpoint", "tokens", "model", "grant", "budgeted")
+    __slots__ = ("request", "endpoint", "tokens", "model", "grant", "budgeted", "charge")
 
     def __init__(
-        self, request: Request, endpoint: str, tokens: float, model: str, grant: Grant
+        self,
+        request: Request,
+        endpoint: str,
+        tokens: float,
+        model: str,
+        grant: Grant,
+        charge: str = events.CHARGE_BOTH,
     ) -> None:
         self.request, self.endpoint, self.tokens, self.model, self.grant = (
             request,
@@ -75,6 +81,7 @@ class Admission:
         )
         # A budget counts this call: its usage goes to the limiter when it ends.
         self.budgeted = grant.budgeted
+        self.charge = charge  # events.CHARGE_*: a merged embeddings call charges apart
 
     def release(self, tokens_used: float | None = None) -> None:
         """Hand the grant back; `tokens_used` settles a token reservation."""
@@ -88,7 +95,12 @@ class Admission:
         concurrency cap; one that let go first could lose the slot to a newcomer."""
         held, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
         self.grant = await _grant_checked(
-            self.request, self.endpoint, self.tokens, self.model, replacing=held.lease
+            self.request,
+            self.endpoint,
+            self.tokens,
+            self.model,
+            replacing=held.lease,
+            charge=self.charge,
         )
         self.budgeted = self.budgeted or self.grant.budgeted
 
@@ -112,11 +124,18 @@ class Admission:
         return quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset)
 
 
-async def admit(request: Request, endpoint: str, tokens: float = 0.0, model: str = "") -> Admission:
-    """Wait for the limiter's grant for this call, or raise the caller's 429 / 503."""
-    return Admission(
-        request, endpoint, tokens, model, await _grant_checked(request, endpoint, tokens, model)
-    )
+async def admit(
+    request: Request,
+    endpoint: str,
+    tokens: float = 0.0,
+    model: str = "",
+    *,
+    charge: str = events.CHARGE_BOTH,
+) -> Admission:
+    """Wait for the limiter's grant for this call, or raise the caller's 429 / 503.
+    `charge`: the scopes charged (events.CHARGE_*); a merged request charges apart."""
+    grant = await _grant_checked(request, endpoint, tokens, model, charge=charge)
+    return Admission(request, endpoint, tokens, model, grant, charge)
 
 
 @asynccontextmanager
@@ -130,9 +149,17 @@ async def admitted(request: Request, endpoint: str) -> AsyncIterator[Admission]:
 
 
 async def _grant_checked(
-    request: Request, endpoint: str, tokens: float, model: str, *, replacing: str = ""
+    request: Request,
+    endpoint: str,
+    tokens: float,
+    model: str,
+    *,
+    replacing: str = "",
+    charge: str = events.CHARGE_BOTH,
 ) -> Grant:
-    grant = await _grant(request, endpoint, tokens, model, replacing)
+    grant = await _grant(request, endpoint, tokens, model, replacing, charge)
+    if charge == events.CHARGE_ACCOUNT:
+        return grant  # a merged request: each of its callers' keys was checked at its own grant
     assert request.key is not None
     refusal = await revocation.key_refusal(request.key)
     if refusal is not None:
@@ -142,7 +169,12 @@ async def _grant_checked(
 
 
 async def _grant(
-    request: Request, endpoint: str, tokens: float, model: str, replacing: str = ""
+    request: Request,
+    endpoint: str,
+    tokens: float,
+    model: str,
+    replacing: str = "",
+    charge: str = events.CHARGE_BOTH,
 ) -> Grant:
     key = request.key
     assert key is not None
@@ -156,6 +188,7 @@ async def _grant(
             request_id=request.request_id,
             model=model,
             replacing=replacing,
+            charge=charge,
         )
     except Refused as refused:
         d = refused.decision

@@ -10,15 +10,16 @@ Every call takes the same steps, each in its own module:
   4. relay the answer, or Together's error in OpenAI's shape (`relay.py`);
   5. record what the call used and release the grant with the tokens Together
      reported (`metering.py`; a stream when it ends).
-Authentication came before (`app.py`); 429s are recorded where they happen
-(`limiter/recorder.py`, written off the request path).
+Embeddings calls are merged with other concurrent ones into one upstream request
+(`coalesce.py`, the same steps per caller). Authentication came before (`app.py`);
+429s are recorded where they happen (`limiter/recorder.py`, written off the request path).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from limiter.gateway import errors
+from limiter.gateway import coalesce, errors
 from limiter.gateway.admission import admit, estimate_tokens
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
@@ -45,6 +46,9 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     stream = _stream_field(body)
     # Reserved where a token limit applies (the limiter knows where: it owns the limits).
     tokens = estimate_tokens(body, endpoint)
+    if endpoint == "embeddings" and coalesce.mergeable(request, body):
+        # Merged with other callers' embeddings into one upstream request: steps 2-5 there.
+        return await coalesce.embeddings(request, body, model, tokens)
     # 2. admission
     admission = await admit(request, endpoint, tokens, model)
     usage = Usage()

@@ -199,6 +199,16 @@
     return data;
   }
 
+  // Merged embeddings requests of the last minute: inputs per upstream request, and how
+  // long callers waited to be merged (limiter/gateway/coalesce.py).
+  function renderCoalescing(rows) {
+    const html = (rows || []).map((r) =>
+      `<tr><th>${esc(r.account)}<br><span class="muted small">${esc(r.model)}</span></th>` +
+      `<td>${r.inputs_per_request}</td><td>${r.requests}</td><td>${r.callers}</td>` +
+      `<td>${r.mean_wait_ms} ms</td><td>${r.longest_wait_ms} ms</td></tr>`).join("");
+    $("coalescing").tBodies[0].innerHTML = html || `<tr><td class="muted" colspan="6">— (no merged request in the last minute)</td></tr>`;
+  }
+
   function renderCharts(history, at, bucket) {
     const box = $("charts");
     const endpoints = Object.keys(history || {}).sort();
@@ -251,6 +261,7 @@
     if (snapshot) {
       renderHeaders(snapshot.upstream_headers);
       renderModels(snapshot.models);
+      renderCoalescing(snapshot.coalescing);
       renderCharts(snapshot.history, snapshot.at, (snapshot.limiter || {}).history_bucket_seconds || 10);
       const l = snapshot.limiter || {};
       $("limiter-stats").textContent = l.decisions != null ? `· ${l.decisions} decisions · ${l.leases ?? 0} leases` : "";

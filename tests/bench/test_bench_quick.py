@@ -55,6 +55,11 @@ def expected_rows() -> list[str]:
             "two bursts across the window boundary (720 requests",
         ):
             rows.append(f"Accuracy: {deployment}, {case}, 64 clients)")
+    rows += [
+        "Embedded inputs per second, 64 callers, single inputs, account 300/min paced at 250",
+        "Upstream requests / upstream 429s / callers not answered 200",
+        "p50 latency, concurrency 1, unthrottled account (ms)",
+    ]
     return rows
 
 

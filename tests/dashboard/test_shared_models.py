@@ -25,6 +25,8 @@ def test_shared_models_are_edited_one_a_line_and_drop_the_ownership_map(
                 "name": "default",
                 "description": profile.description,
                 "shared_models": "org/tuned-1\n\n  org/shared-*  \n",
+                "coalesce_embeddings": "on",
+                "coalesce_max_inputs": 20,
             },
         )
     assert response.status_code == 302

@@ -91,6 +91,19 @@ def test_embeddings_are_deterministic_and_carry_no_usage(client: httpx.Client) -
     assert first["data"][0]["embedding"] != first["data"][1]["embedding"]
 
 
+def test_embeddings_refuse_the_whole_request_for_one_input_too_long(
+    client: httpx.Client,
+) -> None:
+    body = {"model": "BAAI/bge-base-en-v1.5", "input": ["fine", "x" * 8193, "fine too"]}
+    refused = client.post("/embeddings", json=body)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "input"
+    assert "input[1]" in error["message"]
+    at_the_limit = client.post("/embeddings", json={**body, "input": ["x" * 8192]})
+    assert at_the_limit.status_code == 200
+
+
 def test_images_base64_is_a_png_and_url_is_served(client: httpx.Client) -> None:
     body = {"model": "black-forest-labs/FLUX.1-schnell", "prompt": "a sluice gate"}
     b64 = client.post("/images/generations", json={**body, "response_format": "base64"}).json()
