@@ -32,9 +32,9 @@ async def test_a_limiter_5_seconds_ahead_changes_nothing(
         server.make_profile("account", ACCOUNT, account=True)
         server.make_profile("team", TEAM)
         keys = [server.issue_key("skewed", profile="team")]
-        statuses = await burst(server, keys, total=60, concurrency=16)
-        assert statuses == [200] * 60, statuses  # no 503 "limiter did not answer", none refused
-        assert_upstream_held(server)  # and the limit held: 0 upstream 429s, <= 10 in any second
+        statuses = await burst(server, keys, total=120, concurrency=16)
+        assert statuses == [200] * 120, statuses  # no 503 "limiter did not answer", none refused
+        assert_upstream_held(server)  # and the limit held: 0 upstream 429s, none over
         # Before, every grant was "stale" by the skew. A grant can still be genuinely late
         # on a loaded machine (and is asked for again): a few, not all.
         logs = "".join(server.log(f"serve-{port}.log") for port in server.ports)
