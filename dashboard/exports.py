@@ -65,6 +65,7 @@ USAGE_GROUP_COLUMNS = {
     "model": "model",
     "endpoint": "endpoint",
     "key": "key_prefix",
+    "status": "status_class",
 }
 USAGE_COUNTS = ("requests", "units", "prompt_tokens", "completion_tokens", "total_tokens")
 USAGE_SUM_COLUMNS = (*USAGE_COUNTS, "cost_usd")

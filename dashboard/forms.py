@@ -253,6 +253,7 @@ USAGE_GROUPS = [
     ("model", "Model"),
     ("endpoint", "Endpoint"),
     ("key", "Key"),
+    ("status", "Status"),
 ]
 USAGE_DEFAULT_GROUPS = ["day", "team"]
 USAGE_DEFAULT_DAYS = 30

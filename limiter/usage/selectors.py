@@ -30,6 +30,7 @@ GROUPS = {
     "model": "model",
     "endpoint": "endpoint",
     "key": "key_prefix",
+    "status": "status_class",  # 2xx, 4xx, 5xx: Together's errors count requests, not tokens
     "day": "day",  # annotated by the caller (TruncDay in the usage time zone)
 }
 

@@ -12,6 +12,9 @@
   const day = (seconds) => new Date(seconds * 1000).toLocaleDateString([], {
     timeZone: chart.zone, year: "numeric", month: "short", day: "numeric",
   });
+  const dayShort = (seconds) => new Date(seconds * 1000).toLocaleDateString([], {
+    timeZone: chart.zone, month: "short", day: "numeric",
+  });
   const dollars = chart.metric === "cost";
   const amount = (v) => (v == null ? "—" : dollars ? `$${v.toFixed(6)}` : Math.round(v).toLocaleString());
   const x = chart.x;
@@ -31,16 +34,18 @@
     axes: [
       {
         incrs: [1, 2, 7, 14, 30, 91, 365].map((days) => days * 86400),
+        space: 80,
+        // The first tick carries the year. The full dates are kept on the box too
+        // (data-x-labels): the canvas cannot be read back as text.
         values: (u, splits) => {
-          const labels = splits.map(day);
-          box.dataset.xLabels = JSON.stringify(labels);
-          return labels;
+          box.dataset.xLabels = JSON.stringify(splits.map(day));
+          return splits.map((s, i) => (i === 0 ? day(s) : dayShort(s)));
         },
       },
       { label: dollars ? "US $ per day" : "tokens per day", size: 70, values: (u, vals) => vals.map((v) => (dollars ? `$${v}` : v.toLocaleString())) },
     ],
     series: [
-      { value: (u, v) => (v == null ? "—" : day(v)) },
+      { label: "Day", value: (u, v) => (v == null ? "—" : day(v)) },
       ...chart.series.map((s, i) => ({
         label: s.label,
         stroke: COLOURS[i % COLOURS.length],

@@ -39,7 +39,7 @@ def rollup(team, minute: datetime, *, model: str = LLAMA, endpoint: str = "chat"
         upstream="together",
         endpoint=endpoint,
         model=model,
-        status_class="2xx",
+        status_class=counts.pop("status_class", "2xx"),
         requests=counts.pop("requests", 1),
         prompt_tokens=prompt,
         completion_tokens=completion,
@@ -208,6 +208,22 @@ def test_filters_narrow_the_table_chart_and_totals(staff_client, team, other_tea
     assert drawn["x"][0] == int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
     series = {s["label"]: s["values"] for s in drawn["series"]}
     assert series[LLAMA][1] == 15 and series[BGE][2] == 40 and sum(series[LLAMA]) == 15
+
+
+def test_group_by_status_class_shows_togethers_errors_apart(staff_client, team):
+    rollup(team, at("2026-03-01"), requests=3)
+    rollup(team, at("2026-03-01"), status_class="4xx", prompt=0, completion=0, cost=0)
+    response = staff_client.get(
+        USAGE, {"start": "2026-03-01", "end": "2026-03-01", "group_by": ["team", "status"]}
+    )
+    assert table_rows(response.content.decode()) == [
+        ["search", "2xx", "3", "0", "10", "5", "15", "0.000012"],
+        ["search", "4xx", "1", "0", "0", "0", "0", "0.000000"],
+    ]
+    _header, *lines = read_csv(
+        staff_client.get(CSV, {"start": "2026-03-01", "end": "2026-03-01", "group_by": "status"})
+    )
+    assert [line[0] for line in lines] == ["2xx", "4xx"]
 
 
 def test_days_are_the_usage_time_zones(staff_client, team, settings):
