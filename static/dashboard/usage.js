@@ -39,6 +39,7 @@
         // (data-x-labels): the canvas cannot be read back as text.
         values: (u, splits) => {
           box.dataset.xLabels = JSON.stringify(splits.map(day));
+          box.dataset.xTicks = JSON.stringify(splits);
           return splits.map((s, i) => (i === 0 ? day(s) : dayShort(s)));
         },
       },

@@ -108,8 +108,13 @@ def test_usage_page_filters_chart_and_csv(browser, server, tmp_path):  # noqa: F
             "usage-beta",
         }
         labels = json.loads(chart.get_attribute("data-x-labels") or "[]")
+        ticks = json.loads(chart.get_attribute("data-x-ticks") or "[]")
         days = [datetime.strptime(label, "%d %b %Y").date() for label in labels]
         assert days and all(today - timedelta(days=29) <= d <= today for d in days), labels
+        # Each tick is a UTC midnight, labelled with that UTC day (Los Angeles would print
+        # the day before).
+        assert all(tick % 86400 == 0 for tick in ticks), ticks
+        assert days == [datetime.fromtimestamp(tick, UTC).date() for tick in ticks], labels
 
         # Filter: one team, per model, the chart in tokens.
         page.select_option("#id_team", "usage-beta")
