@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django import forms
+from django.core.exceptions import ValidationError
+from django.http import QueryDict
 from django.utils import timezone
 
 from limiter import selectors
@@ -18,6 +21,7 @@ from limiter.models import (
     Team,
     UpstreamAccount,
 )
+from limiter.usage.selectors import UsageQuery
 
 MSG_NEGATIVE = "Must be 0 or more."
 MSG_BURST = "Burst must be at least 1."
@@ -247,6 +251,115 @@ class RefusalFilterForm(forms.Form):
             model=data.get("model", "").strip(),
             reason=data.get("reason", "").strip(),
             source=data.get("source", ""),
+        )
+
+
+MSG_DAYS = "The first day must not be after the last."
+MSG_DAY_RANGE = "Choose at most {days} days."
+MSG_DAY_BOUNDS = "Choose days between {first} and {last}."
+USAGE_GROUPS = [
+    ("day", "Day"),
+    ("team", "Team"),
+    ("model", "Model"),
+    ("endpoint", "Endpoint"),
+    ("key", "Key"),
+    ("status", "Status"),
+]
+USAGE_DEFAULT_GROUPS = ["day", "team"]
+USAGE_DEFAULT_DAYS = 30
+USAGE_MAX_DAYS = 3660  # ten years: the chart has a point per day
+USAGE_FIRST_DAY, USAGE_LAST_DAY = date(2000, 1, 1), date(2099, 12, 31)
+
+
+class UsageFilterForm(forms.Form):
+    """The Usage page's filters, from the query string (GET: bookmarkable, no CSRF).
+
+    Days are calendar days in SLUICE_USAGE_TIME_ZONE, both ends included. What the
+    query leaves out takes its default (the last 30 days, per day and team, the chart
+    in dollars), written into the form so the page shows what it used."""
+
+    start = forms.DateField(
+        required=False, label="From", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    end = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"})
+    )
+    team = forms.ModelChoiceField(
+        queryset=Team.objects.order_by("name"),
+        required=False,
+        empty_label="all teams",
+        to_field_name="name",
+    )
+    model = forms.CharField(
+        required=False, max_length=200, widget=forms.TextInput(attrs={"list": "models"})
+    )
+    endpoint = forms.ChoiceField(
+        choices=[("", "all endpoints"), *EndpointKind.choices], required=False
+    )
+    key_prefix = forms.CharField(required=False, max_length=16, label="Key prefix")
+    group_by = forms.MultipleChoiceField(
+        choices=USAGE_GROUPS,
+        required=False,
+        label="Group by",
+        widget=forms.CheckboxSelectMultiple,
+    )
+    metric = forms.ChoiceField(
+        choices=[("cost", "Cost ($)"), ("tokens", "Tokens")], required=False, label="Chart"
+    )
+
+    def __init__(self, data: QueryDict, *, today: date) -> None:
+        data = data.copy()
+        if not data.get("end"):
+            data["end"] = today.isoformat()
+        if not data.get("start"):
+            # From the last day asked for (or today), so a lone "To" still shows 30 days.
+            try:
+                last = forms.DateField().to_python(str(data["end"])) or today
+            except ValidationError:
+                last = today  # the field reports it
+            data["start"] = (last - timedelta(days=USAGE_DEFAULT_DAYS - 1)).isoformat()
+        if not data.getlist("group_by"):
+            data.setlist("group_by", USAGE_DEFAULT_GROUPS)
+        if not data.get("metric"):
+            data["metric"] = "cost"
+        super().__init__(data)
+        self.query_data = data  # the filters in force, defaults included: the CSV link's
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
+        start, end = data.get("start"), data.get("end")
+        for name in ("start", "end"):
+            day = data.get(name)
+            if day is not None and not USAGE_FIRST_DAY <= day <= USAGE_LAST_DAY:
+                self.add_error(
+                    name, MSG_DAY_BOUNDS.format(first=USAGE_FIRST_DAY, last=USAGE_LAST_DAY)
+                )
+                return data
+        if start and end:
+            if start > end:
+                self.add_error("end", MSG_DAYS)
+            elif (end - start).days + 1 > USAGE_MAX_DAYS:
+                self.add_error("start", MSG_DAY_RANGE.format(days=USAGE_MAX_DAYS))
+        return data
+
+    def query(self, *, zone: ZoneInfo) -> UsageQuery:
+        """The filters as the selectors take them (call once the form is valid)."""
+        data = self.cleaned_data
+        start, end = data["start"], data["end"]
+        # In the query string's order of the choices, so the columns do not jump around.
+        group_by = [name for name, _label in USAGE_GROUPS if name in data["group_by"]]
+        return UsageQuery(
+            first_day=start,
+            last_day=end,
+            since=datetime.combine(start, time(), tzinfo=zone),
+            until=datetime.combine(end + timedelta(days=1), time(), tzinfo=zone),
+            team_id=data["team"].pk if data["team"] else None,
+            model=data["model"].strip(),
+            endpoint=data["endpoint"],
+            key_prefix=data["key_prefix"].strip(),
+            group_by=tuple(group_by),
+            metric=data["metric"],
         )
 
 

@@ -11,7 +11,7 @@ from ninja import Field, ModelSchema, Schema
 from limiter.models import EndpointKind
 from limiter.usage.models import BudgetPeriod, BudgetUnit, ModelPrice
 
-UsageGroup = Literal["team", "model", "endpoint", "key", "day"]
+UsageGroup = Literal["team", "model", "endpoint", "key", "status", "day"]
 
 
 class UsageFilterIn(Schema):
@@ -32,7 +32,8 @@ class UsageTotalOut(Schema):
     model: str | None = None
     endpoint: str | None = None
     key: str | None = None
-    day: str | None = None
+    status: str | None = Field(None, description="Status class: 2xx, 4xx or 5xx.")
+    day: str | None = Field(None, description="ISO date, in SLUICE_USAGE_TIME_ZONE.")
     requests: int
     units: int = Field(..., description="Embedding inputs, images.")
     prompt_tokens: int

@@ -23,12 +23,13 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from dashboard import forms, services
-from dashboard.exports import refusal_csv_response
+from dashboard.exports import USAGE_COUNTS, refusal_csv_response, usage_csv_response
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
 from limiter.alerts import selectors as alert_selectors
@@ -36,6 +37,7 @@ from limiter.alerts import services as alert_services
 from limiter.alerts.models import Webhook
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
 from limiter.upstream import client as upstream
+from limiter.usage import selectors as usage_selectors
 
 P = ParamSpec("P")
 R = TypeVar("R", bound=HttpResponseBase)
@@ -295,6 +297,10 @@ def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = Non
             "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
             "issued": issued,
             "now": timezone.now(),
+            # Read-only here: spent as the rollups record it (the limiter's own count,
+            # which enforces, is not exposed and may be a flush interval ahead).
+            "budgets": usage_selectors.budget_statuses(team_id=obj.pk),
+            "usage_zone": settings.SLUICE_USAGE_TIME_ZONE,
         },
     )
 
@@ -406,6 +412,64 @@ def refusals(request: StaffRequest) -> HttpResponse:
 def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
     filters = forms.RefusalFilterForm(request.GET or None).filters()
     return refusal_csv_response(filters=filters)
+
+
+# --- usage ---------------------------------------------------------------------------------
+USAGE_TABLE_ROWS = 500  # the page shows this many; the CSV has every row
+
+
+@staff_required
+def usage(request: StaffRequest) -> HttpResponse:
+    """Tokens and cost per day, team, model, endpoint or key: a chart, a table, a CSV.
+    Invalid filters are form errors on the page, with no figures under them."""
+    zone = usage_selectors.usage_zone()
+    form = forms.UsageFilterForm(request.GET, today=timezone.now().astimezone(zone).date())
+    context: dict[str, object] = {
+        "form": form,
+        "zone": zone.key,
+        "models": usage_selectors.model_prices().values_list("model", flat=True),
+        "counts": USAGE_COUNTS,
+    }
+    if form.is_valid():
+        query = form.query(zone=zone)
+        rows = query.rows()
+        grouped = usage_selectors.usage_grouped(rows, query.group_by)
+        table = []
+        for row in grouped[: USAGE_TABLE_ROWS + 1]:
+            out = usage_selectors.usage_row_out(row, query.group_by)
+            table.append({**out, "groups": [out[name] for name in query.group_by]})
+        chart = usage_selectors.usage_chart(
+            rows,
+            series_by=query.series_by,
+            metric=query.metric,
+            first_day=query.first_day,
+            last_day=query.last_day,
+        )
+        context.update(
+            query=query,
+            table=table[:USAGE_TABLE_ROWS],
+            more=len(table) > USAGE_TABLE_ROWS,
+            total=usage_selectors.usage_sum(rows),
+            chart={
+                "zone": chart.zone,
+                "metric": chart.metric,
+                "x": chart.x,
+                "series": chart.series,
+            },
+            csv_query=form.query_data.urlencode(),
+        )
+    return render(request, "dashboard/usage.html", context)
+
+
+@staff_required
+def usage_csv(request: StaffRequest) -> HttpResponse | StreamingHttpResponse:
+    """The Usage page's rows, all of them, streamed. Invalid filters go back to the page,
+    which shows them as form errors."""
+    zone = usage_selectors.usage_zone()
+    form = forms.UsageFilterForm(request.GET, today=timezone.now().astimezone(zone).date())
+    if not form.is_valid():
+        return redirect(f"{reverse('dashboard:usage')}?{request.GET.urlencode()}")
+    return usage_csv_response(query=form.query(zone=zone))
 
 
 # --- audit ---------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Refresh the README's screenshots: docs/overview.png and docs/refusals.png.
+"""Refresh the README's screenshots: docs/overview.png, docs/refusals.png and docs/usage.png.
 
     .venv/bin/python scripts/screenshots.py            # starts its own server + sandbox
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8000 \\
@@ -118,8 +118,15 @@ def main() -> None:
         since = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M")
         page.goto(f"{url}/refusals/?start={since}")
         page.screenshot(path=str(args.out / "refusals.png"))
+        # The last week per day and team (the usage rollups are written every second, so
+        # the pause above covers them too).
+        week = (datetime.now(UTC) - timedelta(days=6)).strftime("%Y-%m-%d")
+        page.goto(f"{url}/usage/?start={week}&group_by=day&group_by=team&group_by=model")
+        page.wait_for_selector("#chart[data-drawn]")
+        page.screenshot(path=str(args.out / "usage.png"), full_page=True)
         browser.close()
-    print(f"Saved {args.out / 'overview.png'} and {args.out / 'refusals.png'}")
+    shots = ("overview.png", "refusals.png", "usage.png")
+    print("Saved " + ", ".join(str(args.out / name) for name in shots))
 
 
 if __name__ == "__main__":

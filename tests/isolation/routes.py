@@ -169,6 +169,8 @@ PAGE_ROUTES = [
     PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
     PageRoute("dashboard:refusals", "GET", "/refusals/"),
     PageRoute("dashboard:refusals_csv", "GET", "/refusals.csv"),
+    PageRoute("dashboard:usage", "GET", "/usage/"),
+    PageRoute("dashboard:usage_csv", "GET", "/usage.csv"),
     PageRoute("dashboard:audit", "GET", "/audit/"),
     PageRoute("dashboard:alerts", "GET", "/alerts/"),
     PageRoute(
