@@ -175,6 +175,9 @@ SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
 # unit if that changes. The pace a model gets stays this fraction below what they report.
 SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS = env.float("SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS", default=1.0)
 SLUICE_UPSTREAM_MARGIN = env.float("SLUICE_UPSTREAM_MARGIN", default=0.1)
+# Off: Together's headers and 429s never move a model's pace, which stays the profile's (the
+# static ceiling of before issue 11; the ramp benchmark's baseline). 429s still pause.
+SLUICE_UPSTREAM_LEARN = env.bool("SLUICE_UPSTREAM_LEARN", default=True)
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
 SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)
