@@ -5,9 +5,11 @@ Each figure stands beside its baseline from the same run:
 
 1. **Isolation.** One account, two teams. Team A calls a model the sandbox caps at 6 a minute
    (a per-model cap, as Together's free and image models) at 10x that; team B calls another
-   model within its limit. B's success rate and latency are measured beside A, and alone
-   first on the same deployment (before Sluice has seen A's model, so A's figures show what
-   Sluice learns from nothing). Together's 429s on A's model are the sandbox's own count.
+   model within its limit, throughout. Team A calls only in alternate windows (off first, so
+   Sluice meets A's model knowing nothing of it), and B's calls are judged by the window they
+   were due in: beside A, or without A. Interleaving puts the two in the same minutes of a
+   shared machine, so its drift hits both alike. Together's 429s on A's model are the
+   sandbox's own count.
 2. **Dynamic ramp.** The sandbox's rate starts at its floor (60/min) and follows twice the
    successful rate of the last 60 s, up to 1,200/min; demand is open loop, 10 requests a
    second for 4 minutes. What was "both demanded and allowed" is the integral over the run of
@@ -60,14 +62,19 @@ STATIC = Ceiling(account_rpm=600, account_pace=500, key_max_wait=KEY_MAX_WAIT)
 
 @dataclass(frozen=True)
 class DynamicSize:
-    isolation_seconds: float  # each of the two isolation runs
+    isolation_seconds: float  # team B's whole run; team A calls in every other window of it
+    isolation_windows: int  # windows with team A (as many without, each first)
     ramp_seconds: float  # each of the two ramps
     tail_seconds: float  # "the last 2 minutes" of a ramp
 
 
-FULL = DynamicSize(isolation_seconds=40.0, ramp_seconds=240.0, tail_seconds=120.0)
-QUICK = DynamicSize(isolation_seconds=15.0, ramp_seconds=90.0, tail_seconds=45.0)
-TINY = DynamicSize(isolation_seconds=4.0, ramp_seconds=8.0, tail_seconds=4.0)
+FULL = DynamicSize(
+    isolation_seconds=80.0, isolation_windows=4, ramp_seconds=240.0, tail_seconds=120.0
+)
+QUICK = DynamicSize(
+    isolation_seconds=30.0, isolation_windows=3, ramp_seconds=90.0, tail_seconds=45.0
+)
+TINY = DynamicSize(isolation_seconds=8.0, isolation_windows=2, ramp_seconds=8.0, tail_seconds=4.0)
 
 
 # --- figures --------------------------------------------------------------------------------
@@ -252,29 +259,48 @@ def _stream(
     }
 
 
+def a_windows(size: DynamicSize) -> list[tuple[float, float]]:
+    """Team A's windows, [start, end) in seconds from the start: every other one, from the
+    second (the first is without A)."""
+    length = size.isolation_seconds / (2 * size.isolation_windows)
+    return [((2 * i + 1) * length, (2 * i + 2) * length) for i in range(size.isolation_windows)]
+
+
+def split_by_windows(
+    records: list[dict[str, Any]], windows: list[tuple[float, float]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(due inside a window, due outside every window)."""
+    inside = [r for r in records if any(start <= r["at"] < end for start, end in windows)]
+    outside = [r for r in records if not any(start <= r["at"] < end for start, end in windows)]
+    return inside, outside
+
+
 def _isolation(
     sandbox: Sandbox, tmp: Path, size: DynamicSize, log: Callable[[str], None]
 ) -> Isolation:
     seconds = size.isolation_seconds
+    windows = a_windows(size)
     tmp.mkdir()
     with Sluice(tmp, sandbox, LEARNED) as sluice:
         sandbox.control({"reset": True, "dynamic": ISOLATION_LIMITS, "extra_models": [TINY_MODEL]})
-        b = _stream("b", sluice, "other", MODEL, B_RATE, seconds)
-        alone = run_openloop([b], seconds)
-        log(f"isolation: team B alone, {calls(alone['requests'], 'b')}")
-        sandbox.control({"reset": True, "dynamic": ISOLATION_LIMITS, "extra_models": [TINY_MODEL]})
-        a = _stream("a", sluice, "burst", TINY_MODEL, A_RATE, seconds)
-        beside = run_openloop([a, b], seconds)
+        streams = [_stream("b", sluice, "other", MODEL, B_RATE, seconds)]
+        for start, end in windows:
+            a = _stream("a", sluice, "burst", TINY_MODEL, A_RATE, end - start)
+            streams.append({**a, "delay": start})
+        result = run_openloop(streams, seconds)
         stats = sandbox.stats()
-        log(f"isolation: team B beside A, {calls(beside['requests'], 'b')}")
-    return Isolation(
+    b_records = [r for r in result["requests"] if r["stream"] == "b"]
+    beside, alone = split_by_windows(b_records, windows)
+    isolation = Isolation(
         seconds=seconds,
-        alone=calls(alone["requests"], "b"),
-        beside=calls(beside["requests"], "b"),
-        tiny=calls(beside["requests"], "a"),
+        alone=calls(alone, "b"),
+        beside=calls(beside, "b"),
+        tiny=calls(result["requests"], "a"),
         tiny_upstream=Upstream.of(stats, TINY_MODEL),
         other_upstream=Upstream.of(stats, MODEL),
     )
+    log(f"isolation: team B without A {isolation.alone}, beside A {isolation.beside}")
+    return isolation
 
 
 def _ramp(

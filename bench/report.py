@@ -280,17 +280,17 @@ def _isolation_rows(i: Isolation) -> list[DynamicRow]:
     b, alone, a = i.beside, i.alone, i.tiny
     return [
         DynamicRow(
-            f"Isolation: team B's calls answered 200 ({B_RATE:g}/s on another model, "
-            f"{i.seconds:g} s), beside team A",
+            f"Isolation: team B's calls answered 200 ({B_RATE:g}/s on another model for "
+            f"{i.seconds:g} s; team A in every other window), beside team A",
             f"{pct(b.success)} ({b.ok} of {b.sent})",
-            f"without team A: {pct(alone.success)} ({alone.ok} of {alone.sent})",
+            f"without team A (same run): {pct(alone.success)} ({alone.ok} of {alone.sent})",
             "all succeed",
             verdict(b.ok == b.sent),
         ),
         DynamicRow(
             "Isolation: team B's latency p50 / p95, beside team A (ms)",
             f"{num(b.p50_ms)} / {num(b.p95_ms)}",
-            f"without team A: {num(alone.p50_ms)} / {num(alone.p95_ms)}",
+            f"without team A (same run): {num(alone.p50_ms)} / {num(alone.p95_ms)}",
             "unchanged (within 20% or 5 ms)",
             verdict(
                 _latency_unchanged(b.p50_ms, alone.p50_ms)
