@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
-            "Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out."
+            "Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out, "
+            "and against Together's dynamic limits as the sandbox plays them."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (about two minutes)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a reduced run (a few minutes)"
+    )
     parser.add_argument("--duration", type=float, help="seconds of load per latency cell")
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
     parser.add_argument(
