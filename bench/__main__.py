@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             "and against Together's dynamic limits as the sandbox plays them."
         ),
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="a reduced run (a few minutes)"
-    )
+    parser.add_argument("--quick", action="store_true", help="a reduced run (a few minutes)")
     parser.add_argument("--duration", type=float, help="seconds of load per latency cell")
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
     parser.add_argument(
