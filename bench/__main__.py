@@ -1,5 +1,8 @@
-"""`python -m bench [--quick] [--duration S] [--out docs/benchmark.md]`: measure Sluice
-against its baselines on loopback and print one markdown table (see bench/__init__.py).
+"""`python -m bench [--quick] [--duration S] [--only gateway|dynamic|coalesce] [--out FILE]`:
+measure Sluice against its baselines on loopback and print markdown tables (see
+bench/__init__.py): the gateway's (latency, throughput, CPU, decisions, accuracy, and
+embeddings coalescing), and issue 11's scenarios against Together's dynamic limits
+(bench/dynamic.py). `--only coalesce` runs the coalescing scenario alone (printed only).
 
 A development tool, not part of the served application: it starts every server it
 measures as a subprocess, so it needs no Django set-up of its own.
@@ -10,23 +13,28 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import report, runner
+from bench import dynamic, report, runner
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+# The dynamic scenarios' own part of the page, so `--only` rewrites one part only.
+DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic:end -->"
+PARTS = ("gateway", "dynamic", "coalesce")
 
 
-def write_report(path: Path, text: str) -> None:
-    """Replace the part of `path` between the bench markers (the prose around it is kept),
-    or write the whole file when it has none."""
+def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
+    """Replace the part of `path` between the `start` and `end` markers (the prose around
+    it is kept), or write the whole file when it has none."""
     current = path.read_text() if path.exists() else ""
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        text = f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}"
+    if start in current and end in current:
+        head, rest = current.split(start, 1)
+        text = f"{head}{start}\n{text}{end}{rest.split(end, 1)[1]}"
     path.write_text(text)
 
 
@@ -34,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
-            "Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out."
+            "Benchmark Sluice against the sandbox, the bare-Django floor and itself scaled out, "
+            "and against Together's dynamic limits as the sandbox plays them."
         ),
     )
-    parser.add_argument("--quick", action="store_true", help="a reduced run (about two minutes)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (a few minutes)")
     parser.add_argument("--duration", type=float, help="seconds of load per latency cell")
     parser.add_argument("--out", type=Path, help="also write the report to this markdown file")
     parser.add_argument(
@@ -52,36 +61,43 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["coalesce"],
-        help="run one scenario alone: coalesce = embeddings coalescing, with and without",
+        choices=PARTS,
+        help=(
+            "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
+            "or embeddings coalescing alone"
+        ),
     )
     args = parser.parse_args(argv)
+    command = "python -m " + shlex.join(["bench", *(argv if argv is not None else sys.argv[1:])])
 
+    def log(line: str) -> None:
+        print(f"[bench] {line}", file=sys.stderr, flush=True)
+
+    if args.only == "coalesce":
+        print(_coalesce(args, command, log))
+        return
+    if args.only in (None, "gateway"):
+        text = _gateway(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text)
+    if args.only in (None, "dynamic"):
+        text = _dynamic(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text, DYNAMIC_START, DYNAMIC_END)
+
+
+def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
     size = runner.QUICK if args.quick else runner.FULL
     if args.duration:
         size = replace(size, duration=args.duration)
     started, load_before = time.monotonic(), runner.load_average()
-    command = "python -m " + shlex.join(["bench", *(argv if argv is not None else sys.argv[1:])])
-    if args.only == "coalesce":
-        figures = runner.run_coalesce(
-            size, lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True)
-        )
-        text = "\n\n".join(
-            [
-                f"Command: `{command}`",
-                report.machine(load_before, runner.load_average()),
-                coalesce_table(figures),
-                f"Total run time {time.monotonic() - started:.0f} s; medians of {size.repeats} "
-                "run(s); the upstream is the sandbox with 20 ms latency.",
-            ]
-        )
-        print(text)
-        return
     results = runner.run(
         size,
         redis_url=args.redis_url,
         postgres_url=args.postgres_url,
-        log=lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True),
+        log=log,
     )
     notes = [
         f"Total run time {time.monotonic() - started:.0f} s. Latency cells: "
@@ -91,15 +107,52 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if not results.uvicorn:
         notes.append("uvicorn is not installed: the floor was measured under daphne only.")
-    text = report.render(
+    return report.render(
         results,
         command=command,
         machine_line=report.machine(load_before, runner.load_average()),
         notes=notes,
     )
-    print(text)
-    if args.out:
-        write_report(args.out, text)
+
+
+def _coalesce(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    size = runner.QUICK if args.quick else runner.FULL
+    if args.duration:
+        size = replace(size, duration=args.duration)
+    started, load_before = time.monotonic(), runner.load_average()
+    figures = runner.run_coalesce(size, log)
+    return "\n\n".join(
+        [
+            f"Command: `{command}`",
+            report.machine(load_before, runner.load_average()),
+            coalesce_table(figures),
+            f"Total run time {time.monotonic() - started:.0f} s; medians of {size.repeats} "
+            "run(s); the upstream is the sandbox with 20 ms latency.",
+        ]
+    )
+
+
+def _dynamic(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    size = dynamic.QUICK if args.quick else dynamic.FULL
+    started, load_before = time.monotonic(), runner.load_average()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-dynamic-") as tmp:
+        results = dynamic.run(size, Path(tmp), log)
+    notes = [
+        f"Run time {time.monotonic() - started:.0f} s. The upstream is the sandbox with "
+        f"{dynamic.UPSTREAM_LATENCY_MS:g} ms latency in its dynamic mode; demand is open loop "
+        "(bench/openloop.py): requests at fixed moments, none retried by the caller.",
+    ]
+    if args.quick:
+        notes.append(
+            f"--quick: ramps of {size.ramp_seconds:g} s, not the issue's 4 minutes; "
+            "the targets are for the full run."
+        )
+    return report.render_dynamic(
+        results,
+        command=command,
+        machine_line=report.machine(load_before, runner.load_average()),
+        notes=notes,
+    )
 
 
 if __name__ == "__main__":

@@ -2,13 +2,15 @@
 
 Runs inside `manage.py shell` against the deployment's own database (see servers.py):
     from bench.provision import main; main('{"account_rpm": 120, ...}')
-and prints {"open": secret, "burst": secret} as JSON on its last line.
+and prints {"open": secret, "burst": secret, "other": secret} as JSON on its last line.
 
-Two teams, so one deployment serves both kinds of measurement:
+Three teams, so one deployment serves every kind of measurement:
   open   its own upstream account and key profile, both far above anything the load
          reaches: latency and throughput runs are never throttled by Sluice;
   burst  routed to the default upstream account, whose profile is the ceiling under
          test (paced, burst 1); its key queues up to `key_max_wait` seconds.
+  other  a second team like `burst` on the same account: the isolation scenario's
+         team B (bench/dynamic.py).
 """
 
 from __future__ import annotations
@@ -70,5 +72,6 @@ def main(options: str) -> None:
     secrets = {
         "open": _team_key("bench-open", open_profile, open_account),
         "burst": _team_key("bench-burst", burst_key, default_account),
+        "other": _team_key("bench-other", burst_key, default_account),
     }
     print(json.dumps(secrets))

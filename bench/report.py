@@ -12,6 +12,15 @@ from importlib import metadata
 from bench.accuracy import Accuracy
 from bench.coalesce import CoalesceResults
 from bench.coalesce import table as coalesce_table
+from bench.dynamic import (
+    A_RATE,
+    B_RATE,
+    KEY_MAX_WAIT,
+    TINY_CAP,
+    DynamicResults,
+    Isolation,
+    Ramp,
+)
 from bench.latency import Cell
 
 CONCURRENCIES = (1, 16, 64)
@@ -43,6 +52,15 @@ class Row:
     floor: str = DASH
     floor_uvicorn: str = DASH
     litellm: str = DASH
+    target: str = DASH
+    met: str = DASH
+
+
+@dataclass
+class DynamicRow:
+    measure: str
+    sluice: str
+    baseline: str = DASH
     target: str = DASH
     met: str = DASH
 
@@ -250,3 +268,107 @@ def machine(load_before: tuple[float, ...], load_after: tuple[float, ...]) -> st
 def render(r: Results, *, command: str, machine_line: str, notes: list[str]) -> str:
     tables = [table(r)] + ([coalesce_table(r.coalesce)] if r.coalesce is not None else [])
     return "\n\n".join([f"Command: `{command}`", machine_line, *tables, *notes]) + "\n"
+
+
+# --- issue 11's scenarios (bench/dynamic.py) ------------------------------------------------
+def pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _latency_unchanged(beside: float, alone: float) -> bool:
+    """Within 20% or 5 ms of the run without team A, whichever is wider: the box is shared."""
+    return beside <= alone + max(5.0, 0.2 * alone)
+
+
+def _isolation_rows(i: Isolation) -> list[DynamicRow]:
+    b, alone, a = i.beside, i.alone, i.tiny
+    return [
+        DynamicRow(
+            f"Isolation: team B's calls answered 200 ({B_RATE:g}/s on another model for "
+            f"{i.seconds:g} s; team A in every other window), beside team A",
+            f"{pct(b.success)} ({b.ok} of {b.sent})",
+            f"without team A (same run): {pct(alone.success)} ({alone.ok} of {alone.sent})",
+            "all succeed",
+            verdict(b.ok == b.sent),
+        ),
+        DynamicRow(
+            "Isolation: team B's latency p50 / p95, beside team A (ms)",
+            f"{num(b.p50_ms)} / {num(b.p95_ms)}",
+            f"without team A (same run): {num(alone.p50_ms)} / {num(alone.p95_ms)}",
+            "unchanged (within 20% or 5 ms)",
+            verdict(
+                _latency_unchanged(b.p50_ms, alone.p50_ms)
+                and _latency_unchanged(b.p95_ms, alone.p95_ms)
+            ),
+        ),
+        DynamicRow(
+            f"Isolation: Together's 429s on team A's model (capped at {TINY_CAP}/min, "
+            f"asked {A_RATE * 60:g}/min)",
+            f"{i.tiny_upstream.status_429} of {i.tiny_upstream.sent} sent upstream",
+            f"team A answered {a.ok}×200, {a.refused_by_sluice}×429 by Sluice, "
+            f"{a.refused_upstream}×429 from Together, {a.other} other; "
+            f"Together's 429s on team B's model: {i.other_upstream.status_429}",
+            "a handful (≤ 5), before Sluice learned the limit",
+            verdict(i.tiny_upstream.status_429 <= 5 and i.other_upstream.status_429 == 0),
+        ),
+    ]
+
+
+def _ramp_rows(learned: Ramp, static: Ramp) -> list[DynamicRow]:
+    def share(r: Ramp) -> str:
+        return f"{pct(r.served_of_allowed)} ({r.served} of {r.allowed:.0f})"
+
+    def tail(r: Ramp) -> str:
+        return f"{pct(r.tail_fraction)} ({r.tail_served} of {r.tail_demand})"
+
+    def refused(r: Ramp) -> str:
+        return f"{pct(r.upstream_429_fraction)} ({r.upstream.status_429} of {r.upstream.sent})"
+
+    minutes = f"{learned.tail_seconds / 60:g} min"
+    return [
+        DynamicRow(
+            "Dynamic ramp: successful answers ÷ ∫ min(demand, the sandbox's rate)",
+            share(learned),
+            f"static ceiling: {share(static)}",
+            "≥ 85%",
+            verdict(learned.served_of_allowed >= 0.85),
+        ),
+        DynamicRow(
+            f"Dynamic ramp: demand answered 200 over the last {minutes}",
+            tail(learned),
+            f"static ceiling: {tail(static)}",
+            "≥ 90%",
+            verdict(learned.tail_fraction >= 0.90),
+        ),
+        DynamicRow(
+            "Dynamic ramp: Together's 429s ÷ requests Sluice sent upstream",
+            refused(learned),
+            f"static ceiling: {refused(static)}",
+            "≤ 1%",
+            verdict(learned.upstream_429_fraction <= 0.01),
+        ),
+        DynamicRow(
+            f"Dynamic ramp: goodput, answered 200 ÷ demand ({learned.demand} requests)",
+            f"{pct(learned.goodput)}; refused by Sluice (queue wait over {KEY_MAX_WAIT:g} s) "
+            f"{learned.refused_by_sluice}",
+            f"static ceiling: {pct(static.goodput)}; refused by Sluice {static.refused_by_sluice}",
+        ),
+        DynamicRow(
+            "Dynamic ramp: the sandbox's rate at the end (per minute; cap 1,200)",
+            num(learned.final_rate, 0),
+            f"static ceiling: {num(static.final_rate, 0)}",
+        ),
+    ]
+
+
+def dynamic_table(r: DynamicResults) -> str:
+    rows = _isolation_rows(r.isolation) if r.isolation else []
+    if "learned" in r.ramps and "static" in r.ramps:
+        rows += _ramp_rows(r.ramps["learned"], r.ramps["static"])
+    lines = ["| Measure | Sluice | Baseline (same run) | Target | Met |", "|" + "---|" * 5]
+    lines += [f"| {x.measure} | {x.sluice} | {x.baseline} | {x.target} | {x.met} |" for x in rows]
+    return "\n".join(lines)
+
+
+def render_dynamic(r: DynamicResults, *, command: str, machine_line: str, notes: list[str]) -> str:
+    return "\n\n".join([f"Command: `{command}`", machine_line, dynamic_table(r), *notes]) + "\n"

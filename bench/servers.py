@@ -92,7 +92,10 @@ class Sandbox(_OneProcess):
         http_json("POST", f"{self.url}/sandbox/control", patch)
 
     def chat_stats(self) -> dict[str, Any]:
-        return http_json("GET", f"{self.url}/sandbox/stats")["chat"]
+        return self.stats()["chat"]
+
+    def stats(self) -> dict[str, Any]:
+        return http_json("GET", f"{self.url}/sandbox/stats")
 
 
 @dataclass
@@ -117,10 +120,12 @@ class Sluice:
         redis_url: str = "",
         database_url: str = "",
         server: str = "daphne",
+        settings: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.server = server
         extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
+        extra.update(settings or {})  # Sluice's own settings for this deployment
         if redis_url:
             extra["REDIS_URL"] = redis_url
         self.env = base_env(

@@ -15,7 +15,10 @@ model's scope at:
 - **A 429 cuts the pace multiplicatively** (`dynamic_token_limited` the token pace,
   anything else the request pace), and the scope pauses for the time Together asked.
 - **Without a 429 for a while, a model with unmet demand ramps up** step by step
-  (additive increase), never above the profile's cap nor what the headers report.
+  (additive increase), never above the profile's cap nor what the headers report. A step
+  is a tenth of that ceiling, not of the cap: a model Together allows 6 a minute climbs
+  back from a 429 in steps of 0.54 a minute, not straight to its ceiling in one step of a
+  tenth of a 1,200/min cap (Together: ramp gradually, never burst far above recent success).
 - A 503 is capacity, not a limit: it changes no pace.
 
 The worker (limiter/worker.py) owns the ceilings and turns each into the `Limit` of the
@@ -34,7 +37,9 @@ from limiter.engine import Limit
 DECREASE = 0.5  # a 429 halves the pace
 QUIET_SECONDS = 10.0  # no 429 for this long before the pace may rise again
 STEP_SECONDS = 2.0  # at most one increase this often
-STEP_FRACTION = 0.1  # an increase adds this much of the cap (additive, not compounding)
+# An increase adds this much of the ceiling in force (additive, not compounding): of what the
+# headers allow less the margin when Together has said, else of the profile's cap.
+STEP_FRACTION = 0.1
 FLOOR_PER_MINUTE = 1.0  # the pace never falls below one request a minute
 
 
@@ -167,7 +172,7 @@ class Ceiling:
         top = self.ceiling(margin)
         if self.pace >= top:
             return False
-        self.pace = min(top, self.pace + STEP_FRACTION * self.cap_per_minute)
+        self.pace = min(top, self.pace + STEP_FRACTION * top)
         if self.token_pace is not None:
             token_top = self.token_ceiling(margin)
             if token_top is not None:

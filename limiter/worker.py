@@ -160,6 +160,7 @@ class LimiterConsumer(AsyncConsumer):
         self.ceiling_changed_at: dict[ScopeId, float] = {}
         self._unsaved: set[ScopeId] = set()
         self._persister: asyncio.Task[Any] | None = None
+        self.learn = settings.SLUICE_UPSTREAM_LEARN
 
         # unknown_before: a monotonic time before which another limiter instance may
         # have admitted requests this one never saw (a restart); see Engine.
@@ -374,8 +375,8 @@ class LimiterConsumer(AsyncConsumer):
     def _learn(self, scope_id: ScopeId, message: events.UpstreamReportMessage, now: float) -> None:
         """Together's headers and 429s move that model's pace (never another's)."""
         ceiling = self.ceilings.get(scope_id)
-        if ceiling is None:
-            return  # no call of ours made it: nothing to pace
+        if ceiling is None or not self.learn:
+            return  # no call of ours made it, or learning is off: nothing to pace
         changed = False
         if message["headers"]:
             changed = ceiling.observe(

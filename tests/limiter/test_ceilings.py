@@ -91,3 +91,35 @@ def test_the_pace_never_rises_above_what_the_headers_report() -> None:
     for step in range(30):
         model.ramp(QUIET_SECONDS + step * STEP_SECONDS, demand=True, margin=MARGIN)
     assert model.pace == pytest.approx(162)
+
+
+def test_a_step_is_a_tenth_of_what_the_headers_allow_not_of_the_cap() -> None:
+    """A model Together allows 6 a minute, under a 1,200/min cap, climbs back from a 429 in
+    steps of a tenth of its ceiling (5.4), not to the ceiling in one step of 120."""
+    model = Ceiling.start(Limit(per_minute=1200, burst=1))
+    model.observe({"x-ratelimit-limit-dynamic": "0.1"}, unit_seconds=1.0, margin=MARGIN)
+    assert model.pace == pytest.approx(5.4)
+    model.refused(0.0, error_type="dynamic_request_limited")
+    assert model.pace == pytest.approx(2.7)
+    paces = []
+    for step in range(8):
+        model.ramp(QUIET_SECONDS + step * STEP_SECONDS, demand=True, margin=MARGIN)
+        paces.append(model.pace)
+    assert paces[:5] == pytest.approx([3.24, 3.78, 4.32, 4.86, 5.4])  # + 0.54 each time
+    assert paces[5:] == pytest.approx([5.4] * 3)  # then held at the headers less the margin
+
+
+def test_headers_that_rise_let_the_pace_follow_with_demand_never_past_them() -> None:
+    """Together's dynamic rate grows with recent success: each rise the headers report lets
+    the pace climb towards it (less the margin), one step at a time."""
+    model = Ceiling.start(Limit(per_minute=1200, burst=1))
+    model.observe({"x-ratelimit-limit-dynamic": "1"}, unit_seconds=1.0, margin=MARGIN)  # 60/min
+    assert model.pace == pytest.approx(54)
+    assert not model.ramp(0.0, demand=True, margin=MARGIN)  # already at the ceiling
+    model.observe({"x-ratelimit-limit-dynamic": "2"}, unit_seconds=1.0, margin=MARGIN)  # 120/min
+    assert model.pace == pytest.approx(54)  # a higher report alone raises nothing
+    assert model.ramp(0.0, demand=True, margin=MARGIN)
+    assert model.pace == pytest.approx(64.8)  # + a tenth of 108
+    for step in range(1, 10):
+        model.ramp(step * STEP_SECONDS, demand=True, margin=MARGIN)
+    assert model.pace == pytest.approx(108)
