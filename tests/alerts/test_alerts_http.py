@@ -6,19 +6,24 @@ setting) while the receiver is down. Webhooks are added and tested from the dash
 
 from __future__ import annotations
 
-import re
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.alerts.helpers import (
+    CHAT_MODEL,
+    add_webhook,
+    csrf,
+    query,
+    refused,
+    staff_session,
+    tighten,
+    wait_until,
+)
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer, free_port
 
-CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 SETTINGS = {
     "SLUICE_ALERT_CHECK_INTERVAL": "0.2",
     "SLUICE_ALERT_RETRY_BACKOFF": "0.3",
@@ -32,92 +37,6 @@ SETTINGS = {
 def server(tmp_path_factory) -> Iterator[SluiceServer]:
     with SluiceServer(tmp_path_factory.mktemp("alerts"), env=SETTINGS) as server:
         yield server
-
-
-def query(server: SluiceServer, sql: str, *args: object) -> list[tuple]:
-    """Read the server's database directly (SQLite, read-only)."""
-    path = server.env["DATABASE_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute(sql, args).fetchall()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll the server's state (its background loop gives no other signal to a test)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def staff_session(server: SluiceServer) -> Iterator[httpx.Client]:
-    """A logged-in staff user's browser session (cookies and CSRF), over HTTP."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield _logged_in(client, server)
-
-
-def _logged_in(client: httpx.Client, server: SluiceServer) -> httpx.Client:
-    page = client.get("/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
-    assert token
-    done = client.post(
-        "/login/",
-        data={
-            "csrfmiddlewaretoken": token.group(1),
-            "username": server.admin_username,
-            "password": server.admin_password,
-        },
-    )
-    assert done.status_code == 302, done.text
-    return client
-
-
-def csrf(client: httpx.Client) -> str:
-    return client.cookies["csrftoken"]
-
-
-def add_webhook(client: httpx.Client, server: SluiceServer, name: str, url: str, team: str) -> int:
-    team_id = query(server, "select id from limiter_team where name = ?", team)[0][0]
-    done = client.post(
-        "/alerts/",
-        data={"csrfmiddlewaretoken": csrf(client), "name": name, "url": url, "team": team_id},
-    )
-    assert done.status_code == 302, done.text
-    return query(server, "select id from alerts_webhook where name = ?", name)[0][0]
-
-
-def tighten(server: SluiceServer, team: str) -> None:
-    """One chat call a minute for `team`, no queue: the next ones are 429s."""
-    server.make_profile(
-        "one-a-minute",
-        {
-            "chat": {
-                "requests_per_minute": 1,
-                "pace_per_minute": None,
-                "burst": 1,
-                "queue_depth": 0,
-                "max_queue_wait_seconds": 0,
-            }
-        },
-    )
-    server.python(
-        "from limiter.models import Team, LimitProfile;"
-        f"t = Team.objects.get(name={team!r});"
-        " t.profile = LimitProfile.objects.get(name='one-a-minute'); t.save()"
-    )
-
-
-def refused(server: SluiceServer, key: str, calls: int) -> int:
-    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
-        codes = [
-            http.post(
-                f"{server.url}/v1/chat/completions",
-                json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
-            ).status_code
-            for _ in range(calls)
-        ]
-    return codes.count(429)
 
 
 def test_a_teams_429s_raise_one_alert_however_long_they_go_on(server):
