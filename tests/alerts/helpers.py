@@ -66,8 +66,13 @@ def csrf(client: httpx.Client) -> str:
     return client.cookies["csrftoken"]
 
 
-def add_webhook(client: httpx.Client, server: SluiceServer, name: str, url: str, team: str) -> int:
-    team_id = query(server, "select id from limiter_team where name = ?", team)[0][0]
+def add_webhook(
+    client: httpx.Client, server: SluiceServer, name: str, url: str, team: str | None = None
+) -> int:
+    """Add a webhook through the Alerts page: `team`'s, or with None the organisation's."""
+    team_id = (
+        query(server, "select id from limiter_team where name = ?", team)[0][0] if team else ""
+    )
     done = client.post(
         "/alerts/",
         data={"csrfmiddlewaretoken": csrf(client), "name": name, "url": url, "team": team_id},
