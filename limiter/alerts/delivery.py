@@ -32,8 +32,9 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from limiter.alerts import monitor as signals
-from limiter.alerts.models import Attempt, Delivery, Signal
+from limiter.alerts.models import Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
+from limiter.models import Team
 
 logger = logging.getLogger(__name__)
 
@@ -110,10 +111,10 @@ def signals_add(counts: Counter[tuple[str, str]], minute: datetime) -> None:
 
 
 def signals_check(counts: Counter[tuple[str, str]], now: datetime | None = None) -> int:
-    """Write `counts`, then raise every rate condition over its threshold in this minute.
-    Returns how many alerts this call raised."""
+    """Write `counts`, then raise every rate condition over its threshold in this minute:
+    the global setting's, and each webhook's own (`audiences`). Returns how many alerts
+    this call raised."""
     from limiter.alerts.services import notify
-    from limiter.models import Team
 
     global _pruned_at
     close_old_connections()
@@ -124,22 +125,51 @@ def signals_check(counts: Counter[tuple[str, str]], now: datetime | None = None)
     limits = thresholds()
     period = period_key(now)
     raised = 0
+    webhooks: list[Webhook] | None = None  # read once, if some row needs them
     for row in Signal.objects.filter(minute=minute):
         limit = limits.get(row.kind)
-        condition = f"{row.kind}:{row.subject}" if row.subject else row.kind
-        if limit is None or row.count < limit or (condition, period) in _raised:
+        if limit is None:
             continue
-        _raised.add((condition, period))
-        team = Team.objects.filter(pk=row.subject).first() if row.kind == signals.TEAM_429 else None
-        text, fields = _describe(row, team, limit, minute)
-        if notify(condition, period_key=period, text=text, team=team, fields=fields):
-            raised += 1
+        if webhooks is None:
+            webhooks = list(Webhook.objects.filter(enabled=True))
+        base = f"{row.kind}:{row.subject}" if row.subject else row.kind
+        for threshold, audience in audiences(row, limit, webhooks).items():
+            # The global threshold's alert keeps the plain name; a webhook's own
+            # threshold is another condition, deduplicated on its own.
+            condition = base if threshold == limit else f"{base}@{threshold}"
+            if row.count < threshold or (condition, period) in _raised:
+                continue
+            _raised.add((condition, period))
+            team = _team(row)
+            text, fields = _describe(row, team, threshold, minute)
+            alert = notify(
+                condition, period_key=period, text=text, team=team, fields=fields, webhooks=audience
+            )
+            raised += alert is not None
     if time.monotonic() - _pruned_at > 600:
         _pruned_at = time.monotonic()
         Signal.objects.filter(minute__lt=now - SIGNAL_RETENTION).delete()
         if len(_raised) > 10_000:
             _raised.clear()
     return raised
+
+
+def audiences(row: Signal, limit: int, webhooks: list[Webhook]) -> dict[int, list[Webhook]]:
+    """Who hears of this row's condition, by the threshold each listens at: the global
+    setting (`limit`, always present, so the alert is recorded even with no webhook) or
+    a webhook's own. A team's webhook hears only its team's alerts."""
+    team_id = int(row.subject) if row.kind == signals.TEAM_429 else None
+    groups: dict[int, list[Webhook]] = {limit: []}
+    for webhook in webhooks:
+        if webhook.hears(team_id):
+            groups.setdefault(webhook.threshold(row.kind, limit), []).append(webhook)
+    return groups
+
+
+def _team(row: Signal) -> Team | None:
+    if row.kind != signals.TEAM_429:
+        return None
+    return Team.objects.filter(pk=row.subject).first()
 
 
 async def signals_flush() -> int:
@@ -154,7 +184,7 @@ async def signals_flush() -> int:
         raise
 
 
-def _describe(row: Signal, team: object, limit: int, minute: datetime) -> tuple[str, dict]:
+def _describe(row: Signal, team: Team | None, limit: int, minute: datetime) -> tuple[str, dict]:
     at = f"{minute:%H:%M} UTC"
     if row.kind == signals.TEAM_429:
         name = getattr(team, "name", f"#{row.subject}")

@@ -6,11 +6,14 @@ setting) while the receiver is down. Webhooks are added and tested from the dash
 
 from __future__ import annotations
 
+import html
+import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM
 from tests.alerts.helpers import (
     CHAT_MODEL,
     add_webhook,
@@ -158,3 +161,70 @@ def test_budget_thresholds_alert_the_team_once_per_period(server):
             "no delivery pending",
         )
         assert len(receiver.bodies) == 2
+
+
+def test_a_webhooks_own_threshold_is_set_in_the_alerts_page_and_heard_alone(server):
+    key = server.issue_key("edgy")
+    tighten(server, "edgy")
+    team_id = query(server, "select id from limiter_team where name = 'edgy'")[0][0]
+    with Receiver() as receiver, staff_session(server) as staff:
+        # A team's webhook cannot take Together's thresholds: a form error, nothing saved.
+        refused_form = staff.post(
+            "/alerts/",
+            data={
+                "csrfmiddlewaretoken": csrf(staff),
+                "name": "edgy-hook",
+                "url": receiver.url("/edgy-secret"),
+                "team": team_id,
+                "upstream_429_per_minute": "5",
+            },
+        )
+        assert refused_form.status_code == 200
+        assert MSG_UPSTREAM_ON_TEAM in html.unescape(refused_form.text)
+        assert query(server, "select count(*) from alerts_webhook where name = 'edgy-hook'") == [
+            (0,)
+        ]
+        webhook = add_webhook(staff, server, "edgy-hook", receiver.url("/edgy-secret"), "edgy")
+
+        page = staff.get(f"/alerts/webhooks/{webhook}/")
+        assert page.status_code == 200 and 'placeholder="3"' in page.text  # the global 3
+        assert "edgy-secret" not in page.text
+        rates = f"/alerts/webhooks/{webhook}/"
+        zero = staff.post(
+            rates, data={"csrfmiddlewaretoken": csrf(staff), "team_429_per_minute": 0}
+        )
+        assert zero.status_code == 200 and "greater than or equal to 1" in zero.text
+        saved = staff.post(
+            rates, data={"csrfmiddlewaretoken": csrf(staff), "team_429_per_minute": 1}
+        )
+        assert saved.status_code == 302, saved.text
+        assert query(
+            server, "select team_429_per_minute from alerts_webhook where id = ?", webhook
+        ) == [(1,)]
+        assert "team 429s ≥ 1" in staff.get("/alerts/").text
+        audited = query(
+            server, "select new_values from dashboard_auditentry where action = 'webhook_rates'"
+        )
+        assert [json.loads(new)["team_429_per_minute"] for (new,) in audited] == [1]
+
+        # One 429, under the global 3 but at this webhook's 1: it alone is told, once.
+        assert refused(server, key, 2) == 1
+        [alert] = receiver.wait_for(1)
+        assert alert["sluice"]["condition"] == f"team_429:{team_id}@1"
+        assert refused(server, key, 1) == 1  # 2 in all: still under the global 3
+
+        def all_judged() -> bool:
+            counted = query(
+                server,
+                "select coalesce(sum(count), 0) from alerts_signal"
+                " where kind = 'team_429' and subject = ?",
+                str(team_id),
+            )[0][0]
+            pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
+            return counted == 2 and pending == [(0,)]
+
+        wait_until(all_judged, "every 429 counted and no delivery pending")
+        assert len(receiver.bodies) == 1
+        assert query(server, "select condition from alerts_alert where team_id = ?", team_id) == [
+            (f"team_429:{team_id}@1",)
+        ]
