@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django import forms
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 from django.utils import timezone
 
 from limiter import selectors
+from limiter.alerts.models import RATE_FIELDS, Webhook
+from limiter.alerts.services import Rates
 from limiter.models import (
     MODEL_ENDPOINTS,
     EndpointKind,
@@ -363,8 +366,38 @@ class UsageFilterForm(forms.Form):
         )
 
 
-class WebhookForm(forms.Form):
-    name = forms.CharField(max_length=80)
+RATE_LABELS = {
+    "team_429_per_minute": "A team's 429s a minute",
+    "upstream_429_per_minute": "Together's 429s a minute",
+    "upstream_503_per_minute": "Together's 503s a minute",
+}
+
+
+class WebhookRatesForm(forms.ModelForm):
+    """A webhook's own alert thresholds; empty fields fall back to the global settings.
+    The model's `clean` refuses Together's thresholds on a team's webhook."""
+
+    class Meta:
+        model = Webhook
+        fields = list(RATE_FIELDS.values())
+        labels = RATE_LABELS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        defaults = {
+            "team_429_per_minute": settings.SLUICE_ALERT_TEAM_429_PER_MINUTE,
+            "upstream_429_per_minute": settings.SLUICE_ALERT_UPSTREAM_429_PER_MINUTE,
+            "upstream_503_per_minute": settings.SLUICE_ALERT_UPSTREAM_503_PER_MINUTE,
+        }
+        for name, default in defaults.items():
+            self.fields[name].help_text = f"Empty: the global setting ({default})."
+            self.fields[name].widget.attrs["placeholder"] = str(default)
+
+    def rates(self) -> Rates:
+        return cast(Rates, {name: self.cleaned_data[name] for name in RATE_FIELDS.values()})
+
+
+class WebhookForm(WebhookRatesForm):
     url = forms.URLField(
         max_length=500,
         assume_scheme="https",
@@ -374,3 +407,6 @@ class WebhookForm(forms.Form):
     team = forms.ModelChoiceField(
         Team.objects.all(), required=False, empty_label="the whole organisation"
     )
+
+    class Meta(WebhookRatesForm.Meta):
+        fields = ["name", "url", "team", *RATE_FIELDS.values()]

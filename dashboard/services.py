@@ -22,6 +22,7 @@ from limiter import services as limiter_services
 from limiter.alerts import services as alert_services
 from limiter.alerts.models import Webhook
 from limiter.alerts.payload import redact_url
+from limiter.alerts.services import Rates
 from limiter.learned import learned_delete
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 from limiter.services import IssuedKey
@@ -340,16 +341,32 @@ def refusal_prune(*, older_than: datetime, batch_size: int = 10_000) -> int:
 
 
 # --- alert webhooks ----------------------------------------------------------------------
-def webhook_add(*, actor: User | None, name: str, url: str, team: Team | None) -> Webhook:
+def webhook_add(
+    *, actor: User | None, name: str, url: str, team: Team | None, rates: Rates | None = None
+) -> Webhook:
     """A new webhook; the audit log keeps its URL redacted (it carries the secret)."""
     with transaction.atomic():
-        webhook = alert_services.webhook_create(name=name, url=url, team=team)
+        webhook = alert_services.webhook_create(name=name, url=url, team=team, rates=rates)
         audit_record(
             actor=actor,
             action="webhook_create",
             obj=webhook,
-            new={"name": name, "team": team.name if team else "", "url": redact_url(url)},
+            new={
+                "name": name,
+                "team": team.name if team else "",
+                "url": redact_url(url),
+                **{k: v for k, v in (rates or {}).items() if v is not None},
+            },
         )
+    return webhook
+
+
+def webhook_rates_update(*, actor: User | None, webhook: Webhook, rates: Rates) -> Webhook:
+    """A webhook's own alert thresholds (None: back to the global setting), audited."""
+    with transaction.atomic():
+        old = {name: getattr(webhook, name) for name in rates}
+        alert_services.webhook_set_rates(webhook=webhook, rates=rates)
+        audit_record(actor=actor, action="webhook_rates", obj=webhook, old=old, new=dict(rates))
     return webhook
 
 

@@ -32,6 +32,7 @@ dashboard_patterns = [
     path("usage.csv", views.usage_csv, name="usage_csv"),
     path("audit/", views.audit, name="audit"),
     path("alerts/", views.alerts, name="alerts"),
+    path("alerts/webhooks/<int:pk>/", views.webhook_edit, name="webhook_edit"),
     path("alerts/webhooks/<int:pk>/test/", views.webhook_test, name="webhook_test"),
     path("alerts/webhooks/<int:pk>/enable/", views.webhook_enable, name="webhook_enable"),
 ]

@@ -35,6 +35,7 @@ from limiter import selectors
 from limiter.alerts import selectors as alert_selectors
 from limiter.alerts import services as alert_services
 from limiter.alerts.models import Webhook
+from limiter.alerts.payload import redact_url
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
 from limiter.upstream import client as upstream
 from limiter.usage import selectors as usage_selectors
@@ -492,7 +493,11 @@ def alerts(request: StaffRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         services.webhook_add(
-            actor=request.user, name=data["name"], url=data["url"], team=data["team"]
+            actor=request.user,
+            name=data["name"],
+            url=data["url"],
+            team=data["team"],
+            rates=form.rates(),
         )
         messages.success(request, f"Webhook '{data['name']}' added.")
         return redirect("dashboard:alerts")
@@ -504,6 +509,26 @@ def alerts(request: StaffRequest) -> HttpResponse:
             "webhooks": alert_selectors.webhook_list(),
             "alerts": alert_selectors.alert_history(),
         },
+    )
+
+
+@staff_required
+def webhook_edit(request: StaffRequest, pk: int) -> HttpResponse:
+    """A webhook's own alert thresholds over the global settings."""
+    webhook = get_object_or_404(Webhook.objects.select_related("team"), pk=pk)
+    # The form validates a copy (a ModelForm writes into its instance while cleaning):
+    # the row itself keeps its old values for the audit entry.
+    form = forms.WebhookRatesForm(
+        request.POST or None, instance=Webhook.objects.select_related("team").get(pk=pk)
+    )
+    if request.method == "POST" and form.is_valid():
+        services.webhook_rates_update(actor=request.user, webhook=webhook, rates=form.rates())
+        messages.success(request, f"Alert thresholds of '{webhook.name}' saved.")
+        return redirect("dashboard:alerts")
+    return render(
+        request,
+        "dashboard/webhook_edit.html",
+        {"form": form, "webhook": webhook, "shown_url": redact_url(webhook.url)},
     )
 
 

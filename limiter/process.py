@@ -1,10 +1,9 @@
 """Process start-up: the background parts every web process runs, started once.
 
 `ensure_started()` starts, once per process and on the running loop: the limiter
-client's reply dispatcher, the 429 recorder, the alerts loop, and (embedded mode) the limiter worker
-client's reply dispatcher, the 429 recorder, the usage recorder (with the model
-prices loaded), and (embedded mode) the limiter worker
-itself and the job poller. `draining` is set while `serve` shuts down.
+client's reply dispatcher, the 429 recorder, the usage recorder (with the model prices
+loaded), the alerts loop, and (embedded mode) the limiter worker itself and the job
+poller. `draining` is set while `serve` shuts down.
 """
 
 from __future__ import annotations
@@ -115,8 +114,10 @@ async def drain(
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
     and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
     what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,
-    flush the 429 record and the usage rollups, then stop the server."""
+    flush the 429 record, the usage rollups and the alert counters, then stop the
+    server."""
     global draining
+    from limiter.alerts.delivery import alerts_stop, signals_flush
     from limiter.recorder import recorder
     from limiter.upstream import client as upstream
     from limiter.usage.recorder import usage_recorder
@@ -135,6 +136,14 @@ async def drain(
         logger.warning("shutting down with %d requests still in flight", served.in_flight)
     await recorder.flush()
     await usage_recorder.flush()
+    try:
+        # The counts since the last check, written and judged, once the loop is stopped:
+        # an alert raised here is queued in the database and sent by any other web
+        # process's loop, or by this one's next start.
+        await alerts_stop()
+        await signals_flush()
+    except Exception:
+        logger.exception("draining: could not write the alert counters")
     from limiter.worker import learned_persist
 
     await learned_persist()  # the embedded limiter's learned ceilings, for the next start

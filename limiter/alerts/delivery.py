@@ -9,6 +9,10 @@ Each round (`run_alerts`):
      failure schedule the next one after SLUICE_ALERT_RETRY_BACKOFF × 2^(attempt-1).
   3. Wait until the next check or the next due retry, or until `wake()` (a new alert).
 
+On SIGTERM the drain ends the loop (`alerts_stop`), then writes the last counts
+(`signals_flush`); an alert raised then is queued for the other processes, or this
+one's next start.
+
 Webhook URLs hold secrets: they are never logged, and errors are recorded scrubbed.
 """
 
@@ -28,8 +32,9 @@ from django.db.models import F, Min, Q
 from django.utils import timezone
 
 from limiter.alerts import monitor as signals
-from limiter.alerts.models import Attempt, Delivery, Signal
+from limiter.alerts.models import Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
+from limiter.models import Team
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +45,30 @@ SIGNAL_RETENTION = timedelta(days=1)
 
 _loop: asyncio.AbstractEventLoop | None = None
 _wakeup: asyncio.Event | None = None
+_stop: asyncio.Event | None = None
+_stopped: asyncio.Event | None = None
 
 
 def wake() -> None:
     """Make this process's loop look for due deliveries now (from any thread)."""
     if _loop is not None and _wakeup is not None and not _loop.is_closed():
         _loop.call_soon_threadsafe(_wakeup.set)
+
+
+async def alerts_stop() -> None:
+    """End this process's loop after its current round (the SIGTERM drain, before its
+    last `signals_flush`). Otherwise the alert that flush raises wakes the loop, which
+    claims the delivery and dies with the process before sending it: no one else could
+    send it until the claim lapsed. A round in the middle of a POST may take up to
+    SLUICE_ALERT_TIMEOUT; the drain waits no longer than that."""
+    if _stop is None or _stopped is None or _loop is not asyncio.get_running_loop():
+        return
+    _stop.set()
+    wake()
+    try:
+        await asyncio.wait_for(_stopped.wait(), settings.SLUICE_ALERT_TIMEOUT + 1)
+    except TimeoutError:
+        logger.warning("alerts: the loop did not stop in time; its claims will lapse")
 
 
 def backoff(attempts: int) -> float:
@@ -88,10 +111,10 @@ def signals_add(counts: Counter[tuple[str, str]], minute: datetime) -> None:
 
 
 def signals_check(counts: Counter[tuple[str, str]], now: datetime | None = None) -> int:
-    """Write `counts`, then raise every rate condition over its threshold in this minute.
-    Returns how many alerts this call raised."""
+    """Write `counts`, then raise every rate condition over its threshold in this minute:
+    the global setting's, and each webhook's own (`audiences`). Returns how many alerts
+    this call raised."""
     from limiter.alerts.services import notify
-    from limiter.models import Team
 
     global _pruned_at
     close_old_connections()
@@ -102,16 +125,27 @@ def signals_check(counts: Counter[tuple[str, str]], now: datetime | None = None)
     limits = thresholds()
     period = period_key(now)
     raised = 0
+    webhooks: list[Webhook] | None = None  # read once, if some row needs them
     for row in Signal.objects.filter(minute=minute):
         limit = limits.get(row.kind)
-        condition = f"{row.kind}:{row.subject}" if row.subject else row.kind
-        if limit is None or row.count < limit or (condition, period) in _raised:
+        if limit is None:
             continue
-        _raised.add((condition, period))
-        team = Team.objects.filter(pk=row.subject).first() if row.kind == signals.TEAM_429 else None
-        text, fields = _describe(row, team, limit, minute)
-        if notify(condition, period_key=period, text=text, team=team, fields=fields):
-            raised += 1
+        if webhooks is None:
+            webhooks = list(Webhook.objects.filter(enabled=True))
+        base = f"{row.kind}:{row.subject}" if row.subject else row.kind
+        for threshold, audience in audiences(row, limit, webhooks).items():
+            # The global threshold's alert keeps the plain name; a webhook's own
+            # threshold is another condition, deduplicated on its own.
+            condition = base if threshold == limit else f"{base}@{threshold}"
+            if row.count < threshold or (condition, period) in _raised:
+                continue
+            _raised.add((condition, period))
+            team = _team(row)
+            text, fields = _describe(row, team, threshold, minute)
+            alert = notify(
+                condition, period_key=period, text=text, team=team, fields=fields, webhooks=audience
+            )
+            raised += alert is not None
     if time.monotonic() - _pruned_at > 600:
         _pruned_at = time.monotonic()
         Signal.objects.filter(minute__lt=now - SIGNAL_RETENTION).delete()
@@ -120,7 +154,37 @@ def signals_check(counts: Counter[tuple[str, str]], now: datetime | None = None)
     return raised
 
 
-def _describe(row: Signal, team: object, limit: int, minute: datetime) -> tuple[str, dict]:
+def audiences(row: Signal, limit: int, webhooks: list[Webhook]) -> dict[int, list[Webhook]]:
+    """Who hears of this row's condition, by the threshold each listens at: the global
+    setting (`limit`, always present, so the alert is recorded even with no webhook) or
+    a webhook's own. A team's webhook hears only its team's alerts."""
+    team_id = int(row.subject) if row.kind == signals.TEAM_429 else None
+    groups: dict[int, list[Webhook]] = {limit: []}
+    for webhook in webhooks:
+        if webhook.hears(team_id):
+            groups.setdefault(webhook.threshold(row.kind, limit), []).append(webhook)
+    return groups
+
+
+def _team(row: Signal) -> Team | None:
+    if row.kind != signals.TEAM_429:
+        return None
+    return Team.objects.filter(pk=row.subject).first()
+
+
+async def signals_flush() -> int:
+    """Step 1 from the event loop: this process's counts written and judged, or kept for
+    the next round if the database fails. Also the SIGTERM drain's last word (process.py),
+    so a graceful shutdown loses no count."""
+    counts = signals.monitor.take()
+    try:
+        return await sync_to_async(signals_check, thread_sensitive=True)(counts)
+    except Exception:
+        signals.monitor.put_back(counts)
+        raise
+
+
+def _describe(row: Signal, team: Team | None, limit: int, minute: datetime) -> tuple[str, dict]:
     at = f"{minute:%H:%M} UTC"
     if row.kind == signals.TEAM_429:
         name = getattr(team, "name", f"#{row.subject}")
@@ -232,26 +296,28 @@ async def deliveries_send(client: httpx.AsyncClient) -> int:
 # --- the loop ----------------------------------------------------------------------------
 async def run_alerts(stop: asyncio.Event | None = None) -> None:
     """Steps 1-3 above until `stop` is set; a failing database is logged and retried."""
-    global _loop, _wakeup
+    global _loop, _wakeup, _stop, _stopped
     _loop, _wakeup = asyncio.get_running_loop(), asyncio.Event()
-    stop = stop or asyncio.Event()
+    _stop, _stopped = stop or asyncio.Event(), asyncio.Event()
+    try:
+        await _rounds(_stop, _wakeup)
+    finally:
+        _stopped.set()
+
+
+async def _rounds(stop: asyncio.Event, wakeup: asyncio.Event) -> None:
     interval = settings.SLUICE_ALERT_CHECK_INTERVAL
     next_check = 0.0
     async with httpx.AsyncClient(
         timeout=settings.SLUICE_ALERT_TIMEOUT, follow_redirects=False
     ) as client:
         while not stop.is_set():
-            _wakeup.clear()  # before reading: a wake during this round runs another
+            wakeup.clear()  # before reading: a wake during this round runs another
             wait = interval
             try:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + interval
-                    counts = signals.monitor.take()
-                    try:
-                        await sync_to_async(signals_check, thread_sensitive=True)(counts)
-                    except Exception:
-                        signals.monitor.put_back(counts)
-                        raise
+                    await signals_flush()
                 if await deliveries_send(client):
                     continue  # more may be due
                 due = await sync_to_async(next_due, thread_sensitive=True)()
@@ -261,6 +327,6 @@ async def run_alerts(stop: asyncio.Event | None = None) -> None:
             except Exception:
                 logger.exception("alerts: a round failed; trying again in %.0f s", interval)
             try:
-                await asyncio.wait_for(_wakeup.wait(), max(0.01, wait))
+                await asyncio.wait_for(wakeup.wait(), max(0.01, wait))
             except TimeoutError:
                 pass

@@ -7,10 +7,34 @@ path's counts per minute, summed over processes when a rate condition is checked
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from limiter.alerts.monitor import TEAM_429, UPSTREAM_429, UPSTREAM_503
 from limiter.models import Team
+
+# The rate conditions a webhook may set its own threshold for, and the field holding it.
+RATE_FIELDS = {
+    TEAM_429: "team_429_per_minute",
+    UPSTREAM_429: "upstream_429_per_minute",
+    UPSTREAM_503: "upstream_503_per_minute",
+}
+MAX_RATE = 1_000_000
+MSG_UPSTREAM_ON_TEAM = (
+    "Together's 429s and 503s are told to the organisation's webhooks only: "
+    "leave this empty on a team's webhook."
+)
+
+
+def _rate_field(label: str) -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_RATE)],
+        help_text=f"{label} in one minute; empty: the global setting.",
+    )
 
 
 class Webhook(models.Model):
@@ -26,12 +50,39 @@ class Webhook(models.Model):
     )
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # This webhook's own thresholds, over the SLUICE_ALERT_*_PER_MINUTE settings.
+    team_429_per_minute = _rate_field("A team's 429s from Sluice")
+    upstream_429_per_minute = _rate_field("Together's 429s")
+    upstream_503_per_minute = _rate_field("Together's 503s")
 
     class Meta:
         ordering = ["team__name", "name", "id"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.team.name if self.team else 'organisation'})"
+
+    def clean(self) -> None:
+        # A team's webhook never hears of Together's errors (they are no team's): an
+        # override there would promise an alert that never comes.
+        if self.team_id is not None:
+            errors = {
+                name: MSG_UPSTREAM_ON_TEAM
+                for name in ("upstream_429_per_minute", "upstream_503_per_minute")
+                if getattr(self, name) is not None
+            }
+            if errors:
+                raise ValidationError(errors)
+
+    def hears(self, team_id: int | None) -> bool:
+        """An organisation's webhook hears every alert; a team's, only its team's."""
+        return self.team_id is None or self.team_id == team_id
+
+    def threshold(self, kind: str, default: int) -> int:
+        """How many of `kind` in a minute this webhook is told about: its own number if
+        it set one, else the global setting (`default`)."""
+        field = RATE_FIELDS.get(kind)
+        override = getattr(self, field) if field else None
+        return default if override is None else override
 
 
 class Alert(models.Model):

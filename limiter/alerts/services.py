@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db import IntegrityError, transaction
 from django.db.models import Q
@@ -22,6 +22,14 @@ from limiter.models import Team
 logger = logging.getLogger(__name__)
 
 TEST_CONDITION = "test"
+
+
+class Rates(TypedDict, total=False):
+    """A webhook's own per-minute thresholds (models.RATE_FIELDS); None: the setting."""
+
+    team_429_per_minute: int | None
+    upstream_429_per_minute: int | None
+    upstream_503_per_minute: int | None
 
 
 def notify(
@@ -78,8 +86,22 @@ def webhook_test(*, webhook: Webhook) -> Alert:
     return alert
 
 
-def webhook_create(*, name: str, url: str, team: Team | None = None) -> Webhook:
-    return Webhook.objects.create(name=name, url=url, team=team)
+def webhook_create(
+    *, name: str, url: str, team: Team | None = None, rates: Rates | None = None
+) -> Webhook:
+    webhook = Webhook(name=name, url=url, team=team, **(rates or {}))
+    webhook.full_clean()
+    webhook.save()
+    return webhook
+
+
+def webhook_set_rates(*, webhook: Webhook, rates: Rates) -> Webhook:
+    """This webhook's own thresholds (None: the global setting), checked by the model."""
+    for name, value in rates.items():
+        setattr(webhook, name, value)
+    webhook.full_clean()
+    webhook.save(update_fields=list(rates))
+    return webhook
 
 
 def webhook_set_enabled(*, webhook: Webhook, enabled: bool) -> Webhook:

@@ -6,19 +6,27 @@ setting) while the receiver is down. Webhooks are added and tested from the dash
 
 from __future__ import annotations
 
-import re
-import sqlite3
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import html
+import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM
+from tests.alerts.helpers import (
+    CHAT_MODEL,
+    add_webhook,
+    csrf,
+    query,
+    refused,
+    staff_session,
+    tighten,
+    wait_until,
+)
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer, free_port
 
-CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 SETTINGS = {
     "SLUICE_ALERT_CHECK_INTERVAL": "0.2",
     "SLUICE_ALERT_RETRY_BACKOFF": "0.3",
@@ -32,92 +40,6 @@ SETTINGS = {
 def server(tmp_path_factory) -> Iterator[SluiceServer]:
     with SluiceServer(tmp_path_factory.mktemp("alerts"), env=SETTINGS) as server:
         yield server
-
-
-def query(server: SluiceServer, sql: str, *args: object) -> list[tuple]:
-    """Read the server's database directly (SQLite, read-only)."""
-    path = server.env["DATABASE_URL"].removeprefix("sqlite:///")
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        return db.execute(sql, args).fetchall()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll the server's state (its background loop gives no other signal to a test)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def staff_session(server: SluiceServer) -> Iterator[httpx.Client]:
-    """A logged-in staff user's browser session (cookies and CSRF), over HTTP."""
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        yield _logged_in(client, server)
-
-
-def _logged_in(client: httpx.Client, server: SluiceServer) -> httpx.Client:
-    page = client.get("/login/")
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
-    assert token
-    done = client.post(
-        "/login/",
-        data={
-            "csrfmiddlewaretoken": token.group(1),
-            "username": server.admin_username,
-            "password": server.admin_password,
-        },
-    )
-    assert done.status_code == 302, done.text
-    return client
-
-
-def csrf(client: httpx.Client) -> str:
-    return client.cookies["csrftoken"]
-
-
-def add_webhook(client: httpx.Client, server: SluiceServer, name: str, url: str, team: str) -> int:
-    team_id = query(server, "select id from limiter_team where name = ?", team)[0][0]
-    done = client.post(
-        "/alerts/",
-        data={"csrfmiddlewaretoken": csrf(client), "name": name, "url": url, "team": team_id},
-    )
-    assert done.status_code == 302, done.text
-    return query(server, "select id from alerts_webhook where name = ?", name)[0][0]
-
-
-def tighten(server: SluiceServer, team: str) -> None:
-    """One chat call a minute for `team`, no queue: the next ones are 429s."""
-    server.make_profile(
-        "one-a-minute",
-        {
-            "chat": {
-                "requests_per_minute": 1,
-                "pace_per_minute": None,
-                "burst": 1,
-                "queue_depth": 0,
-                "max_queue_wait_seconds": 0,
-            }
-        },
-    )
-    server.python(
-        "from limiter.models import Team, LimitProfile;"
-        f"t = Team.objects.get(name={team!r});"
-        " t.profile = LimitProfile.objects.get(name='one-a-minute'); t.save()"
-    )
-
-
-def refused(server: SluiceServer, key: str, calls: int) -> int:
-    with httpx.Client(headers={"authorization": f"Bearer {key}"}, timeout=30) as http:
-        codes = [
-            http.post(
-                f"{server.url}/v1/chat/completions",
-                json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]},
-            ).status_code
-            for _ in range(calls)
-        ]
-    return codes.count(429)
 
 
 def test_a_teams_429s_raise_one_alert_however_long_they_go_on(server):
@@ -239,3 +161,70 @@ def test_budget_thresholds_alert_the_team_once_per_period(server):
             "no delivery pending",
         )
         assert len(receiver.bodies) == 2
+
+
+def test_a_webhooks_own_threshold_is_set_in_the_alerts_page_and_heard_alone(server):
+    key = server.issue_key("edgy")
+    tighten(server, "edgy")
+    team_id = query(server, "select id from limiter_team where name = 'edgy'")[0][0]
+    with Receiver() as receiver, staff_session(server) as staff:
+        # A team's webhook cannot take Together's thresholds: a form error, nothing saved.
+        refused_form = staff.post(
+            "/alerts/",
+            data={
+                "csrfmiddlewaretoken": csrf(staff),
+                "name": "edgy-hook",
+                "url": receiver.url("/edgy-secret"),
+                "team": team_id,
+                "upstream_429_per_minute": "5",
+            },
+        )
+        assert refused_form.status_code == 200
+        assert MSG_UPSTREAM_ON_TEAM in html.unescape(refused_form.text)
+        assert query(server, "select count(*) from alerts_webhook where name = 'edgy-hook'") == [
+            (0,)
+        ]
+        webhook = add_webhook(staff, server, "edgy-hook", receiver.url("/edgy-secret"), "edgy")
+
+        page = staff.get(f"/alerts/webhooks/{webhook}/")
+        assert page.status_code == 200 and 'placeholder="3"' in page.text  # the global 3
+        assert "edgy-secret" not in page.text
+        rates = f"/alerts/webhooks/{webhook}/"
+        zero = staff.post(
+            rates, data={"csrfmiddlewaretoken": csrf(staff), "team_429_per_minute": 0}
+        )
+        assert zero.status_code == 200 and "greater than or equal to 1" in zero.text
+        saved = staff.post(
+            rates, data={"csrfmiddlewaretoken": csrf(staff), "team_429_per_minute": 1}
+        )
+        assert saved.status_code == 302, saved.text
+        assert query(
+            server, "select team_429_per_minute from alerts_webhook where id = ?", webhook
+        ) == [(1,)]
+        assert "team 429s ≥ 1" in staff.get("/alerts/").text
+        audited = query(
+            server, "select new_values from dashboard_auditentry where action = 'webhook_rates'"
+        )
+        assert [json.loads(new)["team_429_per_minute"] for (new,) in audited] == [1]
+
+        # One 429, under the global 3 but at this webhook's 1: it alone is told, once.
+        assert refused(server, key, 2) == 1
+        [alert] = receiver.wait_for(1)
+        assert alert["sluice"]["condition"] == f"team_429:{team_id}@1"
+        assert refused(server, key, 1) == 1  # 2 in all: still under the global 3
+
+        def all_judged() -> bool:
+            counted = query(
+                server,
+                "select coalesce(sum(count), 0) from alerts_signal"
+                " where kind = 'team_429' and subject = ?",
+                str(team_id),
+            )[0][0]
+            pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
+            return counted == 2 and pending == [(0,)]
+
+        wait_until(all_judged, "every 429 counted and no delivery pending")
+        assert len(receiver.bodies) == 1
+        assert query(server, "select condition from alerts_alert where team_id = ?", team_id) == [
+            (f"team_429:{team_id}@1",)
+        ]

@@ -1,5 +1,6 @@
 """Alerts without a server: deduplication by the database, rates summed over processes,
-who gets which alert, the retry schedule, and webhook secrets kept out of sight."""
+who gets which alert (webhooks' own thresholds included), the retry schedule, and
+webhook secrets kept out of sight."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from limiter.alerts import delivery, monitor
-from limiter.alerts.models import Alert, Attempt, Delivery, Signal
+from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM, Alert, Attempt, Delivery, Signal
 from limiter.alerts.payload import alert_payload, redact_url, scrub
-from limiter.alerts.services import notify, webhook_create
+from limiter.alerts.services import notify, webhook_create, webhook_set_rates
 from limiter.services import team_get_or_create
 
 NOW = datetime(2026, 11, 29, 10, 30, 15, tzinfo=UTC)
@@ -139,3 +141,58 @@ def test_webhook_urls_are_shown_and_recorded_without_their_secret():
     assert redact_url("https://user:pw@example.org:8443/?k=SECRET") == "https://example.org:8443/…"
     error = f"ConnectError: could not reach {slack}"
     assert "XXXXSECRET" not in scrub(error, slack)
+
+
+def test_a_webhooks_own_thresholds_tell_it_alone_once_each(teams):
+    search, ads = teams
+    org = webhook_create(name="org", url="https://hooks.example/org")
+    eager = webhook_create(
+        name="eager", url="https://hooks.example/eager", rates={"team_429_per_minute": 1}
+    )
+    own = webhook_create(
+        name="search",
+        url="https://hooks.example/search",
+        team=search,
+        rates={"team_429_per_minute": 5},
+    )
+    webhook_create(  # another team's: hears nothing of search's 429s, whatever its number
+        name="ads", url="https://hooks.example/ads", team=ads, rates={"team_429_per_minute": 1}
+    )
+    key = (monitor.TEAM_429, str(search.pk))
+    base = f"team_429:{search.pk}"
+
+    def told() -> dict[str, set[str]]:
+        return {
+            alert.condition: {d.webhook.name for d in alert.deliveries.all()}
+            for alert in Alert.objects.all()
+        }
+
+    assert delivery.signals_check(Counter({key: 1}), NOW) == 1  # eager's 1 reached
+    assert told() == {f"{base}@1": {"eager"}}
+    assert delivery.signals_check(Counter({key: 2}), NOW) == 1  # 3: the global setting
+    assert told() == {f"{base}@1": {"eager"}, base: {"org"}}
+    delivery._raised.clear()  # another process: the database still says "once"
+    assert delivery.signals_check(Counter({key: 2}), NOW) == 1  # 5: search's own
+    assert told() == {f"{base}@1": {"eager"}, base: {"org"}, f"{base}@5": {"search"}}
+    assert delivery.signals_check(Counter({key: 10}), NOW) == 0
+    assert {org, eager, own} == {d.webhook for d in Delivery.objects.all()}
+    alert = Alert.objects.get(condition=f"{base}@5")
+    assert alert.fields["per_minute_threshold"] == 5 and "got 5 429s" in alert.text
+
+
+def test_a_teams_webhook_cannot_take_together_thresholds(teams):
+    search, _ = teams
+    with pytest.raises(ValidationError) as refused:
+        webhook_create(
+            name="search",
+            url="https://hooks.example/search",
+            team=search,
+            rates={"upstream_503_per_minute": 2},
+        )
+    assert refused.value.message_dict == {"upstream_503_per_minute": [MSG_UPSTREAM_ON_TEAM]}
+    org = webhook_create(name="org", url="https://hooks.example/org")
+    webhook_set_rates(webhook=org, rates={"upstream_503_per_minute": 2})
+    with pytest.raises(ValidationError):
+        webhook_set_rates(webhook=org, rates={"upstream_429_per_minute": 0})
+    org.refresh_from_db()
+    assert (org.upstream_503_per_minute, org.upstream_429_per_minute) == (2, None)

@@ -244,6 +244,7 @@ class World:
     b_profile_id: int
     b_limit_id: int
     b_budget_id: int
+    b_webhook_id: int
     b_files: dict[str, str]  # kind -> file id
     b_fine_tunes: Jobs
     b_batches: Jobs
@@ -341,6 +342,14 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         .raise_for_status()
         .json()["id"]
     )
+    # B's webhook, disabled: nothing is ever sent to it, it only gives its page a path.
+    b_webhook_id = int(
+        server.python(
+            "from limiter.alerts.models import Webhook\n"
+            f"print(Webhook.objects.create(name='iso-b-hook', team_id={b.id}, enabled=False,"
+            " url='https://hooks.example/iso-b-secret').pk)\n"
+        )
+    )
 
     # B's files: multipart, the SDKs' redirect flow (POST, PUT to Location, preprocess),
     # a batch input.
@@ -421,6 +430,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_profile_id=b_profile["id"],
         b_limit_id=b_limit_id,
         b_budget_id=b_budget_id,
+        b_webhook_id=b_webhook_id,
         b_files=files,
         b_fine_tunes=b_fine_tunes,
         b_batches=b_batches,

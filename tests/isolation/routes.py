@@ -179,9 +179,18 @@ PAGE_ROUTES = [
         "/alerts/",
         {"name": "stolen", "url": "https://attacker.example/hook", "team": ""},
     ),
-    # No webhook exists in the walk's world: the refusal comes before the lookup.
-    PageRoute("dashboard:webhook_test", "POST", "/alerts/webhooks/1/test/"),
-    PageRoute("dashboard:webhook_enable", "POST", "/alerts/webhooks/1/enable/", {"enabled": "0"}),
+    # B's webhook (disabled: nothing is sent to it).
+    PageRoute("dashboard:webhook_edit", "GET", "/alerts/webhooks/{webhook}/"),
+    PageRoute(
+        "dashboard:webhook_edit",
+        "POST",
+        "/alerts/webhooks/{webhook}/",
+        {"team_429_per_minute": "1"},
+    ),
+    PageRoute("dashboard:webhook_test", "POST", "/alerts/webhooks/{webhook}/test/"),
+    PageRoute(
+        "dashboard:webhook_enable", "POST", "/alerts/webhooks/{webhook}/enable/", {"enabled": "0"}
+    ),
 ]
 
 # Public by design: the way in and out. Walked anonymously only (a logout would end the
