@@ -251,6 +251,7 @@ class SandboxState:
             request=request,
             trainingfile_numlines=training.line_count if training else 0,
             trainingfile_size=len(training.content or b"") if training else 0,
+            training_tokens=len((training.content or b"").split()) if training else 0,
         )
         self.fine_tunes[job.id] = job
         return job
