@@ -9,7 +9,8 @@ from django import forms
 from django.utils import timezone
 
 from limiter import selectors
-from limiter.models import EndpointKind, EndpointLimit, LimitProfile, RefusalSource, Team
+from limiter.models import ApiKey, EndpointKind, EndpointLimit, LimitProfile, RefusalSource, Team
+from limiter.usage.models import Budget
 
 MSG_NEGATIVE = "Must be 0 or more."
 MSG_BURST = "Burst must be at least 1."
@@ -179,3 +180,28 @@ class RefusalFilterForm(forms.Form):
             reason=data.get("reason", "").strip(),
             source=data.get("source", ""),
         )
+
+
+class BudgetForm(forms.ModelForm):
+    """A budget on the team page: its keys only; the model validates the rest (limit
+    above zero, threshold between 1% and 100%, a key of the budget's own team)."""
+
+    class Meta:
+        model = Budget
+        fields = ["key", "model", "unit", "period", "limit", "soft_threshold"]
+        labels = {
+            "key": "Key",
+            "model": "Model",
+            "limit": "Limit",
+            "soft_threshold": "Alert at (fraction)",
+        }
+        widgets = {"model": forms.TextInput(attrs={"placeholder": "all models"})}
+
+    def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.team = team
+        # Only this team's keys can be chosen: another team's is "not a valid choice".
+        key_field = self.fields["key"]
+        assert isinstance(key_field, forms.ModelChoiceField)
+        key_field.queryset = ApiKey.objects.filter(team=team, revoked_at__isnull=True)
+        key_field.empty_label = "every key of the team"

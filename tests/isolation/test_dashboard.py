@@ -31,6 +31,7 @@ def page_path(world: World, path: str) -> str:
         key=world.b_teammate.key_id,
         profile=world.b_profile_id,
         limit=world.b_limit_id,
+        budget=world.b_budget_id,
     )
 
 
