@@ -117,10 +117,12 @@ class Sluice:
         redis_url: str = "",
         database_url: str = "",
         server: str = "daphne",
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.server = server
         extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
+        extra.update(env or {})  # settings under test (SLUICE_USAGE_RECORDING...)
         if redis_url:
             extra["REDIS_URL"] = redis_url
         self.env = base_env(
