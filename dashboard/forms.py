@@ -17,6 +17,7 @@ from limiter.alerts.models import RATE_FIELDS, Webhook
 from limiter.alerts.services import Rates
 from limiter.models import (
     MODEL_ENDPOINTS,
+    ApiKey,
     EndpointKind,
     EndpointLimit,
     LimitProfile,
@@ -24,6 +25,7 @@ from limiter.models import (
     Team,
     UpstreamAccount,
 )
+from limiter.usage.models import Budget
 from limiter.usage.selectors import UsageQuery
 
 MSG_NEGATIVE = "Must be 0 or more."
@@ -410,3 +412,28 @@ class WebhookForm(WebhookRatesForm):
 
     class Meta(WebhookRatesForm.Meta):
         fields = ["name", "url", "team", *RATE_FIELDS.values()]
+
+
+class BudgetForm(forms.ModelForm):
+    """A budget on the team page: its keys only; the model validates the rest (limit
+    above zero, threshold between 1% and 100%, a key of the budget's own team)."""
+
+    class Meta:
+        model = Budget
+        fields = ["key", "model", "unit", "period", "limit", "soft_threshold"]
+        labels = {
+            "key": "Key",
+            "model": "Model",
+            "limit": "Limit",
+            "soft_threshold": "Alert at (fraction)",
+        }
+        widgets = {"model": forms.TextInput(attrs={"placeholder": "all models"})}
+
+    def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instance.team = team
+        # Only this team's keys can be chosen: another team's is "not a valid choice".
+        key_field = self.fields["key"]
+        assert isinstance(key_field, forms.ModelChoiceField)
+        key_field.queryset = ApiKey.objects.filter(team=team, revoked_at__isnull=True)
+        key_field.empty_label = "every key of the team"

@@ -8,6 +8,7 @@ new values in the same transaction. `actor` is None for the admin token.
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -26,6 +27,7 @@ from limiter.alerts.services import Rates
 from limiter.learned import learned_delete
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 from limiter.services import IssuedKey
+from limiter.usage.models import Budget
 
 TOKEN_ACTOR = "admin token"
 
@@ -71,6 +73,8 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, models.Model):
+        return str(value)
+    if isinstance(value, Decimal):  # a budget's limit: exact, as the form took it
         return str(value)
     return value
 
@@ -382,3 +386,24 @@ def webhook_enable(*, actor: User | None, webhook: Webhook, enabled: bool) -> We
             new={"enabled": enabled},
         )
     return webhook
+
+
+# --- budgets --------------------------------------------------------------------------------
+BUDGET_FIELDS = ("team", "key", "model", "unit", "period", "limit", "soft_threshold", "enabled")
+
+
+def budget_add(*, actor: User | None, budget: Budget) -> Budget:
+    """Save a budget a dashboard form validated, audited. The save broadcasts: the
+    limiter holds it at once (limiter/usage/signals.py)."""
+    budget.full_clean()
+    with transaction.atomic():
+        budget.save()
+        audit_record(actor=actor, action="create", obj=budget, new=_values(budget, BUDGET_FIELDS))
+    return budget
+
+
+def budget_remove(*, actor: User | None, budget: Budget) -> None:
+    old = _values(budget, BUDGET_FIELDS)
+    with transaction.atomic():
+        audit_record(actor=actor, action="delete", obj=budget, old=old)
+        budget.delete()

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard import views
+from dashboard import budget_views, views
 from dashboard.api import api
 
 dashboard_patterns = [
@@ -24,6 +24,8 @@ dashboard_patterns = [
     path("teams/<int:pk>/pause/", views.team_pause, name="team_pause"),
     path("teams/<int:pk>/profile/", views.team_profile, name="team_profile"),
     path("teams/<int:pk>/keys/", views.key_create, name="key_create"),
+    path("teams/<int:pk>/budgets/", budget_views.budget_create, name="budget_create"),
+    path("budgets/<int:pk>/delete/", budget_views.budget_delete, name="budget_delete"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
     path("keys/<int:pk>/rotate/", views.key_rotate, name="key_rotate"),
     path("refusals/", views.refusals, name="refusals"),

@@ -286,7 +286,12 @@ def teams(request: StaffRequest) -> HttpResponse:
 
 
 @staff_required
-def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = None) -> HttpResponse:
+def team(
+    request: StaffRequest,
+    pk: int,
+    issued: services.IssuedKey | None = None,
+    budget_form: forms.BudgetForm | None = None,
+) -> HttpResponse:
     obj = get_object_or_404(Team.objects.select_related("profile", "upstream"), pk=pk)
     return render(
         request,
@@ -297,6 +302,7 @@ def team(request: StaffRequest, pk: int, issued: services.IssuedKey | None = Non
             "key_form": forms.KeyCreateForm(),
             "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
             "issued": issued,
+            "budget_form": budget_form,  # a refused one, shown again with its errors
             "now": timezone.now(),
             # Read-only here: spent as the rollups record it (the limiter's own count,
             # which enforces, is not exposed and may be a flush interval ahead).

@@ -54,12 +54,12 @@ async def _start() -> LimiterClient:
     await client.start()
     recorder.start()
     if settings.SLUICE_USAGE_RECORDING:
-        from limiter.usage.prices import prices, refresh_from_together
+        from limiter.usage.prices import prices
         from limiter.usage.recorder import usage_recorder
 
-        # The prices in force before the first call: staff's overrides, Together's list.
-        await prices.reload_if_due(force=True)
-        await refresh_from_together()
+        # Staff's overrides and Together's list, in the background: no call waits for
+        # Together's model list (calls of models with no price yet are priced at flush).
+        prices.fetch_in_background()
         usage_recorder.start()
     upstream.client  # noqa: B018  (build it now: its TLS context costs tens of ms, not for the first caller)
     from limiter.alerts.delivery import run_alerts
@@ -135,7 +135,7 @@ async def drain(
     if served.in_flight:
         logger.warning("shutting down with %d requests still in flight", served.in_flight)
     await recorder.flush()
-    await usage_recorder.flush()
+    await usage_recorder.flush(final=True)
     try:
         # The counts since the last check, written and judged, once the loop is stopped:
         # an alert raised here is queued in the database and sent by any other web

@@ -126,18 +126,20 @@ class SandboxApp:
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
         try:
-            response = await self._respond(request, scope["path"])
+            response = await self._respond(request, scope["path"], gone)
             await self._send(response, send, gone)
         finally:
             watcher.cancel()
 
-    async def _respond(self, request: Request, full_path: str) -> Response:
+    async def _respond(
+        self, request: Request, full_path: str, gone: asyncio.Event | None = None
+    ) -> Response:
         """Any failure becomes a JSON error: callers never see a traceback."""
         request_id = new_request_id()
         try:
             if not full_path.startswith(self.prefix + "/") and full_path != self.prefix:
                 raise ApiError(404, f"Unknown path {full_path}", code="not_found")
-            response = await self._dispatch(request)
+            response = await self._dispatch(request, gone or asyncio.Event())
         except ApiError as error:
             response = error.response()
         except Exception as exc:  # any bug must still answer in Together's error shape
@@ -160,7 +162,7 @@ class SandboxApp:
             # A server may cancel us when the client leaves; count that as a disconnect too.
             streams["completed" if finished else "disconnected"] += 1
 
-    async def _dispatch(self, request: Request) -> Response:
+    async def _dispatch(self, request: Request, gone: asyncio.Event) -> Response:
         path = request.path
         if path.startswith("/sandbox/"):
             return self._control(request)
@@ -174,8 +176,30 @@ class SandboxApp:
         if kind is not None:
             return await self._inference(kind, request)
         if path == "/v1/models" and request.method == "GET":
-            return json_response(model_list(self.state.config.extra_models))
+            return await self._model_list(gone)
         return self._route(request)
+
+    async def _model_list(self, gone: asyncio.Event) -> Response:
+        counts = self.state.model_lists
+        counts["asked"] += 1
+        if self.state.config.hold_model_list:
+            # Held until the config lets go or the caller leaves.
+            counts["waiting"] += 1
+            waits = [
+                asyncio.ensure_future(self.state.model_list_released.wait()),
+                asyncio.ensure_future(gone.wait()),
+            ]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                counts["waiting"] -= 1
+                for wait in waits:
+                    wait.cancel()
+            if gone.is_set():
+                counts["abandoned"] += 1
+                raise ApiError(499, "The caller left before the model list was sent")
+        counts["answered"] += 1
+        return json_response(model_list(self.state.config.extra_models))
 
     def _route(self, request: Request) -> Response:
         allowed = False

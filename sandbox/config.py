@@ -128,6 +128,9 @@ class SandboxConfig:
     stream_chunk_delay_ms: float = 0.0
     # Accepted on top of the built-in catalogue (listed as chat models).
     extra_models: list[str] = field(default_factory=list)
+    # GET /v1/models answers only once this is false again (a model list that hangs);
+    # a caller that gives up meanwhile is counted in stats' model_lists.abandoned.
+    hold_model_list: bool = False
 
     # Jobs run in accelerated time.
     fine_tune_seconds: float = 2.0

@@ -15,6 +15,9 @@ from typing import Any
 _FT_PHASES: tuple[tuple[float, str], ...] = ((0.0, "pending"), (0.1, "queued"), (0.25, "running"))
 _BATCH_VALIDATING_SHARE = 0.2
 BATCH_DEADLINE_SECONDS = 24 * 3600
+# What the sandbox bills a fine-tune, in Together's unit for `total_price`: nano-dollars
+# (the together SDK divides it by 1e9), per token processed: $0.48 per million tokens.
+FINE_TUNE_NANODOLLARS_PER_TOKEN = 480
 
 
 def iso(ts: float) -> str:
@@ -48,6 +51,21 @@ class FineTune(Job):
     request: dict[str, Any] = field(default_factory=dict)
     trainingfile_numlines: int = 0
     trainingfile_size: int = 0
+    training_tokens: int = 0  # the training file's words, as the price estimate counts them
+
+    def token_count(self, now: float) -> int | None:
+        """Tokens processed, as Together reports them once tokenization is done (at the
+        running phase): n_epochs passes over the training file; a job cancelled while
+        training counts the share it trained. None before tokenization."""
+        running_since = self.started + self.duration * _FT_PHASES[2][0]
+        end = min(now, self.finish_time())
+        if end < running_since:
+            return 0 if self.status(now) == "cancelled" else None
+        full = int(self.request.get("n_epochs", 1) or 1) * self.training_tokens
+        if self.status(now) == "cancelled":
+            span = self.started + self.duration - running_since
+            return int(full * (end - running_since) / span) if span > 0 else full
+        return full
 
     def status(self, now: float) -> str:
         if self.cancelled_at is not None and now >= self.cancelled_at:
@@ -64,6 +82,7 @@ class FineTune(Job):
         running_since = self.started + self.duration * _FT_PHASES[2][0]
         model = self.request.get("model")
         suffix = self.request.get("suffix") or "sandbox"
+        tokens = self.token_count(now)
         return {
             "id": self.id,
             "object": "fine-tune",
@@ -86,6 +105,8 @@ class FineTune(Job):
             "updated_at": iso(updated),
             "started_at": iso(self.wall(running_since)) if now >= running_since else None,
             "epochs_completed": self.request.get("n_epochs", 1) if status == "completed" else 0,
+            "token_count": tokens,
+            "total_price": None if tokens is None else tokens * FINE_TUNE_NANODOLLARS_PER_TOKEN,
             "events": [],
         }
 

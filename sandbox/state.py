@@ -7,6 +7,7 @@ Tests reach the same methods in process through `app.state`.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import random
@@ -79,6 +80,11 @@ class SandboxState:
         self.dynamic = DynamicLimiter()
         self.kinds = {kind: KindStats() for kind in KINDS}
         self.streams = {"started": 0, "completed": 0, "disconnected": 0}
+        # GET /v1/models: asked, answered, abandoned by the caller while held, held now.
+        self.model_lists = {"asked": 0, "answered": 0, "abandoned": 0, "waiting": 0}
+        self.model_list_released = asyncio.Event()  # set while hold_model_list is off
+        if not self.config.hold_model_list:
+            self.model_list_released.set()
         self.seen_headers: dict[str, str | None] = {"x-request-id": None}
         self.files: dict[str, StoredFile] = {}
         self.fine_tunes: dict[str, FineTune] = {}
@@ -97,6 +103,10 @@ class SandboxState:
         if "seed" in patch:
             self.rng = random.Random(patch["seed"])
         self.config.merge(patch)
+        if self.config.hold_model_list:
+            self.model_list_released.clear()
+        else:
+            self.model_list_released.set()
         return self.config.to_dict()
 
     def reset(self) -> None:
@@ -110,6 +120,7 @@ class SandboxState:
         return {
             **{kind: stats.to_json() for kind, stats in self.kinds.items()},
             "streams": dict(self.streams),
+            "model_lists": dict(self.model_lists),
             "fine_tunes": {
                 "created": len(fine_tunes),
                 "active": sum(job.is_active(now) for job in fine_tunes),
@@ -247,6 +258,7 @@ class SandboxState:
             request=request,
             trainingfile_numlines=training.line_count if training else 0,
             trainingfile_size=len(training.content or b"") if training else 0,
+            training_tokens=len((training.content or b"").split()) if training else 0,
         )
         self.fine_tunes[job.id] = job
         return job

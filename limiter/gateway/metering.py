@@ -93,8 +93,7 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         elif endpoint == "images":
             n = body.get("n")
             units = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-    price = prices.price(model)
-    usage_recorder.record(
+    usage_recorder.record(  # at the price in force, or priced when written if none yet
         team_id=key.team_id,
         team_name=key.team_name,
         key_prefix=key.prefix,
@@ -107,17 +106,36 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         total=total,
         units=units,
         estimated=estimated,
-        price=price,
     )
-    if not prices.knows(model) and usage_recorder.should_refresh(key.account_id):
+    known = prices.knows(model)
+    if not known and not prices.fetching and usage_recorder.should_refresh(key.account_id):
         from limiter.gateway.catalog import refresh_prices
 
         spawn(refresh_prices(key))
     if admission.budgeted:
         images = units if endpoint == "images" else 0
-        process.report_usage(
-            key_id=key.key_id,
-            model=admission.model,
-            tokens=float(total),
-            cost=float(cost_of(price, prompt, completion, images)),
-        )
+        if known or not prices.fetching:
+            cost = cost_of(prices.price(model), prompt, completion, images)
+            process.report_usage(
+                key_id=key.key_id, model=admission.model, tokens=float(total), cost=float(cost)
+            )
+        else:
+            # The process has just started and the model's price is on its way: the tokens
+            # now, the cost once the price is known (only dollar budgets wait for it).
+            process.report_usage(
+                key_id=key.key_id, model=admission.model, tokens=float(total), cost=0.0
+            )
+            spawn(
+                _report_cost_when_priced(
+                    key.key_id, admission.model, model, prompt, completion, images
+                )
+            )
+
+
+async def _report_cost_when_priced(
+    key_id: str, asked: str, model: str, prompt: int, completion: int, images: int
+) -> None:
+    await prices.settled()
+    cost = cost_of(prices.price(model), prompt, completion, images)
+    if cost:
+        process.report_usage(key_id=key_id, model=asked, tokens=0.0, cost=float(cost))

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
 from limiter.events import LIVE_GROUP
-from limiter.jobs import selectors, services, together
+from limiter.jobs import selectors, services, together, usage
 from limiter.jobs.live import HEARTBEAT_SECONDS
 from limiter.jobs.models import Job
 
@@ -44,7 +44,8 @@ class Poller:
         2. poll running jobs that are due, recording status changes (a terminal
            status frees the job's slot);
         3. start queued jobs while slots are free, fairly across teams;
-        4. publish the jobs snapshot to the dashboard when it changed.
+        4. record what ended jobs used (tokens and cost, once per job);
+        5. publish the jobs snapshot to the dashboard when it changed.
 
         With `stop` set between steps, the pass ends early.
         """
@@ -55,6 +56,7 @@ class Poller:
             self.reconcile_starting,
             self.poll_running,
             self.start_queued,
+            self.record_usage,
             self.publish,
         ]
         for step in steps:
@@ -93,6 +95,9 @@ class Poller:
             results = await services.jobs_start_queued(account_id=account_id, kind=kind)
             started = started or bool(results)
         return started
+
+    async def record_usage(self) -> bool:
+        return await usage.jobs_usage_collect()
 
     async def publish(self) -> bool:
         # Every change of any job writes a JobEvent, in whichever process made it; the

@@ -24,6 +24,9 @@ Budget: a ceiling per team (optionally one key) on tokens or dollars per calenda
 
 BudgetCrossing: each threshold a budget crossed, once per (budget, level, period):
   the record `budgets.threshold_crossed` writes, and what alerts will read.
+
+JobUsage: a fine-tune's or batch's usage, recorded once per job (the one-to-one) in the
+  same transaction as its rollup rows, so any number of pollers record it exactly once.
 """
 
 from __future__ import annotations
@@ -214,3 +217,21 @@ class BudgetCrossing(models.Model):
 
     def __str__(self) -> str:
         return f"{self.budget} {self.level} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class JobUsage(models.Model):
+    """What an ended fine-tune or batch used, as Together reported it: written once, with
+    the job's rollup rows (limiter/usage/jobs.py)."""
+
+    job = models.OneToOneField("limiter.Job", on_delete=models.CASCADE, related_name="usage")
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
+    # Why nothing was counted, when nothing was ("no token count reported"...).
+    note = models.CharField(max_length=200, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}: {self.total_tokens} tokens, ${self.cost}"

@@ -1,14 +1,18 @@
 """Each web process's copy of the model prices: Together's list price, or staff's override.
 
 Read on the request path (a dict lookup), never from the database there. Loaded from
-ModelPrice when the process starts and again every RELOAD_SECONDS (a staff override
-reaches every process within that), and updated at once from every model list Sluice
-fetches from Together (limiter/gateway/catalog.py calls `observe`), whose prices are
-also written to ModelPrice off the request path.
+ModelPrice and every account's model list in the background when the process starts
+(`fetch_in_background`: a process serves at once, whatever the model list does), again
+from ModelPrice every RELOAD_SECONDS (a staff override reaches every process within
+that), and updated at once from every model list Sluice fetches from Together
+(limiter/gateway/catalog.py calls `observe`), whose prices are also written to
+ModelPrice off the request path. A call whose model has no price yet is priced when its
+rollup row is written (limiter/usage/recorder.py), after the start-up fetch has ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from decimal import Decimal, InvalidOperation
@@ -57,6 +61,32 @@ class Prices:
         self._override: dict[str, Price] = {}
         self._table: dict[str, Price] = {}
         self.loaded_at = -RELOAD_SECONDS
+        # The start-up load and fetch of Together's lists, while it runs (see `fetching`).
+        self.fetch: asyncio.Task[None] | None = None
+
+    @property
+    def fetching(self) -> bool:
+        """Whether the start-up fetch still runs: calls of a model with no price wait for
+        it to be priced (their rows, and their reports to dollar budgets)."""
+        return self.fetch is not None and not self.fetch.done()
+
+    def fetch_in_background(self) -> None:
+        """Load the prices held in the database, then every account's model list, in a
+        task: the process serves meanwhile (an upstream that never answers the model list
+        delays no call). A failure is logged; the prices stay as they were."""
+        self.fetch = asyncio.get_running_loop().create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        await self.reload_if_due(force=True)
+        try:
+            await refresh_from_together()
+        except Exception:
+            logger.exception("could not fetch Together's model prices")
+
+    async def settled(self) -> None:
+        """Wait for the start-up fetch to end (at once when it has)."""
+        if self.fetch is not None and not self.fetch.done():
+            await asyncio.wait([self.fetch])
 
     def price(self, model: str) -> Price:
         return self._table.get(model, NO_PRICE)
@@ -123,12 +153,15 @@ class Prices:
 
 prices = Prices()
 
-START_DEADLINE = 5.0  # seconds the first price fetch may take before serving without it
+# Seconds the start-up fetch of one account's model list may take. It runs in the
+# background; calls of models with no price meanwhile are priced when it ends.
+FETCH_DEADLINE = 15.0
 
 
 async def refresh_from_together() -> None:
-    """Fetch every upstream account's model list for its prices (a process starting: the
-    first calls are priced). A failure is logged; calls are recorded unpriced meanwhile."""
+    """Fetch every upstream account's model list for its prices, all at once (a process
+    starting). A failure is logged; its account's models stay unpriced until a call
+    names one (limiter/gateway/metering.py asks again, at most once a minute)."""
     from limiter.models import UpstreamAccount
     from limiter.upstream import UpstreamError, account_target
     from limiter.upstream import client as upstream
@@ -137,24 +170,26 @@ async def refresh_from_together() -> None:
     def accounts() -> list[UpstreamAccount]:
         return list(UpstreamAccount.objects.all())
 
-    for account in await sync_to_async(accounts, thread_sensitive=True)():
+    async def one(account: UpstreamAccount) -> None:
         try:
             outcome = await upstream.send(
                 account_target(account),
                 "GET",
                 "/models",
-                deadline=time.monotonic() + START_DEADLINE,
+                deadline=time.monotonic() + FETCH_DEADLINE,
             )
             if outcome.response.status_code != 200:
                 raise UpstreamError(outcome.response.status_code, "no model list")
             data = outcome.response.json()
         except (UpstreamError, ValueError) as exc:
             logger.warning("could not read %s's model prices: %s", account.name, exc)
-            continue
+            return
         rows = data if isinstance(data, list) else data.get("data", [])
         found = prices.observe(rows if isinstance(rows, list) else [])
         if found:
             await sync_to_async(prices_record, thread_sensitive=True)(found=found)
+
+    await asyncio.gather(*(one(a) for a in await sync_to_async(accounts, thread_sensitive=True)()))
 
 
 def cost_of(price: Price, prompt: int, completion: int, images: int) -> Decimal:

@@ -11,8 +11,12 @@ nothing. A crash loses what was recorded since the last flush: at most
 SLUICE_USAGE_FLUSH_SECONDS (1 s by default) of that process's usage.
 
 The price in force is part of a row's dimensions, so the row's cost is exactly its
-tokens at that price, however prices change later. A model with no price yet is
-recorded with none (cost 0) and its account's model list is fetched again.
+tokens at that price, however prices change later. A call whose model has no price
+when it ends is priced when its row is written: a process serves before Together's
+model list has arrived (limiter/usage/prices.py fetches it in the background), so its
+first calls keep their tokens in memory until the first flush after that fetch has
+ended, and are priced then. A model still without a price is written with none (cost
+0) and its account's model list is fetched again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
@@ -51,7 +55,7 @@ class Dims:
     model: str
     status_class: str
     source: str
-    price: Price
+    price: Price | None  # None: priced when written (no price was known at the call)
 
 
 class Counts:
@@ -107,7 +111,10 @@ class UsageRecorder:
         source: str = "online",
         price: Price | None = None,
     ) -> None:
-        """Add one call (or a job's usage) to this minute's row. No I/O."""
+        """Add one call (or a job's usage) to this minute's row. No I/O. Without a
+        `price`, the model's price in force, or none yet (priced when written)."""
+        if price is None and prices.knows(model):
+            price = prices.price(model)
         dims = Dims(
             int(time.time() // 60 * 60),
             team_id,
@@ -118,7 +125,7 @@ class UsageRecorder:
             model[:200],
             status_class(status),
             source,
-            prices.price(model) if price is None else price,
+            price,
         )
         row = self._rows.get(dims)
         if row is None:
@@ -144,9 +151,13 @@ class UsageRecorder:
         self._refreshing[account_id] = now
         return True
 
-    async def flush(self) -> int:
-        """Write the rows recorded since the last flush; returns how many."""
+    async def flush(self, *, final: bool = False) -> int:
+        """Write the rows recorded since the last flush; returns how many. Rows of calls
+        with no price wait while the start-up price fetch runs (unless `final`: the
+        drain writes everything), then take the price known now."""
         rows, self._rows = self._rows, {}
+        if any(dims.price is None for dims in rows):
+            rows = self._priced(rows, wait=prices.fetching and not final)
         if not rows:
             return 0
         try:
@@ -165,6 +176,18 @@ class UsageRecorder:
         self._pks = {dims: pk for dims, pk in self._pks.items() if dims.minute >= current}
         return len(rows)
 
+    def _priced(self, rows: dict[Dims, Counts], *, wait: bool) -> dict[Dims, Counts]:
+        """`rows` with the unpriced ones priced now, or (`wait`) kept back for later."""
+        out: dict[Dims, Counts] = {}
+        for dims, counts in rows.items():
+            if dims.price is None:
+                if wait:
+                    self._rows.setdefault(dims, Counts()).add(counts)
+                    continue
+                dims = replace(dims, price=prices.price(dims.model))
+            out.setdefault(dims, Counts()).add(counts)
+        return out
+
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(settings.SLUICE_USAGE_FLUSH_SECONDS)
@@ -179,6 +202,7 @@ def _write(writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]) -> dict[
     new: list[tuple[Dims, UsageRollup]] = []
     with transaction.atomic():
         for dims, counts in rows.items():
+            assert dims.price is not None  # priced by flush()
             inp, out, image = dims.price
             cost = cost_of(
                 dims.price,

@@ -23,6 +23,7 @@ from django.utils import timezone
 from limiter.models import ApiKey
 from limiter.usage.budgets import BudgetRule, period_bounds
 from limiter.usage.models import Budget, ModelPrice, UsageRollup
+from limiter.usage.prices import NO_PRICE, Price
 
 SUMMED = ("requests", "units", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 GROUPS = {
@@ -302,3 +303,12 @@ def model_prices() -> QuerySet[ModelPrice]:
 
 def team_budgets(*, team_id: int) -> QuerySet[Budget]:
     return Budget.objects.filter(team_id=team_id).select_related("key")
+
+
+def price_in_force(model: str) -> Price:
+    """A model's price from the database (processes without the in-memory copy: the job
+    poller): staff's override, else Together's list price."""
+    row = ModelPrice.objects.filter(model=model).first()
+    if row is None:
+        return NO_PRICE
+    return (row.input_price, row.output_price, row.image_price)

@@ -1,4 +1,5 @@
-"""Writes of the usage app: Together's prices, staff's overrides, budgets, crossings."""
+"""Writes of the usage app: Together's prices, staff's overrides, budgets, crossings,
+fine-tunes' and batches' usage."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from limiter.models import ApiKey, Team
-from limiter.usage.models import Budget, BudgetCrossing, ModelPrice
+from limiter.models import ApiKey, Job, Team
+from limiter.usage.jobs import JobUsageReport, minute_of
+from limiter.usage.models import Budget, BudgetCrossing, JobUsage, ModelPrice, UsageRollup
 from limiter.usage.prices import prices
 
 
@@ -110,3 +112,43 @@ def budget_crossing_record(
     except IntegrityError:
         return False
     return created
+
+
+def job_usage_record(*, job: Job, report: JobUsageReport, source: str) -> bool:
+    """Record an ended job's usage once: its JobUsage row and its rollup rows in one
+    transaction. False when it was already recorded (another poller, a second sight)."""
+    finished = job.finished_at or timezone.now()
+    try:
+        with transaction.atomic():
+            JobUsage.objects.create(
+                job=job, total_tokens=report.total_tokens, cost=report.cost, note=report.note
+            )
+            UsageRollup.objects.bulk_create(
+                [
+                    UsageRollup(
+                        writer=f"job:{job.public_id}"[:64],
+                        minute=minute_of(finished),
+                        team_id=job.team_id,
+                        team_name=job.team.name,
+                        key_prefix=job.key_prefix,
+                        upstream=job.account.name,
+                        endpoint="fine_tunes" if source == "fine_tune" else "batches",
+                        model=line.model,
+                        status_class=line.status_class,
+                        source=source,
+                        input_price=line.price[0],
+                        output_price=line.price[1],
+                        image_price=line.price[2],
+                        requests=line.requests,
+                        units=1 if source == "fine_tune" else 0,
+                        prompt_tokens=line.prompt,
+                        completion_tokens=line.completion,
+                        total_tokens=line.total,
+                        cost=line.cost,
+                    )
+                    for line in report.lines
+                ]
+            )
+    except IntegrityError:
+        return False  # the one-to-one: recorded already
+    return True

@@ -60,7 +60,7 @@ def v1_routes(*takes: str) -> list[V1Route]:
 class OpsRoute:
     method: str
     pattern: str  # the Ninja operation's path, under /api
-    path: str  # with {team}, {key}, {profile}, {limit}: ids of team B's rows
+    path: str  # with {team}, {key}, {profile}, {limit}, {budget}: ids of team B's rows
     body: dict | None = None
 
     @property
@@ -128,7 +128,7 @@ OPS_PUBLIC = {"openapi-json": "/api/openapi.json", "openapi-view": "/api/docs", 
 class PageRoute:
     name: str  # the URL name in dashboard/urls.py, namespaced
     method: str
-    path: str  # with {team}, {key}, {profile}, {limit}
+    path: str  # with {team}, {key}, {profile}, {limit}, {budget}
     data: dict | None = None
 
     @property
@@ -165,6 +165,13 @@ PAGE_ROUTES = [
     PageRoute("dashboard:team_pause", "POST", "/teams/{team}/pause/", {"paused": "on"}),
     PageRoute("dashboard:team_profile", "POST", "/teams/{team}/profile/", {"profile": "default"}),
     PageRoute("dashboard:key_create", "POST", "/teams/{team}/keys/", {"name": "stolen"}),
+    PageRoute(
+        "dashboard:budget_create",
+        "POST",
+        "/teams/{team}/budgets/",
+        {"unit": "tokens", "period": "day", "limit": "1", "soft_threshold": "0.8"},
+    ),
+    PageRoute("dashboard:budget_delete", "POST", "/budgets/{budget}/delete/"),
     PageRoute("dashboard:key_revoke", "POST", "/keys/{key}/revoke/"),
     PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
     PageRoute("dashboard:refusals", "GET", "/refusals/"),

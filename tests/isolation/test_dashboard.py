@@ -32,6 +32,7 @@ def page_path(world: World, path: str) -> str:
         profile=world.b_profile_id,
         limit=world.b_limit_id,
         webhook=world.b_webhook_id,
+        budget=world.b_budget_id,
     )
 
 

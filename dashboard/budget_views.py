@@ -1,0 +1,39 @@
+"""The team page's budget forms: add a budget, remove one. Staff only, CSRF-checked
+POSTs; a refused form is shown again on the team page with its errors. Each change is
+audited and reaches the limiter at once (the save broadcasts)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views.decorators.http import require_POST
+
+from dashboard import forms, services, views
+from dashboard.views import StaffRequest, staff_required
+from limiter.models import Team
+from limiter.usage.models import Budget
+
+
+@require_POST
+@staff_required
+def budget_create(request: StaffRequest, pk: int) -> HttpResponse:
+    team = get_object_or_404(Team, pk=pk)
+    form = forms.BudgetForm(request.POST, team=team)
+    if not form.is_valid():
+        response = views.team(request, pk, budget_form=form)
+        response.status_code = 400
+        return response
+    budget = services.budget_add(actor=request.user, budget=form.save(commit=False))
+    messages.success(request, f"Budget added: {budget}.")
+    return redirect("dashboard:team", pk=pk)
+
+
+@require_POST
+@staff_required
+def budget_delete(request: StaffRequest, pk: int) -> HttpResponse:
+    budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=pk)
+    team_id, shown = budget.team_id, str(budget)
+    services.budget_remove(actor=request.user, budget=budget)
+    messages.success(request, f"Budget removed: {shown}.")
+    return redirect("dashboard:team", pk=team_id)
