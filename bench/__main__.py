@@ -1,8 +1,9 @@
-"""`python -m bench [--quick] [--duration S] [--only gateway|dynamic|coalesce] [--out FILE]`:
+"""`python -m bench [--quick] [--duration S] [--only PART] [--out FILE]`:
 measure Sluice against its baselines on loopback and print markdown tables (see
 bench/__init__.py): the gateway's (latency, throughput, CPU, decisions, accuracy, and
 embeddings coalescing), and issue 11's scenarios against Together's dynamic limits
-(bench/dynamic.py). `--only coalesce` runs the coalescing scenario alone (printed only).
+(bench/dynamic.py), and usage recording's CPU cost (bench/usage_cpu.py). `--only
+coalesce` runs the coalescing scenario alone (printed only).
 
 A development tool, not part of the served application: it starts every server it
 measures as a subprocess, so it needs no Django set-up of its own.
@@ -19,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, report, runner
+from bench import dynamic, report, runner, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The dynamic scenarios' own part of the page, so `--only` rewrites one part only.
 DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic:end -->"
-PARTS = ("gateway", "dynamic", "coalesce")
+# Usage recording's CPU cost (bench/usage_cpu.py), its own part too.
+USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=PARTS,
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
-            "or embeddings coalescing alone"
+            "embeddings coalescing alone, or usage recording's CPU cost"
         ),
     )
     args = parser.parse_args(argv)
@@ -81,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             write_report(args.out, text)
+    if args.only in (None, "usage"):
+        text = _usage(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text, USAGE_START, USAGE_END)
     if args.only in (None, "dynamic"):
         text = _dynamic(args, command, log)
         print(text)
@@ -129,6 +137,24 @@ def _coalesce(args: argparse.Namespace, command: str, log: Callable[[str], None]
             f"Total run time {time.monotonic() - started:.0f} s; medians of {size.repeats} "
             "run(s); the upstream is the sandbox with 20 ms latency.",
         ]
+    )
+
+
+def _usage(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    repeats, duration = (3, 2.0) if args.quick else (9, 3.0)
+    started, load_before = time.monotonic(), runner.load_average()
+    figures = usage_cpu.measure(repeats=repeats, duration=duration, log=log)
+    return (
+        "\n\n".join(
+            [
+                f"Command: `{command}`",
+                report.machine(load_before, runner.load_average()),
+                figures.markdown(),
+                f"Run time {time.monotonic() - started:.0f} s; {repeats} runs of {duration:g} s "
+                "each way, in turns; the upstream is the sandbox with 20 ms latency.",
+            ]
+        )
+        + "\n"
     )
 
 
