@@ -74,7 +74,7 @@ FULL = DynamicSize(
 QUICK = DynamicSize(
     isolation_seconds=30.0, isolation_windows=3, ramp_seconds=90.0, tail_seconds=45.0
 )
-TINY = DynamicSize(isolation_seconds=8.0, isolation_windows=2, ramp_seconds=8.0, tail_seconds=4.0)
+TINY = DynamicSize(isolation_seconds=4.0, isolation_windows=2, ramp_seconds=4.0, tail_seconds=2.0)
 
 
 # --- figures --------------------------------------------------------------------------------

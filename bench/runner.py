@@ -45,11 +45,36 @@ class Size:
     warmup: int  # requests before each measured phase
     key_max_wait: float  # the longest a burst request may queue in Sluice
     decisions_duration: float
+    # Seconds per coalescing throughput run: longer than a latency cell, since the unmerged
+    # run is paced at 250 requests a minute and a short one counts a handful of answers.
+    coalesce_duration: float
 
 
-FULL = Size(duration=3.0, repeats=3, warmup=30, key_max_wait=5.0, decisions_duration=5.0)
-QUICK = Size(duration=1.0, repeats=1, warmup=10, key_max_wait=2.0, decisions_duration=1.5)
-TINY = Size(duration=0.3, repeats=1, warmup=2, key_max_wait=1.0, decisions_duration=0.5)
+FULL = Size(
+    duration=3.0,
+    repeats=3,
+    warmup=30,
+    key_max_wait=5.0,
+    decisions_duration=5.0,
+    coalesce_duration=15.0,
+)
+QUICK = Size(
+    duration=1.0,
+    repeats=1,
+    warmup=10,
+    key_max_wait=2.0,
+    decisions_duration=1.5,
+    coalesce_duration=10.0,
+)
+# The harness end to end (tests/bench): every figure exists, none is meaningful.
+TINY = Size(
+    duration=0.3,
+    repeats=1,
+    warmup=2,
+    key_max_wait=1.0,
+    decisions_duration=0.5,
+    coalesce_duration=1.5,
+)
 
 
 def _matrix(
@@ -218,10 +243,8 @@ def run_coalesce(
     tmp: Path | None = None,
     sandbox: Sandbox | None = None,
 ) -> coalesce.CoalesceResults:
-    """The coalescing scenario (bench/coalesce.py), on its own servers when none given.
-    Its throughput runs are longer than a latency cell: the unmerged run is paced at
-    250 requests a minute, so a short run would count a handful of answers."""
-    duration = max(10.0, size.duration * 5)
+    """The coalescing scenario (bench/coalesce.py), on its own servers when none given."""
+    duration = size.coalesce_duration
     if tmp is not None and sandbox is not None:
         return coalesce.run(tmp, sandbox, duration, size.repeats, log)
     with (
