@@ -143,8 +143,9 @@ def test_tiny_run_prints_every_row_with_figures_and_baselines(tmp_path: Path) ->
     isolation = results.isolation
     assert isolation is not None
     # Team B sent its whole demand, half of it while team A called the tiny model.
-    assert isolation.alone.sent == isolation.beside.sent == round(dynamic.B_RATE * 4)
-    assert isolation.tiny.sent == round(dynamic.A_RATE * 4) and isolation.tiny_upstream.sent >= 1
+    half = dynamic.TINY.isolation_seconds / 2
+    assert isolation.alone.sent == isolation.beside.sent == round(dynamic.B_RATE * half)
+    assert isolation.tiny.sent == round(dynamic.A_RATE * half) and isolation.tiny_upstream.sent >= 1
     for ramp in results.ramps.values():
         assert ramp.demand == round(dynamic.DEMAND * dynamic.TINY.ramp_seconds)
         assert ramp.upstream.sent >= 1 and ramp.allowed > 0
