@@ -336,6 +336,7 @@ class Coalescer:
                         self._refuse(batch, part, _wait_over(batch, now))
                 waiting = [part for part in waiting if not part.withdrawn]
             if not waiting:
+                self._close(batch)  # a caller arriving now starts the next one
                 acquiring.cancel()  # the client sends the limiter a CANCEL
                 await asyncio.wait([acquiring])
                 break
