@@ -10,6 +10,7 @@ from dashboard.live import LiveView
 from dashboard.models import AuditEntry
 from limiter.jobs.live import AccountJobs
 from limiter.models import (
+    COALESCE_MAX_INPUTS,
     ApiKey,
     EndpointKind,
     EndpointLimit,
@@ -84,7 +85,15 @@ class ProfileOut(ModelSchema):
 
     class Meta:
         model = LimitProfile
-        fields = ["id", "name", "description", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "description",
+            "coalesce_embeddings",
+            "coalesce_max_inputs",
+            "created_at",
+            "updated_at",
+        ]
 
 
 class ProfileIn(Schema):
@@ -96,9 +105,21 @@ class ProfileIn(Schema):
 
 
 class ProfilePatchIn(Schema):
-    # Omitted fields stay as they are; neither takes null (the ignores: see LimitPatchIn).
+    # Omitted fields stay as they are; none takes null (the ignores: see LimitPatchIn).
     name: str = Field(None, min_length=1, max_length=80)  # type: ignore[assignment]
     description: str = Field(None)  # type: ignore[assignment]
+    # Embeddings coalescing (limiter/gateway/coalesce.py): on or off for the profile's
+    # keys, and the inputs one merged request may carry (Together documents no maximum;
+    # COALESCE_MAX_INPUTS is its own guide's figure). The model validates the same bounds.
+    coalesce_embeddings: bool = Field(  # type: ignore[assignment]
+        None, description="Merge concurrent embeddings calls into one upstream request."
+    )
+    coalesce_max_inputs: int = Field(  # type: ignore[assignment]
+        None,
+        ge=1,
+        le=COALESCE_MAX_INPUTS,
+        description=f"Inputs per merged upstream request, 1 to {COALESCE_MAX_INPUTS}.",
+    )
 
 
 # --- teams and keys -------------------------------------------------------------------------

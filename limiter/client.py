@@ -44,12 +44,45 @@ class Grant:
     reset: float
     age: float = 0.0  # seconds the answer spent travelling (the round trip beyond its queueing)
     budgeted: bool = False  # a budget counts this call: report its usage (report_usage)
+    # How long the ticket could have queued (its key's max wait, or its own); None when
+    # the limiter did not say (failure mode "open").
+    max_wait: float | None = None
 
 
 class Refused(Exception):
     def __init__(self, decision: DecisionMessage) -> None:
         super().__init__(decision["reason"])
         self.decision = decision
+
+
+class Patience:
+    """How long a ticket may queue when its asker may raise that while it waits: a merged
+    embeddings request waits as long as its most patient caller allows, and callers keep
+    joining it (limiter/gateway/coalesce.py). Times are this process's monotonic clock.
+
+    The client fills in the ticket it sent and when; `extend` tells the limiter a later
+    deadline (events.EXTEND). `queued` is set once the limiter has queued the ticket,
+    with its projected wait: before that the ticket has not been decided, so no caller's
+    wait is over yet."""
+
+    def __init__(self, until: float) -> None:
+        self.until = until
+        self.ticket = ""
+        self.asked = 0.0
+        self.projected = 0.0  # the limiter's projected wait when it queued the ticket
+        self.queued = asyncio.Event()
+        self._client: LimiterClient | None = None
+
+    def max_wait(self) -> float:
+        """Seconds from the ask to the deadline (what the limiter counts from arrival)."""
+        return max(0.0, self.until - self.asked)
+
+    def extend(self, until: float) -> None:
+        if until <= self.until:
+            return
+        self.until = until
+        if self.ticket and self._client is not None:
+            self._client.extend(self.ticket, self.max_wait())
 
 
 _background: set[asyncio.Task[Any]] = set()
@@ -204,8 +237,12 @@ class LimiterClient:
         model: str = "",
         replacing: str = "",
         charge: str = events.CHARGE_BOTH,
+        patience: Patience | None = None,
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
+
+        `patience`: how long it may queue, instead of its key's max wait (a merged
+        embeddings request), raised while it waits with `Patience.extend`.
 
         `charge`: which scopes the ticket charges (events.CHARGE_*): both by default; a
         merged embeddings request charges its callers' keys and the account apart.
@@ -223,7 +260,7 @@ class LimiterClient:
         for _attempt in range(STALE_GRANT_RETRIES):
             try:
                 grant = await self._acquire_once(
-                    key, endpoint, model, tokens, request_id, replacing, charge
+                    key, endpoint, model, tokens, request_id, replacing, charge, patience
                 )
             except (LimiterUnavailable, asyncio.CancelledError):
                 if replacing:  # it may never have reached the limiter: hand it back plainly
@@ -245,11 +282,15 @@ class LimiterClient:
         request_id: str,
         replacing: str = "",
         charge: str = events.CHARGE_BOTH,
+        patience: Patience | None = None,
     ) -> Grant:
         ticket = uuid.uuid4().hex
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         timeout = settings.SLUICE_LIMITER_TIMEOUT
+        if patience is not None:
+            patience.ticket, patience.asked, patience._client = "", self.clock(), self
+            asked_until = patience.until
         try:
             await self._send_or_unavailable(
                 {
@@ -265,12 +306,21 @@ class LimiterClient:
                     "request_id": request_id,
                     **({"lease": replacing} if replacing else {}),
                     **({"charge": charge} if charge else {}),
+                    **({"max_wait": patience.max_wait()} if patience is not None else {}),
                 }
             )
+            if patience is not None:
+                # Extensions go after the ticket on the same channel, so the limiter has
+                # it when they arrive; one that came while it was being sent goes now.
+                patience.ticket = ticket
+                if patience.until > asked_until:
+                    self.extend(ticket, patience.max_wait())
             decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
-                # The limiter said how long; allow its max wait plus the round trip.
-                decision = await asyncio.wait_for(queue.get(), decision["max_wait"] + timeout)
+                if patience is not None:
+                    patience.projected = decision["retry_after"]
+                    patience.queued.set()
+                decision = await self._queued(queue, decision["max_wait"], timeout, patience)
         except TimeoutError:
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise LimiterUnavailable() from None
@@ -306,7 +356,27 @@ class LimiterClient:
             decision["reset"],
             age=self.lateness.age(self.clock(), decision["at"], decision.get("limiter", "")),
             budgeted=bool(decision.get("budgeted")),
+            max_wait=decision.get("max_wait"),
         )
+
+    async def _queued(
+        self,
+        queue: asyncio.Queue[dict[str, Any]],
+        max_wait: float,
+        round_trip: float,
+        patience: Patience | None,
+    ) -> dict[str, Any]:
+        """The decision after "queued": the limiter said how long it may wait; allow that
+        plus the round trip (and more, should the patience be extended meanwhile)."""
+        if patience is None:
+            return await asyncio.wait_for(queue.get(), max_wait + round_trip)
+        while True:
+            until = patience.until
+            try:
+                return await asyncio.wait_for(queue.get(), until + round_trip - self.clock())
+            except TimeoutError:
+                if patience.until == until:
+                    raise
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
         try:
@@ -317,15 +387,29 @@ class LimiterClient:
             logger.error("cannot reach the limiter: %s", exc)
             raise LimiterUnavailable() from None
 
-    def release(self, lease: str, tokens_used: float | None) -> None:
+    def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:
+        """Hand a lease back. `unused`: its work never went upstream, so its request
+        charge comes back too (events.ReleaseMessage)."""
         if not lease:
             return  # the grant needed no lease (no concurrency cap, no token estimate)
         self._held.pop(lease, None)
-        spawn(
-            self._send_until_delivered(
-                {"type": events.RELEASE, "lease": lease, "tokens_used": tokens_used}
-            )
-        )
+        message: events.ReleaseMessage = {
+            "type": events.RELEASE,
+            "lease": lease,
+            "tokens_used": tokens_used,
+        }
+        if unused:
+            message["unused"] = True
+        spawn(self._send_until_delivered(dict(message)))
+
+    def extend(self, ticket: str, max_wait: float) -> None:
+        """A queued ticket may wait longer (Patience.extend)."""
+        message: events.ExtendMessage = {
+            "type": events.EXTEND,
+            "ticket": ticket,
+            "max_wait": max_wait,
+        }
+        spawn(self._send_until_delivered(dict(message)))
 
     def report_usage(self, *, key_id: str, model: str, tokens: float, cost: float) -> None:
         """A budgeted call ended: tell the limiter what it used (fire and forget, retried

@@ -28,6 +28,11 @@ Leases and settling
   reservation that has not drained yet (capacity that went by while the reservation
   held it was capacity nobody else could use). `renew` keeps a long stream's lease;
   a lease not renewed within `lease_ttl` belongs to a dead process and is reaped.
+  A lease released `unused` (its request never went upstream: a merged embeddings
+  caller whose merged request was refused at the account) gives back its request
+  charges too, by the same rule: only what has not drained yet. So a key is charged
+  for a merged call all or nothing, as for a call alone. A ticket asked `refundable`
+  always gets a lease, so that it can be handed back so.
 
 Queue
   A request that cannot go at once waits in the queue of its upstream scope, in a FIFO
@@ -41,7 +46,9 @@ Queue
   (it delays no one else's share of the account). A retry after an upstream 429
   (`reacquire`) takes the head of its key's queue.
   A request whose projected wait in that order already exceeds its max wait is refused
-  at once, with the wait as its Retry-After.
+  at once, with the wait as its Retry-After. The max wait is its key's, unless the
+  ticket brings its own (a merged embeddings request waits as long as its most patient
+  caller allows), which `extend` may raise while it waits (a more patient caller joined).
 
 Guarantees (`tests/limiter/test_engine_invariants.py` checks each after every step of
 generated histories of acquires, releases with actual usage, renewals, cancels, limit
@@ -251,14 +258,15 @@ class Scope:
             wait, reason = pause, UPSTREAM_PAUSED
         return wait, reason
 
-    def charge(self, tokens: float, now: float) -> list[_Charge]:
-        """Charge one request of `tokens` that conforms now; returns the token charge to settle."""
-        self.requests.charge(1, now)
+    def charge(self, tokens: float, now: float) -> tuple[_Charge, _Charge | None]:
+        """Charge one request of `tokens` that conforms now; returns the request's charge
+        (to refund, should the request never go) and the token charge to settle."""
+        request = _Charge(self.requests, 1.0, self.requests.charge(1, now))
         if self.tokens is None:
-            return []
+            return request, None
         # A request with no estimate charges no tokens, but may still overrun.
         mark = self.tokens.charge(tokens, now) if tokens else self.tokens.drained(now)
-        return [_Charge(self.tokens, tokens, mark)]
+        return request, _Charge(self.tokens, tokens, mark)
 
     def assume_full_at(self, moment: float) -> None:
         for bucket in (self.requests, self.tokens):
@@ -301,6 +309,11 @@ class _Charge:
         undrained = self.units - (self.bucket.drained(now) - self.drain_mark)
         self.bucket.refund(min(self.units - used, undrained), now)
 
+    def refund(self, now: float) -> None:
+        """The charge was never used (its request did not go): what has not drained
+        yet comes back."""
+        self.settle(self.units, 0.0, now)
+
 
 @dataclass(slots=True)
 class Ticket:
@@ -315,6 +328,9 @@ class Ticket:
     reply_to: str = ""
     request_id: str = ""
     seq: int = 0  # arrival order: breaks ties in the fair order
+    # How long it may queue: its key's max wait, or its own (a merged embeddings request's).
+    max_wait: float = 0.0
+    refundable: bool = False  # always a lease, so that an unused grant can be handed back
 
     @property
     def scopes(self) -> tuple[Scope, Scope]:
@@ -326,7 +342,8 @@ class _Lease:
     scopes: tuple[Scope, Scope]
     expiry: float
     tokens: float  # the estimate reserved
-    charges: list[_Charge]
+    charges: list[_Charge]  # its token charges, settled on release
+    requests: list[_Charge] = field(default_factory=list)  # refunded if released unused
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,13 +441,22 @@ class Engine:
         now: float,
         reply_to: str = "",
         request_id: str = "",
+        *,
+        max_wait: float | None = None,
+        refundable: bool = False,
     ) -> list[Decision]:
         """Admit, queue or refuse one request. Returns every decision this call made
-        (granting may also serve others), the caller's own among them."""
+        (granting may also serve others), the caller's own among them.
+
+        `max_wait`: how long it may queue, instead of its key's max wait (a merged
+        embeddings request: as long as its most patient caller allows). `refundable`:
+        its grant always has a lease, which `release(unused=True)` can hand back whole."""
         # Serve anyone already due first (a timer firing late must not let this
         # request jump ahead of them); whoever is still queued after that cannot go now.
         decisions = self.poll(now)
-        ticket = self._ticket(ticket_id, key, account, tokens, now, reply_to, request_id)
+        ticket = self._ticket(
+            ticket_id, key, account, tokens, now, reply_to, request_id, max_wait, refundable
+        )
         decisions.extend(self._admit(ticket, now, front=False))
         return decisions
 
@@ -445,6 +471,9 @@ class Engine:
         tokens_used: float | None = 0.0,
         reply_to: str = "",
         request_id: str = "",
+        *,
+        max_wait: float | None = None,
+        refundable: bool = False,
     ) -> list[Decision]:
         """Ask again for a request that holds `lease_id` (Together answered 429): hand
         the lease back and queue the new ticket in one step.
@@ -457,15 +486,37 @@ class Engine:
         """
         decisions = self.poll(now)
         self._settle(lease_id, tokens_used, now)
-        ticket = self._ticket(ticket_id, key, account, tokens, now, reply_to, request_id)
+        ticket = self._ticket(
+            ticket_id, key, account, tokens, now, reply_to, request_id, max_wait, refundable
+        )
         decisions.extend(self._admit(ticket, now, front=True))
         return decisions
 
-    def release(self, lease_id: str, tokens_used: float | None, now: float) -> list[Decision]:
-        """Hand a lease back, settle its token estimate, and serve whoever waited for it."""
-        if not self._settle(lease_id, tokens_used, now):
+    def release(
+        self, lease_id: str, tokens_used: float | None, now: float, *, unused: bool = False
+    ) -> list[Decision]:
+        """Hand a lease back, settle its token estimate, and serve whoever waited for it.
+
+        `unused`: its request never went upstream (a merged embeddings caller whose merged
+        request was refused at the account), so its request charges come back as well as
+        its token reservation, as far as they have not drained: all or nothing, as for a
+        request refused outright. (What drained was capacity nobody else could use.)"""
+        if not self._settle(lease_id, 0.0 if unused else tokens_used, now, unused=unused):
             return []  # released twice or reaped already: harmless
         return self.poll(now)
+
+    def extend(self, ticket_id: str, max_wait: float, now: float) -> bool:
+        """Let a queued ticket wait longer: up to `max_wait` from its arrival (a merged
+        embeddings request that a more patient caller joined). Never shortens a wait.
+        False when the ticket is no longer queued (granted, refused or cancelled)."""
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None:
+            return False
+        deadline = ticket.arrived + max_wait
+        if deadline > ticket.deadline:
+            ticket.max_wait, ticket.deadline = max_wait, deadline
+            self._push(self._deadlines, deadline, ticket_id)  # the old entry goes stale
+        return True
 
     def renew(self, lease_id: str, now: float) -> bool:
         """Keep a lease whose request is still running (a long stream) for another
@@ -507,7 +558,11 @@ class Engine:
             scope.leases.add(lease_id)
             if scope.tokens is not None:
                 charges.append(_Charge(scope.tokens, 0.0, scope.tokens.drained(now)))
-        lease = self.leases[lease_id] = _Lease(scopes, now + self.lease_ttl, tokens, charges)
+        # The previous instance charged its request too: an unused release refunds nothing.
+        requests = [_Charge(scope.requests, 0.0, scope.requests.drained(now)) for scope in scopes]
+        lease = self.leases[lease_id] = _Lease(
+            scopes, now + self.lease_ttl, tokens, charges, requests
+        )
         self._push(self._lease_expiries, lease.expiry, lease_id)
 
     def pause(self, account: tuple[ScopeId, Limit], seconds: float, now: float) -> None:
@@ -602,12 +657,24 @@ class Engine:
         now: float,
         reply_to: str,
         request_id: str,
+        max_wait: float | None = None,
+        refundable: bool = False,
     ) -> Ticket:
         self._seq += 1
         key_scope = self.scope(key[0], key[1], now)
         account_scope = self.scope(account[0], account[1], now)
         return Ticket(
-            ticket_id, key_scope, account_scope, tokens, now, now, reply_to, request_id, self._seq
+            ticket_id,
+            key_scope,
+            account_scope,
+            tokens,
+            now,
+            now,
+            reply_to,
+            request_id,
+            self._seq,
+            key_scope.limit.max_wait if max_wait is None else max(0.0, max_wait),
+            refundable,
         )
 
     def _admit(self, ticket: Ticket, now: float, front: bool) -> list[Decision]:
@@ -626,7 +693,7 @@ class Engine:
             self._dequeue(ticket)
             decisions.append(refusal)
             return decisions
-        ticket.deadline = now + ticket.key.limit.max_wait
+        ticket.deadline = now + ticket.max_wait
         self._push(self._deadlines, ticket.deadline, ticket.id)
         decisions.append(
             Decision("queued", ticket, self.quota(ticket.key, now), retry_after=projected[0])
@@ -647,11 +714,17 @@ class Engine:
         return all(self._wait(scope, ticket.tokens, now) == 0 for scope in ticket.scopes)
 
     def _grant(self, ticket: Ticket, now: float) -> Decision:
-        charges = [charge for scope in ticket.scopes for charge in scope.charge(ticket.tokens, now)]
-        # A lease only where something must be handed back: a concurrency slot, or a
-        # token estimate to settle. Otherwise the grant is complete as it stands, and the
-        # caller sends no release (one channel-layer message fewer per request).
-        needs_lease = any(
+        requests: list[_Charge] = []
+        charges: list[_Charge] = []
+        for scope in ticket.scopes:
+            request, tokens = scope.charge(ticket.tokens, now)
+            requests.append(request)
+            if tokens is not None:
+                charges.append(tokens)
+        # A lease only where something must be handed back: a concurrency slot, a
+        # token estimate to settle, or a refundable grant. Otherwise the grant is complete
+        # as it stands, and the caller sends no release (one channel-layer message fewer).
+        needs_lease = ticket.refundable or any(
             s.capped or (s.tokens is not None and ticket.tokens) for s in ticket.scopes
         )
         lease = ""
@@ -659,13 +732,17 @@ class Engine:
             lease = ticket.id
             for scope in ticket.scopes:
                 scope.leases.add(lease)
-            self.leases[lease] = _Lease(ticket.scopes, now + self.lease_ttl, ticket.tokens, charges)
+            self.leases[lease] = _Lease(
+                ticket.scopes, now + self.lease_ttl, ticket.tokens, charges, requests
+            )
             self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
             "grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived
         )
 
-    def _settle(self, lease_id: str, tokens_used: float | None, now: float) -> bool:
+    def _settle(
+        self, lease_id: str, tokens_used: float | None, now: float, *, unused: bool = False
+    ) -> bool:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return False
@@ -675,6 +752,9 @@ class Engine:
         if tokens_used is not None:
             for charge in lease.charges:
                 charge.settle(lease.tokens, tokens_used, now)
+        if unused:
+            for charge in lease.requests:
+                charge.refund(now)
         return True
 
     # --- refusals -------------------------------------------------------------------------
@@ -709,14 +789,14 @@ class Engine:
         its place in the queue, when it could not go at once."""
         key = ticket.key
         wait, reason, scope = projected
-        if wait > key.limit.max_wait:
-            # Retry when the wait will have shrunk to what this key may queue for.
-            return self._refuse(ticket, reason, wait - key.limit.max_wait, scope, now)
+        if wait > ticket.max_wait:
+            # Retry when the wait will have shrunk to what this ticket may queue for.
+            return self._refuse(ticket, reason, wait - ticket.max_wait, scope, now)
         blocked = next(
             (s for s in ticket.scopes if self._wait(s, ticket.tokens, now) is None), None
         )
         ahead_in_key = next(i for i, t in enumerate(group.by_key[key.id]) if t is ticket)
-        if ahead_in_key >= key.limit.queue_depth or key.limit.max_wait <= 0:
+        if ahead_in_key >= key.limit.queue_depth or ticket.max_wait <= 0:
             if blocked is not None and (wait <= 0 or not key.limit.queue_depth):
                 return self._refuse(ticket, CONCURRENCY_LIMITED, UNKNOWN_WAIT, blocked, now)
             reason = QUEUE_FULL if key.limit.queue_depth else reason

@@ -43,10 +43,13 @@ USAGE = "limiter.usage"  # a budgeted call's actual usage, charged to its budget
 CEILING_RESET = "limiter.ceiling_reset"  # staff: forget a model's learned ceiling
 CEILING_RESET_DONE = "limiter.ceiling_reset_done"  # the answer, on the asker's reply channel
 COALESCED = "limiter.coalesced"  # a merged embeddings request was sent (for the live view)
+EXTEND = "limiter.extend"  # a queued merged request may wait longer (a patient caller joined)
 
 # What a ticket charges (AcquireMessage.charge). A merged embeddings request
 # (limiter/gateway/coalesce.py) charges each caller's key as if it had called alone, and
-# the account's per-model scope once for the whole upstream request.
+# the account's per-model scope once for the whole upstream request. Both kinds always
+# get a lease, so that a grant whose work never went upstream can be handed back whole
+# (ReleaseMessage.unused): a caller refused at the account is charged nothing.
 CHARGE_BOTH = ""  # the key and the account, atomically: every other call
 CHARGE_KEY = "key"  # a caller of a merged request: its key's scope only
 CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope only
@@ -54,6 +57,9 @@ CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope onl
 
 class _Charge(TypedDict, total=False):
     charge: str  # CHARGE_KEY or CHARGE_ACCOUNT; absent: both
+    # Seconds it may queue, instead of its key's max wait: a merged request (CHARGE_ACCOUNT)
+    # waits as long as its most patient caller allows (raised later with EXTEND).
+    max_wait: float
 
 
 class AcquireMessage(_Charge):
@@ -79,6 +85,15 @@ class ReacquireMessage(AcquireMessage):
     so the retry neither waits on its own slot nor loses it to a newcomer."""
 
     lease: str
+
+
+class ExtendMessage(TypedDict):
+    """A queued ticket may wait longer: up to `max_wait` seconds from its arrival (a
+    caller more patient than those before it joined a merged request)."""
+
+    type: str  # EXTEND
+    ticket: str
+    max_wait: float
 
 
 class RenewMessage(TypedDict):
@@ -113,6 +128,9 @@ class ReleaseMessage(TypedDict):
     type: str  # RELEASE
     lease: str
     tokens_used: float | None
+    # Its work never went upstream (a merged request's caller refused at the account):
+    # its request charge comes back too, as far as it has not drained.
+    unused: NotRequired[bool]
 
 
 class UsageMessage(TypedDict):

@@ -81,10 +81,11 @@ async def run_embedded_limiter() -> None:
     await run_limiter(get_channel_layer())
 
 
-def release(lease: str, tokens_used: float | None) -> None:
-    """Hand a lease back (fire and forget, shielded from the caller's cancellation)."""
+def release(lease: str, tokens_used: float | None, *, unused: bool = False) -> None:
+    """Hand a lease back (fire and forget, shielded from the caller's cancellation).
+    `unused`: its work never went upstream, so its request charge comes back too."""
     if lease and _client is not None:
-        _client.release(lease, tokens_used)
+        _client.release(lease, tokens_used, unused=unused)
 
 
 def report_usage(*, key_id: str, model: str, tokens: float, cost: float) -> None:

@@ -421,6 +421,7 @@ class LimiterConsumer(AsyncConsumer):
             now,
             reply_to=message["reply"],
             request_id=message["request_id"],
+            **_merged(message),
         )
         await self._answer(decisions, now)
 
@@ -436,8 +437,14 @@ class LimiterConsumer(AsyncConsumer):
             now,  # the refused call used no tokens: its reservation is settled as 0
             reply_to=message["reply"],
             request_id=message["request_id"],
+            **_merged(message),
         )
         await self._answer(decisions, now)
+
+    async def limiter_extend(self, message: events.ExtendMessage) -> None:
+        now = time.monotonic()
+        if self.engine.extend(message["ticket"], float(message["max_wait"]), now):
+            self._schedule(now)  # its deadline moved: the timer may fire later
 
     async def _refuse_budget(
         self, message: events.AcquireMessage, key_scope: tuple[Any, Any], exceeded: Exceeded
@@ -493,8 +500,10 @@ class LimiterConsumer(AsyncConsumer):
 
     async def limiter_release(self, message: events.ReleaseMessage) -> None:
         now = time.monotonic()
+        unused = bool(message.get("unused"))
         await self._answer(
-            self.engine.release(message["lease"], message.get("tokens_used"), now), now
+            self.engine.release(message["lease"], message.get("tokens_used"), now, unused=unused),
+            now,
         )
 
     async def limiter_cancel(self, message: dict[str, Any]) -> None:
@@ -626,7 +635,7 @@ class LimiterConsumer(AsyncConsumer):
             "limit": decision.quota.limit_per_minute,
             "remaining": decision.quota.remaining,
             "reset": decision.quota.reset_after,
-            "max_wait": decision.ticket.key.limit.max_wait,
+            "max_wait": decision.ticket.max_wait,
             # This host's monotonic clock: the web process learns the offset (client.Lateness),
             # per limiter instance (a Redis restart keeps the instance, a new limiter not).
             "at": time.monotonic(),
@@ -755,6 +764,15 @@ class LimiterConsumer(AsyncConsumer):
             }
             or {"gateway": 0, "upstream": 0},
         }
+
+
+def _merged(message: events.AcquireMessage) -> dict[str, Any]:
+    """A merged embeddings ticket's extras for the engine: refundable (CHARGE_KEY and
+    CHARGE_ACCOUNT alike), and a merged request's own max wait when it brings one."""
+    if not message.get("charge"):
+        return {}
+    max_wait = message.get("max_wait")
+    return {"refundable": True, "max_wait": None if max_wait is None else float(max_wait)}
 
 
 def _budgets_load(

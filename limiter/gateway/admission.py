@@ -23,10 +23,11 @@ from django.conf import settings
 
 from limiter import events, metrics, process
 from limiter.alerts.monitor import monitor
-from limiter.client import Grant, LimiterUnavailable, Refused
+from limiter.client import Grant, LimiterUnavailable, Patience, Refused
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response, StreamingResponse
+from limiter.keys import KeyInfo
 from limiter.recorder import recorder
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,16 @@ MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
 class Admission:
     """The grant a call holds, released exactly once (shielded from cancellation)."""
 
-    __slots__ = ("request", "endpoint", "tokens", "model", "grant", "budgeted", "charge")
+    __slots__ = (
+        "request",
+        "endpoint",
+        "tokens",
+        "model",
+        "grant",
+        "budgeted",
+        "charge",
+        "requeue_wait",
+    )
 
     def __init__(
         self,
@@ -82,11 +92,16 @@ class Admission:
         # A budget counts this call: its usage goes to the limiter when it ends.
         self.budgeted = grant.budgeted
         self.charge = charge  # events.CHARGE_*: a merged embeddings call charges apart
+        # A merged request queues again (after Together's 429) this long at most, its
+        # callers' longest max wait; None: its key's (every other call).
+        self.requeue_wait: float | None = None
 
-    def release(self, tokens_used: float | None = None) -> None:
-        """Hand the grant back; `tokens_used` settles a token reservation."""
+    def release(self, tokens_used: float | None = None, *, unused: bool = False) -> None:
+        """Hand the grant back; `tokens_used` settles a token reservation. `unused`: the
+        work never went upstream, so the request charge comes back too (a merged
+        embeddings caller refused at the account is charged nothing, as a call alone)."""
         grant, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
-        process.release(grant.lease, tokens_used)
+        process.release(grant.lease, tokens_used, unused=unused)
 
     async def requeue(self) -> None:
         """Queue again for a retry after Together's 429, handing the grant back in the
@@ -94,6 +109,9 @@ class Admission:
         that kept its slot while queueing for another would wait on itself under a
         concurrency cap; one that let go first could lose the slot to a newcomer."""
         held, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
+        patience = None
+        if self.requeue_wait is not None:
+            patience = Patience(time.monotonic() + self.requeue_wait)
         self.grant = await _grant_checked(
             self.request,
             self.endpoint,
@@ -101,6 +119,7 @@ class Admission:
             self.model,
             replacing=held.lease,
             charge=self.charge,
+            patience=patience,
         )
         self.budgeted = self.budgeted or self.grant.budgeted
 
@@ -131,10 +150,12 @@ async def admit(
     model: str = "",
     *,
     charge: str = events.CHARGE_BOTH,
+    patience: Patience | None = None,
 ) -> Admission:
     """Wait for the limiter's grant for this call, or raise the caller's 429 / 503.
-    `charge`: the scopes charged (events.CHARGE_*); a merged request charges apart."""
-    grant = await _grant_checked(request, endpoint, tokens, model, charge=charge)
+    `charge`: the scopes charged (events.CHARGE_*); a merged request charges apart, and
+    queues as long as its `patience` (its callers') allows."""
+    grant = await _grant_checked(request, endpoint, tokens, model, charge=charge, patience=patience)
     return Admission(request, endpoint, tokens, model, grant, charge)
 
 
@@ -156,8 +177,9 @@ async def _grant_checked(
     *,
     replacing: str = "",
     charge: str = events.CHARGE_BOTH,
+    patience: Patience | None = None,
 ) -> Grant:
-    grant = await _grant(request, endpoint, tokens, model, replacing, charge)
+    grant = await _grant(request, endpoint, tokens, model, replacing, charge, patience)
     if charge == events.CHARGE_ACCOUNT:
         return grant  # a merged request: each of its callers' keys was checked at its own grant
     assert request.key is not None
@@ -175,6 +197,7 @@ async def _grant(
     model: str,
     replacing: str = "",
     charge: str = events.CHARGE_BOTH,
+    patience: Patience | None = None,
 ) -> Grant:
     key = request.key
     assert key is not None
@@ -189,25 +212,21 @@ async def _grant(
             model=model,
             replacing=replacing,
             charge=charge,
+            patience=patience,
         )
     except Refused as refused:
         d = refused.decision
         metrics.LIMITER_UP.set(1)
-        metrics.REFUSED.labels(endpoint, d["reason"], "gateway").inc()
-        monitor.team_refused(key.team_id)
-        recorder.refusal(
-            team_id=key.team_id,
-            team_name=key.team_name,
-            key_prefix=key.prefix,
-            upstream=key.account_name,
-            endpoint=endpoint,
-            model=model,
-            reason=d["reason"],
-            source="gateway",
-            retry_after=d["retry_after"],
-            request_id=request.request_id,
-            message=d.get("message", ""),
-        )
+        if charge != events.CHARGE_ACCOUNT:  # a merged request's: recorded for each caller
+            record_refusal(
+                key,
+                request.request_id,
+                endpoint,
+                model,
+                reason=d["reason"],
+                retry_after=d["retry_after"],
+                message=d.get("message", ""),
+            )
         message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED)
         raise rate_limited(
             reason=d["reason"],
@@ -244,6 +263,34 @@ async def _grant(
     else:
         metrics.LIMITER_ROUND_TRIP.observe(time.monotonic() - started)
     return grant
+
+
+def record_refusal(
+    key: KeyInfo,
+    request_id: str,
+    endpoint: str,
+    model: str,
+    *,
+    reason: str,
+    retry_after: float,
+    message: str = "",
+) -> None:
+    """A 429 from Sluice, for the auditors, the alerts and /metrics."""
+    metrics.REFUSED.labels(endpoint, reason, "gateway").inc()
+    monitor.team_refused(key.team_id)
+    recorder.refusal(
+        team_id=key.team_id,
+        team_name=key.team_name,
+        key_prefix=key.prefix,
+        upstream=key.account_name,
+        endpoint=endpoint,
+        model=model,
+        reason=reason,
+        source="gateway",
+        retry_after=retry_after,
+        request_id=request_id,
+        message=message,
+    )
 
 
 # --- the 429 and the quota headers ------------------------------------------------------

@@ -14,15 +14,24 @@ The steps of one caller, top-down in `embeddings`:
   3. wait for its part(s) of the answer; a caller that goes away cancels them, which
      drops it from a batch not sent yet, or discards its result after;
   4. its answer: its embeddings in its order with its own `index`, Together's model
-     name, its share of `usage` (when Together sends one), its own quota headers.
+     name, its share of `usage` (when Together sends one), its own quota headers;
+  5. its key's grant handed back: settled with its share of the usage, or, when none
+     of its inputs went upstream (the account refused, its wait was over, it left
+     before the send), handed back unused, so its key is charged nothing: all or
+     nothing, as a call alone.
 
 A batch (`Coalescer._send`, in the background: no caller's cancellation reaches it)
 takes the account's per-model grant once (events.CHARGE_ACCOUNT) with the tokens of
-all its inputs, and goes through the same `forward` as every call: a 429 or 503 is
-retried for all its members as one. When Together refuses a merged request for a bad
-input (400, 413, 422), its parts are sent again one by one, so that only the caller
-whose input was bad gets the error. Any other error is each caller's own (its quota
-headers; a 404's hint from its own team's models).
+all its inputs. It queues for it as long as its most patient caller may wait (each
+caller's key's max wait, counted from when the caller asked: `client.Patience`,
+raised as callers join); meanwhile each caller whose own wait is over gets its own
+429, and a batch nobody waits for any more gives its place up. Then it goes through
+the same `forward` as every call: a 429 or 503 is retried for all its members as one,
+and Together's 429 is recorded for each of them. When Together refuses a merged
+request for a bad input (400, 413, 422), its parts are sent again one by one, so that
+only the caller whose input was bad gets the error. Any other error is each caller's
+own (its quota headers; a 404's hint from its own team's models). Every 429 is in the
+record under its own caller's team, key and request id.
 """
 
 from __future__ import annotations
@@ -40,9 +49,15 @@ from typing import Any
 from django.conf import settings
 
 from limiter import events, metrics, process
-from limiter.client import spawn
+from limiter.client import Patience, spawn
 from limiter.gateway import errors
-from limiter.gateway.admission import Admission, admit
+from limiter.gateway.admission import (
+    REFUSAL_MESSAGES,
+    Admission,
+    admit,
+    rate_limited,
+    record_refusal,
+)
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import Forwarded, forward
 from limiter.gateway.http import Request, Response
@@ -57,6 +72,11 @@ HEADER = "x-sluice-coalesce"  # "false": this call goes alone
 # Together refused the merged request because of what one input holds: try each alone.
 SPLIT_STATUSES = frozenset({400, 413, 422})
 MSG_BAD_ANSWER = "Together's embeddings answer did not hold one embedding per input."
+# Retry-After for a caller whose wait ran out while its request waited for a concurrency
+# slot, which nobody can predict (the limiter says the same: engine.UNKNOWN_WAIT).
+UNKNOWN_WAIT = 1.0
+# A caller's max wait when the limiter did not say (failure mode "open": no queue at all).
+DEFAULT_MAX_WAIT = 30.0
 
 
 def mergeable(request: Request, body: dict[str, Any]) -> bool:
@@ -99,6 +119,11 @@ class Part:
     texts: list[str]
     joined: float
     future: asyncio.Future[Ok | Failed]
+    key: KeyInfo  # the caller's: its 429s are recorded under its own team and key
+    request_id: str
+    deadline: float  # until when it may wait for the account (monotonic, this process)
+    max_wait: float  # its key's max wait: how long a retry after Together's 429 may queue
+    sent: bool = False  # its inputs went upstream (its key's charge stands)
 
     @property
     def withdrawn(self) -> bool:
@@ -131,6 +156,16 @@ class Batch:
     inputs: int = 0
     opened: float = field(default_factory=time.monotonic)
     full: asyncio.Event = field(default_factory=asyncio.Event)
+    # How long it may queue for the account: its most patient caller's deadline.
+    patience: Patience = field(default_factory=lambda: Patience(-math.inf))
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # a caller joined or left
+
+    def add(self, part: Part) -> None:
+        self.parts.append(part)
+        self.inputs += len(part.texts)
+        self.patience.extend(part.deadline)
+        self.changed.set()
+        part.future.add_done_callback(lambda _future: self.changed.set())
 
 
 class Coalescer:
@@ -140,10 +175,20 @@ class Coalescer:
         self._open: dict[GroupKey, Batch] = {}
 
     def join(
-        self, key: KeyInfo, model: str, params: dict[str, Any], texts: list[str]
+        self,
+        key: KeyInfo,
+        model: str,
+        params: dict[str, Any],
+        texts: list[str],
+        *,
+        request_id: str,
+        deadline: float,
+        max_wait: float,
     ) -> list[Part]:
         """Put a caller's inputs in batches; returns its parts in order. Only a list longer
-        than N is split: its full chunks go at once, alone, and the rest joins like any call."""
+        than N is split: its full chunks go at once, alone, and the rest joins like any call.
+        `deadline`: until when the caller may wait for the account (its key's max wait
+        from when it asked); `max_wait`: its key's max wait."""
         limit = key.coalesce_max_inputs
         group: GroupKey = (
             key.account_id,
@@ -157,7 +202,7 @@ class Coalescer:
         parts: list[Part] = []
         for start in range(0, len(texts), limit):
             chunk = texts[start : start + limit]
-            part = Part(chunk, now, loop.create_future())
+            part = Part(chunk, now, loop.create_future(), key, request_id, deadline, max_wait)
             parts.append(part)
             if len(chunk) == limit:  # a full request on its own: nothing to wait for
                 self._start(Batch(group, key, model, params), part, open_=False)
@@ -169,15 +214,13 @@ class Coalescer:
             if batch is None:
                 batch = self._start(Batch(group, key, model, params), part, open_=True)
             else:
-                batch.parts.append(part)
-                batch.inputs += len(chunk)
+                batch.add(part)
             if batch.inputs >= limit:
                 self._close(batch)
         return parts
 
     def _start(self, batch: Batch, part: Part, *, open_: bool) -> Batch:
-        batch.parts.append(part)
-        batch.inputs += len(part.texts)
+        batch.add(part)
         if open_:
             self._open[batch.group] = batch
         else:
@@ -228,17 +271,29 @@ class Coalescer:
         )
         # Reserved for the first caller's inputs; those joining later are settled at release.
         tokens = sum(math.ceil(part.size / 4) for part in batch.parts)
-        try:
-            # The account's per-model request scope, once for the whole upstream request.
-            admission = await admit(
-                request, ENDPOINT, tokens, batch.model, charge=events.CHARGE_ACCOUNT
+        # The account's per-model request scope, once for the whole upstream request.
+        acquiring = asyncio.ensure_future(
+            admit(
+                request,
+                ENDPOINT,
+                tokens,
+                batch.model,
+                charge=events.CHARGE_ACCOUNT,
+                patience=batch.patience,
             )
+        )
+        try:
+            admission = await self._queue(batch, acquiring)
         except ApiError as refused:
             self._close(batch)
             for part in batch.parts:
-                part.resolve(Failed(refused))
+                self._refuse(batch, part, refused)
+            return
+        if admission is None:  # nobody waits for it any more: its place is given up
+            self._close(batch)
             return
         used: float | None = 0.0
+        unused = True  # nothing went upstream (yet): the account's charge comes back
         try:
             window = batch.opened + settings.SLUICE_COALESCE_WINDOW_MS / 1000 - time.monotonic()
             if window > 0 and not batch.full.is_set():
@@ -252,12 +307,78 @@ class Coalescer:
             request.body = json.dumps(
                 {**batch.params, "model": batch.model, "input": texts}
             ).encode()
+            # Together's 429s are recorded for each caller; a retry after one queues as
+            # long as the most patient caller may wait, afresh (as each alone would).
+            request.callers = [(part.key, part.request_id) for part in parts]
+            admission.requeue_wait = max(part.max_wait for part in parts)
+            for part in parts:
+                part.sent = True
+            unused = False
             self._observe(batch, parts, len(texts))
             used = await self._forward(batch, request, admission, parts)
             if used is None:  # no usage from Together: the estimate of every input sent
                 used = float(sum(math.ceil(part.size / 4) for part in parts))
         finally:
-            admission.release(used)
+            admission.release(used, unused=unused)
+
+    async def _queue(self, batch: Batch, acquiring: asyncio.Future[Admission]) -> Admission | None:
+        """Wait for the account's grant (`acquiring`). Once the limiter has queued the
+        batch, each caller whose own wait is over gets its own 429 at its deadline; when
+        no caller is left (their waits over, or they went away), the batch gives its
+        place up and returns None. Raises the limiter's refusal (an ApiError)."""
+        patience = batch.patience
+        while not acquiring.done():
+            now = time.monotonic()
+            waiting = [part for part in batch.parts if not part.withdrawn]
+            if patience.queued.is_set():  # decided: each caller's own wait counts from here
+                for part in waiting:
+                    if part.deadline <= now:
+                        self._refuse(batch, part, _wait_over(batch, now))
+                waiting = [part for part in waiting if not part.withdrawn]
+            if not waiting:
+                self._close(batch)  # a caller arriving now starts the next one
+                acquiring.cancel()  # the client sends the limiter a CANCEL
+                await asyncio.wait([acquiring])
+                break
+            batch.changed.clear()
+            wakers: list[asyncio.Future[Any]] = [asyncio.ensure_future(batch.changed.wait())]
+            timeout = None
+            if patience.queued.is_set():
+                timeout = min(part.deadline for part in waiting) - now
+            else:
+                wakers.append(asyncio.ensure_future(patience.queued.wait()))
+            try:
+                await asyncio.wait(
+                    [acquiring, *wakers], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for waker in wakers:
+                    waker.cancel()
+        if acquiring.cancelled():
+            return None
+        admission = acquiring.result()  # raises the refusal
+        if all(part.withdrawn for part in batch.parts):  # granted as the last one left
+            admission.release(0.0, unused=True)
+            return None
+        return admission
+
+    @staticmethod
+    def _refuse(batch: Batch, part: Part, error: ApiError) -> None:
+        """A caller's answer from Sluice itself; a 429 is recorded under its own team,
+        key and request id, as a call alone's would be. A caller gone gets nothing."""
+        if part.withdrawn:
+            return
+        part.resolve(Failed(error))
+        if error.status == 429:
+            record_refusal(
+                part.key,
+                part.request_id,
+                ENDPOINT,
+                batch.model,
+                reason=error.code or "rate_limited",
+                retry_after=float(error.extra.get("retry_after") or 0.0),
+                message=error.message,
+            )
 
     @staticmethod
     def _observe(batch: Batch, parts: list[Part], inputs: int) -> None:
@@ -316,12 +437,27 @@ class Coalescer:
         return float(total) if isinstance(total, int | float) else None
 
     async def _alone(self, merged: Batch, part: Part) -> None:
-        """One part of a refused merged request, sent again on its own."""
+        """One part of a refused merged request, sent again on its own: its wait for the
+        account starts afresh, as a retry's would."""
         batch = Batch(merged.group, merged.key, merged.model, merged.params)
-        batch.parts.append(part)
-        batch.inputs = len(part.texts)
+        part.deadline = time.monotonic() + part.max_wait
+        batch.add(part)
         batch.full.set()
         await self._send(batch)
+
+
+def _wait_over(batch: Batch, now: float) -> ApiError:
+    """The 429 of a caller whose own max wait ran out while its batch queued: retry when
+    the limiter's projected wait will have passed (unknown while it waits for a slot)."""
+    patience = batch.patience
+    retry = max(patience.asked + patience.projected - now, UNKNOWN_WAIT)
+    return rate_limited(
+        reason="queue_timeout",
+        retry_after=retry,
+        limited_by="gateway",
+        scope="account",
+        message=REFUSAL_MESSAGES["queue_timeout"].format(endpoint=ENDPOINT, retry=retry),
+    )
 
 
 def _usage_shares(usage: Any, parts: list[Part]) -> list[dict[str, int] | None]:
@@ -362,15 +498,28 @@ async def embeddings(request: Request, body: dict[str, Any], model: str, tokens:
     """A mergeable embeddings call (see `mergeable`), top-down."""
     key = request.key
     assert key is not None
+    asked = time.monotonic()
     # 1. the caller's own key, as if it called alone
     admission = await admit(request, ENDPOINT, tokens, model, charge=events.CHARGE_KEY)
     used: float | None = None
+    parts: list[Part] = []
     try:
         single = isinstance(body["input"], str)
         texts: list[str] = [body["input"]] if single else list(body["input"])
         params = {name: value for name, value in body.items() if name not in ("model", "input")}
-        # 2. its batch(es)
-        parts = coalescer.join(key, model, params, texts)
+        # 2. its batch(es); its wait for the account counts from when it asked, as one
+        # queue wait would for a call alone
+        max_wait = admission.grant.max_wait
+        max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
+        parts = coalescer.join(
+            key,
+            model,
+            params,
+            texts,
+            request_id=request.request_id,
+            deadline=asked + max_wait,
+            max_wait=max_wait,
+        )
         # 3. its answers; a cancellation here (the caller left) cancels the parts' futures,
         # which drops them from a batch not sent yet
         results = await asyncio.gather(*(part.future for part in parts))
@@ -381,7 +530,8 @@ async def embeddings(request: Request, body: dict[str, Any], model: str, tokens:
         admission.add_quota_headers(response)
         return response
     finally:
-        admission.release(used)
+        # None of its inputs went upstream: its key is charged nothing (all or nothing).
+        admission.release(used, unused=not any(part.sent for part in parts))
 
 
 async def _answer(

@@ -135,24 +135,27 @@ async def _rate_limited_upstream(
     request: Request, admission: Admission, response: httpx.Response, pause: float
 ) -> None:
     """Together said 429: keep it for the auditors (whether or not a retry then works),
-    and pause the account for everyone now, before our own retry asks again."""
+    for each caller of a merged request under its own team, key and request id; and
+    pause the account for everyone now, before our own retry asks again."""
     key = request.key
     assert key is not None
     await response.aread()
-    recorder.refusal(
-        team_id=key.team_id,
-        team_name=key.team_name,
-        key_prefix=key.prefix,
-        upstream=key.account_name,
-        endpoint=admission.endpoint,
-        model=admission.model,
-        reason="upstream_rate_limited",
-        source="upstream",
-        retry_after=pause,
-        request_id=request.request_id,
-        message=errors.upstream_message(response.content),
-    )
-    metrics.REFUSED.labels(admission.endpoint, "upstream_rate_limited", "upstream").inc()
+    message = errors.upstream_message(response.content)
+    for caller, request_id in request.callers or [(key, request.request_id)]:
+        recorder.refusal(
+            team_id=caller.team_id,
+            team_name=caller.team_name,
+            key_prefix=caller.prefix,
+            upstream=caller.account_name,
+            endpoint=admission.endpoint,
+            model=admission.model,
+            reason="upstream_rate_limited",
+            source="upstream",
+            retry_after=pause,
+            request_id=request_id,
+            message=message,
+        )
+        metrics.REFUSED.labels(admission.endpoint, "upstream_rate_limited", "upstream").inc()
     await reporter.rate_limited(
         key,
         admission.endpoint,

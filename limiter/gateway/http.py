@@ -62,6 +62,9 @@ class Request:
         None  # once authenticated: what a revocation cuts (limiter/gateway/revocation.py)
     )
     path_params: dict[str, str] = field(default_factory=dict)
+    # A merged embeddings request's callers, each (key, its own request id): a 429 from
+    # Together is recorded for each, as it would be had each called alone (coalesce.py).
+    callers: list[tuple[KeyInfo, str]] | None = None
     _json: Any = None
 
     def json(self) -> dict[str, Any]:

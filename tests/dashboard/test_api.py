@@ -9,7 +9,7 @@ from dashboard import live
 from dashboard.api import MSG_AUTH, MSG_STAFF
 from dashboard.models import AuditEntry
 from dashboard.services import TOKEN_ACTOR
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team
+from limiter.models import COALESCE_MAX_INPUTS, ApiKey, EndpointLimit, LimitProfile, Team
 from tests.dashboard.conftest import make_refusals
 
 pytestmark = pytest.mark.django_db
@@ -172,6 +172,52 @@ def test_profiles_and_limits(api):
         api.delete(f"/api/profiles/{default.pk}").status_code == 409
     )  # used by the upstream account
     assert api.delete(f"/api/profiles/{profile['id']}").status_code == 204
+
+
+def test_profile_coalescing_settings_read_and_written(api):
+    profile = api.post("/api/profiles", {"name": "merging"}, content_type="application/json")
+    profile_id = profile.json()["id"]
+    assert (profile.json()["coalesce_embeddings"], profile.json()["coalesce_max_inputs"]) == (
+        True,
+        20,
+    )
+
+    response = api.patch(
+        f"/api/profiles/{profile_id}",
+        {"coalesce_embeddings": False, "coalesce_max_inputs": COALESCE_MAX_INPUTS},
+        content_type="application/json",
+    )
+    assert response.status_code == 200
+    assert (response.json()["coalesce_embeddings"], response.json()["coalesce_max_inputs"]) == (
+        False,
+        COALESCE_MAX_INPUTS,
+    )
+    stored = LimitProfile.objects.get(pk=profile_id)
+    assert (stored.coalesce_embeddings, stored.coalesce_max_inputs) == (False, COALESCE_MAX_INPUTS)
+    entry = AuditEntry.objects.filter(object_type="limitprofile", action="update").get()
+    assert entry.new_values == {
+        "coalesce_embeddings": False,
+        "coalesce_max_inputs": COALESCE_MAX_INPUTS,
+    }
+    assert api.get(f"/api/profiles/{profile_id}").json()["coalesce_max_inputs"] == (
+        COALESCE_MAX_INPUTS
+    )
+
+    # N between 1 and Together's documented maximum; neither setting takes null.
+    for bad in (
+        {"coalesce_max_inputs": 0},
+        {"coalesce_max_inputs": COALESCE_MAX_INPUTS + 1},
+        {"coalesce_max_inputs": None},
+        {"coalesce_max_inputs": "many"},
+        {"coalesce_embeddings": None},
+    ):
+        response = api.patch(f"/api/profiles/{profile_id}", bad, content_type="application/json")
+        assert response.status_code == 400, bad
+        assert set(response.json()["error"]["fields"]) == set(bad)
+    stored.refresh_from_db()
+    assert (stored.coalesce_embeddings, stored.coalesce_max_inputs) == (False, COALESCE_MAX_INPUTS)
+    schema = api.get("/api/openapi.json").json()["components"]["schemas"]["ProfilePatchIn"]
+    assert schema["properties"]["coalesce_max_inputs"]["maximum"] == COALESCE_MAX_INPUTS
 
 
 def test_refusals_filters_pages_and_csv(api, team, other_team):

@@ -328,3 +328,211 @@ async def test_live_view_and_metrics_show_merging(server, sandbox):
     assert row is not None
     assert row["inputs_per_request"] > 1
     assert row["longest_wait_ms"] > 0
+
+
+# --- what a merged request owes each caller: a charge all or nothing, its own wait, its
+# own 429 record. Each test routes its teams to an upstream account of its own, so one
+# test's full account or held slot is nobody else's.
+@pytest.fixture(scope="module")
+def gaps_server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, WINDOW_MS)
+
+
+@pytest.fixture
+def gaps_sandbox(gaps_server):
+    gaps_server.sandbox.reset()
+    gaps_server.sandbox.configure({"latency_ms": 20})
+    return gaps_server.sandbox
+
+
+def team_on_account(server, team: str, account: str, account_limits: dict, key_limits: dict) -> str:
+    """A key of a new team routed to upstream account `account` (made on first use, its
+    embeddings ceiling `account_limits`), its own embeddings row `key_limits`. Keys
+    issued after the change make the limiter load it (their configuration is newer)."""
+    server.make_profile(f"{account}-ceiling", {"embeddings": account_limits})
+    server.make_profile(f"{team}-key", {"embeddings": key_limits})
+    server.python(
+        "from limiter.models import LimitProfile, Team, UpstreamAccount\n"
+        f"account, _ = UpstreamAccount.objects.get_or_create(name={account!r}, "
+        f"defaults={{'profile': LimitProfile.objects.get(name={account + '-ceiling'!r})}})\n"
+        f"Team.objects.create(name={team!r}, upstream=account, "
+        f"profile=LimitProfile.objects.get(name={team + '-key'!r}))\n"
+    )
+    return server.issue_key(team, profile=f"{team}-key")
+
+
+def expect_429(response: httpx.Response, codes: set[str]) -> dict:
+    assert response.status_code == 429, response.text
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["code"] in codes, error
+    assert int(response.headers["retry-after"]) >= 1
+    assert "x-ratelimit-limit-requests" in response.headers  # the caller's own quota
+    return error
+
+
+async def test_a_caller_refused_at_the_account_is_not_charged_on_its_key(gaps_server, gaps_sandbox):
+    server = gaps_server
+    one_a_minute = {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1}
+    filler = team_on_account(server, "charge-filler", "charge-acct", one_a_minute, OPEN)
+    # Its key allows one call a minute and a 1 s wait: whatever it is charged shows.
+    caller = team_on_account(
+        server,
+        "charge-caller",
+        "charge-acct",
+        one_a_minute,
+        {**one_a_minute, "max_queue_wait_seconds": 1.0},
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        alone = await client.post(
+            EMBED,
+            json={"model": MODEL, "input": "fills the account"},
+            headers=auth(filler, **{"x-sluice-coalesce": "false"}),
+        )
+        expect_own_answer(alone, ["fills the account"])
+        # The account's next request is a minute away, longer than the caller may wait:
+        # its merged request is refused at once, before anything went upstream.
+        first = await client.post(
+            EMBED, json={"model": MODEL, "input": "refused"}, headers=auth(caller)
+        )
+        error = expect_429(first, {"account_rate_limited"})
+        assert error["scope"] == "account"
+        # Charged nothing on its key: its next call is refused by the account again, not
+        # by its own one-a-minute limit (which a charge would have used up).
+        second = await client.post(
+            EMBED, json={"model": MODEL, "input": "refused again"}, headers=auth(caller)
+        )
+        error = expect_429(second, {"account_rate_limited"})
+        assert error["scope"] == "account"
+    assert requests_seen(gaps_sandbox) == [[MODEL, 1]]  # only the call alone went
+
+
+async def test_each_caller_gets_its_own_429_when_its_own_wait_is_over(gaps_server, gaps_sandbox):
+    server, sandbox = gaps_server, gaps_sandbox
+    one_slot = {**OPEN, "max_concurrent": 1}
+    holder = team_on_account(server, "wait-holder", "wait-acct", one_slot, OPEN)
+    waits = {"wait-brief": 0.5, "wait-patient": 1.5}
+    keys = {
+        team: team_on_account(
+            server, team, "wait-acct", one_slot, {**OPEN, "max_queue_wait_seconds": wait}
+        )
+        for team, wait in waits.items()
+    }
+    sandbox.configure({"latency_ms": 8000})  # the call alone holds the account's one slot
+    answered: list[str] = []
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+
+        async def call(team: str) -> httpx.Response:
+            response = await client.post(
+                EMBED,
+                json={"model": MODEL, "input": f"{team} waits"},
+                headers=auth(keys[team], **{"x-request-id": f"{team}-1"}),
+            )
+            answered.append(team)
+            return response
+
+        hold = asyncio.ensure_future(
+            client.post(
+                EMBED,
+                json={"model": MODEL, "input": "holds the slot"},
+                headers=auth(holder, **{"x-sluice-coalesce": "false"}),
+            )
+        )
+        assert await asyncio.to_thread(wait_until, lambda: requests_seen(sandbox) == [[MODEL, 1]])
+        # Both join one merged request, which queues for the slot.
+        brief, patient = await asyncio.gather(call("wait-brief"), call("wait-patient"))
+        # Each its own 429, the less patient first; then the merged request gives its
+        # place up (before the slot frees: the limiter has nothing queued).
+        for response in (brief, patient):
+            expect_429(response, {"queue_timeout", "concurrency_limited"})
+        assert answered == ["wait-brief", "wait-patient"]
+        assert brief.headers["x-request-id"] == "wait-brief-1"
+        assert await asyncio.to_thread(
+            wait_until, lambda: (live(server)["snapshot"] or {})["limiter"]["tickets_queued"] == 0
+        )
+        assert not hold.done()  # left the queue while the slot was still held (8 s upstream)
+        expect_own_answer(await hold, ["holds the slot"])
+    assert requests_seen(sandbox) == [[MODEL, 1]]  # the merged request never went
+
+
+def refusals(server, **filters: str) -> list[dict]:
+    response = httpx.get(
+        f"{server.url}/api/refusals",
+        params={"endpoint": "embeddings", **filters},
+        headers={"authorization": f"Bearer {server.admin_token}"},
+        timeout=10,
+    )
+    return response.raise_for_status().json()["items"]
+
+
+async def test_a_429_from_together_is_recorded_for_each_caller(gaps_server, gaps_sandbox):
+    server, sandbox = gaps_server, gaps_sandbox
+    keys = {team: issue(server, team) for team in ("history-a", "history-b")}
+    sandbox.configure({"fail_next": [429], "inject_retry_after_s": 0.2})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    EMBED,
+                    json={"model": MODEL, "input": f"{team} input"},
+                    headers=auth(key, **{"x-request-id": f"{team}-req"}),
+                )
+                for team, key in keys.items()
+            )
+        )
+    for team, response in zip(keys, responses, strict=True):
+        expect_own_answer(response, [f"{team} input"])  # retried as one, after the pause
+    assert len(requests_seen(sandbox)) == 2  # refused merged, then sent again merged
+
+    def recorded() -> list[dict]:
+        return [r for r in refusals(server, source="upstream") if r["team_name"] in keys]
+
+    assert await asyncio.to_thread(wait_until, lambda: len(recorded()) >= 2)
+    rows = sorted(recorded(), key=lambda r: r["team_name"])
+    assert [(r["team_name"], r["request_id"], r["reason"]) for r in rows] == [
+        ("history-a", "history-a-req", "upstream_rate_limited"),
+        ("history-b", "history-b-req", "upstream_rate_limited"),
+    ]
+    for row in rows:
+        assert keys[row["team_name"]].startswith(row["key_prefix"])
+
+
+async def test_a_callers_own_429_is_recorded_under_its_own_team(gaps_server, gaps_sandbox):
+    server = gaps_server
+    one_a_minute = {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1}
+    filler = team_on_account(server, "record-filler", "record-acct", one_a_minute, OPEN)
+    callers = {
+        team: team_on_account(
+            server, team, "record-acct", one_a_minute, {**OPEN, "max_queue_wait_seconds": 1.0}
+        )
+        for team in ("record-a", "record-b")
+    }
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        alone = await client.post(
+            EMBED,
+            json={"model": MODEL, "input": "fills"},
+            headers=auth(filler, **{"x-sluice-coalesce": "false"}),
+        )
+        assert alone.status_code == 200
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    EMBED,
+                    json={"model": MODEL, "input": team},
+                    headers=auth(key, **{"x-request-id": f"{team}-req"}),
+                )
+                for team, key in callers.items()
+            )
+        )
+    for response in responses:
+        expect_429(response, {"account_rate_limited"})
+
+    def recorded() -> list[dict]:
+        return [r for r in refusals(server, source="gateway") if r["team_name"] in callers]
+
+    assert await asyncio.to_thread(wait_until, lambda: len(recorded()) >= 2)
+    rows = sorted(recorded(), key=lambda r: r["team_name"])
+    assert [(r["team_name"], r["request_id"], r["reason"]) for r in rows] == [
+        ("record-a", "record-a-req", "account_rate_limited"),
+        ("record-b", "record-b-req", "account_rate_limited"),
+    ]

@@ -244,3 +244,85 @@ def test_grants_without_a_cap_or_tokens_need_no_lease():
     assert engine.leases == {}
     capped = ask(engine, "2", key_limit=Limit(per_minute=6000, burst=100, max_concurrent=5))
     assert capped.lease == "2"
+
+
+class TestMergedRequests:
+    """What a merged embeddings request needs (limiter/gateway/coalesce.py): a key's
+    charge handed back whole when the caller's work never went upstream, and a queue wait
+    of the request's own, raised while it waits as more patient callers join."""
+
+    KEY_ONLY = Limit(per_minute=60, burst=1, tokens_per_minute=600, queue_depth=0, max_wait=0)
+
+    def test_an_unused_grant_gives_its_request_and_tokens_back(self):
+        engine = Engine()
+        first = engine.acquire(
+            "1", (KEY_A, self.KEY_ONLY), (ACCOUNT, WIDE), 5, 0.0, refundable=True
+        )
+        assert first[0].kind == "grant" and first[0].lease == "1"  # refundable: always a lease
+        assert ask(engine, "2", key_limit=self.KEY_ONLY, now=0.25).reason == RATE_LIMITED
+        key = engine.scopes[KEY_A]
+        assert key.tokens is not None and key.tokens.debt(0.25) == pytest.approx(5 - 2.5)
+
+        engine.release("1", None, 0.25, unused=True)  # its merged request was refused
+        # Only what had not drained comes back: the bucket is as if it had been empty.
+        assert key.requests.debt(0.25) == pytest.approx(0.0)
+        assert key.tokens.debt(0.25) == pytest.approx(0.0)
+        assert ask(engine, "3", key_limit=self.KEY_ONLY, now=0.25).kind == "grant"
+
+    def test_a_used_grant_keeps_its_request_charge(self):
+        engine = Engine()
+        engine.acquire("1", (KEY_A, self.KEY_ONLY), (ACCOUNT, WIDE), 0, 0.0, refundable=True)
+        engine.release("1", 0.0, 0.25)  # it went upstream
+        assert ask(engine, "2", key_limit=self.KEY_ONLY, now=0.25).reason == RATE_LIMITED
+
+    def test_an_unused_refund_is_only_what_has_not_drained(self):
+        engine = Engine()
+        engine.acquire("1", (KEY_A, self.KEY_ONLY), (ACCOUNT, WIDE), 0, 0.0, refundable=True)
+        engine.release("1", None, 0.75, unused=True)
+        # 0.25 of the request had not drained: the bucket is empty from now, not since 0.
+        assert engine.scopes[KEY_A].requests.tat == pytest.approx(0.75)
+        engine.release("1", None, 0.75, unused=True)  # twice: nothing more comes back
+        assert engine.scopes[KEY_A].requests.tat == pytest.approx(0.75)
+
+    def test_an_adopted_lease_released_unused_refunds_nothing(self):
+        engine = Engine(unknown_before=0.0)
+        engine.adopt("old", (KEY_A, self.KEY_ONLY), (ACCOUNT, WIDE), 0, 0.5)
+        engine.release("old", None, 0.5, unused=True)  # the previous instance charged it
+        assert engine.scopes[KEY_A].requests.debt(0.5) == pytest.approx(0.5)
+
+    def test_a_ticket_waits_its_own_max_wait_not_its_keys(self):
+        engine = Engine()
+        slot = Limit(per_minute=6000, burst=100, max_concurrent=1)
+        held = engine.acquire("hold", (KEY_B, WIDE), (ACCOUNT, slot), 0, 0.0)[0]
+        assert held.kind == "grant"
+        # The key may wait 60 s; the merged request only as long as its callers allow.
+        queued = engine.acquire("m", (KEY_A, WIDE), (ACCOUNT, slot), 0, 0.0, max_wait=2.0)
+        assert queued[-1].kind == "queued" and queued[-1].ticket.deadline == 2.0
+        assert engine.next_wakeup(0.0) == 2.0
+        timed_out = engine.poll(2.0)
+        assert [(d.ticket.id, d.kind, d.reason) for d in timed_out] == [
+            ("m", "refuse", CONCURRENCY_LIMITED)
+        ]
+
+    def test_a_projected_wait_over_its_own_max_wait_is_refused_at_once(self):
+        engine = Engine()
+        account = Limit(per_minute=6, burst=1)
+        assert ask(engine, "1", account_limit=account).kind == "grant"
+        refused = engine.acquire("m", (KEY_A, WIDE), (ACCOUNT, account), 0, 0.0, max_wait=4.0)
+        assert refused[-1].kind == "refuse" and refused[-1].reason == ACCOUNT_RATE_LIMITED
+        assert refused[-1].retry_after == pytest.approx(10.0 - 4.0)
+        patient = engine.acquire("p", (KEY_A, WIDE), (ACCOUNT, account), 0, 0.0, max_wait=12.0)
+        assert patient[-1].kind == "queued"
+
+    def test_extend_raises_a_queued_tickets_deadline_never_lowers_it(self):
+        engine = Engine()
+        slot = Limit(per_minute=6000, burst=100, max_concurrent=1)
+        engine.acquire("hold", (KEY_B, WIDE), (ACCOUNT, slot), 0, 0.0)
+        engine.acquire("m", (KEY_A, WIDE), (ACCOUNT, slot), 0, 1.0, max_wait=2.0)
+        assert engine.extend("m", 5.0, now=2.5)  # a caller that may wait longer joined
+        assert engine.extend("m", 1.0, now=2.6)  # a less patient one changes nothing
+        assert engine.tickets["m"].deadline == 6.0
+        assert engine.poll(3.0) == []  # its first deadline passed: still queued
+        assert engine.next_wakeup(3.0) == 6.0
+        assert [d.kind for d in engine.poll(6.0)] == ["refuse"]
+        assert not engine.extend("m", 60.0, now=6.0)  # answered: nothing to extend

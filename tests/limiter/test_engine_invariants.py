@@ -1,6 +1,8 @@
 """The engine's guarantees (see its docstring), checked after every step of generated
-histories: acquires, releases with actual usage, renewals, cancels, limit changes,
-upstream pauses, restarts with adoption, forgetting idle scopes, and time passing.
+histories: acquires (some with a max wait of their own, later extended, and refundable
+like a merged embeddings request's), releases with actual usage or unused, renewals,
+cancels, limit changes, upstream pauses, restarts with adoption, forgetting idle scopes,
+and time passing.
 
 The test plays the worker's part: time only moves forward, and it polls whenever
 `next_wakeup` asks to. Nothing sleeps; the run is derandomized with no example database,
@@ -113,6 +115,7 @@ class Held:
     tokens: float
     expiry: float
     admissions: list[Entry]  # the token admissions it made, to lower on settling
+    requests: list[Entry]  # its request admissions, void if it is released unused
     buckets: dict[str, object]  # scope name -> the engine's token bucket it charged
 
 
@@ -193,8 +196,11 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _admit(self, key: str, account: str, tokens: float, lease: str) -> None:
         admissions = []
+        requests = []
         for name in (key, account):
-            self.logs[(name, "requests")].entries.append(Entry(self.now, 1.0, 1.0, True))
+            request = Entry(self.now, 1.0, 1.0, True)
+            self.logs[(name, "requests")].entries.append(request)
+            requests.append(request)
             log = self.logs.get((name, "tokens"))
             if log is not None and tokens:
                 entry = Entry(self.now, tokens, tokens, True)
@@ -208,6 +214,7 @@ class EngineMachine(RuleBasedStateMachine):
                 tokens,
                 self.now + LEASE_TTL,
                 admissions,
+                requests,
                 {name: self._bucket(name) for name in (key, account)},
             )
             # Leases in use <= max_concurrent, checked as each grant is made.
@@ -285,6 +292,50 @@ class EngineMachine(RuleBasedStateMachine):
         # Several callers at one instant: what fills queues and makes keys compete.
         for key, tokens in calls:
             self.acquire(key, tokens)
+
+    @rule(
+        key=st.sampled_from(["k0", "k1", "k2"]),
+        tokens=st.sampled_from([0, 20, 80, 200]),
+        max_wait=st.sampled_from([0.0, 0.5, 2.0, 8.0]),
+    )
+    def acquire_merged(self, key: str, tokens: int, max_wait: float) -> None:
+        # A merged embeddings request: a max wait of its own, and refundable.
+        self.counter += 1
+        key_pair, account_pair = self._pair(key)
+        self._process(
+            self.engine.acquire(
+                f"t{self.counter}",
+                key_pair,
+                account_pair,
+                tokens,
+                self.now,
+                max_wait=max_wait,
+                refundable=True,
+            )
+        )
+
+    @precondition(lambda self: self.queued)
+    @rule(data=st.data(), max_wait=st.sampled_from([0.1, 1.0, 5.0, 25.0]))
+    def extend(self, data: st.DataObject, max_wait: float) -> None:
+        # A more patient caller joined a queued merged request: it may wait longer.
+        ticket_id = data.draw(st.sampled_from(sorted(self.queued)))
+        key, deadline = self.queued[ticket_id]
+        ticket = self.engine.tickets[ticket_id]
+        assert self.engine.extend(ticket_id, max_wait, self.now)
+        assert ticket.deadline == max(deadline, ticket.arrived + max_wait)  # never shorter
+        self.queued[ticket_id] = (key, ticket.deadline)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release_unused(self, data: st.DataObject) -> None:
+        # Its request never went upstream: as if never admitted (the engine refunds only
+        # what has not drained, so counting it as nothing is the strictest reading).
+        held = self.held.pop(data.draw(st.sampled_from(sorted(self.held))))
+        if held in self.to_adopt:
+            self.to_adopt.remove(held)
+        for entry in [*held.admissions, *held.requests]:
+            entry.units = 0.0
+        self._process(self.engine.release(held.lease, None, self.now, unused=True))
 
     @precondition(lambda self: self.held)
     @rule(data=st.data(), usage=st.sampled_from(["unknown", "none", "half", "all", "over"]))
