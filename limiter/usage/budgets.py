@@ -59,9 +59,13 @@ successor seeds from the rollups, which lag by one flush interval of each web pr
 and holds no reservation for the calls in flight across the restart: they are charged
 when they report, unchecked by their estimate); a call longer than the reservation TTL
 (its estimate is charged at the expiry and the difference when it reports, both after
-the calls admitted meanwhile); and calls admitted with the limiter down in failure mode
-"open". `tests/usage/test_budget_book.py` checks the arithmetic with time passed in, and
-`tests/scaleout/test_budget_cluster.py` checks the bound over four web processes.
+the calls admitted meanwhile); a stream cut before Together's last chunk, which carries
+the usage (its web process reports 0 tokens, as its usage record counts); and calls
+admitted with the limiter down in failure mode "open".
+
+`tests/usage/test_budget_book.py` checks the arithmetic with time passed in (and the bound
+over any interleaving of calls and reports), and `tests/scaleout/test_budget_cluster.py`
+checks it over four web processes.
 """
 
 from __future__ import annotations
