@@ -243,6 +243,9 @@ except (zoneinfo.ZoneInfoNotFoundError, ValueError):
     raise ImproperlyConfigured(
         f"SLUICE_USAGE_TIME_ZONE: unknown time zone {SLUICE_USAGE_TIME_ZONE!r}"
     ) from None
+# Seconds a budget's reservation for a call in flight waits for the call's usage report
+# before it is charged at its estimate (a web process that died never reports).
+SLUICE_BUDGET_RESERVATION_TTL = env.float("SLUICE_BUDGET_RESERVATION_TTL", default=SLUICE_LEASE_TTL)
 # Batch inference is billed at this fraction of the list price (Together: 50% off).
 SLUICE_BATCH_PRICE_FACTOR = env.float("SLUICE_BATCH_PRICE_FACTOR", default=0.5)
 # Proxies (addresses or CIDRs) whose X-Forwarded-For names the caller, for the team API's

@@ -47,6 +47,9 @@ class Grant:
     # How long the ticket could have queued (its key's max wait, or its own); None when
     # the limiter did not say (failure mode "open").
     max_wait: float | None = None
+    # The budget reservation the call holds (its ticket id; "" for none): its usage report
+    # settles it, and a grant handed back unused settles it at 0 (`unreserve`).
+    reservation: str = ""
 
 
 class Refused(Exception):
@@ -201,13 +204,15 @@ class LimiterClient:
         queue = self._waiting.get(message.get("ticket", ""))
         if queue is not None:
             queue.put_nowait(message)
-        elif kind == events.DECISION and message.get("kind") == "grant" and message.get("lease"):
+        elif kind == events.DECISION and message.get("kind") == "grant":
             # Granted after its caller gave up (disconnected or timed out): hand it back.
-            spawn(
-                self._send_until_delivered(
-                    {"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}
+            if message.get("lease"):
+                spawn(
+                    self._send_until_delivered(
+                        {"type": events.RELEASE, "lease": message["lease"], "tokens_used": None}
+                    )
                 )
-            )
+            self.unreserve(message.get("reservation", ""))
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.layer.send(events.LIMITER_CHANNEL, message)
@@ -238,11 +243,15 @@ class LimiterClient:
         replacing: str = "",
         charge: str = events.CHARGE_BOTH,
         patience: Patience | None = None,
+        cost: float = 0.0,
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
 
         `patience`: how long it may queue, instead of its key's max wait (a merged
         embeddings request), raised while it waits with `Patience.extend`.
+
+        `tokens` and `cost`: the call's estimate, held against its budgets until its
+        usage is reported (limiter/usage/budgets.py).
 
         `charge`: which scopes the ticket charges (events.CHARGE_*): both by default; a
         merged embeddings request charges its callers' keys and the account apart.
@@ -260,7 +269,7 @@ class LimiterClient:
         for _attempt in range(STALE_GRANT_RETRIES):
             try:
                 grant = await self._acquire_once(
-                    key, endpoint, model, tokens, request_id, replacing, charge, patience
+                    key, endpoint, model, tokens, request_id, replacing, charge, patience, cost
                 )
             except (LimiterUnavailable, asyncio.CancelledError):
                 if replacing:  # it may never have reached the limiter: hand it back plainly
@@ -271,6 +280,7 @@ class LimiterClient:
                 return grant
             logger.warning("grant arrived %.0f ms late; asking again", grant.age * 1000)
             self.release(grant.lease, None)
+            self.unreserve(grant.reservation)  # the next ask reserves again
         raise LimiterUnavailable()
 
     async def _acquire_once(
@@ -283,6 +293,7 @@ class LimiterClient:
         replacing: str = "",
         charge: str = events.CHARGE_BOTH,
         patience: Patience | None = None,
+        cost: float = 0.0,
     ) -> Grant:
         ticket = uuid.uuid4().hex
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -304,6 +315,7 @@ class LimiterClient:
                     "version": key.config_version,
                     "tokens": tokens,
                     "request_id": request_id,
+                    **({"cost": cost} if cost else {}),
                     **({"lease": replacing} if replacing else {}),
                     **({"charge": charge} if charge else {}),
                     **({"max_wait": patience.max_wait()} if patience is not None else {}),
@@ -330,8 +342,9 @@ class LimiterClient:
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             while not queue.empty():
                 unread = queue.get_nowait()
-                if unread.get("kind") == "grant" and unread.get("lease"):
-                    self.release(unread["lease"], None)
+                if unread.get("kind") == "grant":
+                    self.release(unread.get("lease", ""), None)
+                    self.unreserve(unread.get("reservation", ""))
             raise
         finally:
             del self._waiting[ticket]
@@ -357,6 +370,7 @@ class LimiterClient:
             age=self.lateness.age(self.clock(), decision["at"], decision.get("limiter", "")),
             budgeted=bool(decision.get("budgeted")),
             max_wait=decision.get("max_wait"),
+            reservation=decision.get("reservation", ""),
         )
 
     async def _queued(
@@ -411,9 +425,12 @@ class LimiterClient:
         }
         spawn(self._send_until_delivered(dict(message)))
 
-    def report_usage(self, *, key_id: str, model: str, tokens: float, cost: float) -> None:
-        """A budgeted call ended: tell the limiter what it used (fire and forget, retried
-        through a channel-layer outage: a lost report is spend the budget never sees)."""
+    def report_usage(
+        self, *, key_id: str, model: str, tokens: float, cost: float, reservation: str = ""
+    ) -> None:
+        """A budgeted call ended: tell the limiter what it used, settling its reservation
+        (fire and forget, retried through a channel-layer outage: a lost report leaves
+        the reservation to expire at its estimate)."""
         message: events.UsageMessage = {
             "type": events.USAGE,
             "key": key_id,
@@ -421,7 +438,15 @@ class LimiterClient:
             "tokens": tokens,
             "cost": cost,
         }
+        if reservation:
+            message["reservation"] = reservation
         spawn(self._send_until_delivered(dict(message)))
+
+    def unreserve(self, reservation: str) -> None:
+        """A grant that holds a reservation was not used (handed back, or its call never
+        went upstream): settle the reservation at 0, so it stops holding the budget."""
+        if reservation:
+            self.report_usage(key_id="", model="", tokens=0.0, cost=0.0, reservation=reservation)
 
     def renew(self, lease: str) -> None:
         """Keep a lease whose request still runs (a stream longer than SLUICE_LEASE_TTL)."""

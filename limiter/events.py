@@ -75,8 +75,11 @@ class AcquireMessage(_Charge):
     # Together limits each model on its own: the account's scope is per model ("": files, jobs).
     model: str
     version: int  # the configuration version the asker's key cache saw (ConfigVersion)
-    tokens: float  # the estimate to reserve where a token limit applies
+    tokens: float  # the estimate to reserve where a token limit applies, and budgets'
     request_id: str
+    # US dollars the call may cost at the price the web process holds (0: none known),
+    # reserved against dollar budgets until its usage report (limiter/usage/budgets.py).
+    cost: NotRequired[float]
 
 
 class ReacquireMessage(AcquireMessage):
@@ -120,6 +123,9 @@ class DecisionMessage(TypedDict):
     limiter: str  # the deciding limiter instance: its clock is another one after a restart
     # A grant: a budget counts this key's calls, so report the call's usage (USAGE).
     budgeted: NotRequired[bool]
+    # A grant that holds a budget reservation (its ticket id): the USAGE report names it,
+    # and a grant never used is reported as 0 under it.
+    reservation: NotRequired[str]
     # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
     message: NotRequired[str]
 
@@ -134,13 +140,15 @@ class ReleaseMessage(TypedDict):
 
 
 class UsageMessage(TypedDict):
-    """What a budgeted call used, reported when it ends (limiter/usage/budgets.py)."""
+    """What a budgeted call used, reported when it ends (limiter/usage/budgets.py): it
+    settles the call's reservation, if it holds one; a job's usage names none."""
 
     type: str  # USAGE
     key: str
     model: str
     tokens: float
     cost: float  # US dollars at the price in force in the web process
+    reservation: NotRequired[str]  # DecisionMessage.reservation of the call's grant
 
 
 class AdoptMessage(_Charge):

@@ -88,10 +88,21 @@ def release(lease: str, tokens_used: float | None, *, unused: bool = False) -> N
         _client.release(lease, tokens_used, unused=unused)
 
 
-def report_usage(*, key_id: str, model: str, tokens: float, cost: float) -> None:
-    """A budgeted call's usage, for the limiter to charge to its budgets."""
+def report_usage(
+    *, key_id: str, model: str, tokens: float, cost: float, reservation: str = ""
+) -> None:
+    """A budgeted call's usage, for the limiter to charge to its budgets (settling the
+    call's reservation, when it holds one)."""
     if _client is not None:
-        _client.report_usage(key_id=key_id, model=model, tokens=tokens, cost=cost)
+        _client.report_usage(
+            key_id=key_id, model=model, tokens=tokens, cost=cost, reservation=reservation
+        )
+
+
+def unreserve(reservation: str) -> None:
+    """A call that held a budget reservation and used nothing: settle it at 0."""
+    if reservation and _client is not None:
+        _client.unreserve(reservation)
 
 
 async def request_snapshot(reply_channel: str) -> None:

@@ -33,7 +33,13 @@ from limiter.coalesce_stats import CoalesceStats
 from limiter.config import UNLIMITED, LimiterConfig, config_load
 from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
-from limiter.usage.budgets import BUDGET_EXCEEDED, BudgetBook, Exceeded, threshold_crossed
+from limiter.usage.budgets import (
+    BUDGET_EXCEEDED,
+    BudgetBook,
+    Crossing,
+    Exceeded,
+    threshold_crossed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +178,11 @@ class LimiterConsumer(AsyncConsumer):
             adopt_until=adopt_until,
         )
         # Budgets and their spend this period: checked on every ACQUIRE, in memory.
-        self.budgets = BudgetBook(ZoneInfo(settings.SLUICE_USAGE_TIME_ZONE))
+        # Each call a budget covers is reserved at its estimate from its admission to its
+        # report (limiter/usage/budgets.py): the bound holds whatever order reports come in.
+        self.budgets = BudgetBook(
+            ZoneInfo(settings.SLUICE_USAGE_TIME_ZONE), settings.SLUICE_BUDGET_RESERVATION_TTL
+        )
         self.stats = Stats()
         self.coalesced = CoalesceStats()
         self.started_at = time.time()
@@ -405,9 +415,18 @@ class LimiterConsumer(AsyncConsumer):
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
         # that finds nobody waiting is handed back by its web process.
         key_scope, account_scope = await self._scopes(message)
-        if self.budgets.states:
-            exceeded = self.budgets.check(
-                message["key"], message.get("model", ""), datetime.now(UTC)
+        # A merged embeddings request (CHARGE_ACCOUNT) is no one's call: each of its
+        # callers was checked, and reserved, on its own ticket.
+        if self.budgets.states and message.get("charge") != events.CHARGE_ACCOUNT:
+            wall = datetime.now(UTC)
+            self._announce(self.budgets.expire(wall))
+            exceeded = self.budgets.admit(
+                message["ticket"],
+                message["key"],
+                message.get("model", ""),
+                float(message["tokens"] or 0.0),
+                float(message.get("cost") or 0.0),
+                wall,
             )
             if exceeded is not None:
                 await self._refuse_budget(message, key_scope, exceeded)
@@ -476,14 +495,21 @@ class LimiterConsumer(AsyncConsumer):
             logger.exception("could not answer a budget refusal")
 
     async def limiter_usage(self, message: events.UsageMessage) -> None:
-        """A budgeted call ended: charge what it used; announce thresholds it crossed."""
-        crossings = self.budgets.charge(
-            message["key"],
-            message.get("model", ""),
-            float(message.get("tokens") or 0.0),
-            float(message.get("cost") or 0.0),
-            datetime.now(UTC),
+        """A budgeted call ended: its reservation is settled with what it used (a job's
+        usage, naming none, is charged as it is); announce thresholds it crossed."""
+        self._announce(
+            self.budgets.settle(
+                message.get("reservation", ""),
+                message["key"],
+                message.get("model", ""),
+                float(message.get("tokens") or 0.0),
+                float(message.get("cost") or 0.0),
+                datetime.now(UTC),
+            )
         )
+
+    def _announce(self, crossings: list[Crossing]) -> None:
+        """Thresholds crossed: recorded and alerted off the event loop (database writes)."""
         if crossings:
             from asgiref.sync import sync_to_async
 
@@ -507,6 +533,8 @@ class LimiterConsumer(AsyncConsumer):
         )
 
     async def limiter_cancel(self, message: dict[str, Any]) -> None:
+        # Its asker gave up before the grant: whatever grant comes is handed back unused.
+        self.budgets.drop(message["ticket"])
         now = time.monotonic()
         await self._answer(self.engine.cancel(message["ticket"], now), now)
 
@@ -609,6 +637,8 @@ class LimiterConsumer(AsyncConsumer):
         sends = []
         for decision in decisions:
             self.stats.record(decision, now, wall)
+            if decision.kind == "refuse":  # queue full or timed out: it reserves nothing
+                self.budgets.drop(decision.ticket.id)
             if decision.ticket.reply_to:
                 sends.append(
                     self.channel_layer.send(decision.ticket.reply_to, self._message(decision))
@@ -641,6 +671,10 @@ class LimiterConsumer(AsyncConsumer):
             "at": time.monotonic(),
             "limiter": self.instance,
             "budgeted": decision.kind == "grant" and self.budgets.covers(decision.ticket.key.id[1]),
+            # The reservation its usage report settles (its ticket id), when it holds one.
+            "reservation": decision.ticket.id
+            if decision.kind == "grant" and self.budgets.reserved(decision.ticket.id)
+            else "",
         }
 
     def _schedule(self, now: float) -> None:

@@ -29,6 +29,7 @@ from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response, StreamingResponse
 from limiter.keys import KeyInfo
 from limiter.recorder import recorder
+from limiter.usage.prices import NO_PRICE, cost_of, prices
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Admission:
         "budgeted",
         "charge",
         "requeue_wait",
+        "reservation",
     )
 
     def __init__(
@@ -89,8 +91,11 @@ class Admission:
             model,
             grant,
         )
-        # A budget counts this call: its usage goes to the limiter when it ends.
+        # A budget counts this call: its usage goes to the limiter when it ends, settling
+        # the reservation its grant holds (metering.meter takes it; `release` settles
+        # one never metered at 0: the call never reached Together).
         self.budgeted = grant.budgeted
+        self.reservation = grant.reservation
         self.charge = charge  # events.CHARGE_*: a merged embeddings call charges apart
         # A merged request queues again (after Together's 429) this long at most, its
         # callers' longest max wait; None: its key's (every other call).
@@ -102,6 +107,8 @@ class Admission:
         embeddings caller refused at the account is charged nothing, as a call alone)."""
         grant, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
         process.release(grant.lease, tokens_used, unused=unused)
+        reservation, self.reservation = self.reservation, ""
+        process.unreserve(reservation)
 
     async def requeue(self) -> None:
         """Queue again for a retry after Together's 429, handing the grant back in the
@@ -122,6 +129,8 @@ class Admission:
             patience=patience,
         )
         self.budgeted = self.budgeted or self.grant.budgeted
+        # The call's reservation is its first grant's (a REACQUIRE reserves nothing new).
+        self.reservation = self.reservation or self.grant.reservation
 
     async def keep_alive(self) -> None:
         """Renew the grant's lease while the call runs (a stream may outlast
@@ -186,6 +195,7 @@ async def _grant_checked(
     refusal = await revocation.key_refusal(request.key)
     if refusal is not None:
         process.release(grant.lease, None)
+        process.unreserve(grant.reservation)
         raise refusal
     return grant
 
@@ -203,6 +213,12 @@ async def _grant(
     assert key is not None
     limiter = await process.ensure_started()
     started = time.monotonic()
+    # A merged request's body is built later, and its callers' own tickets hold its cost.
+    cost = (
+        estimate_cost(request, endpoint, model)
+        if model and charge != events.CHARGE_ACCOUNT
+        else 0.0
+    )
     try:
         grant = await limiter.acquire(
             key=key,
@@ -213,6 +229,7 @@ async def _grant(
             replacing=replacing,
             charge=charge,
             patience=patience,
+            cost=cost,
         )
     except Refused as refused:
         d = refused.decision
@@ -347,8 +364,8 @@ def _text_size(value: Any) -> int:
     return size
 
 
-def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
-    """Prompt size (about 4 characters a token) plus the completion it may produce."""
+def estimate_parts(body: dict[str, Any], endpoint: str) -> tuple[int, int]:
+    """Prompt tokens (about 4 characters a token) and the completion it may produce."""
     prompt = _text_size(
         body.get("messages") or body.get("prompt") or body.get("input") or body.get("documents")
     )
@@ -359,4 +376,27 @@ def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
         )
         if not isinstance(completion, int) or completion < 0:
             completion = DEFAULT_COMPLETION_TOKENS
-    return math.ceil(prompt / 4) + completion
+    return math.ceil(prompt / 4), completion
+
+
+def estimate_tokens(body: dict[str, Any], endpoint: str) -> float:
+    """Prompt size plus the completion it may produce: what a token limit, and a token
+    budget, hold for the call until it is answered."""
+    prompt, completion = estimate_parts(body, endpoint)
+    return prompt + completion
+
+
+def estimate_cost(request: Request, endpoint: str, model: str) -> float:
+    """US dollars the call may cost: its token estimate (and images) at the price this
+    process holds for the model, 0 when it knows none. A dollar budget holds it for the
+    call until its usage is reported."""
+    price = prices.price(model)
+    if price == NO_PRICE:
+        return 0.0
+    body = request.json()
+    prompt, completion = estimate_parts(body, endpoint)
+    images = 0
+    if endpoint == "images":
+        n = body.get("n")
+        images = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+    return float(cost_of(price, prompt, completion, images))

@@ -5,7 +5,9 @@ Together reports none: an embeddings call counts its inputs and estimates its pr
 tokens (about 4 characters a token, the admission estimate), marked as estimated; an
 images call counts its images (`n`, 1 by default). The counts go to the usage recorder
 (an in-memory addition; limiter/usage/recorder.py writes them off the request path),
-and, when a budget counts the call (its grant said so), to the limiter as well.
+and, when a budget counts the call (its grant said so), to the limiter as well, where
+the report settles the reservation the call held since its admission
+(limiter/usage/budgets.py).
 """
 
 from __future__ import annotations
@@ -114,28 +116,48 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         spawn(refresh_prices(key))
     if admission.budgeted:
         images = units if endpoint == "images" else 0
+        # The report settles the reservation the call's grant holds (taken here, so that
+        # `Admission.release` does not settle it again at 0).
+        reservation, admission.reservation = admission.reservation, ""
         if known or not prices.fetching:
             cost = cost_of(prices.price(model), prompt, completion, images)
             process.report_usage(
-                key_id=key.key_id, model=admission.model, tokens=float(total), cost=float(cost)
+                key_id=key.key_id,
+                model=admission.model,
+                tokens=float(total),
+                cost=float(cost),
+                reservation=reservation,
             )
         else:
-            # The process has just started and the model's price is on its way: the tokens
-            # now, the cost once the price is known (only dollar budgets wait for it).
-            process.report_usage(
-                key_id=key.key_id, model=admission.model, tokens=float(total), cost=0.0
-            )
+            # The process has just started and the model's price is on its way: reported
+            # once it is known, tokens and cost together. The reservation holds the call
+            # at its estimate meanwhile (at most the start-up fetch's 15 s).
             spawn(
-                _report_cost_when_priced(
-                    key.key_id, admission.model, model, prompt, completion, images
+                _report_when_priced(
+                    key.key_id,
+                    admission.model,
+                    model,
+                    prompt,
+                    completion,
+                    total,
+                    images,
+                    reservation,
                 )
             )
 
 
-async def _report_cost_when_priced(
-    key_id: str, asked: str, model: str, prompt: int, completion: int, images: int
+async def _report_when_priced(
+    key_id: str,
+    asked: str,
+    model: str,
+    prompt: int,
+    completion: int,
+    total: int,
+    images: int,
+    reservation: str,
 ) -> None:
     await prices.settled()
     cost = cost_of(prices.price(model), prompt, completion, images)
-    if cost:
-        process.report_usage(key_id=key_id, model=asked, tokens=0.0, cost=float(cost))
+    process.report_usage(
+        key_id=key_id, model=asked, tokens=float(total), cost=float(cost), reservation=reservation
+    )

@@ -1,36 +1,71 @@
-"""Budgets as the limiter worker enforces them: periods, spend, and threshold crossings.
+"""Budgets as the limiter worker enforces them: periods, spend, reservations, crossings.
 
 The worker (limiter/worker.py) is the single authority: it holds a `BudgetBook`, the
-budgets and each one's spend in its current calendar period, and checks it on every
-ACQUIRE without touching the database. Spend is charged from each call's actual usage,
-which the web process reports when the call ends (events.USAGE, sent only for calls
-the worker marked `budgeted` in their grant). The book is seeded from the usage
-rollups when the worker loads a budget it does not track yet (its start, a new
-budget) and starts from zero when a period turns over.
+budgets and, for each one in its current calendar period, what was `spent` and what is
+`reserved` by calls in flight, and checks it on every ACQUIRE without touching the
+database. The book is seeded from the usage rollups when the worker loads a budget it
+does not track yet (its start, a new budget), and a period that turns over starts with
+nothing spent.
 
-**The bound.** A budget refuses a ticket once its spend has reached its limit; spend
-only grows within a period. So every call charged to a period was admitted while the
-spend was below the limit. Let t be the moment the worker charges the report that
-takes the spend to the limit or above. Calls admitted after t are refused; the calls
-charged after t were all admitted before t and had not reported yet: they were in
-flight at t. The spend before that report was below the limit, hence
+**Reserve at admission, settle on report.** Learning a call's spend only from a report
+sent after it ends leaves a gap: the caller's next call (from another web process, or
+overtaking the report on Redis) can be admitted before the report lands. So the spend
+of a call is counted from the moment it is admitted:
+- A ticket a budget covers *reserves* its estimate against every covering budget when
+  the worker accepts it (`admit`): the ticket's token estimate (prompt + max_tokens, the
+  one admission computes for token limits) for a token budget, the cost the web process
+  estimated at the price it holds (0 when it knows none) for a dollar budget. A ticket
+  is accepted only while `spent + reserved < limit`.
+- The web process's usage report names the reservation (the ticket id) and *settles*
+  it: the estimate leaves `reserved`, the actual usage joins `spent` (`settle`).
+- A ticket refused or cancelled before its grant reserves nothing (`drop`); a granted
+  call that never went upstream (refused by its key's revocation, Together unreachable,
+  its grant come too late) is settled at 0 by its web process.
+- A reservation whose report never comes (its web process died) expires after
+  SLUICE_BUDGET_RESERVATION_TTL (default SLUICE_LEASE_TTL) and is settled at its
+  estimate. A report that comes after that (a stream longer than the TTL) corrects the
+  spend by the difference, if it comes within another TTL.
+- A call is charged to the period in which it is settled (where its usage rollup lands
+  too); a reservation open when a period turns over is carried into the new one.
 
-    final spend < limit + (usage of the call whose report crossed it)
-                        + (usage of the calls in flight when it crossed),
+**The bound.** Write S for a budget's spend and R for its reservations, and e_i, a_i
+for call i's estimate and actual usage (a_i = e_i for one that expired). Within a
+period S only grows by settlements and the check admits a call only while S + R < L.
+Let k be the last call admitted in the period, at time t. Every call settled after t
+was either k or held a reservation at t (nothing else is admitted after t), so, with F
+the calls in flight at t,
 
-that is, at most the usage of the calls in flight when the budget crossed, however
-many web processes there are (the worker sees every admission and every report, one
-message at a time). A call already admitted is never cut off. With c calls in flight
-at most (the key's or account's `max_concurrent`, or the callers' own concurrency), each
-using at most m tokens (prompt + max_tokens), the overshoot is below c x m tokens (for a
-dollar budget, c x m at the model's price). `tests/scaleout/test_budget_cluster.py`
+    final S = S(t) + sum_F a_i + a_k
+            = S(t) + R(t) + sum_F (a_i - e_i) + a_k
+            < L + sum_F max(0, a_i - e_i) + a_k.
+
+So **overshoot < the usage of one call (the last admitted) plus, over the calls in
+flight when it was admitted, what each used beyond its estimate.** With estimates that
+include max_tokens, a call uses no more than its estimate, and the overshoot is less
+than one call's usage, however many calls are in flight and however many web processes
+there are: the one worker sees every admission and every settlement one message at a
+time, and the order in which reports reach it no longer matters. A period that turns
+over with calls in flight only moves their charge to the new period, whose R holds them
+from its first instant. A budget created or edited mid-period counts the open
+reservations of the calls it covers from its first check.
+
+Where an estimate can be below the actual: a chat or completions call without
+max_tokens is estimated at DEFAULT_COMPLETION_TOKENS (256) of completion; prompts are
+estimated at 4 characters a token; a dollar estimate is 0 while the web process knows no
+price for the model. Those calls' excess is the sum term above.
+
+What the bound does not cover: usage reported to a limiter that then restarted (its
+successor seeds from the rollups, which lag by one flush interval of each web process,
+and holds no reservation for the calls in flight across the restart: they are charged
+when they report, unchecked by their estimate); a call longer than the reservation TTL
+(its estimate is charged at the expiry and the difference when it reports, both after
+the calls admitted meanwhile); a stream cut before Together's last chunk, which carries
+the usage (its web process reports 0 tokens, as its usage record counts); and calls
+admitted with the limiter down in failure mode "open".
+
+`tests/usage/test_budget_book.py` checks the arithmetic with time passed in (and the bound
+over any interleaving of calls and reports), and `tests/scaleout/test_budget_cluster.py`
 checks it over four web processes.
-
-What the bound does not cover: usage reported to a limiter that then crashed (a new
-one seeds from the rollups, which lag by one flush interval of each web process:
-undercounted, by at most that much), calls of a web process that died before
-reporting them (never charged), and calls admitted with the limiter down in failure
-mode "open".
 """
 
 from __future__ import annotations
@@ -50,6 +85,7 @@ MSG_BUDGET_EXCEEDED = (
     "Budget exceeded: {owner} has used {spent} of its {limit} {unit} budget per {period}"
     " on {models}. Calls are refused until the budget resets at {reset} ({zone})."
 )
+MSG_RESERVED = " (and {reserved} held by its calls in flight)"
 
 
 def period_bounds(period: str, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -106,6 +142,8 @@ class BudgetState:
     start: datetime
     end: datetime
     spent: float = 0.0
+    # The estimates of the calls in flight this budget covers (see the module docstring).
+    reserved: float = 0.0
     crossed: set[str] = field(default_factory=set)  # levels already crossed this period
 
     def level(self) -> str:
@@ -114,6 +152,25 @@ class BudgetState:
         if self.spent >= self.rule.limit * self.rule.soft_threshold:
             return SOFT
         return ""
+
+    def full(self) -> bool:
+        """No call is admitted: what is spent and what calls in flight may spend is the limit."""
+        return self.spent + self.reserved >= self.rule.limit
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A call in flight, held at its estimate until its report settles it."""
+
+    id: str  # the ticket id
+    key_id: str
+    model: str
+    tokens: float
+    cost: float
+    expires: datetime
+
+    def amount(self, unit: str) -> float:
+        return self.tokens if unit == "tokens" else self.cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +192,17 @@ class Exceeded:
     reset: datetime
     retry_after: float
     zone: str
+    reserved: float = 0.0  # held by calls in flight (the spend they may still add)
 
     def message(self) -> str:
         unit = "token" if self.rule.unit == "tokens" else "US dollar"
         fmt = "{:,.0f}" if self.rule.unit == "tokens" else "${:,.4f}"
+        spent = fmt.format(self.spent)
+        if self.reserved > 0 and self.spent < self.rule.limit:
+            spent += MSG_RESERVED.format(reserved=fmt.format(self.reserved))
         return MSG_BUDGET_EXCEEDED.format(
             owner=self.rule.owner,
-            spent=fmt.format(self.spent),
+            spent=spent,
             limit=fmt.format(self.rule.limit),
             unit=unit,
             period=self.rule.period,
@@ -152,13 +213,20 @@ class Exceeded:
 
 
 class BudgetBook:
-    """The worker's budgets and their spend this period. Pure: time is passed in."""
+    """The worker's budgets, their spend this period and the reservations of the calls in
+    flight. Pure: time is passed in."""
 
-    def __init__(self, zone: ZoneInfo) -> None:
+    def __init__(self, zone: ZoneInfo, reservation_ttl: float = 600.0) -> None:
         self.zone = zone
+        self.ttl = timedelta(seconds=reservation_ttl)
         self.states: dict[int, BudgetState] = {}
         self.key_teams: dict[str, int] = {}  # ApiKey pk -> team id
         self._by_team: dict[int, list[BudgetState]] = {}
+        # Open reservations by ticket id, in the order they were made: with one TTL for
+        # all, that is the order they expire in (`expire` looks at the front only).
+        self.reservations: dict[str, Reservation] = {}
+        # Expired ones, settled at their estimate, kept one more TTL for a late report.
+        self._expired: dict[str, Reservation] = {}
 
     def load(
         self,
@@ -169,13 +237,15 @@ class BudgetBook:
     ) -> None:
         """Take the budgets as they are now. A budget already tracked keeps its spend
         (the rollups lag behind what the worker has been told); a new one starts from
-        `seed` (its spend this period in the rollups)."""
+        `seed` (its spend this period in the rollups). Every budget's reservations are
+        counted again from the open ones, so a budget new or changed mid-period holds the
+        calls in flight it covers from its first check."""
         states: dict[int, BudgetState] = {}
         for rule in rules:
             old = self.states.get(rule.id)
             start, end = period_bounds(rule.period, now, self.zone)
             if old is not None and old.start == start and old.rule.period == rule.period:
-                state = BudgetState(rule, start, end, old.spent, old.crossed)
+                state = BudgetState(rule, start, end, old.spent, crossed=old.crossed)
             else:
                 state = BudgetState(rule, start, end, seed.get(rule.id, 0.0))
                 # Thresholds already behind it were announced when they were crossed.
@@ -186,6 +256,9 @@ class BudgetBook:
         self._by_team = {}
         for state in states.values():
             self._by_team.setdefault(state.rule.team_id, []).append(state)
+        for reservation in self.reservations.values():
+            for state in self._applying(reservation.key_id, reservation.model):
+                state.reserved += reservation.amount(state.rule.unit)
 
     def untracked(self, rules: list[BudgetRule], now: datetime) -> list[BudgetRule]:
         """The rules `load` would seed: not tracked yet in their current period."""
@@ -204,34 +277,122 @@ class BudgetBook:
             not s.rule.key_id or s.rule.key_id == key_id for s in self._by_team.get(team, ())
         )
 
-    def _states(self, key_id: str, model: str, now: datetime) -> list[BudgetState]:
+    def _applying(self, key_id: str, model: str) -> list[BudgetState]:
         team = self.key_teams.get(key_id)
         if team is None:
             return []
-        found = []
-        for state in self._by_team.get(team, ()):
-            if not state.rule.applies(key_id, model):
-                continue
+        return [s for s in self._by_team.get(team, ()) if s.rule.applies(key_id, model)]
+
+    def _states(self, key_id: str, model: str, now: datetime) -> list[BudgetState]:
+        found = self._applying(key_id, model)
+        for state in found:
             if now >= state.end:  # a new period: nothing spent in it yet
                 state.start, state.end = period_bounds(state.rule.period, now, self.zone)
+                # Its reservations stay: those calls are charged to the period they end in.
                 state.spent, state.crossed = 0.0, set()
-            found.append(state)
         return found
 
     def check(self, key_id: str, model: str, now: datetime) -> Exceeded | None:
         """The budget that refuses this call, if any: the one that resets last."""
         worst: Exceeded | None = None
         for state in self._states(key_id, model, now):
-            if state.spent >= state.rule.limit:
+            if state.full():
                 wait = (state.end - now).total_seconds()
                 if worst is None or wait > worst.retry_after:
-                    worst = Exceeded(state.rule, state.spent, state.end, wait, str(self.zone))
+                    worst = Exceeded(
+                        state.rule, state.spent, state.end, wait, str(self.zone), state.reserved
+                    )
         return worst
+
+    def admit(
+        self, ticket: str, key_id: str, model: str, tokens: float, cost: float, now: datetime
+    ) -> Exceeded | None:
+        """THE budget step of an ACQUIRE: refuse it (`check`), or reserve its estimate
+        against every budget that covers it, until `settle` or `drop`. A call no budget
+        covers reserves nothing."""
+        exceeded = self.check(key_id, model, now)
+        if exceeded is not None:
+            return exceeded
+        states = self._applying(key_id, model)
+        if states:
+            reservation = Reservation(
+                ticket, key_id, model, max(tokens, 0.0), max(cost, 0.0), now + self.ttl
+            )
+            self.reservations.pop(ticket, None)  # a ticket is asked once; never held twice
+            self.reservations[ticket] = reservation
+            for state in states:
+                state.reserved += reservation.amount(state.rule.unit)
+        return None
+
+    def reserved(self, ticket: str) -> bool:
+        return ticket in self.reservations
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        for state in self._applying(reservation.key_id, reservation.model):
+            state.reserved = max(0.0, state.reserved - reservation.amount(state.rule.unit))
+
+    def drop(self, ticket: str) -> None:
+        """The ticket was refused or cancelled before its grant: it holds nothing."""
+        reservation = self.reservations.pop(ticket, None)
+        if reservation is not None:
+            self._unreserve(reservation)
+
+    def settle(
+        self,
+        ticket: str,
+        key_id: str,
+        model: str,
+        tokens: float,
+        cost: float,
+        now: datetime,
+    ) -> list[Crossing]:
+        """A call's report: its reservation (if it still holds one) gives way to what it
+        actually used. A report for a reservation that expired corrects the spend by the
+        difference from the estimate charged then; one naming no reservation the book
+        knows (a job's usage, a call admitted by a limiter since restarted) is charged
+        as it stands."""
+        crossings = self.expire(now)
+        reservation = self.reservations.pop(ticket, None) if ticket else None
+        if reservation is not None:  # charged where it was reserved
+            self._unreserve(reservation)
+            return crossings + self.charge(reservation.key_id, reservation.model, tokens, cost, now)
+        late = self._expired.pop(ticket, None) if ticket else None
+        if late is not None:
+            key_id, model = late.key_id, late.model
+            tokens, cost = tokens - late.tokens, cost - late.cost
+        return crossings + self.charge(key_id, model, tokens, cost, now)
+
+    def expire(self, now: datetime) -> list[Crossing]:
+        """Reservations past their TTL (their web process died, or never said): charged
+        at their estimate. Returns the thresholds that crossed."""
+        while self._expired:
+            first = next(iter(self._expired.values()))
+            if first.expires + self.ttl > now:
+                break
+            del self._expired[first.id]
+        crossings: list[Crossing] = []
+        while self.reservations:
+            first = next(iter(self.reservations.values()))
+            if first.expires > now:
+                break
+            del self.reservations[first.id]
+            self._unreserve(first)
+            logger.warning(
+                "budget reservation %s of key %s expired unreported: charged its estimate"
+                " (%.6g tokens, $%.6g)",
+                first.id,
+                first.key_id,
+                first.tokens,
+                first.cost,
+            )
+            crossings += self.charge(first.key_id, first.model, first.tokens, first.cost, now)
+            self._expired[first.id] = first
+        return crossings
 
     def charge(
         self, key_id: str, model: str, tokens: float, cost: float, now: datetime
     ) -> list[Crossing]:
-        """Charge one call's actual usage; returns the thresholds it crossed."""
+        """Charge usage to the budgets covering it; returns the thresholds it crossed."""
         crossings = []
         for state in self._states(key_id, model, now):
             state.spent += tokens if state.rule.unit == "tokens" else cost

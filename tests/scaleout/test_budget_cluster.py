@@ -1,8 +1,9 @@
 """Budgets across four web processes and one limiter worker over a real Redis and
 PostgreSQL: a low budget refuses the next call with `budget_exceeded` on every web
 process, and what it lets through beyond its limit stays within the documented bound
-(limiter/usage/budgets.py): the calls in flight when it crossed, times the most one
-call uses. Counted from the usage rollups after the web processes drained."""
+(limiter/usage/budgets.py): less than one call's usage, however many calls are in
+flight, because each call is reserved at its estimate when admitted and its report
+settles it. Counted from the usage rollups after the web processes drained."""
 
 from __future__ import annotations
 
@@ -19,8 +20,12 @@ pytestmark = pytest.mark.services
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 CLIENTS = 8  # calls in flight at most: each client waits for its answer before the next
-LIMIT = 1000  # tokens a day; a call uses about 20-30, so some 40 calls reach it
+LIMIT = 1000  # tokens a day; a call uses 22, so 46 calls reach it
 CALLS = 200  # far more than the budget admits: most must be refused
+# Its admission estimate, ceil(len("user" + "a b") / 4) + max_tokens = 2 + 20, is what the
+# sandbox counts (2 words + 20): no call uses more than its estimate, so the bound is one
+# call. And a refusal is final: settling a reservation at its estimate frees nothing.
+PROMPT, MAX_TOKENS = "a b", 20
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +55,8 @@ async def calls(server: SluiceServer, key: str, total: int) -> list[httpx.Respon
                     headers={"authorization": f"Bearer {key}"},
                     json={
                         "model": MODEL,
-                        "messages": [{"role": "user", "content": "count to twenty please"}],
-                        "max_tokens": 20,
+                        "messages": [{"role": "user", "content": PROMPT}],
+                        "max_tokens": MAX_TOKENS,
                     },
                 )
             )
@@ -82,6 +87,7 @@ async def test_a_low_budget_holds_across_four_web_processes(cluster):
     assert {a.status_code for a in refused} == {429}
     assert {a.json()["error"]["code"] for a in refused} == {"budget_exceeded"}
     used = [a.json()["usage"]["total_tokens"] for a in served]
+    assert set(used) == {len(PROMPT.split()) + MAX_TOKENS}  # each call: its estimate
     assert sum(used) >= LIMIT, "the budget was never reached"
     # Every refusal came after the spend reached the limit: Together saw only the served.
     assert cluster.sandbox.stats()["chat"]["ok"] == len(served)
@@ -118,8 +124,10 @@ async def test_a_low_budget_holds_across_four_web_processes(cluster):
     )
     # Every served call recorded once, with the tokens the sandbox reported.
     assert recorded == {"requests": len(served), "tokens": sum(used)}
-    # The bound: beyond the limit, at most the calls in flight when it crossed (no more
-    # than the clients) times the most one call used. Four processes each enforcing a
-    # budget of their own would let through about four times the limit instead.
+    # The bound: beyond the limit, less than the last admitted call's usage plus what the
+    # calls in flight then used beyond their estimates (nothing here): less than one
+    # call, with 8 in flight over 4 processes. Without reservations it was the calls in
+    # flight times the most one uses (8 x 22 here); four processes each enforcing a
+    # budget of their own would let through about four times the limit.
     overshoot = recorded["tokens"] - LIMIT
-    assert overshoot < CLIENTS * max(used), (overshoot, CLIENTS, max(used))
+    assert 0 <= overshoot < max(used), (overshoot, max(used))

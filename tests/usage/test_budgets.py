@@ -124,3 +124,67 @@ def test_another_teams_key_cannot_be_budgeted(shared_server, ops):
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "not_found"
     assert other_key
+
+
+def test_a_call_in_flight_holds_the_budget_until_its_usage_settles_it(shared_server, ops):
+    """Reserve at admission, settle on report, over real HTTP: a stream whose estimate
+    (a long one-word prompt, ~200 tokens at 4 characters a token) fills the budget
+    refuses the next call while it runs, before it has used anything; once it ends, it
+    is charged what the sandbox counted (4 tokens: one word and three), and calls go
+    through again."""
+    key = shared_server.issue_key("budget-inflight")
+    team = team_id(ops, "budget-inflight")
+    ops.post(
+        f"/teams/{team}/budgets", json={"unit": "tokens", "period": "day", "limit": 150}
+    ).raise_for_status()
+    sandbox = shared_server.sandbox
+    delay = httpx.get(f"{sandbox.url}/sandbox/config").json()["stream_chunk_delay_ms"]
+    # Each word a second apart: the stream stays in flight for seconds after its first
+    # chunk, while the refusal below takes milliseconds.
+    sandbox.configure({"stream_chunk_delay_ms": 1000})
+    try:
+        with httpx.Client(
+            base_url=f"{shared_server.url}/v1",
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        ) as v1:
+            # Estimated at (800 + len("user")) / 4 + 3 = 204 tokens; counted as 1 + 3.
+            long_prompt = {"role": "user", "content": "x" * 800}
+            with v1.stream(
+                "POST",
+                "/chat/completions",
+                json={"model": CHAT, "messages": [long_prompt], "max_tokens": 3, "stream": True},
+            ) as stream:
+                assert stream.status_code == 200
+                lines = stream.iter_lines()
+                assert next(line for line in lines if line.startswith("data: "))  # admitted
+                held = v1.post(
+                    "/chat/completions",
+                    json={
+                        "model": CHAT,
+                        "messages": [{"role": "user", "content": "a b"}],
+                        "max_tokens": 5,
+                    },
+                )
+                assert held.status_code == 429, held.text
+                error = held.json()["error"]
+                assert error["code"] == "budget_exceeded"
+                assert "has used 0 (and 204 held by its calls in flight)" in error["message"]
+                rest = [line for line in lines if line.startswith("data: {")]
+            usage = json.loads(rest[-1].removeprefix("data: "))["usage"]
+            assert usage["total_tokens"] == 4  # what the sandbox counted: 1 word + 3
+            # Its report settles the reservation at those 4 tokens. It leaves its web
+            # process when the stream has ended (fire and forget), so the next call may
+            # beat it to the limiter and still find the estimate held: asked again until
+            # the report has landed. Settled at the estimate instead (204 of 150), no
+            # call would ever pass.
+            deadline = time.monotonic() + 15
+            while True:
+                after = chat(v1)
+                if after.status_code == 200 or time.monotonic() > deadline:
+                    break
+                assert after.json()["error"]["code"] == "budget_exceeded"
+                time.sleep(0.1)  # waiting on a report sent in the background
+            assert after.status_code == 200, after.text
+    finally:
+        sandbox.configure({"stream_chunk_delay_ms": delay})
