@@ -49,6 +49,7 @@ MSG_FIELD_REQUIRED = "'{field}' is required."
 MSG_FIELD_NOT_STRING = "'{field}' must be a string."
 MSG_FIELD_NOT_BOOLEAN = "'{field}' must be true or false."
 MSG_MODEL_TOO_LONG = "'model' must be at most {limit} characters."
+MSG_MODEL_NOT_TEXT = "'model' must be text (it holds an unpaired surrogate escape such as \\ud800)."
 MSG_BAD_HEADER = "The header '{header}' must be printable ASCII: Sluice forwards it to Together."
 MSG_JSON_TOO_DEEP = "The request body is nested deeper than {depth} levels."
 

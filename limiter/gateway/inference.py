@@ -88,6 +88,15 @@ def _model_field(body: dict[str, Any]) -> str:
             code="invalid_value",
             param="model",
         )
+    if not model.isascii():
+        try:
+            model.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON may escape a lone surrogate ("\ud800"); no model id holds one, and it
+            # cannot be stored (the usage and 429 records would fail on every flush).
+            raise ApiError(
+                400, errors.MSG_MODEL_NOT_TEXT, code="invalid_value", param="model"
+            ) from None
     return model
 
 

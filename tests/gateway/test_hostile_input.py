@@ -169,6 +169,22 @@ def test_a_huge_model_name_is_never_echoed_whole(server: SluiceServer, key: str)
     assert_quota_untouched(server, key, before)
 
 
+def test_a_model_name_that_is_not_text_is_a_400_and_records_nothing(
+    server: SluiceServer, key: str
+) -> None:
+    """A lone surrogate, which JSON can escape, is no model id: refused at the edge. It once
+    reached the usage record, whose every flush then failed on it."""
+    before = chat_requests(server)
+    response = httpx.post(
+        f"{server.url}{CHAT}",
+        content=b'{"model": "org/\\ud800", "messages": [{"role": "user", "content": "hi"}]}',
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+    )
+    error = assert_error(response, 400, "invalid_value")
+    assert error["param"] == "model"
+    assert_quota_untouched(server, key, before)
+
+
 def test_an_unknown_model_is_echoed_at_most_200_characters(server: SluiceServer) -> None:
     key = server.issue_key("hostile-unknown-model")
     model = "org/" + "x" * (
