@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,7 @@ class SluiceServer:
         self.worker_env = worker_env or {}  # on top of `env`, for the limiter worker only
         self.processes: list[subprocess.Popen] = []
         self.worker: subprocess.Popen | None = None
+        self._shell: Shell | None = None
 
     @property
     def url(self) -> str:
@@ -125,6 +128,8 @@ class SluiceServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._shell is not None:
+            self._shell.close()
         stop_all([*self.processes, *([self.worker] if self.worker else [])])
         self.sandbox.stop()
 
@@ -189,7 +194,15 @@ class SluiceServer:
         return done.stdout + done.stderr
 
     def python(self, code: str) -> str:
-        return self.manage("shell", "-v", "0", "-c", code)
+        """Run `code` in a Django shell against this deployment's database; its output.
+
+        One `manage.py shell` per server answers every call (Django starts once, not per
+        call: a process start costs about a second of CPU on this machine)."""
+        if self._shell is None or self._shell.alive_with() != self.env:
+            if self._shell is not None:
+                self._shell.close()
+            self._shell = Shell(self.env)
+        return self._shell.run(code)
 
     def issue_key(self, team: str, profile: str | None = None) -> str:
         """A new key for `team` (created if need be), through the ops API."""
@@ -229,6 +242,76 @@ class SluiceServer:
             "if account:\n"
             "    UpstreamAccount.objects.filter(is_default=True).update(profile=profile)\n"
         )
+
+
+# What the shell child runs: a code snippet a line (JSON), its output and outcome back as
+# one JSON line. Database connections are closed after each, as a fresh process would.
+_SHELL_LOOP = """
+import contextlib, io, json, sys, traceback
+from django.db import connections
+answer = sys.stdout
+for line in sys.stdin:
+    output, ok = io.StringIO(), True
+    try:
+        with contextlib.redirect_stdout(output):
+            exec(compile(json.loads(line), "<test>", "exec"), {"__name__": "__test__"})
+    except BaseException:
+        ok = False
+        output.write(traceback.format_exc())
+    finally:
+        connections.close_all()
+    answer.write(json.dumps({"ok": ok, "output": output.getvalue()}) + chr(10))
+    answer.flush()
+"""
+
+
+class Shell:
+    """A long-lived `manage.py shell` that runs code snippets one at a time."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = dict(env)
+        self.lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [PYTHON, "manage.py", "shell", "-v", "0", "-c", _SHELL_LOOP],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def alive_with(self) -> dict[str, str] | None:
+        """The environment it runs with, or None once it has exited."""
+        return self.env if self.process.poll() is None else None
+
+    def run(self, code: str, timeout: float = 60.0) -> str:
+        with self.lock:
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(json.dumps(code) + "\n")
+            self.process.stdin.flush()
+            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            line = self.process.stdout.readline() if ready else ""
+        if not line:
+            self.close()
+            raise RuntimeError(f"the test shell gave no answer within {timeout:g} s:\n{code}")
+        answer = json.loads(line)
+        if not answer["ok"]:
+            raise RuntimeError(f"manage.py shell failed:\n{answer['output']}")
+        return str(answer["output"])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
 
 
 TEMPLATE_ADMIN_PASSWORD = secrets.token_urlsafe(12)
