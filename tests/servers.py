@@ -41,10 +41,13 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | N
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
         try:
-            httpx.get(url, timeout=1.0)
-            return
+            # Any answer but a 404: another server that took the port between free_port()
+            # and our bind (a sandbox) answers /healthz 404, while ours exits non-zero.
+            if httpx.get(url, timeout=1.0).status_code != 404:
+                return
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
@@ -120,12 +123,29 @@ class SluiceServer:
                 self.processes.append(
                     self._spawn("serve", "--port", str(port), log=f"serve-{port}.log")
                 )
-            for process, url in zip(self.processes, self.urls, strict=True):
-                wait_for_http(f"{url}/healthz", process=process)
+            for index in range(len(self.ports)):
+                self._wait_listening(index)
         except BaseException:
             self.__exit__()
             raise
         return self
+
+    def _wait_listening(self, index: int, attempts: int = 3) -> None:
+        """Wait for web process `index`; should another process have taken its port since
+        free_port() chose it (`serve` then exits non-zero), start it on a new one."""
+        for attempt in range(attempts):
+            try:
+                wait_for_http(f"{self.urls[index]}/healthz", process=self.processes[index])
+                return
+            except RuntimeError:
+                if attempt == attempts - 1 or "could not listen" not in self.log(
+                    f"serve-{self.ports[index]}.log"
+                ):
+                    raise
+            port = self.ports[index] = free_port()
+            self.processes[index] = self._spawn(
+                "serve", "--port", str(port), log=f"serve-{port}.log"
+            )
 
     def __exit__(self, *exc: object) -> None:
         if self._shell is not None:

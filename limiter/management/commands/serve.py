@@ -15,7 +15,7 @@ from typing import Any
 
 import environ
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from limiter.management.production import refuse_development_secret_key
 
@@ -57,10 +57,17 @@ class Command(BaseCommand):
             """daphne's server, keeping its listening ports so a drain can close them."""
 
             ports: list = []
+            failed = False
 
             def listen_success(self, listening_port) -> None:
                 self.ports.append(listening_port)
                 super().listen_success(listening_port)
+
+            def listen_error(self, failure) -> None:
+                # daphne logs it and stops the reactor, and the process would exit 0: a
+                # supervisor must see that it could not serve.
+                self.failed = True
+                super().listen_error(failure)
 
         server: DrainingServer = DrainingServer(
             application=application,
@@ -71,6 +78,8 @@ class Command(BaseCommand):
             signal_handlers=False,  # ours drain first (below)
         )
         server.run()
+        if server.failed:
+            raise CommandError(f"could not listen on {host}:{port}")
 
     def _ready_daphne(self, server, host: str, port: int) -> None:
         from twisted.internet import reactor
