@@ -23,14 +23,17 @@ pytestmark = [pytest.mark.browser, pytest.mark.alone]
 # Far from UTC and from this machine's zone, so a chart drawn in UTC or the server's
 # zone would show the wrong hour.
 BROWSER_ZONE = "Pacific/Auckland"
-ADMITTED_RGB = (0x2F, 0x7D, 0x4F)
+# The series' colours: admitted, queued, refused (static/dashboard/overview.js).
+SERIES_RGB = [(0x2F, 0x7D, 0x4F), (0xC0, 0x8A, 0x00), (0xC0, 0x39, 0x2B)]
 
-# Counts the admitted series' pixels in the upper half of the chat chart's plot: with
-# traffic the latest bucket is the highest point, so the line rises there; a chart with
-# no points (or only zeros along the bottom) has none.
-DRAWN_HIGH = """([r, g, b]) => {
+# Counts the series' pixels in the upper half of the chat chart's plot: with traffic a
+# bucket is the highest point, so a line rises there; a chart with no points (or only
+# zeros along the bottom) has none. Any series: a call paced by the model's learned
+# ceiling counts as queued and then admitted, so the queued line, drawn last, can cover
+# the admitted one exactly.
+DRAWN_HIGH = """(colours) => colours.reduce((total, [r, g, b]) => {
   const canvas = document.querySelector('.chart-card[data-endpoint=chat] canvas');
-  if (!canvas) return 0;
+  if (!canvas) return total;
   const ctx = canvas.getContext('2d');
   const { data } = ctx.getImageData(0, 0, canvas.width, Math.floor(canvas.height / 2));
   let n = 0;
@@ -38,8 +41,8 @@ DRAWN_HIGH = """([r, g, b]) => {
     const near = (j, v) => Math.abs(data[i + j] - v) < 24;
     if (near(0, r) && near(1, g) && near(2, b)) n++;
   }
-  return n;
-}"""
+  return total + n;
+}, 0)"""
 
 
 def _label_moments(now: datetime) -> set[tuple[str, str]]:
@@ -79,7 +82,9 @@ def test_charts_draw_within_seconds_with_local_times(browser, sluice_server, tmp
         # Within 5 s of the first traffic on a fresh server, the chat chart has points
         # off its baseline.
         page.wait_for_function(
-            f"rgb => ({DRAWN_HIGH})(rgb) > 10", arg=list(ADMITTED_RGB), timeout=5_000
+            f"colours => ({DRAWN_HIGH})(colours) > 10",
+            arg=[list(rgb) for rgb in SERIES_RGB],
+            timeout=5_000,
         )
         labels = json.loads(
             page.get_attribute(".chart-card[data-endpoint=chat]", "data-x-labels") or "[]"
