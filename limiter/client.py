@@ -52,6 +52,10 @@ class Grant:
     reservation: str = ""
 
 
+# Put on a waiting ticket's queue when a limiter announces its start (not a decision).
+RESTARTED = "restarted"
+
+
 class Refused(Exception):
     def __init__(self, decision: DecisionMessage) -> None:
         super().__init__(decision["reason"])
@@ -200,6 +204,9 @@ class LimiterClient:
         if kind == events.LIMITER_STARTED:
             for held in list(self._held.values()):
                 spawn(self._send_until_delivered(dict(held)))
+            # Tickets queued at a limiter that is gone are asked again of this one.
+            for waiting in self._waiting.values():
+                waiting.put_nowait({"kind": RESTARTED, "limiter": message.get("limiter", "")})
             return
         queue = self._waiting.get(message.get("ticket", ""))
         if queue is not None:
@@ -303,24 +310,23 @@ class LimiterClient:
             patience.ticket, patience.asked, patience._client = "", self.clock(), self
             asked_until = patience.until
         try:
-            await self._send_or_unavailable(
-                {
-                    "type": events.REACQUIRE if replacing else events.ACQUIRE,
-                    "ticket": ticket,
-                    "reply": self.reply_channel,
-                    "endpoint": endpoint,
-                    "key": key.key_id,
-                    "account": key.account_id,
-                    "model": model,
-                    "version": key.config_version,
-                    "tokens": tokens,
-                    "request_id": request_id,
-                    **({"cost": cost} if cost else {}),
-                    **({"lease": replacing} if replacing else {}),
-                    **({"charge": charge} if charge else {}),
-                    **({"max_wait": patience.max_wait()} if patience is not None else {}),
-                }
-            )
+            asked: dict[str, Any] = {
+                "type": events.REACQUIRE if replacing else events.ACQUIRE,
+                "ticket": ticket,
+                "reply": self.reply_channel,
+                "endpoint": endpoint,
+                "key": key.key_id,
+                "account": key.account_id,
+                "model": model,
+                "version": key.config_version,
+                "tokens": tokens,
+                "request_id": request_id,
+                **({"cost": cost} if cost else {}),
+                **({"lease": replacing} if replacing else {}),
+                **({"charge": charge} if charge else {}),
+                **({"max_wait": patience.max_wait()} if patience is not None else {}),
+            }
+            await self._send_or_unavailable(asked)
             if patience is not None:
                 # Extensions go after the ticket on the same channel, so the limiter has
                 # it when they arrive; one that came while it was being sent goes now.
@@ -328,11 +334,17 @@ class LimiterClient:
                 if patience.until > asked_until:
                     self.extend(ticket, patience.max_wait())
             decision = await asyncio.wait_for(queue.get(), timeout)
+            while decision["kind"] == RESTARTED:  # before any answer: which one got it is unknown
+                decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
                 if patience is not None:
                     patience.projected = decision["retry_after"]
                     patience.queued.set()
-                decision = await self._queued(queue, decision["max_wait"], timeout, patience)
+                # Asked of a new limiter, a retry's old lease is not handed back again.
+                again = {k: v for k, v in asked.items() if k != "lease"}
+                decision = await self._queued(
+                    queue, decision, timeout, patience, {**again, "type": events.ACQUIRE}
+                )
         except TimeoutError:
             spawn(self._send_until_delivered({"type": events.CANCEL, "ticket": ticket}))
             raise LimiterUnavailable() from None
@@ -376,21 +388,40 @@ class LimiterClient:
     async def _queued(
         self,
         queue: asyncio.Queue[dict[str, Any]],
-        max_wait: float,
+        queued: dict[str, Any],
         round_trip: float,
         patience: Patience | None,
+        asked: dict[str, Any],
     ) -> dict[str, Any]:
         """The decision after "queued": the limiter said how long it may wait; allow that
-        plus the round trip (and more, should the patience be extended meanwhile)."""
-        if patience is None:
-            return await asyncio.wait_for(queue.get(), max_wait + round_trip)
+        plus the round trip (and more, should the patience be extended meanwhile).
+
+        Should a new limiter start meanwhile (the one that queued the ticket was
+        restarted, and its queue went with it), the ticket is asked of the new one with
+        what is left of its wait, instead of waiting out a queue that no longer exists.
+        A start announced by the same limiter (Redis came back) changes nothing."""
+        holder = queued.get("limiter", "")
+        deadline = self.clock() + queued["max_wait"] + round_trip
         while True:
-            until = patience.until
+            if patience is not None:
+                deadline = max(deadline, patience.until + round_trip)
             try:
-                return await asyncio.wait_for(queue.get(), until + round_trip - self.clock())
+                message = await asyncio.wait_for(queue.get(), deadline - self.clock())
             except TimeoutError:
-                if patience.until == until:
-                    raise
+                if patience is not None and patience.until + round_trip > deadline:
+                    continue  # extended while it waited
+                raise
+            if message.get("kind") == "queued":
+                holder = message.get("limiter", holder)  # the new limiter queued it again
+                continue
+            if message.get("kind") != RESTARTED:
+                return message
+            if not holder or message.get("limiter") == holder:
+                continue
+            left = max(0.0, deadline - round_trip - self.clock())
+            holder = message.get("limiter", "")
+            logger.info("limiter restarted; asking again for a queued ticket (%.1f s left)", left)
+            spawn(self._send_until_delivered({**asked, "max_wait": left}))
 
     async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
         try:

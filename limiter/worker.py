@@ -440,7 +440,7 @@ class LimiterConsumer(AsyncConsumer):
             now,
             reply_to=message["reply"],
             request_id=message["request_id"],
-            **_merged(message),
+            **_ticket_options(message),
         )
         await self._answer(decisions, now)
 
@@ -456,7 +456,7 @@ class LimiterConsumer(AsyncConsumer):
             now,  # the refused call used no tokens: its reservation is settled as 0
             reply_to=message["reply"],
             request_id=message["request_id"],
-            **_merged(message),
+            **_ticket_options(message),
         )
         await self._answer(decisions, now)
 
@@ -800,13 +800,18 @@ class LimiterConsumer(AsyncConsumer):
         }
 
 
-def _merged(message: events.AcquireMessage) -> dict[str, Any]:
-    """A merged embeddings ticket's extras for the engine: refundable (CHARGE_KEY and
-    CHARGE_ACCOUNT alike), and a merged request's own max wait when it brings one."""
-    if not message.get("charge"):
-        return {}
+def _ticket_options(message: events.AcquireMessage) -> dict[str, Any]:
+    """A ticket's extras for the engine: a merged embeddings ticket is refundable
+    (CHARGE_KEY and CHARGE_ACCOUNT alike); a ticket that brings its own max wait (a merged
+    request, or one asked again of a restarted limiter with what is left of its wait)
+    queues for that long instead of its key's."""
+    options: dict[str, Any] = {}
+    if message.get("charge"):
+        options["refundable"] = True
     max_wait = message.get("max_wait")
-    return {"refundable": True, "max_wait": None if max_wait is None else float(max_wait)}
+    if max_wait is not None:
+        options["max_wait"] = float(max_wait)
+    return options
 
 
 def _budgets_load(
@@ -856,13 +861,13 @@ async def run_limiter(
     global running
     running = consumer
     logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)
-    await _announce(layer)
+    await _announce(layer, consumer.instance)
     joined = time.monotonic()
     try:
         while not stop.is_set():
             if time.monotonic() - joined > CONFIG_GROUP_REFRESH:
                 joined = time.monotonic()
-                await _announce(layer, join_only=True)
+                await _announce(layer, consumer.instance, join_only=True)
             try:
                 message = await layer.receive(events.LIMITER_CHANNEL)
             except asyncio.CancelledError:
@@ -870,7 +875,8 @@ async def run_limiter(
             except Exception as exc:
                 logger.error("limiter channel unavailable (%s); retrying", exc)
                 await asyncio.sleep(0.5)
-                await _announce(layer)  # a restarted Redis lost the web processes' state
+                # A restarted Redis lost the web processes' state.
+                await _announce(layer, consumer.instance)
                 continue
             await consumer.dispatch(message)
     finally:
@@ -889,12 +895,15 @@ async def learned_persist() -> None:
         await running.learned_persist()
 
 
-async def _announce(layer: BaseChannelLayer, *, join_only: bool = False) -> None:
+async def _announce(layer: BaseChannelLayer, instance: str, *, join_only: bool = False) -> None:
     """Join the configuration broadcast (the limiter reloads its limits on each change),
-    and tell web processes a (new) limiter is serving, so they hand back their leases."""
+    and tell web processes a (new) limiter is serving, so they hand back their leases and
+    ask again for the tickets a limiter before it held (`instance` tells them apart)."""
     try:
         await layer.group_add(events.CONFIG_GROUP, events.LIMITER_CHANNEL)
         if not join_only:
-            await layer.group_send(events.CONFIG_GROUP, {"type": events.LIMITER_STARTED})
+            await layer.group_send(
+                events.CONFIG_GROUP, {"type": events.LIMITER_STARTED, "limiter": instance}
+            )
     except Exception as exc:
         logger.warning("could not announce the limiter start: %s", exc)

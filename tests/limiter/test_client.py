@@ -163,3 +163,40 @@ async def test_a_grant_that_queued_is_not_late_but_one_that_travelled_long_is():
     client._dispatch(grant(again["ticket"], "on-time", at=limiter.now + 1.0))
     assert (await late).lease == "on-time"
     assert (await until_sent(layer, events.RELEASE))["lease"] == "late"
+
+
+def queued(ticket: str, limiter: str, max_wait: float = 30.0) -> dict:
+    return {**grant(ticket, "", at=0.0, limiter=limiter), "kind": "queued", "max_wait": max_wait}
+
+
+async def acquires(layer: RecordingLayer, n: int) -> list[dict]:
+    while len(found := [m for m in layer.sent if m["type"] == events.ACQUIRE]) < n:
+        layer.arrived.clear()
+        await asyncio.wait_for(layer.arrived.wait(), 5)
+    return found
+
+
+async def test_a_ticket_queued_at_a_limiter_that_restarted_is_asked_of_the_new_one():
+    """The limiter that queued it is gone (killed, restarted): its queue went with it. The
+    ticket is asked again of the new limiter, with what is left of its wait, and not
+    waited out (it was, for its whole 30 s, and then answered 503)."""
+    here = Clock(100.0)
+    client = LimiterClient(clock=here)
+    client.layer = layer = RecordingLayer()
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    first = (await acquires(layer, 1))[0]
+    client._dispatch(queued(first["ticket"], limiter="old", max_wait=30.0))
+    await asyncio.sleep(0)
+    client._dispatch({"type": events.LIMITER_STARTED, "limiter": "old"})  # Redis came back
+    await asyncio.sleep(0.05)
+    assert len(await acquires(layer, 1)) == 1  # the same limiter still holds it
+
+    here.now += 10.0
+    client._dispatch({"type": events.LIMITER_STARTED, "limiter": "new"})
+    again = (await acquires(layer, 2))[1]
+    assert again["ticket"] == first["ticket"] and again["type"] == events.ACQUIRE
+    assert again["max_wait"] == pytest.approx(20.0)  # what is left of its 30 s
+    client._dispatch(grant(first["ticket"], "lease-new", at=1.0, limiter="new"))
+    assert (await asyncio.wait_for(waiting, 5)).lease == "lease-new"
