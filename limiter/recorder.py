@@ -24,11 +24,12 @@ FLUSH_INTERVAL = 1.0
 MAX_BUFFER = 100_000  # beyond this the oldest unsaved records are dropped, loudly
 
 
-class Recorder:
+class BatchWriter:
+    """What the 429 record and the usage record share: a background task in the running
+    loop that calls `flush` every `interval()` seconds. `start` (re)starts it in whichever
+    loop is current; a drain calls `flush` itself, last."""
+
     def __init__(self) -> None:
-        # Bounded: a database down for long loses the oldest records, not the process.
-        self._refusals: deque[Refusal] = deque(maxlen=MAX_BUFFER)
-        self._used: dict[str, datetime] = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -37,6 +38,29 @@ class Recorder:
         if self._task is None or self._loop is not loop or self._task.done():
             self._loop = loop
             self._task = loop.create_task(self._flush_forever())
+
+    def interval(self) -> float:
+        return FLUSH_INTERVAL
+
+    async def before_flush(self) -> None:
+        """Anything to do once an interval before the flush (nothing by default)."""
+
+    async def flush(self) -> int:
+        raise NotImplementedError
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval())
+            await self.before_flush()
+            await self.flush()
+
+
+class Recorder(BatchWriter):
+    def __init__(self) -> None:
+        super().__init__()
+        # Bounded: a database down for long loses the oldest records, not the process.
+        self._refusals: deque[Refusal] = deque(maxlen=MAX_BUFFER)
+        self._used: dict[str, datetime] = {}
 
     def refusal(
         self,
@@ -94,11 +118,6 @@ class Recorder:
                 self._used.setdefault(key_id, at)
             return 0
         return len(refusals)
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL)
-            await self.flush()
 
 
 def _write(refusals: list[Refusal], used: dict[str, datetime]) -> None:

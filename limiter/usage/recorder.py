@@ -21,7 +21,6 @@ ended, and are priced then. A model still without a price is written with none (
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -35,6 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F
 
+from limiter.recorder import BatchWriter
 from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
 
 logger = logging.getLogger(__name__)
@@ -78,20 +78,19 @@ def status_class(status: int) -> str:
     return f"{min(max(status // 100, 1), 5)}xx"
 
 
-class UsageRecorder:
+class UsageRecorder(BatchWriter):
     def __init__(self) -> None:
+        super().__init__()
         self.writer = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._rows: dict[Dims, Counts] = {}
         self._pks: dict[Dims, int] = {}  # rows this writer has saved, for F() increments
-        self._task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._refreshing: dict[str, float] = {}  # account id -> when its prices were asked
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._loop is not loop or self._task.done():
-            self._loop = loop
-            self._task = loop.create_task(self._flush_forever())
+    def interval(self) -> float:
+        return float(settings.SLUICE_USAGE_FLUSH_SECONDS)
+
+    async def before_flush(self) -> None:
+        await prices.reload_if_due()
 
     def record(
         self,
@@ -187,12 +186,6 @@ class UsageRecorder:
                 dims = replace(dims, price=prices.price(dims.model))
             out.setdefault(dims, Counts()).add(counts)
         return out
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(settings.SLUICE_USAGE_FLUSH_SECONDS)
-            await prices.reload_if_due()
-            await self.flush()
 
 
 def _write(writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]) -> dict[Dims, int]:
