@@ -121,6 +121,10 @@ def _unit(nodeid: str) -> str:
     return "tests/isolation/" if path.startswith("tests/isolation/") else path
 
 
+# tryfirst: pytest-xdist's worker reads the group marks in its own hook of the same name,
+# so the marks must be on the items before it runs (without it, a file's tests were spread
+# over every worker, each starting the file's servers again).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     def rank(item: pytest.Item) -> int:
         unit = _unit(item.nodeid)

@@ -1,0 +1,19 @@
+"""`make test` runs each unit of work (a file; tests/isolation as one) on one xdist worker,
+so that its module-scoped servers start once: tests/conftest.py marks each test with its
+unit's `xdist_group`, and pytest-xdist's `--dist loadgroup` keeps a group together by
+suffixing the node id with `@group`. When that breaks, nothing fails: the tests just spread
+over every worker and the suite costs a server start-up per worker per file (seen with
+pytest 9.2, pytest-dev/pytest-xdist#1386). This test is what fails then."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_this_file_runs_as_one_group(request: pytest.FixtureRequest) -> None:
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not run by an xdist worker with --dist loadgroup (make test's first part)")
+    assert request.node.nodeid.endswith("@tests/test_grouping.py"), (
+        f"{request.node.nodeid!r} carries no xdist group: pytest-xdist's loadgroup no longer "
+        "groups with this pytest; see pyproject.toml"
+    )
