@@ -6,11 +6,13 @@ from datetime import datetime
 
 from ninja import Field, ModelSchema, Schema
 
+from dashboard.api_types import IsoDateTime
 from dashboard.live import LiveView
 from dashboard.models import AuditEntry
 from limiter.jobs.live import AccountJobs
 from limiter.models import (
     COALESCE_MAX_INPUTS,
+    MODEL_GLOB_DOCUMENTED,
     ApiKey,
     EndpointKind,
     EndpointLimit,
@@ -74,6 +76,7 @@ class LimitIn(LimitPatchIn):
     model: str = Field(
         "",
         max_length=200,
+        json_schema_extra={"pattern": MODEL_GLOB_DOCUMENTED},
         description="Empty: the endpoint's row. A model name or glob (org/prefix*, any "
         "case): that model's own row (exact beats glob, a longer glob a shorter one).",
     )
@@ -158,7 +161,7 @@ class KeyOut(ModelSchema):
 class KeyIn(Schema):
     name: str = Field("", max_length=80)
     profile: str | None = Field(None, description="Profile name; empty: the team's profile.")
-    expires_at: datetime | None = None
+    expires_at: IsoDateTime | None = None
 
 
 class KeyIssuedOut(Schema):
@@ -168,8 +171,8 @@ class KeyIssuedOut(Schema):
 
 # --- 429 history ------------------------------------------------------------------------------
 class RefusalFilterIn(Schema):
-    start: datetime | None = None
-    end: datetime | None = None
+    start: IsoDateTime | None = None
+    end: IsoDateTime | None = None
     team: str | None = Field(None, description="Team name.")
     key_prefix: str | None = None
     endpoint: EndpointKind | None = None

@@ -8,6 +8,7 @@ from typing import Literal
 
 from ninja import Field, ModelSchema, Schema
 
+from dashboard.api_types import IsoDateTime, Limit, Price
 from limiter.models import EndpointKind
 from limiter.usage.models import BudgetPeriod, BudgetUnit, ModelPrice
 
@@ -15,8 +16,8 @@ UsageGroup = Literal["team", "model", "endpoint", "key", "status", "day"]
 
 
 class UsageFilterIn(Schema):
-    start: datetime | None = Field(None, description="From this time (default: 30 days ago).")
-    end: datetime | None = None
+    start: IsoDateTime | None = Field(None, description="From this time (default: 30 days ago).")
+    end: IsoDateTime | None = None
     team: str | None = Field(None, description="Team name.")
     model: str | None = None
     endpoint: EndpointKind | None = None
@@ -61,9 +62,13 @@ class PriceOut(ModelSchema):
 
 class PriceOverrideIn(Schema):
     model: str = Field(..., min_length=1, max_length=200)
-    override_input: Decimal | None = Field(None, ge=0, description="Null: Together's price.")
-    override_output: Decimal | None = Field(None, ge=0, description="Null: Together's price.")
-    image_price: Decimal | None = Field(None, ge=0, description="$ per image; null: none.")
+    override_input: Price | None = Field(
+        None, description="$ per 1M prompt tokens; null: Together's."
+    )
+    override_output: Price | None = Field(
+        None, description="$ per 1M completion tokens; null: Together's."
+    )
+    image_price: Price | None = Field(None, description="$ per image; null: none.")
 
 
 class BudgetOut(Schema):
@@ -88,7 +93,7 @@ class BudgetIn(Schema):
     model: str = Field("", max_length=200, description="Empty: all models.")
     unit: BudgetUnit
     period: BudgetPeriod
-    limit: Decimal = Field(..., gt=0)
+    limit: Limit
     soft_threshold: float = Field(0.8, ge=0.01, le=1.0)
     enabled: bool = True
 
@@ -97,6 +102,6 @@ class BudgetPatchIn(Schema):
     model: str | None = Field(None, max_length=200)
     unit: BudgetUnit | None = None
     period: BudgetPeriod | None = None
-    limit: Decimal | None = Field(None, gt=0)
+    limit: Limit | None = None
     soft_threshold: float | None = Field(None, ge=0.01, le=1.0)
     enabled: bool | None = None

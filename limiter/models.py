@@ -84,6 +84,9 @@ MODEL_ENDPOINTS = ("chat", "completions", "embeddings", "images", "rerank")
 # A model override names one model or a glob of them: Together's ids are org/name with
 # letters, digits and . _ - : + plus the glob's * ? and [...] classes; nothing else.
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9._\-:/+*?\[\]!]{1,200}")
+# The same rule, empty allowed, as one regular expression for the ops API's document: plain
+# characters, or a [...] class with something in it and no [ inside it.
+MODEL_GLOB_DOCUMENTED = r"^(?:[A-Za-z0-9._\-:/+*?!\]]|\[[A-Za-z0-9._\-:/+*?!]+\])*$"
 MSG_MODEL_PATTERN = (
     "One model name or glob (org/name, org/prefix*), 200 characters at most, no spaces."
 )

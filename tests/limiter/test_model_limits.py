@@ -3,6 +3,7 @@ ceilings kept in the database across a limiter restart."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -14,7 +15,14 @@ from limiter import events
 from limiter.ceilings import Ceiling, Learned
 from limiter.config import model_rows
 from limiter.engine import Limit
-from limiter.models import EndpointLimit, LearnedCeiling, LimitProfile, UpstreamAccount
+from limiter.models import (
+    MODEL_GLOB_DOCUMENTED,
+    EndpointLimit,
+    LearnedCeiling,
+    LimitProfile,
+    UpstreamAccount,
+    model_pattern_error,
+)
 from limiter.services import key_issue, team_get_or_create
 from limiter.worker import LimiterConsumer
 
@@ -69,6 +77,30 @@ def test_a_bad_model_row_is_refused(model: str, endpoint: str) -> None:
     with pytest.raises(ValidationError) as refused:
         row.full_clean()
     assert "model" in refused.value.message_dict
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        "black-forest-labs/FLUX*",
+        "org/[ab]c?",
+        "org/[!x]*",
+        "a]b",
+        "FLUX[",
+        "flux[]",
+        "a[b[c]]",
+        "a b",
+        "µ",
+        "x" * 200,
+        "x" * 201,
+    ],
+)
+def test_the_documented_model_pattern_is_the_rule_the_model_applies(model: str) -> None:
+    # The ops API documents MODEL_GLOB_DOCUMENTED (with maxLength 200); the row's own check
+    # is model_pattern_error. Schemathesis trusts the first, the server applies the second.
+    documented = bool(re.fullmatch(MODEL_GLOB_DOCUMENTED, model)) and len(model) <= 200
+    assert documented == (model_pattern_error(model) is None)
 
 
 # --- the limiter: its scopes and its learned state --------------------------------------
