@@ -48,6 +48,7 @@ class Size:
     # Seconds per coalescing throughput run: longer than a latency cell, since the unmerged
     # run is paced at 250 requests a minute and a short one counts a handful of answers.
     coalesce_duration: float
+    coalesce_callers: int = coalesce.CALLERS
 
 
 FULL = Size(
@@ -74,6 +75,8 @@ TINY = Size(
     key_max_wait=1.0,
     decisions_duration=0.5,
     coalesce_duration=1.5,
+    # 64 callers queued behind the unmerged run's 250/min take 15 s to drain after it.
+    coalesce_callers=8,
 )
 
 
@@ -246,12 +249,12 @@ def run_coalesce(
     """The coalescing scenario (bench/coalesce.py), on its own servers when none given."""
     duration = size.coalesce_duration
     if tmp is not None and sandbox is not None:
-        return coalesce.run(tmp, sandbox, duration, size.repeats, log)
+        return coalesce.run(tmp, sandbox, duration, size.repeats, log, size.coalesce_callers)
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name,
         Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as own,
     ):
-        return coalesce.run(Path(tmp_name), own, duration, size.repeats, log)
+        return coalesce.run(Path(tmp_name), own, duration, size.repeats, log, size.coalesce_callers)
 
 
 def load_average() -> tuple[float, ...]:

@@ -56,7 +56,8 @@ def expected_rows() -> list[str]:
         ):
             rows.append(f"Accuracy: {deployment}, {case}, 64 clients)")
     rows += [
-        "Embedded inputs per second, 64 callers, single inputs, account 300/min paced at 250",
+        f"Embedded inputs per second, {runner.TINY.coalesce_callers} callers, single inputs, "
+        "account 300/min paced at 250",
         "Upstream requests / upstream 429s / callers not answered 200",
         "p50 latency, concurrency 1, unthrottled account (ms)",
     ]
