@@ -128,15 +128,13 @@ X_FRAME_OPTIONS = "DENY"
 # --- Channels ----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
+    from limiter.layers import redis_hosts  # timeouts and retries (a plain module)
+
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "limiter.layers.SluiceRedisChannelLayer",  # channels_redis, one-trip send
             "CONFIG": {
-                # channels_redis blocks up to 5 s in BZPOPMIN; redis-py's default socket
-                # timeout is also 5 s, so reads would time out at random. Give it room.
-                "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 2}
-                ],
+                "hosts": redis_hosts(REDIS_URL),
                 "capacity": 10_000,
                 "expiry": 30,
             },

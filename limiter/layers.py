@@ -19,9 +19,13 @@ are most of scale-out's cost:
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 SEND = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
@@ -32,6 +36,27 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
+
+
+def redis_hosts(url: str) -> list[dict[str, Any]]:
+    """CHANNEL_LAYERS' `hosts` for REDIS_URL (dashboard/settings.py).
+
+    - channels_redis blocks up to 5 s in BZPOPMIN; redis-py's default socket timeout is
+      also 5 s, so reads would time out at random. Give it room.
+    - A command on a broken connection is sent once more, on a new one. After Redis
+      restarts, every pooled connection is dead, and redis-py's asyncio connections retry
+      nothing by default: each one's next command failed, and its caller heard 503 though
+      Redis was back. With Redis still down the retry fails at once (connection refused).
+    """
+    return [
+        {
+            "address": url,
+            "socket_timeout": 15,
+            "socket_connect_timeout": 2,
+            "retry": Retry(NoBackoff(), retries=1),
+            "retry_on_error": [RedisConnectionError],
+        }
+    ]
 
 
 class SluiceRedisChannelLayer(RedisChannelLayer):

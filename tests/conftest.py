@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
 import urllib.parse
 
@@ -38,6 +39,11 @@ def reachable(url: str) -> bool:
             return True
     except OSError:
         return False
+
+
+def need_redis_server() -> None:
+    """For a test that runs (and may restart) a redis-server of its own."""
+    need(shutil.which("redis-server") is not None, "redis-server is not installed")
 
 
 @pytest.fixture
@@ -103,14 +109,24 @@ def _seeded_in_transaction(request):
         importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
 
 
-# The longest-running units first, so that in a parallel run (`make test`: pytest-xdist)
-# they do not start last and leave the other workers idle at the end.
+# The longest-running units first, so that in a parallel run (`make test`: pytest-xdist
+# with --no-loadscope-reorder, which hands units out in this order) none starts last and
+# leaves the other workers idle at the end. Ranked by their wall time in a `make test` run
+# (seconds, on this 2-core machine); the rest follow in file order.
 SLOW_FIRST = (
-    "tests/scaleout/",
-    "tests/bench/",
-    "tests/isolation/",
-    "tests/jobs/test_restart.py",
-    "tests/fuzz/",
+    "tests/bench/test_bench_quick.py",  # 112
+    "tests/fuzz/test_ops_api.py",  # 72
+    "tests/isolation/",  # 53
+    "tests/gateway/test_limits_live.py",  # 51
+    "tests/gateway/test_coalesce.py",  # 41
+    "tests/bench/test_dynamic.py",  # 38
+    "tests/jobs/test_restart.py",  # 38
+    "tests/jobs/test_file_ownership.py",  # 36
+    "tests/jobs/test_through_sluice.py",  # 30
+    "tests/scaleout/",  # 15 to 28 each
+    "tests/gateway/test_model_ceilings.py",  # 27
+    "tests/gateway/test_errors.py",  # 23
+    "tests/fuzz/",  # 22
 )
 
 

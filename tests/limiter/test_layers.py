@@ -11,7 +11,9 @@ import pytest
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from limiter.layers import SluiceRedisChannelLayer
+from limiter.layers import SluiceRedisChannelLayer, redis_hosts
+from tests.conftest import need_redis_server
+from tests.servers import private_redis_server
 
 
 def test_the_private_methods_replaced_still_exist_with_the_same_signatures() -> None:
@@ -46,3 +48,24 @@ async def test_send_and_receive_over_real_redis(redis_url) -> None:
     finally:
         await layer.flush()
         await layer.close_pools()
+
+
+@pytest.mark.services
+async def test_the_first_send_after_a_redis_restart_is_not_an_error() -> None:
+    # Each web process keeps pooled connections to Redis; after Redis restarts every one of
+    # them is dead. Before, the first send through each failed ("Connection closed by
+    # server") and its caller got a 503, though Redis was back.
+    need_redis_server()
+    with private_redis_server() as redis_server:
+        layer = SluiceRedisChannelLayer(
+            hosts=redis_hosts(redis_server.url), prefix=f"sluice-test-{uuid.uuid4().hex[:8]}"
+        )
+        try:
+            for n in range(4):  # a few pooled connections, as under load
+                await layer.send("limiter", {"type": "limiter.ping", "n": n})
+            redis_server.stop()
+            redis_server.start()
+            await layer.send("limiter", {"type": "limiter.ping", "n": 99})
+            assert (await layer.receive("limiter"))["n"] == 99  # the old ones died with Redis
+        finally:
+            await layer.close_pools()

@@ -1,11 +1,8 @@
-"""Scale-out fixtures: a private redis-server (so a test may restart it) and a fresh
-PostgreSQL database, both real, on loopback."""
+"""Scale-out fixtures: a private redis-server (tests/servers.py, so that a test may restart
+it) and a fresh PostgreSQL database, both real, on loopback."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,56 +10,8 @@ from contextlib import contextmanager
 import psycopg
 import pytest
 
-from tests.conftest import POSTGRES_URL, need, reachable
-from tests.servers import free_port
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while not reachable(self.url):
-            if time.monotonic() > deadline:
-                raise TimeoutError("redis-server did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@contextmanager
-def _redis_server() -> Iterator[RedisServer]:
-    need(shutil.which("redis-server") is not None, "redis-server is not installed")
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.conftest import POSTGRES_URL, need, need_redis_server, reachable
+from tests.servers import private_redis_server
 
 
 @contextmanager
@@ -80,7 +29,8 @@ def _postgres_database() -> Iterator[str]:
 
 @pytest.fixture
 def private_redis():
-    with _redis_server() as server:
+    need_redis_server()
+    with private_redis_server() as server:
         yield server
 
 
@@ -93,7 +43,8 @@ def postgres_database():
 # One cluster for a module whose tests run in order on it (it costs seconds to start).
 @pytest.fixture(scope="module")
 def module_redis():
-    with _redis_server() as server:
+    need_redis_server()
+    with private_redis_server() as server:
         yield server
 
 
