@@ -29,15 +29,15 @@ run: install .env
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
-# In parallel, one file (one server start-up) per unit of work: the suite mostly waits on
-# servers, so more workers than cores finish sooner, up to a point (on 2 cores: 3 workers
-# 300 s, 4 workers 289 s, 6 workers 333 s, where the servers' CPU contends). Then, on their
-# own, the tests that measure limits held under load (marked `alone`). TEST_WORKERS=0 runs
-# the first part serially.
+# In parallel, one file (one server start-up) per unit of work, handed out longest first
+# (tests/conftest.py); the suite mostly waits on servers, so more workers than cores finish
+# sooner, up to a point where the servers' CPU contends. Then, on their own, the tests
+# that measure limits held under load (marked `alone`). TEST_WORKERS=0 runs the first part
+# serially.
 TEST_WORKERS ?= 4
 test: install
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not alone"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone"
 	$(BIN)/python -m pytest -m alone
 
 # ruff's formatter and linter, then mypy (django-stubs); CI runs this before the tests.

@@ -1,11 +1,13 @@
 """Four web processes and one limiter worker over a real Redis and PostgreSQL: limits
-hold exactly, and every request is answered while the limiter or Redis is restarted."""
+hold exactly, every request is answered while the limiter or Redis is restarted, and a
+limiter whose clock is off changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -119,10 +121,20 @@ async def test_four_web_processes_hold_the_limit_under_a_3x_burst(cluster):
     assert stats["ok"] == 168
 
 
+async def serving_again(server: SluiceServer, keys: list[str], within: float = 20) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await burst(server, keys, total=4) == [200] * 4:
+            return
+        await asyncio.sleep(0.5)
+    pytest.fail(f"the gateway did not serve again within {within} s")
+
+
 async def test_limiter_killed_and_restarted_mid_load(cluster):
     keys = [cluster.issue_key("team-k", profile="team")]
-    load = asyncio.ensure_future(burst(cluster, keys, total=300))
-    await asyncio.sleep(3)
+    # Seven seconds of the pace; the limiter is down from the second to the fourth.
+    load = asyncio.ensure_future(burst(cluster, keys, total=200))
+    await asyncio.sleep(2)
     cluster.kill_worker()
     await asyncio.sleep(2)
     cluster.start_worker()
@@ -141,9 +153,12 @@ async def test_limiter_killed_and_restarted_mid_load(cluster):
 
 
 async def test_redis_restarted_mid_load(cluster):
-    keys = [cluster.issue_key("team-r", profile="team")]
-    load = asyncio.ensure_future(burst(cluster, keys, total=300))
-    await asyncio.sleep(3)
+    # A grant sent while Redis is down is lost, and its caller waits out its queue wait
+    # (Known limits in the README): 5 s here, the burst the same 5 s of the pace.
+    cluster.make_profile("team-5s", {"chat": {**TEAM["chat"], "max_queue_wait_seconds": 5}})
+    keys = [cluster.issue_key("team-r", profile="team-5s")]
+    load = asyncio.ensure_future(burst(cluster, keys, total=140))
+    await asyncio.sleep(2)
     cluster.redis.stop()
     await asyncio.sleep(1)
     cluster.redis.start()
@@ -151,13 +166,33 @@ async def test_redis_restarted_mid_load(cluster):
     assert 0 not in statuses, "a request hung"
     assert set(statuses) <= {200, 429, 503}
     assert_upstream_held(cluster)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if await burst(cluster, keys, total=4) == [200] * 4:
-            break
-        await asyncio.sleep(1)
-    else:
-        pytest.fail("the gateway did not resume after Redis came back")
+    await serving_again(cluster, keys)
+
+
+SKEWED_CLOCK = Path(__file__).parent / "skewed_clock"  # a sitecustomize moving time.time
+
+
+async def test_a_limiter_5_seconds_ahead_changes_nothing(cluster):
+    """Issue 10, fault 5: hosts' clocks differ. A limiter whose wall clock runs 5 s ahead
+    of the web processes' must not make every grant look "stale" (each then asked for three
+    times, charged three times, and answered 503): lateness is measured on each web
+    process's own monotonic clock, and no wall time crosses hosts."""
+    keys = [cluster.issue_key("skewed", profile="team")]
+    worker_log = len(cluster.log("worker.log"))
+    # The skewed limiter stays for the rest of the module (only the next test follows).
+    cluster.kill_worker()
+    cluster.worker_env = {"PYTHONPATH": str(SKEWED_CLOCK), "SLUICE_TEST_CLOCK_OFFSET": "5"}
+    cluster.start_worker()
+    await serving_again(cluster, keys)
+    since = {port: len(cluster.log(f"serve-{port}.log")) for port in cluster.ports}
+    statuses = await burst(cluster, keys, total=120, concurrency=16)
+    assert statuses == [200] * 120, statuses  # no 503 "limiter did not answer", none refused
+    assert_upstream_held(cluster)  # and the limit held: 0 upstream 429s, none over
+    # Before, every grant was "stale" by the skew. A grant can still be genuinely late on a
+    # loaded machine (and is asked for again): a few, not all.
+    late = "".join(cluster.log(f"serve-{p}.log")[since[p] :] for p in cluster.ports)
+    assert late.count("late; asking again") < len(statuses) // 4, late
+    assert "Traceback" not in cluster.log("worker.log")[worker_log:]
 
 
 def test_a_second_limiter_refuses_to_start(cluster):
