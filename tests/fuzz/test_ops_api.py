@@ -15,6 +15,7 @@ server. The bugs this pass found are pinned at the end as the behaviour they now
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -197,7 +198,7 @@ def test_profile_patch_null_description_is_a_400(fuzz_server: SluiceServer) -> N
         ("GET", "/api/usage?start=0.5", None),  # a number is not an ISO 8601 date-time
         ("GET", "/api/refusals?end=1700000000", None),
         ("POST", "/api/teams/1/keys", {"expires_at": 1.5}),
-        ("POST", "/api/prices", {"model": "m", "image_price": ""}),  # was documented as valid
+        ("POST", "/api/prices", {"model": "m", "image_price": ""}),  # (documented as valid, below)
         ("POST", "/api/prices", {"model": "m", "override_input": "1e3"}),
         ("POST", "/api/teams/1/budgets", {"unit": "tokens", "period": "day", "limit": "0"}),
         ("POST", "/api/teams/1/budgets", {"unit": "tokens", "period": "day", "limit": True}),
@@ -208,6 +209,17 @@ def test_what_the_document_calls_invalid_is_a_400(
 ) -> None:
     response = httpx.request(method, fuzz_server.url + path, json=body, headers=ADMIN)
     _assert_ops_error(response, 400)
+
+
+def test_the_document_says_which_decimal_strings_are_amounts(fuzz_server: SluiceServer) -> None:
+    # Before, the string branch had no pattern: "" and "abc" were valid by the document.
+    document = httpx.get(f"{fuzz_server.url}/api/openapi.json", headers=ADMIN).json()
+    schemas = document["components"]["schemas"]
+    for shape, field in (("PriceOverrideIn", "image_price"), ("BudgetIn", "limit")):
+        branches = schemas[shape]["properties"][field]["anyOf"]
+        text = next(b for b in branches if b.get("type") == "string")
+        assert all(not re.fullmatch(text["pattern"], bad) for bad in ("", "abc", "-1", "1e3"))
+        assert re.fullmatch(text["pattern"], "25.50")
 
 
 def test_amounts_are_numbers_or_decimal_strings_cut_to_six_places(
