@@ -54,6 +54,11 @@ class Grant:
 
 # Put on a waiting ticket's queue when a limiter announces its start (not a decision).
 RESTARTED = "restarted"
+# Put on every waiting ticket's queue when this process's reply channel works again after
+# failing (Redis restarted): an answer sent to it meanwhile may be lost (not a decision).
+RESYNC = "resync"
+# What the process sends itself to learn that its reply channel works again.
+REPLY_CHANNEL_BACK = "sluice.reply_channel_back"
 
 
 class Refused(Exception):
@@ -154,6 +159,7 @@ class LimiterClient:
         self._waiting: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         # Leases this process holds, to hand to a limiter that restarts meanwhile.
         self._held: dict[str, events.AdoptMessage] = {}
+        self._probing = False  # _probe_reply_channel is running
 
     async def start(self) -> None:
         self.reply_channel = await self.layer.new_channel("sluice.web.")
@@ -171,6 +177,9 @@ class LimiterClient:
                 Exception
             ) as exc:  # e.g. Redis restarting: keep trying, requests time out meanwhile
                 logger.error("limiter reply channel failed (%s); retrying", exc)
+                if not self._probing:
+                    self._probing = True
+                    spawn(self._probe_reply_channel())
                 await asyncio.sleep(0.5)
                 last_join = 0.0  # a restarted Redis forgot our group membership
                 continue
@@ -178,6 +187,21 @@ class LimiterClient:
             if time.monotonic() - last_join > CONFIG_GROUP_REFRESH:
                 last_join = time.monotonic()
                 spawn(self._join())
+
+    async def _probe_reply_channel(self) -> None:
+        """Send ourselves REPLY_CHANNEL_BACK until the channel layer takes it; when it comes
+        back through the reply channel, every waiting ticket is asked again (_dispatch)."""
+        try:
+            while True:
+                try:
+                    await self.layer.send(self.reply_channel, {"type": REPLY_CHANNEL_BACK})
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    await asyncio.sleep(0.5)
+        finally:
+            self._probing = False
 
     async def _join(self) -> None:
         try:
@@ -200,6 +224,13 @@ class LimiterClient:
             from limiter.jobs.ownership import owned_models
 
             owned_models.clear()
+            return
+        if kind == REPLY_CHANNEL_BACK:
+            # A grant (or "queued") sent while the channel was down is lost, and its caller
+            # would wait out its queue wait and hear 503: ask again, with the same ticket (a
+            # limiter that still holds it only says "queued" again).
+            for waiting in self._waiting.values():
+                waiting.put_nowait({"kind": RESYNC})
             return
         if kind == events.LIMITER_STARTED:
             for held in list(self._held.values()):
@@ -334,7 +365,11 @@ class LimiterClient:
                 if patience.until > asked_until:
                     self.extend(ticket, patience.max_wait())
             decision = await asyncio.wait_for(queue.get(), timeout)
-            while decision["kind"] == RESTARTED:  # before any answer: which one got it is unknown
+            # Before any answer: which limiter got it is unknown after a restart; after a
+            # broken reply channel, the answer may be lost: ask again, as asked.
+            while decision["kind"] in (RESTARTED, RESYNC):
+                if decision["kind"] == RESYNC:
+                    await self._send_or_unavailable(asked)
                 decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
                 if patience is not None:
@@ -399,7 +434,10 @@ class LimiterClient:
         Should a new limiter start meanwhile (the one that queued the ticket was
         restarted, and its queue went with it), the ticket is asked of the new one with
         what is left of its wait, instead of waiting out a queue that no longer exists.
-        A start announced by the same limiter (Redis came back) changes nothing."""
+        A start announced by the same limiter (Redis came back) changes nothing; but should
+        this process's reply channel have failed meanwhile (Redis restarted), its grant
+        may be lost, so the ticket is asked again of the same limiter, which answers
+        "queued" again if it still holds it."""
         holder = queued.get("limiter", "")
         deadline = self.clock() + queued["max_wait"] + round_trip
         while True:
@@ -414,11 +452,17 @@ class LimiterClient:
             if message.get("kind") == "queued":
                 holder = message.get("limiter", holder)  # the new limiter queued it again
                 continue
+            left = max(0.0, deadline - round_trip - self.clock())
+            if message.get("kind") == RESYNC:
+                logger.info(
+                    "reply channel back; asking again for a queued ticket (%.1f s left)", left
+                )
+                spawn(self._send_until_delivered({**asked, "max_wait": left}))
+                continue
             if message.get("kind") != RESTARTED:
                 return message
             if not holder or message.get("limiter") == holder:
                 continue
-            left = max(0.0, deadline - round_trip - self.clock())
             holder = message.get("limiter", "")
             logger.info("limiter restarted; asking again for a queued ticket (%.1f s left)", left)
             spawn(self._send_until_delivered({**asked, "max_wait": left}))

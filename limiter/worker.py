@@ -410,7 +410,29 @@ class LimiterConsumer(AsyncConsumer):
                 self._dirty = True
 
     # --- messages ---------------------------------------------------------------------
+    async def _still_queued(self, message: events.AcquireMessage | events.ReacquireMessage) -> bool:
+        """A ticket asked again while it is queued here (its web process's reply channel
+        failed, so an answer may have been lost: limiter/client.py): say "queued" again,
+        and nothing more (it is neither charged nor queued twice)."""
+        ticket = self.engine.tickets.get(message["ticket"])
+        if ticket is None:
+            return False
+        now = time.monotonic()
+        again = Decision(
+            "queued",
+            ticket,
+            self.engine.quota(ticket.key, now),
+            retry_after=max(0.0, ticket.deadline - now),
+        )
+        try:
+            await self.channel_layer.send(message["reply"], self._message(again))
+        except Exception as exc:  # the channel layer failing again: it will ask again
+            logger.warning("could not answer a ticket asked again: %s", exc)
+        return True
+
     async def limiter_acquire(self, message: events.AcquireMessage) -> None:
+        if await self._still_queued(message):
+            return
         # No staleness check on the asker's clock: hosts' clocks differ. An asker that
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
         # that finds nobody waiting is handed back by its web process.
@@ -445,6 +467,8 @@ class LimiterConsumer(AsyncConsumer):
         await self._answer(decisions, now)
 
     async def limiter_reacquire(self, message: events.ReacquireMessage) -> None:
+        if await self._still_queued(message):
+            return
         key_scope, account_scope = await self._scopes(message)
         now = time.monotonic()
         decisions = self.engine.reacquire(

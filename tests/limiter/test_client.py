@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from limiter import events
-from limiter.client import LimiterClient
+from limiter.client import REPLY_CHANNEL_BACK, LimiterClient
 from tests.factories import key_info
 
 
@@ -200,3 +200,83 @@ async def test_a_ticket_queued_at_a_limiter_that_restarted_is_asked_of_the_new_o
     assert again["max_wait"] == pytest.approx(20.0)  # what is left of its 30 s
     client._dispatch(grant(first["ticket"], "lease-new", at=1.0, limiter="new"))
     assert (await asyncio.wait_for(waiting, 5)).lease == "lease-new"
+
+
+async def test_after_the_reply_channel_failed_a_queued_ticket_is_asked_again():
+    """Redis restarted under the same limiter: this process's reply channel failed, so the
+    grant may have been sent into the outage and lost. The ticket is asked again of the
+    same limiter with what is left of its wait (before, it was waited out: 503)."""
+    here = Clock(100.0)
+    client = LimiterClient(clock=here)
+    client.layer = layer = RecordingLayer()
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    first = (await acquires(layer, 1))[0]
+    client._dispatch(queued(first["ticket"], limiter="one", max_wait=30.0))
+    await asyncio.sleep(0.05)  # it reads "queued" and starts its wait
+    here.now += 10.0
+    client._dispatch({"type": REPLY_CHANNEL_BACK})
+    again = (await acquires(layer, 2))[1]
+    assert again["ticket"] == first["ticket"]  # the limiter knows it if it still holds it
+    assert again["max_wait"] == pytest.approx(20.0)
+    client._dispatch(queued(first["ticket"], limiter="one", max_wait=30.0))  # it did
+    client._dispatch(grant(first["ticket"], "lease-1", at=1.0, limiter="one"))
+    assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
+
+
+async def test_after_the_reply_channel_failed_an_unanswered_ticket_is_asked_again():
+    client = LimiterClient()
+    client.layer = layer = RecordingLayer()
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    first = (await acquires(layer, 1))[0]
+    client._dispatch({"type": REPLY_CHANNEL_BACK})
+    again = (await acquires(layer, 2))[1]
+    assert again == first  # asked again as asked: the same ticket
+    client._dispatch(grant(first["ticket"], "lease-1", at=0.0))
+    assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
+
+
+class FlakyLayer(RecordingLayer):
+    """A channel layer down for its first receive and first send (Redis restarting), then
+    delivering what is sent to the reply channel back through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inbox: asyncio.Queue[dict] = asyncio.Queue()
+        self.receive_fails, self.send_fails = 1, 1
+
+    async def receive(self, channel: str) -> dict:
+        if self.receive_fails:
+            self.receive_fails -= 1
+            raise ConnectionError("Connection closed by server.")
+        return await self.inbox.get()
+
+    async def send(self, channel: str, message: dict) -> None:
+        if channel.startswith("sluice.web."):
+            if self.send_fails:
+                self.send_fails -= 1
+                raise ConnectionError("Connection refused")
+            await self.inbox.put(message)
+            return
+        await super().send(channel, message)
+
+
+async def test_a_failed_reply_channel_is_probed_and_its_waiting_tickets_asked_again():
+    client = LimiterClient()
+    client.layer = layer = FlakyLayer()
+    client.reply_channel = "sluice.web.test!abc"
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    first = (await acquires(layer, 1))[0]
+    dispatcher = asyncio.ensure_future(client._dispatch_forever())
+    try:
+        again = (await acquires(layer, 2))[1]  # after a failed probe and a working one
+        assert again["ticket"] == first["ticket"]
+        await layer.inbox.put(grant(first["ticket"], "lease-1", at=0.0))
+        assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
+    finally:
+        dispatcher.cancel()

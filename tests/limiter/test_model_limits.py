@@ -250,3 +250,25 @@ async def test_a_reset_forgets_the_learned_ceiling_in_memory_and_in_the_database
         consumer.engine.scopes[("account", world["account"], "images", flux)].limit.per_minute == 6
     )
     assert not await LearnedCeiling.objects.filter(model=flux).aexists()
+
+
+@pytestmark_db
+async def test_a_ticket_asked_again_while_queued_is_answered_queued_and_not_queued_twice(
+    world,
+) -> None:
+    # A web process whose reply channel failed (Redis restarted) asks its waiting tickets
+    # again, with the same ids (limiter/client.py RESYNC): one may still be queued here.
+    consumer = await started()
+    flux = "black-forest-labs/FLUX.1-schnell"
+    await consumer.dispatch(acquire(world["key"], world["account"], flux, "1"))  # the burst
+    await consumer.dispatch(acquire(world["key"], world["account"], flux, "2"))
+    await consumer.dispatch(acquire(world["key"], world["account"], flux, "2"))
+    answers = [await consumer.channel_layer.receive("reply") for _ in range(3)]
+    assert [(a["ticket"], a["kind"]) for a in answers] == [
+        ("1", "grant"),
+        ("2", "queued"),
+        ("2", "queued"),
+    ]
+    assert list(consumer.engine.tickets) == ["2"]
+    (group,) = [g for g in consumer.engine.groups.values() if g.size]
+    assert group.size == 1

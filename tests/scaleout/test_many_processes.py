@@ -153,11 +153,10 @@ async def test_limiter_killed_and_restarted_mid_load(cluster):
 
 
 async def test_redis_restarted_mid_load(cluster):
-    # A grant sent while Redis is down is lost, and its caller waits out its queue wait
-    # (Known limits in the README): 5 s here, the burst the same 5 s of the pace.
     cluster.make_profile("team-5s", {"chat": {**TEAM["chat"], "max_queue_wait_seconds": 5}})
     keys = [cluster.issue_key("team-r", profile="team-5s")]
-    load = asyncio.ensure_future(burst(cluster, keys, total=140))
+    logs = {port: len(cluster.log(f"serve-{port}.log")) for port in cluster.ports}
+    load = asyncio.ensure_future(burst(cluster, keys, total=140))  # 5 s of the pace
     await asyncio.sleep(2)
     cluster.redis.stop()
     await asyncio.sleep(1)
@@ -166,6 +165,11 @@ async def test_redis_restarted_mid_load(cluster):
     assert 0 not in statuses, "a request hung"
     assert set(statuses) <= {200, 429, 503}
     assert_upstream_held(cluster)
+    # Every web process's reply channel broke with Redis: its queued calls, whose grants may
+    # have been sent into the outage, were asked again once it worked (before, they waited
+    # out their queue wait and heard 503).
+    after = "".join(cluster.log(f"serve-{p}.log")[logs[p] :] for p in cluster.ports)
+    assert "reply channel back; asking again" in after
     await serving_again(cluster, keys)
 
 
