@@ -3,7 +3,10 @@
 Tokens come from Together's `usage` block (a stream's last chunk included). Where
 Together reports none: an embeddings call counts its inputs and estimates its prompt
 tokens (about 4 characters a token, the admission estimate), marked as estimated; an
-images call counts its images (`n`, 1 by default). The counts go to the usage recorder
+images call counts its images (`n`, 1 by default); a stream that ended before its last
+chunk (the caller went away, the connection broke) is charged its prompt as estimated at
+admission and a completion token for each event relayed (at most its `max_tokens`),
+marked as estimated. The counts go to the usage recorder
 (an in-memory addition; limiter/usage/recorder.py writes them off the request path),
 and, when a budget counts the call (its grant said so), to the limiter as well, where
 the report settles the reservation the call held since its admission
@@ -19,20 +22,22 @@ from django.conf import settings
 
 from limiter import process
 from limiter.client import spawn
-from limiter.gateway.admission import Admission, estimate_tokens
+from limiter.gateway.admission import Admission, estimate_parts, estimate_tokens
 from limiter.usage.prices import cost_of, prices
 from limiter.usage.recorder import usage_recorder
 
 
 class Usage:
     """What Together reported the call used: `tokens` (the total, for settling the
-    grant) is None until (or unless) it says; `reported` is its `usage` block."""
+    grant) is None until (or unless) it says; `reported` is its `usage` block; `events`
+    counts a stream's server-sent events relayed (its estimate should it end early)."""
 
-    __slots__ = ("tokens", "reported")
+    __slots__ = ("tokens", "reported", "events")
 
     def __init__(self) -> None:
         self.tokens: float | None = None
         self.reported: dict[str, Any] | None = None
+        self.events = 0
 
     def take(self, data: bytes) -> None:
         """Keep the `usage` block of an answer (or of a stream's last chunk)."""
@@ -95,6 +100,10 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         elif endpoint == "images":
             n = body.get("n")
             units = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        elif not reported and usage.events:  # a stream cut before its last chunk
+            prompt, most = estimate_parts(body, endpoint)
+            completion = min(usage.events, most) if most else usage.events
+            total = estimated = prompt + completion
     usage_recorder.record(  # at the price in force, or priced when written if none yet
         team_id=key.team_id,
         team_name=key.team_name,

@@ -9,7 +9,7 @@ own credentials as 502, an unknown model as a 404 naming the closest ones.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import httpx
 
@@ -38,15 +38,17 @@ async def answer(
     if stream:
         # A stream may outlast the lease's expiry: it keeps its slot while it runs.
         keeping = spawn(admission.keep_alive())
+        chunks = _stream(response, counting, usage)
 
         async def close() -> None:
             keeping.cancel()
+            await chunks.aclose()  # a stream left midway reads its usage now, not when collected
             await response.aclose()
             metering.meter(admission, response.status_code, usage, forwarded.served_by)
             admission.release(usage.tokens if counting else None)
 
         result = StreamingResponse(
-            chunks=_stream(response, counting, usage),
+            chunks=chunks,
             status=response.status_code,
             content_type=content_type,
             on_close=close,
@@ -68,18 +70,22 @@ async def answer(
     return result
 
 
-async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> AsyncIterator[bytes]:
-    """Pass SSE chunks through as they come; keep the usage from the last chunk that has one."""
+async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> AsyncGenerator[bytes]:
+    """Pass SSE chunks through as they come; keep the usage from the last chunk that has one,
+    and count the events relayed (what a stream cut before that chunk is charged by)."""
     tail = b""
-    async for chunk in response.aiter_raw():
+    try:
+        async for chunk in response.aiter_raw():
+            if counting:
+                tail = (tail + chunk)[-4096:]
+                usage.events += chunk.count(b"data: {")
+            yield chunk
+    finally:  # also when the caller went away: the usage chunk may have come already
         if counting:
-            tail = (tail + chunk)[-4096:]
-        yield chunk
-    if counting:
-        for line in reversed(tail.split(b"\n")):
-            if line.startswith(b"data: {") and b'"usage"' in line:
-                usage.take(line[6:])
-                break
+            for line in reversed(tail.split(b"\n")):
+                if line.startswith(b"data: {") and b'"usage"' in line:
+                    usage.take(line[6:])
+                    break
 
 
 async def upstream_error(request: Request, forwarded: Forwarded, admission: Admission) -> ApiError:

@@ -60,7 +60,8 @@ and holds no reservation for the calls in flight across the restart: they are ch
 when they report, unchecked by their estimate); a call longer than the reservation TTL
 (its estimate is charged at the expiry and the difference when it reports, both after
 the calls admitted meanwhile); a stream cut before Together's last chunk, which carries
-the usage (its web process reports 0 tokens, as its usage record counts); and calls
+the usage (its web process reports an estimate, as its usage record counts: the prompt as
+estimated at admission and a token an event relayed); and calls
 admitted with the limiter down in failure mode "open".
 
 `tests/usage/test_budget_book.py` checks the arithmetic with time passed in (and the bound

@@ -168,3 +168,37 @@ def test_a_staff_override_prices_what_follows(shared_server, ops):
         assert Decimal(str(row["cost"])) == Decimal("2.5") * prompt / 1_000_000
     finally:
         ops.post("/prices", json={"model": RERANK}).raise_for_status()  # Together's again
+
+
+def test_a_stream_the_caller_leaves_midway_is_charged_what_it_was_sent(shared_server, ops):
+    """Together's usage comes in a stream's last chunk; a caller that goes away before it
+    used to be charged 0 tokens. Now: the prompt as estimated at admission, and a
+    completion token for each event relayed (Together sends one a token)."""
+    team = "usage-cut-stream"
+    shared_server.sandbox.configure({"stream_chunk_delay_ms": 100})
+    try:
+        with (
+            caller(shared_server, team) as v1,
+            v1.stream(
+                "POST",
+                "/chat/completions",
+                json={
+                    "model": CHAT,
+                    "stream": True,
+                    "max_tokens": 200,
+                    "messages": [{"role": "user", "content": "x" * 400}],  # about 100 tokens
+                },
+            ) as stream,
+        ):
+            read = 0
+            for line in stream.iter_lines():
+                read += line.startswith("data: {")
+                if read == 3:
+                    break  # and leave, long before the last chunk
+    finally:
+        shared_server.sandbox.configure({"stream_chunk_delay_ms": 0})
+    (row,) = wait_for_requests(ops, team, 1)
+    assert row["requests"] == 1
+    assert row["prompt_tokens"] >= 100  # the messages' text, about 4 characters a token
+    assert 3 <= row["completion_tokens"] < 200  # what was relayed, not max_tokens
+    assert Decimal(str(row["cost"])) == cost(CHAT, row["prompt_tokens"], row["completion_tokens"])
