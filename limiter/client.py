@@ -57,6 +57,9 @@ RESTARTED = "restarted"
 # Put on every waiting ticket's queue when this process's reply channel works again after
 # failing (Redis restarted): an answer sent to it meanwhile may be lost (not a decision).
 RESYNC = "resync"
+# How often a call tries again to reach a channel layer that is down, within its
+# SLUICE_LIMITER_TIMEOUT (LimiterClient._send_or_unavailable).
+SEND_RETRY_SECONDS = 0.2
 # What the process sends itself to learn that its reply channel works again.
 REPLY_CHANNEL_BACK = "sluice.reply_channel_back"
 
@@ -357,7 +360,7 @@ class LimiterClient:
                 **({"charge": charge} if charge else {}),
                 **({"max_wait": patience.max_wait()} if patience is not None else {}),
             }
-            await self._send_or_unavailable(asked)
+            await self._send_or_unavailable(asked, within=timeout)
             if patience is not None:
                 # Extensions go after the ticket on the same channel, so the limiter has
                 # it when they arrive; one that came while it was being sent goes now.
@@ -369,7 +372,7 @@ class LimiterClient:
             # broken reply channel, the answer may be lost: ask again, as asked.
             while decision["kind"] in (RESTARTED, RESYNC):
                 if decision["kind"] == RESYNC:
-                    await self._send_or_unavailable(asked)
+                    await self._send_or_unavailable(asked, within=timeout)
                 decision = await asyncio.wait_for(queue.get(), timeout)
             if decision["kind"] == "queued":
                 if patience is not None:
@@ -467,14 +470,22 @@ class LimiterClient:
             logger.info("limiter restarted; asking again for a queued ticket (%.1f s left)", left)
             spawn(self._send_until_delivered({**asked, "max_wait": left}))
 
-    async def _send_or_unavailable(self, message: dict[str, Any]) -> None:
-        try:
-            await self._send(message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the channel layer itself is down (Redis restarting)
-            logger.error("cannot reach the limiter: %s", exc)
-            raise LimiterUnavailable() from None
+    async def _send_or_unavailable(self, message: dict[str, Any], within: float = 0.0) -> None:
+        """Send, or raise LimiterUnavailable. While the channel layer itself is down (Redis
+        restarting), try again every SEND_RETRY_SECONDS for `within` seconds: a call that
+        comes during a blip of Redis is served when it ends, instead of hearing 503."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await self._send(message)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if time.monotonic() + SEND_RETRY_SECONDS > deadline:
+                    logger.error("cannot reach the limiter: %s", exc)
+                    raise LimiterUnavailable() from None
+                await asyncio.sleep(SEND_RETRY_SECONDS)
 
     def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:
         """Hand a lease back. `unused`: its work never went upstream, so its request

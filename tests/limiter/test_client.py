@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from limiter import events
-from limiter.client import REPLY_CHANNEL_BACK, LimiterClient
+from limiter.client import REPLY_CHANNEL_BACK, LimiterClient, LimiterUnavailable
 from tests.factories import key_info
 
 
@@ -280,3 +280,39 @@ async def test_a_failed_reply_channel_is_probed_and_its_waiting_tickets_asked_ag
         assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
     finally:
         dispatcher.cancel()
+
+
+class DownLayer(RecordingLayer):
+    """A channel layer that refuses its first `failures` sends (Redis restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(self, channel: str, message: dict) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("Connection refused")
+        await super().send(channel, message)
+
+
+async def test_a_call_during_a_blip_of_redis_is_sent_when_it_ends(settings):
+    settings.SLUICE_LIMITER_TIMEOUT = 2.0
+    client = LimiterClient()
+    client.layer = layer = DownLayer(failures=3)  # down for about 0.6 s
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    first = (await acquires(layer, 1))[0]
+    client._dispatch(grant(first["ticket"], "lease-1", at=0.0))
+    assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
+
+
+async def test_a_call_while_redis_stays_down_hears_unavailable_within_its_timeout(settings):
+    settings.SLUICE_LIMITER_TIMEOUT = 0.5
+    client = LimiterClient()
+    client.layer = DownLayer(failures=1000)
+    with pytest.raises(LimiterUnavailable):  # and not a hang (wait_for's TimeoutError)
+        await asyncio.wait_for(
+            client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1"), 5
+        )

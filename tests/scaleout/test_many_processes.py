@@ -170,6 +170,10 @@ async def test_redis_restarted_mid_load(cluster):
     # out their queue wait and heard 503).
     after = "".join(cluster.log(f"serve-{p}.log")[logs[p] :] for p in cluster.ports)
     assert "reply channel back; asking again" in after
+    # And calls that came while Redis was down waited for it (up to SLUICE_LIMITER_TIMEOUT)
+    # instead of hearing 503 at once. Before both: 61 of 140 answered 503; since, 0 in the
+    # runs seen. A call whose first answer was lost as its 2 s ran out may still hear one.
+    assert statuses.count(503) <= len(statuses) // 10, statuses
     await serving_again(cluster, keys)
 
 
