@@ -60,6 +60,8 @@ RESYNC = "resync"
 # How often a call tries again to reach a channel layer that is down, within its
 # SLUICE_LIMITER_TIMEOUT (LimiterClient._send_or_unavailable).
 SEND_RETRY_SECONDS = 0.2
+# How long a message the limiter must get (a release, a cancel) is retried through an outage.
+DELIVERY_SECONDS = 10.0
 # What the process sends itself to learn that its reply channel works again.
 REPLY_CHANNEL_BACK = "sluice.reply_channel_back"
 
@@ -258,20 +260,29 @@ class LimiterClient:
     async def _send(self, message: dict[str, Any]) -> None:
         await self.layer.send(events.LIMITER_CHANNEL, message)
 
-    async def _send_until_delivered(self, message: dict[str, Any], attempts: int = 20) -> None:
-        """For messages the limiter must get (a release, a cancel): retry through a
-        channel-layer outage rather than leak a lease until it expires."""
-        for attempt in range(attempts):
+    async def _send_retrying(
+        self, message: dict[str, Any], *, within: float, every: float
+    ) -> Exception | None:
+        """Send; while the channel layer refuses (Redis restarting), try again every `every`
+        seconds for `within` seconds. None once sent, else the last error."""
+        deadline = time.monotonic() + within
+        while True:
             try:
                 await self._send(message)
-                return
+                return None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if attempt == attempts - 1:
-                    logger.error("could not deliver %s to the limiter: %s", message["type"], exc)
-                    return
-                await asyncio.sleep(0.5)
+                if time.monotonic() + every > deadline:
+                    return exc
+                await asyncio.sleep(every)
+
+    async def _send_until_delivered(self, message: dict[str, Any]) -> None:
+        """For messages the limiter must get (a release, a cancel): retry through a
+        channel-layer outage rather than leak a lease until it expires."""
+        error = await self._send_retrying(message, within=DELIVERY_SECONDS, every=0.5)
+        if error is not None:
+            logger.error("could not deliver %s to the limiter: %s", message["type"], error)
 
     async def acquire(
         self,
@@ -474,18 +485,10 @@ class LimiterClient:
         """Send, or raise LimiterUnavailable. While the channel layer itself is down (Redis
         restarting), try again every SEND_RETRY_SECONDS for `within` seconds: a call that
         comes during a blip of Redis is served when it ends, instead of hearing 503."""
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                await self._send(message)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if time.monotonic() + SEND_RETRY_SECONDS > deadline:
-                    logger.error("cannot reach the limiter: %s", exc)
-                    raise LimiterUnavailable() from None
-                await asyncio.sleep(SEND_RETRY_SECONDS)
+        error = await self._send_retrying(message, within=within, every=SEND_RETRY_SECONDS)
+        if error is not None:
+            logger.error("cannot reach the limiter: %s", error)
+            raise LimiterUnavailable()
 
     def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:
         """Hand a lease back. `unused`: its work never went upstream, so its request
