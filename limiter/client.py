@@ -598,11 +598,17 @@ class LimiterClient:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiting[ticket] = queue
         started = time.monotonic()
+        deadline = started + (within or settings.SLUICE_LIMITER_TIMEOUT)
         try:
             await self._send_or_unavailable(
                 {"type": events.PING, "ticket": ticket, "reply": self.reply_channel}
             )
-            pong = await asyncio.wait_for(queue.get(), within or settings.SLUICE_LIMITER_TIMEOUT)
+            while True:
+                pong = await asyncio.wait_for(queue.get(), deadline - time.monotonic())
+                # What _dispatch puts on every waiting queue (a limiter started, the reply
+                # channel back) is not the limiter's answer: wait on for the pong.
+                if pong.get("kind") not in (RESTARTED, RESYNC):
+                    break
         except TimeoutError:
             raise LimiterUnavailable() from None
         finally:

@@ -316,3 +316,24 @@ async def test_a_call_while_redis_stays_down_hears_unavailable_within_its_timeou
         await asyncio.wait_for(
             client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1"), 5
         )
+
+
+@pytest.mark.parametrize(
+    "marker",
+    [{"type": REPLY_CHANNEL_BACK}, {"type": events.LIMITER_STARTED, "limiter": "new"}],
+    ids=["reply-channel-back", "limiter-started"],
+)
+async def test_a_ping_waits_past_what_is_not_its_pong(marker):
+    # _dispatch puts a marker on every waiting queue, a ping's too; before, the ping took
+    # the marker for the limiter's answer and reported counts it never got (/readyz).
+    client = LimiterClient()
+    client.layer = layer = RecordingLayer()
+    pinging = asyncio.ensure_future(client.ping(within=5))
+    asked = await until_sent(layer, events.PING)
+    client._dispatch(marker)
+    await asyncio.sleep(0.05)
+    client._dispatch(
+        {"type": events.PONG, "ticket": asked["ticket"], "leases": 3, "queued": 2, "scopes": 7}
+    )
+    _round_trip, counts = await asyncio.wait_for(pinging, 5)
+    assert counts == {"leases": 3, "queued": 2, "scopes": 7}
