@@ -197,14 +197,9 @@ class LimiterClient:
         """Send ourselves REPLY_CHANNEL_BACK until the channel layer takes it; when it comes
         back through the reply channel, every waiting ticket is asked again (_dispatch)."""
         try:
-            while True:
-                try:
-                    await self.layer.send(self.reply_channel, {"type": REPLY_CHANNEL_BACK})
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    await asyncio.sleep(0.5)
+            await self._send_retrying(
+                {"type": REPLY_CHANNEL_BACK}, within=math.inf, every=0.5, to=self.reply_channel
+            )
         finally:
             self._probing = False
 
@@ -261,14 +256,20 @@ class LimiterClient:
         await self.layer.send(events.LIMITER_CHANNEL, message)
 
     async def _send_retrying(
-        self, message: dict[str, Any], *, within: float, every: float
+        self,
+        message: dict[str, Any],
+        *,
+        within: float,
+        every: float,
+        to: str = events.LIMITER_CHANNEL,
     ) -> Exception | None:
-        """Send; while the channel layer refuses (Redis restarting), try again every `every`
-        seconds for `within` seconds. None once sent, else the last error."""
+        """Send (to the limiter, unless `to` names another channel); while the channel layer
+        refuses (Redis restarting), try again every `every` seconds for `within` seconds.
+        None once sent, else the last error."""
         deadline = time.monotonic() + within
         while True:
             try:
-                await self._send(message)
+                await self.layer.send(to, message)
                 return None
             except asyncio.CancelledError:
                 raise
