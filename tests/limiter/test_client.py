@@ -176,6 +176,14 @@ async def acquires(layer: RecordingLayer, n: int) -> list[dict]:
     return found
 
 
+async def one_call(client: LimiterClient, layer: RecordingLayer) -> tuple[asyncio.Future, dict]:
+    """A chat call asking `client` for a grant, in the background, and the ticket it sent."""
+    waiting = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    return waiting, (await acquires(layer, 1))[0]
+
+
 async def test_a_ticket_queued_at_a_limiter_that_restarted_is_asked_of_the_new_one():
     """The limiter that queued it is gone (killed, restarted): its queue went with it. The
     ticket is asked again of the new limiter, with what is left of its wait, and not
@@ -183,10 +191,7 @@ async def test_a_ticket_queued_at_a_limiter_that_restarted_is_asked_of_the_new_o
     here = Clock(100.0)
     client = LimiterClient(clock=here)
     client.layer = layer = RecordingLayer()
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
-    )
-    first = (await acquires(layer, 1))[0]
+    waiting, first = await one_call(client, layer)
     client._dispatch(queued(first["ticket"], limiter="old", max_wait=30.0))
     await asyncio.sleep(0)
     client._dispatch({"type": events.LIMITER_STARTED, "limiter": "old"})  # Redis came back
@@ -209,10 +214,7 @@ async def test_after_the_reply_channel_failed_a_queued_ticket_is_asked_again():
     here = Clock(100.0)
     client = LimiterClient(clock=here)
     client.layer = layer = RecordingLayer()
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
-    )
-    first = (await acquires(layer, 1))[0]
+    waiting, first = await one_call(client, layer)
     client._dispatch(queued(first["ticket"], limiter="one", max_wait=30.0))
     await asyncio.sleep(0.05)  # it reads "queued" and starts its wait
     here.now += 10.0
@@ -228,10 +230,7 @@ async def test_after_the_reply_channel_failed_a_queued_ticket_is_asked_again():
 async def test_after_the_reply_channel_failed_an_unanswered_ticket_is_asked_again():
     client = LimiterClient()
     client.layer = layer = RecordingLayer()
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
-    )
-    first = (await acquires(layer, 1))[0]
+    waiting, first = await one_call(client, layer)
     client._dispatch({"type": REPLY_CHANNEL_BACK})
     again = (await acquires(layer, 2))[1]
     assert again == first  # asked again as asked: the same ticket
@@ -268,10 +267,7 @@ async def test_a_failed_reply_channel_is_probed_and_its_waiting_tickets_asked_ag
     client = LimiterClient()
     client.layer = layer = FlakyLayer()
     client.reply_channel = "sluice.web.test!abc"
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
-    )
-    first = (await acquires(layer, 1))[0]
+    waiting, first = await one_call(client, layer)
     dispatcher = asyncio.ensure_future(client._dispatch_forever())
     try:
         again = (await acquires(layer, 2))[1]  # after a failed probe and a working one
@@ -300,10 +296,7 @@ async def test_a_call_during_a_blip_of_redis_is_sent_when_it_ends(settings):
     settings.SLUICE_LIMITER_TIMEOUT = 2.0
     client = LimiterClient()
     client.layer = layer = DownLayer(failures=3)  # down for about 0.6 s
-    waiting = asyncio.ensure_future(
-        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
-    )
-    first = (await acquires(layer, 1))[0]
+    waiting, first = await one_call(client, layer)
     client._dispatch(grant(first["ticket"], "lease-1", at=0.0))
     assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
 
