@@ -518,6 +518,16 @@ class Engine:
             self._push(self._deadlines, deadline, ticket_id)  # the old entry goes stale
         return True
 
+    def still_queued(self, ticket_id: str, now: float) -> Decision | None:
+        """A "queued" decision again for a ticket still waiting here (asked again by a web
+        process whose answer may have been lost), with its projected wait from its place
+        now; None when it is not queued. Nothing is charged or queued."""
+        ticket = self.tickets.get(ticket_id)
+        if ticket is None:
+            return None
+        projected = self._projected(ticket, self.groups[ticket.account.id], now)
+        return Decision("queued", ticket, self.quota(ticket.key, now), retry_after=projected[0])
+
     def renew(self, lease_id: str, now: float) -> bool:
         """Keep a lease whose request is still running (a long stream) for another
         `lease_ttl`. False when it is gone (expired, released): its slot is no longer held."""

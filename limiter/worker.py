@@ -414,16 +414,9 @@ class LimiterConsumer(AsyncConsumer):
         """A ticket asked again while it is queued here (its web process's reply channel
         failed, so an answer may have been lost: limiter/client.py): say "queued" again,
         and nothing more (it is neither charged nor queued twice)."""
-        ticket = self.engine.tickets.get(message["ticket"])
-        if ticket is None:
+        again = self.engine.still_queued(message["ticket"], time.monotonic())
+        if again is None:
             return False
-        now = time.monotonic()
-        again = Decision(
-            "queued",
-            ticket,
-            self.engine.quota(ticket.key, now),
-            retry_after=max(0.0, ticket.deadline - now),
-        )
         try:
             await self.channel_layer.send(message["reply"], self._message(again))
         except Exception as exc:  # the channel layer failing again: it will ask again
