@@ -154,6 +154,11 @@ TOGETHER_BASE_URL = env.str("TOGETHER_BASE_URL", default="https://api.together.x
 # No Together key: talk to the built-in sandbox upstream, mounted at /sandbox/ on the
 # same server (`manage.py serve` points TOGETHER_BASE_URL at it).
 SLUICE_SANDBOX = env.bool("SLUICE_SANDBOX", default=not TOGETHER_API_KEY)
+# The hosts an upstream account's base URL may name (its key is sent there), besides
+# TOGETHER_BASE_URL's own; https only, but for loopback (limiter/models.py upstream_url_error).
+SLUICE_UPSTREAM_ALLOWED_HOSTS = env.list(
+    "SLUICE_UPSTREAM_ALLOWED_HOSTS", default=["api.together.xyz"]
+)
 
 # Run the limiter inside the web process (the embedded default). With REDIS_URL set,
 # the limiter is its own process: `manage.py runworker limiter`.
@@ -227,6 +232,10 @@ SLUICE_ALERT_UPSTREAM_503_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_503_PER_MI
 SLUICE_ALERT_RETRY_BACKOFF = env.float("SLUICE_ALERT_RETRY_BACKOFF", default=5.0)
 SLUICE_ALERT_MAX_ATTEMPTS = env.int("SLUICE_ALERT_MAX_ATTEMPTS", default=8)
 SLUICE_ALERT_TIMEOUT = env.float("SLUICE_ALERT_TIMEOUT", default=10.0)
+# Webhooks may go to loopback, private, link-local (cloud metadata) and other non-public
+# addresses: off, they are refused when saved and when sent (limiter/alerts/destinations.py).
+# On only for an internal relay, or tests.
+SLUICE_WEBHOOK_ALLOW_PRIVATE = env.bool("SLUICE_WEBHOOK_ALLOW_PRIVATE", default=False)
 # Usage accounting (limiter/usage/): record every answered call's tokens and cost in
 # per-minute rollups, written in batches off the request path every
 # SLUICE_USAGE_FLUSH_SECONDS (a crash loses at most that much). Off: no records, and

@@ -1,5 +1,9 @@
+"""The admin's pages for Sluice's own models. Each is an AuditedAdmin: every add, change
+and delete made here is in the audit log (dashboard/admin.py)."""
+
 from django.contrib import admin
 
+from dashboard.admin import AuditedAdmin
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 
 
@@ -9,24 +13,24 @@ class EndpointLimitInline(admin.TabularInline):
 
 
 @admin.register(LimitProfile)
-class LimitProfileAdmin(admin.ModelAdmin):
+class LimitProfileAdmin(AuditedAdmin):
     list_display = ["name", "description", "updated_at"]
     inlines = [EndpointLimitInline]
 
 
 @admin.register(UpstreamAccount)
-class UpstreamAccountAdmin(admin.ModelAdmin):
+class UpstreamAccountAdmin(AuditedAdmin):
     list_display = ["name", "base_url", "api_key_setting", "profile", "is_default"]
 
 
 @admin.register(Team)
-class TeamAdmin(admin.ModelAdmin):
+class TeamAdmin(AuditedAdmin):
     list_display = ["name", "profile", "upstream", "paused", "created_at"]
     list_filter = ["paused", "profile"]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(AuditedAdmin):
     # The secret is never stored; the hash is not worth showing.
     list_display = [
         "prefix",
@@ -47,7 +51,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Refusal)
-class RefusalAdmin(admin.ModelAdmin):
+class RefusalAdmin(AuditedAdmin):
     list_display = [
         "created_at",
         "team_name",

@@ -6,9 +6,13 @@ service (`limiter/services.py`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import ipaddress
 import re
 
+import httpx
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -34,6 +38,60 @@ COALESCE_MAX_INPUTS = 100
 
 def upstream_key_setting_valid(name: str) -> bool:
     return UPSTREAM_KEY_SETTING.fullmatch(name) is not None
+
+
+# Where an account's bearer may go: a base URL is a place to send TOGETHER_API_KEY, so
+# whoever edits accounts must not be able to name any host.
+MSG_UPSTREAM_HOST = (
+    "This host is not one Sluice may send an upstream key to: add it to "
+    "SLUICE_UPSTREAM_ALLOWED_HOSTS first."
+)
+MSG_UPSTREAM_SCHEME = "Must be https (plain http only to a loopback address)."
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    # httpx's parser: the one that builds the request, so the host checked is the host
+    # connected to (urllib and httpx read odd URLs such as https://a\@b/ differently).
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.raw_host.decode("ascii").rstrip(".").lower(), parsed.port
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def upstream_url_error(base_url: str) -> str | None:
+    """Why an upstream account's key may not be sent to `base_url`; None when it may.
+
+    The host must be on SLUICE_UPSTREAM_ALLOWED_HOSTS or be TOGETHER_BASE_URL's (both are
+    the operator's, set in the environment), and the scheme https: plain http only to a
+    loopback address (the sandbox), or when TOGETHER_BASE_URL itself says so. Checked on
+    save (UpstreamAccount.clean) and again before every send (limiter/upstream.py)."""
+    if not base_url:
+        return None  # TOGETHER_BASE_URL
+    return _url_error(
+        base_url, settings.TOGETHER_BASE_URL, tuple(settings.SLUICE_UPSTREAM_ALLOWED_HOSTS)
+    )
+
+
+@functools.lru_cache(maxsize=64)  # the send path asks for every call
+def _url_error(base_url: str, together_base_url: str, allowed: tuple[str, ...]) -> str | None:
+    try:
+        origin, together = _origin(base_url), _origin(together_base_url)
+    except (httpx.InvalidURL, UnicodeDecodeError):
+        return MSG_UPSTREAM_HOST
+    scheme, host, _ = origin
+    hosts = {entry.strip().strip("[]").rstrip(".").lower() for entry in allowed}
+    if not host or (host not in hosts and host != together[1]):
+        return MSG_UPSTREAM_HOST
+    if scheme == "https" or origin == together:
+        return None
+    return None if scheme == "http" and _loopback(host) else MSG_UPSTREAM_SCHEME
 
 
 class EndpointKind(models.TextChoices):
@@ -216,8 +274,14 @@ class UpstreamAccount(models.Model):
 
     def clean(self) -> None:
         # The key comes from a variable made for upstream keys, never from another secret.
+        errors = {}
         if not upstream_key_setting_valid(self.api_key_setting):
-            raise ValidationError({"api_key_setting": MSG_UPSTREAM_KEY_SETTING})
+            errors["api_key_setting"] = MSG_UPSTREAM_KEY_SETTING
+        # The key goes to the base URL: only to a host the operator allowed.
+        if (message := upstream_url_error(self.base_url)) is not None:
+            errors["base_url"] = message
+        if errors:
+            raise ValidationError(errors)
 
 
 class LearnedCeiling(models.Model):

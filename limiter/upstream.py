@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from limiter.alerts.monitor import monitor
-from limiter.models import upstream_key_setting_valid
+from limiter.models import upstream_key_setting_valid, upstream_url_error
 
 if TYPE_CHECKING:
     from limiter.models import UpstreamAccount
@@ -92,6 +92,7 @@ def upstream_api_key(api_key_setting: str) -> str:
 
 
 _refused_settings: set[str] = set()
+_refused_urls: set[str] = set()
 
 
 def resolve_target(
@@ -112,6 +113,11 @@ def account_target(account: UpstreamAccount) -> Target:
         base_url=account.base_url,
         api_key_setting=account.api_key_setting,
     )
+
+
+# The detail of the UpstreamError a call gets when its account's base URL is not allowed
+# (the team sees a generic 502, like any upstream failure; the log says which account).
+MSG_HOST_REFUSED = "the account's base URL is not on SLUICE_UPSTREAM_ALLOWED_HOSTS; nothing sent"
 
 
 class UpstreamError(Exception):
@@ -257,6 +263,17 @@ class UpstreamClient:
             target.account_name, timezone.now(), error.detail
         )
 
+    def _refused(self, target: Target) -> None:
+        if target.base_url not in _refused_urls:  # once per URL, not once per request
+            _refused_urls.add(target.base_url)
+            logger.error(
+                "upstream account %s: base URL %r is not allowed (a host on "
+                "SLUICE_UPSTREAM_ALLOWED_HOSTS, https); no call is sent there",
+                target.account_name,
+                target.base_url[:200],
+            )
+        self._failed(target, UpstreamError(502, MSG_HOST_REFUSED))
+
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
@@ -286,6 +303,11 @@ class UpstreamClient:
         and handle it themselves, because their retry must queue in the limiter again
         (limiter/gateway/forward.py).
         """
+        if upstream_url_error(target.base_url) is not None:
+            # Checked on save too, but a row may be older than the allow-list, or written
+            # around the model (raw SQL): the key never goes to a host not allowed.
+            self._refused(target)
+            raise UpstreamError(502, MSG_HOST_REFUSED)
         retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
         send_headers = {**(headers or {}), "accept-encoding": "identity"}
         if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault

@@ -1,0 +1,149 @@
+"""The admin's audit: every add, change and delete made in /admin/ is an AuditEntry, like
+a change made in the dashboard (`dashboard/services.py`), with who, which object and the
+fields that changed. Secrets (a key's hash, a password) are never written: a changed one
+reads "changed".
+
+`AuditedAdmin` is the base of every ModelAdmin registered (tests/dashboard/test_admin.py
+fails otherwise). It hooks where Django's admin records its own history: `log_addition`
+and `log_change` run once per saved object after the object and its many-to-many fields
+are saved (the change form, the user's password form), in the admin's transaction. The
+values before a change are read when the admin loads the object (`get_object`), or from
+the database for a row saved without loading it first. Inline rows (a profile's limits)
+are their own entries (`save_formset`), and deletes are recorded before they happen, the
+changelist's bulk action included (`delete_model`, `delete_queryset`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group, User
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.http import HttpRequest
+
+from dashboard.services import audit_record
+
+SECRET_CHANGED = "changed"
+# Fields whose value is a secret or stands for one: never written to the log.
+SECRET_FIELDS = frozenset({"password", "secret_hash"})
+ADDED, CHANGED, DELETED = "admin_create", "admin_change", "admin_delete"
+
+_encoder = DjangoJSONEncoder()
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, models.Model):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return _encoder.default(value)  # datetime, Decimal, UUID, timedelta: as the API shows them
+
+
+def snapshot(obj: models.Model) -> dict[str, Any]:
+    """The row's values as the audit log shows them: each field by name, a link by its
+    object's name, many-to-many links as a sorted list of names."""
+    values = {
+        field.name: _shown(getattr(obj, field.name))
+        for field in obj._meta.concrete_fields
+        # A save's own time stamp (updated_at) says nothing the entry's time does not.
+        if not field.primary_key and not getattr(field, "auto_now", False)
+    }
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            values[field.name] = sorted(str(o) for o in getattr(obj, field.name).all())
+    return values
+
+
+def _public(values: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in values.items() if name not in SECRET_FIELDS}
+
+
+def _change(before: dict[str, Any], after: dict[str, Any]) -> tuple[dict, dict]:
+    names = [name for name in after if before.get(name) != after[name]]
+    old = {n: SECRET_CHANGED if n in SECRET_FIELDS else before.get(n) for n in names}
+    new = {n: SECRET_CHANGED if n in SECRET_FIELDS else after[n] for n in names}
+    return old, new
+
+
+def _actor(request: HttpRequest) -> User:
+    # The admin lets in only signed-in staff.
+    assert isinstance(request.user, User)
+    return request.user
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """A ModelAdmin whose every write is in the audit log."""
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None):
+        obj = super().get_object(request, object_id, from_field)
+        if obj is not None:
+            obj._audit_before = snapshot(obj)
+        return obj
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if change and not hasattr(obj, "_audit_before"):  # a changelist's inline edit
+            stored = type(obj)._default_manager.filter(pk=obj.pk).first()
+            obj._audit_before = snapshot(stored) if stored is not None else {}
+        super().save_model(request, obj, form, change)
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        audit_record(actor=_actor(request), action=ADDED, obj=obj, new=_public(snapshot(obj)))
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        # Loaded by get_object or save_model; a view that did neither (none of Django's)
+        # gets every field, with no old value.
+        old, new = _change(obj.__dict__.pop("_audit_before", {}), snapshot(obj))
+        if new:  # nothing of its own changed when only its inline rows did
+            audit_record(actor=_actor(request), action=CHANGED, obj=obj, old=old, new=new)
+        return super().log_change(request, obj, message)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        actor = _actor(request)
+        # The forms' instances already hold the posted values: the old ones are stored.
+        pks = [f.instance.pk for f in formset.initial_forms if f.instance.pk is not None]
+        stored = formset.model._default_manager.filter(pk__in=pks)
+        before = {obj.pk: snapshot(obj) for obj in stored}
+        for deleted in formset.deleted_forms:  # recorded while the row still exists
+            if deleted.instance.pk in before:
+                old = _public(before[deleted.instance.pk])
+                audit_record(actor=actor, action=DELETED, obj=deleted.instance, old=old)
+        super().save_formset(request, form, formset, change)
+        for obj in formset.new_objects:
+            audit_record(actor=actor, action=ADDED, obj=obj, new=_public(snapshot(obj)))
+        for obj, _fields in formset.changed_objects:
+            old, new = _change(before.get(obj.pk, {}), snapshot(obj))
+            if new:
+                audit_record(actor=actor, action=CHANGED, obj=obj, old=old, new=new)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            audit_record(actor=_actor(request), action=DELETED, obj=obj, old=_public(snapshot(obj)))
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        # The changelist's "delete selected" action: one entry per row, in one transaction.
+        with transaction.atomic():
+            for obj in queryset:
+                audit_record(
+                    actor=_actor(request), action=DELETED, obj=obj, old=_public(snapshot(obj))
+                )
+            super().delete_queryset(request, queryset)
+
+
+# People and their groups are staff roles: changes to them are audited too.
+admin.site.unregister(User)
+admin.site.unregister(Group)
+
+
+@admin.register(User)
+class AuditedUserAdmin(AuditedAdmin, UserAdmin):
+    pass
+
+
+@admin.register(Group)
+class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
+    pass
