@@ -13,7 +13,10 @@ On SIGTERM the drain ends the loop (`alerts_stop`), then writes the last counts
 (`signals_flush`); an alert raised then is queued for the other processes, or this
 one's next start.
 
-Webhook URLs hold secrets: they are never logged, and errors are recorded scrubbed.
+Webhook URLs hold secrets: they are never logged. A destination is sent to only at an
+address checked at send time (destinations.py). A failed attempt is recorded as "failed"
+alone (the receiver's status or connection error would map internal ports for whoever
+reads the history); the reason goes to the log, scrubbed of the URL's secret parts.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from django.db import IntegrityError, close_old_connections, transaction
 from django.db.models import F, Min, Q
 from django.utils import timezone
 
+from limiter.alerts import destinations
 from limiter.alerts import monitor as signals
 from limiter.alerts.models import Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
@@ -42,6 +46,7 @@ MAX_BACKOFF = 600.0
 CLAIM_MARGIN = 30.0  # seconds beyond the send timeout before a claim lapses
 BATCH = 20
 SIGNAL_RETENTION = timedelta(days=1)
+FAILED = "failed"  # what the attempt history says of any failure
 
 _loop: asyncio.AbstractEventLoop | None = None
 _wakeup: asyncio.Event | None = None
@@ -264,23 +269,29 @@ async def deliver(client: httpx.AsyncClient, delivery: Delivery) -> Delivery:
     started = time.monotonic()
     status: int | None = None
     try:
-        response = await client.post(url, json=alert_payload(delivery.alert))
+        response = await destinations.post(client, url, json=alert_payload(delivery.alert))
         status = response.status_code
-        error = "" if 200 <= status < 300 else f"HTTP {status}"
+        reason = f"HTTP {status}"
+    except destinations.Refused as exc:
+        reason = str(exc)
     except httpx.HTTPError as exc:
-        error = scrub(f"{type(exc).__name__}: {exc}", url)
+        reason = scrub(f"{type(exc).__name__}: {exc}", url)
     duration_ms = round((time.monotonic() - started) * 1000)
+    delivered = status is not None and 200 <= status < 300
     done = await sync_to_async(attempt_record, thread_sensitive=True)(
-        delivery, status=status, error=error, duration_ms=duration_ms
+        delivery,
+        status=status if delivered else None,
+        error="" if delivered else FAILED,
+        duration_ms=duration_ms,
     )
-    if error:
+    if not delivered:
         logger.warning(
             "alert %s to webhook %s (%s): attempt %d failed: %s; %s",
             delivery.alert.pk,
             delivery.webhook.pk,
             redact_url(url),
             done.attempts,
-            error,
+            reason,
             "giving up" if done.state == Delivery.FAILED else "will retry",
         )
     return done
@@ -308,8 +319,12 @@ async def run_alerts(stop: asyncio.Event | None = None) -> None:
 async def _rounds(stop: asyncio.Event, wakeup: asyncio.Event) -> None:
     interval = settings.SLUICE_ALERT_CHECK_INTERVAL
     next_check = 0.0
+    # No connection kept: each POST connects to the address just checked, and a TLS
+    # connection made for one name is never reused for another on the same address.
     async with httpx.AsyncClient(
-        timeout=settings.SLUICE_ALERT_TIMEOUT, follow_redirects=False
+        timeout=settings.SLUICE_ALERT_TIMEOUT,
+        follow_redirects=False,
+        limits=httpx.Limits(max_keepalive_connections=0),
     ) as client:
         while not stop.is_set():
             wakeup.clear()  # before reading: a wake during this round runs another

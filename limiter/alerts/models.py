@@ -12,6 +12,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from limiter.alerts.destinations import webhook_url_validate
 from limiter.alerts.monitor import TEAM_429, UPSTREAM_429, UPSTREAM_503
 from limiter.models import Team
 
@@ -41,10 +42,11 @@ class Webhook(models.Model):
     """Where alerts go: the whole organisation's (team empty) or one team's.
 
     The URL usually carries a secret (Slack's path is one): it is shown redacted
-    (`payload.redact_url`) and never logged."""
+    (`payload.redact_url`) and never logged. It must resolve to public addresses only
+    (`destinations.py`), checked on save and again on every send."""
 
     name = models.CharField(max_length=80)
-    url = models.URLField(max_length=500)
+    url = models.URLField(max_length=500, validators=[webhook_url_validate])
     team = models.ForeignKey(
         Team, on_delete=models.CASCADE, null=True, blank=True, related_name="webhooks"
     )
@@ -135,8 +137,10 @@ class Delivery(models.Model):
 class Attempt(models.Model):
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="attempt_log")
     at = models.DateTimeField(default=timezone.now)
+    # The receiver's status when it took the alert. A failure is "failed", nothing more:
+    # the status or connection error of a destination would map what listens where.
     status_code = models.PositiveIntegerField(null=True, blank=True)
-    error = models.CharField(max_length=300, blank=True)  # never the URL: see delivery.py
+    error = models.CharField(max_length=300, blank=True)
     duration_ms = models.PositiveIntegerField(default=0)
 
     class Meta:

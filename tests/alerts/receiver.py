@@ -1,5 +1,6 @@
 """A webhook receiver for tests: an http.server on 127.0.0.1 in a thread, keeping
-every JSON body it was sent and letting a test wait for them."""
+every JSON body it was sent (with its path and headers) and letting a test wait for
+them. It answers `status` (200 unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,24 @@ from typing import Any
 
 
 class Receiver:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, status: int = 200) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.status = status  # may be changed while it runs
         self._changed = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802  (http.server's name)
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length))
+                body = json.loads(self.rfile.read(length) or b"null")
                 with receiver._changed:
                     receiver.bodies.append(body)
                     receiver.paths.append(self.path)
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
                     receiver._changed.notify_all()
-                self.send_response(200)
+                self.send_response(receiver.status)
                 self.send_header("content-length", "2")
                 self.end_headers()
                 self.wfile.write(b"ok")

@@ -11,6 +11,7 @@ from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer
 
 SETTINGS = {
+    "SLUICE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
     "SLUICE_ALERT_CHECK_INTERVAL": "3600",
     "SLUICE_ALERT_RETRY_BACKOFF": "0.3",
     "SLUICE_ALERT_TEAM_429_PER_MINUTE": "3",

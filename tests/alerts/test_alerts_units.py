@@ -1,20 +1,25 @@
 """Alerts without a server: deduplication by the database, rates summed over processes,
-who gets which alert (webhooks' own thresholds included), the retry schedule, and
-webhook secrets kept out of sight."""
+who gets which alert (webhooks' own thresholds included), the retry schedule, webhook
+secrets kept out of sight, and the addresses a webhook may reach (checked on save and
+again, at the address connected to, on send)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 
-from limiter.alerts import delivery, monitor
-from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM, Alert, Attempt, Delivery, Signal
+from limiter.alerts import delivery, destinations, monitor
+from limiter.alerts.destinations import MSG_PRIVATE, address_public
+from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM, Alert, Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
 from limiter.alerts.services import notify, webhook_create, webhook_set_rates
 from limiter.services import team_get_or_create
+from tests.alerts.receiver import Receiver
 
 NOW = datetime(2026, 11, 29, 10, 30, 15, tzinfo=UTC)
 
@@ -27,6 +32,8 @@ def _fresh_process(settings):
     settings.SLUICE_ALERT_PERIOD = 3600
     settings.SLUICE_ALERT_RETRY_BACKOFF = 0.5
     settings.SLUICE_ALERT_MAX_ATTEMPTS = 3
+    # The tests' hooks.example names resolve nowhere: let them be saved unresolved.
+    settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
     delivery._raised.clear()
     monitor.monitor.take()
     yield
@@ -196,3 +203,100 @@ def test_a_teams_webhook_cannot_take_together_thresholds(teams):
         webhook_set_rates(webhook=org, rates={"upstream_429_per_minute": 0})
     org.refresh_from_db()
     assert (org.upstream_503_per_minute, org.upstream_429_per_minute) == (2, None)
+
+
+# --- destinations -------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "127.8.9.10",
+        "::1",
+        "0.0.0.0",
+        "::",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "100.64.0.1",  # shared (carrier-grade NAT)
+        "169.254.169.254",  # the cloud metadata service
+        "fd00:ec2::254",  # AWS's metadata service over IPv6
+        "fc00::1",
+        "fe80::1",
+        "fe80::1%eth0",
+        "fec0::1",  # site-local
+        "224.0.0.1",
+        "ff02::1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "2002:a00:1::",  # 6to4 of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "not an address",
+    ],
+)
+def test_non_public_addresses_are_refused(address):
+    assert not address_public(address)
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"])
+def test_public_addresses_are_allowed(address):
+    assert address_public(address)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/x", "http://[::1]/x", "http://169.254.169.254/", "http://10.0.0.1/"]
+)
+def test_a_webhook_to_a_non_public_address_is_refused_by_the_service(db, settings, url):
+    settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = False
+    with pytest.raises(ValidationError) as refused:
+        webhook_create(name="inside", url=url)
+    assert refused.value.message_dict == {"url": [MSG_PRIVATE]}
+    assert not Webhook.objects.exists()
+
+
+def _one_delivery(url: str) -> Delivery:
+    webhook = Webhook.objects.create(name="hook", url=url)  # around the validator
+    assert notify("test:1", period_key="p", text="hello", webhooks=[webhook]) is not None
+    [claimed] = delivery.deliveries_claim()
+    return claimed
+
+
+async def _deliver(claimed: Delivery) -> Delivery:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return await delivery.deliver(client, claimed)
+
+
+async def test_a_name_resolving_inside_at_send_time_is_not_sent_to(
+    transactional_db, settings, monkeypatch
+):
+    # Public when saved, say; now the name resolves to a private address (DNS changed).
+    settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = False
+    monkeypatch.setattr(destinations, "resolve", lambda host, port: ["93.184.215.14", "10.0.0.1"])
+    claimed = await sync_to_async(_one_delivery)("https://hooks.example/services/T/B/secret")
+    done = await _deliver(claimed)  # refused before any connection: no traffic at all
+    attempt = await sync_to_async(Attempt.objects.get)(delivery=done)
+    assert (attempt.status_code, attempt.error) == (None, "failed")
+    assert done.state == Delivery.PENDING
+
+
+async def test_the_send_connects_to_the_address_it_checked(transactional_db, settings, monkeypatch):
+    # hooks.example resolves nowhere; the receiver on 127.0.0.1 gets the POST only if the
+    # send connects to the address the check resolved, with the URL's own Host header.
+    settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
+    seen: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:
+        seen.append(host)
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(destinations, "resolve", resolve)
+    with Receiver() as receiver:
+        claimed = await sync_to_async(_one_delivery)(
+            f"http://hooks.example:{receiver.port}/pinned-secret"
+        )
+        done = await _deliver(claimed)
+    assert done.state == Delivery.DELIVERED
+    assert seen == ["hooks.example"]
+    assert receiver.paths == ["/pinned-secret"]
+    assert receiver.headers[0]["host"] == f"hooks.example:{receiver.port}"

@@ -16,6 +16,7 @@ from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer
 
 SETTINGS = {
+    "SLUICE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
     "SLUICE_ALERT_CHECK_INTERVAL": "0.2",
     "SLUICE_ALERT_UPSTREAM_429_PER_MINUTE": "2",
     "SLUICE_ALERT_UPSTREAM_503_PER_MINUTE": "2",

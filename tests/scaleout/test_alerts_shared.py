@@ -15,6 +15,7 @@ from tests.servers import SluiceServer
 pytestmark = pytest.mark.services
 
 SETTINGS = {
+    "SLUICE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
     "SLUICE_LIMITER_TIMEOUT": "0.5",
     "SLUICE_ALERT_CHECK_INTERVAL": "0.2",
     "SLUICE_ALERT_PERIOD": "86400",
