@@ -61,7 +61,8 @@ when they report, unchecked by their estimate); a call longer than the reservati
 (its estimate is charged at the expiry and the difference when it reports, both after
 the calls admitted meanwhile); a stream cut before Together's last chunk, which carries
 the usage (its web process reports an estimate, as its usage record counts: the prompt as
-estimated at admission and a token an event relayed); and calls
+estimated at admission and the completion text relayed, 4 characters or an event a
+token, whichever is more); and calls
 admitted with the limiter down in failure mode "open".
 
 `tests/usage/test_budget_book.py` checks the arithmetic with time passed in (and the bound
