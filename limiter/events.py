@@ -40,6 +40,8 @@ ADOPT = "limiter.adopt"
 REACQUIRE = "limiter.reacquire"  # ask again, handing a lease back in the same step
 RENEW = "limiter.renew"  # a lease whose request still runs (a long stream)
 USAGE = "limiter.usage"  # a budgeted call's actual usage, charged to its budgets
+JOB_BUDGET = "limiter.job_budget"  # hold a job's estimate against its budgets, if it fits
+JOB_BUDGET_ANSWER = "limiter.job_budget_answer"  # the answer, on the asker's reply channel
 CEILING_RESET = "limiter.ceiling_reset"  # staff: forget a model's learned ceiling
 CEILING_RESET_DONE = "limiter.ceiling_reset_done"  # the answer, on the asker's reply channel
 COALESCED = "limiter.coalesced"  # a merged embeddings request was sent (for the live view)
@@ -149,6 +151,38 @@ class UsageMessage(TypedDict):
     tokens: float
     cost: float  # US dollars at the price in force in the web process
     reservation: NotRequired[str]  # DecisionMessage.reservation of the call's grant
+
+
+class JobHoldMessage(TypedDict):
+    job: str  # the job's public id: its usage report names it as the reservation
+    model: str
+    tokens: float
+    cost: float  # US dollars
+
+
+class JobBudgetMessage(TypedDict):
+    """Hold a job's estimate (a split batch: its parts') against the key's and team's
+    budgets when it is created and again when it starts, only if it fits
+    (limiter/usage/budgets.py BudgetBook.hold_jobs); a refusal is worded for `job` (the
+    kind, in words) and `action` (what does not happen: "accepted", "started")."""
+
+    type: str  # JOB_BUDGET
+    ticket: str
+    reply: str
+    key: str
+    version: int  # the configuration version the asker saw (a newer one is loaded first)
+    job: str
+    action: str
+    holds: list[JobHoldMessage]
+
+
+class JobBudgetAnswer(TypedDict):
+    type: str  # JOB_BUDGET_ANSWER
+    ticket: str
+    held: bool
+    message: NotRequired[str]  # refused: which budget, the estimate, when it resets
+    over_limit: NotRequired[bool]  # refused: the estimate is more than the whole limit
+    retry_after: NotRequired[float]  # refused: seconds until the budget resets
 
 
 class AdoptMessage(_Charge):

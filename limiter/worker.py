@@ -35,9 +35,11 @@ from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
 from limiter.events import DecisionMessage, ScopeSnapshot
 from limiter.usage.budgets import (
     BUDGET_EXCEEDED,
+    NOT_BUDGETED,
     BudgetBook,
     Crossing,
     Exceeded,
+    JobHold,
     threshold_crossed,
 )
 
@@ -432,7 +434,12 @@ class LimiterConsumer(AsyncConsumer):
         key_scope, account_scope = await self._scopes(message)
         # A merged embeddings request (CHARGE_ACCOUNT) is no one's call: each of its
         # callers was checked, and reserved, on its own ticket.
-        if self.budgets.states and message.get("charge") != events.CHARGE_ACCOUNT:
+        # Files and jobs use no tokens: a job's estimate is held apart (limiter_job_budget).
+        if (
+            self.budgets.states
+            and message.get("charge") != events.CHARGE_ACCOUNT
+            and message["endpoint"] not in NOT_BUDGETED
+        ):
             wall = datetime.now(UTC)
             self._announce(self.budgets.expire(wall))
             exceeded = self.budgets.admit(
@@ -524,6 +531,37 @@ class LimiterConsumer(AsyncConsumer):
                 datetime.now(UTC),
             )
         )
+
+    async def limiter_job_budget(self, message: events.JobBudgetMessage) -> None:
+        """A job created or starting: hold its estimate against its budgets if it fits
+        (BudgetBook.hold_jobs), and say so to the asker."""
+        if message.get("version", 0) > self.config.version:
+            await self.reload()  # a budget or key newer than what this limiter holds
+        wall = datetime.now(UTC)
+        self._announce(self.budgets.expire(wall))
+        holds = [
+            JobHold(
+                str(hold["job"]),
+                str(hold.get("model") or ""),
+                float(hold.get("tokens") or 0.0),
+                float(hold.get("cost") or 0.0),
+            )
+            for hold in message["holds"]
+        ]
+        refused = self.budgets.hold_jobs(str(message["key"]), holds, wall)
+        answer: events.JobBudgetAnswer = {
+            "type": events.JOB_BUDGET_ANSWER,
+            "ticket": message["ticket"],
+            "held": refused is None,
+        }
+        if refused is not None:
+            answer["message"] = refused.message(message["job"], message["action"])
+            answer["over_limit"] = refused.over_limit
+            answer["retry_after"] = max(refused.exceeded.retry_after, 0.001)
+        try:
+            await self.channel_layer.send(message["reply"], dict(answer))
+        except Exception:
+            logger.exception("could not answer a job's budget check")
 
     def _announce(self, crossings: list[Crossing]) -> None:
         """Thresholds crossed: recorded and alerted off the event loop (database writes)."""
@@ -833,15 +871,18 @@ def _ticket_options(message: events.AcquireMessage) -> dict[str, Any]:
 
 def _budgets_load(
     book: BudgetBook,
-) -> tuple[list[Any], dict[str, int], dict[int, float], datetime]:
-    """The budgets, and the spend so far of those the book does not track yet (off the
-    event loop: database reads)."""
+) -> tuple[list[Any], dict[str, int], dict[int, float], datetime, Any]:
+    """The budgets, the spend so far of those the book does not track yet, and (once)
+    the jobs' holds (off the event loop: database reads)."""
+    from limiter.jobs.selectors import job_budget_holds
     from limiter.usage.selectors import budget_rules, budget_seed
 
     now = datetime.now(UTC)
     rules, key_teams = budget_rules()
     seed = budget_seed(book.untracked(rules, now), now, book.zone)
-    return rules, key_teams, seed, now
+    # The jobs' holds, once: a limiter that starts takes them from the jobs stored with one.
+    holds = None if book.jobs_restored else job_budget_holds()
+    return rules, key_teams, seed, now, holds
 
 
 def _announce_crossing(crossing: Any) -> None:

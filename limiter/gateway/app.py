@@ -30,6 +30,7 @@ from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
+from limiter.gateway.jobs import CHECKED_FIRST
 from limiter.gateway.revocation import calls
 from limiter.gateway.routes import Route, build_routes
 from limiter.gateway.throttle import client_address, trusted_networks
@@ -199,6 +200,9 @@ class TeamApi:
         assert task is not None
         request.call = calls.track(request.key, task, request.request_id)
         recorder.key_used(request.key.key_id)
+        check = CHECKED_FIRST.get(handler)
+        if check is not None:
+            check(request)  # a bad body is a 400 before it spends any quota
         if kind and kind not in SELF_LIMITED:
             # Files, jobs and the like: the per-key request rate, held only while the call runs.
             async with admitted(request, kind) as admission:

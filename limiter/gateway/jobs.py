@@ -10,14 +10,21 @@ asks Sluice to split them: body field `"split": true` or header
 `x-sluice-split-batch: true`. A split batch runs as several upstream batches under one
 id; its parts are listed in the answer's `sluice.parts`.
 
+A batch or fine-tune is checked against its team's and key's budgets before it is stored
+(`_hold_budget`): its estimate (limiter/jobs/estimates.py) must fit what they have left,
+or it is refused with `budget_exceeded` (429 until the budget resets; 400 when the
+estimate is more than the whole budget), and nothing is stored; it is checked again
+when it starts (limiter/jobs/services.py).
+
 Every team's files and fine-tuned models live in the one Together account, so every
 route that names a file or a model checks that the team owns it (or that it is no
 team's): a file id in a path, any `*_file` / `*_file_id` field of a job body, `model`
 and `from_checkpoint`, and the models a batch file's requests name. Another team's is
 answered exactly as an unknown one, before Together hears of it.
 
-The router (limiter/gateway/app.py) authenticates the key, applies the per-key request
-rate of the route's endpoint kind, fills `request.path_params` and maps ApiError.
+The router (limiter/gateway/app.py) authenticates the key, checks the body of a route
+in `CHECKED_FIRST` (a 400 costs no quota and never queues), applies the per-key
+request rate of the route's endpoint kind, fills `request.path_params` and maps ApiError.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -33,15 +42,20 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from limiter.gateway import errors
+from limiter.gateway.admission import rate_limited, record_refusal
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
-from limiter.jobs import fields, selectors, services
-from limiter.jobs.models import Job, JobKind
+from limiter.jobs import budgets, fields, selectors, services
+from limiter.jobs.estimates import Estimate, batch_estimate, fine_tune_estimate
+from limiter.jobs.models import ENDPOINT_OF_KIND, Job, JobKind, new_public_id
 from limiter.jobs.ownership import model_key, owned_models, usable
 from limiter.jobs.shapes import job_json
 from limiter.keys import KeyInfo
 from limiter.upstream import UpstreamError, client
+from limiter.usage.budgets import BUDGET_EXCEEDED
+from limiter.usage.jobs import discounted
+from limiter.usage.prices import prices
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +254,79 @@ async def _note_shown(shown: list[dict[str, Any]]) -> None:
             owned_models.clear()
 
 
+# --- budgets ------------------------------------------------------------------------------
+async def _hold_budget(
+    request: Request, kind: str, model: str, jobs: list[tuple[str, Estimate]]
+) -> None:
+    """Hold the new jobs' estimates against the key's and team's budgets, or refuse the
+    create with `budget_exceeded` (recorded in the 429 history like a call's): 400 when
+    an estimate is more than a budget's whole limit, else 429 with Retry-After to the
+    budget's reset. The limiter silent: 503 (failure mode "open": unchecked here, its
+    start is checked again)."""
+    key = _key(request)
+    if not await sync_to_async(budgets.covered)(team_id=key.team_id):
+        return
+    try:
+        verdict = await budgets.ask(
+            key_id=key.key_id,
+            version=key.config_version,
+            kind=kind,
+            action="accepted",
+            jobs=jobs,
+        )
+    except budgets.LimiterSilent:
+        if settings.SLUICE_LIMITER_FAILURE_MODE == "open":
+            logger.error("limiter silent: accepting a job unchecked (failure mode open)")
+            return
+        raise ApiError(
+            503,
+            errors.MSG_LIMITER_DOWN,
+            type=errors.SERVER,
+            code="limiter_unavailable",
+            headers={"retry-after": "1"},
+        ) from None
+    if verdict.held:
+        return
+    endpoint = ENDPOINT_OF_KIND[JobKind(kind)]
+    record_refusal(
+        key,
+        request.request_id,
+        endpoint,
+        model,
+        reason=BUDGET_EXCEEDED,
+        retry_after=verdict.retry_after,
+        message=verdict.message,
+    )
+    if verdict.over_limit:
+        raise ApiError(400, verdict.message, code=BUDGET_EXCEEDED)
+    raise rate_limited(
+        reason=BUDGET_EXCEEDED,
+        retry_after=verdict.retry_after,
+        message=verdict.message,
+        limited_by="gateway",
+    )
+
+
+async def _accept_held(
+    request: Request, kind: str, body: dict[str, Any], estimate: Estimate | None, **extra: Any
+) -> Job:
+    """Store a job its budgets hold (`_hold_budget` done); should storing fail, the hold
+    is let go (nothing else would: the job never existed)."""
+    public_id = extra.pop("public_id")
+    try:
+        return await sync_to_async(services.job_accept)(
+            key=_key(request),
+            kind=kind,
+            request=body,
+            public_id=public_id,
+            estimate=estimate,
+            **extra,
+        )
+    except BaseException:
+        await budgets.let_go([public_id])
+        raise
+
+
 # --- files ----------------------------------------------------------------------------
 async def files_create(request: Request) -> Response:
     response = await _send(request, "/files")
@@ -325,13 +412,22 @@ async def _cancel(request: Request, kind: str) -> Response:
 
 
 # --- fine-tunes -----------------------------------------------------------------------
-async def fine_tunes_create(request: Request) -> Response:
+def _fine_tune_body(request: Request) -> dict[str, Any]:
     body = request.json()
     _require(body, "training_file", "model")
+    return body
+
+
+async def fine_tunes_create(request: Request) -> Response:
+    body = _fine_tune_body(request)
     await _check_job_body(request, body)
-    job = await sync_to_async(services.job_accept)(
-        key=_key(request), kind=JobKind.FINE_TUNE, request=body
-    )
+    public_id = new_public_id(JobKind.FINE_TUNE)
+    estimate = None
+    if budgets.enabled():
+        size = await services.file_size(key=_key(request), file_id=str(body["training_file"]))
+        estimate = fine_tune_estimate(body, size or 0)
+        await _hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
+    job = await _accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
     result = await _start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
         return _relay(result.response)  # Together refused it outright: say so, as Together would
@@ -380,10 +476,15 @@ def _split_requested(request: Request, body: dict) -> bool:
     return in_body is True or str(in_body).lower() in TRUE_VALUES or in_header
 
 
-async def batches_create(request: Request) -> Response:
+def _batch_body(request: Request) -> tuple[dict[str, Any], bool]:
     body = dict(request.json())
     split = _split_requested(request, body)
     _require(body, "endpoint", "input_file_id")
+    return body, split
+
+
+async def batches_create(request: Request) -> Response:
+    body, split = _batch_body(request)
     await _check_job_body(request, body)
     key = _key(request)
     owners = await owned_models.owners()
@@ -407,16 +508,49 @@ async def batches_create(request: Request) -> Response:
         return _relay(exc.response)
     except UpstreamError as exc:
         raise _upstream_failed(exc) from exc
+    ids = [new_public_id(JobKind.BATCH) for _ in plan.lines]
+    estimates: list[Estimate] | None = None
+    if budgets.enabled():
+        factor = Decimal(str(settings.SLUICE_BATCH_PRICE_FACTOR))
+        model_id = body.get("model_id")
+        fallback = model_id if isinstance(model_id, str) else ""
+        estimates = [
+            batch_estimate(
+                lines,
+                str(body["endpoint"]),
+                fallback,
+                lambda m: discounted(prices.price(m), factor),
+            )
+            for lines in plan.lines
+        ]
+        try:
+            await _hold_budget(
+                request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True))
+            )
+        except ApiError:
+            await services.batch_parts_delete(key=key, plan=plan)
+            raise
     warning: str | None
     if plan.part_files:
-        job = await sync_to_async(services.batch_accept_split)(key=key, request=body, plan=plan)
+        try:
+            job = await sync_to_async(services.batch_accept_split)(
+                key=key, request=body, plan=plan, part_ids=ids, estimates=estimates
+            )
+        except BaseException:
+            await budgets.let_go(ids)
+            raise
         warning = MSG_BATCH_SPLIT.format(
             count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
         )
         await _start_now(job)  # starts its parts, in fair order with everyone else's
     else:
-        job = await sync_to_async(services.job_accept)(
-            key=key, kind=JobKind.BATCH, request=body, request_count=plan.request_count
+        job = await _accept_held(
+            request,
+            JobKind.BATCH,
+            body,
+            estimates[0] if estimates else None,
+            public_id=ids[0],
+            request_count=plan.request_count,
         )
         result = await _start_now(job)
         if result is not None and result.outcome == "failed" and result.response is not None:
@@ -442,6 +576,14 @@ async def batch_retrieve(request: Request) -> Response:
 async def batch_cancel(request: Request) -> Response:
     return await _cancel(request, JobKind.BATCH)
 
+
+# Checked by the router before admission: a body that fails is answered 400 at once,
+# without spending the key's request rate or queueing for it (issue 18).
+CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
+    fine_tunes_create: _fine_tune_body,
+    fine_tune_estimate_price: Request.json,
+    batches_create: _batch_body,
+}
 
 # Literal paths come before `{id}` ones: the router takes the first match.
 ROUTES: list[tuple[str, str, str, Handler]] = [

@@ -5,17 +5,20 @@ Together reports none: an embeddings call counts its inputs and estimates its pr
 tokens (about 4 characters a token, the admission estimate), marked as estimated; an
 images call counts its images (`n`, 1 by default); a stream that ended before its last
 chunk (the caller went away, the connection broke) is charged its prompt as estimated at
-admission and a completion token for each event relayed (at most its `max_tokens`),
-marked as estimated. The counts go to the usage recorder
-(an in-memory addition; limiter/usage/recorder.py writes them off the request path),
-and, when a budget counts the call (its grant said so), to the limiter as well, where
-the report settles the reservation the call held since its admission
-(limiter/usage/budgets.py).
+admission and the completion text it relayed: 4 characters a token, or a token an event
+relayed, whichever is more, bounded only by the `max_tokens` the caller set (never by
+the default admission reserves for a call that sets none), marked as estimated. The
+same count settles its token limits (`Usage.tokens`, handed back with the lease).
+The counts go to the usage recorder (an in-memory addition; limiter/usage/recorder.py
+writes them off the request path), and, when a budget counts the call (its grant said
+so), to the limiter as well, where the report settles the reservation the call held
+since its admission (limiter/usage/budgets.py).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from django.conf import settings
@@ -29,15 +32,20 @@ from limiter.usage.recorder import usage_recorder
 
 class Usage:
     """What Together reported the call used: `tokens` (the total, for settling the
-    grant) is None until (or unless) it says; `reported` is its `usage` block; `events`
-    counts a stream's server-sent events relayed (its estimate should it end early)."""
+    grant) is None until (or unless) it says; `reported` is its `usage` block. A stream
+    counts what it relays (`relayed`): its server-sent events and the characters of
+    their completion text, what it is charged by should it end before its last chunk
+    (`cut`)."""
 
-    __slots__ = ("tokens", "reported", "events")
+    __slots__ = ("tokens", "reported", "events", "text", "_partial", "cut_parts")
 
     def __init__(self) -> None:
         self.tokens: float | None = None
         self.reported: dict[str, Any] | None = None
         self.events = 0
+        self.text = 0  # characters of completion text relayed
+        self._partial = b""  # an event's line split across chunks
+        self.cut_parts: tuple[int, int] | None = None  # (prompt, completion) once `cut`
 
     def take(self, data: bytes) -> None:
         """Keep the `usage` block of an answer (or of a stream's last chunk)."""
@@ -46,6 +54,69 @@ class Usage:
             total = self.reported.get("total_tokens")
             if isinstance(total, int | float) and not isinstance(total, bool):
                 self.tokens = float(total)
+
+    def relayed(self, chunk: bytes) -> None:
+        """Count one chunk of a stream passed to the caller: its events, and the
+        characters of the completion text in them (one JSON decode an event)."""
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_EVENT_BYTES:  # no line end in sight: count it raw
+            self.text += len(self._partial)
+            self._partial = b""
+        for line in lines:
+            if line.startswith(b"data: {"):
+                self.events += 1
+                self.text += _completion_chars(line[6:])
+
+    def cut(self, body: dict[str, Any], endpoint: str) -> None:
+        """A stream that ended before the chunk carrying Together's usage: its estimate,
+        for the usage record, the budgets and the token limits alike (see the module
+        docstring). Nothing when Together's usage came, or nothing was relayed."""
+        if self.reported is not None or not self.events:
+            return
+        prompt, _most = estimate_parts(body, endpoint)
+        completion = max(self.events, math.ceil(self.text / 4))
+        ceiling = _max_tokens_set(body)
+        if ceiling is not None:
+            completion = min(completion, ceiling)
+        self.cut_parts = (prompt, completion)
+        self.tokens = float(prompt + completion)
+
+
+# An event's line longer than this without a line end is counted by its bytes.
+MAX_EVENT_BYTES = 1 << 20
+
+
+def _completion_chars(data: bytes) -> int:
+    """Characters of completion text in one event: each choice's `delta.content` (chat)
+    or `text` (completions). An event that does not parse counts none (its event did)."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return 0
+    choices = event.get("choices") if isinstance(event, dict) else None
+    if not isinstance(choices, list):
+        return 0
+    size = 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        for text in (delta.get("content") if isinstance(delta, dict) else None, choice.get("text")):
+            if isinstance(text, str):
+                size += len(text)
+    return size
+
+
+def _max_tokens_set(body: dict[str, Any]) -> int | None:
+    """The completion bound the caller set (per choice, times `n`), None when unset."""
+    most = body.get("max_tokens")
+    if most is None:
+        most = body.get("max_completion_tokens")
+    if not isinstance(most, int) or isinstance(most, bool) or most < 0:
+        return None
+    n = body.get("n")
+    return most * (n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
 
 
 _decoder = json.JSONDecoder()
@@ -100,9 +171,8 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         elif endpoint == "images":
             n = body.get("n")
             units = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-        elif not reported and usage.events:  # a stream cut before its last chunk
-            prompt, most = estimate_parts(body, endpoint)
-            completion = min(usage.events, most) if most else usage.events
+        elif not reported and usage.cut_parts is not None:  # a stream cut before its end
+            prompt, completion = usage.cut_parts
             total = estimated = prompt + completion
     usage_recorder.record(  # at the price in force, or priced when written if none yet
         team_id=key.team_id,

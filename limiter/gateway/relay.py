@@ -44,6 +44,8 @@ async def answer(
             keeping.cancel()
             await chunks.aclose()  # a stream left midway reads its usage now, not when collected
             await response.aclose()
+            if counting:
+                usage.cut(admission.request.json(), admission.endpoint)
             metering.meter(admission, response.status_code, usage, forwarded.served_by)
             admission.release(usage.tokens if counting else None)
 
@@ -72,13 +74,13 @@ async def answer(
 
 async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> AsyncGenerator[bytes]:
     """Pass SSE chunks through as they come; keep the usage from the last chunk that has one,
-    and count the events relayed (what a stream cut before that chunk is charged by)."""
+    and count what was relayed (what a stream cut before that chunk is charged by)."""
     tail = b""
     try:
         async for chunk in response.aiter_raw():
             if counting:
                 tail = (tail + chunk)[-4096:]
-                usage.events += chunk.count(b"data: {")
+                usage.relayed(chunk)
             yield chunk
     finally:  # also when the caller went away: the usage chunk may have come already
         if counting:

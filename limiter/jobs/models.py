@@ -76,6 +76,9 @@ class Job(models.Model):
     upstream = models.JSONField(null=True, blank=True, help_text="Together's last view of the job.")
     error = models.TextField(blank=True)
     request_count = models.PositiveIntegerField(null=True, blank=True)
+    # The estimate the job holds against its budgets, {model: [tokens, dollars]}, from its
+    # create until its usage settles it or it ends without running (limiter/jobs/budgets.py).
+    budget_hold = models.JSONField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
 
     created_at = models.DateTimeField(default=timezone.now)

@@ -18,7 +18,7 @@ from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
 from limiter.events import LIVE_GROUP
-from limiter.jobs import selectors, services, together, usage
+from limiter.jobs import budgets, selectors, services, together, usage
 from limiter.jobs.live import HEARTBEAT_SECONDS
 from limiter.jobs.models import Job
 
@@ -44,8 +44,10 @@ class Poller:
         2. poll running jobs that are due, recording status changes (a terminal
            status frees the job's slot);
         3. start queued jobs while slots are free, fairly across teams;
-        4. record what ended jobs used (tokens and cost, once per job);
-        5. publish the jobs snapshot to the dashboard when it changed.
+        4. record what ended jobs used (tokens and cost, once per job), settling the
+           estimates they held against their budgets;
+        5. let go of the holds of jobs that ended with no usage to settle them;
+        6. publish the jobs snapshot to the dashboard when it changed.
 
         With `stop` set between steps, the pass ends early.
         """
@@ -57,6 +59,7 @@ class Poller:
             self.poll_running,
             self.start_queued,
             self.record_usage,
+            self.release_holds,
             self.publish,
         ]
         for step in steps:
@@ -98,6 +101,14 @@ class Poller:
 
     async def record_usage(self) -> bool:
         return await usage.jobs_usage_collect()
+
+    async def release_holds(self) -> bool:
+        ended = await sync_to_async(budgets.jobs_holding_ended)(lookback=usage.USAGE_LOOKBACK)
+        cleared = [
+            job.public_id for job in ended if await sync_to_async(budgets.hold_clear)(job=job)
+        ]
+        await budgets.let_go(cleared)
+        return bool(cleared)
 
     async def publish(self) -> bool:
         # Every change of any job writes a JobEvent, in whichever process made it; the

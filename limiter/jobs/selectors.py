@@ -10,6 +10,7 @@ from fnmatch import fnmatchcase
 
 from django.db.models import Max, Q, QuerySet
 
+from limiter.jobs.estimates import job_holds
 from limiter.jobs.live import (
     LIVE_JOBS,
     AccountJobs,
@@ -29,6 +30,7 @@ from limiter.jobs.models import (
     TeamModel,
 )
 from limiter.models import EndpointLimit, Team, UpstreamAccount
+from limiter.usage.budgets import JobHold
 
 # A team's list shows at most this many jobs, newest first.
 LIST_LIMIT = 500
@@ -206,3 +208,15 @@ def jobs_live_snapshot() -> LiveJobsMessage:
             batches=_kind_slots(account.pk, JobKind.BATCH, caps.get("batches")),
         )
     return LiveJobsMessage(type=LIVE_JOBS, at=time.time(), accounts=accounts)
+
+
+def job_budget_holds() -> list[tuple[str, list[JobHold]]]:
+    """Every job that holds its estimate against its budgets (Job.budget_hold), as
+    (key id, holds): what a limiter that starts takes (limiter/usage/budgets.py)."""
+    rows = Job.objects.filter(budget_hold__isnull=False, key__isnull=False).values_list(
+        "public_id", "key_id", "budget_hold"
+    )
+    return [
+        (str(key_id), job_holds(public_id, estimate))
+        for public_id, key_id, estimate in rows.iterator(chunk_size=2000)
+    ]

@@ -42,7 +42,8 @@ from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 
-from limiter.jobs import fields, together
+from limiter.jobs import budgets, fields, together
+from limiter.jobs.estimates import Estimate
 from limiter.jobs.models import (
     BATCH_TERMINAL,
     ENDPOINT_OF_KIND,
@@ -60,7 +61,7 @@ from limiter.jobs.models import (
 from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import key_still_usable, queued_in_order
 from limiter.keys import KeyInfo
-from limiter.models import EndpointLimit, UpstreamAccount
+from limiter.models import ConfigVersion, EndpointLimit, UpstreamAccount
 from limiter.upstream import Target, UpstreamError, account_target
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class UpstreamRefused(Exception):
 
 @dataclass(slots=True)
 class StartResult:
-    outcome: str  # "started" | "requeued" | "failed" | "unknown"
+    outcome: str  # "started" | "requeued" | "held" | "failed" | "unknown"
     response: httpx.Response | None = None
     warning: str | None = None
 
@@ -125,6 +126,9 @@ class BatchPlan:
 
     request_count: int
     part_files: list[tuple[str, int]] = field(default_factory=list)  # (file id, requests)
+    # The requests of each job to be stored (one, or one a part): what their estimates
+    # are made of (limiter/jobs/estimates.py).
+    lines: list[list[bytes]] = field(default_factory=list)
 
 
 # --- accepting ---------------------------------------------------------------------------
@@ -142,9 +146,12 @@ def _new_job(
     parent: Job | None = None,
     request_count: int | None = None,
     state: str = JobState.QUEUED,
+    public_id: str = "",
+    estimate: Estimate | None = None,
 ) -> Job:
     job = Job(
-        public_id=new_public_id(kind),
+        public_id=public_id or new_public_id(kind),
+        budget_hold=estimate,
         kind=kind,
         team_id=key.team_id,
         key_id=int(key.key_id),
@@ -170,15 +177,37 @@ def _new_job(
 
 @transaction.atomic
 def job_accept(
-    *, key: KeyInfo, kind: str, request: dict[str, Any], request_count: int | None = None
+    *,
+    key: KeyInfo,
+    kind: str,
+    request: dict[str, Any],
+    request_count: int | None = None,
+    public_id: str = "",
+    estimate: Estimate | None = None,
 ) -> Job:
-    """Store a job as queued. It is committed before the team hears back."""
-    return _new_job(key=key, kind=kind, request=request, request_count=request_count)
+    """Store a job as queued, with the estimate it holds against its budgets (None:
+    none held, usage not recorded). It is committed before the team hears back."""
+    return _new_job(
+        key=key,
+        kind=kind,
+        request=request,
+        request_count=request_count,
+        public_id=public_id,
+        estimate=estimate,
+    )
 
 
 @transaction.atomic
-def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan) -> Job:
-    """Store a split batch: one parent the team sees, and one queued part per file."""
+def batch_accept_split(
+    *,
+    key: KeyInfo,
+    request: dict[str, Any],
+    plan: BatchPlan,
+    part_ids: list[str] | None = None,
+    estimates: list[Estimate] | None = None,
+) -> Job:
+    """Store a split batch: one parent the team sees (it holds nothing), and one queued
+    part per file, each with its id and estimate when given."""
     parent = _new_job(
         key=key,
         kind=JobKind.BATCH,
@@ -186,7 +215,7 @@ def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan
         request_count=plan.request_count,
         state=JobState.GROUP,
     )
-    for file_id, count in plan.part_files:
+    for n, (file_id, count) in enumerate(plan.part_files):
         # Sluice made the part files from the team's own file: they are the team's.
         file_record(team_id=key.team_id, file_id=file_id)
         _new_job(
@@ -195,6 +224,8 @@ def batch_accept_split(*, key: KeyInfo, request: dict[str, Any], plan: BatchPlan
             request={**request, "input_file_id": file_id},
             parent=parent,
             request_count=count,
+            public_id=part_ids[n] if part_ids else "",
+            estimate=estimates[n] if estimates else None,
         )
     return parent
 
@@ -218,7 +249,7 @@ async def batch_plan(
         if not model_usable(model):
             raise ModelNotUsable(model)
     cap = key.max_batch_requests
-    plan = BatchPlan(request_count=len(lines))
+    plan = BatchPlan(request_count=len(lines), lines=[lines])
     if cap is None or len(lines) <= cap:
         return plan
     if not split:
@@ -256,7 +287,27 @@ async def batch_plan(
     plan.part_files = [
         (file_id, len(chunk)) for file_id, chunk in zip(uploaded, chunks, strict=True)
     ]
+    plan.lines = chunks
     return plan
+
+
+async def batch_parts_delete(*, key: KeyInfo, plan: BatchPlan) -> None:
+    """A split batch refused after its parts were uploaded: they go (best effort)."""
+    await _files_delete(key.target, [file_id for file_id, _count in plan.part_files])
+
+
+async def file_size(*, key: KeyInfo, file_id: str) -> int | None:
+    """The size in bytes Together reports for a file, None when it does not say."""
+    try:
+        response = await together.file_meta(key.target, file_id)
+    except UpstreamError as exc:
+        logger.warning("reading file %s's size: %s", file_id, exc.detail)
+        return None
+    size = response.json().get("bytes") if response.status_code == 200 else None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        logger.warning("file %s: no size from upstream (HTTP %s)", file_id, response.status_code)
+        return None
+    return size
 
 
 async def _files_delete(target: Target, file_ids: list[str]) -> None:
@@ -439,8 +490,56 @@ async def jobs_start_queued(*, account_id: int, kind: str) -> dict[int, StartRes
         results[job.pk] = await job_start(job=job)
 
 
+MSG_HELD_BUDGET = "Held in the queue: {reason}"
+MSG_HELD_LIMITER = (
+    "Held in the queue: the limiter did not answer its budget check; it is tried again shortly."
+)
+# A job held by its budget is checked again this often (or at the budget's reset, if
+# sooner): a raised budget, or calls settling below their estimates, may let it fit.
+BUDGET_RECHECK_SECONDS = 30.0
+LIMITER_RECHECK_SECONDS = 5.0
+
+
+async def _budget_allows(job: Job) -> bool:
+    """The start's budget check: hold the job's estimate, if it fits, or put the job back
+    in the queue with the reason shown to its team (never started over budget). Skipped
+    for a team without budgets, and with the limiter silent in failure mode "open"."""
+    if job.budget_hold is None or not budgets.enabled():
+        return True
+    if not await sync_to_async(budgets.covered)(team_id=job.team_id):
+        return True
+    try:
+        verdict = await budgets.ask(
+            key_id=str(job.key_id),
+            version=await sync_to_async(ConfigVersion.current)(),
+            kind=job.kind,
+            action="started",
+            jobs=[(job.public_id, job.budget_hold)],
+        )
+    except budgets.LimiterSilent:
+        if settings.SLUICE_LIMITER_FAILURE_MODE == "open":
+            logger.error("limiter silent: starting %s unchecked (failure mode open)", job.public_id)
+            return True
+        await sync_to_async(_requeue)(
+            job,
+            delay=LIMITER_RECHECK_SECONDS,
+            reason="budget check unanswered",
+            shown=MSG_HELD_LIMITER,
+        )
+        return False
+    if verdict.held:
+        return True
+    delay = min(BUDGET_RECHECK_SECONDS, max(verdict.retry_after, 1.0))
+    reason = MSG_HELD_BUDGET.format(reason=verdict.message)
+    await sync_to_async(_requeue)(job, delay=delay, reason="over budget", shown=reason)
+    return False
+
+
 async def job_start(*, job: Job) -> StartResult:
-    """Submit a claimed job. Only an answer that proves nothing was created releases the claim."""
+    """Submit a claimed job, once its budgets allow it (`_budget_allows`). Only an answer
+    that proves nothing was created releases the claim."""
+    if not await _budget_allows(job):
+        return StartResult("held")
     target = account_target(job.account)
     try:
         response = await together.submit(target, job)
@@ -501,6 +600,7 @@ def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
                 unchanged_polls=0,
                 # Submitted: the secrets in the body (wandb_api_key...) are not needed again.
                 request=fields.redacted(job.request),
+                error="",  # a reason it was held in the queue no longer applies
             )
             if updated:
                 job_outputs_record(job=job, obj=obj)
@@ -518,13 +618,18 @@ def _record_started(job: Job, obj: dict[str, Any], message: str) -> bool:
     return job.cancel_requested
 
 
-def _requeue(job: Job, *, delay: float, reason: str) -> None:
+def _requeue(job: Job, *, delay: float, reason: str, shown: str = "") -> None:
+    """Back to the queue, not before `delay`; `shown`: why, in the job's error for its
+    team (a job held by its budget), until it starts."""
     now = timezone.now()
     updated = Job.objects.filter(pk=job.pk, state=JobState.STARTING).update(
-        state=JobState.QUEUED, claimed_at=None, not_before=now + timedelta(seconds=delay)
+        state=JobState.QUEUED,
+        claimed_at=None,
+        not_before=now + timedelta(seconds=delay),
+        error=shown,
     )
     if updated:
-        job.state = JobState.QUEUED
+        job.state, job.error = JobState.QUEUED, shown
         _event(job, f"back in the queue: {reason}")
 
 

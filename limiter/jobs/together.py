@@ -87,6 +87,12 @@ async def file_content(target: Target, file_id: str) -> httpx.Response:
     ).response
 
 
+async def file_meta(target: Target, file_id: str) -> httpx.Response:
+    """The file object (its `bytes`: a fine-tune's estimate is made of its size)."""
+    path = f"/files/{path_segment(file_id)}"
+    return (await client.send(target, "GET", path, deadline=_deadline())).response
+
+
 async def file_upload(
     target: Target, *, filename: str, content: bytes, purpose: str
 ) -> httpx.Response:

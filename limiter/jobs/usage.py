@@ -4,7 +4,9 @@ A job that has ended (state `done`, with an upstream id) and has no JobUsage row
 is due. A fine-tune's usage is in Together's last view of it (stored by the poll that
 saw it end); a batch's is in its output file, read here. What it used goes to the
 usage rollups (limiter/usage/jobs.py says how it is counted and priced) and, when the
-job's key is known, to its budgets through the limiter. The JobUsage row makes it
+job's key is known, to its budgets through the limiter, settling the estimate the job
+held since its create (limiter/jobs/budgets.py): the hold is cleared in the same
+transaction as the rollups are written, and the first report names it. The JobUsage row makes it
 once per job however many pollers run; a failed read of the output file is tried
 again a minute later, for at most USAGE_LOOKBACK after the job ended.
 
@@ -20,11 +22,13 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from limiter import events
 from limiter.jobs import together
+from limiter.jobs.budgets import hold_clear
 from limiter.jobs.models import Job, JobKind, JobState
 from limiter.upstream import UpstreamError, account_target
 from limiter.usage.jobs import (
@@ -104,25 +108,46 @@ async def job_usage_collect(*, job: Job) -> bool:
             await sync_to_async(_retry_later)(job)
             return False
         report, source = batch, UsageSource.BATCH
-    recorded = await sync_to_async(job_usage_record)(job=job, report=report, source=source)
-    if recorded and job.key_id is not None:
-        await _charge_budgets(str(job.key_id), report)
+    recorded, held = await sync_to_async(_record)(job, report, source)
+    if recorded:
+        key_id = str(job.key_id) if job.key_id is not None else ""
+        await _charge_budgets(key_id, report, job.public_id if held else "")
     return recorded
 
 
-async def _charge_budgets(key_id: str, report: JobUsageReport) -> None:
-    """Tell the limiter what the job used, as a call's usage is (events.USAGE)."""
+def _record(job: Job, report: JobUsageReport, source: str) -> tuple[bool, bool]:
+    """Record the usage and end the job's budget hold in one transaction: (recorded, it
+    held one). A limiter that starts then either takes the hold back or counts the
+    usage in the rollups it seeds from, never both."""
+    with transaction.atomic():
+        recorded = job_usage_record(job=job, report=report, source=source)
+        return recorded, recorded and hold_clear(job=job)
+
+
+async def _charge_budgets(key_id: str, report: JobUsageReport, hold: str) -> None:
+    """Tell the limiter what the job used, as a call's usage is (events.USAGE); the first
+    report names the job's hold, which it settles (one at 0 when there is nothing to
+    charge: no usage reported, or the key is gone)."""
     layer = get_channel_layer()
     if layer is None:
         return
-    for line in report.lines:
-        message: events.UsageMessage = {
+    messages: list[events.UsageMessage] = [
+        {
             "type": events.USAGE,
             "key": key_id,
             "model": line.model,
             "tokens": float(line.total),
             "cost": float(line.cost),
         }
+        for line in (report.lines if key_id else [])
+    ]
+    if hold:
+        if not messages:
+            messages.append(
+                {"type": events.USAGE, "key": "", "model": "", "tokens": 0.0, "cost": 0.0}
+            )
+        messages[0]["reservation"] = hold
+    for message in messages:
         try:
             await layer.send(events.LIMITER_CHANNEL, dict(message))
         except Exception:

@@ -28,6 +28,14 @@ of a call is counted from the moment it is admitted:
 - A call is charged to the period in which it is settled (where its usage rollup lands
   too); a reservation open when a period turns over is carried into the new one.
 
+**Jobs** (batches and fine-tunes) hold their estimate the same way, but for their whole
+life and only when it fits: a job is accepted, and later started, only while
+`spent + reserved + its estimate <= limit` (`hold_jobs`; its own hold is not counted
+twice when it is checked again at its start). The hold never expires: it is settled by
+the job's usage when the poller records it, or let go at 0 when the job ends without
+running (cancelled while queued, refused by Together) or its usage can no longer be read.
+A limiter that starts takes the holds of the jobs stored with one (`load`).
+
 **The bound.** Write S for a budget's spend and R for its reservations, and e_i, a_i
 for call i's estimate and actual usage (a_i = e_i for one that expired). Within a
 period S only grows by settlements and the check admits a call only while S + R < L.
@@ -40,7 +48,10 @@ the calls in flight at t,
             < L + sum_F max(0, a_i - e_i) + a_k.
 
 So **overshoot < the usage of one call (the last admitted) plus, over the calls in
-flight when it was admitted, what each used beyond its estimate.** With estimates that
+flight when it was admitted, what each used beyond its estimate.** A job held in F adds
+only its own excess a_i - e_i to the sum; and since a job is admitted only when
+S + R + e <= L, a job is never the "one call" term: with only jobs, the overshoot is
+the sum term alone. With estimates that
 include max_tokens, a call uses no more than its estimate, and the overshoot is less
 than one call's usage, however many calls are in flight and however many web processes
 there are: the one worker sees every admission and every settlement one message at a
@@ -61,7 +72,8 @@ when they report, unchecked by their estimate); a call longer than the reservati
 (its estimate is charged at the expiry and the difference when it reports, both after
 the calls admitted meanwhile); a stream cut before Together's last chunk, which carries
 the usage (its web process reports an estimate, as its usage record counts: the prompt as
-estimated at admission and a token an event relayed); and calls
+estimated at admission and the completion text relayed, 4 characters or an event a
+token, whichever is more); and calls
 admitted with the limiter down in failure mode "open".
 
 `tests/usage/test_budget_book.py` checks the arithmetic with time passed in (and the bound
@@ -82,11 +94,26 @@ logger = logging.getLogger(__name__)
 BUDGET_EXCEEDED = "budget_exceeded"
 SOFT, HARD = "soft", "hard"
 
+# Endpoint kinds whose tickets are only the per-key request rate: they use no tokens and
+# are not checked against budgets (a job's estimate is held by `hold_jobs` instead; a
+# team whose budget a held job fills can still upload files and cancel that job).
+NOT_BUDGETED = frozenset({"files", "fine_tunes", "batches"})
+
 MSG_BUDGET_EXCEEDED = (
     "Budget exceeded: {owner} has used {spent} of its {limit} {unit} budget per {period}"
     " on {models}. Calls are refused until the budget resets at {reset} ({zone})."
 )
 MSG_RESERVED = " (and {reserved} held by its calls in flight)"
+MSG_JOB_OVER_BUDGET = (
+    "Budget exceeded: this {job} is estimated at {estimate} {unit}s, and {owner} has {left}"
+    " left of its {limit} {unit} budget per {period} on {models} ({spent} used). It is not"
+    " {action} until it fits: the budget resets at {reset} ({zone})."
+)
+MSG_JOB_OVER_LIMIT = (
+    "Budget exceeded: this {job} is estimated at {estimate} {unit}s, more than the whole"
+    " {limit} {unit} budget per {period} of {owner} on {models}: it can never run within it."
+    " Send a smaller job or ask for a larger budget."
+)
 
 
 def period_bounds(period: str, now: datetime, zone: ZoneInfo) -> tuple[datetime, datetime]:
@@ -213,6 +240,48 @@ class Exceeded:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class JobHold:
+    """One model's share of a job's estimate (a batch names several models)."""
+
+    job: str  # the job's public id: what its usage report names as the reservation
+    model: str
+    tokens: float
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRefused:
+    """Why a job is not accepted or started: the budget it does not fit, and its estimate."""
+
+    exceeded: Exceeded
+    estimate: float  # in the budget's unit
+    over_limit: bool  # more than the budget's whole limit: it never fits
+
+    def message(self, job: str, action: str) -> str:
+        rule = self.exceeded.rule
+        unit = "token" if rule.unit == "tokens" else "US dollar"
+        fmt = "{:,.0f}" if rule.unit == "tokens" else "${:,.4f}"
+        spent = self.exceeded.spent
+        used = fmt.format(spent)
+        if self.exceeded.reserved > 0:
+            used += MSG_RESERVED.format(reserved=fmt.format(self.exceeded.reserved))
+        return (MSG_JOB_OVER_LIMIT if self.over_limit else MSG_JOB_OVER_BUDGET).format(
+            job=job,
+            estimate=fmt.format(self.estimate),
+            unit=unit,
+            owner=rule.owner,
+            left=fmt.format(max(0.0, rule.limit - spent - self.exceeded.reserved)),
+            limit=fmt.format(rule.limit),
+            period=rule.period,
+            models=f"model {rule.model}" if rule.model else "all models",
+            spent=used,
+            action=action,
+            reset=self.exceeded.reset.isoformat(),
+            zone=self.exceeded.zone,
+        )
+
+
 class BudgetBook:
     """The worker's budgets, their spend this period and the reservations of the calls in
     flight. Pure: time is passed in."""
@@ -228,6 +297,9 @@ class BudgetBook:
         self.reservations: dict[str, Reservation] = {}
         # Expired ones, settled at their estimate, kept one more TTL for a late report.
         self._expired: dict[str, Reservation] = {}
+        # Jobs' holds by job id (one reservation per model): never expire (`hold_jobs`).
+        self.jobs: dict[str, list[Reservation]] = {}
+        self.jobs_restored = False
 
     def load(
         self,
@@ -235,12 +307,15 @@ class BudgetBook:
         key_teams: dict[str, int],
         seed: dict[int, float],
         now: datetime,
+        job_holds: list[tuple[str, list[JobHold]]] | None = None,
     ) -> None:
         """Take the budgets as they are now. A budget already tracked keeps its spend
         (the rollups lag behind what the worker has been told); a new one starts from
         `seed` (its spend this period in the rollups). Every budget's reservations are
         counted again from the open ones, so a budget new or changed mid-period holds the
-        calls in flight it covers from its first check."""
+        calls in flight it covers from its first check. `job_holds` (key id, holds): the
+        jobs stored with a hold, taken once, when the book has none yet (a limiter that
+        starts); afterwards the book is told of every change itself."""
         states: dict[int, BudgetState] = {}
         for rule in rules:
             old = self.states.get(rule.id)
@@ -257,9 +332,21 @@ class BudgetBook:
         self._by_team = {}
         for state in states.values():
             self._by_team.setdefault(state.rule.team_id, []).append(state)
-        for reservation in self.reservations.values():
+        if job_holds is not None and not self.jobs_restored:
+            self.jobs_restored = True
+            for key_id, holds in job_holds:
+                for hold in holds:
+                    self.jobs.setdefault(hold.job, []).append(_held(key_id, hold, now))
+        for reservation in self._open():
             for state in self._applying(reservation.key_id, reservation.model):
                 state.reserved += reservation.amount(state.rule.unit)
+
+    def _open(self) -> list[Reservation]:
+        """Every reservation held: the calls' and the jobs'."""
+        held = list(self.reservations.values())
+        for parts in self.jobs.values():
+            held.extend(parts)
+        return held
 
     def untracked(self, rules: list[BudgetRule], now: datetime) -> list[BudgetRule]:
         """The rules `load` would seed: not tracked yet in their current period."""
@@ -325,6 +412,61 @@ class BudgetBook:
                 state.reserved += reservation.amount(state.rule.unit)
         return None
 
+    def hold_jobs(self, key_id: str, holds: list[JobHold], now: datetime) -> JobRefused | None:
+        """THE budget step of a job's create and of its start: hold its estimate (every
+        model's share, for one job or the parts of a split batch) against every budget
+        that covers it, only if it fits, `spent + reserved + estimate <= limit` in each
+        (what these jobs hold already is not counted twice), and the budget is not full.
+        Refused: nothing changes, and the answer names the budget (one it can never fit
+        first, else the one that resets last)."""
+        ids = {hold.job for hold in holds}
+        need: dict[int, float] = {}
+        states: dict[int, BudgetState] = {}
+        for hold in holds:
+            for state in self._states(key_id, hold.model, now):
+                states[state.rule.id] = state
+                amount = hold.tokens if state.rule.unit == "tokens" else hold.cost
+                need[state.rule.id] = need.get(state.rule.id, 0.0) + max(amount, 0.0)
+        own: dict[int, float] = {}
+        for job in ids:
+            for reservation in self.jobs.get(job, ()):
+                for state in self._applying(reservation.key_id, reservation.model):
+                    amount = reservation.amount(state.rule.unit)
+                    own[state.rule.id] = own.get(state.rule.id, 0.0) + amount
+        worst: JobRefused | None = None
+        for rule_id, state in states.items():
+            others = max(0.0, state.reserved - own.get(rule_id, 0.0))
+            limit, estimate = state.rule.limit, need[rule_id]
+            if state.spent + others < limit and state.spent + others + estimate <= limit:
+                continue
+            wait = (state.end - now).total_seconds()
+            refused = JobRefused(
+                Exceeded(state.rule, state.spent, state.end, wait, str(self.zone), others),
+                estimate,
+                over_limit=estimate > limit,
+            )
+            if (
+                worst is None
+                or (refused.over_limit and not worst.over_limit)
+                or (refused.over_limit == worst.over_limit and wait > worst.exceeded.retry_after)
+            ):
+                worst = refused
+        if worst is not None:
+            return worst
+        for job in ids:
+            self.release_job(job)
+        for hold in holds:
+            reservation = _held(key_id, hold, now)
+            self.jobs.setdefault(hold.job, []).append(reservation)
+            for state in self._applying(key_id, hold.model):
+                state.reserved += reservation.amount(state.rule.unit)
+        return None
+
+    def release_job(self, job: str) -> None:
+        """A job's hold let go at 0 (it ended without running, or its usage is settled)."""
+        for reservation in self.jobs.pop(job, ()):
+            self._unreserve(reservation)
+
     def reserved(self, ticket: str) -> bool:
         return ticket in self.reservations
 
@@ -353,6 +495,11 @@ class BudgetBook:
         knows (a job's usage, a call admitted by a limiter since restarted) is charged
         as it stands."""
         crossings = self.expire(now)
+        if ticket and ticket in self.jobs:
+            # A job's usage (one report a model it used; the first names its hold):
+            # charged as reported, where it was used.
+            self.release_job(ticket)
+            return crossings + self.charge(key_id, model, tokens, cost, now)
         reservation = self.reservations.pop(ticket, None) if ticket else None
         if reservation is not None:  # charged where it was reserved
             self._unreserve(reservation)
@@ -402,6 +549,13 @@ class BudgetBook:
                     state.crossed.add(level)
                     crossings.append(Crossing(state.rule, level, state.start, state.spent))
         return crossings
+
+
+def _held(key_id: str, hold: JobHold, now: datetime) -> Reservation:
+    # A job's hold never expires (its usage or its end lets it go): no expiry is read.
+    return Reservation(
+        hold.job, key_id, hold.model, max(hold.tokens, 0.0), max(hold.cost, 0.0), now
+    )
 
 
 def _at_least(state: BudgetState, level: str) -> bool:

@@ -117,7 +117,7 @@ def batch_usage(
         counts[2] += _count(usage.get("completion_tokens")) or 0
     lines = []
     for (model, status), (requests, prompt, completion) in sorted(per_model.items()):
-        price = _discounted(price_of(model), factor)
+        price = discounted(price_of(model), factor)
         lines.append(
             JobLine(
                 model,
@@ -132,7 +132,8 @@ def batch_usage(
     return JobUsageReport(lines)
 
 
-def _discounted(price: Price, factor: Decimal) -> Price:
+def discounted(price: Price, factor: Decimal) -> Price:
+    """A price times `factor` (batches: Together's batch discount)."""
     inp, out, image = price
     return (
         None if inp is None else inp * factor,

@@ -87,7 +87,9 @@ async def test_a_fine_tune_records_togethers_token_count_and_price_once(sandbox,
     usage = await JobUsage.objects.aget(job=job)
     assert (usage.total_tokens, usage.cost, usage.note) == (upstream["token_count"], price, "")
 
-    # Its budgets hear of it through the limiter, as a call's usage.
+    # Its budgets hear of it through the limiter, as a call's usage; the report names
+    # the estimate the job held since its create, which it settles, and the job holds
+    # nothing any more.
     message = await get_channel_layer().receive(events.LIMITER_CHANNEL)
     assert message == {
         "type": events.USAGE,
@@ -95,7 +97,10 @@ async def test_a_fine_tune_records_togethers_token_count_and_price_once(sandbox,
         "model": MODEL,
         "tokens": float(upstream["token_count"]),
         "cost": float(price),
+        "reservation": job.public_id,
     }
+    await job.arefresh_from_db()
+    assert job.budget_hold is None
 
     # Seen again (a second poller that read the job before the first recorded it, more
     # passes): nothing more is written.

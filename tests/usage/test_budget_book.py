@@ -252,3 +252,61 @@ def test_calls_in_flight_never_take_the_budget_past_the_bound(seed, callers, ove
     assert state.spent < LIMIT + bound, (state.spent, bound)
     if not over:  # estimates hold what calls use: less than one call over
         assert state.spent - LIMIT < 60
+
+
+def test_a_job_is_held_only_if_its_estimate_fits_and_until_its_usage_settles_it():
+    """Jobs (issue 18): a job must fit whole, `spent + reserved + estimate <= limit`, and
+    its own hold is not counted twice when it is checked again at its start."""
+    from limiter.usage.budgets import JobHold
+
+    book = BudgetBook(UTC)
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    book.load([rule(limit=1000.0), rule(id=2, unit="dollars", limit=1.0)], {"k1": 7}, {}, now)
+    book.charge("k1", "m", 300, 0.0, now)
+    refused = book.hold_jobs("k1", [JobHold("batch-a", "m", 800, 0.1)], now)
+    assert refused is not None and not refused.over_limit and refused.estimate == 800
+    assert "estimated at 800 tokens" in refused.message("batch", "accepted")
+    assert "has 700 left" in refused.message("batch", "accepted")
+    assert book.states[1].reserved == 0  # refused: nothing held
+    whole = book.hold_jobs("k1", [JobHold("batch-b", "m", 1001, 0.0)], now)
+    assert whole is not None and whole.over_limit
+    assert "more than the whole 1,000 token budget" in whole.message("batch", "accepted")
+
+    # Two models of one batch, fitting exactly: held in both budgets.
+    parts = [JobHold("batch-c", "m", 500, 0.25), JobHold("batch-c", "n", 200, 0.25)]
+    assert book.hold_jobs("k1", parts, now) is None
+    assert (book.states[1].reserved, book.states[2].reserved) == (700, 0.5)
+    assert book.check("k1", "m", now) is not None  # calls find the budget full
+    # Checked again at its start: its own hold is not counted twice.
+    assert book.hold_jobs("k1", parts, now) is None
+    assert book.states[1].reserved == 700
+    # More spent meanwhile (a call beyond its estimate): it no longer fits, and is held back.
+    book.charge("k1", "m", 50, 0.0, now)
+    assert book.hold_jobs("k1", parts, now) is not None
+    assert book.states[1].reserved == 700  # still holding its estimate while it waits
+
+    # Its usage settles it: the first report names it, the others are charged as they are.
+    book.settle("batch-c", "k1", "m", 120, 0.1, now)
+    book.settle("", "k1", "n", 30, 0.05, now)
+    assert (book.states[1].spent, book.states[1].reserved) == (500, 0)
+    assert book.states[2].spent == pytest.approx(0.15)
+    # A job that ends without running is let go at 0.
+    assert book.hold_jobs("k1", [JobHold("ft-d", "m", 400, 0.0)], now) is None
+    book.settle("ft-d", "", "", 0.0, 0.0, now)
+    assert (book.states[1].spent, book.states[1].reserved) == (500, 0)
+
+
+def test_a_limiter_that_starts_takes_the_jobs_holds_once():
+    from limiter.usage.budgets import JobHold
+
+    book = BudgetBook(UTC)
+    now = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
+    holds = [("k1", [JobHold("batch-a", "m", 600, 0.0)])]
+    book.load([rule(limit=1000.0)], {"k1": 7}, {}, now, holds)
+    assert book.states[1].reserved == 600
+    book.load([rule(limit=1000.0)], {"k1": 7}, {}, now, holds)  # a reload: not taken twice
+    assert book.states[1].reserved == 600
+    refused = book.hold_jobs("k1", [JobHold("batch-b", "m", 500, 0.0)], now)
+    assert refused is not None
+    book.settle("batch-a", "k1", "m", 100, 0.0, now)
+    assert book.hold_jobs("k1", [JobHold("batch-b", "m", 500, 0.0)], now) is None

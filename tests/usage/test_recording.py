@@ -202,3 +202,75 @@ def test_a_stream_the_caller_leaves_midway_is_charged_what_it_was_sent(shared_se
     assert row["prompt_tokens"] >= 100  # the messages' text, about 4 characters a token
     assert 3 <= row["completion_tokens"] < 200  # what was relayed, not max_tokens
     assert Decimal(str(row["cost"])) == cost(CHAT, row["prompt_tokens"], row["completion_tokens"])
+
+
+def test_a_long_stream_left_before_its_last_chunk_is_charged_the_text_relayed(shared_server, ops):
+    """Issue 18, item 4: a stream with no max_tokens that the caller leaves just before
+    Together's usage chunk used to be charged at most 256 completion tokens (the default
+    reserved at admission), whatever it had received. Now it is charged the completion
+    text relayed (4 characters a token, or an event a token, whichever is more), in its
+    usage record and against its budget alike."""
+    team = "usage-cut-long-stream"
+    key = shared_server.issue_key(team)
+    team_id = next(t["id"] for t in ops.get("/teams").json() if t["name"] == team)
+    # Admitted: the prompt's estimate (400) and the default completion (256) are below it;
+    # charged what was relayed (over 1,000 tokens), the next call is refused.
+    ops.post(
+        f"/teams/{team_id}/budgets", json={"unit": "tokens", "period": "day", "limit": 700}
+    ).raise_for_status()
+    sandbox = shared_server.sandbox
+    # The sandbox echoes the prompt's first 8 words, then fills with short words: 1,000
+    # events with no max_tokens set, a couple of milliseconds apart.
+    sandbox.configure({"stream_chunk_delay_ms": 2, "default_max_tokens": 1000})
+    words = " ".join(f"{n}" + "y" * 199 for n in range(8))
+    relayed, events = "", 0
+    try:
+        with (
+            httpx.Client(
+                base_url=f"{shared_server.url}/v1",
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            ) as v1,
+            v1.stream(
+                "POST",
+                "/chat/completions",
+                json={
+                    "model": CHAT,
+                    "stream": True,
+                    "messages": [{"role": "user", "content": words}],
+                },
+            ) as stream,
+        ):
+            assert stream.status_code == 200, stream.read()
+            for line in stream.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                assert "usage" not in chunk  # left before the last chunk
+                relayed += chunk["choices"][0]["delta"]["content"]
+                events += 1
+                if events == 600:
+                    break
+    finally:
+        sandbox.configure({"stream_chunk_delay_ms": 0, "default_max_tokens": 16})
+    assert len(relayed) / 4 > 1000 > 256
+    (row,) = wait_for_requests(ops, team, 1)
+    assert row["completion_tokens"] >= len(relayed) / 4
+    assert row["total_tokens"] == row["prompt_tokens"] + row["completion_tokens"]
+
+    # The budget was charged the same: the next call is refused once the report lands.
+    with httpx.Client(
+        base_url=f"{shared_server.url}/v1", headers={"authorization": f"Bearer {key}"}, timeout=30
+    ) as v1:
+        deadline = time.monotonic() + 15
+        while True:
+            after = v1.post(
+                "/chat/completions",
+                json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]},
+            )
+            if after.status_code == 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)  # the usage report is sent in the background
+    assert after.status_code == 429, after.text
+    error = after.json()["error"]
+    assert error["code"] == "budget_exceeded"
