@@ -134,7 +134,7 @@ COMPACT_SLACK = 64
 def units_valid(units: object) -> bool:
     """Whether `units` can be charged to a bucket: a number from 0 to MAX_UNITS. NaN and
     infinities fail the comparison, and an integer too large for a float is out of range."""
-    return isinstance(units, int | float) and 0 <= units <= MAX_UNITS  # type: ignore[operator]
+    return isinstance(units, int | float) and 0 <= units <= MAX_UNITS
 
 
 @dataclass(frozen=True, slots=True)

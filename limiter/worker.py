@@ -855,7 +855,7 @@ class LimiterConsumer(AsyncConsumer):
 
 
 def _cost_valid(cost: object) -> bool:
-    return isinstance(cost, int | float) and 0 <= cost <= MAX_COST  # type: ignore[operator]
+    return isinstance(cost, int | float) and 0 <= cost <= MAX_COST
 
 
 def _ticket_units_valid(message: events.AcquireMessage) -> bool:
