@@ -156,3 +156,40 @@ def test_a_recorder_drops_only_the_row_the_database_cannot_store(server: SluiceS
     assert written == (3, 3)
     assert again == (0, 0)  # the bad rows were dropped, not kept to fail the next flush
     assert stored == (good, good)
+
+
+def test_a_job_whose_usage_no_column_holds_does_not_stop_the_others(server: SluiceServer) -> None:
+    """A fine-tune with n_epochs=1e308 (a finite number: it passes) is reported by the
+    sandbox with more tokens than a bigint holds: its usage failed every pass of the job
+    poller, and with it every later job's, for every team. Now it is noted as unstorable
+    and the next job's usage is recorded."""
+    ids = {}
+    for team, epochs in (("huge-job", 1e308), ("after-job", 1)):
+        key = server.issue_key(team)
+        uploaded = httpx.post(
+            f"{server.url}/v1/files",
+            headers={"authorization": f"Bearer {key}"},
+            data={"purpose": "fine-tune"},
+            files={"file": ("t.jsonl", b'{"text": "x y z"}\n')},
+            timeout=30,
+        )
+        body = {"model": MODEL, "training_file": uploaded.json()["id"], "n_epochs": epochs}
+        job = post(server, key, "/v1/fine-tunes", json.dumps(body).encode())
+        assert job.status_code == 200, job.text
+        ids[team] = job.json()["id"]
+    code = (
+        "from limiter.usage.models import JobUsage, UsageRollup\n"
+        f"ids = {ids!r}\n"
+        "notes = {t: list(JobUsage.objects.filter(job__public_id=i).values_list('note', flat=True))"
+        " for t, i in ids.items()}\n"
+        "rows = UsageRollup.objects.filter(team_name='after-job', source='fine_tune').count()\n"
+        "print(repr((notes, rows)))\n"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        notes, rows_after = eval(server.python(code))  # noqa: S307
+        if notes["after-job"] and notes["huge-job"]:
+            break
+        time.sleep(0.5)
+    assert notes["huge-job"] == ["Usage as reported is out of range: not recorded."]
+    assert notes["after-job"] != [] and rows_after >= 1
