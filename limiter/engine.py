@@ -79,6 +79,10 @@ changes, upstream pauses, restarts with adoption and time passing)
      leave a bucket more than full; `fullness_bound` says how far).
   6. Memory. Heaps and maps stay within a constant factor of live tickets and leases
      (plus the scopes seen recently; `forget_idle` drops the rest).
+  7. Bad tickets. A ticket whose tokens are not a number from 0 to MAX_UNITS (NaN,
+     infinite, negative, 10**400) is refused alone (INVALID_UNITS) before it is queued or
+     charged; a release reporting such usage settles as unknown. No value a ticket
+     brings stops the queue or touches another scope.
 """
 
 from __future__ import annotations
@@ -103,6 +107,15 @@ QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
 CONCURRENCY_LIMITED = "concurrency_limited"
 UPSTREAM_PAUSED = "upstream_paused"
+# A ticket whose units no bucket can hold (NaN, infinite, negative, over MAX_UNITS): the
+# edge bounds what callers send, so this is a bug upstream of the engine, refused alone.
+INVALID_UNITS = "invalid_units"
+
+# The most tokens one ticket may reserve, or one release report: far above any call (the
+# gateway bounds a body's size and its max_tokens), small enough that every bucket's time
+# stays a finite float. 10**400 tokens once raised OverflowError while draining a queue,
+# and every later acquire, which polls first, failed with it.
+MAX_UNITS = 1e12
 
 # Retry-After for waits the engine cannot compute (a concurrency slot frees when a
 # request ends, which nobody can predict).
@@ -116,6 +129,12 @@ EPSILON = 1e-9
 # rebuilt once they outnumber the live ones by this factor (plus some slack).
 COMPACT_FACTOR = 2
 COMPACT_SLACK = 64
+
+
+def units_valid(units: object) -> bool:
+    """Whether `units` can be charged to a bucket: a number from 0 to MAX_UNITS. NaN and
+    infinities fail the comparison, and an integer too large for a float is out of range."""
+    return isinstance(units, int | float) and 0 <= units <= MAX_UNITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +581,8 @@ class Engine:
         """
         if lease_id in self.leases:
             return
+        if not units_valid(tokens):
+            tokens = 0.0  # only settling reads it: an overrun is then charged from 0
         scopes = (self.scope(key[0], key[1], now), self.scope(account[0], account[1], now))
         charges = []
         for scope in scopes:
@@ -688,6 +709,11 @@ class Engine:
         )
 
     def _admit(self, ticket: Ticket, now: float, front: bool) -> list[Decision]:
+        if not units_valid(ticket.tokens):
+            # Refused alone, before it is queued or charged: a bucket holding it would
+            # fail (or never empty) for everyone on the scope, and a queue with it in
+            # would fail every poll.
+            return [self._refuse(ticket, INVALID_UNITS, 0.0, ticket.key, now)]
         group = self.groups.setdefault(ticket.account.id, _Group())
         if not group.size and self._admissible(ticket, now):
             return [self._grant(ticket, now)]
@@ -759,6 +785,8 @@ class Engine:
         for scope in lease.scopes:
             scope.leases.discard(lease_id)
         self._compact(self._lease_expiries)
+        if tokens_used is not None and not units_valid(tokens_used):
+            tokens_used = None  # a report no bucket can hold: the estimate stands
         if tokens_used is not None:
             for charge in lease.charges:
                 charge.settle(lease.tokens, tokens_used, now)

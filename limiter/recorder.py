@@ -3,6 +3,11 @@
 Requests only append to an in-memory buffer; a background task flushes it once a
 second in one transaction (bulk insert + one UPDATE for last-used times), so a storm
 of refusals costs the database one write a second, not one per refusal.
+
+A batch the database refuses is written again row by row (`write_each`): a row it
+cannot store (NUL in a text, a value too long for its column) is dropped with a log
+line, and the others are written. One such row once failed every flush after it, for
+every team.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
 from limiter.models import ApiKey, Refusal
@@ -22,6 +29,39 @@ logger = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 1.0
 MAX_BUFFER = 100_000  # beyond this the oldest unsaved records are dropped, loudly
+
+
+# What a database answers about one row it cannot store: NUL in a text field or a lone
+# surrogate (ValueError, DataError on PostgreSQL), too long for its column or a number
+# out of range (DataError), a constraint (IntegrityError). The row is dropped; anything
+# else (the database down) keeps the rows for the next flush.
+UNSTORABLE = (DataError, IntegrityError, ValueError)
+
+Row = TypeVar("Row")
+
+
+def write_each(
+    rows: Sequence[Row], write: Callable[[Row], object], describe: Callable[[Row], str]
+) -> tuple[int, list[Row]]:
+    """Write `rows` one at a time (each `write` its own transaction), after their batch
+    failed. Returns how many were written and those not tried yet: a row the database
+    cannot store is dropped with a log line (`describe` says whose, no content); any
+    other failure stops here, and the rest wait for the next flush."""
+    written = 0
+    for index, row in enumerate(rows):
+        try:
+            write(row)
+        except UNSTORABLE as exc:
+            logger.error(
+                "dropped a row the database cannot store (%s): %s",
+                type(exc).__name__,
+                describe(row),
+            )
+            continue
+        except Exception:
+            return written, list(rows[index:])
+        written += 1
+    return written, []
 
 
 class BatchWriter:
@@ -109,14 +149,20 @@ class Recorder(BatchWriter):
         try:
             await sync_to_async(_write, thread_sensitive=True)(refusals, used)
         except Exception:
-            # Keep them for the next round rather than lose the audit trail.
+            # One row the database cannot store must not hold back the others: each alone.
+            written, refusals, used = await sync_to_async(_write_each, thread_sensitive=True)(
+                refusals, used
+            )
+            if not refusals and not used:
+                return written
+            # Keep the rest for the next round rather than lose the audit trail.
             logger.exception("could not write %d refusals; will retry", len(refusals))
             self._refusals = deque(
                 [*refusals, *self._refusals], maxlen=MAX_BUFFER
             )  # oldest go first
             for key_id, at in used.items():
                 self._used.setdefault(key_id, at)
-            return 0
+            return written
         return len(refusals)
 
 
@@ -129,6 +175,23 @@ def _write(refusals: list[Refusal], used: dict[str, datetime]) -> None:
             latest = max(used.values())
             # One UPDATE: last use to the second is all the dashboard needs.
             ApiKey.objects.filter(pk__in=list(used)).update(last_used_at=latest)
+
+
+def _write_each(
+    refusals: list[Refusal], used: dict[str, datetime]
+) -> tuple[int, list[Refusal], dict[str, datetime]]:
+    """After a failed batch: the last-use times alone, then each refusal alone. Returns
+    how many refusals were written, and what is left to retry (the database down)."""
+    try:
+        _write([], used)
+    except Exception:
+        return 0, refusals, used
+    written, left = write_each(
+        refusals,
+        lambda refusal: _write([refusal], {}),
+        lambda refusal: f"429 record of team {refusal.team_id} on {refusal.endpoint}",
+    )
+    return written, left, {}
 
 
 recorder = Recorder()

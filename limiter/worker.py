@@ -31,14 +31,21 @@ from limiter import events
 from limiter.ceilings import Ceiling, Learned
 from limiter.coalesce_stats import CoalesceStats
 from limiter.config import UNLIMITED, LimiterConfig, config_load
-from limiter.engine import Decision, Engine, Limit, Scope, ScopeId
+from limiter.engine import (
+    INVALID_UNITS,
+    Decision,
+    Engine,
+    Limit,
+    Scope,
+    ScopeId,
+    units_valid,
+)
 from limiter.events import DecisionMessage, ScopeSnapshot
 from limiter.usage.budgets import (
     BUDGET_EXCEEDED,
     NOT_BUDGETED,
     BudgetBook,
     Crossing,
-    Exceeded,
     JobHold,
     threshold_crossed,
 )
@@ -52,6 +59,10 @@ HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we
 # moved once a minute; 10 s buckets draw within seconds and cost 360 rows an hour.
 HISTORY_BUCKET_SECONDS = 10
 HISTORY_BUCKETS = 3600 // HISTORY_BUCKET_SECONDS
+# The most US dollars one ticket may hold or report against a budget, as the engine's
+# MAX_UNITS for tokens: anything beyond (or NaN, or infinite) is a bug upstream of here.
+MAX_COST = 1e9
+MSG_INVALID_UNITS = "The request's token or cost estimate is out of range: it was not admitted."
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
 # Learned ceilings that changed are written to the database this often (limiter/learned.py).
 LEARNED_SAVE_INTERVAL = 2.0
@@ -432,6 +443,13 @@ class LimiterConsumer(AsyncConsumer):
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
         # that finds nobody waiting is handed back by its web process.
         key_scope, account_scope = await self._scopes(message)
+        if not _ticket_units_valid(message):
+            # Refused alone, before a budget or the engine does arithmetic with it
+            # (float(10**400) raised here, and the caller waited out its timeout).
+            await self._refuse_now(
+                message, key_scope, INVALID_UNITS, "key", 0.001, MSG_INVALID_UNITS
+            )
+            return
         # A merged embeddings request (CHARGE_ACCOUNT) is no one's call: each of its
         # callers was checked, and reserved, on its own ticket.
         # Files and jobs use no tokens: a job's estimate is held apart (limiter_job_budget).
@@ -451,7 +469,14 @@ class LimiterConsumer(AsyncConsumer):
                 wall,
             )
             if exceeded is not None:
-                await self._refuse_budget(message, key_scope, exceeded)
+                await self._refuse_now(
+                    message,
+                    key_scope,
+                    BUDGET_EXCEEDED,
+                    "key" if exceeded.rule.key_id else "team",
+                    exceeded.retry_after,
+                    exceeded.message(),
+                )
                 return
         now = time.monotonic()
         decisions = self.engine.acquire(
@@ -489,10 +514,17 @@ class LimiterConsumer(AsyncConsumer):
         if self.engine.extend(message["ticket"], float(message["max_wait"]), now):
             self._schedule(now)  # its deadline moved: the timer may fire later
 
-    async def _refuse_budget(
-        self, message: events.AcquireMessage, key_scope: tuple[Any, Any], exceeded: Exceeded
+    async def _refuse_now(
+        self,
+        message: events.AcquireMessage,
+        key_scope: tuple[Any, Any],
+        reason: str,
+        scope: str,
+        retry_after: float,
+        text: str,
     ) -> None:
-        """A budget is used up: refuse before the engine charges any scope."""
+        """Refuse before the engine charges any scope: a budget is used up, or the
+        ticket's units are out of range."""
         now = time.monotonic()
         quota = self.engine.quota(self.engine.scope(key_scope[0], key_scope[1], now), now)
         refusal: DecisionMessage = {
@@ -500,9 +532,9 @@ class LimiterConsumer(AsyncConsumer):
             "ticket": message["ticket"],
             "kind": "refuse",
             "lease": "",
-            "reason": BUDGET_EXCEEDED,
-            "scope": "key" if exceeded.rule.key_id else "team",
-            "retry_after": max(exceeded.retry_after, 0.001),
+            "reason": reason,
+            "scope": scope,
+            "retry_after": max(retry_after, 0.001),
             "waited": 0.0,
             "limit": quota.limit_per_minute,
             "remaining": quota.remaining,
@@ -510,24 +542,29 @@ class LimiterConsumer(AsyncConsumer):
             "max_wait": 0.0,
             "at": time.monotonic(),
             "limiter": self.instance,
-            "message": exceeded.message(),
+            "message": text,
         }
         self.stats.decisions += 1
         try:
             await self.channel_layer.send(message["reply"], dict(refusal))
         except Exception:
-            logger.exception("could not answer a budget refusal")
+            logger.exception("could not answer a %s refusal", reason)
 
     async def limiter_usage(self, message: events.UsageMessage) -> None:
         """A budgeted call ended: its reservation is settled with what it used (a job's
         usage, naming none, is charged as it is); announce thresholds it crossed."""
+        tokens, cost = message.get("tokens") or 0.0, message.get("cost") or 0.0
+        if not (units_valid(tokens) and _cost_valid(cost)):
+            # Out of range: settled at 0, so the reservation goes and the book stays finite.
+            logger.error("usage report out of range for key %s: settled at 0", message["key"])
+            tokens = cost = 0.0
         self._announce(
             self.budgets.settle(
                 message.get("reservation", ""),
                 message["key"],
                 message.get("model", ""),
-                float(message.get("tokens") or 0.0),
-                float(message.get("cost") or 0.0),
+                float(tokens),
+                float(cost),
                 datetime.now(UTC),
             )
         )
@@ -853,6 +890,16 @@ class LimiterConsumer(AsyncConsumer):
             }
             or {"gateway": 0, "upstream": 0},
         }
+
+
+def _cost_valid(cost: object) -> bool:
+    return isinstance(cost, int | float) and 0 <= cost <= MAX_COST
+
+
+def _ticket_units_valid(message: events.AcquireMessage) -> bool:
+    """Whether a ticket's tokens and cost are numbers a budget and the engine can hold
+    (see engine.units_valid). The gateway bounds what callers send; this is the wall."""
+    return units_valid(message["tokens"] or 0.0) and _cost_valid(message.get("cost") or 0.0)
 
 
 def _ticket_options(message: events.AcquireMessage) -> dict[str, Any]:

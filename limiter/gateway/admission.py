@@ -24,6 +24,7 @@ from django.conf import settings
 from limiter import events, metrics, process
 from limiter.alerts.monitor import monitor
 from limiter.client import Grant, LimiterUnavailable, Patience, Refused
+from limiter.engine import INVALID_UNITS
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response, StreamingResponse
@@ -58,6 +59,7 @@ REFUSAL_MESSAGES = {
     ),
 }
 MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
+MSG_ESTIMATE_OUT_OF_RANGE = "The request's token or cost estimate is out of range."
 
 
 class Admission:
@@ -234,6 +236,10 @@ async def _grant(
     except Refused as refused:
         d = refused.decision
         metrics.LIMITER_UP.set(1)
+        if d["reason"] == INVALID_UNITS:
+            # Not a rate limit: an estimate the edge should have bounded (a bug, logged).
+            logger.error("limiter refused %s: its estimate is out of range", request.request_id)
+            raise ApiError(400, MSG_ESTIMATE_OUT_OF_RANGE, code=INVALID_UNITS) from None
         if charge != events.CHARGE_ACCOUNT:  # a merged request's: recorded for each caller
             record_refusal(
                 key,
@@ -374,8 +380,11 @@ def estimate_parts(body: dict[str, Any], endpoint: str) -> tuple[int, int]:
         completion = (
             body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_COMPLETION_TOKENS
         )
-        if not isinstance(completion, int) or completion < 0:
+        # The edge bounded it (inference._check_counts); a body that reaches here another
+        # way (a batch's lines) gets no unbounded number into the limiter either.
+        if not isinstance(completion, int) or isinstance(completion, bool) or completion < 0:
             completion = DEFAULT_COMPLETION_TOKENS
+        completion = min(completion, errors.MAX_COMPLETION_TOKENS)
     return math.ceil(prompt / 4), completion
 
 
@@ -398,5 +407,7 @@ def estimate_cost(request: Request, endpoint: str, model: str) -> float:
     images = 0
     if endpoint == "images":
         n = body.get("n")
-        images = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        images = (
+            min(n, errors.MAX_N) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        )
     return float(cost_of(price, prompt, completion, images))

@@ -49,7 +49,14 @@ MSG_FIELD_REQUIRED = "'{field}' is required."
 MSG_FIELD_NOT_STRING = "'{field}' must be a string."
 MSG_FIELD_NOT_BOOLEAN = "'{field}' must be true or false."
 MSG_MODEL_TOO_LONG = "'model' must be at most {limit} characters."
-MSG_MODEL_NOT_TEXT = "'model' must be text (it holds an unpaired surrogate escape such as \\ud800)."
+MSG_TEXT_NOT_STORABLE = (
+    "The request body holds a NUL character or an unpaired surrogate (such as \\u0000 or "
+    "\\ud800): no text Sluice stores or forwards may."
+)
+MSG_NUMBER_OUT_OF_RANGE = (
+    "The request body holds a number out of range: numbers must be finite and fit in 64 bits."
+)
+MSG_INTEGER_OUT_OF_RANGE = "'{field}' must be an integer from {low} to {high}."
 MSG_BAD_HEADER = "The header '{header}' must be printable ASCII: Sluice forwards it to Together."
 MSG_JSON_TOO_DEEP = "The request body is nested deeper than {depth} levels."
 
@@ -59,6 +66,12 @@ MAX_ECHOED_MODEL = 200
 # Deeper JSON is refused before anything walks it; real requests (tool schemas
 # included) stay far below this.
 MAX_JSON_DEPTH = 64
+# A body field is named in `error.param` only when its name is this short.
+MAX_PARAM_NAME = 64
+# What a call may ask for where Sluice itself counts it (its token estimate, an image's
+# price): more than any model serves, far less than would upset the limiter's arithmetic.
+MAX_COMPLETION_TOKENS = 1_000_000
+MAX_N = 128
 
 
 class ApiError(Exception):

@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from limiter.gateway.errors import (
     MAX_JSON_DEPTH,
+    MAX_PARAM_NAME,
     MSG_BAD_JSON,
     MSG_BODY_NOT_OBJECT,
     MSG_JSON_TOO_DEEP,
+    MSG_NUMBER_OUT_OF_RANGE,
+    MSG_TEXT_NOT_STORABLE,
     ApiError,
 )
 from limiter.keys import KeyInfo
@@ -31,21 +36,59 @@ if TYPE_CHECKING:
 JSON_TYPE = b"application/json"
 
 
-def json_depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether `value` nests lists/objects deeper than `limit`. A loop, not recursion:
-    this runs on whatever a caller sent."""
-    stack = [(value, 1)]
+# Text no supported database can store (PostgreSQL refuses NUL in text and jsonb; a lone
+# surrogate, which JSON can escape, is not UTF-8), nor Together read.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+# Every number in a body fits a 64-bit integer or is a finite float: what a database
+# column, a jsonb value, msgpack (the Redis channel layer) and Together can all hold.
+MAX_JSON_INT = 2**63 - 1
+
+
+def _json_problem(value: Any, depth_limit: int) -> tuple[str, str | None] | None:
+    """The first thing in a parsed body no part of Sluice may be handed, and the top-level
+    field it is in: ("depth" | "text" | "number", field). One walk, a loop: this runs on
+    whatever a caller sent."""
+    stack: list[tuple[Any, int, str | None]] = [(value, 1, None)]
     while stack:
-        node, depth = stack.pop()
-        children = (
-            node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        )
-        if children is None:
+        node, depth, field_name = stack.pop()
+        if isinstance(node, str):
+            if UNSTORABLE_TEXT.search(node):
+                return "text", field_name
+        elif isinstance(node, bool) or node is None:
             continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+        elif isinstance(node, int):
+            if not -MAX_JSON_INT - 1 <= node <= MAX_JSON_INT:
+                return "number", field_name
+        elif isinstance(node, float):
+            if not math.isfinite(node):  # NaN, Infinity, or 1e999 read as inf
+                return "number", field_name
+        elif isinstance(node, dict):
+            if depth > depth_limit:
+                return "depth", None
+            for name, child in node.items():
+                at = name if depth == 1 else field_name
+                if UNSTORABLE_TEXT.search(name):
+                    return "text", None if depth == 1 else field_name
+                stack.append((child, depth + 1, at))
+        elif isinstance(node, list):
+            if depth > depth_limit:
+                return "depth", None
+            stack.extend((child, depth + 1, field_name) for child in node)
+    return None
+
+
+def _refused_body(problem: tuple[str, str | None]) -> ApiError:
+    kind, field_name = problem
+    # The field is named only when its name is itself plain text (it is echoed).
+    param = field_name if field_name and len(field_name) <= MAX_PARAM_NAME else None
+    if kind == "depth":
+        logger.warning("refused: request body nested deeper than %d levels", MAX_JSON_DEPTH)
+        return ApiError(400, MSG_JSON_TOO_DEEP.format(depth=MAX_JSON_DEPTH), code="invalid_json")
+    if kind == "text":
+        logger.warning("refused: request body holds NUL or an unpaired surrogate")
+        return ApiError(400, MSG_TEXT_NOT_STORABLE, code="invalid_value", param=param)
+    logger.warning("refused: request body holds a number out of range")
+    return ApiError(400, MSG_NUMBER_OUT_OF_RANGE, code="invalid_value", param=param)
 
 
 @dataclass(slots=True)
@@ -80,13 +123,13 @@ class Request:
                 raise ApiError(400, MSG_BAD_JSON, code="invalid_json") from None
             if not isinstance(value, dict):
                 raise ApiError(400, MSG_BODY_NOT_OBJECT, code="invalid_json")
-            # Parsed fine, but whatever walks it later (the token estimate) must not be
-            # handed a thousand levels: refused here, before any quota is spent.
-            if json_depth_exceeds(value, MAX_JSON_DEPTH):
-                logger.warning("refused: request body nested deeper than %d levels", MAX_JSON_DEPTH)
-                raise ApiError(
-                    400, MSG_JSON_TOO_DEEP.format(depth=MAX_JSON_DEPTH), code="invalid_json"
-                )
+            # Parsed fine, but refused here, before any quota is spent: what would walk it
+            # later (the token estimate) must not be handed a thousand levels, and what is
+            # stored or counted must not be handed text no database stores (NUL, a lone
+            # surrogate) or a number out of any column's range (10**400, NaN, Infinity).
+            problem = _json_problem(value, MAX_JSON_DEPTH)
+            if problem is not None:
+                raise _refused_body(problem)
             self._json = value
         return self._json
 

@@ -44,6 +44,7 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.
         raise await model_not_found(key, model)
     stream = _stream_field(body)
+    _check_counts(body)
     # Reserved where a token limit applies (the limiter knows where: it owns the limits).
     tokens = estimate_tokens(body, endpoint)
     if endpoint == "embeddings" and coalesce.mergeable(request, body):
@@ -88,15 +89,8 @@ def _model_field(body: dict[str, Any]) -> str:
             code="invalid_value",
             param="model",
         )
-    if not model.isascii():
-        try:
-            model.encode("utf-8")
-        except UnicodeEncodeError:
-            # JSON may escape a lone surrogate ("\ud800"); no model id holds one, and it
-            # cannot be stored (the usage and 429 records would fail on every flush).
-            raise ApiError(
-                400, errors.MSG_MODEL_NOT_TEXT, code="invalid_value", param="model"
-            ) from None
+    # NUL and lone surrogates ("\ud800") were refused with the body (Request.json): the
+    # usage and 429 records store the model, and one such row failed every flush.
     return model
 
 
@@ -111,6 +105,30 @@ def _stream_field(body: dict[str, Any]) -> bool:
             param="stream",
         )
     return stream is True
+
+
+# The numbers Sluice itself counts a call by (its token estimate, an image's price), and
+# their bounds: an integer, not a boolean; null is unset. 10**400 as `max_tokens` once
+# overflowed the limiter's arithmetic, for every team.
+COUNTED_FIELDS = {
+    "max_tokens": (1, errors.MAX_COMPLETION_TOKENS),
+    "max_completion_tokens": (1, errors.MAX_COMPLETION_TOKENS),
+    "n": (1, errors.MAX_N),
+}
+
+
+def _check_counts(body: dict[str, Any]) -> None:
+    for name, (low, high) in COUNTED_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ApiError(
+                400,
+                errors.MSG_INTEGER_OUT_OF_RANGE.format(field=name, low=low, high=high),
+                code="invalid_value",
+                param=name,
+            )
 
 
 async def chat_completions(request: Request) -> Response | StreamingResponse:

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F
 
-from limiter.recorder import BatchWriter
+from limiter.recorder import BatchWriter, write_each
 from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
 
 logger = logging.getLogger(__name__)
@@ -159,21 +159,27 @@ class UsageRecorder(BatchWriter):
             rows = self._priced(rows, wait=prices.fetching and not final)
         if not rows:
             return 0
+        written = len(rows)
         try:
             created = await sync_to_async(_write, thread_sensitive=True)(
                 self.writer, rows, dict(self._pks)
             )
         except Exception:
-            # Keep them for the next round rather than lose the usage.
-            logger.exception("could not write %d usage rows; will retry", len(rows))
-            for dims, counts in rows.items():
-                self._rows.setdefault(dims, Counts()).add(counts)
-            return 0
+            # One row the database cannot store must not hold back the others (a NUL in
+            # a model name once stopped every team's usage): each row alone.
+            created, written, left = await sync_to_async(_write_each, thread_sensitive=True)(
+                self.writer, rows, dict(self._pks)
+            )
+            if left:
+                # Keep them for the next round rather than lose the usage.
+                logger.exception("could not write %d usage rows; will retry", len(left))
+                for dims, counts in left.items():
+                    self._rows.setdefault(dims, Counts()).add(counts)
         self._pks.update(created)
         # Rows of minutes gone by are not added to again: forget their ids.
         current = int(time.time() // 60 * 60) - 60
         self._pks = {dims: pk for dims, pk in self._pks.items() if dims.minute >= current}
-        return len(rows)
+        return written
 
     def _priced(self, rows: dict[Dims, Counts], *, wait: bool) -> dict[Dims, Counts]:
         """`rows` with the unpriced ones priced now, or (`wait`) kept back for later."""
@@ -244,6 +250,20 @@ def _write(writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]) -> dict[
         if new:
             UsageRollup.objects.bulk_create([row for _dims, row in new], batch_size=500)
     return {dims: row.pk for dims, row in new if row.pk is not None}
+
+
+def _write_each(
+    writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]
+) -> tuple[dict[Dims, int], int, dict[Dims, Counts]]:
+    """After a failed batch, each row in a transaction of its own: the ids of the rows
+    created, how many were written, and those left to retry (the database down)."""
+    created: dict[Dims, int] = {}
+    written, left = write_each(
+        list(rows.items()),
+        lambda row: created.update(_write(writer, dict([row]), pks)),
+        lambda row: f"usage row of team {row[0].team_id} on {row[0].endpoint}",
+    )
+    return created, written, dict(left)
 
 
 usage_recorder = UsageRecorder()

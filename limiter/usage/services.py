@@ -3,6 +3,7 @@ fine-tunes' and batches' usage."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from decimal import Decimal
 
@@ -10,9 +11,14 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from limiter.models import ApiKey, Job, Team
+from limiter.recorder import UNSTORABLE
 from limiter.usage.jobs import JobUsageReport, minute_of
 from limiter.usage.models import Budget, BudgetCrossing, JobUsage, ModelPrice, UsageRollup
 from limiter.usage.prices import prices
+
+logger = logging.getLogger(__name__)
+
+MSG_USAGE_UNSTORABLE = "Usage as reported is out of range: not recorded."
 
 
 def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) -> int:
@@ -151,4 +157,16 @@ def job_usage_record(*, job: Job, report: JobUsageReport, source: str) -> bool:
             )
     except IntegrityError:
         return False  # the one-to-one: recorded already
+    except UNSTORABLE as exc:
+        # Numbers no column holds (a fine-tune with n_epochs=1e308 reports so many
+        # tokens): noted as unrecordable, so that this job stops failing every pass of
+        # the poller, and with it every later job's usage, for every team.
+        logger.error(
+            "job %s: its usage cannot be stored (%s); noted as such",
+            job.public_id,
+            type(exc).__name__,
+        )
+        with transaction.atomic():
+            JobUsage.objects.get_or_create(job=job, defaults={"note": MSG_USAGE_UNSTORABLE})
+        return False
     return True

@@ -1,6 +1,7 @@
 """The engine's guarantees (see its docstring), checked after every step of generated
 histories: acquires (some with a max wait of their own, later extended, and refundable
-like a merged embeddings request's), releases with actual usage or unused, renewals,
+like a merged embeddings request's; some with tokens no bucket can hold, refused alone),
+releases with actual usage (some absurd) or unused, renewals,
 cancels, limit changes, upstream pauses, restarts with adoption, forgetting idle scopes,
 and time passing.
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from limiter import engine as engine_module
-from limiter.engine import COMPACT_FACTOR, Decision, Engine, Limit
+from limiter.engine import COMPACT_FACTOR, INVALID_UNITS, Decision, Engine, Limit
 
 ENDPOINT = "chat"
 LEASE_TTL = 10.0
@@ -314,6 +315,21 @@ class EngineMachine(RuleBasedStateMachine):
             )
         )
 
+    @rule(
+        key=st.sampled_from(["k0", "k1", "k2"]),
+        tokens=st.sampled_from([10**400, 1e308, float("inf"), float("nan"), -1, 2e12]),
+    )
+    def acquire_absurd(self, key: str, tokens: float) -> None:
+        # Tokens no bucket can hold (issue 18: max_tokens = 10**400): refused alone, and
+        # every guarantee below still holds for everyone else.
+        self.counter += 1
+        key_pair, account_pair = self._pair(key)
+        ticket = f"t{self.counter}"
+        decisions = self.engine.acquire(ticket, key_pair, account_pair, tokens, self.now)
+        own = [d for d in decisions if d.ticket.id == ticket]
+        assert [(d.kind, d.reason) for d in own] == [("refuse", INVALID_UNITS)]
+        self._process(decisions)
+
     @precondition(lambda self: self.queued)
     @rule(data=st.data(), max_wait=st.sampled_from([0.1, 1.0, 5.0, 25.0]))
     def extend(self, data: st.DataObject, max_wait: float) -> None:
@@ -338,7 +354,10 @@ class EngineMachine(RuleBasedStateMachine):
         self._process(self.engine.release(held.lease, None, self.now, unused=True))
 
     @precondition(lambda self: self.held)
-    @rule(data=st.data(), usage=st.sampled_from(["unknown", "none", "half", "all", "over"]))
+    @rule(
+        data=st.data(),
+        usage=st.sampled_from(["unknown", "none", "half", "all", "over", "absurd"]),
+    )
     def release(self, data: st.DataObject, usage: str) -> None:
         held = self.held.pop(data.draw(st.sampled_from(sorted(self.held))))
         if held in self.to_adopt:  # released before its holder handed it back
@@ -349,7 +368,11 @@ class EngineMachine(RuleBasedStateMachine):
             "half": held.tokens / 2,
             "all": held.tokens,
             "over": held.tokens + 150.0,
+            "absurd": float("inf"),
         }[usage]
+        sent = used
+        if usage == "absurd":
+            used = None  # the engine settles a report no bucket can hold as unknown
         if used is not None:
             for entry in held.admissions:
                 entry.units = min(entry.units, used)  # what it used of what it was admitted
@@ -359,7 +382,7 @@ class EngineMachine(RuleBasedStateMachine):
                     # Charged to the bucket it reserved on, if that bucket is still the one in use.
                     if log is not None and held.buckets[name] is self._bucket(name) is not None:
                         log.entries.append(Entry(self.now, used - held.tokens, 0.0, False))
-        self._process(self.engine.release(held.lease, used, self.now))
+        self._process(self.engine.release(held.lease, sent, self.now))
 
     @precondition(lambda self: len(self.held) > len(self.to_adopt))
     @rule(data=st.data())
