@@ -15,7 +15,9 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, StringConstraints, WithJsonSchema
+
+from limiter.selectors import CURSOR_MICROS_DIGITS, MAX_ID
 
 # --- date-times: ISO 8601 text only ---------------------------------------------------------
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
@@ -33,6 +35,16 @@ IsoDateTime = Annotated[
     datetime,
     BeforeValidator(_iso_text),
     WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
+# --- keyset cursors ------------------------------------------------------------------------
+# What a page's `next_cursor` is (limiter/selectors.py Cursor): microseconds since 1970, a
+# dash, an id; bounded so that neither overflows the datetime nor the database's integer.
+Cursor = Annotated[
+    str,
+    StringConstraints(
+        pattern=rf"^(?:\d{{1,{CURSOR_MICROS_DIGITS}}}-\d{{1,{len(str(MAX_ID)) - 1}}})?$"
+    ),
 ]
 
 # --- amounts: decimals, to the 6 places the tables keep -----------------------------------

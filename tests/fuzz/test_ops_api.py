@@ -245,6 +245,23 @@ def test_amounts_are_numbers_or_decimal_strings_cut_to_six_places(
     assert Decimal(budget.json()["limit"]) == Decimal("0.000001")  # above 0 stays above 0
 
 
+# Issue 18: `?after=` with a number of microseconds past year 9999 reached
+# datetime.fromtimestamp, whose OSError was a 500; a size of any magnitude was documented.
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/audit?after=99999999999999999999999",
+        "/api/audit?after=99999999999999999999999-1",
+        "/api/refusals?after=99999999999999999999999-1",
+        "/api/refusals?after=1-99999999999999999999999",
+        "/api/refusals?size=99999999999999999999999",
+        "/api/refusals?size=0",
+    ],
+)
+def test_out_of_range_query_numbers_are_a_400(fuzz_server: SluiceServer, query: str) -> None:
+    _assert_ops_error(httpx.get(fuzz_server.url + query, headers=ADMIN), 400)
+
+
 def test_per_minute_with_earliest_end_is_not_a_500(fuzz_server: SluiceServer) -> None:
     response = httpx.get(
         f"{fuzz_server.url}/api/refusals/per-minute",
