@@ -222,12 +222,20 @@ def test_the_document_says_which_decimal_strings_are_amounts(fuzz_server: Sluice
         assert re.fullmatch(text["pattern"], "25.50")
 
 
-def test_amounts_are_numbers_or_decimal_strings_cut_to_six_places(
+def test_decimal_strings_are_exact_and_numbers_cut_to_six_places(
     fuzz_server: SluiceServer,
 ) -> None:
+    # A decimal string is kept as sent or refused (issue 18: one cut to 6 places still
+    # had more digits than SQLite reads back); a JSON number is a double, cut to 6 places.
+    refused = httpx.post(
+        f"{fuzz_server.url}/api/prices",
+        json={"model": "org/priced", "override_input": "0.1234567"},
+        headers=ADMIN,
+    )
+    _assert_ops_error(refused, 400)
     price = httpx.post(
         f"{fuzz_server.url}/api/prices",
-        json={"model": "org/priced", "override_input": "0.1234567", "image_price": 2},
+        json={"model": "org/priced", "override_input": 0.1234567, "image_price": 2},
         headers=ADMIN,
     )
     assert price.status_code == 200, price.content
