@@ -837,9 +837,12 @@ def _budgets_load(
     """The budgets, and the spend so far of those the book does not track yet (off the
     event loop: database reads)."""
     from limiter.usage.selectors import budget_rules, budget_seed
+    from limiter.usage.services import amount_unreadable
 
     now = datetime.now(UTC)
-    rules, key_teams = budget_rules()
+    rules, key_teams, unreadable = budget_rules()
+    for budget in unreadable:  # left out of the rules: the others stay enforced
+        amount_unreadable(kind="budget", row_id=budget.pk, team=budget.team)
     seed = budget_seed(book.untracked(rules, now), now, book.zone)
     return rules, key_teams, seed, now
 
