@@ -105,7 +105,7 @@ def _amount(field: Any, *, positive: bool):
             amount = Decimal(value)
             if not check.allows(amount) or (amount <= 0 if positive else amount < 0):
                 raise ValueError(f"Input should be a decimal {bound}. {check.message}")
-            return amount
+            return amount.quantize(step)  # exact: zeros past the field's places go
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, int):
