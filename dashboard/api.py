@@ -23,6 +23,7 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyCookie, HttpBearer
 
 from dashboard import live, services
+from dashboard.api_types import Cursor
 from dashboard.exports import refusal_csv_response
 from dashboard.schemas import (
     AuditPageOut,
@@ -333,8 +334,8 @@ def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
 def refusal_list(
     request: HttpRequest,
     filters: Query[RefusalFilterIn],
-    after: str = "",
-    size: int = selectors.PAGE_SIZE,
+    after: Cursor = "",
+    size: int = Query(selectors.PAGE_SIZE, ge=1, le=selectors.MAX_PAGE_SIZE),
 ):
     page = selectors.refusal_page(filters=_filters(filters), after=after, size=size)
     return {"items": page.rows, "next_cursor": page.next_cursor}
@@ -365,7 +366,9 @@ ops = Router(tags=["audit and live"])
 
 
 @ops.get("/audit", response={200: AuditPageOut, **ERRORS})
-def audit_list(request: HttpRequest, after: str = "", object_type: str = "", object_id: str = ""):
+def audit_list(
+    request: HttpRequest, after: Cursor = "", object_type: str = "", object_id: str = ""
+):
     page = audit_page(after=after, object_type=object_type, object_id=object_id)
     return {"items": page.rows, "next_cursor": page.next_cursor}
 

@@ -15,7 +15,10 @@ from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, WithJsonSchema
+from pydantic import BeforeValidator, StringConstraints, WithJsonSchema
+
+from limiter.selectors import CURSOR_MICROS_DIGITS, MAX_ID
+from limiter.usage.models import EXACT_DIGITS, Budget, ExactAmountValidator, ModelPrice
 
 # --- date-times: ISO 8601 text only ---------------------------------------------------------
 _NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
@@ -35,55 +38,104 @@ IsoDateTime = Annotated[
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 
-# --- amounts: decimals, to the 6 places the tables keep -----------------------------------
-PLACES = Decimal("0.000001")
+# --- keyset cursors ------------------------------------------------------------------------
+# What a page's `next_cursor` is (limiter/selectors.py Cursor): microseconds since 1970, a
+# dash, an id; bounded so that neither overflows the datetime nor the database's integer.
+Cursor = Annotated[
+    str,
+    StringConstraints(
+        pattern=rf"^(?:\d{{1,{CURSOR_MICROS_DIGITS}}}-\d{{1,{len(str(MAX_ID)) - 1}}})?$"
+    ),
+]
 
 
-def _money(*, integer_digits: int, positive: bool):
-    """An amount (dollars, or a budget's tokens) as a JSON number or a decimal string, cut to
-    the 6 places the tables keep; with `positive`, an amount above 0 is at least 0.000001."""
-    biggest = 10**integer_digits - 1
-    if positive:
-        # A digit other than 0: in the whole part, or (the whole part all zeros) the fraction.
-        pattern = rf"^(?:0*[1-9]\d{{0,{integer_digits - 1}}}(?:\.\d+)?|0*\.0*[1-9]\d*)$"
-        number: dict[str, Any] = {"type": "number", "exclusiveMinimum": 0, "maximum": biggest}
+# --- amounts: what the model field keeps exactly -------------------------------------------
+def _amount_pattern(check: ExactAmountValidator, *, positive: bool) -> str:
+    """The decimal strings `check` allows, as a regular expression without look-arounds
+    (the document's readers, schemathesis among them, generate from it)."""
+    places, whole = check.decimal_places, check.max_digits - check.decimal_places
+    digits = min(check.max_digits, EXACT_DIGITS)
+
+    def fraction(n: int) -> str:  # n places, then zeros (which change nothing)
+        return rf"(?:\.\d{{0,{n}}}0*)?"
+
+    # k whole digits (the first not 0) leave min(places, digits - k) for the fraction: one
+    # branch for each run of k that leaves the same.
+    branches, k = [], 1
+    while k <= whole:
+        room, last = min(places, digits - k), k
+        while last < whole and min(places, digits - last - 1) == room:
+            last += 1
+        branches.append(rf"[1-9]\d{{{k - 1},{last - 1}}}{fraction(room)}")
+        k = last + 1
+    if positive:  # a whole part of zeros: a digit other than 0 in the fraction
+        some = "|".join(rf"0{{{i}}}[1-9]\d{{0,{places - 1 - i}}}" for i in range(places))
+        branches.append(rf"0\.(?:{some})0*")
     else:
-        pattern = rf"^0*\d{{1,{integer_digits}}}(?:\.\d+)?$"
-        number = {"type": "number", "minimum": 0, "maximum": biggest}
-    text = re.compile(pattern)
+        branches.append(f"0{fraction(min(places, digits))}")
+    return rf"^0*(?:{'|'.join(branches)})$"
+
+
+def _amount(field: Any, *, positive: bool):
+    """An amount (dollars, or a budget's tokens) the model `field` stores and reads back
+    exactly (limiter/usage/models.py ExactAmountValidator), from a decimal string or a JSON
+    number; with `positive`, above 0.
+
+    A decimal string is taken exactly: one with more places or digits than the field keeps
+    is refused, not rounded. A JSON number is a binary double: an integer is exact up to
+    the field's whole digits; one with a fraction is cut to the field's places, and below
+    10**(15 - places) so that it keeps to 15 digits; above 0 stays above 0."""
+    check = ExactAmountValidator(field.max_digits, field.decimal_places)
+    step = Decimal(1).scaleb(-check.decimal_places)
+    integers = 10 ** (check.max_digits - check.decimal_places) - 1
+    fractions = Decimal(10) ** (min(check.max_digits, EXACT_DIGITS) - check.decimal_places) - step
+    low: dict[str, Any] = {"exclusiveMinimum": 0} if positive else {"minimum": 0}
+    integer = {"type": "integer", **low, "maximum": integers}
+    number = {"type": "number", **low, "maximum": float(fractions)}
+    pattern = _amount_pattern(check, positive=positive)
+    text = re.compile(pattern, re.ASCII)  # \d is [0-9], as in the document
+    bound = "above 0" if positive else "at least 0"
 
     def parse(value: Any) -> Decimal:
-        if isinstance(value, str):
-            if not text.fullmatch(value):
-                raise ValueError(
-                    f"Input should be a decimal {'above 0' if positive else 'of at least 0'} with "
-                    f'at most {integer_digits} digits before the point, such as "25.50"'
-                )
-            amount = Decimal(value)
-        elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-            amount = Decimal(str(value))
-            if (
-                not amount.is_finite()
-                or amount > biggest
-                or (amount <= 0 if positive else amount < 0)
-            ):
-                bound = "above 0" if positive else "at least 0"
-                raise ValueError(f"Input should be {bound} and at most {biggest}")
-        else:
+        if isinstance(value, bool):
             raise ValueError("Input should be a number or a decimal string")
-        amount = amount.quantize(PLACES, rounding=ROUND_DOWN)
-        return max(amount, PLACES) if positive else amount
+        if isinstance(value, str | Decimal):
+            if isinstance(value, str) and not text.fullmatch(value):
+                raise ValueError(f"Input should be a decimal {bound}. {check.message}")
+            amount = Decimal(value)
+            if not check.allows(amount) or (amount <= 0 if positive else amount < 0):
+                raise ValueError(f"Input should be a decimal {bound}. {check.message}")
+            return amount.quantize(step)  # exact: zeros past the field's places go
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int):
+            if not (0 < value if positive else 0 <= value) or value > integers:
+                raise ValueError(f"Input should be {bound} and at most {integers}")
+            return Decimal(value)
+        if isinstance(value, float):
+            amount = Decimal(repr(value))
+            if not amount.is_finite() or not (0 < amount if positive else 0 <= amount):
+                raise ValueError(f"Input should be {bound} and at most {fractions}")
+            if amount > fractions:
+                raise ValueError(
+                    f"Input should be at most {fractions} as a number with a fraction; "
+                    "send a larger amount as a decimal string"
+                )
+            amount = amount.quantize(step, rounding=ROUND_DOWN)
+            return max(amount, step) if positive else amount
+        raise ValueError("Input should be a number or a decimal string")
 
     return Annotated[
         Decimal,
         BeforeValidator(parse),
         WithJsonSchema(
-            {"anyOf": [number, {"type": "string", "pattern": pattern}]}, mode="validation"
+            {"anyOf": [integer, number, {"type": "string", "pattern": pattern}]},
+            mode="validation",
         ),
     ]
 
 
-# $ per 1M tokens or per image: DecimalField(max_digits=16, decimal_places=6).
-Price = _money(integer_digits=10, positive=False)
-# A budget's limit, in tokens or dollars: DecimalField(max_digits=20, decimal_places=6).
-Limit = _money(integer_digits=14, positive=True)
+# $ per 1M tokens or per image, as staff set them.
+Price = _amount(ModelPrice._meta.get_field("override_input"), positive=False)
+# A budget's limit, in tokens or dollars.
+Limit = _amount(Budget._meta.get_field("limit"), positive=True)

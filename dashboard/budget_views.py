@@ -5,14 +5,14 @@ audited and reaches the limiter at once (the save broadcasts)."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from dashboard import forms, services, views
 from dashboard.views import StaffRequest, staff_required
 from limiter.models import Team
-from limiter.usage.models import Budget
+from limiter.usage import selectors as usage_selectors
 
 
 @require_POST
@@ -32,7 +32,10 @@ def budget_create(request: StaffRequest, pk: int) -> HttpResponse:
 @require_POST
 @staff_required
 def budget_delete(request: StaffRequest, pk: int) -> HttpResponse:
-    budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=pk)
+    # One whose stored limit cannot be read comes with None for it: it can be removed.
+    budget = usage_selectors.budget_get(pk=pk)
+    if budget is None:
+        raise Http404
     team_id, shown = budget.team_id, str(budget)
     services.budget_remove(actor=request.user, budget=budget)
     messages.success(request, f"Budget removed: {shown}.")

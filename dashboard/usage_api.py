@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Query, Router, Status
@@ -53,7 +53,8 @@ def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
 
 @router.get("/prices", response={200: list[PriceOut], **ERRORS})
 def price_list(request: HttpRequest):
-    return selectors.model_prices()
+    rows, unreadable = selectors.prices_readable()
+    return [row for row in rows if row.pk not in unreadable]  # those are on the Alerts page
 
 
 @router.post("/prices", response={200: PriceOut, **ERRORS})
@@ -115,14 +116,23 @@ def budget_create(request: HttpRequest, team_id: int, payload: BudgetIn):
     return Status(201, _status(budget))
 
 
+def _budget(budget_id: int) -> Budget:
+    # Its limit is None when the stored one cannot be read: it can be removed, or given
+    # a new limit (a patch without one is refused: the limit cannot be null).
+    budget = selectors.budget_get(pk=budget_id)
+    if budget is None:
+        raise Http404
+    return budget
+
+
 @router.patch("/budgets/{budget_id}", response={200: BudgetOut, **ERRORS})
 def budget_update(request: HttpRequest, budget_id: int, payload: BudgetPatchIn):
-    budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=budget_id)
+    budget = _budget(budget_id)
     services.budget_update(budget=budget, **payload.dict(exclude_unset=True, exclude_none=True))
     return _status(budget)
 
 
 @router.delete("/budgets/{budget_id}", response={204: None, **ERRORS})
 def budget_delete(request: HttpRequest, budget_id: int):
-    services.budget_delete(budget=get_object_or_404(Budget, pk=budget_id))
+    services.budget_delete(budget=_budget(budget_id))
     return Status(204, None)

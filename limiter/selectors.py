@@ -23,6 +23,10 @@ from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, U
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_ID = 2**63 - 1  # a bigint primary key
+# A cursor's microseconds since 1970: 17 digits reach the year 5138, within datetime's.
+CURSOR_MICROS_DIGITS = 17
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The chart aggregates at most this much of the filtered range (its most recent end):
 # a day is 1,440 points, and bounds the rows the aggregate may touch.
 CHART_MAX_RANGE = timedelta(hours=24)
@@ -172,17 +176,24 @@ class Cursor:
     id: int
 
     def encode(self) -> str:
-        micros = int(self.created_at.timestamp() * 1_000_000)
+        micros = (self.created_at - EPOCH) // timedelta(microseconds=1)  # exact: no float
         return f"{micros}-{self.id}"
 
     @classmethod
     def decode(cls, value: str) -> Cursor | None:
-        try:
-            micros, _, pk = value.partition("-")
-            when = datetime.fromtimestamp(int(micros) / 1_000_000, tz=UTC)
-            return cls(created_at=when, id=int(pk))
-        except (ValueError, OverflowError):
+        """The cursor `encode` wrote, or None for any other text. Its numbers are bounded
+        before use: past year 9999, datetime.fromtimestamp raises OSError, and an id past
+        a bigint overflows the database's integer."""
+        micros_text, _, pk_text = value.partition("-")
+        if not (micros_text.isascii() and micros_text.isdigit() and pk_text.isascii()):
             return None
+        if not pk_text.isdigit() or len(micros_text) > CURSOR_MICROS_DIGITS:
+            return None
+        pk = int(pk_text)
+        if pk > MAX_ID:
+            return None
+        when = EPOCH + timedelta(microseconds=int(micros_text))
+        return cls(created_at=when, id=pk)
 
 
 @dataclass

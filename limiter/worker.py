@@ -923,9 +923,12 @@ def _budgets_load(
     the jobs' holds (off the event loop: database reads)."""
     from limiter.jobs.selectors import job_budget_holds
     from limiter.usage.selectors import budget_rules, budget_seed
+    from limiter.usage.services import amount_unreadable
 
     now = datetime.now(UTC)
-    rules, key_teams = budget_rules()
+    rules, key_teams, unreadable = budget_rules()
+    for budget in unreadable:  # left out of the rules: the others stay enforced
+        amount_unreadable(kind="budget", row_id=budget.pk, team=budget.team)
     seed = budget_seed(book.untracked(rules, now), now, book.zone)
     # The jobs' holds, once: a limiter that starts takes them from the jobs stored with one.
     holds = None if book.jobs_restored else job_budget_holds()

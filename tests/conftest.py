@@ -115,6 +115,7 @@ def _seeded_in_transaction(request):
 # (seconds, on this 2-core machine); the rest follow in file order.
 SLOW_FIRST = (
     "tests/bench/test_bench_quick.py",  # 112
+    "tests/usage/test_amounts.py",  # 76 run alone (a SQLite and a PostgreSQL server)
     "tests/fuzz/test_ops_api.py",  # 72
     "tests/isolation/",  # 53
     "tests/gateway/test_limits_live.py",  # 51

@@ -18,9 +18,11 @@ register = template.Library()
 def budget_form(context: template.Context, team: Team) -> dict[str, Any]:
     # A form refused by the budget view comes back bound, with its errors.
     form = context.get("budget_form") or BudgetForm(team=team)
+    budgets, unreadable = team_budgets(team_id=team.pk)
     return {
         "team": team,
-        "budgets": team_budgets(team_id=team.pk),
+        "budgets": budgets,
+        "unreadable": unreadable,  # their limit cannot be read: shown so, to be removed
         "form": form,
         "csrf_token": context.get("csrf_token"),
     }

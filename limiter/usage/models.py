@@ -32,13 +32,76 @@ JobUsage: a fine-tune's or batch's usage, recorded once per job (the one-to-one)
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
+from django.utils.deconstruct import deconstructible
 
 from limiter.models import VISIBLE_PREFIX_LENGTH, ApiKey, EndpointKind, Team
+
+# SQLite keeps a decimal column as a double, and Django reads it back rounded to 15
+# significant digits: an amount with more comes back changed, or, rounded up past the
+# field's digits, not at all (issue 18: a limit of 99999999999999.9999999 stopped the
+# limiter's reload). So staff's amounts keep to 15 digits, on every database alike.
+EXACT_DIGITS = 15
+MSG_AMOUNT = (
+    "Enter an amount with at most {whole} digits before the point, {places} after it "
+    "and {digits} in all."
+)
+
+
+@deconstructible
+class ExactAmountValidator:
+    """An amount its DecimalField stores and reads back exactly on SQLite and
+    PostgreSQL: at most `decimal_places` after the point (trailing zeros aside), the
+    field's whole digits before it, and EXACT_DIGITS in all. The model field carries it
+    (so forms and the admin check it), and the ops API's schema asks `allows`."""
+
+    def __init__(self, max_digits: int, decimal_places: int) -> None:
+        self.max_digits, self.decimal_places = max_digits, decimal_places
+        self.message = MSG_AMOUNT.format(
+            whole=max_digits - decimal_places,
+            places=decimal_places,
+            digits=min(max_digits, EXACT_DIGITS),
+        )
+
+    def allows(self, value: Decimal) -> bool:
+        if not value.is_finite():
+            return False
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite
+        if not -64 <= exponent <= self.max_digits:  # far too many places or digits
+            return False
+        whole_text, _, fraction = f"{abs(value):f}".partition(".")
+        # Zeros at the end of the fraction change nothing (a form shows 25.500000).
+        places = len(fraction.rstrip("0"))
+        whole = len(whole_text.lstrip("0"))
+        return (
+            places <= self.decimal_places
+            and whole <= self.max_digits - self.decimal_places
+            and whole + places <= min(self.max_digits, EXACT_DIGITS)
+        )
+
+    def __call__(self, value: Decimal) -> None:
+        if not self.allows(value):
+            raise ValidationError(self.message, code="amount")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ExactAmountValidator) and (
+            self.max_digits,
+            self.decimal_places,
+        ) == (other.max_digits, other.decimal_places)
+
+
+def amount_field(*, max_digits: int, decimal_places: int, **options: Any) -> models.DecimalField:
+    """A DecimalField for an amount staff set: it takes only what it keeps exactly."""
+    validators = [*options.pop("validators", []), ExactAmountValidator(max_digits, decimal_places)]
+    return models.DecimalField(
+        max_digits=max_digits, decimal_places=decimal_places, validators=validators, **options
+    )
 
 
 class UsageSource(models.TextChoices):
@@ -101,21 +164,21 @@ class ModelPrice(models.Model):
     model = models.CharField(max_length=200, unique=True)
     together_input = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
     together_output = models.DecimalField(max_digits=16, decimal_places=6, null=True, blank=True)
-    override_input = models.DecimalField(
+    override_input = amount_field(
         max_digits=16,
         decimal_places=6,
         null=True,
         blank=True,
         validators=[MinValueValidator(Decimal(0))],
     )
-    override_output = models.DecimalField(
+    override_output = amount_field(
         max_digits=16,
         decimal_places=6,
         null=True,
         blank=True,
         validators=[MinValueValidator(Decimal(0))],
     )
-    image_price = models.DecimalField(
+    image_price = amount_field(
         max_digits=16,
         decimal_places=6,
         null=True,
@@ -167,7 +230,7 @@ class Budget(models.Model):
     model = models.CharField(max_length=200, blank=True, help_text="Empty: all models.")
     unit = models.CharField(max_length=10, choices=BudgetUnit.choices)
     period = models.CharField(max_length=10, choices=BudgetPeriod.choices)
-    limit = models.DecimalField(
+    limit = amount_field(
         max_digits=20, decimal_places=6, validators=[MinValueValidator(Decimal("0.000001"))]
     )
     soft_threshold = models.FloatField(

@@ -120,10 +120,15 @@ class Prices:
 
     def load(self) -> None:
         """Read every ModelPrice (sync: call off the event loop)."""
-        from limiter.usage.models import ModelPrice
+        from limiter.usage.selectors import prices_readable
+        from limiter.usage.services import amount_unreadable
 
         together, override = {}, {}
-        for row in ModelPrice.objects.all():
+        rows, broken = prices_readable()
+        for row in rows:
+            if row.pk in broken:  # skipped: every other price still loads
+                amount_unreadable(kind="price", row_id=row.pk, model=row.model)
+                continue
             if row.together_input is not None or row.together_output is not None:
                 together[row.model] = (row.together_input, row.together_output)
             if (

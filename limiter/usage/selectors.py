@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import Func, QuerySet, Sum
+from django.db.models import Func, Model, QuerySet, Sum
 from django.db.models.functions import Substr, TruncDay
 from django.utils import timezone
 
@@ -220,10 +220,55 @@ def _spent(rule: BudgetRule, since: datetime) -> float:
     return float(rows.aggregate(spent=Sum(field))["spent"] or 0)
 
 
-def budget_rules() -> tuple[list[BudgetRule], dict[str, int]]:
-    """Every enabled budget, and the team of every usable key whose team has one (sync:
-    the limiter calls it off its event loop)."""
+# What reading a row raises when a stored amount does not fit its field: SQLite keeps
+# decimals as doubles, and one written before amounts were checked (issue 18), or by hand,
+# may not read back (decimal.InvalidOperation is an ArithmeticError).
+_UNREADABLE = (ArithmeticError, TypeError, ValueError)
+BUDGET_AMOUNTS = ("limit",)
+M = TypeVar("M", bound=Model)
+PRICE_AMOUNTS = (
+    "together_input",
+    "together_output",
+    "override_input",
+    "override_output",
+    "image_price",
+)
+
+
+def readable(queryset: QuerySet[M], amounts: Sequence[str]) -> tuple[list[M], set[int]]:
+    """Every row of `queryset`, and the ids of those whose `amounts` cannot be read back
+    as finite decimals: those rows come with their amounts unread (deferred, or NaN on
+    PostgreSQL), for their caller to skip or show as broken, never to use. One query;
+    one a row when some row fails to read."""
+    try:
+        rows = list(queryset)
+    except _UNREADABLE:
+        rows = []
+        for pk in queryset.values_list("pk", flat=True):
+            try:
+                rows.append(queryset.get(pk=pk))
+            except _UNREADABLE:
+                rows.append(queryset.defer(*amounts).get(pk=pk))
+    broken = {
+        row.pk
+        for row in rows
+        if any(
+            name in row.get_deferred_fields()
+            or (isinstance(getattr(row, name), Decimal) and not getattr(row, name).is_finite())
+            for name in amounts
+        )
+    }
+    return rows, broken
+
+
+def budget_rules() -> tuple[list[BudgetRule], dict[str, int], list[Budget]]:
+    """Every enabled budget, the team of every usable key whose team has one, and the
+    enabled budgets whose limit cannot be read (left out of the rules: one such row never
+    stops the others from being enforced). Sync: the limiter calls it off its event loop."""
     close_old_connections()
+    budgets, broken = readable(
+        Budget.objects.filter(enabled=True).select_related("team", "key"), BUDGET_AMOUNTS
+    )
     rules = [
         BudgetRule(
             id=b.pk,
@@ -237,7 +282,8 @@ def budget_rules() -> tuple[list[BudgetRule], dict[str, int]]:
             limit=float(b.limit),
             soft_threshold=b.soft_threshold,
         )
-        for b in Budget.objects.filter(enabled=True).select_related("team", "key")
+        for b in budgets
+        if b.pk not in broken
     ]
     teams = {rule.team_id for rule in rules}
     key_teams = {
@@ -246,7 +292,7 @@ def budget_rules() -> tuple[list[BudgetRule], dict[str, int]]:
         .filter(team_id__in=teams)
         .values_list("pk", "team_id")
     }
-    return rules, key_teams
+    return rules, key_teams, [b for b in budgets if b.pk in broken]
 
 
 def budget_seed(rules: list[BudgetRule], now: datetime, zone: ZoneInfo) -> dict[int, float]:
@@ -269,7 +315,12 @@ def budget_statuses(*, team_id: int) -> list[BudgetStatus]:
     limiter's own count may be up to a flush interval ahead)."""
     zone, now = usage_zone(), timezone.now()
     out = []
-    for budget in Budget.objects.filter(team_id=team_id).select_related("team", "key"):
+    budgets, broken = readable(
+        Budget.objects.filter(team_id=team_id).select_related("team", "key"), BUDGET_AMOUNTS
+    )
+    for budget in budgets:
+        if budget.pk in broken:
+            continue  # its limit cannot be read: the team page's budget form shows it
         rule = BudgetRule(
             id=budget.pk,
             team_id=budget.team_id,
@@ -301,14 +352,35 @@ def model_prices() -> QuerySet[ModelPrice]:
     return ModelPrice.objects.all()
 
 
-def team_budgets(*, team_id: int) -> QuerySet[Budget]:
-    return Budget.objects.filter(team_id=team_id).select_related("key")
+def prices_readable() -> tuple[list[ModelPrice], set[int]]:
+    """Every model's price, and the ids of the rows whose amounts cannot be read."""
+    return readable(ModelPrice.objects.all(), PRICE_AMOUNTS)
+
+
+def team_budgets(*, team_id: int) -> tuple[list[Budget], set[int]]:
+    """A team's budgets, and the ids of those whose limit cannot be read."""
+    return readable(Budget.objects.filter(team_id=team_id).select_related("key"), BUDGET_AMOUNTS)
+
+
+def budget_get(*, pk: int) -> Budget | None:
+    """A budget to change or remove; one whose limit cannot be read comes with None for
+    it (so it can be removed, or given a new limit)."""
+    rows, broken = readable(
+        Budget.objects.filter(pk=pk).select_related("team", "key"), BUDGET_AMOUNTS
+    )
+    if not rows:
+        return None
+    if rows[0].pk in broken:
+        rows[0].limit = None
+    return rows[0]
 
 
 def price_in_force(model: str) -> Price:
     """A model's price from the database (processes without the in-memory copy: the job
-    poller): staff's override, else Together's list price."""
-    row = ModelPrice.objects.filter(model=model).first()
-    if row is None:
+    poller): staff's override, else Together's list price; none while its row cannot be
+    read."""
+    rows, broken = readable(ModelPrice.objects.filter(model=model), PRICE_AMOUNTS)
+    if not rows or rows[0].pk in broken:
         return NO_PRICE
+    row = rows[0]
     return (row.input_price, row.output_price, row.image_price)

@@ -4,7 +4,7 @@ fine-tunes' and batches' usage."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -19,6 +19,16 @@ from limiter.usage.prices import prices
 logger = logging.getLogger(__name__)
 
 MSG_USAGE_UNSTORABLE = "Usage as reported is out of range: not recorded."
+MSG_UNREADABLE = {
+    "budget": (
+        "Budget {id} of team '{team}' holds a limit that cannot be read back, so it is not "
+        "enforced: remove it on the team page and add it again."
+    ),
+    "price": (
+        "The price of model '{model}' (row {id}) holds an amount that cannot be read back, "
+        "so it is not used: set its override again (POST /api/prices)."
+    ),
+}
 
 
 def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) -> int:
@@ -44,6 +54,29 @@ def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) ->
     return len(found)
 
 
+def amount_unreadable(*, kind: str, row_id: int, team: Team | None = None, model: str = "") -> None:
+    """A budget or price row whose stored amount cannot be read (written before amounts
+    were checked, or by hand): its readers skip it; this logs it and raises an alert on
+    the Alerts page, once a day while it stays. Never raises."""
+    from limiter.alerts.services import notify
+
+    logger.error(
+        "%s %d cannot be read (a stored amount does not fit its field): skipped", kind, row_id
+    )
+    try:
+        notify(
+            f"amount_unreadable:{kind}:{row_id}",
+            period_key=datetime.now(UTC).date().isoformat(),
+            text=MSG_UNREADABLE[kind].format(
+                id=row_id, team=team.name if team else "", model=model
+            ),
+            team=team,
+            fields={kind: row_id},
+        )
+    except Exception:  # its readers go on without it: the log line stands
+        logger.exception("could not raise the alert of %s %d", kind, row_id)
+
+
 def price_override(
     *,
     model: str,
@@ -52,7 +85,10 @@ def price_override(
     image_price: Decimal | None,
 ) -> ModelPrice:
     """Staff's negotiated rate for a model (None: Together's list price applies)."""
-    row, _created = ModelPrice.objects.get_or_create(model=model)
+    # The overrides are all set here: not read, so a row whose stored one cannot be read
+    # is mended.
+    overrides = ("override_input", "override_output", "image_price")
+    row, _created = ModelPrice.objects.defer(*overrides).get_or_create(model=model)
     row.override_input, row.override_output, row.image_price = (
         input_price,
         output_price,

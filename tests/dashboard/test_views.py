@@ -324,3 +324,11 @@ def test_audit_page_lists_changes(staff_client, team):
 def test_refusal_table_untouched_by_pages(staff_client):
     staff_client.get(reverse("dashboard:refusals"))
     assert not Refusal.objects.exists()
+
+
+def test_refusals_cursor_past_the_last_datetime_is_ignored(staff_client, team):
+    # Issue 18: microseconds past year 9999 made datetime.fromtimestamp raise OSError (a 500).
+    make_refusals(team, 3)
+    response = staff_client.get(reverse("dashboard:refusals"), {"after": "9" * 23 + "-1"})
+    assert response.status_code == 200
+    assert len(response.context["page"].rows) == 3

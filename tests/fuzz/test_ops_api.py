@@ -222,12 +222,20 @@ def test_the_document_says_which_decimal_strings_are_amounts(fuzz_server: Sluice
         assert re.fullmatch(text["pattern"], "25.50")
 
 
-def test_amounts_are_numbers_or_decimal_strings_cut_to_six_places(
+def test_decimal_strings_are_exact_and_numbers_cut_to_six_places(
     fuzz_server: SluiceServer,
 ) -> None:
+    # A decimal string is kept as sent or refused (issue 18: one cut to 6 places still
+    # had more digits than SQLite reads back); a JSON number is a double, cut to 6 places.
+    refused = httpx.post(
+        f"{fuzz_server.url}/api/prices",
+        json={"model": "org/priced", "override_input": "0.1234567"},
+        headers=ADMIN,
+    )
+    _assert_ops_error(refused, 400)
     price = httpx.post(
         f"{fuzz_server.url}/api/prices",
-        json={"model": "org/priced", "override_input": "0.1234567", "image_price": 2},
+        json={"model": "org/priced", "override_input": 0.1234567, "image_price": 2},
         headers=ADMIN,
     )
     assert price.status_code == 200, price.content
@@ -243,6 +251,23 @@ def test_amounts_are_numbers_or_decimal_strings_cut_to_six_places(
     )
     assert budget.status_code == 201, budget.content
     assert Decimal(budget.json()["limit"]) == Decimal("0.000001")  # above 0 stays above 0
+
+
+# Issue 18: `?after=` with a number of microseconds past year 9999 reached
+# datetime.fromtimestamp, whose OSError was a 500; a size of any magnitude was documented.
+@pytest.mark.parametrize(
+    "query",
+    [
+        "/api/audit?after=99999999999999999999999",
+        "/api/audit?after=99999999999999999999999-1",
+        "/api/refusals?after=99999999999999999999999-1",
+        "/api/refusals?after=1-99999999999999999999999",
+        "/api/refusals?size=99999999999999999999999",
+        "/api/refusals?size=0",
+    ],
+)
+def test_out_of_range_query_numbers_are_a_400(fuzz_server: SluiceServer, query: str) -> None:
+    _assert_ops_error(httpx.get(fuzz_server.url + query, headers=ADMIN), 400)
 
 
 def test_per_minute_with_earliest_end_is_not_a_500(fuzz_server: SluiceServer) -> None:
