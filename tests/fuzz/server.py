@@ -38,11 +38,12 @@ GENEROUS = {
 
 
 @contextmanager
-def fuzz_sluice(tmp_path: Path) -> Iterator[SluiceServer]:
+def fuzz_sluice(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[SluiceServer]:
     env = {
         "SLUICE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "SLUICE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN,
+        **(env or {}),
     }
     server = SluiceServer(tmp_path, env=env)
     server.admin_token = ADMIN_TOKEN  # what the env above makes the server accept
