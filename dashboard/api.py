@@ -9,6 +9,7 @@ in one shape, `{"error": {"code", "message", "fields"}}`, from the handlers belo
 from __future__ import annotations
 
 import hmac
+import math
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -22,7 +23,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyCookie, HttpBearer
 
-from dashboard import live, services
+from dashboard import auth_throttle, live, services
 from dashboard.api_types import Cursor
 from dashboard.exports import refusal_csv_response
 from dashboard.schemas import (
@@ -57,6 +58,7 @@ from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAc
 
 MSG_AUTH = "Log in as staff or send 'Authorization: Bearer <admin token>'."
 MSG_STAFF = "This account is not staff."
+MSG_THROTTLED = "Too many wrong admin tokens from this address; retry later."
 MSG_NOT_FOUND = "Not found."
 MSG_INVALID = "The request is not valid."
 # A limiter that has sent nothing for this long is shown as unreachable.
@@ -73,12 +75,21 @@ class OpsRequest(HttpRequest):
     auth: User | str
 
 
+class AdminTokenThrottled(Exception):
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+
+
 class AdminToken(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> str | None:
         expected = settings.SLUICE_ADMIN_TOKEN
         # Constant-time, so a wrong token's timing says nothing about the right one.
         if expected and hmac.compare_digest(token.encode(), expected.encode()):
             return services.TOKEN_ACTOR
+        # Checked first, counted after: a guesser is slowed, the valid token never is.
+        wait = auth_throttle.admin_token_failed(request)
+        if wait:
+            raise AdminTokenThrottled(wait)
         return None
 
 
@@ -120,6 +131,13 @@ def _error(
 @api.exception_handler(AuthenticationError)
 def _on_auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     return _error(request, 401, "unauthenticated", MSG_AUTH)
+
+
+@api.exception_handler(AdminTokenThrottled)
+def _on_throttled(request: HttpRequest, exc: AdminTokenThrottled) -> HttpResponse:
+    response = _error(request, 429, "throttled", MSG_THROTTLED)
+    response["Retry-After"] = str(math.ceil(exc.wait))
+    return response
 
 
 @api.exception_handler(StaffRequired)

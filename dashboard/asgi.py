@@ -27,6 +27,7 @@ from limiter.gateway.app import application as team_api  # noqa: E402
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 SANDBOX_PREFIX = "/sandbox"
+ABSOLUTE_FORM = ("http://", "https://")
 
 
 def _websocket_routes():
@@ -49,7 +50,13 @@ class HttpRouter:
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope["path"]
-        if path.startswith(TEAM_API_PREFIXES):
+        if path.startswith(ABSOLUTE_FORM):
+            # `GET http://host/v1/models HTTP/1.1`: daphne puts the whole target in the path
+            # (uvicorn's httptools takes its path out). The target's path is the resource.
+            path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
+            scope = {**scope, "path": path}
+        if ("/" + path.lstrip("/")).startswith(TEAM_API_PREFIXES):
+            # `//v1/...` too: the team API answers it (a 404 in OpenAI's shape), not Django.
             return await team_api(scope, receive, send)
         if path in HEALTH_PATHS:
             return await health.app(scope, receive, send)

@@ -22,6 +22,11 @@ CLOSE_FORBIDDEN = 4403
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     groups: list[str] = []
+    # Every event these groups carry (events.GROUP_EVENTS) has a handler below or is
+    # listed here: an unhandled one would close the socket.
+    JOINED_GROUPS = (events.LIVE_GROUP, events.CONFIG_GROUP)
+    # New fine-tuned models: the live page does not show them.
+    IGNORED_EVENTS = frozenset({events.MODELS_CHANGED})
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -39,13 +44,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await process.request_snapshot(self.channel_name)
 
     async def join_groups(self) -> None:
-        await self.channel_layer.group_add(events.LIVE_GROUP, self.channel_name)
-        await self.channel_layer.group_add(events.CONFIG_GROUP, self.channel_name)
+        for group in self.JOINED_GROUPS:
+            await self.channel_layer.group_add(group, self.channel_name)
         self.joined_at = time.monotonic()
 
     async def disconnect(self, code: int) -> None:
-        await self.channel_layer.group_discard(events.LIVE_GROUP, self.channel_name)
-        await self.channel_layer.group_discard(events.CONFIG_GROUP, self.channel_name)
+        for group in self.JOINED_GROUPS:
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") in self.IGNORED_EVENTS:
+            return
+        await super().dispatch(message)
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # The page asks for a "refresh" when no snapshot came for a while: the limiter

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from datetime import date, datetime, time, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 from django.http import QueryDict
 from django.utils import timezone
 
+from dashboard import auth_throttle
 from limiter import selectors
 from limiter.alerts.models import RATE_FIELDS, Webhook
 from limiter.alerts.services import Rates
@@ -437,3 +440,26 @@ class BudgetForm(forms.ModelForm):
         assert isinstance(key_field, forms.ModelChoiceField)
         key_field.queryset = ApiKey.objects.filter(team=team, revoked_at__isnull=True)
         key_field.empty_label = "every key of the team"
+
+
+MSG_LOGIN_THROTTLED = "Too many failed logins. Try again in %(seconds)d seconds."
+
+
+class LoginForm(AuthenticationForm):
+    """Django's login, throttled per account and per address (dashboard/auth_throttle.py):
+    past the limit the password is not even checked, so guessing is slowed for real."""
+
+    def clean(self) -> dict[str, Any]:
+        request = self.request
+        assert request is not None  # LoginView passes it
+        username = self.cleaned_data.get("username") or ""
+        wait = auth_throttle.login_wait(request, username)
+        if wait:
+            raise ValidationError(
+                MSG_LOGIN_THROTTLED, code="throttled", params={"seconds": math.ceil(wait)}
+            )
+        try:
+            return super().clean()
+        except ValidationError:
+            auth_throttle.login_failed(request, username)
+            raise

@@ -123,6 +123,14 @@ STORAGES = {
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Lax"
+# Deployed behind HTTPS (TLS ends at a proxy in front of `serve`): the session and CSRF
+# cookies go only over HTTPS, and the proxy's X-Forwarded-Proto says a request came so
+# (Django's CSRF check compares the Origin's scheme with the request's). The proxy must
+# set that header itself, overwriting any a client sent. Off: `make run` is plain HTTP.
+SLUICE_HTTPS = env.bool("SLUICE_HTTPS", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SLUICE_HTTPS
+if SLUICE_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 X_FRAME_OPTIONS = "DENY"
 
 # --- Channels ----------------------------------------------------------------------

@@ -41,7 +41,7 @@ dashboard_patterns = [
 
 urlpatterns = [
     path("", include((dashboard_patterns, "dashboard"))),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("login/", views.LoginView.as_view(), name="login"),  # throttled
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),

@@ -12,6 +12,8 @@ from typing import Concatenate, ParamSpec, TypeVar, cast
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -28,7 +30,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from dashboard import forms, services
+from dashboard import auth_throttle, forms, services
 from dashboard.exports import USAGE_COUNTS, refusal_csv_response, usage_csv_response
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
@@ -42,6 +44,19 @@ from limiter.usage import selectors as usage_selectors
 
 P = ParamSpec("P")
 R = TypeVar("R", bound=HttpResponseBase)
+
+
+class LoginView(auth_views.LoginView):
+    """Django's login with the throttle of forms.LoginForm; a browser that logs in is
+    remembered as its account's own (dashboard/auth_throttle.py)."""
+
+    form_class = forms.LoginForm
+    redirect_authenticated_user = True
+
+    def form_valid(self, form: AuthenticationForm) -> HttpResponse:
+        response = super().form_valid(form)
+        auth_throttle.remember_device(response, form.get_user().get_username())
+        return response
 
 
 class StaffRequest(HttpRequest):

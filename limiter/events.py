@@ -46,6 +46,15 @@ CEILING_RESET = "limiter.ceiling_reset"  # staff: forget a model's learned ceili
 CEILING_RESET_DONE = "limiter.ceiling_reset_done"  # the answer, on the asker's reply channel
 COALESCED = "limiter.coalesced"  # a merged embeddings request was sent (for the live view)
 EXTEND = "limiter.extend"  # a queued merged request may wait longer (a patient caller joined)
+LIVE_JOBS = "live.jobs"  # to LIVE_GROUP: the job poller's slots (limiter/jobs/live.py)
+
+# What each group carries. Channels closes a consumer (1011) on a message it has no
+# handler for, so every member of a group handles or explicitly ignores each of these;
+# tests/dashboard/test_consumers.py checks the source's group_send calls against this.
+GROUP_EVENTS: dict[str, tuple[str, ...]] = {
+    LIVE_GROUP: (LIVE_SNAPSHOT, LIVE_JOBS),
+    CONFIG_GROUP: (CONFIG_CHANGED, MODELS_CHANGED, LIMITER_STARTED),
+}
 
 # What a ticket charges (AcquireMessage.charge). A merged embeddings request
 # (limiter/gateway/coalesce.py) charges each caller's key as if it had called alone, and

@@ -8,6 +8,8 @@ so only Sluice itself may reach it:
   from this site. The path bypasses Django's middleware, so the session cookie is
   checked here, and a session-borne request from another origin is refused (the check
   Django's CSRF middleware would make);
+- the upload URL it hands out (the SDKs' redirect flow PUTs there with no bearer) is
+  signed for its one file (resources.upload_signature): a file id alone opens nothing;
 - the generated image stays public: image answers hand out its URL.
 
 The standalone `manage.py sandbox` and the tests' in-thread sandbox are the bare

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,9 +15,16 @@ from .state import SandboxState
 # Values the together SDK's FileResponse accepts; anything else would break its parsing.
 FILE_PURPOSES = ("fine-tune", "calibration", "eval", "batch-api")
 UPLOAD_PATH = "/sandbox-upload"
+UPLOAD_SIGNATURE_REFUSED = "The upload URL's signature does not match this file."
 
 
 # --- files ---------------------------------------------------------------------------
+def upload_signature(state: SandboxState, file_id: str) -> str:
+    """What makes an upload URL secret, like object storage's presigned URLs: the PUT
+    carries no API key (the SDKs send none there), and a file id alone is no secret."""
+    return hmac.new(state.upload_secret, file_id.encode(), hashlib.sha256).hexdigest()
+
+
 def _form_fields(request: Request) -> tuple[dict[str, str], tuple[str, bytes] | None]:
     """Text fields and the optional (filename, bytes) file part of an upload request.
 
@@ -58,7 +67,10 @@ def files_create(state: SandboxState, request: Request, _: str) -> Response:
         filename=fields.get("file_name") or "upload.jsonl", purpose=purpose, content=None
     )
     headers = {
-        "location": f"{request.base_url}{UPLOAD_PATH}/{stored.id}",
+        "location": (
+            f"{request.base_url}{UPLOAD_PATH}/{stored.id}"
+            f"?signature={upload_signature(state, stored.id)}"
+        ),
         "x-together-file-id": stored.id,
     }
     return json_response({"id": stored.id, "upload_url": headers["location"]}, 302, headers)
@@ -66,6 +78,11 @@ def files_create(state: SandboxState, request: Request, _: str) -> Response:
 
 def file_put_bytes(state: SandboxState, request: Request, file_id: str) -> Response:
     """The signed-URL target. Like object storage it needs no API key: the URL is the secret."""
+    signature = (request.query.get("signature") or [""])[-1]
+    if not hmac.compare_digest(signature.encode(), upload_signature(state, file_id).encode()):
+        raise ApiError(
+            403, UPLOAD_SIGNATURE_REFUSED, error_type="permission_error", code="forbidden"
+        )
     state.file_get(file_id).content = request.body
     return Response(200, b"", content_type="text/plain")
 

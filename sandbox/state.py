@@ -11,6 +11,7 @@ import asyncio
 import copy
 import json
 import random
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,6 +72,9 @@ class SandboxState:
         self._initial_config = copy.deepcopy(config or SandboxConfig())
         self.clock = clock
         self.wall_clock = wall_clock
+        # Signs upload URLs (resources.upload_signature); files live in this process only,
+        # so a per-process secret signs every URL that can still find its file.
+        self.upload_secret = secrets.token_bytes(32)
         self._clear()
 
     def _clear(self) -> None:

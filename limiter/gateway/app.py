@@ -1,8 +1,9 @@
 """The team API: Sluice's OpenAI-compatible `/v1/` as a lean ASGI application.
 
 `dashboard/asgi.py` sends every HTTP request under /v1/ (and the together SDK's
-/v2/projects/.../models) here, before Django's middleware. This module reads the body
-(bounded), authenticates the key (`auth.py`), routes (`routes.py`), applies the
+/v2/projects/.../models) here, before Django's middleware. This module routes
+(`routes.py`), authenticates the key from the headers (`auth.py`), and only then reads
+the body (bounded), so a caller without a valid key is never read; it applies the
 per-key request rate for kinds whose handlers do not admit themselves, calls the
 route's handler (inference: `inference.py`, which reads top-down through
 `admission.py`, `forward.py` and `relay.py`; files and jobs: `jobs.py`) and writes
@@ -28,7 +29,7 @@ from limiter.gateway.admission import admitted
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
-from limiter.gateway.http import Request, Response, StreamingResponse
+from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
 from limiter.gateway.jobs import CHECKED_FIRST
 from limiter.gateway.revocation import calls
@@ -40,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AUTH_FAILURES_PER_MINUTE", "TeamApi", "application"]
 
+# The most an answered request waits to let go of a body it never read (a server that
+# neither has it nor says "disconnect" after the answer).
+DISCARD_SECONDS = 1.0
 # Request headers whose values are sent on to Together: each must be encodable there.
 UPSTREAM_BOUND_HEADERS = (*FORWARDED_REQUEST_HEADERS, "x-request-id")
 
@@ -80,10 +84,16 @@ class TeamApi:
         request: Request | None = None
         response: Response | StreamingResponse
         try:
-            request = await self._read(scope, receive, headers, request_id)
+            request = self._start(scope, headers, request_id)
+            kind, handler = self._route(request)
+            await process.ensure_started()
+            # The key before the body: a caller without a valid one is answered (401, or
+            # the auth-failure throttle's 429) without its body being read or held.
+            request.key = await self.auth.authenticate(request)
+            request.body = await _read_body(receive, _body_limit(request.path))
             # From here on, a disconnect cancels this task (and whatever it waits on).
             watcher = asyncio.ensure_future(_watch_disconnect(receive, task))
-            response = await self._handle(request)
+            response = await self._handle(request, kind, handler)
         except ApiError as exc:
             response = _error_response(exc)
         except asyncio.CancelledError:
@@ -129,46 +139,31 @@ class TeamApi:
             _untrack(request)
             if isinstance(response, StreamingResponse) and response.on_close is not None:
                 await asyncio.shield(response.on_close())
+        if watcher is None:  # answered before its body was read
+            await _discard_unread_body(receive)
 
-    async def _read(self, scope, receive, headers: dict[str, str], request_id: str) -> Request:
+    def _start(self, scope, headers: dict[str, str], request_id: str) -> Request:
+        """The request from its headers alone: its body is read once the key is known."""
         path = scope["path"]
-        limit = (
-            settings.SLUICE_MAX_UPLOAD_BYTES
-            if path.startswith("/v1/files")
-            else settings.SLUICE_MAX_BODY_BYTES
-        )
+        limit = _body_limit(path)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ApiError(
                 413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
             )
         _check_forwarded_headers(headers)
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise asyncio.CancelledError()
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(
-                    413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
-                )
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
         peer = (scope.get("client") or ("", 0))[0] or ""
         return Request(
             method=scope["method"],
             path=path,
             query_string=scope.get("query_string", b""),
             headers=headers,
-            body=b"".join(chunks),
+            body=b"",
             request_id=request_id,
             client=client_address(peer, headers.get("x-forwarded-for"), self.trusted_proxies),
         )
 
-    async def _handle(self, request: Request) -> Response | StreamingResponse:
+    def _route(self, request: Request) -> tuple[str, Handler]:
         route, allowed = None, []
         for method, pattern, kind, handler in self.routes:
             match = pattern.match(request.path)
@@ -192,9 +187,12 @@ class TeamApi:
                 type=errors.NOT_FOUND,
                 code="unknown_url",
             )
-        kind, handler = route
-        await process.ensure_started()
-        request.key = await self.auth.authenticate(request)
+        return route
+
+    async def _handle(
+        self, request: Request, kind: str, handler: Handler
+    ) -> Response | StreamingResponse:
+        assert request.key is not None  # authenticated in _serve
         # From here on, revoking the key or pausing the team cuts this call.
         task = asyncio.current_task()
         assert task is not None
@@ -213,6 +211,44 @@ class TeamApi:
                 admission.add_quota_headers(response)
                 return response
         return await handler(request)
+
+
+def _body_limit(path: str) -> int:
+    if path.startswith("/v1/files"):
+        return settings.SLUICE_MAX_UPLOAD_BYTES
+    return settings.SLUICE_MAX_BODY_BYTES
+
+
+async def _read_body(receive, limit: int) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise asyncio.CancelledError()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(
+                413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _discard_unread_body(receive) -> None:
+    """Let go of a body answered without being read. After the answer, ASGI's receive()
+    says http.disconnect (uvicorn does, reading nothing more from the caller); daphne has
+    buffered the whole body before calling us and hands it out here, and taking it frees
+    it now rather than when daphne cleans the request up."""
+    try:
+        async with asyncio.timeout(DISCARD_SECONDS):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+    except TimeoutError:
+        return
 
 
 def _request_id(given: str | None) -> str:

@@ -43,6 +43,10 @@ if failures == 1 then
 end
 return {failures, redis.call('PTTL', KEYS[1])}
 """
+# The same window read without counting (a failure count of 0 when there is none).
+READ_FAILURES = """
+return {tonumber(redis.call('GET', KEYS[1]) or '0'), redis.call('PTTL', KEYS[1])}
+"""
 
 
 def trusted_networks(entries: Iterable[str]) -> list[Network]:
@@ -74,6 +78,10 @@ class FailureCounter(Protocol):
         """Count one failure: (failures in the address's current window, seconds it has left)."""
         ...
 
+    async def read(self, address: str) -> tuple[int, float]:
+        """The same, without counting one."""
+        ...
+
 
 class MemoryFailures:
     """Per-process windows in a TTLCache: bounded in size, and an idle address is forgotten."""
@@ -90,6 +98,11 @@ class MemoryFailures:
         # Writing back refreshes the entry's TTL to now + window, never before `ends`.
         self.windows[address] = (failures + 1, ends)
         return failures + 1, ends - now
+
+    async def read(self, address: str) -> tuple[int, float]:
+        now = time.monotonic()
+        failures, ends = self.windows.get(address, (0, 0.0))
+        return (failures, ends - now) if ends > now else (0, 0.0)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -108,7 +121,7 @@ class RedisFailures:
         self._client: redis.Redis | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def _script(self):
+    def _script(self, script: str = COUNT_FAILURE):
         # A client belongs to the loop it was made on (tests run one loop per test).
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
@@ -116,10 +129,14 @@ class RedisFailures:
                 self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
             )
             self._loop = loop
-        return self._client.register_script(COUNT_FAILURE)
+        return self._client.register_script(script)
 
     async def add(self, address: str) -> tuple[int, float]:
         failures, ttl_ms = await self._script()(keys=[self.prefix + address], args=[self.window_ms])
+        return int(failures), max(int(ttl_ms), 0) / 1000
+
+    async def read(self, address: str) -> tuple[int, float]:
+        failures, ttl_ms = await self._script(READ_FAILURES)(keys=[self.prefix + address])
         return int(failures), max(int(ttl_ms), 0) / 1000
 
 
@@ -140,10 +157,16 @@ class AuthThrottle:
         failures, window_left = await self._count(address)
         return max(window_left, 0.001) if failures > self.per_minute else 0.0
 
-    async def _count(self, address: str) -> tuple[int, float]:
+    async def waiting(self, address: str) -> float:
+        """Seconds `address` must still wait when it is already over the limit, else 0;
+        counts nothing. For secrets a person can guess (passwords), asked before checking."""
+        failures, window_left = await self._count(address, count=False)
+        return max(window_left, 0.001) if failures >= self.per_minute else 0.0
+
+    async def _count(self, address: str, *, count: bool = True) -> tuple[int, float]:
         if self.shared is not None:
             try:
-                return await self.shared.add(address)
+                return await (self.shared.add if count else self.shared.read)(address)
             except (redis.RedisError, OSError) as exc:
                 # A throttle must not turn a Redis outage into failed requests: count here
                 # instead (per process, as without Redis), and say so once a window.
@@ -154,4 +177,4 @@ class AuthThrottle:
                         "auth-failure throttle: Redis unavailable (%s); counting per process",
                         type(exc).__name__,
                     )
-        return await self.memory.add(address)
+        return await (self.memory.add if count else self.memory.read)(address)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing_extensions import TypedDict  # read by pydantic too (the ops API's /api/live)
 
-LIVE_JOBS = "live.jobs"
+from limiter.events import LIVE_JOBS as LIVE_JOBS  # the protocol's constants live there
+
 HEARTBEAT_SECONDS = 10.0
 
 

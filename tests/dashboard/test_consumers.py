@@ -3,9 +3,12 @@ connect (the limiter's reply faked on the consumer's channel), group events deli
 
 from __future__ import annotations
 
+import ast
 import time
+from pathlib import Path
 
 import pytest
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
@@ -14,7 +17,10 @@ from django.contrib.auth.models import AnonymousUser
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
 from limiter import events, process
+from limiter.jobs.ownership import broadcast_models_changed
 from limiter.services import key_issue, team_get_or_create, upstream_default
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # Transactional: the consumer reads the database from other threads. Every test asks
 # for the seeded default profile, which the flush between transactional tests removes.
@@ -202,3 +208,69 @@ async def test_refresh_and_limiter_restart_ask_for_a_snapshot(django_user_model,
     await receive_type(communicator, "snapshot")
     assert len(asked) == 3
     await communicator.disconnect()
+
+
+async def test_new_fine_tuned_models_keep_the_socket_open(django_user_model, fake_limiter, ids):
+    """Recording a fine-tune's model broadcasts MODELS_CHANGED to the configuration group
+    the consumer joins: the page has nothing to show for it, but the socket must stay open
+    (it was closed 1011, "No handler for message type models.changed")."""
+    user = await database_sync_to_async(django_user_model.objects.create_user)(
+        "ops", password="x", is_staff=True
+    )
+    communicator, _, _ = await connect(user)
+    await receive_type(communicator, "jobs")
+
+    await database_sync_to_async(broadcast_models_changed)()
+    await get_channel_layer().group_send(
+        events.LIVE_GROUP, snapshot(ids["key"], ids["account"], admitted=9)
+    )
+    message = await receive_type(communicator, "snapshot")
+    assert [s["admitted_last_minute"] for s in message["scopes"]] == [9, 9]
+    await communicator.disconnect()
+
+
+def group_sends() -> list[tuple[str, str, int, str, str]]:
+    """Every `group_send(<group constant>, {"type": <constant>, ...})` in the source:
+    (file, line, group constant, event constant or "" when the message is not a literal)."""
+    found = []
+    for root in ("limiter", "dashboard", "sandbox"):
+        for path in sorted((ROOT / root).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and len(node.args) == 2):
+                    continue
+                func = node.func
+                if isinstance(func, ast.Call) and func.args:  # async_to_sync(layer.group_send)
+                    func = func.args[0]
+                if not (isinstance(func, ast.Attribute) and func.attr == "group_send"):
+                    continue
+                group, message = node.args
+                assert isinstance(group, (ast.Name, ast.Attribute)), (path, node.lineno)
+                group_name = group.id if isinstance(group, ast.Name) else group.attr
+                kind = ""
+                if isinstance(message, ast.Dict):
+                    for key, value in zip(message.keys, message.values, strict=True):
+                        if isinstance(key, ast.Constant) and key.value == "type":
+                            assert isinstance(value, (ast.Name, ast.Attribute)), (path, node.lineno)
+                            kind = value.id if isinstance(value, ast.Name) else value.attr
+                found.append((str(path.relative_to(ROOT)), node.lineno, group_name, kind))
+    return found
+
+
+def test_every_group_send_names_a_declared_event():
+    """events.GROUP_EVENTS is what each group carries: a literal message sent to a group
+    must be one of its declared types (a new one has to be declared, and so handled)."""
+    sends = group_sends()
+    assert {group for _, _, group, _ in sends} == {"LIVE_GROUP", "CONFIG_GROUP"}
+    for path, line, group, kind in sends:
+        if kind:
+            assert getattr(events, kind) in events.GROUP_EVENTS[getattr(events, group)], (
+                path,
+                line,
+            )
+
+
+def test_the_consumer_handles_every_event_of_the_groups_it_joins():
+    for group in LiveConsumer.JOINED_GROUPS:
+        for kind in events.GROUP_EVENTS[group]:
+            handled = callable(getattr(LiveConsumer, get_handler_name({"type": kind}), None))
+            assert handled or kind in LiveConsumer.IGNORED_EVENTS, kind

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from together import Together
 
 from tests.servers import SluiceServer
 
@@ -157,3 +158,59 @@ def test_the_generated_image_stays_public(server: SluiceServer) -> None:
     # Image generations answer with this URL; whoever got the answer may fetch it.
     response = httpx.get(f"{server.url}{SANDBOX}/sandbox/image.png")
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+
+
+def redirect_upload(server: SluiceServer, key: str, name: str) -> httpx.Response:
+    """The SDKs' first step: POST /v1/files with no file part answers 302 to a signed URL."""
+    start = httpx.post(
+        f"{server.url}/v1/files",
+        headers={"authorization": f"Bearer {key}"},
+        data={"purpose": "fine-tune", "file_name": name},
+        timeout=30,
+    )
+    assert start.status_code == 302, start.text
+    return start
+
+
+def test_the_upload_url_is_signed_for_its_own_file(
+    server: SluiceServer, uploaded: tuple[str, str]
+) -> None:
+    """The PUT target answers no bearer (the SDKs send none there), so its URL is the
+    secret: knowing a file id (another team's) must not be enough to overwrite it."""
+    key, file_id = uploaded
+    headers = {"authorization": f"Bearer {key}"}
+    for url in (
+        f"{server.url}{SANDBOX}/sandbox-upload/{file_id}",
+        f"{server.url}{SANDBOX}/sandbox-upload/{file_id}?signature=forged",
+    ):
+        assert_refused(httpx.put(url, content=b'{"prompt": "overwritten"}\n'), 403)
+    # The signed URL of an attacker's own upload does not open anyone else's file.
+    attacker = redirect_upload(server, server.issue_key("attacker"), "mine.jsonl")
+    own_id = attacker.headers["x-together-file-id"]
+    other = attacker.headers["location"].replace(own_id, file_id)
+    assert_refused(httpx.put(other, content=b'{"prompt": "overwritten"}\n'), 403)
+
+    content = httpx.get(f"{server.url}/v1/files/{file_id}/content", headers=headers, timeout=30)
+    assert content.status_code == 200 and content.content == b'{"prompt": "team secret"}\n'
+
+
+def test_the_sdk_redirect_upload_works_through_sluice(server: SluiceServer) -> None:
+    key = server.issue_key("redirect-uploader")
+    start = redirect_upload(server, key, "steps.jsonl")
+    file_id = start.headers["x-together-file-id"]
+    assert start.headers["location"].startswith(f"{server.url}{SANDBOX}/sandbox-upload/{file_id}")
+    put = httpx.put(start.headers["location"], content=b'{"text": "a"}\n', timeout=30)
+    assert put.status_code == 200, put.text
+    headers = {"authorization": f"Bearer {key}"}
+    done = httpx.post(f"{server.url}/v1/files/{file_id}/preprocess", headers=headers, timeout=30)
+    assert done.status_code == 200 and done.json()["bytes"] == 14
+    content = httpx.get(f"{server.url}/v1/files/{file_id}/content", headers=headers, timeout=30)
+    assert content.content == b'{"text": "a"}\n'
+
+
+def test_the_together_sdk_uploads_through_sluice(server: SluiceServer, tmp_path) -> None:
+    training = tmp_path / "train.jsonl"
+    training.write_text('{"text": "sdk"}\n')
+    sdk = Together(api_key=server.issue_key("sdk-uploader"), base_url=server.url)
+    uploaded = sdk.files.upload(file=training, purpose="fine-tune", check=False)
+    assert sdk.files.content(uploaded.id).read() == b'{"text": "sdk"}\n'

@@ -117,3 +117,13 @@ async def test_the_in_process_counter_is_bounded() -> None:
     for i in range(1000):
         await throttle.failed(f"192.0.2.{i}")
     assert len(throttle.memory) <= 100
+
+
+async def test_waiting_counts_nothing_in_process() -> None:
+    throttle = AuthThrottle(2)
+    assert await throttle.waiting("10.1.2.3") == 0
+    await throttle.failed("10.1.2.3")
+    assert await throttle.waiting("10.1.2.3") == 0
+    await throttle.failed("10.1.2.3")
+    assert 0 < await throttle.waiting("10.1.2.3") <= 60
+    assert await throttle.waiting("10.1.2.4") == 0

@@ -47,13 +47,17 @@ def test_ops_api_refuses_everyone_but_staff(
         answer = browser.request(route.method, path, json=route.body)
     else:
         token = world.a.secret if persona == "team_key" else secrets.token_urlsafe(24)
-        answer = httpx.request(
-            route.method,
-            world.server.url + path,
-            json=route.body,
-            timeout=30,
-            headers={"authorization": f"Bearer {token}"},
-        )
+        # Wrong bearers are throttled per address (dashboard/auth_throttle.py): each call
+        # comes from its own loopback address, so every one is refused as a first guess.
+        source = f"127.0.{2 + list(REFUSED).index(persona)}.{1 + OPS_ROUTES.index(route)}"
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=source)) as client:
+            answer = client.request(
+                route.method,
+                world.server.url + path,
+                json=route.body,
+                timeout=30,
+                headers={"authorization": f"Bearer {token}"},
+            )
 
     status, code = REFUSED[persona]
     assert answer.status_code == status, answer.text[:300]

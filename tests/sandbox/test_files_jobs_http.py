@@ -12,6 +12,7 @@ import pytest
 from together import Together
 
 from sandbox import ThreadedSandbox
+from sandbox.resources import UPLOAD_SIGNATURE_REFUSED
 
 TRAINING_LINES = [{"text": f"example number {i} for the sandbox"} for i in range(12)]
 
@@ -67,9 +68,14 @@ def test_redirect_step_answers_302_with_location_and_file_id(
     )
     assert start.status_code == 302
     file_id = start.headers["x-together-file-id"]
-    assert start.headers["location"] == f"{sandbox.url}/sandbox-upload/{file_id}"
+    assert start.headers["location"].startswith(
+        f"{sandbox.url}/sandbox-upload/{file_id}?signature="
+    )
 
-    # The signed URL needs no API key, like object storage.
+    # The signed URL needs no API key, like object storage; the file id alone is refused.
+    unsigned = httpx.put(f"{sandbox.url}/sandbox-upload/{file_id}", content=b"x")
+    assert unsigned.status_code == 403
+    assert unsigned.json()["error"]["message"] == UPLOAD_SIGNATURE_REFUSED
     assert httpx.put(start.headers["location"], content=b'{"a": 1}\n').status_code == 200
     done = client.post(f"/files/{file_id}/preprocess").json()
     assert (done["id"], done["bytes"], done["filename"], done["purpose"]) == (

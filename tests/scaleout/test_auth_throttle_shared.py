@@ -7,6 +7,7 @@ import pytest
 import redis
 
 from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
+from limiter.gateway.throttle import AuthThrottle
 from tests.fuzz.raw import raw_request
 from tests.gateway.test_auth_throttle import assert_throttled
 from tests.servers import SluiceServer
@@ -41,3 +42,15 @@ def test_failures_are_counted_across_web_processes(
             assert call(url, good).status == 200
         counters = redis.Redis.from_url(private_redis.url).keys("sluice:authfail:*")
         assert len(counters) == 1 and counters[0].endswith(source.encode())
+
+
+async def test_waiting_reads_the_shared_count_without_adding_to_it(private_redis) -> None:
+    """The login throttle asks before checking a password (dashboard/auth_throttle.py):
+    two processes see one count, and asking counts nothing."""
+    first, second = (AuthThrottle(3, redis_url=private_redis.url) for _ in range(2))
+    for _ in range(3):
+        assert await second.waiting("login-account:ops") == 0
+        await first.failed("login-account:ops")
+    assert 0 < await second.waiting("login-account:ops") <= 60
+    assert await second.waiting("login-account:other") == 0
+    assert await first.failed("login-account:ops") > 0  # the fourth failure: only three asked
