@@ -154,7 +154,12 @@ def rule(
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             try:
-                decide(request.user, spec, request.method, {**dict(zip(names, args)), **kwargs})
+                decide(
+                    request.user,
+                    spec,
+                    request.method,
+                    {**dict(zip(names, args, strict=False)), **kwargs},
+                )
             except Refused:
                 if request.method not in SAFE_METHODS:
                     refused_record(
