@@ -35,14 +35,14 @@ class SluiceAdminSite(admin.AdminSite):
 
         @wraps(view)
         def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            # Signed in without a role: 403, not the admin's sign-in form again.
-            if (
-                request.user.is_authenticated
-                and not self.has_permission(request)
-                and request.path != reverse("admin:logout", current_app=self.name)
-            ):
-                raise PermissionDenied
             try:
+                # Signed in without a role: 403, not the admin's sign-in form again.
+                if (
+                    request.user.is_authenticated
+                    and not self.has_permission(request)
+                    and request.path != reverse("admin:logout", current_app=self.name)
+                ):
+                    raise PermissionDenied
                 return inner(request, *args, **kwargs)
             except PermissionDenied:
                 if request.method not in SAFE_METHODS:
