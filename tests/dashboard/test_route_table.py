@@ -604,3 +604,17 @@ def test_a_maintainers_key_takes_the_teams_profile(world) -> None:
     url = reverse("dashboard:key_create", args=[world.team_a.pk])
     assert client.post(url, {"name": "ci", "profile": other.pk}).status_code == 200
     assert ApiKey.objects.get(name="ci").profile is None
+
+
+def test_a_refusal_says_why_and_where_to_go(world) -> None:
+    """A user with no role gets a page saying so (not an empty dashboard); a team user is
+    pointed at its team's page; an auditor is told its role may read but not change."""
+    nobody = client_for(world, NOROLE).get(reverse("dashboard:overview"))
+    assert nobody.status_code == 403 and 'id="no-role"' in nobody.content.decode()
+    viewer = client_for(world, VIEWER).get(reverse("dashboard:overview")).content.decode()
+    assert reverse("dashboard:team", args=[world.team_a.pk]) in viewer
+    assert world.team_b.name not in viewer
+    auditor = client_for(world, AUDITOR).post(reverse("dashboard:teams"), {"name": "x"})
+    assert auditor.status_code == 403 and "may see this page but not change it" in (
+        auditor.content.decode()
+    )
