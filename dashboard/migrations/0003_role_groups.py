@@ -17,6 +17,13 @@ def groups_create(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
     group_permissions_sync(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+    # Before roles, every staff user could change limits, teams and keys: on upgrade they
+    # become operators (superusers count as admins already). Not audited: this runs once,
+    # before anyone signs in to the roles.
+    operator = apps.get_model("auth", "Group").objects.get(name="operator")
+    for user in apps.get_model("auth", "User").objects.filter(is_staff=True, is_superuser=False):
+        if not user.groups.exists():
+            user.groups.add(operator)
 
 
 def groups_delete(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
