@@ -1,5 +1,6 @@
-"""The admin's audit: every add, change and delete made in /admin/ is an AuditEntry, like
-a change made in the dashboard (`dashboard/services.py`), with who, which object and the
+"""The admin's registrations and their audit (the site itself, let in by the policy, is
+`dashboard/admin_site.py`). Every add, change and delete made in /admin/ is an AuditEntry,
+like a change made in the dashboard (`dashboard/services.py`), with who, which object and the
 fields that changed. Secrets (a key's hash, a password) are never written: a changed one
 reads "changed".
 
@@ -15,7 +16,8 @@ changelist's bulk action included (`delete_model`, `delete_queryset`).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from django.contrib import admin
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
@@ -24,6 +26,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.http import HttpRequest
 
+from dashboard.models import TeamMembership
 from dashboard.services import audit_record
 
 SECRET_CHANGED = "changed"
@@ -32,6 +35,7 @@ SECRET_FIELDS = frozenset({"password", "secret_hash"})
 ADDED, CHANGED, DELETED = "admin_create", "admin_change", "admin_delete"
 
 _encoder = DjangoJSONEncoder()
+V = TypeVar("V", bound=Callable[..., Any])
 
 
 def _shown(value: Any) -> Any:
@@ -147,3 +151,16 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
     pass
+
+
+@admin.register(TeamMembership)
+class TeamMembershipAdmin(AuditedAdmin):
+    list_display = ["user", "team", "role"]
+    list_filter = ["role", "team"]
+
+    # Roles change through `manage.py adduser` or the identity provider, which audit them.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

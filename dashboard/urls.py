@@ -9,6 +9,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import budget_views, views
+from dashboard.access import public
 from dashboard.api import api
 
 dashboard_patterns = [
@@ -41,8 +42,8 @@ dashboard_patterns = [
 
 urlpatterns = [
     path("", include((dashboard_patterns, "dashboard"))),
-    path("login/", views.LoginView.as_view(), name="login"),  # throttled
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", public(views.LoginView.as_view()), name="login"),  # throttled
+    path("logout/", public(auth_views.LogoutView.as_view()), name="logout"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),
 ]

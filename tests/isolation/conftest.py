@@ -134,6 +134,7 @@ class ServerDb:
         (Not a key's last use: the recorder writes it as keys are used.)"""
         from django.contrib.auth import get_user_model
 
+        from dashboard.audit import ACCESS_ACTIONS
         from dashboard.models import AuditEntry
         from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
@@ -153,7 +154,8 @@ class ServerDb:
                 "limits": rows(EndpointLimit.objects.using(db)),
                 "accounts": rows(UpstreamAccount.objects.using(db)),
                 "users": rows(get_user_model().objects.using(db), "last_login"),
-                "audit": rows(AuditEntry.objects.using(db)),
+                # Changes: a refusal or a sign-in is audited too, and changes nothing.
+                "audit": rows(AuditEntry.objects.using(db).exclude(action__in=ACCESS_ACTIONS)),
                 "webhooks": rows(Webhook.objects.using(db)),
                 "alerts": rows(Alert.objects.using(db)),
                 "budgets": rows(Budget.objects.using(db)),

@@ -56,6 +56,12 @@ def v1_routes(*takes: str) -> list[V1Route]:
     return [route for route in V1_ROUTES if route.takes in takes]
 
 
+def names_a_team(path: str) -> bool:
+    """Whether the route names a team's object (in B's), which a user who sees no team,
+    holding no role, gets as unknown: 404 (dashboard/policy.py teams_visible)."""
+    return any(part in path for part in ("{team}", "{key}", "{budget}"))
+
+
 @dataclass(frozen=True)
 class OpsRoute:
     method: str

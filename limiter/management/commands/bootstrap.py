@@ -1,4 +1,5 @@
-"""`manage.py bootstrap`: first-run set-up for `make run`: an admin login, printed once."""
+"""`manage.py bootstrap`: first-run set-up for `make run`: an admin login, printed once.
+The break-glass admin: a superuser in the `admin` group (dashboard/roles.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Create the 'admin' staff login on first run and print its password (once)."
+    help = "Create the 'admin' login on first run and print its password (once)."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--username", default="admin")
@@ -22,6 +23,10 @@ class Command(BaseCommand):
                 f"Admin login '{username}' exists (password as printed on first run)."
             )
             return
+        # The dashboard owns the roles; the import waits until a login is to be made.
+        from dashboard.roles import role_grant
+
         password = secrets.token_urlsafe(12)
-        User.objects.create_superuser(username=username, email="", password=password)
+        user = User.objects.create_superuser(username=username, email="", password=password)
+        role_grant(user=user, role="admin", actor=None, source="bootstrap")
         self.stdout.write(f"Created the admin login. Username: {username}  Password: {password}")
