@@ -128,6 +128,13 @@ class AuditedAdmin(admin.ModelAdmin):
             audit_record(actor=_actor(request), action=DELETED, obj=obj, old=_public(snapshot(obj)))
             super().delete_model(request, obj)
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # A team's (or a user's) memberships go with it: whoever may delete the team may
+        # drop them. One by one they change only through dashboard/roles.py.
+        perms_needed.discard(TeamMembership._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         # The changelist's "delete selected" action: one entry per row, in one transaction.
         with transaction.atomic():

@@ -99,7 +99,10 @@ def webhook_set_rates(*, webhook: Webhook, rates: Rates) -> Webhook:
     """This webhook's own thresholds (None: the global setting), checked by the model."""
     for name, value in rates.items():
         setattr(webhook, name, value)
-    webhook.full_clean()
+    # Only what changes is checked: the URL was checked when it was saved and is checked
+    # again at every send (alerts/destinations.py), and resolving it here would make a
+    # rate change fail while DNS is down.
+    webhook.full_clean(exclude=["url"])
     webhook.save(update_fields=list(rates))
     return webhook
 

@@ -207,9 +207,7 @@ async def test_new_fine_tuned_models_keep_the_socket_open(django_user_model, fak
     """Recording a fine-tune's model broadcasts MODELS_CHANGED to the configuration group
     the consumer joins: the page has nothing to show for it, but the socket must stay open
     (it was closed 1011, "No handler for message type models.changed")."""
-    user = await database_sync_to_async(django_user_model.objects.create_user)(
-        "ops", password="x", is_staff=True
-    )
+    user = await database_sync_to_async(org_user)("ops", "operator")
     communicator, _, _ = await connect(user)
     await receive_type(communicator, "jobs")
 

@@ -114,7 +114,8 @@ def world(db) -> World:
         profile=profile,
         limit=profile.limits.get(endpoint="chat", model=""),
         model_limit=model_limit,
-        webhook=Webhook.objects.create(name="ops", url="https://hooks.example.com/x"),
+        # A closed loopback port: the test delivery tried by webhook_test goes nowhere else.
+        webhook=Webhook.objects.create(name="ops", url="http://127.0.0.1:9/x"),
         users=users,
     )
 
