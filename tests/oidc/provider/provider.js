@@ -46,6 +46,17 @@ const configuration = {
     profile: ['name', 'preferred_username'],
     groups: ['groups'],
   },
+  // Sluice is a first-party client: consent is implied (no consent page), as a company's
+  // identity provider configures its own applications.
+  async loadExistingGrant(ctx) {
+    const grant = new ctx.oidc.provider.Grant({
+      clientId: ctx.oidc.client.clientId,
+      accountId: ctx.oidc.session.accountId,
+    });
+    grant.addOIDCScope(ctx.oidc.params.scope);
+    await grant.save();
+    return grant;
+  },
   async findAccount(ctx, id) {
     if (!(id in users())) return undefined;
     return {
