@@ -10,6 +10,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from limiter.models import Team
+
 
 class AuditEntry(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -35,3 +37,28 @@ class AuditEntry(models.Model):
             f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} "
             f"{self.action} {self.object_repr}"
         )
+
+
+class TeamRole(models.TextChoices):
+    VIEWER = "viewer"
+    MAINTAINER = "maintainer"
+
+
+class TeamMembership(models.Model):
+    """A user's role on one team (dashboard/policy.py reads it). Organisation roles are
+    Django Groups instead (dashboard/roles.py), so the admin's permissions follow them."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships"
+    )
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=12, choices=TeamRole.choices)
+
+    class Meta:
+        ordering = ["team__name", "user__username"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "team"], name="team_membership_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.role} of {self.team}"

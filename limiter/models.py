@@ -12,6 +12,7 @@ import re
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import PROTECT, ForeignKey
 from django.utils import timezone
 
 KEY_PREFIX = "sk-sluice-"
@@ -256,8 +257,10 @@ class LearnedCeiling(models.Model):
 
 class Team(models.Model):
     name = models.CharField(max_length=80, unique=True)
-    profile = models.ForeignKey(LimitProfile, on_delete=models.PROTECT, related_name="teams")
-    upstream = models.ForeignKey(UpstreamAccount, on_delete=models.PROTECT, related_name="teams")
+    # ForeignKey and PROTECT by their own names: django-stubs gives Team the reverse
+    # accessor `models` (TeamModel's related_name), which mypy can take for the module here.
+    profile = ForeignKey(LimitProfile, on_delete=PROTECT, related_name="teams")
+    upstream = ForeignKey(UpstreamAccount, on_delete=PROTECT, related_name="teams")
     paused = models.BooleanField(default=False, help_text="A paused team's requests are refused.")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,0 +1,135 @@
+"""The one policy: who may do what. Every dashboard page, ops API operation, CSV export,
+the live websocket and the role-based parts of `/admin/` ask `allows`; object scoping
+is `teams_visible`, a queryset filter (another team's object answers 404, not 403).
+
+Deny by default: an action not in the tables below is refused to everyone, and so is an
+anonymous or inactive user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, User
+from django.db.models import QuerySet
+
+from dashboard.models import TeamMembership
+from dashboard.role_permissions import ADMIN, AUDITOR, OPERATOR
+from limiter.models import Team
+
+# --- actions ---------------------------------------------------------------------------
+# Organisation-wide.
+READ_ALL = "read_all"  # every page, export and API read over all teams; no secret
+LIMITS_WRITE = "limits_write"  # limits, profiles, learned-ceiling resets
+TEAMS_WRITE = "teams_write"  # create a team, pause it, assign its profile
+KEYS_WRITE = "keys_write"  # any team's keys
+BUDGETS_WRITE = "budgets_write"
+ALERTS_WRITE = "alerts_write"
+WEBHOOKS_WRITE = "webhooks_write"
+UPSTREAM_WRITE = "upstream_write"
+PRICES_WRITE = "prices_write"
+USERS_WRITE = "users_write"  # users and their roles
+# On one team (pass `team`).
+TEAM_READ = "team_read"  # the team's page: quota, usage, budgets, 429s, keys by prefix
+TEAM_KEYS_WRITE = "team_keys_write"  # create, rotate, revoke the team's own keys
+
+WRITE_ACTIONS = frozenset(
+    {
+        LIMITS_WRITE,
+        TEAMS_WRITE,
+        KEYS_WRITE,
+        BUDGETS_WRITE,
+        ALERTS_WRITE,
+        WEBHOOKS_WRITE,
+        UPSTREAM_WRITE,
+        PRICES_WRITE,
+        USERS_WRITE,
+        TEAM_KEYS_WRITE,
+    }
+)
+ACTIONS = WRITE_ACTIONS | {READ_ALL, TEAM_READ}
+TEAM_ACTIONS = frozenset({TEAM_READ, TEAM_KEYS_WRITE})
+
+# --- who holds which -----------------------------------------------------------------------
+_AUDITOR = frozenset({READ_ALL, TEAM_READ})
+_OPERATOR = _AUDITOR | {
+    LIMITS_WRITE,
+    TEAMS_WRITE,
+    KEYS_WRITE,
+    BUDGETS_WRITE,
+    ALERTS_WRITE,
+    TEAM_KEYS_WRITE,
+}
+ORG_GRANTS: dict[str, frozenset[str]] = {
+    AUDITOR: _AUDITOR,
+    OPERATOR: frozenset(_OPERATOR),
+    ADMIN: ACTIONS,
+}
+# A team role holds these on its own team only.
+TEAM_GRANTS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({TEAM_READ}),
+    "maintainer": frozenset({TEAM_READ, TEAM_KEYS_WRITE}),
+}
+
+ORG_ROLES = (ADMIN, OPERATOR, AUDITOR)
+_CACHE = "_sluice_roles"
+
+
+def org_role_of(user: User) -> str | None:
+    """The user's organisation role; the superuser (bootstrap, break-glass) is admin."""
+    if user.is_superuser:
+        return ADMIN
+    names = {group.name for group in user.groups.all()}
+    # At most one by construction; if a hand edit in the admin gave two, the widest wins.
+    return next((role for role in ORG_ROLES if role in names), None)
+
+
+class Roles:
+    """One user's roles, read once per user object (a page asks the policy many times)."""
+
+    def __init__(self, org: str | None, teams: dict[int, str]) -> None:
+        self.org = org
+        self.teams = teams
+
+
+def roles_of(user: User | AnonymousUser | Any) -> Roles:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return Roles(None, {})
+    assert isinstance(user, User)
+    cached = user.__dict__.get(_CACHE)
+    if cached is None:
+        teams = dict(TeamMembership.objects.filter(user=user).values_list("team_id", "role"))
+        cached = Roles(org_role_of(user), teams)
+        user.__dict__[_CACHE] = cached
+    return cached
+
+
+def roles_forget(user: User) -> None:
+    """Drop the cached roles (after a change to them on this same user object)."""
+    user.__dict__.pop(_CACHE, None)
+
+
+def allows(user: User | AnonymousUser | Any, action: str, team: Team | None = None) -> bool:
+    """Whether `user` may do `action` (on `team`, for the per-team actions). An
+    organisation role holds its actions on every team; a team role only on its team."""
+    roles = roles_of(user)
+    if roles.org is not None and action in ORG_GRANTS.get(roles.org, frozenset()):
+        return True
+    if action not in TEAM_ACTIONS or team is None:
+        return False
+    role = roles.teams.get(team.pk)
+    return role is not None and action in TEAM_GRANTS.get(role, frozenset())
+
+
+def is_org_member(user: User | AnonymousUser | Any) -> bool:
+    """Whether the user holds an organisation role (reads every team)."""
+    return roles_of(user).org is not None
+
+
+def teams_visible(user: User | AnonymousUser | Any) -> QuerySet[Team]:
+    """The teams whose objects this user may see: all for an organisation role, its own
+    teams for a team role, none otherwise."""
+    roles = roles_of(user)
+    if roles.org is not None:
+        return Team.objects.all()
+    return Team.objects.filter(pk__in=list(roles.teams))
