@@ -22,7 +22,7 @@ import requests
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.models import AbstractBaseUser, User
+from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.auth.views import LoginView
 from django.core.exceptions import SuspiciousOperation
 from django.db import transaction
@@ -37,9 +37,10 @@ from mozilla_django_oidc.views import (
     OIDCLogoutView,
 )
 
-from dashboard.models import OidcIdentity, TeamMembership
+from dashboard.models import OidcIdentity
 from dashboard.oidc_config import claim_values, roles_from_claim
-from dashboard.roles import org_role_of, roles_set
+from dashboard.policy import roles_forget, roles_of
+from dashboard.roles import roles_set
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +96,16 @@ def endpoint(name: str) -> str | None:
 
 def has_role(user: User) -> bool:
     """Whether the user holds any role: one that holds none has nothing to see."""
-    return org_role_of(user) is not None or TeamMembership.objects.filter(user=user).exists()
+    roles_forget(user)  # read again: the sign-in has just replaced them
+    roles = roles_of(user)
+    return roles.org is not None or bool(roles.teams)
 
 
 class LocalPasswordBackend(ModelBackend):
     """Django's password sign-in, for everyone while SLUICE_LOCAL_LOGIN is on and for the
     break-glass superusers only when it is off."""
 
-    def user_can_authenticate(self, user: AbstractBaseUser | None) -> bool:
+    def user_can_authenticate(self, user: User | AnonymousUser | None) -> bool:
         allowed = settings.SLUICE_LOCAL_LOGIN or bool(getattr(user, "is_superuser", False))
         return allowed and super().user_can_authenticate(user)
 
@@ -117,7 +120,7 @@ class OidcBackend(OIDCAuthenticationBackend):
         # sign-in (authenticate) instead.
         self.UserModel = User
 
-    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> User | None:  # type: ignore[override]
+    def authenticate(self, request: HttpRequest | None, **kwargs: Any) -> User | None:
         if request is None or "nonce" not in kwargs:
             return None  # a password sign-in: not for this backend
         self.OIDC_OP_TOKEN_ENDPOINT = endpoint("TOKEN")

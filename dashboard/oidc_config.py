@@ -82,9 +82,7 @@ def claim_values(claims: Mapping[str, Any], claim: str) -> list[str]:
     return []
 
 
-def roles_from_claim(
-    values: Iterable[str], role_map: RoleMap
-) -> tuple[str | None, dict[str, str]]:
+def roles_from_claim(values: Iterable[str], role_map: RoleMap) -> tuple[str | None, dict[str, str]]:
     """The organisation role and the {team name: team role} these claim values map to."""
     org_roles: set[str] = set()
     team_roles: dict[str, set[str]] = {}
@@ -96,7 +94,6 @@ def roles_from_claim(
                 team_roles.setdefault(mapped.team, set()).add(mapped.team_role)
     org_role = next((role for role in ORG_ROLES if role in org_roles), None)
     teams = {
-        team: next(role for role in TEAM_ROLES if role in held)
-        for team, held in team_roles.items()
+        team: next(role for role in TEAM_ROLES if role in held) for team, held in team_roles.items()
     }
     return org_role, teams

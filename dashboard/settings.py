@@ -278,7 +278,9 @@ if SLUICE_OIDC:
     SLUICE_OIDC_ROLES_CLAIM = env.str("SLUICE_OIDC_ROLES_CLAIM", default="groups")
     SLUICE_OIDC_ROLE_MAP = role_map_parse(env.str("SLUICE_OIDC_ROLE_MAP", default=""))
     if not SLUICE_OIDC_ROLE_MAP:
-        raise ImproperlyConfigured("SLUICE_OIDC_ISSUER needs SLUICE_OIDC_ROLE_MAP: no one would get a role")
+        raise ImproperlyConfigured(
+            "SLUICE_OIDC_ISSUER needs SLUICE_OIDC_ROLE_MAP: no one would get a role"
+        )
     # "Sign in with <name>" on the login page.
     SLUICE_OIDC_PROVIDER_NAME = env.str(
         "SLUICE_OIDC_PROVIDER_NAME", default=SLUICE_OIDC_ISSUER.split("//")[-1].split("/")[0]
@@ -296,6 +298,7 @@ if SLUICE_OIDC:
     OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
     OIDC_STORE_ID_TOKEN = True  # the hint for the provider's logout
     OIDC_OP_LOGOUT_URL_METHOD = "dashboard.oidc.provider_logout_url"
+    LOGOUT_REDIRECT_URL = LOGIN_URL  # mozilla-django-oidc's logout needs one
     AUTHENTICATION_BACKENDS = ["dashboard.oidc.LocalPasswordBackend", "dashboard.oidc.OidcBackend"]
 
 # Every line carries the request id (also returned as x-request-id and sent upstream);

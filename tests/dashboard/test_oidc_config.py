@@ -39,7 +39,8 @@ def test_role_map_allows_repeats_equals_in_values_and_colons_in_team_names():
 
 
 @pytest.mark.parametrize(
-    "text", ["admins", "=admin", "x=", "x=owner", "x=team:search", "x=team::viewer", "x=team:s:boss"]
+    "text",
+    ["admins", "=admin", "x=", "x=owner", "x=team:search", "x=team::viewer", "x=team:s:boss"],
 )
 def test_role_map_refuses_what_it_cannot_read(text):
     with pytest.raises(ImproperlyConfigured, match="SLUICE_OIDC_ROLE_MAP"):
