@@ -317,3 +317,24 @@ def test_local_login_off_lets_in_only_the_break_glass_superuser(sso, page):
         )
         assert answer.status_code == 200  # the form again, not a redirect into /admin/
         assert "correct username and password" in answer.text
+
+
+def test_provider_down_gives_a_page_not_a_500(tmp_path):
+    # Nothing listens on the issuer's port: Sluice starts all the same (discovery waits for
+    # the first sign-in), and that sign-in says the provider did not answer.
+    env = {
+        "SLUICE_OIDC_ISSUER": f"http://127.0.0.1:{free_port()}",
+        "SLUICE_OIDC_CLIENT_ID": CLIENT_ID,
+        "SLUICE_OIDC_CLIENT_SECRET": CLIENT_SECRET,
+        "SLUICE_OIDC_ROLE_MAP": ROLE_MAP,
+        "SLUICE_OIDC_TIMEOUT": "2",
+    }
+    with SluiceServer(tmp_path, env=env) as server:
+        assert "Sign in with 127.0.0.1" in httpx.get(f"{server.url}/login/", timeout=10).text
+        answer = httpx.get(f"{server.url}/oidc/authenticate/", timeout=10)
+        assert answer.status_code == 502
+        assert "The identity provider did not answer as expected" in answer.text
+        # A callback nobody started (no state in the session) is refused with a page too.
+        answer = httpx.get(f"{server.url}/oidc/callback/?code=x&state=y", timeout=10)
+        assert answer.status_code == 403
+        assert "did not complete" in answer.text
