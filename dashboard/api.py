@@ -1,7 +1,10 @@
 """The ops API at /api/ (docs at /api/docs): teams, keys, profiles and limits, the 429
 history, the audit log and the live snapshot.
 
-Auth: a staff session (with CSRF on writes) or `Authorization: Bearer <SLUICE_ADMIN_TOKEN>`.
+Auth: a signed-in session (with CSRF on writes) or `Authorization: Bearer
+<SLUICE_ADMIN_TOKEN>` (the bootstrap admin credential). Each operation declares its rule
+(`@api_rule`, dashboard/access.py), which `api_guard` asks of the policy before the
+payload is parsed: refused is 403, another team's object 404, no rule declared 403.
 Operations parse, call a service or selector, and shape the output; every error leaves
 in one shape, `{"error": {"code", "message", "fields"}}`, from the handlers below.
 """
@@ -22,8 +25,10 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyCookie, HttpBearer
 
-from dashboard import live, services
+from dashboard import live, policy, services
+from dashboard.access import Refused, api_guard, api_rule, key_team, team_pk
 from dashboard.exports import refusal_csv_response
+from dashboard.policy import LIMITS_WRITE, READ_ALL, TEAM_KEYS_WRITE, TEAM_READ, TEAMS_WRITE
 from dashboard.schemas import (
     AuditPageOut,
     CeilingResetIn,
@@ -54,20 +59,17 @@ from limiter import selectors
 from limiter.jobs import selectors as job_selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
-MSG_AUTH = "Log in as staff or send 'Authorization: Bearer <admin token>'."
-MSG_STAFF = "This account is not staff."
+MSG_AUTH = "Log in or send 'Authorization: Bearer <admin token>'."
+MSG_FORBIDDEN = "Your role does not allow this."
+MSG_KEY_PROFILE = "A team maintainer's keys use the team's profile; leave 'profile' out."
 MSG_NOT_FOUND = "Not found."
 MSG_INVALID = "The request is not valid."
 # A limiter that has sent nothing for this long is shown as unreachable.
 LIVE_STALE_SECONDS = 3.0
 
 
-class StaffRequired(Exception):
-    pass
-
-
 class OpsRequest(HttpRequest):
-    # Set by ninja to what the authenticator returned: the staff User (StaffSession)
+    # Set by ninja to what the authenticator returned: the signed-in User (StaffSession)
     # or TOKEN_ACTOR (AdminToken).
     auth: User | str
 
@@ -92,11 +94,8 @@ class StaffSession(APIKeyCookie):
 
     def authenticate(self, request: HttpRequest, key: str | None) -> Any:
         user = request.user
-        if not user.is_authenticated:
-            return None
-        if not user.is_staff:
-            raise StaffRequired
-        return user
+        # Who it is; what they may do is each operation's rule (api_guard).
+        return user if user.is_authenticated else None
 
 
 api = NinjaAPI(
@@ -106,6 +105,8 @@ api = NinjaAPI(
     auth=[AdminToken(), StaffSession()],
     urls_namespace="ops-api",
 )
+# Every operation, of every router: its declared rule, before its payload is parsed.
+api.add_decorator(api_guard, mode="view")
 
 
 def _error(
@@ -121,9 +122,9 @@ def _on_auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
     return _error(request, 401, "unauthenticated", MSG_AUTH)
 
 
-@api.exception_handler(StaffRequired)
-def _on_staff(request: HttpRequest, exc: StaffRequired) -> HttpResponse:
-    return _error(request, 403, "forbidden", MSG_STAFF)
+@api.exception_handler(Refused)
+def _on_refused(request: HttpRequest, exc: Refused) -> HttpResponse:
+    return _error(request, 403, "forbidden", MSG_FORBIDDEN)
 
 
 @api.exception_handler(Http404)
@@ -174,11 +175,16 @@ teams = Router(tags=["teams and keys"])
 
 
 @teams.get("/teams", response={200: list[TeamOut], **ERRORS})
-def team_list(request: HttpRequest):
-    return selectors.team_list()
+@api_rule(TEAM_READ)
+def team_list(request: OpsRequest):
+    teams = selectors.team_list()
+    if isinstance(request.auth, User):  # a team role lists its own teams only
+        teams = teams.filter(pk__in=policy.teams_visible(request.auth))
+    return teams
 
 
 @teams.post("/teams", response={201: TeamOut, **ERRORS})
+@api_rule(TEAMS_WRITE)
 def team_create(request: OpsRequest, payload: TeamIn):
     profile = _profile(payload.profile) if payload.profile else None
     return Status(
@@ -187,11 +193,13 @@ def team_create(request: OpsRequest, payload: TeamIn):
 
 
 @teams.get("/teams/{team_id}", response={200: TeamOut, **ERRORS})
+@api_rule(TEAM_READ, team_from=team_pk("team_id"))
 def team_get(request: HttpRequest, team_id: int):
     return get_object_or_404(selectors.team_list(), pk=team_id)
 
 
 @teams.patch("/teams/{team_id}", response={200: TeamOut, **ERRORS})
+@api_rule(TEAMS_WRITE, team_from=team_pk("team_id"))
 def team_update(request: OpsRequest, team_id: int, payload: TeamPatchIn):
     team = get_object_or_404(selectors.team_list(), pk=team_id)
     if payload.profile is not None:
@@ -202,13 +210,18 @@ def team_update(request: OpsRequest, team_id: int, payload: TeamPatchIn):
 
 
 @teams.get("/teams/{team_id}/keys", response={200: list[KeyOut], **ERRORS})
+@api_rule(TEAM_READ, team_from=team_pk("team_id"))
 def key_list(request: HttpRequest, team_id: int):
     return selectors.key_list(team=get_object_or_404(Team, pk=team_id)).select_related("team")
 
 
 @teams.post("/teams/{team_id}/keys", response={201: KeyIssuedOut, **ERRORS})
+@api_rule(TEAM_KEYS_WRITE, team_from=team_pk("team_id"))
 def key_create(request: OpsRequest, team_id: int, payload: KeyIn):
     team = get_object_or_404(Team, pk=team_id)
+    if payload.profile and isinstance(request.auth, User):
+        if not policy.allows(request.auth, policy.KEYS_WRITE):
+            raise HttpError(403, MSG_KEY_PROFILE)
     profile = _profile(payload.profile) if payload.profile else None
     issued = services.key_create(
         actor=_actor(request),
@@ -221,12 +234,14 @@ def key_create(request: OpsRequest, team_id: int, payload: KeyIn):
 
 
 @teams.post("/keys/{key_id}/revoke", response={200: KeyOut, **ERRORS})
+@api_rule(TEAM_KEYS_WRITE, team_from=key_team("key_id"))
 def key_revoke(request: OpsRequest, key_id: int):
     key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
     return services.key_revoke(actor=_actor(request), key=key)
 
 
 @teams.post("/keys/{key_id}/rotate", response={201: KeyIssuedOut, **ERRORS})
+@api_rule(TEAM_KEYS_WRITE, team_from=key_team("key_id"))
 def key_rotate(request: OpsRequest, key_id: int):
     key = get_object_or_404(ApiKey.objects.select_related("team", "profile"), pk=key_id)
     issued = services.key_rotate(actor=_actor(request), key=key)
@@ -238,11 +253,13 @@ profiles = Router(tags=["profiles and limits"])
 
 
 @profiles.get("/profiles", response={200: list[ProfileOut], **ERRORS})
+@api_rule(READ_ALL)
 def profile_list(request: HttpRequest):
     return selectors.profile_list()
 
 
 @profiles.post("/profiles", response={201: ProfileOut, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def profile_create(request: OpsRequest, payload: ProfileIn):
     source = _profile(payload.copy_from) if payload.copy_from else None
     profile = services.profile_create(
@@ -252,11 +269,13 @@ def profile_create(request: OpsRequest, payload: ProfileIn):
 
 
 @profiles.get("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
+@api_rule(READ_ALL)
 def profile_get(request: HttpRequest, profile_id: int):
     return get_object_or_404(selectors.profile_list(), pk=profile_id)
 
 
 @profiles.patch("/profiles/{profile_id}", response={200: ProfileOut, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def profile_update(request: OpsRequest, profile_id: int, payload: ProfilePatchIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
     services.profile_update(
@@ -266,6 +285,7 @@ def profile_update(request: OpsRequest, profile_id: int, payload: ProfilePatchIn
 
 
 @profiles.delete("/profiles/{profile_id}", response={204: None, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def profile_delete(request: OpsRequest, profile_id: int):
     services.profile_delete(
         actor=_actor(request), profile=get_object_or_404(LimitProfile, pk=profile_id)
@@ -281,6 +301,7 @@ def _limit_out(limit: EndpointLimit) -> LimitOut:
 
 
 @profiles.post("/profiles/{profile_id}/limits", response={201: LimitOut, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def limit_create(request: OpsRequest, profile_id: int, payload: LimitIn):
     profile = get_object_or_404(LimitProfile, pk=profile_id)
     data = payload.dict(exclude={"endpoint", "model"}, exclude_none=True)
@@ -295,6 +316,7 @@ def limit_create(request: OpsRequest, profile_id: int, payload: LimitIn):
 
 
 @profiles.patch("/limits/{limit_id}", response={200: LimitOut, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def limit_update(request: OpsRequest, limit_id: int, payload: LimitPatchIn):
     limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=limit_id)
     # Unset fields keep their value; a field sent as null clears an optional limit.
@@ -303,6 +325,7 @@ def limit_update(request: OpsRequest, limit_id: int, payload: LimitPatchIn):
 
 
 @profiles.delete("/limits/{limit_id}", response={204: None, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def limit_delete(request: OpsRequest, limit_id: int):
     services.limit_delete(
         actor=_actor(request), limit=get_object_or_404(EndpointLimit, pk=limit_id)
@@ -330,6 +353,7 @@ def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
 
 
 @refusals.get("/refusals", response={200: RefusalPageOut, **ERRORS})
+@api_rule(READ_ALL)
 def refusal_list(
     request: HttpRequest,
     filters: Query[RefusalFilterIn],
@@ -341,6 +365,7 @@ def refusal_list(
 
 
 @refusals.get("/refusals/per-minute", response={200: list[MinuteOut], **ERRORS})
+@api_rule(READ_ALL)
 def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
     """Refusals per minute over the filtered range (at most its last 24 hours)."""
     return [
@@ -356,6 +381,7 @@ def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
         "responses": {200: {"description": "CSV, streamed", "content": {"text/csv": {}}}},
     },
 )
+@api_rule(READ_ALL)
 def refusal_csv(request: HttpRequest, filters: Query[RefusalFilterIn]) -> StreamingHttpResponse:
     return refusal_csv_response(filters=_filters(filters))
 
@@ -365,12 +391,14 @@ ops = Router(tags=["audit and live"])
 
 
 @ops.get("/audit", response={200: AuditPageOut, **ERRORS})
+@api_rule(READ_ALL)
 def audit_list(request: HttpRequest, after: str = "", object_type: str = "", object_id: str = ""):
     page = audit_page(after=after, object_type=object_type, object_id=object_id)
     return {"items": page.rows, "next_cursor": page.next_cursor}
 
 
 @ops.get("/live", response={200: LiveOut, **ERRORS})
+@api_rule(READ_ALL)
 def live_get(request: HttpRequest):
     """The latest live snapshot (asked of the limiter when older than a second) plus the
     limits as the database holds them."""
@@ -386,6 +414,7 @@ def live_get(request: HttpRequest):
 
 
 @ops.get("/ceilings", response={200: ModelCeilingsOut, **ERRORS})
+@api_rule(READ_ALL)
 def ceiling_list(request: HttpRequest):
     """Together's limit per account and model as the limiter learned it: the learned
     ceiling, where the pace came from, the pace in use, the last headers, 429s and 503s."""
@@ -398,6 +427,7 @@ def ceiling_list(request: HttpRequest):
 
 
 @ops.post("/ceilings/reset", response={200: CeilingResetOut, **ERRORS})
+@api_rule(LIMITS_WRITE)
 def ceiling_reset(request: OpsRequest, payload: CeilingResetIn):
     """Forget one model's learned ceiling (database and limiter): it is paced at its
     profile's row again until Together's next answer."""

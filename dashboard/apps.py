@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.db.models.signals import post_migrate
 
 
@@ -21,3 +22,10 @@ class DashboardConfig(AppConfig):
 
     def ready(self) -> None:
         post_migrate.connect(_role_permissions_sync, sender=self)
+
+
+class SluiceAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with its site asking the policy (dashboard/admin.py)."""
+
+    default = False  # this module's default config is DashboardConfig
+    default_site = "dashboard.admin.SluiceAdminSite"

@@ -1,6 +1,7 @@
-"""The team page's budget forms: add a budget, remove one. Staff only, CSRF-checked
-POSTs; a refused form is shown again on the team page with its errors. Each change is
-audited and reaches the limiter at once (the save broadcasts)."""
+"""The team page's budget forms: add a budget, remove one. Operators and admins only
+(BUDGETS_WRITE), CSRF-checked POSTs; a refused form is shown again on the team page
+with its errors. Each change is audited and reaches the limiter at once (the save
+broadcasts)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views.decorators.http import require_POST
 
 from dashboard import forms, services, views
-from dashboard.views import StaffRequest, staff_required
+from dashboard.access import owner_team, rule, team_pk
+from dashboard.policy import BUDGETS_WRITE
+from dashboard.views import StaffRequest
 from limiter.models import Team
 from limiter.usage.models import Budget
 
 
 @require_POST
-@staff_required
+@rule(BUDGETS_WRITE, team_from=team_pk())
 def budget_create(request: StaffRequest, pk: int) -> HttpResponse:
     team = get_object_or_404(Team, pk=pk)
     form = forms.BudgetForm(request.POST, team=team)
@@ -30,7 +33,7 @@ def budget_create(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(BUDGETS_WRITE, team_from=owner_team(Budget))
 def budget_delete(request: StaffRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=pk)
     team_id, shown = budget.team_id, str(budget)

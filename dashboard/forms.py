@@ -206,6 +206,12 @@ class KeyCreateForm(forms.Form):
     )
     expires_in_days = forms.IntegerField(min_value=1, required=False, label="Expires in (days)")
 
+    def __init__(self, *args: Any, any_profile: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any_profile:
+            # A team maintainer's keys stay within the team's profile.
+            del self.fields["profile"]
+
     def expires_at(self) -> datetime | None:
         days = self.cleaned_data.get("expires_in_days")
         return timezone.now() + timedelta(days=days) if days else None

@@ -8,6 +8,7 @@ anonymous or inactive user.
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
@@ -85,22 +86,33 @@ def org_role_of(user: User) -> str | None:
 
 
 class Roles:
-    """One user's roles, read once per user object (a page asks the policy many times)."""
+    """One user's roles, read once per user object (a page asks the policy many times),
+    each part on first use: a page for the whole organisation never reads memberships."""
 
-    def __init__(self, org: str | None, teams: dict[int, str]) -> None:
-        self.org = org
-        self.teams = teams
+    def __init__(self, user: User | None) -> None:
+        self._user = user
+
+    @cached_property
+    def org(self) -> str | None:
+        return org_role_of(self._user) if self._user is not None else None
+
+    @cached_property
+    def teams(self) -> dict[int, str]:
+        if self._user is None:
+            return {}
+        return dict(TeamMembership.objects.filter(user=self._user).values_list("team_id", "role"))
+
+
+_NOBODY = Roles(None)
 
 
 def roles_of(user: User | AnonymousUser | Any) -> Roles:
     if user is None or not user.is_authenticated or not user.is_active:
-        return Roles(None, {})
+        return _NOBODY
     assert isinstance(user, User)
     cached = user.__dict__.get(_CACHE)
     if cached is None:
-        teams = dict(TeamMembership.objects.filter(user=user).values_list("team_id", "role"))
-        cached = Roles(org_role_of(user), teams)
-        user.__dict__[_CACHE] = cached
+        cached = user.__dict__[_CACHE] = Roles(user)
     return cached
 
 
@@ -119,6 +131,20 @@ def allows(user: User | AnonymousUser | Any, action: str, team: Team | None = No
         return False
     role = roles.teams.get(team.pk)
     return role is not None and action in TEAM_GRANTS.get(role, frozenset())
+
+
+def allows_somewhere(user: User | AnonymousUser | Any, action: str) -> bool:
+    """Whether the user holds `action` on some team (a list narrowed by teams_visible)."""
+    roles = roles_of(user)
+    if roles.org is not None and action in ORG_GRANTS.get(roles.org, frozenset()):
+        return True
+    return any(action in TEAM_GRANTS.get(role, frozenset()) for role in roles.teams.values())
+
+
+def team_visible(user: User | AnonymousUser | Any, team: Team) -> bool:
+    """Whether the user may know this team exists (else its objects answer 404)."""
+    roles = roles_of(user)
+    return roles.org is not None or team.pk in roles.teams
 
 
 def is_org_member(user: User | AnonymousUser | Any) -> bool:

@@ -10,6 +10,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboard import budget_views, views
+from dashboard.access import public
 from dashboard.api import api
 
 dashboard_patterns = [
@@ -42,8 +43,12 @@ dashboard_patterns = [
 
 urlpatterns = [
     path("", include((dashboard_patterns, "dashboard"))),
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "login/",
+        public(auth_views.LoginView.as_view(redirect_authenticated_user=True)),
+        name="login",
+    ),
+    path("logout/", public(auth_views.LogoutView.as_view()), name="logout"),
     path("api/", api.urls),
     path("admin/", admin.site.urls),
 ]

@@ -1,6 +1,6 @@
-"""The ops API's usage router: usage totals, model prices (and staff's overrides), and
+"""The ops API's usage router: usage totals, model prices (and admins' overrides), and
 each team's budgets with their spend this period. Mounted on the one NinjaAPI
-(dashboard/api.py), with its auth and error shape."""
+(dashboard/api.py), with its auth, rules and error shape."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Query, Router, Status
 
+from dashboard.access import api_rule, owner_team, team_pk
+from dashboard.policy import BUDGETS_WRITE, PRICES_WRITE, READ_ALL, TEAM_READ
 from dashboard.schemas import ErrorOut
 from dashboard.usage_schemas import (
     BudgetIn,
@@ -33,6 +35,7 @@ router = Router(tags=["usage and budgets"])
 
 
 @router.get("/usage", response={200: list[UsageTotalOut], **ERRORS})
+@api_rule(READ_ALL)
 def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
     """Requests, tokens and cost summed per the `group_by` dimensions; with `day`, per
     calendar day in SLUICE_USAGE_TIME_ZONE (newest first), as on the Usage page."""
@@ -52,11 +55,13 @@ def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
 
 
 @router.get("/prices", response={200: list[PriceOut], **ERRORS})
+@api_rule(READ_ALL)
 def price_list(request: HttpRequest):
     return selectors.model_prices()
 
 
 @router.post("/prices", response={200: PriceOut, **ERRORS})
+@api_rule(PRICES_WRITE)
 def price_override(request: HttpRequest, payload: PriceOverrideIn):
     """Set (or, with nulls, clear) staff's negotiated price for a model."""
     return services.price_override(
@@ -92,12 +97,14 @@ def _status(budget: Budget) -> dict:
 
 
 @router.get("/teams/{team_id}/budgets", response={200: list[BudgetOut], **ERRORS})
+@api_rule(TEAM_READ, team_from=team_pk("team_id"))
 def budget_list(request: HttpRequest, team_id: int):
     team = get_object_or_404(Team, pk=team_id)
     return [_budget_out(s) for s in selectors.budget_statuses(team_id=team.pk)]
 
 
 @router.post("/teams/{team_id}/budgets", response={201: BudgetOut, **ERRORS})
+@api_rule(BUDGETS_WRITE, team_from=team_pk("team_id"))
 def budget_create(request: HttpRequest, team_id: int, payload: BudgetIn):
     team = get_object_or_404(Team, pk=team_id)
     # A key budget names one of this team's keys; another team's key is "not found".
@@ -116,6 +123,7 @@ def budget_create(request: HttpRequest, team_id: int, payload: BudgetIn):
 
 
 @router.patch("/budgets/{budget_id}", response={200: BudgetOut, **ERRORS})
+@api_rule(BUDGETS_WRITE, team_from=owner_team(Budget, "budget_id"))
 def budget_update(request: HttpRequest, budget_id: int, payload: BudgetPatchIn):
     budget = get_object_or_404(Budget.objects.select_related("team", "key"), pk=budget_id)
     services.budget_update(budget=budget, **payload.dict(exclude_unset=True, exclude_none=True))
@@ -123,6 +131,7 @@ def budget_update(request: HttpRequest, budget_id: int, payload: BudgetPatchIn):
 
 
 @router.delete("/budgets/{budget_id}", response={204: None, **ERRORS})
+@api_rule(BUDGETS_WRITE, team_from=owner_team(Budget, "budget_id"))
 def budget_delete(request: HttpRequest, budget_id: int):
     services.budget_delete(budget=get_object_or_404(Budget, pk=budget_id))
     return Status(204, None)

@@ -1,25 +1,21 @@
 """The dashboard pages: parse the request, call a service or selector, render.
 
-Every page is staff-only: an anonymous visitor is sent to the login page, a logged-in
-user who is not staff gets 403.
+Every page declares its rule (dashboard/access.py asks dashboard/policy.py): an anonymous
+visitor is sent to the login page, a refused user gets 403, and another team's object 404.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import wraps
-from typing import Concatenate, ParamSpec, TypeVar, cast
+from typing import ParamSpec, TypeVar
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.models import User
-from django.contrib.auth.views import redirect_to_login
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
-    HttpResponseRedirect,
     StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
@@ -29,7 +25,18 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from dashboard import forms, services
+from dashboard.access import SignedInRequest, key_team, rule, team_pk
 from dashboard.exports import USAGE_COUNTS, refusal_csv_response, usage_csv_response
+from dashboard.policy import (
+    KEYS_WRITE,
+    LIMITS_WRITE,
+    READ_ALL,
+    TEAM_KEYS_WRITE,
+    TEAM_READ,
+    TEAMS_WRITE,
+    WEBHOOKS_WRITE,
+    allows,
+)
 from dashboard.selectors import audit_page, limit_warnings
 from limiter import selectors
 from limiter.alerts import selectors as alert_selectors
@@ -44,27 +51,8 @@ P = ParamSpec("P")
 R = TypeVar("R", bound=HttpResponseBase)
 
 
-class StaffRequest(HttpRequest):
-    """A request `staff_required` let through: its user is a logged-in staff User."""
-
-    user: User
-
-
-def staff_required(
-    view: Callable[Concatenate[StaffRequest, P], R],
-) -> Callable[Concatenate[HttpRequest, P], R | HttpResponseRedirect]:
-    @wraps(view)
-    def wrapper(
-        request: HttpRequest, *args: P.args, **kwargs: P.kwargs
-    ) -> R | HttpResponseRedirect:
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-        if not request.user.is_staff:
-            raise PermissionDenied
-        # Checked just above; the types cannot follow a check on request.user to request.
-        return view(cast(StaffRequest, request), *args, **kwargs)
-
-    return wrapper
+# The name the views were written with: a request whose user is signed in.
+StaffRequest = SignedInRequest
 
 
 def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> bool:
@@ -82,7 +70,7 @@ def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> 
 
 
 # --- live overview -------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL)
 def overview(request: StaffRequest) -> HttpResponse:
     return render(
         request,
@@ -97,7 +85,7 @@ def overview(request: StaffRequest) -> HttpResponse:
     )
 
 
-@staff_required
+@rule(LIMITS_WRITE)
 @require_POST
 def ceiling_reset(request: StaffRequest) -> HttpResponse:
     """Forget what the limiter learned of one model's limit (the live page's Reset)."""
@@ -125,7 +113,7 @@ def ceiling_reset(request: StaffRequest) -> HttpResponse:
 
 
 # --- limits --------------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL, write=LIMITS_WRITE)
 def limits(request: StaffRequest) -> HttpResponse:
     form = forms.ProfileCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -155,7 +143,7 @@ def limits(request: StaffRequest) -> HttpResponse:
     )
 
 
-@staff_required
+@rule(READ_ALL, write=LIMITS_WRITE)
 def profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(LimitProfile, pk=pk)
     form = forms.ProfileForm(request.POST or None, instance=LimitProfile.objects.get(pk=pk))
@@ -205,7 +193,7 @@ def _profile_page(
     )
 
 
-@staff_required
+@rule(LIMITS_WRITE)
 @require_POST
 def model_limit_create(request: StaffRequest, pk: int) -> HttpResponse:
     """A model's own row in the profile (per-model override), effective at once."""
@@ -229,7 +217,7 @@ def model_limit_create(request: StaffRequest, pk: int) -> HttpResponse:
     return _profile_page(request, obj, form=form, model_form=model_form)
 
 
-@staff_required
+@rule(LIMITS_WRITE)
 @require_POST
 def model_limit_delete(request: StaffRequest, pk: int) -> HttpResponse:
     """Remove a model's own row: that model falls back to the endpoint's row at once.
@@ -243,7 +231,7 @@ def model_limit_delete(request: StaffRequest, pk: int) -> HttpResponse:
     return redirect("dashboard:profile", pk=limit.profile_id)
 
 
-@staff_required
+@rule(LIMITS_WRITE)
 def limit_edit(request: StaffRequest, pk: int) -> HttpResponse:
     limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=pk)
     # The form edits a copy, so the service sees the old values to audit against.
@@ -269,7 +257,7 @@ def limit_edit(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 # --- teams and keys -----------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL, write=TEAMS_WRITE)
 def teams(request: StaffRequest) -> HttpResponse:
     form = forms.TeamCreateForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -285,7 +273,7 @@ def teams(request: StaffRequest) -> HttpResponse:
     return render(request, "dashboard/teams.html", {"teams": selectors.team_list(), "form": form})
 
 
-@staff_required
+@rule(TEAM_READ, team_from=team_pk())
 def team(
     request: StaffRequest,
     pk: int,
@@ -299,7 +287,7 @@ def team(
         {
             "team": obj,
             "keys": selectors.key_list(team=obj),
-            "key_form": forms.KeyCreateForm(),
+            "key_form": forms.KeyCreateForm(any_profile=allows(request.user, KEYS_WRITE)),
             "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
             "issued": issued,
             "budget_form": budget_form,  # a refused one, shown again with its errors
@@ -313,7 +301,7 @@ def team(
 
 
 @require_POST
-@staff_required
+@rule(TEAMS_WRITE, team_from=team_pk())
 def team_pause(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     paused = request.POST.get("paused") == "1"
@@ -330,7 +318,7 @@ def team_pause(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(TEAMS_WRITE, team_from=team_pk())
 def team_profile(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
     form = forms.ProfileAssignForm(request.POST)
@@ -348,10 +336,10 @@ def team_profile(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(TEAM_KEYS_WRITE, team_from=team_pk())
 def key_create(request: StaffRequest, pk: int) -> HttpResponse:
     obj = get_object_or_404(Team, pk=pk)
-    form = forms.KeyCreateForm(request.POST)
+    form = forms.KeyCreateForm(request.POST, any_profile=allows(request.user, KEYS_WRITE))
     if not form.is_valid():
         messages.error(
             request, "; ".join(str(e) for errors in form.errors.values() for e in errors)
@@ -361,7 +349,7 @@ def key_create(request: StaffRequest, pk: int) -> HttpResponse:
         actor=request.user,
         team=obj,
         name=form.cleaned_data["name"],
-        profile=form.cleaned_data["profile"],
+        profile=form.cleaned_data.get("profile"),
         expires_at=form.expires_at(),
     )
     # The secret is rendered in this response only: it is never stored, not even in
@@ -370,7 +358,7 @@ def key_create(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(TEAM_KEYS_WRITE, team_from=key_team())
 def key_revoke(request: StaffRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.select_related("team"), pk=pk)
     services.key_revoke(actor=request.user, key=key)
@@ -379,7 +367,7 @@ def key_revoke(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(TEAM_KEYS_WRITE, team_from=key_team())
 def key_rotate(request: StaffRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.select_related("team"), pk=pk)
     issued = services.key_rotate(actor=request.user, key=key)
@@ -388,7 +376,7 @@ def key_rotate(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 # --- 429 history ---------------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL)
 def refusals(request: StaffRequest) -> HttpResponse:
     form = forms.RefusalFilterForm(request.GET or None)
     filters = form.filters()
@@ -415,7 +403,7 @@ def refusals(request: StaffRequest) -> HttpResponse:
     )
 
 
-@staff_required
+@rule(READ_ALL)
 def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
     filters = forms.RefusalFilterForm(request.GET or None).filters()
     return refusal_csv_response(filters=filters)
@@ -425,7 +413,7 @@ def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
 USAGE_TABLE_ROWS = 500  # the page shows this many; the CSV has every row
 
 
-@staff_required
+@rule(READ_ALL)
 def usage(request: StaffRequest) -> HttpResponse:
     """Tokens and cost per day, team, model, endpoint or key: a chart, a table, a CSV.
     Invalid filters are form errors on the page, with no figures under them."""
@@ -468,7 +456,7 @@ def usage(request: StaffRequest) -> HttpResponse:
     return render(request, "dashboard/usage.html", context)
 
 
-@staff_required
+@rule(READ_ALL)
 def usage_csv(request: StaffRequest) -> HttpResponse | StreamingHttpResponse:
     """The Usage page's rows, all of them, streamed. Invalid filters go back to the page,
     which shows them as form errors."""
@@ -480,7 +468,7 @@ def usage_csv(request: StaffRequest) -> HttpResponse | StreamingHttpResponse:
 
 
 # --- audit ---------------------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL)
 def audit(request: StaffRequest) -> HttpResponse:
     page = audit_page(
         after=request.GET.get("after", ""), object_type=request.GET.get("object_type", "")
@@ -493,7 +481,7 @@ def audit(request: StaffRequest) -> HttpResponse:
 
 
 # --- alerts --------------------------------------------------------------------------------
-@staff_required
+@rule(READ_ALL, write=WEBHOOKS_WRITE)
 def alerts(request: StaffRequest) -> HttpResponse:
     form = forms.WebhookForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
@@ -518,7 +506,7 @@ def alerts(request: StaffRequest) -> HttpResponse:
     )
 
 
-@staff_required
+@rule(WEBHOOKS_WRITE)
 def webhook_edit(request: StaffRequest, pk: int) -> HttpResponse:
     """A webhook's own alert thresholds over the global settings."""
     webhook = get_object_or_404(Webhook.objects.select_related("team"), pk=pk)
@@ -539,7 +527,7 @@ def webhook_edit(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(WEBHOOKS_WRITE)
 def webhook_test(request: StaffRequest, pk: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=pk)
     alert_services.webhook_test(webhook=webhook)
@@ -548,7 +536,7 @@ def webhook_test(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @require_POST
-@staff_required
+@rule(WEBHOOKS_WRITE)
 def webhook_enable(request: StaffRequest, pk: int) -> HttpResponse:
     webhook = get_object_or_404(Webhook, pk=pk)
     enabled = request.POST.get("enabled") == "1"

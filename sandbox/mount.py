@@ -4,10 +4,11 @@ Every team's uploads sit in it, and its control endpoint reconfigures it for eve
 so only Sluice itself may reach it:
 - its Together-like API accepts one bearer, `sandbox_api_key()`, derived from
   SECRET_KEY, which Sluice's processes send (limiter/upstream.py resolve_target);
-- its harness endpoints (stats, config, control) accept that bearer or a staff session
-  from this site. The path bypasses Django's middleware, so the session cookie is
-  checked here, and a session-borne request from another origin is refused (the check
-  Django's CSRF middleware would make);
+- its harness endpoints (stats, config, control) accept that bearer or a session from
+  this site whose role allows it (reading: READ_ALL; control: UPSTREAM_WRITE, admins).
+  The path bypasses Django's middleware, so the session cookie is checked here, and a
+  session-borne request from another origin is refused (the check Django's CSRF
+  middleware would make);
 - the generated image stays public: image answers hand out its URL.
 
 The standalone `manage.py sandbox` and the tests' in-thread sandbox are the bare
@@ -22,9 +23,11 @@ from importlib import import_module
 from typing import Any
 
 from channels.auth import get_user
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
+from dashboard import policy
 from dashboard.origin import origin_allowed, scope_header
 from limiter.upstream import sandbox_api_key
 from sandbox import SandboxApp, SandboxConfig
@@ -35,6 +38,7 @@ logger = logging.getLogger(__name__)
 HARNESS = "/sandbox/"  # below the mount prefix: stats, config, control, image.png
 PUBLIC_HARNESS = frozenset({"/sandbox/image.png"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+MSG_FORBIDDEN = "Your role does not allow this."
 
 
 class MountedSandbox:
@@ -58,7 +62,7 @@ class MountedSandbox:
         await self.app(scope, receive, send)
 
     async def _refusal(self, scope: dict[str, Any]) -> ApiError | None:
-        """None when Sluice itself or a staff session from this site is calling."""
+        """None when Sluice itself or an allowed session from this site is calling."""
         scheme, _, key = scope_header(scope, b"authorization").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             key.strip().encode(), self.api_key.encode()
@@ -71,8 +75,11 @@ class MountedSandbox:
                 "The mounted sandbox answers only Sluice and staff sessions.",
                 code="invalid_api_key",
             )
-        if not (user.is_active and user.is_staff):
-            return ApiError(403, "Staff only.", error_type="permission_error", code="forbidden")
+        # The policy's: reading the harness is a read of everything, changing it a change
+        # to the (simulated) upstream.
+        action = policy.READ_ALL if scope["method"] in SAFE_METHODS else policy.UPSTREAM_WRITE
+        if not await database_sync_to_async(policy.allows)(user, action):
+            return ApiError(403, MSG_FORBIDDEN, error_type="permission_error", code="forbidden")
         origin = scope_header(scope, b"origin")
         if (
             scope["method"] not in SAFE_METHODS

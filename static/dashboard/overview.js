@@ -140,10 +140,12 @@
   }
 
   // Together's limit per account and model: learned ceiling, where the pace came from,
-  // the pace in use, 429s and 503s in the last minute, and a reset for staff.
+  // the pace in use, 429s and 503s in the last minute, and a reset for those who may
+  // (the page renders the reset form only for them).
   const SOURCES = { headers: "Together's headers", "429": "a Together 429", profile: "the profile" };
 
   function renderModels(models) {
+    const canReset = $("ceiling-reset") !== null;
     const rows = (models || []).map((m) => {
       const learned = m.learned_per_minute == null ? "— (no headers yet)" : `${num(m.learned_per_minute, 1)} req/min`;
       const tokens = m.token_pace_per_minute == null ? "" : `<br><span class="muted small">${num(m.token_pace_per_minute)} tok/min</span>`;
@@ -158,7 +160,7 @@
         <td class="num">${num(m.cap_per_minute)} req/min</td>
         <td class="num">${m.upstream_429_last_minute} × 429 · ${m.upstream_503_last_minute} × 503</td>
         <td class="small">${headers || "—"}</td>
-        <td><button type="button" class="reset" data-account="${esc(m.account)}" data-endpoint="${esc(m.endpoint)}" data-model="${esc(m.model)}">Reset</button></td>
+        <td>${canReset ? `<button type="button" class="reset" data-account="${esc(m.account)}" data-endpoint="${esc(m.endpoint)}" data-model="${esc(m.model)}">Reset</button>` : ""}</td>
       </tr>`;
     });
     $("models").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="9" class="muted">— (no model called yet)</td></tr>`;

@@ -1,10 +1,12 @@
-"""Personas and data for the dashboard tests: a staff ops user, a non-staff user, two teams."""
+"""Personas and data for the dashboard tests: an ops user (role admin), a user with no
+role, two teams."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
@@ -14,9 +16,17 @@ from limiter.services import key_issue, team_get_or_create
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
+def org_user(username: str, role: str, password: str = "x"):
+    """A user holding an organisation role, set as roles_grant sets it but without its
+    audit entry (tests count the audit entries their own changes write)."""
+    user = User.objects.create_user(username, password=password, is_staff=True)
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
 @pytest.fixture
-def staff(django_user_model):
-    return django_user_model.objects.create_user("ops", password="ops-password", is_staff=True)
+def staff(db):
+    return org_user("ops", "admin", password="ops-password")
 
 
 @pytest.fixture

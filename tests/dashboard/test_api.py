@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 
 from dashboard import live
-from dashboard.api import MSG_AUTH, MSG_STAFF
+from dashboard.api import MSG_AUTH, MSG_FORBIDDEN
 from dashboard.models import AuditEntry
 from dashboard.services import TOKEN_ACTOR
 from limiter.models import COALESCE_MAX_INPUTS, ApiKey, EndpointLimit, LimitProfile, Team
@@ -44,9 +44,9 @@ def test_token_disabled_when_unset(client, settings):
     assert client.get("/api/teams", headers={"Authorization": "Bearer "}).status_code == 401
 
 
-def test_non_staff_session_403(outsider_client):
+def test_session_without_a_role_403(outsider_client):
     response = outsider_client.get("/api/teams")
-    assert response.status_code == 403 and response.json()["error"]["message"] == MSG_STAFF
+    assert response.status_code == 403 and response.json()["error"]["message"] == MSG_FORBIDDEN
 
 
 def test_staff_session_needs_csrf_on_writes(staff):

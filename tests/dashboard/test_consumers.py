@@ -15,6 +15,7 @@ from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
 from limiter import events, process
 from limiter.services import key_issue, team_get_or_create, upstream_default
+from tests.dashboard.conftest import org_user
 
 # Transactional: the consumer reads the database from other threads. Every test asks
 # for the seeded default profile, which the flush between transactional tests removes.
@@ -113,9 +114,7 @@ async def test_non_staff_refused(django_user_model, fake_limiter):
 async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, fake_limiter, ids):
     state, asked = fake_limiter
     state["snapshot"] = snapshot(ids["key"], ids["account"])
-    user = await database_sync_to_async(django_user_model.objects.create_user)(
-        "ops", password="x", is_staff=True
-    )
+    user = await database_sync_to_async(org_user)("ops", "operator")
     communicator, connected, _ = await connect(user)
     assert connected
 
@@ -144,9 +143,7 @@ async def test_staff_gets_db_limits_then_snapshot_on_connect(django_user_model, 
 
 
 async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, ids):
-    user = await database_sync_to_async(django_user_model.objects.create_user)(
-        "ops", password="x", is_staff=True
-    )
+    user = await database_sync_to_async(org_user)("ops", "operator")
     communicator, connected, _ = await connect(user)
     assert (await communicator.receive_json_from(timeout=2))["type"] == "limits"
     assert (await communicator.receive_json_from(timeout=2))["type"] == "jobs"
@@ -162,9 +159,7 @@ async def test_group_snapshots_are_delivered(django_user_model, fake_limiter, id
 
 
 async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, ids):
-    user = await database_sync_to_async(django_user_model.objects.create_user)(
-        "ops", password="x", is_staff=True
-    )
+    user = await database_sync_to_async(org_user)("ops", "operator")
     communicator, _, _ = await connect(user)
     await receive_type(communicator, "jobs")  # after the limits
     await get_channel_layer().group_send(events.LIVE_GROUP, snapshot(ids["key"], ids["account"]))
@@ -190,9 +185,7 @@ async def test_new_key_is_named_after_a_reload(django_user_model, fake_limiter, 
 async def test_refresh_and_limiter_restart_ask_for_a_snapshot(django_user_model, fake_limiter, ids):
     state, asked = fake_limiter
     state["snapshot"] = snapshot(ids["key"], ids["account"])
-    user = await database_sync_to_async(django_user_model.objects.create_user)(
-        "ops", password="x", is_staff=True
-    )
+    user = await database_sync_to_async(org_user)("ops", "operator")
     communicator, _, _ = await connect(user)
     await receive_type(communicator, "snapshot")
 

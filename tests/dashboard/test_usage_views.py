@@ -164,7 +164,8 @@ def test_queries_do_not_grow_with_the_rows(
             for model in (LLAMA, BGE):
                 rollup(owner, start + timedelta(days=day), model=model)
     params = {"start": "2026-03-01", "end": "2026-03-31", "group_by": ["day", "team", "model"]}
-    with django_assert_max_num_queries(8):  # session, user, teams, models, table, total, chart
+    # session, user, the user's role, teams, models, table, total, chart
+    with django_assert_max_num_queries(9):
         response = staff_client.get(USAGE, params)
     assert len(table_rows(response.content.decode())) == 80
 
