@@ -37,6 +37,7 @@ from mozilla_django_oidc.views import (
     OIDCLogoutView,
 )
 
+from dashboard.access import public
 from dashboard.models import OidcIdentity
 from dashboard.oidc_config import claim_values, roles_from_claim
 from dashboard.policy import roles_forget, roles_of
@@ -280,13 +281,18 @@ login_context = {
     "sso_name": settings.SLUICE_OIDC_PROVIDER_NAME,
     "local_login": settings.SLUICE_LOCAL_LOGIN,
 }
+# Open to anyone on purpose (dashboard/access.py): they are how one signs in and out.
 urlpatterns = [
     path(
         "login/",
-        LoginView.as_view(redirect_authenticated_user=True, extra_context=login_context),
+        public(LoginView.as_view(redirect_authenticated_user=True, extra_context=login_context)),
         name="login",
     ),
-    path("logout/", OIDCLogoutView.as_view(), name="logout"),
-    path("oidc/authenticate/", OidcAuthenticateView.as_view(), name="oidc_authentication_init"),
-    path("oidc/callback/", OidcCallbackView.as_view(), name="oidc_authentication_callback"),
+    path("logout/", public(OIDCLogoutView.as_view()), name="logout"),
+    path(
+        "oidc/authenticate/",
+        public(OidcAuthenticateView.as_view()),
+        name="oidc_authentication_init",
+    ),
+    path("oidc/callback/", public(OidcCallbackView.as_view()), name="oidc_authentication_callback"),
 ]

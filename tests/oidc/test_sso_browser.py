@@ -245,6 +245,16 @@ def test_team_group_gives_its_team_role(sso, page):
         "groups": [],
         "teams": {"search": "maintainer"},
     }
+    # The role is in force: tom sees his team's page, and another team's is not there.
+    server.issue_key("ads")
+    ids = json.loads(
+        server.python(
+            "import json; from limiter.models import Team;"
+            "print(json.dumps(dict(Team.objects.values_list('name', 'id'))))"
+        )
+    )
+    assert page.goto(f"{server.url}/teams/{ids['search']}/").status == 200
+    assert page.goto(f"{server.url}/teams/{ids['ads']}/").status == 404
 
 
 def test_unmapped_user_gets_a_page_saying_so(sso, page):
