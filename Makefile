@@ -29,13 +29,20 @@ run: install .env
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
+# The OpenID provider the single sign-on tests run (npm); reinstalled when its lock file
+# changes. Without npm those tests are skipped.
+OIDC_PROVIDER := tests/oidc/provider
+$(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
+	@command -v npm >/dev/null || { echo "no npm: the single sign-on tests will be skipped"; exit 0; }; \
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund && touch node_modules/.installed
+
 # In parallel, one file (one server start-up) per unit of work, handed out longest first
 # (tests/conftest.py); the suite mostly waits on servers, so more workers than cores finish
 # sooner, up to a point where the servers' CPU contends. Then, on their own, the tests
 # that measure limits held under load (marked `alone`). TEST_WORKERS=0 runs the first part
 # serially.
 TEST_WORKERS ?= 4
-test: install
+test: install $(OIDC_PROVIDER)/node_modules/.installed
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone"
 	$(BIN)/python -m pytest -m alone
@@ -53,4 +60,4 @@ screenshots: install
 	$(BIN)/python scripts/screenshots.py
 
 clean:
-	rm -rf $(VENV) staticfiles .pytest_cache
+	rm -rf $(VENV) staticfiles .pytest_cache $(OIDC_PROVIDER)/node_modules

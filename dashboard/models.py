@@ -62,3 +62,24 @@ class TeamMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} {self.role} of {self.team}"
+
+
+class OidcIdentity(models.Model):
+    """The person an identity provider vouches for (its issuer and `sub`), linked to the
+    user single sign-on created for them (dashboard/oidc.py). A username or an email
+    address is not an identity: a provider may let its users choose them."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="oidc_identity"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+
+    class Meta:
+        verbose_name_plural = "OpenID Connect identities"
+        constraints = [
+            models.UniqueConstraint(fields=["issuer", "subject"], name="oidc_identity_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

@@ -273,6 +273,52 @@ for _proxy in SLUICE_TRUSTED_PROXIES:
     except ValueError as exc:
         raise ImproperlyConfigured(f"SLUICE_TRUSTED_PROXIES: {exc}") from None
 
+# --- Single sign-on (OpenID Connect, dashboard/oidc.py) -------------------------------
+# Off unless SLUICE_OIDC_ISSUER is set. The provider's endpoints come from
+# <issuer>/.well-known/openid-configuration, fetched at the first sign-in (not at start-up,
+# so commands run without it), unless given below. README "Connecting an identity provider".
+SLUICE_OIDC_ISSUER = env.str("SLUICE_OIDC_ISSUER", default="").rstrip("/")
+SLUICE_OIDC = bool(SLUICE_OIDC_ISSUER)
+# Off: only superusers (the break-glass admin `bootstrap` creates) sign in with a password;
+# everyone else through the identity provider.
+SLUICE_LOCAL_LOGIN = env.bool("SLUICE_LOCAL_LOGIN", default=True)
+if not SLUICE_LOCAL_LOGIN and not SLUICE_OIDC:
+    raise ImproperlyConfigured("SLUICE_LOCAL_LOGIN=false needs SLUICE_OIDC_ISSUER")
+if SLUICE_OIDC:
+    from dashboard.oidc_config import role_map_parse  # a plain module
+
+    OIDC_RP_CLIENT_ID = env.str("SLUICE_OIDC_CLIENT_ID", default="")
+    OIDC_RP_CLIENT_SECRET = env.str("SLUICE_OIDC_CLIENT_SECRET", default="")
+    if not OIDC_RP_CLIENT_ID or not OIDC_RP_CLIENT_SECRET:
+        raise ImproperlyConfigured(
+            "SLUICE_OIDC_ISSUER needs SLUICE_OIDC_CLIENT_ID and SLUICE_OIDC_CLIENT_SECRET"
+        )
+    SLUICE_OIDC_ROLES_CLAIM = env.str("SLUICE_OIDC_ROLES_CLAIM", default="groups")
+    SLUICE_OIDC_ROLE_MAP = role_map_parse(env.str("SLUICE_OIDC_ROLE_MAP", default=""))
+    if not SLUICE_OIDC_ROLE_MAP:
+        raise ImproperlyConfigured(
+            "SLUICE_OIDC_ISSUER needs SLUICE_OIDC_ROLE_MAP: no one would get a role"
+        )
+    # "Sign in with <name>" on the login page.
+    SLUICE_OIDC_PROVIDER_NAME = env.str(
+        "SLUICE_OIDC_PROVIDER_NAME", default=SLUICE_OIDC_ISSUER.split("//")[-1].split("/")[0]
+    )
+    # Seconds for each call to the provider (discovery, token, keys, userinfo).
+    OIDC_TIMEOUT = env.float("SLUICE_OIDC_TIMEOUT", default=10.0)
+    # Endpoints given here are not discovered (a provider without discovery names them all).
+    SLUICE_OIDC_ENDPOINTS = {
+        name: env.str(f"SLUICE_OIDC_{name}_ENDPOINT", default="")
+        for name in ("AUTHORIZATION", "TOKEN", "USERINFO", "JWKS", "END_SESSION")
+    }
+    OIDC_RP_SCOPES = env.str("SLUICE_OIDC_SCOPES", default="openid email profile")
+    OIDC_RP_SIGN_ALGO = env.str("SLUICE_OIDC_SIGN_ALGO", default="RS256")
+    OIDC_USE_PKCE = True
+    OIDC_PKCE_CODE_CHALLENGE_METHOD = "S256"
+    OIDC_STORE_ID_TOKEN = True  # the hint for the provider's logout
+    OIDC_OP_LOGOUT_URL_METHOD = "dashboard.oidc.provider_logout_url"
+    LOGOUT_REDIRECT_URL = LOGIN_URL  # mozilla-django-oidc's logout needs one
+    AUTHENTICATION_BACKENDS = ["dashboard.oidc.LocalPasswordBackend", "dashboard.oidc.OidcBackend"]
+
 # Every line carries the request id (also returned as x-request-id and sent upstream);
 # LOG_FORMAT=json writes one JSON object a line for log shippers. Secrets are never logged.
 LOGGING = {

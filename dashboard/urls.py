@@ -4,6 +4,7 @@ The team API (/v1/) is not here: `dashboard/asgi.py` routes it to a lean ASGI ap
 (`limiter/gateway/app.py`) in front of Django's middleware stack.
 """
 
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
@@ -47,3 +48,9 @@ urlpatterns = [
     path("api/", api.urls),
     path("admin/", admin.site.urls),
 ]
+
+if settings.SLUICE_OIDC:
+    from dashboard import oidc  # imports mozilla-django-oidc only when single sign-on is on
+
+    # Its login page (with "Sign in with ..."), logout (the provider's too) and callback.
+    urlpatterns = oidc.urlpatterns + urlpatterns

@@ -117,6 +117,7 @@ SLOW_FIRST = (
     "tests/bench/test_bench_quick.py",  # 112
     "tests/usage/test_amounts.py",  # 76 run alone (a SQLite and a PostgreSQL server)
     "tests/fuzz/test_ops_api.py",  # 72
+    "tests/oidc/test_sso_browser.py",  # 61
     "tests/isolation/",  # 53
     "tests/gateway/test_limits_live.py",  # 51
     "tests/gateway/test_coalesce.py",  # 41
