@@ -1,10 +1,12 @@
 """The ops API at /api/ (docs at /api/docs): teams, keys, profiles and limits, the 429
 history, the audit log and the live snapshot.
 
-Auth: a signed-in session (with CSRF on writes) or `Authorization: Bearer
-<SLUICE_ADMIN_TOKEN>` (the bootstrap admin credential). Each operation declares its rule
-(`@api_rule`, dashboard/access.py), which `api_guard` asks of the policy before the
-payload is parsed: refused is 403, another team's object 404, no rule declared 403.
+Auth: a signed-in session (with CSRF on writes), `Authorization: Bearer <personal
+token>` (a user's token, dashboard/tokens.py: it acts with its owner's role, or reads
+only), or `Authorization: Bearer <SLUICE_ADMIN_TOKEN>` (the bootstrap admin credential).
+Each operation declares its rule (`@api_rule`, dashboard/access.py), which `api_guard`
+asks of the policy before the payload is parsed: refused is 403, another team's object
+404, no rule declared 403.
 Operations parse, call a service or selector, and shape the output; every error leaves
 in one shape, `{"error": {"code", "message", "fields"}}`, from the handlers below.
 """
@@ -54,12 +56,13 @@ from dashboard.schemas import (
     TeamPatchIn,
 )
 from dashboard.selectors import audit_page, limit_warnings
+from dashboard.tokens import token_user
 from dashboard.usage_api import router as usage_router
 from limiter import selectors
 from limiter.jobs import selectors as job_selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
-MSG_AUTH = "Log in or send 'Authorization: Bearer <admin token>'."
+MSG_AUTH = "Log in or send 'Authorization: Bearer <your API token>'."
 MSG_FORBIDDEN = "Your role does not allow this."
 MSG_KEY_PROFILE = "A team maintainer's keys use the team's profile; leave 'profile' out."
 MSG_NOT_FOUND = "Not found."
@@ -69,8 +72,8 @@ LIVE_STALE_SECONDS = 3.0
 
 
 class OpsRequest(HttpRequest):
-    # Set by ninja to what the authenticator returned: the signed-in User (StaffSession)
-    # or TOKEN_ACTOR (AdminToken).
+    # Set by ninja to what the authenticator returned: the signed-in User (StaffSession),
+    # a personal token's owner (PersonalTokenAuth) or TOKEN_ACTOR (AdminToken).
     auth: User | str
 
 
@@ -81,6 +84,12 @@ class AdminToken(HttpBearer):
         if expected and hmac.compare_digest(token.encode(), expected.encode()):
             return services.TOKEN_ACTOR
         return None
+
+
+class PersonalTokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> User | None:
+        # The owner, acting through the token: api_guard asks the policy for that user.
+        return token_user(token)
 
 
 class StaffSession(APIKeyCookie):
@@ -102,7 +111,7 @@ api = NinjaAPI(
     title="Sluice ops API",
     version="1",
     description="Teams, keys, limit profiles, the 429 history, the audit log and the live view.",
-    auth=[AdminToken(), StaffSession()],
+    auth=[AdminToken(), PersonalTokenAuth(), StaffSession()],
     urls_namespace="ops-api",
 )
 # Every operation, of every router: its declared rule, before its payload is parsed.

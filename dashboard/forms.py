@@ -12,6 +12,7 @@ from django.core.exceptions import ValidationError
 from django.http import QueryDict
 from django.utils import timezone
 
+from dashboard.models import TokenScope
 from limiter import selectors
 from limiter.alerts.models import RATE_FIELDS, Webhook
 from limiter.alerts.services import Rates
@@ -443,3 +444,17 @@ class BudgetForm(forms.ModelForm):
         assert isinstance(key_field, forms.ModelChoiceField)
         key_field.queryset = ApiKey.objects.filter(team=team, revoked_at__isnull=True)
         key_field.empty_label = "every key of the team"
+
+
+class TokenCreateForm(forms.Form):
+    """A personal API token: a name, full (the user's role) or read only, an expiry."""
+
+    name = forms.CharField(max_length=80, required=False)
+    scope = forms.ChoiceField(choices=TokenScope.choices, initial=TokenScope.FULL)
+    expires_in_days = forms.IntegerField(
+        min_value=1, max_value=3650, required=False, label="Expires in (days)"
+    )
+
+    def expires_at(self) -> datetime | None:
+        days = self.cleaned_data.get("expires_in_days")
+        return timezone.now() + timedelta(days=days) if days else None

@@ -226,6 +226,7 @@ class AuditOut(ModelSchema):
             "object_repr",
             "old_values",
             "new_values",
+            "via",
         ]
 
 
