@@ -52,10 +52,11 @@ from dashboard.schemas import (
     RefusalFilterIn,
     RefusalPageOut,
     TeamIn,
+    TeamNowOut,
     TeamOut,
     TeamPatchIn,
 )
-from dashboard.selectors import audit_page, limit_warnings
+from dashboard.selectors import audit_page, limit_warnings, team_now
 from dashboard.tokens import token_user
 from dashboard.usage_api import router as usage_router
 from limiter import selectors
@@ -205,6 +206,22 @@ def team_create(request: OpsRequest, payload: TeamIn):
 @api_rule(TEAM_READ, team_from=team_pk("team_id"))
 def team_get(request: HttpRequest, team_id: int):
     return get_object_or_404(selectors.team_list(), pk=team_id)
+
+
+@teams.get("/teams/{team_id}/now", response={200: TeamNowOut, **ERRORS})
+@api_rule(TEAM_READ, team_from=team_pk("team_id"))
+def team_now_get(request: HttpRequest, team_id: int):
+    """The team's own rows of the live view (its keys' queues, leases and refusals of
+    the last minute) and its fine-tune and batch jobs' places in the queue."""
+    team = get_object_or_404(Team, pk=team_id)
+    snapshot = async_to_sync(live.snapshot_fetch)()
+    age = live.latest.age()
+    return team_now(
+        team=team,
+        snapshot=snapshot,
+        reachable=age is not None and age <= LIVE_STALE_SECONDS,
+        jobs=job_selectors.jobs_live_snapshot()["accounts"],
+    )
 
 
 @teams.patch("/teams/{team_id}", response={200: TeamOut, **ERRORS})

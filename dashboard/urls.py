@@ -13,7 +13,7 @@ from dashboard.access import public
 from dashboard.api import api
 
 dashboard_patterns = [
-    path("", views.overview, name="overview"),
+    path("", views.home, name="overview"),
     path("live/ceilings/reset/", views.ceiling_reset, name="ceiling_reset"),
     path("limits/", views.limits, name="limits"),
     path("limits/profiles/<int:pk>/", views.profile, name="profile"),
