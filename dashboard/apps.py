@@ -21,6 +21,8 @@ class DashboardConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from dashboard import signals  # noqa: F401  (sign-ins reach the audit log)
+
         post_migrate.connect(_role_permissions_sync, sender=self)
 
 

@@ -15,6 +15,8 @@ ACTION_REFUSED = "refused"
 ACTION_SIGN_IN = "sign_in"
 ACTION_SIGN_IN_FAILED = "sign_in_failed"
 ACTION_SIGN_OUT = "sign_out"
+# Entries about access, not changes.
+ACCESS_ACTIONS = (ACTION_REFUSED, ACTION_SIGN_IN, ACTION_SIGN_IN_FAILED, ACTION_SIGN_OUT)
 
 
 def request_address(request: HttpRequest) -> str:

@@ -10,10 +10,17 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
+from dashboard.audit import ACCESS_ACTIONS
+from dashboard.models import AuditEntry
 from limiter.models import Refusal
 from limiter.services import key_issue, team_get_or_create
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def audited_changes():
+    """The audit log's changes, without its sign-ins (force_login is one)."""
+    return AuditEntry.objects.exclude(action__in=ACCESS_ACTIONS)
 
 
 def org_user(username: str, role: str, password: str = "x"):

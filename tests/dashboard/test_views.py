@@ -14,7 +14,7 @@ from django.utils import timezone
 from dashboard.forms import MSG_BURST, MSG_NEGATIVE, MSG_RATE
 from dashboard.models import AuditEntry
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team
-from tests.dashboard.conftest import make_refusals
+from tests.dashboard.conftest import audited_changes, make_refusals
 
 pytestmark = pytest.mark.django_db
 
@@ -112,7 +112,7 @@ def test_limit_edit_saves_and_audits_old_and_new(staff_client, staff):
 def test_limit_edit_unchanged_writes_no_audit(staff_client):
     limit = chat_limit()
     staff_client.post(reverse("dashboard:limit_edit", args=[limit.pk]), limit_post(limit))
-    assert not AuditEntry.objects.exists()
+    assert not audited_changes().exists()
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_limit_form_errors(staff_client, changes, field, message):
     assert EndpointLimit.objects.filter(
         pk=limit.pk, requests_per_minute=limit.requests_per_minute, burst=limit.burst
     ).exists()
-    assert not AuditEntry.objects.exists()
+    assert not audited_changes().exists()
 
 
 def test_limit_above_upstream_ceiling_is_saved_but_flagged(staff_client, staff, team):
@@ -235,7 +235,7 @@ def test_key_revoke_and_rotate(staff_client, key):
     staff_client.post(reverse("dashboard:key_revoke", args=[new.pk]))
     new.refresh_from_db()
     assert new.revoked_at is not None
-    assert list(AuditEntry.objects.order_by("id").values_list("action", flat=True)) == [
+    assert list(audited_changes().order_by("id").values_list("action", flat=True)) == [
         "rotate",
         "create",
         "revoke",
