@@ -134,7 +134,7 @@ class ServerDb:
         (Not a key's last use: the recorder writes it as keys are used.)"""
         from django.contrib.auth import get_user_model
 
-        from dashboard.models import AuditEntry
+        from dashboard.models import AuditEntry, PersonalToken
         from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
         from limiter.usage.models import Budget, ModelPrice
@@ -158,6 +158,7 @@ class ServerDb:
                 "alerts": rows(Alert.objects.using(db)),
                 "budgets": rows(Budget.objects.using(db)),
                 "prices": rows(ModelPrice.objects.using(db)),
+                "tokens": rows(PersonalToken.objects.using(db), "last_used_at"),
             }
 
         return self.read(query)
