@@ -1,10 +1,12 @@
 """The ops API at /api/ (docs at /api/docs): teams, keys, profiles and limits, the 429
 history, the audit log and the live snapshot.
 
-Auth: a signed-in session (with CSRF on writes) or `Authorization: Bearer
-<SLUICE_ADMIN_TOKEN>` (the bootstrap admin credential). Each operation declares its rule
-(`@api_rule`, dashboard/access.py), which `api_guard` asks of the policy before the
-payload is parsed: refused is 403, another team's object 404, no rule declared 403.
+Auth: a signed-in session (with CSRF on writes), `Authorization: Bearer <personal
+token>` (a user's token, dashboard/tokens.py: it acts with its owner's role, or reads
+only), or `Authorization: Bearer <SLUICE_ADMIN_TOKEN>` (the bootstrap admin credential).
+Each operation declares its rule (`@api_rule`, dashboard/access.py), which `api_guard`
+asks of the policy before the payload is parsed: refused is 403, another team's object
+404, no rule declared 403.
 Operations parse, call a service or selector, and shape the output; every error leaves
 in one shape, `{"error": {"code", "message", "fields"}}`, from the handlers below.
 """
@@ -52,19 +54,21 @@ from dashboard.schemas import (
     RefusalFilterIn,
     RefusalPageOut,
     TeamIn,
+    TeamNowOut,
     TeamOut,
     TeamPatchIn,
 )
-from dashboard.selectors import audit_page, limit_warnings
+from dashboard.selectors import audit_page, limit_warnings, team_now
+from dashboard.tokens import token_user
 from dashboard.usage_api import router as usage_router
 from limiter import selectors
 from limiter.jobs import selectors as job_selectors
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 
-MSG_AUTH = "Log in or send 'Authorization: Bearer <admin token>'."
+MSG_AUTH = "Log in or send 'Authorization: Bearer <your API token>'."
 MSG_FORBIDDEN = "Your role does not allow this."
 MSG_KEY_PROFILE = "A team maintainer's keys use the team's profile; leave 'profile' out."
-MSG_THROTTLED = "Too many wrong admin tokens from this address; retry later."
+MSG_THROTTLED = "Too many wrong tokens from this address; retry later."
 MSG_NOT_FOUND = "Not found."
 MSG_INVALID = "The request is not valid."
 # A limiter that has sent nothing for this long is shown as unreachable.
@@ -72,8 +76,8 @@ LIVE_STALE_SECONDS = 3.0
 
 
 class OpsRequest(HttpRequest):
-    # Set by ninja to what the authenticator returned: the signed-in User (StaffSession)
-    # or TOKEN_ACTOR (AdminToken).
+    # Set by ninja to what the authenticator returned: the signed-in User (StaffSession),
+    # a personal token's owner or TOKEN_ACTOR (BearerToken).
     auth: User | str
 
 
@@ -82,13 +86,19 @@ class AdminTokenThrottled(Exception):
         self.wait = wait
 
 
-class AdminToken(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str) -> str | None:
+class BearerToken(HttpBearer):
+    """`Authorization: Bearer`: the bootstrap admin token (TOKEN_ACTOR) or a personal token
+    (its owner, acting through it: api_guard asks the policy for that user)."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> User | str | None:
         expected = settings.SLUICE_ADMIN_TOKEN
         # Constant-time, so a wrong token's timing says nothing about the right one.
         if expected and hmac.compare_digest(token.encode(), expected.encode()):
             return services.TOKEN_ACTOR
-        # Checked first, counted after: a guesser is slowed, the valid token never is.
+        user = token_user(token)
+        if user is not None:
+            return user
+        # Checked first, counted after: a guesser is slowed, a valid token never is.
         wait = auth_throttle.admin_token_failed(request)
         if wait:
             raise AdminTokenThrottled(wait)
@@ -114,7 +124,7 @@ api = NinjaAPI(
     title="Sluice ops API",
     version="1",
     description="Teams, keys, limit profiles, the 429 history, the audit log and the live view.",
-    auth=[AdminToken(), StaffSession()],
+    auth=[BearerToken(), StaffSession()],
     urls_namespace="ops-api",
 )
 # Every operation, of every router: its declared rule, before its payload is parsed.
@@ -215,6 +225,22 @@ def team_create(request: OpsRequest, payload: TeamIn):
 @api_rule(TEAM_READ, team_from=team_pk("team_id"))
 def team_get(request: HttpRequest, team_id: int):
     return get_object_or_404(selectors.team_list(), pk=team_id)
+
+
+@teams.get("/teams/{team_id}/now", response={200: TeamNowOut, **ERRORS})
+@api_rule(TEAM_READ, team_from=team_pk("team_id"))
+def team_now_get(request: HttpRequest, team_id: int):
+    """The team's own rows of the live view (its keys' queues, leases and refusals of
+    the last minute) and its fine-tune and batch jobs' places in the queue."""
+    team = get_object_or_404(Team, pk=team_id)
+    snapshot = async_to_sync(live.snapshot_fetch)()
+    age = live.latest.age()
+    return team_now(
+        team=team,
+        snapshot=snapshot,
+        reachable=age is not None and age <= LIVE_STALE_SECONDS,
+        jobs=job_selectors.jobs_live_snapshot()["accounts"],
+    )
 
 
 @teams.patch("/teams/{team_id}", response={200: TeamOut, **ERRORS})

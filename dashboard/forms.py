@@ -15,6 +15,7 @@ from django.http import QueryDict
 from django.utils import timezone
 
 from dashboard import auth_throttle
+from dashboard.models import TokenScope
 from limiter import selectors
 from limiter.alerts.models import RATE_FIELDS, Webhook
 from limiter.alerts.services import Rates
@@ -469,3 +470,17 @@ class LoginForm(AuthenticationForm):
         except ValidationError:
             auth_throttle.login_failed(request, username)
             raise
+
+
+class TokenCreateForm(forms.Form):
+    """A personal API token: a name, full (the user's role) or read only, an expiry."""
+
+    name = forms.CharField(max_length=80, required=False)
+    scope = forms.ChoiceField(choices=TokenScope.choices, initial=TokenScope.FULL)
+    expires_in_days = forms.IntegerField(
+        min_value=1, max_value=3650, required=False, label="Expires in (days)"
+    )
+
+    def expires_at(self) -> datetime | None:
+        days = self.cleaned_data.get("expires_in_days")
+        return timezone.now() + timedelta(days=days) if days else None

@@ -6,6 +6,9 @@ change without its audit entry (or the reverse) cannot be committed.
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -26,6 +29,9 @@ class AuditEntry(models.Model):
     object_repr = models.CharField(max_length=200)
     old_values = models.JSONField(default=dict, blank=True)
     new_values = models.JSONField(default=dict, blank=True)
+    # How the actor acted when not through a session: "token <prefix>" for a personal
+    # API token. Filled in by `save` from the actor (see `acting_token`).
+    via = models.CharField(max_length=40, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -37,6 +43,15 @@ class AuditEntry(models.Model):
             f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_name} "
             f"{self.action} {self.object_repr}"
         )
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Every entry written for a user acting through a personal token (a change, or a
+        # refused attempt at one) names the token, whichever code path writes it.
+        if not self.via and self.actor_id is not None:
+            token = acting_token(self.actor)
+            if token is not None:
+                self.via = f"token {token.prefix}"
+        super().save(*args, **kwargs)
 
 
 class TeamRole(models.TextChoices):
@@ -83,3 +98,72 @@ class OidcIdentity(models.Model):
 
     def __str__(self) -> str:
         return f"{self.subject} at {self.issuer}"
+
+
+# --- personal API tokens --------------------------------------------------------------------
+TOKEN_PREFIX = "sluice-pat-"
+TOKEN_VISIBLE_PREFIX_LENGTH = len(TOKEN_PREFIX) + 6
+# The owner's User object of a request authenticated by a token carries it here (one
+# object per request), so the policy narrows a read-only token and the audit names it.
+_ACTING_TOKEN = "_sluice_acting_token"
+
+
+class TokenScope(models.TextChoices):
+    FULL = "full", "Full (my role)"
+    READ = "read", "Read only"
+
+
+class PersonalTokenQuerySet(models.QuerySet["PersonalToken"]):
+    def usable(self) -> PersonalTokenQuerySet:
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class PersonalToken(models.Model):
+    """A user's token for the ops API: it acts with its owner's role, or with reads only
+    (scope `read`). Only a SHA-256 of the secret is kept; the secret is shown once."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=80, blank=True)
+    prefix = models.CharField(max_length=TOKEN_VISIBLE_PREFIX_LENGTH, db_index=True)
+    secret_hash = models.CharField(max_length=64, unique=True)
+    scope = models.CharField(max_length=8, choices=TokenScope.choices, default=TokenScope.FULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    # Written at most once a minute (TOKEN_LAST_USED_EVERY), not on every request.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PersonalTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        # 32 random bytes, as team keys: a fast hash is enough, there is nothing to brute-force.
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    @property
+    def read_only(self) -> bool:
+        return self.scope == TokenScope.READ
+
+    def is_expired(self, now: Any = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+
+def act_through(user: Any, token: PersonalToken) -> None:
+    """Mark this request's user object as acting through `token`."""
+    user.__dict__[_ACTING_TOKEN] = token
+
+
+def acting_token(user: Any) -> PersonalToken | None:
+    """The personal token this user object acts through (None: a session, or no user)."""
+    return getattr(user, "__dict__", {}).get(_ACTING_TOKEN)

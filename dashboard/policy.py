@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 
-from dashboard.models import TeamMembership
+from dashboard.models import TeamMembership, acting_token
 from dashboard.role_permissions import ADMIN, AUDITOR, OPERATOR
 from limiter.models import Team
 
@@ -33,6 +33,8 @@ USERS_WRITE = "users_write"  # users and their roles
 # On one team (pass `team`).
 TEAM_READ = "team_read"  # the team's page: quota, usage, budgets, 429s, keys by prefix
 TEAM_KEYS_WRITE = "team_keys_write"  # create, rotate, revoke the team's own keys
+# One's own personal API tokens (they act with one's role): whoever holds a role.
+TOKENS_OWN = "tokens_own"
 
 WRITE_ACTIONS = frozenset(
     {
@@ -48,7 +50,7 @@ WRITE_ACTIONS = frozenset(
         TEAM_KEYS_WRITE,
     }
 )
-ACTIONS = WRITE_ACTIONS | {READ_ALL, TEAM_READ}
+ACTIONS = WRITE_ACTIONS | {READ_ALL, TEAM_READ, TOKENS_OWN}
 TEAM_ACTIONS = frozenset({TEAM_READ, TEAM_KEYS_WRITE})
 
 # --- who holds which -----------------------------------------------------------------------
@@ -121,10 +123,20 @@ def roles_forget(user: User) -> None:
     user.__dict__.pop(_CACHE, None)
 
 
+def _narrowed(user: User | AnonymousUser | Any, action: str) -> bool:
+    """A read-only personal token reads with its owner's role and writes nothing."""
+    token = acting_token(user)
+    return token is not None and token.read_only and action in WRITE_ACTIONS
+
+
 def allows(user: User | AnonymousUser | Any, action: str, team: Team | None = None) -> bool:
     """Whether `user` may do `action` (on `team`, for the per-team actions). An
     organisation role holds its actions on every team; a team role only on its team."""
+    if _narrowed(user, action):
+        return False
     roles = roles_of(user)
+    if action == TOKENS_OWN:
+        return roles.org is not None or bool(roles.teams)
     if roles.org is not None and action in ORG_GRANTS.get(roles.org, frozenset()):
         return True
     if action not in TEAM_ACTIONS or team is None:
@@ -135,6 +147,8 @@ def allows(user: User | AnonymousUser | Any, action: str, team: Team | None = No
 
 def allows_somewhere(user: User | AnonymousUser | Any, action: str) -> bool:
     """Whether the user holds `action` on some team (a list narrowed by teams_visible)."""
+    if _narrowed(user, action):
+        return False
     roles = roles_of(user)
     if roles.org is not None and action in ORG_GRANTS.get(roles.org, frozenset()):
         return True

@@ -226,6 +226,7 @@ class AuditOut(ModelSchema):
             "object_repr",
             "old_values",
             "new_values",
+            "via",
         ]
 
 
@@ -320,3 +321,35 @@ class LiveOut(Schema):
         description="Fine-tune and batch slots per upstream account id."
     )
     limits: LimitsOverviewOut
+
+
+# --- a team's page, now ---------------------------------------------------------------------
+class TeamScopeNowOut(Schema):
+    key_prefix: str
+    key_name: str
+    endpoint: str
+    limit_per_minute: float
+    burst: int
+    in_use: float = Field(description="Units of the burst in use now.")
+    queued: int
+    longest_wait: float = Field(description="Seconds the oldest queued request has waited.")
+    leases: int
+    max_concurrent: int | None
+    refused_last_minute: dict[str, int] = Field(description='{"gateway": n, "upstream": n}')
+
+
+class TeamJobNowOut(Schema):
+    kind: str = Field(description="fine_tune or batch")
+    job: str
+    parent: str | None
+    state: str = Field(description="running (holds a slot) or waiting")
+    position: int | None = Field(description="Place in the account's queue; 1 starts next.")
+    since: str
+
+
+class TeamNowOut(Schema):
+    """One team's own rows of the live view: its keys' scopes and its jobs' places."""
+
+    limiter_reachable: bool
+    scopes: list[TeamScopeNowOut]
+    jobs: list[TeamJobNowOut]

@@ -7,6 +7,8 @@ new values in the same transaction. `actor` is None for the admin token.
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -16,9 +18,16 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ProtectedError
+from django.utils import timezone
 
 from dashboard import live
-from dashboard.models import AuditEntry
+from dashboard.models import (
+    TOKEN_PREFIX,
+    TOKEN_VISIBLE_PREFIX_LENGTH,
+    AuditEntry,
+    PersonalToken,
+    TokenScope,
+)
 from limiter import services as limiter_services
 from limiter.alerts import services as alert_services
 from limiter.alerts.models import Webhook
@@ -90,13 +99,16 @@ def audit_record(
     obj: models.Model,
     old: dict[str, Any] | None = None,
     new: dict[str, Any] | None = None,
+    actor_name: str = "",
 ) -> AuditEntry:
+    """`actor_name` names an actor that is not a user (a command); by default the user,
+    or the admin token when there is none."""
     # None only on Options not yet attached to a model class, never on a saved row's.
     object_type = obj._meta.model_name
     assert object_type is not None
     return AuditEntry.objects.create(
         actor=actor,
-        actor_name=actor.get_username() if actor is not None else TOKEN_ACTOR,
+        actor_name=actor_name or (actor.get_username() if actor is not None else TOKEN_ACTOR),
         action=action,
         object_type=object_type,
         object_id=str(obj.pk),
@@ -326,6 +338,66 @@ def key_rotate(*, actor: User | None, key: ApiKey) -> IssuedKey:
     )
     audit_record(actor=actor, action="create", obj=issued.key, new=_values(issued.key, KEY_FIELDS))
     return issued
+
+
+# --- personal API tokens -------------------------------------------------------------------
+TOKEN_FIELDS = ("prefix", "name", "scope", "expires_at", "revoked_at")
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: PersonalToken
+    secret: str  # shown once, never stored
+
+
+@transaction.atomic
+def token_create(
+    *,
+    user: User,
+    name: str = "",
+    scope: str = TokenScope.FULL,
+    expires_at: datetime | None = None,
+    actor: User | None,
+    actor_name: str = "",
+) -> IssuedToken:
+    """A personal API token for `user`, acting with the user's role (or reads only, scope
+    `read`). The audit entry names the user and the token's prefix; the secret is only in
+    the return value."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = PersonalToken.objects.create(
+        user=user,
+        name=name,
+        prefix=secret[:TOKEN_VISIBLE_PREFIX_LENGTH],
+        secret_hash=PersonalToken.hash_secret(secret),
+        scope=scope,
+        expires_at=expires_at,
+    )
+    audit_record(
+        actor=actor,
+        actor_name=actor_name,
+        action="create",
+        obj=token,
+        new={"user": user.get_username(), **_values(token, TOKEN_FIELDS)},
+    )
+    return IssuedToken(token=token, secret=secret)
+
+
+@transaction.atomic
+def token_revoke(*, token: PersonalToken, actor: User | None) -> PersonalToken:
+    """Revoke a token (its next request is refused with 401); revoking twice is a no-op."""
+    revoked = PersonalToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    token.refresh_from_db(fields=["revoked_at"])
+    if revoked:
+        audit_record(
+            actor=actor,
+            action="revoke",
+            obj=token,
+            old={"user": token.user.get_username(), "prefix": token.prefix, "revoked_at": None},
+            new={"revoked_at": _json_value(token.revoked_at)},
+        )
+    return token
 
 
 # --- retention ---------------------------------------------------------------------------------

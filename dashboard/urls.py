@@ -9,12 +9,12 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard import budget_views, views
+from dashboard import budget_views, token_views, views
 from dashboard.access import public
 from dashboard.api import api
 
 dashboard_patterns = [
-    path("", views.overview, name="overview"),
+    path("", views.home, name="overview"),
     path("live/ceilings/reset/", views.ceiling_reset, name="ceiling_reset"),
     path("limits/", views.limits, name="limits"),
     path("limits/profiles/<int:pk>/", views.profile, name="profile"),
@@ -39,6 +39,8 @@ dashboard_patterns = [
     path("alerts/webhooks/<int:pk>/", views.webhook_edit, name="webhook_edit"),
     path("alerts/webhooks/<int:pk>/test/", views.webhook_test, name="webhook_test"),
     path("alerts/webhooks/<int:pk>/enable/", views.webhook_enable, name="webhook_enable"),
+    path("tokens/", token_views.tokens, name="tokens"),
+    path("tokens/<int:pk>/revoke/", token_views.token_revoke, name="token_revoke"),
 ]
 
 urlpatterns = [

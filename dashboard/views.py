@@ -38,8 +38,15 @@ from dashboard.policy import (
     TEAMS_WRITE,
     WEBHOOKS_WRITE,
     allows,
+    teams_visible,
 )
-from dashboard.selectors import audit_page, limit_warnings
+from dashboard.selectors import (
+    audit_page,
+    limit_warnings,
+    team_limits_in_force,
+    team_refusals_recent,
+    team_usage_this_month,
+)
 from limiter import selectors
 from limiter.alerts import selectors as alert_selectors
 from limiter.alerts import services as alert_services
@@ -82,6 +89,19 @@ def _apply(request: HttpRequest, change: Callable[[], object], success: str) -> 
         return False
     messages.success(request, success)
     return True
+
+
+# --- where a sign-in lands ------------------------------------------------------------
+@rule(TEAM_READ)
+def home(request: StaffRequest) -> HttpResponse:
+    """The live overview for an organisation role; a team user's own team page, or a
+    chooser when they are on several teams."""
+    if allows(request.user, READ_ALL):
+        return overview(request)
+    teams = list(teams_visible(request.user).order_by("name"))
+    if len(teams) == 1:
+        return redirect("dashboard:team", pk=teams[0].pk)
+    return render(request, "dashboard/my_teams.html", {"teams": teams})
 
 
 # --- live overview -------------------------------------------------------------------
@@ -296,17 +316,23 @@ def team(
     budget_form: forms.BudgetForm | None = None,
 ) -> HttpResponse:
     obj = get_object_or_404(Team.objects.select_related("profile", "upstream"), pk=pk)
+    now = timezone.now()
     return render(
         request,
         "dashboard/team.html",
         {
             "team": obj,
+            # What its keys may do, what it used this month, its latest 429s with what
+            # to do about each; its queues now come from /api/teams/<pk>/now (team.js).
+            "limits": team_limits_in_force(team=obj),
+            "usage": team_usage_this_month(team=obj, now=now),
+            "refusals": team_refusals_recent(team=obj),
             "keys": selectors.key_list(team=obj),
             "key_form": forms.KeyCreateForm(any_profile=allows(request.user, KEYS_WRITE)),
             "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
             "issued": issued,
             "budget_form": budget_form,  # a refused one, shown again with its errors
-            "now": timezone.now(),
+            "now": now,
             # Read-only here: spent as the rollups record it (the limiter's own count,
             # which enforces, is not exposed and may be a flush interval ahead).
             "budgets": usage_selectors.budget_statuses(team_id=obj.pk),

@@ -135,7 +135,7 @@ class ServerDb:
         from django.contrib.auth import get_user_model
 
         from dashboard.audit import ACCESS_ACTIONS
-        from dashboard.models import AuditEntry
+        from dashboard.models import AuditEntry, PersonalToken
         from limiter.alerts.models import Alert, Webhook
         from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
         from limiter.usage.models import Budget, ModelPrice
@@ -160,6 +160,7 @@ class ServerDb:
                 "alerts": rows(Alert.objects.using(db)),
                 "budgets": rows(Budget.objects.using(db)),
                 "prices": rows(ModelPrice.objects.using(db)),
+                "tokens": rows(PersonalToken.objects.using(db), "last_used_at"),
             }
 
         return self.read(query)

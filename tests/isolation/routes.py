@@ -81,6 +81,7 @@ OPS_ROUTES = [
     OpsRoute("POST", "/teams", "/teams", {"name": "made-by-an-outsider"}),
     OpsRoute("GET", "/teams/{team_id}", "/teams/{team}"),
     OpsRoute("PATCH", "/teams/{team_id}", "/teams/{team}", {"paused": True}),
+    OpsRoute("GET", "/teams/{team_id}/now", "/teams/{team}/now"),
     OpsRoute("GET", "/teams/{team_id}/keys", "/teams/{team}/keys"),
     OpsRoute("POST", "/teams/{team_id}/keys", "/teams/{team}/keys", {"name": "stolen"}),
     OpsRoute("POST", "/keys/{key_id}/revoke", "/keys/{key}/revoke"),
@@ -180,6 +181,10 @@ PAGE_ROUTES = [
     PageRoute("dashboard:budget_delete", "POST", "/budgets/{budget}/delete/"),
     PageRoute("dashboard:key_revoke", "POST", "/keys/{key}/revoke/"),
     PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
+    PageRoute("dashboard:tokens", "GET", "/tokens/"),
+    PageRoute("dashboard:tokens", "POST", "/tokens/", {"name": "stolen", "scope": "full"}),
+    # A user's own token only; refused before any lookup to those without a role.
+    PageRoute("dashboard:token_revoke", "POST", "/tokens/1/revoke/"),
     PageRoute("dashboard:refusals", "GET", "/refusals/"),
     PageRoute("dashboard:refusals_csv", "GET", "/refusals.csv"),
     PageRoute("dashboard:usage", "GET", "/usage/"),
