@@ -1,8 +1,8 @@
-"""The admin's registrations and their audit (the site itself, let in by the policy, is
-`dashboard/admin_site.py`). Every add, change and delete made in /admin/ is an AuditEntry,
-like a change made in the dashboard (`dashboard/services.py`), with who, which object and the
-fields that changed. Secrets (a key's hash, a password) are never written: a changed one
-reads "changed".
+"""The admin's registrations (Sluice's models, people and their groups) and their audit;
+the site itself, let in by the policy, is `dashboard/admin_site.py`. Every add, change and
+delete made in /admin/ is an AuditEntry, like a change made in the dashboard
+(`dashboard/services.py`), with who, which object and the fields that changed. Secrets (a
+key's hash, a password) are never written: a changed one reads "changed".
 
 `AuditedAdmin` is the base of every ModelAdmin registered (tests/dashboard/test_admin.py
 fails otherwise). It hooks where Django's admin records its own history: `log_addition`
@@ -26,8 +26,10 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
 from django.http import HttpRequest
 
+from dashboard import policy
 from dashboard.models import TeamMembership
 from dashboard.services import audit_record
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 
 SECRET_CHANGED = "changed"
 # Fields whose value is a secret or stands for one: never written to the log.
@@ -152,7 +154,15 @@ admin.site.unregister(Group)
 
 @admin.register(User)
 class AuditedUserAdmin(AuditedAdmin, UserAdmin):
-    pass
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # An organisation role is a group: staff status (what Django's admin sign-in asks)
+        # follows it here as dashboard/roles.py keeps it, whichever way the group changed.
+        user = form.instance
+        staff = policy.org_role_of(user) is not None
+        if user.is_staff != staff:
+            user.is_staff = staff
+            user.save(update_fields=["is_staff"])
 
 
 @admin.register(Group)
@@ -170,4 +180,70 @@ class TeamMembershipAdmin(AuditedAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Sluice's own models (the limiter's tables; the admin is the dashboard's) --------------
+class EndpointLimitInline(admin.TabularInline):
+    model = EndpointLimit
+    extra = 0
+
+
+@admin.register(LimitProfile)
+class LimitProfileAdmin(AuditedAdmin):
+    list_display = ["name", "description", "updated_at"]
+    inlines = [EndpointLimitInline]
+
+
+@admin.register(UpstreamAccount)
+class UpstreamAccountAdmin(AuditedAdmin):
+    list_display = ["name", "base_url", "api_key_setting", "profile", "is_default"]
+
+
+@admin.register(Team)
+class TeamAdmin(AuditedAdmin):
+    list_display = ["name", "profile", "upstream", "paused", "created_at"]
+    list_filter = ["paused", "profile"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(AuditedAdmin):
+    # The secret is never stored; the hash is not worth showing.
+    list_display = [
+        "prefix",
+        "team",
+        "name",
+        "profile",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    ]
+    list_filter = ["team"]
+    exclude = ["secret_hash"]
+    readonly_fields = ["prefix", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # keys are issued in the dashboard or with `manage.py createkey`
+
+
+@admin.register(Refusal)
+class RefusalAdmin(AuditedAdmin):
+    list_display = [
+        "created_at",
+        "team_name",
+        "key_prefix",
+        "endpoint",
+        "model",
+        "reason",
+        "source",
+        "retry_after_seconds",
+    ]
+    list_filter = ["source", "endpoint", "reason"]
+    show_full_result_count = False  # the table may hold millions of rows
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -235,3 +235,28 @@ def test_an_allowed_base_url_is_saved_and_audited(admin_client, settings):
     assert account.base_url == "https://together-eu.example/v1"
     [entry] = entries("upstreamaccount", "admin_change")
     assert entry.new_values == {"base_url": "https://together-eu.example/v1"}
+
+
+def test_a_role_given_as_a_group_in_the_admin_makes_the_user_staff_and_is_audited(
+    admin_client, django_user_model
+):
+    """Groups are organisation roles: given one in /admin/, a user becomes staff (Django's
+    admin sign-in asks it) as `manage.py adduser` would make them; taken away, not."""
+    user = django_user_model.objects.create_user("ana", password="ana-password-1")
+    path = f"/admin/auth/user/{user.pk}/change/"
+    data = form_of(admin_client, path)
+    data.pop("user_permissions", None)  # a multiple select the form parser reads as ""
+    data["groups"] = str(Group.objects.get(name="auditor").pk)
+    done = admin_client.post(path, data)
+    assert done.status_code == 302, done.context["adminform"].form.errors
+    user.refresh_from_db()
+    assert user.is_staff and [g.name for g in user.groups.all()] == ["auditor"]
+    [entry] = entries("user", "admin_change")
+    assert entry.new_values["groups"] == ["auditor"]
+
+    data = form_of(admin_client, path)
+    data.pop("user_permissions", None)
+    data.pop("groups", None)
+    assert admin_client.post(path, data).status_code == 302
+    user.refresh_from_db()
+    assert not user.is_staff and not user.groups.exists()
