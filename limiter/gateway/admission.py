@@ -262,21 +262,7 @@ async def _grant(
             quota=quota_headers(d["limit"], d["remaining"], d["reset"]),
         ) from None
     except LimiterUnavailable:
-        metrics.LIMITER_UP.set(0)
-        metrics.LIMITER_UNAVAILABLE.inc()
-        monitor.limiter_unavailable()
-        if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
-            raise ApiError(
-                503,
-                errors.MSG_LIMITER_DOWN,
-                type=errors.SERVER,
-                code="limiter_unavailable",
-                headers={"retry-after": "1"},
-            ) from None
-        logger.error(
-            "limiter unavailable: admitting %s without a limit (failure mode 'open')",
-            request.request_id,
-        )
+        limiter_silent(request.request_id)
         return Grant("", 0.0, 0, 0, 0.0)
     metrics.LIMITER_UP.set(1)
     metrics.ADMITTED.labels(endpoint).inc()
@@ -368,6 +354,23 @@ def _text_size(value: Any) -> int:
         elif isinstance(node, dict):
             stack.extend(node.values())
     return size
+
+
+def limiter_silent(request_id: str) -> None:
+    """The limiter did not answer: count it, raise its alert, and refuse with 503, or, in
+    failure mode "open", return so that the call goes on unchecked (logged)."""
+    metrics.LIMITER_UP.set(0)
+    metrics.LIMITER_UNAVAILABLE.inc()
+    monitor.limiter_unavailable()
+    if settings.SLUICE_LIMITER_FAILURE_MODE == "closed":
+        raise ApiError(
+            503,
+            errors.MSG_LIMITER_DOWN,
+            type=errors.SERVER,
+            code="limiter_unavailable",
+            headers={"retry-after": "1"},
+        )
+    logger.error("limiter unavailable: admitting %s unchecked (failure mode 'open')", request_id)
 
 
 def estimate_parts(body: dict[str, Any], endpoint: str) -> tuple[int, int]:

@@ -42,7 +42,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from limiter.gateway import errors
-from limiter.gateway.admission import rate_limited, record_refusal
+from limiter.gateway.admission import limiter_silent, rate_limited, record_refusal
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
@@ -275,16 +275,8 @@ async def _hold_budget(
             jobs=jobs,
         )
     except budgets.LimiterSilent:
-        if settings.SLUICE_LIMITER_FAILURE_MODE == "open":
-            logger.error("limiter silent: accepting a job unchecked (failure mode open)")
-            return
-        raise ApiError(
-            503,
-            errors.MSG_LIMITER_DOWN,
-            type=errors.SERVER,
-            code="limiter_unavailable",
-            headers={"retry-after": "1"},
-        ) from None
+        limiter_silent(request.request_id)  # returns in failure mode "open": checked at start
+        return
     if verdict.held:
         return
     endpoint = ENDPOINT_OF_KIND[JobKind(kind)]
