@@ -296,6 +296,13 @@ def test_the_live_page_and_api_give_the_teams_rows_and_the_accounts(world, monke
     view = live.snapshot_enrich(snapshot(world), selectors.scope_names())
     monkeypatch.setattr(live, "latest", live.Latest())
     live.latest.store(view)
+    # No limiter runs here: should the stored view age past a second, the old one serves.
+    monkeypatch.setattr(live, "SNAPSHOT_TIMEOUT", 0.01)
+
+    async def request_snapshot(reply: str) -> None:
+        return None
+
+    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
 
     page = world.client(world.viewer).get("/live/")
     assert page.status_code == 200
