@@ -123,6 +123,15 @@ def decide(
         raise Refused
 
 
+def team_rows_of(request: HttpRequest) -> frozenset[int] | None:
+    """Whose rows a shared view returns to this request's caller (`policy.team_rows`):
+    every row for the bootstrap admin token and an organisation role."""
+    caller = getattr(request, "auth", None) or request.user
+    if caller == TOKEN_ACTOR:
+        return None
+    return policy.team_rows(caller)
+
+
 def rule_of(func: Any) -> Rule | None:
     return getattr(func, RULE_ATTR, None)
 

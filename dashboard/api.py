@@ -29,10 +29,17 @@ from ninja.errors import ValidationError as NinjaValidationError
 from ninja.security import APIKeyCookie, HttpBearer
 
 from dashboard import auth_throttle, live, policy, services
-from dashboard.access import Refused, api_guard, api_rule, key_team, team_pk
+from dashboard.access import Refused, api_guard, api_rule, key_team, team_pk, team_rows_of
 from dashboard.api_types import Cursor
 from dashboard.exports import refusal_csv_response
-from dashboard.policy import LIMITS_WRITE, READ_ALL, TEAM_KEYS_WRITE, TEAM_READ, TEAMS_WRITE
+from dashboard.policy import (
+    LIMITS_WRITE,
+    READ_ALL,
+    SHARED_READ,
+    TEAM_KEYS_WRITE,
+    TEAM_READ,
+    TEAMS_WRITE,
+)
 from dashboard.schemas import (
     AuditPageOut,
     CeilingResetIn,
@@ -382,9 +389,13 @@ def limit_delete(request: OpsRequest, limit_id: int):
 refusals = Router(tags=["429 history"])
 
 
-def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
-    team = Team.objects.filter(name=query.team).first() if query.team else None
+def _filters(request: HttpRequest, query: RefusalFilterIn) -> selectors.RefusalFilters:
+    # A team user's rows only: another team named in the query matches no row.
+    teams = team_rows_of(request)
+    visible = Team.objects.all() if teams is None else Team.objects.filter(pk__in=teams)
+    team = visible.filter(name=query.team).first() if query.team else None
     return selectors.RefusalFilters(
+        teams=teams,
         start=query.start,
         end=query.end,
         team=team,
@@ -398,24 +409,24 @@ def _filters(query: RefusalFilterIn) -> selectors.RefusalFilters:
 
 
 @refusals.get("/refusals", response={200: RefusalPageOut, **ERRORS})
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def refusal_list(
     request: HttpRequest,
     filters: Query[RefusalFilterIn],
     after: Cursor = "",
     size: int = Query(selectors.PAGE_SIZE, ge=1, le=selectors.MAX_PAGE_SIZE),
 ):
-    page = selectors.refusal_page(filters=_filters(filters), after=after, size=size)
+    page = selectors.refusal_page(filters=_filters(request, filters), after=after, size=size)
     return {"items": page.rows, "next_cursor": page.next_cursor}
 
 
 @refusals.get("/refusals/per-minute", response={200: list[MinuteOut], **ERRORS})
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
     """Refusals per minute over the filtered range (at most its last 24 hours)."""
     return [
         {"minute": m, "refusals": n}
-        for m, n in selectors.refusal_per_minute(filters=_filters(filters))
+        for m, n in selectors.refusal_per_minute(filters=_filters(request, filters))
     ]
 
 
@@ -426,9 +437,9 @@ def refusal_per_minute(request: HttpRequest, filters: Query[RefusalFilterIn]):
         "responses": {200: {"description": "CSV, streamed", "content": {"text/csv": {}}}},
     },
 )
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def refusal_csv(request: HttpRequest, filters: Query[RefusalFilterIn]) -> StreamingHttpResponse:
-    return refusal_csv_response(filters=_filters(filters))
+    return refusal_csv_response(filters=_filters(request, filters))
 
 
 # --- audit and live ------------------------------------------------------------------------------
@@ -445,31 +456,34 @@ def audit_list(
 
 
 @ops.get("/live", response={200: LiveOut, **ERRORS})
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def live_get(request: HttpRequest):
     """The latest live snapshot (asked of the limiter when older than a second) plus the
-    limits as the database holds them."""
+    limits as the database holds them; a team user's teams and accounts only, as on the
+    websocket (dashboard/live.py)."""
+    visible = live.visible_for(team_rows_of(request))
     snapshot = async_to_sync(live.snapshot_fetch)()
     age = live.latest.age()
     return {
         "limiter_reachable": age is not None and age <= LIVE_STALE_SECONDS,
         "age_seconds": age,
-        "snapshot": snapshot,
-        "jobs": job_selectors.jobs_live_snapshot()["accounts"],
-        "limits": LimitsOverviewOut(**selectors.limit_overview()),
+        "snapshot": live.view_scoped(snapshot, visible) if snapshot else None,
+        "jobs": live.jobs_scoped(job_selectors.jobs_live_snapshot()["accounts"], visible),
+        "limits": LimitsOverviewOut(**live.limits_scoped(selectors.limit_overview(), visible)),
     }
 
 
 @ops.get("/ceilings", response={200: ModelCeilingsOut, **ERRORS})
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def ceiling_list(request: HttpRequest):
     """Together's limit per account and model as the limiter learned it: the learned
     ceiling, where the pace came from, the pace in use, the last headers, 429s and 503s."""
+    visible = live.visible_for(team_rows_of(request))
     snapshot = async_to_sync(live.snapshot_fetch)()
     age = live.latest.age()
     return {
         "limiter_reachable": age is not None and age <= LIVE_STALE_SECONDS,
-        "models": snapshot["models"] if snapshot else [],
+        "models": live.view_scoped(snapshot, visible)["models"] if snapshot else [],
     }
 
 

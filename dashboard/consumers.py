@@ -1,6 +1,7 @@
 """The live overview's websocket: limiter snapshots pushed to the browsers of those who
-read every team (READ_ALL). A team role is refused for now: the snapshot, the limits and
-the job slots carry every team's rows, and are not yet narrowed to one team's."""
+may read the shared views (SHARED_READ). An organisation role gets every row; a team
+role only its teams' rows and its upstream accounts' totals (dashboard/live.py,
+`view_scoped`), narrowed by the teams it could see when it connected."""
 
 from __future__ import annotations
 
@@ -31,22 +32,25 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     # New fine-tuned models: the live page does not show them.
     IGNORED_EVENTS = frozenset({events.MODELS_CHANGED})
     # Its rule, declared as a view's is (dashboard/access.py).
-    sluice_rule = Rule(policy.READ_ALL)
+    sluice_rule = Rule(policy.SHARED_READ)
+    # What of each message this user may see (None: everything), computed at connect.
+    visible: live.Visible | None = None
 
     async def connect(self) -> None:
         user = self.scope.get("user")
-        if user is None or not await database_sync_to_async(policy.allows)(
+        if user is None or not await database_sync_to_async(policy.allows_somewhere)(
             user, self.sluice_rule.action
         ):
             await self.close(code=CLOSE_FORBIDDEN)
             return
+        self.visible = await database_sync_to_async(
+            lambda: live.visible_for(policy.team_rows(user))
+        )()
         await self.accept()
         await self.join_groups()
         # The limits from the database first, so the page is never empty while the
         # limiter's answer is on its way (or if it never comes).
-        await self.send_json(
-            {"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()}
-        )
+        await self.send_limits()
         await self.live_jobs(await database_sync_to_async(job_selectors.jobs_live_snapshot)())
         await process.request_snapshot(self.channel_name)
 
@@ -72,12 +76,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self.join_groups()
             await process.request_snapshot(self.channel_name)
 
+    async def send_limits(self) -> None:
+        limits = await database_sync_to_async(selectors.limit_overview)()
+        await self.send_json({"type": "limits", "limits": live.limits_scoped(limits, self.visible)})
+
     async def live_snapshot(self, message: events.LiveSnapshot) -> None:
-        await self.send_json(await live.snapshot_enriched(message))
+        view = await live.snapshot_enriched(message)
+        await self.send_json(live.view_scoped(view, self.visible))
 
     async def live_jobs(self, message: LiveJobsMessage) -> None:
         """Fine-tune and batch slots, from the job poller (limiter/jobs/live.py)."""
-        await self.send_json({"type": "jobs", "accounts": message["accounts"]})
+        accounts = live.jobs_scoped(message["accounts"], self.visible)
+        await self.send_json({"type": "jobs", "accounts": accounts})
 
     async def limiter_started(self, message: dict[str, Any]) -> None:
         # A (re)started limiter knows nothing yet of what the page shows: ask at once.
@@ -85,6 +95,4 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def config_changed(self, message: dict[str, Any]) -> None:
         live.names.clear()
-        await self.send_json(
-            {"type": "limits", "limits": await database_sync_to_async(selectors.limit_overview)()}
-        )
+        await self.send_limits()

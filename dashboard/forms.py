@@ -247,6 +247,13 @@ class RefusalFilterForm(forms.Form):
         choices=[("", "all sources"), *RefusalSource.choices], required=False
     )
 
+    def __init__(self, data: QueryDict | None = None, *, teams: frozenset[int] | None = None):
+        super().__init__(data)
+        # The rows and the team choices of the reader's visible teams (None: all).
+        self.teams = teams
+        if teams is not None:
+            self.fields["team"].queryset = Team.objects.filter(pk__in=teams)  # type: ignore[attr-defined]
+
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
@@ -257,7 +264,12 @@ class RefusalFilterForm(forms.Form):
 
     def filters(self) -> selectors.RefusalFilters:
         data = self.cleaned_data if self.is_valid() else {}
+        if "team" in self.errors:
+            # A team that does not exist, or that the reader may not see: no row at all
+            # (the other filters' errors leave every visible row).
+            return selectors.RefusalFilters(teams=frozenset())
         return selectors.RefusalFilters(
+            teams=self.teams,
             start=data.get("start"),
             end=data.get("end"),
             team=data.get("team"),
@@ -322,7 +334,9 @@ class UsageFilterForm(forms.Form):
         choices=[("cost", "Cost ($)"), ("tokens", "Tokens")], required=False, label="Chart"
     )
 
-    def __init__(self, data: QueryDict, *, today: date) -> None:
+    def __init__(
+        self, data: QueryDict, *, today: date, teams: frozenset[int] | None = None
+    ) -> None:
         data = data.copy()
         if not data.get("end"):
             data["end"] = today.isoformat()
@@ -339,6 +353,11 @@ class UsageFilterForm(forms.Form):
             data["metric"] = "cost"
         super().__init__(data)
         self.query_data = data  # the filters in force, defaults included: the CSV link's
+        # The rows and the team choices of the reader's visible teams (None: all); another
+        # team named in the query is an invalid choice, so no figure is shown.
+        self.teams = teams
+        if teams is not None:
+            self.fields["team"].queryset = Team.objects.filter(pk__in=teams).order_by("name")  # type: ignore[attr-defined]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
@@ -375,6 +394,7 @@ class UsageFilterForm(forms.Form):
             key_prefix=data["key_prefix"].strip(),
             group_by=tuple(group_by),
             metric=data["metric"],
+            teams=self.teams,
         )
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from typing_extensions import TypedDict
 
 from limiter import events, process, selectors
+from limiter.jobs.live import AccountJobs, KindSlots
+from limiter.models import Team
 
 
 class LiveScope(events.ScopeSnapshot, total=False):
@@ -122,6 +126,96 @@ def snapshot_enrich(
             {**row, "account": accounts.get(row["account"], {}).get("name", row["account"])}
             for row in snapshot.get("coalescing", [])
         ],
+    }
+
+
+# --- what a team user sees ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Visible:
+    """What of the live view a team user may see: its teams' key scopes, limits and jobs,
+    and the upstream accounts those teams are routed to (their totals, which name no
+    team). Computed once per connection or request (`visible_for`)."""
+
+    team_ids: frozenset[str]
+    team_names: frozenset[str]
+    account_ids: frozenset[str]
+    account_names: frozenset[str]
+
+
+def visible_for(rows_of: frozenset[int] | None) -> Visible | None:
+    """What a reader of these teams' rows (`policy.team_rows`) sees: None, every row."""
+    if rows_of is None:
+        return None
+    teams = list(Team.objects.filter(pk__in=rows_of).select_related("upstream"))
+    return Visible(
+        team_ids=frozenset(str(team.pk) for team in teams),
+        team_names=frozenset(team.name for team in teams),
+        account_ids=frozenset(str(team.upstream_id) for team in teams),
+        account_names=frozenset(team.upstream.name for team in teams),
+    )
+
+
+def view_scoped(view: LiveView, visible: Visible | None) -> LiveView:
+    """The snapshot as `visible` may see it: its teams' key scopes, its accounts' scopes,
+    ceilings, headers and merged embeddings. The limiter's own counters and the per-endpoint
+    history are totals over every team, with no name in them: kept."""
+    if visible is None:
+        return view
+    return {
+        **view,
+        "scopes": [
+            scope
+            for scope in view["scopes"]
+            if (scope["kind"] == "key" and scope.get("team_id") in visible.team_ids)
+            or (scope["kind"] == "account" and scope["id"] in visible.account_ids)
+        ],
+        "upstream_headers": {
+            name: headers
+            for name, headers in view["upstream_headers"].items()
+            if name in visible.account_names
+        },
+        "models": [model for model in view["models"] if model["account"] in visible.account_ids],
+        "coalescing": [
+            row for row in view["coalescing"] if row["account"] in visible.account_names
+        ],
+    }
+
+
+def _slots_scoped(slots: KindSlots, teams: frozenset[str]) -> KindSlots:
+    return {
+        **slots,
+        "holders": [holder for holder in slots["holders"] if holder["team"] in teams],
+        "waiting": [job for job in slots["waiting"] if job["team"] in teams],
+    }
+
+
+def jobs_scoped(
+    accounts: dict[str, AccountJobs], visible: Visible | None
+) -> dict[str, AccountJobs]:
+    """Fine-tune and batch slots of the visible accounts: how many are used (a total), and
+    the holders and waiting jobs of the visible teams only (their positions stay the
+    account queue's, so a team still sees how many jobs are ahead of its own)."""
+    if visible is None:
+        return accounts
+    scoped: dict[str, AccountJobs] = {}
+    for account_id, account in accounts.items():
+        if account_id not in visible.account_ids:
+            continue
+        scoped[account_id] = {
+            "name": account["name"],
+            "fine_tunes": _slots_scoped(account["fine_tunes"], visible.team_names),
+            "batches": _slots_scoped(account["batches"], visible.team_names),
+        }
+    return scoped
+
+
+def limits_scoped(limits: dict[str, Any], visible: Visible | None) -> dict[str, Any]:
+    """`selectors.limit_overview()` narrowed: the visible teams and their accounts."""
+    if visible is None:
+        return limits
+    return {
+        "accounts": [a for a in limits["accounts"] if a["id"] in visible.account_ids],
+        "teams": [t for t in limits["teams"] if str(t["id"]) in visible.team_ids],
     }
 
 

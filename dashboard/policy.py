@@ -33,6 +33,10 @@ USERS_WRITE = "users_write"  # users and their roles
 # On one team (pass `team`).
 TEAM_READ = "team_read"  # the team's page: quota, usage, budgets, 429s, keys by prefix
 TEAM_KEYS_WRITE = "team_keys_write"  # create, rotate, revoke the team's own keys
+# The shared views (Live, Usage, 429 history, Alerts), their exports and API reads: every
+# row for an organisation role; for a team role its teams' rows only (`team_rows`), plus
+# its upstream account's totals without other teams' names.
+SHARED_READ = "shared_read"
 # One's own personal API tokens (they act with one's role): whoever holds a role.
 TOKENS_OWN = "tokens_own"
 
@@ -50,11 +54,11 @@ WRITE_ACTIONS = frozenset(
         TEAM_KEYS_WRITE,
     }
 )
-ACTIONS = WRITE_ACTIONS | {READ_ALL, TEAM_READ, TOKENS_OWN}
-TEAM_ACTIONS = frozenset({TEAM_READ, TEAM_KEYS_WRITE})
+ACTIONS = WRITE_ACTIONS | {READ_ALL, TEAM_READ, SHARED_READ, TOKENS_OWN}
+TEAM_ACTIONS = frozenset({TEAM_READ, TEAM_KEYS_WRITE, SHARED_READ})
 
 # --- who holds which -----------------------------------------------------------------------
-_AUDITOR = frozenset({READ_ALL, TEAM_READ})
+_AUDITOR = frozenset({READ_ALL, TEAM_READ, SHARED_READ})
 _OPERATOR = _AUDITOR | {
     LIMITS_WRITE,
     TEAMS_WRITE,
@@ -70,8 +74,8 @@ ORG_GRANTS: dict[str, frozenset[str]] = {
 }
 # A team role holds these on its own team only.
 TEAM_GRANTS: dict[str, frozenset[str]] = {
-    "viewer": frozenset({TEAM_READ}),
-    "maintainer": frozenset({TEAM_READ, TEAM_KEYS_WRITE}),
+    "viewer": frozenset({TEAM_READ, SHARED_READ}),
+    "maintainer": frozenset({TEAM_READ, SHARED_READ, TEAM_KEYS_WRITE}),
 }
 
 ORG_ROLES = (ADMIN, OPERATOR, AUDITOR)
@@ -173,3 +177,12 @@ def teams_visible(user: User | AnonymousUser | Any) -> QuerySet[Team]:
     if roles.org is not None:
         return Team.objects.all()
     return Team.objects.filter(pk__in=list(roles.teams))
+
+
+def team_rows(user: User | AnonymousUser | Any) -> frozenset[int] | None:
+    """Whose rows the shared views show this user: None for an organisation role (every
+    row, those of teams deleted since too), else the ids of `teams_visible` (none for a
+    user without a role). The selectors filter on it: `team_id__in=...`."""
+    if roles_of(user).org is not None:
+        return None
+    return frozenset(teams_visible(user).values_list("pk", flat=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,6 +105,14 @@ def refusal_advice(reason: str) -> str:
 class AdvisedRefusal:
     refusal: Refusal
     advice: str
+
+
+def teams_accounts(*, teams: Collection[int]) -> list[str]:
+    """The names of the upstream accounts these teams are routed to (their totals are
+    what a team user sees of the account it shares)."""
+    return list(
+        Team.objects.filter(pk__in=teams).values_list("upstream__name", flat=True).distinct()
+    )
 
 
 def team_refusals_recent(*, team: Team, size: int = TEAM_RECENT_REFUSALS) -> list[AdvisedRefusal]:

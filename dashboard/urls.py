@@ -15,6 +15,7 @@ from dashboard.api import api
 
 dashboard_patterns = [
     path("", views.home, name="overview"),
+    path("live/", views.overview, name="live"),  # a team user's (its teams' rows)
     path("live/ceilings/reset/", views.ceiling_reset, name="ceiling_reset"),
     path("limits/", views.limits, name="limits"),
     path("limits/profiles/<int:pk>/", views.profile, name="profile"),

@@ -11,8 +11,8 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Query, Router, Status
 
-from dashboard.access import api_rule, owner_team, team_pk
-from dashboard.policy import BUDGETS_WRITE, PRICES_WRITE, READ_ALL, TEAM_READ
+from dashboard.access import api_rule, owner_team, team_pk, team_rows_of
+from dashboard.policy import BUDGETS_WRITE, PRICES_WRITE, READ_ALL, SHARED_READ, TEAM_READ
 from dashboard.schemas import ErrorOut
 from dashboard.usage_schemas import (
     BudgetIn,
@@ -35,11 +35,14 @@ router = Router(tags=["usage and budgets"])
 
 
 @router.get("/usage", response={200: list[UsageTotalOut], **ERRORS})
-@api_rule(READ_ALL)
+@api_rule(SHARED_READ)
 def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
     """Requests, tokens and cost summed per the `group_by` dimensions; with `day`, per
-    calendar day in SLUICE_USAGE_TIME_ZONE (newest first), as on the Usage page."""
-    team = Team.objects.filter(name=filters.team).first() if filters.team else None
+    calendar day in SLUICE_USAGE_TIME_ZONE (newest first), as on the Usage page. A team
+    user's teams' rows only: another team named in `team` is an empty list."""
+    teams = team_rows_of(request)
+    visible = Team.objects.all() if teams is None else Team.objects.filter(pk__in=teams)
+    team = visible.filter(name=filters.team).first() if filters.team else None
     if filters.team and team is None:
         return []
     rows = selectors.usage_rows(
@@ -49,6 +52,7 @@ def usage_totals(request: HttpRequest, filters: Query[UsageFilterIn]):
         model=filters.model or "",
         endpoint=filters.endpoint or "",
         key_prefix=filters.key_prefix or "",
+        teams=teams,
     )
     # The same sums, per day too, as the Usage page and its CSV (limiter/usage/selectors.py).
     return selectors.usage_totals(rows, list(dict.fromkeys(filters.group_by)))

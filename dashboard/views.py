@@ -26,13 +26,14 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from dashboard import auth_throttle, forms, services
-from dashboard.access import SignedInRequest, key_team, rule, team_pk
+from dashboard import auth_throttle, forms, live, services
+from dashboard.access import SignedInRequest, key_team, rule, team_pk, team_rows_of
 from dashboard.exports import USAGE_COUNTS, refusal_csv_response, usage_csv_response
 from dashboard.policy import (
     KEYS_WRITE,
     LIMITS_WRITE,
     READ_ALL,
+    SHARED_READ,
     TEAM_KEYS_WRITE,
     TEAM_READ,
     TEAMS_WRITE,
@@ -46,6 +47,7 @@ from dashboard.selectors import (
     team_limits_in_force,
     team_refusals_recent,
     team_usage_this_month,
+    teams_accounts,
 )
 from limiter import selectors
 from limiter.alerts import selectors as alert_selectors
@@ -105,15 +107,23 @@ def home(request: StaffRequest) -> HttpResponse:
 
 
 # --- live overview -------------------------------------------------------------------
-@rule(READ_ALL)
+@rule(SHARED_READ)
 def overview(request: StaffRequest) -> HttpResponse:
+    """Every row for an organisation role; a team user's teams and the accounts they
+    are routed to (the websocket narrows its messages the same way)."""
+    visible = live.visible_for(team_rows_of(request))
     return render(
         request,
         "dashboard/overview.html",
         {
-            "limits": selectors.limit_overview(),
+            "limits": live.limits_scoped(selectors.limit_overview(), visible),
             "upstream_failures": sorted(
-                upstream.failures.values(), key=lambda failure: failure.account
+                (
+                    failure
+                    for failure in upstream.failures.values()
+                    if visible is None or failure.account in visible.account_names
+                ),
+                key=lambda failure: failure.account,
             ),
             "margin_percent": round(settings.SLUICE_UPSTREAM_MARGIN * 100),
         },
@@ -417,9 +427,9 @@ def key_rotate(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 # --- 429 history ---------------------------------------------------------------------------
-@rule(READ_ALL)
+@rule(SHARED_READ)
 def refusals(request: StaffRequest) -> HttpResponse:
-    form = forms.RefusalFilterForm(request.GET or None)
+    form = forms.RefusalFilterForm(request.GET or None, teams=team_rows_of(request))
     filters = form.filters()
     page = selectors.refusal_page(filters=filters, after=request.GET.get("after", ""))
     chart_start, chart_end = selectors.refusal_chart_range(filters=filters)
@@ -444,9 +454,9 @@ def refusals(request: StaffRequest) -> HttpResponse:
     )
 
 
-@rule(READ_ALL)
+@rule(SHARED_READ)
 def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
-    filters = forms.RefusalFilterForm(request.GET or None).filters()
+    filters = forms.RefusalFilterForm(request.GET or None, teams=team_rows_of(request)).filters()
     return refusal_csv_response(filters=filters)
 
 
@@ -454,12 +464,16 @@ def refusals_csv(request: StaffRequest) -> StreamingHttpResponse:
 USAGE_TABLE_ROWS = 500  # the page shows this many; the CSV has every row
 
 
-@rule(READ_ALL)
+@rule(SHARED_READ)
 def usage(request: StaffRequest) -> HttpResponse:
     """Tokens and cost per day, team, model, endpoint or key: a chart, a table, a CSV.
-    Invalid filters are form errors on the page, with no figures under them."""
+    Invalid filters are form errors on the page, with no figures under them. A team user
+    sees its teams' rows, and its upstream accounts' totals, which name no team."""
     zone = usage_selectors.usage_zone()
-    form = forms.UsageFilterForm(request.GET, today=timezone.now().astimezone(zone).date())
+    teams = team_rows_of(request)
+    form = forms.UsageFilterForm(
+        request.GET, today=timezone.now().astimezone(zone).date(), teams=teams
+    )
     context: dict[str, object] = {
         "form": form,
         "zone": zone.key,
@@ -494,15 +508,21 @@ def usage(request: StaffRequest) -> HttpResponse:
             },
             csv_query=form.query_data.urlencode(),
         )
+        if teams is not None:
+            context["account_totals"] = usage_selectors.usage_account_totals(
+                since=query.since, until=query.until, accounts=teams_accounts(teams=teams)
+            )
     return render(request, "dashboard/usage.html", context)
 
 
-@rule(READ_ALL)
+@rule(SHARED_READ)
 def usage_csv(request: StaffRequest) -> HttpResponse | StreamingHttpResponse:
     """The Usage page's rows, all of them, streamed. Invalid filters go back to the page,
     which shows them as form errors."""
     zone = usage_selectors.usage_zone()
-    form = forms.UsageFilterForm(request.GET, today=timezone.now().astimezone(zone).date())
+    form = forms.UsageFilterForm(
+        request.GET, today=timezone.now().astimezone(zone).date(), teams=team_rows_of(request)
+    )
     if not form.is_valid():
         return redirect(f"{reverse('dashboard:usage')}?{request.GET.urlencode()}")
     return usage_csv_response(query=form.query(zone=zone))
@@ -522,8 +542,11 @@ def audit(request: StaffRequest) -> HttpResponse:
 
 
 # --- alerts --------------------------------------------------------------------------------
-@rule(READ_ALL, write=WEBHOOKS_WRITE)
+@rule(SHARED_READ, write=WEBHOOKS_WRITE)
 def alerts(request: StaffRequest) -> HttpResponse:
+    """The webhooks and the alert history; a team user sees its teams' alerts only, and
+    no webhook (their settings are the organisation's)."""
+    teams = team_rows_of(request)
     form = forms.WebhookForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
@@ -541,8 +564,8 @@ def alerts(request: StaffRequest) -> HttpResponse:
         "dashboard/alerts.html",
         {
             "form": form,
-            "webhooks": alert_selectors.webhook_list(),
-            "alerts": alert_selectors.alert_history(),
+            "webhooks": alert_selectors.webhook_list() if teams is None else [],
+            "alerts": alert_selectors.alert_history(teams=teams),
         },
     )
 

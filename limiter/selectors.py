@@ -168,6 +168,8 @@ class RefusalFilters:
     model: str = ""
     reason: str = ""
     source: str = ""
+    # The teams whose rows the reader may see (dashboard.policy.team_rows); None: every row.
+    teams: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,8 @@ class RefusalPage:
 
 def refusal_queryset(*, filters: RefusalFilters) -> QuerySet[Refusal]:
     qs = Refusal.objects.all()
+    if filters.teams is not None:
+        qs = qs.filter(team_id__in=filters.teams)
     if filters.start:
         qs = qs.filter(created_at__gte=filters.start)
     if filters.end:

@@ -3,6 +3,7 @@ alert history with each delivery's attempts."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from django.db.models import Prefetch
@@ -43,10 +44,16 @@ def webhook_list() -> list[WebhookRow]:
     ]
 
 
-def alert_history(*, limit: int = HISTORY_ROWS) -> list[Alert]:
-    """The latest alerts, each with its deliveries (webhook redacted) and their attempts."""
+def alert_history(
+    *, limit: int = HISTORY_ROWS, teams: Collection[int] | None = None
+) -> list[Alert]:
+    """The latest alerts, each with its deliveries (webhook redacted) and their attempts.
+    With `teams` (a team user's, dashboard.policy.team_rows), only alerts about those
+    teams: an alert about no team (Together's 429s, the limiter down, an unreadable row)
+    is the organisation's, and its text may name other teams' settings."""
+    qs = Alert.objects.all() if teams is None else Alert.objects.filter(team_id__in=teams)
     alerts = list(
-        Alert.objects.select_related("team").prefetch_related(
+        qs.select_related("team").prefetch_related(
             Prefetch(
                 "deliveries",
                 queryset=Delivery.objects.select_related("webhook").prefetch_related("attempt_log"),

@@ -7,7 +7,7 @@ sums: a minute's usage is the sum of its rows, whoever wrote them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -48,8 +48,13 @@ def usage_rows(
     model: str = "",
     endpoint: str = "",
     key_prefix: str = "",
+    teams: Collection[int] | None = None,
 ) -> QuerySet[UsageRollup]:
+    """The rollups matching the filters; `teams`, the reader's visible teams
+    (dashboard.policy.team_rows), None for every row."""
     rows = UsageRollup.objects.all()
+    if teams is not None:
+        rows = rows.filter(team_id__in=teams)
     if since is not None:
         rows = rows.filter(minute__gte=since)
     if until is not None:
@@ -81,6 +86,7 @@ class UsageQuery:
     key_prefix: str = ""
     group_by: tuple[str, ...] = ("day", "team")
     metric: str = "cost"
+    teams: frozenset[int] | None = None  # the reader's visible teams; None: every row
 
     def rows(self) -> QuerySet[UsageRollup]:
         return usage_rows(
@@ -90,6 +96,7 @@ class UsageQuery:
             model=self.model,
             endpoint=self.endpoint,
             key_prefix=self.key_prefix,
+            teams=self.teams,
         )
 
     @property
@@ -156,6 +163,21 @@ def usage_sum(rows: QuerySet[UsageRollup]) -> dict[str, Any]:
     """The filtered rows' grand total (the table's last line)."""
     sums = rows.aggregate(**{name: Sum(name) for name in SUMMED})
     return {name: sums[name] or 0 for name in SUMMED}
+
+
+def usage_account_totals(
+    *, since: datetime, until: datetime, accounts: Collection[str]
+) -> list[dict[str, Any]]:
+    """Each named upstream account's sums over every team routed to it, per account and
+    never per team: what a team user sees of the account it shares beside its own rows."""
+    rows = usage_rows(since=since, until=until).filter(upstream__in=accounts)
+    grouped: QuerySet[Any] = rows.values("upstream").annotate(
+        **{name: Sum(name) for name in SUMMED}
+    )
+    return [
+        {"upstream": row["upstream"], **{name: row[name] or 0 for name in SUMMED}}
+        for row in grouped.order_by("upstream")
+    ]
 
 
 @dataclass(frozen=True)

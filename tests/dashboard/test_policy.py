@@ -26,15 +26,16 @@ EXPECTED_ORG = {
         policy.BUDGETS_WRITE,
         policy.ALERTS_WRITE,
         policy.TEAM_READ,
+        policy.SHARED_READ,
         policy.TEAM_KEYS_WRITE,
         policy.TOKENS_OWN,
     },
-    "auditor": {policy.READ_ALL, policy.TEAM_READ, policy.TOKENS_OWN},
+    "auditor": {policy.READ_ALL, policy.TEAM_READ, policy.SHARED_READ, policy.TOKENS_OWN},
 }
 # team role -> the actions it holds on its own team (and nothing else anywhere).
 EXPECTED_TEAM = {
-    "viewer": {policy.TEAM_READ},
-    "maintainer": {policy.TEAM_READ, policy.TEAM_KEYS_WRITE},
+    "viewer": {policy.TEAM_READ, policy.SHARED_READ},
+    "maintainer": {policy.TEAM_READ, policy.SHARED_READ, policy.TEAM_KEYS_WRITE},
 }
 
 
@@ -99,6 +100,10 @@ def test_teams_visible(teams) -> None:
     assert set(policy.teams_visible(auditor)) >= {team_a, team_b}
     assert list(policy.teams_visible(member)) == [team_a]
     assert list(policy.teams_visible(nobody)) == []
+    # Whose rows the shared views show: every row (None) to an organisation role.
+    assert policy.team_rows(auditor) is None
+    assert policy.team_rows(member) == {team_a.pk}
+    assert policy.team_rows(nobody) == frozenset()
 
 
 def test_groups_carry_model_permissions() -> None:

@@ -142,10 +142,17 @@ def test_team_maintainer_sees_team_a_only_and_keys_it(browser, shared_server, wo
         assert "revoked" in page.locator(".messages").inner_text()
         assert chat(url, secret).status_code == 401
 
-        # Team B's page, by URL: 404, and every organisation page is refused.
+        # Team B's page, by URL: 404; the shared views show team A's rows only (the live
+        # page's websocket too, once open), and every organisation page is refused.
         response = page.goto(f"{url}/teams/{team_b}/")
         assert response is not None and response.status == 404
-        for path in ("/refusals/", "/usage/", "/audit/", "/limits/", "/teams/"):
+        for path in ("/live/", "/refusals/", "/usage/", "/alerts/"):
+            response = page.goto(f"{url}{path}")
+            assert response is not None and response.status == 200, path
+            if path == "/live/":
+                page.wait_for_selector("#conn[data-state=live]")
+            assert TEAM_B not in page.content(), path
+        for path in ("/audit/", "/limits/", "/teams/"):
             response = page.goto(f"{url}{path}")
             assert response is not None and response.status in (403, 404), path
             assert TEAM_B not in page.content()

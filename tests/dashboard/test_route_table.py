@@ -25,6 +25,7 @@ from dashboard.api import MSG_KEY_PROFILE, StaffSession, api
 from dashboard.audit import ACTION_REFUSED
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
 from dashboard.models import AuditEntry, TeamMembership
+from dashboard.services import token_create
 from limiter import process
 from limiter.alerts.models import Webhook
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
@@ -208,7 +209,8 @@ def assert_cell(
 # name -> (URL argument from World.ids, [(method, who may)]). Team-scoped routes run on
 # team A's and on team B's object.
 DASHBOARD: dict[str, tuple[str | None, list[tuple[str, frozenset[str]]]]] = {
-    "overview": (None, [("GET", READERS)]),
+    "overview": (None, [("GET", TEAM_A_READERS)]),  # a team user lands on its team
+    "live": (None, [("GET", TEAM_A_READERS)]),  # its teams' rows (test_shared_views.py)
     "ceiling_reset": (None, [("POST", OPS)]),
     "limits": (None, [("GET", READERS), ("POST", OPS)]),
     "profile": ("profile", [("GET", READERS), ("POST", OPS)]),
@@ -224,15 +226,18 @@ DASHBOARD: dict[str, tuple[str | None, list[tuple[str, frozenset[str]]]]] = {
     "budget_delete": ("budget", [("POST", OPS)]),
     "key_revoke": ("key", [("POST", TEAM_A_KEYS)]),
     "key_rotate": ("key", [("POST", TEAM_A_KEYS)]),
-    "refusals": (None, [("GET", READERS)]),
-    "refusals_csv": (None, [("GET", READERS)]),
-    "usage": (None, [("GET", READERS)]),
-    "usage_csv": (None, [("GET", READERS)]),
+    "refusals": (None, [("GET", TEAM_A_READERS)]),
+    "refusals_csv": (None, [("GET", TEAM_A_READERS)]),
+    "usage": (None, [("GET", TEAM_A_READERS)]),
+    "usage_csv": (None, [("GET", TEAM_A_READERS)]),
     "audit": (None, [("GET", READERS)]),
-    "alerts": (None, [("GET", READERS), ("POST", ADMINS)]),
+    "alerts": (None, [("GET", TEAM_A_READERS), ("POST", ADMINS)]),
     "webhook_edit": ("webhook", [("GET", ADMINS), ("POST", ADMINS)]),
     "webhook_test": ("webhook", [("POST", ADMINS)]),
     "webhook_enable": ("webhook", [("POST", ADMINS)]),
+    # One's own personal tokens: whoever holds a role (token_revoke: one's own token).
+    "tokens": (None, [("GET", TEAM_A_READERS), ("POST", TEAM_A_READERS)]),
+    "token_revoke": ("token", [("POST", TEAM_A_READERS)]),
 }
 TEAM_ARGS = {"team", "key", "budget"}
 
@@ -264,6 +269,9 @@ def _dashboard_cells() -> list[Any]:
 )
 def test_dashboard(world, name, arg, target, method, allowed, persona) -> None:
     ids = world.ids(target or "A")
+    if arg == "token":  # the persona's own token (the admin's for those without a role)
+        owner = world.users[persona if persona in TEAM_A_READERS else ADMIN]
+        ids["token"] = token_create(user=owner, actor=owner).token.pk
     url = reverse(f"dashboard:{name}", args=[ids[arg]] if arg else [])
     data = {
         "paused": "1",
@@ -294,6 +302,7 @@ API: dict[tuple[str, str], frozenset[str]] = {
     ("GET", "/api/teams"): TEAM_A_READERS,  # a team role lists its own team only
     ("POST", "/api/teams"): OPS,
     ("GET", "/api/teams/{team_id}"): TEAM_A_READERS,
+    ("GET", "/api/teams/{team_id}/now"): TEAM_A_READERS,
     ("PATCH", "/api/teams/{team_id}"): OPS,
     ("GET", "/api/teams/{team_id}/keys"): TEAM_A_READERS,
     ("POST", "/api/teams/{team_id}/keys"): TEAM_A_KEYS,
@@ -307,14 +316,15 @@ API: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/profiles/{profile_id}/limits"): OPS,
     ("PATCH", "/api/limits/{limit_id}"): OPS,
     ("DELETE", "/api/limits/{limit_id}"): OPS,
-    ("GET", "/api/refusals"): READERS,
-    ("GET", "/api/refusals/per-minute"): READERS,
-    ("GET", "/api/refusals.csv"): READERS,
+    # The shared reads: a team role's own rows (tests/dashboard/test_shared_views.py).
+    ("GET", "/api/refusals"): TEAM_A_READERS,
+    ("GET", "/api/refusals/per-minute"): TEAM_A_READERS,
+    ("GET", "/api/refusals.csv"): TEAM_A_READERS,
     ("GET", "/api/audit"): READERS,
-    ("GET", "/api/live"): READERS,
-    ("GET", "/api/ceilings"): READERS,
+    ("GET", "/api/live"): TEAM_A_READERS,
+    ("GET", "/api/ceilings"): TEAM_A_READERS,
     ("POST", "/api/ceilings/reset"): OPS,
-    ("GET", "/api/usage"): READERS,
+    ("GET", "/api/usage"): TEAM_A_READERS,
     ("GET", "/api/prices"): READERS,
     ("POST", "/api/prices"): ADMINS,
     ("GET", "/api/teams/{team_id}/budgets"): TEAM_A_READERS,
@@ -434,8 +444,8 @@ def test_admin(world, method, template, allowed, persona) -> None:
 @pytest.mark.usefixtures("seeded_transactional_db")
 @pytest.mark.parametrize("persona", PERSONAS)
 async def test_websocket(persona, monkeypatch) -> None:
-    """The live overview's websocket: open to those who read every team. A team role is
-    refused for now (its snapshot is not yet narrowed to one team's rows)."""
+    """The live overview's websocket: open to every role; a team role gets its teams'
+    rows only (tests/dashboard/test_shared_views.py)."""
 
     async def request_snapshot(reply: str) -> None:
         return None
@@ -459,7 +469,7 @@ async def test_websocket(persona, monkeypatch) -> None:
     communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
     communicator.scope["user"] = user
     connected, code = await communicator.connect()
-    if persona in READERS:
+    if persona in TEAM_A_READERS:
         assert connected
         assert (await communicator.receive_json_from(timeout=2))["type"] == "limits"
         await communicator.disconnect()
@@ -567,7 +577,8 @@ def test_an_auditor_sees_every_page_without_a_write_control(world) -> None:
         url = reverse(f"dashboard:{name}", args=[world.ids("A")[arg]] if arg else [])
         response = client.get(url)
         assert response.status_code == 200, url
-        if not name.endswith("_csv"):
+        # Its own API tokens are the one thing an auditor may create (they read only).
+        if not name.endswith("_csv") and name != "tokens":
             assert post_forms(response.content.decode()) == [], url
     # The operator's pages do carry them: the check above can see a form.
     operator = client_for(world, OPERATOR).get(reverse("dashboard:teams")).content.decode()
@@ -612,7 +623,8 @@ def test_a_refusal_says_why_and_where_to_go(world) -> None:
     pointed at its team's page; an auditor is told its role may read but not change."""
     nobody = client_for(world, NOROLE).get(reverse("dashboard:overview"))
     assert nobody.status_code == 403 and 'id="no-role"' in nobody.content.decode()
-    viewer = client_for(world, VIEWER).get(reverse("dashboard:overview")).content.decode()
+    # (A team user signing in lands on its team; an organisation page refuses it.)
+    viewer = client_for(world, VIEWER).get(reverse("dashboard:limits")).content.decode()
     assert reverse("dashboard:team", args=[world.team_a.pk]) in viewer
     assert world.team_b.name not in viewer
     auditor = client_for(world, AUDITOR).post(reverse("dashboard:teams"), {"name": "x"})

@@ -145,6 +145,7 @@ class PageRoute:
 
 PAGE_ROUTES = [
     PageRoute("dashboard:overview", "GET", "/"),
+    PageRoute("dashboard:live", "GET", "/live/"),
     PageRoute("dashboard:limits", "GET", "/limits/"),
     PageRoute("dashboard:profile", "GET", "/limits/profiles/{profile}/"),
     PageRoute("dashboard:limit_edit", "GET", "/limits/{limit}/edit/"),
