@@ -3,10 +3,11 @@ runs on these machines): the Dockerfile's COPY steps are performed into a fresh 
 its install steps (deploy/install.sh, which the Dockerfile runs) in a fresh virtualenv,
 then the database is migrated and `manage.py serve` answers from there.
 
-The virtualenv sees the project's installed packages, and pip may not reach an index: it
-still resolves pyproject.toml's dependencies, but finds them present instead of spending
-minutes downloading them. A dependency missing from pyproject.toml, a directory the
-Dockerfile does not copy, or static files it does not collect fail the test.
+The virtualenv sees the project's installed packages and pip may not reach an index, so
+pip resolves pyproject.toml's dependencies and finds them present instead of spending
+minutes downloading them. A requirement that cannot be satisfied, a directory the Dockerfile
+does not copy, or static files it does not collect fail the test; a dependency missing from
+pyproject.toml but installed in the project's virtualenv does not (only a real build shows it).
 """
 
 from __future__ import annotations
