@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from django.conf import settings
@@ -56,17 +57,18 @@ class Usage:
                 self.tokens = float(total)
 
     def relayed(self, chunk: bytes) -> None:
-        """Count one chunk of a stream passed to the caller: its events, and the
-        characters of the completion text in them (one JSON decode an event)."""
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
+        """Count one chunk of a stream passed to the caller: its events, and the completion
+        text in them. This runs for every chunk of every stream, so it decodes nothing: the
+        text is what the `content` (chat) and `text` (completions) strings hold as relayed,
+        escapes included, so a `\\n` counts 2 (it errs towards charging more)."""
+        data = self._partial + chunk
+        end = data.rfind(b"\n") + 1
+        whole, self._partial = data[:end], data[end:]
         if len(self._partial) > MAX_EVENT_BYTES:  # no line end in sight: count it raw
             self.text += len(self._partial)
             self._partial = b""
-        for line in lines:
-            if line.startswith(b"data: {"):
-                self.events += 1
-                self.text += _completion_chars(line[6:])
+        self.events += whole.count(b"data: {")
+        self.text += sum(map(len, COMPLETION_TEXT.findall(whole)))
 
     def cut(self, body: dict[str, Any], endpoint: str) -> None:
         """A stream that ended before the chunk carrying Together's usage: its estimate,
@@ -85,27 +87,10 @@ class Usage:
 
 # An event's line longer than this without a line end is counted by its bytes.
 MAX_EVENT_BYTES = 1 << 20
-
-
-def _completion_chars(data: bytes) -> int:
-    """Characters of completion text in one event: each choice's `delta.content` (chat)
-    or `text` (completions). An event that does not parse counts none (its event did)."""
-    try:
-        event = json.loads(data)
-    except ValueError:
-        return 0
-    choices = event.get("choices") if isinstance(event, dict) else None
-    if not isinstance(choices, list):
-        return 0
-    size = 0
-    for choice in choices:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta")
-        for text in (delta.get("content") if isinstance(delta, dict) else None, choice.get("text")):
-            if isinstance(text, str):
-                size += len(text)
-    return size
+# A choice's completion text in an event as relayed: `"content": "..."` (chat's delta) or
+# `"text": "..."` (completions), its escapes kept. A key that only ends so
+# ("reasoning_content") has no quote before it, and does not match.
+COMPLETION_TEXT = re.compile(rb'"(?:content|text)":\s*"((?:[^"\\]|\\.)*)"')
 
 
 def _max_tokens_set(body: dict[str, Any]) -> int | None:
