@@ -21,7 +21,7 @@ from typing import Any
 
 
 def _key() -> Any:
-    from limiter.keys import KeyInfo
+    from limiter.gateway.keys import KeyInfo
     from limiter.upstream import Target
 
     return KeyInfo(
@@ -54,13 +54,13 @@ async def _caller(client: Any, key: Any, deadline: float, round_trips: list[floa
 async def measure(concurrency: int, duration: float) -> dict[str, float]:
     from django.conf import settings
 
-    from limiter import client as limiter_client
-    from limiter import process
+    from limiter import serving
+    from limiter.protocol import client as limiter_client
 
     client = limiter_client.LimiterClient()
     await client.start()
     if settings.SLUICE_EMBEDDED_LIMITER:
-        limiter_client.spawn(process.run_embedded_limiter())
+        limiter_client.spawn(serving.run_embedded_limiter())
     await client.ping(within=10.0)  # the limiter is up (and, over Redis, reachable)
     key = _key()
     warm: list[float] = []

@@ -13,9 +13,10 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from dashboard import live, policy
 from dashboard.access import Rule
-from limiter import events, process, selectors
+from limiter import selectors, serving
 from limiter.jobs import selectors as job_selectors
 from limiter.jobs.live import LiveJobsMessage
+from limiter.protocol import events
 
 # channels_redis forgets group members after a day; a dashboard left open re-joins.
 GROUP_REFRESH_SECONDS = 3600.0
@@ -52,7 +53,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         # limiter's answer is on its way (or if it never comes).
         await self.send_limits()
         await self.live_jobs(await database_sync_to_async(job_selectors.jobs_live_snapshot)())
-        await process.request_snapshot(self.channel_name)
+        await serving.request_snapshot(self.channel_name)
 
     async def join_groups(self) -> None:
         for group in self.JOINED_GROUPS:
@@ -74,7 +75,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "refresh":
             if time.monotonic() - self.joined_at > GROUP_REFRESH_SECONDS:
                 await self.join_groups()
-            await process.request_snapshot(self.channel_name)
+            await serving.request_snapshot(self.channel_name)
 
     async def send_limits(self) -> None:
         limits = await database_sync_to_async(selectors.limit_overview)()
@@ -91,7 +92,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def limiter_started(self, message: dict[str, Any]) -> None:
         # A (re)started limiter knows nothing yet of what the page shows: ask at once.
-        await process.request_snapshot(self.channel_name)
+        await serving.request_snapshot(self.channel_name)
 
     async def config_changed(self, message: dict[str, Any]) -> None:
         live.names.clear()

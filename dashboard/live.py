@@ -16,9 +16,10 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from typing_extensions import TypedDict
 
-from limiter import events, process, selectors
+from limiter import selectors, serving
 from limiter.jobs.live import AccountJobs, KindSlots
 from limiter.models import Team
+from limiter.protocol import events
 
 
 class LiveScope(events.ScopeSnapshot, total=False):
@@ -47,7 +48,8 @@ class LiveView(TypedDict):
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account name -> endpoint -> headers
     models: list[LiveModel]  # Together's limits per account and model, as learned
     history: dict[str, list[list[int]]]
-    # Merged embeddings requests of the last minute (limiter/coalesce_stats.py), by account name.
+    # Merged embeddings requests of the last minute, by account name
+    # (limiter/authority/coalesce_stats.py).
     coalescing: list[events.CoalescingSnapshot]
 
 
@@ -246,7 +248,7 @@ async def snapshot_enriched(snapshot: events.LiveSnapshot) -> LiveView:
 async def ceiling_reset_send(*, account: str, endpoint: str, model: str) -> bool:
     """Tell the limiter to forget a model's learned ceiling; whether it confirmed within
     SNAPSHOT_TIMEOUT (the database row is deleted by the caller either way)."""
-    await process.ensure_started()
+    await serving.ensure_started()
     layer = get_channel_layer()
     reply = await layer.new_channel("sluice.reset.")
     message: events.CeilingResetMessage = {
@@ -274,7 +276,7 @@ async def snapshot_fetch() -> LiveView | None:
         return latest.snapshot
     layer = get_channel_layer()
     reply = await layer.new_channel("sluice.live.api.")
-    await process.request_snapshot(reply)
+    await serving.request_snapshot(reply)
     try:
         message = await asyncio.wait_for(layer.receive(reply), SNAPSHOT_TIMEOUT)
     except TimeoutError:

@@ -33,7 +33,7 @@ from limiter.alerts import services as alert_services
 from limiter.alerts.models import Webhook
 from limiter.alerts.payload import redact_url
 from limiter.alerts.services import Rates
-from limiter.learned import learned_delete
+from limiter.authority.learned import learned_delete
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 from limiter.services import IssuedKey
 from limiter.usage.models import Budget

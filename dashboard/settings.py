@@ -137,11 +137,12 @@ X_FRAME_OPTIONS = "DENY"
 # --- Channels ----------------------------------------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    from limiter.layers import redis_hosts  # timeouts and retries (a plain module)
+    from limiter.protocol.layers import redis_hosts  # timeouts and retries (a plain module)
 
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "limiter.layers.SluiceRedisChannelLayer",  # channels_redis, one-trip send
+            # channels_redis, with a one-trip send
+            "BACKEND": "limiter.protocol.layers.SluiceRedisChannelLayer",
             "CONFIG": {
                 "hosts": redis_hosts(REDIS_URL),
                 "capacity": 10_000,
@@ -190,8 +191,8 @@ SLUICE_LEASE_TTL = env.float("SLUICE_LEASE_TTL", default=600.0)
 # unit if that changes. The pace a model gets stays this fraction below what they report.
 SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS = env.float("SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS", default=1.0)
 SLUICE_UPSTREAM_MARGIN = env.float("SLUICE_UPSTREAM_MARGIN", default=0.1)
-# A restarted limiter starts each model from the ceiling learned before (limiter/learned.py)
-# when it is at most this many seconds old; older, from the profile.
+# A restarted limiter starts each model from the ceiling learned before
+# (limiter/authority/learned.py) when it is at most this many seconds old; older, from the profile.
 SLUICE_LEARNED_CEILING_MAX_AGE = env.float("SLUICE_LEARNED_CEILING_MAX_AGE", default=3600.0)
 # Off: Together's headers and 429s never move a model's pace, which stays the profile's (the
 # static ceiling of before issue 11; the ramp benchmark's baseline). 429s still pause.

@@ -186,7 +186,7 @@ class EndpointLimit(models.Model):
     `model` blank is the endpoint's row. A row naming a model (exact, or a glob such as
     `black-forest-labs/FLUX*`, matched without regard to case) overrides it for the
     models it matches: exact beats glob, a longer glob beats a shorter one (see
-    limiter/config.py). On an upstream account's profile it is that model's cap and
+    limiter/authority/config.py). On an upstream account's profile it is that model's cap and
     starting point; on a team's or key's, the key's own budget for that model, used
     instead of the endpoint's row for calls to it.
     """
@@ -288,7 +288,7 @@ class UpstreamAccount(models.Model):
 class LearnedCeiling(models.Model):
     """What the limiter learned of one model's limit on one account, kept across restarts.
 
-    Written by the limiter worker in batches, off its decision path (limiter/worker.py),
+    Written by the limiter worker in batches, off its decision path (limiter/authority/worker.py),
     and read when a limiter starts so it paces each model where the last one left off
     instead of at the profile's starting point. Rows older than
     SLUICE_LEARNED_CEILING_MAX_AGE are ignored then: Together's dynamic limit follows
@@ -407,7 +407,7 @@ class RefusalSource(models.TextChoices):
 class Refusal(models.Model):
     """One 429, from Sluice or from Together: the auditors' record.
 
-    Written in batches off the request path (`limiter/recorder.py`). Team name and key
+    Written in batches off the request path (`limiter/gateway/refusals.py`). Team name and key
     prefix are copied so the record survives deleting the team or key.
     """
 

@@ -18,7 +18,7 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Substr, TruncMinute
 from django.utils import timezone
 
-from limiter import engine
+from limiter.authority import engine
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
 
 PAGE_SIZE = 50

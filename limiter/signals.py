@@ -2,7 +2,7 @@
 limit or upstream account is broadcast to every web process (CONFIG_GROUP), which
 drops its cached keys and limits, and cuts the calls in flight of a key revoked or a
 team paused (limiter/gateway/revocation.py). The limiter hears it too and reloads
-its own copy of the limits (limiter/config.py). Each change also bumps the
+its own copy of the limits (limiter/authority/config.py). Each change also bumps the
 configuration version in its own transaction, so a ticket sent by a process that has
 seen a change the limiter has not yet heard of makes the limiter reload first.
 """
@@ -16,14 +16,14 @@ from channels.layers import get_channel_layer
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
-from limiter import events
 from limiter.models import ApiKey, ConfigVersion, EndpointLimit, LimitProfile, Team, UpstreamAccount
+from limiter.protocol import events
 
 logger = logging.getLogger(__name__)
 
 
 def broadcast_config_changed() -> None:
-    from limiter import keys
+    from limiter.gateway import keys
     from limiter.jobs.ownership import owned_models
 
     keys.cache.clear()  # this process, at once; the others through the broadcast

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from limiter.keys import KeyInfo
+from limiter.gateway.keys import KeyInfo
 from limiter.upstream import Target
 
 

@@ -21,15 +21,16 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import events, metrics, process
+from limiter import metrics, serving
 from limiter.alerts.monitor import monitor
-from limiter.client import Grant, LimiterUnavailable, Patience, Refused
-from limiter.engine import INVALID_UNITS
+from limiter.authority.engine import INVALID_UNITS
 from limiter.gateway import errors, revocation
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response, StreamingResponse
-from limiter.keys import KeyInfo
-from limiter.recorder import recorder
+from limiter.gateway.keys import KeyInfo
+from limiter.gateway.refusals import recorder
+from limiter.protocol import events
+from limiter.protocol.client import Grant, LimiterUnavailable, Patience, Refused
 from limiter.usage.prices import NO_PRICE, cost_of, prices
 
 logger = logging.getLogger(__name__)
@@ -108,9 +109,9 @@ class Admission:
         work never went upstream, so the request charge comes back too (a merged
         embeddings caller refused at the account is charged nothing, as a call alone)."""
         grant, self.grant = self.grant, Grant("", 0.0, 0, 0, 0.0)
-        process.release(grant.lease, tokens_used, unused=unused)
+        serving.release(grant.lease, tokens_used, unused=unused)
         reservation, self.reservation = self.reservation, ""
-        process.unreserve(reservation)
+        serving.unreserve(reservation)
 
     async def requeue(self) -> None:
         """Queue again for a retry after Together's 429, handing the grant back in the
@@ -139,7 +140,7 @@ class Admission:
         SLUICE_LEASE_TTL; the expiry is for processes that died). Cancelled at the end."""
         if not self.grant.lease:
             return
-        limiter = await process.ensure_started()
+        limiter = await serving.ensure_started()
         while True:
             await asyncio.sleep(settings.SLUICE_LEASE_TTL / 3)
             limiter.renew(self.grant.lease)
@@ -196,8 +197,8 @@ async def _grant_checked(
     assert request.key is not None
     refusal = await revocation.key_refusal(request.key)
     if refusal is not None:
-        process.release(grant.lease, None)
-        process.unreserve(grant.reservation)
+        serving.release(grant.lease, None)
+        serving.unreserve(grant.reservation)
         raise refusal
     return grant
 
@@ -213,7 +214,7 @@ async def _grant(
 ) -> Grant:
     key = request.key
     assert key is not None
-    limiter = await process.ensure_started()
+    limiter = await serving.ensure_started()
     started = time.monotonic()
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = (

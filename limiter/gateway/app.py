@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from limiter import logs, process
+from limiter import logs, serving
 from limiter.gateway import errors
 from limiter.gateway.admission import admitted
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
@@ -32,10 +32,10 @@ from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
 from limiter.gateway.jobs import CHECKED_FIRST
+from limiter.gateway.refusals import recorder
 from limiter.gateway.revocation import calls
 from limiter.gateway.routes import Route, build_routes
 from limiter.gateway.throttle import client_address, trusted_networks
-from limiter.recorder import recorder
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class TeamApi:
         try:
             request = self._start(scope, headers, request_id)
             kind, handler = self._route(request)
-            await process.ensure_started()
+            await serving.ensure_started()
             # The key before the body: a caller without a valid one is answered (401, or
             # the auth-failure throttle's 429) without its body being read or held.
             request.key = await self.auth.authenticate(request)

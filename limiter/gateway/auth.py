@@ -1,7 +1,7 @@
 """Step 1 of a call: who is calling.
 
 The bearer is a team key, looked up by its SHA-256 in the process's key cache
-(limiter/keys.py: no database query for a known key). The key is checked first and
+(limiter/gateway/keys.py: no database query for a known key). The key is checked first and
 the auth-failure throttle after: a valid key is never refused because others behind
 the same address (a load balancer, a NAT) guessed badly; an address past
 AUTH_FAILURES_PER_MINUTE failures gets 429 for its further failures only.
@@ -16,9 +16,9 @@ from django.conf import settings
 from limiter.gateway import errors
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request
+from limiter.gateway.keys import KeyInfo
+from limiter.gateway.keys import cache as key_cache
 from limiter.gateway.throttle import AuthThrottle
-from limiter.keys import KeyInfo
-from limiter.keys import cache as key_cache
 
 AUTH_FAILURES_PER_MINUTE = 30  # per client address (across processes with REDIS_URL)
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from limiter.client import spawn
 from limiter.gateway import errors
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response
+from limiter.gateway.keys import KeyInfo
 from limiter.jobs.ownership import owned_models, usable
-from limiter.keys import KeyInfo
+from limiter.protocol.client import spawn
 from limiter.upstream import UpstreamError
 from limiter.upstream import client as upstream
 from limiter.usage.prices import prices

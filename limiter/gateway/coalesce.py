@@ -48,8 +48,7 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import events, metrics, process
-from limiter.client import Patience, spawn
+from limiter import metrics, serving
 from limiter.gateway import errors
 from limiter.gateway.admission import (
     REFUSAL_MESSAGES,
@@ -61,9 +60,11 @@ from limiter.gateway.admission import (
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import Forwarded, forward
 from limiter.gateway.http import Request, Response
+from limiter.gateway.keys import KeyInfo
 from limiter.gateway.metering import Usage, meter
 from limiter.gateway.relay import upstream_error
-from limiter.keys import KeyInfo
+from limiter.protocol import events
+from limiter.protocol.client import Patience, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ def _usage_shares(usage: Any, parts: list[Part]) -> list[dict[str, int] | None]:
 async def _report(
     key: KeyInfo, model: str, inputs: int, callers: int, waited: float, longest: float
 ) -> None:
-    limiter = await process.ensure_started()
+    limiter = await serving.ensure_started()
     await limiter.report_coalesced(
         key=key, model=model, inputs=inputs, callers=callers, waited=waited, longest=longest
     )

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
-from limiter import metrics, process
-from limiter.client import spawn
+from limiter import metrics, serving
 from limiter.gateway import errors
 from limiter.gateway.admission import Admission
 from limiter.gateway.http import Request
-from limiter.keys import KeyInfo
-from limiter.recorder import recorder
+from limiter.gateway.keys import KeyInfo
+from limiter.gateway.refusals import recorder
+from limiter.protocol.client import spawn
 from limiter.upstream import Outcome, UpstreamError, rate_headers, requested_wait
 from limiter.upstream import client as upstream
 
@@ -229,7 +229,7 @@ class _Reporter:
         error_type: str = "",
         unavailable: int = 0,
     ) -> None:
-        limiter = await process.ensure_started()
+        limiter = await serving.ensure_started()
         await limiter.report_upstream(
             key=key,
             endpoint=endpoint,

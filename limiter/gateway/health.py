@@ -16,8 +16,8 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from limiter import metrics, process
-from limiter.client import LimiterUnavailable
+from limiter import metrics, serving
+from limiter.protocol.client import LimiterUnavailable
 
 
 def _db_ok() -> None:
@@ -28,8 +28,8 @@ def _db_ok() -> None:
 
 async def readiness() -> tuple[bool, dict[str, object]]:
     checks: dict[str, object] = {}
-    ok = not process.draining
-    if process.draining:
+    ok = not serving.draining
+    if serving.draining:
         checks["draining"] = True
     started = time.monotonic()
     try:
@@ -38,7 +38,7 @@ async def readiness() -> tuple[bool, dict[str, object]]:
     except Exception as exc:
         ok, checks["database"] = False, f"failed: {type(exc).__name__}"
     try:
-        client = await process.ensure_started()
+        client = await serving.ensure_started()
         checks["channel_layer"] = "ok"
         round_trip, counts = await client.ping()
         checks["limiter_round_trip_ms"] = round(round_trip * 1000, 2)

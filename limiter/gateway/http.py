@@ -26,7 +26,7 @@ from limiter.gateway.errors import (
     MSG_TEXT_NOT_STORABLE,
     ApiError,
 )
-from limiter.keys import KeyInfo
+from limiter.gateway.keys import KeyInfo
 
 logger = logging.getLogger(__name__)
 

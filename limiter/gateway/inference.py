@@ -12,7 +12,7 @@ Every call takes the same steps, each in its own module:
      reported (`metering.py`; a stream when it ends).
 Embeddings calls are merged with other concurrent ones into one upstream request
 (`coalesce.py`, the same steps per caller). Authentication came before (`app.py`);
-429s are recorded where they happen (`limiter/recorder.py`, written off the request path).
+429s are recorded where they happen (`limiter/gateway/refusals.py`, written off the request path).
 """
 
 from __future__ import annotations

@@ -46,12 +46,12 @@ from limiter.gateway.admission import limiter_silent, rate_limited, record_refus
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
+from limiter.gateway.keys import KeyInfo
 from limiter.jobs import budgets, fields, selectors, services
 from limiter.jobs.estimates import Estimate, batch_estimate, fine_tune_estimate
 from limiter.jobs.models import ENDPOINT_OF_KIND, Job, JobKind, new_public_id
 from limiter.jobs.ownership import model_key, owned_models, usable
 from limiter.jobs.shapes import job_json
-from limiter.keys import KeyInfo
 from limiter.upstream import UpstreamError, client
 from limiter.usage.budgets import BUDGET_EXCEEDED
 from limiter.usage.jobs import discounted

@@ -24,9 +24,9 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import process
-from limiter.client import spawn
+from limiter import serving
 from limiter.gateway.admission import Admission, estimate_parts, estimate_tokens
+from limiter.protocol.client import spawn
 from limiter.usage.prices import cost_of, prices
 from limiter.usage.recorder import usage_recorder
 
@@ -185,7 +185,7 @@ def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") 
         reservation, admission.reservation = admission.reservation, ""
         if known or not prices.fetching:
             cost = cost_of(prices.price(model), prompt, completion, images)
-            process.report_usage(
+            serving.report_usage(
                 key_id=key.key_id,
                 model=admission.model,
                 tokens=float(total),
@@ -222,6 +222,6 @@ async def _report_when_priced(
 ) -> None:
     await prices.settled()
     cost = cost_of(prices.price(model), prompt, completion, images)
-    process.report_usage(
+    serving.report_usage(
         key_id=key_id, model=asked, tokens=float(total), cost=float(cost), reservation=reservation
     )

@@ -13,13 +13,13 @@ from collections.abc import AsyncGenerator
 
 import httpx
 
-from limiter.client import spawn
 from limiter.gateway import catalog, errors, metering
 from limiter.gateway.admission import Admission, rate_limited
 from limiter.gateway.errors import ApiError
 from limiter.gateway.forward import OVERLOADED, Forwarded
 from limiter.gateway.http import Request, Response, StreamingResponse
 from limiter.gateway.metering import Usage
+from limiter.protocol.client import spawn
 from limiter.upstream import requested_wait
 
 

@@ -34,11 +34,11 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections
 
 from limiter import selectors
-from limiter.client import on_config_changed, spawn
 from limiter.gateway import errors
 from limiter.gateway.errors import ApiError
-from limiter.keys import KeyInfo
-from limiter.keys import cache as key_cache
+from limiter.gateway.keys import KeyInfo
+from limiter.gateway.keys import cache as key_cache
+from limiter.protocol.client import on_config_changed, spawn
 
 logger = logging.getLogger(__name__)
 

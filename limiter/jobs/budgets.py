@@ -31,9 +31,9 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from limiter import events
 from limiter.jobs.estimates import Estimate, job_holds
 from limiter.jobs.models import Job, JobKind, JobState
+from limiter.protocol import events
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The jobs snapshot the poller publishes to the dashboard (group `limiter.events.LIVE_GROUP`).
+"""The jobs snapshot the poller publishes to the dashboard (group `events.LIVE_GROUP`).
 
 Sent as `{"type": "live.jobs", ...}` whenever it changes (and at least every
 `HEARTBEAT_SECONDS`); a consumer that connects later can build the same dict with
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing_extensions import TypedDict  # read by pydantic too (the ops API's /api/live)
 
-from limiter.events import LIVE_JOBS as LIVE_JOBS  # the protocol's constants live there
+from limiter.protocol.events import LIVE_JOBS as LIVE_JOBS  # the protocol's constants live there
 
 HEARTBEAT_SECONDS = 10.0
 

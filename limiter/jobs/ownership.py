@@ -18,9 +18,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
-from limiter import events
 from limiter.jobs import selectors
 from limiter.jobs.selectors import ModelOwner
+from limiter.protocol import events
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
-from limiter.events import LIVE_GROUP
 from limiter.jobs import budgets, selectors, services, together, usage
 from limiter.jobs.live import HEARTBEAT_SECONDS
 from limiter.jobs.models import Job
+from limiter.protocol.events import LIVE_GROUP
 
 logger = logging.getLogger(__name__)
 

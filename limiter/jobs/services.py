@@ -42,6 +42,7 @@ from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 
+from limiter.gateway.keys import KeyInfo
 from limiter.jobs import budgets, fields, together
 from limiter.jobs.estimates import Estimate
 from limiter.jobs.models import (
@@ -60,7 +61,6 @@ from limiter.jobs.models import (
 )
 from limiter.jobs.ownership import broadcast_models_changed, model_key
 from limiter.jobs.selectors import key_still_usable, queued_in_order
-from limiter.keys import KeyInfo
 from limiter.models import ConfigVersion, EndpointLimit, UpstreamAccount
 from limiter.upstream import Target, UpstreamError, account_target
 

@@ -26,10 +26,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from limiter import events
 from limiter.jobs import together
 from limiter.jobs.budgets import hold_clear
 from limiter.jobs.models import Job, JobKind, JobState
+from limiter.protocol import events
 from limiter.upstream import UpstreamError, account_target
 from limiter.usage.jobs import (
     MSG_NO_OUTPUT,

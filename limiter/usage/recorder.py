@@ -2,11 +2,11 @@
 
 A call only adds its counts to an in-memory row (a dict lookup and a few additions);
 a background task writes the rows that changed every SLUICE_USAGE_FLUSH_SECONDS in one
-transaction, modelled on the 429 recorder (limiter/recorder.py). Each process writes
+transaction, modelled on the 429 recorder (limiter/gateway/refusals.py). Each process writes
 only its own rows (`writer`, unique per process start), adding to them with F()
 increments, so several web processes never race on a row and a query sums over them.
 
-`serve`'s drain on SIGTERM flushes last (limiter/process.py): a graceful shutdown loses
+`serve`'s drain on SIGTERM flushes last (limiter/serving.py): a graceful shutdown loses
 nothing. A crash loses what was recorded since the last flush: at most
 SLUICE_USAGE_FLUSH_SECONDS (1 s by default) of that process's usage.
 
@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F
 
-from limiter.recorder import BatchWriter, write_each
+from limiter.gateway.refusals import BatchWriter, write_each
 from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
 
 logger = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from limiter.gateway.refusals import UNSTORABLE
 from limiter.models import ApiKey, Job, Team
-from limiter.recorder import UNSTORABLE
 from limiter.usage.jobs import JobUsageReport, minute_of
 from limiter.usage.models import Budget, BudgetCrossing, JobUsage, ModelPrice, UsageRollup
 from limiter.usage.prices import prices

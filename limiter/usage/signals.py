@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.db.models.signals import post_delete, post_save
 
-from limiter.client import on_config_changed
+from limiter.protocol.client import on_config_changed
 from limiter.signals import _on_change
 from limiter.usage.models import Budget, ModelPrice
 from limiter.usage.prices import prices

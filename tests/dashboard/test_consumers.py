@@ -16,8 +16,9 @@ from django.contrib.auth.models import AnonymousUser
 
 from dashboard import live
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
-from limiter import events, process
+from limiter import serving
 from limiter.jobs.ownership import broadcast_models_changed
+from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create, upstream_default
 from tests.dashboard.conftest import org_user
 
@@ -78,7 +79,7 @@ def fake_limiter(monkeypatch):
         if "snapshot" in state:
             await get_channel_layer().send(reply, state["snapshot"])
 
-    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
     live.names.clear()
     live.latest.snapshot = None
     return state, asked

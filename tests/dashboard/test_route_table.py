@@ -26,7 +26,7 @@ from dashboard.audit import ACTION_REFUSED
 from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
 from dashboard.models import AuditEntry, TeamMembership
 from dashboard.services import token_create
-from limiter import process
+from limiter import serving
 from limiter.alerts.models import Webhook
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 from limiter.services import key_issue, profile_default, team_get_or_create
@@ -378,7 +378,7 @@ def no_limiter(monkeypatch):
     async def request_snapshot(reply: str) -> None:
         return None
 
-    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
     monkeypatch.setattr(live, "SNAPSHOT_TIMEOUT", 0.01)
 
 
@@ -450,7 +450,7 @@ async def test_websocket(persona, monkeypatch) -> None:
     async def request_snapshot(reply: str) -> None:
         return None
 
-    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
 
     def make_user() -> Any:
         if persona == ANON:

@@ -23,9 +23,10 @@ from django.utils import timezone
 from dashboard import live
 from dashboard.consumers import LiveConsumer
 from dashboard.models import TeamMembership
-from limiter import events, process, selectors
+from limiter import selectors, serving
 from limiter.alerts.models import Alert, Webhook
 from limiter.models import ApiKey, Team
+from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create, upstream_default
 from limiter.usage.models import UsageRollup
 from tests.dashboard.conftest import make_refusals, org_user
@@ -302,7 +303,7 @@ def test_the_live_page_and_api_give_the_teams_rows_and_the_accounts(world, monke
     async def request_snapshot(reply: str) -> None:
         return None
 
-    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
 
     page = world.client(world.viewer).get("/live/")
     assert page.status_code == 200
@@ -328,7 +329,7 @@ async def test_the_websocket_sends_a_team_user_its_own_rows(who, monkeypatch) ->
     async def request_snapshot(reply: str) -> None:
         return None
 
-    monkeypatch.setattr(process, "request_snapshot", request_snapshot)
+    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
     live.names.clear()
     world = await database_sync_to_async(build_world)()
     limiter_says = await database_sync_to_async(lambda: (snapshot(world), jobs_message(world)))()

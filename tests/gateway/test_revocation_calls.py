@@ -9,9 +9,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
-from limiter import keys
+from limiter.gateway import keys
+from limiter.gateway.keys import KeyInfo
 from limiter.gateway.revocation import Calls, key_refusal
-from limiter.keys import KeyInfo
 from limiter.models import ApiKey, Team
 from limiter.services import key_issue, key_revoke, team_get_or_create
 

@@ -121,7 +121,7 @@ def test_unstorable_text_in_a_fine_tune_body_is_a_400(
 RECORDERS = """
 import asyncio
 from limiter.models import Refusal
-from limiter.recorder import Recorder
+from limiter.gateway.refusals import Recorder
 from limiter.usage.models import UsageRollup
 from limiter.usage.recorder import UsageRecorder
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from asgiref.sync import sync_to_async
 
-from limiter import keys
+from limiter.gateway import keys
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Request, Response
+from limiter.gateway.keys import KeyInfo
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
-from limiter.keys import KeyInfo
 from limiter.models import EndpointLimit, UpstreamAccount
 from limiter.services import key_issue, team_get_or_create
 from limiter.upstream import client

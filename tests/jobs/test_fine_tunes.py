@@ -8,11 +8,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from limiter.events import LIVE_GROUP
 from limiter.gateway import jobs as api
 from limiter.jobs import services
 from limiter.jobs.models import Job, JobEvent, JobKind, JobState
 from limiter.jobs.poller import Poller
+from limiter.protocol.events import LIVE_GROUP
 from tests.jobs.conftest import MODEL, all_done, call, drive, request, set_cap, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)

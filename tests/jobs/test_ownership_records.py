@@ -12,12 +12,12 @@ from channels.layers import get_channel_layer
 from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 
-from limiter import client as limiter_client
-from limiter import events
 from limiter.jobs import ownership, selectors, services
 from limiter.jobs.models import Job, JobKind, JobState, ModelKind, TeamFile, TeamModel
 from limiter.jobs.poller import Poller
 from limiter.models import Team
+from limiter.protocol import client as limiter_client
+from limiter.protocol import events
 from tests.jobs.conftest import MODEL, call, drive, request, set_cap, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -139,7 +139,7 @@ class Deployment:
 
 SUBMIT = """
 import json
-from limiter import keys
+from limiter.gateway import keys
 from limiter.jobs import services
 from limiter.models import ApiKey
 from limiter.services import key_issue, team_get_or_create

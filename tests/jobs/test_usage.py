@@ -11,10 +11,10 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from limiter import events
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
 from limiter.jobs.usage import job_usage_collect
+from limiter.protocol import events
 from limiter.usage.models import JobUsage, UsageRollup
 from limiter.usage.prices import list_prices
 from limiter.usage.services import prices_record

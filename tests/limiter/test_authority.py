@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis.asyncio as redis
 
-from limiter import authority as authority_module
-from limiter.authority import ALIVE_KEY, LOCK_KEY, Authority, AuthorityTaken
+from limiter.authority import lease as authority_module
+from limiter.authority.lease import ALIVE_KEY, LOCK_KEY, Authority, AuthorityTaken
 
 pytestmark = pytest.mark.services
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.ceilings import QUIET_SECONDS, STEP_SECONDS, Ceiling
-from limiter.engine import Limit
+from limiter.authority.ceilings import QUIET_SECONDS, STEP_SECONDS, Ceiling
+from limiter.authority.engine import Limit
 
 PROFILE = Limit(per_minute=500, burst=1, tokens_per_minute=60_000)
 MARGIN = 0.1

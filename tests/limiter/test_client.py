@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from limiter import events
-from limiter.client import REPLY_CHANNEL_BACK, LimiterClient, LimiterUnavailable
+from limiter.protocol import events
+from limiter.protocol.client import REPLY_CHANNEL_BACK, LimiterClient, LimiterUnavailable
 from tests.factories import key_info
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from limiter.engine import (
+from limiter.authority.engine import (
     ACCOUNT_RATE_LIMITED,
     CONCURRENCY_LIMITED,
     QUEUE_FULL,

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from limiter.engine import INVALID_UNITS, MAX_UNITS, Engine, Limit
+from limiter.authority.engine import INVALID_UNITS, MAX_UNITS, Engine, Limit
 
 KEY_A = ("key", "a", "chat", "")
 KEY_B = ("key", "b", "chat", "")

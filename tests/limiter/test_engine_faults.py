@@ -5,7 +5,7 @@ Each test failed on the engine before the fix; time is passed in, nothing sleeps
 
 import pytest
 
-from limiter.engine import CONCURRENCY_LIMITED, Engine, Limit
+from limiter.authority.engine import CONCURRENCY_LIMITED, Engine, Limit
 
 KEY_A = ("key", "a", "chat")
 KEY_B = ("key", "b", "chat")

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from limiter import engine as engine_module
-from limiter.engine import COMPACT_FACTOR, INVALID_UNITS, Decision, Engine, Limit
+from limiter.authority import engine as engine_module
+from limiter.authority.engine import COMPACT_FACTOR, INVALID_UNITS, Decision, Engine, Limit
 
 ENDPOINT = "chat"
 LEASE_TTL = 10.0

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from limiter import keys
-from limiter.keys import KeyCache, KeyInfo
+from limiter.gateway import keys
+from limiter.gateway.keys import KeyCache, KeyInfo
 from limiter.models import ApiKey
 from tests import factories
 

@@ -1,4 +1,4 @@
-"""limiter/layers.py overrides two private methods of channels_redis. The version is
+"""limiter/protocol/layers.py overrides two private methods of channels_redis. The version is
 pinned (pyproject.toml); these tests fail when an upgrade changes what they replace,
 and check the one-round-trip layer against a real Redis."""
 
@@ -11,7 +11,7 @@ import pytest
 from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 
-from limiter.layers import SluiceRedisChannelLayer, redis_hosts
+from limiter.protocol.layers import SluiceRedisChannelLayer, redis_hosts
 from tests.conftest import need_redis_server
 from tests.servers import private_redis_server
 

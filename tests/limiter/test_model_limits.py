@@ -11,10 +11,10 @@ import pytest
 from channels.layers import InMemoryChannelLayer
 from django.core.exceptions import ValidationError
 
-from limiter import events
-from limiter.ceilings import Ceiling, Learned
-from limiter.config import model_rows
-from limiter.engine import Limit
+from limiter.authority.ceilings import Ceiling, Learned
+from limiter.authority.config import model_rows
+from limiter.authority.engine import Limit
+from limiter.authority.worker import LimiterConsumer
 from limiter.models import (
     MODEL_GLOB_DOCUMENTED,
     EndpointLimit,
@@ -23,8 +23,8 @@ from limiter.models import (
     UpstreamAccount,
     model_pattern_error,
 )
+from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create
-from limiter.worker import LimiterConsumer
 
 ROW = Limit(per_minute=600, burst=1)
 
@@ -257,7 +257,7 @@ async def test_a_ticket_asked_again_while_queued_is_answered_queued_and_not_queu
     world,
 ) -> None:
     # A web process whose reply channel failed (Redis restarted) asks its waiting tickets
-    # again, with the same ids (limiter/client.py RESYNC): one may still be queued here.
+    # again, with the same ids (limiter/protocol/client.py RESYNC): one may still be queued here.
     consumer = await started()
     flux = "black-forest-labs/FLUX.1-schnell"
     await consumer.dispatch(acquire(world["key"], world["account"], flux, "1"))  # the burst

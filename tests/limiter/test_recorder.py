@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from limiter import recorder as recorder_module
+from limiter.gateway import refusals as recorder_module
+from limiter.gateway.refusals import Recorder
 from limiter.models import ApiKey, Refusal
-from limiter.recorder import Recorder
 from limiter.services import key_issue, team_get_or_create
 
 pytestmark = pytest.mark.django_db(transaction=True)

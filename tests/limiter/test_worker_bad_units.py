@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from limiter.engine import INVALID_UNITS
-from limiter.worker import MSG_INVALID_UNITS
+from limiter.authority.engine import INVALID_UNITS
+from limiter.authority.worker import MSG_INVALID_UNITS
 from tests.usage.test_budget_worker import ask, limiter, report, world
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -9,11 +9,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer
 
-from limiter import events
-from limiter.config import UNLIMITED
+from limiter.authority.config import UNLIMITED
+from limiter.authority.worker import LimiterConsumer
 from limiter.models import ConfigVersion, EndpointLimit, LimitProfile, UpstreamAccount
+from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create
-from limiter.worker import LimiterConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,8 +1,8 @@
 """The worker's per-scope statistics follow the engine's scopes: forgotten scopes leave
 nothing behind."""
 
-from limiter.engine import Engine, Limit
-from limiter.worker import Stats
+from limiter.authority.engine import Engine, Limit
+from limiter.authority.worker import Stats
 
 KEY = ("key", "7", "chat")
 ACCOUNT = ("account", "1", "chat")

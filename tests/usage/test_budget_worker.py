@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from limiter import events
+from limiter.authority.worker import LimiterConsumer
 from limiter.models import EndpointLimit, LimitProfile, UpstreamAccount
+from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create
 from limiter.usage.models import Budget
-from limiter.worker import LimiterConsumer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

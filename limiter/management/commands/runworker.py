@@ -18,10 +18,10 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from limiter import events
-from limiter.authority import HEARTBEAT, Authority, AuthorityTaken
+from limiter.authority.lease import HEARTBEAT, Authority, AuthorityTaken
+from limiter.authority.worker import LimiterConsumer, run_limiter
 from limiter.management.production import refuse_development_secret_key
-from limiter.worker import LimiterConsumer, run_limiter
+from limiter.protocol import events
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@
 per process (a dispatcher task routes each answer to its waiting request). It also
 listens to the configuration broadcast, dropping cached keys when anything changes
 and telling the listeners registered with `on_config_changed`. The process starts one
-client (limiter/process.py).
+client (limiter/serving.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, cast
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from limiter import events
-from limiter.events import DecisionMessage
-from limiter.keys import KeyInfo
+from limiter.gateway.keys import KeyInfo
+from limiter.protocol import events
+from limiter.protocol.events import DecisionMessage
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class LimiterClient:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == events.CONFIG_CHANGED:
-            from limiter import keys
+            from limiter.gateway import keys
             from limiter.jobs.ownership import owned_models
 
             keys.cache.clear()

@@ -3,9 +3,9 @@
 The hot path does no database query for a known key: `KeyCache` maps the SHA-256 of a
 secret to a `KeyInfo` carrying everything the gateway needs (team, upstream account
 and where its calls go, the configuration version it was read at; the limits
-themselves are the limiter's, limiter/config.py). The cache is dropped whole on any configuration
-change (see limiter/signals.py), so a revoked key fails on the next request; a TTL
-bounds staleness should a broadcast ever be missed.
+themselves are the limiter's, limiter/authority/config.py). The cache is dropped whole
+on any configuration change (see limiter/signals.py), so a revoked key fails on the next
+request; a TTL bounds staleness should a broadcast ever be missed.
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ class KeyInfo:
     account_id: str
     account_name: str
     target: Target  # where its calls go: the account's base URL and upstream secret
-    config_version: int  # the configuration version this was read at (see limiter/config.py)
+    config_version: (
+        int  # the configuration version this was read at (see limiter/authority/config.py)
+    )
     fallbacks: dict[str, str]
     max_batch_requests: int | None
     # Inputs per merged embeddings request for this key's calls; 0: not merged (its profile

@@ -75,7 +75,7 @@ class _Charge(TypedDict, total=False):
 
 class AcquireMessage(_Charge):
     """A ticket names who asks, never which limits apply: the limiter owns those
-    (limiter/config.py), so a web process with a stale cache cannot flip a limit back."""
+    (limiter/authority/config.py), so a web process with a stale cache cannot flip a limit back."""
 
     type: str  # ACQUIRE
     ticket: str
@@ -129,7 +129,7 @@ class DecisionMessage(TypedDict):
     reset: float
     max_wait: float  # "queued": the longest the ticket may wait for its grant
     # The limiter's monotonic clock at the decision: only differences between decisions
-    # mean anything on another host (limiter/client.py Lateness).
+    # mean anything on another host (limiter/protocol/client.py Lateness).
     at: float
     limiter: str  # the deciding limiter instance: its clock is another one after a restart
     # A grant: a budget counts this key's calls, so report the call's usage (USAGE).
@@ -232,7 +232,7 @@ class CeilingResetMessage(TypedDict):
 
 
 class ModelCeilingSnapshot(TypedDict):
-    """One model's ceiling on one account, as learned from Together (limiter/ceilings.py)."""
+    """One model's ceiling on one account, as learned from Together (authority/ceilings.py)."""
 
     account: str  # UpstreamAccount pk
     endpoint: str

@@ -1,7 +1,7 @@
 """Learned ceilings across restarts: the limiter's per-model learned state in the database.
 
 The limiter worker learns each model's ceiling from Together's answers
-(limiter/ceilings.py). It writes what changed here in batches, every few seconds and on
+(limiter/authority/ceilings.py). It writes what changed here in batches, every few seconds and on
 shutdown, from a task of its own through a thread (never on its decision path), and
 reads it back when it starts, so a restarted limiter paces each model where the last
 one left off instead of at the profile's starting point. In scale-out every process
@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from django.db import close_old_connections
 
-from limiter.ceilings import Learned
-from limiter.engine import ScopeId
+from limiter.authority.ceilings import Learned
+from limiter.authority.engine import ScopeId
 from limiter.models import LearnedCeiling, UpstreamAccount
 
 FIELDS = (

@@ -3,7 +3,7 @@ authority over admission.
 
 It owns one `Engine` and handles messages one at a time (Channels dispatches a
 consumer's messages sequentially), so every decision is atomic without locks. Web
-processes ask it over the channel layer (see limiter/client.py); it answers each
+processes ask it over the channel layer (see limiter/protocol/client.py); it answers each
 ticket on the asker's reply channel, wakes itself on a timer to serve queued tickets,
 and publishes live snapshots to the dashboard.
 
@@ -27,11 +27,10 @@ from zoneinfo import ZoneInfo
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.layers import BaseChannelLayer
 
-from limiter import events
-from limiter.ceilings import Ceiling, Learned
-from limiter.coalesce_stats import CoalesceStats
-from limiter.config import UNLIMITED, LimiterConfig, config_load
-from limiter.engine import (
+from limiter.authority.ceilings import Ceiling, Learned
+from limiter.authority.coalesce_stats import CoalesceStats
+from limiter.authority.config import UNLIMITED, LimiterConfig, config_load
+from limiter.authority.engine import (
     INVALID_UNITS,
     Decision,
     Engine,
@@ -40,7 +39,8 @@ from limiter.engine import (
     ScopeId,
     units_valid,
 )
-from limiter.events import DecisionMessage, ScopeSnapshot
+from limiter.protocol import events
+from limiter.protocol.events import DecisionMessage, ScopeSnapshot
 from limiter.usage.budgets import (
     BUDGET_EXCEEDED,
     NOT_BUDGETED,
@@ -64,7 +64,8 @@ HISTORY_BUCKETS = 3600 // HISTORY_BUCKET_SECONDS
 MAX_COST = 1e9
 MSG_INVALID_UNITS = "The request's token or cost estimate is out of range: it was not admitted."
 CONFIG_GROUP_REFRESH = 3600.0  # channels_redis forgets group members after a day
-# Learned ceilings that changed are written to the database this often (limiter/learned.py).
+# Learned ceilings that changed are written to the database this often
+# (limiter/authority/learned.py).
 LEARNED_SAVE_INTERVAL = 2.0
 
 
@@ -162,16 +163,16 @@ class LimiterConsumer(AsyncConsumer):
     ) -> None:
         from django.conf import settings
 
-        # The limits it applies: its own copy (limiter/config.py), never a ticket's.
+        # The limits it applies: its own copy (limiter/authority/config.py), never a ticket's.
         self.config = config or LimiterConfig()
         # Keys and accounts a reload did not find (deleted): not reloaded for again until
         # the configuration changes.
         self._unknown: set[tuple[str, str]] = set()
-        # What Together allows each model, learned from its answers (limiter/ceilings.py).
+        # What Together allows each model, learned from its answers (limiter/authority/ceilings.py).
         self.ceilings: dict[ScopeId, Ceiling] = {}
         self.margin = settings.SLUICE_UPSTREAM_MARGIN
         self.unit_seconds = settings.SLUICE_UPSTREAM_LIMIT_UNIT_SECONDS
-        # Kept across restarts (limiter/learned.py): what a previous limiter learned,
+        # Kept across restarts (limiter/authority/learned.py): what a previous limiter learned,
         # applied when a model's scope is first made; when each ceiling last changed;
         # and which changed since the last write.
         self.learned_max_age = settings.SLUICE_LEARNED_CEILING_MAX_AGE
@@ -220,13 +221,13 @@ class LimiterConsumer(AsyncConsumer):
         if self._timer:
             self._timer.cancel()
 
-    # --- learned ceilings across restarts (limiter/learned.py) -------------------------
+    # --- learned ceilings across restarts (limiter/authority/learned.py) -------------------------
     async def learned_restore(self) -> int:
         """Read what the previous limiter learned (fresher than the max age); each model's
         ceiling starts from it when its scope is first made. Returns how many."""
         from asgiref.sync import sync_to_async
 
-        from limiter.learned import learned_load
+        from limiter.authority.learned import learned_load
 
         try:
             self._restored = await sync_to_async(learned_load, thread_sensitive=False)(
@@ -247,7 +248,7 @@ class LimiterConsumer(AsyncConsumer):
         thread: decisions go on meanwhile. Returns how many were written."""
         from asgiref.sync import sync_to_async
 
-        from limiter.learned import learned_save
+        from limiter.authority.learned import learned_save
 
         if not self._unsaved:
             return 0
@@ -414,7 +415,7 @@ class LimiterConsumer(AsyncConsumer):
 
     def _ramp(self, now: float) -> None:
         """Models whose callers wait for more than their pace, and that Together has not
-        refused for a while, step up (limiter/ceilings.py)."""
+        refused for a while, step up (limiter/authority/ceilings.py)."""
         waiting = {ticket.account.id for ticket in self.engine.tickets.values()}
         for scope_id, ceiling in self.ceilings.items():
             if ceiling.ramp(now, demand=scope_id in waiting, margin=self.margin):
@@ -425,7 +426,7 @@ class LimiterConsumer(AsyncConsumer):
     # --- messages ---------------------------------------------------------------------
     async def _still_queued(self, message: events.AcquireMessage | events.ReacquireMessage) -> bool:
         """A ticket asked again while it is queued here (its web process's reply channel
-        failed, so an answer may have been lost: limiter/client.py): say "queued" again,
+        failed, so an answer may have been lost: limiter/protocol/client.py): say "queued" again,
         and nothing more (it is neither charged nor queued twice)."""
         again = self.engine.still_queued(message["ticket"], time.monotonic())
         if again is None:
@@ -663,7 +664,7 @@ class LimiterConsumer(AsyncConsumer):
         pace the model at its profile's row again, until Together's next answer."""
         from asgiref.sync import sync_to_async
 
-        from limiter.learned import learned_forget
+        from limiter.authority.learned import learned_forget
 
         account, endpoint, model = message["account"], message["endpoint"], message["model"]
         scope_id: ScopeId = ("account", account, endpoint, model)

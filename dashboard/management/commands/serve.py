@@ -84,11 +84,11 @@ class Command(BaseCommand):
     def _ready_daphne(self, server, host: str, port: int) -> None:
         from twisted.internet import reactor
 
-        from limiter import process
+        from limiter import serving
         from limiter.gateway.app import application as team_api
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
-        asyncio.ensure_future(process.ensure_started())
+        asyncio.ensure_future(serving.ensure_started())
 
         def stop_listening() -> None:
             for listening_port in server.ports:
@@ -101,7 +101,7 @@ class Command(BaseCommand):
             loop.add_signal_handler(
                 sig,
                 lambda: asyncio.ensure_future(
-                    process.drain(team_api, stop_listening, reactor.stop)  # type: ignore[misc]
+                    serving.drain(team_api, stop_listening, reactor.stop)  # type: ignore[misc]
                 ),
             )
         self._announce(host, port, "daphne")
@@ -110,7 +110,7 @@ class Command(BaseCommand):
         import uvicorn
 
         from dashboard.asgi import application
-        from limiter import process
+        from limiter import serving
         from limiter.gateway.app import application as team_api
 
         command = self
@@ -122,7 +122,7 @@ class Command(BaseCommand):
                     loop.add_signal_handler(
                         sig,
                         lambda: asyncio.ensure_future(
-                            process.drain(team_api, self.stop_listening, self.exit)
+                            serving.drain(team_api, self.stop_listening, self.exit)
                         ),
                     )
 
@@ -135,7 +135,7 @@ class Command(BaseCommand):
 
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
-                await process.ensure_started()
+                await serving.ensure_started()
                 command._announce(host, port, "uvicorn")
 
         config = uvicorn.Config(

@@ -16,8 +16,8 @@ from typing import Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from limiter import events
-from limiter.client import LimiterClient, spawn
+from limiter.protocol import events
+from limiter.protocol.client import LimiterClient, spawn
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ async def ensure_started() -> LimiterClient:
 
 
 async def _start() -> LimiterClient:
-    from limiter.recorder import recorder
+    from limiter.gateway.refusals import recorder
     from limiter.upstream import client as upstream
 
     client = LimiterClient()
@@ -76,7 +76,7 @@ async def _start() -> LimiterClient:
 
 async def run_embedded_limiter() -> None:
     """The limiter as a task of this process: the same loop `runworker limiter` runs."""
-    from limiter.worker import run_limiter
+    from limiter.authority.worker import run_limiter
 
     await run_limiter(get_channel_layer())
 
@@ -130,7 +130,7 @@ async def drain(
     server."""
     global draining
     from limiter.alerts.delivery import alerts_stop, signals_flush
-    from limiter.recorder import recorder
+    from limiter.gateway.refusals import recorder
     from limiter.upstream import client as upstream
     from limiter.usage.recorder import usage_recorder
 
@@ -156,7 +156,7 @@ async def drain(
         await signals_flush()
     except Exception:
         logger.exception("draining: could not write the alert counters")
-    from limiter.worker import learned_persist
+    from limiter.authority.worker import learned_persist
 
     await learned_persist()  # the embedded limiter's learned ceilings, for the next start
     await upstream.aclose()

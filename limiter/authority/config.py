@@ -26,7 +26,7 @@ from fnmatch import fnmatchcase
 
 from django.db import close_old_connections
 
-from limiter.engine import Limit
+from limiter.authority.engine import Limit
 from limiter.models import ApiKey, ConfigVersion, EndpointLimit, UpstreamAccount, is_glob
 
 # A rate no caller reaches, and EndpointLimit's default queue (100 deep, 30 s).

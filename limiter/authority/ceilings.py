@@ -21,9 +21,9 @@ model's scope at:
   tenth of a 1,200/min cap (Together: ramp gradually, never burst far above recent success).
 - A 503 is capacity, not a limit: it changes no pace.
 
-The worker (limiter/worker.py) owns the ceilings and turns each into the `Limit` of the
+The worker (limiter/authority/worker.py) owns the ceilings and turns each into the `Limit` of the
 model's account scope. What a ceiling learned (`Learned`) is kept in the database
-(limiter/learned.py), so a restarted limiter starts from it, not from the profile.
+(limiter/authority/learned.py), so a restarted limiter starts from it, not from the profile.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from limiter.engine import Limit
+from limiter.authority.engine import Limit
 
 DECREASE = 0.5  # a 429 halves the pace
 QUIET_SECONDS = 10.0  # no 429 for this long before the pace may rise again

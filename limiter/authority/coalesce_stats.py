@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from limiter import events
+from limiter.protocol import events
 
 WINDOW = 60.0
 MAX_KEPT = 10_000  # merged requests remembered per account and model (bounded memory)
