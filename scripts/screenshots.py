@@ -20,6 +20,7 @@ import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,7 +54,7 @@ def traffic(url: str, keys: dict[str, str], seconds: float) -> None:
         thread.join()
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -61,37 +62,66 @@ def main() -> None:
     parser.add_argument("--username")
     parser.add_argument("--password")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def _demo_server(stack: ExitStack) -> tuple[str, str, str, dict[str, str]]:
+    """A fresh Sluice with three teams, one of them on a tight profile; its URL, the
+    admin's credentials and the teams' keys."""
+    from tests.servers import SluiceServer
+
+    server = stack.enter_context(SluiceServer(Path(tempfile.mkdtemp(prefix="sluice-shots-"))))
+    tight = {
+        "requests_per_minute": 60,
+        "pace_per_minute": None,
+        "burst": 2,
+        "queue_depth": 2,
+        "max_queue_wait_seconds": 1,
+    }
+    server.make_profile("tight", {"chat": tight})
+    keys = {team: server.issue_key(team) for team in ("search", "support-bot")}
+    keys["research"] = server.issue_key("research", profile="tight")
+    return server.url, server.admin_username, server.admin_password, keys
+
+
+def _shoot(page: Any, url: str, keys: dict[str, str] | None, out: Path) -> None:
+    """The overview mid-load, then the 429 history and the usage page once recorded."""
+    if keys:
+        load = threading.Thread(target=traffic, args=(url, keys, TRAFFIC_SECONDS))
+        load.start()
+        time.sleep(TRAFFIC_SECONDS - 3)  # mid-load: queues and 429s on screen
+    page.wait_for_selector("#conn[data-state=live]")
+    page.wait_for_selector(".chart-card")
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / "overview.png"), full_page=True)
+    if keys:
+        load.join()
+        time.sleep(2)  # the 429 recorder writes in batches
+    # The last 20 minutes, so the per-minute chart shows the burst rather than a day.
+    since = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M")
+    page.goto(f"{url}/refusals/?start={since}")
+    page.screenshot(path=str(out / "refusals.png"))
+    # The last week per day and team (the usage rollups are written every second, so
+    # the pause above covers them too).
+    week = (datetime.now(UTC) - timedelta(days=6)).strftime("%Y-%m-%d")
+    page.goto(f"{url}/usage/?start={week}&group_by=day&group_by=team&group_by=model")
+    page.wait_for_selector("#chart[data-drawn]")
+    page.screenshot(path=str(out / "usage.png"), full_page=True)
+
+
+def main() -> None:
+    args = _arguments()
 
     import django
     from playwright.sync_api import sync_playwright
 
     django.setup()
-    from tests.servers import SluiceServer
-
     with ExitStack() as stack:
+        keys: dict[str, str] | None = None
         if args.url:
-            url, username, password, keys = args.url.rstrip("/"), args.username, args.password, None
+            url, username, password = args.url.rstrip("/"), args.username, args.password
         else:
-            server = stack.enter_context(
-                SluiceServer(Path(tempfile.mkdtemp(prefix="sluice-shots-")))
-            )
-            server.make_profile(
-                "tight",
-                {
-                    "chat": {
-                        "requests_per_minute": 60,
-                        "pace_per_minute": None,
-                        "burst": 2,
-                        "queue_depth": 2,
-                        "max_queue_wait_seconds": 1,
-                    }
-                },
-            )
-            keys = {team: server.issue_key(team) for team in ("search", "support-bot")}
-            keys["research"] = server.issue_key("research", profile="tight")
-            url, username, password = server.url, server.admin_username, server.admin_password
-
+            url, username, password, keys = _demo_server(stack)
         playwright = stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
@@ -102,28 +132,7 @@ def main() -> None:
         page.fill("#id_password", password)
         page.click("button[type=submit]")
         page.wait_for_url(f"{url}/")
-
-        if keys:
-            load = threading.Thread(target=traffic, args=(url, keys, TRAFFIC_SECONDS))
-            load.start()
-            time.sleep(TRAFFIC_SECONDS - 3)  # mid-load: queues and 429s on screen
-        page.wait_for_selector("#conn[data-state=live]")
-        page.wait_for_selector(".chart-card")
-        args.out.mkdir(exist_ok=True)
-        page.screenshot(path=str(args.out / "overview.png"), full_page=True)
-        if keys:
-            load.join()
-            time.sleep(2)  # the 429 recorder writes in batches
-        # The last 20 minutes, so the per-minute chart shows the burst rather than a day.
-        since = (datetime.now(UTC) - timedelta(minutes=20)).strftime("%Y-%m-%dT%H:%M")
-        page.goto(f"{url}/refusals/?start={since}")
-        page.screenshot(path=str(args.out / "refusals.png"))
-        # The last week per day and team (the usage rollups are written every second, so
-        # the pause above covers them too).
-        week = (datetime.now(UTC) - timedelta(days=6)).strftime("%Y-%m-%d")
-        page.goto(f"{url}/usage/?start={week}&group_by=day&group_by=team&group_by=model")
-        page.wait_for_selector("#chart[data-drawn]")
-        page.screenshot(path=str(args.out / "usage.png"), full_page=True)
+        _shoot(page, url, keys, args.out)
         browser.close()
     shots = ("overview.png", "refusals.png", "usage.png")
     print("Saved " + ", ".join(str(args.out / name) for name in shots))
