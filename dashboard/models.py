@@ -6,14 +6,13 @@ change without its audit entry (or the reverse) cannot be committed.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from limiter.models import Team
+from limiter.models import HashedSecret, SecretQuerySet, Team
 
 
 class AuditEntry(models.Model):
@@ -113,15 +112,7 @@ class TokenScope(models.TextChoices):
     READ = "read", "Read only"
 
 
-class PersonalTokenQuerySet(models.QuerySet["PersonalToken"]):
-    def usable(self) -> PersonalTokenQuerySet:
-        now = timezone.now()
-        return self.filter(revoked_at__isnull=True).filter(
-            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
-        )
-
-
-class PersonalToken(models.Model):
+class PersonalToken(HashedSecret):
     """A user's token for the ops API: it acts with its owner's role, or with reads only
     (scope `read`). Only a SHA-256 of the secret is kept; the secret is shown once."""
 
@@ -130,26 +121,16 @@ class PersonalToken(models.Model):
     )
     name = models.CharField(max_length=80, blank=True)
     prefix = models.CharField(max_length=TOKEN_VISIBLE_PREFIX_LENGTH, db_index=True)
-    secret_hash = models.CharField(max_length=64, unique=True)
     scope = models.CharField(max_length=8, choices=TokenScope.choices, default=TokenScope.FULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    # Written at most once a minute (TOKEN_LAST_USED_EVERY), not on every request.
-    last_used_at = models.DateTimeField(null=True, blank=True)
+    # last_used_at is written at most once a minute (TOKEN_LAST_USED_EVERY).
 
-    objects = PersonalTokenQuerySet.as_manager()
+    objects = SecretQuerySet["PersonalToken"].as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.user})"
-
-    @staticmethod
-    def hash_secret(secret: str) -> str:
-        # 32 random bytes, as team keys: a fast hash is enough, there is nothing to brute-force.
-        return hashlib.sha256(secret.encode()).hexdigest()
 
     @property
     def read_only(self) -> bool:

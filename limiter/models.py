@@ -10,6 +10,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+from typing import TypeVar
 
 import httpx
 from django.conf import settings
@@ -335,21 +336,42 @@ class Team(models.Model):
         return self.name
 
 
-class ApiKeyQuerySet(models.QuerySet["ApiKey"]):
-    def usable(self) -> ApiKeyQuerySet:
+_Secret = TypeVar("_Secret", bound="HashedSecret")
+
+
+class SecretQuerySet(models.QuerySet[_Secret]):
+    def usable(self) -> SecretQuerySet[_Secret]:
+        """Neither revoked nor expired."""
         now = timezone.now()
         return self.filter(revoked_at__isnull=True).filter(
             models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
         )
 
 
-class ApiKey(models.Model):
+class HashedSecret(models.Model):
+    """A secret shown once and kept only as its SHA-256: team keys, personal tokens."""
+
+    secret_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @staticmethod
+    def hash_secret(secret: str) -> str:
+        # 32 random bytes: a fast hash is enough, there is nothing to brute-force.
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class ApiKey(HashedSecret):
     """A team's key. Only a SHA-256 of the secret is kept; the secret is shown once."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="keys")
     name = models.CharField(max_length=80, blank=True)
     prefix = models.CharField(max_length=VISIBLE_PREFIX_LENGTH, db_index=True)
-    secret_hash = models.CharField(max_length=64, unique=True)
     profile = models.ForeignKey(
         LimitProfile,
         on_delete=models.PROTECT,
@@ -358,23 +380,14 @@ class ApiKey(models.Model):
         related_name="keys",
         help_text="Empty: the team's profile.",
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
 
-    objects = ApiKeyQuerySet.as_manager()
+    objects = SecretQuerySet["ApiKey"].as_manager()
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.team.name})"
-
-    @staticmethod
-    def hash_secret(secret: str) -> str:
-        # Keys are 32 random bytes, so a fast hash is enough: there is nothing to brute-force.
-        return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class ConfigVersion(models.Model):
