@@ -9,6 +9,7 @@ from typing import Any
 
 from typing_extensions import TypedDict
 
+from dashboard import live
 from dashboard.live import LiveView
 from dashboard.models import AuditEntry
 from limiter import selectors
@@ -182,8 +183,10 @@ def team_now(
     *, team: Team, snapshot: LiveView | None, reachable: bool, jobs: dict[str, AccountJobs]
 ) -> TeamNow:
     """The team's own rows of the live snapshot (its keys' scopes, no account's or other
-    team's) and its jobs' places in its upstream account's fine-tune and batch queues."""
-    team_id = str(team.pk)
+    team's) and its jobs' places in its upstream account's fine-tune and batch queues:
+    the live view as scoped for a reader of this team's rows (dashboard/live.py)."""
+    visible = live.visible_for(frozenset({team.pk}))
+    view = live.view_scoped(snapshot, visible) if snapshot else None
     scopes = [
         TeamScopeNow(
             key_prefix=scope.get("key_prefix", ""),
@@ -198,35 +201,32 @@ def team_now(
             max_concurrent=scope["max_concurrent"],
             refused_last_minute=scope["refused_last_minute"],
         )
-        for scope in (snapshot["scopes"] if snapshot else [])
-        if scope["kind"] == "key" and scope.get("team_id") == team_id
+        for scope in (view["scopes"] if view else [])
+        if scope["kind"] == "key"
     ]
     mine: list[TeamJobNow] = []
-    account = jobs.get(str(team.upstream_id))
-    if account is not None:
+    for account in live.jobs_scoped(jobs, visible).values():
         for kind, slots in (("fine_tune", account["fine_tunes"]), ("batch", account["batches"])):
-            for holder in slots["holders"]:
-                if holder["team"] == team.name:
-                    mine.append(
-                        TeamJobNow(
-                            kind=kind,
-                            job=holder["job"],
-                            parent=holder["parent"],
-                            state="running",
-                            position=None,
-                            since=holder["since"],
-                        )
-                    )
-            for waiting in slots["waiting"]:
-                if waiting["team"] == team.name:
-                    mine.append(
-                        TeamJobNow(
-                            kind=kind,
-                            job=waiting["job"],
-                            parent=waiting["parent"],
-                            state="waiting",
-                            position=waiting["position"],
-                            since=waiting["since"],
-                        )
-                    )
+            mine += [
+                TeamJobNow(
+                    kind=kind,
+                    job=holder["job"],
+                    parent=holder["parent"],
+                    state="running",
+                    position=None,
+                    since=holder["since"],
+                )
+                for holder in slots["holders"]
+            ]
+            mine += [
+                TeamJobNow(
+                    kind=kind,
+                    job=waiting["job"],
+                    parent=waiting["parent"],
+                    state="waiting",
+                    position=waiting["position"],
+                    since=waiting["since"],
+                )
+                for waiting in slots["waiting"]
+            ]
     return TeamNow(limiter_reachable=reachable, scopes=scopes, jobs=mine)
