@@ -194,8 +194,8 @@ SLUICE_UPSTREAM_MARGIN = env.float("SLUICE_UPSTREAM_MARGIN", default=0.1)
 # A restarted limiter starts each model from the ceiling learned before
 # (limiter/authority/learned.py) when it is at most this many seconds old; older, from the profile.
 SLUICE_LEARNED_CEILING_MAX_AGE = env.float("SLUICE_LEARNED_CEILING_MAX_AGE", default=3600.0)
-# Off: Together's headers and 429s never move a model's pace, which stays the profile's (the
-# static ceiling of before issue 11; the ramp benchmark's baseline). 429s still pause.
+# Off: Together's headers and 429s never move a model's pace, which stays the profile's (a
+# static ceiling; the ramp benchmark's baseline). 429s still pause.
 SLUICE_UPSTREAM_LEARN = env.bool("SLUICE_UPSTREAM_LEARN", default=True)
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
