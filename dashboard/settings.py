@@ -277,7 +277,8 @@ for _proxy in SLUICE_TRUSTED_PROXIES:
 # --- Single sign-on (OpenID Connect, dashboard/oidc.py) -------------------------------
 # Off unless SLUICE_OIDC_ISSUER is set. The provider's endpoints come from
 # <issuer>/.well-known/openid-configuration, fetched at the first sign-in (not at start-up,
-# so commands run without it), unless given below. README "Connecting an identity provider".
+# so commands run without it), unless given below. docs/configuration.md,
+# "Connecting an identity provider".
 SLUICE_OIDC_ISSUER = env.str("SLUICE_OIDC_ISSUER", default="").rstrip("/")
 SLUICE_OIDC = bool(SLUICE_OIDC_ISSUER)
 # Off: only superusers (the break-glass admin `bootstrap` creates) sign in with a password;

@@ -2,7 +2,7 @@
 
 One shared `httpx.AsyncClient` per process with explicit timeouts. Its transport is
 chosen by measurement: httpx over aiohttp (`httpx-aiohttp`) costs about a quarter of
-the CPU of httpx's default transport with the same API (README, benchmark), so it is
+the CPU of httpx's default transport with the same API (docs/measured.md), so it is
 the default; `SLUICE_UPSTREAM_TRANSPORT=httpx` switches back.
 
 `send` retries what Together means as "later" (429, 502, 503, 504, connection

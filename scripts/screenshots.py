@@ -1,4 +1,4 @@
-"""Refresh the README's screenshots: docs/overview.png, docs/refusals.png and docs/usage.png.
+"""Refresh the documentation's screenshots: docs/overview.png, docs/refusals.png and docs/usage.png.
 
     .venv/bin/python scripts/screenshots.py            # starts its own server + sandbox
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8000 \\

@@ -1,6 +1,6 @@
 """Jobs and budgets over real HTTP (`manage.py serve` with its embedded limiter and job
 poller, the sandbox upstream): a batch or fine-tune is checked against the team's and
-key's budgets when it is created and again when it starts, at the estimate the README
+key's budgets when it is created and again when it starts, at the estimate docs/budgets.md
 states, and its real usage settles the estimate. Also: a job body that fails validation
 is answered 400 before it spends the key's request rate."""
 

@@ -34,7 +34,7 @@ class Command(BaseCommand):
             "--server",
             choices=["daphne", "uvicorn"],
             default=env.str("SLUICE_SERVER", default="daphne"),
-            help="the ASGI server: daphne (default) or uvicorn (measured faster; see README)",
+            help="the ASGI server: daphne (default) or uvicorn (faster: docs/measured.md)",
         )
 
     def handle(self, *args: Any, host: str, port: int, server: str, **options: Any) -> None:
