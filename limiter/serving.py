@@ -16,6 +16,7 @@ from typing import Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from limiter.loops import LoopBound
 from limiter.protocol import events
 from limiter.protocol.client import LimiterClient, spawn
 
@@ -25,25 +26,23 @@ logger = logging.getLogger(__name__)
 draining = False
 
 _client: LimiterClient | None = None
-_started: asyncio.Future | None = None
-_loop: asyncio.AbstractEventLoop | None = None
+_started: LoopBound[asyncio.Future[LimiterClient]] = LoopBound()
 
 
 async def ensure_started() -> LimiterClient:
     """Start this process's background parts once, on the running loop."""
-    global _client, _started, _loop
-    loop = asyncio.get_running_loop()
-    if _started is None or _loop is not loop:
-        _loop = loop
-        _started = loop.create_future()
+    global _client
+    started = _started.current()
+    if started is None:
+        started = _started.set(asyncio.get_running_loop().create_future())
         try:
             _client = await _start()
-            _started.set_result(_client)
+            started.set_result(_client)
         except BaseException as exc:
-            _started.set_exception(exc)
-            _started = None
+            started.set_exception(exc)
+            _started.clear()
             raise
-    return await asyncio.shield(_started)
+    return await asyncio.shield(started)
 
 
 async def _start() -> LimiterClient:

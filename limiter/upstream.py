@@ -32,6 +32,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from limiter.alerts.monitor import monitor
+from limiter.loops import LoopBound
 from limiter.models import upstream_key_setting_valid, upstream_url_error
 
 if TYPE_CHECKING:
@@ -219,20 +220,15 @@ class UpstreamClient:
     """The process's one HTTP client to Together."""
 
     def __init__(self) -> None:
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Created on first use, on the running loop (a client is bound to its loop).
+        self._clients: LoopBound[httpx.AsyncClient] = LoopBound(self._build)
         # Per account name, until it answers again. Per process: in scale-out, the
         # dashboard shows what the web process serving the page saw.
         self.failures: dict[str, UpstreamFailure] = {}
 
     @property
     def client(self) -> httpx.AsyncClient:
-        # Created on first use, on the running loop (a client is bound to its loop).
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = self._build()
-            self._loop = loop
-        return self._client
+        return self._clients.get()
 
     def _build(self) -> httpx.AsyncClient:
         limits = httpx.Limits(
@@ -275,9 +271,10 @@ class UpstreamClient:
         self._failed(target, UpstreamError(502, MSG_HOST_REFUSED))
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        bound = self._clients.bound()
+        if bound is not None:
+            await bound[1].aclose()
+            self._clients.clear()
 
     async def send(
         self,

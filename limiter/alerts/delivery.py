@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -38,6 +39,7 @@ from limiter.alerts import destinations
 from limiter.alerts import monitor as signals
 from limiter.alerts.models import Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
+from limiter.loops import LoopBound
 from limiter.models import Team
 
 logger = logging.getLogger(__name__)
@@ -48,16 +50,24 @@ BATCH = 20
 SIGNAL_RETENTION = timedelta(days=1)
 FAILED = "failed"  # what the attempt history says of any failure
 
-_loop: asyncio.AbstractEventLoop | None = None
-_wakeup: asyncio.Event | None = None
-_stop: asyncio.Event | None = None
-_stopped: asyncio.Event | None = None
+
+@dataclass(frozen=True)
+class _Running:
+    """The running alerts loop's events (of the event loop it runs on)."""
+
+    wakeup: asyncio.Event
+    stop: asyncio.Event
+    stopped: asyncio.Event
+
+
+_running: LoopBound[_Running] = LoopBound()
 
 
 def wake() -> None:
     """Make this process's loop look for due deliveries now (from any thread)."""
-    if _loop is not None and _wakeup is not None and not _loop.is_closed():
-        _loop.call_soon_threadsafe(_wakeup.set)
+    bound = _running.bound()
+    if bound is not None and not bound[0].is_closed():
+        bound[0].call_soon_threadsafe(bound[1].wakeup.set)
 
 
 async def alerts_stop() -> None:
@@ -66,12 +76,13 @@ async def alerts_stop() -> None:
     claims the delivery and dies with the process before sending it: no one else could
     send it until the claim lapsed. A round in the middle of a POST may take up to
     SLUICE_ALERT_TIMEOUT; the drain waits no longer than that."""
-    if _stop is None or _stopped is None or _loop is not asyncio.get_running_loop():
+    running = _running.current()
+    if running is None:
         return
-    _stop.set()
+    running.stop.set()
     wake()
     try:
-        await asyncio.wait_for(_stopped.wait(), settings.SLUICE_ALERT_TIMEOUT + 1)
+        await asyncio.wait_for(running.stopped.wait(), settings.SLUICE_ALERT_TIMEOUT + 1)
     except TimeoutError:
         logger.warning("alerts: the loop did not stop in time; its claims will lapse")
 
@@ -307,13 +318,11 @@ async def deliveries_send(client: httpx.AsyncClient) -> int:
 # --- the loop ----------------------------------------------------------------------------
 async def run_alerts(stop: asyncio.Event | None = None) -> None:
     """Steps 1-3 above until `stop` is set; a failing database is logged and retried."""
-    global _loop, _wakeup, _stop, _stopped
-    _loop, _wakeup = asyncio.get_running_loop(), asyncio.Event()
-    _stop, _stopped = stop or asyncio.Event(), asyncio.Event()
+    running = _running.set(_Running(asyncio.Event(), stop or asyncio.Event(), asyncio.Event()))
     try:
-        await _rounds(_stop, _wakeup)
+        await _rounds(running.stop, running.wakeup)
     finally:
-        _stopped.set()
+        running.stopped.set()
 
 
 async def _rounds(stop: asyncio.Event, wakeup: asyncio.Event) -> None:

@@ -4,21 +4,21 @@ The hot path does no database query for a known key: `KeyCache` maps the SHA-256
 secret to a `KeyInfo` carrying everything the gateway needs (team, upstream account
 and where its calls go, the configuration version it was read at; the limits
 themselves are the limiter's, limiter/authority/config.py). The cache is dropped whole
-on any configuration change (see limiter/signals.py), so a revoked key fails on the next
+on any configuration change (limiter/protocol/changes.py), so a revoked key fails on the next
 request; a TTL bounds staleness should a broadcast ever be missed.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
-from cachetools import TTLCache
 from django.db import close_old_connections
 from django.utils import timezone
 
+from limiter.caching import GenerationCache
 from limiter.models import ApiKey, ConfigVersion
+from limiter.protocol.changes import register_cache
 from limiter.upstream import Target, account_target
 
 CACHE_TTL = 60.0
@@ -91,23 +91,19 @@ def _load(secret_hash: str) -> KeyInfo | None:
 
 class KeyCache:
     def __init__(self) -> None:
-        # Bounded TTL maps: a scan of random secrets can neither grow memory without
-        # limit nor keep an entry past its TTL (a missed broadcast heals by then).
-        self._known: TTLCache[str, KeyInfo] = TTLCache(
-            maxsize=MAX_KNOWN, ttl=CACHE_TTL, timer=time.monotonic
+        # Bounded: a scan of random secrets can neither grow memory without limit nor keep
+        # an entry past its TTL (a missed broadcast heals by then). A read that was running
+        # when the cache was cleared may predate the change (a revocation): its answer is
+        # not stored (limiter/caching.py).
+        self._cache: GenerationCache[str, KeyInfo] = GenerationCache(
+            ttl=CACHE_TTL,
+            maxsize=MAX_KNOWN,
+            absent_ttl=NEGATIVE_TTL,
+            absent_maxsize=MAX_UNKNOWN,
         )
-        self._unknown: TTLCache[str, bool] = TTLCache(
-            maxsize=MAX_UNKNOWN, ttl=NEGATIVE_TTL, timer=time.monotonic
-        )
-        # Bumped by every clear(). A database read that was running when the cache was
-        # cleared may predate the change (a revocation): its answer must not be stored,
-        # or the revoked key would be served from the cache until CACHE_TTL.
-        self._generation = 0
 
     def clear(self) -> None:
-        self._generation += 1
-        self._known.clear()
-        self._unknown.clear()
+        self._cache.clear()
 
     async def authenticate(self, secret: str) -> KeyInfo | None:
         """The key's info, or None for an unknown, revoked or expired key.
@@ -120,9 +116,9 @@ class KeyCache:
 
     async def lookup(self, secret_hash: str) -> KeyInfo | None:
         """`authenticate` for a secret already hashed (re-checking a key in use)."""
-        info = self._known.get(secret_hash)
+        info = self._cache.get(secret_hash)
         if info is None:
-            if secret_hash in self._unknown:
+            if self._cache.absent(secret_hash):
                 return None
             info = await self._load_current(secret_hash)
             if info is None:
@@ -133,19 +129,15 @@ class KeyCache:
 
     async def _load_current(self, secret_hash: str) -> KeyInfo | None:
         for _attempt in range(LOAD_ATTEMPTS):
-            generation = self._generation
+            generation = self._cache.generation
             info = await sync_to_async(_load, thread_sensitive=True)(secret_hash)
-            if generation != self._generation:
-                continue  # the configuration changed while we read: read again, store nothing
-            if info is None:
-                self._unknown[secret_hash] = True
-                self._known.pop(secret_hash, None)
-            else:
-                self._known[secret_hash] = info
-            return info
+            if self._cache.put(secret_hash, info, generation):
+                return info
+            # The configuration changed while we read: read again, store nothing.
         # Changes kept coming: answer from the last read (a request's pre-send re-check
         # still applies), but keep nothing.
         return info
 
 
 cache = KeyCache()
+register_cache(cache.clear)  # any configuration change: every key is read again

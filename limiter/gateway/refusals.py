@@ -23,6 +23,7 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
+from limiter.loops import LoopBound
 from limiter.models import ApiKey, Refusal
 
 logger = logging.getLogger(__name__)
@@ -70,14 +71,13 @@ class BatchWriter:
     loop is current; a drain calls `flush` itself, last."""
 
     def __init__(self) -> None:
-        self._task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: LoopBound[asyncio.Task] = LoopBound(
+            lambda: asyncio.get_running_loop().create_task(self._flush_forever()),
+            spent=lambda task: task.done(),
+        )
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._loop is not loop or self._task.done():
-            self._loop = loop
-            self._task = loop.create_task(self._flush_forever())
+        self._task.get()
 
     def interval(self) -> float:
         return FLUSH_INTERVAL

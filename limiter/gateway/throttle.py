@@ -16,7 +16,6 @@ each process counts in a bounded in-memory cache.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import math
@@ -27,6 +26,8 @@ from typing import Protocol
 import redis.asyncio as redis
 from cachetools import TTLCache
 from django.utils.crypto import salted_hmac
+
+from limiter.loops import LoopBound
 
 logger = logging.getLogger(__name__)
 
@@ -118,18 +119,15 @@ class RedisFailures:
         self.prefix = (
             f"sluice:authfail:{salted_hmac('sluice.auth-throttle', 'namespace').hexdigest()[:12]}:"
         )
-        self._client: redis.Redis | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _script(self, script: str = COUNT_FAILURE):
         # A client belongs to the loop it was made on (tests run one loop per test).
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = redis.from_url(
+        self._clients: LoopBound[redis.Redis] = LoopBound(
+            lambda: redis.from_url(
                 self.url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
             )
-            self._loop = loop
-        return self._client.register_script(script)
+        )
+
+    def _script(self, script: str = COUNT_FAILURE):
+        return self._clients.get().register_script(script)
 
     async def add(self, address: str) -> tuple[int, float]:
         failures, ttl_ms = await self._script()(keys=[self.prefix + address], args=[self.window_ms])

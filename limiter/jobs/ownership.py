@@ -12,19 +12,21 @@ only a backstop for a lost broadcast.
 from __future__ import annotations
 
 import logging
-import time
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
+from limiter.caching import GenerationCache
 from limiter.jobs import selectors
 from limiter.jobs.selectors import ModelOwner
 from limiter.protocol import events
+from limiter.protocol.changes import drop_caches, register_cache
 
 logger = logging.getLogger(__name__)
 
 OWNERS_TTL = 30.0
+OWNERS = "owners"  # the one entry of its cache
 
 
 def model_key(name: str) -> str:
@@ -49,33 +51,39 @@ def usable(owners: dict[str, ModelOwner], *, team_id: int, name: str) -> bool:
 
 
 class OwnedModels:
+    """The map, name -> owner, as last read; a change to it drops it (`clear`), and a read
+    that raced the change is not kept (limiter/caching.py)."""
+
     def __init__(self) -> None:
-        self._owners: dict[str, ModelOwner] | None = None
-        self._loaded_at = 0.0
-        # Bumped by every clear: a load that read the database before a change must not
-        # install its stale answer after the change dropped the map.
-        self._generation = 0
+        self._cache: GenerationCache[str, dict[str, ModelOwner]] = GenerationCache(
+            ttl=OWNERS_TTL, maxsize=1
+        )
 
     def clear(self) -> None:
-        self._generation += 1
-        self._owners = None
+        self._cache.clear()
+
+    @property
+    def loaded(self) -> dict[str, ModelOwner] | None:
+        """The map held now, if any."""
+        return self._cache.get(OWNERS)
 
     async def owners(self) -> dict[str, ModelOwner]:
-        owners = self._owners
-        if owners is not None and time.monotonic() - self._loaded_at < OWNERS_TTL:
+        owners = self.loaded
+        if owners is not None:
             return owners
         # thread_sensitive: loads run one at a time, so a burst after a change finds the
         # map the first load installed instead of querying again.
-        return await sync_to_async(self._load, thread_sensitive=True)()
+        return await sync_to_async(self.load, thread_sensitive=True)()
 
-    def _load(self) -> dict[str, ModelOwner]:
-        if self._owners is not None and time.monotonic() - self._loaded_at < OWNERS_TTL:
-            return self._owners
-        generation = self._generation
+    def load(self) -> dict[str, ModelOwner]:
+        """The map, read from the database unless one is held (blocking)."""
+        owners = self.loaded
+        if owners is not None:
+            return owners
+        generation = self._cache.generation
         close_old_connections()  # this runs outside a request: drop a connection the DB closed
         owners = selectors.model_owners()
-        if generation == self._generation:
-            self._owners, self._loaded_at = owners, time.monotonic()
+        self._cache.put(OWNERS, owners, generation)
         return owners
 
     async def usable(self, *, team_id: int, name: str) -> bool:
@@ -83,12 +91,14 @@ class OwnedModels:
 
 
 owned_models = OwnedModels()
+# A profile's shared_models change with the configuration; recorded models, on their own.
+register_cache(owned_models.clear, on=(events.CONFIG_CHANGED, events.MODELS_CHANGED))
 
 
 def broadcast_models_changed() -> None:
     """Run after the commit that recorded new models: this process drops its map at once,
     the others when the broadcast reaches them."""
-    owned_models.clear()
+    drop_caches(events.MODELS_CHANGED)
     layer = get_channel_layer()
     if layer is None:
         return

@@ -129,7 +129,7 @@ class DecisionMessage(TypedDict):
     reset: float
     max_wait: float  # "queued": the longest the ticket may wait for its grant
     # The limiter's monotonic clock at the decision: only differences between decisions
-    # mean anything on another host (limiter/protocol/client.py Lateness).
+    # mean anything on another host (limiter/protocol/grants.py Lateness).
     at: float
     limiter: str  # the deciding limiter instance: its clock is another one after a restart
     # A grant: a budget counts this key's calls, so report the call's usage (USAGE).

@@ -20,6 +20,8 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from limiter.protocol.changes import register_cache
+
 logger = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 60.0
@@ -157,6 +159,7 @@ class Prices:
 
 
 prices = Prices()
+register_cache(prices.expire)  # a price override was saved: reload at the next chance
 
 # Seconds the start-up fetch of one account's model list may take. It runs in the
 # background; calls of models with no price meanwhile are priced when it ends.

@@ -17,7 +17,8 @@ def test_shared_models_are_edited_one_a_line_and_drop_the_ownership_map(
     staff_client, django_capture_on_commit_callbacks
 ):
     profile = LimitProfile.objects.get(name="default")
-    ownership.owned_models._owners = {}  # as if loaded: the save must drop it
+    ownership.owned_models.load()  # loaded: the save must drop it
+    assert ownership.owned_models.loaded is not None
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_client.post(
             reverse("dashboard:profile", args=[profile.pk]),
@@ -30,7 +31,7 @@ def test_shared_models_are_edited_one_a_line_and_drop_the_ownership_map(
             },
         )
     assert response.status_code == 302
-    assert ownership.owned_models._owners is None
+    assert ownership.owned_models.loaded is None
     profile.refresh_from_db()
     assert profile.shared_models == ["org/tuned-1", "org/shared-*"]
     assert AuditEntry.objects.get(object_type="limitprofile").new_values == {

@@ -101,16 +101,16 @@ async def test_new_models_reach_every_web_process_through_the_broadcast(make_key
     assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": events.MODELS_CHANGED}
     await Job.objects.filter(pk=job.pk).aupdate(state=JobState.STARTING)
     await ownership.owned_models.owners()
-    assert ownership.owned_models._owners is not None
+    assert ownership.owned_models.loaded is not None
 
     def start_and_check_before_commit() -> None:
         with transaction.atomic():
             services._record_started(job, fine_tune_obj("ft-1", "org/Model-A-1"), "started")
-            assert ownership.owned_models._owners is not None  # nothing said before the commit
+            assert ownership.owned_models.loaded is not None  # nothing said before the commit
 
     await sync_to_async(start_and_check_before_commit)()
 
-    assert ownership.owned_models._owners is None  # this process: at once
+    assert ownership.owned_models.loaded is None  # this process: at once
     assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": events.MODELS_CHANGED}
     owners = await ownership.owned_models.owners()
     assert (
@@ -126,8 +126,8 @@ async def test_new_models_reach_every_web_process_through_the_broadcast(make_key
 
     # Every other web process: its LimiterClient hears the broadcast and drops its map.
     await ownership.owned_models.owners()
-    limiter_client.LimiterClient()._dispatch({"type": events.MODELS_CHANGED})
-    assert ownership.owned_models._owners is None
+    assert limiter_client.LimiterClient().broadcasts.hear({"type": events.MODELS_CHANGED})
+    assert ownership.owned_models.loaded is None
 
 
 def test_a_load_that_raced_a_change_is_not_kept(make_key, monkeypatch) -> None:
@@ -139,8 +139,8 @@ def test_a_load_that_raced_a_change_is_not_kept(make_key, monkeypatch) -> None:
         return owners
 
     monkeypatch.setattr(selectors, "model_owners", load_then_change)
-    ownership.owned_models._load()
-    assert ownership.owned_models._owners is None
+    ownership.owned_models.load()
+    assert ownership.owned_models.loaded is None
 
 
 def test_shared_models_follow_the_owners_profile(make_key) -> None:

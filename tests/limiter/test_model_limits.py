@@ -257,7 +257,8 @@ async def test_a_ticket_asked_again_while_queued_is_answered_queued_and_not_queu
     world,
 ) -> None:
     # A web process whose reply channel failed (Redis restarted) asks its waiting tickets
-    # again, with the same ids (limiter/protocol/client.py RESYNC): one may still be queued here.
+    # again, with the same ids (limiter/protocol/session.py, on inbox.Resync): one may
+    # still be queued here.
     consumer = await started()
     flux = "black-forest-labs/FLUX.1-schnell"
     await consumer.dispatch(acquire(world["key"], world["account"], flux, "1"))  # the burst
