@@ -33,7 +33,6 @@ class Answers:
         self,
         layer: BaseChannelLayer,
         engine: Engine,
-        *,
         codec: Codec,
         stats: Stats,
         budgets: BudgetGate,
@@ -72,7 +71,7 @@ class Answers:
         now = time.monotonic()
         await self.send(self.engine.poll(now), now)
 
-    async def again(self, message: events.AcquireMessage) -> bool:
+    async def asked_again(self, message: events.AcquireMessage) -> bool:
         """A ticket asked again while it is queued here (its web process's reply channel
         failed, so an answer may have been lost: limiter/protocol/client.py): say "queued"
         again, and nothing more (it is neither charged nor queued twice). Whether it was."""

@@ -66,15 +66,12 @@ class LimiterConsumer:
         self.coalesced = CoalesceStats()
         self.live = LiveView(self.engine, self.stats, self.ceilings, self.coalesced)
         self.live.publish_to(layer, self._ramp)
-        self.answers = Answers(
-            layer,
-            self.engine,
-            codec=self.codec,
-            stats=self.stats,
-            budgets=self.gate,
-            live=self.live,
-        )
-        self._handlers: dict[str, Handler] = {
+        self.answers = Answers(layer, self.engine, self.codec, self.stats, self.gate, self.live)
+        self._handlers = self._routes()
+
+    def _routes(self) -> dict[str, Handler]:
+        """Each message type's handler."""
+        return {
             events.ACQUIRE: self.on_acquire,
             events.REACQUIRE: self.on_reacquire,
             events.EXTEND: self.on_extend,
@@ -143,7 +140,7 @@ class LimiterConsumer:
 
     # --- tickets and leases ------------------------------------------------------------
     async def on_acquire(self, message: events.AcquireMessage) -> None:
-        if await self.answers.again(message):
+        if await self.answers.asked_again(message):
             return
         # No staleness check on the asker's clock: hosts' clocks differ. An asker that
         # gave up sent a CANCEL after this ticket (same channel, in order), and a grant
@@ -158,7 +155,7 @@ class LimiterConsumer:
         await self.answers.send(decisions, now)
 
     async def on_reacquire(self, message: events.ReacquireMessage) -> None:
-        if await self.answers.again(message):
+        if await self.answers.asked_again(message):
             return
         scopes = await self._scopes(message)
         now, args = time.monotonic(), codec.ticket_args(message)

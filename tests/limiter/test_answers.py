@@ -38,9 +38,7 @@ def answers() -> Answers:
     ceilings = LearnedCeilings(margin=0.1, unit_seconds=1.0)
     shown = LiveView(engine, stats, ceilings, CoalesceStats())
     codec = Codec("limiter-1", gate)
-    return Answers(
-        InMemoryChannelLayer(), engine, codec=codec, stats=stats, budgets=gate, live=shown
-    )
+    return Answers(InMemoryChannelLayer(), engine, codec, stats, gate, shown)
 
 
 def ticket(name: str) -> dict:
@@ -96,11 +94,11 @@ async def test_a_ticket_asked_again_while_queued_is_told_queued_again_and_nothin
         await ask(sent, "t2")
         for _ in range(2):
             await sent.layer.receive("reply")
-        assert await sent.again(ticket("t2"))
+        assert await sent.asked_again(ticket("t2"))
         again = await sent.layer.receive("reply")
         assert (again["ticket"], again["kind"]) == ("t2", "queued")
         assert list(sent.engine.tickets) == ["t2"]
-        assert not await sent.again(ticket("t1"))  # granted already: asked as new
+        assert not await sent.asked_again(ticket("t1"))  # granted already: asked as new
     finally:
         sent.close()
 
