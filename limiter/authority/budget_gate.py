@@ -82,9 +82,9 @@ class BudgetGate:
         )
 
     def admit(self, message: events.AcquireMessage) -> Refusal | None:
-        """An ACQUIRE's check: refused for units out of range (before a budget does
-        arithmetic with them: float(10**400) raised, and the caller waited out its
-        timeout), or for a budget used up; else reserved against its budgets."""
+        """An ACQUIRE's check: refused for units out of range (checked before a budget
+        does arithmetic with them, where float(10**400) would raise and leave the caller
+        unanswered), or for a budget used up; else reserved against its budgets."""
         if not ticket_units_valid(message):
             return INVALID
         # A merged embeddings request (CHARGE_ACCOUNT) is no one's call: each of its

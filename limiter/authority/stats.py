@@ -13,9 +13,9 @@ from collections import defaultdict, deque
 from limiter.authority.engine import Decision, ScopeId
 from limiter.protocol import events
 
-# The live charts' history: counts per 10-second bucket over the last hour. Per-minute
-# rows left a fresh server's chart empty for its first minute (one point, no line) and
-# moved once a minute; 10 s buckets draw within seconds and cost 360 rows an hour.
+# The live charts' history: counts per 10-second bucket over the last hour, so a fresh
+# server's chart draws a line within seconds and moves smoothly (per-minute rows would
+# show one point for a minute), at 360 rows an hour.
 HISTORY_BUCKET_SECONDS = 10
 HISTORY_BUCKETS = 3600 // HISTORY_BUCKET_SECONDS
 
