@@ -21,9 +21,10 @@ model's scope at:
   tenth of a 1,200/min cap (Together: ramp gradually, never burst far above recent success).
 - A 503 is capacity, not a limit: it changes no pace.
 
-The worker (limiter/authority/worker.py) owns the ceilings and turns each into the `Limit` of the
-model's account scope. What a ceiling learned (`Learned`) is kept in the database
-(limiter/authority/learned.py), so a restarted limiter starts from it, not from the profile.
+The limiter keeps the ceilings (limiter/authority/learning.py) and applies each as the
+`Limit` of the model's account scope (limiter/authority/scopes.py). What a ceiling learned
+(`Learned`) is kept in the database (limiter/authority/learned.py), so a restarted limiter
+starts from it, not from the profile.
 """
 
 from __future__ import annotations

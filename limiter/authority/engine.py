@@ -1,10 +1,10 @@
 """The admission arithmetic: GCRA buckets, leases and a fair queue. Pure and synchronous.
 
 Nothing here does I/O or reads the clock: every call takes `now` (seconds, monotonic),
-so the tests control time instead of sleeping. The worker (`limiter/authority/worker.py`) owns
-one `Engine` and is the only thing that calls it, which is what makes each decision
-atomic: a request is checked against every scope it touches and charged to all of
-them, or to none.
+so the tests control time instead of sleeping. The limiter's consumer
+(`limiter/authority/consumer.py`) owns one `Engine`, and it and its parts are the only
+things that call it, one message at a time, which is what makes each decision atomic: a
+request is checked against every scope it touches and charged to all of them, or to none.
 
 Scopes
   A scope is one bucket of capacity: a team key x endpoint, or an upstream account x

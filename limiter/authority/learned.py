@@ -1,13 +1,14 @@
 """Learned ceilings across restarts: the limiter's per-model learned state in the database.
 
-The limiter worker learns each model's ceiling from Together's answers
-(limiter/authority/ceilings.py). It writes what changed here in batches, every few seconds and on
-shutdown, from a task of its own through a thread (never on its decision path), and
-reads it back when it starts, so a restarted limiter paces each model where the last
-one left off instead of at the profile's starting point. In scale-out every process
-shares one PostgreSQL database, so the database is all a new limiter needs: there is
-no copy in Redis. Rows older than `max_age` are ignored on load (Together's dynamic
-limit follows recent traffic, so an old reading says little) and deleted then.
+The limiter learns each model's ceiling from Together's answers
+(limiter/authority/ceilings.py, kept by limiter/authority/learning.py). It writes what
+changed here in batches, every few seconds and on shutdown, from a task of its own
+through a thread (never on its decision path), and reads it back when it starts, so a
+restarted limiter paces each model where the last one left off instead of at the
+profile's starting point. In scale-out every process shares one PostgreSQL database, so
+the database is all a new limiter needs: there is no copy in Redis. Rows older than
+`max_age` are ignored on load (Together's dynamic limit follows recent traffic, so an old
+reading says little) and deleted then.
 """
 
 from __future__ import annotations

@@ -303,7 +303,7 @@ class LiveSnapshot(TypedDict):
     scopes: list[ScopeSnapshot]
     upstream_headers: dict[str, dict[str, dict[str, str]]]  # account -> endpoint -> headers
     models: list[ModelCeilingSnapshot]  # Together's limit per account and model, as learned
-    # Per endpoint, the last hour in 10-second buckets (worker.HISTORY_BUCKET_SECONDS):
+    # Per endpoint, the last hour in 10-second buckets (authority/stats.py):
     # [[bucket_start_unix_seconds, admitted, queued, refused], ...], empty buckets left out
     history: dict[str, list[list[int]]]
     coalescing: list[CoalescingSnapshot]

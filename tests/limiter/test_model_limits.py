@@ -13,8 +13,8 @@ from django.core.exceptions import ValidationError
 
 from limiter.authority.ceilings import Ceiling, Learned
 from limiter.authority.config import model_rows
+from limiter.authority.consumer import LimiterConsumer
 from limiter.authority.engine import Limit
-from limiter.authority.worker import LimiterConsumer
 from limiter.models import (
     MODEL_GLOB_DOCUMENTED,
     EndpointLimit,
@@ -130,10 +130,9 @@ def world(seeded_transactional_db):
 
 
 async def started() -> LimiterConsumer:
-    consumer = LimiterConsumer()
-    consumer.channel_layer = InMemoryChannelLayer()
+    consumer = LimiterConsumer(InMemoryChannelLayer())
     await consumer.reload()
-    await consumer.learned_restore()
+    await consumer.ceilings.restore()
     return consumer
 
 
@@ -189,7 +188,7 @@ async def test_learned_ceilings_survive_a_restart_and_stale_ones_do_not(world) -
             "headers": {"x-ratelimit-limit-dynamic": "0.05"},  # 3 a minute
         }
     )
-    assert await first.learned_persist() == 1
+    assert await first.ceilings.persist() == 1
     row = await LearnedCeiling.objects.aget(model=flux)
     assert (row.learned_per_minute, row.source) == (pytest.approx(3), "headers")
 
@@ -226,8 +225,8 @@ async def test_a_reset_forgets_the_learned_ceiling_in_memory_and_in_the_database
             "headers": {"x-ratelimit-limit-dynamic": "0.05"},
         }
     )
-    await consumer.learned_persist()
-    model = next(m for m in consumer.snapshot()["models"] if m["model"] == flux)
+    await consumer.ceilings.persist()
+    model = next(m for m in consumer.live.snapshot()["models"] if m["model"] == flux)
     assert (model["source"], model["upstream_503_last_minute"]) == ("headers", 2)
     assert model["pace_per_minute"] == pytest.approx(2.7)  # 503s changed no pace
     await consumer.dispatch(
@@ -240,7 +239,7 @@ async def test_a_reset_forgets_the_learned_ceiling_in_memory_and_in_the_database
         }
     )
     assert (await consumer.channel_layer.receive("done"))["type"] == events.CEILING_RESET_DONE
-    model = next(m for m in consumer.snapshot()["models"] if m["model"] == flux)
+    model = next(m for m in consumer.live.snapshot()["models"] if m["model"] == flux)
     assert (model["source"], model["pace_per_minute"], model["learned_per_minute"]) == (
         "profile",
         6,

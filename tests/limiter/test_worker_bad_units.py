@@ -9,8 +9,8 @@ import math
 
 import pytest
 
+from limiter.authority.budget_gate import MSG_INVALID_UNITS
 from limiter.authority.engine import INVALID_UNITS
-from limiter.authority.worker import MSG_INVALID_UNITS
 from tests.usage.test_budget_worker import ask, limiter, report, world
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +26,7 @@ def budgeted(seeded_transactional_db):
 @pytest.mark.parametrize("units", ABSURD, ids=[repr(u)[:12] for u in ABSURD])
 async def test_absurd_tokens_are_refused_alone_with_a_budget(budgeted, units):
     consumer, layer = await limiter()
-    state = consumer.budgets.states[budgeted["budget"]]
+    state = consumer.gate.book.states[budgeted["budget"]]
     refused = await ask(consumer, layer, budgeted, "bad", units)
     assert (refused["kind"], refused["reason"], refused["scope"]) == (
         "refuse",
@@ -43,7 +43,7 @@ async def test_absurd_tokens_are_refused_alone_with_a_budget(budgeted, units):
 @pytest.mark.parametrize("units", ABSURD, ids=[repr(u)[:12] for u in ABSURD])
 async def test_an_absurd_usage_report_releases_its_reservation(budgeted, units):
     consumer, layer = await limiter()
-    state = consumer.budgets.states[budgeted["budget"]]
+    state = consumer.gate.book.states[budgeted["budget"]]
     assert (await ask(consumer, layer, budgeted, "t1", 40))["kind"] == "grant"
     await report(consumer, budgeted, units, reservation="t1")
     assert (state.spent, state.reserved) == (0.0, 0.0)

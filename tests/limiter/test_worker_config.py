@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import InMemoryChannelLayer
 
 from limiter.authority.config import UNLIMITED
-from limiter.authority.worker import LimiterConsumer
+from limiter.authority.consumer import LimiterConsumer
 from limiter.models import ConfigVersion, EndpointLimit, LimitProfile, UpstreamAccount
 from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create
@@ -43,8 +43,8 @@ def world(seeded_transactional_db):
 
 
 async def limiter() -> tuple[LimiterConsumer, InMemoryChannelLayer]:
-    consumer = LimiterConsumer()
-    consumer.channel_layer = layer = InMemoryChannelLayer()
+    layer = InMemoryChannelLayer()
+    consumer = LimiterConsumer(layer)
     await consumer.reload()
     return consumer, layer
 
@@ -75,7 +75,7 @@ async def test_limits_come_from_the_limiters_copy_not_the_ticket(world):
 
 async def test_a_ticket_that_saw_a_newer_configuration_makes_the_limiter_reload(world):
     consumer, layer = await limiter()
-    loaded = consumer.config.version
+    loaded = consumer.scopes.config.version
     await ask(consumer, layer, "1", world["key"], world["account"])  # the one a minute, spent
     # Raised in the database; the broadcast has not reached the limiter yet.
     await EndpointLimit.objects.filter(profile=world["profile"], endpoint="chat").aupdate(
@@ -95,7 +95,7 @@ async def test_the_change_broadcast_reloads_and_frees_queued_work(world):
     consumer, layer = await limiter()
     await EndpointLimit.objects.filter(profile=world["profile"], endpoint="chat").aupdate(burst=3)
     await consumer.dispatch({"type": events.CONFIG_CHANGED})
-    assert consumer.config.key_limit(world["key"], "chat").burst == 3
+    assert consumer.scopes.config.key_limit(world["key"], "chat").burst == 3
 
 
 async def test_a_missing_account_row_leaves_only_the_keys_limits(world):
@@ -103,7 +103,7 @@ async def test_a_missing_account_row_leaves_only_the_keys_limits(world):
     team's 1/min refused another team on an account with no row of its own."""
     await EndpointLimit.objects.filter(profile__accounts__isnull=False, endpoint="chat").adelete()
     consumer, layer = await limiter()
-    assert consumer.config.account_limit(world["account"], "chat") == UNLIMITED
+    assert consumer.scopes.config.account_limit(world["account"], "chat") == UNLIMITED
     assert (await ask(consumer, layer, "a", world["key"], world["account"]))["kind"] == "grant"
     assert (await ask(consumer, layer, "b", world["other"], world["account"]))["kind"] == "grant"
 
@@ -136,6 +136,6 @@ async def test_an_unknown_key_reloads_once_not_on_every_ticket(world, monkeypatc
             ticket,
             "no-such-key",
             world["account"],
-            version=consumer.config.version,
+            version=consumer.scopes.config.version,
         )
     assert len(loads) == 1

@@ -2,7 +2,7 @@
 nothing behind."""
 
 from limiter.authority.engine import Engine, Limit
-from limiter.authority.worker import Stats
+from limiter.authority.stats import Stats
 
 KEY = ("key", "7", "chat")
 ACCOUNT = ("account", "1", "chat")

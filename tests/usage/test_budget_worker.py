@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from channels.layers import InMemoryChannelLayer
 
-from limiter.authority.worker import LimiterConsumer
+from limiter.authority.consumer import LimiterConsumer
 from limiter.models import EndpointLimit, LimitProfile, UpstreamAccount
 from limiter.protocol import events
 from limiter.services import key_issue, team_get_or_create
@@ -57,8 +57,8 @@ def one_a_minute(seeded_transactional_db):
 
 
 async def limiter() -> tuple[LimiterConsumer, InMemoryChannelLayer]:
-    consumer = LimiterConsumer()
-    consumer.channel_layer = layer = InMemoryChannelLayer()
+    layer = InMemoryChannelLayer()
+    consumer = LimiterConsumer(layer)
     await consumer.reload()
     return consumer, layer
 
@@ -97,7 +97,7 @@ async def report(consumer, w: dict, tokens: float, reservation: str = "") -> Non
 
 async def test_a_call_is_reserved_when_admitted_and_settled_by_its_report(open_world):
     consumer, layer = await limiter()
-    state = consumer.budgets.states[open_world["budget"]]
+    state = consumer.gate.book.states[open_world["budget"]]
     first = await ask(consumer, layer, open_world, "t1", 60)
     assert (first["kind"], first["budgeted"], first["reservation"]) == ("grant", True, "t1")
     second = await ask(consumer, layer, open_world, "t2", 39)
@@ -122,7 +122,7 @@ async def test_a_ticket_refused_by_its_limits_or_cancelled_in_the_queue_holds_no
     one_a_minute,
 ):
     consumer, layer = await limiter()
-    state = consumer.budgets.states[one_a_minute["budget"]]
+    state = consumer.gate.book.states[one_a_minute["budget"]]
     assert (await ask(consumer, layer, one_a_minute, "t1", 30))["kind"] == "grant"
     assert (await ask(consumer, layer, one_a_minute, "t2", 30))["kind"] == "queued"
     full = await ask(consumer, layer, one_a_minute, "t3", 30)
@@ -130,7 +130,7 @@ async def test_a_ticket_refused_by_its_limits_or_cancelled_in_the_queue_holds_no
     assert state.reserved == 60.0  # t1 granted, t2 waiting; not t3
     await consumer.dispatch({"type": events.CANCEL, "ticket": "t2"})
     assert state.reserved == 30.0
-    assert consumer.budgets.reservations.keys() == {"t1"}
+    assert consumer.gate.book.reservations.keys() == {"t1"}
 
 
 async def test_a_merged_request_is_judged_by_its_callers_not_its_first_callers_budget(
@@ -144,4 +144,4 @@ async def test_a_merged_request_is_judged_by_its_callers_not_its_first_callers_b
     # team's budget refusing it would refuse every other team's callers in it.
     merged = await ask(consumer, layer, open_world, "merged", 50, charge=events.CHARGE_ACCOUNT)
     assert (merged["kind"], merged["budgeted"], merged["reservation"]) == ("grant", False, "")
-    assert consumer.budgets.reservations == {}
+    assert consumer.gate.book.reservations == {}
