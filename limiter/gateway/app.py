@@ -9,8 +9,8 @@ route's handler (inference: `inference.py`, which reads top-down through
 `admission.py`, `sending.py` and `relay.py`; files and jobs: `jobs.py`) and writes
 the answer; every failure becomes the OpenAI error shape. A caller that disconnects
 cancels its request: a queued ticket is given back and a stream's lease released (see
-`_watch_disconnect`). Revoking the key or pausing the team cancels it the same way, and
-it is answered what a new call would get (see limiter/gateway/revocation.py).
+`exchange.py`). Revoking the key or pausing the team cancels it the same way, and it is
+answered what a new call would get (see limiter/gateway/revocation.py).
 
 The team API imports nothing of the process around it: whoever builds it
 (limiter/serving.py `build_team_api`) gives it how to reach the limiter client and
@@ -33,6 +33,13 @@ from limiter.gateway.admission import admitted
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
 from limiter.gateway.context import CallContext, Handles, LimiterStarter
 from limiter.gateway.errors import ApiError
+from limiter.gateway.exchange import (
+    Exchange,
+    discard_unread_body,
+    error_response,
+    read_body,
+    send_response,
+)
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
@@ -48,9 +55,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["AUTH_FAILURES_PER_MINUTE", "TeamApi", "team_api"]
 
-# The most an answered request waits to let go of a body it never read (a server that
-# neither has it nor says "disconnect" after the answer).
-DISCARD_SECONDS = 1.0
 # Request headers whose values are sent on to Together: each must be encodable there.
 UPSTREAM_BOUND_HEADERS = (*FORWARDED_REQUEST_HEADERS, "x-request-id")
 
@@ -95,7 +99,7 @@ class TeamApi:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
         logs.request_id.set(request_id)
-        exchange = _Exchange(request_id, asyncio.current_task())
+        exchange = Exchange(request_id, asyncio.current_task())
         try:
             response = await self._answer(exchange, scope, headers, receive)
         except asyncio.CancelledError:
@@ -105,16 +109,16 @@ class TeamApi:
             response = Response()  # cut: answered just below
         response = await exchange.settled(response)
         try:
-            await _send(send, response, request_id)
+            await send_response(send, response, request_id)
         except asyncio.CancelledError:
             await exchange.cut_while_sending(send, response)
         finally:
             await exchange.close(response)
         if exchange.watcher is None:  # answered before its body was read
-            await _discard_unread_body(receive)
+            await discard_unread_body(receive)
 
     async def _answer(
-        self, exchange: _Exchange, scope, headers: dict[str, str], receive
+        self, exchange: Exchange, scope, headers: dict[str, str], receive
     ) -> Response | StreamingResponse:
         """The answer to the request, or to what went wrong. Raises CancelledError when
         the caller goes away (or a revocation cuts the call)."""
@@ -125,15 +129,15 @@ class TeamApi:
             # The key before the body: a caller without a valid one is answered (401, or
             # the auth-failure throttle's 429) without its body being read or held.
             request.key = await self.auth.authenticate(request)
-            request.body = await _read_body(receive, _body_limit(request.path))
+            request.body = await read_body(receive, _body_limit(request.path))
             # From here on, a disconnect cancels this task (and whatever it waits on).
             exchange.watch(receive)
             return await self._handle(request, kind, handler)
         except ApiError as exc:
-            return _error_response(exc)
+            return error_response(exc)
         except Exception:
             logger.exception("team API failed (request id %s)", exchange.request_id)
-            return _error_response(
+            return error_response(
                 ApiError(
                     500,
                     errors.MSG_INTERNAL.format(request_id=exchange.request_id),
@@ -227,38 +231,6 @@ def _body_limit(path: str) -> int:
     return settings.SLUICE_MAX_BODY_BYTES
 
 
-async def _read_body(receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _discard_unread_body(receive) -> None:
-    """Let go of a body answered without being read. After the answer, ASGI's receive()
-    says http.disconnect (uvicorn does, reading nothing more from the caller); daphne has
-    buffered the whole body before calling us and hands it out here, and taking it frees
-    it now rather than when daphne cleans the request up."""
-    try:
-        async with asyncio.timeout(DISCARD_SECONDS):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                    return
-    except TimeoutError:
-        return
-
-
 def _request_id(given: str | None) -> str:
     # Keep a caller's id when it is sane, so one id follows the call end to end.
     # ASCII only: str.isalnum() is true of "é" too, and the id is sent upstream.
@@ -285,119 +257,6 @@ def _check_forwarded_headers(headers: dict[str, str]) -> None:
             raise ApiError(
                 400, errors.MSG_BAD_HEADER.format(header=name), code="invalid_header", param=name
             )
-
-
-async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
-
-
-def _error_response(exc: ApiError) -> Response:
-    response = Response(status=exc.status, body=exc.body())
-    for name, value in exc.headers.items():
-        response.add_header(name, value)
-    return response
-
-
-async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
-    headers = [
-        (b"content-type", response.content_type),
-        (b"x-request-id", request_id.encode()),
-        *response.headers,
-    ]
-    if isinstance(response, Response):
-        headers.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-        return
-    headers.append((b"cache-control", b"no-cache"))
-    response.started = True
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    async for chunk in response.chunks:
-        response.mid_event = not chunk.endswith(b"\n\n")
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
-class _Exchange:
-    """One request and its answer, as the team API sees them through to the end: the
-    request once started, the disconnect watcher once its body is read, and what a
-    revocation that cut the call changes about the answer."""
-
-    __slots__ = ("request_id", "task", "request", "watcher")
-
-    def __init__(self, request_id: str, task: asyncio.Task | None) -> None:
-        self.request_id = request_id
-        self.task = task
-        self.request: Request | None = None
-        self.watcher: asyncio.Task | None = None
-
-    def watch(self, receive) -> None:
-        self.watcher = asyncio.ensure_future(_watch_disconnect(receive, self.task))
-
-    def refusal(self) -> ApiError | None:
-        """Why this request was cut (its key revoked, its team paused), or None."""
-        if self.request is None or self.request.call is None:
-            return None
-        return self.request.call.refusal
-
-    def untrack(self) -> None:
-        if self.request is not None and self.request.call is not None:
-            calls.untrack(self.request.call)
-
-    def _uncancel(self) -> None:
-        # The cut's cancellation is handled: the task goes on, to answer the caller.
-        if self.task is not None:
-            self.task.uncancel()
-
-    async def settled(self, response: Response | StreamingResponse) -> Response | StreamingResponse:
-        """The answer to send. A call whose key was revoked or team paused meanwhile is
-        answered what a new call would get, whatever it came to: the cut usually
-        cancelled it, but asyncio may deliver a wait's result and drop the cancellation
-        (3.11's wait_for does). Any other answer is sent whole, uncut."""
-        refusal = self.refusal()
-        if refusal is not None:
-            self._uncancel()
-            if isinstance(response, StreamingResponse) and response.on_close is not None:
-                await asyncio.shield(response.on_close())
-            response = _error_response(refusal)
-        call = self.request.call if self.request is not None else None
-        if call is not None and not isinstance(response, StreamingResponse):
-            call.cuttable = False  # the answer is decided: send it whole
-        return response
-
-    async def cut_while_sending(self, send, response: Response | StreamingResponse) -> None:
-        """Sending was cancelled: a stream cut by a revocation ends with its error; a
-        caller that went away gets nothing more."""
-        refusal = self.refusal()
-        if refusal is not None and isinstance(response, StreamingResponse):
-            self._uncancel()
-            await _end_cut_stream(send, response, refusal, self.request_id)
-
-    async def close(self, response: Response | StreamingResponse) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-        self.untrack()
-        if isinstance(response, StreamingResponse) and response.on_close is not None:
-            await asyncio.shield(response.on_close())
-
-
-async def _end_cut_stream(
-    send, response: StreamingResponse, refusal: ApiError, request_id: str
-) -> None:
-    """End a stream cut by a revocation with the error as a final SSE event, as OpenAI's
-    clients read it (a stream not started yet is answered as a plain error)."""
-    if not response.started:
-        await _send(send, _error_response(refusal), request_id)
-        return
-    # A blank line first if the cut fell inside an event, so the error is an event of its own.
-    event = (b"\n\n" if response.mid_event else b"") + b"data: " + refusal.body() + b"\n\n"
-    await send({"type": "http.response.body", "body": event, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
 
 
 def team_api(limiter: LimiterStarter, refusals: RefusalSink | None = None) -> TeamApi:
