@@ -269,10 +269,9 @@ class Coalescer:
                     part.resolve(failed)
 
     async def _send_once(self, batch: Batch) -> None:
-        admitted = await self._admit(batch)
-        if admitted is None:
+        admission = await self._admit(batch)
+        if admission is None:
             return
-        ctx, admission = admitted
         used: float | None = 0.0
         unused = True  # nothing went upstream (yet): the account's charge comes back
         try:
@@ -290,7 +289,7 @@ class Coalescer:
             for part in parts:
                 part.sent = True
             unused = False
-            call = _merged_call(ctx, batch, parts)
+            call = _merged_call(admission.ctx, batch, parts)
             self._observe(batch, parts, sum(len(part.texts) for part in parts))
             used = await self._forward(batch, call, admission, parts)
             if used is None:  # no usage from Together: the estimate of every input sent
@@ -298,7 +297,7 @@ class Coalescer:
         finally:
             admission.release(used, unused=unused)
 
-    async def _admit(self, batch: Batch) -> tuple[CallContext, Admission] | None:
+    async def _admit(self, batch: Batch) -> Admission | None:
         """The account's per-model grant, once for the whole upstream request, under a
         context of the merged request's own; None when nobody waits for it any more or
         the limiter refused (each caller then has its answer)."""
@@ -325,7 +324,7 @@ class Coalescer:
         if admission is None:  # nobody waits for it any more: its place is given up
             self._close(batch)
             return None
-        return ctx, admission
+        return admission
 
     async def _queue(self, batch: Batch, acquiring: asyncio.Future[Admission]) -> Admission | None:
         """Wait for the account's grant (`acquiring`). Once the limiter has queued the
