@@ -21,8 +21,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from dashboard.origin import SameOriginWebsocket  # noqa: E402
-from limiter.gateway import health  # noqa: E402
-from limiter.gateway.app import application as team_api  # noqa: E402
+from limiter import serving  # noqa: E402
+
+# The team API and the operations endpoints, given this process's limiter client (and
+# its background parts) to start on the first call; `serve` drains the same team API.
+team_api = serving.build_team_api()
+health = serving.build_health()
 
 TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
@@ -59,7 +63,7 @@ class HttpRouter:
             # `//v1/...` too: the team API answers it (a 404 in OpenAI's shape), not Django.
             return await team_api(scope, receive, send)
         if path in HEALTH_PATHS:
-            return await health.app(scope, receive, send)
+            return await health(scope, receive, send)
         if self.sandbox is not None and path.startswith(SANDBOX_PREFIX + "/"):
             return await self.sandbox(scope, receive, send)
         return await django_application(scope, receive, send)

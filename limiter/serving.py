@@ -4,6 +4,10 @@
 client's reply dispatcher, the 429 recorder, the usage recorder (with the model prices
 loaded), the alerts loop, and (embedded mode) the limiter worker itself and the job
 poller. `draining` is set while `serve` shuts down.
+
+It is where the team API and the operations endpoints are built (`build_team_api`,
+`build_health`, called by dashboard/asgi.py): they are given `ensure_started` to reach
+the limiter client, and import nothing of this module.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from typing import Protocol
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from limiter.gateway.app import TeamApi, team_api
+from limiter.gateway.health import Health
+from limiter.gateway.sink import RefusalSink
 from limiter.loops import LoopBound
 from limiter.protocol import events
 from limiter.protocol.client import LimiterClient, spawn
@@ -25,19 +32,16 @@ logger = logging.getLogger(__name__)
 # Set when the process is shutting down: /readyz answers 503 so no new work is sent here.
 draining = False
 
-_client: LimiterClient | None = None
 _started: LoopBound[asyncio.Future[LimiterClient]] = LoopBound()
 
 
 async def ensure_started() -> LimiterClient:
     """Start this process's background parts once, on the running loop."""
-    global _client
     started = _started.current()
     if started is None:
         started = _started.set(asyncio.get_running_loop().create_future())
         try:
-            _client = await _start()
-            started.set_result(_client)
+            started.set_result(await _start())
         except BaseException as exc:
             started.set_exception(exc)
             _started.clear()
@@ -80,28 +84,15 @@ async def run_embedded_limiter() -> None:
     await run_limiter(get_channel_layer())
 
 
-def release(lease: str, tokens_used: float | None, *, unused: bool = False) -> None:
-    """Hand a lease back (fire and forget, shielded from the caller's cancellation).
-    `unused`: its work never went upstream, so its request charge comes back too."""
-    if lease and _client is not None:
-        _client.release(lease, tokens_used, unused=unused)
+def build_team_api() -> TeamApi:
+    """The team API of this process, reaching its limiter client through
+    `ensure_started` (which starts the background parts with it, on the first call)."""
+    return team_api(ensure_started, RefusalSink())
 
 
-def report_usage(
-    *, key_id: str, model: str, tokens: float, cost: float, reservation: str = ""
-) -> None:
-    """A budgeted call's usage, for the limiter to charge to its budgets (settling the
-    call's reservation, when it holds one)."""
-    if _client is not None:
-        _client.report_usage(
-            key_id=key_id, model=model, tokens=tokens, cost=cost, reservation=reservation
-        )
-
-
-def unreserve(reservation: str) -> None:
-    """A call that held a budget reservation and used nothing: settle it at 0."""
-    if reservation and _client is not None:
-        _client.unreserve(reservation)
+def build_health() -> Health:
+    """/healthz, /readyz and /metrics of this process: not ready while it drains."""
+    return Health(ensure_started, lambda: draining)
 
 
 async def request_snapshot(reply_channel: str) -> None:

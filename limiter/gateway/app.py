@@ -6,11 +6,15 @@
 the body (bounded), so a caller without a valid key is never read; it applies the
 per-key request rate for kinds whose handlers do not admit themselves, calls the
 route's handler (inference: `inference.py`, which reads top-down through
-`admission.py`, `forward.py` and `relay.py`; files and jobs: `jobs.py`) and writes
+`admission.py`, `sending.py` and `relay.py`; files and jobs: `jobs.py`) and writes
 the answer; every failure becomes the OpenAI error shape. A caller that disconnects
 cancels its request: a queued ticket is given back and a stream's lease released (see
-`_watch_disconnect`). Revoking the key or pausing the team cancels it the same way, and
-it is answered what a new call would get (see limiter/gateway/revocation.py).
+`exchange.py`). Revoking the key or pausing the team cancels it the same way, and it is
+answered what a new call would get (see limiter/gateway/revocation.py).
+
+The team API imports nothing of the process around it: whoever builds it
+(limiter/serving.py `build_team_api`) gives it how to reach the limiter client and
+where to report refusals, and it hands those to each call (`context.Handles`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,19 @@ from collections.abc import Sequence
 
 from django.conf import settings
 
-from limiter import logs, serving
+from limiter import logs
 from limiter.gateway import errors
 from limiter.gateway.admission import admitted
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
+from limiter.gateway.context import CallContext, Handles, LimiterStarter
 from limiter.gateway.errors import ApiError
+from limiter.gateway.exchange import (
+    Exchange,
+    discard_unread_body,
+    error_response,
+    read_body,
+    send_response,
+)
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
@@ -35,15 +47,14 @@ from limiter.gateway.jobs import CHECKED_FIRST
 from limiter.gateway.refusals import recorder
 from limiter.gateway.revocation import calls
 from limiter.gateway.routes import Route, build_routes
+from limiter.gateway.sink import RefusalSink
 from limiter.gateway.throttle import client_address, trusted_networks
+from limiter.protocol.client import LimiterClient
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUTH_FAILURES_PER_MINUTE", "TeamApi", "application"]
+__all__ = ["AUTH_FAILURES_PER_MINUTE", "TeamApi", "team_api"]
 
-# The most an answered request waits to let go of a body it never read (a server that
-# neither has it nor says "disconnect" after the answer).
-DISCARD_SECONDS = 1.0
 # Request headers whose values are sent on to Together: each must be encodable there.
 UPSTREAM_BOUND_HEADERS = (*FORWARDED_REQUEST_HEADERS, "x-request-id")
 
@@ -53,15 +64,24 @@ def _compile(pattern: str) -> re.Pattern[str]:
 
 
 class TeamApi:
-    def __init__(self, routes: Sequence[Route]) -> None:
+    """The team API. `limiter` is how it reaches its process's limiter client (started
+    with the process's background parts on the running loop), given by whoever builds it
+    (limiter/serving.py); `refusals` is where every 429 is reported."""
+
+    def __init__(
+        self, routes: Sequence[Route], *, limiter: LimiterStarter, refusals: RefusalSink
+    ) -> None:
         self.routes = [
             (method, _compile(pattern), kind, handler) for method, pattern, kind, handler in routes
         ]
+        self.limiter = limiter
+        self.refusals = refusals
         self.auth = Authenticator()
         self.trusted_proxies = trusted_networks(settings.SLUICE_TRUSTED_PROXIES)
         # Requests being handled, queued and streaming ones included: a drain waits for idle.
         self.in_flight = 0
         self.idle = asyncio.Event()
+        self._handles: Handles | None = None
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -79,68 +99,58 @@ class TeamApi:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
         logs.request_id.set(request_id)
-        task = asyncio.current_task()
-        watcher: asyncio.Task | None = None
-        request: Request | None = None
-        response: Response | StreamingResponse
+        exchange = Exchange(request_id, asyncio.current_task())
         try:
-            request = self._start(scope, headers, request_id)
+            response = await self._answer(exchange, scope, headers, receive)
+        except asyncio.CancelledError:
+            if exchange.refusal() is None:
+                exchange.untrack()
+                return  # the caller went away; nobody to answer
+            response = Response()  # cut: answered just below
+        response = await exchange.settled(response)
+        try:
+            await send_response(send, response, request_id)
+        except asyncio.CancelledError:
+            await exchange.cut_while_sending(send, response)
+        finally:
+            await exchange.close(response)
+        if exchange.watcher is None:  # answered before its body was read
+            await discard_unread_body(receive)
+
+    async def _answer(
+        self, exchange: Exchange, scope, headers: dict[str, str], receive
+    ) -> Response | StreamingResponse:
+        """The answer to the request, or to what went wrong. Raises CancelledError when
+        the caller goes away (or a revocation cuts the call)."""
+        try:
+            request = exchange.request = self._start(scope, headers, exchange.request_id)
             kind, handler = self._route(request)
-            await serving.ensure_started()
+            request.handles = self._handles_of(await self.limiter())
             # The key before the body: a caller without a valid one is answered (401, or
             # the auth-failure throttle's 429) without its body being read or held.
             request.key = await self.auth.authenticate(request)
-            request.body = await _read_body(receive, _body_limit(request.path))
+            request.body = await read_body(receive, _body_limit(request.path))
             # From here on, a disconnect cancels this task (and whatever it waits on).
-            watcher = asyncio.ensure_future(_watch_disconnect(receive, task))
-            response = await self._handle(request, kind, handler)
+            exchange.watch(receive)
+            return await self._handle(request, kind, handler)
         except ApiError as exc:
-            response = _error_response(exc)
-        except asyncio.CancelledError:
-            if _refusal(request) is None:
-                _untrack(request)
-                return  # the caller went away; nobody to answer
-            response = Response()  # cut: answered just below
+            return error_response(exc)
         except Exception:
-            logger.exception("team API failed (request id %s)", request_id)
-            response = _error_response(
+            logger.exception("team API failed (request id %s)", exchange.request_id)
+            return error_response(
                 ApiError(
                     500,
-                    errors.MSG_INTERNAL.format(request_id=request_id),
+                    errors.MSG_INTERNAL.format(request_id=exchange.request_id),
                     type=errors.SERVER,
                     code="internal_error",
                 )
             )
-        refusal = _refusal(request)
-        if refusal is not None:
-            # Its key was revoked or its team paused meanwhile: answer what a new call would
-            # get, whatever the call came to. The cut usually cancelled it, but asyncio may
-            # deliver a wait's result and drop the cancellation (3.11's wait_for does).
-            _uncancel(task)
-            if isinstance(response, StreamingResponse) and response.on_close is not None:
-                await asyncio.shield(response.on_close())
-            response = _error_response(refusal)
-        if (
-            request is not None
-            and request.call is not None
-            and not isinstance(response, StreamingResponse)
-        ):
-            request.call.cuttable = False  # the answer is decided: send it whole
-        try:
-            await _send(send, response, request_id)
-        except asyncio.CancelledError:
-            refusal = _refusal(request)
-            if refusal is not None and isinstance(response, StreamingResponse):
-                _uncancel(task)
-                await _end_cut_stream(send, response, refusal, request_id)
-        finally:
-            if watcher is not None:
-                watcher.cancel()
-            _untrack(request)
-            if isinstance(response, StreamingResponse) and response.on_close is not None:
-                await asyncio.shield(response.on_close())
-        if watcher is None:  # answered before its body was read
-            await _discard_unread_body(receive)
+
+    def _handles_of(self, limiter: LimiterClient) -> Handles:
+        handles = self._handles
+        if handles is None or handles.limiter is not limiter:  # a new loop, a new client
+            handles = self._handles = Handles(limiter, self.refusals)
+        return handles
 
     def _start(self, scope, headers: dict[str, str], request_id: str) -> Request:
         """The request from its headers alone: its body is read once the key is known."""
@@ -203,7 +213,9 @@ class TeamApi:
             check(request)  # a bad body is a 400 before it spends any quota
         if kind and kind not in SELF_LIMITED:
             # Files, jobs and the like: the per-key request rate, held only while the call runs.
-            async with admitted(request, kind) as admission:
+            assert request.handles is not None
+            ctx = CallContext(request.key, request.request_id, kind, request.handles)
+            async with admitted(ctx) as admission:
                 # Admitted: a file or job call runs to its end, so that its answer tells the
                 # truth about what it wrote upstream or in the database.
                 request.call.cuttable = False
@@ -217,38 +229,6 @@ def _body_limit(path: str) -> int:
     if path.startswith("/v1/files"):
         return settings.SLUICE_MAX_UPLOAD_BYTES
     return settings.SLUICE_MAX_BODY_BYTES
-
-
-async def _read_body(receive, limit: int) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise asyncio.CancelledError()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(
-                413, errors.MSG_BODY_TOO_LARGE.format(limit=limit), code="request_too_large"
-            )
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _discard_unread_body(receive) -> None:
-    """Let go of a body answered without being read. After the answer, ASGI's receive()
-    says http.disconnect (uvicorn does, reading nothing more from the caller); daphne has
-    buffered the whole body before calling us and hands it out here, and taking it frees
-    it now rather than when daphne cleans the request up."""
-    try:
-        async with asyncio.timeout(DISCARD_SECONDS):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                    return
-    except TimeoutError:
-        return
 
 
 def _request_id(given: str | None) -> str:
@@ -268,7 +248,7 @@ def _check_forwarded_headers(headers: dict[str, str]) -> None:
     """A 400 for a header Sluice would forward but the upstream client cannot encode.
 
     Daphne passes latin-1 bytes (0xE9, "é") through; httpx (rightly) refuses to send
-    them, which used to surface as a 500 after the quota was spent.
+    them, which would surface as a 500 after the quota was spent.
     """
     for name in UPSTREAM_BOUND_HEADERS:
         value = headers.get(name)
@@ -279,72 +259,6 @@ def _check_forwarded_headers(headers: dict[str, str]) -> None:
             )
 
 
-async def _watch_disconnect(receive, task: asyncio.Task | None) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            if task is not None:
-                task.cancel()
-            return
-
-
-def _error_response(exc: ApiError) -> Response:
-    response = Response(status=exc.status, body=exc.body())
-    for name, value in exc.headers.items():
-        response.add_header(name, value)
-    return response
-
-
-async def _send(send, response: Response | StreamingResponse, request_id: str) -> None:
-    headers = [
-        (b"content-type", response.content_type),
-        (b"x-request-id", request_id.encode()),
-        *response.headers,
-    ]
-    if isinstance(response, Response):
-        headers.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-        return
-    headers.append((b"cache-control", b"no-cache"))
-    response.started = True
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    async for chunk in response.chunks:
-        response.mid_event = not chunk.endswith(b"\n\n")
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
-def _refusal(request: Request | None) -> ApiError | None:
-    """Why this request was cut (its key revoked, its team paused), or None."""
-    if request is None or request.call is None:
-        return None
-    return request.call.refusal
-
-
-def _uncancel(task: asyncio.Task | None) -> None:
-    # The cut's cancellation is handled: the task goes on, to answer the caller.
-    if task is not None:
-        task.uncancel()
-
-
-def _untrack(request: Request | None) -> None:
-    if request is not None and request.call is not None:
-        calls.untrack(request.call)
-
-
-async def _end_cut_stream(
-    send, response: StreamingResponse, refusal: ApiError, request_id: str
-) -> None:
-    """End a stream cut by a revocation with the error as a final SSE event, as OpenAI's
-    clients read it (a stream not started yet is answered as a plain error)."""
-    if not response.started:
-        await _send(send, _error_response(refusal), request_id)
-        return
-    # A blank line first if the cut fell inside an event, so the error is an event of its own.
-    event = (b"\n\n" if response.mid_event else b"") + b"data: " + refusal.body() + b"\n\n"
-    await send({"type": "http.response.body", "body": event, "more_body": True})
-    await send({"type": "http.response.body", "body": b""})
-
-
-application = TeamApi(build_routes())
+def team_api(limiter: LimiterStarter, refusals: RefusalSink | None = None) -> TeamApi:
+    """The team API with its routes, reaching its process's limiter through `limiter`."""
+    return TeamApi(build_routes(), limiter=limiter, refusals=refusals or RefusalSink())

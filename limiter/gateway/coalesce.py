@@ -48,23 +48,21 @@ from typing import Any
 
 from django.conf import settings
 
-from limiter import metrics, serving
+from limiter import metrics
 from limiter.gateway import errors
-from limiter.gateway.admission import (
-    REFUSAL_MESSAGES,
-    Admission,
-    admit,
-    rate_limited,
-    record_refusal,
-)
+from limiter.gateway.admission import REFUSAL_MESSAGES, Admission, admit, rate_limited
+from limiter.gateway.context import CallContext
 from limiter.gateway.errors import ApiError
-from limiter.gateway.forward import Forwarded, forward
+from limiter.gateway.forward import Forwarded, UpstreamCall
 from limiter.gateway.http import Request, Response
 from limiter.gateway.keys import KeyInfo
-from limiter.gateway.metering import Usage, meter
+from limiter.gateway.metering import Finish, Usage
 from limiter.gateway.relay import upstream_error
+from limiter.gateway.sending import send
+from limiter.gateway.sink import GATEWAY
 from limiter.protocol import events
 from limiter.protocol.client import Patience, spawn
+from limiter.usage.sizing import Size, tokens_of_text
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ HEADER = "x-sluice-coalesce"  # "false": this call goes alone
 SPLIT_STATUSES = frozenset({400, 413, 422})
 MSG_BAD_ANSWER = "Together's embeddings answer did not hold one embedding per input."
 # Retry-After for a caller whose wait ran out while its request waited for a concurrency
-# slot, which nobody can predict (the limiter says the same: engine.UNKNOWN_WAIT).
+# slot, which nobody can predict (the limiter says the same: its UNKNOWN_WAIT).
 UNKNOWN_WAIT = 1.0
 # A caller's max wait when the limiter did not say (failure mode "open": no queue at all).
 DEFAULT_MAX_WAIT = 30.0
@@ -120,8 +118,7 @@ class Part:
     texts: list[str]
     joined: float
     future: asyncio.Future[Ok | Failed]
-    key: KeyInfo  # the caller's: its 429s are recorded under its own team and key
-    request_id: str
+    ctx: CallContext  # the caller's: its 429s are recorded under its own team, key and id
     deadline: float  # until when it may wait for the account (monotonic, this process)
     max_wait: float  # its key's max wait: how long a retry after Together's 429 may queue
     sent: bool = False  # its inputs went upstream (its key's charge stands)
@@ -133,6 +130,10 @@ class Part:
     @property
     def size(self) -> int:
         return sum(len(text) for text in self.texts)
+
+    @property
+    def tokens(self) -> int:
+        return tokens_of_text(self.size)
 
     def resolve(self, result: Ok | Failed) -> None:
         if not self.future.done():  # a caller that went away: its result is discarded
@@ -150,8 +151,9 @@ class Batch:
     the callers arriving meanwhile ride along instead of queueing requests of their own."""
 
     group: GroupKey
-    key: KeyInfo  # the first caller's: the account's target and the model's fallback
-    model: str
+    # The first caller's: its key's account target and the model's fallback, the model,
+    # and the handles (the limiter client, the refusal sink) the request reports through.
+    first: CallContext
     params: dict[str, Any]  # the body's other fields, the same for every member
     parts: list[Part] = field(default_factory=list)
     inputs: int = 0
@@ -160,6 +162,14 @@ class Batch:
     # How long it may queue for the account: its most patient caller's deadline.
     patience: Patience = field(default_factory=lambda: Patience(-math.inf))
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a caller joined or left
+
+    @property
+    def key(self) -> KeyInfo:
+        return self.first.key
+
+    @property
+    def model(self) -> str:
+        return self.first.model
 
     def add(self, part: Part) -> None:
         self.parts.append(part)
@@ -177,12 +187,10 @@ class Coalescer:
 
     def join(
         self,
-        key: KeyInfo,
-        model: str,
+        ctx: CallContext,
         params: dict[str, Any],
         texts: list[str],
         *,
-        request_id: str,
         deadline: float,
         max_wait: float,
     ) -> list[Part]:
@@ -190,6 +198,7 @@ class Coalescer:
         than N is split: its full chunks go at once, alone, and the rest joins like any call.
         `deadline`: until when the caller may wait for the account (its key's max wait
         from when it asked); `max_wait`: its key's max wait."""
+        key, model = ctx.key, ctx.model
         limit = key.coalesce_max_inputs
         group: GroupKey = (
             key.account_id,
@@ -203,17 +212,17 @@ class Coalescer:
         parts: list[Part] = []
         for start in range(0, len(texts), limit):
             chunk = texts[start : start + limit]
-            part = Part(chunk, now, loop.create_future(), key, request_id, deadline, max_wait)
+            part = Part(chunk, now, loop.create_future(), ctx, deadline, max_wait)
             parts.append(part)
             if len(chunk) == limit:  # a full request on its own: nothing to wait for
-                self._start(Batch(group, key, model, params), part, open_=False)
+                self._start(Batch(group, ctx, params), part, open_=False)
                 continue
             batch = self._open.get(group)
             if batch is not None and batch.inputs + len(chunk) > limit:
                 self._close(batch)  # the list stays whole: it starts the next one
                 batch = None
             if batch is None:
-                batch = self._start(Batch(group, key, model, params), part, open_=True)
+                batch = self._start(Batch(group, ctx, params), part, open_=True)
             else:
                 batch.add(part)
             if batch.inputs >= limit:
@@ -260,38 +269,8 @@ class Coalescer:
                     part.resolve(failed)
 
     async def _send_once(self, batch: Batch) -> None:
-        request = Request(
-            method="POST",
-            path="/v1" + PATH,
-            query_string=b"",
-            headers={"content-type": "application/json"},
-            body=b"",
-            client="",
-            request_id="req_merged_" + uuid.uuid4().hex,
-            key=batch.key,
-        )
-        # Reserved for the first caller's inputs; those joining later are settled at release.
-        tokens = sum(math.ceil(part.size / 4) for part in batch.parts)
-        # The account's per-model request scope, once for the whole upstream request.
-        acquiring = asyncio.ensure_future(
-            admit(
-                request,
-                ENDPOINT,
-                tokens,
-                batch.model,
-                charge=events.CHARGE_ACCOUNT,
-                patience=batch.patience,
-            )
-        )
-        try:
-            admission = await self._queue(batch, acquiring)
-        except ApiError as refused:
-            self._close(batch)
-            for part in batch.parts:
-                self._refuse(batch, part, refused)
-            return
-        if admission is None:  # nobody waits for it any more: its place is given up
-            self._close(batch)
+        admission = await self._admit(batch)
+        if admission is None:
             return
         used: float | None = 0.0
         unused = True  # nothing went upstream (yet): the account's charge comes back
@@ -304,23 +283,48 @@ class Coalescer:
             parts = [part for part in batch.parts if not part.withdrawn]  # gone before the send
             if not parts:
                 return
-            texts = [text for part in parts for text in part.texts]
-            request.body = json.dumps(
-                {**batch.params, "model": batch.model, "input": texts}
-            ).encode()
-            # Together's 429s are recorded for each caller; a retry after one queues as
-            # long as the most patient caller may wait, afresh (as each alone would).
-            request.callers = [(part.key, part.request_id) for part in parts]
+            # A retry after Together's 429 queues as long as the most patient caller may
+            # wait, afresh (as each alone would).
             admission.requeue_wait = max(part.max_wait for part in parts)
             for part in parts:
                 part.sent = True
             unused = False
-            self._observe(batch, parts, len(texts))
-            used = await self._forward(batch, request, admission, parts)
+            call = _merged_call(admission.ctx, batch, parts)
+            self._observe(batch, parts, sum(len(part.texts) for part in parts))
+            used = await self._forward(batch, call, admission, parts)
             if used is None:  # no usage from Together: the estimate of every input sent
-                used = float(sum(math.ceil(part.size / 4) for part in parts))
+                used = float(sum(part.tokens for part in parts))
         finally:
             admission.release(used, unused=unused)
+
+    async def _admit(self, batch: Batch) -> Admission | None:
+        """The account's per-model grant, once for the whole upstream request, under a
+        context of the merged request's own; None when nobody waits for it any more or
+        the limiter refused (each caller then has its answer)."""
+        first = batch.first
+        ctx = CallContext(
+            first.key,
+            "req_merged_" + uuid.uuid4().hex,
+            ENDPOINT,
+            first.handles,
+            first.model,
+            # Reserved for the first callers' inputs; those joining later are settled at release.
+            Size(prompt=sum(part.tokens for part in batch.parts)),
+        )
+        acquiring = asyncio.ensure_future(
+            admit(ctx, charge=events.CHARGE_ACCOUNT, patience=batch.patience)
+        )
+        try:
+            admission = await self._queue(batch, acquiring)
+        except ApiError as refused:
+            self._close(batch)
+            for part in batch.parts:
+                self._refuse(batch, part, refused)
+            return None
+        if admission is None:  # nobody waits for it any more: its place is given up
+            self._close(batch)
+            return None
+        return admission
 
     async def _queue(self, batch: Batch, acquiring: asyncio.Future[Admission]) -> Admission | None:
         """Wait for the account's grant (`acquiring`). Once the limiter has queued the
@@ -371,12 +375,9 @@ class Coalescer:
             return
         part.resolve(Failed(error))
         if error.status == 429:
-            record_refusal(
-                part.key,
-                part.request_id,
-                ENDPOINT,
-                batch.model,
-                reason=error.code or "rate_limited",
+            part.ctx.refused(
+                reason=error.code or events.RATE_LIMITED,
+                source=GATEWAY,
                 retry_after=float(error.extra.get("retry_after") or 0.0),
                 message=error.message,
             )
@@ -388,14 +389,23 @@ class Coalescer:
         metrics.COALESCED_INPUTS.observe(inputs)
         for wait in waits:
             metrics.COALESCE_WAIT.observe(wait)
-        spawn(_report(batch.key, batch.model, inputs, len(parts), sum(waits), max(waits)))
+        spawn(
+            batch.first.limiter.report_coalesced(
+                key=batch.key,
+                model=batch.model,
+                inputs=inputs,
+                callers=len(parts),
+                waited=sum(waits),
+                longest=max(waits),
+            )
+        )
 
     async def _forward(
-        self, batch: Batch, request: Request, admission: Admission, parts: list[Part]
+        self, batch: Batch, call: UpstreamCall, admission: Admission, parts: list[Part]
     ) -> float | None:
         """Send and hand each part its answer; returns the tokens to settle the grant with."""
         try:
-            forwarded = await forward(request, admission, PATH, stream=False)
+            forwarded = await send(call, admission)
         except ApiError as exc:  # Together unreachable or too slow: everyone's answer
             for part in parts:
                 part.resolve(Failed(exc))
@@ -417,7 +427,7 @@ class Coalescer:
         try:
             payload = json.loads(content)
             data = sorted(payload["data"], key=lambda item: item["index"])
-            model = str(payload.get("model") or admission.model)
+            model = str(payload.get("model") or admission.ctx.model)
         except (ValueError, KeyError, TypeError):
             data, model, payload = [], "", {}
         if len(data) != sum(len(part.texts) for part in parts):
@@ -440,11 +450,21 @@ class Coalescer:
     async def _alone(self, merged: Batch, part: Part) -> None:
         """One part of a refused merged request, sent again on its own: its wait for the
         account starts afresh, as a retry's would."""
-        batch = Batch(merged.group, merged.key, merged.model, merged.params)
+        batch = Batch(merged.group, merged.first, merged.params)
         part.deadline = time.monotonic() + part.max_wait
         batch.add(part)
         batch.full.set()
         await self._send(batch)
+
+
+def _merged_call(ctx: CallContext, batch: Batch, parts: list[Part]) -> UpstreamCall:
+    """The one upstream request of the parts still wanted. Together's 429 is recorded for
+    each of their callers under its own team, key and request id."""
+    texts = [text for part in parts for text in part.texts]
+    body = json.dumps({**batch.params, "model": batch.model, "input": texts}).encode()
+    headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+    callers = tuple((part.ctx.key, part.ctx.request_id) for part in parts)
+    return UpstreamCall(ctx, PATH, body, headers, callers=callers)
 
 
 def _wait_over(batch: Batch, now: float) -> ApiError:
@@ -453,11 +473,11 @@ def _wait_over(batch: Batch, now: float) -> ApiError:
     patience = batch.patience
     retry = max(patience.asked + patience.projected - now, UNKNOWN_WAIT)
     return rate_limited(
-        reason="queue_timeout",
+        reason=events.QUEUE_TIMEOUT,
         retry_after=retry,
         limited_by="gateway",
         scope="account",
-        message=REFUSAL_MESSAGES["queue_timeout"].format(endpoint=ENDPOINT, retry=retry),
+        message=REFUSAL_MESSAGES[events.QUEUE_TIMEOUT].format(endpoint=ENDPOINT, retry=retry),
     )
 
 
@@ -482,27 +502,16 @@ def _usage_shares(usage: Any, parts: list[Part]) -> list[dict[str, int] | None]:
     return list(shares)
 
 
-async def _report(
-    key: KeyInfo, model: str, inputs: int, callers: int, waited: float, longest: float
-) -> None:
-    limiter = await serving.ensure_started()
-    await limiter.report_coalesced(
-        key=key, model=model, inputs=inputs, callers=callers, waited=waited, longest=longest
-    )
-
-
 coalescer = Coalescer()
 
 
 # --- one caller ------------------------------------------------------------------------------
-async def embeddings(request: Request, body: dict[str, Any], model: str, tokens: float) -> Response:
+async def embeddings(ctx: CallContext, body: dict[str, Any]) -> Response:
     """A mergeable embeddings call (see `mergeable`), top-down."""
-    key = request.key
-    assert key is not None
     asked = time.monotonic()
     # 1. the caller's own key, as if it called alone
-    admission = await admit(request, ENDPOINT, tokens, model, charge=events.CHARGE_KEY)
-    used: float | None = None
+    admission = await admit(ctx, charge=events.CHARGE_KEY)
+    finish = Finish(admission)
     parts: list[Part] = []
     try:
         single = isinstance(body["input"], str)
@@ -512,36 +521,25 @@ async def embeddings(request: Request, body: dict[str, Any], model: str, tokens:
         # queue wait would for a call alone
         max_wait = admission.grant.max_wait
         max_wait = DEFAULT_MAX_WAIT if max_wait is None else max_wait
-        parts = coalescer.join(
-            key,
-            model,
-            params,
-            texts,
-            request_id=request.request_id,
-            deadline=asked + max_wait,
-            max_wait=max_wait,
-        )
+        parts = coalescer.join(ctx, params, texts, deadline=asked + max_wait, max_wait=max_wait)
         # 3. its answers; a cancellation here (the caller left) cancels the parts' futures,
         # which drops them from a batch not sent yet
         results = await asyncio.gather(*(part.future for part in parts))
         # 4. its answer, and 5. what it used (its own share), as a call alone would record
-        response, usage, served_by = await _answer(request, admission, results)
-        used = usage.tokens
-        meter(admission, 200, usage, served_by)
+        response, finish.usage, served_by = await _answer(admission, results)
+        finish.answered(200, served_by)
         admission.add_quota_headers(response)
         return response
     finally:
         # None of its inputs went upstream: its key is charged nothing (all or nothing).
-        admission.release(used, unused=not any(part.sent for part in parts))
+        finish(unused=not any(part.sent for part in parts))
 
 
-async def _answer(
-    request: Request, admission: Admission, results: list[Ok | Failed]
-) -> tuple[Response, Usage, str]:
+async def _answer(admission: Admission, results: list[Ok | Failed]) -> tuple[Response, Usage, str]:
     for result in results:
         if isinstance(result, Failed):
             if result.forwarded is not None:
-                raise await upstream_error(request, result.forwarded, admission)
+                raise await upstream_error(result.forwarded, admission)
             assert result.error is not None
             # A copy: the same error answers every caller of the batch.
             shared = result.error

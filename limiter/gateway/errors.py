@@ -68,10 +68,6 @@ MAX_ECHOED_MODEL = 200
 MAX_JSON_DEPTH = 64
 # A body field is named in `error.param` only when its name is this short.
 MAX_PARAM_NAME = 64
-# What a call may ask for where Sluice itself counts it (its token estimate, an image's
-# price): more than any model serves, far less than would upset the limiter's arithmetic.
-MAX_COMPLETION_TOKENS = 1_000_000
-MAX_N = 128
 
 
 class ApiError(Exception):

@@ -31,6 +31,7 @@ from limiter.gateway.keys import KeyInfo
 logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from limiter.gateway.context import Handles
     from limiter.gateway.revocation import Call
 
 JSON_TYPE = b"application/json"
@@ -105,9 +106,8 @@ class Request:
         None  # once authenticated: what a revocation cuts (limiter/gateway/revocation.py)
     )
     path_params: dict[str, str] = field(default_factory=dict)
-    # A merged embeddings request's callers, each (key, its own request id): a 429 from
-    # Together is recorded for each, as it would be had each called alone (coalesce.py).
-    callers: list[tuple[KeyInfo, str]] | None = None
+    # The process's limiter client and refusal sink, handed to each call by the team API.
+    handles: Handles | None = None
     _json: Any = None
 
     def json(self) -> dict[str, Any]:

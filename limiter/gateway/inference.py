@@ -1,42 +1,72 @@
 """Inference routes (chat, completions, embeddings, images, rerank): one path, top-down.
 
 Every call takes the same steps, each in its own module:
-  1. read just enough of the body (model, stream, size): here. The body itself is
-     forwarded untouched, Together's extra parameters included;
+  1. read just enough of the body (model, stream, size) into the call's context
+     (`context.py`), here. The body itself is forwarded untouched, Together's extra
+     parameters included;
   2. admission: the limiter's grant, waiting in the fair queue, or a 429
      (`admission.py`);
-  3. forward to Together: 5xx retried in the upstream client, a 429 paused and queued
-     again, an overloaded model's fallback (`forward.py`);
+  3. send to Together (`sending.py`, each attempt in `forward.py`): 5xx retried in the
+     upstream client, a 429 paused and queued again, an overloaded model's fallback;
   4. relay the answer, or Together's error in OpenAI's shape (`relay.py`);
-  5. record what the call used and release the grant with the tokens Together
-     reported (`metering.py`; a stream when it ends).
+  5. finish: record what the call used and release the grant with the tokens Together
+     reported (`metering.Finish`; a stream when it ends).
 Embeddings calls are merged with other concurrent ones into one upstream request
 (`coalesce.py`, the same steps per caller). Authentication came before (`app.py`);
-429s are recorded where they happen (`limiter/gateway/refusals.py`, written off the request path).
+every 429 is reported to the refusal sink (`sink.py`) where it happens.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from limiter.gateway import coalesce, errors
-from limiter.gateway.admission import admit, estimate_tokens
+from limiter.gateway import coalesce, errors, relay
+from limiter.gateway.admission import admit
 from limiter.gateway.catalog import model_not_found
+from limiter.gateway.context import CallContext
 from limiter.gateway.errors import ApiError
-from limiter.gateway.forward import forward
+from limiter.gateway.forward import UpstreamCall
 from limiter.gateway.http import Request, Response, StreamingResponse
-from limiter.gateway.metering import Usage, meter
-from limiter.gateway.relay import answer, upstream_error
+from limiter.gateway.metering import Finish
+from limiter.gateway.sending import send
 from limiter.jobs.ownership import owned_models
+from limiter.usage.sizing import MAX_COMPLETION_TOKENS, MAX_N, measure
 
 # Endpoint kinds whose handlers take their own grant (the team API must not wrap them).
 SELF_LIMITED = frozenset({"chat", "completions", "embeddings", "images", "rerank"})
 
 
 async def _proxy(request: Request, endpoint: str, path: str) -> Response | StreamingResponse:
-    key = request.key
-    assert key is not None
     # 1. what the call is
+    ctx, body, stream = await _context(request, endpoint)
+    if endpoint == "embeddings" and coalesce.mergeable(request, body):
+        # Merged with other callers' embeddings into one upstream request: steps 2-5 there.
+        return await coalesce.embeddings(ctx, body)
+    # 2. admission
+    admission = await admit(ctx)
+    finish = Finish(admission)
+    try:
+        # 3. Together
+        forwarded = await send(UpstreamCall.of(ctx, request, path, stream=stream), admission)
+        finish.answered(forwarded.response.status_code, forwarded.served_by)
+        # 4. the answer
+        if forwarded.response.status_code >= 400:
+            raise await relay.upstream_error(forwarded, admission)
+        if stream:
+            return relay.streamed(forwarded, finish)  # 5. when the stream ends
+        answer = await relay.buffered(forwarded, finish)
+    except BaseException:
+        finish()  # 5. what it used recorded, and the grant back settled with it
+        raise
+    finish()
+    return answer
+
+
+async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[str, Any], bool]:
+    """The call's context (its key, and its body's model and size), its body, and whether
+    it streams, once it is known to be a call this team may make."""
+    key = request.key
+    assert key is not None and request.handles is not None  # the team API sets both
     body = request.json()
     model = _model_field(body)
     if not await owned_models.usable(team_id=key.team_id, name=model):
@@ -46,30 +76,9 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     stream = _stream_field(body)
     _check_counts(body)
     # Reserved where a token limit applies (the limiter knows where: it owns the limits).
-    tokens = estimate_tokens(body, endpoint)
-    if endpoint == "embeddings" and coalesce.mergeable(request, body):
-        # Merged with other callers' embeddings into one upstream request: steps 2-5 there.
-        return await coalesce.embeddings(request, body, model, tokens)
-    # 2. admission
-    admission = await admit(request, endpoint, tokens, model)
-    usage = Usage()
-    streaming = False
-    forwarded = None
-    try:
-        # 3. Together
-        forwarded = await forward(request, admission, path, stream=stream)
-        # 4. the answer
-        if forwarded.response.status_code >= 400:
-            raise await upstream_error(request, forwarded, admission)
-        result = await answer(forwarded, admission, stream=stream, usage=usage)
-        streaming = isinstance(result, StreamingResponse)  # it releases the grant when it ends
-        return result
-    finally:
-        # 5. what it used recorded, and the grant back settled with it
-        if not streaming:
-            if forwarded is not None:
-                meter(admission, forwarded.response.status_code, usage, forwarded.served_by)
-            admission.release(usage.tokens)
+    size = measure(body, endpoint)
+    ctx = CallContext(key, request.request_id, endpoint, request.handles, model, size)
+    return ctx, body, stream
 
 
 def _model_field(body: dict[str, Any]) -> str:
@@ -90,12 +99,12 @@ def _model_field(body: dict[str, Any]) -> str:
             param="model",
         )
     # NUL and lone surrogates ("\ud800") were refused with the body (Request.json): the
-    # usage and 429 records store the model, and one such row failed every flush.
+    # usage and 429 records store the model, and one such row would fail every flush.
     return model
 
 
 def _stream_field(body: dict[str, Any]) -> bool:
-    # Only a boolean: "yes" used to get a buffered answer the caller then parsed as a stream.
+    # Only a boolean: "yes" would get a buffered answer the caller then parses as a stream.
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise ApiError(
@@ -108,12 +117,12 @@ def _stream_field(body: dict[str, Any]) -> bool:
 
 
 # The numbers Sluice itself counts a call by (its token estimate, an image's price), and
-# their bounds: an integer, not a boolean; null is unset. 10**400 as `max_tokens` once
-# overflowed the limiter's arithmetic, for every team.
+# their bounds: an integer, not a boolean; null is unset. An unbounded `max_tokens`
+# (10**400) would overflow the limiter's arithmetic, for every team.
 COUNTED_FIELDS = {
-    "max_tokens": (1, errors.MAX_COMPLETION_TOKENS),
-    "max_completion_tokens": (1, errors.MAX_COMPLETION_TOKENS),
-    "n": (1, errors.MAX_N),
+    "max_tokens": (1, MAX_COMPLETION_TOKENS),
+    "max_completion_tokens": (1, MAX_COMPLETION_TOKENS),
+    "n": (1, MAX_N),
 }
 
 

@@ -42,11 +42,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from limiter.gateway import errors
-from limiter.gateway.admission import limiter_silent, rate_limited, record_refusal
+from limiter.gateway.admission import limiter_silent, rate_limited
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.keys import KeyInfo
+from limiter.gateway.sink import GATEWAY
 from limiter.jobs import budgets, fields, selectors, services
 from limiter.jobs.estimates import Estimate, batch_estimate, fine_tune_estimate
 from limiter.jobs.models import ENDPOINT_OF_KIND, Job, JobKind, new_public_id
@@ -259,7 +260,7 @@ async def _hold_budget(
     request: Request, kind: str, model: str, jobs: list[tuple[str, Estimate]]
 ) -> None:
     """Hold the new jobs' estimates against the key's and team's budgets, or refuse the
-    create with `budget_exceeded` (recorded in the 429 history like a call's): 400 when
+    create with `budget_exceeded` (reported to the refusal sink like a call's): 400 when
     an estimate is more than a budget's whole limit, else 429 with Retry-After to the
     budget's reset. The limiter silent: 503 (failure mode "open": unchecked here, its
     start is checked again)."""
@@ -279,13 +280,14 @@ async def _hold_budget(
         return
     if verdict.held:
         return
-    endpoint = ENDPOINT_OF_KIND[JobKind(kind)]
-    record_refusal(
+    assert request.handles is not None  # the team API hands every call its handles
+    request.handles.refusals.refused(
         key,
         request.request_id,
-        endpoint,
+        ENDPOINT_OF_KIND[JobKind(kind)],
         model,
         reason=BUDGET_EXCEEDED,
+        source=GATEWAY,
         retry_after=verdict.retry_after,
         message=verdict.message,
     )
@@ -295,7 +297,7 @@ async def _hold_budget(
         reason=BUDGET_EXCEEDED,
         retry_after=verdict.retry_after,
         message=verdict.message,
-        limited_by="gateway",
+        limited_by=GATEWAY,
     )
 
 
@@ -570,7 +572,7 @@ async def batch_cancel(request: Request) -> Response:
 
 
 # Checked by the router before admission: a body that fails is answered 400 at once,
-# without spending the key's request rate or queueing for it (issue 18).
+# without spending the key's request rate or queueing for it.
 CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
     fine_tunes_create: _fine_tune_body,
     fine_tune_estimate_price: Request.json,

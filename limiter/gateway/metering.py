@@ -1,4 +1,4 @@
-"""Step 5 of a call, beside the release: what it used, for the usage record and budgets.
+"""Step 5 of a call: what it used, for the usage record and budgets, then its grant back.
 
 Tokens come from Together's `usage` block (a stream's last chunk included). Where
 Together reports none: an embeddings call counts its inputs and estimates its prompt
@@ -12,23 +12,26 @@ same count settles its token limits (`Usage.tokens`, handed back with the lease)
 The counts go to the usage recorder (an in-memory addition; limiter/usage/recorder.py
 writes them off the request path), and, when a budget counts the call (its grant said
 so), to the limiter as well, where the report settles the reservation the call held
-since its admission (limiter/usage/budgets.py).
+since its admission (limiter/usage/budgets.py). `Finish` is the one end of every call
+that holds a grant: meter, then release.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
-from limiter import serving
-from limiter.gateway.admission import Admission, estimate_parts, estimate_tokens
+from limiter.gateway.admission import Admission
+from limiter.gateway.catalog import refresh_prices
+from limiter.gateway.context import CallContext
 from limiter.protocol.client import spawn
 from limiter.usage.prices import cost_of, prices
 from limiter.usage.recorder import usage_recorder
+from limiter.usage.sizing import Size, tokens_of_text
 
 
 class Usage:
@@ -70,19 +73,17 @@ class Usage:
         self.events += whole.count(b"data: {")
         self.text += sum(map(len, COMPLETION_TEXT.findall(whole)))
 
-    def cut(self, body: dict[str, Any], endpoint: str) -> None:
+    def cut(self, size: Size) -> None:
         """A stream that ended before the chunk carrying Together's usage: its estimate,
         for the usage record, the budgets and the token limits alike (see the module
         docstring). Nothing when Together's usage came, or nothing was relayed."""
         if self.reported is not None or not self.events:
             return
-        prompt, _most = estimate_parts(body, endpoint)
-        completion = max(self.events, math.ceil(self.text / 4))
-        ceiling = _max_tokens_set(body)
-        if ceiling is not None:
-            completion = min(completion, ceiling)
-        self.cut_parts = (prompt, completion)
-        self.tokens = float(prompt + completion)
+        completion = max(self.events, tokens_of_text(self.text))
+        if size.cap is not None:
+            completion = min(completion, size.cap)
+        self.cut_parts = (size.prompt, completion)
+        self.tokens = float(size.prompt + completion)
 
 
 # An event's line longer than this without a line end is counted by its bytes.
@@ -91,17 +92,6 @@ MAX_EVENT_BYTES = 1 << 20
 # `"text": "..."` (completions), its escapes kept. A key that only ends so
 # ("reasoning_content") has no quote before it, and does not match.
 COMPLETION_TEXT = re.compile(rb'"(?:content|text)":\s*"((?:[^"\\]|\\.)*)"')
-
-
-def _max_tokens_set(body: dict[str, Any]) -> int | None:
-    """The completion bound the caller set (per choice, times `n`), None when unset."""
-    most = body.get("max_tokens")
-    if most is None:
-        most = body.get("max_completion_tokens")
-    if not isinstance(most, int) or isinstance(most, bool) or most < 0:
-        return None
-    n = body.get("n")
-    return most * (n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1)
 
 
 _decoder = json.JSONDecoder()
@@ -129,99 +119,131 @@ def enabled() -> bool:
     return bool(settings.SLUICE_USAGE_RECORDING)
 
 
+class Finish:
+    """The end of a call that holds a grant: what it used recorded (once Together
+    answered it: `answered`), then the grant handed back, settled with the tokens used.
+    Once, by whoever ends the call: the handler for a buffered answer or a failure, the
+    stream's close for a stream, each caller of a merged embeddings request for itself."""
+
+    __slots__ = ("admission", "usage", "status", "served_by", "_done")
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.usage = Usage()
+        self.status: int | None = None  # Together's answer; None: it never answered
+        self.served_by = ""  # the fallback model that answered, if any
+        self._done = False
+
+    def answered(self, status: int, served_by: str = "") -> None:
+        self.status, self.served_by = status, served_by
+
+    def __call__(self, *, unused: bool = False) -> None:
+        """Meter, then release; `unused`: none of the call's work went upstream."""
+        if self._done:
+            return
+        self._done = True
+        if self.status is not None:
+            meter(self.admission, self.status, self.usage, self.served_by)
+        self.admission.release(self.usage.tokens, unused=unused)
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """What the usage record keeps of one call."""
+
+    prompt: int
+    completion: int
+    total: int
+    units: int = 0  # images, or embeddings inputs
+    estimated: int = 0  # tokens Sluice estimated, Together having reported none
+
+
 def _count(value: object) -> int:
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def counts(ctx: CallContext, status: int, usage: Usage) -> Counts:
+    """Together's usage block, or, where it sent none, Sluice's estimate (see the module
+    docstring)."""
+    reported = usage.reported or {}
+    prompt = _count(reported.get("prompt_tokens"))
+    completion = _count(reported.get("completion_tokens"))
+    total = _count(reported.get("total_tokens")) or prompt + completion
+    if status >= 400:
+        return Counts(prompt, completion, total)
+    size = ctx.size
+    if ctx.endpoint == "embeddings":
+        if not reported:
+            return Counts(size.prompt, completion, size.prompt, size.units, size.prompt)
+        return Counts(prompt, completion, total, size.units)
+    if ctx.endpoint == "images":
+        return Counts(prompt, completion, total, size.units)
+    if not reported and usage.cut_parts is not None:  # a stream cut before its end
+        prompt, completion = usage.cut_parts
+        return Counts(prompt, completion, prompt + completion, estimated=prompt + completion)
+    return Counts(prompt, completion, total)
 
 
 def meter(admission: Admission, status: int, usage: Usage, served_by: str = "") -> None:
     """Record one answered call (success or Together's error) and report it to budgets."""
     if not enabled():
         return
-    request, endpoint = admission.request, admission.endpoint
-    key = request.key
-    assert key is not None
-    model = served_by or admission.model
-    reported = usage.reported or {}
-    prompt = _count(reported.get("prompt_tokens"))
-    completion = _count(reported.get("completion_tokens"))
-    total = _count(reported.get("total_tokens")) or prompt + completion
-    units = estimated = 0
-    if status < 400:
-        body = request.json()
-        if endpoint == "embeddings":
-            inputs = body.get("input")
-            units = len(inputs) if isinstance(inputs, list) else 1
-            if not reported:
-                prompt = total = estimated = int(estimate_tokens(body, endpoint))
-        elif endpoint == "images":
-            n = body.get("n")
-            units = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
-        elif not reported and usage.cut_parts is not None:  # a stream cut before its end
-            prompt, completion = usage.cut_parts
-            total = estimated = prompt + completion
+    ctx = admission.ctx
+    key = ctx.key
+    model = served_by or ctx.model
+    counted = counts(ctx, status, usage)
     usage_recorder.record(  # at the price in force, or priced when written if none yet
         team_id=key.team_id,
         team_name=key.team_name,
         key_prefix=key.prefix,
         upstream=key.account_name,
-        endpoint=endpoint,
+        endpoint=ctx.endpoint,
         model=model,
         status=status,
-        prompt=prompt,
-        completion=completion,
-        total=total,
-        units=units,
-        estimated=estimated,
+        prompt=counted.prompt,
+        completion=counted.completion,
+        total=counted.total,
+        units=counted.units,
+        estimated=counted.estimated,
     )
     known = prices.knows(model)
     if not known and not prices.fetching and usage_recorder.should_refresh(key.account_id):
-        from limiter.gateway.catalog import refresh_prices
-
         spawn(refresh_prices(key))
     if admission.budgeted:
-        images = units if endpoint == "images" else 0
-        # The report settles the reservation the call's grant holds (taken here, so that
-        # `Admission.release` does not settle it again at 0).
-        reservation, admission.reservation = admission.reservation, ""
-        if known or not prices.fetching:
-            cost = cost_of(prices.price(model), prompt, completion, images)
-            serving.report_usage(
-                key_id=key.key_id,
-                model=admission.model,
-                tokens=float(total),
-                cost=float(cost),
-                reservation=reservation,
-            )
-        else:
-            # The process has just started and the model's price is on its way: reported
-            # once it is known, tokens and cost together. The reservation holds the call
-            # at its estimate meanwhile (at most the start-up fetch's 15 s).
-            spawn(
-                _report_when_priced(
-                    key.key_id,
-                    admission.model,
-                    model,
-                    prompt,
-                    completion,
-                    total,
-                    images,
-                    reservation,
-                )
-            )
+        _report_to_budgets(admission, model, known, counted)
+
+
+def _report_to_budgets(admission: Admission, model: str, known: bool, counted: Counts) -> None:
+    """The report settles the reservation the call's grant holds (taken here, so that
+    `Admission.release` does not settle it again at 0)."""
+    ctx = admission.ctx
+    images = counted.units if ctx.endpoint == "images" else 0
+    reservation = admission.take_reservation()
+    if known or not prices.fetching:
+        cost = cost_of(prices.price(model), counted.prompt, counted.completion, images)
+        ctx.limiter.report_usage(
+            key_id=ctx.key.key_id,
+            model=ctx.model,
+            tokens=float(counted.total),
+            cost=float(cost),
+            reservation=reservation,
+        )
+        return
+    # The process has just started and the model's price is on its way: reported once it
+    # is known, tokens and cost together. The reservation holds the call at its estimate
+    # meanwhile (at most the start-up fetch's 15 s).
+    spawn(_report_when_priced(ctx, model, counted, images, reservation))
 
 
 async def _report_when_priced(
-    key_id: str,
-    asked: str,
-    model: str,
-    prompt: int,
-    completion: int,
-    total: int,
-    images: int,
-    reservation: str,
+    ctx: CallContext, model: str, counted: Counts, images: int, reservation: str
 ) -> None:
     await prices.settled()
-    cost = cost_of(prices.price(model), prompt, completion, images)
-    serving.report_usage(
-        key_id=key_id, model=asked, tokens=float(total), cost=float(cost), reservation=reservation
+    cost = cost_of(prices.price(model), counted.prompt, counted.completion, images)
+    ctx.limiter.report_usage(
+        key_id=ctx.key.key_id,
+        model=ctx.model,
+        tokens=float(counted.total),
+        cost=float(cost),
+        reservation=reservation,
     )

@@ -6,8 +6,8 @@ of refusals costs the database one write a second, not one per refusal.
 
 A batch the database refuses is written again row by row (`write_each`): a row it
 cannot store (NUL in a text, a value too long for its column) is dropped with a log
-line, and the others are written. One such row once failed every flush after it, for
-every team.
+line, and the others are written: one such row would otherwise fail every flush after
+it, for every team.
 """
 
 from __future__ import annotations

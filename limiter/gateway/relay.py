@@ -16,60 +16,74 @@ import httpx
 from limiter.gateway import catalog, errors, metering
 from limiter.gateway.admission import Admission, rate_limited
 from limiter.gateway.errors import ApiError
-from limiter.gateway.forward import OVERLOADED, Forwarded
-from limiter.gateway.http import Request, Response, StreamingResponse
-from limiter.gateway.metering import Usage
+from limiter.gateway.forward import OVERLOADED, UPSTREAM_RATE_LIMITED, Forwarded
+from limiter.gateway.http import Response, StreamingResponse
+from limiter.gateway.metering import Finish, Usage
+from limiter.gateway.sink import UPSTREAM
 from limiter.protocol.client import spawn
 from limiter.upstream import requested_wait
 
 
-async def answer(
-    forwarded: Forwarded, admission: Admission, *, stream: bool, usage: Usage
-) -> Response | StreamingResponse:
-    """The caller's answer to a successful call. A stream releases the grant itself
-    when it ends or the caller goes away (the team API runs `on_close` in every case);
-    a buffered answer leaves that to the caller."""
-    response = forwarded.response
-    content_type = response.headers.get("content-type", "application/json").encode("latin-1")
+def _counting(admission: Admission) -> bool:
     # A lease is what is handed back with the tokens used, and usage is recorded (and
     # reported to budgets): read Together's count then.
-    counting = bool(admission.grant.lease) or metering.enabled() or admission.budgeted
-    result: Response | StreamingResponse
-    if stream:
-        # A stream may outlast the lease's expiry: it keeps its slot while it runs.
-        keeping = spawn(admission.keep_alive())
-        chunks = _stream(response, counting, usage)
+    return bool(admission.grant.lease) or metering.enabled() or admission.budgeted
 
-        async def close() -> None:
-            keeping.cancel()
-            await chunks.aclose()  # a stream left midway reads its usage now, not when collected
-            await response.aclose()
-            if counting:
-                usage.cut(admission.request.json(), admission.endpoint)
-            metering.meter(admission, response.status_code, usage, forwarded.served_by)
-            admission.release(usage.tokens if counting else None)
 
-        result = StreamingResponse(
-            chunks=chunks,
-            status=response.status_code,
-            content_type=content_type,
-            on_close=close,
-        )
-    else:
-        result = Response(
-            status=response.status_code, body=await response.aread(), content_type=content_type
-        )
+async def buffered(forwarded: Forwarded, finish: Finish) -> Response:
+    """The caller's answer to a successful call, read whole; the caller then finishes."""
+    response = forwarded.response
+    admission, usage = finish.admission, finish.usage
+    result = Response(
+        status=response.status_code, body=await response.aread(), content_type=_type(response)
+    )
+    if _counting(admission):
+        usage.take(result.body)
+        if usage.tokens is None and admission.grant.lease:
+            usage.tokens = admission.ctx.size.tokens
+    _add_headers(result, forwarded, admission)
+    return result
+
+
+def streamed(forwarded: Forwarded, finish: Finish) -> StreamingResponse:
+    """The caller's answer to a successful call, as a stream. The stream finishes the
+    call itself when it ends or the caller goes away (the team API runs `on_close` in
+    every case)."""
+    response = forwarded.response
+    admission, usage = finish.admission, finish.usage
+    counting = _counting(admission)
+    # A stream may outlast the lease's expiry: it keeps its slot while it runs.
+    keeping = spawn(admission.keep_alive())
+    chunks = _stream(response, counting, usage)
+
+    async def close() -> None:
+        keeping.cancel()
+        await chunks.aclose()  # a stream left midway reads its usage now, not when collected
+        await response.aclose()
         if counting:
-            usage.take(result.body)
-            if usage.tokens is None and admission.grant.lease:
-                usage.tokens = admission.tokens
+            usage.cut(admission.ctx.size)
+        finish()
+
+    result = StreamingResponse(
+        chunks=chunks, status=response.status_code, content_type=_type(response), on_close=close
+    )
+    _add_headers(result, forwarded, admission)
+    return result
+
+
+def _type(response: httpx.Response) -> bytes:
+    return response.headers.get("content-type", "application/json").encode("latin-1")
+
+
+def _add_headers(
+    result: Response | StreamingResponse, forwarded: Forwarded, admission: Admission
+) -> None:
     admission.add_quota_headers(result)
-    upstream_id = response.headers.get("x-request-id")
+    upstream_id = forwarded.response.headers.get("x-request-id")
     if upstream_id:
         result.add_header("x-upstream-request-id", upstream_id)
     if forwarded.served_by:
         result.add_header("x-sluice-fallback-model", forwarded.served_by)
-    return result
 
 
 async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> AsyncGenerator[bytes]:
@@ -90,33 +104,31 @@ async def _stream(response: httpx.Response, counting: bool, usage: Usage) -> Asy
                     break
 
 
-async def upstream_error(request: Request, forwarded: Forwarded, admission: Admission) -> ApiError:
+async def upstream_error(forwarded: Forwarded, admission: Admission) -> ApiError:
     """Turn Together's final error answer into the caller's."""
     response = forwarded.response
-    outcome = forwarded.outcome
     await response.aread()
     status = response.status_code
-    key = request.key
-    assert key is not None
     detail = errors.upstream_message(response.content)
     if status == 429:
-        # Recorded and reported when it arrived (limiter/gateway/forward.py); here it is
-        # answered, with the caller's own quota, as every 429 is (README).
-        wait = requested_wait(response.headers) or 1.0
+        # Reported when it arrived (limiter/gateway/forward.py); here it is answered,
+        # with the caller's own quota, as every 429 is (README).
         return rate_limited(
-            reason="upstream_rate_limited",
-            retry_after=wait,
-            limited_by="upstream",
+            reason=UPSTREAM_RATE_LIMITED,
+            retry_after=requested_wait(response.headers) or 1.0,
+            limited_by=UPSTREAM,
             scope="account",
             message=errors.MSG_UPSTREAM_RATE_LIMITED.format(
-                attempts=outcome.attempts, detail=detail
+                attempts=forwarded.outcome.attempts, detail=detail
             ),
             quota=admission.quota(),
         )
     if status in OVERLOADED:
         return ApiError(
             503,
-            errors.MSG_UPSTREAM_OVERLOADED.format(status=status, attempts=outcome.attempts),
+            errors.MSG_UPSTREAM_OVERLOADED.format(
+                status=status, attempts=forwarded.outcome.attempts
+            ),
             type=errors.UPSTREAM,
             code="upstream_overloaded",
             headers={"retry-after": "1"},
@@ -129,23 +141,31 @@ async def upstream_error(request: Request, forwarded: Forwarded, admission: Admi
             type=errors.UPSTREAM,
             code="upstream_auth_failed",
         )
-    model = forwarded.served_by or admission.model
-    if status == 404 and model:
-        hint = await catalog.closest_models(key, model)
-        if hint is not None:
-            return ApiError(
-                404,
-                errors.MSG_MODEL_NOT_FOUND.format(
-                    model=model[: errors.MAX_ECHOED_MODEL], hint=hint
-                ),
-                type=errors.NOT_FOUND,
-                code="model_not_found",
-                param="model",
-            )
+    if status == 404:
+        error = await _model_not_found(forwarded, admission)
+        if error is not None:
+            return error
     # Anything else (400, 402, 403, 404, 500): Together's own status and message.
     return ApiError(
         status if status < 500 else 502,
         detail,
         type=errors.upstream_type(response.content, status),
         code=errors.upstream_code(response.content),
+    )
+
+
+async def _model_not_found(forwarded: Forwarded, admission: Admission) -> ApiError | None:
+    """Together's 404 for the model, with the closest models the caller's team may use."""
+    model = forwarded.served_by or admission.ctx.model
+    if not model:
+        return None
+    hint = await catalog.closest_models(admission.ctx.key, model)
+    if hint is None:
+        return None
+    return ApiError(
+        404,
+        errors.MSG_MODEL_NOT_FOUND.format(model=model[: errors.MAX_ECHOED_MODEL], hint=hint),
+        type=errors.NOT_FOUND,
+        code="model_not_found",
+        param="model",
     )

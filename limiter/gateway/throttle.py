@@ -21,7 +21,6 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Protocol
 
 import redis.asyncio as redis
 from cachetools import TTLCache
@@ -74,16 +73,6 @@ def client_address(peer: str, forwarded_for: str | None, trusted: Sequence[Netwo
     return hops[0] if hops else peer  # proxies all the way: the furthest is as near as we get
 
 
-class FailureCounter(Protocol):
-    async def add(self, address: str) -> tuple[int, float]:
-        """Count one failure: (failures in the address's current window, seconds it has left)."""
-        ...
-
-    async def read(self, address: str) -> tuple[int, float]:
-        """The same, without counting one."""
-        ...
-
-
 class MemoryFailures:
     """Per-process windows in a TTLCache: bounded in size, and an idle address is forgotten."""
 
@@ -92,6 +81,7 @@ class MemoryFailures:
         self.windows: TTLCache[str, tuple[int, float]] = TTLCache(maxsize=max_addresses, ttl=window)
 
     async def add(self, address: str) -> tuple[int, float]:
+        """Count one failure: (failures in the address's current window, seconds it has left)."""
         now = time.monotonic()
         failures, ends = self.windows.get(address, (0, 0.0))
         if ends <= now:
@@ -101,6 +91,7 @@ class MemoryFailures:
         return failures + 1, ends - now
 
     async def read(self, address: str) -> tuple[int, float]:
+        """The same, without counting one."""
         now = time.monotonic()
         failures, ends = self.windows.get(address, (0, 0.0))
         return (failures, ends - now) if ends > now else (0, 0.0)

@@ -20,9 +20,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from limiter.gateway.admission import estimate_parts
 from limiter.usage.budgets import JobHold
 from limiter.usage.prices import Price, cost_of
+from limiter.usage.sizing import estimate_parts
 
 Estimate = dict[str, list[float]]  # model -> [tokens, US dollars]
 

@@ -65,6 +65,19 @@ CHARGE_BOTH = ""  # the key and the account, atomically: every other call
 CHARGE_KEY = "key"  # a caller of a merged request: its key's scope only
 CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope only
 
+# A refusal's reason (DecisionMessage.reason), as the API puts it in `error.code` and the
+# 429 record keeps it. The engine decides with the same codes (limiter/authority/engine.py
+# keeps its own copy, being pure; tests/gateway/test_reason_codes.py holds them equal).
+RATE_LIMITED = "rate_limited"
+ACCOUNT_RATE_LIMITED = "account_rate_limited"
+TOKEN_RATE_LIMITED = "token_rate_limited"
+QUEUE_FULL = "queue_full"
+QUEUE_TIMEOUT = "queue_timeout"
+CONCURRENCY_LIMITED = "concurrency_limited"
+UPSTREAM_PAUSED = "upstream_paused"
+# A ticket whose units no bucket can hold: a bug upstream of the engine, refused alone.
+INVALID_UNITS = "invalid_units"
+
 
 class _Charge(TypedDict, total=False):
     charge: str  # CHARGE_KEY or CHARGE_ACCOUNT; absent: both

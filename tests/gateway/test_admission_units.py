@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from limiter.gateway.admission import (
-    DEFAULT_COMPLETION_TOKENS,
-    estimate_tokens,
-    quota_headers,
-    rate_limited,
-)
+from limiter.gateway.admission import quota_headers, rate_limited
+from limiter.usage.sizing import DEFAULT_COMPLETION_TOKENS, estimate_tokens
 
 
 def test_chat_estimate_is_a_quarter_of_the_text_plus_the_completion_asked_for() -> None:

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from limiter.gateway import errors
+from limiter.usage import sizing
 from tests.gateway.test_errors import MESSAGES, MODEL, assert_error
 from tests.servers import SluiceServer
 
@@ -125,7 +126,7 @@ def test_counted_fields_out_of_range_are_a_400_naming_them(
     error = assert_error(chat(server, key, body), 400, "invalid_value")
     assert error["param"] == field
     if b"0" * 400 not in value and value != b"9223372036854775808":
-        high = errors.MAX_N if field == "n" else errors.MAX_COMPLETION_TOKENS
+        high = sizing.MAX_N if field == "n" else sizing.MAX_COMPLETION_TOKENS
         assert error["message"] == MESSAGE.format(field=field, low=1, high=high)
 
 
@@ -162,7 +163,7 @@ def test_numbers_in_range_still_go(server: SluiceServer) -> None:
     body = {
         "model": MODEL,
         "messages": MESSAGES,
-        "max_tokens": errors.MAX_COMPLETION_TOKENS,
+        "max_tokens": sizing.MAX_COMPLETION_TOKENS,
         "n": 1,
         "seed": 2**63 - 1,
         "temperature": -0.0,

@@ -84,8 +84,8 @@ class Command(BaseCommand):
     def _ready_daphne(self, server, host: str, port: int) -> None:
         from twisted.internet import reactor
 
+        from dashboard.asgi import team_api
         from limiter import serving
-        from limiter.gateway.app import application as team_api
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
         asyncio.ensure_future(serving.ensure_started())
@@ -109,9 +109,8 @@ class Command(BaseCommand):
     async def _uvicorn(self, host: str, port: int) -> None:
         import uvicorn
 
-        from dashboard.asgi import application
+        from dashboard.asgi import application, team_api
         from limiter import serving
-        from limiter.gateway.app import application as team_api
 
         command = self
 
