@@ -47,8 +47,8 @@ from limiter.usage.budgets import (
     BudgetBook,
     Crossing,
     JobHold,
-    threshold_crossed,
 )
+from limiter.usage.services import threshold_crossed
 
 logger = logging.getLogger(__name__)
 

@@ -54,8 +54,8 @@ from limiter.jobs.ownership import model_key, owned_models, usable
 from limiter.jobs.shapes import job_json
 from limiter.upstream import UpstreamError, client
 from limiter.usage.budgets import BUDGET_EXCEEDED
-from limiter.usage.jobs import discounted
 from limiter.usage.prices import prices
+from limiter.usage.pricing import discounted
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from limiter.gateway.admission import estimate_parts
 from limiter.usage.budgets import JobHold
-from limiter.usage.prices import Price, cost_of
+from limiter.usage.pricing import Price, cost_of
 
 Estimate = dict[str, list[float]]  # model -> [tokens, US dollars]
 

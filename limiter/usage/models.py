@@ -23,7 +23,7 @@ Budget: a ceiling per team (optionally one key) on tokens or dollars per calenda
   limiter worker from its own copy (limiter/usage/budgets.py).
 
 BudgetCrossing: each threshold a budget crossed, once per (budget, level, period):
-  the record `budgets.threshold_crossed` writes, and what alerts will read.
+  the record `services.threshold_crossed` writes, and what alerts will read.
 
 JobUsage: a fine-tune's or batch's usage, recorded once per job (the one-to-one) in the
   same transaction as its rollup rows, so any number of pollers record it exactly once.
@@ -284,7 +284,7 @@ class BudgetCrossing(models.Model):
 
 class JobUsage(models.Model):
     """What an ended fine-tune or batch used, as Together reported it: written once, with
-    the job's rollup rows (limiter/usage/jobs.py)."""
+    the job's rollup rows (limiter/usage/job_reports.py)."""
 
     job = models.OneToOneField("limiter.Job", on_delete=models.CASCADE, related_name="usage")
     total_tokens = models.PositiveBigIntegerField(default=0)

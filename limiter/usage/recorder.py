@@ -35,7 +35,8 @@ from django.db import close_old_connections, transaction
 from django.db.models import F
 
 from limiter.gateway.refusals import BatchWriter, write_each
-from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
+from limiter.usage.prices import prices
+from limiter.usage.pricing import NO_PRICE, Price, cost_of
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from limiter.models import ApiKey
 from limiter.usage.budgets import BudgetRule, period_bounds
 from limiter.usage.models import Budget, ModelPrice, UsageRollup
-from limiter.usage.prices import NO_PRICE, Price
+from limiter.usage.pricing import NO_PRICE, Price
 
 SUMMED = ("requests", "units", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 GROUPS = {
