@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from limiter.alerts.services import notify
-from limiter.gateway.refusals import UNSTORABLE
+from limiter.batching import UNSTORABLE
 from limiter.models import ApiKey, Team
 from limiter.usage.budgets import HARD, BudgetRule
 from limiter.usage.job_reports import EndedJob, JobUsageReport, minute_of
