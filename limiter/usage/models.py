@@ -286,7 +286,7 @@ class JobUsage(models.Model):
     """What an ended fine-tune or batch used, as Together reported it: written once, with
     the job's rollup rows (limiter/usage/job_reports.py)."""
 
-    job = models.OneToOneField("limiter.Job", on_delete=models.CASCADE, related_name="usage")
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="usage")
     total_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
     # Why nothing was counted, when nothing was ("no token count reported"...).
