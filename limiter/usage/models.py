@@ -44,8 +44,8 @@ from limiter.models import VISIBLE_PREFIX_LENGTH, ApiKey, EndpointKind, Team
 
 # SQLite keeps a decimal column as a double, and Django reads it back rounded to 15
 # significant digits: an amount with more comes back changed, or, rounded up past the
-# field's digits, not at all (issue 18: a limit of 99999999999999.9999999 stopped the
-# limiter's reload). So staff's amounts keep to 15 digits, on every database alike.
+# field's digits, not at all (a limit of 99999999999999.9999999 would stop the limiter's
+# reload). So staff's amounts keep to 15 digits, on every database alike.
 EXACT_DIGITS = 15
 MSG_AMOUNT = (
     "Enter an amount with at most {whole} digits before the point, {places} after it "

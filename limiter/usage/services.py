@@ -58,9 +58,9 @@ def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) ->
 
 
 def amount_unreadable(*, kind: str, row_id: int, team: Team | None = None, model: str = "") -> None:
-    """A budget or price row whose stored amount cannot be read (written before amounts
-    were checked, or by hand): its readers skip it; this logs it and raises an alert on
-    the Alerts page, once a day while it stays. Never raises."""
+    """A budget or price row whose stored amount cannot be read (written around the
+    checks): its readers skip it; this logs it and raises an alert on the Alerts page,
+    once a day while it stays. Never raises."""
     logger.error(
         "%s %d cannot be read (a stored amount does not fit its field): skipped", kind, row_id
     )
