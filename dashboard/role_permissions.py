@@ -15,7 +15,7 @@ OPERATOR = "operator"
 AUDITOR = "auditor"
 
 # The apps whose rows the roles read; auth (users, groups) is the admin's alone.
-SLUICE_APPS = ("limiter", "usage", "alerts", "dashboard")
+SLUICE_APPS = ("limiter", "jobs", "usage", "alerts", "dashboard")
 
 # (app_label, model) an operator may add, change and delete: limits, profiles, teams,
 # keys, budgets, alerts and the learned ceilings (a reset deletes one).

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     # limiter before channels: its `runworker` (one authority, survives Redis restarts)
     # takes precedence over Channels' generic one.
     "limiter",
+    "limiter.jobs",
     "limiter.alerts",
     "limiter.usage",
     "channels",

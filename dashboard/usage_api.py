@@ -24,7 +24,7 @@ from dashboard.usage_schemas import (
     UsageTotalOut,
 )
 from limiter.models import ApiKey, Team
-from limiter.usage import selectors, services
+from limiter.usage import prices, selectors, services
 from limiter.usage.models import Budget
 
 DEFAULT_RANGE = timedelta(days=30)
@@ -69,7 +69,7 @@ def price_list(request: HttpRequest):
 @api_rule(PRICES_WRITE)
 def price_override(request: HttpRequest, payload: PriceOverrideIn):
     """Set (or, with nulls, clear) staff's negotiated price for a model."""
-    return services.price_override(
+    return prices.price_override(
         model=payload.model,
         input_price=payload.override_input,
         output_price=payload.override_output,

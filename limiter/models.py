@@ -455,7 +455,3 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
-
-
-# The jobs models belong to this app; Django finds an app's models through this module.
-from limiter.jobs.models import Job, JobEvent, TeamFile, TeamModel  # noqa: E402,F401

@@ -2,6 +2,9 @@
 
 Every change here is followed (through `limiter/signals.py`) by a broadcast that makes
 web processes drop cached keys and limits, so it takes effect on the next request.
+
+What other apps hold under a key hears of its rotation through `key_rotated`, sent in
+the rotation's transaction (the jobs app moves the key's queued jobs to the new key).
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
-from limiter.jobs.models import Job, JobState
 from limiter.models import (
     KEY_PREFIX,
     VISIBLE_PREFIX_LENGTH,
@@ -24,6 +27,10 @@ from limiter.models import (
 )
 
 DEFAULT_PROFILE = "default"
+
+# Sent with `old` and `new` (ApiKey) inside the rotation's transaction: a receiver's
+# writes commit or roll back with it.
+key_rotated = Signal()
 
 
 @dataclass(frozen=True)
@@ -77,10 +84,6 @@ def key_revoke(*, key: ApiKey) -> ApiKey:
 def key_rotate(*, key: ApiKey) -> IssuedKey:
     """Issue a replacement with the same team, name, profile and expiry; revoke the old key."""
     issued = key_issue(team=key.team, name=key.name, profile=key.profile, expires_at=key.expires_at)
-    # A rotation is hygiene, not a leak: the old key's queued jobs go on under the new
-    # one. (A revoked key's queued jobs never start: limiter.jobs.selectors.key_still_usable.)
-    Job.objects.filter(key=key, state=JobState.QUEUED).update(
-        key=issued.key, key_prefix=issued.key.prefix
-    )
+    key_rotated.send(sender=ApiKey, old=key, new=issued.key)
     key_revoke(key=key)
     return issued

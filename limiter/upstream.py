@@ -300,82 +300,115 @@ class UpstreamClient:
         and handle it themselves, because their retry must queue in the limiter again
         (limiter/gateway/forward.py).
         """
-        if upstream_url_error(target.base_url) is not None:
-            # Checked on save too, but a row may be older than the allow-list, or written
-            # around the model (raw SQL): the key never goes to a host not allowed.
-            self._refused(target)
-            raise UpstreamError(502, MSG_HOST_REFUSED)
+        url, send_headers = self._prepare(target, path, headers, params)
         retries = settings.SLUICE_UPSTREAM_MAX_RETRIES if max_retries is None else max_retries
-        send_headers = {**(headers or {}), "accept-encoding": "identity"}
-        if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault
-            send_headers["authorization"] = f"Bearer {target.api_key}"
-        url = target.url(path)
-        if params:
-            url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
         attempt = unavailable = 0
         while True:
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise UpstreamError(504, "deadline passed", timeout=True)
-            request = self.client.build_request(
-                method,
-                url,
-                content=content,
-                headers=send_headers,
-                timeout=httpx.Timeout(
-                    connect=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
-                    # A stream may legitimately last longer than the retry deadline.
-                    read=settings.SLUICE_UPSTREAM_READ_TIMEOUT if stream else remaining,
-                    write=remaining,
-                    pool=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
-                ),
-            )
+            request = self._request(method, url, content, send_headers, remaining, stream)
+            error: UpstreamError | None = None
             try:
-                response = await self.client.send(request, stream=stream)
-                monitor.upstream_answered(target.account_name, response.status_code)
-                if self.failures:
-                    self.failures.pop(target.account_name, None)
+                response = await self._send_once(target, request, stream)
             except httpx.TransportError as exc:
-                if _timed_out(exc):
-                    error = UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
-                else:
-                    error = UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
+                error = _transport_error(exc)
+            if error is not None:
                 delay = backoff(attempt)
+                if _out_of_tries(attempt, retries, delay, deadline):
+                    self._failed(target, error)
+                    raise error
+                happened = f"failed ({error.detail})"
             else:
                 unavailable += response.status_code == 503
                 if response.status_code not in retry_statuses:
                     return Outcome(response, attempt, unavailable)
-                asked = requested_wait(response.headers)
-                # Honour what Together asked for, plus a little jitter so callers paused
-                # together do not all come back in the same millisecond.
-                delay = asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
-                retrying = attempt <= retries and time.monotonic() + delay < deadline
-                if not retrying:
+                delay = _retry_delay(response, attempt)
+                if _out_of_tries(attempt, retries, delay, deadline):
                     return Outcome(response, attempt, unavailable)
                 await response.aclose()
-                logger.info(
-                    "upstream %s %s answered %s; retry %d in %.2fs",
-                    method,
-                    path,
-                    response.status_code,
-                    attempt,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            if attempt > retries or time.monotonic() + delay >= deadline:
-                self._failed(target, error)
-                raise error
+                happened = f"answered {response.status_code}"
             logger.info(
-                "upstream %s %s failed (%s); retry %d in %.2fs",
-                method,
-                path,
-                error.detail,
-                attempt,
-                delay,
+                "upstream %s %s %s; retry %d in %.2fs", method, path, happened, attempt, delay
             )
             await asyncio.sleep(delay)
+
+    def _prepare(
+        self,
+        target: Target,
+        path: str,
+        headers: Mapping[str, str] | None,
+        params: bytes | str | None,
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers of a call to `target`, or UpstreamError when its base URL
+        is not allowed."""
+        if upstream_url_error(target.base_url) is not None:
+            # Checked on save too, but a row may be older than the allow-list, or written
+            # around the model (raw SQL): the key never goes to a host not allowed.
+            self._refused(target)
+            raise UpstreamError(502, MSG_HOST_REFUSED)
+        send_headers = {**(headers or {}), "accept-encoding": "identity"}
+        if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault
+            send_headers["authorization"] = f"Bearer {target.api_key}"
+        url = target.url(path)
+        if params:
+            url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
+        return url, send_headers
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        content: bytes | None,
+        headers: dict[str, str],
+        remaining: float,
+        stream: bool,
+    ) -> httpx.Request:
+        """One attempt's request, its timeouts within the `remaining` seconds."""
+        return self.client.build_request(
+            method,
+            url,
+            content=content,
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
+                # A stream may legitimately last longer than the retry deadline.
+                read=settings.SLUICE_UPSTREAM_READ_TIMEOUT if stream else remaining,
+                write=remaining,
+                pool=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
+            ),
+        )
+
+    async def _send_once(
+        self, target: Target, request: httpx.Request, stream: bool
+    ) -> httpx.Response:
+        """Send one attempt; an answer is counted for the alerts and ends the account's
+        recorded failure."""
+        response = await self.client.send(request, stream=stream)
+        monitor.upstream_answered(target.account_name, response.status_code)
+        if self.failures:
+            self.failures.pop(target.account_name, None)
+        return response
+
+
+def _transport_error(exc: httpx.TransportError) -> UpstreamError:
+    if _timed_out(exc):
+        return UpstreamError(504, f"timed out ({type(exc).__name__})", timeout=True)
+    return UpstreamError(502, f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+def _retry_delay(response: httpx.Response, attempt: int) -> float:
+    """Seconds before retrying this answer: what Together asked for, plus a little jitter
+    so callers paused together do not all come back in the same millisecond; else backoff."""
+    asked = requested_wait(response.headers)
+    return asked + random.uniform(0, 0.1) if asked is not None else backoff(attempt)
+
+
+def _out_of_tries(attempt: int, retries: int, delay: float, deadline: float) -> bool:
+    """No retry after this attempt: the retries are used up, or the wait would pass the
+    deadline."""
+    return attempt > retries or time.monotonic() + delay >= deadline
 
 
 client = UpstreamClient()

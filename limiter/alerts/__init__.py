@@ -8,7 +8,9 @@ retries and backoff (never on the request path), recording every attempt.
 
     monitor.py    the request path's side: counters only, no I/O
     services.py   notify() (the one entry point for every condition), webhooks
-    delivery.py   the background steps: check the counters, send what is due
+    rates.py      the loop's first step: the counters summed across processes, judged
+    delivery.py   the loop: the rate check, then sending what is due
+    wakeup.py     the loop's doorbell, rung by notify when it queues a delivery
     payload.py    the Slack-compatible JSON, and webhook URLs with their secret hidden
     selectors.py  the dashboard's reads
 """

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from limiter.alerts import delivery
+from limiter.alerts import wakeup
 from limiter.alerts.models import Alert, Delivery, Webhook
 from limiter.models import Team
 
@@ -47,7 +47,7 @@ def notify(
 
     `condition` names what and whom ("budget_soft:12", "team_429:7"); `period_key` the
     period it holds for (a budget's period, or the hour for a rate). Delivery happens
-    in the background (delivery.py), never in the caller.
+    in the background (delivery.py, woken through wakeup.py), never in the caller.
     """
     if webhooks is None:
         scope = Q(team__isnull=True) | (Q(team=team) if team is not None else Q(pk__in=[]))
@@ -68,7 +68,7 @@ def notify(
     except IntegrityError:
         return None  # raised already, by this process or another
     logger.warning("alert raised: %s (%s): %s", condition, period_key, text)
-    delivery.wake()
+    wakeup.wake()
     return alert
 
 

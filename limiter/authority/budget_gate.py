@@ -28,8 +28,8 @@ from limiter.usage.budgets import (
     Crossing,
     JobHold,
     JobRefused,
-    threshold_crossed,
 )
+from limiter.usage.services import threshold_crossed
 
 logger = logging.getLogger(__name__)
 

@@ -55,8 +55,8 @@ from limiter.jobs.ownership import model_key, owned_models, usable
 from limiter.jobs.shapes import job_json
 from limiter.upstream import UpstreamError, client
 from limiter.usage.budgets import BUDGET_EXCEEDED
-from limiter.usage.jobs import discounted
 from limiter.usage.prices import prices
+from limiter.usage.pricing import discounted
 
 logger = logging.getLogger(__name__)
 
@@ -481,62 +481,14 @@ async def batches_create(request: Request) -> Response:
     body, split = _batch_body(request)
     await _check_job_body(request, body)
     key = _key(request)
-    owners = await owned_models.owners()
-    try:
-        plan = await services.batch_plan(
-            key=key,
-            input_file_id=str(body["input_file_id"]),
-            split=split,
-            model_usable=lambda model: usable(owners, team_id=key.team_id, name=model),
-        )
-    except services.ModelNotUsable as exc:
-        raise await model_not_found(key, exc.model) from exc
-    except services.BatchTooLarge as exc:
-        raise ApiError(
-            400,
-            MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
-            param="input_file_id",
-            code="batch_too_large",
-        ) from exc
-    except services.UpstreamRefused as exc:
-        return _relay(exc.response)
-    except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+    plan = await _batch_plan(key, body, split)
+    if isinstance(plan, Response):
+        return plan
     ids = [new_public_id(JobKind.BATCH) for _ in plan.lines]
-    estimates: list[Estimate] | None = None
-    if budgets.enabled():
-        factor = Decimal(str(settings.SLUICE_BATCH_PRICE_FACTOR))
-        model_id = body.get("model_id")
-        fallback = model_id if isinstance(model_id, str) else ""
-        estimates = [
-            batch_estimate(
-                lines,
-                str(body["endpoint"]),
-                fallback,
-                lambda m: discounted(prices.price(m), factor),
-            )
-            for lines in plan.lines
-        ]
-        try:
-            await _hold_budget(
-                request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True))
-            )
-        except ApiError:
-            await services.batch_parts_delete(key=key, plan=plan)
-            raise
+    estimates = await _batch_hold(request, key, body, plan, ids)
     warning: str | None
     if plan.part_files:
-        try:
-            job = await sync_to_async(services.batch_accept_split)(
-                key=key, request=body, plan=plan, part_ids=ids, estimates=estimates
-            )
-        except BaseException:
-            await budgets.let_go(ids)
-            raise
-        warning = MSG_BATCH_SPLIT.format(
-            count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
-        )
-        await _start_now(job)  # starts its parts, in fair order with everyone else's
+        job, warning = await _batch_accept_split(key, body, plan, ids, estimates)
     else:
         job = await _accept_held(
             request,
@@ -557,6 +509,87 @@ async def batches_create(request: Request) -> Response:
     if warning:
         answer["warning"] = warning
     return Response.json(answer, status=201)
+
+
+async def _batch_plan(
+    key: KeyInfo, body: dict[str, Any], split: bool
+) -> services.BatchPlan | Response:
+    """The batch's input file counted against the key's cap (and split, if asked), or
+    Together's refusal to relay."""
+    owners = await owned_models.owners()
+    try:
+        return await services.batch_plan(
+            key=key,
+            input_file_id=str(body["input_file_id"]),
+            split=split,
+            model_usable=lambda model: usable(owners, team_id=key.team_id, name=model),
+        )
+    except services.ModelNotUsable as exc:
+        raise await model_not_found(key, exc.model) from exc
+    except services.BatchTooLarge as exc:
+        raise ApiError(
+            400,
+            MSG_BATCH_TOO_LARGE.format(count=exc.count, cap=exc.cap),
+            param="input_file_id",
+            code="batch_too_large",
+        ) from exc
+    except services.UpstreamRefused as exc:
+        return _relay(exc.response)
+    except UpstreamError as exc:
+        raise _upstream_failed(exc) from exc
+
+
+async def _batch_hold(
+    request: Request,
+    key: KeyInfo,
+    body: dict[str, Any],
+    plan: services.BatchPlan,
+    ids: list[str],
+) -> list[Estimate] | None:
+    """Each part's estimate, held against the budgets under its id (None: budgets off).
+    Refused: the parts Sluice uploaded go."""
+    if not budgets.enabled():
+        return None
+    factor = Decimal(str(settings.SLUICE_BATCH_PRICE_FACTOR))
+    model_id = body.get("model_id")
+    fallback = model_id if isinstance(model_id, str) else ""
+    estimates = [
+        batch_estimate(
+            lines,
+            str(body["endpoint"]),
+            fallback,
+            lambda m: discounted(prices.price(m), factor),
+        )
+        for lines in plan.lines
+    ]
+    try:
+        await _hold_budget(request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True)))
+    except ApiError:
+        await services.batch_parts_delete(key=key, plan=plan)
+        raise
+    return estimates
+
+
+async def _batch_accept_split(
+    key: KeyInfo,
+    body: dict[str, Any],
+    plan: services.BatchPlan,
+    ids: list[str],
+    estimates: list[Estimate] | None,
+) -> tuple[Job, str]:
+    """Store a split batch and start its parts; the warning that says it was split."""
+    try:
+        job = await sync_to_async(services.batch_accept_split)(
+            key=key, request=body, plan=plan, part_ids=ids, estimates=estimates
+        )
+    except BaseException:
+        await budgets.let_go(ids)
+        raise
+    warning = MSG_BATCH_SPLIT.format(
+        count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
+    )
+    await _start_now(job)  # starts its parts, in fair order with everyone else's
+    return job, warning
 
 
 async def batches_list(request: Request) -> Response:

@@ -7,7 +7,7 @@ a job is held, and so may be accepted or started, only if its estimate fits what
 budgets have left; refused, nothing is held. The job's row keeps its estimate
 (Job.budget_hold) from its create until the hold ends, so a limiter that starts takes
 the holds back. A hold ends exactly once, by one of:
-- its usage, recorded by the poller (limiter/jobs/usage.py): the first report names it
+- its usage, recorded by the poller (limiter/jobs/usage_collection.py): the first report names it
   and settles it (the estimate leaves, the usage is charged);
 - `let_go`: the job ended without running (cancelled while queued, refused by Together,
   or its key revoked), or its usage could not be read within the poller's look-back,

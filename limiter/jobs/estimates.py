@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from limiter.usage.budgets import JobHold
-from limiter.usage.prices import Price, cost_of
+from limiter.usage.pricing import Price, cost_of
 from limiter.usage.sizing import estimate_parts
 
 Estimate = dict[str, list[float]]  # model -> [tokens, US dollars]

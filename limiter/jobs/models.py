@@ -6,6 +6,9 @@ A job is stored before the team gets an answer, so a restart loses nothing. Its 
 `state` is what Sluice owns (queued, starting, running, done); `upstream_status` is
 Together's status string, kept verbatim. A job holds one of its account's slots while
 it is `starting` or `running`.
+
+The tables keep the names they were created with in the limiter app (`db_table`):
+the jobs app took the models over in its first migration, without moving a row.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class Job(models.Model):
     unchanged_polls = models.PositiveIntegerField(default=0)
 
     class Meta:
+        db_table = "limiter_job"
         ordering = ["-created_at", "-id"]
         indexes = [
             # Slot counts and the queue: jobs of one account and kind in a state, oldest first.
@@ -128,6 +132,7 @@ class JobEvent(models.Model):
     message = models.CharField(max_length=300, blank=True)
 
     class Meta:
+        db_table = "limiter_jobevent"
         ordering = ["created_at", "id"]
 
     def __str__(self) -> str:
@@ -143,6 +148,7 @@ class TeamFile(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "limiter_teamfile"
         constraints = [
             models.UniqueConstraint(fields=["team", "file_id"], name="one_owner_row_per_file")
         ]
@@ -174,6 +180,7 @@ class TeamModel(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        db_table = "limiter_teammodel"
         ordering = ["name"]
 
     def __str__(self) -> str:

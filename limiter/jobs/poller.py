@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.db import close_old_connections
 
-from limiter.jobs import budgets, selectors, services, together, usage
+from limiter.jobs import budgets, selectors, services, together, usage_collection
 from limiter.jobs.live import HEARTBEAT_SECONDS
 from limiter.jobs.models import Job
 from limiter.protocol.events import LIVE_GROUP
@@ -100,10 +100,12 @@ class Poller:
         return started
 
     async def record_usage(self) -> bool:
-        return await usage.jobs_usage_collect()
+        return await usage_collection.jobs_usage_collect()
 
     async def release_holds(self) -> bool:
-        ended = await sync_to_async(budgets.jobs_holding_ended)(lookback=usage.USAGE_LOOKBACK)
+        ended = await sync_to_async(budgets.jobs_holding_ended)(
+            lookback=usage_collection.USAGE_LOOKBACK
+        )
         cleared = [
             job.public_id for job in ended if await sync_to_async(budgets.hold_clear)(job=job)
         ]

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from asgiref.sync import sync_to_async
@@ -42,7 +42,6 @@ from django.db.models.functions import Coalesce
 from django.db.models.lookups import LessThan
 from django.utils import timezone
 
-from limiter.gateway.keys import KeyInfo
 from limiter.jobs import budgets, fields, together
 from limiter.jobs.estimates import Estimate
 from limiter.jobs.models import (
@@ -65,6 +64,25 @@ from limiter.models import ConfigVersion, EndpointLimit, UpstreamAccount
 from limiter.upstream import Target, UpstreamError, account_target
 
 logger = logging.getLogger(__name__)
+
+
+class Caller(Protocol):
+    """The key a job is made under, as these services read it: the gateway's KeyInfo is
+    one, and so is any object with these attributes."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def team_id(self) -> int: ...
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def target(self) -> Target: ...
+    @property
+    def max_batch_requests(self) -> int | None: ...
+
 
 # Statuses Together documents; anything else is logged once per change and treated as running.
 KNOWN_STATUSES = {
@@ -140,7 +158,7 @@ def _event(job: Job, message: str = "") -> None:
 
 def _new_job(
     *,
-    key: KeyInfo,
+    key: Caller,
     kind: str,
     request: dict[str, Any],
     parent: Job | None = None,
@@ -178,7 +196,7 @@ def _new_job(
 @transaction.atomic
 def job_accept(
     *,
-    key: KeyInfo,
+    key: Caller,
     kind: str,
     request: dict[str, Any],
     request_count: int | None = None,
@@ -200,7 +218,7 @@ def job_accept(
 @transaction.atomic
 def batch_accept_split(
     *,
-    key: KeyInfo,
+    key: Caller,
     request: dict[str, Any],
     plan: BatchPlan,
     part_ids: list[str] | None = None,
@@ -231,7 +249,7 @@ def batch_accept_split(
 
 
 async def batch_plan(
-    *, key: KeyInfo, input_file_id: str, split: bool, model_usable: Callable[[str], bool]
+    *, key: Caller, input_file_id: str, split: bool, model_usable: Callable[[str], bool]
 ) -> BatchPlan:
     """Count the input file's requests against the key's per-batch cap; split it if asked.
 
@@ -291,12 +309,12 @@ async def batch_plan(
     return plan
 
 
-async def batch_parts_delete(*, key: KeyInfo, plan: BatchPlan) -> None:
+async def batch_parts_delete(*, key: Caller, plan: BatchPlan) -> None:
     """A split batch refused after its parts were uploaded: they go (best effort)."""
     await _files_delete(key.target, [file_id for file_id, _count in plan.part_files])
 
 
-async def file_size(*, key: KeyInfo, file_id: str) -> int | None:
+async def file_size(*, key: Caller, file_id: str) -> int | None:
     """The size in bytes Together reports for a file, None when it does not say."""
     try:
         response = await together.file_meta(key.target, file_id)

@@ -86,7 +86,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 logger = logging.getLogger(__name__)
@@ -203,7 +202,7 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class Crossing:
-    """A threshold crossed, for `threshold_crossed`."""
+    """A threshold crossed, for the worker to record (services.threshold_crossed)."""
 
     rule: BudgetRule
     level: str
@@ -561,63 +560,3 @@ def _held(key_id: str, hold: JobHold, now: datetime) -> Reservation:
 def _at_least(state: BudgetState, level: str) -> bool:
     limit = state.rule.limit
     return state.spent >= (limit if level == HARD else limit * state.rule.soft_threshold)
-
-
-def threshold_crossed(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
-    """THE place a budget's threshold crossing goes: logged, and recorded once per
-    (budget, level, period) in BudgetCrossing, and an alert to the webhooks (budget_alert).
-    Runs off the limiter's event loop (it writes to the database)."""
-    from limiter.usage.services import budget_crossing_record
-
-    logger.warning(
-        "budget %d (%s, %s %s per %s on %s) crossed its %s threshold: %.6g spent",
-        budget.id,
-        budget.owner,
-        budget.limit,
-        budget.unit,
-        budget.period,
-        budget.model or "all models",
-        level,
-        spent,
-    )
-    budget_crossing_record(
-        budget_id=budget.id,
-        level=level,
-        period_start=period_start,
-        spent=Decimal(str(spent)),
-        limit=Decimal(str(budget.limit)),
-    )
-    budget_alert(budget, level, spent, period_start)
-
-
-PER = {"day": "daily", "week": "weekly", "month": "monthly"}
-
-
-def budget_alert(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
-    """The webhooks' word on it: one alert per budget, level and period (the alerts
-    table dedupes, so a restarted limiter that crosses again in the period stays quiet).
-    Only queued here: every web process's alerts loop delivers it."""
-    from limiter.alerts.services import notify
-    from limiter.models import Team
-
-    unit = "$" if budget.unit == "dollars" else ""
-    amount = f"{unit}{spent:,.2f}" if unit else f"{spent:,.0f} tokens"
-    limit = f"{unit}{budget.limit:,.2f}" if unit else f"{budget.limit:,.0f} tokens"
-    what = "reached its limit: calls are refused" if level == HARD else "passed its soft threshold"
-    notify(
-        f"budget_{level}:{budget.id}",
-        period_key=period_start.isoformat(timespec="minutes"),
-        text=(
-            f"The {PER[budget.period]} budget of {budget.owner} on "
-            f"{budget.model or 'all models'} {what}: {amount} of {limit} used."
-        ),
-        team=Team.objects.filter(pk=budget.team_id).first(),
-        fields={
-            "budget": budget.id,
-            "level": level,
-            "spent": round(spent, 6),
-            "limit": budget.limit,
-            "unit": budget.unit,
-            "period_start": period_start.isoformat(),
-        },
-    )

@@ -23,7 +23,7 @@ Budget: a ceiling per team (optionally one key) on tokens or dollars per calenda
   limiter worker from its own copy (limiter/usage/budgets.py).
 
 BudgetCrossing: each threshold a budget crossed, once per (budget, level, period):
-  the record `budgets.threshold_crossed` writes, and what alerts will read.
+  the record `services.threshold_crossed` writes, and what alerts will read.
 
 JobUsage: a fine-tune's or batch's usage, recorded once per job (the one-to-one) in the
   same transaction as its rollup rows, so any number of pollers record it exactly once.
@@ -44,8 +44,8 @@ from limiter.models import VISIBLE_PREFIX_LENGTH, ApiKey, EndpointKind, Team
 
 # SQLite keeps a decimal column as a double, and Django reads it back rounded to 15
 # significant digits: an amount with more comes back changed, or, rounded up past the
-# field's digits, not at all (issue 18: a limit of 99999999999999.9999999 stopped the
-# limiter's reload). So staff's amounts keep to 15 digits, on every database alike.
+# field's digits, not at all (a limit of 99999999999999.9999999 would stop the limiter's
+# reload). So staff's amounts keep to 15 digits, on every database alike.
 EXACT_DIGITS = 15
 MSG_AMOUNT = (
     "Enter an amount with at most {whole} digits before the point, {places} after it "
@@ -284,9 +284,9 @@ class BudgetCrossing(models.Model):
 
 class JobUsage(models.Model):
     """What an ended fine-tune or batch used, as Together reported it: written once, with
-    the job's rollup rows (limiter/usage/jobs.py)."""
+    the job's rollup rows (limiter/usage/job_reports.py)."""
 
-    job = models.OneToOneField("limiter.Job", on_delete=models.CASCADE, related_name="usage")
+    job = models.OneToOneField("jobs.Job", on_delete=models.CASCADE, related_name="usage")
     total_tokens = models.PositiveBigIntegerField(default=0)
     cost = models.DecimalField(max_digits=24, decimal_places=10, default=Decimal(0))
     # Why nothing was counted, when nothing was ("no token count reported"...).

@@ -15,46 +15,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import sync_to_async
 
+from limiter.models import UpstreamAccount
 from limiter.protocol.changes import register_cache
+from limiter.upstream import UpstreamError, account_target
+from limiter.upstream import client as upstream
+from limiter.usage.models import ModelPrice
+from limiter.usage.pricing import NO_PRICE, Price, cost_of, list_prices
+from limiter.usage.selectors import prices_readable
+from limiter.usage.services import amount_unreadable, prices_record
+
+# The price arithmetic, for the callers that price with this process's copy.
+__all__ = ["NO_PRICE", "Price", "Prices", "cost_of", "list_prices", "price_override", "prices"]
 
 logger = logging.getLogger(__name__)
 
 RELOAD_SECONDS = 60.0
-
-# (input $/1M tokens, output $/1M tokens, $/image): the price in force, copied into rows.
-Price = tuple[Decimal | None, Decimal | None, Decimal | None]
-NO_PRICE: Price = (None, None, None)
-
-
-def _decimal(value: Any) -> Decimal | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return number if number.is_finite() and number >= 0 else None
-
-
-def list_prices(rows: list[dict[str, Any]]) -> dict[str, tuple[Decimal | None, Decimal | None]]:
-    """Together's `pricing: {input, output}` per model id (dollars per million tokens),
-    leniently: a row without a usable price is skipped."""
-    found = {}
-    for row in rows:
-        if not isinstance(row, dict) or not isinstance(row.get("id"), str):
-            continue
-        pricing = row.get("pricing")
-        if not isinstance(pricing, dict):
-            continue
-        inp, out = _decimal(pricing.get("input")), _decimal(pricing.get("output"))
-        if inp is not None or out is not None:
-            found[row["id"][:200]] = (inp, out)
-    return found
 
 
 class Prices:
@@ -122,9 +102,6 @@ class Prices:
 
     def load(self) -> None:
         """Read every ModelPrice (sync: call off the event loop)."""
-        from limiter.usage.selectors import prices_readable
-        from limiter.usage.services import amount_unreadable
-
         together, override = {}, {}
         rows, broken = prices_readable()
         for row in rows:
@@ -170,10 +147,6 @@ async def refresh_from_together() -> None:
     """Fetch every upstream account's model list for its prices, all at once (a process
     starting). A failure is logged; its account's models stay unpriced until a call
     names one (limiter/gateway/metering.py asks again, at most once a minute)."""
-    from limiter.models import UpstreamAccount
-    from limiter.upstream import UpstreamError, account_target
-    from limiter.upstream import client as upstream
-    from limiter.usage.services import prices_record
 
     def accounts() -> list[UpstreamAccount]:
         return list(UpstreamAccount.objects.all())
@@ -200,14 +173,25 @@ async def refresh_from_together() -> None:
     await asyncio.gather(*(one(a) for a in await sync_to_async(accounts, thread_sensitive=True)()))
 
 
-def cost_of(price: Price, prompt: int, completion: int, images: int) -> Decimal:
-    """Dollars for these counts at `price` (per million tokens, per image)."""
-    inp, out, image = price
-    cost = Decimal(0)
-    if inp is not None and prompt:
-        cost += inp * prompt / 1_000_000
-    if out is not None and completion:
-        cost += out * completion / 1_000_000
-    if image is not None and images:
-        cost += image * images
-    return cost
+def price_override(
+    *,
+    model: str,
+    input_price: Decimal | None,
+    output_price: Decimal | None,
+    image_price: Decimal | None,
+) -> ModelPrice:
+    """Staff's negotiated rate for a model (None: Together's list price applies), in force
+    in this process at once and in the others at the broadcast its save makes."""
+    # The overrides are all set here: not read, so a row whose stored one cannot be read
+    # is mended.
+    overrides = ("override_input", "override_output", "image_price")
+    row, _created = ModelPrice.objects.defer(*overrides).get_or_create(model=model)
+    row.override_input, row.override_output, row.image_price = (
+        input_price,
+        output_price,
+        image_price,
+    )
+    row.full_clean()
+    row.save()  # broadcast: every web process reloads its prices (limiter/usage/signals.py)
+    prices.load()
+    return row

@@ -2,8 +2,8 @@
 
 A call only adds its counts to an in-memory row (a dict lookup and a few additions);
 a background task writes the rows that changed every SLUICE_USAGE_FLUSH_SECONDS in one
-transaction, modelled on the 429 recorder (limiter/gateway/refusals.py). Each process writes
-only its own rows (`writer`, unique per process start), adding to them with F()
+transaction (limiter/batching.py, as the 429 record does). Each process writes only its
+own rows (`writer`, unique per process start), adding to them with F()
 increments, so several web processes never race on a row and a query sums over them.
 
 `serve`'s drain on SIGTERM flushes last (limiter/serving.py): a graceful shutdown loses
@@ -34,8 +34,9 @@ from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.db.models import F
 
-from limiter.gateway.refusals import BatchWriter, write_each
-from limiter.usage.prices import NO_PRICE, Price, cost_of, prices
+from limiter.batching import BatchWriter, write_each
+from limiter.usage.prices import prices
+from limiter.usage.pricing import NO_PRICE, Price, cost_of
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from django.utils import timezone
 from limiter.models import ApiKey
 from limiter.usage.budgets import BudgetRule, period_bounds
 from limiter.usage.models import Budget, ModelPrice, UsageRollup
-from limiter.usage.prices import NO_PRICE, Price
+from limiter.usage.pricing import NO_PRICE, Price
 
 SUMMED = ("requests", "units", "prompt_tokens", "completion_tokens", "total_tokens", "cost")
 GROUPS = {
@@ -243,8 +243,9 @@ def _spent(rule: BudgetRule, since: datetime) -> float:
 
 
 # What reading a row raises when a stored amount does not fit its field: SQLite keeps
-# decimals as doubles, and one written before amounts were checked (issue 18), or by hand,
-# may not read back (decimal.InvalidOperation is an ArithmeticError).
+# decimals as doubles, and an amount written around the checks (by hand, or by a version
+# that did not check them) may not read back (decimal.InvalidOperation is an
+# ArithmeticError).
 _UNREADABLE = (ArithmeticError, TypeError, ValueError)
 BUDGET_AMOUNTS = ("limit",)
 M = TypeVar("M", bound=Model)

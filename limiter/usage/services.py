@@ -1,5 +1,7 @@
-"""Writes of the usage app: Together's prices, staff's overrides, budgets, crossings,
-fine-tunes' and batches' usage."""
+"""Writes of the usage app: Together's list prices, budgets, their crossings (recorded
+and alerted), fine-tunes' and batches' usage, and the alert for an amount that cannot
+be read. Staff's price overrides are written with the process's copy of the prices
+(prices.py), which they reload."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from decimal import Decimal
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from limiter.gateway.refusals import UNSTORABLE
-from limiter.models import ApiKey, Job, Team
-from limiter.usage.jobs import JobUsageReport, minute_of
+from limiter.alerts.services import notify
+from limiter.batching import UNSTORABLE
+from limiter.models import ApiKey, Team
+from limiter.usage.budgets import HARD, BudgetRule
+from limiter.usage.job_reports import EndedJob, JobUsageReport, minute_of
 from limiter.usage.models import Budget, BudgetCrossing, JobUsage, ModelPrice, UsageRollup
-from limiter.usage.prices import prices
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +58,9 @@ def prices_record(*, found: dict[str, tuple[Decimal | None, Decimal | None]]) ->
 
 
 def amount_unreadable(*, kind: str, row_id: int, team: Team | None = None, model: str = "") -> None:
-    """A budget or price row whose stored amount cannot be read (written before amounts
-    were checked, or by hand): its readers skip it; this logs it and raises an alert on
-    the Alerts page, once a day while it stays. Never raises."""
-    from limiter.alerts.services import notify
-
+    """A budget or price row whose stored amount cannot be read (written around the
+    checks): its readers skip it; this logs it and raises an alert on the Alerts page,
+    once a day while it stays. Never raises."""
     logger.error(
         "%s %d cannot be read (a stored amount does not fit its field): skipped", kind, row_id
     )
@@ -75,29 +76,6 @@ def amount_unreadable(*, kind: str, row_id: int, team: Team | None = None, model
         )
     except Exception:  # its readers go on without it: the log line stands
         logger.exception("could not raise the alert of %s %d", kind, row_id)
-
-
-def price_override(
-    *,
-    model: str,
-    input_price: Decimal | None,
-    output_price: Decimal | None,
-    image_price: Decimal | None,
-) -> ModelPrice:
-    """Staff's negotiated rate for a model (None: Together's list price applies)."""
-    # The overrides are all set here: not read, so a row whose stored one cannot be read
-    # is mended.
-    overrides = ("override_input", "override_output", "image_price")
-    row, _created = ModelPrice.objects.defer(*overrides).get_or_create(model=model)
-    row.override_input, row.override_output, row.image_price = (
-        input_price,
-        output_price,
-        image_price,
-    )
-    row.full_clean()
-    row.save()  # broadcast: every web process reloads its prices (limiter/usage/signals.py)
-    prices.load()  # this one at once
-    return row
 
 
 def budget_create(
@@ -156,14 +134,69 @@ def budget_crossing_record(
     return created
 
 
-def job_usage_record(*, job: Job, report: JobUsageReport, source: str) -> bool:
+def threshold_crossed(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
+    """THE place a budget's threshold crossing goes: logged, and recorded once per
+    (budget, level, period) in BudgetCrossing, and an alert to the webhooks (budget_alert).
+    Runs off the limiter's event loop (it writes to the database)."""
+    logger.warning(
+        "budget %d (%s, %s %s per %s on %s) crossed its %s threshold: %.6g spent",
+        budget.id,
+        budget.owner,
+        budget.limit,
+        budget.unit,
+        budget.period,
+        budget.model or "all models",
+        level,
+        spent,
+    )
+    budget_crossing_record(
+        budget_id=budget.id,
+        level=level,
+        period_start=period_start,
+        spent=Decimal(str(spent)),
+        limit=Decimal(str(budget.limit)),
+    )
+    budget_alert(budget, level, spent, period_start)
+
+
+PER = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
+def budget_alert(budget: BudgetRule, level: str, spent: float, period_start: datetime) -> None:
+    """The webhooks' word on it: one alert per budget, level and period (the alerts
+    table dedupes, so a restarted limiter that crosses again in the period stays quiet).
+    Only queued here: every web process's alerts loop delivers it."""
+    unit = "$" if budget.unit == "dollars" else ""
+    amount = f"{unit}{spent:,.2f}" if unit else f"{spent:,.0f} tokens"
+    limit = f"{unit}{budget.limit:,.2f}" if unit else f"{budget.limit:,.0f} tokens"
+    what = "reached its limit: calls are refused" if level == HARD else "passed its soft threshold"
+    notify(
+        f"budget_{level}:{budget.id}",
+        period_key=period_start.isoformat(timespec="minutes"),
+        text=(
+            f"The {PER[budget.period]} budget of {budget.owner} on "
+            f"{budget.model or 'all models'} {what}: {amount} of {limit} used."
+        ),
+        team=Team.objects.filter(pk=budget.team_id).first(),
+        fields={
+            "budget": budget.id,
+            "level": level,
+            "spent": round(spent, 6),
+            "limit": budget.limit,
+            "unit": budget.unit,
+            "period_start": period_start.isoformat(),
+        },
+    )
+
+
+def job_usage_record(*, job: EndedJob, report: JobUsageReport, source: str) -> bool:
     """Record an ended job's usage once: its JobUsage row and its rollup rows in one
     transaction. False when it was already recorded (another poller, a second sight)."""
     finished = job.finished_at or timezone.now()
     try:
         with transaction.atomic():
             JobUsage.objects.create(
-                job=job, total_tokens=report.total_tokens, cost=report.cost, note=report.note
+                job_id=job.id, total_tokens=report.total_tokens, cost=report.cost, note=report.note
             )
             UsageRollup.objects.bulk_create(
                 [
@@ -171,9 +204,9 @@ def job_usage_record(*, job: Job, report: JobUsageReport, source: str) -> bool:
                         writer=f"job:{job.public_id}"[:64],
                         minute=minute_of(finished),
                         team_id=job.team_id,
-                        team_name=job.team.name,
+                        team_name=job.team_name,
                         key_prefix=job.key_prefix,
-                        upstream=job.account.name,
+                        upstream=job.account_name,
                         endpoint="fine_tunes" if source == "fine_tune" else "batches",
                         model=line.model,
                         status_class=line.status_class,
@@ -203,6 +236,6 @@ def job_usage_record(*, job: Job, report: JobUsageReport, source: str) -> bool:
             type(exc).__name__,
         )
         with transaction.atomic():
-            JobUsage.objects.get_or_create(job=job, defaults={"note": MSG_USAGE_UNSTORABLE})
+            JobUsage.objects.get_or_create(job_id=job.id, defaults={"note": MSG_USAGE_UNSTORABLE})
         return False
     return True

@@ -13,7 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
 
-from limiter.alerts import delivery, destinations, monitor
+from limiter.alerts import delivery, destinations, monitor, rates
 from limiter.alerts.destinations import MSG_PRIVATE, address_public
 from limiter.alerts.models import MSG_UPSTREAM_ON_TEAM, Alert, Attempt, Delivery, Signal, Webhook
 from limiter.alerts.payload import alert_payload, redact_url, scrub
@@ -34,10 +34,10 @@ def _fresh_process(settings):
     settings.SLUICE_ALERT_MAX_ATTEMPTS = 3
     # The tests' hooks.example names resolve nowhere: let them be saved unresolved.
     settings.SLUICE_WEBHOOK_ALLOW_PRIVATE = True
-    delivery._raised.clear()
+    rates._raised.clear()
     monitor.monitor.take()
     yield
-    delivery._raised.clear()
+    rates._raised.clear()
 
 
 @pytest.fixture
@@ -69,13 +69,13 @@ def test_a_rate_is_judged_on_the_counts_of_all_processes_together(teams):
     key = (monitor.TEAM_429, str(search.pk))
 
     # Two processes see 2 and 1 of the team's 429s in the same minute: 3, the threshold.
-    assert delivery.signals_check(Counter({key: 2}), NOW) == 0
-    delivery._raised.clear()  # the other process has its own memory
-    assert delivery.signals_check(Counter({key: 1}), NOW + timedelta(seconds=5)) == 1
+    assert rates.signals_check(Counter({key: 2}), NOW) == 0
+    rates._raised.clear()  # the other process has its own memory
+    assert rates.signals_check(Counter({key: 1}), NOW + timedelta(seconds=5)) == 1
     # A third process, later in the hour, sees the same minute over the threshold: the
     # unique constraint, not its memory, stops a second alert.
-    delivery._raised.clear()
-    assert delivery.signals_check(Counter({key: 4}), NOW + timedelta(seconds=30)) == 0
+    rates._raised.clear()
+    assert rates.signals_check(Counter({key: 4}), NOW + timedelta(seconds=30)) == 0
 
     [alert] = Alert.objects.all()
     assert alert.condition == f"team_429:{search.pk}" and alert.team == search
@@ -92,7 +92,7 @@ def test_together_503s_and_the_limiter_being_down_are_counted_from_the_request_p
         watch.upstream_answered("together", status)
     watch.limiter_unavailable()
 
-    assert delivery.signals_check(watch.take(), NOW) == 2  # 503s reached 2; the limiter, 1
+    assert rates.signals_check(watch.take(), NOW) == 2  # 503s reached 2; the limiter, 1
 
     conditions = set(Alert.objects.values_list("condition", flat=True))
     assert conditions == {"upstream_503:together", "limiter_unavailable"}
@@ -174,14 +174,14 @@ def test_a_webhooks_own_thresholds_tell_it_alone_once_each(teams):
             for alert in Alert.objects.all()
         }
 
-    assert delivery.signals_check(Counter({key: 1}), NOW) == 1  # eager's 1 reached
+    assert rates.signals_check(Counter({key: 1}), NOW) == 1  # eager's 1 reached
     assert told() == {f"{base}@1": {"eager"}}
-    assert delivery.signals_check(Counter({key: 2}), NOW) == 1  # 3: the global setting
+    assert rates.signals_check(Counter({key: 2}), NOW) == 1  # 3: the global setting
     assert told() == {f"{base}@1": {"eager"}, base: {"org"}}
-    delivery._raised.clear()  # another process: the database still says "once"
-    assert delivery.signals_check(Counter({key: 2}), NOW) == 1  # 5: search's own
+    rates._raised.clear()  # another process: the database still says "once"
+    assert rates.signals_check(Counter({key: 2}), NOW) == 1  # 5: search's own
     assert told() == {f"{base}@1": {"eager"}, base: {"org"}, f"{base}@5": {"search"}}
-    assert delivery.signals_check(Counter({key: 10}), NOW) == 0
+    assert rates.signals_check(Counter({key: 10}), NOW) == 0
     assert {org, eager, own} == {d.webhook for d in Delivery.objects.all()}
     alert = Alert.objects.get(condition=f"{base}@5")
     assert alert.fields["per_minute_threshold"] == 5 and "got 5 429s" in alert.text

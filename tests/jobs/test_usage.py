@@ -13,10 +13,10 @@ from channels.layers import get_channel_layer
 
 from limiter.jobs.models import Job, JobState
 from limiter.jobs.poller import Poller
-from limiter.jobs.usage import job_usage_collect
+from limiter.jobs.usage_collection import job_usage_collect
 from limiter.protocol import events
 from limiter.usage.models import JobUsage, UsageRollup
-from limiter.usage.prices import list_prices
+from limiter.usage.pricing import list_prices
 from limiter.usage.services import prices_record
 from sandbox.catalog import model_list
 from sandbox.jobs import FINE_TUNE_NANODOLLARS_PER_TOKEN

@@ -3,7 +3,7 @@
 A job that has ended (state `done`, with an upstream id) and has no JobUsage row yet
 is due. A fine-tune's usage is in Together's last view of it (stored by the poll that
 saw it end); a batch's is in its output file, read here. What it used goes to the
-usage rollups (limiter/usage/jobs.py says how it is counted and priced) and, when the
+usage rollups (limiter/usage/job_reports.py says how it is counted and priced) and, when the
 job's key is known, to its budgets through the limiter, settling the estimate the job
 held since its create (limiter/jobs/budgets.py): the hold is cleared in the same
 transaction as the rollups are written, and the first report names it. The JobUsage row makes it
@@ -31,9 +31,10 @@ from limiter.jobs.budgets import hold_clear
 from limiter.jobs.models import Job, JobKind, JobState
 from limiter.protocol import events
 from limiter.upstream import UpstreamError, account_target
-from limiter.usage.jobs import (
+from limiter.usage.job_reports import (
     MSG_NO_OUTPUT,
     MSG_OUTPUT_GONE,
+    EndedJob,
     JobUsageReport,
     batch_usage,
     fine_tune_usage,
@@ -120,8 +121,20 @@ def _record(job: Job, report: JobUsageReport, source: str) -> tuple[bool, bool]:
     held one). A limiter that starts then either takes the hold back or counts the
     usage in the rollups it seeds from, never both."""
     with transaction.atomic():
-        recorded = job_usage_record(job=job, report=report, source=source)
+        recorded = job_usage_record(job=_ended(job), report=report, source=source)
         return recorded, recorded and hold_clear(job=job)
+
+
+def _ended(job: Job) -> EndedJob:
+    return EndedJob(
+        id=job.pk,
+        public_id=job.public_id,
+        team_id=job.team_id,
+        team_name=job.team.name,
+        key_prefix=job.key_prefix,
+        account_name=job.account.name,
+        finished_at=job.finished_at,
+    )
 
 
 async def _charge_budgets(key_id: str, report: JobUsageReport, hold: str) -> None:

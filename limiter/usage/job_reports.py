@@ -26,7 +26,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from limiter.usage.prices import NO_PRICE, Price, cost_of
+from limiter.usage.pricing import NO_PRICE, Price, cost_of, discounted
 
 NANODOLLARS = Decimal(1_000_000_000)
 
@@ -37,6 +37,20 @@ BATCH_STATUS = {"COMPLETED": "2xx", "CANCELLED": "2xx", "EXPIRED": "2xx", "FAILE
 MSG_NO_TOKEN_COUNT = "Together reported no token count for this fine-tune"
 MSG_NO_OUTPUT = "the batch has no output file"
 MSG_OUTPUT_GONE = "the batch's output file could not be read (HTTP {status})"
+
+
+@dataclass(frozen=True, slots=True)
+class EndedJob:
+    """The job whose usage is recorded, as the usage records name it (the jobs app's
+    Job, reduced to what a rollup row copies)."""
+
+    id: int
+    public_id: str
+    team_id: int
+    team_name: str
+    key_prefix: str
+    account_name: str
+    finished_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +144,6 @@ def batch_usage(
             )
         )
     return JobUsageReport(lines)
-
-
-def discounted(price: Price, factor: Decimal) -> Price:
-    """A price times `factor` (batches: Together's batch discount)."""
-    inp, out, image = price
-    return (
-        None if inp is None else inp * factor,
-        None if out is None else out * factor,
-        image,
-    )
 
 
 def minute_of(moment: datetime) -> datetime:
