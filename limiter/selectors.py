@@ -18,8 +18,8 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Substr, TruncMinute
 from django.utils import timezone
 
-from limiter.authority import engine
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
+from limiter.protocol import events
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -313,12 +313,12 @@ def refusal_csv_chunk(
 # The reasons a refusal can carry, offered as suggestions in the filter. A fixed list:
 # DISTINCT over a million rows would cost more than the page itself.
 KNOWN_REASONS = (
-    engine.RATE_LIMITED,
-    engine.ACCOUNT_RATE_LIMITED,
-    engine.TOKEN_RATE_LIMITED,
-    engine.QUEUE_FULL,
-    engine.QUEUE_TIMEOUT,
-    engine.CONCURRENCY_LIMITED,
-    engine.UPSTREAM_PAUSED,
+    events.RATE_LIMITED,
+    events.ACCOUNT_RATE_LIMITED,
+    events.TOKEN_RATE_LIMITED,
+    events.QUEUE_FULL,
+    events.QUEUE_TIMEOUT,
+    events.CONCURRENCY_LIMITED,
+    events.UPSTREAM_PAUSED,
     "upstream_rate_limited",
 )
