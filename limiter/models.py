@@ -289,9 +289,9 @@ class UpstreamAccount(models.Model):
 class LearnedCeiling(models.Model):
     """What the limiter learned of one model's limit on one account, kept across restarts.
 
-    Written by the limiter worker in batches, off its decision path (limiter/authority/worker.py),
-    and read when a limiter starts so it paces each model where the last one left off
-    instead of at the profile's starting point. Rows older than
+    Written by the limiter in batches, off its decision path
+    (limiter/authority/learning.py), and read when a limiter starts so it paces each model
+    where the last one left off instead of at the profile's starting point. Rows older than
     SLUICE_LEARNED_CEILING_MAX_AGE are ignored then: Together's dynamic limit follows
     recent traffic, so an old reading says little.
     """

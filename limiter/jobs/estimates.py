@@ -3,7 +3,7 @@ create until its usage settles it (limiter/jobs/budgets.py, limiter/usage/budget
 
 - A batch: each request line's prompt at about 4 characters a token plus its
   `max_tokens` (or `max_completion_tokens`; 256 when unset), the estimate a call of the
-  same body holds (limiter/gateway/admission.py `estimate_parts`), summed per model (the
+  same body holds (limiter/usage/sizing.py `estimate_parts`), summed per model (the
   line's `model`, else the batch's `model_id`), and in dollars at the price this process
   holds for the model times SLUICE_BATCH_PRICE_FACTOR (0 when it knows none).
 - A fine-tune: its training file's size at 4 bytes a token, times `n_epochs` (1 when

@@ -1,9 +1,9 @@
 """Budgets as the limiter worker enforces them: periods, spend, reservations, crossings.
 
-The worker (limiter/authority/worker.py) is the single authority: it holds a `BudgetBook`, the
-budgets and, for each one in its current calendar period, what was `spent` and what is
-`reserved` by calls in flight, and checks it on every ACQUIRE without touching the
-database. The book is seeded from the usage rollups when the worker loads a budget it
+The limiter (limiter/authority/budget_gate.py) is the single authority: it holds a
+`BudgetBook`, the budgets and, for each one in its current calendar period, what was
+`spent` and what is `reserved` by calls in flight, and checks it on every ACQUIRE without
+touching the database. The book is seeded from the usage rollups when the worker loads a budget it
 does not track yet (its start, a new budget), and a period that turns over starts with
 nothing spent.
 

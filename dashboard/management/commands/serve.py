@@ -86,9 +86,10 @@ class Command(BaseCommand):
 
         from dashboard.asgi import team_api
         from limiter import serving
+        from limiter.protocol.tasks import spawn
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
-        asyncio.ensure_future(serving.ensure_started())
+        spawn(serving.ensure_started())
 
         def stop_listening() -> None:
             for listening_port in server.ports:
