@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.isolation.conftest import Jobs, TeamClient, World, assert_openai_error
+from tests.isolation.conftest import Jobs, TeamClient, World, assert_openai_error, wait_for
 from tests.isolation.routes import V1Route, v1_routes
 from tests.jobs.conftest import batch_lines
 
@@ -101,7 +101,15 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     world.ops.patch(f"/limits/{limit_id}", json={"max_concurrent": 3}).raise_for_status()
     started = stayer.client.post("/v1/batches", json=body)
     assert started.status_code == 201, started.text
-    assert started.json()["job"]["status"] != "QUEUED"  # a slot was free
+    # A slot was free, so it starts: at once, or, when the job poller claimed it first
+    # (it starts queued work too), moments later; a claimed job reads QUEUED until
+    # Together has it.
+    started_id = started.json()["job"]["id"]
+    wait_for(
+        lambda: stayer.client.get(f"/v1/batches/{started_id}").json()["status"],
+        lambda status: status != "QUEUED",
+        within=15,
+    )
 
     job = world.db.job(job_id)
     assert job.upstream_id is None, (
