@@ -139,17 +139,24 @@ def _unit(nodeid: str) -> str:
     return "tests/isolation/" if path.startswith("tests/isolation/") else path
 
 
-# tryfirst: pytest-xdist's worker reads the group marks in its own hook of the same name,
-# so the marks must be on the items before it runs (without it, a file's tests were spread
-# over every worker, each starting the file's servers again).
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        unit = _unit(item.nodeid)
-        return next(
-            (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
-        )
+def rank(item: pytest.Item) -> int:
+    """Where the item's unit stands in SLOW_FIRST (the rest after, in file order)."""
+    unit = _unit(item.nodeid)
+    return next(
+        (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
+    )
 
-    items.sort(key=rank)  # stable: the order within a file is kept
+
+# A wrapper, because the two halves must come at different times. The group marks go on
+# before any implementation runs: pytest-xdist's worker reads them in its own hook of the
+# same name (without them, a file's tests were spread over every worker, each starting
+# the file's servers again). The sort comes after every implementation: pytest-django's
+# (tryfirst) reorders the whole session by database use, which put the units whose tests
+# use `db` first and the slowest ones (which mostly do not) hundreds of seconds late.
+@pytest.hookimpl(wrapper=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(_unit(item.nodeid)))
+    result = yield
+    items.sort(key=rank)  # stable: the order within a file is kept
+    return result
