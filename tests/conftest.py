@@ -11,6 +11,7 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 import urllib.parse
 
 import pytest
@@ -21,6 +22,14 @@ REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+
+# The suite starts some hundreds of Python processes (servers, workers, shells, commands).
+# With PYTHONDONTWRITEBYTECODE set, as on the CI machines, each compiled the project's
+# modules from source again (0.15 s of CPU a process) and each pytest process rewrote
+# every test module's assertions again: the compiled files are cached in __pycache__
+# (ignored by git and by the image's COPY steps) for this run's processes and the next.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 
 def need(available: bool, reason: str) -> None:
