@@ -16,6 +16,7 @@ import urllib.parse
 
 import pytest
 
+from tests import databases
 from tests.servers import SluiceServer, free_port  # noqa: F401  (re-exported for test modules)
 
 REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
@@ -30,6 +31,18 @@ CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
 # (ignored by git and by the image's COPY steps) for this run's processes and the next.
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Name the run before pytest-xdist starts its workers, which inherit it: they share
+    # the migrated database templates (tests/databases.py).
+    if not hasattr(config, "workerinput"):
+        databases.run_id()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, once every worker is done
+        databases.remove_templates(POSTGRES_URL if reachable(POSTGRES_URL) else None)
 
 
 def need(available: bool, reason: str) -> None:

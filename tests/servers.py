@@ -10,12 +10,10 @@ import json
 import os
 import secrets
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from typing import Any
 import httpx
 
 from sandbox import SandboxConfig, run_in_thread
+from tests import databases
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -61,7 +60,7 @@ class SluiceServer:
     REDIS_URL), and `limiter_worker` starts `manage.py runworker limiter` beside them.
     """
 
-    admin_username = "ops"
+    admin_username = databases.ADMIN_USERNAME
 
     def __init__(
         self,
@@ -112,12 +111,18 @@ class SluiceServer:
     def __enter__(self) -> SluiceServer:
         database = self.env["DATABASE_URL"]
         if database.startswith("sqlite:///"):
-            # Migrating takes seconds: copy a database migrated once per test session.
-            shutil.copy(_migrated_sqlite(), database.removeprefix("sqlite:///"))
-            self.admin_password = TEMPLATE_ADMIN_PASSWORD
+            # Migrating takes seconds: copy a database migrated once per test run.
+            databases.copy_migrated_sqlite(Path(database.removeprefix("sqlite:///")))
+            self.admin_password = databases.admin_password()
+        elif databases.is_migrated_copy(database):  # from databases.postgres_database()
+            self.admin_password = databases.admin_password()
         else:
             self.manage("migrate", "--noinput", "-v0")
-            self.python(_create_admin(self.admin_username, self.admin_password))
+            self.python(
+                "from django.contrib.auth import get_user_model;"
+                "get_user_model().objects.create_superuser("
+                f"{self.admin_username!r}, '', {self.admin_password!r})"
+            )
         try:
             if self.limiter_worker:
                 self.start_worker()
@@ -334,49 +339,6 @@ class Shell:
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None:
                 stream.close()
-
-
-TEMPLATE_ADMIN_PASSWORD = secrets.token_urlsafe(12)
-_template: Path | None = None
-
-
-def _create_admin(username: str, password: str) -> str:
-    return (
-        "from django.contrib.auth import get_user_model;"
-        f"get_user_model().objects.create_superuser('{username}', '', '{password}')"
-    )
-
-
-def _migrated_sqlite() -> Path:
-    """A SQLite database migrated once per test session, with the admin login."""
-    global _template
-    if _template is None:
-        path = Path(tempfile.mkdtemp(prefix="sluice-template-")) / "template.sqlite3"
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-            "DATABASE_URL": f"sqlite:///{path}",
-        }
-        for args in (
-            ["migrate", "--noinput", "-v0"],
-            [
-                "shell",
-                "-v",
-                "0",
-                "-c",
-                _create_admin(SluiceServer.admin_username, TEMPLATE_ADMIN_PASSWORD),
-            ],
-        ):
-            subprocess.run(
-                [PYTHON, "manage.py", *args],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                timeout=120,
-                capture_output=True,
-            )
-        _template = path
-    return _template
 
 
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
-import psycopg
 import pytest
 
 from tests.alerts.helpers import staff_session, wait_until
 from tests.conftest import POSTGRES_URL, need, reachable
+from tests.databases import postgres_database
 from tests.servers import SluiceServer
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
@@ -37,16 +37,11 @@ def database(request, tmp_path_factory) -> Iterator[tuple[str, SluiceServer]]:
             yield request.param, server
         return
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    name = f"sluice_amounts_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-        with SluiceServer(tmp, env={"DATABASE_URL": url}) as server:
-            yield request.param, server
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        postgres_database(POSTGRES_URL, prefix="sluice_amounts") as url,
+        SluiceServer(tmp, env={"DATABASE_URL": url}) as server,
+    ):
+        yield request.param, server
 
 
 @pytest.fixture
