@@ -25,6 +25,7 @@ import httpx
 
 from sandbox import SandboxConfig, run_in_thread
 from tests import databases
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -37,19 +38,20 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
         try:
             # Any answer but a 404: another server that took the port between free_port()
             # and our bind (a sandbox) answers /healthz 404, while ours exits non-zero.
-            if httpx.get(url, timeout=1.0).status_code != 404:
-                return
+            return httpx.get(url, timeout=1.0).status_code != 404
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+            return False
+
+    try:
+        wait_until(answers, within=timeout, what=url)
+    except AssertionError as timed_out:
+        raise TimeoutError(f"{url} did not answer within {timeout}s") from timed_out
 
 
 class SluiceServer:
@@ -388,15 +390,14 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("redis-server did not start") from None
-                time.sleep(0.05)
+        wait_until(self._listening, within=10, what="redis-server listening")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, closing
 from datetime import timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from tests.conftest import POSTGRES_URL, need, reachable
 from tests.databases import postgres_database
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
 from tests.servers import Shell
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,6 +147,12 @@ class Deployment:
         )
 
 
+def running(poller: subprocess.Popen, deployment: Deployment) -> bool:
+    """True while the poller runs; its log in the failure once it has exited."""
+    assert poller.poll() is None, (deployment.tmp_path / "poller.log").read_text()
+    return True
+
+
 SUBMIT = """
 import json
 from limiter.gateway import keys
@@ -202,16 +208,12 @@ def _poller_killed_and_restarted(sandbox: ThreadedSandbox, deployment: Deploymen
 
     poller = deployment.poller()
     try:
-        deadline = time.monotonic() + 30
         # Mid-way: the first jobs are running upstream, others still wait.
-        while (
-            sandbox.stats()["fine_tunes"]["created"] < 3
-            or sandbox.stats()["batches"]["created"] < 10
-        ):
-            assert time.monotonic() < deadline and poller.poll() is None, (
-                deployment.tmp_path / "poller.log"
-            ).read_text()
-            time.sleep(0.05)
+        wait_until(
+            lambda: running(poller, deployment) and sandbox.stats(),
+            lambda stats: stats["fine_tunes"]["created"] >= 3 and stats["batches"]["created"] >= 10,
+            within=30,
+        )
         poller.send_signal(signal.SIGKILL)
         poller.wait(10)
     finally:
@@ -232,14 +234,12 @@ def _poller_killed_and_restarted(sandbox: ThreadedSandbox, deployment: Deploymen
 
     poller = deployment.poller()
     try:
-        deadline = time.monotonic() + 60
-        jobs = deployment.jobs()
-        while not all(job["state"] == "done" for job in jobs):
-            assert time.monotonic() < deadline and poller.poll() is None, (
-                deployment.tmp_path / "poller.log"
-            ).read_text()
-            time.sleep(0.5)
-            jobs = deployment.jobs()
+        jobs = wait_until(
+            lambda: running(poller, deployment) and deployment.jobs(),
+            lambda jobs: all(job["state"] == "done" for job in jobs),
+            within=60,
+            every=0.2,
+        )
         poller.send_signal(signal.SIGTERM)
         assert poller.wait(15) == 0
     finally:

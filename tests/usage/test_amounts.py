@@ -17,10 +17,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.alerts.helpers import staff_session, wait_until
+from tests.alerts.helpers import staff_session
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.databases import postgres_database
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 # What each database keeps of the issue's value when written past the checks: SQLite
@@ -190,7 +191,7 @@ def test_a_stored_limit_that_cannot_be_read_is_skipped_and_alerted(database, ops
             alerts = staff.get("/alerts/")
             return f'data-condition="amount_unreadable:budget:{broken}"' in alerts.text
 
-        wait_until(alerted, "the unreadable budget's alert")
+        wait_until(alerted, what="the unreadable budget's alert", within=20)
     assert ops.delete(f"/budgets/{broken}").status_code == 204
     assert ops.get(f"/teams/{team}/budgets").status_code == 200
 
@@ -215,7 +216,7 @@ def test_a_stored_price_that_cannot_be_read_is_skipped_and_alerted(database, ops
             alerts = staff.get("/alerts/")
             return f'data-condition="amount_unreadable:price:{pk}"' in alerts.text
 
-        wait_until(alerted, "the unreadable price's alert")
+        wait_until(alerted, what="the unreadable price's alert", within=20)
     assert f"price {pk}" in server.log() and "cannot be read" in server.log()
     listed = ops.get("/prices")
     assert listed.status_code == 200, listed.text
