@@ -46,7 +46,7 @@ def is_migrated_copy(database_url: str) -> bool:
 def _migrate_with_admin(database_url: str) -> None:
     env = {
         **os.environ,
-        "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
         "DATABASE_URL": database_url,
     }
     admin = (

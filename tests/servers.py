@@ -80,7 +80,7 @@ class SluiceServer:
         self.admin_token = secrets.token_urlsafe(24)
         self.env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.sqlite3'}",
             "TOGETHER_BASE_URL": self.sandbox.v1_url,
             "TOGETHER_API_KEY": "",
