@@ -33,6 +33,31 @@ os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
 
+def _one_default_ssl_context() -> None:
+    """Every httpx client builds an SSL context, and the default one loads certifi's CA
+    bundle: 30 ms of CPU, twenty times the cost of the plain-HTTP request to 127.0.0.1 it
+    was built for. The tests make thousands (each `httpx.get`, each SDK client, each poll
+    of a server's state): in this process they share one default context, built the same
+    way. Any other `verify` or `cert` still gets a context of its own."""
+    from httpx import _config
+    from httpx._transports import default
+
+    build = _config.create_ssl_context
+    shared: list[object] = []
+
+    def create_ssl_context(verify=True, cert=None, trust_env=True):  # type: ignore[no-untyped-def]
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(build())
+        return shared[0]
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_one_default_ssl_context()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Name the run before pytest-xdist starts its workers, which inherit it: they share
     # the migrated database templates (tests/databases.py).
