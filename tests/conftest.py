@@ -19,6 +19,8 @@ import pytest
 from tests import databases
 from tests.servers import SluiceServer, free_port  # noqa: F401  (re-exported for test modules)
 
+pytest_plugins = ["tests.scheduling"]  # the order and grouping of make test's work
+
 REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -154,56 +156,3 @@ def _seeded_in_transaction(request):
 
     if not UpstreamAccount.objects.filter(is_default=True).exists():
         importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
-
-
-# The longest-running units first, so that in a parallel run (`make test`: pytest-xdist
-# with --no-loadscope-reorder, which hands units out in this order) none starts last and
-# leaves the other workers idle at the end. Ranked by their wall time in a `make test` run
-# (seconds, on this 2-core machine); the rest follow in file order.
-SLOW_FIRST = (
-    "tests/bench/test_bench_quick.py",  # 112
-    "tests/usage/test_amounts.py",  # 76 run alone (a SQLite and a PostgreSQL server)
-    "tests/fuzz/test_ops_api.py",  # 72
-    "tests/oidc/test_sso_browser.py",  # 61
-    "tests/isolation/",  # 53
-    "tests/gateway/test_limits_live.py",  # 51
-    "tests/gateway/test_coalesce.py",  # 41
-    "tests/bench/test_dynamic.py",  # 38
-    "tests/jobs/test_restart.py",  # 38
-    "tests/jobs/test_file_ownership.py",  # 36
-    "tests/jobs/test_through_sluice.py",  # 30
-    "tests/scaleout/",  # 15 to 28 each
-    "tests/gateway/test_model_ceilings.py",  # 27
-    "tests/gateway/test_errors.py",  # 23
-    "tests/fuzz/",  # 22
-)
-
-
-def _unit(nodeid: str) -> str:
-    # One file is one unit of work (its module-scoped servers start once); tests/isolation
-    # shares one server across its files, so the package is one unit.
-    path = nodeid.split("::", 1)[0]
-    return "tests/isolation/" if path.startswith("tests/isolation/") else path
-
-
-def rank(item: pytest.Item) -> int:
-    """Where the item's unit stands in SLOW_FIRST (the rest after, in file order)."""
-    unit = _unit(item.nodeid)
-    return next(
-        (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
-    )
-
-
-# A wrapper, because the two halves must come at different times. The group marks go on
-# before any implementation runs: pytest-xdist's worker reads them in its own hook of the
-# same name (without them, a file's tests were spread over every worker, each starting
-# the file's servers again). The sort comes after every implementation: pytest-django's
-# (tryfirst) reorders the whole session by database use, which put the units whose tests
-# use `db` first and the slowest ones (which mostly do not) hundreds of seconds late.
-@pytest.hookimpl(wrapper=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_unit(item.nodeid)))
-    result = yield
-    items.sort(key=rank)  # stable: the order within a file is kept
-    return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import rank
+from tests.scheduling import rank
 
 
 def test_this_file_runs_as_one_group(request: pytest.FixtureRequest) -> None:
