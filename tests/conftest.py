@@ -11,16 +11,65 @@ import importlib
 import os
 import shutil
 import socket
+import sys
 import urllib.parse
 
 import pytest
 
+from tests import databases
 from tests.servers import SluiceServer, free_port  # noqa: F401  (re-exported for test modules)
+
+pytest_plugins = ["tests.scheduling"]  # the order and grouping of make test's work
 
 REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 CHROMIUM = os.environ.get("SLUICE_CHROMIUM", "/usr/bin/chromium")
+
+# The suite starts some hundreds of Python processes (servers, workers, shells, commands).
+# With PYTHONDONTWRITEBYTECODE set, as on the CI machines, each compiled the project's
+# modules from source again (0.15 s of CPU a process) and each pytest process rewrote
+# every test module's assertions again: the compiled files are cached in __pycache__
+# (ignored by git and by the image's COPY steps) for this run's processes and the next.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
+
+
+def _one_default_ssl_context() -> None:
+    """Every httpx client builds an SSL context, and the default one loads certifi's CA
+    bundle: 30 ms of CPU, twenty times the cost of the plain-HTTP request to 127.0.0.1 it
+    was built for. The tests make thousands (each `httpx.get`, each SDK client, each poll
+    of a server's state): in this process they share one default context, built the same
+    way. Any other `verify` or `cert` still gets a context of its own."""
+    from httpx import _config
+    from httpx._transports import default
+
+    build = _config.create_ssl_context
+    shared: list[object] = []
+
+    def create_ssl_context(verify=True, cert=None, trust_env=True):  # type: ignore[no-untyped-def]
+        if verify is not True or cert is not None or not trust_env:
+            return build(verify=verify, cert=cert, trust_env=trust_env)
+        if not shared:
+            shared.append(build())
+        return shared[0]
+
+    default.create_ssl_context = create_ssl_context  # type: ignore[assignment]
+
+
+_one_default_ssl_context()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Name the run before pytest-xdist starts its workers, which inherit it: they share
+    # the migrated database templates (tests/databases.py).
+    if not hasattr(config, "workerinput"):
+        databases.run_id()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller, once every worker is done
+        databases.remove_templates(POSTGRES_URL if reachable(POSTGRES_URL) else None)
 
 
 def need(available: bool, reason: str) -> None:
@@ -107,49 +156,3 @@ def _seeded_in_transaction(request):
 
     if not UpstreamAccount.objects.filter(is_default=True).exists():
         importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
-
-
-# The longest-running units first, so that in a parallel run (`make test`: pytest-xdist
-# with --no-loadscope-reorder, which hands units out in this order) none starts last and
-# leaves the other workers idle at the end. Ranked by their wall time in a `make test` run
-# (seconds, on this 2-core machine); the rest follow in file order.
-SLOW_FIRST = (
-    "tests/bench/test_bench_quick.py",  # 112
-    "tests/usage/test_amounts.py",  # 76 run alone (a SQLite and a PostgreSQL server)
-    "tests/fuzz/test_ops_api.py",  # 72
-    "tests/oidc/test_sso_browser.py",  # 61
-    "tests/isolation/",  # 53
-    "tests/gateway/test_limits_live.py",  # 51
-    "tests/gateway/test_coalesce.py",  # 41
-    "tests/bench/test_dynamic.py",  # 38
-    "tests/jobs/test_restart.py",  # 38
-    "tests/jobs/test_file_ownership.py",  # 36
-    "tests/jobs/test_through_sluice.py",  # 30
-    "tests/scaleout/",  # 15 to 28 each
-    "tests/gateway/test_model_ceilings.py",  # 27
-    "tests/gateway/test_errors.py",  # 23
-    "tests/fuzz/",  # 22
-)
-
-
-def _unit(nodeid: str) -> str:
-    # One file is one unit of work (its module-scoped servers start once); tests/isolation
-    # shares one server across its files, so the package is one unit.
-    path = nodeid.split("::", 1)[0]
-    return "tests/isolation/" if path.startswith("tests/isolation/") else path
-
-
-# tryfirst: pytest-xdist's worker reads the group marks in its own hook of the same name,
-# so the marks must be on the items before it runs (without it, a file's tests were spread
-# over every worker, each starting the file's servers again).
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        unit = _unit(item.nodeid)
-        return next(
-            (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
-        )
-
-    items.sort(key=rank)  # stable: the order within a file is kept
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_unit(item.nodeid)))

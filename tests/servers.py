@@ -10,12 +10,10 @@ import json
 import os
 import secrets
 import select
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +24,8 @@ from typing import Any
 import httpx
 
 from sandbox import SandboxConfig, run_in_thread
+from tests import databases
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -38,19 +38,20 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
         try:
             # Any answer but a 404: another server that took the port between free_port()
             # and our bind (a sandbox) answers /healthz 404, while ours exits non-zero.
-            if httpx.get(url, timeout=1.0).status_code != 404:
-                return
+            return httpx.get(url, timeout=1.0).status_code != 404
         except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
+            return False
+
+    try:
+        wait_until(answers, within=timeout, what=url)
+    except AssertionError as timed_out:
+        raise TimeoutError(f"{url} did not answer within {timeout}s") from timed_out
 
 
 class SluiceServer:
@@ -61,7 +62,7 @@ class SluiceServer:
     REDIS_URL), and `limiter_worker` starts `manage.py runworker limiter` beside them.
     """
 
-    admin_username = "ops"
+    admin_username = databases.ADMIN_USERNAME
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class SluiceServer:
         self.admin_token = secrets.token_urlsafe(24)
         self.env = {
             **os.environ,
-            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
             "DATABASE_URL": f"sqlite:///{tmp_path / 'sluice.sqlite3'}",
             "TOGETHER_BASE_URL": self.sandbox.v1_url,
             "TOGETHER_API_KEY": "",
@@ -112,12 +113,18 @@ class SluiceServer:
     def __enter__(self) -> SluiceServer:
         database = self.env["DATABASE_URL"]
         if database.startswith("sqlite:///"):
-            # Migrating takes seconds: copy a database migrated once per test session.
-            shutil.copy(_migrated_sqlite(), database.removeprefix("sqlite:///"))
-            self.admin_password = TEMPLATE_ADMIN_PASSWORD
+            # Migrating takes seconds: copy a database migrated once per test run.
+            databases.copy_migrated_sqlite(Path(database.removeprefix("sqlite:///")))
+            self.admin_password = databases.admin_password()
+        elif databases.is_migrated_copy(database):  # from databases.postgres_database()
+            self.admin_password = databases.admin_password()
         else:
             self.manage("migrate", "--noinput", "-v0")
-            self.python(_create_admin(self.admin_username, self.admin_password))
+            self.python(
+                "from django.contrib.auth import get_user_model;"
+                "get_user_model().objects.create_superuser("
+                f"{self.admin_username!r}, '', {self.admin_password!r})"
+            )
         try:
             if self.limiter_worker:
                 self.start_worker()
@@ -336,49 +343,6 @@ class Shell:
                 stream.close()
 
 
-TEMPLATE_ADMIN_PASSWORD = secrets.token_urlsafe(12)
-_template: Path | None = None
-
-
-def _create_admin(username: str, password: str) -> str:
-    return (
-        "from django.contrib.auth import get_user_model;"
-        f"get_user_model().objects.create_superuser('{username}', '', '{password}')"
-    )
-
-
-def _migrated_sqlite() -> Path:
-    """A SQLite database migrated once per test session, with the admin login."""
-    global _template
-    if _template is None:
-        path = Path(tempfile.mkdtemp(prefix="sluice-template-")) / "template.sqlite3"
-        env = {
-            **os.environ,
-            "DJANGO_SETTINGS_MODULE": "dashboard.settings",
-            "DATABASE_URL": f"sqlite:///{path}",
-        }
-        for args in (
-            ["migrate", "--noinput", "-v0"],
-            [
-                "shell",
-                "-v",
-                "0",
-                "-c",
-                _create_admin(SluiceServer.admin_username, TEMPLATE_ADMIN_PASSWORD),
-            ],
-        ):
-            subprocess.run(
-                [PYTHON, "manage.py", *args],
-                cwd=ROOT,
-                env=env,
-                check=True,
-                timeout=120,
-                capture_output=True,
-            )
-        _template = path
-    return _template
-
-
 def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
     stop_all([process], timeout)
 
@@ -426,15 +390,14 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("redis-server did not start") from None
-                time.sleep(0.05)
+        wait_until(self._listening, within=10, what="redis-server listening")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.scheduling import rank
+
 
 def test_this_file_runs_as_one_group(request: pytest.FixtureRequest) -> None:
     if not getattr(request.config.option, "loadgroup", False):
@@ -16,4 +18,15 @@ def test_this_file_runs_as_one_group(request: pytest.FixtureRequest) -> None:
     assert request.node.nodeid.endswith("@tests/test_grouping.py"), (
         f"{request.node.nodeid!r} carries no xdist group: pytest-xdist's loadgroup no longer "
         "groups with this pytest; see pyproject.toml"
+    )
+
+
+def test_the_slowest_units_are_handed_out_first(request: pytest.FixtureRequest) -> None:
+    """The session's order, which pytest-xdist hands units out in, follows SLOW_FIRST
+    whatever other plugins did to it (pytest-django sorts by database use)."""
+    ranks = [rank(item) for item in request.session.items]
+    late = next((i for i in range(1, len(ranks)) if ranks[i] < ranks[i - 1]), None)
+    assert late is None, (
+        f"{request.session.items[late].nodeid} (rank {ranks[late]}) comes after "
+        f"{request.session.items[late - 1].nodeid} (rank {ranks[late - 1]})"
     )

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -28,15 +27,6 @@ def query(server: SluiceServer, sql: str, *args: object) -> list[tuple]:
     path = url.removeprefix("sqlite:///")
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
         return db.execute(sql, args).fetchall()
-
-
-def wait_until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Poll the server's state (its background loop gives no other signal to a test)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextmanager

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import pytest
 
 from limiter.alerts.destinations import MSG_PRIVATE
-from tests.alerts.helpers import csrf, query, staff_session, wait_until
+from tests.alerts.helpers import csrf, query, staff_session
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 SETTINGS = {
     "SLUICE_WEBHOOK_ALLOW_PRIVATE": "0",
@@ -87,8 +88,8 @@ def test_a_saved_row_pointing_inside_is_refused_when_sent(server):
                 webhook,
             )
 
-        wait_until(lambda: len(attempts()) == 2, "both attempts")
-        wait_until(lambda: attempts()[-1][2] == "failed", "the delivery given up")
+        wait_until(lambda: len(attempts()) == 2, what="both attempts", within=20)
+        wait_until(lambda: attempts()[-1][2] == "failed", what="the delivery given up", within=20)
         assert attempts() == [(None, "failed", "failed"), (None, "failed", "failed")]
         assert receiver.bodies == []  # nothing reached the address inside
         history = staff.get("/alerts/").text

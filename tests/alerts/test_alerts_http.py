@@ -22,10 +22,10 @@ from tests.alerts.helpers import (
     refused,
     staff_session,
     tighten,
-    wait_until,
 )
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer, free_port
+from tests.waiting import wait_until
 
 SETTINGS = {
     "SLUICE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
@@ -74,7 +74,7 @@ def test_a_teams_429s_raise_one_alert_however_long_they_go_on(server):
             pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
             return counted == first + second and pending[0][0] == 0
 
-        wait_until(all_judged, "every 429 counted and no delivery pending")
+        wait_until(all_judged, what="every 429 counted and no delivery pending", within=20)
         assert len(receiver.bodies) == 1, receiver.bodies
         assert query(
             server, "select count(*) from alerts_alert where condition = ?", f"team_429:{team_id}"
@@ -105,11 +105,13 @@ def test_a_delivery_is_retried_while_the_receiver_is_down(server):
                 webhook,
             )
 
-        wait_until(lambda: len(attempts()) >= 2, "two failed attempts")
+        wait_until(lambda: len(attempts()) >= 2, what="two failed attempts", within=20)
         with Receiver(port) as receiver:
             [alert] = receiver.wait_for(1)
             assert alert["sluice"]["condition"] == f"test:{webhook}"
-            wait_until(lambda: attempts()[-1][2] == "delivered", "the delivery recorded")
+            wait_until(
+                lambda: attempts()[-1][2] == "delivered", what="the delivery recorded", within=20
+            )
             log = attempts()
             # "failed", nothing more: the error would map what listens on which port.
             assert all(status is None and error == "failed" for status, error, _ in log[:-1])
@@ -144,10 +146,10 @@ def test_a_receivers_error_status_is_not_recorded(server):
                 webhook,
             )
 
-        wait_until(lambda: bool(attempts()), "the first attempt recorded")
+        wait_until(lambda: bool(attempts()), what="the first attempt recorded", within=20)
         history = staff.get("/alerts/").text
         receiver.status = 200  # then it takes the retry
-        wait_until(lambda: attempts()[-1][2] == "delivered", "the retry delivered")
+        wait_until(lambda: attempts()[-1][2] == "delivered", what="the retry delivered", within=20)
     assert attempts()[0][:2] == (None, "failed")
     assert "HTTP 503" not in history
     assert "HTTP 503" in server.log()  # the reason, for the operators
@@ -188,7 +190,8 @@ def test_budget_thresholds_alert_the_team_once_per_period(server):
                 query(server, "select count(*) from alerts_delivery where state = 'pending'")
                 == [(0,)]
             ),
-            "no delivery pending",
+            what="no delivery pending",
+            within=20,
         )
         assert len(receiver.bodies) == 2
 
@@ -253,7 +256,7 @@ def test_a_webhooks_own_threshold_is_set_in_the_alerts_page_and_heard_alone(serv
             pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
             return counted == 2 and pending == [(0,)]
 
-        wait_until(all_judged, "every 429 counted and no delivery pending")
+        wait_until(all_judged, what="every 429 counted and no delivery pending", within=20)
         assert len(receiver.bodies) == 1
         assert query(server, "select condition from alerts_alert where team_id = ?", team_id) == [
             (f"team_429:{team_id}@1",)

@@ -11,9 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.alerts.helpers import CHAT_MODEL, add_webhook, query, staff_session, wait_until
+from tests.alerts.helpers import CHAT_MODEL, add_webhook, query, staff_session
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 SETTINGS = {
     "SLUICE_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver listens on 127.0.0.1
@@ -81,7 +82,7 @@ def test_togethers_errors_over_the_rate_raise_one_alert_for_the_period(tmp_path,
             pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
             return counted == answered == 2 * ATTEMPTS and pending == [(0,)]
 
-        wait_until(all_judged, "every answer counted and no delivery pending")
+        wait_until(all_judged, what="every answer counted and no delivery pending", within=20)
         assert len(receiver.bodies) == 1, receiver.bodies
         assert query(server, "select condition from alerts_alert") == [(f"{kind}:{account}",)]
     assert "upstream-secret" not in server.log()

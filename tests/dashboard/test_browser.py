@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import os
 import threading
-import time
 
 import httpx
 import pytest
 
 from tests.conftest import CHROMIUM, need
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -212,15 +212,11 @@ def test_filter_429_history_and_download_csv(page, shared_server, tmp_path):
     assert codes.count(429) >= 3, codes
 
     # The recorder writes 429s in batches off the request path: wait for them.
-    deadline = time.monotonic() + 10
-    while True:
+    def listed() -> int:
         page.goto(f"{url}/refusals/?team=history-team")
-        if (
-            page.locator("#refusals tbody tr", has_text="history-team").count() >= 3
-            or time.monotonic() > deadline
-        ):
-            break
-        time.sleep(0.5)
+        return page.locator("#refusals tbody tr", has_text="history-team").count()
+
+    wait_until(listed, lambda rows: rows >= 3, every=0.2, what="the 429s listed")
     page.select_option("#id_endpoint", "chat")
     page.select_option("#id_source", "gateway")
     page.click("#filters >> text=Filter")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from dashboard.exports import spreadsheet_safe
 from tests.gateway.test_errors import MESSAGES
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 FORMULA_MODEL = "=cmd|' /C calc'!A0"
 
@@ -63,15 +63,14 @@ def test_the_429_csv_neutralises_a_formula_model_name(shared_server: SluiceServe
         timeout=30,
         headers={"authorization": f"Bearer {shared_server.admin_token}"},
     )
-    deadline = time.monotonic() + 10
-    rows: list[dict[str, str]] = []
-    while not rows and time.monotonic() < deadline:  # the recorder writes once a second
+
+    def exported() -> list[dict[str, str]]:
         response = api.get("/refusals.csv", params={"team": "csv-injection"})
         assert response.status_code == 200
-        rows = list(csv.DictReader(io.StringIO(response.text)))
-        if not rows:
-            time.sleep(0.2)
+        return list(csv.DictReader(io.StringIO(response.text)))
+
+    # The recorder writes once a second.
+    rows = wait_until(exported, every=0.1, what="the refusal recorded")
     api.close()
-    assert rows, "the refusal was not recorded"
     assert rows[0]["model"] == "'" + FORMULA_MODEL
     assert rows[0]["team_name"] == "csv-injection"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +29,7 @@ from hypothesis import strategies as st
 from tests.fuzz.server import ENDPOINTS, GENEROUS, fuzz_sluice
 from tests.scaleout.conftest import _postgres_database
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 BYSTANDER = "bystander"
@@ -254,10 +254,7 @@ def test_the_bystanders_calls_are_all_answered_and_recorded(
         f"rows = UsageRollup.objects.filter(team_name={BYSTANDER!r})\n"
         "print(rows.aggregate(n=Sum('requests'))['n'] or 0)\n"
     )
-    deadline = time.monotonic() + 15
-    while (recorded := int(server.python(code))) != expected and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert recorded == expected
+    wait_until(lambda: int(server.python(code)), lambda n: n == expected, within=15, every=0.2)
     assert all(process.poll() is None for process in server.processes)
     blocks = server.log().split("Traceback (most recent call last):")[1:]
     assert not blocks, blocks[0][:4000]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -21,6 +20,7 @@ from limiter.gateway import errors
 from limiter.usage import sizing
 from tests.gateway.test_errors import MESSAGES, MODEL, assert_error
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 OTHER_MODEL = "Qwen/Qwen2.5-7B-Instruct-Turbo"
@@ -61,6 +61,10 @@ def chat(server: SluiceServer, key: str, body: bytes | dict, results: list | Non
     return response
 
 
+def queued_in_limiter(server: SluiceServer) -> int:
+    return httpx.get(f"{server.url}/readyz", timeout=10).json()["checks"]["limiter"]["queued"]
+
+
 def test_max_tokens_10_to_the_400_is_a_400_and_nobody_elses_call_fails(
     server: SluiceServer,
 ) -> None:
@@ -72,7 +76,7 @@ def test_max_tokens_10_to_the_400_is_a_400_and_nobody_elses_call_fails(
         target=chat, args=(server, hostile, {"model": MODEL, "messages": MESSAGES}, queued)
     )
     waiting.start()
-    time.sleep(0.2)
+    wait_until(lambda: queued_in_limiter(server) == 1, what="the second call queued")
     huge = b'{"model": "%s", "messages": %s, "max_tokens": 1%s}' % (
         MODEL.encode(),
         json.dumps(MESSAGES).encode(),

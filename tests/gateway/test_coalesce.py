@@ -9,7 +9,6 @@ shows how calls were merged.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from sandbox import SandboxConfig
 from sandbox.textgen import embedding
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 EMBED = "/v1/embeddings"
 MODEL = "BAAI/bge-base-en-v1.5"
@@ -240,15 +240,6 @@ def key_leases(server, team: str) -> int:
         for s in snapshot["scopes"]
         if s["kind"] == "key" and s.get("team") == team and s["endpoint"] == "embeddings"
     )
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 async def test_a_caller_cancelled_before_the_send_is_dropped_from_its_batch(

@@ -10,6 +10,7 @@ import pytest
 
 from sandbox import DynamicLimits, KindLimits, SandboxConfig
 from tests.servers import SluiceServer
+from tests.waiting import await_until, wait_until
 
 CHAT = "/v1/chat/completions"
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
@@ -21,15 +22,6 @@ def body(**extra) -> dict:
 
 def limiter_counts(server) -> dict:
     return httpx.get(f"{server.url}/readyz", timeout=10).json()["checks"]["limiter"]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.fixture
@@ -85,8 +77,8 @@ async def test_streams_cancelled_midway_leave_no_lease(shared_server_slow_stream
                 async for _chunk in response.aiter_raw():
                     break  # one chunk, then hang up
                 assert limiter_counts(server)["leases"] == 1  # held while the stream runs
-    assert wait_until(lambda: limiter_counts(server)["leases"] == 0), limiter_counts(server)
-    assert wait_until(lambda: server.sandbox.stats()["streams"]["disconnected"] >= 1)
+    wait_until(lambda: limiter_counts(server), lambda c: c["leases"] == 0, what="leases released")
+    wait_until(lambda: server.sandbox.stats()["streams"]["disconnected"] >= 1)
 
 
 async def test_caller_that_disconnects_while_queued_gives_its_place_back(
@@ -113,7 +105,16 @@ async def test_caller_that_disconnects_while_queued_gives_its_place_back(
         for _ in range(3):
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(CHAT, json=body(), headers=headers, timeout=0.5)
-    assert wait_until(lambda: limiter_counts(server)["queued"] == 0), limiter_counts(server)
+    wait_until(lambda: limiter_counts(server), lambda c: c["queued"] == 0, what="queue emptied")
+
+
+async def account_paused(client: httpx.AsyncClient, ops: dict[str, str]) -> bool:
+    """Whether the limiter's live view shows Together's 429 pausing the account."""
+    snapshot = (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}
+    return any(
+        scope["kind"] == "account" and scope["paused_for"] > 0
+        for scope in snapshot.get("scopes", [])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +135,7 @@ async def test_upstream_429_pauses_every_caller_of_the_account(shared_server):
         )
         # Wait until Together's 429 has paused the account in the limiter (the live view says).
         ops = {"authorization": f"Bearer {server.admin_token}"}
-        while not any(  # noqa: ASYNC110  (polls the ops API over HTTP: no event to await)
-            scope["kind"] == "account" and scope["paused_for"] > 0
-            for scope in (
-                (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}
-            ).get("scopes", [])
-        ):
-            await asyncio.sleep(0.02)
+        await await_until(lambda: account_paused(client, ops), every=0.02, what="paused")
         started = time.monotonic()
         other = await client.post(CHAT, json=body(), headers={"authorization": f"Bearer {second}"})
         waited = time.monotonic() - started
@@ -251,13 +246,7 @@ async def test_togethers_429_on_one_model_leaves_the_other_models_be(shared_serv
         hit = asyncio.ensure_future(
             client.post(CHAT, json=body(), headers={"authorization": f"Bearer {first}"})
         )
-        while not any(  # noqa: ASYNC110  (polls the ops API over HTTP: no event to await)
-            scope["kind"] == "account" and scope["paused_for"] > 0
-            for scope in (
-                (await client.get("/api/live", headers=ops)).json()["snapshot"] or {}
-            ).get("scopes", [])
-        ):
-            await asyncio.sleep(0.02)
+        await await_until(lambda: account_paused(client, ops), every=0.02, what="paused")
         started = time.monotonic()
         other = await client.post(
             CHAT, json=body(model=OTHER_MODEL), headers={"authorization": f"Bearer {second}"}

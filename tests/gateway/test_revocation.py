@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 from limiter.gateway import errors
 from sandbox import SandboxConfig
 from tests.servers import SluiceServer
+from tests.waiting import await_until
 
 CHAT = "/v1/chat/completions"
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
@@ -105,15 +105,6 @@ async def limiter_counts(client: httpx.AsyncClient) -> dict:
     return (await client.get("/readyz")).json()["checks"]["limiter"]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
 def chats_upstream(server: SluiceServer) -> int:
     return server.sandbox.stats()["chat"]["requests"]
 
@@ -147,7 +138,7 @@ async def test_a_queued_call_is_refused_when_its_key_is_revoked_or_team_paused(
         assert (await client.post(CHAT, json=body(), headers=team.auth)).status_code == 200
         sent = chats_upstream(server)
         queued = asyncio.ensure_future(client.post(CHAT, json=body(), headers=team.auth))
-        assert await eventually(lambda: _queued(client, 1)), "the second call did not queue"
+        await await_until(lambda: _queued(client, 1), what="the second call queued")
 
         changed = time.monotonic()
         await team.change(action)
@@ -157,7 +148,7 @@ async def test_a_queued_call_is_refused_when_its_key_is_revoked_or_team_paused(
         assert_refused(response, status, code, team)
         assert took < PROMPTLY, f"refused {took:.1f}s after the change, not at once"
         # Its ticket was handed back, and it never reached Together.
-        assert await eventually(lambda: _queued(client, 0)), await limiter_counts(client)
+        await await_until(lambda: limiter_counts(client), lambda c: c["queued"] == 0)
         assert chats_upstream(server) == sent
         await assert_changed_in_database(team, action)
         # A new call gets the same answer.
@@ -181,7 +172,7 @@ async def test_a_queued_call_is_refused_when_its_key_expires_not_when_granted(se
         late = (datetime.now(UTC) - expires).total_seconds()
         assert_refused(response, 401, "invalid_api_key", team)
         assert late < PROMPTLY, f"refused {late:.1f}s after the key expired"
-        assert await eventually(lambda: _queued(client, 0)), await limiter_counts(client)
+        await await_until(lambda: limiter_counts(client), lambda c: c["queued"] == 0)
         assert chats_upstream(server) == sent
 
 
@@ -218,8 +209,8 @@ async def test_a_running_stream_is_cut_when_its_key_is_revoked_or_team_paused(
             errors.AUTHENTICATION if status == 401 else errors.PERMISSION
         )
         # The upstream stream was closed, and the lease handed back.
-        assert await eventually(lambda: _leases(client, 0)), await limiter_counts(client)
-        assert await eventually(lambda: _disconnected(server, disconnected + 1))
+        await await_until(lambda: limiter_counts(client), lambda c: c["leases"] == 0)
+        await await_until(lambda: _disconnected(server, disconnected + 1))
         await assert_changed_in_database(team, action)
 
 
@@ -230,7 +221,7 @@ async def test_a_call_waiting_on_together_is_cut_when_its_key_is_revoked(server)
             team = await Team(server, client, "slow-upstream").create("capped")
             sent = chats_upstream(server)
             running = asyncio.ensure_future(client.post(CHAT, json=body(), headers=team.auth))
-            assert await eventually(lambda: _running_upstream(server, sent + 1))
+            await await_until(lambda: _running_upstream(server, sent + 1))
 
             changed = time.monotonic()
             await team.change("revoke")
@@ -239,13 +230,9 @@ async def test_a_call_waiting_on_together_is_cut_when_its_key_is_revoked(server)
 
             assert_refused(response, 401, "invalid_api_key", team)
             assert took < PROMPTLY
-            assert await eventually(lambda: _leases(client, 0)), await limiter_counts(client)
+            await await_until(lambda: limiter_counts(client), lambda c: c["leases"] == 0)
     finally:
         server.sandbox.configure({"latency_ms": 0})
-
-
-async def _leases(client: httpx.AsyncClient, n: int) -> bool:
-    return (await limiter_counts(client))["leases"] == n
 
 
 async def _disconnected(server: SluiceServer, n: int) -> bool:

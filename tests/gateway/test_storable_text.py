@@ -12,7 +12,6 @@ PostgreSQL database of its own (dropped at the end).
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ from limiter.gateway import errors
 from tests.gateway.test_errors import MESSAGES, MODEL, assert_error
 from tests.scaleout.conftest import _postgres_database
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 OTHER_MODEL = "Qwen/Qwen2.5-7B-Instruct-Turbo"
@@ -64,13 +64,6 @@ def rows(server: SluiceServer, team: str) -> tuple[int, int]:
     return int(used), int(refused)
 
 
-def wait_for_rows(server: SluiceServer, team: str, expected: tuple[int, int]) -> tuple[int, int]:
-    deadline = time.monotonic() + 15
-    while (found := rows(server, team)) != expected and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return found
-
-
 @pytest.mark.parametrize("escape", UNSTORABLE)
 def test_unstorable_model_is_a_400_and_others_are_still_recorded(
     server: SluiceServer, escape: str
@@ -89,7 +82,7 @@ def test_unstorable_model_is_a_400_and_others_are_still_recorded(
     assert answer.status_code == 200, answer.text
     refused = post(server, later, CHAT, json.dumps({"model": MODEL, "messages": MESSAGES}).encode())
     assert refused.status_code == 429, refused.text
-    assert wait_for_rows(server, team, (1, 1)) == (1, 1)
+    wait_until(lambda: rows(server, team), lambda found: found == (1, 1), within=15, every=0.2)
     assert "Traceback" not in server.log()
 
 
@@ -185,11 +178,11 @@ def test_a_job_whose_usage_no_column_holds_does_not_stop_the_others(server: Slui
         "rows = UsageRollup.objects.filter(team_name='after-job', source='fine_tune').count()\n"
         "print(repr((notes, rows)))\n"
     )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        notes, rows_after = eval(server.python(code))  # noqa: S307
-        if notes["after-job"] and notes["huge-job"]:
-            break
-        time.sleep(0.5)
+    notes, rows_after = wait_until(
+        lambda: eval(server.python(code)),  # noqa: S307
+        lambda read: read[0]["after-job"] and read[0]["huge-job"],
+        within=30,
+        every=0.2,
+    )
     assert notes["huge-job"] == ["Usage as reported is out of range: not recorded."]
     assert notes["after-job"] != [] and rows_after >= 1

@@ -19,7 +19,6 @@ import copy
 import itertools
 import json
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from django.db import connections
 
 from tests.jobs.conftest import MODEL, batch_lines
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 # Generous request rates: the walk makes a few hundred calls and must not be paced.
 FAST = {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 100}
@@ -40,15 +40,6 @@ NON_STAFF_PASSWORD = secrets.token_urlsafe(12)
 
 
 # --- small helpers -------------------------------------------------------------------------
-def wait_for(read: Callable[[], Any], done: Callable[[Any], bool], *, within: float = 30.0) -> Any:
-    """Poll `read()` until `done(value)`; no blind sleeps."""
-    deadline = time.monotonic() + within
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"still {value!r} after {within}s"
-        time.sleep(0.1)
-    return value
-
-
 def assert_openai_error(response: httpx.Response, status: int, code: str | None) -> dict:
     """Status first, then the body: OpenAI's error shape with the expected code."""
     assert response.status_code == status, f"{response.status_code}: {response.text[:500]}"
@@ -391,9 +382,11 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         (a, "fine-tunes", a_fine_tune, "completed"),
         (a, "batches", a_batch, "COMPLETED"),
     ):
-        wait_for(
+        wait_until(
             lambda team=team, kind=kind, job_id=job_id: _job_status(team.client, kind, job_id),
             lambda status, done=done: status == done,
+            within=30.0,
+            every=0.1,
         )
     # Then long ones: running for the whole session, and one more of each kind that waits
     # in Sluice behind it (B's cap is one at a time).

@@ -6,9 +6,7 @@ upstream account points at the sandbox; through-Sluice tests use `sluice_server`
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,6 +24,7 @@ from limiter.models import EndpointLimit, UpstreamAccount
 from limiter.services import key_issue, team_get_or_create
 from limiter.upstream import client
 from sandbox import ThreadedSandbox, run_in_thread
+from tests.waiting import await_until
 
 MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct-Reference"
 
@@ -146,12 +145,15 @@ async def drive(
     poller: Poller, until: Callable[[], bool], *, within: float = 30.0, every: float = 0.1
 ) -> None:
     """Run poller passes until `until()` (a sync DB check) holds."""
-    deadline = time.monotonic() + within
     check = sync_to_async(until)
-    while not await check():
-        assert time.monotonic() < deadline, "timed out waiting for the jobs"
+
+    async def done_or_pass() -> bool:
+        if await check():
+            return True
         await poller.tick()
-        await asyncio.sleep(every)
+        return False
+
+    await await_until(done_or_pass, within=within, every=every, what="the jobs done")
 
 
 def all_done() -> bool:

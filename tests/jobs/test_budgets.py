@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ import pytest
 
 from tests.jobs.conftest import MODEL, batch_lines
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"  # in the sandbox's list, with a price
 SLOW = {"requests_per_minute": 1, "pace_per_minute": None, "burst": 1}
@@ -61,14 +62,6 @@ def team_v1(
     return httpx.Client(
         base_url=f"{server.url}/v1", headers={"authorization": f"Bearer {key}"}, timeout=30
     )
-
-
-def wait_for(read: Callable[[], Any], done: Callable[[Any], bool], within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"still {value!r}"
-        time.sleep(0.2)  # polling the job poller's work, done in the server
-    return value
 
 
 def test_a_job_body_that_fails_validation_is_refused_before_it_spends_the_rate(server):
@@ -195,7 +188,9 @@ def test_a_small_remaining_budget_refuses_batches_and_fine_tunes(server, ops):
     assert stats["batches"]["created"] == created_before
     assert stats["fine_tunes"]["created"] == fine_tunes_before
     # The spend is the call's; it never moves (nothing else runs).
-    wait_for(lambda: spent(ops, made["id"], team), lambda value: value == 1001)
+    wait_until(
+        lambda: spent(ops, made["id"], team), lambda value: value == 1001, within=30.0, every=0.2
+    )
     time.sleep(1.5)  # a rollup flush interval: anything else would have landed
     assert spent(ops, made["id"], team) == 1001
 
@@ -213,9 +208,16 @@ def test_a_batch_holds_its_estimate_until_its_usage_settles_it(server, ops):
         assert f"has used 0 (and {BATCH_50_ESTIMATE:,} held" in held.json()["error"]["message"]
         again = create_batch(v1, upload(v1, batch_lines(1), "batch-api"))
         assert again.status_code == 429, again.text
-        wait_for(lambda: v1.get(f"/batches/{job_id}").json()["status"], lambda s: s == "COMPLETED")
+        wait_until(
+            lambda: v1.get(f"/batches/{job_id}").json()["status"],
+            lambda s: s == "COMPLETED",
+            within=30.0,
+            every=0.2,
+        )
         # Its usage (50 lines of 1 + 16 tokens in the sandbox) settles the estimate.
-        answer = wait_for(lambda: chat(v1), lambda a: a.status_code == 200)
+        answer = wait_until(
+            lambda: chat(v1), lambda a: a.status_code == 200, within=30.0, every=0.2
+        )
         assert answer.json()["usage"]["total_tokens"] > 0
 
 
@@ -237,12 +239,17 @@ def test_a_queued_job_whose_budget_was_used_up_is_not_started(server, ops):
                 f"/budgets/{made['id']}", json={"limit": BATCH_50_ESTIMATE}
             ).raise_for_status()
             first_id = first.json()["job"]["id"]
-            wait_for(
-                lambda: v1.get(f"/batches/{first_id}").json()["status"], lambda s: s == "COMPLETED"
+            wait_until(
+                lambda: v1.get(f"/batches/{first_id}").json()["status"],
+                lambda s: s == "COMPLETED",
+                within=30.0,
+                every=0.2,
             )
-            shown = wait_for(
+            shown = wait_until(
                 lambda: v1.get(f"/batches/{queued_id}").json(),
                 lambda job: job["sluice"]["error"] is not None,
+                within=30.0,
+                every=0.2,
             )
             assert shown["status"] == "QUEUED"
             assert shown["sluice"]["error"].startswith("Held in the queue: Budget exceeded")
@@ -262,6 +269,8 @@ def test_a_queued_job_whose_budget_was_used_up_is_not_started(server, ops):
             # Cancelled, its hold is let go: calls pass again.
             cancelled = v1.post(f"/batches/{queued_id}/cancel")
             assert cancelled.json()["status"] == "CANCELLED", cancelled.text
-            wait_for(lambda: chat(v1).status_code, lambda status: status == 200)
+            wait_until(
+                lambda: chat(v1).status_code, lambda status: status == 200, within=30.0, every=0.2
+            )
     finally:
         server.sandbox.configure({"batch_seconds": 1.0})

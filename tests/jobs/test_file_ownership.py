@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ import pytest
 from limiter.gateway.jobs import MSG_FILE_NOT_FOUND
 from tests.jobs.conftest import MODEL, batch_lines
 from tests.upstream_log import upstream_calls
+from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,6 @@ def upload(http: httpx.Client, key: str, content: bytes, purpose: str = "fine-tu
     )
     assert answer.status_code == 200, answer.text
     return answer.json()["id"]
-
-
-def wait_for(read: Callable[[], Any], done: Callable[[Any], bool], within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"still {value!r}"
-        time.sleep(0.1)
-    return value
 
 
 def assert_unknown_file(answer: httpx.Response, file_id: str, param: str | None) -> None:
@@ -211,9 +203,11 @@ def test_a_jobs_output_file_is_its_teams_once_together_reports_it(
         json={"endpoint": "/v1/chat/completions", "input_file_id": teams["a_file"]},
     )
     assert created.status_code == 201, created.text
-    batch = wait_for(
+    batch = wait_until(
         lambda: http.get(f"/batches/{created.json()['job']['id']}", headers=auth(a_key)).json(),
         lambda b: b["status"] == "COMPLETED",
+        within=30.0,
+        every=0.1,
     )
     output = batch["output_file_id"]
     assert output and output in team_files(server, teams["a"])

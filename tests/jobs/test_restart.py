@@ -6,8 +6,7 @@ import json
 import signal
 import subprocess
 import sys
-import time
-import urllib.parse
+from contextlib import ExitStack, closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -22,7 +21,10 @@ from limiter.jobs.poller import Poller
 from limiter.upstream import account_target
 from sandbox import ThreadedSandbox
 from tests.conftest import POSTGRES_URL, need, reachable
+from tests.databases import postgres_database
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
+from tests.servers import Shell
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,6 +96,7 @@ class Deployment:
             "PYTHONUNBUFFERED": "1",
         }
         self.tmp_path = tmp_path
+        self._shell: Shell | None = None
 
     def manage(self, *args: str) -> str:
         done = subprocess.run(
@@ -108,8 +111,15 @@ class Deployment:
         return done.stdout
 
     def python(self, code: str) -> object:
-        """Run code in `manage.py shell`; its last line printed as JSON is returned."""
-        return json.loads(self.manage("shell", "-c", code).strip().splitlines()[-1])
+        """Run code in `manage.py shell`; its last line printed as JSON is returned. One
+        shell answers every call (polling started a Django process twice a second)."""
+        if self._shell is None:
+            self._shell = Shell(self.env)
+        return json.loads(self._shell.run(code).strip().splitlines()[-1])
+
+    def close(self) -> None:
+        if self._shell is not None:
+            self._shell.close()
 
     def poller(self) -> subprocess.Popen:
         log = open(self.tmp_path / "poller.log", "ab")  # noqa: SIM115  (closed with the process)
@@ -135,6 +145,12 @@ class Deployment:
             "print(json.dumps(list(Job.objects.values("
             "'public_id', 'kind', 'state', 'upstream_status', 'upstream_id'))))"
         )
+
+
+def running(poller: subprocess.Popen, deployment: Deployment) -> bool:
+    """True while the poller runs; its log in the failure once it has exited."""
+    assert poller.poll() is None, (deployment.tmp_path / "poller.log").read_text()
+    return True
 
 
 SUBMIT = """
@@ -165,30 +181,22 @@ print(json.dumps("ok"))
 """
 
 
-def _postgres_database(tmp_path: Path) -> str:
-    need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    import psycopg
-
-    name = "sluice_jobs_restart_test"
-    parts = urllib.parse.urlsplit(POSTGRES_URL)
-    admin = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
 def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
     sandbox, tmp_path, database
 ):
-    url = (
-        f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-        if database == "sqlite"
-        else _postgres_database(tmp_path)
-    )
+    with ExitStack() as stack:
+        if database == "sqlite":
+            url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+        else:
+            need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
+            url = stack.enter_context(postgres_database(POSTGRES_URL, prefix="sluice_jobs"))
+        deployment = stack.enter_context(closing(Deployment(url, sandbox, tmp_path)))
+        _poller_killed_and_restarted(sandbox, deployment)
+
+
+def _poller_killed_and_restarted(sandbox: ThreadedSandbox, deployment: Deployment) -> None:
     sandbox.configure({"fine_tune_seconds": 2.0, "batch_seconds": 2.0})
-    deployment = Deployment(url, sandbox, tmp_path)
     deployment.manage("migrate", "--noinput", "-v0")
     training = upload(sandbox, b'{"text": "x"}\n', "fine-tune")
     batch_file = upload(sandbox, batch_lines(3), "batch-api")
@@ -200,16 +208,12 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
 
     poller = deployment.poller()
     try:
-        deadline = time.monotonic() + 30
         # Mid-way: the first jobs are running upstream, others still wait.
-        while (
-            sandbox.stats()["fine_tunes"]["created"] < 3
-            or sandbox.stats()["batches"]["created"] < 10
-        ):
-            assert time.monotonic() < deadline and poller.poll() is None, (
-                tmp_path / "poller.log"
-            ).read_text()
-            time.sleep(0.05)
+        wait_until(
+            lambda: running(poller, deployment) and sandbox.stats(),
+            lambda stats: stats["fine_tunes"]["created"] >= 3 and stats["batches"]["created"] >= 10,
+            within=30,
+        )
         poller.send_signal(signal.SIGKILL)
         poller.wait(10)
     finally:
@@ -230,14 +234,12 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
 
     poller = deployment.poller()
     try:
-        deadline = time.monotonic() + 60
-        jobs = deployment.jobs()
-        while not all(job["state"] == "done" for job in jobs):
-            assert time.monotonic() < deadline and poller.poll() is None, (
-                tmp_path / "poller.log"
-            ).read_text()
-            time.sleep(0.5)
-            jobs = deployment.jobs()
+        jobs = wait_until(
+            lambda: running(poller, deployment) and deployment.jobs(),
+            lambda jobs: all(job["state"] == "done" for job in jobs),
+            within=60,
+            every=0.2,
+        )
         poller.send_signal(signal.SIGTERM)
         assert poller.wait(15) == 0
     finally:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from together import Together
 
 from tests.jobs.conftest import MODEL, batch_lines
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +38,6 @@ def jobs_server(sluice_server: Any, tmp_path: Path) -> Iterator[Any]:
     finally:
         poller.terminate()
         poller.wait(15)
-
-
-def wait_for(read: Callable[[], Any], done: Callable[[Any], bool], within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while not done(value := read()):
-        assert time.monotonic() < deadline, f"still {value!r}"
-        time.sleep(0.2)
-    return value
 
 
 def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: Path) -> None:
@@ -73,8 +65,11 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
     assert [job.status for job in jobs].count("queued") >= 1
     assert all(job.id.startswith("ft-sluice-") for job in jobs)
     for job in jobs:
-        final = wait_for(
-            lambda job=job: client.fine_tuning.retrieve(job.id), lambda j: j.status == "completed"
+        final = wait_until(
+            lambda job=job: client.fine_tuning.retrieve(job.id),
+            lambda j: j.status == "completed",
+            within=30.0,
+            every=0.2,
         )
         assert final.id == job.id
     assert {job.id for job in client.fine_tuning.list().data} == {job.id for job in jobs}
@@ -95,8 +90,11 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
         extra_headers={"x-sluice-split-batch": "true"},
     )
     assert created.job is not None and created.warning and "2 batches" in created.warning
-    batch = wait_for(
-        lambda: client.batches.retrieve(created.job.id), lambda b: b.status == "COMPLETED"
+    batch = wait_until(
+        lambda: client.batches.retrieve(created.job.id),
+        lambda b: b.status == "COMPLETED",
+        within=30.0,
+        every=0.2,
     )
     assert batch.progress == 100.0
     assert [b.id for b in client.batches.list()] == [created.job.id]

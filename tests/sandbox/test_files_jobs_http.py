@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from together import Together
 
 from sandbox import ThreadedSandbox
 from sandbox.resources import UPLOAD_SIGNATURE_REFUSED
+from tests.waiting import wait_until
 
 TRAINING_LINES = [{"text": f"example number {i} for the sandbox"} for i in range(12)]
 
@@ -33,15 +33,14 @@ def sdk(sandbox: ThreadedSandbox) -> Together:
 def wait_for(read_status: Callable[[], str], expected: str, timeout: float = 5.0) -> list[str]:
     """Poll until the status is reached; returns the distinct statuses seen on the way."""
     seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def read() -> list[str]:
         status = read_status()
         if not seen or seen[-1] != status:
             seen.append(status)
-        if status == expected:
-            return seen
-        time.sleep(0.02)
-    raise AssertionError(f"never reached {expected}; saw {seen}")
+        return seen
+
+    return wait_until(read, lambda seen: seen[-1] == expected, within=timeout, every=0.02)
 
 
 def test_sdk_upload_uses_the_redirect_flow(

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from sandbox import ThreadedSandbox
+from tests.waiting import wait_until
 
 from .conftest import CHAT_MODEL, chat_body
 
@@ -283,9 +284,7 @@ def test_client_disconnect_mid_stream_is_seen(
         first = next(response.iter_lines())
         assert first.startswith("data: ")
     # Closing the stream closes the connection; the sandbox notices within a chunk or two.
-    deadline = time.monotonic() + 3
-    while sandbox.stats()["streams"]["disconnected"] == 0 and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_until(lambda: sandbox.stats()["streams"]["disconnected"], within=3, every=0.02)
     assert sandbox.stats()["streams"] == {"started": 1, "completed": 0, "disconnected": 1}
 
 

@@ -1,30 +1,24 @@
 """Scale-out fixtures: a private redis-server (tests/servers.py, so that a test may restart
-it) and a fresh PostgreSQL database, both real, on loopback."""
+it) and a fresh, migrated PostgreSQL database, both real, on loopback."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psycopg
 import pytest
 
+from tests import databases
 from tests.conftest import POSTGRES_URL, need, need_redis_server, reachable
 from tests.servers import private_redis_server
 
 
 @contextmanager
 def _postgres_database() -> Iterator[str]:
+    """A migrated PostgreSQL database of the test's own (tests/databases.py)."""
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    name = f"sluice_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with databases.postgres_database(POSTGRES_URL) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,9 +8,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.alerts.helpers import CHAT_MODEL, add_webhook, query, staff_session, wait_until
+from tests.alerts.helpers import CHAT_MODEL, add_webhook, query, staff_session
 from tests.alerts.receiver import Receiver
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.services
 
@@ -60,7 +61,9 @@ def test_the_limiter_down_is_alerted_once_by_two_web_processes(
             pending = query(server, "select count(*) from alerts_delivery where state = 'pending'")
             return counted == len(codes) and pending == [(0,)]
 
-        wait_until(all_judged, "both processes' counts written and no delivery pending")
+        wait_until(
+            all_judged, what="both processes' counts written and no delivery pending", within=20
+        )
         assert len(receiver.bodies) == 1, receiver.bodies
         assert query(server, "select condition from alerts_alert") == [("limiter_unavailable",)]
         assert query(server, "select state, attempts from alerts_delivery") == [("delivered", 1)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from pathlib import Path
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from sandbox import KindLimits, SandboxConfig
 from tests.servers import SluiceServer
+from tests.waiting import await_until
 
 # Upstream accuracy under a 3x burst is a measurement: other tests' load on the same two
 # cores would delay requests on their way to the sandbox and bunch them there.
@@ -122,12 +122,13 @@ async def test_four_web_processes_hold_the_limit_under_a_3x_burst(cluster):
 
 
 async def serving_again(server: SluiceServer, keys: list[str], within: float = 20) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await burst(server, keys, total=4) == [200] * 4:
-            return
-        await asyncio.sleep(0.5)
-    pytest.fail(f"the gateway did not serve again within {within} s")
+    await await_until(
+        lambda: burst(server, keys, total=4),
+        lambda statuses: statuses == [200] * 4,
+        within=within,
+        every=0.5,
+        what="the gateway serving again",
+    )
 
 
 async def test_limiter_killed_and_restarted_mid_load(cluster):

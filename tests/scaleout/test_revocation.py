@@ -18,9 +18,9 @@ from tests.gateway.test_revocation import (
     Team,
     body,
     chats_upstream,
-    eventually,
 )
 from tests.servers import SluiceServer
+from tests.waiting import await_until
 
 pytestmark = pytest.mark.services
 
@@ -57,9 +57,7 @@ async def test_revoking_through_one_process_cuts_the_calls_in_another(cluster):
             received = await anext(chunks)
             # One a minute: this one queues in the limiter worker, behind the stream's grant.
             queued = asyncio.ensure_future(web.post(CHAT, json=body(), headers=team.auth))
-            assert await eventually(lambda: _limiter(web, "queued", 1)), (
-                "the second call did not queue"
-            )
+            await await_until(lambda: _limiter(web, "queued", 1), what="the second call queued")
 
             changed = time.monotonic()
             await team.change("revoke")  # through the other web process
@@ -75,8 +73,8 @@ async def test_revoking_through_one_process_cuts_the_calls_in_another(cluster):
         )
         assert last["error"]["code"] == "invalid_api_key"
         # The limiter kept neither the ticket nor the stream's lease; Together saw only the stream.
-        assert await eventually(lambda: _limiter(web, "queued", 0))
-        assert await eventually(lambda: _limiter(web, "leases", 0))
+        await await_until(lambda: _limiter(web, "queued", 0))
+        await await_until(lambda: _limiter(web, "leases", 0))
         assert chats_upstream(cluster) == 1
         assert (await team.key_row())["revoked_at"] is not None
 

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
-import psycopg
 import pytest
 
-from tests.alerts.helpers import staff_session, wait_until
+from tests.alerts.helpers import staff_session
 from tests.conftest import POSTGRES_URL, need, reachable
+from tests.databases import postgres_database
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 # What each database keeps of the issue's value when written past the checks: SQLite
@@ -37,16 +38,11 @@ def database(request, tmp_path_factory) -> Iterator[tuple[str, SluiceServer]]:
             yield request.param, server
         return
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
-    name = f"sluice_amounts_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-        with SluiceServer(tmp, env={"DATABASE_URL": url}) as server:
-            yield request.param, server
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with (
+        postgres_database(POSTGRES_URL, prefix="sluice_amounts") as url,
+        SluiceServer(tmp, env={"DATABASE_URL": url}) as server,
+    ):
+        yield request.param, server
 
 
 @pytest.fixture
@@ -195,7 +191,7 @@ def test_a_stored_limit_that_cannot_be_read_is_skipped_and_alerted(database, ops
             alerts = staff.get("/alerts/")
             return f'data-condition="amount_unreadable:budget:{broken}"' in alerts.text
 
-        wait_until(alerted, "the unreadable budget's alert")
+        wait_until(alerted, what="the unreadable budget's alert", within=20)
     assert ops.delete(f"/budgets/{broken}").status_code == 204
     assert ops.get(f"/teams/{team}/budgets").status_code == 200
 
@@ -220,7 +216,7 @@ def test_a_stored_price_that_cannot_be_read_is_skipped_and_alerted(database, ops
             alerts = staff.get("/alerts/")
             return f'data-condition="amount_unreadable:price:{pk}"' in alerts.text
 
-        wait_until(alerted, "the unreadable price's alert")
+        wait_until(alerted, what="the unreadable price's alert", within=20)
     assert f"price {pk}" in server.log() and "cannot be read" in server.log()
     listed = ops.get("/prices")
     assert listed.status_code == 200, listed.text

@@ -5,12 +5,13 @@ once; a call within budget goes through."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 
@@ -70,12 +71,11 @@ def test_a_low_token_budget_refuses_the_next_call(shared_server, ops):
     assert midnight.isoformat() in error["message"]
 
     # Recorded in the 429 history with its reason (written off the request path).
-    deadline = time.monotonic() + 15
-    while True:
-        rows = ops.get("/refusals", params={"team": "budget-low"}).json()["items"]
-        if rows or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)  # polling a batched write
+    rows = wait_until(
+        lambda: ops.get("/refusals", params={"team": "budget-low"}).json()["items"],
+        within=15,
+        every=0.1,
+    )
     assert [row["reason"] for row in rows] == ["budget_exceeded"]
 
     # Both thresholds crossed once, by the first call.
@@ -173,18 +173,18 @@ def test_a_call_in_flight_holds_the_budget_until_its_usage_settles_it(shared_ser
                 rest = [line for line in lines if line.startswith("data: {")]
             usage = json.loads(rest[-1].removeprefix("data: "))["usage"]
             assert usage["total_tokens"] == 4  # what the sandbox counted: 1 word + 3
+
             # Its report settles the reservation at those 4 tokens. It leaves its web
             # process when the stream has ended (fire and forget), so the next call may
             # beat it to the limiter and still find the estimate held: asked again until
             # the report has landed. Settled at the estimate instead (204 of 150), no
             # call would ever pass.
-            deadline = time.monotonic() + 15
-            while True:
-                after = chat(v1)
-                if after.status_code == 200 or time.monotonic() > deadline:
-                    break
-                assert after.json()["error"]["code"] == "budget_exceeded"
-                time.sleep(0.1)  # waiting on a report sent in the background
+            def answered(answer: httpx.Response) -> bool:
+                if answer.status_code != 200:
+                    assert answer.json()["error"]["code"] == "budget_exceeded"
+                return answer.status_code == 200
+
+            after = wait_until(lambda: chat(v1), answered, within=15, every=0.1)
             assert after.status_code == 200, after.text
     finally:
         sandbox.configure({"stream_chunk_delay_ms": delay})

@@ -3,7 +3,6 @@ has answered, and the calls it served meanwhile are priced once the list arrives
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 import httpx
@@ -11,6 +10,7 @@ import httpx
 from sandbox import SandboxConfig
 from tests.servers import SluiceServer
 from tests.usage.test_recording import CHAT, cost
+from tests.waiting import wait_until
 
 HELD = {"asked": 1, "answered": 0, "abandoned": 0, "waiting": 1}
 
@@ -38,12 +38,11 @@ def test_a_model_list_that_never_answers_delays_no_call(tmp_path):
                 headers={"authorization": f"Bearer {server.admin_token}"},
                 timeout=30,
             ) as ops:
-                deadline = time.monotonic() + 15
-                while True:
-                    rows = ops.get("/usage", params={"team": "priced-late"}).json()
-                    if rows or time.monotonic() > deadline:
-                        break
-                    time.sleep(0.2)  # polling a write that happens off the request path
+                rows = wait_until(
+                    lambda: ops.get("/usage", params={"team": "priced-late"}).json(),
+                    within=15,
+                    every=0.1,
+                )
         assert server.sandbox.stats()["model_lists"]["answered"] == 1
 
     assert [(r["model"], r["requests"], r["total_tokens"]) for r in rows] == [

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from decimal import Decimal
 
 import httpx
 import pytest
 
 from sandbox.catalog import model_list
+from tests.waiting import wait_until
 
 CHAT = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
 COMPLETION = "meta-llama/Llama-2-70b-hf"
@@ -37,12 +37,12 @@ def usage_rows(ops: httpx.Client, team: str, **params: object) -> list[dict]:
 def wait_for_requests(ops: httpx.Client, team: str, count: int, **params: object) -> list[dict]:
     """The rollups are written off the request path (every second): poll the API until
     they show `count` requests, or fail after a deadline."""
-    deadline = time.monotonic() + 15
-    while True:
-        rows = usage_rows(ops, team, **params)
-        if sum(row["requests"] for row in rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.2)  # polling a write that happens off the request path, not timing
+    return wait_until(
+        lambda: usage_rows(ops, team, **params),
+        lambda rows: sum(row["requests"] for row in rows) >= count,
+        within=15,
+        every=0.1,
+    )
 
 
 @pytest.fixture
@@ -262,15 +262,16 @@ def test_a_long_stream_left_before_its_last_chunk_is_charged_the_text_relayed(sh
     with httpx.Client(
         base_url=f"{shared_server.url}/v1", headers={"authorization": f"Bearer {key}"}, timeout=30
     ) as v1:
-        deadline = time.monotonic() + 15
-        while True:
-            after = v1.post(
+        # The usage report is sent in the background: asked again until it has landed.
+        after = wait_until(
+            lambda: v1.post(
                 "/chat/completions",
                 json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}]},
-            )
-            if after.status_code == 429 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)  # the usage report is sent in the background
+            ),
+            lambda answer: answer.status_code == 429,
+            within=15,
+            every=0.2,
+        )
     assert after.status_code == 429, after.text
     error = after.json()["error"]
     assert error["code"] == "budget_exceeded"
