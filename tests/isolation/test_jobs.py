@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.isolation.conftest import Jobs, TeamClient, World, assert_openai_error, wait_for
+from tests.isolation.conftest import Jobs, TeamClient, World, assert_openai_error
 from tests.isolation.routes import V1Route, v1_routes
 from tests.jobs.conftest import batch_lines
+from tests.waiting import wait_until
 
 CANCELLED = {"cancelled", "cancel_requested", "CANCELLED", "CANCELING"}
 KIND_PATH = {"fine_tune": "fine-tunes", "batch": "batches"}
@@ -105,10 +106,11 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     # (it starts queued work too), moments later; a claimed job reads QUEUED until
     # Together has it.
     started_id = started.json()["job"]["id"]
-    wait_for(
+    wait_until(
         lambda: stayer.client.get(f"/v1/batches/{started_id}").json()["status"],
         lambda status: status != "QUEUED",
         within=15,
+        what="the teammate's batch to start",
     )
 
     job = world.db.job(job_id)
