@@ -54,7 +54,16 @@ AHEAD = (
     "django.http",
     "django.urls",
     "django.forms",
-    "django.template",
+    "django.template.defaulttags",
+    "django.template.defaultfilters",
+    "django.template.loader_tags",
+    "django.db.migrations",
+    "django.test",
+    "pydantic.json_schema",
+    "pydantic.functional_validators",
+    "wsgiref.handlers",
+    "email.generator",
+    "unittest.mock",
     "asgiref.sync",
 )
 _MESSAGE = 1 << 20
