@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -244,3 +245,19 @@ def spawn(
         for descriptor in opened:
             os.close(descriptor)
     return ForkedProcess(args, answer["pid"], pipes)
+
+
+def run(
+    args: list[str], *, env: dict[str, str], cwd: Path = ROOT, timeout: float = 120
+) -> tuple[int, str]:
+    """`subprocess.run(args, ...)` for a one-off `manage.py` command: its exit code and its
+    output (stdout and stderr together)."""
+    with tempfile.TemporaryFile("w+") as output:
+        process = spawn(args, env=env, cwd=cwd, stdout=output)
+        try:
+            code = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+        output.seek(0)
+        return code, output.read()

@@ -196,30 +196,17 @@ class SluiceServer:
 
     # --- set-up through manage.py --------------------------------------------------------
     def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-        return done.stdout
+        """Run a command; its output (stdout and stderr together)."""
+        code, output = forkserver.run([PYTHON, "manage.py", *args], env=self.env, timeout=60)
+        if code:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{output}")
+        return output
 
     def manage_fails(self, *args: str) -> str:
         """Run a command that must fail; its output."""
-        done = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode != 0, f"manage.py {' '.join(args)} succeeded:\n{done.stdout}"
-        return done.stdout + done.stderr
+        code, output = forkserver.run([PYTHON, "manage.py", *args], env=self.env, timeout=60)
+        assert code != 0, f"manage.py {' '.join(args)} succeeded:\n{output}"
+        return output
 
     def python(self, code: str) -> str:
         """Run `code` in a Django shell against this deployment's database; its output.
