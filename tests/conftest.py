@@ -150,6 +150,11 @@ def _seeded_in_transaction(request):
     elif "db" not in request.fixturenames:
         return
     request.getfixturevalue("db")
+    seed_if_flushed()
+
+
+def seed_if_flushed() -> None:
+    """Put back what the migrations seeded if a transactional test flushed it."""
     from django.apps import apps
 
     from limiter.models import UpstreamAccount

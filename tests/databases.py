@@ -15,7 +15,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_USERNAME = "ops"
@@ -54,14 +55,9 @@ def _migrate_with_admin(database_url: str) -> None:
         f"get_user_model().objects.create_superuser('{ADMIN_USERNAME}', '', '{admin_password()}')"
     )
     for args in (["migrate", "--noinput", "-v0"], ["shell", "-v", "0", "-c", admin]):
-        subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            timeout=120,
-            capture_output=True,
-        )
+        code, output = forkserver.run([sys.executable, "manage.py", *args], env=env, cwd=ROOT)
+        if code:
+            raise RuntimeError(f"manage.py {args[0]} failed ({code}):\n{output}")
 
 
 # --- SQLite ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,14 @@ from typing import Any
 import httpx
 
 from sandbox import SandboxConfig, run_in_thread
-from tests import databases
+from tests import databases, forkserver
+from tests.forkserver import ForkedProcess
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# A test's own subprocess, or a server's process (forked by tests/forkserver.py).
+Process = subprocess.Popen | ForkedProcess
 
 
 def free_port() -> int:
@@ -37,7 +40,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen | None = None) -> None:
+def wait_for_http(url: str, timeout: float = 30.0, process: Process | None = None) -> None:
     def answers() -> bool:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} before listening")
@@ -93,8 +96,8 @@ class SluiceServer:
         self.ports = [free_port() for _ in range(web_processes)]
         self.limiter_worker = limiter_worker
         self.worker_env = worker_env or {}  # on top of `env`, for the limiter worker only
-        self.processes: list[subprocess.Popen] = []
-        self.worker: subprocess.Popen | None = None
+        self.processes: list[Process] = []
+        self.worker: Process | None = None
         self._shell: Shell | None = None
 
     @property
@@ -162,15 +165,11 @@ class SluiceServer:
         stop_all([*self.processes, *([self.worker] if self.worker else [])])
         self.sandbox.stop()
 
-    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        output = open(self.tmp_path / log, "ab")  # noqa: SIM115  (closed with the process)
-        return subprocess.Popen(
-            [PYTHON, "manage.py", *args],
-            cwd=ROOT,
-            env={**self.env, **(env or {})},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
+    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> ForkedProcess:
+        with open(self.tmp_path / log, "ab") as output:
+            return forkserver.spawn(
+                [PYTHON, "manage.py", *args], env={**self.env, **(env or {})}, stdout=output
+            )
 
     def restart(self) -> None:
         """Stop every web process (SIGTERM: the drain runs, as in a deploy) and start them
@@ -197,30 +196,17 @@ class SluiceServer:
 
     # --- set-up through manage.py --------------------------------------------------------
     def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if done.returncode:
-            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-        return done.stdout
+        """Run a command; its output (stdout and stderr together)."""
+        code, output = forkserver.run([PYTHON, "manage.py", *args], env=self.env, timeout=60)
+        if code:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{output}")
+        return output
 
     def manage_fails(self, *args: str) -> str:
         """Run a command that must fail; its output."""
-        done = subprocess.run(
-            [PYTHON, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode != 0, f"manage.py {' '.join(args)} succeeded:\n{done.stdout}"
-        return done.stdout + done.stderr
+        code, output = forkserver.run([PYTHON, "manage.py", *args], env=self.env, timeout=60)
+        assert code != 0, f"manage.py {' '.join(args)} succeeded:\n{output}"
+        return output
 
     def python(self, code: str) -> str:
         """Run `code` in a Django shell against this deployment's database; its output.
@@ -300,14 +286,12 @@ class Shell:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = dict(env)
         self.lock = threading.Lock()
-        self.process = subprocess.Popen(
+        self.process = forkserver.spawn(
             [PYTHON, "manage.py", "shell", "-v", "0", "-c", _SHELL_LOOP],
-            cwd=ROOT,
             env=self.env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
         )
 
     def alive_with(self) -> dict[str, str] | None:
@@ -343,11 +327,11 @@ class Shell:
                 stream.close()
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop(process: Process, timeout: float = 10.0) -> None:
     stop_all([process], timeout)
 
 
-def stop_all(processes: list[subprocess.Popen], timeout: float = 10.0) -> None:
+def stop_all(processes: Sequence[Process], timeout: float = 10.0) -> None:
     """SIGTERM to every process first, then wait for each: they drain side by side, as in
     a deploy, instead of one after another."""
     running = [process for process in processes if process.poll() is None]

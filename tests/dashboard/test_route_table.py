@@ -6,15 +6,17 @@ out of these tables, fails `test_every_route_declares_a_rule_and_is_in_the_table
 
 from __future__ import annotations
 
+import copy
+import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async
-from channels.testing import WebsocketCommunicator
-from django.contrib.auth.models import AnonymousUser, Group, User
+from django.contrib.auth.models import Group, User
+from django.db import connection, transaction
 from django.http import HttpRequest, HttpResponse
 from django.test import Client, RequestFactory
 from django.urls import URLPattern, URLResolver, get_resolver, path, reverse
@@ -23,7 +25,7 @@ from ninja import NinjaAPI
 from dashboard import access, live, policy
 from dashboard.api import MSG_KEY_PROFILE, StaffSession, api
 from dashboard.audit import ACTION_REFUSED
-from dashboard.consumers import CLOSE_FORBIDDEN, LiveConsumer
+from dashboard.consumers import LiveConsumer
 from dashboard.models import AuditEntry, TeamMembership
 from dashboard.services import token_create
 from limiter import serving
@@ -31,6 +33,7 @@ from limiter.alerts.models import Webhook
 from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
 from limiter.services import key_issue, profile_default, team_get_or_create
 from limiter.usage.models import Budget, ModelPrice
+from tests.conftest import seed_if_flushed
 from tests.dashboard.conftest import org_user
 
 ANON, NOROLE, VIEWER, MAINTAINER, AUDITOR, OPERATOR, ADMIN = (
@@ -82,8 +85,27 @@ class World:
         }
 
 
+@pytest.fixture(scope="module")
+def world_made(django_db_setup: None, django_db_blocker: Any) -> Iterator[World]:
+    """The world, made once for the module (some 700 cells) in a transaction rolled back
+    at its end. Each cell runs in a savepoint within it (pytest-django's `db`), so what a
+    cell changes is undone before the next, as when each made its own world. (The
+    websocket cells, which need transactions of their own, are in
+    test_route_table_websocket.py.)"""
+    with django_db_blocker.unblock(), transaction.atomic():
+        seed_if_flushed()
+        yield _make_world()
+        transaction.set_rollback(True)
+
+
 @pytest.fixture
-def world(db) -> World:
+def world(world_made: World, db: None) -> World:
+    """A copy of the module's world for one cell (its instances are the cell's own, as
+    Django's setUpTestData gives them)."""
+    return copy.deepcopy(world_made)
+
+
+def _make_world() -> World:
     team_a, team_b = team_get_or_create(name="team-a")[0], team_get_or_create(name="team-b")[0]
     key_a, key_b = key_issue(team=team_a).key, key_issue(team=team_b).key
     budgets = [
@@ -128,8 +150,8 @@ def client_for(world: World, persona: str) -> Client:
     return client
 
 
-def database_state() -> dict[str, list[dict[str, Any]]]:
-    """Every row a write could touch (the audit log without the entries about access)."""
+@functools.cache
+def _state_queries() -> tuple[tuple[str, str, tuple[Any, ...]], ...]:
     tables: dict[str, Any] = {
         "team": Team.objects.all(),
         "key": ApiKey.objects.all(),
@@ -147,7 +169,21 @@ def database_state() -> dict[str, list[dict[str, Any]]]:
             action__in=(ACTION_REFUSED, "sign_in", "sign_out", "sign_in_failed")
         ),
     }
-    return {name: list(rows.order_by("pk").values()) for name, rows in tables.items()}
+    return tuple(
+        (name, *rows.order_by("pk").values_list().query.sql_with_params())
+        for name, rows in tables.items()
+    )
+
+
+def database_state() -> dict[str, list[tuple[Any, ...]]]:
+    """Every row a write could touch, every column (the audit log without the entries
+    about access). The ORM's queries, compiled once: a cell reads the state twice."""
+    with connection.cursor() as cursor:
+        state = {}
+        for name, sql, params in _state_queries():
+            cursor.execute(sql, params)
+            state[name] = cursor.fetchall()
+    return state
 
 
 def expected_refusal(persona: str, allowed: frozenset[str], target: str | None, api: bool) -> int:
@@ -437,44 +473,6 @@ def test_admin(world, method, template, allowed, persona) -> None:
         api=False,
         login_url="/admin/login/",
     )
-
-
-# --- the websocket -----------------------------------------------------------------------------
-@pytest.mark.django_db(transaction=True)
-@pytest.mark.usefixtures("seeded_transactional_db")
-@pytest.mark.parametrize("persona", PERSONAS)
-async def test_websocket(persona, monkeypatch) -> None:
-    """The live overview's websocket: open to every role; a team role gets its teams'
-    rows only (tests/dashboard/test_shared_views.py)."""
-
-    async def request_snapshot(reply: str) -> None:
-        return None
-
-    monkeypatch.setattr(serving, "request_snapshot", request_snapshot)
-
-    def make_user() -> Any:
-        if persona == ANON:
-            return AnonymousUser()
-        if persona in (AUDITOR, OPERATOR, ADMIN):
-            return org_user(persona.replace(" ", "-"), persona)
-        user = User.objects.create_user("member")
-        if persona != NOROLE:
-            team = team_get_or_create(name="team-a")[0]
-            TeamMembership.objects.create(
-                user=user, team=team, role="viewer" if persona == VIEWER else "maintainer"
-            )
-        return user
-
-    user = await database_sync_to_async(make_user)()
-    communicator = WebsocketCommunicator(LiveConsumer.as_asgi(), "/ws/live/")
-    communicator.scope["user"] = user
-    connected, code = await communicator.connect()
-    if persona in TEAM_A_READERS:
-        assert connected
-        assert (await communicator.receive_json_from(timeout=2))["type"] == "limits"
-        await communicator.disconnect()
-    else:
-        assert not connected and code == CLOSE_FORBIDDEN
 
 
 # --- deny by default -----------------------------------------------------------------------------

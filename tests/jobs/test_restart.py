@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 from contextlib import ExitStack, closing
 from datetime import timedelta
@@ -20,13 +19,13 @@ from limiter.jobs.models import Job, JobKind, JobState
 from limiter.jobs.poller import Poller
 from limiter.upstream import account_target
 from sandbox import ThreadedSandbox
+from tests import forkserver
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.databases import postgres_database
+from tests.forkserver import ForkedProcess
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
 from tests.servers import Shell
 from tests.waiting import wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _claim_interrupted(key, kind: str, request: dict) -> Job:
@@ -99,16 +98,9 @@ class Deployment:
         self._shell: Shell | None = None
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        code, output = forkserver.run([sys.executable, "manage.py", *args], env=self.env)
+        assert code == 0, f"manage.py {args[0]} failed:\n{output}"
+        return output
 
     def python(self, code: str) -> object:
         """Run code in `manage.py shell`; its last line printed as JSON is returned. One
@@ -121,23 +113,21 @@ class Deployment:
         if self._shell is not None:
             self._shell.close()
 
-    def poller(self) -> subprocess.Popen:
-        log = open(self.tmp_path / "poller.log", "ab")  # noqa: SIM115  (closed with the process)
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "manage.py",
-                "jobpoller",
-                "--interval",
-                "0.2",
-                "--start-deadline",
-                "1",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    def poller(self) -> ForkedProcess:
+        with open(self.tmp_path / "poller.log", "ab") as log:
+            return forkserver.spawn(
+                [
+                    sys.executable,
+                    "manage.py",
+                    "jobpoller",
+                    "--interval",
+                    "0.2",
+                    "--start-deadline",
+                    "1",
+                ],
+                env=self.env,
+                stdout=log,
+            )
 
     def jobs(self) -> list[dict]:
         return self.python(
@@ -147,7 +137,7 @@ class Deployment:
         )
 
 
-def running(poller: subprocess.Popen, deployment: Deployment) -> bool:
+def running(poller: ForkedProcess, deployment: Deployment) -> bool:
     """True while the poller runs; its log in the failure once it has exited."""
     assert poller.poll() is None, (deployment.tmp_path / "poller.log").read_text()
     return True

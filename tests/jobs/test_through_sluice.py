@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +12,9 @@ import httpx
 import pytest
 from together import Together
 
+from tests import forkserver
 from tests.jobs.conftest import MODEL, batch_lines
 from tests.waiting import wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -25,14 +23,12 @@ def jobs_server(sluice_server: Any, tmp_path: Path) -> Iterator[Any]:
     sluice_server.sandbox.configure(
         {"fine_tune_seconds": 1.0, "batch_seconds": 1.0, "max_running_fine_tunes": 3}
     )
-    log = open(tmp_path / "jobpoller.log", "ab")  # noqa: SIM115  (closed with the process)
-    poller = subprocess.Popen(
-        [sys.executable, "manage.py", "jobpoller", "--interval", "0.2"],
-        cwd=ROOT,
-        env=sluice_server.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "jobpoller.log", "ab") as log:
+        poller = forkserver.spawn(
+            [sys.executable, "manage.py", "jobpoller", "--interval", "0.2"],
+            env=sluice_server.env,
+            stdout=log,
+        )
     try:
         yield sluice_server
     finally:

@@ -1,0 +1,56 @@
+"""The fork server (tests/forkserver.py) starts `manage.py` as `python manage.py` would:
+the process's own argv, environment and working directory, its own settings, and its
+exit code or signal as subprocess.Popen tells them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests import forkserver
+from tests.servers import PYTHON, ROOT
+
+
+def shell(code: str, tmp_path: Path, **env: str) -> forkserver.ForkedProcess:
+    return forkserver.spawn(
+        [PYTHON, "manage.py", "shell", "-v", "0", "-c", code],
+        env={
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tests.settings",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            **env,
+        },
+        stdout=subprocess.PIPE,
+    )
+
+
+def test_a_forked_process_runs_with_its_own_argv_environment_and_settings(tmp_path):
+    process = shell(
+        "import os, sys; from django.conf import settings\n"
+        "print(sys.argv[0], os.getcwd(), os.environ['SLUICE_FORK_PROBE'],"
+        " settings.DATABASES['default']['NAME'], os.getppid() != os.getpid())",
+        tmp_path,
+        SLUICE_FORK_PROBE="probe-1",
+    )
+    assert process.wait(60) == 0
+    assert process.stdout is not None
+    assert process.stdout.read().split() == [
+        "manage.py",
+        str(ROOT),
+        "probe-1",
+        str(tmp_path / "db.sqlite3"),
+        "True",
+    ]
+
+
+def test_exit_codes_and_signals_are_reported_as_popen_does(tmp_path):
+    assert shell("import sys; sys.exit(3)", tmp_path).wait(60) == 3
+    assert shell("raise RuntimeError('boom')", tmp_path).wait(60) == 1
+    sleeper = shell("import time; print('up', flush=True); time.sleep(60)", tmp_path)
+    assert sleeper.stdout is not None and sleeper.stdout.readline() == "up\n"
+    assert sleeper.poll() is None
+    sleeper.send_signal(signal.SIGTERM)
+    assert sleeper.wait(10) == -signal.SIGTERM
+    sleeper.kill()  # gone already: nothing is sent
