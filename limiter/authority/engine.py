@@ -95,21 +95,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The reasons it decides with are the protocol's words (`error.code`, the 429 record);
+# INVALID_UNITS: a ticket whose units no bucket can hold (NaN, infinite, negative, over
+# MAX_UNITS), a bug upstream of the engine, refused alone.
+from limiter.protocol.events import (
+    ACCOUNT_RATE_LIMITED,
+    CONCURRENCY_LIMITED,
+    INVALID_UNITS,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
+    RATE_LIMITED,
+    TOKEN_RATE_LIMITED,
+    UPSTREAM_PAUSED,
+)
+
 # ("key" | "account", object id, endpoint, model). A key's scope is per endpoint kind
 # (model ""); an account's is per model, as Together limits each model on its own.
 ScopeId = tuple[str, ...]
 
-# Reason codes, as the API puts them in `error.code` and the 429 record keeps them.
-RATE_LIMITED = "rate_limited"
-ACCOUNT_RATE_LIMITED = "account_rate_limited"
-TOKEN_RATE_LIMITED = "token_rate_limited"
-QUEUE_FULL = "queue_full"
-QUEUE_TIMEOUT = "queue_timeout"
-CONCURRENCY_LIMITED = "concurrency_limited"
-UPSTREAM_PAUSED = "upstream_paused"
-# A ticket whose units no bucket can hold (NaN, infinite, negative, over MAX_UNITS): the
-# edge bounds what callers send, so this is a bug upstream of the engine, refused alone.
-INVALID_UNITS = "invalid_units"
 
 # The most tokens one ticket may reserve, or one release report: far above any call (the
 # gateway bounds a body's size and its max_tokens), small enough that every bucket's time

@@ -66,8 +66,7 @@ CHARGE_KEY = "key"  # a caller of a merged request: its key's scope only
 CHARGE_ACCOUNT = "account"  # the merged request itself: the account's scope only
 
 # A refusal's reason (DecisionMessage.reason), as the API puts it in `error.code` and the
-# 429 record keeps it. The engine decides with the same codes (limiter/authority/engine.py
-# keeps its own copy, being pure; tests/gateway/test_reason_codes.py holds them equal).
+# 429 record keeps it; the engine decides with these (limiter/authority/engine.py).
 RATE_LIMITED = "rate_limited"
 ACCOUNT_RATE_LIMITED = "account_rate_limited"
 TOKEN_RATE_LIMITED = "token_rate_limited"

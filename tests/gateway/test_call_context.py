@@ -10,7 +10,6 @@ import httpx
 import pytest
 
 from limiter import metrics
-from limiter.authority import engine
 from limiter.gateway import forward, sending
 from limiter.gateway.admission import Admission
 from limiter.gateway.context import CallContext, Handles
@@ -120,20 +119,6 @@ def test_a_call_is_sized_once_by_the_shared_rules() -> None:
     # n multiplies the completion bound a caller set; none set, no bound.
     assert measure({"prompt": "", "max_tokens": 4, "n": 2}, "completions").cap == 8
     assert measure({"prompt": ""}, "completions").cap is None
-
-
-def test_the_protocol_names_the_reasons_the_engine_decides_with() -> None:
-    for name in (
-        "RATE_LIMITED",
-        "ACCOUNT_RATE_LIMITED",
-        "TOKEN_RATE_LIMITED",
-        "QUEUE_FULL",
-        "QUEUE_TIMEOUT",
-        "CONCURRENCY_LIMITED",
-        "UPSTREAM_PAUSED",
-        "INVALID_UNITS",
-    ):
-        assert getattr(events, name) == getattr(engine, name)
 
 
 def test_a_gateway_refusal_is_counted_alerted_and_recorded_under_its_caller(
