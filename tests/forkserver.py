@@ -10,7 +10,9 @@ that read neither Django's settings nor the environment when imported are import
 
 `spawn()` answers a `ForkedProcess`, which has the part of `subprocess.Popen` the tests
 use (pid, poll, wait, send_signal, terminate, kill, returncode, the pipes). The fork
-server, whose children they are, reaps them and tells their exit codes.
+server, whose children they are, reaps them and tells their exit codes. A process whose
+PYTHONPATH differs from the fork server's cannot be a fork of it (the path, and a
+`sitecustomize` on it, are read as the interpreter starts): it starts afresh, with Popen.
 """
 
 from __future__ import annotations
@@ -211,6 +213,9 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+Process = ForkedProcess | subprocess.Popen[str]  # what `spawn` answers
+
+
 def spawn(
     args: list[str],
     *,
@@ -219,10 +224,14 @@ def spawn(
     stdout: IO[Any] | int = subprocess.DEVNULL,
     stderr: IO[Any] | int = subprocess.STDOUT,
     stdin: int = subprocess.DEVNULL,
-) -> ForkedProcess:
+) -> Process:
     """`subprocess.Popen(args, env=env, cwd=cwd, stdin=.., stdout=.., stderr=..)` for
     `args` = [sys.executable, "manage.py", ...], text pipes where PIPE is asked."""
     assert args[0] == sys.executable and args[1].endswith("manage.py"), args
+    if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
+        return subprocess.Popen(  # noqa: S603 (the test's own manage.py)
+            args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=True
+        )
     opened: list[int] = []  # the child's ends, closed here once sent
     pipes: dict[str, IO[Any] | None] = {"stdin": None, "stdout": None, "stderr": None}
 

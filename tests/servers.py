@@ -25,13 +25,12 @@ import httpx
 
 from sandbox import SandboxConfig, run_in_thread
 from tests import databases, forkserver
-from tests.forkserver import ForkedProcess
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # A test's own subprocess, or a server's process (forked by tests/forkserver.py).
-Process = subprocess.Popen | ForkedProcess
+Process = subprocess.Popen | forkserver.Process
 
 
 def free_port() -> int:
@@ -165,7 +164,7 @@ class SluiceServer:
         stop_all([*self.processes, *([self.worker] if self.worker else [])])
         self.sandbox.stop()
 
-    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> ForkedProcess:
+    def _spawn(self, *args: str, log: str, env: dict[str, str] | None = None) -> forkserver.Process:
         with open(self.tmp_path / log, "ab") as output:
             return forkserver.spawn(
                 [PYTHON, "manage.py", *args], env={**self.env, **(env or {})}, stdout=output

@@ -13,7 +13,7 @@ from tests import forkserver
 from tests.servers import PYTHON, ROOT
 
 
-def shell(code: str, tmp_path: Path, **env: str) -> forkserver.ForkedProcess:
+def shell(code: str, tmp_path: Path, **env: str) -> forkserver.Process:
     return forkserver.spawn(
         [PYTHON, "manage.py", "shell", "-v", "0", "-c", code],
         env={
@@ -54,3 +54,20 @@ def test_exit_codes_and_signals_are_reported_as_popen_does(tmp_path):
     sleeper.send_signal(signal.SIGTERM)
     assert sleeper.wait(10) == -signal.SIGTERM
     sleeper.kill()  # gone already: nothing is sent
+
+
+def test_a_process_given_its_own_python_path_starts_with_it(tmp_path):
+    """PYTHONPATH is read as the interpreter starts (sys.path, and a `sitecustomize` found
+    on it runs before anything else): a fork of the warm server has started already, so such
+    a process must start afresh. The skewed-clock limiter of the scale-out tests is one."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import os\nos.environ['SLUICE_SITE_RAN'] = 'yes'\n")
+    process = shell(
+        f"import os, sys; print(os.environ.get('SLUICE_SITE_RAN'), {str(site)!r} in sys.path)",
+        tmp_path,
+        PYTHONPATH=str(site),
+    )
+    assert process.wait(60) == 0
+    assert process.stdout is not None
+    assert process.stdout.read().split() == ["yes", "True"]

@@ -22,7 +22,7 @@ from sandbox import ThreadedSandbox
 from tests import forkserver
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.databases import postgres_database
-from tests.forkserver import ForkedProcess
+from tests.forkserver import Process
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
 from tests.servers import Shell
 from tests.waiting import wait_until
@@ -113,7 +113,7 @@ class Deployment:
         if self._shell is not None:
             self._shell.close()
 
-    def poller(self) -> ForkedProcess:
+    def poller(self) -> Process:
         with open(self.tmp_path / "poller.log", "ab") as log:
             return forkserver.spawn(
                 [
@@ -137,7 +137,7 @@ class Deployment:
         )
 
 
-def running(poller: ForkedProcess, deployment: Deployment) -> bool:
+def running(poller: Process, deployment: Deployment) -> bool:
     """True while the poller runs; its log in the failure once it has exited."""
     assert poller.poll() is None, (deployment.tmp_path / "poller.log").read_text()
     return True
