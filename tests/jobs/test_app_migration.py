@@ -11,7 +11,6 @@ whose post_migrate made the jobs app's content types beside the limiter app's.""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests import forkserver
 from tests.conftest import POSTGRES_URL, need, reachable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ print(json.dumps({
 
 
 class Database:
-    """`manage.py` against one database of its own, in a subprocess."""
+    """`manage.py` against one database of its own, in a process of its own (forked)."""
 
     def __init__(self, url: str) -> None:
         self.env = {
@@ -124,16 +124,10 @@ class Database:
         }
 
     def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
+        """Its output, standard output and error together."""
+        code, output = forkserver.run([sys.executable, "manage.py", *args], env=self.env, cwd=ROOT)
+        assert code == 0, f"manage.py {args[0]} failed:\n{output}"
+        return output
 
     def python(self, code: str) -> object:
         return json.loads(self.manage("shell", "-c", code).strip().splitlines()[-1])
