@@ -41,7 +41,11 @@ class Command(BaseCommand):
         # Imported here: daphne.server installs Twisted's asyncio reactor as a side effect.
         from daphne.server import Server
 
-        config = presets.new_organisation(api_key) if new_organisation else SandboxConfig(api_key=api_key)
+        config = (
+            presets.new_organisation(api_key)
+            if new_organisation
+            else SandboxConfig(api_key=api_key)
+        )
         config.latency_ms = latency_ms
         app = SandboxApp(config)
         server: Any = Server(
