@@ -143,7 +143,9 @@ async def _keep_own(request: Request, kind: str, response: Response) -> Response
     owners = await sync_to_async(selectors.managed_owners)(kind=kind, object_ids=ids)
     team = request.key.team_id
     # Only the team's own: objects made outside Sluice are the organisation's, not its.
-    kept = [item for item in items if isinstance(item, dict) and owners.get(item.get("id")) == team]
+    kept = [
+        item for item in items if isinstance(item, dict) and owners.get(str(item.get("id"))) == team
+    ]
     if isinstance(data, dict):
         data["data"] = kept
     response.body = json.dumps(data if isinstance(data, dict) else kept).encode()
