@@ -30,7 +30,7 @@ MSG_TOO_MANY_AUTH_FAILURES = (
 MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
 MSG_ROUTE_REFUSED = (
     "{method} {path} is {what}, an organisation-level route of Together: Sluice does not let "
-    "teams use it unless the operators allow it (a '{kind}' row in the team's limit profile)."
+    "teams use it unless the operators allow it (a row for '{kind}' in the team's limit profile)."
 )
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
 MSG_LIMITER_DOWN = (
