@@ -110,6 +110,8 @@ class Scopes:
     def upstream(self, scope_id: ScopeId, report: events.UpstreamReportMessage, now: float) -> None:
         """What Together said of a model's account scope: its pace moves with what it
         learned, and a 429 pauses the scope for as long as Together asked."""
+        if self.config.is_dedicated(scope_id[1], scope_id[3]):
+            return  # its calls charge no such scope: nothing to learn, nothing to pause
         learned = self.ceilings.learn(scope_id, report, now)
         if learned is not None:
             self.engine.scope(scope_id, learned, now)

@@ -170,3 +170,21 @@ def test_a_model_on_a_dedicated_endpoint_is_held_by_its_key_alone():
     assert resolver.ceilings.ceilings == {}
     # Another model on the same account keeps its ceiling.
     assert resolver.for_ticket(ticket("black-forest-labs/other"))[1][0][1] == "a"
+
+
+def test_what_together_says_of_a_dedicated_model_makes_no_ceiling_and_no_pause():
+    resolver = scopes(dataclasses.replace(config(), dedicated=frozenset({("a", FLUX.lower())})))
+    report: events.UpstreamReportMessage = {
+        "type": events.UPSTREAM_REPORT,
+        "account": "a",
+        "endpoint": "images",
+        "model": FLUX,
+        "error_type": "",
+        "pause": 5.0,
+        "headers": {"x-ratelimit-limit": "1"},
+        "refused": True,
+        "unavailable": 0,
+    }
+    resolver.upstream(("account", "a", "images", FLUX), report, 1.0)
+    assert resolver.ceilings.ceilings == {}
+    assert resolver.engine.scopes == {}
