@@ -215,6 +215,10 @@ _TREES: tuple[tuple[str, str, bool], ...] = (
 )
 
 
+# Reads that stay the catalogue's (limiter/gateway/catalog.py): not organisation routes.
+CATALOGUE = frozenset({("GET", "/v1/models"), ("GET", "/v2/projects/{project_id}/models")})
+
+
 def org_routes() -> list[tuple[str, str, str, Handler]]:
     """The routes of this module, after the team API's own (GET /v1/models and the
     project's model list stay the catalogue's: the router takes the first match)."""
@@ -224,5 +228,5 @@ def org_routes() -> list[tuple[str, str, str, Handler]]:
     ]
     for path, kind, collection in _TREES:
         handler = handler_for(kind, collection=collection)
-        routes += [(method, path, kind, handler) for method in METHODS]
+        routes += [(m, path, kind, handler) for m in METHODS if (m, path) not in CATALOGUE]
     return routes

@@ -10,6 +10,7 @@ import pytest
 from limiter.gateway import org
 from limiter.gateway.errors import MSG_ROUTE_REFUSED
 from sandbox import SandboxConfig
+from tests.isolation.routes import concrete_path, v1_routes
 from tests.servers import SluiceServer
 
 H100 = "1x_nvidia_h100_80gb_sxm"
@@ -139,3 +140,12 @@ def test_an_allowed_team_owns_what_it_creates(server, teams):
         f"print(ManagedObject.objects.filter(object_id={endpoint_id!r}).count())"
     )
     assert count.strip() == "0"
+
+
+@pytest.mark.parametrize("route", v1_routes("org"), ids=lambda r: r.id)
+def test_every_organisation_route_is_a_403_for_a_team_without_the_row(server, teams, route):
+    path = concrete_path(route.pattern, id="endpoint-1", project_id="proj-1", rest="a/b")
+    answer = teams["plain"].request(route.method, path, json={} if route.method != "GET" else None)
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["error"]["code"] == "route_not_allowed"
+    assert f"{route.method} {path} is " in answer.json()["error"]["message"]

@@ -83,6 +83,9 @@ V1_ROUTES = [
             "/v2/projects/{project_id}/{rest:path}",
         )
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        # The model lists stay the catalogue's ("listing" above).
+        if (method, pattern)
+        not in {("GET", "/v1/models"), ("GET", "/v2/projects/{project_id}/models")}
     ],
 ]
 
