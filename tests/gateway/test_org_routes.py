@@ -38,11 +38,14 @@ REFUSED = [
 def server(tmp_path_factory):
     with SluiceServer(tmp_path_factory.mktemp("org"), sandbox=SandboxConfig()) as server:
         server.make_profile("endpoint-admins", {})
-        server.python(
-            "from limiter.models import EndpointLimit, LimitProfile\n"
-            "EndpointLimit.objects.create(profile=LimitProfile.objects.get(name='endpoint-admins'),"
-            " endpoint='org_endpoints', requests_per_minute=60, burst=5)"
-        )
+        # Ops allow the kind with a profile row, in the ops API (audited like any limit).
+        with httpx.Client(
+            base_url=f"{server.url}/api", headers={"authorization": f"Bearer {server.admin_token}"}
+        ) as api:
+            profile = next(p for p in api.get("/profiles").json() if p["name"] == "endpoint-admins")
+            row = {"endpoint": "org_endpoints", "requests_per_minute": 60, "burst": 5}
+            made = api.post(f"/profiles/{profile['id']}/limits", json=row)
+            assert made.status_code == 201, made.text
         yield server
 
 
