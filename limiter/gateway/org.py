@@ -68,7 +68,7 @@ async def _forward(request: Request) -> Response:
         path = path[len("/v1") :]
     else:
         target = _root_target(target)
-    headers = {"content-type": request.headers["content-type"]} if request.body else {}
+    headers = {"content-type": request.content_type} if request.content_type else {}
     try:
         outcome = await client.send(
             target,

@@ -152,3 +152,10 @@ def test_every_organisation_route_is_a_403_for_a_team_without_the_row(server, te
     assert answer.status_code == 403, answer.text
     assert answer.json()["error"]["code"] == "route_not_allowed"
     assert f"{route.method} {path} is " in answer.json()["error"]["message"]
+
+
+def test_an_allowed_call_without_a_content_type_is_forwarded(teams):
+    answer = teams["ops_a"].post("/v1/endpoints", content=b'{"model": "x/y", "hardware": "nope"}')
+    # Together's own 400 (unknown hardware), relayed: not a 500 for the missing header.
+    assert answer.status_code == 400, answer.text
+    assert "Unknown hardware" in answer.json()["error"]["message"]
