@@ -12,6 +12,7 @@ from limiter.gateway.errors import MSG_ROUTE_REFUSED
 from sandbox import SandboxConfig
 from tests.isolation.routes import concrete_path, v1_routes
 from tests.servers import SluiceServer
+from tests.waiting import wait_until
 
 H100 = "1x_nvidia_h100_80gb_sxm"
 MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
@@ -46,6 +47,12 @@ def server(tmp_path_factory):
             row = {"endpoint": "org_endpoints", "requests_per_minute": 60, "burst": 5}
             made = api.post(f"/profiles/{profile['id']}/limits", json=row)
             assert made.status_code == 201, made.text
+        server.make_profile("endpoint-tight", {})
+        server.python(
+            "from limiter.models import EndpointLimit, LimitProfile\n"
+            "EndpointLimit.objects.create(profile=LimitProfile.objects.get(name='endpoint-tight'),"
+            " endpoint='org_endpoints', requests_per_minute=1, burst=1, queue_depth=0)"
+        )
         yield server
 
 
@@ -159,3 +166,26 @@ def test_an_allowed_call_without_a_content_type_is_forwarded(teams):
     # Together's own 400 (unknown hardware), relayed: not a 500 for the missing header.
     assert answer.status_code == 400, answer.text
     assert "Unknown hardware" in answer.json()["error"]["message"]
+
+
+def test_the_allowing_row_is_also_the_kinds_rate_and_its_429_is_recorded(server):
+    key = server.issue_key("tight-ops", profile="endpoint-tight")
+    with httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=30
+    ) as client:
+        first = client.get("/v1/endpoints")
+        second = client.get("/v1/endpoints")
+    assert first.status_code == 200, first.text
+    assert second.status_code == 429, second.text
+    assert second.headers["x-sluice-limited-by"] == "gateway"
+    reason = second.json()["error"]["code"]
+    recorded = wait_until(
+        lambda: server.python(
+            "from limiter.models import Refusal\n"
+            "print(list(Refusal.objects.filter(team_name='tight-ops')"
+            ".values_list('endpoint', 'reason', 'source')))"
+        ).strip(),
+        lambda rows: rows != "[]",
+        what="the 429 in the refusal record",
+    )
+    assert recorded == f"[('org_endpoints', '{reason}', 'gateway')]"
