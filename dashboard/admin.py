@@ -29,7 +29,16 @@ from django.http import HttpRequest
 from dashboard import policy
 from dashboard.models import TeamMembership
 from dashboard.services import audit_record
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
+from limiter.models import (
+    ApiKey,
+    DedicatedModel,
+    EndpointLimit,
+    LimitProfile,
+    ManagedObject,
+    Refusal,
+    Team,
+    UpstreamAccount,
+)
 
 SECRET_CHANGED = "changed"
 # Fields whose value is a secret or stands for one: never written to the log.
@@ -247,3 +256,23 @@ class RefusalAdmin(AuditedAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(DedicatedModel)
+class DedicatedModelAdmin(AuditedAdmin):
+    """Ops mark a model served on a dedicated endpoint here (by_hand: the poll keeps it);
+    the rows the limiter's poll found are listed beside them (limiter/authority/dedicated.py)."""
+
+    list_display = ["model", "account", "by_hand", "endpoint_name", "created_at"]
+    list_filter = ["account", "by_hand"]
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        return {"by_hand": True}
+
+
+@admin.register(ManagedObject)
+class ManagedObjectAdmin(AuditedAdmin):
+    """Organisation-level objects teams created through Sluice, and who owns each."""
+
+    list_display = ["kind", "object_id", "team", "created_at"]
+    list_filter = ["kind", "team"]

@@ -28,7 +28,7 @@ from limiter import serving  # noqa: E402
 team_api = serving.build_team_api()
 health = serving.build_health()
 
-TEAM_API_PREFIXES = ("/v1/", "/v2/projects/")
+TEAM_API_PREFIXES = ("/v1/", "/v2/projects/", "/v2/public/")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 SANDBOX_PREFIX = "/sandbox"
 ABSOLUTE_FORM = ("http://", "https://")

@@ -18,13 +18,15 @@ AUDITOR = "auditor"
 SLUICE_APPS = ("limiter", "jobs", "usage", "alerts", "dashboard")
 
 # (app_label, model) an operator may add, change and delete: limits, profiles, teams,
-# keys, budgets, alerts and the learned ceilings (a reset deletes one).
+# keys, budgets, alerts, the learned ceilings (a reset deletes one) and the models marked
+# as served on a dedicated endpoint.
 OPERATOR_MODELS = (
     ("limiter", "endpointlimit"),
     ("limiter", "limitprofile"),
     ("limiter", "team"),
     ("limiter", "apikey"),
     ("limiter", "learnedceiling"),
+    ("limiter", "dedicatedmodel"),
     ("usage", "budget"),
     ("alerts", "alert"),
 )

@@ -198,6 +198,9 @@ SLUICE_LEARNED_CEILING_MAX_AGE = env.float("SLUICE_LEARNED_CEILING_MAX_AGE", def
 # Off: Together's headers and 429s never move a model's pace, which stays the profile's (a
 # static ceiling; the ramp benchmark's baseline). 429s still pause.
 SLUICE_UPSTREAM_LEARN = env.bool("SLUICE_UPSTREAM_LEARN", default=True)
+# How often the limiter asks Together which models the account serves on dedicated
+# endpoints (limiter/authority/dedicated.py); 0: never (ops mark them by hand).
+SLUICE_DEDICATED_POLL_SECONDS = env.float("SLUICE_DEDICATED_POLL_SECONDS", default=60.0)
 # A restarted limiter grants nothing on a scope with a concurrency cap for this long, so
 # the leases web processes hand back (LIMITER_STARTED -> ADOPT) are counted first.
 SLUICE_ADOPT_WINDOW = env.float("SLUICE_ADOPT_WINDOW", default=2.0)

@@ -126,6 +126,11 @@ def overview(request: StaffRequest) -> HttpResponse:
                 key=lambda failure: failure.account,
             ),
             "margin_percent": round(settings.SLUICE_UPSTREAM_MARGIN * 100),
+            "dedicated": [
+                row
+                for row in selectors.dedicated_list()
+                if visible is None or str(row.account_id) in visible.account_ids
+            ],
         },
     )
 

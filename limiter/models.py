@@ -105,6 +105,19 @@ class EndpointKind(models.TextChoices):
     FINE_TUNES = "fine_tunes", "Fine-tune jobs"
     BATCHES = "batches", "Batch inference"
     FILES = "files", "Files"
+    # Organisation-level management (limiter/gateway/org.py): refused to every team unless
+    # its profile has a row for the kind; the row is then also its request rate.
+    ORG_ENDPOINTS = "org_endpoints", "Dedicated endpoints (organisation)"
+    ORG_MODELS = "org_models", "Model uploads (organisation)"
+    ORG_TRAINING = "org_training", "Post-training and shaping (organisation)"
+    ORG_DEPLOYMENTS = "org_deployments", "Deployments and their queue (organisation)"
+    ORG_COMPUTE = "org_compute", "GPU clusters (organisation)"
+    ORG_BILLING = "org_billing", "Billing usage (organisation)"
+    ORG_PROJECTS = "org_projects", "Projects (organisation)"
+
+
+# The organisation-level kinds: a team may use one only when its profile has a row for it.
+ORG_KINDS = tuple(kind.value for kind in EndpointKind if kind.value.startswith("org_"))
 
 
 class LimitProfile(models.Model):
@@ -320,6 +333,33 @@ class LearnedCeiling(models.Model):
         return f"{self.account_id}/{self.endpoint}/{self.model}: {self.pace_per_minute:.1f}/min"
 
 
+class DedicatedModel(models.Model):
+    """A model one of the account's dedicated endpoints serves: Together sets no rate limit
+    there, so its calls are not held to the account's per-model ceiling (only to the
+    team's key limits and budgets; limiter/authority/scopes.py).
+
+    Found by polling Together's endpoint list (limiter/authority/dedicated.py), which adds
+    and removes the rows it found; a row marked `by_hand` is ops' and the poll leaves it.
+    A change is a configuration change (limiter/signals.py): the limiter reloads."""
+
+    account = models.ForeignKey(
+        UpstreamAccount, on_delete=models.CASCADE, related_name="dedicated_models"
+    )
+    model = models.CharField(max_length=200)
+    by_hand = models.BooleanField(default=False, help_text="Marked by ops, not found upstream.")
+    endpoint_name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["account_id", "model"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "model"], name="one_dedicated_row_per_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} (dedicated{', by hand' if self.by_hand else ''})"
+
+
 class Team(models.Model):
     name = models.CharField(max_length=80, unique=True)
     # ForeignKey and PROTECT by their own names: django-stubs gives Team the reverse
@@ -455,3 +495,23 @@ class Refusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.team_name} {self.endpoint} {self.reason}"
+
+
+class ManagedObject(models.Model):
+    """An organisation-level object (a dedicated endpoint, an uploaded model, a deployment,
+    a cluster...) a team created through Sluice: only that team may name it
+    (limiter/gateway/org.py answers another team's id as an unknown one)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="managed_objects")
+    kind = models.CharField(max_length=20, choices=EndpointKind.choices)
+    object_id = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "object_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "object_id"], name="one_owner_per_object")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.object_id} ({self.team_id})"

@@ -18,7 +18,16 @@ from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Substr, TruncMinute
 from django.utils import timezone
 
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Refusal, Team, UpstreamAccount
+from limiter.models import (
+    ApiKey,
+    DedicatedModel,
+    EndpointLimit,
+    LimitProfile,
+    ManagedObject,
+    Refusal,
+    Team,
+    UpstreamAccount,
+)
 from limiter.protocol import events
 
 PAGE_SIZE = 50
@@ -322,3 +331,15 @@ KNOWN_REASONS = (
     events.UPSTREAM_PAUSED,
     "upstream_rate_limited",
 )
+
+
+def managed_owners(*, kind: str, object_ids: Collection[str]) -> dict[str, int]:
+    """The owning team's id of each of `object_ids` that a team created through Sluice."""
+    rows = ManagedObject.objects.filter(kind=kind, object_id__in=list(object_ids))
+    return dict(rows.values_list("object_id", "team_id"))
+
+
+def dedicated_list(*, account_id: int | None = None) -> QuerySet[DedicatedModel]:
+    """The models served on dedicated endpoints, every account's or one's."""
+    rows = DedicatedModel.objects.select_related("account")
+    return rows if account_id is None else rows.filter(account_id=account_id)

@@ -21,7 +21,9 @@ from limiter.models import (
     KEY_PREFIX,
     VISIBLE_PREFIX_LENGTH,
     ApiKey,
+    DedicatedModel,
     LimitProfile,
+    ManagedObject,
     Team,
     UpstreamAccount,
 )
@@ -87,3 +89,50 @@ def key_rotate(*, key: ApiKey) -> IssuedKey:
     key_rotated.send(sender=ApiKey, old=key, new=issued.key)
     key_revoke(key=key)
     return issued
+
+
+def managed_object_record(*, team_id: int, kind: str, object_id: str) -> None:
+    """`team_id` created `object_id` (an organisation-level object) through Sluice: it is
+    that team's from now on. The first owner recorded keeps it."""
+    ManagedObject.objects.get_or_create(
+        kind=kind, object_id=object_id[:200], defaults={"team_id": team_id}
+    )
+
+
+def managed_object_forget(*, team_id: int, kind: str, object_id: str) -> None:
+    """The team deleted its object upstream: nobody owns the id any more."""
+    ManagedObject.objects.filter(team_id=team_id, kind=kind, object_id=object_id).delete()
+
+
+@transaction.atomic
+def dedicated_sync(*, account: UpstreamAccount, found: dict[str, str]) -> bool:
+    """Together's endpoint list of `account` says these models (model -> endpoint name) are
+    served on dedicated endpoints: add the new rows, drop the polled ones no longer listed
+    (ops' rows stay). Writes only what changed (each write is a configuration change);
+    returns whether anything did."""
+    rows = {row.model: row for row in DedicatedModel.objects.filter(account=account)}
+    stale = [row.pk for model, row in rows.items() if not row.by_hand and model not in found]
+    changed = bool(stale)
+    if stale:
+        DedicatedModel.objects.filter(pk__in=stale).delete()
+    for model, name in found.items():
+        if model not in rows:
+            DedicatedModel.objects.create(account=account, model=model[:200], endpoint_name=name)
+            changed = True
+    return changed
+
+
+def dedicated_mark(*, account: UpstreamAccount, model: str) -> DedicatedModel:
+    """Ops say `model` is served on one of `account`'s dedicated endpoints."""
+    row, created = DedicatedModel.objects.get_or_create(
+        account=account, model=model, defaults={"by_hand": True}
+    )
+    if not created and not row.by_hand:
+        row.by_hand = True  # ops' from now on: the poll no longer removes it
+        row.save(update_fields=["by_hand"])
+    return row
+
+
+def dedicated_unmark(*, row: DedicatedModel) -> None:
+    """Ops' mark removed (a polled row found again comes back at the next poll)."""
+    row.delete()

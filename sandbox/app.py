@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import resources
+from . import endpoints, resources
 from .catalog import is_known, model_list
 from .config import SandboxConfig
 from .dynamic import REQUEST_LIMITED, TOKEN_LIMITED, DynamicDecision
@@ -81,6 +81,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], RouteHandler]] = [
         ("GET", r"/v1/batches", resources.batches_list),
         ("GET", r"/v1/batches/([^/]+)", resources.batch_retrieve),
         ("POST", r"/v1/batches/([^/]+)/cancel", resources.batch_cancel),
+        *endpoints.ROUTES,
     )
 ]
 
@@ -251,6 +252,8 @@ class SandboxApp:
         injected = state.take_injected_status()
         if injected is not None:
             raise _injected_error(injected, state.config.inject_retry_after_s)
+        if state.dedicated(model):
+            return  # a dedicated endpoint: no rate limit, no x-ratelimit-* headers
         if state.config.dynamic is not None:
             self._check_dynamic(kind, key, model, response, tokens)
             return

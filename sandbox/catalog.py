@@ -47,3 +47,10 @@ def model_list(extra_models: list[str]) -> list[dict[str, Any]]:
 
 def is_known(model: str, extra_models: list[str]) -> bool:
     return model in extra_models or any(spec[0] == model for spec in _MODELS)
+
+
+def model_types(extra_models: list[str]) -> dict[str, str]:
+    """Every model the sandbox serves and its Together type (chat, embedding, image...)."""
+    types = {spec[0]: spec[1] for spec in _MODELS}
+    types.update({model: "chat" for model in extra_models})
+    return types

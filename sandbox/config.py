@@ -42,6 +42,9 @@ class DynamicLimits:
     tokens_cap_per_minute: int | None = None
     # Static caps per minute by model name or fnmatch glob ("black-forest-labs/FLUX*").
     model_caps: dict[str, int] = field(default_factory=dict)
+    # Floors per minute by model name or glob, instead of floor_per_minute for the models they
+    # match (the tightest wins): a new organisation's embeddings start lower than its chat.
+    model_floors: dict[str, int] = field(default_factory=dict)
     # Chance that a request admitted at or below the rate fails with 503 (Together's capacity).
     capacity_503_rate: float = 0.0
     # Together limits per organisation: by default every bearer key shares one budget per model.
@@ -55,6 +58,7 @@ class DynamicLimits:
             "window_seconds": self.window_seconds,
             "multiplier": self.multiplier,
             **{f"model_caps[{name!r}]": cap for name, cap in self.model_caps.items()},
+            **{f"model_floors[{name!r}]": floor for name, floor in self.model_floors.items()},
         }
         if self.tokens_floor_per_minute is not None:
             positive["tokens_floor_per_minute"] = self.tokens_floor_per_minute
@@ -77,6 +81,11 @@ class DynamicLimits:
         caps = [cap for pattern, cap in self.model_caps.items() if fnmatchcase(model, pattern)]
         return min(caps) if caps else None
 
+    def model_floor(self, model: str) -> int:
+        """The floor of the tightest floor row matching the model, else floor_per_minute."""
+        floors = [f for pattern, f in self.model_floors.items() if fnmatchcase(model, pattern)]
+        return min(floors) if floors else self.floor_per_minute
+
     def request_rate(self, model: str, successes: int) -> int:
         """Requests per minute for a model that had `successes` in the trailing window.
 
@@ -84,7 +93,7 @@ class DynamicLimits:
         over the floor, as Together's 6-a-minute image models show.
         """
         recent = self.multiplier * successes * 60 / self.window_seconds
-        rate = max(self.floor_per_minute, math.floor(recent))
+        rate = max(self.model_floor(model), math.floor(recent))
         model_cap = self.model_cap(model)
         return min(rate, self.cap_per_minute, rate if model_cap is None else model_cap)
 

@@ -32,8 +32,9 @@ from django.http.cookie import parse_cookie
 from dashboard import policy
 from dashboard.origin import origin_allowed, scope_header
 from limiter.upstream import sandbox_api_key
-from sandbox import SandboxApp, SandboxConfig
+from sandbox import SandboxApp
 from sandbox.http import ApiError, json_response, send_response
+from sandbox.presets import new_organisation
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,9 @@ class MountedSandbox:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix.rstrip("/")
         self.api_key = sandbox_api_key()
-        self.app = SandboxApp(SandboxConfig(api_key=self.api_key), prefix=self.prefix)
+        # Together as a new organisation meets it: the seed's limits per model, per second,
+        # moving with traffic (sandbox/presets.py), so Sluice learns believable ceilings.
+        self.app = SandboxApp(new_organisation(self.api_key), prefix=self.prefix)
 
     async def __call__(self, scope: dict[str, Any], receive, send) -> None:
         path = scope["path"][len(self.prefix) :]

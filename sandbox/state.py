@@ -94,6 +94,8 @@ class SandboxState:
         self.fine_tunes: dict[str, FineTune] = {}
         self.fine_tunes_rejected = 0
         self.batches: dict[str, Batch] = {}
+        # Dedicated endpoints by id (sandbox/endpoints.py): their models are not rate limited.
+        self.endpoints: dict[str, dict[str, Any]] = {}
         # Every embeddings request of strings, refused or not: [model, inputs], so tests
         # see how calls were merged.
         self.embeddings_requests: list[list[Any]] = []
@@ -112,6 +114,11 @@ class SandboxState:
         else:
             self.model_list_released.set()
         return self.config.to_dict()
+
+    def dedicated(self, model: str) -> bool:
+        """Whether a started dedicated endpoint serves `model`: Together sets no rate limit
+        there (the organisation pays per replica-minute)."""
+        return any(e["model"] == model and e["state"] == "STARTED" for e in self.endpoints.values())
 
     def reset(self) -> None:
         """Forget counters, stats, jobs and files; restore the starting config."""

@@ -18,6 +18,8 @@ the single sign-on configuration) start their commands on it.
 
 from __future__ import annotations
 
+import os
+
 from dashboard.settings import *  # noqa: F403
 from dashboard.settings import MIDDLEWARE as _PROJECT_MIDDLEWARE
 
@@ -28,3 +30,7 @@ MIDDLEWARE = [
     else name
     for name in _PROJECT_MIDDLEWARE
 ]
+
+# The limiter's dedicated-endpoint poll is off in tests unless a test's server asks for it
+# (env SLUICE_DEDICATED_POLL_SECONDS): tests that count the sandbox's requests see none.
+SLUICE_DEDICATED_POLL_SECONDS = float(os.environ.get("SLUICE_DEDICATED_POLL_SECONDS", "0"))

@@ -27,7 +27,14 @@ from fnmatch import fnmatchcase
 from django.db import close_old_connections
 
 from limiter.authority.engine import Limit
-from limiter.models import ApiKey, ConfigVersion, EndpointLimit, UpstreamAccount, is_glob
+from limiter.models import (
+    ApiKey,
+    ConfigVersion,
+    DedicatedModel,
+    EndpointLimit,
+    UpstreamAccount,
+    is_glob,
+)
 
 # A rate no caller reaches, and EndpointLimit's default queue (100 deep, 30 s).
 UNLIMITED = Limit(per_minute=1e12, burst=10**12, queue_depth=100, max_wait=30.0)
@@ -79,6 +86,11 @@ class LimiterConfig:
     account_profiles: dict[str, int] = field(default_factory=dict)  # UpstreamAccount pk -> pk
     limits: dict[tuple[int, str], Limit] = field(default_factory=dict)  # (profile, endpoint)
     models: dict[tuple[int, str], ModelRows] = field(default_factory=dict)  # per-model rows
+    # (account pk, lowercased model) served on one of the account's dedicated endpoints.
+    dedicated: frozenset[tuple[str, str]] = frozenset()
+
+    def is_dedicated(self, account_id: str, model: str) -> bool:
+        return bool(model) and (account_id, model.lower()) in self.dedicated
 
     def knows(self, key_id: str, account_id: str) -> bool:
         return key_id in self.key_profiles and account_id in self.account_profiles
@@ -134,4 +146,8 @@ def config_load() -> LimiterConfig:
         },
         limits=limits,
         models={where: model_rows(rows) for where, rows in overrides.items()},
+        dedicated=frozenset(
+            (str(account), model.lower())
+            for account, model in DedicatedModel.objects.values_list("account_id", "model")
+        ),
     )

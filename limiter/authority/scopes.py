@@ -74,6 +74,10 @@ class Scopes:
             key_scope = self._key_scope(key, endpoint, model)
         if charge == events.CHARGE_KEY:  # a merged call's caller: its key alone
             return key_scope, (("account", "", endpoint, ""), UNLIMITED)
+        if self.config.is_dedicated(account, model):
+            # Served on the account's dedicated endpoint: Together sets no rate limit there,
+            # so no serverless ceiling (learned or not) holds it; the key's limits still do.
+            return key_scope, (("account", "", endpoint, ""), UNLIMITED)
         # The account's ceiling per model: one model's 429 or pace leaves the others be.
         account_id: ScopeId = ("account", account, endpoint, model)
         return key_scope, (account_id, self.account_limit(account_id))
@@ -106,6 +110,8 @@ class Scopes:
     def upstream(self, scope_id: ScopeId, report: events.UpstreamReportMessage, now: float) -> None:
         """What Together said of a model's account scope: its pace moves with what it
         learned, and a 429 pauses the scope for as long as Together asked."""
+        if self.config.is_dedicated(scope_id[1], scope_id[3]):
+            return  # its calls charge no such scope: nothing to learn, nothing to pause
         learned = self.ceilings.learn(scope_id, report, now)
         if learned is not None:
             self.engine.scope(scope_id, learned, now)

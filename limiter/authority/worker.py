@@ -60,11 +60,16 @@ async def run_limiter(
     await consumer.reload()  # the limits, before the first ticket (a ticket would reload anyway)
     await consumer.ceilings.restore()  # what the previous limiter learned of each model
     consumer.ceilings.start_persisting()
+    from limiter.authority.dedicated import poll_forever
+    from limiter.protocol.client import spawn
+
+    dedicated = spawn(poll_forever())  # which models Together serves on dedicated endpoints
     running = consumer
     logger.info("limiter serving channel %r", events.LIMITER_CHANNEL)
     try:
         await _serve(layer, consumer, stop)
     finally:
+        dedicated.cancel()
         consumer.close()
         running = None
         await consumer.ceilings.persist()  # what changed since the last write

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from django.conf import settings
 
 from limiter import logs
-from limiter.gateway import errors
+from limiter.gateway import errors, org
 from limiter.gateway.admission import admitted
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
 from limiter.gateway.context import CallContext, Handles, LimiterStarter
@@ -49,6 +49,7 @@ from limiter.gateway.revocation import calls
 from limiter.gateway.routes import Route, build_routes
 from limiter.gateway.sink import RefusalSink
 from limiter.gateway.throttle import client_address, trusted_networks
+from limiter.models import ORG_KINDS
 from limiter.protocol.client import LimiterClient
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ UPSTREAM_BOUND_HEADERS = (*FORWARDED_REQUEST_HEADERS, "x-request-id")
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
+    """`{name}` matches one path segment; `{name:path}` the rest of the path."""
+    pattern = re.sub(r"\{(\w+):path\}", r"(?P<\1>.+)", pattern)
     return re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
 
 
@@ -208,6 +211,11 @@ class TeamApi:
         assert task is not None
         request.call = calls.track(request.key, task, request.request_id)
         recorder.key_used(request.key.key_id)
+        if kind in ORG_KINDS and kind not in request.key.org_kinds:
+            # An organisation-level route this team's profile does not allow: before any quota.
+            raise errors.refused_route(
+                method=request.method, path=request.path, kind=kind, what=org.what(kind)
+            )
         check = CHECKED_FIRST.get(handler)
         if check is not None:
             check(request)  # a bad body is a 400 before it spends any quota

@@ -28,6 +28,10 @@ MSG_TOO_MANY_AUTH_FAILURES = (
     "Too many failed authentication attempts from this address; retry later."
 )
 MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
+MSG_ROUTE_REFUSED = (
+    "{method} {path} is {what}, an organisation-level route of Together: Sluice does not let "
+    "teams use it unless the operators allow it (a row for '{kind}' in the team's limit profile)."
+)
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
 MSG_LIMITER_DOWN = (
     "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
@@ -102,6 +106,17 @@ class ApiError(Exception):
         }
         error.update(self.extra)
         return json.dumps({"error": error}).encode()
+
+
+def refused_route(*, method: str, path: str, kind: str, what: str) -> ApiError:
+    """The 403 for a Together route Sluice understands but does not let this team use,
+    naming the route, what it is and how ops allow it (docs/routes.md)."""
+    return ApiError(
+        403,
+        MSG_ROUTE_REFUSED.format(method=method, path=path[:200], what=what, kind=kind),
+        type=PERMISSION,
+        code="route_not_allowed",
+    )
 
 
 def upstream_unreachable() -> ApiError:

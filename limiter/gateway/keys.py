@@ -17,7 +17,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from limiter.caching import GenerationCache
-from limiter.models import ApiKey, ConfigVersion
+from limiter.models import ORG_KINDS, ApiKey, ConfigVersion
 from limiter.protocol.changes import register_cache
 from limiter.upstream import Target, account_target
 
@@ -48,6 +48,9 @@ class KeyInfo:
     # Inputs per merged embeddings request for this key's calls; 0: not merged (its profile
     # turned coalescing off). See limiter/gateway/coalesce.py.
     coalesce_max_inputs: int = 0
+    # The organisation-level kinds its profile has a row for: the only ones it may use
+    # (limiter/gateway/org.py); every other is refused with a 403 naming the route.
+    org_kinds: frozenset[str] = frozenset()
 
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -86,6 +89,11 @@ def _load(secret_hash: str) -> KeyInfo | None:
         fallbacks=dict(profile.model_fallbacks or {}),
         max_batch_requests=batches.max_batch_requests if batches else None,
         coalesce_max_inputs=profile.coalesce_max_inputs if profile.coalesce_embeddings else 0,
+        org_kinds=frozenset(
+            profile.limits.filter(endpoint__in=ORG_KINDS, model="").values_list(
+                "endpoint", flat=True
+            )
+        ),
     )
 
 

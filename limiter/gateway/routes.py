@@ -11,6 +11,7 @@ from __future__ import annotations
 from limiter.gateway import catalog, inference
 from limiter.gateway.http import Handler
 from limiter.gateway.jobs import ROUTES as JOB_ROUTES
+from limiter.gateway.org import org_routes
 
 Route = tuple[str, str, str, Handler]
 
@@ -26,4 +27,5 @@ def build_routes() -> list[Route]:
         # The together SDK 3.x lists models per project; answer with the same list.
         ("GET", "/v2/projects/{project_id}/models", "", catalog.models),
     ]
-    return routes + JOB_ROUTES
+    # Organisation-level routes last: GET /v1/models stays the catalogue's.
+    return routes + JOB_ROUTES + org_routes()

@@ -13,15 +13,19 @@ from django.test import Client
 
 from dashboard.admin import SECRET_CHANGED, AuditedAdmin
 from dashboard.models import AuditEntry
+from limiter import services
 from limiter.models import (
     MSG_UPSTREAM_HOST,
     MSG_UPSTREAM_SCHEME,
+    ConfigVersion,
+    DedicatedModel,
     EndpointLimit,
     LimitProfile,
     Team,
     UpstreamAccount,
 )
 from limiter.services import key_issue, profile_default, team_get_or_create
+from tests.dashboard.conftest import org_user
 
 
 class _Form(HTMLParser):
@@ -260,3 +264,30 @@ def test_a_role_given_as_a_group_in_the_admin_makes_the_user_staff_and_is_audite
     assert admin_client.post(path, data).status_code == 302
     user.refresh_from_db()
     assert not user.is_staff and not user.groups.exists()
+
+
+def test_an_operator_marks_a_model_dedicated_in_the_admin_audited(db) -> None:
+    """Ops mark a model served on a dedicated endpoint by hand: a configuration change
+    (the limiter reloads), audited, and a row the endpoint poll leaves alone."""
+    operator = org_user("operator-1", "operator")
+    client = Client()
+    client.force_login(operator)
+    add = form_of(client, "/admin/limiter/dedicatedmodel/add/")
+    assert add["by_hand"] == "on"  # the form starts as ops' own mark
+    account = UpstreamAccount.objects.get(is_default=True)
+    add.update({"account": str(account.pk), "model": "org/dedicated-model"})
+    version = ConfigVersion.current()
+
+    assert client.post("/admin/limiter/dedicatedmodel/add/", add).status_code == 302
+
+    row = DedicatedModel.objects.get(model="org/dedicated-model")
+    assert row.by_hand
+    assert ConfigVersion.current() > version
+    [created] = entries("dedicatedmodel", "admin_create")
+    assert created.new_values["model"] == "org/dedicated-model"
+    assert services.dedicated_sync(account=account, found={}) is False  # the poll keeps it
+    # An auditor sees the rows but cannot add one.
+    auditor = Client()
+    auditor.force_login(org_user("auditor-1", "auditor"))
+    assert auditor.get("/admin/limiter/dedicatedmodel/").status_code == 200
+    assert auditor.get("/admin/limiter/dedicatedmodel/add/").status_code == 403

@@ -6,6 +6,7 @@ added without an entry here fails the suite instead of going unwalked.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -49,7 +50,49 @@ V1_ROUTES = [
     V1Route("GET", "/v1/batches", "listing"),
     V1Route("GET", "/v1/batches/{id}", "batch"),
     V1Route("POST", "/v1/batches/{id}/cancel", "batch"),
+    # Organisation-level routes (limiter/gateway/org.py): refused unless the profile allows
+    # the kind; every method of each path is routed. The public hardware lists pass.
+    V1Route("GET", "/v1/hardware", "catalogue"),
+    V1Route("GET", "/v2/public/inference-instance-types", "catalogue"),
+    *[
+        V1Route(method, pattern, "org")
+        for pattern in (
+            "/v1/endpoints",
+            "/v1/endpoints/{id}",
+            "/v1/endpoints/{id}/{rest:path}",
+            "/v2/projects/{project_id}/endpoints",
+            "/v2/projects/{project_id}/endpoints/{id}",
+            "/v2/projects/{project_id}/endpoints/{id}/{rest:path}",
+            "/v2/projects/{project_id}/models",
+            "/v2/projects/{project_id}/models/{id}",
+            "/v2/projects/{project_id}/models/{id}/{rest:path}",
+            "/v1/models",
+            "/v1/rl",
+            "/v1/rl/{rest:path}",
+            "/v1/shaping",
+            "/v1/shaping/{rest:path}",
+            "/v1/deployments",
+            "/v1/deployments/{rest:path}",
+            "/v1/queue",
+            "/v1/queue/{rest:path}",
+            "/v1/compute",
+            "/v1/compute/{rest:path}",
+            "/v1/billing/{rest:path}",
+            "/v1/projects",
+            "/v1/projects/{rest:path}",
+            "/v2/projects/{project_id}/{rest:path}",
+        )
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        # The model lists stay the catalogue's ("listing" above).
+        if (method, pattern)
+        not in {("GET", "/v1/models"), ("GET", "/v2/projects/{project_id}/models")}
+    ],
 ]
+
+
+def concrete_path(pattern: str, **values: str) -> str:
+    """A route's pattern with its parameters filled in (`{rest:path}` too)."""
+    return re.sub(r"\{(\w+)(?::path)?\}", lambda m: values.get(m.group(1), "x"), pattern)
 
 
 def v1_routes(*takes: str) -> list[V1Route]:

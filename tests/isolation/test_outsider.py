@@ -12,7 +12,7 @@ import pytest
 
 from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
 from tests.isolation.conftest import TRAINING, TeamClient, World, assert_openai_error
-from tests.isolation.routes import V1_ROUTES, V1Route
+from tests.isolation.routes import V1_ROUTES, V1Route, concrete_path
 from tests.isolation.test_models import BODIES
 from tests.jobs.conftest import MODEL
 
@@ -25,7 +25,7 @@ def _call(world: World, route: V1Route) -> dict[str, Any]:
         "batch": world.b_batches.public["running"],
     }
     call: dict[str, Any] = {
-        "path": route.pattern.format(id=ids.get(route.takes, ""), project_id="proj")
+        "path": concrete_path(route.pattern, id=ids.get(route.takes, "x"), project_id="proj")
     }
     if route.takes == "model":
         call["json"] = {"model": world.b_model, **BODIES[route.pattern]}

@@ -4,6 +4,8 @@ memory: no database."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from limiter.authority.config import UNLIMITED, LimiterConfig, model_rows
@@ -155,3 +157,34 @@ def test_a_model_whose_callers_wait_ramps_up_on_the_engine():
     assert engine.tickets  # the second waits for the model's pace
     assert resolver.ramp(100.0)
     assert engine.scopes[account_id].limit.per_minute == pytest.approx(3.6)  # 3 + a tenth of 6
+
+
+def test_a_model_on_a_dedicated_endpoint_is_held_by_its_key_alone():
+    """Together sets no rate limit on a dedicated endpoint: the account's scope for the
+    model is the unlimited one, and no ceiling is made for it; the key's still applies."""
+    dedicated = dataclasses.replace(config(), dedicated=frozenset({("a", FLUX.lower())}))
+    resolver = scopes(dedicated)
+    key_scope, account_scope = resolver.for_ticket(ticket(FLUX.upper()))
+    assert key_scope == (("key", "k", "images", FLUX.upper()), KEY_FLUX)
+    assert account_scope == (("account", "", "images", ""), UNLIMITED)
+    assert resolver.ceilings.ceilings == {}
+    # Another model on the same account keeps its ceiling.
+    assert resolver.for_ticket(ticket("black-forest-labs/other"))[1][0][1] == "a"
+
+
+def test_what_together_says_of_a_dedicated_model_makes_no_ceiling_and_no_pause():
+    resolver = scopes(dataclasses.replace(config(), dedicated=frozenset({("a", FLUX.lower())})))
+    report: events.UpstreamReportMessage = {
+        "type": events.UPSTREAM_REPORT,
+        "account": "a",
+        "endpoint": "images",
+        "model": FLUX,
+        "error_type": "",
+        "pause": 5.0,
+        "headers": {"x-ratelimit-limit": "1"},
+        "refused": True,
+        "unavailable": 0,
+    }
+    resolver.upstream(("account", "a", "images", FLUX), report, 1.0)
+    assert resolver.ceilings.ceilings == {}
+    assert resolver.engine.scopes == {}

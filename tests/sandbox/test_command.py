@@ -34,3 +34,27 @@ def test_command_serves_with_daphne_on_a_free_port() -> None:
     finally:
         process.terminate()
         process.communicate(timeout=10)
+
+
+def test_command_plays_a_new_organisation_when_asked() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "sandbox", "--port", "0", "--new-organisation"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        v1_url = process.stdout.readline().strip().rsplit(" ", 1)[1]
+        answer = httpx.post(
+            f"{v1_url}/embeddings",
+            json={"model": "BAAI/bge-base-en-v1.5", "input": "hi"},
+            headers={"Authorization": "Bearer k"},
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-ratelimit-limit"] == "5"  # the seed's 300 a minute
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from sandbox import SandboxApp, SandboxConfig
+from sandbox import SandboxApp, SandboxConfig, presets
 
 
 class Command(BaseCommand):
@@ -21,6 +21,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--api-key", default=None, help="accept only this bearer key (default: any)"
         )
+        parser.add_argument(
+            "--new-organisation",
+            action="store_true",
+            help="limit each model as Together limits a new organisation (the seed's rates, "
+            "per second, growing with traffic); default: no limits",
+        )
 
     def handle(
         self,
@@ -29,12 +35,19 @@ class Command(BaseCommand):
         port: int,
         latency_ms: float,
         api_key: str | None,
+        new_organisation: bool = False,
         **options: Any,
     ) -> None:
         # Imported here: daphne.server installs Twisted's asyncio reactor as a side effect.
         from daphne.server import Server
 
-        app = SandboxApp(SandboxConfig(api_key=api_key, latency_ms=latency_ms))
+        config = (
+            presets.new_organisation(api_key)
+            if new_organisation
+            else SandboxConfig(api_key=api_key)
+        )
+        config.latency_ms = latency_ms
+        app = SandboxApp(config)
         server: Any = Server(
             application=app,
             endpoints=[f"tcp:port={port}:interface={host}"],
