@@ -11,5 +11,8 @@ Modules, each small and separate:
   accuracy    bursts of 3x the limit against a sandbox enforcing the same limit
   dynamic     issue 11's scenarios against Together's dynamic limits (--only dynamic)
   report      the tables, with the issues' targets
+  shards      sharded limiters simulated: real engines on a simulated clock, accounts
+              split across shards, a shard's death and a shard joining (--only shards;
+              shards_run the timeline, shards_report the tables)
   runner      the gateway's sequence, sized by --quick / --duration
 """
