@@ -48,6 +48,7 @@ class Outcome:
     moved: int = 0  # accounts that moved to the joining shard
     handed_over: int = 0  # queued tickets asked again at their account's new shard
     lost: int = 0  # queued tickets on the shard that died (answered limiter_unavailable)
+    admissions: Admissions = field(default_factory=Admissions)
     checks: list[BucketCheck] = field(default_factory=list)
     wall: float = 0.0  # seconds this run took
     cpu: float = 0.0  # process seconds this run took, engines and bookkeeping
@@ -73,7 +74,8 @@ def arrivals(org: Organisation, seconds: float, rng: random.Random) -> Iterator[
         # The arrival past the second is dropped and the clock restarts at its end: the
         # process has no memory, so this is the same Poisson process.
         now = end
-        yield from zip(times, rng.choices(org.teams, cum_weights=cumulative, k=len(times)))
+        picked = rng.choices(org.teams, cum_weights=cumulative, k=len(times))
+        yield from zip(times, picked, strict=True)
 
 
 class Run:
@@ -144,14 +146,19 @@ class Run:
         buckets (the account's and its keys') full from then, as a restarted engine
         does. The old owner answers its queued tickets "ask the new owner"; the web
         processes ask again there."""
-        for team in self.teams_of[account]:
-            for scope, limit in ((team.key, team.key_limit), (team.account, team.account_limit)):
-                new.engine.scope(scope, limit, now).assume_full_at(now)
+        self.adopt(account, new, now)
         engine = old.engine
         for ticket in [t for t in engine.tickets.values() if t.account.id[1] == account]:
             old.record(engine.cancel(ticket.id, now), now, self.log)
             new.acquire(ticket.id, self.by_key[ticket.key.id], now, self.log)
             self.outcome.handed_over += 1
+
+    def adopt(self, account: str, new: Shard, now: float) -> None:
+        """`new` assumes the buckets of `account` and its keys full at `now`: the old owner
+        may have filled them just before it let go."""
+        for team in self.teams_of[account]:
+            for scope, limit in ((team.key, team.key_limit), (team.account, team.account_limit)):
+                new.engine.scope(scope, limit, now).assume_full_at(now)
 
     def events(self, now: float) -> None:
         for name, until in list(self.down_until.items()):
@@ -167,9 +174,11 @@ class Run:
             self.join(join_at)
 
 
-def simulate(org: Organisation, scenario: Scenario) -> Outcome:
+def simulate(org: Organisation, scenario: Scenario, run_type: type[Run] = Run) -> Outcome:
+    """Run `scenario` on `org`. `run_type`: a Run that behaves otherwise (the tests'
+    careless handover, which the checks must catch)."""
     started_wall, started_cpu = time.monotonic(), time.process_time()
-    run = Run(org, scenario)
+    run = run_type(org, scenario)
     for now, team in arrivals(org, scenario.seconds, random.Random(scenario.seed)):
         run.events(now)
         run.poll(now)
@@ -180,6 +189,7 @@ def simulate(org: Organisation, scenario: Scenario) -> Outcome:
     outcome = run.outcome
     outcome.shards = run.shards
     outcome.owned_after.update(run.owner.values())
+    outcome.admissions = run.log
     outcome.checks = check(org, run.log)
     outcome.wall = time.monotonic() - started_wall
     outcome.cpu = time.process_time() - started_cpu
