@@ -106,7 +106,6 @@ class Run:
         self.outcome.offered += 1
         if not shard.alive:
             shard.unavailable += 1
-            shard.per_second[int(now)] += 1
             return
         self.seq += 1
         shard.acquire(f"t{self.seq}", team, now, self.log)
