@@ -116,7 +116,8 @@ class Run:
         shard = self.shards[name]
         self.outcome.lost += len(shard.engine.tickets)
         shard.unavailable += len(shard.engine.tickets)
-        shard.alive, shard.wake = False, None
+        # Its state dies with it (a join meanwhile finds no queued tickets to hand over).
+        shard.engine, shard.alive, shard.wake = Engine(), False, None
         # It may have renewed its lease just before dying: the standby waits a whole TTL.
         self.down_until[name] = now + self.scenario.lease_ttl
 

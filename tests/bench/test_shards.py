@@ -142,3 +142,21 @@ def test_the_report_has_a_row_per_shard_and_the_baseline(org, sharded) -> None:
     for name in ("shard-0", "shard-1", "shard-2", "shard-3"):
         assert f"| {name} |" in text
     assert "10 of 10 hold" in text and "100 of 100 hold" in text
+
+
+def test_a_shard_joining_while_another_is_dead_takes_its_accounts_safely(org) -> None:
+    # The join (at 2 s) comes while shard-1 (dead at 1 s) waits out its 3 s lease.
+    outcome = simulate(org, Scenario(seconds=3.0, shards=3, lease_ttl=3.0))
+    assert [c for c in outcome.checks if not c.holds] == []
+    assert outcome.moved > 0
+    assert outcome.lost > 0
+    assert answered(outcome) == outcome.offered  # none lost with it was handed over too
+
+
+def answered(outcome) -> int:
+    """Calls answered: decided by a shard, or refused while their shard had no owner."""
+    return sum(sum(s.decisions.values()) + s.unavailable for s in outcome.shards.values())
+
+
+def test_every_call_is_answered_once(sharded) -> None:
+    assert answered(sharded) == sharded.offered
