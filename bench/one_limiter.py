@@ -119,6 +119,12 @@ def measure(redis_url: str, postgres_url: str, calls: int = 400) -> dict[str, An
             figures["decision_messages"] = dict(tap.counts)
             memory_env = {k: v for k, v in sluice.env.items() if k != "REDIS_URL"}
             figures["memory"] = decisions.run(memory_env, CLIENTS, 3.0)
+        # Calls asked again because their grant came too late (limiter/protocol/client.py):
+        # the web process logs each one (over the whole run, warm-up included).
+        figures["late_grants"] = sum(
+            log.read_text(errors="replace").count("asking again")
+            for log in Path(tmp).glob("serve-*.log")
+        )
     return figures
 
 
@@ -141,6 +147,7 @@ def summary(f: dict[str, Any]) -> str:
             f"{calls.get('limiter.release', 0) / max(1, f['tapped_calls']):.2f} releases, "
             f"{calls.get('limiter.upstream', 0) / max(1, f['tapped_calls']):.3f} upstream reports)",
             f"- messages per decision of bench/decisions.py: {per_decision:.2f}",
+            f"- grants that came too late and were asked again (whole run): {f['late_grants']}",
             f"- decisions/s over Redis {f['redis']['decisions_per_s']:.0f}, "
             f"in memory {f['memory']['decisions_per_s']:.0f}",
             f"- calls/s one limiter over Redis takes: {served:.0f}, "
