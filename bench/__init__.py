@@ -11,5 +11,10 @@ Modules, each small and separate:
   accuracy    bursts of 3x the limit against a sandbox enforcing the same limit
   dynamic     issue 11's scenarios against Together's dynamic limits (--only dynamic)
   report      the tables, with the issues' targets
+  shards      sharded limiters simulated: real engines on a simulated clock, accounts
+              split across shards, a shard's death and a shard joining (--only shards;
+              shards_run the timeline, shards_report the tables)
+  one_limiter what one limiter process serves: messages per call counted at Redis,
+              decisions/s, a web process's calls/s (run alone, for docs/scaling.md)
   runner      the gateway's sequence, sized by --quick / --duration
 """

@@ -2,8 +2,9 @@
 measure Sluice against its baselines on loopback and print markdown tables (see
 bench/__init__.py): the gateway's (latency, throughput, CPU, decisions, accuracy, and
 embeddings coalescing), and issue 11's scenarios against Together's dynamic limits
-(bench/dynamic.py), and usage recording's CPU cost (bench/usage_cpu.py). `--only
-coalesce` runs the coalescing scenario alone (printed only).
+(bench/dynamic.py), usage recording's CPU cost (bench/usage_cpu.py), and sharded
+limiters simulated (bench/shards.py). `--only coalesce` runs the coalescing scenario
+alone (printed only).
 
 A development tool, not part of the served application: it starts every server it
 measures as a subprocess, so it needs no Django set-up of its own.
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, report, runner, usage_cpu
+from bench import dynamic, report, runner, shards_report, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -28,7 +29,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic:end -->"
 # Usage recording's CPU cost (bench/usage_cpu.py), its own part too.
 USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage")
+# Sharded limiters simulated (bench/shards.py), its own part too.
+SHARDS_START, SHARDS_END = "<!-- bench:shards:start -->", "<!-- bench:shards:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -67,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=PARTS,
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
-            "embeddings coalescing alone, or usage recording's CPU cost"
+            "embeddings coalescing alone, usage recording's CPU cost, or sharded limiters "
+            "simulated (no servers: the engine on a simulated clock)"
         ),
     )
     args = parser.parse_args(argv)
@@ -94,6 +98,11 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             write_report(args.out, text, DYNAMIC_START, DYNAMIC_END)
+    if args.only in (None, "shards"):
+        text = _shards(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text, SHARDS_START, SHARDS_END)
 
 
 def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
@@ -178,6 +187,23 @@ def _dynamic(args: argparse.Namespace, command: str, log: Callable[[str], None])
         command=command,
         machine_line=report.machine(load_before, runner.load_average()),
         notes=notes,
+    )
+
+
+def _shards(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    seconds = shards_report.QUICK if args.quick else shards_report.FULL
+    log(f"sharded limiters, {seconds:g} s simulated, one limiter and then the shards")
+    load_before = runner.load_average()
+    pair = shards_report.run(seconds)
+    return (
+        "\n\n".join(
+            [
+                f"Command: `{command}`",
+                report.machine(load_before, runner.load_average()),
+                shards_report.render(pair),
+            ]
+        )
+        + "\n"
     )
 
 
