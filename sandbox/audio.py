@@ -5,7 +5,7 @@ reference and the together SDK's types):
   (`wav` by default: a valid WAV of silence, 60 ms a character; `raw`: its PCM; `mp3`:
   the same bytes labelled audio/mpeg, which the sandbox cannot encode), or with
   `stream: true` server-sent events `{"object": "audio.tts.chunk", "model", "b64"}`, a
-  word's audio each, ending with `data: [DONE]`;
+  word's audio each (`stream_chunk_delay_ms` apart), ending with `data: [DONE]`;
 - `POST /v1/audio/transcriptions` and `/translations`: a multipart form with `file` (an
   upload, or a URL) and `model`; `{"text"}` (`json`, the default) or `{"text",
   "language", "duration", "segments", "task"}` (`verbose_json`). The duration is the
@@ -16,11 +16,13 @@ Each handler returns `(response, tokens)` like inference.py's (audio counts no t
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import uuid
 import wave
+from collections.abc import AsyncIterator
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -62,9 +64,12 @@ def speech(state: SandboxState, request: Request, body: dict[str, Any]) -> tuple
     if fmt != "raw" and body.get("response_format"):
         raise ApiError(400, "Streaming supports only response_format raw", param="response_format")
     words, model = body["input"].split() or [body["input"]], body["model"]
+    delay = state.config.stream_chunk_delay_ms / 1000
 
-    async def events():  # type: ignore[no-untyped-def]
-        for word in words:
+    async def events() -> AsyncIterator[bytes]:
+        for index, word in enumerate(words):
+            if delay and index:
+                await asyncio.sleep(delay)
             chunk = base64.b64encode(_pcm(len(word) + 1, rate)).decode()
             yield _sse({"object": "audio.tts.chunk", "model": model, "b64": chunk})
         yield _sse("[DONE]")

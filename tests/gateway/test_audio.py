@@ -121,6 +121,31 @@ class TestSpeech:
         [row] = usage_rows(server, "speech-stream", "audio_speech", 1)
         assert row["units"] == len(TEXT)
 
+    def test_a_stream_is_relayed_as_it_comes(self, server):
+        """The first chunk reaches the caller while Together's stream is still running."""
+        key = server.issue_key("speech-relay")
+        server.sandbox.configure({"stream_chunk_delay_ms": 300})
+        try:
+            completed = server.sandbox.stats()["streams"]["completed"]
+            body = {"model": SPEECH_MODEL, "input": TEXT, "voice": "polite man", "stream": True}
+            with httpx.stream(
+                "POST",
+                f"{server.url}/v1/audio/speech",
+                headers={"authorization": f"Bearer {key}"},
+                json=body,
+                timeout=30,
+            ) as answer:
+                lines = answer.iter_lines()
+                first = next(line for line in lines if line.startswith("data: "))
+                streams_at_first = server.sandbox.stats()["streams"]
+                rest = [line for line in lines if line.startswith("data: ")]
+        finally:
+            server.sandbox.configure({"stream_chunk_delay_ms": 0})
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert json.loads(first[6:])["object"] == "audio.tts.chunk"
+        assert streams_at_first["completed"] == completed  # upstream still sending
+        assert len(rest) == len(TEXT.split()) and rest[-1] == "data: [DONE]"
+
     def test_openai_sdk_speech(self, server):
         _, oai = client_pair(server, "speech-oai")
         audio = oai.audio.speech.create(
