@@ -14,9 +14,9 @@ class V1Route:
     method: str
     pattern: str  # exactly as in limiter/gateway/app.py build_routes()
     # What the route names of someone's: "file", "fine_tune" or "batch" (in its path),
-    # "model" (the body's model), "form_model" (the model of a multipart form), "body" (file ids or a checkpoint in the body),
-    # "listing" (lists what the caller may see), "upload", "catalogue" (about
-    # Together's models, nobody's own).
+    # "model" (the body's model), "form_model" (the model of a multipart form), "body"
+    # (file ids or a checkpoint in the body), "listing" (lists what the caller may see),
+    # "upload", "catalogue" (about Together's models or voices, nobody's own).
     takes: str
 
     @property
