@@ -255,3 +255,33 @@ def test_voices_list_with_the_together_sdk(server):
     listed = tog.audio.voices.list()
     by_model = {entry.model: [v.name for v in entry.voices] for entry in listed.data}
     assert "laidback woman" in by_model[SPEECH_MODEL]
+
+
+def test_a_dollar_budget_counts_speech_by_the_character(server):
+    """26 characters at $65 a million ($0.00169) spend a $0.001 budget: the next call is
+    refused with `budget_exceeded`, and the 429 is recorded."""
+    tog, _ = client_pair(server, "speech-budget")
+    ops = httpx.Client(
+        base_url=f"{server.url}/api",
+        headers={"authorization": f"Bearer {server.admin_token}"},
+        timeout=30,
+    )
+    with ops:
+        team = next(t["id"] for t in ops.get("/teams").json() if t["name"] == "speech-budget")
+        made = ops.post(
+            f"/teams/{team}/budgets", json={"unit": "dollars", "period": "day", "limit": "0.001"}
+        )
+        assert made.status_code == 201, made.text
+        tog.audio.speech.create(model=SPEECH_MODEL, input=TEXT, voice="polite man").read()
+        with pytest.raises(together.RateLimitError) as caught:
+            tog.audio.speech.create(model=SPEECH_MODEL, input=TEXT, voice="polite man")
+        assert caught.value.body["error"]["code"] == "budget_exceeded"
+        [budget] = wait_until(
+            lambda: ops.get(f"/teams/{team}/budgets").json(),
+            lambda rows: Decimal(rows[0]["spent"]) > 0,
+            what="the budget's spend",
+        )
+    assert Decimal(budget["spent"]) == Decimal(65) * len(TEXT) / 1_000_000
+    assert refusal_reasons(server, "speech-budget") == [
+        ["audio_speech", SPEECH_MODEL, "budget_exceeded", "gateway"]
+    ]
