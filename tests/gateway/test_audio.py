@@ -16,11 +16,13 @@ import openai
 import pytest
 import together
 
+from sandbox.config import SandboxConfig
 from tests.servers import SluiceServer
 from tests.waiting import wait_until
 
 SPEECH_MODEL = "cartesia/sonic"
 HEARING_MODEL = "openai/whisper-large-v3"
+PAUSED_MODEL = "sandbox/whisper-paused"  # the sandbox serves it (extra_models) for one test
 TEXT = "Sluice shares the account."  # 26 characters
 AUDIO_CAP = 200_000  # bytes: SLUICE_MAX_AUDIO_UPLOAD_BYTES for this module's server
 # One request a minute of each audio kind: the second call is refused (its wait, a
@@ -51,7 +53,8 @@ def wav_of(seconds: float, rate: int = 8000) -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     env = {"SLUICE_MAX_AUDIO_UPLOAD_BYTES": str(AUDIO_CAP)}
-    with SluiceServer(tmp_path_factory.mktemp("audio"), env=env) as running:
+    sandbox = SandboxConfig(extra_models=[PAUSED_MODEL])
+    with SluiceServer(tmp_path_factory.mktemp("audio"), env=env, sandbox=sandbox) as running:
         running.make_profile("audio-one-a-minute", ONE_A_MINUTE)
         yield running
 
@@ -285,3 +288,31 @@ def test_a_dollar_budget_counts_speech_by_the_character(server):
     assert refusal_reasons(server, "speech-budget") == [
         ["audio_speech", SPEECH_MODEL, "budget_exceeded", "gateway"]
     ]
+
+
+def test_togethers_429_on_audio_is_recorded_retried_and_answered(server):
+    """Together refusing a transcription: recorded as the upstream's 429 and retried with
+    the same form (the answer is the file's); a 429 asking for longer than the call's
+    deadline is the caller's 429, saying so. On a model of its own: a 429 pauses and slows
+    the model it names, and this module's other tests use the others."""
+    _, oai = client_pair(server, "hear-upstream")
+    clip = ("a.wav", wav_of(1.0))
+    server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 0.05})
+    try:
+        retried = oai.audio.transcriptions.create(model=PAUSED_MODEL, file=clip)
+        server.sandbox.configure({"fail_next": [429], "inject_retry_after_s": 120})
+        with pytest.raises(openai.RateLimitError) as caught:
+            oai.audio.transcriptions.create(model=PAUSED_MODEL, file=clip)
+    finally:
+        server.sandbox.configure({"fail_next": [], "inject_retry_after_s": 1.0})
+    assert retried.text == "Sandbox transcribe of 1.0 seconds of audio."
+    assert caught.value.body["code"] == "upstream_rate_limited"
+    assert caught.value.response.headers["x-sluice-limited-by"] == "upstream"
+    reasons = wait_until(
+        lambda: refusal_reasons(server, "hear-upstream"),
+        lambda rows: len(rows) == 2,
+        what="both upstream 429s recorded",
+    )
+    assert (
+        reasons == [["audio_transcription", PAUSED_MODEL, "upstream_rate_limited", "upstream"]] * 2
+    )
