@@ -32,8 +32,6 @@ from .http import ApiError, Request, Response, json_response
 from .inference import require
 from .state import SandboxState
 
-SPEECH_MODELS = ("cartesia/sonic", "cartesia/sonic-2", "hexgrad/Kokoro-82M")
-TRANSCRIPTION_MODELS = ("openai/whisper-large-v3",)
 VOICES = {
     "cartesia/sonic": ("laidback woman", "polite man", "storyteller lady", "friendly sidekick"),
     "cartesia/sonic-2": ("laidback woman", "polite man", "sweet lady"),
