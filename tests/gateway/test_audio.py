@@ -210,6 +210,27 @@ class TestTranscription:
         [row] = usage_rows(server, "hear-mp3", "audio_transcription", 1)
         assert row["units"] == 4  # 48,001 bytes at 16,000 a second, rounded up
 
+    def test_a_file_by_url_is_charged_what_the_answer_says(self, server):
+        # Together's API takes a URL for `file`; the together SDK 3.1 refuses a str there
+        # itself, so the form is sent as Together's API reference shows it.
+        key = server.issue_key("hear-url")
+        url = "https://example.com/meeting.mp3"  # Together fetches it; the sandbox plays 30 s
+        texts = []
+        for response_format in ("json", "verbose_json"):
+            answer = httpx.post(
+                f"{server.url}/v1/audio/transcriptions",
+                headers={"authorization": f"Bearer {key}"},
+                data={"model": HEARING_MODEL, "file": url, "response_format": response_format},
+                files={"language": (None, "en")},  # a multipart form, as the SDKs send
+                timeout=30,
+            )
+            assert answer.status_code == 200, answer.text
+            texts.append(answer.json()["text"])
+        assert texts == ["Sandbox transcribe of 30.0 seconds of audio."] * 2
+        rows = usage_rows(server, "hear-url", "audio_transcription", 2)
+        # No upload to measure: the json answer's call counts 0, the verbose one its 30 s.
+        assert sum(r["units"] for r in rows) == 30
+
     def test_translations_with_both_sdks(self, server):
         tog, oai = client_pair(server, "hear-translate")
         first = tog.audio.translations.create(file=("a.wav", wav_of(1.0)), model=HEARING_MODEL)
