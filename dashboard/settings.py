@@ -213,6 +213,8 @@ if SLUICE_COALESCE_WINDOW_MS < 0:
 # Largest request body accepted on /v1/ (bytes); file uploads have their own limit.
 SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=4 * 1024 * 1024)
 SLUICE_MAX_UPLOAD_BYTES = env.int("SLUICE_MAX_UPLOAD_BYTES", default=100 * 1024 * 1024)
+# Audio to transcribe or translate (a multipart upload): Together takes 80 MB (its SDK).
+SLUICE_MAX_AUDIO_UPLOAD_BYTES = env.int("SLUICE_MAX_AUDIO_UPLOAD_BYTES", default=80 * 1000 * 1000)
 # Upstream timeouts (seconds) and the total time one call may spend on retries.
 SLUICE_UPSTREAM_CONNECT_TIMEOUT = env.float("SLUICE_UPSTREAM_CONNECT_TIMEOUT", default=5.0)
 SLUICE_UPSTREAM_READ_TIMEOUT = env.float("SLUICE_UPSTREAM_READ_TIMEOUT", default=120.0)

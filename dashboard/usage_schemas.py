@@ -36,7 +36,10 @@ class UsageTotalOut(Schema):
     status: str | None = Field(None, description="Status class: 2xx, 4xx or 5xx.")
     day: str | None = Field(None, description="ISO date, in SLUICE_USAGE_TIME_ZONE.")
     requests: int
-    units: int = Field(..., description="Embedding inputs, images.")
+    units: int = Field(
+        ...,
+        description="Embedding inputs, images, characters of speech, seconds of audio heard.",
+    )
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int

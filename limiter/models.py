@@ -105,6 +105,8 @@ class EndpointKind(models.TextChoices):
     FINE_TUNES = "fine_tunes", "Fine-tune jobs"
     BATCHES = "batches", "Batch inference"
     FILES = "files", "Files"
+    AUDIO_SPEECH = "audio_speech", "Audio speech (text to speech)"
+    AUDIO_TRANSCRIPTION = "audio_transcription", "Audio transcription and translation"
     # Organisation-level management (limiter/gateway/org.py): refused to every team unless
     # its profile has a row for the kind; the row is then also its request rate.
     ORG_ENDPOINTS = "org_endpoints", "Dedicated endpoints (organisation)"
@@ -153,7 +155,15 @@ class LimitProfile(models.Model):
 
 
 # Endpoint kinds whose calls name a model, so a profile may give a model its own limits.
-MODEL_ENDPOINTS = ("chat", "completions", "embeddings", "images", "rerank")
+MODEL_ENDPOINTS = (
+    "chat",
+    "completions",
+    "embeddings",
+    "images",
+    "rerank",
+    "audio_speech",
+    "audio_transcription",
+)
 # A model override names one model or a glob of them: Together's ids are org/name with
 # letters, digits and . _ - : + plus the glob's * ? and [...] classes; nothing else.
 MODEL_PATTERN = re.compile(r"[A-Za-z0-9._\-:/+*?\[\]!]{1,200}")
@@ -164,7 +174,9 @@ MSG_MODEL_PATTERN = (
     "One model name or glob (org/name, org/prefix*), 200 characters at most, no spaces."
 )
 MSG_MODEL_BRACKETS = "A glob's [ must be closed by ] with something between them."
-MSG_MODEL_ENDPOINT = "Per-model limits apply to chat, completions, embeddings, images and rerank."
+MSG_MODEL_ENDPOINT = (
+    "Per-model limits apply to chat, completions, embeddings, images, rerank and audio."
+)
 
 
 def model_pattern_error(pattern: str) -> str | None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import endpoints, resources
+from . import audio, endpoints, resources
 from .catalog import is_known, model_list
 from .config import SandboxConfig
 from .dynamic import REQUEST_LIMITED, TOKEN_LIMITED, DynamicDecision
@@ -57,7 +57,13 @@ _INFERENCE_PATHS = {
     "/v1/embeddings": "embeddings",
     "/v1/images/generations": "images",
     "/v1/rerank": "rerank",
+    "/v1/audio/speech": "audio_speech",
+    "/v1/audio/transcriptions": "audio_transcription",
+    "/v1/audio/translations": "audio_transcription",
 }
+# The kinds whose body is a multipart form, not JSON.
+_FORM_KINDS = frozenset({"audio_transcription"})
+_HANDLERS = {**HANDLERS, "audio_speech": audio.speech, "audio_transcription": audio.transcription}
 
 # (method, path pattern, handler); the optional group is the resource id.
 _ROUTES: list[tuple[str, re.Pattern[str], RouteHandler]] = [
@@ -82,6 +88,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], RouteHandler]] = [
         ("GET", r"/v1/batches/([^/]+)", resources.batch_retrieve),
         ("POST", r"/v1/batches/([^/]+)/cancel", resources.batch_cancel),
         *endpoints.ROUTES,
+        ("GET", r"/v1/voices", audio.voices),
     )
 ]
 
@@ -232,8 +239,8 @@ class SandboxApp:
         """Validate, then faults and limits in Together's order, then the answer."""
         state = self.state
         try:
-            body = request.json_object()
-            response, tokens = HANDLERS[kind](state, request, body)
+            body = audio.form(request) if kind in _FORM_KINDS else request.json_object()
+            response, tokens = _HANDLERS[kind](state, request, body)
             if not is_known(body["model"], state.config.extra_models):
                 raise model_not_available(body["model"])
             self._check_faults_and_limits(kind, request.api_key(), body["model"], response, tokens)

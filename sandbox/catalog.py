@@ -15,6 +15,11 @@ _MODELS: tuple[tuple[str, str, str, int, float, float], ...] = (
     ("togethercomputer/m2-bert-80M-8k-retrieval", "embedding", "Together", 8192, 0.008, 0.0),
     ("black-forest-labs/FLUX.1-schnell", "image", "Black Forest Labs", 0, 0.0, 0.0),
     ("Salesforce/Llama-Rank-V1", "rerank", "Salesforce", 8192, 0.10, 0.10),
+    # Audio: billed per character or per audio minute, not per token (no token price here).
+    ("cartesia/sonic", "audio", "Cartesia", 0, 0.0, 0.0),
+    ("cartesia/sonic-2", "audio", "Cartesia", 0, 0.0, 0.0),
+    ("hexgrad/Kokoro-82M", "audio", "hexgrad", 0, 0.0, 0.0),
+    ("openai/whisper-large-v3", "transcribe", "OpenAI", 0, 0.0, 0.0),
 )
 
 # A fixed creation time keeps `GET /models` byte-identical between runs.

@@ -13,7 +13,15 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 # The endpoint kinds Together limits separately; each has its own sliding windows.
-KINDS: tuple[str, ...] = ("chat", "completions", "embeddings", "images", "rerank")
+KINDS: tuple[str, ...] = (
+    "chat",
+    "completions",
+    "embeddings",
+    "images",
+    "rerank",
+    "audio_speech",
+    "audio_transcription",
+)
 
 
 @dataclass

@@ -144,7 +144,7 @@ def seeded_transactional_db(transactional_db):
     account: the flush between transactional tests removes what the migration seeded."""
     from django.apps import apps
 
-    importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
+    seed_migrations(apps)
 
 
 @pytest.fixture(autouse=True)
@@ -163,6 +163,15 @@ def _seeded_in_transaction(request):
     seed_if_flushed()
 
 
+# The migrations that seed data, in order: what a flush removes and tests put back.
+SEEDING_MIGRATIONS = ("0002_seed_default_profile", "0013_seed_audio_limits")
+
+
+def seed_migrations(apps) -> None:  # type: ignore[no-untyped-def]
+    for name in SEEDING_MIGRATIONS:
+        importlib.import_module(f"limiter.migrations.{name}").seed(apps, None)
+
+
 def seed_if_flushed() -> None:
     """Put back what the migrations seeded if a transactional test flushed it."""
     from django.apps import apps
@@ -170,4 +179,4 @@ def seed_if_flushed() -> None:
     from limiter.models import UpstreamAccount
 
     if not UpstreamAccount.objects.filter(is_default=True).exists():
-        importlib.import_module("limiter.migrations.0002_seed_default_profile").seed(apps, None)
+        seed_migrations(apps)

@@ -30,6 +30,7 @@ from limiter.gateway.sink import GATEWAY
 from limiter.protocol import events
 from limiter.protocol.client import Grant, LimiterUnavailable, Patience, Refused
 from limiter.usage.prices import NO_PRICE, cost_of, prices
+from limiter.usage.pricing import priced_units
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +252,8 @@ def estimate_cost(ctx: CallContext) -> float:
     if price == NO_PRICE:
         return 0.0
     size = ctx.size
-    images = size.units if ctx.endpoint == "images" else 0
-    return float(cost_of(price, size.prompt, size.completion, images))
+    units = priced_units(ctx.endpoint, size.units)  # images, characters, seconds of audio
+    return float(cost_of(price, size.prompt, size.completion, units))
 
 
 # --- the 429 and the quota headers ------------------------------------------------------

@@ -30,6 +30,7 @@ from django.conf import settings
 from limiter import logs
 from limiter.gateway import errors, org
 from limiter.gateway.admission import admitted
+from limiter.gateway.audio import AUDIO_UPLOAD_PATHS
 from limiter.gateway.auth import AUTH_FAILURES_PER_MINUTE, Authenticator
 from limiter.gateway.context import CallContext, Handles, LimiterStarter
 from limiter.gateway.errors import ApiError
@@ -236,6 +237,8 @@ class TeamApi:
 def _body_limit(path: str) -> int:
     if path.startswith("/v1/files"):
         return settings.SLUICE_MAX_UPLOAD_BYTES
+    if path in AUDIO_UPLOAD_PATHS:
+        return settings.SLUICE_MAX_AUDIO_UPLOAD_BYTES
     return settings.SLUICE_MAX_BODY_BYTES
 
 

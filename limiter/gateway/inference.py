@@ -1,4 +1,5 @@
-"""Inference routes (chat, completions, embeddings, images, rerank): one path, top-down.
+"""Inference routes (chat, completions, embeddings, images, rerank; audio reads its own
+bodies in audio.py, then takes the same steps 2-5 through `call`): one path, top-down.
 
 Every call takes the same steps, each in its own module:
   1. read just enough of the body (model, stream, size) into the call's context
@@ -18,6 +19,7 @@ every 429 is reported to the refusal sink (`sink.py`) where it happens.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from limiter.gateway import coalesce, errors, relay
@@ -33,7 +35,9 @@ from limiter.jobs.ownership import owned_models
 from limiter.usage.sizing import MAX_COMPLETION_TOKENS, MAX_N, measure
 
 # Endpoint kinds whose handlers take their own grant (the team API must not wrap them).
-SELF_LIMITED = frozenset({"chat", "completions", "embeddings", "images", "rerank"})
+SELF_LIMITED = frozenset(
+    {"chat", "completions", "embeddings", "images", "rerank", "audio_speech", "audio_transcription"}
+)
 
 
 async def _proxy(request: Request, endpoint: str, path: str) -> Response | StreamingResponse:
@@ -42,6 +46,20 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
     if endpoint == "embeddings" and coalesce.mergeable(request, body):
         # Merged with other callers' embeddings into one upstream request: steps 2-5 there.
         return await coalesce.embeddings(ctx, body)
+    return await call(ctx, request, path, stream=stream)
+
+
+async def call(
+    ctx: CallContext,
+    request: Request,
+    path: str,
+    *,
+    stream: bool,
+    measured: Callable[[bytes], int | None] | None = None,
+) -> Response | StreamingResponse:
+    """Steps 2-5 of a call whose context is known (audio calls too: limiter/gateway/
+    audio.py). `measured` reads the units a buffered answer says it used (an audio
+    call's seconds), None where it says none."""
     # 2. admission
     admission = await admit(ctx)
     finish = Finish(admission)
@@ -55,6 +73,8 @@ async def _proxy(request: Request, endpoint: str, path: str) -> Response | Strea
         if stream:
             return relay.streamed(forwarded, finish)  # 5. when the stream ends
         answer = await relay.buffered(forwarded, finish)
+        if measured is not None:
+            finish.usage.units = measured(answer.body)
     except BaseException:
         finish()  # 5. what it used recorded, and the grant back settled with it
         raise
@@ -68,12 +88,12 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     key = request.key
     assert key is not None and request.handles is not None  # the team API sets both
     body = request.json()
-    model = _model_field(body)
+    model = model_field(body)
     if not await owned_models.usable(team_id=key.team_id, name=model):
         # Another team's fine-tuned model: Together would serve it (one account), so
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.
         raise await model_not_found(key, model)
-    stream = _stream_field(body)
+    stream = stream_field(body)
     _check_counts(body)
     # Reserved where a token limit applies (the limiter knows where: it owns the limits).
     size = measure(body, endpoint)
@@ -81,7 +101,7 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     return ctx, body, stream
 
 
-def _model_field(body: dict[str, Any]) -> str:
+def model_field(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ApiError(
@@ -103,7 +123,7 @@ def _model_field(body: dict[str, Any]) -> str:
     return model
 
 
-def _stream_field(body: dict[str, Any]) -> bool:
+def stream_field(body: dict[str, Any]) -> bool:
     # Only a boolean: "yes" would get a buffered answer the caller then parses as a stream.
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):

@@ -30,8 +30,9 @@ from limiter.gateway.catalog import refresh_prices
 from limiter.gateway.context import CallContext
 from limiter.protocol.client import spawn
 from limiter.usage.prices import cost_of, prices
+from limiter.usage.pricing import priced_units
 from limiter.usage.recorder import usage_recorder
-from limiter.usage.sizing import Size, tokens_of_text
+from limiter.usage.sizing import AUDIO, Size, tokens_of_text
 
 
 class Usage:
@@ -41,10 +42,13 @@ class Usage:
     their completion text, what it is charged by should it end before its last chunk
     (`cut`)."""
 
-    __slots__ = ("tokens", "reported", "events", "text", "_partial", "cut_parts")
+    __slots__ = ("tokens", "reported", "events", "text", "_partial", "cut_parts", "units")
 
     def __init__(self) -> None:
         self.tokens: float | None = None
+        # Units measured from the answer (an audio call's seconds, from its `duration`);
+        # None: the size estimated at admission stands.
+        self.units: int | None = None
         self.reported: dict[str, Any] | None = None
         self.events = 0
         self.text = 0  # characters of completion text relayed
@@ -178,6 +182,10 @@ def counts(ctx: CallContext, status: int, usage: Usage) -> Counts:
         return Counts(prompt, completion, total, size.units)
     if ctx.endpoint == "images":
         return Counts(prompt, completion, total, size.units)
+    if ctx.endpoint in AUDIO:  # billed by the unit: characters, or seconds of audio
+        return Counts(
+            prompt, completion, total, usage.units if usage.units is not None else size.units
+        )
     if not reported and usage.cut_parts is not None:  # a stream cut before its end
         prompt, completion = usage.cut_parts
         return Counts(prompt, completion, prompt + completion, estimated=prompt + completion)
@@ -217,7 +225,7 @@ def _report_to_budgets(admission: Admission, model: str, known: bool, counted: C
     """The report settles the reservation the call's grant holds (taken here, so that
     `Admission.release` does not settle it again at 0)."""
     ctx = admission.ctx
-    images = counted.units if ctx.endpoint == "images" else 0
+    images = priced_units(ctx.endpoint, counted.units)  # images, characters, seconds
     reservation = admission.take_reservation()
     if known or not prices.fetching:
         cost = cost_of(prices.price(model), counted.prompt, counted.completion, images)

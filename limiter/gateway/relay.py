@@ -22,11 +22,15 @@ from limiter.gateway.metering import Finish, Usage
 from limiter.gateway.sink import UPSTREAM
 from limiter.protocol.client import spawn
 from limiter.upstream import requested_wait
+from limiter.usage.sizing import AUDIO
 
 
 def _counting(admission: Admission) -> bool:
     # A lease is what is handed back with the tokens used, and usage is recorded (and
-    # reported to budgets): read Together's count then.
+    # reported to budgets): read Together's count then. Audio has no tokens to read (its
+    # units are known before the call, or read from the answer: limiter/gateway/audio.py).
+    if admission.ctx.endpoint in AUDIO:
+        return False
     return bool(admission.grant.lease) or metering.enabled() or admission.budgeted
 
 

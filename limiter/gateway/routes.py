@@ -8,7 +8,7 @@ Literal paths come before `{id}` ones: the router takes the first match.
 
 from __future__ import annotations
 
-from limiter.gateway import catalog, inference
+from limiter.gateway import audio, catalog, inference
 from limiter.gateway.http import Handler
 from limiter.gateway.jobs import ROUTES as JOB_ROUTES
 from limiter.gateway.org import org_routes
@@ -23,6 +23,10 @@ def build_routes() -> list[Route]:
         ("POST", "/v1/embeddings", "embeddings", inference.embeddings),
         ("POST", "/v1/images/generations", "images", inference.images),
         ("POST", "/v1/rerank", "rerank", inference.rerank),
+        ("POST", "/v1/audio/speech", audio.SPEECH, audio.speech),
+        ("POST", "/v1/audio/transcriptions", audio.TRANSCRIPTION, audio.transcriptions),
+        ("POST", "/v1/audio/translations", audio.TRANSCRIPTION, audio.translations),
+        ("GET", "/v1/voices", "", audio.voices),
         ("GET", "/v1/models", "", catalog.models),
         # The together SDK 3.x lists models per project; answer with the same list.
         ("GET", "/v2/projects/{project_id}/models", "", catalog.models),

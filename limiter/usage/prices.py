@@ -25,7 +25,7 @@ from limiter.protocol.changes import register_cache
 from limiter.upstream import UpstreamError, account_target
 from limiter.upstream import client as upstream
 from limiter.usage.models import ModelPrice
-from limiter.usage.pricing import NO_PRICE, Price, cost_of, list_prices
+from limiter.usage.pricing import AUDIO_UNIT_PRICES, NO_PRICE, Price, cost_of, list_prices
 from limiter.usage.selectors import prices_readable
 from limiter.usage.services import amount_unreadable, prices_record
 
@@ -45,6 +45,7 @@ class Prices:
         self.loaded_at = -RELOAD_SECONDS
         # The start-up load and fetch of Together's lists, while it runs (see `fetching`).
         self.fetch: asyncio.Task[None] | None = None
+        self._rebuild()  # the list prices Sluice holds itself (audio) are known at once
 
     @property
     def fetching(self) -> bool:
@@ -77,15 +78,16 @@ class Prices:
         return model in self._table
 
     def _rebuild(self) -> None:
-        table: dict[str, Price] = {}
+        # Audio models' list prices are per unit (limiter/usage/pricing.py), not tokens.
+        table: dict[str, Price] = {m: (None, None, unit) for m, unit in AUDIO_UNIT_PRICES.items()}
         for model, (inp, out) in self._together.items():
-            table[model] = (inp, out, None)
+            table[model] = (inp, out, table.get(model, NO_PRICE)[2])
         for model, (o_in, o_out, image) in self._override.items():
-            t_in, t_out, _ = table.get(model, NO_PRICE)
+            t_in, t_out, t_unit = table.get(model, NO_PRICE)
             table[model] = (
                 o_in if o_in is not None else t_in,
                 o_out if o_out is not None else t_out,
-                image,
+                image if image is not None else t_unit,
             )
         self._table = table
 

@@ -9,9 +9,34 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-# (input $/1M tokens, output $/1M tokens, $/image): the price in force, copied into rows.
+# (input $/1M tokens, output $/1M tokens, $/unit): the price in force, copied into rows.
+# The unit is what the endpoint kind counts in `units` and Together bills by: an image
+# (images), a character of input text (audio_speech), a second of audio
+# (audio_transcription). One model is of one kind, so its unit price has one meaning.
 Price = tuple[Decimal | None, Decimal | None, Decimal | None]
 NO_PRICE: Price = (None, None, None)
+
+# The endpoint kinds billed by the unit (the third element of a Price), not by tokens.
+UNIT_PRICED = frozenset({"images", "audio_speech", "audio_transcription"})
+
+# Together's list prices for its audio models, per unit, which its model list does not
+# state in a form Sluice can read (its `pricing` is per million tokens). Sources:
+# together.ai/models/cartesia-sonic ("Pricing: $65", per million characters, as the
+# pricing page's text-to-speech table quotes it); together.ai/pricing's speech-to-text
+# table, Whisper large v3 at $0.0015 per audio minute (unconfirmed: read in 2025, the
+# page moves). Staff's override (ModelPrice.image_price, "$ per unit") wins over these.
+PER_MILLION_CHARACTERS = Decimal(1) / 1_000_000
+PER_AUDIO_MINUTE = Decimal(1) / 60
+AUDIO_UNIT_PRICES: dict[str, Decimal] = {
+    "cartesia/sonic": Decimal(65) * PER_MILLION_CHARACTERS,
+    "cartesia/sonic-2": Decimal(65) * PER_MILLION_CHARACTERS,
+    "openai/whisper-large-v3": Decimal("0.0015") * PER_AUDIO_MINUTE,
+}
+
+
+def priced_units(endpoint: str, units: int) -> int:
+    """The units a call of `endpoint` is charged by (0 where it is charged by tokens)."""
+    return units if endpoint in UNIT_PRICED else 0
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -41,7 +66,8 @@ def list_prices(rows: list[dict[str, Any]]) -> dict[str, tuple[Decimal | None, D
 
 
 def cost_of(price: Price, prompt: int, completion: int, images: int) -> Decimal:
-    """Dollars for these counts at `price` (per million tokens, per image)."""
+    """Dollars for these counts at `price` (per million tokens, per unit: `images` is
+    the units of a unit-priced call, see `priced_units`)."""
     inp, out, image = price
     cost = Decimal(0)
     if inp is not None and prompt:

@@ -36,7 +36,7 @@ from django.db.models import F
 
 from limiter.batching import BatchWriter, write_each
 from limiter.usage.prices import prices
-from limiter.usage.pricing import NO_PRICE, Price, cost_of
+from limiter.usage.pricing import NO_PRICE, Price, cost_of, priced_units
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ def _write(writer: str, rows: dict[Dims, Counts], pks: dict[Dims, int]) -> dict[
                 dims.price,
                 counts.prompt,
                 counts.completion,
-                counts.units if dims.endpoint == "images" else 0,
+                priced_units(dims.endpoint, counts.units),
             )
             pk = pks.get(dims)
             if pk is not None and UsageRollup.objects.filter(pk=pk).update(

@@ -23,6 +23,9 @@ DEFAULT_COMPLETION_TOKENS = 256  # reserved when a call sets no max_tokens (and 
 MAX_COMPLETION_TOKENS = 1_000_000
 MAX_N = 128
 COMPLETING = frozenset({"chat", "completions"})
+# The audio kinds: counted in `units` (characters of speech input, seconds of audio heard),
+# no tokens (limiter/gateway/audio.py measures them).
+AUDIO = frozenset({"audio_speech", "audio_transcription"})
 
 
 def _count(value: Any) -> int | None:

@@ -64,6 +64,10 @@ OTHER_ROUTES = [
     ("GET", "/v1/batches"),
     ("GET", "/v1/batches/batch-nope"),
     ("POST", "/v1/batches/batch-nope/cancel"),
+    ("POST", "/v1/audio/speech"),
+    ("POST", "/v1/audio/transcriptions"),
+    ("POST", "/v1/audio/translations"),
+    ("GET", "/v1/voices"),
 ]
 ALL_ROUTES = [("POST", path) for path in POST_JSON_ROUTES] + OTHER_ROUTES
 

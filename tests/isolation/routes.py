@@ -15,9 +15,9 @@ class V1Route:
     method: str
     pattern: str  # exactly as in limiter/gateway/app.py build_routes()
     # What the route names of someone's: "file", "fine_tune" or "batch" (in its path),
-    # "model" (the body's model), "body" (file ids or a checkpoint in the body),
-    # "listing" (lists what the caller may see), "upload", "catalogue" (about
-    # Together's models, nobody's own).
+    # "model" (the body's model), "form_model" (the model of a multipart form), "body"
+    # (file ids or a checkpoint in the body), "listing" (lists what the caller may see),
+    # "upload", "catalogue" (about Together's models or voices, nobody's own).
     takes: str
 
     @property
@@ -31,6 +31,10 @@ V1_ROUTES = [
     V1Route("POST", "/v1/embeddings", "model"),
     V1Route("POST", "/v1/images/generations", "model"),
     V1Route("POST", "/v1/rerank", "model"),
+    V1Route("POST", "/v1/audio/speech", "model"),
+    V1Route("POST", "/v1/audio/transcriptions", "form_model"),
+    V1Route("POST", "/v1/audio/translations", "form_model"),
+    V1Route("GET", "/v1/voices", "catalogue"),
     V1Route("GET", "/v1/models", "listing"),
     V1Route("GET", "/v2/projects/{project_id}/models", "listing"),
     V1Route("POST", "/v1/files", "upload"),

@@ -14,7 +14,10 @@ BODIES = {
     "/v1/embeddings": {"input": "hi"},
     "/v1/images/generations": {"prompt": "a sluice gate"},
     "/v1/rerank": {"query": "hi", "documents": ["hi", "there"]},
+    "/v1/audio/speech": {"input": "hi", "voice": "polite man"},
 }
+# A multipart form's parts besides its model (transcriptions, translations).
+FORM_FILES = {"file": ("clip.wav", b"RIFF\x24\x00\x00\x00WAVE")}
 
 MODEL_LISTS = [route for route in v1_routes("listing") if route.pattern.endswith("/models")]
 
@@ -30,6 +33,19 @@ def test_another_teams_fine_tuned_model_is_not_found(
     before = world.db.tenant_state(world.a.id, world.b.id)
 
     answer = team_a.post(route.pattern, json=model_body(route, world.b_model))
+
+    error = assert_openai_error(answer, 404, "model_not_found")
+    assert error["param"] == "model"
+    assert world.db.tenant_state(world.a.id, world.b.id) == before
+
+
+@pytest.mark.parametrize("route", v1_routes("form_model"), ids=lambda r: r.id)
+def test_another_teams_fine_tuned_model_is_not_found_in_a_form(
+    world: World, team_a: TeamClient, route: V1Route
+) -> None:
+    before = world.db.tenant_state(world.a.id, world.b.id)
+
+    answer = team_a.post(route.pattern, data={"model": world.b_model}, files=FORM_FILES)
 
     error = assert_openai_error(answer, 404, "model_not_found")
     assert error["param"] == "model"

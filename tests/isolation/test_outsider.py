@@ -13,7 +13,7 @@ import pytest
 from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
 from tests.isolation.conftest import TRAINING, TeamClient, World, assert_openai_error
 from tests.isolation.routes import V1_ROUTES, V1Route, concrete_path
-from tests.isolation.test_models import BODIES
+from tests.isolation.test_models import BODIES, FORM_FILES
 from tests.jobs.conftest import MODEL
 
 
@@ -29,6 +29,8 @@ def _call(world: World, route: V1Route) -> dict[str, Any]:
     }
     if route.takes == "model":
         call["json"] = {"model": world.b_model, **BODIES[route.pattern]}
+    elif route.takes == "form_model":
+        call.update(data={"model": world.b_model}, files=FORM_FILES)
     elif route.takes == "upload":
         call.update(data={"purpose": "fine-tune"}, files={"file": ("o.jsonl", TRAINING)})
     elif route.pattern == "/v1/batches":
