@@ -12,13 +12,18 @@ from sandbox.presets import SEED_PER_MINUTE, new_organisation
 
 from .conftest import CHAT_MODEL
 
-SEED = importlib.import_module("limiter.migrations.0002_seed_default_profile").DEFAULTS
+SEED = {
+    **importlib.import_module("limiter.migrations.0002_seed_default_profile").DEFAULTS,
+    **importlib.import_module("limiter.migrations.0013_seed_audio_limits").AUDIO_DEFAULTS,
+}
 KIND_OF_TYPE = {
     "chat": "chat",
     "language": "completions",
     "embedding": "embeddings",
     "rerank": "rerank",
     "image": "images",
+    "audio": "audio_speech",
+    "transcribe": "audio_transcription",
 }
 EMBEDDING_MODEL = "BAAI/bge-base-en-v1.5"
 IMAGE_MODEL = "black-forest-labs/FLUX.1-schnell"
