@@ -25,6 +25,13 @@ REFUSED = Counter(
     ["endpoint", "reason", "source"],
     registry=REGISTRY,
 )
+SHADOW_REFUSED = Counter(
+    "sluice_shadow_refused_total",
+    "Calls admitted that a shadow limit or budget would have refused, by team, endpoint "
+    "and reason.",
+    ["team", "endpoint", "reason"],
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",

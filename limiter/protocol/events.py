@@ -127,6 +127,14 @@ class RenewMessage(TypedDict):
     lease: str
 
 
+class ShadowRefusal(TypedDict):
+    """What a shadow limit or budget would have refused a granted call with."""
+
+    scope: str  # "key" | "account" (a profile row) | "team" (a team's budget)
+    reason: str
+    message: str  # a budget's own words; "" for a row's
+
+
 class DecisionMessage(TypedDict):
     type: str  # DECISION
     ticket: str
@@ -151,6 +159,8 @@ class DecisionMessage(TypedDict):
     reservation: NotRequired[str]
     # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
     message: NotRequired[str]
+    # A grant: the shadow limits and budgets that would have refused it (recorded, not 429).
+    shadow: NotRequired[list[ShadowRefusal]]
 
 
 class ReleaseMessage(TypedDict):
