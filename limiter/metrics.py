@@ -32,6 +32,13 @@ SHADOW_REFUSED = Counter(
     ["team", "endpoint", "reason"],
     registry=REGISTRY,
 )
+NEAR_LIMIT_SCOPES = Gauge(
+    "sluice_near_limit_scopes",
+    "Scopes whose use over the last minute is at or above SLUICE_NEAR_LIMIT_FRACTION of "
+    "their limit, by kind (key or account) and endpoint (set by the limiter).",
+    ["kind", "endpoint"],
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",
