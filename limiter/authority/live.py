@@ -171,7 +171,7 @@ class LiveView:
         """The scopes near their limit, counted in /metrics by kind and endpoint."""
         counts: dict[tuple[str, str], int] = defaultdict(int)
         for row in scopes:
-            counts[(row["kind"], row["endpoint"])] += row["near_limit"]
+            counts[(row["kind"], row["endpoint"])] += row.get("near_limit", False)
         metrics.NEAR_LIMIT_SCOPES.clear()  # a scope gone or back below its limit counts 0
         for (kind, endpoint), count in counts.items():
             metrics.NEAR_LIMIT_SCOPES.labels(kind, endpoint).set(count)

@@ -314,13 +314,14 @@ class ScopeSnapshot(TypedDict):
     tokens_in_use: float | None
     paused_for: float  # seconds left of an upstream pause
     refused_last_minute: dict[str, int]  # {"gateway": n, "upstream": n}
-    shadow: bool  # a shadow limit: it records what it would refuse, refuses nothing
-    shadow_refused_last_minute: int  # calls admitted that it would have refused
+    # (Not required: a snapshot from a limiter before these fields still reads.)
+    shadow: NotRequired[bool]  # a shadow limit: records what it would refuse, refuses none
+    shadow_refused_last_minute: NotRequired[int]  # calls admitted that it would have refused
     # Use over the last minute as a fraction of the limit (requests admitted / rate per
     # minute; a shadow scope's: what its enforced twin would have admitted), and whether
     # that is at or above the near-limit threshold (limiter/authority/near.py).
-    use_fraction: float
-    near_limit: bool
+    use_fraction: NotRequired[float]
+    near_limit: NotRequired[bool]
 
 
 class LiveSnapshot(TypedDict):

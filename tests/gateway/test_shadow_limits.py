@@ -98,6 +98,16 @@ def test_a_shadow_row_admits_every_call_records_the_would_be_refusals_then_enfor
         metrics,
     )
     assert counted is not None and 48 <= float(counted.group(1)) <= 51, metrics[-2000:]
+    # Near its limit: the twin admitted ~10 of 10/min, so the row is marked and counted.
+    near = re.search(r'sluice_near_limit_scopes\{endpoint="chat",kind="key"\} (\S+)', metrics)
+    assert near is not None and float(near.group(1)) >= 1, metrics[-2000:]
+
+    # The Live view's data: the key's row is shadow, with its would-be refusals.
+    with ops(server) as api:
+        snapshot = api.get("/live").json()["snapshot"]
+    row = next(s for s in snapshot["scopes"] if s["kind"] == "key" and s.get("team") == "shadowed")
+    assert row["shadow"] is True and row["near_limit"] is True
+    assert row["shadow_refused_last_minute"] >= 40 and row["admitted_last_minute"] >= 55
 
     # The ops API: the row listed as shadow, switched to enforced with one PATCH, audited.
     with ops(server) as api:
