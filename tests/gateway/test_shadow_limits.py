@@ -122,3 +122,39 @@ def test_a_shadow_row_admits_every_call_records_the_would_be_refusals_then_enfor
     # At once: two calls back to back now meet a 10/min limit, and the second is refused.
     statuses = asyncio.run(send_paced(server, key, calls=2, every=0.0))
     assert 429 in statuses
+
+
+def test_a_shadow_budget_admits_calls_over_it_and_records_them_until_enforced(server):
+    key = server.issue_key("budget-shadowed")
+    with ops(server) as api:
+        team = next(t for t in api.get("/teams").json() if t["name"] == "budget-shadowed")
+        created = api.post(
+            f"/teams/{team['id']}/budgets",
+            json={"unit": "tokens", "period": "day", "limit": "1", "shadow": True},
+        )
+        assert created.status_code == 201 and created.json()["shadow"] is True
+        budget = created.json()["id"]
+
+    def spent_and_answer() -> int:
+        # One at a time: each call's usage is reported before the next is admitted.
+        return asyncio.run(send_paced(server, key, calls=1, every=0.0))[0]
+
+    statuses = [spent_and_answer()]
+    wait_until(
+        lambda: spent_and_answer(),
+        lambda status: status == 200 and shadow_rows(server, "budget-shadowed")["shadow"] >= 1,
+        within=15,
+        what="a call over the shadow budget recorded",
+    )
+    statuses.append(spent_and_answer())
+    assert statuses == [200, 200]
+    rows = shadow_rows(server, "budget-shadowed")
+    assert rows["refused"] == 0 and rows["reasons"] == ["budget_exceeded"]
+
+    with ops(server) as api:
+        patched = api.patch(f"/budgets/{budget}", json={"shadow": False})
+        assert patched.status_code == 200 and patched.json()["shadow"] is False
+    refused = wait_until(
+        spent_and_answer, lambda status: status == 429, within=5, what="the budget enforced"
+    )
+    assert refused == 429
