@@ -35,6 +35,14 @@ def test_one_click_enforces_a_shadow_row_and_the_next_call_is_refused(page, shar
     answers = [chat(url, key) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 200], answers[-1].text
 
+    # The Live view: the key's row says shadow, and near its limit (its enforced twin
+    # admitted 1 of 1/min), with the calls it would have refused.
+    page.goto(f"{url}/live/")
+    live_row = page.locator("#teams tr", has_text="shadow-team")
+    live_row.locator("[data-shadow]").wait_for()
+    live_row.locator("[data-near-limit]").wait_for()
+    assert "2 shadow" in live_row.inner_text()
+
     # The 429 history shows the would-be refusals, marked shadow, under the mode filter.
     def shadow_rows() -> int:
         page.goto(f"{url}/refusals/?team=shadow-team&mode=shadow")
