@@ -159,7 +159,7 @@ class Limit:
     max_concurrent: int | None = None
     queue_depth: int = 0
     max_wait: float = 0.0
-    # Shadow: never refuses or delays; each grant says whether it would have (`Scope.shadow`).
+    # Shadow: never refuses or delays; each grant says if it would have (`Scope.shadow_refusal`).
     shadow: bool = False
 
 
