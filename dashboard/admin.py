@@ -246,9 +246,10 @@ class RefusalAdmin(AuditedAdmin):
         "model",
         "reason",
         "source",
+        "shadow",
         "retry_after_seconds",
     ]
-    list_filter = ["source", "endpoint", "reason"]
+    list_filter = ["source", "shadow", "endpoint", "reason"]
     show_full_result_count = False  # the table may hold millions of rows
 
     def has_add_permission(self, request) -> bool:

@@ -405,6 +405,7 @@ def _filters(request: HttpRequest, query: RefusalFilterIn) -> selectors.RefusalF
         model=query.model or "",
         reason=query.reason or "",
         source=query.source or "",
+        mode=query.mode or "",
     )
 
 

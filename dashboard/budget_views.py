@@ -35,6 +35,21 @@ def budget_create(request: StaffRequest, pk: int) -> HttpResponse:
 
 @require_POST
 @rule(BUDGETS_WRITE, team_from=owner_team(Budget))
+def budget_shadow(request: StaffRequest, pk: int) -> HttpResponse:
+    """One click: a budget to shadow (`shadow=1`) or enforced (`shadow=0`), audited."""
+    budget = usage_selectors.budget_get(pk=pk)
+    if budget is None:
+        raise Http404
+    shadow = request.POST.get("shadow") == "1"
+    services.budget_shadow_set(actor=request.user, budget=budget, shadow=shadow)
+    messages.success(
+        request, f"Budget {budget} is {'shadow' if shadow else 'enforced'} from the next call."
+    )
+    return redirect("dashboard:team", pk=budget.team_id)
+
+
+@require_POST
+@rule(BUDGETS_WRITE, team_from=owner_team(Budget))
 def budget_delete(request: StaffRequest, pk: int) -> HttpResponse:
     # One whose stored limit cannot be read comes with None for it: it can be removed.
     budget = usage_selectors.budget_get(pk=pk)

@@ -55,6 +55,7 @@ class LimitForm(forms.ModelForm):
             "queue_depth",
             "max_queue_wait_seconds",
             "max_batch_requests",
+            "shadow",
         ]
         labels = {
             "requests_per_minute": "Limit (req/min)",
@@ -246,6 +247,14 @@ class RefusalFilterForm(forms.Form):
     source = forms.ChoiceField(
         choices=[("", "all sources"), *RefusalSource.choices], required=False
     )
+    mode = forms.ChoiceField(
+        choices=[
+            ("", "refused and shadow"),
+            (selectors.MODE_ENFORCED, "refused"),
+            (selectors.MODE_SHADOW, "shadow (admitted)"),
+        ],
+        required=False,
+    )
 
     def __init__(self, data: QueryDict | None = None, *, teams: frozenset[int] | None = None):
         super().__init__(data)
@@ -278,6 +287,7 @@ class RefusalFilterForm(forms.Form):
             model=data.get("model", "").strip(),
             reason=data.get("reason", "").strip(),
             source=data.get("source", ""),
+            mode=data.get("mode", ""),
         )
 
 
@@ -450,7 +460,7 @@ class BudgetForm(forms.ModelForm):
 
     class Meta:
         model = Budget
-        fields = ["key", "model", "unit", "period", "limit", "soft_threshold"]
+        fields = ["key", "model", "unit", "period", "limit", "soft_threshold", "shadow"]
         labels = {
             "key": "Key",
             "model": "Model",

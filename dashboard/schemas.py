@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from ninja import Field, ModelSchema, Schema
 
@@ -52,6 +53,7 @@ class LimitOut(ModelSchema):
             "queue_depth",
             "max_queue_wait_seconds",
             "max_batch_requests",
+            "shadow",
         ]
 
 
@@ -69,6 +71,11 @@ class LimitPatchIn(Schema):
     queue_depth: int = Field(None, ge=0)  # type: ignore[assignment]
     max_queue_wait_seconds: float = Field(None, ge=0)  # type: ignore[assignment]
     max_batch_requests: int | None = Field(None, ge=1)
+    shadow: bool = Field(  # type: ignore[assignment]
+        None,
+        description="Shadow: admit every call, and record the ones this row would refuse "
+        "(429 history marked shadow, /metrics). false: enforced.",
+    )
 
 
 class LimitIn(LimitPatchIn):
@@ -179,6 +186,11 @@ class RefusalFilterIn(Schema):
     model: str | None = None
     reason: str | None = None
     source: RefusalSource | None = None
+    mode: Literal["enforced", "shadow"] | None = Field(
+        None,
+        description="enforced: real 429s; shadow: calls admitted that a shadow limit "
+        "or budget would have refused.",
+    )
 
 
 class RefusalOut(ModelSchema):
@@ -197,6 +209,7 @@ class RefusalOut(ModelSchema):
             "retry_after_seconds",
             "request_id",
             "message",
+            "shadow",
         ]
 
 

@@ -71,6 +71,7 @@ LIMIT_FIELDS = (
     "queue_depth",
     "max_queue_wait_seconds",
     "max_batch_requests",
+    "shadow",
 )
 
 
@@ -461,7 +462,30 @@ def webhook_enable(*, actor: User | None, webhook: Webhook, enabled: bool) -> We
 
 
 # --- budgets --------------------------------------------------------------------------------
-BUDGET_FIELDS = ("team", "key", "model", "unit", "period", "limit", "soft_threshold", "enabled")
+BUDGET_FIELDS = (
+    "team",
+    "key",
+    "model",
+    "unit",
+    "period",
+    "limit",
+    "soft_threshold",
+    "enabled",
+    "shadow",
+)
+
+
+@transaction.atomic
+def limit_shadow_set(*, actor: User | None, limit: EndpointLimit, shadow: bool) -> bool:
+    """Switch a profile row between shadow (recorded, never refusing) and enforced.
+    Audited; effective at once (the save broadcasts the change). Whether it changed."""
+    return _update(actor=actor, obj=limit, data={"shadow": shadow}, action="update")
+
+
+@transaction.atomic
+def budget_shadow_set(*, actor: User | None, budget: Budget, shadow: bool) -> bool:
+    """Switch a budget between shadow and enforced, as `limit_shadow_set`."""
+    return _update(actor=actor, obj=budget, data={"shadow": shadow}, action="update")
 
 
 def budget_add(*, actor: User | None, budget: Budget) -> Budget:

@@ -243,6 +243,11 @@ SLUICE_ALERT_PERIOD = env.int("SLUICE_ALERT_PERIOD", default=3600)
 SLUICE_ALERT_TEAM_429_PER_MINUTE = env.int("SLUICE_ALERT_TEAM_429_PER_MINUTE", default=60)
 SLUICE_ALERT_UPSTREAM_429_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_429_PER_MINUTE", default=10)
 SLUICE_ALERT_UPSTREAM_503_PER_MINUTE = env.int("SLUICE_ALERT_UPSTREAM_503_PER_MINUTE", default=10)
+# Near-limit signals (limiter/authority/near.py): a scope whose use over the last minute is
+# at or above this fraction of its limit is marked on the Live view and counted in /metrics;
+# a team's key that stays there this many minutes raises `team_near_limit` (0: never).
+SLUICE_NEAR_LIMIT_FRACTION = env.float("SLUICE_NEAR_LIMIT_FRACTION", default=0.8)
+SLUICE_ALERT_NEAR_LIMIT_MINUTES = env.float("SLUICE_ALERT_NEAR_LIMIT_MINUTES", default=5.0)
 # Webhook delivery: the wait after the first failed attempt (doubling after each, at most
 # 10 min), attempts before giving up, and each attempt's timeout (seconds).
 SLUICE_ALERT_RETRY_BACKOFF = env.float("SLUICE_ALERT_RETRY_BACKOFF", default=5.0)

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from ninja import Query, Router, Status
 
+from dashboard import services as dashboard_services
 from dashboard.access import api_rule, owner_team, team_pk, team_rows_of
 from dashboard.policy import BUDGETS_WRITE, PRICES_WRITE, READ_ALL, SHARED_READ, TEAM_READ
 from dashboard.schemas import ErrorOut
@@ -82,7 +84,16 @@ def _budget_out(status: selectors.BudgetStatus) -> dict:
     return {
         **{
             f: getattr(budget, f)
-            for f in ("id", "model", "unit", "period", "limit", "soft_threshold", "enabled")
+            for f in (
+                "id",
+                "model",
+                "unit",
+                "period",
+                "limit",
+                "soft_threshold",
+                "enabled",
+                "shadow",
+            )
         },
         "team": budget.team.name,
         "key_prefix": budget.key.prefix if budget.key else None,
@@ -123,6 +134,7 @@ def budget_create(request: HttpRequest, team_id: int, payload: BudgetIn):
         limit=payload.limit,
         soft_threshold=payload.soft_threshold,
         enabled=payload.enabled,
+        shadow=payload.shadow,
     )
     return Status(201, _status(budget))
 
@@ -140,7 +152,17 @@ def _budget(budget_id: int) -> Budget:
 @api_rule(BUDGETS_WRITE, team_from=owner_team(Budget, "budget_id"))
 def budget_update(request: HttpRequest, budget_id: int, payload: BudgetPatchIn):
     budget = _budget(budget_id)
-    services.budget_update(budget=budget, **payload.dict(exclude_unset=True, exclude_none=True))
+    fields = payload.dict(exclude_unset=True, exclude_none=True)
+    shadow = fields.pop("shadow", None)
+    if fields:
+        services.budget_update(budget=budget, **fields)
+    if shadow is not None:  # one switch, audited (dashboard/services.py)
+        dashboard_services.budget_shadow_set(
+            # The admin token (a str) acts as nobody in particular, as in dashboard/api.py.
+            actor=auth if isinstance(auth := getattr(request, "auth", None), User) else None,
+            budget=budget,
+            shadow=shadow,
+        )
     return _status(budget)
 
 

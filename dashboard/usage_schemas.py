@@ -84,6 +84,7 @@ class BudgetOut(Schema):
     limit: Decimal
     soft_threshold: float
     enabled: bool
+    shadow: bool = Field(..., description="Shadow: records what it would refuse, refuses none.")
     period_start: datetime
     resets_at: datetime
     spent: Decimal = Field(..., description="This period, from the usage records.")
@@ -99,6 +100,7 @@ class BudgetIn(Schema):
     limit: Limit
     soft_threshold: float = Field(0.8, ge=0.01, le=1.0)
     enabled: bool = True
+    shadow: bool = False
 
 
 class BudgetPatchIn(Schema):
@@ -108,3 +110,4 @@ class BudgetPatchIn(Schema):
     limit: Limit | None = None
     soft_threshold: float | None = Field(None, ge=0.01, le=1.0)
     enabled: bool | None = None
+    shadow: bool | None = Field(None, description="Switch shadow <-> enforced (audited).")

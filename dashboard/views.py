@@ -282,6 +282,22 @@ def model_limit_delete(request: StaffRequest, pk: int) -> HttpResponse:
 
 
 @rule(LIMITS_WRITE)
+@require_POST
+def limit_shadow(request: StaffRequest, pk: int) -> HttpResponse:
+    """One click: a profile row to shadow (`shadow=1`: recorded, never refusing) or
+    enforced (`shadow=0`), audited and in force from the next call."""
+    limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=pk)
+    shadow = request.POST.get("shadow") == "1"
+    _apply(
+        request,
+        lambda: services.limit_shadow_set(actor=request.user, limit=limit, shadow=shadow),
+        f"Limit {limit} is {'shadow: it records, never refuses' if shadow else 'enforced'} "
+        "from the next call.",
+    )
+    return redirect("dashboard:profile", pk=limit.profile_id)
+
+
+@rule(LIMITS_WRITE)
 def limit_edit(request: StaffRequest, pk: int) -> HttpResponse:
     limit = get_object_or_404(EndpointLimit.objects.select_related("profile"), pk=pk)
     # The form edits a copy, so the service sees the old values to audit against.

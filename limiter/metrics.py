@@ -25,6 +25,20 @@ REFUSED = Counter(
     ["endpoint", "reason", "source"],
     registry=REGISTRY,
 )
+SHADOW_REFUSED = Counter(
+    "sluice_shadow_refused_total",
+    "Calls admitted that a shadow limit or budget would have refused, by team, endpoint "
+    "and reason.",
+    ["team", "endpoint", "reason"],
+    registry=REGISTRY,
+)
+NEAR_LIMIT_SCOPES = Gauge(
+    "sluice_near_limit_scopes",
+    "Scopes whose use over the last minute is at or above SLUICE_NEAR_LIMIT_FRACTION of "
+    "their limit, by kind (key or account) and endpoint (set by the limiter).",
+    ["kind", "endpoint"],
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",

@@ -245,6 +245,11 @@ class EndpointLimit(models.Model):
     max_batch_requests = models.PositiveIntegerField(
         null=True, blank=True, validators=[MinValueValidator(1)]
     )
+    # Shadow: evaluated and its would-be refusals recorded, but never refuses or delays.
+    shadow = models.BooleanField(
+        default=False,
+        help_text="Shadow: record what this row would refuse, but admit every call.",
+    )
 
     class Meta:
         ordering = ["profile__name", "endpoint", "model"]
@@ -490,6 +495,8 @@ class Refusal(models.Model):
     retry_after_seconds = models.FloatField(null=True, blank=True)
     request_id = models.CharField(max_length=64, blank=True)
     message = models.CharField(max_length=300, blank=True)
+    # A shadow row's or budget's would-be refusal: the call itself was admitted.
+    shadow = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -52,7 +52,10 @@ CSV_COLUMNS = (
     "retry_after_seconds",
     "request_id",
     "message",
+    "shadow",
 )
+# The 429 history's `mode` filter: real refusals, or shadow limits' would-be refusals.
+MODE_ENFORCED, MODE_SHADOW = "enforced", "shadow"
 
 
 # --- limits ------------------------------------------------------------------------
@@ -177,6 +180,7 @@ class RefusalFilters:
     model: str = ""
     reason: str = ""
     source: str = ""
+    mode: str = ""  # MODE_ENFORCED | MODE_SHADOW | "" for both
     # The teams whose rows the reader may see (dashboard.policy.team_rows); None: every row.
     teams: frozenset[int] | None = None
 
@@ -233,6 +237,8 @@ def refusal_queryset(*, filters: RefusalFilters) -> QuerySet[Refusal]:
         value = getattr(filters, name)
         if value:
             qs = qs.filter(**{name: value})
+    if filters.mode in (MODE_ENFORCED, MODE_SHADOW):
+        qs = qs.filter(shadow=filters.mode == MODE_SHADOW)
     return qs.order_by("-created_at", "-id")
 
 

@@ -53,10 +53,13 @@ class Answers:
             sends = []
             for decision in decisions:
                 self.stats.record(decision, now, wall)
-                if decision.kind == "refuse":  # queue full or timed out: it reserves nothing
+                budget = None
+                if decision.kind == "grant":  # a shadow budget it went over, if any
+                    budget = self.budgets.shadowed(decision.ticket.id)
+                elif decision.kind == "refuse":  # queue full or timed out: reserves nothing
                     self.budgets.drop(decision.ticket.id)
                 if decision.ticket.reply_to:
-                    message = self.codec.decision(decision)
+                    message = self.codec.decision(decision, budget)
                     sends.append(self.layer.send(decision.ticket.reply_to, message))
             # Concurrently: over Redis each send is a round trip, and a grant that waits for
             # the one before it reaches its caller late (and then upstream in a clump).

@@ -26,6 +26,7 @@ from limiter.usage.budgets import (
     NOT_BUDGETED,
     BudgetBook,
     Crossing,
+    Exceeded,
     JobHold,
     JobRefused,
 )
@@ -69,6 +70,8 @@ def ticket_units_valid(message: events.AcquireMessage) -> bool:
 class BudgetGate:
     def __init__(self, book: BudgetBook) -> None:
         self.book = book
+        # Tickets admitted over a shadow budget, until their grant or refusal is answered.
+        self._shadowed: dict[str, Refusal] = {}
 
     @classmethod
     def from_settings(cls) -> BudgetGate:
@@ -106,14 +109,17 @@ class BudgetGate:
             float(message.get("cost") or 0.0),
             wall,
         )
-        if exceeded is None:
-            return None
-        return Refusal(
-            BUDGET_EXCEEDED,
-            "key" if exceeded.rule.key_id else "team",
-            exceeded.retry_after,
-            exceeded.message(),
-        )
+        if exceeded is not None:
+            return _refusal(exceeded)
+        shadowed = self.book.check(message["key"], message.get("model", ""), wall, shadow=True)
+        if shadowed is not None:  # admitted: its grant says what a shadow budget would do
+            self._shadowed[message["ticket"]] = _refusal(shadowed)
+        return None
+
+    def shadowed(self, ticket: str) -> Refusal | None:
+        """The shadow budget that would have refused this ticket, if any; asked once, when
+        the ticket is answered (granted or refused)."""
+        return self._shadowed.pop(ticket, None)
 
     def settle(self, message: events.UsageMessage) -> None:
         """A budgeted call ended: its reservation is settled with what it used (a job's
@@ -153,6 +159,7 @@ class BudgetGate:
     def drop(self, ticket: str) -> None:
         """Refused or cancelled before its grant: the ticket holds nothing."""
         self.book.drop(ticket)
+        self._shadowed.pop(ticket, None)
 
     def covers(self, key_id: str) -> bool:
         return self.book.covers(key_id)
@@ -166,6 +173,15 @@ class BudgetGate:
 
     def load(self, fetched: Fetched) -> None:
         self.book.load(*fetched)
+
+
+def _refusal(exceeded: Exceeded) -> Refusal:
+    return Refusal(
+        BUDGET_EXCEEDED,
+        "key" if exceeded.rule.key_id else "team",
+        exceeded.retry_after,
+        exceeded.message(),
+    )
 
 
 def _budgets_read(book: BudgetBook) -> Fetched:

@@ -40,11 +40,12 @@ class Codec:
         self.instance = instance  # this limiter, apart from one before or after it
         self.budgets = budgets  # whether a grant is budgeted and holds a reservation
 
-    def decision(self, decision: Decision) -> DecisionMessage:
-        """The engine's decision on a ticket."""
+    def decision(self, decision: Decision, budget: Refusal | None = None) -> DecisionMessage:
+        """The engine's decision on a ticket; a grant lists the shadow limits (and the
+        shadow `budget`) that would have refused it."""
         ticket = decision.ticket
         grant = decision.kind == "grant"
-        return {
+        message: DecisionMessage = {
             "type": events.DECISION,
             "ticket": ticket.id,
             "kind": decision.kind,
@@ -63,6 +64,16 @@ class Codec:
             # The reservation its usage report settles (its ticket id), when it holds one.
             "reservation": ticket.id if grant and self.budgets.reserved(ticket.id) else "",
         }
+        shadow = [events.ShadowRefusal(scope=s, reason=r, message="") for s, r in decision.shadow]
+        if grant and budget is not None:
+            shadow.append(
+                events.ShadowRefusal(
+                    scope=budget.scope, reason=budget.reason, message=budget.message
+                )
+            )
+        if shadow:
+            message["shadow"] = shadow
+        return message
 
     def refusal(self, ticket: str, refusal: Refusal, quota: Quota) -> DecisionMessage:
         """A refusal before the engine charged anything, with the key scope's quota."""

@@ -48,6 +48,7 @@ def limit_of(row: EndpointLimit) -> Limit:
         max_concurrent=row.max_concurrent,
         queue_depth=row.queue_depth,
         max_wait=row.max_queue_wait_seconds,
+        shadow=row.shadow,
     )
 
 

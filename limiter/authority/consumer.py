@@ -20,6 +20,7 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer
 
+from limiter.alerts.near import near_limit_raise
 from limiter.authority import codec
 from limiter.authority.answers import Answers
 from limiter.authority.budget_gate import BudgetGate
@@ -28,9 +29,11 @@ from limiter.authority.config import LimiterConfig, config_load
 from limiter.authority.engine import Engine, ScopeId
 from limiter.authority.learning import LearnedCeilings
 from limiter.authority.live import LiveView
+from limiter.authority.near import NearLimit, NearLimitEvent
 from limiter.authority.scopes import ScopeLimit, Scopes, TicketMessage
 from limiter.authority.stats import Stats
 from limiter.protocol import events
+from limiter.protocol.client import spawn
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +67,12 @@ class LimiterConsumer:
         self.codec = codec.Codec(self.instance, self.gate)
         self.stats = Stats()
         self.coalesced = CoalesceStats()
-        self.live = LiveView(self.engine, self.stats, self.ceilings, self.coalesced)
-        self.live.publish_to(layer, self._ramp)
+        near = NearLimit(
+            threshold=settings.SLUICE_NEAR_LIMIT_FRACTION,
+            alert_after=settings.SLUICE_ALERT_NEAR_LIMIT_MINUTES * 60.0,
+        )
+        self.live = LiveView(self.engine, self.stats, self.ceilings, self.coalesced, near)
+        self.live.publish_to(layer, self._ramp, _near_limit_alert)
         self.answers = Answers(layer, self.engine, self.codec, self.stats, self.gate, self.live)
         self._handlers = self._routes()
 
@@ -251,3 +258,22 @@ class LimiterConsumer:
 
 async def _ignore(message: dict[str, Any]) -> None:
     return None
+
+
+def _near_limit_alert(event: NearLimitEvent) -> None:
+    """A key near its limit for the alert's duration: its team's alert, raised off the
+    event loop (database writes; limiter/alerts/near.py)."""
+    spawn(_near_limit_raise(event))
+
+
+async def _near_limit_raise(event: NearLimitEvent) -> None:
+    try:
+        await sync_to_async(near_limit_raise, thread_sensitive=False)(
+            key_id=event.key_id,
+            endpoint=event.endpoint,
+            model=event.model,
+            fraction=event.fraction,
+            minutes=event.minutes,
+        )
+    except Exception:
+        logger.exception("could not raise the near-limit alert of key %s", event.key_id)

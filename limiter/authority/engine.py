@@ -50,6 +50,15 @@ Queue
   ticket brings its own (a merged embeddings request waits as long as its most patient
   caller allows), which `extend` may raise while it waits (a more patient caller joined).
 
+Shadow scopes
+  A scope whose limit is `shadow` holds no one back: it never delays, queues or refuses.
+  At each grant it is evaluated as its enforced twin would be (`Scope.shadow_refusal`);
+  the grant's decision lists the shadow scopes that would have refused it, and charges
+  each shadow scope only with what its twin would have admitted, so over any history a
+  shadow scope's would-be refusals are the refusals of an enforced twin on its own
+  (`tests/limiter/test_engine_shadow.py`). Turned enforced, it keeps its buckets.
+  The guarantees below are about enforced scopes.
+
 Guarantees (`tests/limiter/test_engine_invariants.py` checks each after every step of
 generated histories of acquires, releases with actual usage, renewals, cancels, limit
 changes, upstream pauses, restarts with adoption and time passing)
@@ -150,6 +159,8 @@ class Limit:
     max_concurrent: int | None = None
     queue_depth: int = 0
     max_wait: float = 0.0
+    # Shadow: never refuses or delays; each grant says if it would have (`Scope.shadow_refusal`).
+    shadow: bool = False
 
 
 class Bucket:
@@ -266,10 +277,16 @@ class Scope:
 
     @property
     def capped(self) -> bool:
-        return self.limit.max_concurrent is not None
+        """Whether a grant must find a free slot here (a shadow scope's cap holds no one)."""
+        return self.limit.max_concurrent is not None and not self.limit.shadow
 
     def rate_wait(self, tokens: float, now: float) -> tuple[float, str]:
         """Seconds until a request conforms to this scope's rates, and the reason if > 0."""
+        if self.limit.shadow:  # holds no one back (an upstream pause still does)
+            return max(0.0, self.paused_until - now), UPSTREAM_PAUSED
+        return self._rate_wait(tokens, now)
+
+    def _rate_wait(self, tokens: float, now: float) -> tuple[float, str]:
         wait, reason = self.requests.wait(1, now), RATE_LIMITED
         if self.tokens is not None and tokens:
             token_wait = self.tokens.wait(tokens, now)
@@ -296,7 +313,26 @@ class Scope:
                 bucket.tat = max(bucket.tat, moment + bucket.capacity / bucket.rate)
 
     def has_slot(self) -> bool:
-        return self.limit.max_concurrent is None or len(self.leases) < self.limit.max_concurrent
+        return not self.capped or len(self.leases) < (self.limit.max_concurrent or 0)
+
+    def shadow_refusal(self, tokens: float, now: float) -> str:
+        """A shadow scope at a grant: the reason an enforced twin would have refused this
+        request ("" for none), as `Engine._refuse_at_once` decides on a key's own queue.
+        The grant then charges a request the twin would have let go (at once, or after a
+        wait within its max wait: GCRA charges that as it would at its turn), and nothing
+        for a would-be refusal, so the would-refuse rate over time is the twin's."""
+        limit = self.limit
+        if limit.max_concurrent is not None and len(self.leases) >= limit.max_concurrent:
+            return CONCURRENCY_LIMITED
+        wait, reason = self._rate_wait(tokens, now)
+        if wait <= 0:
+            return ""
+        if wait > limit.max_wait or limit.max_wait <= 0:
+            return reason
+        # The twin's requests queued before this one: its debt beyond the burst.
+        if self.requests.debt(now) - self.requests.capacity >= limit.queue_depth:
+            return QUEUE_FULL if limit.queue_depth else reason
+        return ""
 
     def idle(self, now: float) -> bool:
         return (
@@ -387,6 +423,8 @@ class Decision:
     reason: str = ""  # refuse: a reason code
     retry_after: float = 0.0  # refuse: seconds; queued: projected wait
     scope: str = ""  # refuse: "key" or "account", whose limit refused
+    # grant: the shadow limits that would have refused it, as ("key" | "account", reason)
+    shadow: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -755,7 +793,13 @@ class Engine:
     def _grant(self, ticket: Ticket, now: float) -> Decision:
         requests: list[_Charge] = []
         charges: list[_Charge] = []
+        charged: list[Scope] = []
+        shadow: list[tuple[str, str]] = []
         for scope in ticket.scopes:
+            if scope.limit.shadow and (reason := scope.shadow_refusal(ticket.tokens, now)):
+                shadow.append(("key" if scope is ticket.key else "account", reason))
+                continue  # would have been refused: charged nothing, holds no slot
+            charged.append(scope)
             request, tokens = scope.charge(ticket.tokens, now)
             requests.append(request)
             if tokens is not None:
@@ -764,19 +808,25 @@ class Engine:
         # token estimate to settle, or a refundable grant. Otherwise the grant is complete
         # as it stands, and the caller sends no release (one channel-layer message fewer).
         needs_lease = ticket.refundable or any(
-            s.capped or (s.tokens is not None and ticket.tokens) for s in ticket.scopes
+            s.limit.max_concurrent is not None or (s.tokens is not None and ticket.tokens)
+            for s in ticket.scopes
         )
         lease = ""
         if needs_lease:
             lease = ticket.id
-            for scope in ticket.scopes:
+            for scope in charged:
                 scope.leases.add(lease)
             self.leases[lease] = _Lease(
                 ticket.scopes, now + self.lease_ttl, ticket.tokens, charges, requests
             )
             self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
-            "grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived
+            "grant",
+            ticket,
+            self.quota(ticket.key, now),
+            lease=lease,
+            waited=now - ticket.arrived,
+            shadow=tuple(shadow),
         )
 
     def _settle(

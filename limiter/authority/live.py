@@ -19,10 +19,12 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 
+from limiter import metrics
 from limiter.authority.ceilings import Ceiling
 from limiter.authority.coalesce_stats import CoalesceStats
 from limiter.authority.engine import Engine, Scope, ScopeId
 from limiter.authority.learning import LearnedCeilings
+from limiter.authority.near import NearLimit, NearLimitEvent
 from limiter.authority.stats import HISTORY_BUCKET_SECONDS, Stats
 from limiter.protocol import events
 from limiter.protocol.client import spawn
@@ -34,6 +36,10 @@ SNAPSHOT_INTERVAL = 0.5  # at most two live snapshots a second while anything ch
 HEARTBEAT_INTERVAL = 5.0  # a snapshot even when idle, so the dashboard knows we are alive
 
 
+def _ignore_near(event: NearLimitEvent) -> None:
+    return None
+
+
 class LiveView:
     def __init__(
         self,
@@ -41,11 +47,14 @@ class LiveView:
         stats: Stats,
         ceilings: LearnedCeilings,
         coalesced: CoalesceStats,
+        near: NearLimit | None = None,
     ) -> None:
         self.engine = engine
         self.stats = stats
         self.ceilings = ceilings
         self.coalesced = coalesced
+        self.near = near or NearLimit()
+        self._on_near: Callable[[NearLimitEvent], None] = _ignore_near
         self.started_at = time.time()
         self._dirty = True
         self._last = 0.0
@@ -53,9 +62,15 @@ class LiveView:
         self._layer: BaseChannelLayer | None = None
         self._each_round: Callable[[float], None] = _nothing
 
-    def publish_to(self, layer: BaseChannelLayer, each_round: Callable[[float], None]) -> None:
-        """Where `publish` sends snapshots, and what else to do each round."""
-        self._layer, self._each_round = layer, each_round
+    def publish_to(
+        self,
+        layer: BaseChannelLayer,
+        each_round: Callable[[float], None],
+        on_near: Callable[[NearLimitEvent], None] = _ignore_near,
+    ) -> None:
+        """Where `publish` sends snapshots, what else to do each round, and whom to tell
+        of a key near its limit for the alert's duration."""
+        self._layer, self._each_round, self._on_near = layer, each_round, on_near
 
     def changed(self) -> None:
         """Something the view shows changed: the next round publishes."""
@@ -93,6 +108,7 @@ class LiveView:
             forgotten = self.engine.forget_idle(now)
             if forgotten:
                 self.stats.forget(forgotten)
+                self.near.forget(forgotten)
                 self._dirty = True
 
     def snapshot(self) -> events.LiveSnapshot:
@@ -112,11 +128,13 @@ class LiveView:
                 "leases": len(engine.leases),
                 "history_bucket_seconds": HISTORY_BUCKET_SECONDS,
             },
-            "scopes": [
-                self._scope(s, queued_by_scope.get(s.id, []), now)
-                for s in engine.scopes.values()
-                if s.id[1]  # not the unlimited halves of merged embeddings calls (CHARGE_*)
-            ],
+            "scopes": self._near_counted(
+                [
+                    self._scope(s, queued_by_scope.get(s.id, []), now)
+                    for s in engine.scopes.values()
+                    if s.id[1]  # not the unlimited halves of merged embeddings calls
+                ]
+            ),
             "upstream_headers": {k: dict(v) for k, v in stats.upstream_headers.items()},
             "models": [
                 self._model(scope_id, ceiling, now)
@@ -148,10 +166,34 @@ class LiveView:
             "upstream_503_last_minute": unavailable.last_minute(now) if unavailable else 0,
         }
 
+    @staticmethod
+    def _near_counted(scopes: list[ScopeSnapshot]) -> list[ScopeSnapshot]:
+        """The scopes near their limit, counted in /metrics by kind and endpoint."""
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for row in scopes:
+            counts[(row["kind"], row["endpoint"])] += row.get("near_limit", False)
+        metrics.NEAR_LIMIT_SCOPES.clear()  # a scope gone or back below its limit counts 0
+        for (kind, endpoint), count in counts.items():
+            metrics.NEAR_LIMIT_SCOPES.labels(kind, endpoint).set(count)
+        return scopes
+
+    def _use(self, scope: Scope, now: float) -> tuple[int, int, float]:
+        """Admitted and shadow-refused in the last minute, and the use as a fraction of
+        the limit (a shadow scope's: what its enforced twin would have admitted)."""
+        admitted_counts = self.stats.admitted.get(scope.id)
+        shadowed_counts = self.stats.shadowed.get(scope.id)
+        admitted = admitted_counts.last_minute(now) if admitted_counts else 0
+        shadowed = shadowed_counts.last_minute(now) if shadowed_counts else 0
+        fraction = self.near.fraction(scope, max(0, admitted - shadowed))
+        event = self.near.observe(scope, fraction, now)
+        if event is not None:
+            self._on_near(event)
+        return admitted, shadowed, fraction
+
     def _scope(self, scope: Scope, arrivals: list[float], now: float) -> ScopeSnapshot:
         kind, object_id, endpoint, model = scope.id
         refused = self.stats.refused.get(scope.id)
-        admitted = self.stats.admitted.get(scope.id)
+        admitted, shadowed, fraction = self._use(scope, now)
         return {
             "kind": "key" if kind == "key" else "account",
             "id": object_id,
@@ -160,7 +202,7 @@ class LiveView:
             "limit_per_minute": scope.limit.per_minute,
             "burst": scope.limit.burst,
             "in_use": round(scope.requests.debt(now), 3),
-            "admitted_last_minute": admitted.last_minute(now) if admitted else 0,
+            "admitted_last_minute": admitted,
             "queued": len(arrivals),
             "longest_wait": round(now - min(arrivals), 3) if arrivals else 0.0,
             "leases": len(scope.leases),
@@ -172,6 +214,10 @@ class LiveView:
                 source: counts.last_minute(now) for source, counts in (refused or {}).items()
             }
             or {"gateway": 0, "upstream": 0},
+            "shadow": scope.limit.shadow,
+            "shadow_refused_last_minute": shadowed,
+            "use_fraction": round(fraction, 3),
+            "near_limit": self.near.near(scope.id),
         }
 
 

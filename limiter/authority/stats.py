@@ -54,6 +54,8 @@ class Stats:
     def __init__(self) -> None:
         self.admitted: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
         self.refused: dict[ScopeId, dict[str, SecondCounts]] = defaultdict(_gateway_and_upstream)
+        # Calls admitted that a shadow scope would have refused, per that scope.
+        self.shadowed: dict[ScopeId, SecondCounts] = defaultdict(SecondCounts)
         # endpoint -> deque of [bucket start (unix seconds), admitted, queued, refused];
         # only buckets with something in them (the browser fills the gaps with zeros)
         self.history: dict[str, deque[list[int]]] = defaultdict(_hour)
@@ -82,6 +84,8 @@ class Stats:
                 row[1] += 1
             for scope in ticket.scopes:
                 self.admitted[scope.id].add(mono)
+            for who, _reason in decision.shadow:
+                self.shadowed[(ticket.key if who == "key" else ticket.account).id].add(mono)
         elif decision.kind == "queued":
             row[2] += 1
         else:
@@ -97,6 +101,7 @@ class Stats:
         for scope_id in scope_ids:
             self.admitted.pop(scope_id, None)
             self.refused.pop(scope_id, None)
+            self.shadowed.pop(scope_id, None)
 
     def record_upstream(
         self, scope_id: ScopeId, message: events.UpstreamReportMessage, mono: float, wall: float

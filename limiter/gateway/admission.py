@@ -193,12 +193,27 @@ async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patien
         return NO_GRANT
     metrics.LIMITER_UP.set(1)
     metrics.ADMITTED.labels(ctx.endpoint).inc()
+    if grant.shadow and charge != events.CHARGE_ACCOUNT:  # a merged request's callers' own
+        _shadow_refused(ctx, grant)
     if grant.waited:
         metrics.QUEUED.labels(ctx.endpoint).inc()
         metrics.QUEUE_WAIT.labels(ctx.endpoint).observe(grant.waited)
     else:
         metrics.LIMITER_ROUND_TRIP.observe(time.monotonic() - started)
     return grant
+
+
+def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
+    """A call admitted that shadow limits or budgets would have refused, recorded as such."""
+    for would in grant.shadow:
+        ctx.refusals.shadow_refused(
+            ctx.key,
+            ctx.request_id,
+            ctx.endpoint,
+            ctx.model,
+            reason=would["reason"],
+            message=would.get("message", ""),
+        )
 
 
 def _refusal(ctx: CallContext, d: events.DecisionMessage, charge: str) -> ApiError:

@@ -49,6 +49,7 @@ class Recorder(BatchWriter):
         retry_after: float | None,
         request_id: str,
         message: str = "",
+        shadow: bool = False,
     ) -> None:
         if len(self._refusals) == MAX_BUFFER:
             logger.error(
@@ -68,6 +69,7 @@ class Recorder(BatchWriter):
                 retry_after_seconds=retry_after,
                 request_id=request_id,
                 message=message[:300],
+                shadow=shadow,
             )
         )
 

@@ -35,6 +35,7 @@ class Recorder(Protocol):
         retry_after: float | None,
         request_id: str,
         message: str = "",
+        shadow: bool = False,
     ) -> None: ...
 
 
@@ -78,4 +79,32 @@ class RefusalSink:
             retry_after=retry_after,
             request_id=request_id,
             message=message,
+        )
+
+    def shadow_refused(
+        self,
+        key: KeyInfo,
+        request_id: str,
+        endpoint: str,
+        model: str,
+        *,
+        reason: str,
+        message: str = "",
+    ) -> None:
+        """One call admitted that a shadow limit or budget would have refused: counted
+        and kept in the 429 record marked shadow, but no alert (nobody was refused)."""
+        metrics.SHADOW_REFUSED.labels(key.team_name, endpoint, reason).inc()
+        self.recorder.refusal(
+            team_id=key.team_id,
+            team_name=key.team_name,
+            key_prefix=key.prefix,
+            upstream=key.account_name,
+            endpoint=endpoint,
+            model=model,
+            reason=reason,
+            source=GATEWAY,
+            retry_after=None,
+            request_id=request_id,
+            message=message,
+            shadow=True,
         )

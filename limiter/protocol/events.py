@@ -127,6 +127,14 @@ class RenewMessage(TypedDict):
     lease: str
 
 
+class ShadowRefusal(TypedDict):
+    """What a shadow limit or budget would have refused a granted call with."""
+
+    scope: str  # "key" | "account" (a profile row) | "team" (a team's budget)
+    reason: str
+    message: str  # a budget's own words; "" for a row's
+
+
 class DecisionMessage(TypedDict):
     type: str  # DECISION
     ticket: str
@@ -151,6 +159,8 @@ class DecisionMessage(TypedDict):
     reservation: NotRequired[str]
     # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
     message: NotRequired[str]
+    # A grant: the shadow limits and budgets that would have refused it (recorded, not 429).
+    shadow: NotRequired[list[ShadowRefusal]]
 
 
 class ReleaseMessage(TypedDict):
@@ -304,6 +314,14 @@ class ScopeSnapshot(TypedDict):
     tokens_in_use: float | None
     paused_for: float  # seconds left of an upstream pause
     refused_last_minute: dict[str, int]  # {"gateway": n, "upstream": n}
+    # (Not required: a snapshot from a limiter before these fields still reads.)
+    shadow: NotRequired[bool]  # a shadow limit: records what it would refuse, refuses none
+    shadow_refused_last_minute: NotRequired[int]  # calls admitted that it would have refused
+    # Use over the last minute as a fraction of the limit (requests admitted / rate per
+    # minute; a shadow scope's: what its enforced twin would have admitted), and whether
+    # that is at or above the near-limit threshold (limiter/authority/near.py).
+    use_fraction: NotRequired[float]
+    near_limit: NotRequired[bool]
 
 
 class LiveSnapshot(TypedDict):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from limiter.protocol.events import DecisionMessage
+from limiter.protocol.events import DecisionMessage, ShadowRefusal
 
 
 class Asker(Protocol):
@@ -53,6 +53,8 @@ class Grant:
     # The budget reservation the call holds (its ticket id; "" for none): its usage report
     # settles it, and a grant handed back unused settles it at 0 (`unreserve`).
     reservation: str = ""
+    # The shadow limits and budgets that would have refused this call (to be recorded).
+    shadow: tuple[ShadowRefusal, ...] = ()
 
     @classmethod
     def of(cls, decision: DecisionMessage, age: float) -> Grant:
@@ -66,6 +68,7 @@ class Grant:
             budgeted=bool(decision.get("budgeted")),
             max_wait=decision.get("max_wait"),
             reservation=decision.get("reservation", ""),
+            shadow=tuple(decision.get("shadow", ())),
         )
 
 

@@ -152,6 +152,8 @@ class BudgetRule:
     period: str  # "day" | "week" | "month"
     limit: float
     soft_threshold: float
+    # Shadow: never refuses; a call over it is admitted and recorded as a would-be refusal.
+    shadow: bool = False
 
     def applies(self, key_id: str, model: str) -> bool:
         return (not self.key_id or self.key_id == key_id) and (
@@ -379,11 +381,14 @@ class BudgetBook:
                 state.spent, state.crossed = 0.0, set()
         return found
 
-    def check(self, key_id: str, model: str, now: datetime) -> Exceeded | None:
-        """The budget that refuses this call, if any: the one that resets last."""
+    def check(
+        self, key_id: str, model: str, now: datetime, *, shadow: bool = False
+    ) -> Exceeded | None:
+        """The budget that refuses this call, if any: the one that resets last. `shadow`:
+        the shadow budget that would have refused it, if any."""
         worst: Exceeded | None = None
         for state in self._states(key_id, model, now):
-            if state.full():
+            if state.rule.shadow == shadow and state.full():
                 wait = (state.end - now).total_seconds()
                 if worst is None or wait > worst.retry_after:
                     worst = Exceeded(
@@ -423,6 +428,8 @@ class BudgetBook:
         states: dict[int, BudgetState] = {}
         for hold in holds:
             for state in self._states(key_id, hold.model, now):
+                if state.rule.shadow:
+                    continue  # a shadow budget holds no job back
                 states[state.rule.id] = state
                 amount = hold.tokens if state.rule.unit == "tokens" else hold.cost
                 need[state.rule.id] = need.get(state.rule.id, 0.0) + max(amount, 0.0)

@@ -239,6 +239,11 @@ class Budget(models.Model):
         help_text="Fraction of the limit that raises an alert.",
     )
     enabled = models.BooleanField(default=True)
+    # Shadow: a call over it is admitted, and recorded as the refusal it would have been.
+    shadow = models.BooleanField(
+        default=False,
+        help_text="Shadow: record what this budget would refuse, but admit every call.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

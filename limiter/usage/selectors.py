@@ -304,6 +304,7 @@ def budget_rules() -> tuple[list[BudgetRule], dict[str, int], list[Budget]]:
             period=b.period,
             limit=float(b.limit),
             soft_threshold=b.soft_threshold,
+            shadow=b.shadow,
         )
         for b in budgets
         if b.pk not in broken

@@ -88,6 +88,7 @@ def budget_create(
     limit: Decimal,
     soft_threshold: float = 0.8,
     enabled: bool = True,
+    shadow: bool = False,
 ) -> Budget:
     budget = Budget(
         team=team,
@@ -98,6 +99,7 @@ def budget_create(
         limit=limit,
         soft_threshold=soft_threshold,
         enabled=enabled,
+        shadow=shadow,
     )
     budget.full_clean()
     budget.save()  # the save broadcasts: the limiter reloads its budgets (signals.py)

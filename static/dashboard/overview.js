@@ -42,13 +42,18 @@
   function scopeCells(scope) {
     const refused = scope.refused_last_minute || {};
     const paused = scope.paused_for > 0 ? ` <span class="paused">paused ${num(scope.paused_for, 1)} s</span>` : "";
+    // A shadow limit records what it would refuse; a scope near its limit (the
+    // SLUICE_NEAR_LIMIT_FRACTION of it over the last minute) is marked.
+    const shadow = scope.shadow ? ` <span class="badge badge-shadow" data-shadow>shadow</span>` : "";
+    const near = scope.near_limit ? ` <span class="badge badge-bad" data-near-limit>near limit</span>` : "";
+    const shadowed = scope.shadow_refused_last_minute ? ` · <span class="shadowed">${scope.shadow_refused_last_minute} shadow</span>` : "";
     return `
-      <td>${esc(scope.endpoint)}${paused}</td>
+      <td>${esc(scope.endpoint)}${paused}${shadow}${near}</td>
       <td class="num">${meter(scope.in_use, scope.burst)}${num(scope.in_use, 1)} / ${scope.burst} req</td>
-      <td class="num">${scope.admitted_last_minute} / ${num(scope.limit_per_minute)} req/min</td>
+      <td class="num">${scope.admitted_last_minute} / ${num(scope.limit_per_minute)} req/min <span class="muted small use">${num((scope.use_fraction || 0) * 100)}%</span></td>
       <td class="num">${scope.queued} req${scope.queued ? ` · oldest ${num(scope.longest_wait, 1)} s` : ""}</td>
       <td class="num">${scope.leases} / ${scope.max_concurrent ?? "∞"}</td>
-      <td class="num">${refused.gateway || 0} gateway · ${refused.upstream || 0} upstream</td>`;
+      <td class="num">${refused.gateway || 0} gateway · ${refused.upstream || 0} upstream${shadowed}</td>`;
   }
 
   function limitCells(row) {

@@ -253,6 +253,7 @@ DASHBOARD: dict[str, tuple[str | None, list[tuple[str, frozenset[str]]]]] = {
     "limit_edit": ("limit", [("GET", OPS), ("POST", OPS)]),
     "model_limit_create": ("profile", [("POST", OPS)]),
     "model_limit_delete": ("model_limit", [("POST", OPS)]),
+    "limit_shadow": ("limit", [("POST", OPS)]),
     "teams": (None, [("GET", READERS), ("POST", OPS)]),
     "team": ("team", [("GET", TEAM_A_READERS)]),
     "team_pause": ("team", [("POST", OPS)]),
@@ -260,6 +261,7 @@ DASHBOARD: dict[str, tuple[str | None, list[tuple[str, frozenset[str]]]]] = {
     "key_create": ("team", [("POST", TEAM_A_KEYS)]),
     "budget_create": ("team", [("POST", OPS)]),
     "budget_delete": ("budget", [("POST", OPS)]),
+    "budget_shadow": ("budget", [("POST", OPS)]),
     "key_revoke": ("key", [("POST", TEAM_A_KEYS)]),
     "key_rotate": ("key", [("POST", TEAM_A_KEYS)]),
     "refusals": (None, [("GET", TEAM_A_READERS)]),
@@ -319,6 +321,7 @@ def test_dashboard(world, name, arg, target, method, allowed, persona) -> None:
         "unit": "dollars",
         "period": "day",
         "limit": "5",
+        "shadow": "1",
     }
     assert_cell(
         world=world,

@@ -203,6 +203,7 @@ PAGE_ROUTES = [
         {"endpoint": "chat", "model": "stolen/*", "requests_per_minute": "1", "burst": "1"},
     ),
     PageRoute("dashboard:model_limit_delete", "POST", "/limits/{limit}/delete/"),
+    PageRoute("dashboard:limit_shadow", "POST", "/limits/{limit}/shadow/", {"shadow": "1"}),
     PageRoute(
         "dashboard:ceiling_reset",
         "POST",
@@ -227,6 +228,7 @@ PAGE_ROUTES = [
         {"unit": "tokens", "period": "day", "limit": "1", "soft_threshold": "0.8"},
     ),
     PageRoute("dashboard:budget_delete", "POST", "/budgets/{budget}/delete/"),
+    PageRoute("dashboard:budget_shadow", "POST", "/budgets/{budget}/shadow/", {"shadow": "1"}),
     PageRoute("dashboard:key_revoke", "POST", "/keys/{key}/revoke/"),
     PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
     PageRoute("dashboard:tokens", "GET", "/tokens/"),

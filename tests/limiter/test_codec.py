@@ -50,7 +50,8 @@ def test_the_engines_decisions_are_worded_with_the_instance_and_the_clock():
     )
     assert (message["limit"], message["remaining"], message["budgeted"]) == (60, 0, False)
     assert message["reservation"] == "" and message["at"] >= before
-    assert set(message) == set(DecisionMessage.__annotations__) - {"message"}
+    # A grant lists shadow refusals only when it has some (test_shadow_budgets.py).
+    assert set(message) == set(DecisionMessage.__annotations__) - {"message", "shadow"}
     queued_message = words.decision(queued)
     assert (queued_message["kind"], queued_message["max_wait"]) == ("queued", 30.0)
     assert queued_message["retry_after"] == pytest.approx(1.0)
@@ -78,7 +79,8 @@ def test_a_refusal_before_the_engine_is_a_decision_message_like_the_engines():
         assert (message["limit"], message["remaining"], message["reset"]) == (60, 3, 2.5)
         assert (message["lease"], message["waited"], message["max_wait"]) == ("", 0.0, 0.0)
         assert message["retry_after"] >= 0.001 and message["limiter"] == "limiter-1"
-        assert set(message) == set(DecisionMessage.__annotations__) - {"budgeted", "reservation"}
+        unsaid = {"budgeted", "reservation", "shadow"}  # a grant's
+        assert set(message) == set(DecisionMessage.__annotations__) - unsaid
 
 
 def test_a_tickets_extras_are_the_engines_arguments():
