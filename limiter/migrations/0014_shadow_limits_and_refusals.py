@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("limiter", "0010_jobs_to_their_own_app"),
+        ("limiter", "0013_seed_audio_limits"),
     ]
 
     operations = [
