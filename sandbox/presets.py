@@ -4,11 +4,11 @@
 organisation meets it. Every model is limited on its own, per second, from a floor equal to
 the seed's per-minute figure for its endpoint kind (the default profile of
 limiter/migrations/0002_seed_default_profile.py: chat and completions 600 a minute,
-embeddings and rerank 300, images 60; the audio rows of 0013_seed_audio_limits, 60), and the limit moves with the organisation's
-successful traffic (the dynamic mode, sandbox/dynamic.py). Its headers say so the way
-Together does: `x-ratelimit-limit: 10` (a second) for a chat model, 5 for an embeddings
-model, 1 for an image model. So Sluice learns ceilings equal to the seed's rows, and a
-newcomer's Live page shows them.
+embeddings and rerank 300, images 60; audio 60, from 0013_seed_audio_limits), and the
+limit moves with the organisation's successful traffic (the dynamic mode,
+sandbox/dynamic.py). Its headers say so the way Together does: `x-ratelimit-limit: 10` (a
+second) for a chat model, 5 for an embeddings model, 1 for an image model. So Sluice
+learns ceilings equal to the seed's rows, and a newcomer's Live page shows them.
 
 The bare `SandboxConfig()` limits nothing (tests rely on that); tests that want Together's
 behaviour ask for it here or through `DynamicLimits`.
