@@ -19,9 +19,10 @@ are most of scale-out's cost:
   pop per message, one send per answer, one after the other), not on its CPU:
   `receive` pops up to RECEIVE_BATCH messages in one BZMPOP and hands out the rest
   from memory on the next calls, with none of channels_redis's per-message clean-up
-  task; `send_many` sends many messages in one pipeline (limiter/protocol/outbox.py
-  gathers them). A process that dies holding popped messages loses them, the same
-  window as above.
+  task; `send_many` sends many messages in one script, in order (their scores rise
+  within a batch; limiter/protocol/outbox.py gathers them), and `send` is one of
+  those. A process that dies holding popped messages loses them, the same window as
+  above.
 """
 
 from __future__ import annotations
@@ -38,14 +39,29 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-SEND = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, ARGV[1])
-if redis.call('ZCOUNT', KEYS[1], '-inf', '+inf') >= tonumber(ARGV[2]) then
-  return 0
+# `send_many`'s: each channel key's messages added in one script, in their order. KEYS: the
+# channel keys; ARGV: the expiry cutoff, the expiry, then per key its capacity and
+# message count, then (score, message) pairs. Per message 1 (sent) or 0 (channel full).
+SEND_MANY = """
+local cutoff, expiry, at, out = ARGV[1], ARGV[2], 3, {}
+for _, key in ipairs(KEYS) do
+  local capacity, n = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  at = at + 2
+  redis.call('ZREMRANGEBYSCORE', key, 0, cutoff)
+  local count = redis.call('ZCARD', key)
+  for _ = 1, n do
+    if count >= capacity then
+      out[#out + 1] = 0
+    else
+      redis.call('ZADD', key, ARGV[at], ARGV[at + 1])
+      count = count + 1
+      out[#out + 1] = 1
+    end
+    at = at + 2
+  end
+  redis.call('EXPIRE', key, expiry)
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
+return out
 """
 # Messages popped in one round trip at most: enough for a loop turn's worth of tickets
 # from every web process, few enough that one pop's reply stays small.
@@ -78,6 +94,7 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
         super().__init__(*args, **kwargs)
         self._popped: dict[str, deque[bytes]] = {}  # channel key -> popped, not yet handed out
         self._bzmpop = True  # Redis >= 7; older servers pop one message at a time
+        self._last_score = 0.0
 
     async def _brpop_with_clean(self, index: int, channel: str, timeout: float):  # noqa: ASYNC109  (the parent's signature)
         popped = self._popped.get(channel)
@@ -106,7 +123,9 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
 
     async def receive_single(self, channel: str) -> tuple[str, dict[str, Any]]:
         """The parent's, without its per-message clean-up task and lock (there is no
-        backup queue to clean)."""
+        backup queue to clean). On this process's shared `!` channel, the rest of what one
+        pop brought goes straight to the buffers `receive` reads, so the next receives
+        return at once instead of each taking the receive lock again."""
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         if "!" in channel:
             assert channel.endswith("!")
@@ -117,9 +136,19 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
         content = None
         while content is None:
             content = await self._brpop_with_clean(index, channel_key, timeout=self.brpop_timeout)
+        found = self._unpack(channel, content)
+        popped = self._popped.get(channel_key)
+        if "!" in channel and popped:
+            while popped:
+                to, message = self._unpack(channel, popped.popleft())
+                for name in to if isinstance(to, list) else [to]:
+                    self.receive_buffer[name].put_nowait(message)
+        return found
+
+    def _unpack(self, channel: str, content: bytes) -> tuple[Any, dict[str, Any]]:
         message = self.deserialize(content)
-        if "__asgi_channel__" in message:
-            channel = message.pop("__asgi_channel__")
+        if "__asgi_channel__" in message:  # a process-specific channel (or a group's list)
+            return message.pop("__asgi_channel__"), message
         return channel, message
 
     async def send(self, channel: str, message: dict) -> None:
@@ -128,10 +157,10 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
             raise error
 
     async def send_many(self, messages: Sequence[tuple[str, dict]]) -> list[Exception | None]:
-        """Send each (channel, message) as `send` does, in one pipeline per Redis host: for
-        each, None or ChannelFull. A connection error fails them all (raised)."""
-        by_host: dict[int, list[tuple[int, list[Any]]]] = {}
-        now = time.time()
+        """Send each (channel, message) as `send` does, in one script per Redis host (one
+        round trip), each channel's in the order given: for each, None or ChannelFull.
+        A connection error fails them all (raised)."""
+        by_host: dict[int, dict[str, tuple[int, list[int], list[Any]]]] = {}
         for position, (channel, message) in enumerate(messages):
             assert isinstance(message, dict), "message is not a dict"
             assert self.require_valid_channel_name(channel), "Channel name not valid"
@@ -143,22 +172,28 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
                 index = self.consistent_hash(channel)
             else:
                 index = next(self._send_index_generator)
-            args = [
-                self.prefix + name,
-                int(now) - int(self.expiry),
-                self.get_capacity(channel),
-                now,
-                self.serialize(message),
-                int(self.expiry),
-            ]
-            by_host.setdefault(index, []).append((position, args))
+            keys = by_host.setdefault(index, {})
+            key = self.prefix + name
+            if key not in keys:
+                keys[key] = (self.get_capacity(channel), [], [])
+            keys[key][1].append(position)
+            keys[key][2].extend((self._score(), self.serialize(message)))
         errors: list[Exception | None] = [None] * len(messages)
-        for index, sends in by_host.items():
-            async with self.connection(index).pipeline(transaction=False) as pipe:
-                for _position, args in sends:
-                    pipe.eval(SEND, 1, *args)
-                sent = await pipe.execute()
-            for (position, _args), ok in zip(sends, sent, strict=True):
+        for index, keys in by_host.items():
+            args: list[Any] = [int(time.time()) - int(self.expiry), int(self.expiry)]
+            order: list[int] = []
+            for capacity, positions, pairs in keys.values():
+                args.extend((capacity, len(positions), *pairs))
+                order.extend(positions)
+            sent = await self.connection(index).eval(SEND_MANY, len(keys), *keys, *args)
+            for position, ok in zip(order, sent, strict=True):
                 if not ok:
                     errors[position] = ChannelFull()
         return errors
+
+    def _score(self) -> float:
+        """A message's score: the time it was sent, and above the one before, so that two
+        messages sent in one batch are received in that order (members of equal score
+        are ordered by their bytes, which start with a random prefix)."""
+        self._last_score = max(time.time(), self._last_score + 1e-6)
+        return self._last_score
