@@ -123,8 +123,9 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
 
     async def receive_single(self, channel: str) -> tuple[str, dict[str, Any]]:
         """The parent's, without its per-message clean-up task and lock (there is no
-        backup queue to clean). On this process's shared `!` channel, the rest of what one
-        pop brought goes straight to the buffers `receive` reads, so the next receives
+        backup queue to clean). On this process's shared `!` channel, what one pop brought
+        goes straight to the buffers `receive` reads, all but the last, which is returned
+        (`receive` buffers it after the others: their order is kept), so the next receives
         return at once instead of each taking the receive lock again."""
         assert self.require_valid_channel_name(channel, receive=True), "Channel name invalid"
         if "!" in channel:
@@ -136,14 +137,15 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
         content = None
         while content is None:
             content = await self._brpop_with_clean(index, channel_key, timeout=self.brpop_timeout)
-        found = self._unpack(channel, content)
         popped = self._popped.get(channel_key)
         if "!" in channel and popped:
-            while popped:
+            popped.appendleft(content)
+            while len(popped) > 1:
                 to, message = self._unpack(channel, popped.popleft())
                 for name in to if isinstance(to, list) else [to]:
                     self.receive_buffer[name].put_nowait(message)
-        return found
+            content = popped.popleft()
+        return self._unpack(channel, content)
 
     def _unpack(self, channel: str, content: bytes) -> tuple[Any, dict[str, Any]]:
         message = self.deserialize(content)
