@@ -56,7 +56,9 @@ class Outbox:
         self, channel: str, message: dict[str, Any], waiter: asyncio.Future[None] | str
     ) -> None:
         self._queue.append((channel, message, waiter))
-        if self._flushing is None:
+        flushing = self._flushing
+        # A flush begun in an event loop since closed never ends: begin one in this loop.
+        if flushing is None or flushing.get_loop() is not asyncio.get_running_loop():
             self._flushing = spawn(self._flush())
 
     async def _flush(self) -> None:
@@ -71,7 +73,10 @@ class Outbox:
     async def _send(self, batch: list[tuple[str, dict[str, Any], Any]]) -> None:
         try:
             errors = await self._send_many([(channel, message) for channel, message, _ in batch])
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the loop is closing: its senders must not wait on
+            for _channel, _message, waiter in batch:
+                if not isinstance(waiter, str):
+                    waiter.cancel()
             raise
         except Exception as exc:  # the layer is down (Redis restarting): every one failed
             errors = [exc] * len(batch)

@@ -96,3 +96,23 @@ async def test_over_the_in_memory_layer_one_by_one_in_order() -> None:
         outbox.post("limiter", {"n": n}, "a test message")
     await outbox.send("limiter", {"n": 5})
     assert [(await layer.receive("limiter"))["n"] for _ in range(6)] == list(range(6))
+
+
+def test_an_outbox_outlives_an_event_loop_closed_before_its_flush() -> None:
+    # A flush begun in a loop that closed before it ran never ends; the next send, in
+    # another loop, must not wait on it forever (nor lose the message queued before).
+    layer = InMemoryChannelLayer()
+    outbox = Outbox(layer)
+
+    async def post() -> None:
+        outbox.post("limiter", {"n": 0}, "a test message")
+
+    first = asyncio.new_event_loop()
+    first.run_until_complete(post())
+    first.close()
+
+    async def send_and_read() -> list[int]:
+        await asyncio.wait_for(outbox.send("limiter", {"n": 1}), 5)
+        return [(await layer.receive("limiter"))["n"] for _ in range(2)]
+
+    assert asyncio.run(send_and_read()) == [0, 1]
