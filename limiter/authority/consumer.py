@@ -239,7 +239,7 @@ class LimiterConsumer:
 
     # Posted like every answer (Answers.reply): the next message is read meanwhile.
     async def on_snapshot_request(self, message: dict[str, Any]) -> None:
-        await self.answers.reply(message["reply"], self.live.snapshot(), "a snapshot request")
+        await self.answers.reply(message["reply"], dict(self.live.snapshot()), "a snapshot request")
 
     async def on_ping(self, message: dict[str, Any]) -> None:
         await self.answers.reply(
