@@ -138,3 +138,24 @@ async def test_the_first_send_after_a_redis_restart_is_not_an_error() -> None:
             assert (await layer.receive("limiter"))["n"] == 99  # the old ones died with Redis
         finally:
             await layer.close_pools()
+
+
+@pytest.mark.services
+async def test_a_group_message_in_a_pop_reaches_every_member_channel(redis_url) -> None:
+    # The live view and the configuration broadcast are group messages: one Redis entry
+    # for all of a process's member channels, handed to each from the same pop.
+    sender, receiver = _layer(redis_url), _layer(redis_url)
+    receiver.prefix = sender.prefix
+    try:
+        one, two = await receiver.new_channel("a."), await receiver.new_channel("b.")
+        for channel in (one, two):
+            await receiver.group_add("watchers", channel)
+        await sender.send(one, {"n": 0})
+        await sender.group_send("watchers", {"n": 1})
+        await sender.send_many([(two, {"n": 2}), (one, {"n": 3})])
+        assert [(await receiver.receive(one))["n"] for _ in range(3)] == [0, 1, 3]
+        assert [(await receiver.receive(two))["n"] for _ in range(2)] == [1, 2]
+    finally:
+        await receiver.flush()
+        await sender.close_pools()
+        await receiver.close_pools()
