@@ -5,6 +5,10 @@ Run as a child process (`python -m bench.decisions '{"concurrency": 64, ...}'`)
 with the deployment's environment: without REDIS_URL the consumer runs in this
 process over the in-memory layer (the embedded mode); with REDIS_URL it is the
 separate `manage.py runworker limiter` the parent started. Prints one JSON line.
+
+Besides decisions a second, the CPU each decision costs: this process's (the web side)
+and, given the limiter worker's pid, the worker's. On a machine shared with other work
+the rate falls with the CPU other processes take; the CPU per decision much less so.
 """
 
 from __future__ import annotations
@@ -51,9 +55,10 @@ async def _caller(client: Any, key: Any, deadline: float, round_trips: list[floa
         client.release(grant.lease, None)
 
 
-async def measure(concurrency: int, duration: float) -> dict[str, float]:
+async def measure(concurrency: int, duration: float, worker: int = 0) -> dict[str, float]:
     from django.conf import settings
 
+    from bench.procs import cpu_seconds
     from limiter import serving
     from limiter.protocol import client as limiter_client
 
@@ -68,22 +73,30 @@ async def measure(concurrency: int, duration: float) -> dict[str, float]:
         *(_caller(client, key, time.monotonic() + 0.3, warm) for _ in range(concurrency))
     )
     round_trips: list[float] = []
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
+    worker_cpu = cpu_seconds([worker]) if worker else 0.0
     await asyncio.gather(
         *(_caller(client, key, started + duration, round_trips) for _ in range(concurrency))
     )
     elapsed = time.monotonic() - started
+    cpu, worker_cpu = time.process_time() - cpu, cpu_seconds([worker]) - worker_cpu if worker else 0
+    decided = max(len(round_trips), 1)
     round_trips.sort()
     return {
         "decisions_per_s": len(round_trips) / elapsed,
+        "web_cpu_ms_per_decision": cpu * 1000 / decided,
+        **({"limiter_cpu_ms_per_decision": worker_cpu * 1000 / decided} if worker else {}),
         "round_trip_p50_ms": round_trips[len(round_trips) // 2] * 1000
         if round_trips
         else float("nan"),
     }
 
 
-def run(env: dict[str, str], concurrency: int, duration: float) -> dict[str, float]:
-    """Measure in a child process with `env` (the parent side)."""
+def run(
+    env: dict[str, str], concurrency: int, duration: float, worker: int = 0
+) -> dict[str, float]:
+    """Measure in a child process with `env` (the parent side); `worker`: the limiter
+    worker's pid, when it runs apart."""
     from bench.procs import PYTHON, ROOT
 
     done = subprocess.run(
@@ -91,7 +104,7 @@ def run(env: dict[str, str], concurrency: int, duration: float) -> dict[str, flo
             PYTHON,
             "-m",
             "bench.decisions",
-            json.dumps({"concurrency": concurrency, "duration": duration}),
+            json.dumps({"concurrency": concurrency, "duration": duration, "worker": worker}),
         ],
         cwd=ROOT,
         # Decisions a second, not their timeliness: a grant that comes back late on a
@@ -111,7 +124,8 @@ def main() -> None:
 
     django.setup()
     options = json.loads(sys.argv[1])
-    print(json.dumps(asyncio.run(measure(options["concurrency"], options["duration"]))), flush=True)
+    figures = measure(options["concurrency"], options["duration"], options.get("worker", 0))
+    print(json.dumps(asyncio.run(figures)), flush=True)
 
 
 if __name__ == "__main__":

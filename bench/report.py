@@ -185,17 +185,30 @@ def _decision_rows(r: Results) -> list[Row]:
         Row(
             "Limiter decisions per second, in-memory layer (one process)",
             num(memory["decisions_per_s"], 0),
-            f"round trip p50 {num(memory['round_trip_p50_ms'], 2)} ms",
+            f"round trip p50 {num(memory['round_trip_p50_ms'], 2)} ms; "
+            f"CPU {_cpu_per_decision(memory)}",
         ),
         Row(
             "Limiter decisions per second, channels_redis (runworker limiter)",
             num(redis["decisions_per_s"], 0),
             (
                 f"in-memory {num(memory['decisions_per_s'], 0)}; "
-                f"round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms"
+                f"round trip p50 {num(redis['round_trip_p50_ms'], 2)} ms; "
+                f"CPU {_cpu_per_decision(redis)}"
             ),
         ),
     ]
+
+
+def _cpu_per_decision(figures: dict[str, float]) -> str:
+    """The CPU a decision costs: the asking process's, and the limiter worker's apart."""
+    web = figures.get("web_cpu_ms_per_decision")
+    if web is None:
+        return "not measured"
+    limiter = figures.get("limiter_cpu_ms_per_decision")
+    if limiter is None:
+        return f"{num(web, 3)} ms a decision"
+    return f"{num(web, 3)} ms web + {num(limiter, 3)} ms limiter a decision"
 
 
 def _accuracy_rows(r: Results) -> list[Row]:

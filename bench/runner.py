@@ -213,7 +213,9 @@ def _scale_out(
         log("scale-out up; CPU with 1 and 4 web processes")
         results.scaleout = {1: _cpu_cell(one, size), 4: _cpu_cell(four, size)}
         log("decisions, channels_redis")
-        results.decisions["redis"] = decisions.run(sluice.env, CLIENTS, size.decisions_duration)
+        results.decisions["redis"] = decisions.run(
+            sluice.env, CLIENTS, size.decisions_duration, worker=worker.pid
+        )
         log("accuracy, 4 web processes")
         _accuracy(
             results,

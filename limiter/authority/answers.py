@@ -3,9 +3,11 @@ queue.
 
 The engine decides on a message's arrival and whenever a queued ticket may go or time out;
 it never waits. `Answers.send` counts each decision (limiter/authority/stats.py), lets a
-refused ticket's budget reservation go, words it (limiter/authority/codec.py) and sends
-all of a step's answers concurrently; then it arms the timer for the engine's next wake-up,
-whose tick polls the engine and sends what that decided.
+refused ticket's budget reservation go, words it (limiter/authority/codec.py) and posts
+it to the outbox (limiter/protocol/outbox.py) without waiting: the next ticket is decided
+while the answers before it are on their way, and over Redis the answers of many tickets
+share one round trip. Then it arms the timer for the engine's next wake-up, whose tick
+polls the engine and sends what that decided.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from limiter.authority.live import LiveView
 from limiter.authority.stats import Stats
 from limiter.protocol import events
 from limiter.protocol.client import spawn
+from limiter.protocol.outbox import Outbox
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class Answers:
         live: LiveView,
     ) -> None:
         self.layer = layer
+        self.outbox = Outbox(layer)
         self.engine = engine
         self.codec = codec
         self.stats = stats
@@ -50,7 +54,6 @@ class Answers:
         """Answer the decisions of one step (decided at `now`), then re-arm the timer."""
         if decisions:
             wall = time.time()
-            sends = []
             for decision in decisions:
                 self.stats.record(decision, now, wall)
                 budget = None
@@ -60,11 +63,8 @@ class Answers:
                     self.budgets.drop(decision.ticket.id)
                 if decision.ticket.reply_to:
                     message = self.codec.decision(decision, budget)
-                    sends.append(self.layer.send(decision.ticket.reply_to, message))
-            # Concurrently: over Redis each send is a round trip, and a grant that waits for
-            # the one before it reaches its caller late (and then upstream in a clump).
-            if sends:
-                await asyncio.gather(*sends, return_exceptions=True)
+                    # A lost answer: its asker asks again, or gives up at its timeout.
+                    self.outbox.post(decision.ticket.reply_to, dict(message), "decisions")
             self.live.changed()
         self.schedule(now)
         self.live.publish()
@@ -96,12 +96,9 @@ class Answers:
         await self.reply(message["reply"], answer, f"a {refusal.reason} refusal")
 
     async def reply(self, channel: str, message: dict[str, Any], what: str) -> None:
-        """One answer that is not an engine's decision; a channel layer failing is logged
-        (the asker asks again, or gives up at its timeout)."""
-        try:
-            await self.layer.send(channel, message)
-        except Exception:
-            logger.exception("could not answer %s", what)
+        """One answer that is not an engine's decision, in order with the decisions; a
+        channel layer failing is logged (the asker asks again, or gives up at its timeout)."""
+        self.outbox.post(channel, message, what)
 
     def schedule(self, now: float) -> None:
         """Arm the timer for the next moment a queued ticket may go or time out."""

@@ -244,11 +244,14 @@ class LimiterConsumer:
         self.live.changed()
         self.live.publish()
 
+    # Posted like every answer (Answers.reply): the next message is read meanwhile.
     async def on_snapshot_request(self, message: dict[str, Any]) -> None:
-        await self.channel_layer.send(message["reply"], self.live.snapshot())
+        await self.answers.reply(message["reply"], dict(self.live.snapshot()), "a snapshot request")
 
     async def on_ping(self, message: dict[str, Any]) -> None:
-        await self.channel_layer.send(message["reply"], codec.pong(message["ticket"], self.engine))
+        await self.answers.reply(
+            message["reply"], codec.pong(message["ticket"], self.engine), "a ping"
+        )
 
     def _ramp(self, now: float) -> None:
         """Each round of the live view's publisher: models whose callers wait step up."""

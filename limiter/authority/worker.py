@@ -72,6 +72,7 @@ async def run_limiter(
         dedicated.cancel()
         consumer.close()
         running = None
+        await consumer.answers.outbox.drained()  # the answers already decided
         await consumer.ceilings.persist()  # what changed since the last write
 
 

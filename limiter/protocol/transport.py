@@ -24,6 +24,7 @@ from limiter.protocol import events
 from limiter.protocol.events import DecisionMessage
 from limiter.protocol.grants import LimiterUnavailable
 from limiter.protocol.inbox import Decision, Inbox, Pong, Resync, TicketEvent
+from limiter.protocol.outbox import Outbox
 from limiter.protocol.tasks import spawn
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Transport:
         unclaimed: Callable[[DecisionMessage], None],
     ) -> None:
         self.layer = layer
+        self.outbox = Outbox(layer)  # what is sent in one loop turn shares a round trip
         self.reply_channel = ""
         self._broadcast = broadcast
         self._unclaimed = unclaimed
@@ -166,7 +168,7 @@ class Transport:
     # --- sending --------------------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
         """Send to the limiter once; the channel layer's error if it refuses."""
-        await self.layer.send(events.LIMITER_CHANNEL, message)
+        await self.outbox.send(events.LIMITER_CHANNEL, message)
 
     async def send_retrying(
         self,
@@ -182,7 +184,7 @@ class Transport:
         deadline = time.monotonic() + within
         while True:
             try:
-                await self.layer.send(to, message)
+                await self.outbox.send(to, message)
                 return None
             except asyncio.CancelledError:
                 raise

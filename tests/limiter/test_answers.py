@@ -121,4 +121,5 @@ async def test_a_reply_that_cannot_be_sent_is_logged_not_raised(caplog):
 
     sent.layer.send = down  # type: ignore[method-assign]
     await sent.reply("reply", {"type": events.PONG}, "a ping")
-    assert "could not answer a ping" in caplog.text
+    await sent.outbox.drained()  # posted: sent after the reply returns
+    assert "could not send 1 message(s) (a ping)" in caplog.text

@@ -1,6 +1,7 @@
-"""limiter/protocol/layers.py overrides two private methods of channels_redis. The version is
-pinned (pyproject.toml); these tests fail when an upgrade changes what they replace,
-and check the one-round-trip layer against a real Redis."""
+"""limiter/protocol/layers.py overrides two private methods of channels_redis and its
+receive_single. The version is pinned (pyproject.toml); these tests fail when an upgrade
+changes what they replace, and check the one-round-trip, batched layer against a real
+Redis."""
 
 from __future__ import annotations
 
@@ -26,6 +27,74 @@ def test_the_private_methods_replaced_still_exist_with_the_same_signatures() -> 
     # ...and channels_redis still reaches them from its receive path.
     assert "_brpop_with_clean" in inspect.getsource(RedisChannelLayer.receive_single)
     assert "_clean_receive_backup" in inspect.getsource(RedisChannelLayer)
+    # receive_single is replaced whole: receive still reads through it, and its buffers.
+    parent, ours = RedisChannelLayer.receive_single, SluiceRedisChannelLayer.receive_single
+    assert list(inspect.signature(parent).parameters) == list(inspect.signature(ours).parameters)
+    receive = inspect.getsource(RedisChannelLayer.receive)
+    assert "self.receive_single(" in receive and "self.receive_buffer[" in receive
+
+
+def _layer(redis_url: str, capacity: int = 100) -> SluiceRedisChannelLayer:
+    return SluiceRedisChannelLayer(
+        hosts=[redis_url], capacity=capacity, prefix=f"sluice-test-{uuid.uuid4().hex[:8]}"
+    )
+
+
+@pytest.mark.services
+async def test_one_pop_takes_a_batch_and_hands_it_out_in_order(redis_url) -> None:
+    layer = _layer(redis_url)
+    key = layer.prefix + "limiter"
+    try:
+        sent = await layer.send_many([("limiter", {"type": "x", "n": n}) for n in range(50)])
+        assert sent == [None] * 50
+        redis = layer.connection(0)
+        assert await redis.zcard(key) == 50
+        assert (await layer.receive("limiter"))["n"] == 0
+        assert await redis.zcard(key) == 0  # the other 49 came with the first, in one pop
+        assert [(await layer.receive("limiter"))["n"] for _ in range(49)] == list(range(1, 50))
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+
+
+@pytest.mark.services
+async def test_send_many_keeps_each_channels_order_and_its_capacity(redis_url) -> None:
+    layer = _layer(redis_url, capacity=3)
+    try:
+        web = await layer.new_channel("sluice.web.")
+        batch = [("limiter", {"n": n}) if n % 2 else (web, {"n": n}) for n in range(10)]
+        sent = await layer.send_many(batch)
+        # Each channel takes three; the rest are ChannelFull, each in its place.
+        assert [type(e).__name__ if e else None for e in sent] == [None] * 6 + ["ChannelFull"] * 4
+        assert [(await layer.receive("limiter"))["n"] for _ in range(3)] == [1, 3, 5]
+        assert [(await layer.receive(web))["n"] for _ in range(3)] == [0, 2, 4]
+        with pytest.raises(ChannelFull):  # send is send_many of one
+            await layer.send("limiter", {"n": 99})
+            await layer.send("limiter", {"n": 100})
+            await layer.send("limiter", {"n": 101})
+            await layer.send("limiter", {"n": 102})
+    finally:
+        await layer.flush()
+        await layer.close_pools()
+
+
+@pytest.mark.services
+async def test_a_pop_on_the_process_channel_reaches_each_of_its_channels(redis_url) -> None:
+    # The process's `!` channels share one Redis key: what one pop brings for the others
+    # waits in their buffers, in order, whoever reads first.
+    sender, receiver = _layer(redis_url), _layer(redis_url)
+    receiver.prefix = sender.prefix
+    try:
+        one, two = await receiver.new_channel("a."), await receiver.new_channel("b.")
+        await sender.send_many([(one if n % 3 else two, {"n": n}) for n in range(12)])
+        assert [(await receiver.receive(two))["n"] for _ in range(4)] == [0, 3, 6, 9]
+        assert [(await receiver.receive(one))["n"] for _ in range(8)] == [
+            n for n in range(12) if n % 3
+        ]
+    finally:
+        await receiver.flush()
+        await sender.close_pools()
+        await receiver.close_pools()
 
 
 @pytest.mark.services
@@ -69,3 +138,24 @@ async def test_the_first_send_after_a_redis_restart_is_not_an_error() -> None:
             assert (await layer.receive("limiter"))["n"] == 99  # the old ones died with Redis
         finally:
             await layer.close_pools()
+
+
+@pytest.mark.services
+async def test_a_group_message_in_a_pop_reaches_every_member_channel(redis_url) -> None:
+    # The live view and the configuration broadcast are group messages: one Redis entry
+    # for all of a process's member channels, handed to each from the same pop.
+    sender, receiver = _layer(redis_url), _layer(redis_url)
+    receiver.prefix = sender.prefix
+    try:
+        one, two = await receiver.new_channel("a."), await receiver.new_channel("b.")
+        for channel in (one, two):
+            await receiver.group_add("watchers", channel)
+        await sender.send(one, {"n": 0})
+        await sender.group_send("watchers", {"n": 1})
+        await sender.send_many([(two, {"n": 2}), (one, {"n": 3})])
+        assert [(await receiver.receive(one))["n"] for _ in range(3)] == [0, 1, 3]
+        assert [(await receiver.receive(two))["n"] for _ in range(2)] == [1, 2]
+    finally:
+        await receiver.flush()
+        await sender.close_pools()
+        await receiver.close_pools()
