@@ -128,6 +128,10 @@ UNKNOWN_WAIT = 1.0
 # over and over a hair before a request conforms.
 EPSILON = 1e-9
 
+# How much earlier than the engine's own arithmetic a promise of refusal ends
+# (Engine.refused_for): float error, and a bucket's EPSILON, must never stretch it.
+REFUSAL_MARGIN = 1e-3
+
 # Stale heap entries (released leases, answered tickets) are dropped lazily; the heap is
 # rebuilt once they outnumber the live ones by this factor (plus some slack).
 COMPACT_FACTOR = 2
@@ -387,6 +391,11 @@ class Decision:
     reason: str = ""  # refuse: a reason code
     retry_after: float = 0.0  # refuse: seconds; queued: projected wait
     scope: str = ""  # refuse: "key" or "account", whose limit refused
+    # refuse: seconds from the decision during which every call of this ticket's key to
+    # this ticket's scopes (at its key's max wait) is refused too (Engine.refused_for); 0: no
+    # such promise. `refused_scope` says whose state proves it ("key" or "account").
+    refused_for: float = 0.0
+    refused_scope: str = ""
 
 
 @dataclass(slots=True)
@@ -803,6 +812,7 @@ class Engine:
         self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float
     ) -> Decision:
         who = "key" if scope is ticket.key else "account"
+        refused_for, proven_by = self.refused_for(ticket, now)
         return Decision(
             "refuse",
             ticket,
@@ -810,7 +820,40 @@ class Engine:
             reason=reason,
             retry_after=retry_after,
             scope=who,
+            refused_for=refused_for,
+            refused_scope=proven_by,
         )
+
+    def refused_for(self, ticket: Ticket, now: float) -> tuple[float, str]:
+        """How long from `now` every ticket like this one (same key scope and account
+        scope, its max wait) is refused whatever else happens, unless a limit changes or the
+        engine restarts, and whose state proves it; (0.0, "") when nothing is proven.
+
+        A ticket is granted only once its key's request bucket conforms (at C, one unit
+        of room) and its account is not paused (until P): before max(C, P) it cannot go
+        at once, nor be served from the queue, and its projected wait is at least
+        max(C, P) - t. Without a queue (queue depth 0, or no wait allowed) it is then
+        refused outright; with one, as long as that wait exceeds its max wait. Nothing but
+        a limit change (a broadcast) moves C earlier, except a lease released `unused`,
+        which refunds at most one request: each lease the key holds counts as one. A
+        pause only grows (a restarted engine forgets it: the web process forgets too).
+        Token buckets, concurrency slots and the account's rate are left out: they
+        depend on the ticket's size, on when requests end, or on what Together says.
+        """
+        key, account = ticket.key, ticket.account
+        bucket = key.requests
+        if bucket.rate <= 0 or not math.isfinite(bucket.tat):
+            conforms = -math.inf
+        else:
+            conforms = bucket.tat + (1 - bucket.capacity - len(key.leases)) / bucket.rate
+        until, proven_by = conforms - REFUSAL_MARGIN, "key"
+        if account.paused_until - REFUSAL_MARGIN > until:
+            until, proven_by = account.paused_until - REFUSAL_MARGIN, "account"
+        if key.limit.queue_depth > 0 and ticket.max_wait > 0:
+            until -= ticket.max_wait  # a wait the ticket could queue for would be served
+        if until - now <= 0:
+            return 0.0, ""
+        return until - now, proven_by
 
     def _timeout(self, ticket: Ticket, now: float) -> Decision:
         # Say why it could not go: still over a rate, or waiting for a concurrency slot.

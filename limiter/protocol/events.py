@@ -151,6 +151,13 @@ class DecisionMessage(TypedDict):
     reservation: NotRequired[str]
     # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
     message: NotRequired[str]
+    # A refusal that holds for a while: every call of this key to the same endpoint and
+    # model is refused for `refused_for` seconds from the ticket's sending, whatever else
+    # happens, unless the configuration changes or the limiter restarts (Engine.refused_for);
+    # the web process refuses them itself meanwhile (limiter/protocol/refused.py).
+    # `refused_scope`: whose state proves it, "key" or "account" (an upstream pause).
+    refused_for: NotRequired[float]
+    refused_scope: NotRequired[str]
 
 
 class ReleaseMessage(TypedDict):
