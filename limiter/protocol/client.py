@@ -137,6 +137,7 @@ class LimiterClient:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
         plain = charge == events.CHARGE_BOTH and patience is None and not replacing
+        plain = plain and settings.SLUICE_LOCAL_REFUSALS
         sent_at, generation = self.clock(), self.refusals.generation
         for _attempt in range(STALE_GRANT_RETRIES):
             session = TicketSession(
@@ -169,6 +170,8 @@ class LimiterClient:
     def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> DecisionMessage | None:
         """The limiter's refusal of a plain call (CHARGE_BOTH, its key's own max wait)
         when one is promised for now (refused.py); None: `acquire` asks the limiter."""
+        if not settings.SLUICE_LOCAL_REFUSALS:
+            return None
         return self.refusals.check((key.key_id, endpoint, model))
 
     # --- what the limiter is told about the leases held (courier.py) ---------------------
