@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, report, runner, usage_cpu
+from bench import dynamic, flood, report, runner, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -28,7 +28,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic:end -->"
 # Usage recording's CPU cost (bench/usage_cpu.py), its own part too.
 USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage")
+# A flood refused locally (bench/flood.py), its own part too.
+FLOOD_START, FLOOD_END = "<!-- bench:flood:start -->", "<!-- bench:flood:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "flood")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
         choices=PARTS,
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
-            "embeddings coalescing alone, or usage recording's CPU cost"
+            "embeddings coalescing alone, usage recording's CPU cost, or a flood refused "
+            "locally"
         ),
     )
     args = parser.parse_args(argv)
@@ -89,6 +92,11 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             write_report(args.out, text, USAGE_START, USAGE_END)
+    if args.only in (None, "flood"):
+        text = _flood(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text, FLOOD_START, FLOOD_END)
     if args.only in (None, "dynamic"):
         text = _dynamic(args, command, log)
         print(text)
@@ -152,6 +160,26 @@ def _usage(args: argparse.Namespace, command: str, log: Callable[[str], None]) -
                 figures.markdown(),
                 f"Run time {time.monotonic() - started:.0f} s; {repeats} runs of {duration:g} s "
                 "each way, in turns; the upstream is the sandbox with 20 ms latency.",
+            ]
+        )
+        + "\n"
+    )
+
+
+def _flood(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    duration, storm = (4.0, 2.0) if args.quick else (10.0, 5.0)
+    started, load_before = time.monotonic(), runner.load_average()
+    results = flood.measure(duration=duration, storm=storm, log=log)
+    return (
+        "\n\n".join(
+            [
+                f"Command: `{command}`",
+                report.machine(load_before, runner.load_average()),
+                flood.markdown(results),
+                f"Run time {time.monotonic() - started:.0f} s; phases of {duration:g} s, the "
+                f"storm {storm:g} s; one web process (daphne, embedded limiter) each way; the "
+                "upstream is the sandbox with 20 ms latency. One run each way on a shared, "
+                "noisy machine: read the two columns against each other, not as absolutes.",
             ]
         )
         + "\n"
