@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from limiter.authority.engine import Decision, Engine, Limit
+from limiter.authority.engine import Decision, Engine, Limit, ScopeId
 from limiter.protocol import events
 from limiter.protocol.refused import KnownRefusals
 
@@ -49,7 +49,7 @@ CHANGED = {
 }
 
 
-def scope(key: str) -> tuple[str, str, str, str]:
+def scope(key: str) -> ScopeId:
     return ("key", key, "chat", "")
 
 
@@ -66,7 +66,7 @@ class PromiseMachine(RuleBasedStateMachine):
         self.queued: list[str] = []
         self.promised = 0  # probes the cache refused (so the run shows it was exercised)
 
-    def _pair(self, key: str) -> tuple[tuple, tuple]:
+    def _pair(self, key: str) -> tuple[tuple[ScopeId, Limit], tuple[ScopeId, Limit]]:
         return (scope(key), self.limits[key]), (ACCOUNT, self.account)
 
     def _take(self, decisions: list[Decision]) -> None:
