@@ -137,8 +137,17 @@ class LimiterClient:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
         plain = charge == events.CHARGE_BOTH and patience is None and not replacing
-        plain = plain and settings.SLUICE_LOCAL_REFUSALS
         sent_at, generation = self.clock(), self.refusals.generation
+        try:
+            return await self._granted(ask, patience)
+        except Refused as refused:
+            if plain and settings.SLUICE_LOCAL_REFUSALS:
+                where = (key.key_id, endpoint, model)
+                self.refusals.learn(where, refused.decision, sent_at, generation)
+            raise
+
+    async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
+        """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late."""
         for _attempt in range(STALE_GRANT_RETRIES):
             session = TicketSession(
                 self.transport,
@@ -150,11 +159,6 @@ class LimiterClient:
             )
             try:
                 grant = await session.run()
-            except Refused as refused:
-                if plain:
-                    where = (key.key_id, endpoint, model)
-                    self.refusals.learn(where, refused.decision, sent_at, generation)
-                raise
             except (LimiterUnavailable, asyncio.CancelledError):
                 if ask.replacing:  # it may never have reached the limiter: hand it back plainly
                     self.courier.release(ask.replacing, 0.0)
