@@ -825,9 +825,10 @@ class Engine:
         )
 
     def refused_for(self, ticket: Ticket, now: float) -> tuple[float, str]:
-        """How long from `now` every ticket like this one (same key scope and account
-        scope, its max wait) is refused whatever else happens, unless a limit changes or the
-        engine restarts, and whose state proves it; (0.0, "") when nothing is proven.
+        """How long from `now` every plain ticket like this one (same key scope and account
+        scope, at its key's own max wait) is refused whatever else happens, unless a limit
+        changes or the engine restarts, and whose state proves it; (0.0, "") when nothing
+        is proven.
 
         A ticket is granted only once its key's request bucket conforms (at C, one unit
         of room) and its account is not paused (until P): before max(C, P) it cannot go
@@ -849,8 +850,11 @@ class Engine:
         until, proven_by = conforms - REFUSAL_MARGIN, "key"
         if account.paused_until - REFUSAL_MARGIN > until:
             until, proven_by = account.paused_until - REFUSAL_MARGIN, "account"
-        if key.limit.queue_depth > 0 and ticket.max_wait > 0:
-            until -= ticket.max_wait  # a wait the ticket could queue for would be served
+        # What a plain call may queue for is its key's max wait: the promise is about those
+        # (this ticket may bring its own: a merged request, or one asked again with what
+        # was left of its wait), and a wait a call could queue for would be served.
+        if key.limit.queue_depth > 0 and key.limit.max_wait > 0:
+            until -= key.limit.max_wait
         if until - now <= 0:
             return 0.0, ""
         return until - now, proven_by

@@ -91,6 +91,17 @@ class PromiseMachine(RuleBasedStateMachine):
             message = _message(mine)
             self.cache.learn((key, "chat", "m"), message, self.now, generation)
 
+    @rule(key=st.sampled_from(sorted(KEYS)), left=st.sampled_from([0.0, 0.3, 1.0]))
+    def plain_asked_again(self, key: str, left: float) -> None:
+        """A plain call asked again (its reply channel failed) with what was left of its
+        wait: it brings a shorter max wait than its key's, and its refusal is learned."""
+        generation, ticket = self.cache.generation, f"r{next(self.ids)}"
+        decisions = self.engine.acquire(ticket, *self._pair(key), 0, self.now, max_wait=left)
+        self._take(decisions)
+        mine = next(d for d in decisions if d.ticket.id == ticket)
+        if mine.kind == "refuse":
+            self.cache.learn((key, "chat", "m"), _message(mine), self.now, generation)
+
     @rule(key=st.sampled_from(sorted(KEYS)), max_wait=st.sampled_from([0.0, 0.5, 5.0]))
     def merged_caller(self, key: str, max_wait: float) -> None:
         """A merged embeddings caller: refundable, its own max wait; it learns nothing."""
