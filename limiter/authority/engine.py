@@ -28,9 +28,9 @@ Leases and settling
   reservation that has not drained yet (capacity that went by while the reservation
   held it was capacity nobody else could use). `renew` keeps a long stream's lease;
   a lease not renewed within `lease_ttl` belongs to a dead process and is reaped.
-  A lease released `unused` (its request never went upstream: a merged embeddings
-  caller whose merged request was refused at the account) gives back its request
-  charges too, by the same rule: only what has not drained yet. So a key is charged
+  A lease granted `refundable` and released `unused` (its request never went upstream: a
+  merged embeddings caller whose merged request was refused at the account) gives back
+  its request charges too, by the same rule: only what has not drained yet. So a key is charged
   for a merged call all or nothing, as for a call alone. A ticket asked `refundable`
   always gets a lease, so that it can be handed back so.
 
@@ -370,6 +370,9 @@ class _Lease:
     tokens: float  # the estimate reserved
     charges: list[_Charge]  # its token charges, settled on release
     requests: list[_Charge] = field(default_factory=list)  # refunded if released unused
+    # Granted `refundable`: only such a lease gives its request charges back when released
+    # unused (a plain grant's request went upstream; Engine.refused_for counts on it).
+    refundable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -781,7 +784,12 @@ class Engine:
             for scope in ticket.scopes:
                 scope.leases.add(lease)
             self.leases[lease] = _Lease(
-                ticket.scopes, now + self.lease_ttl, ticket.tokens, charges, requests
+                ticket.scopes,
+                now + self.lease_ttl,
+                ticket.tokens,
+                charges,
+                requests,
+                refundable=ticket.refundable,
             )
             self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
@@ -802,7 +810,7 @@ class Engine:
         if tokens_used is not None:
             for charge in lease.charges:
                 charge.settle(lease.tokens, tokens_used, now)
-        if unused:
+        if unused and lease.refundable:
             for charge in lease.requests:
                 charge.refund(now)
         return True
@@ -835,8 +843,9 @@ class Engine:
         at once, nor be served from the queue, and its projected wait is at least
         max(C, P) - t. Without a queue (queue depth 0, or no wait allowed) it is then
         refused outright; with one, as long as that wait exceeds its max wait. Nothing but
-        a limit change (a broadcast) moves C earlier, except a lease released `unused`,
-        which refunds at most one request: each lease the key holds counts as one. A
+        a limit change (a broadcast) moves C earlier, except a refundable lease released
+        `unused`, which refunds at most one request: each such lease of the key counts
+        as one (a plain grant's lease refunds no request). A
         pause only grows (a restarted engine forgets it: the web process forgets too).
         Token buckets, concurrency slots and the account's rate are left out: they
         depend on the ticket's size, on when requests end, or on what Together says.
@@ -846,7 +855,8 @@ class Engine:
         if bucket.rate <= 0 or not math.isfinite(bucket.tat):
             conforms = -math.inf
         else:
-            conforms = bucket.tat + (1 - bucket.capacity - len(key.leases)) / bucket.rate
+            refunds = sum(1 for held in key.leases if self._refundable(held))
+            conforms = bucket.tat + (1 - bucket.capacity - refunds) / bucket.rate
         until, proven_by = conforms - REFUSAL_MARGIN, "key"
         if account.paused_until - REFUSAL_MARGIN > until:
             until, proven_by = account.paused_until - REFUSAL_MARGIN, "account"
@@ -858,6 +868,10 @@ class Engine:
         if until - now <= 0:
             return 0.0, ""
         return until - now, proven_by
+
+    def _refundable(self, lease_id: str) -> bool:
+        lease = self.leases.get(lease_id)
+        return lease is not None and lease.refundable
 
     def _timeout(self, ticket: Ticket, now: float) -> Decision:
         # Say why it could not go: still over a rate, or waiting for a concurrency slot.
