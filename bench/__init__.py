@@ -10,6 +10,8 @@ Modules, each small and separate:
   decisions   limiter decisions per second over the in-memory and Redis layers
   accuracy    bursts of 3x the limit against a sandbox enforcing the same limit
   dynamic     issue 11's scenarios against Together's dynamic limits (--only dynamic)
+  flood       a runaway key's flood refused locally, beside a team within its limits,
+              against the same deployment asking the limiter every call (--only flood)
   report      the tables, with the issues' targets
   shards      sharded limiters simulated: real engines on a simulated clock, accounts
               split across shards, a shard's death and a shard joining (--only shards;

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, report, runner, shards_report, usage_cpu
+from bench import dynamic, flood, report, runner, shards_report, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -31,7 +31,9 @@ DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic
 USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->"
 # Sharded limiters simulated (bench/shards.py), its own part too.
 SHARDS_START, SHARDS_END = "<!-- bench:shards:start -->", "<!-- bench:shards:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards")
+# A flood refused locally (bench/flood.py), its own part too.
+FLOOD_START, FLOOD_END = "<!-- bench:flood:start -->", "<!-- bench:flood:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards", "flood")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -70,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=PARTS,
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
-            "embeddings coalescing alone, usage recording's CPU cost, or sharded limiters "
-            "simulated (no servers: the engine on a simulated clock)"
+            "embeddings coalescing alone, usage recording's CPU cost, sharded limiters "
+            "simulated (no servers: the engine on a simulated clock), or a flood refused "
+            "locally"
         ),
     )
     args = parser.parse_args(argv)
@@ -93,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             write_report(args.out, text, USAGE_START, USAGE_END)
+    if args.only in (None, "flood"):
+        text = _flood(args, command, log)
+        print(text)
+        if args.out:
+            write_report(args.out, text, FLOOD_START, FLOOD_END)
     if args.only in (None, "dynamic"):
         text = _dynamic(args, command, log)
         print(text)
@@ -161,6 +169,27 @@ def _usage(args: argparse.Namespace, command: str, log: Callable[[str], None]) -
                 figures.markdown(),
                 f"Run time {time.monotonic() - started:.0f} s; {repeats} runs of {duration:g} s "
                 "each way, in turns; the upstream is the sandbox with 20 ms latency.",
+            ]
+        )
+        + "\n"
+    )
+
+
+def _flood(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    duration, storm = (4.0, 2.0) if args.quick else (10.0, 5.0)
+    started, load_before = time.monotonic(), runner.load_average()
+    results = flood.measure(duration=duration, storm=storm, log=log)
+    return (
+        "\n\n".join(
+            [
+                f"Command: `{command}`",
+                report.machine(load_before, runner.load_average()),
+                flood.markdown(results),
+                f"Run time {time.monotonic() - started:.0f} s; phases of {duration:g} s, the "
+                f"storm {storm:g} s; one web process (daphne; the third uvicorn) with its "
+                "embedded limiter each way; the upstream is the sandbox with 20 ms latency. "
+                "One run each way on a shared, noisy machine: read the columns against each "
+                "other, not as absolutes.",
             ]
         )
         + "\n"

@@ -11,6 +11,8 @@ Three teams, so one deployment serves every kind of measurement:
          test (paced, burst 1); its key queues up to `key_max_wait` seconds.
   other  a second team like `burst` on the same account: the isolation scenario's
          team B (bench/dynamic.py).
+  flood  a runaway script's key on the `open` account: 60 requests a minute, no queue
+         (bench/flood.py), so nearly every call of a flood is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ UNTHROTTLED = {
     "pace_per_minute": None,
     "burst": 1000,
     "queue_depth": 1000,
+}
+
+# A key of 60 a minute that queues nothing: a flood on it is refused outright.
+FLOOD = {
+    "requests_per_minute": 60,
+    "pace_per_minute": None,
+    "burst": 1,
+    "queue_depth": 0,
+    "max_queue_wait_seconds": 0.0,
 }
 
 
@@ -73,5 +84,6 @@ def main(options: str) -> None:
         "open": _team_key("bench-open", open_profile, open_account),
         "burst": _team_key("bench-burst", burst_key, default_account),
         "other": _team_key("bench-other", burst_key, default_account),
+        "flood": _team_key("bench-flood", _profile("bench-flood", FLOOD), open_account),
     }
     print(json.dumps(secrets))

@@ -179,6 +179,10 @@ SLUICE_LIMITER_TIMEOUT = env.float("SLUICE_LIMITER_TIMEOUT", default=2.0)
 # A grant that reaches the web process later than this (seconds) is handed back and
 # asked for again: sent late, it would reach Together bunched with later ones.
 SLUICE_GRANT_MAX_AGE = env.float("SLUICE_GRANT_MAX_AGE", default=0.2)
+# A refusal the limiter promises to repeat (a key with no room until a moment it names:
+# limiter/protocol/refused.py) is answered by each web process itself until then. Off:
+# every call asks the limiter (the benchmark's baseline; a fallback, never needed).
+SLUICE_LOCAL_REFUSALS = env.bool("SLUICE_LOCAL_REFUSALS", default=True)
 # What the gateway does when the limiter does not answer: "closed" refuses with 503
 # (the default: limits are a promise), "open" lets the request through, loudly.
 SLUICE_LIMITER_FAILURE_MODE = env.str("SLUICE_LIMITER_FAILURE_MODE", default="closed")

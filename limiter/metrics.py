@@ -39,6 +39,12 @@ NEAR_LIMIT_SCOPES = Gauge(
     ["kind", "endpoint"],
     registry=REGISTRY,
 )
+REFUSED_LOCALLY = Counter(
+    "sluice_refused_locally_total",
+    "429s this process answered itself, on a refusal the limiter promised to repeat "
+    "(limiter/protocol/refused.py); also counted in sluice_refused_total.",
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",

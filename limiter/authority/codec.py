@@ -73,6 +73,9 @@ class Codec:
             )
         if shadow:
             message["shadow"] = shadow
+        if decision.refused_for > 0:
+            message["refused_for"] = decision.refused_for
+            message["refused_scope"] = decision.refused_scope
         return message
 
     def refusal(self, ticket: str, refusal: Refusal, quota: Quota) -> DecisionMessage:

@@ -28,9 +28,9 @@ Leases and settling
   reservation that has not drained yet (capacity that went by while the reservation
   held it was capacity nobody else could use). `renew` keeps a long stream's lease;
   a lease not renewed within `lease_ttl` belongs to a dead process and is reaped.
-  A lease released `unused` (its request never went upstream: a merged embeddings
-  caller whose merged request was refused at the account) gives back its request
-  charges too, by the same rule: only what has not drained yet. So a key is charged
+  A lease granted `refundable` and released `unused` (its request never went upstream: a
+  merged embeddings caller whose merged request was refused at the account) gives back
+  its request charges too, by the same rule: only what has not drained yet. So a key is charged
   for a merged call all or nothing, as for a call alone. A ticket asked `refundable`
   always gets a lease, so that it can be handed back so.
 
@@ -136,6 +136,10 @@ UNKNOWN_WAIT = 1.0
 # A wait this short is no wait: float error must not leave the worker's timer firing
 # over and over a hair before a request conforms.
 EPSILON = 1e-9
+
+# How much earlier than the engine's own arithmetic a promise of refusal ends
+# (Engine.refused_for): float error, and a bucket's EPSILON, must never stretch it.
+REFUSAL_MARGIN = 1e-3
 
 # Stale heap entries (released leases, answered tickets) are dropped lazily; the heap is
 # rebuilt once they outnumber the live ones by this factor (plus some slack).
@@ -402,6 +406,9 @@ class _Lease:
     tokens: float  # the estimate reserved
     charges: list[_Charge]  # its token charges, settled on release
     requests: list[_Charge] = field(default_factory=list)  # refunded if released unused
+    # Granted `refundable`: only such a lease gives its request charges back when released
+    # unused (a plain grant's request went upstream; Engine.refused_for counts on it).
+    refundable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +432,11 @@ class Decision:
     scope: str = ""  # refuse: "key" or "account", whose limit refused
     # grant: the shadow limits that would have refused it, as ("key" | "account", reason)
     shadow: tuple[tuple[str, str], ...] = ()
+    # refuse: seconds from the decision during which every call of this ticket's key to
+    # this ticket's scopes (at its key's max wait) is refused too (Engine.refused_for); 0: no
+    # such promise. `refused_scope` says whose state proves it ("key" or "account").
+    refused_for: float = 0.0
+    refused_scope: str = ""
 
 
 @dataclass(slots=True)
@@ -817,7 +829,12 @@ class Engine:
             for scope in charged:
                 scope.leases.add(lease)
             self.leases[lease] = _Lease(
-                ticket.scopes, now + self.lease_ttl, ticket.tokens, charges, requests
+                ticket.scopes,
+                now + self.lease_ttl,
+                ticket.tokens,
+                charges,
+                requests,
+                refundable=ticket.refundable,
             )
             self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
@@ -843,7 +860,7 @@ class Engine:
         if tokens_used is not None:
             for charge in lease.charges:
                 charge.settle(lease.tokens, tokens_used, now)
-        if unused:
+        if unused and lease.refundable:
             for charge in lease.requests:
                 charge.refund(now)
         return True
@@ -853,6 +870,7 @@ class Engine:
         self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float
     ) -> Decision:
         who = "key" if scope is ticket.key else "account"
+        refused_for, proven_by = self.refused_for(ticket, now)
         return Decision(
             "refuse",
             ticket,
@@ -860,7 +878,50 @@ class Engine:
             reason=reason,
             retry_after=retry_after,
             scope=who,
+            refused_for=refused_for,
+            refused_scope=proven_by,
         )
+
+    def refused_for(self, ticket: Ticket, now: float) -> tuple[float, str]:
+        """How long from `now` every plain ticket like this one (same key scope and account
+        scope, at its key's own max wait) is refused whatever else happens, unless a limit
+        changes or the engine restarts, and whose state proves it; (0.0, "") when nothing
+        is proven.
+
+        A ticket is granted only once its key's request bucket conforms (at C, one unit
+        of room) and its account is not paused (until P): before max(C, P) it cannot go
+        at once, nor be served from the queue, and its projected wait is at least
+        max(C, P) - t. Without a queue (queue depth 0, or no wait allowed) it is then
+        refused outright; with one, as long as that wait exceeds its max wait. Nothing but
+        a limit change (a broadcast) moves C earlier, except a refundable lease released
+        `unused`, which refunds at most one request: each such lease of the key counts
+        as one (a plain grant's lease refunds no request). A
+        pause only grows (a restarted engine forgets it: the web process forgets too).
+        Token buckets, concurrency slots and the account's rate are left out: they
+        depend on the ticket's size, on when requests end, or on what Together says.
+        """
+        key, account = ticket.key, ticket.account
+        bucket = key.requests
+        if bucket.rate <= 0 or not math.isfinite(bucket.tat):
+            conforms = -math.inf
+        else:
+            refunds = sum(1 for held in key.leases if self._refundable(held))
+            conforms = bucket.tat + (1 - bucket.capacity - refunds) / bucket.rate
+        until, proven_by = conforms - REFUSAL_MARGIN, "key"
+        if account.paused_until - REFUSAL_MARGIN > until:
+            until, proven_by = account.paused_until - REFUSAL_MARGIN, "account"
+        # What a plain call may queue for is its key's max wait: the promise is about those
+        # (this ticket may bring its own: a merged request, or one asked again with what
+        # was left of its wait), and a wait a call could queue for would be served.
+        if key.limit.queue_depth > 0 and key.limit.max_wait > 0:
+            until -= key.limit.max_wait
+        if until - now <= 0:
+            return 0.0, ""
+        return until - now, proven_by
+
+    def _refundable(self, lease_id: str) -> bool:
+        lease = self.leases.get(lease_id)
+        return lease is not None and lease.refundable
 
     def _timeout(self, ticket: Ticket, now: float) -> Decision:
         # Say why it could not go: still over a rate, or waiting for a concurrency slot.

@@ -170,6 +170,8 @@ async def _grant_checked(
 
 
 async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patience | None) -> Grant:
+    if charge == events.CHARGE_BOTH and patience is None and not replacing:
+        refuse_known(ctx)
     started = time.monotonic()
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = estimate_cost(ctx) if ctx.model and charge != events.CHARGE_ACCOUNT else 0.0
@@ -214,6 +216,15 @@ def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
             reason=would["reason"],
             message=would.get("message", ""),
         )
+
+
+def refuse_known(ctx: CallContext) -> None:
+    """Raise the caller's 429 when the limiter promised to refuse a plain call like this
+    one now (limiter/protocol/refused.py): the same 429 and record, without asking it."""
+    known = ctx.limiter.known_refusal(key=ctx.key, endpoint=ctx.endpoint, model=ctx.model)
+    if known is not None:
+        metrics.REFUSED_LOCALLY.inc()
+        raise _refusal(ctx, known, events.CHARGE_BOTH)
 
 
 def _refusal(ctx: CallContext, d: events.DecisionMessage, charge: str) -> ApiError:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from limiter.gateway import coalesce, errors, relay
-from limiter.gateway.admission import admit
+from limiter.gateway.admission import admit, refuse_known
 from limiter.gateway.catalog import model_not_found
 from limiter.gateway.context import CallContext
 from limiter.gateway.errors import ApiError
@@ -89,6 +89,10 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     assert key is not None and request.handles is not None  # the team API sets both
     body = request.json()
     model = model_field(body)
+    if endpoint != "embeddings":  # a merged embeddings call is no plain call
+        # A refusal the limiter promised is answered before anything else is read or
+        # checked: a flood costs no more than this (limiter/protocol/refused.py).
+        refuse_known(CallContext(key, request.request_id, endpoint, request.handles, model))
     if not await owned_models.usable(team_id=key.team_id, name=model):
         # Another team's fine-tuned model: Together would serve it (one account), so
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.

@@ -13,8 +13,10 @@ every flush after it, for every team.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, transaction
@@ -28,11 +30,47 @@ logger = logging.getLogger(__name__)
 MAX_BUFFER = 100_000  # beyond this the oldest unsaved records are dropped, loudly
 
 
+class Pending(NamedTuple):
+    """A 429 not written yet. Cheap to make on the request path (a flood is refused at
+    thousands a second); the model instance is built when the batch is written."""
+
+    created_at: float  # unix time
+    team_id: int | None
+    team_name: str
+    key_prefix: str
+    upstream: str
+    endpoint: str
+    model: str
+    reason: str
+    source: str
+    retry_after: float | None
+    request_id: str
+    message: str
+    shadow: bool  # what a shadow limit or budget would have refused (the call was admitted)
+
+    def row(self) -> Refusal:
+        return Refusal(
+            created_at=datetime.fromtimestamp(self.created_at, UTC),
+            team_id=self.team_id,
+            team_name=self.team_name,
+            key_prefix=self.key_prefix,
+            upstream=self.upstream,
+            endpoint=self.endpoint,
+            model=self.model[:200],
+            reason=self.reason,
+            source=self.source,
+            retry_after_seconds=self.retry_after,
+            request_id=self.request_id,
+            message=self.message[:300],
+            shadow=self.shadow,
+        )
+
+
 class Recorder(BatchWriter):
     def __init__(self) -> None:
         super().__init__()
         # Bounded: a database down for long loses the oldest records, not the process.
-        self._refusals: deque[Refusal] = deque(maxlen=MAX_BUFFER)
+        self._refusals: deque[Pending] = deque(maxlen=MAX_BUFFER)
         self._used: dict[str, datetime] = {}
 
     def refusal(
@@ -56,20 +94,20 @@ class Recorder(BatchWriter):
                 "429 record buffer full (%d): dropping the oldest unsaved refusal", MAX_BUFFER
             )
         self._refusals.append(
-            Refusal(
-                created_at=timezone.now(),
-                team_id=team_id,
-                team_name=team_name,
-                key_prefix=key_prefix,
-                upstream=upstream,
-                endpoint=endpoint,
-                model=model[:200],
-                reason=reason,
-                source=source,
-                retry_after_seconds=retry_after,
-                request_id=request_id,
-                message=message[:300],
-                shadow=shadow,
+            Pending(
+                time.time(),
+                team_id,
+                team_name,
+                key_prefix,
+                upstream,
+                endpoint,
+                model,
+                reason,
+                source,
+                retry_after,
+                request_id,
+                message,
+                shadow,
             )
         )
 
@@ -101,11 +139,11 @@ class Recorder(BatchWriter):
         return len(refusals)
 
 
-def _write(refusals: list[Refusal], used: dict[str, datetime]) -> None:
+def _write(refusals: list[Pending], used: dict[str, datetime]) -> None:
     close_old_connections()
     with transaction.atomic():
         if refusals:
-            Refusal.objects.bulk_create(refusals, batch_size=500)
+            Refusal.objects.bulk_create([r.row() for r in refusals], batch_size=500)
         if used:
             latest = max(used.values())
             # One UPDATE: last use to the second is all the dashboard needs.
@@ -113,8 +151,8 @@ def _write(refusals: list[Refusal], used: dict[str, datetime]) -> None:
 
 
 def _write_each(
-    refusals: list[Refusal], used: dict[str, datetime]
-) -> tuple[int, list[Refusal], dict[str, datetime]]:
+    refusals: list[Pending], used: dict[str, datetime]
+) -> tuple[int, list[Pending], dict[str, datetime]]:
     """After a failed batch: the last-use times alone, then each refusal alone. Returns
     how many refusals were written, and what is left to retry (the database down)."""
     try:

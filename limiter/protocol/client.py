@@ -25,7 +25,7 @@ from django.conf import settings
 
 from limiter.protocol import events
 from limiter.protocol.broadcasts import BroadcastListener
-from limiter.protocol.changes import on_config_changed
+from limiter.protocol.changes import on_config_changed, register_cache
 from limiter.protocol.courier import LeaseCourier
 from limiter.protocol.events import DecisionMessage
 from limiter.protocol.grants import (
@@ -37,6 +37,7 @@ from limiter.protocol.grants import (
     Refused,
 )
 from limiter.protocol.inbox import LimiterRestarted, Pong
+from limiter.protocol.refused import KnownRefusals
 from limiter.protocol.session import Ask, TicketSession
 from limiter.protocol.tasks import spawn
 from limiter.protocol.transport import REPLY_CHANNEL_BACK, Transport
@@ -73,6 +74,9 @@ class LimiterClient:
             unclaimed=self._unclaimed,
         )
         self.courier = LeaseCourier(self.transport)
+        # Refusals the limiter promised to repeat for a while (refused.py): answered here.
+        self.refusals = KnownRefusals(clock)
+        register_cache(self.refusals.clear)
 
     async def start(self) -> None:
         """Open the reply channel, join CONFIG_GROUP and start its dispatcher."""
@@ -88,6 +92,7 @@ class LimiterClient:
         await self.transport.settled()
 
     def _limiter_started(self, limiter: str) -> None:
+        self.refusals.clear()  # a new limiter knows no pause the promises may rest on
         self.courier.adopt_all()
         # Tickets queued at a limiter that is gone are asked again of this one.
         self.transport.tell_waiting(LimiterRestarted(limiter))
@@ -130,6 +135,19 @@ class LimiterClient:
         ask = Ask(key, endpoint, model, tokens, request_id, replacing, charge, cost)
         if replacing:
             self.courier.forget(replacing)
+        # Only a plain call's refusal is a promise about plain calls (refused.py).
+        plain = charge == events.CHARGE_BOTH and patience is None and not replacing
+        sent_at, generation = self.clock(), self.refusals.generation
+        try:
+            return await self._granted(ask, patience)
+        except Refused as refused:
+            if plain and settings.SLUICE_LOCAL_REFUSALS:
+                where = (key.key_id, endpoint, model)
+                self.refusals.learn(where, refused.decision, sent_at, generation)
+            raise
+
+    async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
+        """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late."""
         for _attempt in range(STALE_GRANT_RETRIES):
             session = TicketSession(
                 self.transport,
@@ -152,6 +170,13 @@ class LimiterClient:
             self.courier.release(grant.lease, None)
             self.courier.unreserve(grant.reservation)  # the next ask reserves again
         raise LimiterUnavailable()
+
+    def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> DecisionMessage | None:
+        """The limiter's refusal of a plain call (CHARGE_BOTH, its key's own max wait)
+        when one is promised for now (refused.py); None: `acquire` asks the limiter."""
+        if not settings.SLUICE_LOCAL_REFUSALS:
+            return None
+        return self.refusals.check((key.key_id, endpoint, model))
 
     # --- what the limiter is told about the leases held (courier.py) ---------------------
     def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:

@@ -161,6 +161,13 @@ class DecisionMessage(TypedDict):
     message: NotRequired[str]
     # A grant: the shadow limits and budgets that would have refused it (recorded, not 429).
     shadow: NotRequired[list[ShadowRefusal]]
+    # A refusal that holds for a while: every call of this key to the same endpoint and
+    # model is refused for `refused_for` seconds from the ticket's sending, whatever else
+    # happens, unless the configuration changes or the limiter restarts (Engine.refused_for);
+    # the web process refuses them itself meanwhile (limiter/protocol/refused.py).
+    # `refused_scope`: whose state proves it, "key" or "account" (an upstream pause).
+    refused_for: NotRequired[float]
+    refused_scope: NotRequired[str]
 
 
 class ReleaseMessage(TypedDict):

@@ -284,6 +284,26 @@ class TestMergedRequests:
         engine.release("1", None, 0.75, unused=True)  # twice: nothing more comes back
         assert engine.scopes[KEY_A].requests.tat == pytest.approx(0.75)
 
+    def test_a_plain_grant_released_unused_refunds_no_request(self):
+        """Only a refundable grant's request can come back: a refusal's promise
+        (Engine.refused_for) counts on a plain grant's staying charged."""
+        engine = Engine()
+        capped = Limit(per_minute=60, burst=1, max_concurrent=5)  # a lease for every grant
+        engine.acquire("1", (KEY_A, capped), (ACCOUNT, WIDE), 0, 0.0)
+        (refused,) = engine.acquire("2", (KEY_A, capped), (ACCOUNT, WIDE), 0, 0.25)
+        assert refused.refused_for == pytest.approx(0.75 - 1e-3)  # the plain lease: no refund
+        engine.release("1", None, 0.25, unused=True)
+        assert engine.scopes[KEY_A].requests.debt(0.25) == pytest.approx(0.75)
+
+    def test_a_refundable_lease_shortens_the_promise_by_its_request(self):
+        engine = Engine()
+        capped = Limit(per_minute=60, burst=2, max_concurrent=5)
+        engine.acquire("1", (KEY_A, capped), (ACCOUNT, WIDE), 0, 0.0, refundable=True)
+        engine.acquire("2", (KEY_A, capped), (ACCOUNT, WIDE), 0, 0.0)
+        (refused,) = engine.acquire("3", (KEY_A, capped), (ACCOUNT, WIDE), 0, 0.25)
+        # The bucket has room at 1.0; "1" handed back unused would give it room at once.
+        assert refused.kind == "refuse" and refused.refused_for == 0.0
+
     def test_an_adopted_lease_released_unused_refunds_nothing(self):
         engine = Engine(unknown_before=0.0)
         engine.adopt("old", (KEY_A, self.KEY_ONLY), (ACCOUNT, WIDE), 0, 0.5)

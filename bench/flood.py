@@ -1,0 +1,299 @@
+"""A runaway script beside a team within its limits: refusals answered locally.
+
+    python -m bench.flood [--duration 10]
+
+Two Sluice deployments side by side on one sandbox upstream (20 ms), identical but for
+SLUICE_LOCAL_REFUSALS (limiter/protocol/refused.py): `local` (the default) answers a
+refusal the limiter promised itself; `asked` asks the limiter for every call (the
+baseline). In each, one embedded web process (daphne):
+
+1. alone: the neighbour (key `open`) sends 4 calls a second, open loop, for `duration`;
+2. flood: 48 closed-loop workers on the `flood` key (60 a minute, no queue) for
+   `duration`, the neighbour beside them as in 1. Gateway CPU per refused call is the
+   web process's CPU over the phase less what phase 1 cost per second (the neighbour
+   and the idle process), divided by the 429s. Limiter messages per locally refused
+   call: the limiter's decisions over the phase (/readyz, `decisions`) less the calls
+   that asked it (admitted, plus refusals not answered locally: /metrics), divided by
+   the calls refused locally. The neighbour's success rate and p50 against phase 1's;
+3. 2,000 calls a second, open loop, on the `flood` key for `storm` seconds, the
+   neighbour beside: every neighbour's call answered, and no `limiter_unavailable`
+   (a 503) for anyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.dynamic import run_openloop
+from bench.latency import MODEL
+from bench.procs import cpu_seconds, run_load
+from bench.runner import ACCOUNT_PACE, ACCOUNT_RPM, UPSTREAM_LATENCY_MS
+from bench.servers import Ceiling, Sandbox, Sluice, uvicorn_installed
+
+WORKERS = 48
+NEIGHBOUR_RATE = 4.0
+STORM_RATE = 2000.0
+TARGET_CPU_MS = 0.5
+TARGET_P50_MS = 10.0
+# (label, SLUICE_LOCAL_REFUSALS, server): the baseline, the default, and the default under
+# uvicorn (how much of a local refusal's CPU is the HTTP server's own).
+DEPLOYMENTS = (
+    ("asked", "false", "daphne"),
+    ("local", "true", "daphne"),
+    ("local-uvicorn", "true", "uvicorn"),
+)
+ADMIN_TOKEN = secrets.token_urlsafe(24)  # the ops API's, for the live snapshot
+
+
+@dataclass
+class Calls:
+    statuses: dict[int, int] = field(default_factory=dict)
+    p50_ms: float = float("nan")
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def ok(self) -> float:
+        return self.statuses.get(200, 0) / self.total if self.total else float("nan")
+
+    @classmethod
+    def of(cls, records: list[dict[str, Any]], stream: str) -> Calls:
+        mine = [r for r in records if r["stream"] == stream]
+        statuses: dict[int, int] = {}
+        for record in mine:
+            statuses[record["status"]] = statuses.get(record["status"], 0) + 1
+        ok = sorted(r["latency_ms"] for r in mine if r["status"] == 200)
+        return cls(statuses, statistics.median(ok) if ok else float("nan"))
+
+
+@dataclass
+class Deployment:
+    label: str
+    alone: Calls = field(default_factory=Calls)
+    beside: Calls = field(default_factory=Calls)
+    flood_statuses: dict[str, int] = field(default_factory=dict)
+    cpu_ms_per_refusal: float = float("nan")
+    cpu_idle_per_s: float = 0.0
+    decisions: int = 0
+    asked: int = 0  # flood-phase calls that asked the limiter
+    local: int = 0  # flood-phase calls refused locally
+    storm_flood: dict[int, int] = field(default_factory=dict)
+    storm_neighbour: Calls = field(default_factory=Calls)
+    storm_rate: float = 0.0
+
+    @property
+    def messages_per_local(self) -> float:
+        return (self.decisions - self.asked) / self.local if self.local else float("nan")
+
+
+def _stream(sluice: Sluice, name: str, key: str, rate: float, seconds: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "url": f"{sluice.urls[0]}/v1/chat/completions",
+        "key": sluice.keys[key],
+        "model": MODEL,
+        "rate": rate,
+        "duration": seconds,
+    }
+
+
+def _counters(sluice: Sluice) -> dict[str, float]:
+    """The web process's refusal counters (/metrics) and its limiter's decisions (the
+    live snapshot, /api/live)."""
+    with urllib.request.urlopen(f"{sluice.urls[0]}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    counters = {"refused": 0.0, "local": 0.0, "admitted": 0.0}
+    for line in text.splitlines():
+        if line.startswith("sluice_refused_total{") and 'source="gateway"' in line:
+            counters["refused"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("sluice_refused_locally_total "):
+            counters["local"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("sluice_admitted_total{"):
+            counters["admitted"] += float(line.rsplit(" ", 1)[1])
+    # The live snapshot is at most a second old: read it once the phase has settled.
+    time.sleep(1.5)
+    request = urllib.request.Request(
+        f"{sluice.urls[0]}/api/live", headers={"authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        live = json.loads(response.read())
+    counters["decisions"] = float(live["snapshot"]["limiter"]["decisions"])
+    return counters
+
+
+def _alone(sluice: Sluice, result: Deployment, duration: float) -> None:
+    before = cpu_seconds(sluice.web_pids)
+    started = time.monotonic()
+    answer = run_openloop(
+        [_stream(sluice, "neighbour", "open", NEIGHBOUR_RATE, duration)], duration
+    )
+    elapsed = time.monotonic() - started
+    result.cpu_idle_per_s = (cpu_seconds(sluice.web_pids) - before) / elapsed
+    result.alone = Calls.of(answer["requests"], "neighbour")
+
+
+def _flood(sluice: Sluice, result: Deployment, duration: float) -> None:
+    plan = {
+        "urls": [f"{sluice.urls[0]}/v1/chat/completions"],
+        "headers": {
+            "authorization": f"Bearer {sluice.keys['flood']}",
+            "content-type": "application/json",
+        },
+        "body": {"model": MODEL, "messages": [{"role": "user", "content": "again"}]},
+        "concurrency": WORKERS,
+        "duration": duration,
+        "warmup": WORKERS,
+    }
+    marks: dict[str, Any] = {}
+    neighbour: dict[str, Any] = {}
+
+    def start() -> None:
+        marks["counters"], marks["cpu"] = _counters(sluice), cpu_seconds(sluice.web_pids)
+        marks["at"] = time.monotonic()
+        stream = _stream(sluice, "neighbour", "open", NEIGHBOUR_RATE, duration)
+        thread = threading.Thread(
+            target=lambda: neighbour.update(run_openloop([stream], duration)), daemon=True
+        )
+        thread.start()
+        marks["thread"] = thread
+
+    def stop() -> None:
+        marks["cpu_after"], marks["end"] = cpu_seconds(sluice.web_pids), time.monotonic()
+
+    load = run_load(plan, around=start, after=stop)
+    marks["thread"].join(duration + 120)
+    time.sleep(0.5)  # the neighbour's last answers counted
+    after = _counters(sluice)
+    refused = load["statuses"].get("429", 0)
+    cpu = marks["cpu_after"] - marks["cpu"] - result.cpu_idle_per_s * (marks["end"] - marks["at"])
+    result.cpu_ms_per_refusal = cpu * 1000 / refused if refused else float("nan")
+    result.flood_statuses = load["statuses"]
+    delta = {name: after[name] - marks["counters"][name] for name in after}
+    result.local = round(delta["local"])
+    result.asked = round(delta["admitted"] + delta["refused"] - delta["local"])
+    result.decisions = round(delta["decisions"])
+    result.beside = Calls.of(neighbour.get("requests", []), "neighbour")
+
+
+def _storm(sluice: Sluice, result: Deployment, seconds: float) -> None:
+    answer = run_openloop(
+        [
+            _stream(sluice, "flood", "flood", STORM_RATE, seconds),
+            _stream(sluice, "neighbour", "open", NEIGHBOUR_RATE, seconds),
+        ],
+        seconds,
+    )
+    records = answer["requests"]
+    flood = Calls.of(records, "flood")
+    result.storm_flood = flood.statuses
+    result.storm_neighbour = Calls.of(records, "neighbour")
+    dues = [r["at"] for r in records if r["stream"] == "flood"]
+    result.storm_rate = len(dues) / seconds
+
+
+def measure(
+    *, duration: float = 10.0, storm: float = 5.0, log: Callable[[str], None] = print
+) -> list[Deployment]:
+    ceiling = Ceiling(ACCOUNT_RPM, ACCOUNT_PACE, 5.0)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-flood-") as name:
+        tmp = Path(name)
+        with Sandbox(tmp, UPSTREAM_LATENCY_MS) as sandbox:
+            for label, local, server in DEPLOYMENTS:
+                if server == "uvicorn" and not uvicorn_installed():
+                    continue
+                (tmp / label).mkdir()
+                settings = {"SLUICE_LOCAL_REFUSALS": local, "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN}
+                with Sluice(
+                    tmp / label, sandbox, ceiling, settings=settings, server=server
+                ) as sluice:
+                    result = Deployment(label)
+                    _alone(sluice, result, duration)
+                    _flood(sluice, result, duration)
+                    _storm(sluice, result, storm)
+                    log(
+                        f"{label}: {result.cpu_ms_per_refusal:.3f} ms CPU per refused call, "
+                        f"neighbour p50 {result.alone.p50_ms:.1f} -> {result.beside.p50_ms:.1f} ms"
+                    )
+                    results.append(result)
+    return results
+
+
+def markdown(results: list[Deployment]) -> str:
+    local = results[1]
+    extra = results[2:]  # under uvicorn, when installed
+    cpu_verdict = "met" if local.cpu_ms_per_refusal <= TARGET_CPU_MS else "**missed**"
+    head = " | ".join(["every call asks the limiter", "refused locally (default)"])
+    head += "".join(f" | {r.label} (refused locally)" for r in extra)
+    rows = [f"| measure | {head} | target |", "|---" * (4 + len(extra)) + "|"]
+
+    def row(measure: str, cell: Callable[[Deployment], str], target: str = "") -> None:
+        rows.append(f"| {measure} | " + " | ".join(cell(r) for r in results) + f" | {target} |")
+
+    row(
+        f"gateway CPU per refused call ({WORKERS} workers, 60/min key)",
+        lambda r: f"{r.cpu_ms_per_refusal:.3f} ms",
+        f"<= {TARGET_CPU_MS} ms: {cpu_verdict}",
+    )
+    row("flood answers in the phase", lambda r: _statuses(r.flood_statuses))
+    row("flood calls that asked the limiter / refused locally", lambda r: f"{r.asked} / {r.local}")
+    row(
+        "limiter messages per locally refused call",
+        lambda r: f"{r.messages_per_local:.3f} ({r.decisions} decisions)" if r.local else "-",
+        "0",
+    )
+    row(
+        f"neighbour at {NEIGHBOUR_RATE:g}/s: answered 200 alone / beside the flood",
+        lambda r: f"{r.alone.ok:.1%} / {r.beside.ok:.1%}",
+        "100%",
+    )
+    row(
+        "neighbour p50 alone / beside the flood",
+        lambda r: (
+            f"{r.alone.p50_ms:.1f} / {r.beside.p50_ms:.1f} ms "
+            f"(+{r.beside.p50_ms - r.alone.p50_ms:.1f})"
+        ),
+        f"+{TARGET_P50_MS:g} ms",
+    )
+    row("storm: calls due a second on one key", lambda r: f"{r.storm_rate:.0f}")
+    row("storm: flood answers", lambda r: _statuses({str(k): v for k, v in r.storm_flood.items()}))
+    row(
+        "storm: neighbour answered 200 (p50)",
+        lambda r: f"{r.storm_neighbour.ok:.1%} ({r.storm_neighbour.p50_ms:.1f} ms)",
+        "100%",
+    )
+    row(
+        "storm: 503 limiter_unavailable, anyone",
+        lambda r: str(r.storm_flood.get(503, 0) + r.storm_neighbour.statuses.get(503, 0)),
+        "0",
+    )
+    return "\n".join(rows) + "\n"
+
+
+def _statuses(statuses: dict[str, int]) -> str:
+    return ", ".join(f"{n} x {s}" for s, n in sorted(statuses.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--storm", type=float, default=5.0)
+    args = parser.parse_args()
+    print(markdown(measure(duration=args.duration, storm=args.storm)))
+
+
+if __name__ == "__main__":
+    main()
