@@ -898,11 +898,13 @@ class Engine:
         as one (a plain grant's lease refunds no request). A
         pause only grows (a restarted engine forgets it: the web process forgets too).
         Token buckets, concurrency slots and the account's rate are left out: they
-        depend on the ticket's size, on when requests end, or on what Together says.
+        depend on the ticket's size, on when requests end, or on what Together says. So is
+        a key row in shadow, which holds no one back.
         """
         key, account = ticket.key, ticket.account
         bucket = key.requests
-        if bucket.rate <= 0 or not math.isfinite(bucket.tat):
+        # A shadow row holds no one back, so its bucket proves nothing.
+        if key.limit.shadow or bucket.rate <= 0 or not math.isfinite(bucket.tat):
             conforms = -math.inf
         else:
             refunds = sum(1 for held in key.leases if self._refundable(held))

@@ -35,17 +35,22 @@ KEYS = {
     "k1": Limit(per_minute=30, burst=1, queue_depth=2, max_wait=1.5),
     # a queue but no wait allowed
     "k2": Limit(per_minute=120, burst=3, queue_depth=3, max_wait=0.0),
+    # a shadow row: it refuses nothing, so it proves nothing (the account may refuse)
+    "k3": Limit(per_minute=10, burst=1, shadow=True),
 }
 ACCOUNTS = [
     Limit(per_minute=6000, burst=50),
     # a token limit: every grant holds a lease (a refund the promise must allow for)
     Limit(per_minute=6000, burst=50, tokens_per_minute=60_000),
     Limit(per_minute=90, burst=2, queue_depth=5, max_wait=2.0),
+    # no queue: the account itself refuses a call beyond its burst
+    Limit(per_minute=60, burst=1),
 ]
 CHANGED = {
     "k0": Limit(per_minute=600, burst=5),
     "k1": Limit(per_minute=30, burst=1, queue_depth=2, max_wait=20.0),
     "k2": Limit(per_minute=12, burst=1),
+    "k3": Limit(per_minute=10, burst=1),  # the shadow row enforced
 }
 
 
@@ -218,6 +223,18 @@ def test_a_promise_allows_for_a_lease_handed_back_unused() -> None:
     assert len(machine.leases) == 2
     machine.plain("k0", 0)
     machine.release(_Draw(0), unused=True, used=None)
+    machine.a_promised_refusal_is_the_engines()
+
+
+def test_a_shadow_key_limit_promises_nothing() -> None:
+    """A key whose row is in shadow, refused by its account: its shadow bucket (charged as
+    its enforced twin would be) must not make the refusal last, as the account has room
+    again a second later and the shadow row holds no one back."""
+    machine = PromiseMachine()
+    machine.account = ACCOUNTS[3]  # 60 a minute, burst 1, no queue
+    machine.plain("k3", 0)  # granted; the shadow bucket is charged 6 s
+    machine.plain("k3", 0)  # refused by the account, for 1 s
+    machine.advance(1.0)
     machine.a_promised_refusal_is_the_engines()
 
 
