@@ -14,29 +14,11 @@ from typing import Protocol
 from limiter import metrics
 from limiter.alerts.monitor import monitor as alerts_monitor
 from limiter.gateway.keys import KeyInfo
+from limiter.gateway.refusals import Recorder
 from limiter.gateway.refusals import recorder as refusal_recorder
 
 GATEWAY = "gateway"  # Sluice refused (the limiter, a budget, a wait that ran out)
 UPSTREAM = "upstream"  # Together refused
-
-
-class Recorder(Protocol):
-    def refusal(
-        self,
-        *,
-        team_id: int | None,
-        team_name: str,
-        key_prefix: str,
-        upstream: str,
-        endpoint: str,
-        model: str,
-        reason: str,
-        source: str,
-        retry_after: float | None,
-        request_id: str,
-        message: str = "",
-        shadow: bool = False,
-    ) -> None: ...
 
 
 class Monitor(Protocol):

@@ -16,6 +16,7 @@ from limiter.gateway.context import CallContext, Handles
 from limiter.gateway.forward import UpstreamCall
 from limiter.gateway.keys import KeyInfo
 from limiter.gateway.metering import Finish
+from limiter.gateway.refusals import Recorder
 from limiter.gateway.sink import GATEWAY, UPSTREAM, RefusalSink
 from limiter.protocol import events
 from limiter.protocol.client import Grant
@@ -69,11 +70,14 @@ class FakeLimiter:
         return [what for called, what in self.calls if called == name]
 
 
-class FakeRecorder:
+class FakeRecorder(Recorder):
+    """The 429 record, its rows kept here instead of written."""
+
     def __init__(self) -> None:
+        super().__init__()
         self.rows: list[dict[str, Any]] = []
 
-    def refusal(self, **row: Any) -> None:
+    def refusal(self, **row: Any) -> None:  # type: ignore[override]
         self.rows.append(row)
 
 
