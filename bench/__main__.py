@@ -46,7 +46,7 @@ def write_report(path: Path, text: str, start: str = START, end: str = END) -> N
     path.write_text(text)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description=(
@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> None:
             "locally"
         ),
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
     command = "python -m " + shlex.join(["bench", *(argv if argv is not None else sys.argv[1:])])
 
     def log(line: str) -> None:
@@ -86,31 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     if args.only == "coalesce":
         print(_coalesce(args, command, log))
         return
-    if args.only in (None, "gateway"):
-        text = _gateway(args, command, log)
-        print(text)
-        if args.out:
-            write_report(args.out, text)
-    if args.only in (None, "usage"):
-        text = _usage(args, command, log)
-        print(text)
-        if args.out:
-            write_report(args.out, text, USAGE_START, USAGE_END)
-    if args.only in (None, "flood"):
-        text = _flood(args, command, log)
-        print(text)
-        if args.out:
-            write_report(args.out, text, FLOOD_START, FLOOD_END)
-    if args.only in (None, "dynamic"):
-        text = _dynamic(args, command, log)
-        print(text)
-        if args.out:
-            write_report(args.out, text, DYNAMIC_START, DYNAMIC_END)
-    if args.only in (None, "shards"):
-        text = _shards(args, command, log)
-        print(text)
-        if args.out:
-            write_report(args.out, text, SHARDS_START, SHARDS_END)
+    # Each part in this order, into its own markers of the report (`--out`).
+    parts = (
+        ("gateway", _gateway, START, END),
+        ("usage", _usage, USAGE_START, USAGE_END),
+        ("flood", _flood, FLOOD_START, FLOOD_END),
+        ("dynamic", _dynamic, DYNAMIC_START, DYNAMIC_END),
+        ("shards", _shards, SHARDS_START, SHARDS_END),
+    )
+    for name, run, start, end in parts:
+        if args.only in (None, name):
+            text = run(args, command, log)
+            print(text)
+            if args.out:
+                write_report(args.out, text, start, end)
 
 
 def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
