@@ -191,12 +191,7 @@ class TeamApi:
                     code="method_not_allowed",
                     headers={"allow": ", ".join(allowed)},
                 )
-            raise ApiError(
-                404,
-                errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
-                type=errors.NOT_FOUND,
-                code="unknown_url",
-            )
+            raise errors.unknown_route(request.method, request.path)
         return route
 
     async def _handle(

@@ -27,7 +27,13 @@ MSG_BAD_KEY = "Invalid API key: unknown, revoked or expired."
 MSG_TOO_MANY_AUTH_FAILURES = (
     "Too many failed authentication attempts from this address; retry later."
 )
-MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
+MSG_UNKNOWN_ROUTE = (
+    "Unknown request URL: {method} {path}. Sluice does not serve this route; the routes it "
+    "serves are listed in its README."
+)
+MSG_ROUTE_REFUSED = "Sluice does not let teams use {method} {path}: {reason}"
+# Bounded: the path is the caller's, and the message must not reflect a long one whole.
+MAX_ECHOED_PATH = 200
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
 MSG_LIMITER_DOWN = (
     "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
@@ -119,6 +125,33 @@ def upstream_unreachable() -> ApiError:
 def invalid_key() -> ApiError:
     """What a call with an unknown, revoked or expired key is answered."""
     return ApiError(401, MSG_BAD_KEY, type=AUTHENTICATION, code="invalid_api_key")
+
+
+def unknown_route(method: str, path: str) -> ApiError:
+    """What every path under /v1/ or /v2/ that Sluice does not serve is answered: a 404 in
+    OpenAI's (and Together's) shape naming the route, never Django's HTML page. The one
+    answer for every unserved route: the router uses it, and so may a handler."""
+    return ApiError(
+        404,
+        MSG_UNKNOWN_ROUTE.format(method=method[:16], path=_echoed_path(path)),
+        type=NOT_FOUND,
+        code="unknown_url",
+    )
+
+
+def route_refused(method: str, path: str, reason: str) -> ApiError:
+    """What a route Sluice knows but does not let teams use is answered: a 403 naming the
+    route and why (`reason`, a sentence), in the same shape."""
+    return ApiError(
+        403,
+        MSG_ROUTE_REFUSED.format(method=method[:16], path=_echoed_path(path), reason=reason),
+        type=PERMISSION,
+        code="route_not_allowed",
+    )
+
+
+def _echoed_path(path: str) -> str:
+    return path if len(path) <= MAX_ECHOED_PATH else path[:MAX_ECHOED_PATH] + "..."
 
 
 def team_paused(team: str) -> ApiError:

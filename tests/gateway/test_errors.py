@@ -93,6 +93,42 @@ def test_unknown_route(client):
     assert "/v1/nothing-here" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/nothing-here"),
+        ("POST", "/v2/projects/proj-1/endpoints"),
+        ("GET", "/v1/rl/jobs"),
+        ("DELETE", "/v2"),
+        ("GET", "/v1"),
+        ("GET", "/v2/videos/a/b/c"),
+    ],
+)
+def test_every_unserved_route_under_v1_and_v2_is_a_json_404_naming_it(client, method, path):
+    """Routes of Together's that Sluice does not serve, /v2/ ones (which once fell through
+    to Django's HTML 404 page) included: OpenAI's shape, the route named."""
+    response = client.request(method, path)
+    error = assert_error(response, 404, "unknown_url")
+    assert error["type"] == errors.NOT_FOUND
+    assert error["message"] == errors.MSG_UNKNOWN_ROUTE.format(method=method, path=path)
+    assert "<html" not in response.text.lower()
+
+
+def test_unknown_route_echoes_a_bounded_path(client):
+    path = "/v2/" + "x" * 5000
+    error = assert_error(client.get(path), 404, "unknown_url")
+    assert len(error["message"]) < errors.MAX_ECHOED_PATH + 200
+
+
+def test_the_refused_route_answer_names_the_route_and_why():
+    refused = errors.route_refused("POST", "/v1/billing/usage", "organisation-level billing.")
+    assert refused.status == 403
+    body = json.loads(refused.body())["error"]
+    assert body["type"] == errors.PERMISSION and body["code"] == "route_not_allowed"
+    assert "POST /v1/billing/usage" in body["message"]
+    assert body["message"].endswith("organisation-level billing.")
+
+
 def test_wrong_method(client):
     response = client.get(CHAT)
     assert_error(response, 405, "method_not_allowed")
