@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import resources
+from . import extras, resources
 from .catalog import is_known, model_list
 from .config import SandboxConfig
 from .dynamic import REQUEST_LIMITED, TOKEN_LIMITED, DynamicDecision
@@ -81,6 +81,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], RouteHandler]] = [
         ("GET", r"/v1/batches", resources.batches_list),
         ("GET", r"/v1/batches/([^/]+)", resources.batch_retrieve),
         ("POST", r"/v1/batches/([^/]+)/cancel", resources.batch_cancel),
+        *extras.ROUTES,  # videos, evaluations, the fine-tune extras
     )
 ]
 

@@ -94,6 +94,8 @@ class SandboxState:
         self.fine_tunes: dict[str, FineTune] = {}
         self.fine_tunes_rejected = 0
         self.batches: dict[str, Batch] = {}
+        self.videos: dict[str, Any] = {}  # id -> extras.Video
+        self.evaluations: dict[str, Any] = {}  # workflow id -> extras.Evaluation
         # Every embeddings request of strings, refused or not: [model, inputs], so tests
         # see how calls were merged.
         self.embeddings_requests: list[list[Any]] = []

@@ -84,12 +84,12 @@ CHECKPOINT_FIELD = "from_checkpoint"
 
 
 # --- plumbing ---------------------------------------------------------------------------
-def _key(request: Request) -> KeyInfo:
+def key_of(request: Request) -> KeyInfo:
     assert request.key is not None  # the router authenticates before calling a handler
     return request.key
 
 
-def _relay(response: httpx.Response) -> Response:
+def relay(response: httpx.Response) -> Response:
     """Together's answer as it came: status, body, type and the headers that matter."""
     relayed = Response(
         status=response.status_code,
@@ -102,7 +102,7 @@ def _relay(response: httpx.Response) -> Response:
     return relayed
 
 
-def _upstream_failed(exc: UpstreamError) -> ApiError:
+def upstream_failed(exc: UpstreamError) -> ApiError:
     if exc.timeout:
         return ApiError(
             504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout"
@@ -110,11 +110,11 @@ def _upstream_failed(exc: UpstreamError) -> ApiError:
     return errors.upstream_unreachable()
 
 
-async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.Response:
+async def send_upstream(request: Request, path: str, *, stream: bool = False) -> httpx.Response:
     headers = {"content-type": request.content_type} if request.content_type else {}
     try:
         outcome = await client.send(
-            _key(request).target,
+            key_of(request).target,
             request.method,
             path,
             content=request.body or None,
@@ -124,15 +124,15 @@ async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.R
             stream=stream,
         )
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+        raise upstream_failed(exc) from exc
     return outcome.response
 
 
-async def _pass(request: Request, path: str) -> Response:
-    return _relay(await _send(request, path))
+async def pass_through(request: Request, path: str) -> Response:
+    return relay(await send_upstream(request, path))
 
 
-def _require(body: dict, *names: str) -> None:
+def require(body: dict, *names: str) -> None:
     """Each named field must be a non-empty string (ids and model names are)."""
     for name in names:
         value = body.get(name)
@@ -146,10 +146,10 @@ def _require(body: dict, *names: str) -> None:
             )
 
 
-async def _own_job(request: Request, kind: str) -> Job:
+async def own_job(request: Request, kind: str) -> Job:
     job_id = request.path_params["id"]
     job = await sync_to_async(selectors.job_get_for_team)(
-        team_id=_key(request).team_id, kind=kind, public_id=job_id
+        team_id=key_of(request).team_id, kind=kind, public_id=job_id
     )
     if job is None:
         what = "fine-tune job" if kind == JobKind.FINE_TUNE else "batch"
@@ -183,7 +183,7 @@ async def _start_now(job: Job) -> services.StartResult | None:
 # One Together account holds every team's files: a team sees, reads and deletes only the
 # files it uploaded through Sluice or its jobs produced (selectors.file_ids_for_team).
 async def _visible_files(request: Request) -> set[str]:
-    return await sync_to_async(selectors.file_ids_for_team)(team_id=_key(request).team_id)
+    return await sync_to_async(selectors.file_ids_for_team)(team_id=key_of(request).team_id)
 
 
 def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
@@ -196,7 +196,7 @@ def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
     )
 
 
-async def _own_files(request: Request, named: dict[str, Any]) -> None:
+async def own_files(request: Request, named: dict[str, Any]) -> None:
     """Each of `named` ({field: file id}) must be one of the team's files, or the call is
     answered 404 as for an unknown file (one query for them all)."""
     if not named:
@@ -209,7 +209,7 @@ async def _own_files(request: Request, named: dict[str, Any]) -> None:
         if not fields.is_upstream_id(file_id):
             raise _file_not_found(file_id, name)  # not even shaped like an id: unknown, unasked
     missing = await sync_to_async(selectors.files_not_owned)(
-        team_id=_key(request).team_id, file_ids=set(named.values())
+        team_id=key_of(request).team_id, file_ids=set(named.values())
     )
     for name, file_id in named.items():
         if file_id in missing:
@@ -220,7 +220,7 @@ async def _own_file(request: Request) -> str:
     """The path's file id, escaped for the upstream path, if the file is the team's."""
     file_id = request.path_params["id"]
     if not fields.is_upstream_id(file_id) or await sync_to_async(selectors.files_not_owned)(
-        team_id=_key(request).team_id, file_ids={file_id}
+        team_id=key_of(request).team_id, file_ids={file_id}
     ):
         raise _file_not_found(file_id)
     return fields.path_segment(file_id)
@@ -228,7 +228,7 @@ async def _own_file(request: Request) -> str:
 
 async def _usable_models(request: Request, body: dict[str, Any]) -> None:
     """The models and checkpoint a job body names must not be another team's."""
-    key = _key(request)
+    key = key_of(request)
     owners = await owned_models.owners()
     named = [(name, "model") for name in MODEL_FIELDS] + [(CHECKPOINT_FIELD, CHECKPOINT_FIELD)]
     for name, param in named:
@@ -237,8 +237,8 @@ async def _usable_models(request: Request, body: dict[str, Any]) -> None:
             raise await model_not_found(key, value, param=param)
 
 
-async def _check_job_body(request: Request, body: dict[str, Any]) -> None:
-    await _own_files(request, fields.file_fields(body))
+async def check_job_body(request: Request, body: dict[str, Any]) -> None:
+    await own_files(request, fields.file_fields(body))
     await _usable_models(request, body)
 
 
@@ -264,7 +264,7 @@ async def _hold_budget(
     an estimate is more than a budget's whole limit, else 429 with Retry-After to the
     budget's reset. The limiter silent: 503 (failure mode "open": unchecked here, its
     start is checked again)."""
-    key = _key(request)
+    key = key_of(request)
     if not await sync_to_async(budgets.covered)(team_id=key.team_id):
         return
     try:
@@ -309,7 +309,7 @@ async def _accept_held(
     public_id = extra.pop("public_id")
     try:
         return await sync_to_async(services.job_accept)(
-            key=_key(request),
+            key=key_of(request),
             kind=kind,
             request=body,
             public_id=public_id,
@@ -323,7 +323,7 @@ async def _accept_held(
 
 # --- files ----------------------------------------------------------------------------
 async def files_create(request: Request) -> Response:
-    response = await _send(request, "/files")
+    response = await send_upstream(request, "/files")
     # Plain upload: the file object; the SDKs' redirect flow: X-Together-File-Id.
     file_id = response.headers.get("x-together-file-id")
     if file_id is None and response.is_success:
@@ -331,15 +331,15 @@ async def files_create(request: Request) -> Response:
             file_id = response.json().get("id")
     if fields.is_upstream_id(file_id) and (response.is_success or response.is_redirect):
         await sync_to_async(services.file_record)(
-            team_id=_key(request).team_id, file_id=str(file_id)
+            team_id=key_of(request).team_id, file_id=str(file_id)
         )
-    return _relay(response)
+    return relay(response)
 
 
 async def files_list(request: Request) -> Response:
-    response = await _send(request, "/files")
+    response = await send_upstream(request, "/files")
     if not response.is_success:
-        return _relay(response)
+        return relay(response)
     visible = await _visible_files(request)
     listing = response.json()
     rows = listing.get("data", []) if isinstance(listing, dict) else listing
@@ -348,24 +348,24 @@ async def files_list(request: Request) -> Response:
 
 
 async def file_retrieve(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}")
+    return await pass_through(request, f"/files/{await _own_file(request)}")
 
 
 async def file_delete(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}")
+    return await pass_through(request, f"/files/{await _own_file(request)}")
 
 
 async def file_preprocess(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}/preprocess")
+    return await pass_through(request, f"/files/{await _own_file(request)}/preprocess")
 
 
 async def file_content(request: Request) -> Response | StreamingResponse:
     # Streamed: output files can be large.
-    response = await _send(request, f"/files/{await _own_file(request)}/content", stream=True)
+    response = await send_upstream(request, f"/files/{await _own_file(request)}/content", stream=True)
     if not response.is_success:
         await response.aread()
         await response.aclose()
-        return _relay(response)
+        return relay(response)
     return StreamingResponse(
         chunks=response.aiter_raw(),
         status=response.status_code,
@@ -379,7 +379,7 @@ async def file_content(request: Request) -> Response | StreamingResponse:
 # --- either kind of job --------------------------------------------------------------
 async def _listed(request: Request, kind: str) -> list[dict]:
     jobs = await sync_to_async(selectors.job_list_for_team)(
-        team_id=_key(request).team_id, kind=kind
+        team_id=key_of(request).team_id, kind=kind
     )
     shown = await sync_to_async(lambda: [job_json(job) for job in jobs])()
     await _note_shown(shown)
@@ -387,7 +387,7 @@ async def _listed(request: Request, kind: str) -> list[dict]:
 
 
 async def _retrieve(request: Request, kind: str) -> Response:
-    job = await _own_job(request, kind)
+    job = await own_job(request, kind)
     shown = await sync_to_async(job_json)(job)
     await _note_shown([shown])
     return Response.json(shown)
@@ -395,36 +395,36 @@ async def _retrieve(request: Request, kind: str) -> Response:
 
 async def _cancel(request: Request, kind: str) -> Response:
     """A queued job is cancelled here and never starts; a running one is cancelled upstream."""
-    job = await _own_job(request, kind)
+    job = await own_job(request, kind)
     try:
         job = await services.job_cancel(job=job)
     except services.UpstreamRefused as exc:
-        return _relay(exc.response)
+        return relay(exc.response)
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+        raise upstream_failed(exc) from exc
     return Response.json(await _shown(job))
 
 
 # --- fine-tunes -----------------------------------------------------------------------
 def _fine_tune_body(request: Request) -> dict[str, Any]:
     body = request.json()
-    _require(body, "training_file", "model")
+    require(body, "training_file", "model")
     return body
 
 
 async def fine_tunes_create(request: Request) -> Response:
     body = _fine_tune_body(request)
-    await _check_job_body(request, body)
+    await check_job_body(request, body)
     public_id = new_public_id(JobKind.FINE_TUNE)
     estimate = None
     if budgets.enabled():
-        size = await services.file_size(key=_key(request), file_id=str(body["training_file"]))
+        size = await services.file_size(key=key_of(request), file_id=str(body["training_file"]))
         estimate = fine_tune_estimate(body, size or 0)
         await _hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
     job = await _accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
     result = await _start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
-        return _relay(result.response)  # Together refused it outright: say so, as Together would
+        return relay(result.response)  # Together refused it outright: say so, as Together would
     return Response.json(await _shown(job))
 
 
@@ -441,25 +441,25 @@ async def fine_tune_cancel(request: Request) -> Response:
 
 
 async def fine_tune_events(request: Request) -> Response:
-    job = await _own_job(request, JobKind.FINE_TUNE)
+    job = await own_job(request, JobKind.FINE_TUNE)
     if not job.upstream_id:
         return Response.json({"data": []})
-    return await _pass(request, f"/fine-tunes/{fields.path_segment(job.upstream_id)}/events")
+    return await pass_through(request, f"/fine-tunes/{fields.path_segment(job.upstream_id)}/events")
 
 
 async def fine_tune_model_limits(request: Request) -> Response:
     """What the together SDK asks before creating a job: the model's training limits."""
     query = parse_qs(request.query_string.decode("latin-1"))
     for model in query.get("model_name", []):
-        if not await owned_models.usable(team_id=_key(request).team_id, name=model):
-            raise await model_not_found(_key(request), model)
-    return await _pass(request, "/fine-tunes/models/limits")
+        if not await owned_models.usable(team_id=key_of(request).team_id, name=model):
+            raise await model_not_found(key_of(request), model)
+    return await pass_through(request, "/fine-tunes/models/limits")
 
 
 async def fine_tune_estimate_price(request: Request) -> Response:
     """Together prices a job from its files: the same checks as a create."""
-    await _check_job_body(request, request.json())
-    return await _pass(request, "/fine-tunes/estimate-price")
+    await check_job_body(request, request.json())
+    return await pass_through(request, "/fine-tunes/estimate-price")
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -473,14 +473,14 @@ def _split_requested(request: Request, body: dict) -> bool:
 def _batch_body(request: Request) -> tuple[dict[str, Any], bool]:
     body = dict(request.json())
     split = _split_requested(request, body)
-    _require(body, "endpoint", "input_file_id")
+    require(body, "endpoint", "input_file_id")
     return body, split
 
 
 async def batches_create(request: Request) -> Response:
     body, split = _batch_body(request)
-    await _check_job_body(request, body)
-    key = _key(request)
+    await check_job_body(request, body)
+    key = key_of(request)
     plan = await _batch_plan(key, body, split)
     if isinstance(plan, Response):
         return plan
@@ -500,7 +500,7 @@ async def batches_create(request: Request) -> Response:
         )
         result = await _start_now(job)
         if result is not None and result.outcome == "failed" and result.response is not None:
-            return _relay(result.response)
+            return relay(result.response)
         warning = result.warning if result is not None and result.outcome == "started" else None
     shown = await _shown(job)
     if shown["status"] == "QUEUED":
@@ -534,9 +534,9 @@ async def _batch_plan(
             code="batch_too_large",
         ) from exc
     except services.UpstreamRefused as exc:
-        return _relay(exc.response)
+        return relay(exc.response)
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+        raise upstream_failed(exc) from exc
 
 
 async def _batch_hold(
