@@ -105,6 +105,8 @@ class EndpointKind(models.TextChoices):
     FINE_TUNES = "fine_tunes", "Fine-tune jobs"
     BATCHES = "batches", "Batch inference"
     FILES = "files", "Files"
+    VIDEOS = "videos", "Video jobs"
+    EVALUATIONS = "evaluations", "Evaluations"
 
 
 class LimitProfile(models.Model):

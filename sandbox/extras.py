@@ -20,9 +20,10 @@ from .inference import require
 from .jobs import Job, iso
 from .state import SandboxState
 
-# What the sandbox bills a finished video, in `outputs.cost` (an integer in the SDK's
-# type; Together's docs give no unit, so the sandbox says US cents): 40 cents a clip.
-VIDEO_COST = 40
+# What the sandbox bills a finished video, in `outputs.cost`: US dollars, as in the
+# example answer of Together's video guide (docs.together.ai/docs/videos-overview:
+# minimax/video-01-director, "cost": 0.28), though the SDK types it as an integer.
+VIDEO_COST = 0.28
 EVAL_TYPES = ("classify", "score", "compare")
 
 
@@ -31,7 +32,10 @@ class Video(Job):
     request: dict[str, Any] = field(default_factory=dict)
 
     def status(self, now: float) -> str:
-        return "completed" if now >= self.finish_time() else "in_progress"
+        # Together's guide lists queued, in_progress, completed, failed, cancelled.
+        if now >= self.finish_time():
+            return "completed"
+        return "queued" if now - self.started < self.duration * 0.1 else "in_progress"
 
     def to_json(self, now: float, base_url: str) -> dict[str, Any]:
         status = self.status(now)

@@ -43,10 +43,9 @@ from limiter.gateway.exchange import (
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
-from limiter.gateway.jobs import CHECKED_FIRST
 from limiter.gateway.refusals import recorder
 from limiter.gateway.revocation import calls
-from limiter.gateway.routes import Route, build_routes
+from limiter.gateway.routes import CHECKED_FIRST, Route, build_routes
 from limiter.gateway.sink import RefusalSink
 from limiter.gateway.throttle import client_address, trusted_networks
 from limiter.protocol.client import LimiterClient

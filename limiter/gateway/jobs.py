@@ -47,6 +47,7 @@ from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.keys import KeyInfo
+from limiter.gateway.recording import record_call
 from limiter.gateway.sink import GATEWAY
 from limiter.jobs import budgets, fields, selectors, services
 from limiter.jobs.estimates import Estimate, batch_estimate, fine_tune_estimate
@@ -81,6 +82,9 @@ TRUE_VALUES = ("1", "true", "yes", "on")
 # checkpoint (`ft-...` or `ft-...:step`, or a model name).
 MODEL_FIELDS = ("model", "model_id")
 CHECKPOINT_FIELD = "from_checkpoint"
+
+
+JOB_WORDS = {JobKind.FINE_TUNE: "fine-tune job", JobKind.BATCH: "batch", JobKind.VIDEO: "video job"}
 
 
 # --- plumbing ---------------------------------------------------------------------------
@@ -152,7 +156,7 @@ async def own_job(request: Request, kind: str) -> Job:
         team_id=key_of(request).team_id, kind=kind, public_id=job_id
     )
     if job is None:
-        what = "fine-tune job" if kind == JobKind.FINE_TUNE else "batch"
+        what = JOB_WORDS[JobKind(kind)]
         raise ApiError(
             404,
             MSG_JOB_NOT_FOUND.format(what=what, id=job_id),
@@ -162,14 +166,14 @@ async def own_job(request: Request, kind: str) -> Job:
     return job
 
 
-async def _shown(job: Job) -> dict:
+async def shown_job(job: Job) -> dict:
     fresh = await sync_to_async(selectors.job_get_for_team)(
         team_id=job.team_id, kind=job.kind, public_id=job.public_id
     )
     return await sync_to_async(job_json)(fresh or job)
 
 
-async def _start_now(job: Job) -> services.StartResult | None:
+async def start_now(job: Job) -> services.StartResult | None:
     """Try to start queued work at once; the job is stored, so a failure here only delays it."""
     try:
         results = await services.jobs_start_queued(account_id=job.account_id, kind=job.kind)
@@ -226,7 +230,7 @@ async def _own_file(request: Request) -> str:
     return fields.path_segment(file_id)
 
 
-async def _usable_models(request: Request, body: dict[str, Any]) -> None:
+async def usable_models(request: Request, body: dict[str, Any]) -> None:
     """The models and checkpoint a job body names must not be another team's."""
     key = key_of(request)
     owners = await owned_models.owners()
@@ -239,7 +243,7 @@ async def _usable_models(request: Request, body: dict[str, Any]) -> None:
 
 async def check_job_body(request: Request, body: dict[str, Any]) -> None:
     await own_files(request, fields.file_fields(body))
-    await _usable_models(request, body)
+    await usable_models(request, body)
 
 
 async def _note_shown(shown: list[dict[str, Any]]) -> None:
@@ -361,7 +365,10 @@ async def file_preprocess(request: Request) -> Response:
 
 async def file_content(request: Request) -> Response | StreamingResponse:
     # Streamed: output files can be large.
-    response = await send_upstream(request, f"/files/{await _own_file(request)}/content", stream=True)
+    response = await send_upstream(
+        request, f"/files/{await _own_file(request)}/content", stream=True
+    )
+    record_call(request, "files", response.status_code)
     if not response.is_success:
         await response.aread()
         await response.aclose()
@@ -377,7 +384,7 @@ async def file_content(request: Request) -> Response | StreamingResponse:
 
 
 # --- either kind of job --------------------------------------------------------------
-async def _listed(request: Request, kind: str) -> list[dict]:
+async def listed_jobs(request: Request, kind: str) -> list[dict]:
     jobs = await sync_to_async(selectors.job_list_for_team)(
         team_id=key_of(request).team_id, kind=kind
     )
@@ -386,7 +393,7 @@ async def _listed(request: Request, kind: str) -> list[dict]:
     return shown
 
 
-async def _retrieve(request: Request, kind: str) -> Response:
+async def retrieve_job(request: Request, kind: str) -> Response:
     job = await own_job(request, kind)
     shown = await sync_to_async(job_json)(job)
     await _note_shown([shown])
@@ -402,7 +409,7 @@ async def _cancel(request: Request, kind: str) -> Response:
         return relay(exc.response)
     except UpstreamError as exc:
         raise upstream_failed(exc) from exc
-    return Response.json(await _shown(job))
+    return Response.json(await shown_job(job))
 
 
 # --- fine-tunes -----------------------------------------------------------------------
@@ -422,18 +429,18 @@ async def fine_tunes_create(request: Request) -> Response:
         estimate = fine_tune_estimate(body, size or 0)
         await _hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
     job = await _accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
-    result = await _start_now(job)
+    result = await start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
         return relay(result.response)  # Together refused it outright: say so, as Together would
-    return Response.json(await _shown(job))
+    return Response.json(await shown_job(job))
 
 
 async def fine_tunes_list(request: Request) -> Response:
-    return Response.json({"data": await _listed(request, JobKind.FINE_TUNE)})
+    return Response.json({"data": await listed_jobs(request, JobKind.FINE_TUNE)})
 
 
 async def fine_tune_retrieve(request: Request) -> Response:
-    return await _retrieve(request, JobKind.FINE_TUNE)
+    return await retrieve_job(request, JobKind.FINE_TUNE)
 
 
 async def fine_tune_cancel(request: Request) -> Response:
@@ -453,13 +460,18 @@ async def fine_tune_model_limits(request: Request) -> Response:
     for model in query.get("model_name", []):
         if not await owned_models.usable(team_id=key_of(request).team_id, name=model):
             raise await model_not_found(key_of(request), model)
-    return await pass_through(request, "/fine-tunes/models/limits")
+    response = await pass_through(request, "/fine-tunes/models/limits")
+    record_call(request, "fine_tunes", response.status)
+    return response
 
 
 async def fine_tune_estimate_price(request: Request) -> Response:
     """Together prices a job from its files: the same checks as a create."""
-    await check_job_body(request, request.json())
-    return await pass_through(request, "/fine-tunes/estimate-price")
+    body = request.json()
+    await check_job_body(request, body)
+    response = await pass_through(request, "/fine-tunes/estimate-price")
+    record_call(request, "fine_tunes", response.status, model=str(body.get("model") or ""))
+    return response
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -498,11 +510,11 @@ async def batches_create(request: Request) -> Response:
             public_id=ids[0],
             request_count=plan.request_count,
         )
-        result = await _start_now(job)
+        result = await start_now(job)
         if result is not None and result.outcome == "failed" and result.response is not None:
             return relay(result.response)
         warning = result.warning if result is not None and result.outcome == "started" else None
-    shown = await _shown(job)
+    shown = await shown_job(job)
     if shown["status"] == "QUEUED":
         warning = " ".join(filter(None, [warning, MSG_QUEUED]))
     answer: dict[str, object] = {"job": shown}
@@ -588,16 +600,18 @@ async def _batch_accept_split(
     warning = MSG_BATCH_SPLIT.format(
         count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
     )
-    await _start_now(job)  # starts its parts, in fair order with everyone else's
+    await start_now(job)  # starts its parts, in fair order with everyone else's
     return job, warning
 
 
 async def batches_list(request: Request) -> Response:
-    return Response.json(await _listed(request, JobKind.BATCH))  # a bare array, as Together answers
+    return Response.json(
+        await listed_jobs(request, JobKind.BATCH)
+    )  # a bare array, as Together answers
 
 
 async def batch_retrieve(request: Request) -> Response:
-    return await _retrieve(request, JobKind.BATCH)
+    return await retrieve_job(request, JobKind.BATCH)
 
 
 async def batch_cancel(request: Request) -> Response:

@@ -8,9 +8,10 @@ Literal paths come before `{id}` ones: the router takes the first match.
 
 from __future__ import annotations
 
-from limiter.gateway import catalog, inference
-from limiter.gateway.http import Handler
-from limiter.gateway.jobs import ROUTES as JOB_ROUTES
+from collections.abc import Callable
+
+from limiter.gateway import catalog, forwarded, inference, jobs, videos
+from limiter.gateway.http import Handler, Request
 
 Route = tuple[str, str, str, Handler]
 
@@ -26,4 +27,14 @@ def build_routes() -> list[Route]:
         # The together SDK 3.x lists models per project; answer with the same list.
         ("GET", "/v2/projects/{project_id}/models", "", catalog.models),
     ]
-    return routes + JOB_ROUTES
+    # The fine-tune extras before the jobs' routes: `/v1/fine-tunes/preview` is literal.
+    return routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES
+
+
+# Routes whose body is checked by the router before admission: a body that fails is
+# answered 400 at once, without spending the key's request rate or queueing for it.
+CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
+    **jobs.CHECKED_FIRST,
+    **forwarded.CHECKED_FIRST,
+    **videos.CHECKED_FIRST,
+}

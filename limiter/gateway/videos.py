@@ -1,0 +1,72 @@
+"""Team API handlers for video jobs: the together SDK's `/v2/videos`.
+
+A video is a job like a fine-tune (limiter/jobs/services.py): accepted into Sluice's
+persistent queue, started when the account (and the team) has a free slot of the
+profile's `videos` row (`max_concurrent`; the rest wait, queued, instead of being
+refused), polled until Together reports it ended, and its cost recorded then
+(limiter/usage/job_reports.py `video_usage`). It is the team's that made it: another
+team's id, by Sluice's id or Together's, is answered as an unknown one.
+
+The id a team gets is Sluice's (`video-sluice-...`), stable from the create on; the
+answer is Together's VideoJob as last seen, or, while queued, one built from the
+request with status "queued" (as Together's own queue shows it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+
+from limiter.gateway.http import Handler, Request, Response
+from limiter.gateway.jobs import (
+    key_of,
+    listed_jobs,
+    relay,
+    require,
+    retrieve_job,
+    shown_job,
+    start_now,
+    usable_models,
+)
+from limiter.jobs import services
+from limiter.jobs.models import JobKind, new_public_id
+
+
+def _video_body(request: Request) -> dict[str, Any]:
+    body = request.json()
+    require(body, "model")
+    return body
+
+
+async def videos_create(request: Request) -> Response:
+    body = _video_body(request)
+    await usable_models(request, body)  # not another team's fine-tuned model
+    job = await sync_to_async(services.job_accept)(
+        key=key_of(request),
+        kind=JobKind.VIDEO,
+        request=body,
+        public_id=new_public_id(JobKind.VIDEO),
+    )
+    result = await start_now(job)
+    if result is not None and result.outcome == "failed" and result.response is not None:
+        return relay(result.response)  # Together refused it outright: say so, as it would
+    return Response.json(await shown_job(job))
+
+
+async def videos_list(request: Request) -> Response:
+    return Response.json({"object": "list", "data": await listed_jobs(request, JobKind.VIDEO)})
+
+
+async def video_retrieve(request: Request) -> Response:
+    return await retrieve_job(request, JobKind.VIDEO)
+
+
+CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {videos_create: _video_body}
+
+ROUTES: list[tuple[str, str, str, Handler]] = [
+    ("POST", "/v2/videos", "videos", videos_create),
+    ("GET", "/v2/videos", "", videos_list),
+    ("GET", "/v2/videos/{id}", "", video_retrieve),
+]
