@@ -4,8 +4,9 @@ HTTP under /v1/ and /v2/ (the together SDK's video jobs and project-scoped route
 goes straight to the team API (limiter/gateway/app.py), not through Django's
 middleware; everything else is Django. With no Together key the sandbox upstream is
 mounted at /sandbox/ so that a fresh `make run` has something to talk to; it answers
-only Sluice itself and staff (sandbox/mount.py). The limiter is not routed here: `manage.py runworker limiter`
-(limiter/management/commands/runworker.py) or, embedded, `serve` runs it on its channel.
+only Sluice itself and staff (sandbox/mount.py). The limiter is not routed here:
+`manage.py runworker limiter` (limiter/management/commands/runworker.py) or, embedded,
+`serve` runs it on its channel.
 """
 
 import os
