@@ -14,6 +14,7 @@ BODIES = {
     "/v1/embeddings": {"input": "hi"},
     "/v1/images/generations": {"prompt": "a sluice gate"},
     "/v1/rerank": {"query": "hi", "documents": ["hi", "there"]},
+    "/v2/videos": {"prompt": "a sluice gate"},
 }
 
 MODEL_LISTS = [route for route in v1_routes("listing") if route.pattern.endswith("/models")]
