@@ -281,6 +281,7 @@ class World:
     a_batch: str
     a_video: str
     a_evaluation: str
+    a_eval_file: str
 
     def b_ids(self) -> set[str]:
         """Every id and name of B's, for "never shows up in A's answer" checks."""
@@ -507,6 +508,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         a_batch=a_batch,
         a_video=a_video,
         a_evaluation=a_evaluation,
+        a_eval_file=a_eval_file,
     )
 
 

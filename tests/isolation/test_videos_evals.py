@@ -103,9 +103,7 @@ def test_an_evaluation_judged_by_another_teams_model_is_refused(
 ) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
     upstream = len(world.upstream("GET", "/evaluation").json())
-    a_file = team_a.upload(b'{"prompt": "hi"}\n', "eval")
-
-    answer = team_a.post("/v1/evaluation", json=eval_body(a_file, judge=world.b_model))
+    answer = team_a.post("/v1/evaluation", json=eval_body(world.a_eval_file, judge=world.b_model))
 
     assert_openai_error(answer, 404, "model_not_found")
     after = world.db.tenant_state(world.a.id, world.b.id)
