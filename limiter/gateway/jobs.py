@@ -11,7 +11,7 @@ asks Sluice to split them: body field `"split": true` or header
 id; its parts are listed in the answer's `sluice.parts`.
 
 A batch or fine-tune is checked against its team's and key's budgets before it is stored
-(`_hold_budget`): its estimate (limiter/jobs/estimates.py) must fit what they have left,
+(`hold_budget`): its estimate (limiter/jobs/estimates.py) must fit what they have left,
 or it is refused with `budget_exceeded` (429 until the budget resets; 400 when the
 estimate is more than the whole budget), and nothing is stored; it is checked again
 when it starts (limiter/jobs/services.py).
@@ -260,7 +260,7 @@ async def _note_shown(shown: list[dict[str, Any]]) -> None:
 
 
 # --- budgets ------------------------------------------------------------------------------
-async def _hold_budget(
+async def hold_budget(
     request: Request, kind: str, model: str, jobs: list[tuple[str, Estimate]]
 ) -> None:
     """Hold the new jobs' estimates against the key's and team's budgets, or refuse the
@@ -305,10 +305,10 @@ async def _hold_budget(
     )
 
 
-async def _accept_held(
+async def accept_held(
     request: Request, kind: str, body: dict[str, Any], estimate: Estimate | None, **extra: Any
 ) -> Job:
-    """Store a job its budgets hold (`_hold_budget` done); should storing fail, the hold
+    """Store a job its budgets hold (`hold_budget` done); should storing fail, the hold
     is let go (nothing else would: the job never existed)."""
     public_id = extra.pop("public_id")
     try:
@@ -427,8 +427,8 @@ async def fine_tunes_create(request: Request) -> Response:
     if budgets.enabled():
         size = await services.file_size(key=key_of(request), file_id=str(body["training_file"]))
         estimate = fine_tune_estimate(body, size or 0)
-        await _hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
-    job = await _accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
+        await hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
+    job = await accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
     result = await start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
         return relay(result.response)  # Together refused it outright: say so, as Together would
@@ -502,7 +502,7 @@ async def batches_create(request: Request) -> Response:
     if plan.part_files:
         job, warning = await _batch_accept_split(key, body, plan, ids, estimates)
     else:
-        job = await _accept_held(
+        job = await accept_held(
             request,
             JobKind.BATCH,
             body,
@@ -575,7 +575,7 @@ async def _batch_hold(
         for lines in plan.lines
     ]
     try:
-        await _hold_budget(request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True)))
+        await hold_budget(request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True)))
     except ApiError:
         await services.batch_parts_delete(key=key, plan=plan)
         raise

@@ -4,8 +4,11 @@ A video is a job like a fine-tune (limiter/jobs/services.py): accepted into Slui
 persistent queue, started when the account (and the team) has a free slot of the
 profile's `videos` row (`max_concurrent`; the rest wait, queued, instead of being
 refused), polled until Together reports it ended, and its cost recorded then
-(limiter/usage/job_reports.py `video_usage`). It is the team's that made it: another
-team's id, by Sluice's id or Together's, is answered as an unknown one.
+(limiter/usage/job_reports.py `video_usage`). Its estimate (its price) is held against
+the team's and key's budgets from its create, as a fine-tune's is: over budget, the
+create is refused with `budget_exceeded`, and a queued one waits until it fits. It is the
+team's that made it: another team's id, by Sluice's id or Together's, is answered as an
+unknown one.
 
 The id a team gets is Sluice's (`video-sluice-...`), stable from the create on; the
 answer is Together's VideoJob as last seen, or, while queued, one built from the
@@ -17,11 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
-
 from limiter.gateway.http import Handler, Request, Response
 from limiter.gateway.jobs import (
-    key_of,
+    accept_held,
+    hold_budget,
     listed_jobs,
     relay,
     require,
@@ -30,8 +32,10 @@ from limiter.gateway.jobs import (
     start_now,
     usable_models,
 )
-from limiter.jobs import services
+from limiter.jobs import budgets
+from limiter.jobs.estimates import video_estimate
 from limiter.jobs.models import JobKind, new_public_id
+from limiter.usage.prices import prices
 
 
 def _video_body(request: Request) -> dict[str, Any]:
@@ -43,12 +47,14 @@ def _video_body(request: Request) -> dict[str, Any]:
 async def videos_create(request: Request) -> Response:
     body = _video_body(request)
     await usable_models(request, body)  # not another team's fine-tuned model
-    job = await sync_to_async(services.job_accept)(
-        key=key_of(request),
-        kind=JobKind.VIDEO,
-        request=body,
-        public_id=new_public_id(JobKind.VIDEO),
-    )
+    model = str(body["model"])
+    public_id = new_public_id(JobKind.VIDEO)
+    estimate = None
+    if budgets.enabled():
+        # Held like a fine-tune's (checked again when it starts): over budget, refused.
+        estimate = video_estimate(model, prices.price(model))
+        await hold_budget(request, JobKind.VIDEO, model, [(public_id, estimate)])
+    job = await accept_held(request, JobKind.VIDEO, body, estimate, public_id=public_id)
     result = await start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
         return relay(result.response)  # Together refused it outright: say so, as it would

@@ -314,3 +314,39 @@ def test_video_prices_have_a_source(server: SluiceServer) -> None:
 
     report = video_usage({"model": VIDEO_MODEL, "status": "completed"}, "", (None, None, None))
     assert report.cost == VIDEO_LIST_PRICES[VIDEO_MODEL] == Decimal("0.28")
+
+
+def test_videos_are_held_against_a_dollar_budget(server: SluiceServer) -> None:
+    """A video holds its price (0.28 for this model) against the team's budget from its
+    create: within the budget it is accepted, past what is left it is refused with
+    `budget_exceeded`, and nothing reaches Together."""
+    secret = server.issue_key("jobs23-video-budget")
+    with httpx.Client(
+        base_url=f"{server.url}/api",
+        headers={"authorization": f"Bearer {server.admin_token}"},
+        timeout=30,
+    ) as ops:
+        team_id = next(
+            t["id"] for t in ops.get("/teams").json() if t["name"] == "jobs23-video-budget"
+        )
+        made = ops.post(
+            f"/teams/{team_id}/budgets", json={"unit": "dollars", "period": "day", "limit": "0.5"}
+        )
+        assert made.status_code == 201, made.text
+    client = _client(server, secret)
+    first = client.videos.create(model=VIDEO_MODEL, prompt="within the budget")
+    assert first.id.startswith("video-sluice-")
+    with pytest.raises(together.RateLimitError) as caught:
+        client.videos.create(model=VIDEO_MODEL, prompt="past what is left")
+    error = json.loads(caught.value.response.text)["error"]
+    assert error["code"] == "budget_exceeded"
+    assert "video" in error["message"]
+    with _http(server, secret) as http:
+        assert [row["id"] for row in http.get("/v2/videos").json()["data"]] == [first.id]
+    recorded = wait_until(
+        lambda: _refusal(server, "jobs23-video-budget", "videos"),
+        lambda row: row != ["none"],
+        within=15,
+        what="the refusal to be recorded",
+    )
+    assert recorded == ["budget_exceeded", "gateway", "videos"]
