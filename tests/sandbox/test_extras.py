@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-
 from sandbox import SandboxApp
 from sandbox.config import SandboxConfig
 from sandbox.extras import VIDEO_COST
