@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from limiter.gateway import errors
+from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response
 from limiter.gateway.jobs import (
     accept_held,
@@ -41,6 +43,14 @@ from limiter.usage.prices import prices
 def _video_body(request: Request) -> dict[str, Any]:
     body = request.json()
     require(body, "model")
+    if len(body["model"]) > errors.MAX_ECHOED_MODEL:
+        # No model id is this long; the usage and 429 records keep the model.
+        raise ApiError(
+            400,
+            errors.MSG_MODEL_TOO_LONG.format(limit=errors.MAX_ECHOED_MODEL),
+            code="invalid_value",
+            param="model",
+        )
     return body
 
 

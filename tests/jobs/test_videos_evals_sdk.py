@@ -350,3 +350,58 @@ def test_videos_are_held_against_a_dollar_budget(server: SluiceServer) -> None:
         what="the refusal to be recorded",
     )
     assert recorded == ["budget_exceeded", "gateway", "videos"]
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"prompt": "no model"}, "missing_field"),
+        ({"model": 7}, "invalid_type"),
+        ({"model": "m" * 201}, "invalid_value"),
+        ({"model": "m\u0000"}, None),
+    ],
+)
+def test_a_bad_video_body_is_a_400_before_anything_is_stored(
+    server: SluiceServer, body: dict, code: str | None
+) -> None:
+    secret = server.issue_key("jobs23-video-bad")
+    with _http(server, secret) as http:
+        answer = http.post("/v2/videos", json=body)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        if code is not None:
+            assert error["code"] == code and error["param"] == "model"
+        assert http.get("/v2/videos").json()["data"] == []
+
+
+def _upstream_evaluations(server: SluiceServer) -> int:
+    """How many evaluations Together (the sandbox, asked directly) holds."""
+    answer = httpx.get(
+        f"{server.sandbox.v1_url}/evaluation", headers={"authorization": "Bearer x"}, timeout=10
+    )
+    return len(answer.json())
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "param"),
+    [
+        ({"parameters": {}}, "missing_field", "type"),
+        ({"type": "classify", "parameters": "x"}, "invalid_type", "parameters"),
+        ({"type": "classify", "parameters": {"input_data_file_path": "../x"}}, "not_found", None),
+    ],
+)
+def test_a_bad_evaluation_body_is_refused_before_together_hears_of_it(
+    server: SluiceServer, body: dict, code: str, param: str | None
+) -> None:
+    secret = server.issue_key("jobs23-eval-bad")
+    before = _upstream_evaluations(server)
+    with _http(server, secret) as http:
+        answer = http.post("/v1/evaluation", json=body)
+        assert answer.status_code in (400, 404), answer.text
+        error = answer.json()["error"]
+        assert error["code"] == code
+        if param is not None:
+            assert error["param"] == param
+        assert http.get("/v1/evaluation").json() == []
+    assert _upstream_evaluations(server) == before
