@@ -189,8 +189,9 @@ CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
 ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", "/v1/evaluation", "evaluations", evaluation_create),
     ("GET", "/v1/evaluation", "evaluations", evaluations_list),
-    ("GET", "/v1/evaluation/{id}", "", evaluation_retrieve),
-    ("GET", "/v1/evaluation/{id}/status", "", evaluation_status),
+    # Reads are paced too: unlike a job's, each one is a call to Together.
+    ("GET", "/v1/evaluation/{id}", "evaluations", evaluation_retrieve),
+    ("GET", "/v1/evaluation/{id}/status", "evaluations", evaluation_status),
     ("POST", "/v1/fine-tunes/preview", "fine_tunes", fine_tune_preview),
     ("GET", "/v1/fine-tunes/{id}/checkpoints", "fine_tunes", fine_tune_checkpoints),
     (
