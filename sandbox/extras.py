@@ -50,6 +50,15 @@ class Video(Job):
             "completed_at": self.wall(self.finish_time()) if done else None,
             "seconds": str(self.request.get("seconds") or "5"),
             "size": f"{width}x{height}",
+            # What was asked, as Together's video guide shows it (not in the SDK's type).
+            "inputs": {
+                "model": self.request.get("model"),
+                "prompt": self.request.get("prompt"),
+                "width": width,
+                "height": height,
+                "seconds": self.request.get("seconds"),
+                "seed": self.request.get("seed"),
+            },
             "error": None,
             "outputs": (
                 {"cost": VIDEO_COST, "video_url": f"{base_url}/sandbox/videos/{self.id}.mp4"}
