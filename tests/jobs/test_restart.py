@@ -65,8 +65,9 @@ async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(
     assert (job.state, job.upstream_id) == (JobState.RUNNING, created["id"])
     await drive(Poller(start_deadline=0), all_done)
     stats = sandbox.stats()
-    videos = httpx.get(f"{sandbox.url}/v2/videos", headers={"authorization": "Bearer k"})
-    created_anywhere = len(videos.json()["data"])
+    async with httpx.AsyncClient(headers={"authorization": "Bearer k"}) as http:
+        videos = (await http.get(f"{sandbox.url}/v2/videos")).json()["data"]
+    created_anywhere = len(videos)
     assert stats["fine_tunes"]["created"] + stats["batches"]["created"] + created_anywhere == 1
 
 
