@@ -1,11 +1,12 @@
 """The ASGI entry point: one application for the team API, the dashboard and websockets.
 
-HTTP under /v1/ (and the together SDK's /v2/projects/.../models) goes straight to the
-team API (limiter/gateway/app.py), not through Django's middleware; everything else is
-Django. With no Together key the sandbox upstream is mounted at /sandbox/ so that a
-fresh `make run` has something to talk to; it answers only Sluice itself and staff
-(sandbox/mount.py). The limiter is not routed here: `manage.py runworker limiter`
-(limiter/management/commands/runworker.py) or, embedded, `serve` runs it on its channel.
+HTTP under /v1/ and /v2/ (the together SDK's video jobs and project-scoped routes)
+goes straight to the team API (limiter/gateway/app.py), not through Django's
+middleware; everything else is Django. With no Together key the sandbox upstream is
+mounted at /sandbox/ so that a fresh `make run` has something to talk to; it answers
+only Sluice itself and staff (sandbox/mount.py). The limiter is not routed here:
+`manage.py runworker limiter` (limiter/management/commands/runworker.py) or, embedded,
+`serve` runs it on its channel.
 """
 
 import os
@@ -28,7 +29,10 @@ from limiter import serving  # noqa: E402
 team_api = serving.build_team_api()
 health = serving.build_health()
 
-TEAM_API_PREFIXES = ("/v1/", "/v2/projects/", "/v2/public/")
+# Everything under them is the team API's: a route it does not serve is its JSON 404
+# (limiter/gateway/errors.py unknown_route), never Django's HTML page.
+TEAM_API_PREFIXES = ("/v1/", "/v2/")
+TEAM_API_ROOTS = ("/v1", "/v2")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 SANDBOX_PREFIX = "/sandbox"
 ABSOLUTE_FORM = ("http://", "https://")
@@ -59,7 +63,8 @@ class HttpRouter:
             # (uvicorn's httptools takes its path out). The target's path is the resource.
             path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
             scope = {**scope, "path": path}
-        if ("/" + path.lstrip("/")).startswith(TEAM_API_PREFIXES):
+        rooted = "/" + path.lstrip("/")
+        if rooted.startswith(TEAM_API_PREFIXES) or rooted in TEAM_API_ROOTS:
             # `//v1/...` too: the team API answers it (a 404 in OpenAI's shape), not Django.
             return await team_api(scope, receive, send)
         if path in HEALTH_PATHS:

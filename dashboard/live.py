@@ -208,6 +208,8 @@ def jobs_scoped(
             "fine_tunes": _slots_scoped(account["fine_tunes"], visible.team_names),
             "batches": _slots_scoped(account["batches"], visible.team_names),
         }
+        if "videos" in account:  # not from a poller older than video jobs
+            scoped[account_id]["videos"] = _slots_scoped(account["videos"], visible.team_names)
     return scoped
 
 

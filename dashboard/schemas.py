@@ -352,7 +352,7 @@ class TeamScopeNowOut(Schema):
 
 
 class TeamJobNowOut(Schema):
-    kind: str = Field(description="fine_tune or batch")
+    kind: str = Field(description="fine_tune, batch or video")
     job: str
     parent: str | None
     state: str = Field(description="running (holds a slot) or waiting")

@@ -165,7 +165,7 @@ class TeamScopeNow(TypedDict):
 
 
 class TeamJobNow(TypedDict):
-    kind: str  # "fine_tune" or "batch"
+    kind: str  # "fine_tune", "batch" or "video"
     job: str
     parent: str | None
     state: str  # "running" (holds a slot) or "waiting"
@@ -206,7 +206,11 @@ def team_now(
     ]
     mine: list[TeamJobNow] = []
     for account in live.jobs_scoped(jobs, visible).values():
-        for kind, slots in (("fine_tune", account["fine_tunes"]), ("batch", account["batches"])):
+        for kind, slots in (
+            ("fine_tune", account["fine_tunes"]),
+            ("batch", account["batches"]),
+            *([("video", account["videos"])] if "videos" in account else []),
+        ):
             mine += [
                 TeamJobNow(
                     kind=kind,

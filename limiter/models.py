@@ -107,6 +107,8 @@ class EndpointKind(models.TextChoices):
     FILES = "files", "Files"
     AUDIO_SPEECH = "audio_speech", "Audio speech (text to speech)"
     AUDIO_TRANSCRIPTION = "audio_transcription", "Audio transcription and translation"
+    VIDEOS = "videos", "Video jobs"
+    EVALUATIONS = "evaluations", "Evaluations"
     # Organisation-level management (limiter/gateway/org.py): refused to every team unless
     # its profile has a row for the kind; the row is then also its request rate.
     ORG_ENDPOINTS = "org_endpoints", "Dedicated endpoints (organisation)"
@@ -517,9 +519,11 @@ class Refusal(models.Model):
 
 
 class ManagedObject(models.Model):
-    """An organisation-level object (a dedicated endpoint, an uploaded model, a deployment,
-    a cluster...) a team created through Sluice: only that team may name it
-    (limiter/gateway/org.py answers another team's id as an unknown one)."""
+    """An object Together keeps that a team created through Sluice, and that Sluice does
+    not hold as a job: an evaluation (limiter/gateway/forwarded.py), or an organisation-level
+    object (a dedicated endpoint, an uploaded model, a deployment, a cluster...:
+    limiter/gateway/org.py). Every team's live in the one Together account, so only the team
+    that made one may name it: another team's id is answered as an unknown one."""
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="managed_objects")
     kind = models.CharField(max_length=20, choices=EndpointKind.choices)

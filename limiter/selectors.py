@@ -339,6 +339,12 @@ KNOWN_REASONS = (
 )
 
 
+def managed_ids(*, team_id: int, kind: str) -> set[str]:
+    """The ids of the objects of `kind` the team created through Sluice."""
+    rows = ManagedObject.objects.filter(team_id=team_id, kind=kind)
+    return set(rows.values_list("object_id", flat=True))
+
+
 def managed_owners(*, kind: str, object_ids: Collection[str]) -> dict[str, int]:
     """The owning team's id of each of `object_ids` that a team created through Sluice."""
     rows = ManagedObject.objects.filter(kind=kind, object_id__in=list(object_ids))

@@ -92,8 +92,8 @@ def key_rotate(*, key: ApiKey) -> IssuedKey:
 
 
 def managed_object_record(*, team_id: int, kind: str, object_id: str) -> None:
-    """`team_id` created `object_id` (an organisation-level object) through Sluice: it is
-    that team's from now on. The first owner recorded keeps it."""
+    """`team_id` created `object_id` (an evaluation, an organisation-level object) through
+    Sluice: it is that team's from now on. The first owner recorded keeps it."""
     ManagedObject.objects.get_or_create(
         kind=kind, object_id=object_id[:200], defaults={"team_id": team_id}
     )

@@ -57,7 +57,12 @@ class Target:
     api_key: str
 
     def url(self, path: str) -> str:
-        return self.base_url.rstrip("/") + path
+        """`path` is under the base URL (Together's /v1), except a path under /v2/ (the
+        together SDK's video jobs), which is under the root the base URL's /v1 is in."""
+        base = self.base_url.rstrip("/")
+        if path.startswith("/v2/") and base.endswith("/v1"):
+            return base[: -len("/v1")] + path
+        return base + path
 
 
 def sandbox_api_key() -> str:

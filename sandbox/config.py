@@ -152,6 +152,8 @@ class SandboxConfig:
     # Jobs run in accelerated time.
     fine_tune_seconds: float = 2.0
     batch_seconds: float = 2.0
+    video_seconds: float = 2.0
+    evaluation_seconds: float = 2.0
     max_running_fine_tunes: int | None = None
     # Together rejects jobs naming a file it does not hold; tests that only care about job
     # bookkeeping can switch that off.

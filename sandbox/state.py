@@ -96,6 +96,8 @@ class SandboxState:
         self.batches: dict[str, Batch] = {}
         # Dedicated endpoints by id (sandbox/endpoints.py): their models are not rate limited.
         self.endpoints: dict[str, dict[str, Any]] = {}
+        self.videos: dict[str, Any] = {}  # id -> extras.Video
+        self.evaluations: dict[str, Any] = {}  # workflow id -> extras.Evaluation
         # Every embeddings request of strings, refused or not: [model, inputs], so tests
         # see how calls were merged.
         self.embeddings_requests: list[list[Any]] = []

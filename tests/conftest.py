@@ -164,7 +164,11 @@ def _seeded_in_transaction(request):
 
 
 # The migrations that seed data, in order: what a flush removes and tests put back.
-SEEDING_MIGRATIONS = ("0002_seed_default_profile", "0013_seed_audio_limits")
+SEEDING_MIGRATIONS = (
+    "0002_seed_default_profile",
+    "0013_seed_audio_limits",
+    "0016_seed_videos_evaluations",
+)
 
 
 def seed_migrations(apps) -> None:  # type: ignore[no-untyped-def]

@@ -44,10 +44,9 @@ from limiter.gateway.exchange import (
 from limiter.gateway.forward import FORWARDED_REQUEST_HEADERS
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
-from limiter.gateway.jobs import CHECKED_FIRST
 from limiter.gateway.refusals import recorder
 from limiter.gateway.revocation import calls
-from limiter.gateway.routes import Route, build_routes
+from limiter.gateway.routes import CHECKED_FIRST, Route, build_routes
 from limiter.gateway.sink import RefusalSink
 from limiter.gateway.throttle import client_address, trusted_networks
 from limiter.models import ORG_KINDS
@@ -195,12 +194,7 @@ class TeamApi:
                     code="method_not_allowed",
                     headers={"allow": ", ".join(allowed)},
                 )
-            raise ApiError(
-                404,
-                errors.MSG_UNKNOWN_ROUTE.format(method=request.method, path=request.path),
-                type=errors.NOT_FOUND,
-                code="unknown_url",
-            )
+            raise errors.unknown_route(request.method, request.path)
         return route
 
     async def _handle(

@@ -27,11 +27,16 @@ MSG_BAD_KEY = "Invalid API key: unknown, revoked or expired."
 MSG_TOO_MANY_AUTH_FAILURES = (
     "Too many failed authentication attempts from this address; retry later."
 )
-MSG_UNKNOWN_ROUTE = "Unknown request URL: {method} {path}."
+MSG_UNKNOWN_ROUTE = (
+    "Unknown request URL: {method} {path}. Sluice does not serve this route; the routes it "
+    "serves are listed in its README."
+)
 MSG_ROUTE_REFUSED = (
     "{method} {path} is {what}, an organisation-level route of Together: Sluice does not let "
     "teams use it unless the operators allow it (a row for '{kind}' in the team's limit profile)."
 )
+# Bounded: the path is the caller's, and the message must not reflect a long one whole.
+MAX_ECHOED_PATH = 200
 MSG_METHOD_NOT_ALLOWED = "Method {method} is not allowed for {path}."
 MSG_LIMITER_DOWN = (
     "Sluice's limiter did not answer in time; the request was not sent upstream. Retry shortly."
@@ -113,7 +118,7 @@ def refused_route(*, method: str, path: str, kind: str, what: str) -> ApiError:
     naming the route, what it is and how ops allow it (docs/routes.md)."""
     return ApiError(
         403,
-        MSG_ROUTE_REFUSED.format(method=method, path=path[:200], what=what, kind=kind),
+        MSG_ROUTE_REFUSED.format(method=method[:16], path=_echoed_path(path), what=what, kind=kind),
         type=PERMISSION,
         code="route_not_allowed",
     )
@@ -134,6 +139,22 @@ def upstream_unreachable() -> ApiError:
 def invalid_key() -> ApiError:
     """What a call with an unknown, revoked or expired key is answered."""
     return ApiError(401, MSG_BAD_KEY, type=AUTHENTICATION, code="invalid_api_key")
+
+
+def unknown_route(method: str, path: str) -> ApiError:
+    """What every path under /v1/ or /v2/ that Sluice does not serve is answered: a 404 in
+    OpenAI's (and Together's) shape naming the route, never Django's HTML page. The one
+    answer for every unserved route: the router uses it, and so may a handler."""
+    return ApiError(
+        404,
+        MSG_UNKNOWN_ROUTE.format(method=method[:16], path=_echoed_path(path)),
+        type=NOT_FOUND,
+        code="unknown_url",
+    )
+
+
+def _echoed_path(path: str) -> str:
+    return path if len(path) <= MAX_ECHOED_PATH else path[:MAX_ECHOED_PATH] + "..."
 
 
 def team_paused(team: str) -> ApiError:

@@ -11,7 +11,7 @@ asks Sluice to split them: body field `"split": true` or header
 id; its parts are listed in the answer's `sluice.parts`.
 
 A batch or fine-tune is checked against its team's and key's budgets before it is stored
-(`_hold_budget`): its estimate (limiter/jobs/estimates.py) must fit what they have left,
+(`hold_budget`): its estimate (limiter/jobs/estimates.py) must fit what they have left,
 or it is refused with `budget_exceeded` (429 until the budget resets; 400 when the
 estimate is more than the whole budget), and nothing is stored; it is checked again
 when it starts (limiter/jobs/services.py).
@@ -47,6 +47,7 @@ from limiter.gateway.catalog import model_not_found
 from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.keys import KeyInfo
+from limiter.gateway.recording import record_call
 from limiter.gateway.sink import GATEWAY
 from limiter.jobs import budgets, fields, selectors, services
 from limiter.jobs.estimates import Estimate, batch_estimate, fine_tune_estimate
@@ -83,13 +84,16 @@ MODEL_FIELDS = ("model", "model_id")
 CHECKPOINT_FIELD = "from_checkpoint"
 
 
+JOB_WORDS = {JobKind.FINE_TUNE: "fine-tune job", JobKind.BATCH: "batch", JobKind.VIDEO: "video job"}
+
+
 # --- plumbing ---------------------------------------------------------------------------
-def _key(request: Request) -> KeyInfo:
+def key_of(request: Request) -> KeyInfo:
     assert request.key is not None  # the router authenticates before calling a handler
     return request.key
 
 
-def _relay(response: httpx.Response) -> Response:
+def relay(response: httpx.Response) -> Response:
     """Together's answer as it came: status, body, type and the headers that matter."""
     relayed = Response(
         status=response.status_code,
@@ -102,7 +106,7 @@ def _relay(response: httpx.Response) -> Response:
     return relayed
 
 
-def _upstream_failed(exc: UpstreamError) -> ApiError:
+def upstream_failed(exc: UpstreamError) -> ApiError:
     if exc.timeout:
         return ApiError(
             504, errors.MSG_UPSTREAM_TIMEOUT, type=errors.UPSTREAM, code="upstream_timeout"
@@ -110,11 +114,11 @@ def _upstream_failed(exc: UpstreamError) -> ApiError:
     return errors.upstream_unreachable()
 
 
-async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.Response:
+async def send_upstream(request: Request, path: str, *, stream: bool = False) -> httpx.Response:
     headers = {"content-type": request.content_type} if request.content_type else {}
     try:
         outcome = await client.send(
-            _key(request).target,
+            key_of(request).target,
             request.method,
             path,
             content=request.body or None,
@@ -124,15 +128,15 @@ async def _send(request: Request, path: str, *, stream: bool = False) -> httpx.R
             stream=stream,
         )
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+        raise upstream_failed(exc) from exc
     return outcome.response
 
 
-async def _pass(request: Request, path: str) -> Response:
-    return _relay(await _send(request, path))
+async def pass_through(request: Request, path: str) -> Response:
+    return relay(await send_upstream(request, path))
 
 
-def _require(body: dict, *names: str) -> None:
+def require(body: dict, *names: str) -> None:
     """Each named field must be a non-empty string (ids and model names are)."""
     for name in names:
         value = body.get(name)
@@ -146,13 +150,13 @@ def _require(body: dict, *names: str) -> None:
             )
 
 
-async def _own_job(request: Request, kind: str) -> Job:
+async def own_job(request: Request, kind: str) -> Job:
     job_id = request.path_params["id"]
     job = await sync_to_async(selectors.job_get_for_team)(
-        team_id=_key(request).team_id, kind=kind, public_id=job_id
+        team_id=key_of(request).team_id, kind=kind, public_id=job_id
     )
     if job is None:
-        what = "fine-tune job" if kind == JobKind.FINE_TUNE else "batch"
+        what = JOB_WORDS[JobKind(kind)]
         raise ApiError(
             404,
             MSG_JOB_NOT_FOUND.format(what=what, id=job_id),
@@ -162,14 +166,14 @@ async def _own_job(request: Request, kind: str) -> Job:
     return job
 
 
-async def _shown(job: Job) -> dict:
+async def shown_job(job: Job) -> dict:
     fresh = await sync_to_async(selectors.job_get_for_team)(
         team_id=job.team_id, kind=job.kind, public_id=job.public_id
     )
     return await sync_to_async(job_json)(fresh or job)
 
 
-async def _start_now(job: Job) -> services.StartResult | None:
+async def start_now(job: Job) -> services.StartResult | None:
     """Try to start queued work at once; the job is stored, so a failure here only delays it."""
     try:
         results = await services.jobs_start_queued(account_id=job.account_id, kind=job.kind)
@@ -183,7 +187,7 @@ async def _start_now(job: Job) -> services.StartResult | None:
 # One Together account holds every team's files: a team sees, reads and deletes only the
 # files it uploaded through Sluice or its jobs produced (selectors.file_ids_for_team).
 async def _visible_files(request: Request) -> set[str]:
-    return await sync_to_async(selectors.file_ids_for_team)(team_id=_key(request).team_id)
+    return await sync_to_async(selectors.file_ids_for_team)(team_id=key_of(request).team_id)
 
 
 def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
@@ -196,7 +200,7 @@ def _file_not_found(file_id: str, param: str | None = None) -> ApiError:
     )
 
 
-async def _own_files(request: Request, named: dict[str, Any]) -> None:
+async def own_files(request: Request, named: dict[str, Any]) -> None:
     """Each of `named` ({field: file id}) must be one of the team's files, or the call is
     answered 404 as for an unknown file (one query for them all)."""
     if not named:
@@ -209,7 +213,7 @@ async def _own_files(request: Request, named: dict[str, Any]) -> None:
         if not fields.is_upstream_id(file_id):
             raise _file_not_found(file_id, name)  # not even shaped like an id: unknown, unasked
     missing = await sync_to_async(selectors.files_not_owned)(
-        team_id=_key(request).team_id, file_ids=set(named.values())
+        team_id=key_of(request).team_id, file_ids=set(named.values())
     )
     for name, file_id in named.items():
         if file_id in missing:
@@ -220,15 +224,15 @@ async def _own_file(request: Request) -> str:
     """The path's file id, escaped for the upstream path, if the file is the team's."""
     file_id = request.path_params["id"]
     if not fields.is_upstream_id(file_id) or await sync_to_async(selectors.files_not_owned)(
-        team_id=_key(request).team_id, file_ids={file_id}
+        team_id=key_of(request).team_id, file_ids={file_id}
     ):
         raise _file_not_found(file_id)
     return fields.path_segment(file_id)
 
 
-async def _usable_models(request: Request, body: dict[str, Any]) -> None:
+async def usable_models(request: Request, body: dict[str, Any]) -> None:
     """The models and checkpoint a job body names must not be another team's."""
-    key = _key(request)
+    key = key_of(request)
     owners = await owned_models.owners()
     named = [(name, "model") for name in MODEL_FIELDS] + [(CHECKPOINT_FIELD, CHECKPOINT_FIELD)]
     for name, param in named:
@@ -237,9 +241,9 @@ async def _usable_models(request: Request, body: dict[str, Any]) -> None:
             raise await model_not_found(key, value, param=param)
 
 
-async def _check_job_body(request: Request, body: dict[str, Any]) -> None:
-    await _own_files(request, fields.file_fields(body))
-    await _usable_models(request, body)
+async def check_job_body(request: Request, body: dict[str, Any]) -> None:
+    await own_files(request, fields.file_fields(body))
+    await usable_models(request, body)
 
 
 async def _note_shown(shown: list[dict[str, Any]]) -> None:
@@ -256,7 +260,7 @@ async def _note_shown(shown: list[dict[str, Any]]) -> None:
 
 
 # --- budgets ------------------------------------------------------------------------------
-async def _hold_budget(
+async def hold_budget(
     request: Request, kind: str, model: str, jobs: list[tuple[str, Estimate]]
 ) -> None:
     """Hold the new jobs' estimates against the key's and team's budgets, or refuse the
@@ -264,7 +268,7 @@ async def _hold_budget(
     an estimate is more than a budget's whole limit, else 429 with Retry-After to the
     budget's reset. The limiter silent: 503 (failure mode "open": unchecked here, its
     start is checked again)."""
-    key = _key(request)
+    key = key_of(request)
     if not await sync_to_async(budgets.covered)(team_id=key.team_id):
         return
     try:
@@ -301,15 +305,15 @@ async def _hold_budget(
     )
 
 
-async def _accept_held(
+async def accept_held(
     request: Request, kind: str, body: dict[str, Any], estimate: Estimate | None, **extra: Any
 ) -> Job:
-    """Store a job its budgets hold (`_hold_budget` done); should storing fail, the hold
+    """Store a job its budgets hold (`hold_budget` done); should storing fail, the hold
     is let go (nothing else would: the job never existed)."""
     public_id = extra.pop("public_id")
     try:
         return await sync_to_async(services.job_accept)(
-            key=_key(request),
+            key=key_of(request),
             kind=kind,
             request=body,
             public_id=public_id,
@@ -323,7 +327,7 @@ async def _accept_held(
 
 # --- files ----------------------------------------------------------------------------
 async def files_create(request: Request) -> Response:
-    response = await _send(request, "/files")
+    response = await send_upstream(request, "/files")
     # Plain upload: the file object; the SDKs' redirect flow: X-Together-File-Id.
     file_id = response.headers.get("x-together-file-id")
     if file_id is None and response.is_success:
@@ -331,15 +335,15 @@ async def files_create(request: Request) -> Response:
             file_id = response.json().get("id")
     if fields.is_upstream_id(file_id) and (response.is_success or response.is_redirect):
         await sync_to_async(services.file_record)(
-            team_id=_key(request).team_id, file_id=str(file_id)
+            team_id=key_of(request).team_id, file_id=str(file_id)
         )
-    return _relay(response)
+    return relay(response)
 
 
 async def files_list(request: Request) -> Response:
-    response = await _send(request, "/files")
+    response = await send_upstream(request, "/files")
     if not response.is_success:
-        return _relay(response)
+        return relay(response)
     visible = await _visible_files(request)
     listing = response.json()
     rows = listing.get("data", []) if isinstance(listing, dict) else listing
@@ -348,24 +352,27 @@ async def files_list(request: Request) -> Response:
 
 
 async def file_retrieve(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}")
+    return await pass_through(request, f"/files/{await _own_file(request)}")
 
 
 async def file_delete(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}")
+    return await pass_through(request, f"/files/{await _own_file(request)}")
 
 
 async def file_preprocess(request: Request) -> Response:
-    return await _pass(request, f"/files/{await _own_file(request)}/preprocess")
+    return await pass_through(request, f"/files/{await _own_file(request)}/preprocess")
 
 
 async def file_content(request: Request) -> Response | StreamingResponse:
     # Streamed: output files can be large.
-    response = await _send(request, f"/files/{await _own_file(request)}/content", stream=True)
+    response = await send_upstream(
+        request, f"/files/{await _own_file(request)}/content", stream=True
+    )
+    record_call(request, "files", response.status_code)
     if not response.is_success:
         await response.aread()
         await response.aclose()
-        return _relay(response)
+        return relay(response)
     return StreamingResponse(
         chunks=response.aiter_raw(),
         status=response.status_code,
@@ -377,17 +384,17 @@ async def file_content(request: Request) -> Response | StreamingResponse:
 
 
 # --- either kind of job --------------------------------------------------------------
-async def _listed(request: Request, kind: str) -> list[dict]:
+async def listed_jobs(request: Request, kind: str) -> list[dict]:
     jobs = await sync_to_async(selectors.job_list_for_team)(
-        team_id=_key(request).team_id, kind=kind
+        team_id=key_of(request).team_id, kind=kind
     )
     shown = await sync_to_async(lambda: [job_json(job) for job in jobs])()
     await _note_shown(shown)
     return shown
 
 
-async def _retrieve(request: Request, kind: str) -> Response:
-    job = await _own_job(request, kind)
+async def retrieve_job(request: Request, kind: str) -> Response:
+    job = await own_job(request, kind)
     shown = await sync_to_async(job_json)(job)
     await _note_shown([shown])
     return Response.json(shown)
@@ -395,45 +402,45 @@ async def _retrieve(request: Request, kind: str) -> Response:
 
 async def _cancel(request: Request, kind: str) -> Response:
     """A queued job is cancelled here and never starts; a running one is cancelled upstream."""
-    job = await _own_job(request, kind)
+    job = await own_job(request, kind)
     try:
         job = await services.job_cancel(job=job)
     except services.UpstreamRefused as exc:
-        return _relay(exc.response)
+        return relay(exc.response)
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
-    return Response.json(await _shown(job))
+        raise upstream_failed(exc) from exc
+    return Response.json(await shown_job(job))
 
 
 # --- fine-tunes -----------------------------------------------------------------------
 def _fine_tune_body(request: Request) -> dict[str, Any]:
     body = request.json()
-    _require(body, "training_file", "model")
+    require(body, "training_file", "model")
     return body
 
 
 async def fine_tunes_create(request: Request) -> Response:
     body = _fine_tune_body(request)
-    await _check_job_body(request, body)
+    await check_job_body(request, body)
     public_id = new_public_id(JobKind.FINE_TUNE)
     estimate = None
     if budgets.enabled():
-        size = await services.file_size(key=_key(request), file_id=str(body["training_file"]))
+        size = await services.file_size(key=key_of(request), file_id=str(body["training_file"]))
         estimate = fine_tune_estimate(body, size or 0)
-        await _hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
-    job = await _accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
-    result = await _start_now(job)
+        await hold_budget(request, JobKind.FINE_TUNE, str(body["model"]), [(public_id, estimate)])
+    job = await accept_held(request, JobKind.FINE_TUNE, body, estimate, public_id=public_id)
+    result = await start_now(job)
     if result is not None and result.outcome == "failed" and result.response is not None:
-        return _relay(result.response)  # Together refused it outright: say so, as Together would
-    return Response.json(await _shown(job))
+        return relay(result.response)  # Together refused it outright: say so, as Together would
+    return Response.json(await shown_job(job))
 
 
 async def fine_tunes_list(request: Request) -> Response:
-    return Response.json({"data": await _listed(request, JobKind.FINE_TUNE)})
+    return Response.json({"data": await listed_jobs(request, JobKind.FINE_TUNE)})
 
 
 async def fine_tune_retrieve(request: Request) -> Response:
-    return await _retrieve(request, JobKind.FINE_TUNE)
+    return await retrieve_job(request, JobKind.FINE_TUNE)
 
 
 async def fine_tune_cancel(request: Request) -> Response:
@@ -441,25 +448,30 @@ async def fine_tune_cancel(request: Request) -> Response:
 
 
 async def fine_tune_events(request: Request) -> Response:
-    job = await _own_job(request, JobKind.FINE_TUNE)
+    job = await own_job(request, JobKind.FINE_TUNE)
     if not job.upstream_id:
         return Response.json({"data": []})
-    return await _pass(request, f"/fine-tunes/{fields.path_segment(job.upstream_id)}/events")
+    return await pass_through(request, f"/fine-tunes/{fields.path_segment(job.upstream_id)}/events")
 
 
 async def fine_tune_model_limits(request: Request) -> Response:
     """What the together SDK asks before creating a job: the model's training limits."""
     query = parse_qs(request.query_string.decode("latin-1"))
     for model in query.get("model_name", []):
-        if not await owned_models.usable(team_id=_key(request).team_id, name=model):
-            raise await model_not_found(_key(request), model)
-    return await _pass(request, "/fine-tunes/models/limits")
+        if not await owned_models.usable(team_id=key_of(request).team_id, name=model):
+            raise await model_not_found(key_of(request), model)
+    response = await pass_through(request, "/fine-tunes/models/limits")
+    record_call(request, "fine_tunes", response.status)
+    return response
 
 
 async def fine_tune_estimate_price(request: Request) -> Response:
     """Together prices a job from its files: the same checks as a create."""
-    await _check_job_body(request, request.json())
-    return await _pass(request, "/fine-tunes/estimate-price")
+    body = request.json()
+    await check_job_body(request, body)
+    response = await pass_through(request, "/fine-tunes/estimate-price")
+    record_call(request, "fine_tunes", response.status, model=str(body.get("model") or ""))
+    return response
 
 
 # --- batches ----------------------------------------------------------------------------
@@ -473,14 +485,14 @@ def _split_requested(request: Request, body: dict) -> bool:
 def _batch_body(request: Request) -> tuple[dict[str, Any], bool]:
     body = dict(request.json())
     split = _split_requested(request, body)
-    _require(body, "endpoint", "input_file_id")
+    require(body, "endpoint", "input_file_id")
     return body, split
 
 
 async def batches_create(request: Request) -> Response:
     body, split = _batch_body(request)
-    await _check_job_body(request, body)
-    key = _key(request)
+    await check_job_body(request, body)
+    key = key_of(request)
     plan = await _batch_plan(key, body, split)
     if isinstance(plan, Response):
         return plan
@@ -490,7 +502,7 @@ async def batches_create(request: Request) -> Response:
     if plan.part_files:
         job, warning = await _batch_accept_split(key, body, plan, ids, estimates)
     else:
-        job = await _accept_held(
+        job = await accept_held(
             request,
             JobKind.BATCH,
             body,
@@ -498,11 +510,11 @@ async def batches_create(request: Request) -> Response:
             public_id=ids[0],
             request_count=plan.request_count,
         )
-        result = await _start_now(job)
+        result = await start_now(job)
         if result is not None and result.outcome == "failed" and result.response is not None:
-            return _relay(result.response)
+            return relay(result.response)
         warning = result.warning if result is not None and result.outcome == "started" else None
-    shown = await _shown(job)
+    shown = await shown_job(job)
     if shown["status"] == "QUEUED":
         warning = " ".join(filter(None, [warning, MSG_QUEUED]))
     answer: dict[str, object] = {"job": shown}
@@ -534,9 +546,9 @@ async def _batch_plan(
             code="batch_too_large",
         ) from exc
     except services.UpstreamRefused as exc:
-        return _relay(exc.response)
+        return relay(exc.response)
     except UpstreamError as exc:
-        raise _upstream_failed(exc) from exc
+        raise upstream_failed(exc) from exc
 
 
 async def _batch_hold(
@@ -563,7 +575,7 @@ async def _batch_hold(
         for lines in plan.lines
     ]
     try:
-        await _hold_budget(request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True)))
+        await hold_budget(request, JobKind.BATCH, fallback, list(zip(ids, estimates, strict=True)))
     except ApiError:
         await services.batch_parts_delete(key=key, plan=plan)
         raise
@@ -588,16 +600,18 @@ async def _batch_accept_split(
     warning = MSG_BATCH_SPLIT.format(
         count=plan.request_count, cap=key.max_batch_requests, parts=len(plan.part_files)
     )
-    await _start_now(job)  # starts its parts, in fair order with everyone else's
+    await start_now(job)  # starts its parts, in fair order with everyone else's
     return job, warning
 
 
 async def batches_list(request: Request) -> Response:
-    return Response.json(await _listed(request, JobKind.BATCH))  # a bare array, as Together answers
+    return Response.json(
+        await listed_jobs(request, JobKind.BATCH)
+    )  # a bare array, as Together answers
 
 
 async def batch_retrieve(request: Request) -> Response:
-    return await _retrieve(request, JobKind.BATCH)
+    return await retrieve_job(request, JobKind.BATCH)
 
 
 async def batch_cancel(request: Request) -> Response:

@@ -8,9 +8,10 @@ Literal paths come before `{id}` ones: the router takes the first match.
 
 from __future__ import annotations
 
-from limiter.gateway import audio, catalog, inference
-from limiter.gateway.http import Handler
-from limiter.gateway.jobs import ROUTES as JOB_ROUTES
+from collections.abc import Callable
+
+from limiter.gateway import audio, catalog, forwarded, inference, jobs, videos
+from limiter.gateway.http import Handler, Request
 from limiter.gateway.org import org_routes
 
 Route = tuple[str, str, str, Handler]
@@ -31,5 +32,15 @@ def build_routes() -> list[Route]:
         # The together SDK 3.x lists models per project; answer with the same list.
         ("GET", "/v2/projects/{project_id}/models", "", catalog.models),
     ]
+    # The fine-tune extras before the jobs' routes: `/v1/fine-tunes/preview` is literal.
     # Organisation-level routes last: GET /v1/models stays the catalogue's.
-    return routes + JOB_ROUTES + org_routes()
+    return routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES + org_routes()
+
+
+# Routes whose body is checked by the router before admission: a body that fails is
+# answered 400 at once, without spending the key's request rate or queueing for it.
+CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
+    **jobs.CHECKED_FIRST,
+    **forwarded.CHECKED_FIRST,
+    **videos.CHECKED_FIRST,
+}

@@ -37,7 +37,7 @@ from limiter.protocol import events
 
 logger = logging.getLogger(__name__)
 
-WORDS = {JobKind.FINE_TUNE: "fine-tune", JobKind.BATCH: "batch"}
+WORDS = {JobKind.FINE_TUNE: "fine-tune", JobKind.BATCH: "batch", JobKind.VIDEO: "video"}
 
 
 class LimiterSilent(Exception):

@@ -10,6 +10,10 @@ create until its usage settles it (limiter/jobs/budgets.py, limiter/usage/budget
   unset), on its base model; in dollars 0, as Sluice knows no fine-tuning price (the
   `total_price` Together reports settles it when the job ends).
 
+- A video: no tokens; in dollars its model's per-unit price in force (staff's override),
+  else its list price (limiter/usage/job_reports.py VIDEO_LIST_PRICES), else 0 (the
+  `outputs.cost` Together reports settles it when the video ends).
+
 Stored on the job (Job.budget_hold) as {model: [tokens, dollars]}.
 """
 
@@ -21,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from limiter.usage.budgets import JobHold
+from limiter.usage.job_reports import VIDEO_LIST_PRICES
 from limiter.usage.pricing import Price, cost_of
 from limiter.usage.sizing import estimate_parts
 
@@ -89,3 +94,9 @@ def job_holds(job: str, estimate: Any) -> list[JobHold]:
             if isinstance(amounts, list) and len(amounts) == 2:
                 holds.append(JobHold(job, str(model), float(amounts[0]), float(amounts[1])))
     return holds
+
+
+def video_estimate(model: str, price: Price) -> Estimate:
+    """A video's estimate (see the module docstring): `price` is the model's in force."""
+    per_clip = price[2] if price[2] is not None else VIDEO_LIST_PRICES.get(model)
+    return {model: [0.0, float(per_clip or 0)]}

@@ -7,6 +7,8 @@ Sent as `{"type": "live.jobs", ...}` whenever it changes (and at least every
 
 from __future__ import annotations
 
+from typing import NotRequired
+
 from typing_extensions import TypedDict  # read by pydantic too (the ops API's /api/live)
 
 from limiter.protocol.events import LIVE_JOBS as LIVE_JOBS  # the protocol's constants live there
@@ -43,6 +45,8 @@ class AccountJobs(TypedDict):
     name: str
     fine_tunes: KindSlots
     batches: KindSlots
+    # Not in a snapshot from a poller older than video jobs (a rolling deploy).
+    videos: NotRequired[KindSlots]
 
 
 class LiveJobsMessage(TypedDict):

@@ -1,4 +1,4 @@
-"""Fine-tune jobs and batches Sluice holds for teams, the log of their status changes,
+"""Fine-tune jobs, batches and video jobs Sluice holds for teams, the log of their status changes,
 and which team owns which file and fine-tuned model (one Together account holds every
 team's files and models).
 
@@ -20,11 +20,15 @@ from django.utils import timezone
 
 FINE_TUNE_TERMINAL = frozenset({"completed", "cancelled", "error", "user_error"})
 BATCH_TERMINAL = frozenset({"COMPLETED", "FAILED", "EXPIRED", "CANCELLED"})
+# The together SDK 3.1's VideoJob knows in_progress, completed and failed; "cancelled"
+# is what Sluice records for one cancelled before it started.
+VIDEO_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 class JobKind(models.TextChoices):
     FINE_TUNE = "fine_tune", "Fine-tune"
     BATCH = "batch", "Batch"
+    VIDEO = "video", "Video"
 
 
 class JobState(models.TextChoices):
@@ -41,12 +45,21 @@ class JobState(models.TextChoices):
 HOLDING_STATES = (JobState.STARTING, JobState.RUNNING)
 
 # The limit profile row each kind's caps come from.
-ENDPOINT_OF_KIND = {JobKind.FINE_TUNE: "fine_tunes", JobKind.BATCH: "batches"}
+ENDPOINT_OF_KIND = {
+    JobKind.FINE_TUNE: "fine_tunes",
+    JobKind.BATCH: "batches",
+    JobKind.VIDEO: "videos",
+}
+TERMINAL_OF_KIND = {
+    JobKind.FINE_TUNE: FINE_TUNE_TERMINAL,
+    JobKind.BATCH: BATCH_TERMINAL,
+    JobKind.VIDEO: VIDEO_TERMINAL,
+}
+ID_PREFIX = {JobKind.FINE_TUNE: "ft-sluice-", JobKind.BATCH: "batch-sluice-"}
 
 
 def new_public_id(kind: str) -> str:
-    prefix = "ft-sluice-" if kind == JobKind.FINE_TUNE else "batch-sluice-"
-    return prefix + str(uuid.uuid4())
+    return ID_PREFIX.get(JobKind(kind), "video-sluice-") + str(uuid.uuid4())
 
 
 def new_marker() -> str:
@@ -118,8 +131,7 @@ class Job(models.Model):
     def is_terminal_status(self, status: str) -> bool:
         # Unknown statuses count as still running: holding a slot too long is safer
         # than starting a job Together would refuse.
-        terminal = FINE_TUNE_TERMINAL if self.kind == JobKind.FINE_TUNE else BATCH_TERMINAL
-        return status in terminal
+        return status in TERMINAL_OF_KIND[JobKind(self.kind)]
 
 
 class JobEvent(models.Model):

@@ -194,7 +194,7 @@ def jobs_version() -> int:
 
 
 def jobs_live_snapshot() -> LiveJobsMessage:
-    """Fine-tune slots and the batch queue of every upstream account."""
+    """Fine-tune, batch and video slots, and their queues, of every upstream account."""
     accounts: dict[str, AccountJobs] = {}
     for account in UpstreamAccount.objects.order_by("name"):
         caps = dict(
@@ -206,6 +206,7 @@ def jobs_live_snapshot() -> LiveJobsMessage:
             name=account.name,
             fine_tunes=_kind_slots(account.pk, JobKind.FINE_TUNE, caps.get("fine_tunes")),
             batches=_kind_slots(account.pk, JobKind.BATCH, caps.get("batches")),
+            videos=_kind_slots(account.pk, JobKind.VIDEO, caps.get("videos")),
         )
     return LiveJobsMessage(type=LIVE_JOBS, at=time.time(), accounts=accounts)
 

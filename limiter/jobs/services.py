@@ -1,4 +1,4 @@
-"""Writes on fine-tune jobs and batches: accept, start fairly within caps, poll, cancel.
+"""Writes on fine-tune jobs, batches and video jobs: accept, start fairly within caps, poll, cancel.
 
 Starting is claim-then-call: a conditional UPDATE moves a job from queued to starting
 only while the account (and the team) still has a free slot, so two processes can
@@ -49,6 +49,7 @@ from limiter.jobs.models import (
     ENDPOINT_OF_KIND,
     FINE_TUNE_TERMINAL,
     HOLDING_STATES,
+    VIDEO_TERMINAL,
     Job,
     JobEvent,
     JobKind,
@@ -89,10 +90,11 @@ KNOWN_STATUSES = {
     JobKind.FINE_TUNE: FINE_TUNE_TERMINAL
     | {"pending", "queued", "running", "compressing", "uploading", "cancel_requested"},
     JobKind.BATCH: BATCH_TERMINAL | {"VALIDATING", "IN_PROGRESS", "CANCELING"},
+    JobKind.VIDEO: VIDEO_TERMINAL | {"queued", "in_progress"},
 }
 # What Sluice records for a job that ended without ever running upstream.
-CANCELLED = {JobKind.FINE_TUNE: "cancelled", JobKind.BATCH: "CANCELLED"}
-FAILED = {JobKind.FINE_TUNE: "error", JobKind.BATCH: "FAILED"}
+CANCELLED = {JobKind.FINE_TUNE: "cancelled", JobKind.BATCH: "CANCELLED", JobKind.VIDEO: "cancelled"}
+FAILED = {JobKind.FINE_TUNE: "error", JobKind.BATCH: "FAILED", JobKind.VIDEO: "failed"}
 
 POLL_BASE_SECONDS = 1.0
 POLL_MAX_SECONDS = 60.0

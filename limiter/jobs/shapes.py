@@ -21,6 +21,8 @@ def job_json(job: Job) -> dict[str, Any]:
     """Needs `job.parts` prefetched for a split batch."""
     if job.kind == JobKind.FINE_TUNE:
         return _fine_tune(job)
+    if job.kind == JobKind.VIDEO:
+        return _video(job)
     if job.state == JobState.GROUP:
         return _split_batch(job)
     return _batch(job)
@@ -28,7 +30,7 @@ def job_json(job: Job) -> dict[str, Any]:
 
 def display_status(job: Job) -> str:
     if job.state in (JobState.QUEUED, JobState.STARTING):
-        return "queued" if job.kind == JobKind.FINE_TUNE else "QUEUED"
+        return "QUEUED" if job.kind == JobKind.BATCH else "queued"
     return job.upstream_status
 
 
@@ -60,6 +62,27 @@ def _fine_tune(job: Job) -> dict[str, Any]:
             updated_at=_iso(job.finished_at or job.created_at),
             started_at=None,
         )
+    data.update(id=job.public_id, status=display_status(job), sluice=_sluice(job))
+    return data
+
+
+def _video(job: Job) -> dict[str, Any]:
+    """The together SDK's VideoJob; one queued in Sluice is "queued", as on Together."""
+    if job.upstream:
+        data = without_secrets(job.upstream)
+    else:
+        request = job.request
+        width, height = request.get("width"), request.get("height")
+        data = {
+            "object": "video",
+            "model": request.get("model"),
+            "created_at": job.created_at.timestamp(),
+            "completed_at": job.finished_at.timestamp() if job.finished_at else None,
+            "seconds": str(request.get("seconds") or ""),
+            "size": f"{width}x{height}" if width and height else "",
+            "error": {"message": job.error, "code": None} if job.error else None,
+            "outputs": None,
+        }
     data.update(id=job.public_id, status=display_status(job), sluice=_sluice(job))
     return data
 

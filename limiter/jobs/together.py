@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,7 +27,18 @@ from limiter.upstream import Target, client
 
 logger = logging.getLogger(__name__)
 
-COLLECTION = {JobKind.FINE_TUNE: "/fine-tunes", JobKind.BATCH: "/batches"}
+# Videos live under Together's /v2/ (limiter/upstream.py Target.url).
+COLLECTION = {
+    JobKind.FINE_TUNE: "/fine-tunes",
+    JobKind.BATCH: "/batches",
+    JobKind.VIDEO: "/v2/videos",
+}
+# What an upstream job made by an interrupted start is recognised by, besides its time.
+MATCHED_FIELDS = {
+    JobKind.FINE_TUNE: ("training_file", "model"),
+    JobKind.BATCH: ("input_file_id",),
+    JobKind.VIDEO: ("model", "prompt"),
+}
 JSON_HEADERS = {"content-type": "application/json"}
 # An upstream job created this long before our claim cannot be the one we started.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -147,16 +158,26 @@ def find_started(
             if job.marker in str(item.get("model_output_name") or item.get("suffix") or ""):
                 return item
             continue
-        fields = ("training_file", "model") if job.kind == JobKind.FINE_TUNE else ("input_file_id",)
-        if all(item.get(name) == job.request.get(name) for name in fields) and _created_since(
+        fields = MATCHED_FIELDS[JobKind(job.kind)]
+        if all(_field(item, name) == job.request.get(name) for name in fields) and _created_since(
             item, since
         ):
             return item
     return None
 
 
+def _field(item: dict[str, Any], name: str) -> Any:
+    # A video job shows its request under `inputs` (Together's video guide).
+    inputs = item.get("inputs")
+    if name not in item and isinstance(inputs, dict):
+        return inputs.get(name)
+    return item.get(name)
+
+
 def _created_since(item: dict[str, Any], since: datetime) -> bool:
     raw = item.get("created_at")
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return datetime.fromtimestamp(raw, UTC) >= since  # a video's: Unix seconds
     try:
         created = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
     except ValueError:

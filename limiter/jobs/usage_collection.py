@@ -1,7 +1,7 @@
-"""The poller's usage step: what an ended fine-tune or batch used, recorded once.
+"""The poller's usage step: what an ended fine-tune, batch or video used, recorded once.
 
 A job that has ended (state `done`, with an upstream id) and has no JobUsage row yet
-is due. A fine-tune's usage is in Together's last view of it (stored by the poll that
+is due. A fine-tune's and a video's usage is in Together's last view of it (stored by the poll that
 saw it end); a batch's is in its output file, read here. What it used goes to the
 usage rollups (limiter/usage/job_reports.py says how it is counted and priced) and, when the
 job's key is known, to its budgets through the limiter, settling the estimate the job
@@ -38,6 +38,7 @@ from limiter.usage.job_reports import (
     JobUsageReport,
     batch_usage,
     fine_tune_usage,
+    video_usage,
 )
 from limiter.usage.models import UsageSource
 from limiter.usage.selectors import price_in_force
@@ -103,6 +104,12 @@ async def job_usage_collect(*, job: Job) -> bool:
     if job.kind == JobKind.FINE_TUNE:
         report = fine_tune_usage(job.upstream or {}, str(job.request.get("model") or ""))
         source = UsageSource.FINE_TUNE
+    elif job.kind == JobKind.VIDEO:
+        obj = job.upstream or {}
+        model = str(obj.get("model") or job.request.get("model") or "")
+        price = await sync_to_async(price_in_force)(model[:200])
+        report = video_usage(obj, model, price)
+        source = UsageSource.VIDEO
     else:
         batch = await _batch_report(job)
         if batch is None:

@@ -12,6 +12,12 @@ force (staff's override, else Together's list) times SLUICE_BATCH_PRICE_FACTOR (
 default: Together's documented 50% batch discount); the discounted price is what the
 rollup row keeps.
 
+A video: Together's final view of it carries `outputs.cost`, what it charged for the clip,
+in US dollars (its video guide's example answer: `"cost": 0.28`; the SDK types it as an
+integer, so either is read). Where it reports none, the clip is priced at the model's
+per-unit price in force (staff's override), else at VIDEO_LIST_PRICES; one request, one
+unit, no tokens.
+
 Exactly once: a job's rows are written in one transaction with its JobUsage row, whose
 one-to-one on the job refuses a second. Several pollers, or one seeing the final state
 twice, record it once; a poller dying before the commit leaves it for the next pass.
@@ -34,6 +40,13 @@ NANODOLLARS = Decimal(1_000_000_000)
 FINE_TUNE_STATUS = {"completed": "2xx", "cancelled": "2xx", "user_error": "4xx", "error": "5xx"}
 BATCH_STATUS = {"COMPLETED": "2xx", "CANCELLED": "2xx", "EXPIRED": "2xx", "FAILED": "5xx"}
 
+VIDEO_STATUS = {"completed": "2xx", "cancelled": "2xx", "failed": "5xx"}
+# US dollars a clip, where Together's answer states no cost. Source: Together's video
+# guide, docs.together.ai/docs/videos-overview (its example answer for
+# minimax/video-01-director: 1366x768, "cost": 0.28), read December 2026.
+VIDEO_LIST_PRICES = {"minimax/video-01-director": Decimal("0.28")}
+
+MSG_NO_VIDEO_COST = "Together reported no cost for this video, and its model has no price"
 MSG_NO_TOKEN_COUNT = "Together reported no token count for this fine-tune"
 MSG_NO_OUTPUT = "the batch has no output file"
 MSG_OUTPUT_GONE = "the batch's output file could not be read (HTTP {status})"
@@ -102,6 +115,26 @@ def fine_tune_usage(obj: dict[str, Any], fallback_model: str) -> JobUsageReport:
     model = obj.get("model") if isinstance(obj.get("model"), str) else fallback_model
     status = FINE_TUNE_STATUS.get(str(obj.get("status")), "2xx")
     return JobUsageReport([JobLine(str(model)[:200], status, 1, tokens, 0, NO_PRICE, cost)])
+
+
+def video_usage(obj: dict[str, Any], fallback_model: str, price: Price) -> JobUsageReport:
+    """A video's usage from Together's final view of it: one clip, at the cost Together
+    states, else at `price`'s per-unit amount, else at its list price."""
+    model = str(obj.get("model") if isinstance(obj.get("model"), str) else fallback_model)[:200]
+    outputs = obj.get("outputs")
+    stated = _decimal_cost(outputs.get("cost")) if isinstance(outputs, dict) else None
+    cost = stated if stated is not None else price[2]
+    if cost is None:
+        cost = VIDEO_LIST_PRICES.get(model)
+    status = VIDEO_STATUS.get(str(obj.get("status")), "2xx")
+    line = JobLine(model, status, 1, 0, 0, (None, None, cost), cost or Decimal(0))
+    return JobUsageReport([line], "" if cost is not None else MSG_NO_VIDEO_COST)
+
+
+def _decimal_cost(value: object) -> Decimal | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return Decimal(str(value))
 
 
 def batch_usage(

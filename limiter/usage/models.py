@@ -108,6 +108,7 @@ class UsageSource(models.TextChoices):
     ONLINE = "online", "Online inference"
     BATCH = "batch", "Batch inference"
     FINE_TUNE = "fine_tune", "Fine-tuning"
+    VIDEO = "video", "Video generation"
 
 
 class UsageRollup(models.Model):

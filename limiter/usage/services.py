@@ -19,6 +19,9 @@ from limiter.usage.budgets import HARD, BudgetRule
 from limiter.usage.job_reports import EndedJob, JobUsageReport, minute_of
 from limiter.usage.models import Budget, BudgetCrossing, JobUsage, ModelPrice, UsageRollup
 
+# The endpoint kind a job's usage rows are counted under, by the job's source.
+JOB_ENDPOINTS = {"fine_tune": "fine_tunes", "batch": "batches", "video": "videos"}
+
 logger = logging.getLogger(__name__)
 
 MSG_USAGE_UNSTORABLE = "Usage as reported is out of range: not recorded."
@@ -209,7 +212,7 @@ def job_usage_record(*, job: EndedJob, report: JobUsageReport, source: str) -> b
                         team_name=job.team_name,
                         key_prefix=job.key_prefix,
                         upstream=job.account_name,
-                        endpoint="fine_tunes" if source == "fine_tune" else "batches",
+                        endpoint=JOB_ENDPOINTS.get(source, "batches"),
                         model=line.model,
                         status_class=line.status_class,
                         source=source,
@@ -217,7 +220,7 @@ def job_usage_record(*, job: EndedJob, report: JobUsageReport, source: str) -> b
                         output_price=line.price[1],
                         image_price=line.price[2],
                         requests=line.requests,
-                        units=1 if source == "fine_tune" else 0,
+                        units=1 if source in ("fine_tune", "video") else 0,
                         prompt_tokens=line.prompt,
                         completion_tokens=line.completion,
                         total_tokens=line.total,

@@ -110,12 +110,12 @@
     $("teams").tBodies[0].innerHTML = rows.join("") || `<tr><td colspan="7" class="muted">No team yet.</td></tr>`;
   }
 
-  // Fine-tune and batch slots per upstream account: who holds each, what waits behind.
+  // Fine-tune, batch and video slots per upstream account: who holds each, what waits behind.
   function renderJobs(accounts) {
     const body = $("jobs").tBodies[0];
     const rows = [];
     for (const account of Object.values(accounts || {})) {
-      for (const [kind, label] of [["fine_tunes", "fine-tunes"], ["batches", "batches"]]) {
+      for (const [kind, label] of [["fine_tunes", "fine-tunes"], ["batches", "batches"], ["videos", "videos"]]) {
         const slots = account[kind];
         if (!slots) continue;
         const holders = slots.holders.map((h) => `${esc(h.team)} <code class="small">${esc(h.job)}</code> <span class="muted small">since ${esc(h.since.slice(11, 19))}</span>`).join("<br>");

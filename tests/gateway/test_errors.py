@@ -93,6 +93,47 @@ def test_unknown_route(client):
     assert "/v1/nothing-here" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/nothing-here"),
+        ("GET", "/v1/fine-tuning/jobs"),
+        ("GET", "/v2/nothing/else"),
+        ("DELETE", "/v2"),
+        ("GET", "/v1"),
+        ("GET", "/v2/videos/a/b/c"),
+    ],
+)
+def test_every_unserved_route_under_v1_and_v2_is_a_json_404_naming_it(client, method, path):
+    """Routes of Together's that Sluice does not serve, /v2/ ones (which once fell through
+    to Django's HTML 404 page) included: OpenAI's shape, the route named."""
+    response = client.request(method, path)
+    error = assert_error(response, 404, "unknown_url")
+    assert error["type"] == errors.NOT_FOUND
+    assert error["message"] == errors.MSG_UNKNOWN_ROUTE.format(method=method, path=path)
+    assert "<html" not in response.text.lower()
+
+
+def test_unknown_route_echoes_a_bounded_path(client):
+    path = "/v2/" + "x" * 5000
+    error = assert_error(client.get(path), 404, "unknown_url")
+    assert len(error["message"]) < errors.MAX_ECHOED_PATH + 200
+
+
+def test_the_refused_route_answer_names_the_route_and_echoes_a_bounded_path():
+    """Organisation-level routes are refused with a 403 (tests/gateway/test_org_routes.py
+    over HTTP); the answer names the route and bounds what it echoes of the caller's path."""
+    refused = errors.refused_route(
+        method="POST", path="/v1/billing/usage", kind="org_billing", what="billing"
+    )
+    assert refused.status == 403
+    body = json.loads(refused.body())["error"]
+    assert body["type"] == errors.PERMISSION and body["code"] == "route_not_allowed"
+    assert "POST /v1/billing/usage" in body["message"] and "'org_billing'" in body["message"]
+    long = errors.refused_route(method="GET", path="/v1/rl/" + "x" * 5000, kind="k", what="w")
+    assert len(json.loads(long.body())["error"]["message"]) < errors.MAX_ECHOED_PATH + 300
+
+
 def test_wrong_method(client):
     response = client.get(CHAT)
     assert_error(response, 405, "method_not_allowed")

@@ -7,7 +7,8 @@ have changed is checked in the database). Team B owns things:
     and the output file its batch produced;
   - fine-tunes and batches in each state a job can be in: completed, running upstream,
     queued in Sluice (B's team may run one of each kind at a time);
-  - the fine-tuned model its completed fine-tune produced.
+  - the fine-tuned model its completed fine-tune produced;
+  - videos (completed, running upstream, queued in Sluice) and an evaluation.
 Team A (the other tenant) has its own file and jobs, so a refusal is not A being broken.
 B's teammate is a second key of team B. The outsider has no key, a made-up key or B's
 revoked key; on the dashboard side, it is anonymous or a logged-in user who is not staff.
@@ -33,7 +34,30 @@ from tests.waiting import wait_until
 
 # Generous request rates: the walk makes a few hundred calls and must not be paced.
 FAST = {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 100}
-FAST_LIMITS = {"files": FAST, "fine_tunes": FAST, "batches": FAST}
+FAST_LIMITS = {
+    "files": FAST,
+    "fine_tunes": FAST,
+    "batches": FAST,
+    "videos": FAST,
+    "evaluations": FAST,
+}
+VIDEO_MODEL = "minimax/video-01-director"
+EVAL_INPUT = b'{"prompt": "2+2?", "answer": "4"}\n'
+
+
+def eval_body(file_id: str, judge: str = MODEL) -> dict[str, Any]:
+    """An evaluation create's body, the together SDK's classify shape."""
+    return {
+        "type": "classify",
+        "parameters": {
+            "input_data_file_path": file_id,
+            "judge": {"model": judge, "model_source": "serverless", "system_template": "Right?"},
+            "labels": ["right", "wrong"],
+            "pass_labels": ["right"],
+        },
+    }
+
+
 TRAINING = b"".join(json.dumps({"text": f"example {i}"}).encode() + b"\n" for i in range(10))
 NON_STAFF_USERNAME = "dev"
 NON_STAFF_PASSWORD = secrets.token_urlsafe(12)
@@ -93,6 +117,7 @@ class ServerDb:
         """Jobs and file ownership of these teams: what a /v1/ call could create or change.
         (Not a running job's upstream status: the poller updates it as it goes.)"""
         from limiter.jobs.models import Job, TeamFile
+        from limiter.models import ManagedObject
 
         def query(db: str) -> dict[str, list]:
             return {
@@ -115,6 +140,12 @@ class ServerDb:
                     .filter(team_id__in=team_ids)
                     .order_by("pk")
                     .values_list("team_id", "file_id")
+                ),
+                "objects": list(
+                    ManagedObject.objects.using(db)
+                    .filter(team_id__in=team_ids)
+                    .order_by("pk")
+                    .values_list("team_id", "kind", "object_id")
                 ),
             }
 
@@ -243,10 +274,15 @@ class World:
     b_fine_tunes: Jobs
     b_batches: Jobs
     b_model: str  # the output model of B's completed fine-tune
+    b_videos: Jobs
+    b_evaluation: str  # its workflow id
     a_file: str
     a_batch_file: str
     a_fine_tune: str
     a_batch: str
+    a_video: str
+    a_evaluation: str
+    a_eval_file: str
 
     def b_ids(self) -> set[str]:
         """Every id and name of B's, for "never shows up in A's answer" checks."""
@@ -256,6 +292,9 @@ class World:
             *self.b_fine_tunes.upstream.values(),
             *self.b_batches.public.values(),
             *self.b_batches.upstream.values(),
+            *self.b_videos.public.values(),
+            *self.b_videos.upstream.values(),
+            self.b_evaluation,
             self.b_model,
         }
 
@@ -289,15 +328,26 @@ def _issue(
     return issued["secret"], issued["key"]["id"], TeamClient(server, issued["secret"])
 
 
+def _job_path(kind: str, job_id: str) -> str:
+    return f"/v2/videos/{job_id}" if kind == "videos" else f"/v1/{kind}/{job_id}"
+
+
 def _job_status(client: TeamClient, kind: str, job_id: str) -> str:
-    answer = client.get(f"/v1/{kind}/{job_id}")
+    answer = client.get(_job_path(kind, job_id))
     assert answer.status_code == 200, answer.text
     return answer.json()["status"]
 
 
 def _build_world(server: SluiceServer, db: ServerDb) -> World:
     sandbox = server.sandbox
-    sandbox.configure({"fine_tune_seconds": 1.0, "batch_seconds": 1.0})
+    sandbox.configure(
+        {
+            "fine_tune_seconds": 1.0,
+            "batch_seconds": 1.0,
+            "video_seconds": 1.0,
+            "evaluation_seconds": 1.0,
+        }
+    )
     # The account and team A: fast request rates, the default's caps (3 fine-tunes, 10
     # batches). Team B: one running job of each kind at a time, so its next one queues.
     server.make_profile("iso-fast", FAST_LIMITS, account=True)
@@ -307,6 +357,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
             **FAST_LIMITS,
             "fine_tunes": {**FAST, "max_concurrent": 1},
             "batches": {**FAST, "max_concurrent": 1},
+            "videos": {**FAST, "max_concurrent": 1},
         },
     )
     server.make_profile("iso-c", {**FAST_LIMITS, "batches": {**FAST, "max_concurrent": 1}})
@@ -357,18 +408,27 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     preprocessed = b.client.post(f"/v1/files/{files['redirect']}/preprocess")
     assert preprocessed.status_code == 200, preprocessed.text
     files["batch_input"] = b.client.upload(batch_lines(3), "batch-api", "b-batch.jsonl")
+    files["eval_input"] = b.client.upload(EVAL_INPUT, "eval", "b-eval.jsonl")
     a_file = a.client.upload(TRAINING, "fine-tune", "a-train.jsonl")
+    a_eval_file = a.client.upload(EVAL_INPUT, "eval", "a-eval.jsonl")
     a_batch_file = a.client.upload(batch_lines(2), "batch-api", "a-batch.jsonl")
 
     def start(team: Team, kind: str, body: dict) -> str:
-        answer = team.client.post(f"/v1/{kind}", json=body)
+        path = "/v2/videos" if kind == "videos" else f"/v1/{kind}"
+        answer = team.client.post(path, json=body)
         assert answer.status_code in (200, 201), answer.text
         data = answer.json()
         return (data["job"] if kind == "batches" else data)["id"]
 
+    def evaluate(team: Team, file_id: str) -> str:
+        answer = team.client.post("/v1/evaluation", json=eval_body(file_id))
+        assert answer.status_code == 200, answer.text
+        return answer.json()["workflow_id"]
+
     fine_tune = {"model": MODEL, "training_file": files["multipart"]}
     batch = {"endpoint": "/v1/chat/completions", "input_file_id": files["batch_input"]}
-    b_fine_tunes, b_batches = Jobs(), Jobs()
+    video = {"model": VIDEO_MODEL, "prompt": "a sluice gate at dawn"}
+    b_fine_tunes, b_batches, b_videos = Jobs(), Jobs(), Jobs()
     # Short jobs first: B's (to complete), and A's own.
     b_fine_tunes.public["completed"] = start(b, "fine-tunes", fine_tune)
     b_batches.public["completed"] = start(b, "batches", batch)
@@ -376,7 +436,13 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     a_batch = start(
         a, "batches", {"endpoint": "/v1/chat/completions", "input_file_id": a_batch_file}
     )
+    b_videos.public["completed"] = start(b, "videos", video)
+    a_video = start(a, "videos", video)
+    b_evaluation = evaluate(b, files["eval_input"])
+    a_evaluation = evaluate(a, a_eval_file)
     for team, kind, job_id, done in (
+        (b, "videos", b_videos.public["completed"], "completed"),
+        (a, "videos", a_video, "completed"),
         (b, "fine-tunes", b_fine_tunes.public["completed"], "completed"),
         (b, "batches", b_batches.public["completed"], "COMPLETED"),
         (a, "fine-tunes", a_fine_tune, "completed"),
@@ -390,17 +456,21 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         )
     # Then long ones: running for the whole session, and one more of each kind that waits
     # in Sluice behind it (B's cap is one at a time).
-    sandbox.configure({"fine_tune_seconds": 3600.0, "batch_seconds": 3600.0})
+    sandbox.configure(
+        {"fine_tune_seconds": 3600.0, "batch_seconds": 3600.0, "video_seconds": 3600.0}
+    )
     b_fine_tunes.public["running"] = start(
         b, "fine-tunes", {**fine_tune, "training_file": files["redirect"]}
     )
     b_fine_tunes.public["queued"] = start(b, "fine-tunes", fine_tune)
     b_batches.public["running"] = start(b, "batches", batch)
     b_batches.public["queued"] = start(b, "batches", batch)
+    b_videos.public["running"] = start(b, "videos", video)
+    b_videos.public["queued"] = start(b, "videos", video)
 
-    for kind, jobs in (("fine-tunes", b_fine_tunes), ("batches", b_batches)):
+    for kind, jobs in (("fine-tunes", b_fine_tunes), ("batches", b_batches), ("videos", b_videos)):
         for state, job_id in jobs.public.items():
-            shown = b.client.get(f"/v1/{kind}/{job_id}").json()
+            shown = b.client.get(_job_path(kind, job_id)).json()
             if state != "queued":
                 jobs.upstream[state] = shown["sluice"]["upstream_id"]
             else:
@@ -431,10 +501,15 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_fine_tunes=b_fine_tunes,
         b_batches=b_batches,
         b_model=b_model,
+        b_videos=b_videos,
+        b_evaluation=b_evaluation,
         a_file=a_file,
         a_batch_file=a_batch_file,
         a_fine_tune=a_fine_tune,
         a_batch=a_batch,
+        a_video=a_video,
+        a_evaluation=a_evaluation,
+        a_eval_file=a_eval_file,
     )
 
 

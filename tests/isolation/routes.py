@@ -14,10 +14,12 @@ from dataclasses import dataclass
 class V1Route:
     method: str
     pattern: str  # exactly as in limiter/gateway/app.py build_routes()
-    # What the route names of someone's: "file", "fine_tune" or "batch" (in its path),
-    # "model" (the body's model), "form_model" (the model of a multipart form), "body"
-    # (file ids or a checkpoint in the body), "listing" (lists what the caller may see),
-    # "upload", "catalogue" (about Together's models or voices, nobody's own).
+    # What the route names of someone's: "file", "fine_tune", "batch", "video" or
+    # "evaluation" (in its path), "model" (the body's model), "form_model" (the model of a
+    # multipart form), "body" (file ids or a checkpoint in the body), "eval_body" (an
+    # evaluation's file and models), "listing" (lists what the caller may see), "upload",
+    # "catalogue" (about Together's models or voices, nobody's own), "org" (an
+    # organisation-level route, refused unless the profile allows its kind).
     takes: str
 
     @property
@@ -54,6 +56,16 @@ V1_ROUTES = [
     V1Route("GET", "/v1/batches", "listing"),
     V1Route("GET", "/v1/batches/{id}", "batch"),
     V1Route("POST", "/v1/batches/{id}/cancel", "batch"),
+    V1Route("POST", "/v1/evaluation", "eval_body"),
+    V1Route("GET", "/v1/evaluation", "listing"),
+    V1Route("GET", "/v1/evaluation/{id}", "evaluation"),
+    V1Route("GET", "/v1/evaluation/{id}/status", "evaluation"),
+    V1Route("POST", "/v1/fine-tunes/preview", "body"),
+    V1Route("GET", "/v1/fine-tunes/{id}/checkpoints", "fine_tune"),
+    V1Route("GET", "/v1/fine-tunes/{id}/download-tokenized-dataset", "fine_tune"),
+    V1Route("POST", "/v2/videos", "model"),
+    V1Route("GET", "/v2/videos", "listing"),
+    V1Route("GET", "/v2/videos/{id}", "video"),
     # Organisation-level routes (limiter/gateway/org.py): refused unless the profile allows
     # the kind; every method of each path is routed. The public hardware lists pass.
     V1Route("GET", "/v1/hardware", "catalogue"),

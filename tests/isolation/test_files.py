@@ -44,6 +44,7 @@ def test_listing_shows_a_team_its_own_files_only(
     assert {row["id"] for row in mine.json()["data"]} == {
         world.a_file,
         world.a_batch_file,
+        world.a_eval_file,
         *_outputs(world, team_a),
     }
     assert not world.b_ids() & {row["id"] for row in mine.json()["data"]}

@@ -15,6 +15,7 @@ BODIES = {
     "/v1/images/generations": {"prompt": "a sluice gate"},
     "/v1/rerank": {"query": "hi", "documents": ["hi", "there"]},
     "/v1/audio/speech": {"input": "hi", "voice": "polite man"},
+    "/v2/videos": {"prompt": "a sluice gate"},
 }
 # A multipart form's parts besides its model (transcriptions, translations).
 FORM_FILES = {"file": ("clip.wav", b"RIFF\x24\x00\x00\x00WAVE")}

@@ -11,7 +11,13 @@ from typing import Any
 import pytest
 
 from limiter.gateway.app import AUTH_FAILURES_PER_MINUTE
-from tests.isolation.conftest import TRAINING, TeamClient, World, assert_openai_error
+from tests.isolation.conftest import (
+    TRAINING,
+    TeamClient,
+    World,
+    assert_openai_error,
+    eval_body,
+)
 from tests.isolation.routes import V1_ROUTES, V1Route, concrete_path
 from tests.isolation.test_models import BODIES, FORM_FILES
 from tests.jobs.conftest import MODEL
@@ -23,6 +29,8 @@ def _call(world: World, route: V1Route) -> dict[str, Any]:
         "file": world.b_files["multipart"],
         "fine_tune": world.b_fine_tunes.public["running"],
         "batch": world.b_batches.public["running"],
+        "video": world.b_videos.public["running"],
+        "evaluation": world.b_evaluation,
     }
     call: dict[str, Any] = {
         "path": concrete_path(route.pattern, id=ids.get(route.takes, "x"), project_id="proj")
@@ -44,6 +52,8 @@ def _call(world: World, route: V1Route) -> dict[str, Any]:
             "training_file": world.b_files["multipart"],
             "from_checkpoint": world.b_fine_tunes.upstream["completed"],
         }
+    elif route.takes == "eval_body":
+        call["json"] = eval_body(world.b_files["eval_input"], judge=world.b_model)
     elif route.takes == "catalogue":
         call["params"] = {"model_name": world.b_model}
     return call

@@ -48,3 +48,30 @@ def test_a_teams_file_is_not_readable_around_sluice(demo_server: SluiceServer) -
 
     assert around.status_code == 401, around.content
     owner.close()
+
+
+def test_a_video_reaches_the_mounted_sandbox_under_v2_and_not_around_sluice(
+    demo_server: SluiceServer,
+) -> None:
+    """`make run`'s upstream is <Sluice>/sandbox/v1: a video job goes to the /v2/ beside
+    it (limiter/upstream.py Target.url), and is not readable there around Sluice."""
+    owner = httpx.Client(
+        base_url=demo_server.url,
+        timeout=30,
+        headers={"authorization": f"Bearer {demo_server.issue_key('iso-video')}"},
+    )
+    created = owner.post(
+        "/v2/videos", json={"model": "minimax/video-01-director", "prompt": "a sluice"}
+    )
+    assert created.status_code == 200, created.text
+    upstream_id = created.json()["sluice"]["upstream_id"]
+    assert upstream_id, created.json()  # started upstream, at the mounted sandbox
+
+    around = httpx.get(
+        f"{demo_server.url}/sandbox/v2/videos/{upstream_id}",
+        headers={"authorization": "Bearer anything"},
+        timeout=30,
+    )
+
+    assert around.status_code == 401, around.content
+    owner.close()

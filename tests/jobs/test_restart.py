@@ -38,13 +38,16 @@ def _claim_interrupted(key, kind: str, request: dict) -> Job:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("kind", [JobKind.FINE_TUNE, JobKind.BATCH])
+@pytest.mark.parametrize("kind", [JobKind.FINE_TUNE, JobKind.BATCH, JobKind.VIDEO])
 async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(
     sandbox, make_key, kind
 ):
     key = await sync_to_async(make_key)("alpha")
     if kind == JobKind.FINE_TUNE:
         body = {"model": MODEL, "training_file": upload(sandbox, b'{"text": "x"}\n', "fine-tune")}
+    elif kind == JobKind.VIDEO:
+        # Found again by its model and prompt, and a created_at in Unix seconds.
+        body = {"model": "minimax/video-01-director", "prompt": "a sluice gate"}
     else:
         body = {
             "endpoint": "/v1/chat/completions",
@@ -62,7 +65,10 @@ async def test_interrupted_start_that_reached_together_is_adopted_not_repeated(
     assert (job.state, job.upstream_id) == (JobState.RUNNING, created["id"])
     await drive(Poller(start_deadline=0), all_done)
     stats = sandbox.stats()
-    assert stats["fine_tunes"]["created"] + stats["batches"]["created"] == 1
+    async with httpx.AsyncClient(headers={"authorization": "Bearer k"}) as http:
+        videos = (await http.get(f"{sandbox.url}/v2/videos")).json()["data"]
+    created_anywhere = len(videos)
+    assert stats["fine_tunes"]["created"] + stats["batches"]["created"] + created_anywhere == 1
 
 
 @pytest.mark.django_db(transaction=True)
