@@ -74,6 +74,10 @@ QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
 CONCURRENCY_LIMITED = "concurrency_limited"
 UPSTREAM_PAUSED = "upstream_paused"
+# The account's ceiling held it, and its class had used up its guaranteed share (others
+# are served within theirs first), or a call of a higher priority was waiting before it.
+SHARE_USED_UP = "share_used_up"
+PRIORITY_WAITING = "priority_waiting"
 # A ticket whose units no bucket can hold: a bug upstream of the engine, refused alone.
 INVALID_UNITS = "invalid_units"
 

@@ -494,7 +494,11 @@ class EngineMachine(RuleBasedStateMachine):
         assert len(engine._deadlines) <= COMPACT_FACTOR * len(engine.tickets) + SLACK
         assert len(engine._lease_expiries) <= COMPACT_FACTOR * len(engine.leases) + SLACK
         for group in engine.groups.values():
-            assert set(group.served) == set(group.by_key)
+            assert (
+                set(group.served)
+                == set(group.waiting)
+                == {t.flow for q in group.by_key.values() for t in q}
+            )
             assert group.size == sum(len(q) for q in group.by_key.values())
         assert sum(g.size for g in engine.groups.values()) == len(engine.tickets)
         assert len(engine.scopes) <= 5 and len(engine.groups) <= 2
