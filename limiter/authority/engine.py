@@ -1,4 +1,4 @@
-"""The admission arithmetic: GCRA buckets, leases and a fair queue. Pure and synchronous.
+"""The admission arithmetic: GCRA buckets, leases and a shared queue. Pure and synchronous.
 
 Nothing here does I/O or reads the clock: every call takes `now` (seconds, monotonic),
 so the tests control time instead of sleeping. The limiter's consumer
@@ -36,23 +36,36 @@ Leases and settling
 
 Queue
   A request that cannot go at once waits in the queue of its upstream scope, in a FIFO
-  per key. Keys are served fairly by cost (start-time fair queuing): each waiting key
-  has a tag, the account capacity it has been served since it started waiting (in
-  seconds of that capacity: the larger of one request and its tokens); the head of the
-  least-served key goes next. A key that starts waiting joins at the tag the key served
-  last has reached (no credit for idle time, no catching up on service another key got
-  alone). That head holds its turn while it waits for the account: nobody behind it
-  overtakes, however small. Only a head held back by its own key's limit is passed over
-  (it delays no one else's share of the account). A retry after an upstream 429
-  (`reacquire`) takes the head of its key's queue.
+  per key. Its ticket brings its class (sharing.py: a team, or a key given a share of
+  its own; a ticket with none is its key's own class), its priority (critical, standard,
+  background) and its class's weight. The heads are served in this order (HTB-like):
+  (a) a head whose class has been served less than its guaranteed share of the ceiling
+  (measured over a decaying window, in seconds of the account's capacity, so it follows
+  the ceiling as it moves) goes first: a class that comes back takes the next grant,
+  never waiting for the borrowers' queues; (b) then the highest priority with a head
+  waiting (background only when nobody else waits); (c) within one priority, weighted
+  start-time fair queuing by cost per flow (class x priority): each waiting flow has a
+  tag, the account capacity it has been served since it started waiting over its weight
+  (in seconds of that capacity: the larger of one request and its tokens), and the
+  least-served flow's earliest head goes next. A flow that starts waiting joins at the
+  tag its priority's flow served last has reached (no credit for idle time, no catching
+  up on service another flow got alone); a grant within a share does not advance the
+  tag, but raises a tag left behind to the least-served other flow's. That head holds
+  its turn while it waits for the account: nobody behind it overtakes, however small.
+  Only a head held back by its own key's limit is passed over (it delays no one else's
+  share of the account), so no priority or share lets a key exceed its own limits.
+  Work-conserving: whoever waits alone gets the whole ceiling. A retry after an
+  upstream 429 (`reacquire`) takes the head of its key's queue. `reclassify` applies new
+  classes to queued tickets at once.
   A request whose projected wait in that order already exceeds its max wait is refused
   at once, with the wait as its Retry-After. The max wait is its key's, unless the
   ticket brings its own (a merged embeddings request waits as long as its most patient
   caller allows), which `extend` may raise while it waits (a more patient caller joined).
 
 Guarantees (`tests/limiter/test_engine_invariants.py` checks each after every step of
-generated histories of acquires, releases with actual usage, renewals, cancels, limit
-changes, upstream pauses, restarts with adoption and time passing)
+generated histories of acquires under generated classes (shares, priorities, weights,
+changed mid-history), releases with actual usage, renewals, cancels, limit changes,
+upstream pauses, restarts with adoption and time passing)
   1. Rate. For every bucket, between two changes of its limit, and for every run of
      charges ending with an admission: units charged <= max(capacity, n) + rate x d,
      where d is the run's duration and n the size of its first request (larger than
@@ -67,11 +80,15 @@ changes, upstream pauses, restarts with adoption and time passing)
      adopted later is counted at once, so the cap can be exceeded by late adoptions.
   3. Deadlines. Every queued ticket is answered (granted or refused) by its deadline,
      provided the caller polls at `next_wakeup`.
-  4. Fairness. While two keys are both waiting on one account, and neither is held
-     back by its own key's limit, the account capacity each is served differs by at
-     most two requests of the largest cost (one from where their tags stood when the
-     second started waiting, one from the last grant): neither gets more than its share
-     plus one maximum-size request.
+  4. Fairness, shares and priorities. (a) A grant beyond its class's guaranteed share
+     never goes while a head of a class below its share waits; (b) nor, unless within
+     the grantee's share, while a head of a higher priority waits (heads held back by
+     their own key's limit excepted). (c) While two flows of one priority, neither with
+     a share, are both waiting on one account, and neither is held back by its own
+     key's limit, the account capacity each is served is within its weighted part of
+     what both were served plus one maximum-size request: s_i <= (s_i + s_j) x w_i /
+     (w_i + w_j) + max cost. (With weights 1, as before: neither gets more than its
+     share plus one maximum-size request.)
   5. Restart. Every admission leaves a bucket at most full, so a restarted engine that
      assumes every bucket full at `unknown_before` never admits more than the old one
      could have, as long as `unknown_before` is no earlier than the old instance's last
@@ -1003,12 +1020,15 @@ class Engine:
 
     def _serve(self, group: _Group, head: Ticket, now: float) -> None:
         """Advance the tag of the flow served. Within its class's guaranteed share a grant
-        is not borrowing: its flow is levelled with its priority's virtual time (no
-        credit, no penalty) instead of paying for the grant in the weighted order."""
+        is not borrowing: it does not advance the flow's tag (no penalty), but a tag left
+        behind is raised to the least-served other flow of its priority (no credit: a
+        class served by its share does not catch up on borrowing afterwards)."""
         cost = self._cost(head)
-        flow, vtime = head.flow, group.vtime.get(head.klass.priority, 0.0)
+        flow, priority = head.flow, head.klass.priority
+        vtime = group.vtime.get(priority, 0.0)
         if group.below_share(head, now):
-            group.served[flow] = max(group.served[flow], vtime)
+            others = [tag for f, tag in group.served.items() if f[1] == priority and f != flow]
+            group.served[flow] = max(group.served[flow], min(others, default=vtime))
         else:
             group.served[flow] += cost / head.klass.weight
             group.vtime[head.klass.priority] = group.served[flow]
