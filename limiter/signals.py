@@ -20,7 +20,15 @@ from channels.layers import get_channel_layer
 from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save
 
-from limiter.models import ApiKey, ConfigVersion, EndpointLimit, LimitProfile, Team, UpstreamAccount
+from limiter.models import (
+    ApiKey,
+    ConfigVersion,
+    EndpointLimit,
+    LimitProfile,
+    Share,
+    Team,
+    UpstreamAccount,
+)
 from limiter.protocol import events
 from limiter.protocol.changes import drop_caches
 
@@ -51,4 +59,4 @@ def watch_configuration(*watched: type[models.Model]) -> None:
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-delete-{name}")
 
 
-watch_configuration(ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount)
+watch_configuration(ApiKey, EndpointLimit, LimitProfile, Share, Team, UpstreamAccount)

@@ -984,9 +984,9 @@ class Engine:
         if not group.waiting[flow]:
             del group.waiting[flow], group.served[flow]
 
-    def reclassify(self, classify: Callable[[Ticket], Klass], now: float) -> list[Decision]:
+    def reclassify(self, classify: Callable[[Ticket], Klass]) -> None:
         """The classes changed (a new configuration): every queued ticket takes its new
-        class, priority and weight at once, and whoever that lets go is served."""
+        class, priority and weight at once (the next `poll` serves in the new order)."""
         for ticket in self.tickets.values():
             klass = classify(ticket).bounded()
             if klass == ticket.klass:
@@ -995,7 +995,6 @@ class Engine:
             self._leave(group, ticket.flow)
             ticket.klass = klass
             self._join(group, ticket.flow)
-        return self.poll(now)
 
     def _turn(self, group: _Group, now: float) -> Ticket | None:
         """The head whose turn it is, in the order of service (_Group.rank), passing over

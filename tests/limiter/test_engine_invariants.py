@@ -552,7 +552,8 @@ class EngineMachine(RuleBasedStateMachine):
     ) -> None:
         # A new configuration: queued calls take their new class, priority and weight.
         self._classes(shares, weights, priorities)
-        self._process(self.engine.reclassify(lambda t: self._klass(t.key.id[1]), self.now))
+        self.engine.reclassify(lambda t: self._klass(t.key.id[1]))
+        self._process(self.engine.poll(self.now))
 
     # The rarer events share one rule (and one draw), so they do not crowd out the
     # requests' side.

@@ -171,7 +171,7 @@ def test_a_new_configuration_reorders_the_queue_at_once():
     q.ask("b", Klass("b"), n=20)
     q.run(3.5)
     q.engine.reclassify(
-        lambda t: Klass(t.klass.id, priority=CRITICAL if t.klass.id == "b" else STANDARD), q.now
+        lambda t: Klass(t.klass.id, priority=CRITICAL if t.klass.id == "b" else STANDARD)
     )
     q.run(10.0)
     assert [key for at, key in q.granted if at > 3.5] == ["b"] * 7  # at 4, 5, ..., 10
