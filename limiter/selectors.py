@@ -320,5 +320,7 @@ KNOWN_REASONS = (
     events.QUEUE_TIMEOUT,
     events.CONCURRENCY_LIMITED,
     events.UPSTREAM_PAUSED,
+    events.SHARE_USED_UP,
+    events.PRIORITY_WAITING,
     "upstream_rate_limited",
 )

@@ -44,7 +44,7 @@ class Codec:
         """The engine's decision on a ticket."""
         ticket = decision.ticket
         grant = decision.kind == "grant"
-        return {
+        message: DecisionMessage = {
             "type": events.DECISION,
             "ticket": ticket.id,
             "kind": decision.kind,
@@ -63,6 +63,9 @@ class Codec:
             # The reservation its usage report settles (its ticket id), when it holds one.
             "reservation": ticket.id if grant and self.budgets.reserved(ticket.id) else "",
         }
+        if decision.rule:
+            message["rule"] = decision.rule
+        return message
 
     def refusal(self, ticket: str, refusal: Refusal, quota: Quota) -> DecisionMessage:
         """A refusal before the engine charged anything, with the key scope's quota."""

@@ -380,6 +380,7 @@ class Ticket:
     max_wait: float = 0.0
     refundable: bool = False  # always a lease, so that an unused grant can be handed back
     klass: Klass = DEFAULT_CLASS  # its class on the account: share, weight, priority
+    rule: str = ""  # queued: the rule it waited on (the reason its wait was projected with)
 
     @property
     def scopes(self) -> tuple[Scope, Scope]:
@@ -423,8 +424,8 @@ class Decision:
     reason: str = ""  # refuse: a reason code; queued: the rule it waits on
     retry_after: float = 0.0  # refuse: seconds; queued: projected wait
     scope: str = ""  # refuse: "key" or "account", whose limit refused
-    # queue_timeout: the rule it waited on (a reason code: its key's rate, the account's
-    # ceiling, its class's share used up, a higher priority waiting)
+    # queue_timeout, or a grant that queued: the rule it waited on (a reason code: its
+    # key's rate, the account's ceiling, its class's share used up, a higher priority)
     rule: str = ""
 
 
@@ -804,6 +805,7 @@ class Engine:
             decisions.append(refusal)
             return decisions
         ticket.deadline = now + ticket.max_wait
+        ticket.rule = projected[1]
         self._push(self._deadlines, ticket.deadline, ticket.id)
         decisions.append(
             Decision(
@@ -853,7 +855,12 @@ class Engine:
             )
             self._push(self._lease_expiries, now + self.lease_ttl, lease)
         return Decision(
-            "grant", ticket, self.quota(ticket.key, now), lease=lease, waited=now - ticket.arrived
+            "grant",
+            ticket,
+            self.quota(ticket.key, now),
+            lease=lease,
+            waited=now - ticket.arrived,
+            rule=ticket.rule,
         )
 
     def _settle(

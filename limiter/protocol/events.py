@@ -155,6 +155,8 @@ class DecisionMessage(TypedDict):
     reservation: NotRequired[str]
     # A refusal the limiter words itself (budget_exceeded names the budget and its reset).
     message: NotRequired[str]
+    # A grant that queued, or a queue_timeout: the rule it waited on (a reason code).
+    rule: NotRequired[str]
 
 
 class ReleaseMessage(TypedDict):

@@ -53,6 +53,7 @@ class Grant:
     # The budget reservation the call holds (its ticket id; "" for none): its usage report
     # settles it, and a grant handed back unused settles it at 0 (`unreserve`).
     reservation: str = ""
+    waited_on: str = ""  # the rule it queued on (events' reason codes), when it queued
 
     @classmethod
     def of(cls, decision: DecisionMessage, age: float) -> Grant:
@@ -66,6 +67,7 @@ class Grant:
             budgeted=bool(decision.get("budgeted")),
             max_wait=decision.get("max_wait"),
             reservation=decision.get("reservation", ""),
+            waited_on=decision.get("rule", ""),
         )
 
 
