@@ -125,6 +125,7 @@ def scope_names() -> dict[str, dict[str, dict[str, str]]]:
             str(pk): {"name": name}
             for pk, name in UpstreamAccount.objects.values_list("pk", "name")
         },
+        "team": {str(pk): {"name": name} for pk, name in Team.objects.values_list("pk", "name")},
     }
 
 

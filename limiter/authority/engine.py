@@ -439,6 +439,7 @@ class _Group:
     served: dict[Flow, float] = field(default_factory=dict)
     waiting: dict[Flow, int] = field(default_factory=dict)  # queued tickets per flow
     usage: dict[str, Usage] = field(default_factory=dict)  # class id -> recent service
+    classes: dict[str, Klass] = field(default_factory=dict)  # class id -> as last granted
     size: int = 0
     # Per priority, the tag the flow served last reached: where a flow that starts
     # waiting joins.
@@ -462,6 +463,7 @@ class _Group:
         a key with no class has no share to measure against)."""
         if ticket.klass.id:
             self.usage.setdefault(ticket.klass.id, Usage()).add(cost, now)
+            self.classes[ticket.klass.id] = ticket.klass
 
 
 class Engine:
@@ -749,7 +751,7 @@ class Engine:
             self.groups.pop(sid, None)
         for group in self.groups.values():  # classes served long ago: nothing to measure
             for cls in [c for c, u in group.usage.items() if u.read(now) < FORGET_BELOW]:
-                del group.usage[cls]
+                del group.usage[cls], group.classes[cls]
         return stale
 
     # --- admission ------------------------------------------------------------------------

@@ -83,3 +83,14 @@ def below_share(usage: Usage | None, share: float, now: float) -> bool:
     if share <= 0:
         return False
     return usage is None or usage.read(now) < share * SHARE_WINDOW
+
+
+def sharing_state(share: float, use: float, waiting: int) -> str:
+    """What a class does with the ceiling now, for the live view: `use` and `share` are
+    fractions of the ceiling in force over the share window."""
+    if share > 0 and use < share:
+        # Below its share: waiting, it goes first (reclaims); idle, the rest is lent.
+        return "reclaiming" if waiting else "lending"
+    if use > share + 0.005:
+        return "borrowing"
+    return "within" if use > 0 or waiting else "idle"

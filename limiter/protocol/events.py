@@ -312,6 +312,23 @@ class ScopeSnapshot(TypedDict):
     refused_last_minute: dict[str, int]  # {"gateway": n, "upstream": n}
 
 
+class SharingSnapshot(TypedDict):
+    """One class's part of an account's model ceiling (issue 21): its guaranteed share,
+    what it used lately (both fractions of the ceiling in force, over the engine's share
+    window), its calls waiting, and whether it lends its share or borrows beyond it now."""
+
+    account: str  # UpstreamAccount pk
+    endpoint: str
+    model: str
+    holder: str  # "team:<pk>" or "key:<pk>"
+    share: float
+    priority: int  # 0 background, 1 standard, 2 critical
+    weight: float
+    use: float
+    waiting: int
+    state: str  # "lending" | "borrowing" | "reclaiming" | "within" | "idle"
+
+
 class LiveSnapshot(TypedDict):
     type: str  # LIVE_SNAPSHOT
     at: float  # unix time
@@ -325,3 +342,4 @@ class LiveSnapshot(TypedDict):
     # [[bucket_start_unix_seconds, admitted, queued, refused], ...], empty buckets left out
     history: dict[str, list[list[int]]]
     coalescing: list[CoalescingSnapshot]
+    sharing: NotRequired[list[SharingSnapshot]]  # per account and model, each class's part
