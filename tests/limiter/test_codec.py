@@ -50,12 +50,24 @@ def test_the_engines_decisions_are_worded_with_the_instance_and_the_clock():
     )
     assert (message["limit"], message["remaining"], message["budgeted"]) == (60, 0, False)
     assert message["reservation"] == "" and message["at"] >= before
-    assert set(message) == set(DecisionMessage.__annotations__) - {"message"}
+    # A grant that did not queue waited on no rule.
+    assert set(message) == set(DecisionMessage.__annotations__) - {"message", "rule"}
     queued_message = words.decision(queued)
     assert (queued_message["kind"], queued_message["max_wait"]) == ("queued", 30.0)
     assert queued_message["retry_after"] == pytest.approx(1.0)
+    assert queued_message["reason"] == "rate_limited"  # the rule it waits on: its own key's
     refused_message = words.decision(refused)
     assert (refused_message["kind"], refused_message["reason"]) == ("refuse", "queue_full")
+
+
+def test_a_grant_that_queued_names_the_rule_it_waited_on():
+    # (A timeout's rule: tests/limiter/test_engine_shares.py.)
+    words = Codec("limiter-1", budgets())
+    engine = Engine()
+    decide(engine, "t1")
+    decide(engine, "t2")  # queued behind its key's (and the account's) one a minute
+    (granted,) = engine.poll(60.0)
+    assert words.decision(granted)["rule"] == "rate_limited"  # its key, as tight as the account
 
 
 def test_a_grant_a_budget_covers_is_budgeted_and_names_its_reservation():
@@ -78,7 +90,11 @@ def test_a_refusal_before_the_engine_is_a_decision_message_like_the_engines():
         assert (message["limit"], message["remaining"], message["reset"]) == (60, 3, 2.5)
         assert (message["lease"], message["waited"], message["max_wait"]) == ("", 0.0, 0.0)
         assert message["retry_after"] >= 0.001 and message["limiter"] == "limiter-1"
-        assert set(message) == set(DecisionMessage.__annotations__) - {"budgeted", "reservation"}
+        assert set(message) == set(DecisionMessage.__annotations__) - {
+            "budgeted",
+            "reservation",
+            "rule",
+        }
 
 
 def test_a_tickets_extras_are_the_engines_arguments():
