@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, report, runner, usage_cpu
+from bench import dynamic, report, runner, shares, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -28,7 +28,9 @@ START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 DYNAMIC_START, DYNAMIC_END = "<!-- bench:dynamic:start -->", "<!-- bench:dynamic:end -->"
 # Usage recording's CPU cost (bench/usage_cpu.py), its own part too.
 USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage")
+# Issue 21's shares scenario (bench/shares.py), its own part too.
+SHARES_START, SHARES_END = "<!-- bench:shares:start -->", "<!-- bench:shares:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "shares")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         choices=PARTS,
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
-            "embeddings coalescing alone, or usage recording's CPU cost"
+            "embeddings coalescing alone, usage recording's CPU cost, or issue 21's shares"
         ),
     )
     args = parser.parse_args(argv)
@@ -94,6 +96,15 @@ def main(argv: list[str] | None = None) -> None:
         print(text)
         if args.out:
             write_report(args.out, text, DYNAMIC_START, DYNAMIC_END)
+    if args.only in (None, "shares"):
+        started, load_before = time.monotonic(), runner.load_average()
+        figures = shares.table(shares.run(log))
+        machine = report.machine(load_before, runner.load_average())
+        text = f"Command: `{command}`\n\n{machine}\n\n{figures}"
+        text += f"\nRun time {time.monotonic() - started:.0f} s.\n"
+        print(text)
+        if args.out:
+            write_report(args.out, text, SHARES_START, SHARES_END)
 
 
 def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
