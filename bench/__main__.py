@@ -97,14 +97,20 @@ def main(argv: list[str] | None = None) -> None:
         if args.out:
             write_report(args.out, text, DYNAMIC_START, DYNAMIC_END)
     if args.only in (None, "shares"):
-        started, load_before = time.monotonic(), runner.load_average()
-        figures = shares.table(shares.run(log))
-        machine = report.machine(load_before, runner.load_average())
-        text = f"Command: `{command}`\n\n{machine}\n\n{figures}"
-        text += f"\nRun time {time.monotonic() - started:.0f} s.\n"
+        text = _shares(command, log)
         print(text)
         if args.out:
             write_report(args.out, text, SHARES_START, SHARES_END)
+
+
+def _shares(command: str, log: Callable[[str], None]) -> str:
+    started, load_before = time.monotonic(), runner.load_average()
+    figures = shares.table(shares.run(log))
+    machine = report.machine(load_before, runner.load_average())
+    return (
+        f"Command: `{command}`\n\n{machine}\n\n{figures}"
+        f"\nRun time {time.monotonic() - started:.0f} s.\n"
+    )
 
 
 def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
