@@ -2,7 +2,8 @@
 measure Sluice against its baselines on loopback and print markdown tables (see
 bench/__init__.py): the gateway's (latency, throughput, CPU, decisions, accuracy, and
 embeddings coalescing), and issue 11's scenarios against Together's dynamic limits
-(bench/dynamic.py), and usage recording's CPU cost (bench/usage_cpu.py). `--only
+(bench/dynamic.py), usage recording's CPU cost (bench/usage_cpu.py), and issue 21's shares
+scenario (bench/shares.py). `--only
 coalesce` runs the coalescing scenario alone (printed only).
 
 A development tool, not part of the served application: it starts every server it
