@@ -43,6 +43,28 @@ PROD_OFF = (40.0, 70.0)  # prod stops for 30 s
 STEADY = (10.0, 40.0)  # all three asking, after the first seconds
 PROD_RATE, DEV_RATE, EXP_RATE = 150 / 60, 8.0, 100 / 60
 SHARE = 0.6
+BACKGROUND_SECONDS = 60.0
+APP_RATE = 3.0  # 180 a minute: two thirds of the ceiling in force (270)
+
+
+def provision_background(priorities: bool) -> None:
+    """Teams app (standard) and batch (background, with `priorities`) on the default
+    account; their keys as JSON."""
+    from limiter.models import LimitProfile, Team, UpstreamAccount
+    from limiter.services import key_issue
+
+    account = UpstreamAccount.objects.get(is_default=True)
+    profile = LimitProfile.objects.get(name="bench-burst")
+    keys = {}
+    for name in ("app", "batch"):
+        team, _ = Team.objects.update_or_create(
+            name=f"bench-{name}", defaults={"profile": profile, "upstream": account}
+        )
+        if priorities and name == "batch":
+            team.priority = "background"
+            team.save()
+        keys[name] = key_issue(team=team).secret
+    print(json.dumps(keys))
 
 
 def provision(shares: bool) -> None:
@@ -149,6 +171,46 @@ def run_one(sandbox: Sandbox, tmp: Path, shares: bool) -> dict[str, Any]:
     return figures(result, stats)
 
 
+def background_one(sandbox: Sandbox, tmp: Path, priorities: bool) -> dict[str, Any]:
+    """A standard key asking 180 a minute beside a background key flooding (8 a second,
+    its queue up to 30 s long): the background key should get only what the standard one
+    leaves, and all of it."""
+    tmp.mkdir()
+    with Sluice(tmp, sandbox, CEILING) as sluice:
+        sandbox.control({"reset": True, "dynamic": LIMITS})
+        command = (
+            f"from bench.shares import provision_background; provision_background({priorities!r})"
+        )
+        out = manage(sluice.env, "shell", "-v", "0", "-c", command)
+        keys = json.loads(out.strip().splitlines()[-1])
+        url = f"{sluice.urls[0]}/v1/chat/completions"
+        streams = [
+            {
+                "name": name,
+                "url": url,
+                "key": keys[name],
+                "model": MODEL,
+                "rate": rate,
+                "duration": BACKGROUND_SECONDS,
+            }
+            for name, rate in (("app", APP_RATE), ("batch", DEV_RATE))
+        ]
+        result = run_openloop(streams, BACKGROUND_SECONDS)
+        stats = sandbox.stats()
+    records, rate = result["requests"], CAP / 60
+    window = (10.0, BACKGROUND_SECONDS)
+    app = [r for r in records if r["stream"] == "app" and window[0] <= r["at"] < window[1]]
+    waits = sorted(r.get("queued_ms", 0) for r in app if r["status"] == 200)
+    span = rate * (window[1] - window[0])
+    return {
+        "app_200": sum(r["status"] == 200 for r in app) / len(app),
+        "app_p95_wait_ms": percentile(waits, 95) if waits else None,
+        "batch_use": _granted(records, "batch", *window) / span,
+        "total_use": _granted(records, None, *window) / span,
+        "upstream_429": Upstream.of(stats, MODEL).status_429,
+    }
+
+
 def run(log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Both runs, each on a fresh deployment: shares on, then the baseline with them off."""
     with tempfile.TemporaryDirectory(prefix="sluice-bench-shares-") as tmp:
@@ -157,6 +219,9 @@ def run(log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
             on = run_one(sandbox, Path(tmp) / "shares", True)
             log("shares: the baseline, shares off")
             off = run_one(sandbox, Path(tmp) / "off", False)
+            log("shares: a background key beside a standard one, then both standard")
+            on["background"] = background_one(sandbox, Path(tmp) / "bg", True)
+            off["background"] = background_one(sandbox, Path(tmp) / "bg-off", False)
     return {"shares on": on, "shares off (baseline)": off}
 
 
@@ -175,6 +240,15 @@ ROWS = [
 ]
 
 
+BACKGROUND_ROWS = [
+    ("app (standard, 180/min) answered 200", "app_200", lambda v: f"{v:.1%}"),
+    ("app p95 queue wait", "app_p95_wait_ms", lambda v: f"{v:.0f} ms"),
+    ("batch (background flood) grants / 300 a min", "batch_use", lambda v: f"{v:.1%}"),
+    ("app+batch grants / 300 a min", "total_use", lambda v: f"{v:.1%}"),
+    ("Together's 429s (background run)", "upstream_429", lambda v: f"{v}"),
+]
+
+
 def table(results: dict[str, dict[str, Any]]) -> str:
     names = list(results)
     lines = [f"| | {' | '.join(names)} |", "|---|" + "---|" * len(names)]
@@ -186,6 +260,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
                 cells.append(f"{value} / {results[name]['upstream_sent']}")
             else:
                 cells.append("—" if value is None else shown(value))  # type: ignore[misc]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    for label, field, shown in BACKGROUND_ROWS:
+        cells = []
+        for name in names:
+            value = results[name].get("background", {}).get(field)
+            cells.append("—" if value is None else shown(value))
         lines.append(f"| {label} | {' | '.join(cells)} |")
     target = results[names[0]]["return_target_ms"]
     lines.append(
