@@ -2,9 +2,10 @@
 measure Sluice against its baselines on loopback and print markdown tables (see
 bench/__init__.py): the gateway's (latency, throughput, CPU, decisions, accuracy, and
 embeddings coalescing), and issue 11's scenarios against Together's dynamic limits
-(bench/dynamic.py), usage recording's CPU cost (bench/usage_cpu.py), and sharded
-limiters simulated (bench/shards.py). `--only coalesce` runs the coalescing scenario
-alone (printed only).
+(bench/dynamic.py), usage recording's CPU cost (bench/usage_cpu.py), sharded limiters
+simulated (bench/shards.py), a flood refused locally (bench/flood.py) and issue 21's shares
+scenario (bench/shares.py). `--only coalesce` runs the coalescing scenario alone (printed
+only).
 
 A development tool, not part of the served application: it starts every server it
 measures as a subprocess, so it needs no Django set-up of its own.
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, flood, report, runner, shards_report, usage_cpu
+from bench import dynamic, flood, report, runner, shards_report, shares, usage_cpu
 from bench.coalesce import table as coalesce_table
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -33,7 +34,9 @@ USAGE_START, USAGE_END = "<!-- bench:usage:start -->", "<!-- bench:usage:end -->
 SHARDS_START, SHARDS_END = "<!-- bench:shards:start -->", "<!-- bench:shards:end -->"
 # A flood refused locally (bench/flood.py), its own part too.
 FLOOD_START, FLOOD_END = "<!-- bench:flood:start -->", "<!-- bench:flood:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards", "flood")
+# Issue 21's shares scenario (bench/shares.py), its own part too.
+SHARES_START, SHARES_END = "<!-- bench:shares:start -->", "<!-- bench:shares:end -->"
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards", "flood", "shares")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -73,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
             "embeddings coalescing alone, usage recording's CPU cost, sharded limiters "
-            "simulated (no servers: the engine on a simulated clock), or a flood refused "
-            "locally"
+            "simulated (no servers: the engine on a simulated clock), a flood refused "
+            "locally, or issue 21's shares"
         ),
     )
     return parser
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         ("flood", _flood, FLOOD_START, FLOOD_END),
         ("dynamic", _dynamic, DYNAMIC_START, DYNAMIC_END),
         ("shards", _shards, SHARDS_START, SHARDS_END),
+        ("shares", _shares, SHARES_START, SHARES_END),
     )
     for name, run, start, end in parts:
         if args.only in (None, name):
@@ -104,6 +108,16 @@ def main(argv: list[str] | None = None) -> None:
             print(text)
             if args.out:
                 write_report(args.out, text, start, end)
+
+
+def _shares(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    started, load_before = time.monotonic(), runner.load_average()
+    figures = shares.table(shares.run(log))
+    machine = report.machine(load_before, runner.load_average())
+    return (
+        f"Command: `{command}`\n\n{machine}\n\n{figures}"
+        f"\nRun time {time.monotonic() - started:.0f} s.\n"
+    )
 
 
 def _gateway(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:

@@ -10,7 +10,8 @@ Runs as its own process (`python -m bench.openloop`) so its CPU is not the serve
 imports nothing from Django. One line of JSON in (a `Plan`), one line out:
   {"mono_start": <time.monotonic() at the first send>, "requests": [
       {"stream", "at" (seconds after mono_start it was due), "status", "latency_ms",
-       "limited_by" (Sluice's x-sluice-limited-by, or "")}, ...]}
+       "limited_by" (Sluice's x-sluice-limited-by, or ""), "queued_ms" (x-sluice-queued-ms,
+       0 when it did not queue), "code" (x-sluice-queued-by)}, ...]}
 The start is on the system-wide monotonic clock, which the sandbox's rate series also uses.
 """
 
@@ -74,6 +75,8 @@ async def _one(session: aiohttp.ClientSession, stream: Stream, at: float) -> dic
             await response.read()
             record["status"] = response.status
             record["limited_by"] = response.headers.get("x-sluice-limited-by", "")
+            record["queued_ms"] = float(response.headers.get("x-sluice-queued-ms") or 0)
+            record["code"] = response.headers.get("x-sluice-queued-by", "")
     except (aiohttp.ClientError, TimeoutError):
         record["status"] = 0  # a transport failure: no answer
     record["latency_ms"] = (time.monotonic() - sent) * 1000

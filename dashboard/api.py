@@ -66,6 +66,7 @@ from dashboard.schemas import (
     TeamPatchIn,
 )
 from dashboard.selectors import audit_page, limit_warnings, team_now
+from dashboard.sharing_api import router as sharing_router
 from dashboard.tokens import token_user
 from dashboard.usage_api import router as usage_router
 from limiter import selectors
@@ -505,3 +506,4 @@ api.add_router("", profiles)
 api.add_router("", refusals)
 api.add_router("", ops)
 api.add_router("", usage_router)
+api.add_router("", sharing_router)

@@ -26,6 +26,7 @@ from limiter.models import (
     EndpointLimit,
     LimitProfile,
     RefusalSource,
+    Share,
     Team,
     UpstreamAccount,
 )
@@ -514,3 +515,37 @@ class TokenCreateForm(forms.Form):
     def expires_at(self) -> datetime | None:
         days = self.cleaned_data.get("expires_in_days")
         return timezone.now() + timedelta(days=days) if days else None
+
+
+class TeamSharingForm(forms.ModelForm):
+    """A team's priority and weight on the team page (issue 21)."""
+
+    class Meta:
+        model = Team
+        fields = ["priority", "weight"]
+
+
+class ShareForm(forms.ModelForm):
+    """A guaranteed share for the team (or one of its keys) on the team page; the model
+    validates the rest (a fraction in (0, 1], at most 100% on the scope, one model)."""
+
+    class Meta:
+        model = Share
+        fields = ["account", "endpoint", "model", "key", "fraction"]
+        labels = {"fraction": "Share (0-1)", "key": "Key"}
+        widgets = {"model": forms.TextInput(attrs={"placeholder": "each model"})}
+
+    def __init__(self, *args: Any, team: Team, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.team = team
+        key_field = self.fields["key"]
+        assert isinstance(key_field, forms.ModelChoiceField)
+        key_field.queryset = ApiKey.objects.filter(team=team, revoked_at__isnull=True)
+        key_field.empty_label = "the team (every key)"
+        self.instance.team = team
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        # A key's share is the key's alone (the model wants a team or a key, not both).
+        self.instance.team = None if cleaned.get("key") is not None else self.team
+        return cleaned

@@ -38,6 +38,16 @@ class LiveModel(events.ModelCeilingSnapshot):
     account_name: str
 
 
+class LiveSharing(events.SharingSnapshot):
+    """A class's part of an account's model ceiling, with names: its team (and the key's
+    prefix when a key holds the share) and the account's."""
+
+    team: str
+    team_id: str
+    key_prefix: str
+    account_name: str
+
+
 class LiveView(TypedDict):
     """The limiter's snapshot with names instead of ids (the websocket's "snapshot")."""
 
@@ -51,6 +61,8 @@ class LiveView(TypedDict):
     # Merged embeddings requests of the last minute, by account name
     # (limiter/authority/coalesce_stats.py).
     coalescing: list[events.CoalescingSnapshot]
+    # Per account and model, each team's (or key's) share, use, and lending or borrowing.
+    sharing: list[LiveSharing]
 
 
 # Reload names at most this often when a snapshot keeps naming an unknown id (a key
@@ -128,7 +140,26 @@ def snapshot_enrich(
             {**row, "account": accounts.get(row["account"], {}).get("name", row["account"])}
             for row in snapshot.get("coalescing", [])
         ],
+        "sharing": [_sharing_named(row, scope_names) for row in snapshot.get("sharing", [])],
     }
+
+
+def _sharing_named(
+    row: events.SharingSnapshot, scope_names: dict[str, dict[str, dict[str, str]]]
+) -> LiveSharing:
+    kind, _, object_id = row["holder"].partition(":")
+    if kind == "key":
+        key = scope_names["key"].get(object_id, {})
+        team_id, team, prefix = (
+            key.get("team_id", ""),
+            key.get("team", "(deleted key)"),
+            key.get("prefix", ""),
+        )
+    else:
+        known = scope_names.get("team", {}).get(object_id, {})
+        team_id, team, prefix = object_id, known.get("name", f"team {object_id}"), ""
+    account = scope_names["account"].get(row["account"], {}).get("name", row["account"])
+    return LiveSharing(**row, team=team, team_id=team_id, key_prefix=prefix, account_name=account)
 
 
 # --- what a team user sees ---------------------------------------------------------------
@@ -180,6 +211,8 @@ def view_scoped(view: LiveView, visible: Visible | None) -> LiveView:
         "coalescing": [
             row for row in view["coalescing"] if row["account"] in visible.account_names
         ],
+        # Its own teams' parts only: another team's share and use name that team.
+        "sharing": [row for row in view["sharing"] if row["team_id"] in visible.team_ids],
     }
 
 

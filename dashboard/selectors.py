@@ -89,6 +89,14 @@ REFUSAL_ADVICE = {
     "queue_timeout": "Waited too long in the queue: send fewer at once, or retry later.",
     "concurrency_limited": "Too many requests in flight: wait for some to finish first.",
     "upstream_paused": "Together asked to pause this model: wait for Retry-After.",
+    "share_used_up": (
+        "The shared account is at its limit and your team used its guaranteed share: wait "
+        "for Retry-After, or ask ops for a larger share."
+    ),
+    "priority_waiting": (
+        "Calls of a higher priority were waiting on the shared account: wait for "
+        "Retry-After, or ask ops about your team's priority."
+    ),
     "upstream_rate_limited": (
         "Together refused the call: wait for Retry-After; ops can see the limit it learned."
     ),

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from dashboard import budget_views, token_views, views
+from dashboard import budget_views, share_views, token_views, views
 from dashboard.access import public
 from dashboard.api import api
 
@@ -31,6 +31,9 @@ dashboard_patterns = [
     path("teams/<int:pk>/budgets/", budget_views.budget_create, name="budget_create"),
     path("budgets/<int:pk>/delete/", budget_views.budget_delete, name="budget_delete"),
     path("budgets/<int:pk>/shadow/", budget_views.budget_shadow, name="budget_shadow"),
+    path("teams/<int:pk>/sharing/", share_views.team_sharing, name="team_sharing"),
+    path("teams/<int:pk>/shares/", share_views.share_create, name="share_create"),
+    path("shares/<int:pk>/delete/", share_views.share_delete, name="share_delete"),
     path("keys/<int:pk>/revoke/", views.key_revoke, name="key_revoke"),
     path("keys/<int:pk>/rotate/", views.key_rotate, name="key_rotate"),
     path("refusals/", views.refusals, name="refusals"),

@@ -345,6 +345,7 @@ def team(
     pk: int,
     issued: services.IssuedKey | None = None,
     budget_form: forms.BudgetForm | None = None,
+    share_form: forms.ShareForm | None = None,
 ) -> HttpResponse:
     obj = get_object_or_404(Team.objects.select_related("profile", "upstream"), pk=pk)
     now = timezone.now()
@@ -363,6 +364,7 @@ def team(
             "assign_form": forms.ProfileAssignForm(initial={"profile": obj.profile}),
             "issued": issued,
             "budget_form": budget_form,  # a refused one, shown again with its errors
+            "share_form": share_form,  # likewise
             "now": now,
             # Read-only here: spent as the rollups record it (the limiter's own count,
             # which enforces, is not exposed and may be a flush interval ahead).

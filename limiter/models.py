@@ -379,6 +379,18 @@ class DedicatedModel(models.Model):
         return f"{self.model} (dedicated{', by hand' if self.by_hand else ''})"
 
 
+class Priority(models.TextChoices):
+    """Who goes first for what the guaranteed shares leave (limiter/authority/sharing.py)."""
+
+    CRITICAL = "critical", "Critical"
+    STANDARD = "standard", "Standard"
+    BACKGROUND = "background", "Background (only when nobody else waits)"
+
+
+# A team's weight: its part of what the shares leave, beside others of its priority.
+MIN_WEIGHT, MAX_WEIGHT = 0.01, 1000.0
+
+
 class Team(models.Model):
     name = models.CharField(max_length=80, unique=True)
     # ForeignKey and PROTECT by their own names: django-stubs gives Team the reverse
@@ -386,6 +398,12 @@ class Team(models.Model):
     profile = ForeignKey(LimitProfile, on_delete=PROTECT, related_name="teams")
     upstream = ForeignKey(UpstreamAccount, on_delete=PROTECT, related_name="teams")
     paused = models.BooleanField(default=False, help_text="A paused team's requests are refused.")
+    priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.STANDARD)
+    weight = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(MIN_WEIGHT), MaxValueValidator(MAX_WEIGHT)],
+        help_text="Its part of what guaranteed shares leave, beside teams of its priority.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -439,6 +457,9 @@ class ApiKey(HashedSecret):
         related_name="keys",
         help_text="Empty: the team's profile.",
     )
+    priority = models.CharField(
+        max_length=10, choices=Priority.choices, blank=True, help_text="Empty: the team's."
+    )
 
     objects = SecretQuerySet["ApiKey"].as_manager()
 
@@ -447,6 +468,101 @@ class ApiKey(HashedSecret):
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.team.name})"
+
+    @property
+    def effective_priority(self) -> str:
+        return self.priority or self.team.priority
+
+
+MSG_SHARE_OWNER = "A share belongs to a team or to a key, not both."
+MSG_SHARE_TOTAL = "Shares on {scope} would add up to {total:.0%}; at most 100%."
+MSG_SHARE_MODEL_ENDPOINT = (
+    "A model's share applies to chat, completions, embeddings, images or rerank."
+)
+MSG_SHARE_GLOB = "A share names one model exactly (no wildcards)."
+
+
+class Share(models.Model):
+    """A guaranteed share of an upstream account's ceiling on one endpoint kind (every
+    model of it, each on its own) or on one model: a fraction of the ceiling in force, so
+    it follows a learned ceiling. Held by a team, or by one key (then the key is a class
+    of its own). On each model the shares that apply (the model's row, else the
+    endpoint's) add up to at most 100%."""
+
+    account = models.ForeignKey(UpstreamAccount, on_delete=models.CASCADE, related_name="shares")
+    team = models.ForeignKey(
+        Team, on_delete=models.CASCADE, null=True, blank=True, related_name="shares"
+    )
+    key = models.ForeignKey(
+        ApiKey, on_delete=models.CASCADE, null=True, blank=True, related_name="shares"
+    )
+    endpoint = models.CharField(max_length=20, choices=EndpointKind.choices)
+    model = models.CharField(
+        max_length=200, blank=True, help_text="Empty: each model of the endpoint kind."
+    )
+    fraction = models.FloatField(validators=[MinValueValidator(0.001), MaxValueValidator(1.0)])
+
+    class Meta:
+        ordering = ["account__name", "endpoint", "model"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(team__isnull=False, key__isnull=True)
+                | models.Q(team__isnull=True, key__isnull=False),
+                name="share_team_or_key",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(fraction__gt=0, fraction__lte=1), name="share_fraction"
+            ),
+            models.UniqueConstraint(
+                fields=["account", "team", "endpoint", "model"], name="one_share_per_team"
+            ),
+            models.UniqueConstraint(
+                fields=["account", "key", "endpoint", "model"], name="one_share_per_key"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        owner = self.team.name if self.team else str(self.key)
+        where = f"{self.endpoint}/{self.model}" if self.model else self.endpoint
+        return f"{owner}: {self.fraction:.0%} of {self.account.name} {where}"
+
+    @property
+    def holder(self) -> str:
+        """The class it guarantees, as the limiter names it."""
+        return f"team:{self.team_id}" if self.team_id else f"key:{self.key_id}"
+
+    def clean(self) -> None:
+        if (self.team_id is None) == (self.key_id is None):
+            raise ValidationError(MSG_SHARE_OWNER)
+        self.model = self.model.strip().lower()
+        if self.model:
+            error = model_pattern_error(self.model)
+            if error is None and is_glob(self.model):
+                error = MSG_SHARE_GLOB
+            if error is None and self.endpoint not in MODEL_ENDPOINTS:
+                error = MSG_SHARE_MODEL_ENDPOINT
+            if error:
+                raise ValidationError({"model": error})
+        if self.account_id is not None and self.fraction is not None:
+            self._check_total()
+
+    def _check_total(self) -> None:
+        """With this row, the shares that apply on each model add up to at most 100%."""
+        rows = {
+            (row.holder, row.model): row.fraction
+            for row in Share.objects.filter(account_id=self.account_id, endpoint=self.endpoint)
+            .exclude(pk=self.pk)
+            .select_related(None)
+        }
+        rows[(self.holder, self.model)] = self.fraction
+        for model in {m for _holder, m in rows} | {""}:
+            holders = {h for h, _m in rows}
+            total = sum(rows.get((h, model), rows.get((h, ""), 0.0)) for h in holders)
+            if total > 1.0 + 1e-9:
+                scope = f"{self.endpoint}/{model}" if model else self.endpoint
+                raise ValidationError(
+                    {"fraction": MSG_SHARE_TOTAL.format(scope=scope, total=total)}
+                )
 
 
 class ConfigVersion(models.Model):

@@ -137,6 +137,7 @@ def scope_names() -> dict[str, dict[str, dict[str, str]]]:
             str(pk): {"name": name}
             for pk, name in UpstreamAccount.objects.values_list("pk", "name")
         },
+        "team": {str(pk): {"name": name} for pk, name in Team.objects.values_list("pk", "name")},
     }
 
 
@@ -335,6 +336,8 @@ KNOWN_REASONS = (
     events.QUEUE_TIMEOUT,
     events.CONCURRENCY_LIMITED,
     events.UPSTREAM_PAUSED,
+    events.SHARE_USED_UP,
+    events.PRIORITY_WAITING,
     "upstream_rate_limited",
 )
 

@@ -26,6 +26,7 @@ from limiter.models import (
     DedicatedModel,
     EndpointLimit,
     LimitProfile,
+    Share,
     Team,
     UpstreamAccount,
 )
@@ -59,4 +60,6 @@ def watch_configuration(*watched: type[models.Model]) -> None:
         post_delete.connect(_on_change, sender=model, dispatch_uid=f"sluice-config-delete-{name}")
 
 
-watch_configuration(ApiKey, DedicatedModel, EndpointLimit, LimitProfile, Team, UpstreamAccount)
+watch_configuration(
+    ApiKey, DedicatedModel, EndpointLimit, LimitProfile, Share, Team, UpstreamAccount
+)

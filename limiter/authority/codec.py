@@ -76,6 +76,8 @@ class Codec:
         if decision.refused_for > 0:
             message["refused_for"] = decision.refused_for
             message["refused_scope"] = decision.refused_scope
+        if decision.rule:
+            message["rule"] = decision.rule
         return message
 
     def refusal(self, ticket: str, refusal: Refusal, quota: Quota) -> DecisionMessage:

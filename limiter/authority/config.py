@@ -12,6 +12,11 @@ profile has no row is held only by its keys' limits; with neither, the call is n
 limited (the dashboard's profiles are created with a row for every endpoint). Such a
 level is the `UNLIMITED` scope below, with the default queue settings of a row.
 
+**Classes.** A key's calls on an account belong to its team's class (`team:<id>`), or to
+its own (`key:<id>`) when a share names the key; a class's guaranteed share on a model is
+its share row for that model, else its row for the endpoint kind, else none. The weight
+is the team's; the priority the key's, else its team's (limiter/authority/sharing.py).
+
 **Per-model overrides.** A profile's row may name a model (exactly, or a glob such as
 `black-forest-labs/FLUX*`, matched without regard to case). For a call to a model, the
 profile's limit is the exact row's, else the longest matching glob's, else the
@@ -27,11 +32,13 @@ from fnmatch import fnmatchcase
 from django.db import close_old_connections
 
 from limiter.authority.engine import Limit
+from limiter.authority.sharing import DEFAULT_CLASS, PRIORITIES, STANDARD, Klass
 from limiter.models import (
     ApiKey,
     ConfigVersion,
     DedicatedModel,
     EndpointLimit,
+    Share,
     UpstreamAccount,
     is_glob,
 )
@@ -93,6 +100,27 @@ class LimiterConfig:
     def is_dedicated(self, account_id: str, model: str) -> bool:
         return bool(model) and (account_id, model.lower()) in self.dedicated
 
+    # ApiKey pk -> (its team's class id, the team's weight, the key's priority rank)
+    key_classes: dict[str, tuple[str, float, int]] = field(default_factory=dict)
+    # (UpstreamAccount pk, endpoint) -> {(class id, model or ""): fraction}
+    shares: dict[tuple[str, str], dict[tuple[str, str], float]] = field(default_factory=dict)
+
+    def klass(self, key_id: str, account_id: str, endpoint: str, model: str) -> Klass:
+        """A key's class on an account's model: its share, its team's weight, its priority."""
+        found = self.key_classes.get(key_id)
+        if found is None:
+            return DEFAULT_CLASS
+        team_class, weight, priority = found
+        rows = self.shares.get((account_id, endpoint), {})
+        model = model.lower()
+        for cls in (f"key:{key_id}", team_class):
+            share = rows.get((cls, model)) if model else None
+            if share is None:
+                share = rows.get((cls, ""))
+            if share is not None:
+                return Klass(cls, share, weight, priority)
+        return Klass(team_class, 0.0, weight, priority)
+
     def knows(self, key_id: str, account_id: str) -> bool:
         return key_id in self.key_profiles and account_id in self.account_profiles
 
@@ -128,7 +156,15 @@ def config_load() -> LimiterConfig:
     profile's limits: a few queries, run off the limiter's event loop."""
     close_old_connections()  # a long-lived process outlives database connections
     version = ConfigVersion.current()  # read first: a change during the load reloads again
-    keys = ApiKey.objects.usable().values_list("pk", "profile_id", "team__profile_id")
+    rows = ApiKey.objects.usable().values_list(
+        "pk",
+        "profile_id",
+        "team__profile_id",
+        "team_id",
+        "team__weight",
+        "priority",
+        "team__priority",
+    )
     limits: dict[tuple[int, str], Limit] = {}
     overrides: dict[tuple[int, str], list[tuple[str, Limit]]] = {}
     for row in EndpointLimit.objects.all():
@@ -138,9 +174,15 @@ def config_load() -> LimiterConfig:
             )
         else:
             limits[(row.profile_id, row.endpoint)] = limit_of(row)
+    keys = list(rows)
     return LimiterConfig(
         version=version,
-        key_profiles={str(pk): own or team for pk, own, team in keys},
+        key_profiles={str(pk): own or team for pk, own, team, *_ in keys},
+        key_classes={
+            str(pk): (f"team:{team_id}", weight, PRIORITIES.get(prio or team_prio, STANDARD))
+            for pk, _own, _team, team_id, weight, prio, team_prio in keys
+        },
+        shares=shares_load(),
         account_profiles={
             str(pk): profile
             for pk, profile in UpstreamAccount.objects.values_list("pk", "profile_id")
@@ -152,3 +194,12 @@ def config_load() -> LimiterConfig:
             for account, model in DedicatedModel.objects.values_list("account_id", "model")
         ),
     )
+
+
+def shares_load() -> dict[tuple[str, str], dict[tuple[str, str], float]]:
+    """Every guaranteed share, by account and endpoint kind."""
+    shares: dict[tuple[str, str], dict[tuple[str, str], float]] = {}
+    for row in Share.objects.all():
+        where = (str(row.account_id), row.endpoint)
+        shares.setdefault(where, {})[(row.holder, row.model.lower())] = row.fraction
+    return shares

@@ -158,6 +158,7 @@ class LimiterConsumer:
             await self.answers.refuse(message, scopes[0], refusal)
             return
         now, args = time.monotonic(), codec.ticket_args(message)
+        args["klass"] = self.scopes.klass(message)
         decisions = self.engine.acquire(message["ticket"], *scopes, message["tokens"], now, **args)
         await self.answers.send(decisions, now)
 
@@ -166,6 +167,7 @@ class LimiterConsumer:
             return
         scopes = await self._scopes(message)
         now, args = time.monotonic(), codec.ticket_args(message)
+        args["klass"] = self.scopes.klass(message)
         # The lease's call was refused upstream: the lease is freed and its ticket queued
         # first, in one step; the call used no tokens (its reservation settles at 0).
         lease, ticket = message["lease"], message["ticket"]

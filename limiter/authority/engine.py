@@ -1,4 +1,4 @@
-"""The admission arithmetic: GCRA buckets, leases and a fair queue. Pure and synchronous.
+"""The admission arithmetic: GCRA buckets, leases and a shared queue. Pure and synchronous.
 
 Nothing here does I/O or reads the clock: every call takes `now` (seconds, monotonic),
 so the tests control time instead of sleeping. The limiter's consumer
@@ -36,15 +36,27 @@ Leases and settling
 
 Queue
   A request that cannot go at once waits in the queue of its upstream scope, in a FIFO
-  per key. Keys are served fairly by cost (start-time fair queuing): each waiting key
-  has a tag, the account capacity it has been served since it started waiting (in
-  seconds of that capacity: the larger of one request and its tokens); the head of the
-  least-served key goes next. A key that starts waiting joins at the tag the key served
-  last has reached (no credit for idle time, no catching up on service another key got
-  alone). That head holds its turn while it waits for the account: nobody behind it
-  overtakes, however small. Only a head held back by its own key's limit is passed over
-  (it delays no one else's share of the account). A retry after an upstream 429
-  (`reacquire`) takes the head of its key's queue.
+  per key. Its ticket brings its class (sharing.py: a team, or a key given a share of
+  its own; a ticket with none is its key's own class), its priority (critical, standard,
+  background) and its class's weight. The heads are served in this order (HTB-like):
+  (a) a head whose class has been served less than its guaranteed share of the ceiling
+  (measured over a decaying window, in seconds of the account's capacity, so it follows
+  the ceiling as it moves) goes first: a class that comes back takes the next grant,
+  never waiting for the borrowers' queues; (b) then the highest priority with a head
+  waiting (background only when nobody else waits); (c) within one priority, weighted
+  start-time fair queuing by cost per flow (class x priority): each waiting flow has a
+  tag, the account capacity it has been served since it started waiting over its weight
+  (in seconds of that capacity: the larger of one request and its tokens), and the
+  least-served flow's earliest head goes next. A flow that starts waiting joins at the
+  tag its priority's flow served last has reached (no credit for idle time, no catching
+  up on service another flow got alone); a grant within a share does not advance the
+  tag, but raises a tag left behind to the least-served other flow's. That head holds
+  its turn while it waits for the account: nobody behind it overtakes, however small.
+  Only a head held back by its own key's limit is passed over (it delays no one else's
+  share of the account), so no priority or share lets a key exceed its own limits.
+  Work-conserving: whoever waits alone gets the whole ceiling. A retry after an
+  upstream 429 (`reacquire`) takes the head of its key's queue. `reclassify` applies new
+  classes to queued tickets at once.
   A request whose projected wait in that order already exceeds its max wait is refused
   at once, with the wait as its Retry-After. The max wait is its key's, unless the
   ticket brings its own (a merged embeddings request waits as long as its most patient
@@ -60,8 +72,9 @@ Shadow scopes
   The guarantees below are about enforced scopes.
 
 Guarantees (`tests/limiter/test_engine_invariants.py` checks each after every step of
-generated histories of acquires, releases with actual usage, renewals, cancels, limit
-changes, upstream pauses, restarts with adoption and time passing)
+generated histories of acquires under generated classes (shares, priorities, weights,
+changed mid-history), releases with actual usage, renewals, cancels, limit changes,
+upstream pauses, restarts with adoption and time passing)
   1. Rate. For every bucket, between two changes of its limit, and for every run of
      charges ending with an admission: units charged <= max(capacity, n) + rate x d,
      where d is the run's duration and n the size of its first request (larger than
@@ -76,11 +89,15 @@ changes, upstream pauses, restarts with adoption and time passing)
      adopted later is counted at once, so the cap can be exceeded by late adoptions.
   3. Deadlines. Every queued ticket is answered (granted or refused) by its deadline,
      provided the caller polls at `next_wakeup`.
-  4. Fairness. While two keys are both waiting on one account, and neither is held
-     back by its own key's limit, the account capacity each is served differs by at
-     most two requests of the largest cost (one from where their tags stood when the
-     second started waiting, one from the last grant): neither gets more than its share
-     plus one maximum-size request.
+  4. Fairness, shares and priorities. (a) A grant beyond its class's guaranteed share
+     never goes while a head of a class below its share waits; (b) nor, unless within
+     the grantee's share, while a head of a higher priority waits (heads held back by
+     their own key's limit excepted). (c) While two flows of one priority, neither with
+     a share, are both waiting on one account, and neither is held back by its own
+     key's limit, the account capacity each is served is within its weighted part of
+     what both were served plus one maximum-size request: s_i <= (s_i + s_j) x w_i /
+     (w_i + w_j) + max cost. (With weights 1, as before: neither gets more than its
+     share plus one maximum-size request.)
   5. Restart. Every admission leaves a bucket at most full, so a restarted engine that
      assumes every bucket full at `unknown_before` never admits more than the old one
      could have, as long as `unknown_before` is no earlier than the old instance's last
@@ -98,11 +115,15 @@ from __future__ import annotations
 
 import copy
 import heapq
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+# The order of service between classes: shares, priorities, weights.
+from limiter.authority.sharing import DEFAULT_CLASS, FORGET_BELOW, Klass, Usage, below_share
 
 # The reasons it decides with are the protocol's words (`error.code`, the 429 record);
 # INVALID_UNITS: a ticket whose units no bucket can hold (NaN, infinite, negative, over
@@ -111,12 +132,17 @@ from limiter.protocol.events import (
     ACCOUNT_RATE_LIMITED,
     CONCURRENCY_LIMITED,
     INVALID_UNITS,
+    PRIORITY_WAITING,
     QUEUE_FULL,
     QUEUE_TIMEOUT,
     RATE_LIMITED,
+    SHARE_USED_UP,
     TOKEN_RATE_LIMITED,
     UPSTREAM_PAUSED,
 )
+
+# A flow of an upstream scope's queue: (class id, priority). Fair tags are kept per flow.
+Flow = tuple[str, int]
 
 # ("key" | "account", object id, endpoint, model). A key's scope is per endpoint kind
 # (model ""); an account's is per model, as Together limits each model on its own.
@@ -393,10 +419,21 @@ class Ticket:
     # How long it may queue: its key's max wait, or its own (a merged embeddings request's).
     max_wait: float = 0.0
     refundable: bool = False  # always a lease, so that an unused grant can be handed back
+    klass: Klass = DEFAULT_CLASS  # its class on the account: share, weight, priority
+    rule: str = ""  # queued: the rule it waited on (the reason its wait was projected with)
 
     @property
     def scopes(self) -> tuple[Scope, Scope]:
         return (self.key, self.account)
+
+    @property
+    def cls(self) -> str:
+        """Its class's id: the class's own, or its key's (a key with no class is one)."""
+        return self.klass.id or "key:" + "/".join(self.key.id)
+
+    @property
+    def flow(self) -> Flow:
+        return (self.cls, self.klass.priority)
 
 
 @dataclass(slots=True)
@@ -427,7 +464,7 @@ class Decision:
     quota: Quota
     lease: str = ""  # grant: the lease to hand back on release
     waited: float = 0.0  # grant: seconds spent queued
-    reason: str = ""  # refuse: a reason code
+    reason: str = ""  # refuse: a reason code; queued: the rule it waits on
     retry_after: float = 0.0  # refuse: seconds; queued: projected wait
     scope: str = ""  # refuse: "key" or "account", whose limit refused
     # grant: the shadow limits that would have refused it, as ("key" | "account", reason)
@@ -437,24 +474,46 @@ class Decision:
     # such promise. `refused_scope` says whose state proves it ("key" or "account").
     refused_for: float = 0.0
     refused_scope: str = ""
+    # queue_timeout, or a grant that queued: the rule it waited on (a reason code: its
+    # key's rate, the account's ceiling, its class's share used up, a higher priority)
+    rule: str = ""
 
 
 @dataclass(slots=True)
 class _Group:
-    """The queue of one upstream scope: a FIFO per waiting key, and each waiting key's
-    tag (the account capacity it has been served since it started waiting)."""
+    """The queue of one upstream scope: a FIFO per waiting key; each waiting flow's tag
+    (the account capacity it has been served since it started waiting, over its weight);
+    and each class's recent service, against its guaranteed share."""
 
     by_key: dict[ScopeId, deque[Ticket]] = field(default_factory=dict)
-    served: dict[ScopeId, float] = field(default_factory=dict)
+    served: dict[Flow, float] = field(default_factory=dict)
+    waiting: dict[Flow, int] = field(default_factory=dict)  # queued tickets per flow
+    usage: dict[str, Usage] = field(default_factory=dict)  # class id -> recent service
+    classes: dict[str, Klass] = field(default_factory=dict)  # class id -> as last granted
     size: int = 0
-    # The tag the key served last reached: where a key that starts waiting joins.
-    vtime: float = 0.0
+    # Per priority, the tag the flow served last reached: where a flow that starts
+    # waiting joins.
+    vtime: dict[int, float] = field(default_factory=dict)
 
-    def heads(self) -> list[Ticket]:
-        """The heads in the fair order: least served first, earliest on a tie."""
-        return sorted(
-            (q[0] for q in self.by_key.values()), key=lambda t: (self.served[t.key.id], t.seq)
-        )
+    def below_share(self, ticket: Ticket, now: float) -> bool:
+        return below_share(self.usage.get(ticket.cls), ticket.klass.share, now)
+
+    def rank(self, ticket: Ticket, now: float) -> tuple[int, int, float, int]:
+        """Where a head stands in the order of service: below its class's share first,
+        then the highest priority, then the least served (by weight), earliest on a tie."""
+        under = 0 if self.below_share(ticket, now) else 1
+        return (under, -ticket.klass.priority, self.served[ticket.flow], ticket.seq)
+
+    def heads(self, now: float) -> list[Ticket]:
+        """The heads in the order of service."""
+        return sorted((q[0] for q in self.by_key.values()), key=lambda t: self.rank(t, now))
+
+    def record(self, ticket: Ticket, cost: float, now: float) -> None:
+        """Count a grant's cost as its class's service (only named classes are measured:
+        a key with no class has no share to measure against)."""
+        if ticket.klass.id:
+            self.usage.setdefault(ticket.klass.id, Usage()).add(cost, now)
+            self.classes[ticket.klass.id] = ticket.klass
 
 
 class Engine:
@@ -516,19 +575,22 @@ class Engine:
         *,
         max_wait: float | None = None,
         refundable: bool = False,
+        klass: Klass = DEFAULT_CLASS,
     ) -> list[Decision]:
         """Admit, queue or refuse one request. Returns every decision this call made
         (granting may also serve others), the caller's own among them.
 
         `max_wait`: how long it may queue, instead of its key's max wait (a merged
         embeddings request: as long as its most patient caller allows). `refundable`:
-        its grant always has a lease, which `release(unused=True)` can hand back whole."""
+        its grant always has a lease, which `release(unused=True)` can hand back whole.
+        `klass`: its class on the account (share, weight, priority; sharing.py)."""
         # Serve anyone already due first (a timer firing late must not let this
         # request jump ahead of them); whoever is still queued after that cannot go now.
         decisions = self.poll(now)
         ticket = self._ticket(
             ticket_id, key, account, tokens, now, reply_to, request_id, max_wait, refundable
         )
+        ticket.klass = klass.bounded()
         decisions.extend(self._admit(ticket, now, front=False))
         return decisions
 
@@ -546,6 +608,7 @@ class Engine:
         *,
         max_wait: float | None = None,
         refundable: bool = False,
+        klass: Klass = DEFAULT_CLASS,
     ) -> list[Decision]:
         """Ask again for a request that holds `lease_id` (Together answered 429): hand
         the lease back and queue the new ticket in one step.
@@ -561,6 +624,7 @@ class Engine:
         ticket = self._ticket(
             ticket_id, key, account, tokens, now, reply_to, request_id, max_wait, refundable
         )
+        ticket.klass = klass.bounded()
         decisions.extend(self._admit(ticket, now, front=True))
         return decisions
 
@@ -598,7 +662,13 @@ class Engine:
         if ticket is None:
             return None
         projected = self._projected(ticket, self.groups[ticket.account.id], now)
-        return Decision("queued", ticket, self.quota(ticket.key, now), retry_after=projected[0])
+        return Decision(
+            "queued",
+            ticket,
+            self.quota(ticket.key, now),
+            reason=projected[1],
+            retry_after=projected[0],
+        )
 
     def renew(self, lease_id: str, now: float) -> bool:
         """Keep a lease whose request is still running (a long stream) for another
@@ -683,7 +753,7 @@ class Engine:
             if top is not None:
                 times.append(top)
         for group in self.groups.values():
-            for head in group.heads():
+            for head in group.heads(now):
                 # Mirrors _turn: a head held back by its own key is passed over, so
                 # wake when its key lets it go; the first other head holds the turn.
                 key_wait = self._wait(head.key, head.tokens, now)
@@ -729,6 +799,9 @@ class Engine:
                 if bucket is not None:
                     self._forgotten_tat = max(self._forgotten_tat, bucket.tat)
             self.groups.pop(sid, None)
+        for group in self.groups.values():  # classes served long ago: nothing to measure
+            for cls in [c for c, u in group.usage.items() if u.read(now) < FORGET_BELOW]:
+                del group.usage[cls], group.classes[cls]
         return stale
 
     # --- admission ------------------------------------------------------------------------
@@ -769,6 +842,7 @@ class Engine:
             return [self._refuse(ticket, INVALID_UNITS, 0.0, ticket.key, now)]
         group = self.groups.setdefault(ticket.account.id, _Group())
         if not group.size and self._admissible(ticket, now):
+            group.record(ticket, self._cost(ticket), now)
             return [self._grant(ticket, now)]
         # Others wait: take a place in the fair order and see whether it is this
         # ticket's turn (it may be, when those ahead are held back by their own keys).
@@ -783,9 +857,16 @@ class Engine:
             decisions.append(refusal)
             return decisions
         ticket.deadline = now + ticket.max_wait
+        ticket.rule = projected[1]
         self._push(self._deadlines, ticket.deadline, ticket.id)
         decisions.append(
-            Decision("queued", ticket, self.quota(ticket.key, now), retry_after=projected[0])
+            Decision(
+                "queued",
+                ticket,
+                self.quota(ticket.key, now),
+                reason=projected[1],
+                retry_after=projected[0],
+            )
         )
         return decisions
 
@@ -844,6 +925,7 @@ class Engine:
             lease=lease,
             waited=now - ticket.arrived,
             shadow=tuple(shadow),
+            rule=ticket.rule,
         )
 
     def _settle(
@@ -867,7 +949,13 @@ class Engine:
 
     # --- refusals -------------------------------------------------------------------------
     def _refuse(
-        self, ticket: Ticket, reason: str, retry_after: float, scope: Scope, now: float
+        self,
+        ticket: Ticket,
+        reason: str,
+        retry_after: float,
+        scope: Scope,
+        now: float,
+        rule: str = "",
     ) -> Decision:
         who = "key" if scope is ticket.key else "account"
         refused_for, proven_by = self.refused_for(ticket, now)
@@ -880,6 +968,7 @@ class Engine:
             scope=who,
             refused_for=refused_for,
             refused_scope=proven_by,
+            rule=rule,
         )
 
     def refused_for(self, ticket: Ticket, now: float) -> tuple[float, str]:
@@ -931,9 +1020,14 @@ class Engine:
             if not scope.has_slot():
                 return self._refuse(ticket, CONCURRENCY_LIMITED, UNKNOWN_WAIT, scope, now)
         group = self.groups[ticket.account.id]
-        wait = self._projected(ticket, group, now)[0]
+        wait, rule, _scope = self._projected(ticket, group, now)
         return self._refuse(
-            ticket, QUEUE_TIMEOUT, max(wait, 1.0 / ticket.key.requests.rate), ticket.key, now
+            ticket,
+            QUEUE_TIMEOUT,
+            max(wait, 1.0 / ticket.key.requests.rate),
+            ticket.key,
+            now,
+            rule,
         )
 
     def _refuse_at_once(
@@ -971,10 +1065,8 @@ class Engine:
     def _enqueue(self, group: _Group, ticket: Ticket, front: bool) -> None:
         queue = group.by_key.get(ticket.key.id)
         if queue is None:
-            # Starts waiting: level with whoever went last, so idle time earns no credit
-            # (and a key held back by its own limit lends its low tag to nobody).
-            group.served[ticket.key.id] = group.vtime
             queue = group.by_key[ticket.key.id] = deque()
+        self._join(group, ticket.flow)
         if front:
             queue.appendleft(ticket)
         else:
@@ -989,15 +1081,43 @@ class Engine:
         queue.remove(ticket)
         group.size -= 1
         if not queue:
-            del group.by_key[ticket.key.id], group.served[ticket.key.id]
+            del group.by_key[ticket.key.id]
+        self._leave(group, ticket.flow)
         if not group.size:
-            group.vtime = 0.0
+            group.vtime.clear()
         self._compact(self._deadlines)
 
+    @staticmethod
+    def _join(group: _Group, flow: Flow) -> None:
+        if flow not in group.waiting:
+            # Starts waiting: level with whoever of its priority went last, so idle time
+            # earns no credit (and a flow held back by its key lends its low tag to nobody).
+            group.served[flow] = group.vtime.get(flow[1], 0.0)
+            group.waiting[flow] = 0
+        group.waiting[flow] += 1
+
+    @staticmethod
+    def _leave(group: _Group, flow: Flow) -> None:
+        group.waiting[flow] -= 1
+        if not group.waiting[flow]:
+            del group.waiting[flow], group.served[flow]
+
+    def reclassify(self, classify: Callable[[Ticket], Klass]) -> None:
+        """The classes changed (a new configuration): every queued ticket takes its new
+        class, priority and weight at once (the next `poll` serves in the new order)."""
+        for ticket in self.tickets.values():
+            klass = classify(ticket).bounded()
+            if klass == ticket.klass:
+                continue
+            group = self.groups[ticket.account.id]
+            self._leave(group, ticket.flow)
+            ticket.klass = klass
+            self._join(group, ticket.flow)
+
     def _turn(self, group: _Group, now: float) -> Ticket | None:
-        """The head whose turn it is: the least-served key's, passing over heads held
-        back only by their own key (they delay nobody else's share of the account)."""
-        for head in group.heads():
+        """The head whose turn it is, in the order of service (_Group.rank), passing over
+        heads held back only by their own key (they delay nobody else's share)."""
+        for head in group.heads(now):
             if self._wait(head.key, head.tokens, now) == 0:
                 return head
         return None
@@ -1010,11 +1130,26 @@ class Engine:
             head = self._turn(group, now)
             if head is None or self._wait(head.account, head.tokens, now) != 0:
                 break
-            group.served[head.key.id] += self._cost(head)
-            group.vtime = group.served[head.key.id]
+            self._serve(group, head, now)
             self._dequeue(head)
             granted.append(self._grant(head, now))
         return granted
+
+    def _serve(self, group: _Group, head: Ticket, now: float) -> None:
+        """Advance the tag of the flow served. Within its class's guaranteed share a grant
+        is not borrowing: it does not advance the flow's tag (no penalty), but a tag left
+        behind is raised to the least-served other flow of its priority (no credit: a
+        class served by its share does not catch up on borrowing afterwards)."""
+        cost = self._cost(head)
+        flow, priority = head.flow, head.klass.priority
+        vtime = group.vtime.get(priority, 0.0)
+        if group.below_share(head, now):
+            others = [tag for f, tag in group.served.items() if f[1] == priority and f != flow]
+            group.served[flow] = max(group.served[flow], min(others, default=vtime))
+        else:
+            group.served[flow] += cost / head.klass.weight
+            group.vtime[head.klass.priority] = group.served[flow]
+        group.record(head, cost, now)
 
     def _drain_all(self, now: float) -> list[Decision]:
         decisions: list[Decision] = []
@@ -1023,28 +1158,49 @@ class Engine:
                 decisions.extend(self._drain(group, now))
         return decisions
 
-    def _ahead(self, ticket: Ticket, group: _Group) -> list[Ticket]:
-        """The queued tickets served before `ticket` in the fair order, in that order.
+    def _ahead(self, ticket: Ticket, group: _Group, now: float) -> list[Ticket]:
+        """The queued tickets served before `ticket` in the order of service, in that order.
 
-        A ticket's tag is its key's tag plus the cost of its key's tickets before it;
-        tickets go in tag order (earliest arrival on a tie).
+        A ticket's tag is its flow's tag plus the cost (over the weight) of its flow's
+        tickets before it; a flow's tickets go in their keys' FIFO order, the earliest
+        head first. Tickets go by (below their class's share now, priority, tag, arrival).
+        A projection: a class crossing its share while the queue drains is not foreseen.
         """
-        tagged: list[tuple[float, int, Ticket]] = []
-        mine: tuple[float, int] | None = None
-        for key_id, queue in group.by_key.items():
-            tag = group.served[key_id]
-            for queued in queue:
-                if queued is ticket:
-                    mine = (tag, ticket.seq)
-                    break
-                tagged.append((tag, queued.seq, queued))
-                tag += self._cost(queued)
+        ranked: list[tuple[tuple[int, int, float, int], Ticket]] = []
+        flows: dict[Flow, list[deque[Ticket]]] = {}
+        for queue in group.by_key.values():
+            flows.setdefault(queue[0].flow, []).append(queue)
+        for flow, queues in flows.items():
+            tag = group.served.get(flow, 0.0)
+            for queued in self._merged(queues):
+                under = 0 if group.below_share(queued, now) else 1
+                ranked.append(((under, -queued.klass.priority, tag, queued.seq), queued))
+                tag += self._cost(queued) / queued.klass.weight
+        mine = next((rank for rank, t in ranked if t is ticket), None)
         assert mine is not None, "only a queued ticket has a place in the order"
+        own = group.by_key[ticket.key.id]
+        before = {id(t) for t in itertools.takewhile(lambda t: t is not ticket, own)}
         return [
             t
-            for tag, seq, t in sorted(tagged, key=lambda e: (e[0], e[1]))
-            if t.key is ticket.key or (tag, seq) < mine
+            for rank, t in sorted(ranked, key=lambda e: e[0])
+            if id(t) in before or (t.key is not ticket.key and rank < mine)
         ]
+
+    @staticmethod
+    def _merged(queues: list[deque[Ticket]]) -> list[Ticket]:
+        """One flow's tickets in the order it serves them: each key's in its FIFO order,
+        the earliest-arrived head first."""
+        if len(queues) == 1:
+            return list(queues[0])
+        cursors = [0] * len(queues)
+        merged: list[Ticket] = []
+        while True:
+            live = [i for i, q in enumerate(queues) if cursors[i] < len(q)]
+            if not live:
+                return merged
+            i = min(live, key=lambda i: queues[i][cursors[i]].seq)
+            merged.append(queues[i][cursors[i]])
+            cursors[i] += 1
 
     def _projected(self, ticket: Ticket, group: _Group, now: float) -> tuple[float, str, Scope]:
         """How long `ticket` would wait in its place in the fair order if nobody else
@@ -1057,7 +1213,8 @@ class Engine:
         account, key = ticket.account.clone(), ticket.key.clone()
         at_account = at_key = now
         account_reason, key_reason = ACCOUNT_RATE_LIMITED, RATE_LIMITED
-        for queued in [*self._ahead(ticket, group), ticket]:
+        ahead = self._ahead(ticket, group, now)
+        for queued in [*ahead, ticket]:
             at_account, account_reason = self._ready(
                 account, queued.tokens, at_account, account_reason
             )
@@ -1066,9 +1223,21 @@ class Engine:
                 at_key, key_reason = self._ready(key, queued.tokens, at_key, key_reason)
                 key.charge(queued.tokens, at_key)
         if at_account > at_key:
-            reason = ACCOUNT_RATE_LIMITED if account_reason == RATE_LIMITED else account_reason
+            reason = account_reason
+            if reason in (RATE_LIMITED, ACCOUNT_RATE_LIMITED):
+                reason = self._account_rule(ticket, group, ahead, now)
             return at_account - now, reason, ticket.account
         return at_key - now, key_reason, ticket.key
+
+    @staticmethod
+    def _account_rule(ticket: Ticket, group: _Group, ahead: list[Ticket], now: float) -> str:
+        """Which rule holds a ticket waiting on its account's ceiling: a call of a higher
+        priority before it, its class's guaranteed share used up, or the ceiling alone."""
+        if any(t.klass.priority > ticket.klass.priority for t in ahead):
+            return PRIORITY_WAITING
+        if ticket.klass.share > 0 and not group.below_share(ticket, now):
+            return SHARE_USED_UP
+        return ACCOUNT_RATE_LIMITED
 
     def _ready(self, scope: Scope, tokens: float, at: float, reason: str) -> tuple[float, str]:
         """When (not before `at`) `scope`'s rates let a request go, and why it waits."""

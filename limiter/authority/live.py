@@ -25,10 +25,11 @@ from limiter.authority.coalesce_stats import CoalesceStats
 from limiter.authority.engine import Engine, Scope, ScopeId
 from limiter.authority.learning import LearnedCeilings
 from limiter.authority.near import NearLimit, NearLimitEvent
+from limiter.authority.sharing import sharing_state
 from limiter.authority.stats import HISTORY_BUCKET_SECONDS, Stats
 from limiter.protocol import events
 from limiter.protocol.client import spawn
-from limiter.protocol.events import ModelCeilingSnapshot, ScopeSnapshot
+from limiter.protocol.events import ModelCeilingSnapshot, ScopeSnapshot, SharingSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,42 @@ class LiveView:
                 endpoint: [list(row) for row in rows] for endpoint, rows in stats.history.items()
             },
             "coalescing": self.coalesced.snapshot(now),
+            "sharing": self._sharing(now),
         }
+
+    def _sharing(self, now: float) -> list[SharingSnapshot]:
+        """Per account and model, each class served lately or waiting: its share, its use,
+        whether it lends or borrows now."""
+        rows: list[SharingSnapshot] = []
+        for scope_id, group in self.engine.groups.items():
+            _, account, endpoint, model = scope_id
+            if not account:
+                continue
+            waiting: dict[str, int] = defaultdict(int)
+            classes = dict(group.classes)
+            for queue in group.by_key.values():
+                for ticket in queue:
+                    if ticket.klass.id:
+                        waiting[ticket.klass.id] += 1
+                        classes[ticket.klass.id] = ticket.klass
+            for holder, klass in sorted(classes.items()):
+                usage = group.usage.get(holder)
+                use = round(usage.fraction(now), 4) if usage else 0.0
+                rows.append(
+                    {
+                        "account": account,
+                        "endpoint": endpoint,
+                        "model": model,
+                        "holder": holder,
+                        "share": klass.share,
+                        "priority": klass.priority,
+                        "weight": klass.weight,
+                        "use": use,
+                        "waiting": waiting[holder],
+                        "state": sharing_state(klass.share, use, waiting[holder]),
+                    }
+                )
+        return rows
 
     def _model(self, scope_id: ScopeId, ceiling: Ceiling, now: float) -> ModelCeilingSnapshot:
         _, account, endpoint, model = scope_id

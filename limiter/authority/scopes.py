@@ -20,8 +20,9 @@ applies them to the engine's scopes at once.
 from __future__ import annotations
 
 from limiter.authority.config import UNLIMITED, LimiterConfig
-from limiter.authority.engine import Engine, Limit, ScopeId
+from limiter.authority.engine import Engine, Limit, ScopeId, Ticket
 from limiter.authority.learning import LearnedCeilings
+from limiter.authority.sharing import DEFAULT_CLASS, Klass
 from limiter.protocol import events
 
 ScopeLimit = tuple[ScopeId, Limit]
@@ -45,9 +46,26 @@ class Scopes:
         self._unknown.clear()
 
     def refresh(self, now: float) -> None:
-        """Every scope the engine holds takes its limit under the configuration loaded."""
+        """Every scope the engine holds takes its limit under the configuration loaded,
+        and every queued ticket its class (share, weight, priority)."""
         for scope_id in list(self.engine.scopes):
             self.engine.scope(scope_id, self.limit(scope_id), now)
+        self.engine.reclassify(self.klass_of)
+
+    def klass(self, message: TicketMessage) -> Klass:
+        """A ticket's class on its account's model (config.LimiterConfig.klass)."""
+        if message.get("charge") == events.CHARGE_KEY:
+            return DEFAULT_CLASS  # charges its key alone: no account queue to order
+        model = message.get("model", "")
+        return self.config.klass(message["key"], message["account"], message["endpoint"], model)
+
+    def klass_of(self, ticket: Ticket) -> Klass:
+        """A queued ticket's class under the configuration now loaded."""
+        _, key, _endpoint, _ = ticket.key.id
+        _, account, endpoint, model = ticket.account.id
+        if not key or not account:
+            return ticket.klass
+        return self.config.klass(key, account, endpoint, model)
 
     def stale(self, message: TicketMessage) -> bool:
         """Whether to load the configuration before resolving this ticket."""

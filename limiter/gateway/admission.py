@@ -59,7 +59,27 @@ REFUSAL_MESSAGES = {
         "Together asked Sluice to slow down on {endpoint}; calls are paused. "
         "Retry after {retry:.2f}s."
     ),
+    events.SHARE_USED_UP: (
+        "The shared Together account is at its limit on {endpoint} and your team has used "
+        "its guaranteed share; teams within theirs go first. Retry after {retry:.2f}s."
+    ),
+    events.PRIORITY_WAITING: (
+        "The shared Together account is at its limit on {endpoint} and calls of a higher "
+        "priority are waiting. Retry after {retry:.2f}s."
+    ),
 }
+# What a call that timed out in the queue waited on (the engine's rule), in its message and
+# its 429 record.
+WAITED_ON = {
+    events.RATE_LIMITED: "this key's own rate limit",
+    events.TOKEN_RATE_LIMITED: "a token rate limit",
+    events.CONCURRENCY_LIMITED: "a concurrency limit",
+    events.ACCOUNT_RATE_LIMITED: "the shared account's ceiling",
+    events.SHARE_USED_UP: "the shared account's ceiling, with the team's guaranteed share used up",
+    events.PRIORITY_WAITING: "calls of a higher priority on the shared account",
+    events.UPSTREAM_PAUSED: "Together's pause",
+}
+MSG_WAITED_ON = " It waited on {rule}."
 MSG_RATE_LIMITED = "Rate limited on {endpoint}. Retry after {retry:.2f}s."
 MSG_ESTIMATE_OUT_OF_RANGE = "The request's token or cost estimate is out of range."
 NO_GRANT = Grant("", 0.0, 0, 0, 0.0)
@@ -126,6 +146,8 @@ class Admission:
             response.add_header(name, value)
         if self.grant.waited:
             response.add_header("x-sluice-queued-ms", str(round(self.grant.waited * 1000)))
+            if self.grant.waited_on:  # which rule it waited on (a reason code)
+                response.add_header("x-sluice-queued-by", self.grant.waited_on)
 
     def quota(self) -> dict[str, str]:
         return quota_headers(self.grant.limit, self.grant.remaining, self.grant.reset)
@@ -233,14 +255,16 @@ def _refusal(ctx: CallContext, d: events.DecisionMessage, charge: str) -> ApiErr
         # Not a rate limit: an estimate the edge should have bounded (a bug, logged).
         logger.error("limiter refused %s: its estimate is out of range", ctx.request_id)
         return ApiError(400, MSG_ESTIMATE_OUT_OF_RANGE, code=events.INVALID_UNITS)
+    waited_on = WAITED_ON.get(d.get("rule", ""))
+    note = MSG_WAITED_ON.format(rule=waited_on) if waited_on else ""
     if charge != events.CHARGE_ACCOUNT:  # a merged request's: reported for each caller
         ctx.refused(
             reason=d["reason"],
             source=GATEWAY,
             retry_after=d["retry_after"],
-            message=d.get("message", ""),
+            message=d.get("message", "") or note.strip(),
         )
-    message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED)
+    message = REFUSAL_MESSAGES.get(d["reason"], MSG_RATE_LIMITED) + note
     return rate_limited(
         reason=d["reason"],
         retry_after=d["retry_after"],

@@ -74,6 +74,10 @@ QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
 CONCURRENCY_LIMITED = "concurrency_limited"
 UPSTREAM_PAUSED = "upstream_paused"
+# The account's ceiling held it, and its class had used up its guaranteed share (others
+# are served within theirs first), or a call of a higher priority was waiting before it.
+SHARE_USED_UP = "share_used_up"
+PRIORITY_WAITING = "priority_waiting"
 # A ticket whose units no bucket can hold: a bug upstream of the engine, refused alone.
 INVALID_UNITS = "invalid_units"
 
@@ -168,6 +172,8 @@ class DecisionMessage(TypedDict):
     # `refused_scope`: whose state proves it, "key" or "account" (an upstream pause).
     refused_for: NotRequired[float]
     refused_scope: NotRequired[str]
+    # A grant that queued, or a queue_timeout: the rule it waited on (a reason code).
+    rule: NotRequired[str]
 
 
 class ReleaseMessage(TypedDict):
@@ -331,6 +337,23 @@ class ScopeSnapshot(TypedDict):
     near_limit: NotRequired[bool]
 
 
+class SharingSnapshot(TypedDict):
+    """One class's part of an account's model ceiling (issue 21): its guaranteed share,
+    what it used lately (both fractions of the ceiling in force, over the engine's share
+    window), its calls waiting, and whether it lends its share or borrows beyond it now."""
+
+    account: str  # UpstreamAccount pk
+    endpoint: str
+    model: str
+    holder: str  # "team:<pk>" or "key:<pk>"
+    share: float
+    priority: int  # 0 background, 1 standard, 2 critical
+    weight: float
+    use: float
+    waiting: int
+    state: str  # "lending" | "borrowing" | "reclaiming" | "within" | "idle"
+
+
 class LiveSnapshot(TypedDict):
     type: str  # LIVE_SNAPSHOT
     at: float  # unix time
@@ -344,3 +367,4 @@ class LiveSnapshot(TypedDict):
     # [[bucket_start_unix_seconds, admitted, queued, refused], ...], empty buckets left out
     history: dict[str, list[list[int]]]
     coalescing: list[CoalescingSnapshot]
+    sharing: NotRequired[list[SharingSnapshot]]  # per account and model, each class's part

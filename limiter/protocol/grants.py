@@ -55,6 +55,7 @@ class Grant:
     reservation: str = ""
     # The shadow limits and budgets that would have refused this call (to be recorded).
     shadow: tuple[ShadowRefusal, ...] = ()
+    waited_on: str = ""  # the rule it queued on (events' reason codes), when it queued
 
     @classmethod
     def of(cls, decision: DecisionMessage, age: float) -> Grant:
@@ -69,6 +70,7 @@ class Grant:
             max_wait=decision.get("max_wait"),
             reservation=decision.get("reservation", ""),
             shadow=tuple(decision.get("shadow", ())),
+            waited_on=decision.get("rule", ""),
         )
 
 

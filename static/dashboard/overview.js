@@ -216,6 +216,21 @@
     $("coalescing").tBodies[0].innerHTML = html || `<tr><td class="muted" colspan="6">— (no merged request in the last minute)</td></tr>`;
   }
 
+  // Each team's part of an account's model ceiling (limiter/authority/sharing.py): its
+  // guaranteed share, its use lately, and whether it lends or borrows now.
+  const PRIORITY = ["background", "standard", "critical"];
+  function renderSharing(rows) {
+    const pct = (f) => `${Math.round(f * 100)}%`;
+    const html = (rows || []).map((r) =>
+      `<tr data-holder="${esc(r.holder)}" data-state="${esc(r.state)}">` +
+      `<th>${esc(r.account_name)}<br><span class="muted small">${esc(r.endpoint)} ${esc(r.model)}</span></th>` +
+      `<td>${esc(r.team)}${r.key_prefix ? ` <code>${esc(r.key_prefix)}…</code>` : ""}</td>` +
+      `<td>${PRIORITY[r.priority] || r.priority}</td><td>${r.weight}</td>` +
+      `<td>${r.share ? pct(r.share) : "—"}</td><td>${pct(r.use)}</td><td>${r.waiting}</td>` +
+      `<td><span class="badge ${r.state === "borrowing" ? "badge" : "badge-ok"}">${esc(r.state)}</span></td></tr>`).join("");
+    $("sharing").tBodies[0].innerHTML = html || `<tr><td class="muted" colspan="8">— (no team served lately)</td></tr>`;
+  }
+
   function renderCharts(history, at, bucket) {
     const box = $("charts");
     const endpoints = Object.keys(history || {}).sort();
@@ -269,6 +284,7 @@
       renderHeaders(snapshot.upstream_headers);
       renderModels(snapshot.models);
       renderCoalescing(snapshot.coalescing);
+      renderSharing(snapshot.sharing);
       renderCharts(snapshot.history, snapshot.at, (snapshot.limiter || {}).history_bucket_seconds || 10);
       const l = snapshot.limiter || {};
       $("limiter-stats").textContent = l.decisions != null ? `· ${l.decisions} decisions · ${l.leases ?? 0} leases` : "";

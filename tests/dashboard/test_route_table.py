@@ -30,7 +30,7 @@ from dashboard.models import AuditEntry, TeamMembership
 from dashboard.services import token_create
 from limiter import serving
 from limiter.alerts.models import Webhook
-from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+from limiter.models import ApiKey, EndpointLimit, LimitProfile, Share, Team, UpstreamAccount
 from limiter.services import key_issue, profile_default, team_get_or_create
 from limiter.usage.models import Budget, ModelPrice
 from tests.conftest import seed_if_flushed
@@ -67,6 +67,7 @@ class World:
     profile: LimitProfile
     limit: EndpointLimit
     model_limit: EndpointLimit
+    share: Share
     webhook: Webhook
     users: dict[str, User]
 
@@ -80,6 +81,7 @@ class World:
             "profile": self.profile.pk,
             "limit": self.limit.pk,
             "model_limit": self.model_limit.pk,
+            "share": self.share.pk,
             "webhook": self.webhook.pk,
             "account": UpstreamAccount.objects.get(is_default=True).pk,
         }
@@ -137,6 +139,12 @@ def _make_world() -> World:
         profile=profile,
         limit=profile.limits.get(endpoint="chat", model=""),
         model_limit=model_limit,
+        share=Share.objects.create(
+            account=UpstreamAccount.objects.get(is_default=True),
+            team=team_a,
+            endpoint="chat",
+            fraction=0.5,
+        ),
         # A closed loopback port: the test delivery tried by webhook_test goes nowhere else.
         webhook=Webhook.objects.create(name="ops", url="http://127.0.0.1:9/x"),
         users=users,
@@ -258,6 +266,9 @@ DASHBOARD: dict[str, tuple[str | None, list[tuple[str, frozenset[str]]]]] = {
     "team": ("team", [("GET", TEAM_A_READERS)]),
     "team_pause": ("team", [("POST", OPS)]),
     "team_profile": ("team", [("POST", OPS)]),
+    "team_sharing": ("team", [("POST", OPS)]),
+    "share_create": ("team", [("POST", OPS)]),
+    "share_delete": ("share", [("POST", OPS)]),
     "key_create": ("team", [("POST", TEAM_A_KEYS)]),
     "budget_create": ("team", [("POST", OPS)]),
     "budget_delete": ("budget", [("POST", OPS)]),
@@ -370,6 +381,13 @@ API: dict[tuple[str, str], frozenset[str]] = {
     ("POST", "/api/teams/{team_id}/budgets"): OPS,
     ("PATCH", "/api/budgets/{budget_id}"): OPS,
     ("DELETE", "/api/budgets/{budget_id}"): OPS,
+    ("GET", "/api/shares"): READERS,
+    ("POST", "/api/shares"): OPS,
+    ("PATCH", "/api/shares/{share_id}"): OPS,
+    ("DELETE", "/api/shares/{share_id}"): OPS,
+    ("GET", "/api/teams/{team_id}/sharing"): TEAM_A_READERS,
+    ("PATCH", "/api/teams/{team_id}/sharing"): OPS,
+    ("PATCH", "/api/keys/{key_id}/priority"): OPS,
 }
 PATH_PARAMS = {
     "{team_id}": "team",
@@ -377,6 +395,7 @@ PATH_PARAMS = {
     "{budget_id}": "budget",
     "{profile_id}": "profile",
     "{limit_id}": "limit",
+    "{share_id}": "share",
 }
 
 

@@ -50,12 +50,15 @@ def test_the_engines_decisions_are_worded_with_the_instance_and_the_clock():
     )
     assert (message["limit"], message["remaining"], message["budgeted"]) == (60, 0, False)
     assert message["reservation"] == "" and message["at"] >= before
-    # A grant lists shadow refusals only when it has some (test_shadow_budgets.py).
+    # A grant lists shadow refusals only when it has some (test_shadow_budgets.py), and
+    # one that did not queue waited on no rule.
     promise = {"refused_for", "refused_scope"}  # a refusal's, when it holds a while
-    assert set(message) == set(DecisionMessage.__annotations__) - {"message", "shadow", *promise}
+    unsaid = {"message", "shadow", "rule", *promise}
+    assert set(message) == set(DecisionMessage.__annotations__) - unsaid
     queued_message = words.decision(queued)
     assert (queued_message["kind"], queued_message["max_wait"]) == ("queued", 30.0)
     assert queued_message["retry_after"] == pytest.approx(1.0)
+    assert queued_message["reason"] == "rate_limited"  # the rule it waits on: its own key's
     refused_message = words.decision(refused)
     assert (refused_message["kind"], refused_message["reason"]) == ("refuse", "queue_full")
     # Its key may queue 30 s, longer than the bucket takes to have room: no promise.
@@ -72,6 +75,16 @@ def test_a_refusal_that_holds_a_while_says_for_how_long_and_whose_state_proves_i
     assert (message["kind"], message["reason"]) == ("refuse", "rate_limited")
     assert message["refused_for"] == pytest.approx(0.75 - 1e-3)
     assert message["refused_scope"] == "key"
+
+
+def test_a_grant_that_queued_names_the_rule_it_waited_on():
+    # (A timeout's rule: tests/limiter/test_engine_shares.py.)
+    words = Codec("limiter-1", budgets())
+    engine = Engine()
+    decide(engine, "t1")
+    decide(engine, "t2")  # queued behind its key's (and the account's) one a minute
+    (granted,) = engine.poll(60.0)
+    assert words.decision(granted)["rule"] == "rate_limited"  # its key, as tight as the account
 
 
 def test_a_grant_a_budget_covers_is_budgeted_and_names_its_reservation():
@@ -94,7 +107,8 @@ def test_a_refusal_before_the_engine_is_a_decision_message_like_the_engines():
         assert (message["limit"], message["remaining"], message["reset"]) == (60, 3, 2.5)
         assert (message["lease"], message["waited"], message["max_wait"]) == ("", 0.0, 0.0)
         assert message["retry_after"] >= 0.001 and message["limiter"] == "limiter-1"
-        unsaid = {"budgeted", "reservation", "shadow", "refused_for", "refused_scope"}
+        # A grant's fields, a promise that holds a while and a queued call's rule: none.
+        unsaid = {"budgeted", "reservation", "shadow", "refused_for", "refused_scope", "rule"}
         assert set(message) == set(DecisionMessage.__annotations__) - unsaid
 
 

@@ -1,9 +1,10 @@
 """The engine's guarantees (see its docstring), checked after every step of generated
-histories: acquires (some with a max wait of their own, later extended, and refundable
-like a merged embeddings request's; some with tokens no bucket can hold, refused alone),
-releases with actual usage (some absurd) or unused, renewals,
-cancels, limit changes, upstream pauses, restarts with adoption, forgetting idle scopes,
-and time passing.
+histories under generated classes (guaranteed shares, priorities, weights; changed
+mid-history as a new configuration would): acquires (some with a max wait of their own,
+later extended, and refundable like a merged embeddings request's; some with tokens no
+bucket can hold, refused alone), releases with actual usage (some absurd) or unused,
+renewals, cancels, limit changes, upstream pauses, restarts with adoption, forgetting idle
+scopes, and time passing.
 
 The test plays the worker's part: time only moves forward, and it polls whenever
 `next_wakeup` asks to. Nothing sleeps; the run is derandomized with no example database,
@@ -12,6 +13,7 @@ so CI sees the same histories every time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from hypothesis import HealthCheck, settings
@@ -20,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from limiter.authority import engine as engine_module
 from limiter.authority.engine import COMPACT_FACTOR, INVALID_UNITS, Decision, Engine, Limit
+from limiter.authority.sharing import SHARE_WINDOW, Klass
 
 ENDPOINT = "chat"
 LEASE_TTL = 10.0
@@ -29,9 +32,10 @@ EPS = 1e-6
 # of 64; a history here holds a few dozen tickets, so it runs with a small slack.
 SLACK = 2
 
-# k0 and k1 share account A with limits wider than any account's: only the account
+# k0, k1 and k3 share account A with limits wider than any account's: only the account
 # holds them back, so fairness between them is exactly checkable. k2 has tight limits
 # of its own (its head is often held back by its key, and passed over).
+# Classes: k0 and k3 are one class (a team of two keys), k1 and k2 one each.
 WIDE_KEY = Limit(per_minute=60000, burst=1000, queue_depth=5, max_wait=20.0)
 ACCOUNT_LIMITS = [
     Limit(per_minute=120, burst=3, tokens_per_minute=6000, max_concurrent=2),
@@ -52,6 +56,17 @@ TIGHT_KEY_LIMITS = [
     Limit(per_minute=30, burst=1, tokens_per_minute=1200, queue_depth=3, max_wait=6.0),
 ]
 FAIR_PAIR = ("k0", "k1")
+WIDE_KEYS = ("k0", "k1", "k3")
+KEYS = ["k0", "k1", "k2", "k3"]
+CLASS_OF = {"k0": "c0", "k3": "c0", "k1": "c1", "k2": "c2"}
+CLASSES = ("c0", "c1", "c2")
+# Shares of (c0, c1, c2), each set adding up to at most 100%; often none (fairness by
+# weight alone is then checked between k0's and k1's flows).
+SHARES = [(0, 0, 0), (0, 0, 0), (0.6, 0, 0), (0, 0.3, 0), (0.6, 0.3, 0), (0.3, 0.3, 0.4)]
+WEIGHTS = st.tuples(*[st.sampled_from([1, 1, 2, 3])] * 3)  # per class
+PRIORITIES = st.tuples(*[st.sampled_from([1, 1, 0, 2])] * 4)  # per key, k0..k3
+# A class's service this close to its share is too close to call (float error).
+SHARE_MARGIN = 1e-7
 DISTURBANCES = [
     *[("restart",)] * 3,
     ("forget_idle",),
@@ -131,8 +146,14 @@ class EngineMachine(RuleBasedStateMachine):
         self.logs: dict[tuple[str, str], Log] = {}
         self.held: dict[str, Held] = {}
         self.queued: dict[str, tuple[str, float]] = {}  # ticket -> (key, deadline)
-        self.backlog = {key: 0 for key in FAIR_PAIR}
+        self.queued_tokens: dict[str, float] = {}  # ticket -> tokens, while it is queued
+        self.backlog = {key: 0 for key in KEYS}
         self.fair_served = {key: 0.0 for key in FAIR_PAIR}
+        self.shares = dict.fromkeys(CLASSES, 0.0)
+        self.weights = dict.fromkeys(CLASSES, 1.0)
+        self.priority = dict.fromkeys(KEYS, 1)
+        # Per (account, class): the decaying sum of its grants' costs, as sharing.Usage.
+        self.usage: dict[tuple[str, str], tuple[float, float]] = {}
         self.max_cost = 0.0  # the largest request granted on account A so far
         self.to_adopt: list[Held] = []  # held across a restart, not handed back yet
         self.saved_slack = engine_module.COMPACT_SLACK
@@ -146,11 +167,37 @@ class EngineMachine(RuleBasedStateMachine):
         a=st.sampled_from(ACCOUNT_LIMITS),
         b=st.sampled_from(ACCOUNT_LIMITS),
         k2=st.sampled_from(TIGHT_KEY_LIMITS),
+        shares=st.sampled_from(SHARES),
+        weights=WEIGHTS,
+        priorities=PRIORITIES,
     )
-    def setup(self, k2_account: str, a: Limit, b: Limit, k2: Limit) -> None:
-        self.route = {"k0": "A", "k1": "A", "k2": k2_account}
-        for name, limit in (("A", a), ("B", b), ("k0", WIDE_KEY), ("k1", WIDE_KEY), ("k2", k2)):
+    def setup(
+        self,
+        k2_account: str,
+        a: Limit,
+        b: Limit,
+        k2: Limit,
+        shares: tuple[float, ...],
+        weights: tuple[int, ...],
+        priorities: tuple[int, ...],
+    ) -> None:
+        self.route = {"k0": "A", "k1": "A", "k2": k2_account, "k3": "A"}
+        wide = [(key, WIDE_KEY) for key in WIDE_KEYS]
+        for name, limit in (("A", a), ("B", b), *wide, ("k2", k2)):
             self._set_limit(name, limit)
+        self._classes(shares, weights, priorities)
+
+    def _classes(
+        self, shares: tuple[float, ...], weights: tuple[int, ...], priorities: tuple[int, ...]
+    ) -> None:
+        self.shares = dict(zip(CLASSES, shares, strict=True))
+        self.weights = dict(zip(CLASSES, map(float, weights), strict=True))
+        self.priority = dict(zip(KEYS, priorities, strict=True))
+        self._fair_reset()
+
+    def _klass(self, key: str) -> Klass:
+        cls = CLASS_OF[key]
+        return Klass(cls, self.shares[cls], self.weights[cls], self.priority[key])
 
     # --- bookkeeping -----------------------------------------------------------------
     def _kind(self, name: str) -> str:
@@ -186,11 +233,14 @@ class EngineMachine(RuleBasedStateMachine):
             account = ticket.account.id[1]
             if decision.kind == "queued":
                 self.queued[ticket.id] = (key, ticket.deadline)
+                self.queued_tokens[ticket.id] = ticket.tokens
                 self._backlog(key, +1)
                 continue
             was_queued = self.queued.pop(ticket.id, None) is not None
             if decision.kind == "grant":
+                self._order_of_service(key, account)
                 self._fair_grant(key, account, ticket.tokens)
+                self._used(key, account, ticket.tokens)
                 self._admit(key, account, ticket.tokens, decision.lease)
             if was_queued:
                 self._backlog(key, -1)
@@ -231,26 +281,101 @@ class EngineMachine(RuleBasedStateMachine):
             del self.held[lease]
 
     def _backlog(self, key: str, delta: int) -> None:
-        if key not in self.backlog:
-            return
         self.backlog[key] += delta
-        if not all(self.backlog.values()):
-            self.fair_served = {k: 0.0 for k in FAIR_PAIR}
+        if not self._fair_pair_waiting():
+            self._fair_reset()
+
+    def _fair_reset(self) -> None:
+        self.fair_served = {k: 0.0 for k in FAIR_PAIR}
+
+    def _flow_backlog(self, key: str) -> int:
+        """Tickets queued in `key`'s flow (its class at its priority) on account A."""
+        return sum(
+            n
+            for other, n in self.backlog.items()
+            if self.route[other] == "A"
+            and CLASS_OF[other] == CLASS_OF[key]
+            and self.priority[other] == self.priority[key]
+        )
+
+    def _fair_pair_waiting(self) -> bool:
+        """Whether k0's flow and k1's compete by weight alone: one priority, no shares,
+        both waiting."""
+        return (
+            self.priority["k0"] == self.priority["k1"]
+            and self.shares["c0"] == self.shares["c1"] == 0
+            and all(self._flow_backlog(key) for key in FAIR_PAIR)
+        )
 
     def _fair_grant(self, key: str, account: str, tokens: float) -> None:
         if account != "A":
             return
         c = cost(self.limits[account], tokens)
         self.max_cost = max(self.max_cost, c)
-        if key not in self.backlog or not all(self.backlog.values()):
+        if not self._fair_pair_waiting():
             return
-        self.fair_served[key] += c
-        # While both wait, neither gets more than its share plus one maximum-size request.
+        mine = next((k for k in FAIR_PAIR if CLASS_OF[k] == CLASS_OF[key]), None)
+        if mine is None or self.priority[key] != self.priority[mine]:
+            return  # another flow's grant: it moves neither tag
+        self.fair_served[mine] += c
+        # While both wait, neither gets more than its weighted share plus one
+        # maximum-size request: served_i <= total x w_i / (w_0 + w_1) + max cost.
         total = sum(self.fair_served.values())
-        assert self.fair_served[key] <= total / 2 + self.max_cost + EPS, (
+        weight = self.weights[CLASS_OF[mine]]
+        pair = sum(self.weights[CLASS_OF[k]] for k in FAIR_PAIR)
+        assert self.fair_served[mine] <= total * weight / pair + self.max_cost + EPS, (
             self.fair_served,
+            self.weights,
             self.max_cost,
         )
+
+    # --- shares and priorities ------------------------------------------------------
+    def _usage(self, account: str, cls: str) -> float:
+        value, at = self.usage.get((account, cls), (0.0, self.now))
+        return value * math.exp(-(self.now - at) / SHARE_WINDOW)
+
+    def _used(self, key: str, account: str, tokens: float) -> None:
+        cls = CLASS_OF[key]
+        value = self._usage(account, cls) + cost(self.limits[account], tokens)
+        self.usage[(account, cls)] = (value, self.now)
+
+    def _below(self, account: str, cls: str, margin: float) -> bool:
+        """Below its share by more than `margin` (a negative margin: possibly below)."""
+        share = self.shares[cls]
+        return share > 0 and self._usage(account, cls) < share * SHARE_WINDOW - margin
+
+    def _waiting_heads(self, account: str) -> list[str]:
+        """Wide keys with calls queued on `account` whose head their key lets go now: only
+        the account holds them (a head held back by its own key is passed over)."""
+        heads: dict[str, float] = {}
+        for ticket_id, (key, _deadline) in self.queued.items():
+            if key in WIDE_KEYS and self.route[key] == account and key not in heads:
+                heads[key] = self.queued_tokens[ticket_id]
+        scopes = self.engine.scopes
+        return [
+            key
+            for key, tokens in heads.items()
+            if scopes[self._sid(key)].rate_wait(tokens, self.now)[0] == 0
+        ]
+
+    def _order_of_service(self, key: str, account: str) -> None:
+        """A grant on account A never goes (a) beyond the grantee's share while a class
+        below its share waits, nor (b) to a lower priority than a call waiting, unless
+        within the grantee's share."""
+        if account != "A" or self._below(account, CLASS_OF[key], -SHARE_MARGIN):
+            return  # within its share (or too close to call): it may go first
+        for other in self._waiting_heads(account):
+            if CLASS_OF[other] == CLASS_OF[key]:
+                continue
+            assert not self._below(account, CLASS_OF[other], SHARE_MARGIN), (
+                f"{key} served beyond its share while {other}'s class waits below its share",
+                {c: self._usage(account, c) for c in CLASSES},
+                self.shares,
+            )
+            assert self.priority[other] <= self.priority[key], (
+                f"{key} (priority {self.priority[key]}) served while {other} "
+                f"(priority {self.priority[other]}) waits"
+            )
 
     def _advance_to(self, target: float) -> None:
         """Let time pass as the worker does: poll at every wakeup up to `target`."""
@@ -274,17 +399,19 @@ class EngineMachine(RuleBasedStateMachine):
         self._process(self.engine.poll(self.now))
 
     # --- rules ---------------------------------------------------------------------------
-    @rule(key=st.sampled_from(["k0", "k1", "k2"]), tokens=st.sampled_from([0, 20, 80, 200, 500]))
+    @rule(key=st.sampled_from(KEYS), tokens=st.sampled_from([0, 20, 80, 200, 500]))
     def acquire(self, key: str, tokens: int) -> None:
         self.counter += 1
         key_pair, account_pair = self._pair(key)
         self._process(
-            self.engine.acquire(f"t{self.counter}", key_pair, account_pair, tokens, self.now)
+            self.engine.acquire(
+                f"t{self.counter}", key_pair, account_pair, tokens, self.now, klass=self._klass(key)
+            )
         )
 
     @rule(
         calls=st.lists(
-            st.tuples(st.sampled_from(["k0", "k1", "k2"]), st.sampled_from([0, 20, 80, 200, 500])),
+            st.tuples(st.sampled_from(KEYS), st.sampled_from([0, 20, 80, 200, 500])),
             min_size=2,
             max_size=6,
         )
@@ -295,7 +422,7 @@ class EngineMachine(RuleBasedStateMachine):
             self.acquire(key, tokens)
 
     @rule(
-        key=st.sampled_from(["k0", "k1", "k2"]),
+        key=st.sampled_from(KEYS),
         tokens=st.sampled_from([0, 20, 80, 200]),
         max_wait=st.sampled_from([0.0, 0.5, 2.0, 8.0]),
     )
@@ -312,11 +439,12 @@ class EngineMachine(RuleBasedStateMachine):
                 self.now,
                 max_wait=max_wait,
                 refundable=True,
+                klass=self._klass(key),
             )
         )
 
     @rule(
-        key=st.sampled_from(["k0", "k1", "k2"]),
+        key=st.sampled_from(KEYS),
         tokens=st.sampled_from([10**400, 1e308, float("inf"), float("nan"), -1, 2e12]),
     )
     def acquire_absurd(self, key: str, tokens: float) -> None:
@@ -325,7 +453,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.counter += 1
         key_pair, account_pair = self._pair(key)
         ticket = f"t{self.counter}"
-        decisions = self.engine.acquire(ticket, key_pair, account_pair, tokens, self.now)
+        decisions = self.engine.acquire(
+            ticket, key_pair, account_pair, tokens, self.now, klass=self._klass(key)
+        )
         own = [d for d in decisions if d.ticket.id == ticket]
         assert [(d.kind, d.reason) for d in own] == [("refuse", INVALID_UNITS)]
         self._process(decisions)
@@ -416,6 +546,15 @@ class EngineMachine(RuleBasedStateMachine):
         held.expiry = self.now + LEASE_TTL
         held.buckets = {name: self._bucket(name) for name in (held.key, held.account)}
 
+    @rule(shares=st.sampled_from(SHARES), weights=WEIGHTS, priorities=PRIORITIES)
+    def reclass(
+        self, shares: tuple[float, ...], weights: tuple[int, ...], priorities: tuple[int, ...]
+    ) -> None:
+        # A new configuration: queued calls take their new class, priority and weight.
+        self._classes(shares, weights, priorities)
+        self.engine.reclassify(lambda t: self._klass(t.key.id[1]))
+        self._process(self.engine.poll(self.now))
+
     # The rarer events share one rule (and one draw), so they do not crowd out the
     # requests' side.
     @rule(event=st.sampled_from(DISTURBANCES))
@@ -424,7 +563,9 @@ class EngineMachine(RuleBasedStateMachine):
             case ("restart",):
                 self._restart()
             case ("forget_idle",):
-                self.engine.forget_idle(self.now, older_than=2.0)
+                for sid in self.engine.forget_idle(self.now, older_than=2.0):
+                    # An idle account's queue goes, and its classes' service with it.
+                    self.usage = {k: v for k, v in self.usage.items() if k[0] != sid[1]}
             case ("pause", account, seconds):  # Together answered 429
                 self.engine.pause((self._sid(account), self.limits[account]), seconds, self.now)
             case ("limit", name, limit):
@@ -445,12 +586,13 @@ class EngineMachine(RuleBasedStateMachine):
             adopt_until=self.now + ADOPT_WINDOW,
         )
         self._bury_dead()
+        self.usage.clear()  # a new limiter measures the classes' service afresh
         self.to_adopt = sorted(self.held.values(), key=lambda h: h.lease)
         for held in self.to_adopt:
             held.expiry = float("inf")  # its holder is alive, and will hand it back
         # Queued callers time out at their end (LimiterUnavailable): nothing to answer here.
         self.queued.clear()
-        for key in FAIR_PAIR:
+        for key in KEYS:
             self.backlog[key] = 0
         self._backlog("k0", 0)
 
@@ -494,10 +636,15 @@ class EngineMachine(RuleBasedStateMachine):
         assert len(engine._deadlines) <= COMPACT_FACTOR * len(engine.tickets) + SLACK
         assert len(engine._lease_expiries) <= COMPACT_FACTOR * len(engine.leases) + SLACK
         for group in engine.groups.values():
-            assert set(group.served) == set(group.by_key)
+            assert (
+                set(group.served)
+                == set(group.waiting)
+                == {t.flow for q in group.by_key.values() for t in q}
+            )
             assert group.size == sum(len(q) for q in group.by_key.values())
         assert sum(g.size for g in engine.groups.values()) == len(engine.tickets)
-        assert len(engine.scopes) <= 5 and len(engine.groups) <= 2
+        assert len(engine.scopes) <= 6 and len(engine.groups) <= 2
+        assert all(set(g.usage) <= set(CLASSES) for g in engine.groups.values())
 
 
 TestEngineInvariants = EngineMachine.TestCase

@@ -135,3 +135,26 @@ def test_second_counts_keep_the_last_minute(n):
     counts.add(50.0)
     assert counts.last_minute(60.0) == n + 1
     assert counts.last_minute(70.5) == 1
+
+
+def test_the_snapshot_shows_each_classs_share_use_and_whether_it_lends_or_borrows():
+    """Issue 21: per account and model, a team's share, its use, lending or borrowing."""
+    from limiter.authority.sharing import CRITICAL, Klass
+
+    shown = view()
+    wide = Limit(per_minute=60000, burst=1000, queue_depth=100, max_wait=60.0)
+    ceiling = Limit(per_minute=60, burst=1)
+    now = time.monotonic()
+    prod = Klass("team:1", share=0.6, priority=CRITICAL)
+    dev = Klass("team:2")
+    # dev alone for 20 s: it borrows prod's idle share, which prod lends.
+    for n in range(20):
+        shown.engine.acquire(f"d{n}", (KEY, wide), (ACCOUNT, ceiling), 0, now + n, klass=dev)
+    shown.engine.acquire(
+        "p0", (("key", "p", "chat", ""), wide), (ACCOUNT, ceiling), 0, now, klass=prod
+    )
+    rows = {r["holder"]: r for r in shown.snapshot()["sharing"]}
+    assert rows["team:2"]["state"] == "borrowing" and rows["team:2"]["use"] > 0.6
+    assert rows["team:2"]["account"] == "a" and rows["team:2"]["model"] == "m"
+    assert (rows["team:1"]["share"], rows["team:1"]["priority"]) == (0.6, CRITICAL)
+    assert rows["team:1"]["state"] in ("lending", "reclaiming")

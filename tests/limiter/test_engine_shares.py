@@ -1,0 +1,187 @@
+"""Guaranteed shares, priorities and weights in the engine's order of service (issue 21),
+with time passed in: nothing here sleeps. The state-machine test
+(test_engine_invariants.py) checks the order after every grant of generated histories;
+these are the scenarios the issue names, each one worked through."""
+
+from collections import Counter
+
+import pytest
+
+from limiter.authority.engine import (
+    ACCOUNT_RATE_LIMITED,
+    PRIORITY_WAITING,
+    QUEUE_TIMEOUT,
+    SHARE_USED_UP,
+    Decision,
+    Engine,
+    Limit,
+)
+from limiter.authority.sharing import BACKGROUND, CRITICAL, SHARE_WINDOW, STANDARD, Klass
+
+ACCOUNT = ("account", "1", "chat", "m")
+# 60 a minute, one at a time: one grant a second.
+CEILING = Limit(per_minute=60, burst=1)
+PATIENT = Limit(per_minute=60000, burst=1000, queue_depth=1000, max_wait=1000.0)
+
+
+class Queue:
+    """An engine, the keys that call it, and the worker's part: poll at every wakeup."""
+
+    def __init__(self, ceiling: Limit = CEILING) -> None:
+        self.engine = Engine()
+        self.ceiling = ceiling
+        self.now = 0.0
+        self.count = 0
+        self.granted: list[tuple[float, str]] = []  # (when, key)
+        self.decisions: list[Decision] = []
+
+    def ask(self, key: str, klass: Klass, limit: Limit = PATIENT, n: int = 1) -> Decision:
+        for _ in range(n):
+            self.count += 1
+            ticket = f"{key}-{self.count}"
+            decisions = self.engine.acquire(
+                ticket,
+                (("key", key, "chat", ""), limit),
+                (ACCOUNT, self.ceiling),
+                0,
+                self.now,
+                klass=klass,
+            )
+            self._record(decisions)
+        return next(d for d in decisions if d.ticket.id == ticket)
+
+    def run(self, until: float) -> None:
+        while (wake := self.engine.next_wakeup(self.now)) is not None and wake <= until:
+            self.now = max(self.now, wake)
+            self._record(self.engine.poll(self.now))
+        self.now = until
+
+    def _record(self, decisions: list[Decision]) -> None:
+        self.decisions.extend(decisions)
+        for d in decisions:
+            if d.kind == "grant":
+                self.granted.append((self.now, d.ticket.key.id[1]))
+
+    def served(self, since: float = -1.0, until: float = 1e18) -> Counter[str]:
+        return Counter(key for at, key in self.granted if since <= at < until)
+
+
+def test_weights_split_what_is_left_in_proportion():
+    q = Queue()
+    q.ask("a", Klass("team-a", weight=2.0), n=200)
+    q.ask("b", Klass("team-b", weight=1.0), n=200)
+    q.run(90.0)
+    served = q.served()
+    assert served["a"] + served["b"] == 91  # work-conserving: one a second
+    assert served["a"] == pytest.approx(2 * served["b"], abs=2)
+
+
+def test_a_class_below_its_share_goes_first_and_the_rest_is_split_by_weight():
+    # Every class floods; prod's service (all of it, borrowed too) counts against its
+    # share: it gets its share, plus what it wins competing for the rest.
+    q = Queue()
+    q.ask("prod", Klass("prod", share=0.6), n=300)
+    q.ask("dev", Klass("dev"), n=300)
+    q.ask("exp", Klass("exp"), n=300)
+    q.run(200.0)
+    served = q.served(since=50.0)  # the steady state, the measure's window long past
+    total = sum(served.values())
+    # At least its share; at most its share and an equal part of what is left.
+    assert 0.59 <= served["prod"] / total <= 0.6 + 0.4 / 3
+    assert served["dev"] == pytest.approx(served["exp"], abs=2)
+
+
+def test_an_idle_share_is_lent_and_reclaimed_at_the_next_grant():
+    q = Queue()
+    q.ask("dev", Klass("dev"), n=100)
+    q.run(30.5)
+    assert q.served() == Counter(dev=31)  # prod idle: dev has the whole ceiling
+    q.ask("prod", Klass("prod", share=0.6))
+    q.run(31.0)
+    # The next grant (at 31 s, one second after dev's last) is prod's, ahead of dev's
+    # 69 queued calls: reclaiming waits for no one's queue.
+    assert q.granted[-1] == (31.0, "prod")
+
+
+def test_background_goes_only_when_no_one_else_waits_and_then_gets_it_all():
+    q = Queue()
+    q.ask("batch", Klass("batch", priority=BACKGROUND), n=50)
+    q.ask("app", Klass("app", priority=STANDARD), n=10)
+    q.run(40.0)
+    order = [key for _at, key in q.granted]
+    # The first grant went before app asked (batch alone); then app's ten, then batch.
+    assert order[:11] == ["batch"] + ["app"] * 10
+    assert set(order[11:]) == {"batch"}
+    assert len(order) == 41  # and batch used every grant app left
+
+
+def test_a_priority_never_lets_a_key_exceed_its_own_limit():
+    q = Queue()
+    own = Limit(per_minute=15, burst=1, queue_depth=100, max_wait=1000.0)  # one in 4 s
+    q.ask("urgent", Klass("urgent", priority=CRITICAL), limit=own, n=20)
+    q.ask("other", Klass("other"), n=100)
+    q.run(40.0)
+    served = q.served()
+    assert served["urgent"] == 11  # at 0, 4, ..., 40: its own pace, no faster
+    assert served["urgent"] + served["other"] == 41  # the rest went to the standard key
+
+
+def test_a_critical_call_goes_before_standard_ones_queued_earlier():
+    q = Queue()
+    q.ask("other", Klass("other"), n=10)
+    q.run(2.5)
+    q.ask("urgent", Klass("urgent", priority=CRITICAL))
+    q.run(3.0)
+    assert q.granted[-1] == (3.0, "urgent")
+
+
+def test_a_wait_says_which_rule_holds_it():
+    q = Queue()
+    q.ask("urgent", Klass("urgent", priority=CRITICAL), n=3)
+    behind_priority = q.ask("other", Klass("other"))
+    assert (behind_priority.kind, behind_priority.reason) == ("queued", PRIORITY_WAITING)
+    q.run(20.0)
+    q.ask("prod", Klass("prod", share=0.5), n=30)
+    q.run(40.0)  # prod alone has been served far beyond half the ceiling
+    assert q.engine.groups[ACCOUNT].usage["prod"].read(q.now) > 0.5 * SHARE_WINDOW
+    used_up = q.ask("prod", Klass("prod", share=0.5))
+    assert (used_up.kind, used_up.reason) == ("queued", SHARE_USED_UP)
+    plain = Queue()
+    plain.ask("a", Klass("a"), n=2)
+    assert plain.ask("b", Klass("b")).reason == ACCOUNT_RATE_LIMITED
+
+
+def test_a_refusal_for_a_wait_too_long_names_the_priority_waiting():
+    q = Queue()
+    q.ask("urgent", Klass("urgent", priority=CRITICAL), n=10)
+    impatient = Limit(per_minute=60000, burst=1000, queue_depth=10, max_wait=3.0)
+    refused = q.ask("other", Klass("other"), limit=impatient)
+    assert (refused.kind, refused.reason, refused.scope) == ("refuse", PRIORITY_WAITING, "account")
+    # One that may wait but times out says the rule it waited on.
+    q.ask("other2", Klass("other2"), limit=Limit(60000, 1000, queue_depth=10, max_wait=30.0))
+    q.ask("urgent", Klass("urgent", priority=CRITICAL), n=40)
+    q.run(31.0)
+    timeout = next(d for d in q.decisions if d.ticket.key.id[1] == "other2" and d.kind != "queued")
+    assert (timeout.reason, timeout.rule) == (QUEUE_TIMEOUT, PRIORITY_WAITING)
+
+
+def test_a_new_configuration_reorders_the_queue_at_once():
+    q = Queue()
+    q.ask("a", Klass("a"), n=20)
+    q.ask("b", Klass("b"), n=20)
+    q.run(3.5)
+    q.engine.reclassify(
+        lambda t: Klass(t.klass.id, priority=CRITICAL if t.klass.id == "b" else STANDARD)
+    )
+    q.run(10.0)
+    assert [key for at, key in q.granted if at > 3.5] == ["b"] * 7  # at 4, 5, ..., 10
+
+
+def test_bad_numbers_in_a_class_are_bounded_not_trusted():
+    q = Queue()
+    nan = float("nan")
+    first = q.ask("a", Klass("a", share=nan, weight=nan, priority=99), n=3)
+    assert first.ticket.klass == Klass("a", 0.0, 1.0, STANDARD)
+    q.ask("b", Klass("b", share=-1.0, weight=float("inf")), n=3)
+    q.run(10.0)
+    assert q.served() == Counter(a=3, b=3)
