@@ -18,18 +18,15 @@ The table of routes understood, passed through and refused is docs/routes.md.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 
 from limiter import selectors, services
-from limiter.gateway.errors import ApiError, upstream_unreachable
+from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Handler, Request, Response
+from limiter.gateway.jobs import pass_through
 from limiter.models import EndpointKind
-from limiter.upstream import Target, UpstreamError, client
 
 K = EndpointKind
 MSG_NOT_FOUND = "No {what} with id '{id}' for this team."
@@ -45,7 +42,6 @@ WHAT = {
 }
 # Kinds whose answers list the organisation as a whole: an allowed team sees them whole.
 UNOWNED = frozenset({K.ORG_BILLING, K.ORG_PROJECTS})
-RELAYED_HEADERS = ("location", "retry-after", "retry-after-ms")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -53,44 +49,10 @@ def what(kind: str) -> str:
     return WHAT.get(kind, "an organisation-level route")  # type: ignore[call-overload]
 
 
-def _root_target(target: Target) -> Target:
-    """The account's target at Together's root: /v2 paths sit beside /v1, not under it."""
-    base = target.base_url.rstrip("/")
-    return dataclasses.replace(
-        target, base_url=base[: -len("/v1")] if base.endswith("/v1") else base
-    )
-
-
 async def _forward(request: Request) -> Response:
-    assert request.key is not None
-    target, path = request.key.target, request.path
-    if path.startswith("/v1/"):
-        path = path[len("/v1") :]
-    else:
-        target = _root_target(target)
-    headers = {"content-type": request.content_type} if request.content_type else {}
-    try:
-        outcome = await client.send(
-            target,
-            request.method,
-            path,
-            content=request.body or None,
-            headers=headers,
-            params=request.query_string or None,
-            deadline=time.monotonic() + settings.SLUICE_UPSTREAM_DEADLINE,
-        )
-    except UpstreamError as exc:
-        raise upstream_unreachable() from exc
-    answer = outcome.response
-    relayed = Response(
-        status=answer.status_code,
-        body=answer.content,
-        content_type=answer.headers.get("content-type", "application/json").encode("latin-1"),
-    )
-    for name, value in answer.headers.items():
-        if name.lower() in RELAYED_HEADERS:
-            relayed.add_header(name, value)
-    return relayed
+    """The call as it came, to Together (a /v2 path at its root: Target.url)."""
+    path = request.path[len("/v1") :] if request.path.startswith("/v1/") else request.path
+    return await pass_through(request, path)
 
 
 def _segments(request: Request, prefix_len: int) -> list[str]:

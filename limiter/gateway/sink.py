@@ -49,19 +49,7 @@ class RefusalSink:
         metrics.REFUSED.labels(endpoint, reason, source).inc()
         if source == GATEWAY:
             self.monitor.team_refused(key.team_id)
-        self.recorder.refusal(
-            team_id=key.team_id,
-            team_name=key.team_name,
-            key_prefix=key.prefix,
-            upstream=key.account_name,
-            endpoint=endpoint,
-            model=model,
-            reason=reason,
-            source=source,
-            retry_after=retry_after,
-            request_id=request_id,
-            message=message,
-        )
+        self._record(key, request_id, endpoint, model, reason, source, retry_after, message)
 
     def shadow_refused(
         self,
@@ -76,6 +64,21 @@ class RefusalSink:
         """One call admitted that a shadow limit or budget would have refused: counted
         and kept in the 429 record marked shadow, but no alert (nobody was refused)."""
         metrics.SHADOW_REFUSED.labels(key.team_name, endpoint, reason).inc()
+        self._record(key, request_id, endpoint, model, reason, GATEWAY, None, message, shadow=True)
+
+    def _record(
+        self,
+        key: KeyInfo,
+        request_id: str,
+        endpoint: str,
+        model: str,
+        reason: str,
+        source: str,
+        retry_after: float | None,
+        message: str,
+        *,
+        shadow: bool = False,
+    ) -> None:
         self.recorder.refusal(
             team_id=key.team_id,
             team_name=key.team_name,
@@ -84,9 +87,9 @@ class RefusalSink:
             endpoint=endpoint,
             model=model,
             reason=reason,
-            source=GATEWAY,
-            retry_after=None,
+            source=source,
+            retry_after=retry_after,
             request_id=request_id,
             message=message,
-            shadow=True,
+            shadow=shadow,
         )
