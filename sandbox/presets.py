@@ -4,7 +4,7 @@
 organisation meets it. Every model is limited on its own, per second, from a floor equal to
 the seed's per-minute figure for its endpoint kind (the default profile of
 limiter/migrations/0002_seed_default_profile.py: chat and completions 600 a minute,
-embeddings and rerank 300, images 60; audio 60, from 0013_seed_audio_limits), and the
+embeddings and rerank 300, images 60; audio 60, from 0012_seed_audio_limits), and the
 limit moves with the organisation's successful traffic (the dynamic mode,
 sandbox/dynamic.py). Its headers say so the way Together does: `x-ratelimit-limit: 10` (a
 second) for a chat model, 5 for an embeddings model, 1 for an image model. So Sluice
@@ -27,7 +27,7 @@ SEED_PER_MINUTE: dict[str, int] = {
     "embedding": 300,
     "rerank": 300,
     "image": 60,
-    # limiter/migrations/0013_seed_audio_limits.py: speech and transcription 60 a minute.
+    # limiter/migrations/0012_seed_audio_limits.py: speech and transcription 60 a minute.
     "audio": 60,
     "transcribe": 60,
 }

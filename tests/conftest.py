@@ -166,8 +166,8 @@ def _seeded_in_transaction(request):
 # The migrations that seed data, in order: what a flush removes and tests put back.
 SEEDING_MIGRATIONS = (
     "0002_seed_default_profile",
-    "0013_seed_audio_limits",
-    "0016_seed_videos_evaluations",
+    "0012_seed_audio_limits",
+    "0015_seed_videos_evaluations",
 )
 
 

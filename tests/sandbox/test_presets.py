@@ -14,7 +14,7 @@ from .conftest import CHAT_MODEL
 
 SEED = {
     **importlib.import_module("limiter.migrations.0002_seed_default_profile").DEFAULTS,
-    **importlib.import_module("limiter.migrations.0013_seed_audio_limits").AUDIO_DEFAULTS,
+    **importlib.import_module("limiter.migrations.0012_seed_audio_limits").AUDIO_DEFAULTS,
 }
 KIND_OF_TYPE = {
     "chat": "chat",

@@ -40,7 +40,7 @@ def unseed(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("limiter", "0015_video_evaluation_endpoint_kinds"),
+        ("limiter", "0014_endpoint_kinds"),
     ]
 
     operations = [migrations.RunPython(seed, unseed)]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("limiter", "0016_seed_videos_evaluations"),
+        ("limiter", "0015_seed_videos_evaluations"),
     ]
 
     operations = [

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("usage", "0006_audio_endpoint_kinds"),
+        ("usage", "0004_jobusage_job_in_jobs_app"),
     ]
 
     operations = [

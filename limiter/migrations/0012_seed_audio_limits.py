@@ -41,5 +41,5 @@ def unseed(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("limiter", "0012_audio_endpoint_kinds")]
+    dependencies = [("limiter", "0011_dedicated_models_managed_objects")]
     operations = [migrations.RunPython(seed, unseed)]

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("limiter", "0013_seed_audio_limits"),
+        ("limiter", "0012_seed_audio_limits"),
     ]
 
     operations = [
