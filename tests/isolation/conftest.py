@@ -159,7 +159,14 @@ class ServerDb:
         from dashboard.audit import ACCESS_ACTIONS
         from dashboard.models import AuditEntry, PersonalToken
         from limiter.alerts.models import Alert, Webhook
-        from limiter.models import ApiKey, EndpointLimit, LimitProfile, Team, UpstreamAccount
+        from limiter.models import (
+            ApiKey,
+            EndpointLimit,
+            LimitProfile,
+            Share,
+            Team,
+            UpstreamAccount,
+        )
         from limiter.usage.models import Budget, ModelPrice
 
         def rows(queryset: Any, *exclude: str) -> list[dict]:
@@ -181,6 +188,7 @@ class ServerDb:
                 "webhooks": rows(Webhook.objects.using(db)),
                 "alerts": rows(Alert.objects.using(db)),
                 "budgets": rows(Budget.objects.using(db)),
+                "shares": rows(Share.objects.using(db)),
                 "prices": rows(ModelPrice.objects.using(db)),
                 "tokens": rows(PersonalToken.objects.using(db), "last_used_at"),
             }
@@ -269,6 +277,7 @@ class World:
     b_profile_id: int
     b_limit_id: int
     b_budget_id: int
+    b_share_id: int
     b_webhook_id: int
     b_files: dict[str, str]  # kind -> file id
     b_fine_tunes: Jobs
@@ -387,6 +396,18 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         .raise_for_status()
         .json()["id"]
     )
+    account = server.python(
+        "from limiter.models import UpstreamAccount\n"
+        "print(UpstreamAccount.objects.get(is_default=True).name)\n"
+    ).strip()
+    b_share_id = (
+        ops.post(
+            "/shares",
+            json={"account": account, "team": b.name, "endpoint": "chat", "fraction": 0.1},
+        )
+        .raise_for_status()
+        .json()["id"]
+    )
     # B's webhook, disabled: nothing is ever sent to it, it only gives its page a path.
     b_webhook_id = int(
         server.python(
@@ -496,6 +517,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_profile_id=b_profile["id"],
         b_limit_id=b_limit_id,
         b_budget_id=b_budget_id,
+        b_share_id=b_share_id,
         b_webhook_id=b_webhook_id,
         b_files=files,
         b_fine_tunes=b_fine_tunes,

@@ -125,7 +125,7 @@ def names_a_team(path: str) -> bool:
 class OpsRoute:
     method: str
     pattern: str  # the Ninja operation's path, under /api
-    path: str  # with {team}, {key}, {profile}, {limit}, {budget}: ids of team B's rows
+    path: str  # with {team}, {key}, {profile}, {limit}, {budget}, {share}: ids of team B's rows
     body: dict | None = None
 
     @property
@@ -175,6 +175,18 @@ OPS_ROUTES = [
     ),
     OpsRoute("PATCH", "/budgets/{budget_id}", "/budgets/{budget}", {"limit": 1}),
     OpsRoute("DELETE", "/budgets/{budget_id}", "/budgets/{budget}"),
+    OpsRoute("GET", "/shares", "/shares"),
+    OpsRoute(
+        "POST",
+        "/shares",
+        "/shares",
+        {"account": "default", "team": "iso-b", "endpoint": "chat", "fraction": 0.5},
+    ),
+    OpsRoute("PATCH", "/shares/{share_id}", "/shares/{share}", {"fraction": 0.9}),
+    OpsRoute("DELETE", "/shares/{share_id}", "/shares/{share}"),
+    OpsRoute("GET", "/teams/{team_id}/sharing", "/teams/{team}/sharing"),
+    OpsRoute("PATCH", "/teams/{team_id}/sharing", "/teams/{team}/sharing", {"weight": 99}),
+    OpsRoute("PATCH", "/keys/{key_id}/priority", "/keys/{key}/priority", {"priority": "critical"}),
     OpsRoute("GET", "/ceilings", "/ceilings"),
     # Account 1 is the seeded default account: a reset that got through would be audited.
     OpsRoute(
@@ -241,6 +253,19 @@ PAGE_ROUTES = [
     ),
     PageRoute("dashboard:budget_delete", "POST", "/budgets/{budget}/delete/"),
     PageRoute("dashboard:budget_shadow", "POST", "/budgets/{budget}/shadow/", {"shadow": "1"}),
+    PageRoute(
+        "dashboard:team_sharing",
+        "POST",
+        "/teams/{team}/sharing/",
+        {"priority": "critical", "weight": "99"},
+    ),
+    PageRoute(
+        "dashboard:share_create",
+        "POST",
+        "/teams/{team}/shares/",
+        {"account": "1", "endpoint": "chat", "fraction": "0.5"},
+    ),
+    PageRoute("dashboard:share_delete", "POST", "/shares/{share}/delete/"),
     PageRoute("dashboard:key_revoke", "POST", "/keys/{key}/revoke/"),
     PageRoute("dashboard:key_rotate", "POST", "/keys/{key}/rotate/"),
     PageRoute("dashboard:tokens", "GET", "/tokens/"),

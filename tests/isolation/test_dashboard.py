@@ -39,6 +39,7 @@ def page_path(world: World, path: str) -> str:
         limit=world.b_limit_id,
         webhook=world.b_webhook_id,
         budget=world.b_budget_id,
+        share=world.b_share_id,
     )
 
 

@@ -31,6 +31,7 @@ def ops_path(world: World, route: OpsRoute) -> str:
         profile=world.b_profile_id,
         limit=world.b_limit_id,
         budget=world.b_budget_id,
+        share=world.b_share_id,
     )
 
 
