@@ -34,9 +34,7 @@ def build_routes() -> list[Route]:
     ]
     # The fine-tune extras before the jobs' routes: `/v1/fine-tunes/preview` is literal.
     # Organisation-level routes last: GET /v1/models stays the catalogue's.
-    return (
-        routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES + tci.ROUTES + org_routes()
-    )
+    return routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES + tci.ROUTES + org_routes()
 
 
 # Routes whose body is checked by the router before admission: a body that fails is

@@ -112,9 +112,7 @@ async def sessions_list(request: Request) -> Response:
         listing = None
     data = listing.get("data") if isinstance(listing, dict) else None
     rows = data.get("sessions") if isinstance(data, dict) else None
-    sessions = [
-        row for row in rows or [] if isinstance(row, dict) and row.get("id") in mine
-    ]
+    sessions = [row for row in rows or [] if isinstance(row, dict) and row.get("id") in mine]
     return Response.json({"data": {"sessions": sessions}, "errors": None})
 
 

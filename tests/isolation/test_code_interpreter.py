@@ -49,7 +49,9 @@ def test_the_session_list_shows_a_team_its_own_only(
     world: World, team_a: TeamClient, owner: TeamClient
 ) -> None:
     # Together lists every team's sessions in the account.
-    upstream = {row["id"] for row in world.upstream("GET", "/tci/sessions").json()["data"]["sessions"]}
+    upstream = {
+        row["id"] for row in world.upstream("GET", "/tci/sessions").json()["data"]["sessions"]
+    }
     assert {world.a_tci_session, world.b_tci_session} <= upstream
 
     answer = team_a.get("/v1/tci/sessions")

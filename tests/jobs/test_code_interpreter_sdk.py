@@ -170,7 +170,9 @@ def test_an_unknown_session_is_a_404_before_together_hears_of_it(server: SluiceS
         ({"code": "1", "language": "python", "files": "a.py"}, "invalid_type", "files"),
     ],
 )
-def test_a_bad_execute_body_is_a_400(server: SluiceServer, body: dict, code: str, param: str) -> None:
+def test_a_bad_execute_body_is_a_400(
+    server: SluiceServer, body: dict, code: str, param: str
+) -> None:
     secret = server.issue_key("tci-bad")
     with httpx.Client(
         base_url=server.url, headers={"authorization": f"Bearer {secret}"}, timeout=30
