@@ -109,10 +109,10 @@ def _session(sessions: dict[str, Session], session_id: Any, now: float) -> Sessi
         session = Session(id="ses_" + uuid.uuid4().hex[:24], started=now, last_execute=now)
         sessions[session.id] = session
         return session
-    session = sessions.get(session_id) if isinstance(session_id, str) else None
-    if session is None or session.expired(now):
+    found = sessions.get(session_id) if isinstance(session_id, str) else None
+    if found is None or found.expired(now):
         raise ApiError(404, f"Session {session_id} not found or expired", code="not_found")
-    return session
+    return found
 
 
 def execute(state: Any, request: Request, _: str) -> Response:
