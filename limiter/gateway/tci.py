@@ -1,5 +1,6 @@
 """Team API handlers for Together's code interpreter (TCI): `POST /v1/tci/execute` runs code
-in a session, `GET /v1/tci/sessions` lists the live sessions.
+in a session, `GET /v1/tci/sessions` lists the live sessions (both at the root too:
+`/tci/execute`, `/tci/sessions`).
 
 Every team's sessions live in the one Together account. A session is the team's that
 started it: an execute without `session_id` starts one, and the id Together answers is
@@ -118,8 +119,14 @@ async def sessions_list(request: Request) -> Response:
 
 CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {execute: _execute_body}
 
+# Under /v1 (the together SDK 2.x's base URL) and at the root, where Together's code
+# interpreter guide calls them (`curl https://api.together.ai/tci/execute`). A list is a
+# call to Together too: paced like an execute.
 ROUTES: list[tuple[str, str, str, Handler]] = [
-    ("POST", "/v1/tci/execute", KIND, execute),
-    # A list is a call to Together too: paced like an execute.
-    ("GET", "/v1/tci/sessions", KIND, sessions_list),
+    (method, prefix + path, KIND, handler)
+    for prefix in ("/v1", "")
+    for method, path, handler in (
+        ("POST", "/tci/execute", execute),
+        ("GET", "/tci/sessions", sessions_list),
+    )
 ]

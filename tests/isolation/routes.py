@@ -69,6 +69,8 @@ V1_ROUTES = [
     V1Route("GET", "/v2/videos/{id}", "video"),
     V1Route("POST", "/v1/tci/execute", "tci_body"),
     V1Route("GET", "/v1/tci/sessions", "listing"),
+    V1Route("POST", "/tci/execute", "tci_body"),
+    V1Route("GET", "/tci/sessions", "listing"),
     # Organisation-level routes (limiter/gateway/org.py): refused unless the profile allows
     # the kind; every method of each path is routed. The public hardware lists pass.
     V1Route("GET", "/v1/hardware", "catalogue"),

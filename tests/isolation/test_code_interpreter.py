@@ -7,7 +7,13 @@ A's session list shows A's own only. B's teammate uses B's session.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.isolation.conftest import TeamClient, World, assert_openai_error
+from tests.isolation.routes import V1Route, v1_routes
+
+EXECUTES = v1_routes("tci_body")
+LISTS = [route for route in v1_routes("listing") if route.pattern.endswith("/tci/sessions")]
 
 
 def _upstream_session(world: World, session_id: str) -> dict:
@@ -16,12 +22,15 @@ def _upstream_session(world: World, session_id: str) -> dict:
     return next(row for row in rows if row["id"] == session_id)
 
 
-def test_another_teams_session_is_not_found(world: World, team_a: TeamClient) -> None:
+@pytest.mark.parametrize("route", EXECUTES, ids=lambda r: r.id)
+def test_another_teams_session_is_not_found(
+    world: World, team_a: TeamClient, route: V1Route
+) -> None:
     before = world.db.tenant_state(world.a.id, world.b.id)
     runs = _upstream_session(world, world.b_tci_session)["execute_count"]
 
     answer = team_a.post(
-        "/v1/tci/execute",
+        route.pattern,
         json={"code": "print(x)", "language": "python", "session_id": world.b_tci_session},
     )
 
@@ -45,8 +54,9 @@ def test_a_teams_own_session_still_runs(world: World, team_a: TeamClient) -> Non
     assert data["outputs"] == [{"type": "stdout", "data": "1\n"}]
 
 
+@pytest.mark.parametrize("route", LISTS, ids=lambda r: r.id)
 def test_the_session_list_shows_a_team_its_own_only(
-    world: World, team_a: TeamClient, owner: TeamClient
+    world: World, team_a: TeamClient, owner: TeamClient, route: V1Route
 ) -> None:
     # Together lists every team's sessions in the account.
     upstream = {
@@ -54,12 +64,12 @@ def test_the_session_list_shows_a_team_its_own_only(
     }
     assert {world.a_tci_session, world.b_tci_session} <= upstream
 
-    answer = team_a.get("/v1/tci/sessions")
+    answer = team_a.get(route.pattern)
 
     assert answer.status_code == 200, answer.text
     assert [row["id"] for row in answer.json()["data"]["sessions"]] == [world.a_tci_session]
     assert not any(name in answer.text for name in world.b_ids())
-    theirs = [row["id"] for row in owner.get("/v1/tci/sessions").json()["data"]["sessions"]]
+    theirs = [row["id"] for row in owner.get(route.pattern).json()["data"]["sessions"]]
     assert theirs == [world.b_tci_session]
 
 

@@ -144,6 +144,25 @@ def test_a_session_started_reused_listed_and_billed_once(server: SluiceServer) -
     assert {row["status"] for row in rows} == {"2xx"}
 
 
+def test_the_root_paths_of_togethers_guide_are_the_same_routes(server: SluiceServer) -> None:
+    """Together's guide calls `/tci/execute` at the root; a 3.1 client whose base URL is
+    Sluice's root does the same."""
+    client = _client(server, server.issue_key("tci-root"))
+    ran = client.post(
+        "/tci/execute",
+        body={"code": "print('root')", "language": "python"},
+        cast_to=ExecuteResponse,
+    )
+    assert ran.data is not None
+    assert [(o.type, o.data) for o in ran.data.outputs] == [("stdout", "root\n")]
+    listed = client.get("/tci/sessions", cast_to=SessionListResponse)
+    assert listed.data is not None
+    assert [row.id for row in listed.data.sessions] == [ran.data.session_id]
+    with pytest.raises(together.NotFoundError) as caught:
+        client.get("/tci/unknown", cast_to=object)
+    assert json.loads(caught.value.response.text)["error"]["code"] == "unknown_url"
+
+
 def test_code_that_does_not_parse_is_an_error_output(server: SluiceServer) -> None:
     client = _client(server, server.issue_key("tci-error"))
     answer = _execute(client, "print(")
