@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from limiter import selectors, services
 from limiter.gateway import errors
@@ -34,6 +36,10 @@ from limiter.usage.pricing import CODE_INTERPRETER
 KIND = EndpointKind.CODE_INTERPRETER.value
 MSG_SESSION_NOT_FOUND = "No code interpreter session with id '{id}' for this team."
 MSG_FIELD_NOT_LIST = "'{field}' must be a list."
+# A session lives 60 minutes (Together's guide; the 2.x SDK's session list shows its
+# `expires_at`). Whose a session was is kept a day, well past that, then forgotten as a
+# new one starts: the table holds a day of sessions, not every session ever started.
+OWNERSHIP_KEPT = timedelta(days=1)
 
 
 def _execute_body(request: Request) -> dict[str, Any]:
@@ -80,6 +86,11 @@ def _answered_session(content: bytes) -> str | None:
     return session_id if fields.is_upstream_id(session_id) else None
 
 
+def _session_started(team_id: int, session_id: str) -> None:
+    services.managed_object_record(team_id=team_id, kind=KIND, object_id=session_id)
+    services.managed_objects_expire(kind=KIND, before=timezone.now() - OWNERSHIP_KEPT)
+
+
 async def execute(request: Request) -> Response:
     body = _execute_body(request)
     asked = body.get("session_id") or None
@@ -91,9 +102,7 @@ async def execute(request: Request) -> Response:
     # ended): the team's from now on, and one session billed.
     started = answered is not None and answered != asked
     if started:
-        await sync_to_async(services.managed_object_record)(
-            team_id=key_of(request).team_id, kind=KIND, object_id=str(answered)
-        )
+        await sync_to_async(_session_started)(key_of(request).team_id, str(answered))
     record_call(
         request, KIND, response.status_code, model=CODE_INTERPRETER, units=1 if started else 0
     )
