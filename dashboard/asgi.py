@@ -30,9 +30,10 @@ team_api = serving.build_team_api()
 health = serving.build_health()
 
 # Everything under them is the team API's: a route it does not serve is its JSON 404
-# (limiter/gateway/errors.py unknown_route), never Django's HTML page.
-TEAM_API_PREFIXES = ("/v1/", "/v2/")
-TEAM_API_ROOTS = ("/v1", "/v2")
+# (limiter/gateway/errors.py unknown_route), never Django's HTML page. `/tci/`: Together's
+# code interpreter guide calls it at the root (`POST /tci/execute`), beside `/v1/tci/`.
+TEAM_API_PREFIXES = ("/v1/", "/v2/", "/tci/")
+TEAM_API_ROOTS = ("/v1", "/v2", "/tci")
 HEALTH_PATHS = ("/healthz", "/readyz", "/metrics")
 SANDBOX_PREFIX = "/sandbox"
 ABSOLUTE_FORM = ("http://", "https://")

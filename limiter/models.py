@@ -109,6 +109,7 @@ class EndpointKind(models.TextChoices):
     AUDIO_TRANSCRIPTION = "audio_transcription", "Audio transcription and translation"
     VIDEOS = "videos", "Video jobs"
     EVALUATIONS = "evaluations", "Evaluations"
+    CODE_INTERPRETER = "code_interpreter", "Code interpreter"
     # Organisation-level management (limiter/gateway/org.py): refused to every team unless
     # its profile has a row for the kind; the row is then also its request rate.
     ORG_ENDPOINTS = "org_endpoints", "Dedicated endpoints (organisation)"

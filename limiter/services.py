@@ -99,6 +99,13 @@ def managed_object_record(*, team_id: int, kind: str, object_id: str) -> None:
     )
 
 
+def managed_objects_expire(*, kind: str, before: datetime) -> int:
+    """Forget who made the objects of `kind` recorded before `before`: objects Together ends
+    by itself (a code interpreter session), long gone upstream. Returns how many."""
+    deleted, _ = ManagedObject.objects.filter(kind=kind, created_at__lt=before).delete()
+    return deleted
+
+
 def managed_object_forget(*, team_id: int, kind: str, object_id: str) -> None:
     """The team deleted its object upstream: nobody owns the id any more."""
     ManagedObject.objects.filter(team_id=team_id, kind=kind, object_id=object_id).delete()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from . import audio, endpoints, extras, resources
+from . import audio, endpoints, extras, resources, tci
 from .catalog import is_known, model_list
 from .config import SandboxConfig
 from .dynamic import REQUEST_LIMITED, TOKEN_LIMITED, DynamicDecision
@@ -90,6 +90,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], RouteHandler]] = [
         *endpoints.ROUTES,
         ("GET", r"/v1/voices", audio.voices),
         *extras.ROUTES,  # videos, evaluations, the fine-tune extras
+        *tci.ROUTES,  # the code interpreter
     )
 ]
 

@@ -98,6 +98,7 @@ class SandboxState:
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.videos: dict[str, Any] = {}  # id -> extras.Video
         self.evaluations: dict[str, Any] = {}  # workflow id -> extras.Evaluation
+        self.tci_sessions: dict[str, Any] = {}  # session id -> tci.Session
         # Every embeddings request of strings, refused or not: [model, inputs], so tests
         # see how calls were merged.
         self.embeddings_requests: list[list[Any]] = []

@@ -168,6 +168,7 @@ SEEDING_MIGRATIONS = (
     "0002_seed_default_profile",
     "0012_seed_audio_limits",
     "0015_seed_videos_evaluations",
+    "0018_seed_code_interpreter",
 )
 
 

@@ -12,7 +12,11 @@ from limiter.gateway.metering import enabled
 from limiter.usage.recorder import usage_recorder
 
 
-def record_call(request: Request, endpoint: str, status: int, *, model: str = "") -> None:
+def record_call(
+    request: Request, endpoint: str, status: int, *, model: str = "", units: int = 0
+) -> None:
+    """One row for the call; `units` are what it is billed by where its kind is priced by
+    the unit (a code interpreter session it started: limiter/usage/pricing.py)."""
     key = request.key
     if key is None or not enabled():
         return
@@ -27,4 +31,5 @@ def record_call(request: Request, endpoint: str, status: int, *, model: str = ""
         prompt=0,
         completion=0,
         total=0,
+        units=units,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from limiter.gateway import audio, catalog, forwarded, inference, jobs, videos
+from limiter.gateway import audio, catalog, forwarded, inference, jobs, tci, videos
 from limiter.gateway.http import Handler, Request
 from limiter.gateway.org import org_routes
 
@@ -34,7 +34,7 @@ def build_routes() -> list[Route]:
     ]
     # The fine-tune extras before the jobs' routes: `/v1/fine-tunes/preview` is literal.
     # Organisation-level routes last: GET /v1/models stays the catalogue's.
-    return routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES + org_routes()
+    return routes + forwarded.ROUTES + jobs.ROUTES + videos.ROUTES + tci.ROUTES + org_routes()
 
 
 # Routes whose body is checked by the router before admission: a body that fails is
@@ -43,4 +43,5 @@ CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
     **jobs.CHECKED_FIRST,
     **forwarded.CHECKED_FIRST,
     **videos.CHECKED_FIRST,
+    **tci.CHECKED_FIRST,
 }

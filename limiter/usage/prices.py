@@ -25,7 +25,7 @@ from limiter.protocol.changes import register_cache
 from limiter.upstream import UpstreamError, account_target
 from limiter.upstream import client as upstream
 from limiter.usage.models import ModelPrice
-from limiter.usage.pricing import AUDIO_UNIT_PRICES, NO_PRICE, Price, cost_of, list_prices
+from limiter.usage.pricing import NO_PRICE, UNIT_LIST_PRICES, Price, cost_of, list_prices
 from limiter.usage.selectors import prices_readable
 from limiter.usage.services import amount_unreadable, prices_record
 
@@ -78,8 +78,8 @@ class Prices:
         return model in self._table
 
     def _rebuild(self) -> None:
-        # Audio models' list prices are per unit (limiter/usage/pricing.py), not tokens.
-        table: dict[str, Price] = {m: (None, None, unit) for m, unit in AUDIO_UNIT_PRICES.items()}
+        # Audio's and the code interpreter's list prices are per unit (limiter/usage/pricing.py).
+        table: dict[str, Price] = {m: (None, None, unit) for m, unit in UNIT_LIST_PRICES.items()}
         for model, (inp, out) in self._together.items():
             table[model] = (inp, out, table.get(model, NO_PRICE)[2])
         for model, (o_in, o_out, image) in self._override.items():

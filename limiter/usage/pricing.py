@@ -12,12 +12,13 @@ from typing import Any
 # (input $/1M tokens, output $/1M tokens, $/unit): the price in force, copied into rows.
 # The unit is what the endpoint kind counts in `units` and Together bills by: an image
 # (images), a character of input text (audio_speech), a second of audio
-# (audio_transcription). One model is of one kind, so its unit price has one meaning.
+# (audio_transcription), a code interpreter session (code_interpreter). One model is of
+# one kind, so its unit price has one meaning.
 Price = tuple[Decimal | None, Decimal | None, Decimal | None]
 NO_PRICE: Price = (None, None, None)
 
 # The endpoint kinds billed by the unit (the third element of a Price), not by tokens.
-UNIT_PRICED = frozenset({"images", "audio_speech", "audio_transcription"})
+UNIT_PRICED = frozenset({"images", "audio_speech", "audio_transcription", "code_interpreter"})
 
 # Together's list prices for its audio models, per unit, which its model list does not
 # state in a form Sluice can read (its `pricing` is per million tokens). Sources:
@@ -32,6 +33,13 @@ AUDIO_UNIT_PRICES: dict[str, Decimal] = {
     "cartesia/sonic-2": Decimal(65) * PER_MILLION_CHARACTERS,
     "openai/whisper-large-v3": Decimal("0.0015") * PER_AUDIO_MINUTE,
 }
+
+# The code interpreter is billed by the session, whatever runs in it: "TCI usage is billed
+# at $0.03/session" (docs.together.ai/docs/together-code-interpreter, read December 2026;
+# a session lives 60 minutes and may run many calls). Its usage rows name this "model";
+# staff's override of its "$ per unit" wins, as for audio.
+CODE_INTERPRETER = "together-code-interpreter"
+UNIT_LIST_PRICES: dict[str, Decimal] = {**AUDIO_UNIT_PRICES, CODE_INTERPRETER: Decimal("0.03")}
 
 
 def priced_units(endpoint: str, units: int) -> int:

@@ -8,7 +8,8 @@ have changed is checked in the database). Team B owns things:
   - fine-tunes and batches in each state a job can be in: completed, running upstream,
     queued in Sluice (B's team may run one of each kind at a time);
   - the fine-tuned model its completed fine-tune produced;
-  - videos (completed, running upstream, queued in Sluice) and an evaluation.
+  - videos (completed, running upstream, queued in Sluice) and an evaluation;
+  - a code interpreter session.
 Team A (the other tenant) has its own file and jobs, so a refusal is not A being broken.
 B's teammate is a second key of team B. The outsider has no key, a made-up key or B's
 revoked key; on the dashboard side, it is anonymous or a logged-in user who is not staff.
@@ -40,6 +41,7 @@ FAST_LIMITS = {
     "batches": FAST,
     "videos": FAST,
     "evaluations": FAST,
+    "code_interpreter": FAST,
 }
 VIDEO_MODEL = "minimax/video-01-director"
 EVAL_INPUT = b'{"prompt": "2+2?", "answer": "4"}\n'
@@ -285,6 +287,7 @@ class World:
     b_model: str  # the output model of B's completed fine-tune
     b_videos: Jobs
     b_evaluation: str  # its workflow id
+    b_tci_session: str  # a code interpreter session it started
     a_file: str
     a_batch_file: str
     a_fine_tune: str
@@ -292,6 +295,7 @@ class World:
     a_video: str
     a_evaluation: str
     a_eval_file: str
+    a_tci_session: str
 
     def b_ids(self) -> set[str]:
         """Every id and name of B's, for "never shows up in A's answer" checks."""
@@ -304,6 +308,7 @@ class World:
             *self.b_videos.public.values(),
             *self.b_videos.upstream.values(),
             self.b_evaluation,
+            self.b_tci_session,
             self.b_model,
         }
 
@@ -446,6 +451,11 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         assert answer.status_code == 200, answer.text
         return answer.json()["workflow_id"]
 
+    def tci_session(team: Team) -> str:
+        answer = team.client.post("/v1/tci/execute", json={"code": "x = 1", "language": "python"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"]["session_id"]
+
     fine_tune = {"model": MODEL, "training_file": files["multipart"]}
     batch = {"endpoint": "/v1/chat/completions", "input_file_id": files["batch_input"]}
     video = {"model": VIDEO_MODEL, "prompt": "a sluice gate at dawn"}
@@ -461,6 +471,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
     a_video = start(a, "videos", video)
     b_evaluation = evaluate(b, files["eval_input"])
     a_evaluation = evaluate(a, a_eval_file)
+    b_tci_session, a_tci_session = (tci_session(team) for team in (b, a))
     for team, kind, job_id, done in (
         (b, "videos", b_videos.public["completed"], "completed"),
         (a, "videos", a_video, "completed"),
@@ -525,6 +536,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         b_model=b_model,
         b_videos=b_videos,
         b_evaluation=b_evaluation,
+        b_tci_session=b_tci_session,
         a_file=a_file,
         a_batch_file=a_batch_file,
         a_fine_tune=a_fine_tune,
@@ -532,6 +544,7 @@ def _build_world(server: SluiceServer, db: ServerDb) -> World:
         a_video=a_video,
         a_evaluation=a_evaluation,
         a_eval_file=a_eval_file,
+        a_tci_session=a_tci_session,
     )
 
 

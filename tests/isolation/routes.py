@@ -15,7 +15,8 @@ class V1Route:
     method: str
     pattern: str  # exactly as in limiter/gateway/app.py build_routes()
     # What the route names of someone's: "file", "fine_tune", "batch", "video" or
-    # "evaluation" (in its path), "model" (the body's model), "form_model" (the model of a
+    # "evaluation" (in its path), "tci_body" (a code interpreter session in the body),
+    # "model" (the body's model), "form_model" (the model of a
     # multipart form), "body" (file ids or a checkpoint in the body), "eval_body" (an
     # evaluation's file and models), "listing" (lists what the caller may see), "upload",
     # "catalogue" (about Together's models or voices, nobody's own), "org" (an
@@ -66,6 +67,10 @@ V1_ROUTES = [
     V1Route("POST", "/v2/videos", "model"),
     V1Route("GET", "/v2/videos", "listing"),
     V1Route("GET", "/v2/videos/{id}", "video"),
+    V1Route("POST", "/v1/tci/execute", "tci_body"),
+    V1Route("GET", "/v1/tci/sessions", "listing"),
+    V1Route("POST", "/tci/execute", "tci_body"),
+    V1Route("GET", "/tci/sessions", "listing"),
     # Organisation-level routes (limiter/gateway/org.py): refused unless the profile allows
     # the kind; every method of each path is routed. The public hardware lists pass.
     V1Route("GET", "/v1/hardware", "catalogue"),

@@ -52,6 +52,8 @@ def _call(world: World, route: V1Route) -> dict[str, Any]:
             "training_file": world.b_files["multipart"],
             "from_checkpoint": world.b_fine_tunes.upstream["completed"],
         }
+    elif route.takes == "tci_body":
+        call["json"] = {"code": "x", "language": "python", "session_id": world.b_tci_session}
     elif route.takes == "eval_body":
         call["json"] = eval_body(world.b_files["eval_input"], judge=world.b_model)
     elif route.takes == "catalogue":

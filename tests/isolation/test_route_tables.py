@@ -79,7 +79,7 @@ def test_the_asgi_router_sends_nothing_else_around_django() -> None:
     design, walked in test_dashboard.py), and the sandbox when it is the upstream."""
     from dashboard import asgi
 
-    assert asgi.TEAM_API_PREFIXES == ("/v1/", "/v2/")
-    assert asgi.TEAM_API_ROOTS == ("/v1", "/v2")
+    assert asgi.TEAM_API_PREFIXES == ("/v1/", "/v2/", "/tci/")
+    assert asgi.TEAM_API_ROOTS == ("/v1", "/v2", "/tci")
     assert asgi.HEALTH_PATHS == ("/healthz", "/readyz", "/metrics")
     assert asgi.SANDBOX_PREFIX == "/sandbox"

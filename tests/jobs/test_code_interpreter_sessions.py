@@ -1,0 +1,60 @@
+"""Whose code interpreter session is whose: recorded as a session starts (the handler
+against the sandbox over HTTP), and forgotten a day later, when another session starts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+
+from limiter.gateway import tci
+from limiter.models import ManagedObject
+from tests.jobs.conftest import call, request
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUN = {"code": "x = 1", "language": "python"}
+
+
+def _owned() -> list[tuple[str, str]]:
+    rows = ManagedObject.objects.filter(kind="code_interpreter").order_by("created_at")
+    return [(row.team.name, row.object_id) for row in rows]
+
+
+async def test_a_started_session_is_the_teams_and_a_reused_one_adds_nothing(make_key) -> None:
+    alpha = await sync_to_async(make_key)("alpha")
+
+    status, first = await call(tci.execute, request(alpha, "POST", "/v1/tci/execute", RUN))
+    assert status == 200, first
+    session = first["data"]["session_id"]
+    status, again = await call(
+        tci.execute, request(alpha, "POST", "/v1/tci/execute", {**RUN, "session_id": session})
+    )
+    assert status == 200 and again["data"]["session_id"] == session
+
+    assert await sync_to_async(_owned)() == [("alpha", session)]
+
+
+async def test_whose_a_session_was_is_forgotten_a_day_later(make_key) -> None:
+    alpha = await sync_to_async(make_key)("alpha")
+    _, old = await call(tci.execute, request(alpha, "POST", "/v1/tci/execute", RUN))
+    _, recent = await call(tci.execute, request(alpha, "POST", "/v1/tci/execute", RUN))
+    backdated = timezone.now() - tci.OWNERSHIP_KEPT - timedelta(minutes=1)
+    await sync_to_async(ManagedObject.objects.filter(object_id=old["data"]["session_id"]).update)(
+        created_at=backdated
+    )
+
+    _, new = await call(tci.execute, request(alpha, "POST", "/v1/tci/execute", RUN))
+
+    assert await sync_to_async(_owned)() == [
+        ("alpha", recent["data"]["session_id"]),
+        ("alpha", new["data"]["session_id"]),
+    ]
+    # The forgotten one is an unknown session now: a 404 before Together hears of it.
+    status, error = await call(
+        tci.execute,
+        request(alpha, "POST", "/v1/tci/execute", {**RUN, "session_id": old["data"]["session_id"]}),
+    )
+    assert status == 404 and error["error"]["code"] == "not_found"
