@@ -94,10 +94,10 @@ upstream pauses, restarts with adoption and time passing)
      the grantee's share, while a head of a higher priority waits (heads held back by
      their own key's limit excepted). (c) While two flows of one priority, neither with
      a share, are both waiting on one account, and neither is held back by its own
-     key's limit, the account capacity each is served is within its weighted part of
-     what both were served plus one maximum-size request: s_i <= (s_i + s_j) x w_i /
-     (w_i + w_j) + max cost. (With weights 1, as before: neither gets more than its
-     share plus one maximum-size request.)
+     key's limit, the account capacity each is served from when both wait, over its
+     weight, is within one maximum-size request (of that window's, over its flow's
+     weight) of the other's: |s_i / w_i - s_j / w_j| <= max c / w. (With weights 1, as
+     before: neither gets more than the other plus one maximum-size request.)
   5. Restart. Every admission leaves a bucket at most full, so a restarted engine that
      assumes every bucket full at `unknown_before` never admits more than the old one
      could have, as long as `unknown_before` is no earlier than the old instance's last
