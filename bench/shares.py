@@ -29,6 +29,7 @@ from bench.dynamic import UPSTREAM_LATENCY_MS, Upstream, run_openloop
 from bench.latency import MODEL, percentile
 from bench.procs import manage
 from bench.servers import Ceiling, Sandbox, Sluice
+from bench.shares_moving import MOVING_ROWS, moving_cells, moving_one
 
 CAP = 300  # the model's limit a minute, at the sandbox and in the account's profile
 LIMITS: dict[str, Any] = {
@@ -222,6 +223,9 @@ def run(log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
             log("shares: a background key beside a standard one, then both standard")
             on["background"] = background_one(sandbox, Path(tmp) / "bg", True)
             off["background"] = background_one(sandbox, Path(tmp) / "bg-off", False)
+            log("shares: the same teams with the sandbox's ceiling moving, on then off")
+            on["moving"] = moving_one(sandbox, Path(tmp) / "moving", True)
+            off["moving"] = moving_one(sandbox, Path(tmp) / "moving-off", False)
     return {"shares on": on, "shares off (baseline)": off}
 
 
@@ -266,6 +270,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         for name in names:
             value = results[name].get("background", {}).get(field)
             cells.append("—" if value is None else shown(value))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    for label, field in MOVING_ROWS:
+        cells = [
+            moving_cells(results[name]["moving"], field) if "moving" in results[name] else "—"
+            for name in names
+        ]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     target = results[names[0]]["return_target_ms"]
     lines.append(
