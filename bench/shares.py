@@ -1,10 +1,10 @@
 """Issue 21's scenario: a contended ceiling shared with a guaranteed share and priorities.
 
-`python -m bench.shares` runs it (about 4 minutes); figures beside a same-run baseline with
-shares off, on a shared, noisy machine. The sandbox caps the model at 300 a minute (its
-dynamic mode with a per-model cap) and answers in 20 ms; Sluice's account profile caps it
-at 300 a minute too, and Sluice paces at what it learns from the sandbox's headers less its
-margin (SLUICE_UPSTREAM_MARGIN, 10%).
+`python -m bench.shares` runs it and bench/shares_moving.py's moving ceiling (about 11
+minutes); figures beside a same-run baseline with shares off, on a shared, noisy machine.
+The sandbox caps the model at 300 a minute (its dynamic mode with a per-model cap) and
+answers in 20 ms; Sluice's account profile caps it at 300 a minute too, and Sluice paces at
+what it learns from the sandbox's headers less its margin (SLUICE_UPSTREAM_MARGIN, 10%).
 
 Team prod (share 60%, critical) asks 150 a minute open loop, stops for 30 s and returns;
 team dev floods (8 a second, open loop: more than the ceiling, so it always waits); team
@@ -29,7 +29,7 @@ from bench.dynamic import UPSTREAM_LATENCY_MS, Upstream, run_openloop
 from bench.latency import MODEL, percentile
 from bench.procs import manage
 from bench.servers import Ceiling, Sandbox, Sluice
-from bench.shares_moving import MOVING_ROWS, moving_cells, moving_one
+from bench.shares_moving import MOVING_ROWS, moving_cells, moving_one, seconds_429
 
 CAP = 300  # the model's limit a minute, at the sandbox and in the account's profile
 LIMITS: dict[str, Any] = {
@@ -144,6 +144,7 @@ def figures(result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         "return_target_ms": 1000 / (SHARE * rate) + 50,
         "upstream_429": upstream.status_429,
         "upstream_sent": upstream.sent,
+        "upstream_429_at": seconds_429(result, stats),
         "statuses": {
             name: {
                 str(s): sum(1 for r in records if r["stream"] == name and r["status"] == s)

@@ -54,6 +54,14 @@ def ceiling_in_force(series: list[list[float]], start: float, end: float) -> flo
     return total
 
 
+def seconds_429(result: dict[str, Any], stats: dict[str, Any]) -> list[float]:
+    """The seconds (from the run's start) in which the sandbox answered the model 429, as
+    many times as it did: where a run's upstream 429s fell (a ceiling's drop, or a jitter)."""
+    series = stats["dynamic"]["models"].get(MODEL, {}).get("series", [])
+    origin = result.get("mono_start", 0.0)
+    return [t - origin for t, _rate, _ok, refused, *_rest in series for _ in range(int(refused))]
+
+
 def _prod_granted(records: list[dict[str, Any]], start: float, end: float) -> int:
     return sum(
         1
@@ -99,6 +107,7 @@ def moving_figures(result: dict[str, Any], stats: dict[str, Any]) -> dict[str, A
     upstream = Upstream.of(stats, MODEL)
     return {
         "windows": rows,
+        "upstream_429_at": seconds_429(result, stats),
         "prod_worst_sandbox": worst("ceiling"),
         "prod_worst_usable": worst("usable"),
         "windows_met": sum(r["granted"] >= min(r["demand"], SHARE * r["usable"]) for r in rows),
