@@ -48,8 +48,9 @@ Queue
   tag, the account capacity it has been served since it started waiting over its weight
   (in seconds of that capacity: the larger of one request and its tokens), and the
   least-served flow's earliest head goes next. A flow that starts waiting joins at the
-  tag its priority's flow served last has reached (no credit for idle time, no catching
-  up on service another flow got alone); a grant within a share does not advance the
+  highest tag its priority's flows have been served to (no credit for idle time, no
+  catching up on service another flow got alone, none from a flow held back by its own
+  key and served at last with a low tag); a grant within a share does not advance the
   tag, but raises a tag left behind to the least-served other flow's. That head holds
   its turn while it waits for the account: nobody behind it overtakes, however small.
   Only a head held back by its own key's limit is passed over (it delays no one else's
@@ -491,7 +492,7 @@ class _Group:
     usage: dict[str, Usage] = field(default_factory=dict)  # class id -> recent service
     classes: dict[str, Klass] = field(default_factory=dict)  # class id -> as last granted
     size: int = 0
-    # Per priority, the tag the flow served last reached: where a flow that starts
+    # Per priority, the highest tag a flow served has reached: where a flow that starts
     # waiting joins.
     vtime: dict[int, float] = field(default_factory=dict)
 
@@ -1090,7 +1091,7 @@ class Engine:
     @staticmethod
     def _join(group: _Group, flow: Flow) -> None:
         if flow not in group.waiting:
-            # Starts waiting: level with whoever of its priority went last, so idle time
+            # Starts waiting: level with the furthest served of its priority, so idle time
             # earns no credit (and a flow held back by its key lends its low tag to nobody).
             group.served[flow] = group.vtime.get(flow[1], 0.0)
             group.waiting[flow] = 0
@@ -1148,7 +1149,10 @@ class Engine:
             group.served[flow] = max(group.served[flow], min(others, default=vtime))
         else:
             group.served[flow] += cost / head.klass.weight
-            group.vtime[head.klass.priority] = group.served[flow]
+            # The highest tag served so far: a flow held back by its own key and served at
+            # last with a low tag must not set where a newcomer joins (it would get that
+            # flow's credit over everyone who waited unheld).
+            group.vtime[priority] = max(vtime, group.served[flow])
         group.record(head, cost, now)
 
     def _drain_all(self, now: float) -> list[Decision]:

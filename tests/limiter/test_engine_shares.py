@@ -211,3 +211,20 @@ def test_a_reclaiming_grant_waits_for_the_accounts_bucket_like_any_other():
         (42.0, "prod"),
         (43.0, "prod"),
     ]
+
+
+def test_a_flow_held_back_by_its_key_lends_its_low_tag_to_no_newcomer():
+    # Guarantee 4(c): from when two flows both wait, neither gets more than the other plus
+    # one request (by weight). c's flow waits 10 s for its own key while a is served; when
+    # c's call finally goes, b arrives: b must start level with a, not at c's low tag (which
+    # would give b the next nine grants while a waits).
+    q = Queue()
+    tight = Limit(per_minute=6, burst=1, queue_depth=5, max_wait=60.0)
+    q.ask("c", Klass("c"), limit=tight, n=2)  # the first goes at once, the second in 10 s
+    q.ask("a", Klass("a"), n=30)
+    q.run(10.0)
+    assert q.granted[-1] == (10.0, "c")  # held back by its key until then, the least served
+    q.ask("b", Klass("b"), n=30)
+    q.run(20.5)
+    since = q.served(since=10.5)
+    assert abs(since["a"] - since["b"]) <= 1, since
