@@ -1,10 +1,10 @@
 """Issue 21's scenario: a contended ceiling shared with a guaranteed share and priorities.
 
-`python -m bench.shares` runs it (about 4 minutes); figures beside a same-run baseline with
-shares off, on a shared, noisy machine. The sandbox caps the model at 300 a minute (its
-dynamic mode with a per-model cap) and answers in 20 ms; Sluice's account profile caps it
-at 300 a minute too, and Sluice paces at what it learns from the sandbox's headers less its
-margin (SLUICE_UPSTREAM_MARGIN, 10%).
+`python -m bench.shares` runs it and bench/shares_moving.py's moving ceiling (about 11
+minutes); figures beside a same-run baseline with shares off, on a shared, noisy machine.
+The sandbox caps the model at 300 a minute (its dynamic mode with a per-model cap) and
+answers in 20 ms; Sluice's account profile caps it at 300 a minute too, and Sluice paces at
+what it learns from the sandbox's headers less its margin (SLUICE_UPSTREAM_MARGIN, 10%).
 
 Team prod (share 60%, critical) asks 150 a minute open loop, stops for 30 s and returns;
 team dev floods (8 a second, open loop: more than the ceiling, so it always waits); team
@@ -29,6 +29,7 @@ from bench.dynamic import UPSTREAM_LATENCY_MS, Upstream, run_openloop
 from bench.latency import MODEL, percentile
 from bench.procs import manage
 from bench.servers import Ceiling, Sandbox, Sluice
+from bench.shares_moving import MOVING_ROWS, moving_cells, moving_one, seconds_429
 
 CAP = 300  # the model's limit a minute, at the sandbox and in the account's profile
 LIMITS: dict[str, Any] = {
@@ -143,6 +144,7 @@ def figures(result: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
         "return_target_ms": 1000 / (SHARE * rate) + 50,
         "upstream_429": upstream.status_429,
         "upstream_sent": upstream.sent,
+        "upstream_429_at": seconds_429(result, stats),
         "statuses": {
             name: {
                 str(s): sum(1 for r in records if r["stream"] == name and r["status"] == s)
@@ -222,6 +224,9 @@ def run(log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
             log("shares: a background key beside a standard one, then both standard")
             on["background"] = background_one(sandbox, Path(tmp) / "bg", True)
             off["background"] = background_one(sandbox, Path(tmp) / "bg-off", False)
+            log("shares: the same teams with the sandbox's ceiling moving, on then off")
+            on["moving"] = moving_one(sandbox, Path(tmp) / "moving", True)
+            off["moving"] = moving_one(sandbox, Path(tmp) / "moving-off", False)
     return {"shares on": on, "shares off (baseline)": off}
 
 
@@ -266,6 +271,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         for name in names:
             value = results[name].get("background", {}).get(field)
             cells.append("—" if value is None else shown(value))
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    for label, field in MOVING_ROWS:
+        cells = [
+            moving_cells(results[name]["moving"], field) if "moving" in results[name] else "—"
+            for name in names
+        ]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     target = results[names[0]]["return_target_ms"]
     lines.append(

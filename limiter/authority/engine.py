@@ -48,8 +48,9 @@ Queue
   tag, the account capacity it has been served since it started waiting over its weight
   (in seconds of that capacity: the larger of one request and its tokens), and the
   least-served flow's earliest head goes next. A flow that starts waiting joins at the
-  tag its priority's flow served last has reached (no credit for idle time, no catching
-  up on service another flow got alone); a grant within a share does not advance the
+  highest tag its priority's flows have been served to (no credit for idle time, no
+  catching up on service another flow got alone, none from a flow held back by its own
+  key and served at last with a low tag); a grant within a share does not advance the
   tag, but raises a tag left behind to the least-served other flow's. That head holds
   its turn while it waits for the account: nobody behind it overtakes, however small.
   Only a head held back by its own key's limit is passed over (it delays no one else's
@@ -94,10 +95,10 @@ upstream pauses, restarts with adoption and time passing)
      the grantee's share, while a head of a higher priority waits (heads held back by
      their own key's limit excepted). (c) While two flows of one priority, neither with
      a share, are both waiting on one account, and neither is held back by its own
-     key's limit, the account capacity each is served is within its weighted part of
-     what both were served plus one maximum-size request: s_i <= (s_i + s_j) x w_i /
-     (w_i + w_j) + max cost. (With weights 1, as before: neither gets more than its
-     share plus one maximum-size request.)
+     key's limit, the account capacity each is served from when both wait, over its
+     weight, is within one maximum-size request (of that window's, over its flow's
+     weight) of the other's: |s_i / w_i - s_j / w_j| <= max c / w. (With weights 1, as
+     before: neither gets more than the other plus one maximum-size request.)
   5. Restart. Every admission leaves a bucket at most full, so a restarted engine that
      assumes every bucket full at `unknown_before` never admits more than the old one
      could have, as long as `unknown_before` is no earlier than the old instance's last
@@ -491,7 +492,7 @@ class _Group:
     usage: dict[str, Usage] = field(default_factory=dict)  # class id -> recent service
     classes: dict[str, Klass] = field(default_factory=dict)  # class id -> as last granted
     size: int = 0
-    # Per priority, the tag the flow served last reached: where a flow that starts
+    # Per priority, the highest tag a flow served has reached: where a flow that starts
     # waiting joins.
     vtime: dict[int, float] = field(default_factory=dict)
 
@@ -1090,7 +1091,7 @@ class Engine:
     @staticmethod
     def _join(group: _Group, flow: Flow) -> None:
         if flow not in group.waiting:
-            # Starts waiting: level with whoever of its priority went last, so idle time
+            # Starts waiting: level with the furthest served of its priority, so idle time
             # earns no credit (and a flow held back by its key lends its low tag to nobody).
             group.served[flow] = group.vtime.get(flow[1], 0.0)
             group.waiting[flow] = 0
@@ -1148,7 +1149,10 @@ class Engine:
             group.served[flow] = max(group.served[flow], min(others, default=vtime))
         else:
             group.served[flow] += cost / head.klass.weight
-            group.vtime[head.klass.priority] = group.served[flow]
+            # The highest tag served so far: a flow held back by its own key and served at
+            # last with a low tag must not set where a newcomer joins (it would get that
+            # flow's credit over everyone who waited unheld).
+            group.vtime[priority] = max(vtime, group.served[flow])
         group.record(head, cost, now)
 
     def _drain_all(self, now: float) -> list[Decision]:

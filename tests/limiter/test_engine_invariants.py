@@ -148,13 +148,16 @@ class EngineMachine(RuleBasedStateMachine):
         self.queued: dict[str, tuple[str, float]] = {}  # ticket -> (key, deadline)
         self.queued_tokens: dict[str, float] = {}  # ticket -> tokens, while it is queued
         self.backlog = {key: 0 for key in KEYS}
+        # Since both of the fair pair's flows started waiting (one priority, no shares,
+        # one configuration): each flow's service over its weight, and the largest
+        # request granted to either in that window, over its flow's weight.
         self.fair_served = {key: 0.0 for key in FAIR_PAIR}
+        self.fair_max = 0.0
         self.shares = dict.fromkeys(CLASSES, 0.0)
         self.weights = dict.fromkeys(CLASSES, 1.0)
         self.priority = dict.fromkeys(KEYS, 1)
         # Per (account, class): the decaying sum of its grants' costs, as sharing.Usage.
         self.usage: dict[tuple[str, str], tuple[float, float]] = {}
-        self.max_cost = 0.0  # the largest request granted on account A so far
         self.to_adopt: list[Held] = []  # held across a restart, not handed back yet
         self.saved_slack = engine_module.COMPACT_SLACK
         engine_module.COMPACT_SLACK = SLACK
@@ -287,6 +290,7 @@ class EngineMachine(RuleBasedStateMachine):
 
     def _fair_reset(self) -> None:
         self.fair_served = {k: 0.0 for k in FAIR_PAIR}
+        self.fair_max = 0.0
 
     def _flow_backlog(self, key: str) -> int:
         """Tickets queued in `key`'s flow (its class at its priority) on account A."""
@@ -308,26 +312,20 @@ class EngineMachine(RuleBasedStateMachine):
         )
 
     def _fair_grant(self, key: str, account: str, tokens: float) -> None:
-        if account != "A":
-            return
-        c = cost(self.limits[account], tokens)
-        self.max_cost = max(self.max_cost, c)
-        if not self._fair_pair_waiting():
+        if account != "A" or not self._fair_pair_waiting():
             return
         mine = next((k for k in FAIR_PAIR if CLASS_OF[k] == CLASS_OF[key]), None)
         if mine is None or self.priority[key] != self.priority[mine]:
-            return  # another flow's grant: it moves neither tag
-        self.fair_served[mine] += c
-        # While both wait, neither gets more than its weighted share plus one
-        # maximum-size request: served_i <= total x w_i / (w_0 + w_1) + max cost.
-        total = sum(self.fair_served.values())
+            return  # another flow's grant: it moves neither flow's service
+        # Guarantee 4(c): from when both wait, each flow's service over its weight stays
+        # within one maximum-size request (of the window's, over its flow's weight) of the
+        # other's: |s_0 / w_0 - s_1 / w_1| <= max c / w.
         weight = self.weights[CLASS_OF[mine]]
-        pair = sum(self.weights[CLASS_OF[k]] for k in FAIR_PAIR)
-        assert self.fair_served[mine] <= total * weight / pair + self.max_cost + EPS, (
-            self.fair_served,
-            self.weights,
-            self.max_cost,
-        )
+        normalized = cost(self.limits[account], tokens) / weight
+        self.fair_served[mine] += normalized
+        self.fair_max = max(self.fair_max, normalized)
+        gap = abs(self.fair_served["k0"] - self.fair_served["k1"])
+        assert gap <= self.fair_max + EPS, (self.fair_served, self.weights, self.fair_max)
 
     # --- shares and priorities ------------------------------------------------------
     def _usage(self, account: str, cls: str) -> float:
@@ -420,6 +418,18 @@ class EngineMachine(RuleBasedStateMachine):
         # Several callers at one instant: what fills queues and makes keys compete.
         for key, tokens in calls:
             self.acquire(key, tokens)
+
+    @rule(
+        tokens=st.lists(st.sampled_from([0, 0, 20, 80, 200]), min_size=3, max_size=5),
+        wait=st.sampled_from([1.0, 3.0]),
+    )
+    def contend(self, tokens: list[int], wait: float) -> None:
+        # The fair pair both queue several calls at one instant and time passes: the
+        # windows in which weights decide (fairness by weight is checked as they drain).
+        for size in tokens:
+            for key in FAIR_PAIR:
+                self.acquire(key, size)
+        self._advance_to(self.now + wait)
 
     @rule(
         key=st.sampled_from(KEYS),
