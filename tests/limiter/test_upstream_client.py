@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from django.conf import settings
 
 from limiter.upstream import (
