@@ -398,10 +398,11 @@ class UpstreamClient:
 
         Built here rather than by `client.build_request`, which parses the URL again and
         merges the client's headers, cookies and query into new objects on every call
-        (a tenth of the gateway's CPU per request, profiled: docs/measured.md). The
-        client has no base URL, query or cookies (its jar keeps none), and its own
-        headers (accept, user-agent, ...) are read once, so the request is the one
-        `build_request` would make; tests/limiter/test_upstream_client.py compares them."""
+        (a tenth of a call's CPU under cProfile, which magnifies such pure-Python work;
+        docs/measured.md). The client has no base URL, query or cookies (its jar keeps
+        none), and its own headers (accept, user-agent, ...) are read once, so the request
+        is the one `build_request` would make; tests/limiter/test_upstream_client.py
+        compares them."""
         connect = min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining)
         timeout = {
             "connect": connect,
