@@ -3,6 +3,8 @@ it would travel over Redis (msgpack) instead of with deepcopy (limiter/protocol/
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 import pytest
 from channels.layers import get_channel_layer
@@ -12,7 +14,11 @@ from limiter.protocol.memory import SluiceInMemoryChannelLayer
 
 async def test_the_receiver_gets_a_copy_the_sender_cannot_change() -> None:
     layer = SluiceInMemoryChannelLayer()
-    message = {"type": "limiter.acquire", "size": {"tokens": 12.5}, "scopes": ["key:a"]}
+    message: dict[str, Any] = {
+        "type": "limiter.acquire",
+        "size": {"tokens": 12.5},
+        "scopes": ["key:a"],
+    }
     await layer.send("limiter", message)
     message["size"]["tokens"] = 99.0  # the sender's dict changes after the send
     message["scopes"].append("team:b")
