@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -221,6 +222,13 @@ def without_cookies(client: httpx.AsyncClient) -> httpx.AsyncClient:
     return client
 
 
+@functools.lru_cache(maxsize=512)
+def _parsed(url: str) -> httpx.URL:
+    """`url` parsed once: a process calls a few URLs (one per account and path).
+    An httpx.URL is immutable, so the parsed one is shared by every request to it."""
+    return httpx.URL(url)
+
+
 class UpstreamClient:
     """The process's one HTTP client to Together."""
 
@@ -230,6 +238,11 @@ class UpstreamClient:
         # Per account name, until it answers again. Per process: in scale-out, the
         # dashboard shows what the web process serving the page saw.
         self.failures: dict[str, UpstreamFailure] = {}
+        # Each client's own headers (accept, user-agent, ...), names in lower case: read
+        # once, since merging its Headers into every request was most of building one.
+        self._client_headers: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -256,6 +269,14 @@ class UpstreamClient:
         return without_cookies(
             httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)
         )
+
+    def _headers_of(self, client: httpx.AsyncClient) -> dict[str, str]:
+        """The client's own headers (accept, user-agent, ...), names in lower case."""
+        found = self._client_headers.get(client)
+        if found is None:
+            found = {name.lower(): value for name, value in client.headers.items()}
+            self._client_headers[client] = found
+        return found
 
     def _failed(self, target: Target, error: UpstreamError) -> None:
         # The detail names the upstream's host and port: for the operators, never the caller.
@@ -345,7 +366,7 @@ class UpstreamClient:
         path: str,
         headers: Mapping[str, str] | None,
         params: bytes | str | None,
-    ) -> tuple[str, dict[str, str]]:
+    ) -> tuple[httpx.URL, dict[str, str]]:
         """The URL and headers of a call to `target`, or UpstreamError when its base URL
         is not allowed."""
         if upstream_url_error(target.base_url) is not None:
@@ -353,36 +374,49 @@ class UpstreamClient:
             # around the model (raw SQL): the key never goes to a host not allowed.
             self._refused(target)
             raise UpstreamError(502, MSG_HOST_REFUSED)
-        send_headers = {**(headers or {}), "accept-encoding": "identity"}
+        # Names in lower case, so that `_request` sends each name once, as httpx's merge would.
+        send_headers = {name.lower(): value for name, value in (headers or {}).items()}
+        send_headers["accept-encoding"] = "identity"
         if target.api_key:  # none configured: Together answers 401, reported as Sluice's fault
             send_headers["authorization"] = f"Bearer {target.api_key}"
         url = target.url(path)
-        if params:
-            url = f"{url}?{params.decode() if isinstance(params, bytes) else params}"
-        return url, send_headers
+        if params:  # a caller's query: parsed each time, not kept
+            query = params.decode() if isinstance(params, bytes) else params
+            return httpx.URL(f"{url}?{query}"), send_headers
+        return _parsed(url), send_headers
 
     def _request(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
         content: bytes | None,
         headers: dict[str, str],
         remaining: float,
         stream: bool,
     ) -> httpx.Request:
-        """One attempt's request, its timeouts within the `remaining` seconds."""
-        return self.client.build_request(
+        """One attempt's request, its timeouts within the `remaining` seconds.
+
+        Built here rather than by `client.build_request`, which parses the URL again and
+        merges the client's headers, cookies and query into new objects on every call
+        (a tenth of a call's CPU under cProfile, which magnifies such pure-Python work;
+        docs/measured.md). The client has no base URL, query or cookies (its jar keeps
+        none), and its own headers (accept, user-agent, ...) are read once, so the request
+        is the one `build_request` would make; tests/limiter/test_upstream_client.py
+        compares them."""
+        connect = min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining)
+        timeout = {
+            "connect": connect,
+            # A stream may legitimately last longer than the retry deadline.
+            "read": settings.SLUICE_UPSTREAM_READ_TIMEOUT if stream else remaining,
+            "write": remaining,
+            "pool": connect,
+        }
+        return httpx.Request(
             method,
             url,
             content=content,
-            headers=headers,
-            timeout=httpx.Timeout(
-                connect=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
-                # A stream may legitimately last longer than the retry deadline.
-                read=settings.SLUICE_UPSTREAM_READ_TIMEOUT if stream else remaining,
-                write=remaining,
-                pool=min(settings.SLUICE_UPSTREAM_CONNECT_TIMEOUT, remaining),
-            ),
+            headers={**self._headers_of(self.client), **headers},
+            extensions={"timeout": timeout},
         )
 
     async def _send_once(

@@ -49,27 +49,10 @@ class Command(BaseCommand):
 
     def _daphne(self, host: str, port: int) -> None:
         # Imported here: daphne.server installs Twisted's asyncio reactor as a side effect.
-        from daphne.server import Server
-
+        from dashboard.daphne_server import SluiceServer  # isort: skip  (first: see above)
         from dashboard.asgi import application
 
-        class DrainingServer(Server):
-            """daphne's server, keeping its listening ports so a drain can close them."""
-
-            ports: list = []
-            failed = False
-
-            def listen_success(self, listening_port) -> None:
-                self.ports.append(listening_port)
-                super().listen_success(listening_port)
-
-            def listen_error(self, failure) -> None:
-                # daphne logs it and stops the reactor, and the process would exit 0: a
-                # supervisor must see that it could not serve.
-                self.failed = True
-                super().listen_error(failure)
-
-        server: DrainingServer = DrainingServer(
+        server: SluiceServer = SluiceServer(
             application=application,
             endpoints=[f"tcp:port={port}:interface={host}"],
             ready_callable=lambda: self._ready_daphne(server, host, port),
