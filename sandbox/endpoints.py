@@ -39,8 +39,24 @@ def hardware_list(state: SandboxState, request: Request, _: str) -> Response:
 
 
 def instance_types(state: SandboxState, request: Request, _: str) -> Response:
+    """The together SDK 3.x's `endpoints.hardware.list()`: InferenceInstanceType's fields."""
     return json_response(
-        {"data": [{"id": h[0], "gpu_type": h[1], "gpu_count": h[2]} for h in HARDWARE]}
+        {
+            "object": "list",
+            "data": [
+                {
+                    "id": hw_id,
+                    "name": name,
+                    "description": f"{count}x {name}",
+                    "gpuCount": count,
+                    "gpuMemoryGib": memory,
+                    "gpuType": name.split()[1],
+                    "priceCentsPerHour": round(dollars * 100),
+                    "regions": [{"name": "us-central-1"}],
+                }
+                for hw_id, name, count, memory, dollars in HARDWARE
+            ],
+        }
     )
 
 

@@ -189,3 +189,24 @@ def test_the_allowing_row_is_also_the_kinds_rate_and_its_429_is_recorded(server)
         what="the 429 in the refusal record",
     )
     assert recorded == f"[('org_endpoints', '{reason}', 'gateway')]"
+
+
+def test_the_together_sdk_hears_the_403_naming_the_route_and_lists_hardware(server):
+    """The together SDK 3.x with only its base URL changed: a team without the row calling a
+    dedicated-endpoint method gets the SDK's PermissionDeniedError, its message naming the
+    route and the row that would allow it; the public hardware list passes through."""
+    import together
+
+    client = together.Together(
+        base_url=server.url, api_key=server.issue_key("sdk-plain"), max_retries=0
+    )
+    with pytest.raises(together.PermissionDeniedError) as refused:
+        client.endpoints.list(project_id="proj-1")
+    error = refused.value.body["error"]  # type: ignore[index]
+    assert error["code"] == "route_not_allowed"
+    assert "GET /v2/projects/proj-1/endpoints" in error["message"]
+    assert "'org_endpoints'" in error["message"]
+    listed = client.endpoints.hardware.list()
+    assert listed.object == "list"
+    h100 = next(row for row in listed.data if row.id == H100)
+    assert (h100.gpu_type, h100.gpu_count, h100.gpu_memory_gib) == ("H100", 1, 80)
