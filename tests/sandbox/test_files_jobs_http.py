@@ -108,7 +108,9 @@ def test_plain_multipart_upload(client: httpx.Client) -> None:
 def test_fine_tune_progresses_in_accelerated_time(
     sandbox: ThreadedSandbox, sdk: Together, training_file: Path
 ) -> None:
-    sandbox.configure({"fine_tune_seconds": 0.6})
+    # Running from 25% of the job's time to its end: 1.5 s, so that a poll sees it even when
+    # the machine is busy (at 0.6 s, one slow poll under the parallel suite skipped it).
+    sandbox.configure({"fine_tune_seconds": 2.0})
     uploaded = sdk.files.upload(training_file, purpose="fine-tune")
     job = sdk.fine_tuning.create(
         training_file=uploaded.id, model="meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
