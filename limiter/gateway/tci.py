@@ -8,9 +8,10 @@ recorded as the team's (limiter.models.ManagedObject). An execute naming a sessi
 another team, or one Sluice never saw start, is answered as an unknown one, before Together
 hears of it; the sessions list shows the team its own only.
 
-Both routes are paced by the key's `code_interpreter` row. Each call gets a usage row
-(limiter/gateway/recording.py); Together bills by the session ($0.03 each,
-limiter/usage/pricing.py), so an execute that started one counts one unit at that price.
+Both routes are paced by the key's `code_interpreter` row and checked against the team's
+and key's budgets. Each call gets a usage row (limiter/gateway/recording.py); Together bills
+by the session ($0.03 each, limiter/usage/pricing.py), so an execute that started one counts
+one unit at that price, reported to the limiter's budget book at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from limiter.gateway.jobs import key_of, relay, require, send_upstream
 from limiter.gateway.recording import record_call
 from limiter.jobs import fields
 from limiter.models import EndpointKind
-from limiter.usage.pricing import CODE_INTERPRETER
+from limiter.usage.prices import prices
+from limiter.usage.pricing import CODE_INTERPRETER, cost_of, priced_units
 
 KIND = EndpointKind.CODE_INTERPRETER.value
 MSG_SESSION_NOT_FOUND = "No code interpreter session with id '{id}' for this team."
@@ -103,10 +105,21 @@ async def execute(request: Request) -> Response:
     started = answered is not None and answered != asked
     if started:
         await sync_to_async(_session_started)(key_of(request).team_id, str(answered))
+        _charge_session(request)
     record_call(
         request, KIND, response.status_code, model=CODE_INTERPRETER, units=1 if started else 0
     )
     return relay(response)
+
+
+def _charge_session(request: Request) -> None:
+    """The started session's price, to the limiter's budget book (a dollar budget counts
+    it at once, as the usage row does when written)."""
+    assert request.key is not None and request.handles is not None
+    cost = cost_of(prices.price(CODE_INTERPRETER), 0, 0, priced_units(KIND, 1))
+    request.handles.limiter.report_usage(
+        key_id=request.key.key_id, model=CODE_INTERPRETER, tokens=0.0, cost=float(cost)
+    )
 
 
 async def sessions_list(request: Request) -> Response:

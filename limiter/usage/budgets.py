@@ -96,9 +96,9 @@ SOFT, HARD = "soft", "hard"
 # Endpoint kinds whose tickets are only the per-key request rate: they use no tokens and
 # are not checked against budgets (a job's estimate is held by `hold_jobs` instead; a
 # team whose budget a held job fills can still upload files and cancel that job).
-NOT_BUDGETED = frozenset(
-    {"files", "fine_tunes", "batches", "videos", "evaluations", "code_interpreter"}
-)
+# (A code interpreter call is budgeted: a session it starts costs dollars,
+# limiter/gateway/tci.py reports them.)
+NOT_BUDGETED = frozenset({"files", "fine_tunes", "batches", "videos", "evaluations"})
 
 MSG_BUDGET_EXCEEDED = (
     "Budget exceeded: {owner} has used {spent} of its {limit} {unit} budget per {period}"

@@ -220,3 +220,35 @@ def test_a_tight_code_interpreter_row_refuses_with_429_recorded(server: SluiceSe
         what="the 429 to be recorded",
     )
     assert recorded == ["rate_limited", "gateway", "code_interpreter"]
+
+
+def test_a_dollar_budget_counts_the_sessions_started(server: SluiceServer) -> None:
+    """A $0.05 budget: a started session is $0.03, reported to the budget book at once, so
+    the second session starts ($0.03 spent, under $0.05) and the third call is refused with
+    `budget_exceeded`, recorded; a call reusing a session is refused too (the budget is
+    spent, whatever the call costs)."""
+    client = _client(server, server.issue_key("tci-budget"))
+    with httpx.Client(
+        base_url=f"{server.url}/api",
+        headers={"authorization": f"Bearer {server.admin_token}"},
+        timeout=30,
+    ) as ops:
+        team = next(t["id"] for t in ops.get("/teams").json() if t["name"] == "tci-budget")
+        made = ops.post(
+            f"/teams/{team}/budgets", json={"unit": "dollars", "period": "day", "limit": "0.05"}
+        )
+        assert made.status_code == 201, made.text
+        first = _execute(client, "print(1)")
+        assert first.data is not None
+        _execute(client, "print(2)")
+        for more in ({}, {"session_id": first.data.session_id}):
+            with pytest.raises(together.RateLimitError) as caught:
+                _execute(client, "print(3)", **more)
+            assert json.loads(caught.value.response.text)["error"]["code"] == "budget_exceeded"
+    recorded = wait_until(
+        lambda: _refusal(server, "tci-budget"),
+        lambda row: row != ["none"],
+        within=15,
+        what="the 429 to be recorded",
+    )
+    assert recorded == ["budget_exceeded", "gateway", "code_interpreter"]
