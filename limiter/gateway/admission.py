@@ -193,7 +193,8 @@ async def _grant_checked(
 
 async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patience | None) -> Grant:
     if charge == events.CHARGE_BOTH and patience is None and not replacing:
-        refuse_known(ctx)
+        if not ctx.promise_checked:
+            refuse_known(ctx)
     started = time.monotonic()
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = estimate_cost(ctx) if ctx.model and charge != events.CHARGE_ACCOUNT else 0.0

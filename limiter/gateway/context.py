@@ -36,7 +36,7 @@ class Handles:
 class CallContext:
     """One call, as the limiter and the meter see it: whose it is (`key`, `request_id`),
     what it is (`endpoint`, `model`), its size estimated once (`size`), and the handles
-    it reports through."""
+    it reports through, and whether admission still has to ask about a promised refusal."""
 
     key: KeyInfo
     request_id: str
@@ -44,6 +44,9 @@ class CallContext:
     handles: Handles
     model: str = ""
     size: Size = NO_SIZE
+    # Whether the limiter's promised refusals were already asked about this call (the
+    # inference path asks before it reads the rest of the body: a flood costs no more).
+    promise_checked: bool = False
 
     @property
     def limiter(self) -> LimiterClient:

@@ -20,6 +20,7 @@ every 429 is reported to the refusal sink (`sink.py`) where it happens.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from limiter.gateway import coalesce, errors, relay
@@ -89,10 +90,12 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     assert key is not None and request.handles is not None  # the team API sets both
     body = request.json()
     model = model_field(body)
+    ctx = CallContext(key, request.request_id, endpoint, request.handles, model)
     if endpoint != "embeddings":  # a merged embeddings call is no plain call
         # A refusal the limiter promised is answered before anything else is read or
         # checked: a flood costs no more than this (limiter/protocol/refused.py).
-        refuse_known(CallContext(key, request.request_id, endpoint, request.handles, model))
+        refuse_known(ctx)
+        ctx = replace(ctx, promise_checked=True)
     if not await owned_models.usable(team_id=key.team_id, name=model):
         # Another team's fine-tuned model: Together would serve it (one account), so
         # Sluice answers as if it did not exist, before the limiter or Together hear of it.
@@ -100,9 +103,7 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     stream = stream_field(body)
     _check_counts(body)
     # Reserved where a token limit applies (the limiter knows where: it owns the limits).
-    size = measure(body, endpoint)
-    ctx = CallContext(key, request.request_id, endpoint, request.handles, model, size)
-    return ctx, body, stream
+    return replace(ctx, size=measure(body, endpoint)), body, stream
 
 
 def model_field(body: dict[str, Any]) -> str:

@@ -4,14 +4,15 @@ Together stand in for the real ones."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import httpx
 import pytest
 
 from limiter import metrics
-from limiter.gateway import forward, sending
-from limiter.gateway.admission import Admission
+from limiter.gateway import forward, revocation, sending
+from limiter.gateway.admission import Admission, admit
 from limiter.gateway.context import CallContext, Handles
 from limiter.gateway.forward import UpstreamCall
 from limiter.gateway.keys import KeyInfo
@@ -65,6 +66,9 @@ class FakeLimiter:
 
     async def report_upstream(self, **report: Any) -> None:
         self.calls.append(("report_upstream", report))
+
+    def known_refusal(self, **asked: Any) -> None:
+        self.calls.append(("known_refusal", asked))
 
     def named(self, name: str) -> list[Any]:
         return [what for called, what in self.calls if called == name]
@@ -257,3 +261,21 @@ async def test_togethers_429_is_each_callers_and_the_retry_queues_again_first(
     [asked] = limiter.named("acquire")
     assert (asked["replacing"], asked["charge"]) == ("lease-1", events.CHARGE_ACCOUNT)
     assert admission.grant.lease == "lease-2"
+
+
+async def test_admission_asks_about_a_promised_refusal_once_per_call(
+    sink: RefusalSink, monkeypatch
+) -> None:
+    # The inference path asks before it reads the rest of the body (a flood costs no more);
+    # its admission then does not ask again. Any other call is asked at admission.
+    async def key_usable(key: Any) -> None:  # the key's revocation check reads the database
+        return None
+
+    monkeypatch.setattr(revocation, "key_refusal", key_usable)
+    limiter = FakeLimiter()
+    ctx = context(sink, limiter)
+    (await admit(ctx)).release()
+    assert limiter.named("known_refusal") == [{"key": ctx.key, "endpoint": "chat", "model": "m"}]
+    (await admit(replace(ctx, promise_checked=True))).release()
+    assert len(limiter.named("known_refusal")) == 1
+    assert len(limiter.named("acquire")) == 2
