@@ -26,6 +26,7 @@ from django.shortcuts import get_object_or_404
 from ninja import NinjaAPI, Query, Router, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
+from ninja.parser import Parser
 from ninja.security import APIKeyCookie, HttpBearer
 
 from dashboard import auth_throttle, live, policy, services
@@ -79,6 +80,7 @@ MSG_KEY_PROFILE = "A team maintainer's keys use the team's profile; leave 'profi
 MSG_THROTTLED = "Too many wrong tokens from this address; retry later."
 MSG_NOT_FOUND = "Not found."
 MSG_INVALID = "The request is not valid."
+MSG_NOT_JSON = "The body must be JSON, sent as application/json (this one was {media_type})."
 # A limiter that has sent nothing for this long is shown as unreachable.
 LIVE_STALE_SECONDS = 3.0
 
@@ -128,12 +130,28 @@ class StaffSession(APIKeyCookie):
         return user if user.is_authenticated else None
 
 
+class BodyNotJson(ValueError):
+    pass
+
+
+class JsonOnly(Parser):
+    """Bodies are JSON, and say so: a body labelled anything else (a form, multipart) is a
+    400 however it reads, not parsed as JSON whatever its sender meant."""
+
+    def parse_body(self, request: HttpRequest) -> Any:
+        media_type = (request.content_type or "").lower()
+        if media_type != "application/json" and not media_type.endswith("+json"):
+            raise BodyNotJson(MSG_NOT_JSON.format(media_type=media_type or "none"))
+        return super().parse_body(request)
+
+
 api = NinjaAPI(
     title="Sluice ops API",
     version="1",
     description="Teams, keys, limit profiles, the 429 history, the audit log and the live view.",
     auth=[BearerToken(), StaffSession()],
     urls_namespace="ops-api",
+    parser=JsonOnly(),
 )
 # Every operation, of every router: its declared rule, before its payload is parsed.
 api.add_decorator(api_guard, mode="view")
@@ -171,7 +189,9 @@ def _on_404(request: HttpRequest, exc: Http404) -> HttpResponse:
 
 @api.exception_handler(HttpError)
 def _on_http(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    return _error(request, exc.status_code, "http_error", str(exc))
+    # Ninja words every unreadable body alike; a body that is not JSON is told why.
+    message = str(exc.__cause__) if isinstance(exc.__cause__, BodyNotJson) else str(exc)
+    return _error(request, exc.status_code, "http_error", message)
 
 
 @api.exception_handler(NinjaValidationError)

@@ -314,13 +314,6 @@ def test_unsupported_method_answers_error_shape(
     _assert_ops_error(httpx.request(method, fuzz_server.url + path, headers=ADMIN), 405)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the ops API reads a JSON body whatever its content type says (Ninja parses "
-    "request.body as JSON): a JSON body labelled multipart/form-data is accepted, not a 400. "
-    "(Twisted used to refuse it first, with a bare 400; dashboard/daphne_server.py stopped "
-    "Twisted parsing POST bodies.)",
-)
 def test_multipart_content_type_answers_error_shape(fuzz_server: SluiceServer) -> None:
     response = httpx.post(
         f"{fuzz_server.url}/api/teams",
@@ -328,6 +321,7 @@ def test_multipart_content_type_answers_error_shape(fuzz_server: SluiceServer) -
         headers={**ADMIN, "content-type": "multipart/form-data"},
     )
     _assert_ops_error(response, 400)
+    assert "application/json" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("path", ["/api/", "/api/nope", "/api/teams/", "/api//teams"])
