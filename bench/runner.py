@@ -3,9 +3,9 @@
 1. the sandbox (20 ms), the floor(s) and Sluice embedded; the latency / throughput /
    CPU matrix, targets interleaved at each concurrency so drift on a shared machine
    hits them alike; accuracy with one web process; in-memory decisions/s;
-2. those stopped, Sluice scaled out (4 web + runworker limiter, Redis, PostgreSQL):
-   CPU per request with 1 and with 4 web processes loaded; Redis decisions/s;
-   accuracy with 4 web processes.
+2. those stopped, Sluice scaled out (4 web + runworker limiter, a Redis server of the
+   bench's own, PostgreSQL) beside one embedded process on PostgreSQL: CPU per request of
+   each, alternated (bench/scaleout.py); Redis decisions/s; accuracy with 4 web processes.
 Every process is stopped on the way out, whatever happens.
 """
 
@@ -18,10 +18,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import coalesce, decisions
+from bench import coalesce, decisions, scaleout
 from bench.accuracy import run_case
 from bench.latency import Cell, Target, measure_once, median_cell
 from bench.report import CONCURRENCIES, MODES, Results
+from bench.scaleout import OwnRedis
 from bench.servers import (
     Ceiling,
     Floor,
@@ -185,7 +186,10 @@ def _scale_out(
     log: Callable[[str], None],
 ) -> None:
     with ExitStack() as stack:
-        services = stack.enter_context(ScaleOutServices(redis_url, postgres_url))
+        # A Redis server of our own where there is one to start, so its CPU is ours alone.
+        own = stack.enter_context(OwnRedis(tmp)) if OwnRedis.available() else None
+        redis_url = own.url if own is not None else redis_url
+        services = stack.enter_context(ScaleOutServices(redis_url, postgres_url, databases=3))
         sluice = stack.enter_context(
             Sluice(
                 tmp,
@@ -193,25 +197,60 @@ def _scale_out(
                 ceiling,
                 web=4,
                 redis_url=services.redis_url,
-                database_url=services.database_url,
+                database_url=services.database_urls[0],
             )
         )
         worker = sluice.worker
         assert worker is not None
-        one = Target(
-            "scaleout-1",
-            [f"{sluice.urls[0]}/v1"],
-            sluice.keys["open"],
-            lambda: [sluice.web_pids[0], worker.pid],
-        )
+        redis_pid = own.process.pid if own is not None and own.process else None
         four = Target(
             "scaleout-4",
             [f"{u}/v1" for u in sluice.urls],
             sluice.keys["open"],
-            lambda: [*sluice.web_pids, worker.pid],
+            lambda: [*sluice.web_pids, worker.pid, *([redis_pid] if redis_pid else [])],
         )
-        log("scale-out up; CPU with 1 and 4 web processes")
-        results.scaleout = {1: _cpu_cell(one, size), 4: _cpu_cell(four, size)}
+        # The embedded baseline on PostgreSQL too, so the database's work is alike; and four
+        # embedded processes, the cost of the split alone (bench/scaleout.py). Stopped after
+        # their cells.
+        # Neither runs the job poller, which scale-out runs as a process of its own (not
+        # started here): idle, it costs an embedded process about 10 ms of CPU a second.
+        serving_only = {"SLUICE_EMBEDDED_JOB_POLLER": "0"}
+        with (
+            Sluice(
+                tmp, sandbox, ceiling, database_url=services.database_urls[1], settings=serving_only
+            ) as embedded,
+            Sluice(
+                tmp,
+                sandbox,
+                ceiling,
+                web=4,
+                database_url=services.database_urls[2],
+                settings=serving_only,
+            ) as split,
+        ):
+            one = Target(
+                "embedded",
+                [f"{embedded.urls[0]}/v1"],
+                embedded.keys["open"],
+                lambda: embedded.web_pids,
+            )
+            four_embedded = Target(
+                "split", [f"{u}/v1" for u in split.urls], split.keys["open"], lambda: split.web_pids
+            )
+            log("scale-out up; CPU of 1 embedded against 4 web + limiter + Redis, alternated")
+            results.scaleout = scaleout.run(
+                embedded=one,
+                four=four,
+                split=four_embedded,
+                web_pids=lambda: sluice.web_pids,
+                limiter_pid=worker.pid,
+                redis_pid=redis_pid,
+                redis_url=services.redis_url,
+                repeats=max(2, size.repeats * 2),
+                duration=size.duration,
+                warmup=size.warmup,
+                log=log,
+            )
         log("decisions, channels_redis")
         results.decisions["redis"] = decisions.run(
             sluice.env, CLIENTS, size.decisions_duration, worker=worker.pid

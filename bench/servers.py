@@ -227,28 +227,34 @@ def uvicorn_installed() -> bool:
 
 # --- scale-out services: a Redis database and a PostgreSQL database of our own ------------------
 class ScaleOutServices:
-    """Flushes the given Redis database and creates a throwaway PostgreSQL database,
-    dropped on exit."""
+    """Flushes the given Redis database and creates `databases` throwaway PostgreSQL
+    databases (`database_urls`; `database_url` is the first), dropped on exit."""
 
-    def __init__(self, redis_url: str, postgres_url: str) -> None:
+    def __init__(self, redis_url: str, postgres_url: str, databases: int = 1) -> None:
         self.redis_url = redis_url
         self.admin_url = postgres_url
-        self.db_name = f"sluice_bench_{os.getpid()}_{secrets.token_hex(3)}"
-        self.database_url = (
-            urllib.parse.urlsplit(postgres_url)._replace(path=f"/{self.db_name}").geturl()
-        )
+        stem = f"sluice_bench_{os.getpid()}_{secrets.token_hex(3)}"
+        self.db_names = [f"{stem}_{n}" for n in range(databases)]
+        self.database_urls = [
+            urllib.parse.urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
+            for name in self.db_names
+        ]
+
+    @property
+    def database_url(self) -> str:
+        return self.database_urls[0]
 
     def __enter__(self) -> ScaleOutServices:
         redis.Redis.from_url(self.redis_url).flushdb()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db_name)))
+            for name in self.db_names:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self
 
     def __exit__(self, *exc: object) -> None:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self.db_name)
+            for name in self.db_names:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
-            )
         redis.Redis.from_url(self.redis_url).flushdb()

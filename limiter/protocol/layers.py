@@ -7,7 +7,7 @@ are most of scale-out's cost:
 
 - `send` trims expired messages, checks capacity, adds the message and refreshes the
   expiry as four commands. Here they are one Lua script with the same semantics
-  (expiry, capacity, ChannelFull) and the same wire format.
+  (expiry, capacity, ChannelFull) and the same wire format, sent by its digest.
 - `receive` keeps each popped message in a backup queue until it has been handed
   over (a cleanup script, the pop, a backup write, a backup delete), so that a
   receiver cancelled mid-pop loses nothing. Here it is the pop alone. The window it
@@ -27,6 +27,7 @@ are most of scale-out's cost:
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from channels_redis.core import RedisChannelLayer
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 # `send_many`'s: each channel key's messages added in one script, in their order. KEYS: the
 # channel keys; ARGV: the expiry cutoff, the expiry, then per key its capacity and
@@ -63,6 +64,9 @@ for _, key in ipairs(KEYS) do
 end
 return out
 """
+# Sent by its digest (EVALSHA), not its text: EVAL sent the script's 700 bytes with every
+# batch, and Redis hashed them each time to find its compiled copy.
+SEND_MANY_SHA = hashlib.sha1(SEND_MANY.encode()).hexdigest()  # noqa: S324  (Redis's script id)
 # Messages popped in one round trip at most: enough for a loop turn's worth of tickets
 # from every web process, few enough that one pop's reply stays small.
 RECEIVE_BATCH = 256
@@ -187,11 +191,21 @@ class SluiceRedisChannelLayer(RedisChannelLayer):
             for capacity, positions, pairs in keys.values():
                 args.extend((capacity, len(positions), *pairs))
                 order.extend(positions)
-            sent = await self.connection(index).eval(SEND_MANY, len(keys), *keys, *args)
+            sent = await self._send_script(self.connection(index), [*keys, *args], len(keys))
             for position, ok in zip(order, sent, strict=True):
                 if not ok:
                     errors[position] = ChannelFull()
         return errors
+
+    @staticmethod
+    async def _send_script(connection: Any, args: list[Any], keys: int) -> list[int]:
+        """SEND_MANY by its digest; loaded first where Redis does not know it (a server
+        new or restarted: its script cache is empty)."""
+        try:
+            return await connection.evalsha(SEND_MANY_SHA, keys, *args)
+        except NoScriptError:
+            await connection.script_load(SEND_MANY)
+            return await connection.evalsha(SEND_MANY_SHA, keys, *args)
 
     def _score(self) -> float:
         """A message's score: the time it was sent, and above the one before, so that two

@@ -38,9 +38,13 @@ def expected_rows() -> list[str]:
             f"Gateway CPU, Sluice ÷ floor (daphne), {mode}, c=16",
         ]
     rows += [
-        f"Scale-out {what}, {n} web + limiter worker, non-stream, c=16 ({unit})"
-        for what, unit in (("CPU per request", "ms"), ("throughput", "req/s"))
-        for n in (1, 4)
+        "Scale-out CPU per request, 1 embedded process, non-stream, c=16 (ms)",
+        "Scale-out CPU per request, 4 web + limiter worker + Redis, non-stream, c=16 (ms)",
+        "Scale-out CPU per request, 4 web + limiter ÷ 1 embedded (alternated pairs)",
+        "Scale-out CPU per request, 4 embedded processes, no Redis (the split alone) (ms)",
+        "Scale-out Redis commands per request (4 web + limiter)",
+        "Scale-out throughput, 1 embedded process, non-stream, c=16 (req/s)",
+        "Scale-out throughput, 4 web + limiter, non-stream, c=16 (req/s)",
     ]
     rows += [
         "Limiter decisions per second, in-memory layer (one process)",

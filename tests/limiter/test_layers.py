@@ -159,3 +159,26 @@ async def test_a_group_message_in_a_pop_reaches_every_member_channel(redis_url) 
         await receiver.flush()
         await sender.close_pools()
         await receiver.close_pools()
+
+
+@pytest.mark.services
+async def test_a_batch_goes_by_the_scripts_digest_not_its_text() -> None:
+    # EVAL sent the send script's text with every batch (and Redis hashed it each time);
+    # EVALSHA sends its digest. A server that does not know the script (new, restarted,
+    # or its script cache flushed) is given it once, and the batch still goes.
+    need_redis_server()
+    with private_redis_server() as redis_server:  # its own command counts, no one else's
+        layer = _layer(redis_server.url)
+        try:
+            for n in range(3):
+                await layer.send("limiter", {"n": n})
+            await layer.connection(0).script_flush()
+            await layer.send_many([("limiter", {"n": 3}), ("limiter", {"n": 4})])
+            stats = await layer.connection(0).info("commandstats")
+            assert "cmdstat_eval" not in stats
+            # 4 batches, the first and the fourth asked twice (refused NOSCRIPT, then sent).
+            assert stats["cmdstat_evalsha"]["calls"] == 6
+            assert stats["cmdstat_script|load"]["calls"] == 2  # new, then flushed
+            assert [(await layer.receive("limiter"))["n"] for _ in range(5)] == list(range(5))
+        finally:
+            await layer.close_pools()
