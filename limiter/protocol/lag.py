@@ -37,6 +37,7 @@ class LoopLag:
         self.clock = clock
         self.tick = tick
         self.stalled = 0.0  # seconds the ticks ran late, summed
+        self.ticks = 0  # ticks run: under saturation, one a turn of the loop
         self._due: float | None = None
         self._handle: asyncio.TimerHandle | None = None
 
@@ -54,6 +55,7 @@ class LoopLag:
         now = self.clock()
         if self._due is not None:
             self.stalled += max(0.0, now - self._due)
+        self.ticks += 1
         self._due = now + self.tick
         self._handle = asyncio.get_running_loop().call_later(self.tick, self._ticked)
 
