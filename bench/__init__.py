@@ -12,6 +12,8 @@ Modules, each small and separate:
   dynamic     issue 11's scenarios against Together's dynamic limits (--only dynamic)
   flood       a runaway key's flood refused locally, beside a team within its limits,
               against the same deployment asking the limiter every call (--only flood)
+  server_choice  daphne against uvicorn, Sluice and the floor, at 1 and 16 callers in
+              one run (run alone: the reason uvicorn is serve's default, docs/measured.md)
   report      the tables, with the issues' targets
   shards      sharded limiters simulated: real engines on a simulated clock, accounts
               split across shards, a shard's death and a shard joining (--only shards;

@@ -5,7 +5,8 @@
 Two Sluice deployments side by side on one sandbox upstream (20 ms), identical but for
 SLUICE_LOCAL_REFUSALS (limiter/protocol/refused.py): `local` (the default) answers a
 refusal the limiter promised itself; `asked` asks the limiter for every call (the
-baseline). In each, one embedded web process (daphne):
+baseline). In each, one embedded web process (uvicorn, the default; and the default
+under daphne beside them):
 
 1. alone: the neighbour (key `open`) sends 4 calls a second, open loop, for `duration`;
 2. flood: 48 closed-loop workers on the `flood` key (60 a minute, no queue) for
@@ -39,19 +40,19 @@ from bench.dynamic import run_openloop
 from bench.latency import MODEL
 from bench.procs import cpu_seconds, run_load
 from bench.runner import ACCOUNT_PACE, ACCOUNT_RPM, UPSTREAM_LATENCY_MS
-from bench.servers import Ceiling, Sandbox, Sluice, uvicorn_installed
+from bench.servers import Ceiling, Sandbox, Sluice
 
 WORKERS = 48
 NEIGHBOUR_RATE = 4.0
 STORM_RATE = 2000.0
 TARGET_CPU_MS = 0.5
 TARGET_P50_MS = 10.0
-# (label, SLUICE_LOCAL_REFUSALS, server): the baseline, the default, and the default under
-# uvicorn (how much of a local refusal's CPU is the HTTP server's own).
+# (label, SLUICE_LOCAL_REFUSALS, server): the baseline, the default (uvicorn), and the
+# default under daphne (how much of a local refusal's CPU is the HTTP server's own).
 DEPLOYMENTS = (
-    ("asked", "false", "daphne"),
-    ("local", "true", "daphne"),
-    ("local-uvicorn", "true", "uvicorn"),
+    ("asked", "false", "uvicorn"),
+    ("local", "true", "uvicorn"),
+    ("local-daphne", "true", "daphne"),
 )
 ADMIN_TOKEN = secrets.token_urlsafe(24)  # the ops API's, for the live snapshot
 
@@ -93,6 +94,11 @@ class Deployment:
     storm_flood: dict[int, int] = field(default_factory=dict)
     storm_neighbour: Calls = field(default_factory=Calls)
     storm_rate: float = 0.0
+    # The web process's loop over the flood phase (limiter/protocol/lag.py): the mean time
+    # between two ticks of its probe (20 ms when free; one turn of the loop when turns take
+    # longer) and the share of the phase its timers ran late.
+    turn_ms: float = float("nan")
+    late_share: float = float("nan")
 
     @property
     def messages_per_local(self) -> float:
@@ -134,6 +140,18 @@ def _counters(sluice: Sluice) -> dict[str, float]:
     return counters
 
 
+def _loop(sluice: Sluice) -> tuple[float, float]:
+    """The web process's loop lateness so far (seconds) and its probe's ticks (/metrics)."""
+    counters = {"late": 0.0, "ticks": 0.0}
+    with urllib.request.urlopen(f"{sluice.urls[0]}/metrics", timeout=30) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("sluice_event_loop_late_seconds "):
+                counters["late"] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("sluice_event_loop_ticks "):
+                counters["ticks"] = float(line.rsplit(" ", 1)[1])
+    return counters["late"], counters["ticks"]
+
+
 def _alone(sluice: Sluice, result: Deployment, duration: float) -> None:
     before = cpu_seconds(sluice.web_pids)
     started = time.monotonic()
@@ -162,7 +180,7 @@ def _flood(sluice: Sluice, result: Deployment, duration: float) -> None:
 
     def start() -> None:
         marks["counters"], marks["cpu"] = _counters(sluice), cpu_seconds(sluice.web_pids)
-        marks["at"] = time.monotonic()
+        marks["at"], marks["loop"] = time.monotonic(), _loop(sluice)
         stream = _stream(sluice, "neighbour", "open", NEIGHBOUR_RATE, duration)
         thread = threading.Thread(
             target=lambda: neighbour.update(run_openloop([stream], duration)), daemon=True
@@ -172,6 +190,7 @@ def _flood(sluice: Sluice, result: Deployment, duration: float) -> None:
 
     def stop() -> None:
         marks["cpu_after"], marks["end"] = cpu_seconds(sluice.web_pids), time.monotonic()
+        marks["loop_after"] = _loop(sluice)
 
     load = run_load(plan, around=start, after=stop)
     marks["thread"].join(duration + 120)
@@ -185,6 +204,11 @@ def _flood(sluice: Sluice, result: Deployment, duration: float) -> None:
     result.local = round(delta["local"])
     result.asked = round(delta["admitted"] + delta["refused"] - delta["local"])
     result.decisions = round(delta["decisions"])
+    span = marks["end"] - marks["at"]
+    (late, ticks), (late_after, ticks_after) = marks["loop"], marks["loop_after"]
+    if ticks_after > ticks:
+        result.turn_ms = span * 1000 / (ticks_after - ticks)
+        result.late_share = (late_after - late) / span
     result.beside = Calls.of(neighbour.get("requests", []), "neighbour")
 
 
@@ -213,8 +237,6 @@ def measure(
         tmp = Path(name)
         with Sandbox(tmp, UPSTREAM_LATENCY_MS) as sandbox:
             for label, local, server in DEPLOYMENTS:
-                if server == "uvicorn" and not uvicorn_installed():
-                    continue
                 (tmp / label).mkdir()
                 settings = {"SLUICE_LOCAL_REFUSALS": local, "SLUICE_ADMIN_TOKEN": ADMIN_TOKEN}
                 with Sluice(
@@ -234,7 +256,7 @@ def measure(
 
 def markdown(results: list[Deployment]) -> str:
     local = results[1]
-    extra = results[2:]  # under uvicorn, when installed
+    extra = results[2:]  # under daphne
     cpu_verdict = "met" if local.cpu_ms_per_refusal <= TARGET_CPU_MS else "**missed**"
     head = " | ".join(["every call asks the limiter", "refused locally (default)"])
     head += "".join(f" | {r.label} (refused locally)" for r in extra)
@@ -267,6 +289,14 @@ def markdown(results: list[Deployment]) -> str:
             f"(+{r.beside.p50_ms - r.alone.p50_ms:.1f})"
         ),
         f"+{TARGET_P50_MS:g} ms",
+    )
+    row(
+        "web process's loop beside the flood: mean turn (probe's tick) / share of time late",
+        lambda r: f"{r.turn_ms:.1f} ms / {r.late_share:.0%}",
+    )
+    row(
+        "neighbour's added p50 in turns of that loop",
+        lambda r: f"{(r.beside.p50_ms - r.alone.p50_ms) / r.turn_ms:.1f}",
     )
     row("storm: calls due a second on one key", lambda r: f"{r.storm_rate:.0f}")
     row("storm: flood answers", lambda r: _statuses({str(k): v for k, v in r.storm_flood.items()}))

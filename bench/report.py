@@ -264,9 +264,9 @@ def _accuracy_rows(r: Results) -> list[Row]:
 def table(r: Results) -> str:
     rows = _latency_rows(r) + _cpu_rows(r) + _decision_rows(r) + _accuracy_rows(r)
     header = (
-        "| Measure | Sluice (daphne, the default) | Baseline (same run) | Sluice under uvicorn "
-        "| Floor: Django + daphne | Floor: Django + uvicorn "
-        "| LiteLLM (reference, not measured here) | Target (for the default) | Met |"
+        "| Measure | Sluice under daphne | Baseline (same run) "
+        "| Sluice under uvicorn (the default) | Floor: Django + daphne | Floor: Django + uvicorn "
+        "| LiteLLM (reference, not measured here) | Target (judged on daphne's column) | Met |"
     )
     lines = [header, "|" + "---|" * 9]
     lines += [

@@ -142,7 +142,7 @@ def _single_process(
     with ExitStack() as stack:
         floor = stack.enter_context(Floor(tmp, sandbox, "daphne"))
         uvi = stack.enter_context(Floor(tmp, sandbox, "uvicorn")) if results.uvicorn else None
-        sluice = stack.enter_context(Sluice(tmp, sandbox, ceiling))
+        sluice = stack.enter_context(Sluice(tmp, sandbox, ceiling, server="daphne"))
         sluice_uvi = (
             stack.enter_context(Sluice(tmp, sandbox, ceiling, server="uvicorn"))
             if results.uvicorn

@@ -119,7 +119,7 @@ class Sluice:
         web: int = 1,
         redis_url: str = "",
         database_url: str = "",
-        server: str = "daphne",
+        server: str = "uvicorn",  # serve's default
         settings: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp

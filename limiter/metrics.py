@@ -71,6 +71,18 @@ LIMITER_ROUND_TRIP = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
 )
+LOOP_LATE = Gauge(
+    "sluice_event_loop_late_seconds",
+    "Seconds this process's event loop has run its timers late since it started: time "
+    "every call here waited on top of its own work (a saturated loop).",
+    registry=REGISTRY,
+)
+LOOP_TICKS = Gauge(
+    "sluice_event_loop_ticks",
+    "Ticks of the loop-lateness probe since the process started (one every 20 ms, or "
+    "one a turn of the loop when turns take longer).",
+    registry=REGISTRY,
+)
 LIMITER_UP = Gauge(
     "sluice_limiter_up",
     "1 when the limiter answered this process's last request.",

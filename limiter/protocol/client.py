@@ -37,6 +37,7 @@ from limiter.protocol.grants import (
     Refused,
 )
 from limiter.protocol.inbox import LimiterRestarted, Pong
+from limiter.protocol.lag import LoopLag
 from limiter.protocol.refused import KnownRefusals
 from limiter.protocol.session import Ask, TicketSession
 from limiter.protocol.tasks import spawn
@@ -77,13 +78,17 @@ class LimiterClient:
         # Refusals the limiter promised to repeat for a while (refused.py): answered here.
         self.refusals = KnownRefusals(clock)
         register_cache(self.refusals.clear)
+        # How late this process's loop runs: a call's wait for an answer does not count it.
+        self.lag = LoopLag()
 
     async def start(self) -> None:
         """Open the reply channel, join CONFIG_GROUP and start its dispatcher."""
+        self.lag.start()
         await self.transport.start()
 
     async def stop(self) -> None:
         """Stop the reply channel's dispatcher."""
+        self.lag.stop()
         await self.transport.stop()
 
     async def settled(self) -> None:
@@ -147,8 +152,15 @@ class LimiterClient:
             raise
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
-        """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late."""
-        for _attempt in range(STALE_GRANT_RETRIES):
+        """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.
+
+        The last late grant is used when this process's own loop ran late by as much
+        while the call waited (lag.py): the limiter answered in time and the process is
+        overloaded, so asking again only brings another grant as late, and a 503
+        `limiter_unavailable` would be false. Its lateness is what the overload gives
+        every call here; a one-off stall is still outlived by the asks before it."""
+        for attempt in range(STALE_GRANT_RETRIES):
+            stalled_before = self.lag.stalled_now()
             session = TicketSession(
                 self.transport,
                 self.courier,
@@ -156,6 +168,7 @@ class LimiterClient:
                 patience=patience,
                 clock=self.clock,
                 lateness=self.lateness,
+                waiting=self.lag.responsive,
             )
             try:
                 grant = await session.run()
@@ -165,6 +178,17 @@ class LimiterClient:
                 raise
             ask = dataclasses.replace(ask, replacing="")  # handed back with the first ask
             if grant.age <= settings.SLUICE_GRANT_MAX_AGE:
+                return grant
+            stalled = self.lag.stalled_now() - stalled_before
+            if (
+                attempt == STALE_GRANT_RETRIES - 1
+                and grant.age - stalled <= settings.SLUICE_GRANT_MAX_AGE
+            ):
+                logger.warning(
+                    "grant arrived %.0f ms late, this process's loop %.0f ms behind: using it",
+                    grant.age * 1000,
+                    stalled * 1000,
+                )
                 return grant
             logger.warning("grant arrived %.0f ms late; asking again", grant.age * 1000)
             self.courier.release(grant.lease, None)
@@ -264,7 +288,9 @@ class LimiterClient:
         try:
             asked = {"type": events.PING, "ticket": ticket, "reply": self.transport.reply_channel}
             await self.transport.send_or_unavailable(asked)
-            while not isinstance(event := await inbox.next(deadline - time.monotonic()), Pong):
+            while not isinstance(
+                event := await inbox.next(deadline - time.monotonic(), self.lag.responsive), Pong
+            ):
                 pass  # what every waiting ticket hears (a limiter started...) is no answer
         except TimeoutError:
             raise LimiterUnavailable() from None

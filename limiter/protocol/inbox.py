@@ -9,6 +9,7 @@ channel works again after failing (`Resync`: an answer sent meanwhile may be los
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,9 @@ class Resync:
 
 TicketEvent = Decision | Pong | LimiterRestarted | Resync
 
+# The shortest wait `Inbox.next` sets itself when its clock says that little is left.
+MIN_WAIT = 0.001
+
 
 class Inbox:
     """One ticket's queue, read by one reader. An event counts as handled once the reader
@@ -69,10 +73,24 @@ class Inbox:
         self._idle.clear()
         self._queue.put_nowait(event)
 
-    async def next(self, within: float) -> TicketEvent:
-        """The next event; TimeoutError after `within` seconds without one."""
+    async def next(self, within: float, clock: Callable[[], float] | None = None) -> TicketEvent:
+        """The next event; TimeoutError after `within` seconds without one, measured on
+        `clock` when given (lag.LoopLag.responsive: time the loop ran late is not counted,
+        so the wait is at least `within` of the wall clock, longer by the loop's lag)."""
         self._handled()
-        event = await asyncio.wait_for(self._queue.get(), within)
+        if clock is None:
+            event = await asyncio.wait_for(self._queue.get(), within)
+        else:
+            deadline = clock() + within
+            while True:
+                try:
+                    event = await asyncio.wait_for(
+                        self._queue.get(), max(deadline - clock(), MIN_WAIT)
+                    )
+                    break
+                except TimeoutError:
+                    if clock() >= deadline:
+                        raise
         self._holding = True
         return event
 

@@ -90,9 +90,13 @@ class TicketSession:
         patience: Patience | None = None,
         clock: Callable[[], float],
         lateness: Lateness,
+        waiting: Callable[[], float] | None = None,
     ) -> None:
         self.transport, self.courier, self.ask = transport, courier, ask
         self.patience, self.clock, self.lateness = patience, clock, lateness
+        # The clock the waits for an answer are measured on (lag.LoopLag.responsive):
+        # time this process's loop ran late is no evidence against the limiter.
+        self.waiting = waiting
         self.ticket = uuid.uuid4().hex
         self.timeout: float = settings.SLUICE_LIMITER_TIMEOUT  # a round trip, at most
 
@@ -150,7 +154,7 @@ class TicketSession:
         wait on. Should the reply channel have failed, the answer may be lost: ask again,
         as asked."""
         while True:
-            event = await inbox.next(self.timeout)
+            event = await inbox.next(self.timeout, self.waiting)
             if isinstance(event, Decision):
                 return event
             if isinstance(event, Resync):
@@ -173,7 +177,7 @@ class TicketSession:
             if self.patience is not None:
                 deadline = max(deadline, self.patience.until + self.timeout)
             try:
-                event = await inbox.next(deadline - self.clock())
+                event = await inbox.next(deadline - self.clock(), self.waiting)
             except TimeoutError:
                 if self.patience is not None and self.patience.until + self.timeout > deadline:
                     continue  # extended while it waited

@@ -151,3 +151,19 @@ def test_another_teams_calls_are_not_refused(server):
             for _ in range(3)
         ]
     assert [a.status_code for a in answers] == [200] * 3
+
+
+def test_metrics_tell_how_late_the_event_loop_ran(server):
+    """What a saturated loop costs every call here (limiter/protocol/lag.py): seconds its
+    timers ran late, and the probe's ticks, which go on whether the loop is busy or not."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        first = client.get("/metrics").text
+        wait_until(
+            lambda: (
+                metric(client.get("/metrics").text, "sluice_event_loop_ticks")
+                > metric(first, "sluice_event_loop_ticks") + 5
+            ),
+        )
+        text = client.get("/metrics").text
+    assert metric(text, "sluice_event_loop_late_seconds") >= 0.0
+    assert "sluice_event_loop_late_seconds " in text

@@ -7,6 +7,7 @@ client's dispatcher has routed the message and the client has settled
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -401,3 +402,107 @@ async def test_a_listener_that_fails_neither_silences_the_others_nor_the_client(
     waiting, asked = await one_call(client, layer)
     await answer(client, layer, grant(asked["ticket"], "lease-1", at=0.0))
     assert (await asyncio.wait_for(waiting, 5)).lease == "lease-1"
+
+
+# --- a saturated loop is not an unavailable limiter (issue 22's storm) ------------------
+class Hog:
+    """Keeps this loop saturated, as a flood of calls does: every turn of it blocks for
+    `turn` seconds (a turn's worth of other callbacks), until stopped."""
+
+    def __init__(self, turn: float) -> None:
+        self.turn = turn
+        self.running = True
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while self.running:
+            time.sleep(self.turn)  # noqa: ASYNC251  (the point: the loop runs nothing else)
+            await asyncio.sleep(0)
+
+    async def stop(self) -> None:
+        self.running = False
+        await self.task
+
+
+async def answering_limiter(client: LimiterClient, layer: Layer, hops: int = 4) -> None:
+    """A limiter that grants every ticket as soon as it reads it (an embedded one: the
+    same loop, the same clock), `hops` turns of the loop after it was sent (the channel
+    layer's queue, the consumer, its outbox: a real round trip takes a few)."""
+    answered = 0
+    while True:
+        tickets = [m for m in layer.sent if m["type"] == events.ACQUIRE]
+        for _ in range(hops if tickets[answered:] else 0):
+            await asyncio.sleep(0)
+        for asked in tickets[answered:]:
+            layer.inbox.put_nowait(grant(asked["ticket"], f"lease-{answered}", time.monotonic()))
+            answered += 1
+        layer.arrived.clear()
+        await layer.arrived.wait()
+
+
+async def test_a_saturated_loop_does_not_make_the_limiter_unavailable(settings, start):
+    """Issue 22: a storm of calls on one key saturated the web process's loop (each turn
+    running thousands of refusals); a round trip to the limiter is a few turns, and
+    every other team's call timed out into 503 limiter_unavailable, though the limiter
+    answered each ticket at once. Its deadline now stands still while the loop is late
+    (limiter/protocol/lag.py); before, this raised LimiterUnavailable."""
+    settings.SLUICE_LIMITER_TIMEOUT = 0.25  # less than one turn of the loop below
+    settings.SLUICE_GRANT_MAX_AGE = 60.0  # the timeout alone (the next test: late grants)
+    client = await start(layer := Layer())
+    limiter = asyncio.ensure_future(answering_limiter(client, layer))
+    hog = Hog(turn=0.3)  # a round trip of 3 turns: about 0.9 s of wall time
+    try:
+        started = time.monotonic()
+        got = await asyncio.wait_for(
+            client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1"), 20
+        )
+        assert got.lease == "lease-0"
+        assert time.monotonic() - started > settings.SLUICE_LIMITER_TIMEOUT  # it did wait past it
+    finally:
+        await hog.stop()
+        limiter.cancel()
+
+
+async def test_a_grant_late_by_the_loops_own_lag_is_used_after_its_retries(settings, start):
+    """Every grant reached the saturated loop later than SLUICE_GRANT_MAX_AGE after it was
+    decided: each was handed back and asked again, three times, then 503. When the loop's
+    own lateness explains the grant's, the last one is used (before: LimiterUnavailable)."""
+    settings.SLUICE_LIMITER_TIMEOUT = 30.0  # the late grants alone (the test above: the timeout)
+    settings.SLUICE_GRANT_MAX_AGE = 0.2
+    client = await start(layer := Layer())
+    limiter = asyncio.ensure_future(answering_limiter(client, layer))
+    ask = {"key": key_info(), "endpoint": "chat", "tokens": 0, "request_id": "req_1"}
+    assert (await client.acquire(**ask)).age == 0.0  # on time: how fast a grant comes
+    hog = Hog(turn=0.3)
+    try:
+        got = await asyncio.wait_for(client.acquire(**ask), 20)
+        assert got.age > settings.SLUICE_GRANT_MAX_AGE  # late, and used
+        assert got.lease == "lease-3"  # the third ask: the first two were handed back
+        assert [m["lease"] for m in await until_sent(layer, events.RELEASE, 2)] == [
+            "lease-1",
+            "lease-2",
+        ]
+    finally:
+        await hog.stop()
+        limiter.cancel()
+
+
+async def test_a_silent_limiter_is_unavailable_once_the_loop_had_the_time_to_hear_it(
+    settings, start
+):
+    """The deadline only stands still while the loop is late: a limiter that never
+    answers is still found out, SLUICE_LIMITER_TIMEOUT after the loop is free again."""
+    settings.SLUICE_LIMITER_TIMEOUT = 0.25
+    client = await start(layer := Layer())
+    hog = Hog(turn=0.3)
+    call = asyncio.ensure_future(
+        client.acquire(key=key_info(), endpoint="chat", tokens=0, request_id="req_1")
+    )
+    await acquires(layer, 1)
+    await asyncio.sleep(1.5)  # about 5 saturated turns: no answer, and not yet unavailable
+    assert not call.done()
+    await hog.stop()
+    freed = time.monotonic()
+    with pytest.raises(LimiterUnavailable):
+        await asyncio.wait_for(call, 5)
+    assert time.monotonic() - freed < settings.SLUICE_LIMITER_TIMEOUT + 0.3

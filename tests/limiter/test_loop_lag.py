@@ -1,0 +1,71 @@
+"""The loop's lateness and the clock that stands still meanwhile (limiter/protocol/lag.py),
+on a real event loop: blocked on purpose, then left free."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from limiter.protocol.inbox import Decision, Inbox
+from limiter.protocol.lag import LoopLag
+
+
+@pytest.fixture
+async def lag():
+    lag = LoopLag()
+    lag.start()
+    yield lag
+    lag.stop()
+
+
+async def test_a_free_loop_keeps_the_walls_pace(lag: LoopLag) -> None:
+    wall, responsive = time.monotonic(), lag.responsive()
+    await asyncio.sleep(0.3)
+    gained = lag.responsive() - responsive
+    assert gained == pytest.approx(time.monotonic() - wall, abs=0.05)
+
+
+async def test_the_clock_stands_still_while_the_loop_is_blocked(lag: LoopLag) -> None:
+    await asyncio.sleep(0.05)  # a tick or two on time
+    before, stalled = lag.responsive(), lag.stalled_now()
+    time.sleep(0.4)  # noqa: ASYNC251  (the loop runs nothing meanwhile: what is measured)
+    assert lag.responsive() - before < 0.03  # at most the one tick that was due
+    assert lag.stalled_now() - stalled > 0.35
+    await asyncio.sleep(0)  # the overdue tick runs: the clock goes on from where it stood
+    assert lag.responsive() >= before
+
+
+async def test_the_clock_never_goes_back(lag: LoopLag) -> None:
+    readings = []
+    for blocked in (0.0, 0.05, 0.0, 0.1, 0.0):
+        time.sleep(blocked)  # noqa: ASYNC251
+        readings.append(lag.responsive())
+        await asyncio.sleep(0.01)
+        readings.append(lag.responsive())
+    assert readings == sorted(readings)
+
+
+async def test_an_inbox_wait_on_it_outlasts_a_blocked_loop(lag: LoopLag) -> None:
+    """0.2 s of waiting, of which the loop is blocked 0.5 s: the event put at 0.6 s of
+    the wall clock is still read, where a wall-clock wait would have timed out."""
+    inbox = Inbox()
+
+    async def block_then_answer() -> None:
+        await asyncio.sleep(0.05)
+        time.sleep(0.5)  # noqa: ASYNC251
+        await asyncio.sleep(0.05)
+        inbox.put(Decision({"kind": "grant"}))  # type: ignore[typeddict-item]
+
+    answering = asyncio.ensure_future(block_then_answer())
+    event = await inbox.next(0.2, lag.responsive)
+    assert isinstance(event, Decision)
+    await answering
+
+
+async def test_an_inbox_wait_on_it_still_times_out_on_a_free_loop(lag: LoopLag) -> None:
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await Inbox().next(0.2, lag.responsive)
+    assert 0.19 < time.monotonic() - started < 0.4
