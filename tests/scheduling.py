@@ -42,7 +42,7 @@ SLOW_FIRST = (
 SPLIT = {"tests/fuzz/test_ops_api.py": 2}
 
 
-def _unit(nodeid: str) -> str:
+def unit_of(nodeid: str) -> str:
     # One file is one unit of work (its module-scoped servers start once); tests/isolation
     # shares one server across its files, so the package is one unit.
     path = nodeid.split("::", 1)[0]
@@ -52,7 +52,7 @@ def _unit(nodeid: str) -> str:
 def _units(items: list[pytest.Item]) -> dict[pytest.Item, str]:
     units, dealt = {}, dict.fromkeys(SPLIT, 0)
     for item in items:
-        unit = _unit(item.nodeid)
+        unit = unit_of(item.nodeid)
         if unit in SPLIT:
             part, dealt[unit] = dealt[unit] % SPLIT[unit], dealt[unit] + 1
             unit = f"{unit}#{part}"
@@ -62,7 +62,7 @@ def _units(items: list[pytest.Item]) -> dict[pytest.Item, str]:
 
 def rank(item: pytest.Item) -> int:
     """Where the item's unit stands in SLOW_FIRST (the rest after, in file order)."""
-    unit = _unit(item.nodeid)
+    unit = unit_of(item.nodeid)
     return next(
         (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
     )
