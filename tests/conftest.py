@@ -19,7 +19,7 @@ import pytest
 from tests import databases
 from tests.servers import SluiceServer, free_port  # noqa: F401  (re-exported for test modules)
 
-pytest_plugins = ["tests.scheduling"]  # the order and grouping of make test's work
+pytest_plugins = ["tests.scheduling", "tests.cpu_by_unit"]  # make test's order, grouping, CPU
 
 REQUIRE_SERVICES = os.environ.get("SLUICE_REQUIRE_SERVICES") == "1"
 POSTGRES_URL = os.environ.get("SLUICE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")

@@ -16,33 +16,41 @@ import pytest
 # The longest-running units first, so that in a parallel run (`make test`: pytest-xdist
 # with --no-loadscope-reorder, which hands units out in this order) none starts last and
 # leaves the other workers idle at the end. Ranked by their wall time in a parallel run
-# (seconds, on this 2-core machine, beside the other workers); the rest follow in file
-# order.
+# (seconds, on this 2-core machine, beside the other workers and three other sessions'
+# work: load 8 to 16), as tests/cpu_by_unit.py records it; the rest follow in file order.
 SLOW_FIRST = (
-    "tests/bench/test_bench_quick.py",  # 100: one test, the benchmark harness end to end
-    "tests/fuzz/test_ops_api.py",  # 140, in two units (SPLIT)
-    "tests/bench/test_dynamic.py",  # 85
-    "tests/isolation/",  # 70
-    "tests/usage/test_amounts.py",  # 65 (a SQLite and a PostgreSQL server)
-    "tests/gateway/test_limits_live.py",  # 60
-    "tests/dashboard/test_route_table.py",  # 55
-    "tests/gateway/test_coalesce.py",  # 55
-    "tests/jobs/test_file_ownership.py",  # 50
-    "tests/oidc/test_sso_browser.py",  # 45
-    "tests/jobs/test_restart.py",  # 40
-    "tests/dashboard/test_browser.py",  # 35
-    "tests/gateway/test_errors.py",  # 30
-    "tests/jobs/test_through_sluice.py",  # 26
-    "tests/scaleout/",  # 10 to 25 each
-    "tests/fuzz/",  # 20
-    "tests/alerts/",  # 15 to 30 each
+    "tests/bench/test_bench_quick.py",  # 255: one test, the benchmark harness end to end
+    "tests/isolation/",  # 213
+    "tests/fuzz/test_ops_api.py",  # 209, in two units (SPLIT)
+    "tests/jobs/test_restart.py",  # 193: two tests, each a poller killed and restarted
+    "tests/gateway/test_limits_live.py",  # 145
+    "tests/dashboard/test_route_table.py",  # 142
+    "tests/gateway/test_coalesce.py",  # 118
+    "tests/usage/test_amounts.py",  # 101 (a SQLite and a PostgreSQL server)
+    "tests/oidc/test_sso_browser.py",  # 101
+    "tests/bench/test_dynamic.py",  # 96
+    "tests/dashboard/test_browser.py",  # 93
+    "tests/gateway/test_errors.py",  # 92
+    "tests/limiter/test_refusal_promises.py",  # 90: a state machine, pure CPU
+    "tests/gateway/test_model_ceilings.py",  # 90
+    "tests/fuzz/",  # 48 to 84
+    "tests/gateway/test_shadow_limits.py",  # 78: a minute of calls at one a second
+    "tests/scaleout/",  # 30 to 76
+    "tests/jobs/test_app_migration.py",  # 73
+    "tests/gateway/test_secret_key.py",  # 59
+    "tests/limiter/test_engine_invariants.py",  # 57
+    "tests/jobs/test_file_ownership.py",  # 56
+    "tests/test_dockerfile.py",  # 52
+    "tests/jobs/",  # 20 to 52
+    "tests/gateway/test_audio.py",  # 50
+    "tests/alerts/",  # 15 to 45
 )
 # Files split into several units (their tests dealt out in turn), each starting the file's
 # servers of its own: as one unit, the file would be the run's longest.
 SPLIT = {"tests/fuzz/test_ops_api.py": 2}
 
 
-def _unit(nodeid: str) -> str:
+def unit_of(nodeid: str) -> str:
     # One file is one unit of work (its module-scoped servers start once); tests/isolation
     # shares one server across its files, so the package is one unit.
     path = nodeid.split("::", 1)[0]
@@ -52,7 +60,7 @@ def _unit(nodeid: str) -> str:
 def _units(items: list[pytest.Item]) -> dict[pytest.Item, str]:
     units, dealt = {}, dict.fromkeys(SPLIT, 0)
     for item in items:
-        unit = _unit(item.nodeid)
+        unit = unit_of(item.nodeid)
         if unit in SPLIT:
             part, dealt[unit] = dealt[unit] % SPLIT[unit], dealt[unit] + 1
             unit = f"{unit}#{part}"
@@ -62,7 +70,7 @@ def _units(items: list[pytest.Item]) -> dict[pytest.Item, str]:
 
 def rank(item: pytest.Item) -> int:
     """Where the item's unit stands in SLOW_FIRST (the rest after, in file order)."""
-    unit = _unit(item.nodeid)
+    unit = unit_of(item.nodeid)
     return next(
         (i for i, prefix in enumerate(SLOW_FIRST) if unit.startswith(prefix)), len(SLOW_FIRST)
     )

@@ -21,7 +21,7 @@ from limiter.upstream import account_target
 from sandbox import ThreadedSandbox
 from tests import forkserver
 from tests.conftest import POSTGRES_URL, need, reachable
-from tests.databases import postgres_database
+from tests.databases import copy_migrated_sqlite, postgres_database
 from tests.forkserver import Process
 from tests.jobs.conftest import MODEL, all_done, batch_lines, drive, upload
 from tests.servers import Shell
@@ -103,11 +103,6 @@ class Deployment:
         self.tmp_path = tmp_path
         self._shell: Shell | None = None
 
-    def manage(self, *args: str) -> str:
-        code, output = forkserver.run([sys.executable, "manage.py", *args], env=self.env)
-        assert code == 0, f"manage.py {args[0]} failed:\n{output}"
-        return output
-
     def python(self, code: str) -> object:
         """Run code in `manage.py shell`; its last line printed as JSON is returned. One
         shell answers every call (polling started a Django process twice a second)."""
@@ -182,7 +177,10 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
     sandbox, tmp_path, database
 ):
     with ExitStack() as stack:
+        # A copy of the run's migrated template on either engine (tests/databases.py):
+        # migrating afresh is 3.6 s of CPU, and the test is about the poller.
         if database == "sqlite":
+            copy_migrated_sqlite(tmp_path / "jobs.sqlite3")
             url = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
         else:
             need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
@@ -193,7 +191,6 @@ def test_poller_killed_with_sigkill_and_restarted_loses_and_duplicates_nothing(
 
 def _poller_killed_and_restarted(sandbox: ThreadedSandbox, deployment: Deployment) -> None:
     sandbox.configure({"fine_tune_seconds": 2.0, "batch_seconds": 2.0})
-    deployment.manage("migrate", "--noinput", "-v0")
     training = upload(sandbox, b'{"text": "x"}\n', "fine-tune")
     batch_file = upload(sandbox, batch_lines(3), "batch-api")
     deployment.python(
