@@ -33,13 +33,14 @@ def jobs_server(sluice_server: Any, tmp_path: Path) -> Iterator[Any]:
         yield sluice_server
     finally:
         poller.terminate()
-        poller.wait(15)
+        poller.wait(30)  # it ends after the step in progress, which a loaded machine slows
 
 
 def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: Path) -> None:
-    # Long enough that the fourth create (three SDK calls each) finds every slot taken; a
-    # generous request rate so the SDK's calls are not paced (caps are the default's).
-    jobs_server.sandbox.configure({"fine_tune_seconds": 3.0})
+    # Long enough that the fourth create (three SDK calls each) finds every slot taken, also
+    # on a loaded machine (at 3 s, the first had finished before the fourth was asked for);
+    # a generous request rate so the SDK's calls are not paced (caps are the default's).
+    jobs_server.sandbox.configure({"fine_tune_seconds": 8.0})
     fast = {"requests_per_minute": 6000, "pace_per_minute": None, "burst": 100}
     jobs_server.make_profile(
         "fast", {"files": fast, "fine_tunes": fast, "batches": fast}, account=True
@@ -64,7 +65,7 @@ def test_together_sdk_files_fine_tunes_and_batches(jobs_server: Any, tmp_path: P
         final = wait_until(
             lambda job=job: client.fine_tuning.retrieve(job.id),
             lambda j: j.status == "completed",
-            within=30.0,
+            within=60.0,
             every=0.2,
         )
         assert final.id == job.id
