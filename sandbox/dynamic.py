@@ -13,8 +13,9 @@ two ways (`DynamicLimits.enforcement`):
   next, so pacing under the rate tolerates jitter up to about a second.
 
 Either way at most `rate` in any 60 s window, which binds only when the rate is not a multiple
-of 60 (a 6-a-minute image model gets 6 a minute, not 1 a second). Tokens work the same way when token limits are on. Only successes grow the rate: a 429
-or a 503 does not.
+of 60 (a 6-a-minute image model gets 6 a minute, not 1 a second). Tokens work the same way
+when token limits are on, in a 1 s window either way. Only successes grow the rate: a 429 or a
+503 does not.
 
 The headers show both views: `x-ratelimit-limit` / `-remaining` per second (what is enforced),
 `x-ratelimit-limit-dynamic` / `-remaining-dynamic` the per-minute rate and what is left of it in
