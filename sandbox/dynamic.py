@@ -12,8 +12,10 @@ two ways (`DynamicLimits.enforcement`):
   "burst cushion" Together's docs speak of: a call that arrives late leaves its room to the
   next, so pacing under the rate tolerates jitter up to about a second.
 
-Either way at most `rate` in any 60 s window, which binds only when the rate is not a multiple
-of 60 (a 6-a-minute image model gets 6 a minute, not 1 a second). Tokens work the same way
+Either way, when the rate is not a multiple of 60, also at most `rate` in any 60 s window (a
+6-a-minute image model gets 6 a minute, not 1 a second). A whole number a second is enforced
+per second only: a limit that drops (420 to 240 a minute) allows 4 a second at once, and does
+not refuse everything until the last minute's 420 have fallen under 240. Tokens work the same way
 when token limits are on, in a 1 s window either way. Only successes grow the rate: a 429 or a
 503 does not.
 
@@ -121,6 +123,8 @@ class Budget:
             per_second = self.cushion.wait_for_room(now, rate / 60, math.ceil(rate / 60))
         else:
             per_second = self.second.wait_for_room(now, math.ceil(rate / 60))
+        if rate % 60 == 0:
+            return per_second  # whole per second: the per-second limit says it all
         return max(per_second, self.minute.wait_for_room(now, rate))
 
     def admit(self, now: float, rate: int) -> None:
@@ -141,7 +145,7 @@ class Budget:
             second_left = self.cushion.remaining(now, rate / 60, per_second)
         else:
             second_left = per_second - self.second.count(now)
-        remaining = max(0, min(second_left, minute_left))
+        remaining = max(0, second_left if rate % 60 == 0 else min(second_left, minute_left))
         return Allowance(per_second, remaining, rate, minute_left)
 
     def tokens_left(self, now: float, rate: int) -> Allowance:

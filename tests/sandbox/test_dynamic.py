@@ -171,6 +171,17 @@ def test_the_cushion_allows_a_seconds_burst_then_the_rate(clock: FakeClock) -> N
     assert admitted == 50
 
 
+def test_a_dropped_whole_per_second_limit_allows_its_new_rate_at_once(clock: FakeClock) -> None:
+    """420 a minute for a minute, then the cap drops to 240: 4 a second from the next second,
+    not nothing until the last minute's 420 admissions are under 240."""
+    state = dynamic_state(clock, floor_per_minute=420, cap_per_minute=420)
+    steady(state, clock, 60, per_second=7)
+    state.configure({"dynamic": {"model_caps": {CHAT_MODEL: 240}}})
+    second = [send(state) for _ in range(5)]
+    assert [d.allowed for d in second] == [True] * 4 + [False]
+    assert second[0].requests.per_second == 4 and second[4].reset == pytest.approx(1.0)
+
+
 def test_models_are_limited_independently(clock: FakeClock) -> None:
     state = dynamic_state(clock)
     assert send(state, CHAT_MODEL).allowed
