@@ -1,6 +1,6 @@
 """Issue 21's scenario: a contended ceiling shared with a guaranteed share and priorities.
 
-`python -m bench.shares` runs it and bench/shares_moving.py's moving ceiling (about 17
+`python -m bench.shares` runs it and bench/shares_moving.py's moving ceiling (about 22
 minutes); figures beside a same-run baseline with shares off, on a shared, noisy machine.
 The sandbox caps the model at 300 a minute (its dynamic mode with a per-model cap) and
 answers in 20 ms; Sluice's account profile caps it at 300 a minute too, and Sluice paces at
