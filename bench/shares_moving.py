@@ -1,15 +1,15 @@
 """Issue 21's third shares scenario: the same teams with Together's ceiling moving.
 
 The sandbox's dynamic mode moves the model's rate with the organisation's recent successes
-(twice the successful rate over a 30 s window, from a floor of 180 a minute up to 420);
-at 60 s its cap drops to 240 a minute, as a ceiling Together lowers. Sluice learns each move
-from the answers' headers and paces at it less its margin (10%). Team prod (share 60%,
-critical) asks 150 a minute open loop throughout; dev floods (8 a second); exp asks 100 a
-minute. After the first 30 s, in every 10 s window prod should get at least
-min(its demand, 60% of the ceiling in force). The ceiling in force is read two ways from the
-sandbox's per-second series of its rate: the sandbox's own rate (the issue's words), and
-what Sluice can use of it (the rate less Sluice's 10% margin: the ceiling its share is a
-fraction of). The baseline is the same run with shares off.
+(twice the successful rate over a 30 s window, from a floor of 180 a minute up to 420); at
+60 s its cap drops to 240 a minute, as a ceiling Together lowers. Sluice learns each move
+from the answers' headers and paces at it less its margin (10%, narrowing to 2% while
+clean). Team prod (share 60%, critical) asks 150 a minute open loop throughout; dev floods
+(8 a second); exp asks 100 a minute. After the first 30 s, in every 10 s window prod should
+get at least min(its demand, 60% of the ceiling in force). The ceiling in force is read two
+ways from the sandbox's per-second series of its rate: the sandbox's own rate (the issue's
+words), and what Sluice can surely use of it (the rate less Sluice's configured, widest
+margin, 10%). The baseline is the same run with shares off.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ SECONDS = 90.0
 SETTLE = 30.0  # the windows are checked after this
 WINDOW = 10.0
 SHARE = 0.6
-MARGIN = 0.1  # SLUICE_UPSTREAM_MARGIN's default: Sluice paces at the ceiling less this
+MARGIN = 0.1  # SLUICE_UPSTREAM_MARGIN's default: the widest margin Sluice paces under
 # The account's profile allows the sandbox's highest rate: Sluice follows what it learns.
 CEILING = Ceiling(account_rpm=TOP, account_pace=TOP, key_max_wait=30.0)
 PROD_RATE, DEV_RATE, EXP_RATE = 150 / 60, 8.0, 100 / 60
@@ -111,6 +111,9 @@ def moving_figures(result: dict[str, Any], stats: dict[str, Any]) -> dict[str, A
         "prod_worst_sandbox": worst("ceiling"),
         "prod_worst_usable": worst("usable"),
         "windows_met": sum(r["granted"] >= min(r["demand"], SHARE * r["usable"]) for r in rows),
+        "windows_met_sandbox": sum(
+            r["granted"] >= min(r["demand"], SHARE * r["ceiling"]) for r in rows
+        ),
         "upstream_429": upstream.status_429,
         "upstream_sent": upstream.sent,
     }
@@ -131,11 +134,11 @@ def _streams(url: str, keys: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def moving_one(sandbox: Sandbox, tmp: Path, shares: bool) -> dict[str, Any]:
+def moving_one(sandbox: Sandbox, tmp: Path, shares: bool, enforcement: str) -> dict[str, Any]:
     """One run on a fresh deployment; the sandbox's cap drops at DROP_AT."""
     tmp.mkdir()
     with Sluice(tmp, sandbox, CEILING) as sluice:
-        sandbox.control({"reset": True, "dynamic": LIMITS})
+        sandbox.control({"reset": True, "dynamic": {**LIMITS, "enforcement": enforcement}})
         command = f"from bench.shares import provision; provision({shares!r})"
         out = manage(sluice.env, "shell", "-v", "0", "-c", command)
         keys = json.loads(out.strip().splitlines()[-1])
@@ -152,6 +155,10 @@ def moving_one(sandbox: Sandbox, tmp: Path, shares: bool) -> dict[str, Any]:
 
 
 MOVING_ROWS = [
+    (
+        "moving ceiling: windows where prod got min(demand, 60% of sandbox's rate)",
+        "windows_met_sandbox",
+    ),
     ("moving ceiling: windows where prod got min(demand, 60% of usable)", "windows_met"),
     (
         "moving ceiling: prod's worst window / min(demand, 60% of sandbox's rate)",
@@ -163,7 +170,7 @@ MOVING_ROWS = [
 
 
 def moving_cells(figures: dict[str, Any], field: str) -> str:
-    if field == "windows_met":
+    if field in ("windows_met", "windows_met_sandbox"):
         return f"{figures[field]} of {len(figures['windows'])}"
     if field == "upstream_429":
         return f"{figures[field]} / {figures['upstream_sent']}"

@@ -177,11 +177,13 @@ def requested_wait(headers: Mapping[str, str]) -> float | None:
         return max(0.0, float(headers["retry-after-ms"]) / 1000)
     except (KeyError, ValueError):
         pass
-    for name in ("retry-after", "x-ratelimit-reset"):
-        seconds = parse_seconds(headers.get(name))
-        if seconds is not None:
-            return seconds
-    return None
+    retry_after = parse_seconds(headers.get("retry-after"))
+    reset = parse_seconds(headers.get("x-ratelimit-reset"))
+    if retry_after is not None and reset is not None and reset <= retry_after < reset + 1:
+        # Retry-After is whole seconds: when it is the reset rounded up, the fractional reset
+        # is the same wait said exactly (a per-second window frees in 0.05 s, not 1 s).
+        return reset
+    return retry_after if retry_after is not None else reset
 
 
 def rate_headers(headers: Mapping[str, str]) -> dict[str, str]:

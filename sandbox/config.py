@@ -32,6 +32,9 @@ class KindLimits:
     requests_per_minute: int | None = None
 
 
+ENFORCEMENTS = ("window", "cushion")
+
+
 @dataclass
 class DynamicLimits:
     """Together's dynamic limits: per model (and per organisation), growing with recent success.
@@ -57,6 +60,10 @@ class DynamicLimits:
     capacity_503_rate: float = 0.0
     # Together limits per organisation: by default every bearer key shares one budget per model.
     per_key: bool = False
+    # How the per-second request limit is enforced (sandbox/dynamic.py): "window", a strict
+    # 1 s sliding window (at most ceil(rate / 60) in any second); or "cushion", a bucket of
+    # one second's requests refilling at the rate (GCRA), Together's "burst cushion".
+    enforcement: str = "window"
 
     def __post_init__(self) -> None:
         # Loud on nonsense, so a scenario cannot silently run with a limit of zero.
@@ -79,6 +86,8 @@ class DynamicLimits:
             raise ValueError("dynamic.tokens_cap_per_minute needs tokens_floor_per_minute")
         if not 0 <= self.capacity_503_rate <= 1:
             raise ValueError("dynamic.capacity_503_rate must be between 0 and 1")
+        if self.enforcement not in ENFORCEMENTS:
+            raise ValueError(f"dynamic.enforcement must be one of {', '.join(ENFORCEMENTS)}")
 
     @property
     def limits_tokens(self) -> bool:

@@ -2,11 +2,22 @@
 
 Each model has one budget (one per key and model when `DynamicLimits.per_key`). Its rate in
 requests per minute is `DynamicLimits.request_rate`: about twice the successful rate over the
-trailing window, never below the floor, never above the caps. It is enforced per second: at most
-ceil(rate / 60) admissions in any 1 s sliding window, and at most `rate` in any 60 s one, which
-binds only when the rate is not a multiple of 60 (a 6-a-minute image model gets 6 a minute, not 1
-a second). Tokens work the same way when token limits are on. Only successes grow the rate: a 429
-or a 503 does not.
+trailing window, never below the floor, never above the caps. It is enforced per second, one of
+two ways (`DynamicLimits.enforcement`):
+
+- `window` (the default, strict): at most ceil(rate / 60) admissions in any 1 s sliding window.
+  A gateway pacing at 95% of 300 a minute (210 ms apart) gets a 429 whenever one call reaches
+  it more than 53 ms later after its grant than the call five grants on.
+- `cushion`: a bucket of ceil(rate / 60) requests refilling at rate / 60 a second (GCRA), the
+  "burst cushion" Together's docs speak of: a call that arrives late leaves its room to the
+  next, so pacing under the rate tolerates jitter up to about a second.
+
+Either way, when the rate is not a multiple of 60, also at most `rate` in any 60 s window (a
+6-a-minute image model gets 6 a minute, not 1 a second). A whole number a second is enforced
+per second only: a limit that drops (420 to 240 a minute) allows 4 a second at once, and does
+not refuse everything until the last minute's 420 have fallen under 240. Tokens work the same way
+when token limits are on, in a 1 s window either way. Only successes grow the rate: a 429 or a
+503 does not.
 
 The headers show both views: `x-ratelimit-limit` / `-remaining` per second (what is enforced),
 `x-ratelimit-limit-dynamic` / `-remaining-dynamic` the per-minute rate and what is left of it in
@@ -27,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import DynamicLimits
-from .ratelimit import SlidingWindow, TokenWindow
+from .ratelimit import Cushion, SlidingWindow, TokenWindow
 
 REQUEST_LIMITED = "dynamic_request_limited"
 TOKEN_LIMITED = "dynamic_token_limited"
@@ -96,6 +107,7 @@ class Budget:
 
     def __init__(self) -> None:
         self.second = SlidingWindow(1.0)
+        self.cushion = Cushion()
         self.minute = SlidingWindow(60.0)
         self.token_second = TokenWindow(1.0)
         self.token_minute = TokenWindow(60.0)
@@ -106,11 +118,19 @@ class Budget:
         requests, tokens = self.successes.between(at - limits.window_seconds, at)
         return limits.request_rate(model, requests), limits.token_rate(tokens)
 
-    def request_wait(self, now: float, rate: int) -> float:
-        return max(
-            self.second.wait_for_room(now, math.ceil(rate / 60)),
-            self.minute.wait_for_room(now, rate),
-        )
+    def request_wait(self, now: float, rate: int, cushion: bool) -> float:
+        if cushion:
+            per_second = self.cushion.wait_for_room(now, rate / 60, math.ceil(rate / 60))
+        else:
+            per_second = self.second.wait_for_room(now, math.ceil(rate / 60))
+        if rate % 60 == 0:
+            return per_second  # whole per second: the per-second limit says it all
+        return max(per_second, self.minute.wait_for_room(now, rate))
+
+    def admit(self, now: float, rate: int) -> None:
+        self.second.times.append(now)
+        self.cushion.add(now, rate / 60)
+        self.minute.times.append(now)
 
     def token_wait(self, now: float, rate: int, need: int) -> float:
         return max(
@@ -118,10 +138,14 @@ class Budget:
             self.token_minute.wait_for_room(now, rate, need),
         )
 
-    def requests_left(self, now: float, rate: int) -> Allowance:
+    def requests_left(self, now: float, rate: int, cushion: bool) -> Allowance:
         per_second = math.ceil(rate / 60)
         minute_left = max(0, rate - self.minute.count(now))
-        remaining = max(0, min(per_second - self.second.count(now), minute_left))
+        if cushion:
+            second_left = self.cushion.remaining(now, rate / 60, per_second)
+        else:
+            second_left = per_second - self.second.count(now)
+        remaining = max(0, second_left if rate % 60 == 0 else min(second_left, minute_left))
         return Allowance(per_second, remaining, rate, minute_left)
 
     def tokens_left(self, now: float, rate: int) -> Allowance:
@@ -161,21 +185,21 @@ class DynamicLimiter:
         track = self._track(limits, model, now)
         budget = track.budgets.setdefault(key if limits.per_key else "", Budget())
         rate, token_rate = budget.rates(limits, model, now)
+        cushion = limits.enforcement == "cushion"
         error_type = None
-        wait = budget.request_wait(now, rate)
+        wait = budget.request_wait(now, rate, cushion)
         if wait > 0:
             error_type = REQUEST_LIMITED
         elif token_rate is not None:
             wait = budget.token_wait(now, token_rate, tokens)
             error_type = TOKEN_LIMITED if wait > 0 else None
         if error_type is None:
-            budget.second.times.append(now)
-            budget.minute.times.append(now)
+            budget.admit(now, rate)
             if token_rate is not None:
                 budget.token_second.add(now, tokens)
                 budget.token_minute.add(now, tokens)
             track.current[0] += 1
-            wait = budget.request_wait(now, rate)
+            wait = budget.request_wait(now, rate, cushion)
         else:
             track.current[1] += 1
             track.status_429 += 1
@@ -184,7 +208,7 @@ class DynamicLimiter:
         return DynamicDecision(
             allowed=error_type is None,
             error_type=error_type,
-            requests=budget.requests_left(now, rate),
+            requests=budget.requests_left(now, rate, cushion),
             tokens=None if token_rate is None else budget.tokens_left(now, token_rate),
             reset=wait,
         )

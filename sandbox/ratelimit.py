@@ -59,6 +59,29 @@ class SlidingWindow:
         return 0.0 if excess < 0 else self.times[excess] + self.width - now
 
 
+class Cushion:
+    """A bucket of `burst` requests refilling at `per_second` (GCRA: one theoretical arrival
+    time): bursts of up to `burst` at once, never more than the rate over time, and a
+    request that arrives late leaves room for the next to arrive early."""
+
+    def __init__(self) -> None:
+        self.tat = -math.inf  # when the bucket would be full again at the rate
+
+    def wait_for_room(self, now: float, per_second: float, burst: int) -> float:
+        """Seconds until one more fits; 0 when it fits now."""
+        interval = 1.0 / per_second
+        wait = self.tat - (max(1, burst) - 1) * interval - now
+        return wait if wait > 1e-9 else 0.0  # float dust of summed intervals is no wait
+
+    def add(self, now: float, per_second: float) -> None:
+        self.tat = max(self.tat, now) + 1.0 / per_second
+
+    def remaining(self, now: float, per_second: float, burst: int) -> int:
+        """Whole requests that would fit now."""
+        used = max(0.0, self.tat - now) * per_second
+        return max(0, min(burst, math.floor(burst - used + 1e-9)))
+
+
 class TokenWindow:
     """Admitted tokens of one budget over the last `width` seconds: (time, tokens) pairs."""
 

@@ -95,7 +95,12 @@ class LearnedCeilings:
                 report["headers"], unit_seconds=self.unit_seconds, margin=self.margin
             )
         if report["pause"] > 0:
-            ceiling.refused(now, error_type=report.get("error_type", ""))
+            ceiling.refused(
+                now,
+                error_type=report.get("error_type", ""),
+                margin=self.margin,
+                headers=report["headers"],
+            )
             changed = True
         if not changed:
             return None

@@ -23,7 +23,8 @@ SETTINGS = {
     "SLUICE_ALERT_UPSTREAM_503_PER_MINUTE": "2",
     "SLUICE_ALERT_PERIOD": "86400",
     # Each call is tried 3 times: 3 answers counted, over the threshold. Few on purpose:
-    # each Together 429 halves the model's learned pace, so the next retry waits longer.
+    # each injected 429 (it states no limit) halves the model's learned pace, so the next
+    # retry waits longer.
     "SLUICE_UPSTREAM_MAX_RETRIES": "2",
 }
 ATTEMPTS = 3

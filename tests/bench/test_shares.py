@@ -65,6 +65,7 @@ def test_moving_ceiling_windows_hold_prod_to_min_of_demand_and_its_share_of_the_
     # of 18 usable (10.8) or of the sandbox's 20 (12): it got more.
     assert figures["prod_worst_usable"] == 19 / 20
     assert figures["windows_met"] == 5  # all but [40, 50), where prod lost one
+    assert figures["windows_met_sandbox"] == 5  # the same against the sandbox's own rate
     assert figures["prod_worst_sandbox"] == 19 / 20
     assert (figures["upstream_429"], figures["upstream_sent"]) == (1, 10)
     assert figures["upstream_429_at"] == [61.0, 61.0]

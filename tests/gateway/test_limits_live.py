@@ -312,11 +312,12 @@ async def test_a_tiny_model_limit_is_learned_and_leaves_other_models_be(tmp_path
                 assert answer.headers["x-sluice-limited-by"] == "gateway"
         upstream = server.sandbox.stats()["dynamic"]["models"][flux]
         assert upstream["status_429"] <= 1, upstream
-        # The model's scope is paced at what Together reported (6 a minute) less the margin.
+        # The model's scope is paced at what Together reported (6 a minute) less the margin,
+        # which starts at 10% and narrows towards 2% while the calls wait and none is refused.
         ops = {"authorization": f"Bearer {server.admin_token}"}
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             scopes = (await client.get("/api/live", headers=ops)).json()["snapshot"]["scopes"]
         flux_scope = next(s for s in scopes if s["kind"] == "account" and s["model"] == flux)
-        assert flux_scope["limit_per_minute"] == pytest.approx(5.4)
+        assert 5.4 - 1e-9 <= flux_scope["limit_per_minute"] <= 5.88 + 1e-9
         chat_scope = next(s for s in scopes if s["kind"] == "account" and s["model"] == MODEL)
         assert chat_scope["limit_per_minute"] > 100  # the chat model keeps its own, higher pace

@@ -86,7 +86,8 @@ async def test_a_restarted_server_paces_a_model_at_its_learned_ceiling(server):
     assert upstream_429s(server) == before  # not one 429 from Together
     restored = flux_ceiling(server)
     assert restored["learned_per_minute"] == pytest.approx(60)
-    assert restored["pace_per_minute"] == pytest.approx(54)
+    # Restarted at the configured margin (54); the waiting calls may have narrowed it since.
+    assert 54 - 1e-9 <= restored["pace_per_minute"] <= 58.8 + 1e-9
 
 
 async def test_the_ops_api_shows_and_resets_a_models_learned_ceiling(server):

@@ -126,3 +126,14 @@ async def test_a_restore_with_the_database_down_starts_from_the_profiles(monkeyp
     learned = ceilings()
     assert await learned.restore() == 0
     assert learned.limit(FLUX, ROW) == ROW
+
+
+def test_a_429_stating_the_limit_paces_at_it_less_a_wider_margin_not_at_half():
+    """The rule through the limiter's own interface: the 429's headers are learned first,
+    and a limit they state makes the 429 jitter (margin doubled), not a halving."""
+    learned = ceilings()
+    learned.limit(FLUX, ROW)
+    stated = {"x-ratelimit-limit-dynamic": "0.5", "x-ratelimit-limit": "1"}  # 30 a minute
+    paced = learned.learn(FLUX, report(headers=stated, pause=0.4), now=0.0)
+    assert paced is not None and paced.per_minute == pytest.approx(27)  # 30 less 10%, not 13.5
+    assert learned.ceilings[FLUX].source == "429"

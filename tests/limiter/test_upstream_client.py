@@ -43,6 +43,11 @@ def test_requested_wait_prefers_milliseconds_then_retry_after_then_reset() -> No
     assert requested_wait({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
     assert requested_wait({"retry-after-ms": "odd", "retry-after": "9"}) == 9.0
     assert requested_wait({"x-ratelimit-reset": "0.4"}) == 0.4
+    # A Retry-After that is the reset rounded up to whole seconds: the reset, exactly.
+    assert requested_wait({"retry-after": "1", "x-ratelimit-reset": "0.052"}) == 0.052
+    assert requested_wait({"retry-after": "2", "x-ratelimit-reset": "1.200"}) == 1.2
+    # One that says more than the reset's rounding is its own answer.
+    assert requested_wait({"retry-after": "30", "x-ratelimit-reset": "0.5"}) == 30.0
     assert (
         requested_wait({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}) is None
     )  # an HTTP date: not read

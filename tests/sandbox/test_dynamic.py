@@ -131,6 +131,57 @@ def test_a_burst_beyond_the_per_second_share_is_refused(clock: FakeClock) -> Non
     assert send(state).allowed
 
 
+def jittered_arrivals(state: SandboxState, clock: FakeClock) -> list[bool]:
+    """Grants 210 ms apart (95% of 300 a minute); one call in every 25 reaches the sandbox
+    60 ms late, the next ones on time: whether each was admitted."""
+    start, admitted = clock.now, []
+    arrivals = sorted(start + i * 0.21 + (0.06 if i % 25 == 0 else 0.0) for i in range(200))
+    for at in arrivals:
+        clock.now = at
+        admitted.append(send(state).allowed)
+    return admitted
+
+
+def test_the_strict_window_refuses_jitter_at_95_percent_and_the_cushion_does_not(
+    clock: FakeClock,
+) -> None:
+    """5 in any 1 s window: a call 60 ms late and the call five grants on, on time, are 1.05 -
+    0.06 = 0.99 s apart, so the window refuses; a one-second cushion (GCRA) lets the late
+    call's room go to the next. Both hold the rate over time."""
+    strict = jittered_arrivals(dynamic_state(clock, floor_per_minute=300), clock)
+    assert strict.count(False) == 7  # every late call but the first, whose window was short
+    cushion = jittered_arrivals(
+        dynamic_state(clock, floor_per_minute=300, enforcement="cushion"), clock
+    )
+    assert cushion.count(False) == 0
+
+
+def test_the_cushion_allows_a_seconds_burst_then_the_rate(clock: FakeClock) -> None:
+    state = dynamic_state(clock, floor_per_minute=300, enforcement="cushion")
+    burst = [send(state) for _ in range(6)]
+    assert [d.allowed for d in burst] == [True] * 5 + [False]
+    assert [d.requests.remaining for d in burst[:5]] == [4, 3, 2, 1, 0]
+    assert burst[5].reset == pytest.approx(0.2)  # one refills every 200 ms
+    clock.now += 0.2
+    assert send(state).allowed and not send(state).allowed
+    admitted = 0
+    for _ in range(100):  # offered 10 a second for 10 s: the rate (5 a second) passes
+        clock.now += 0.1
+        admitted += send(state).allowed
+    assert admitted == 50
+
+
+def test_a_dropped_whole_per_second_limit_allows_its_new_rate_at_once(clock: FakeClock) -> None:
+    """420 a minute for a minute, then the cap drops to 240: 4 a second from the next second,
+    not nothing until the last minute's 420 admissions are under 240."""
+    state = dynamic_state(clock, floor_per_minute=420, cap_per_minute=420)
+    steady(state, clock, 60, per_second=7)
+    state.configure({"dynamic": {"model_caps": {CHAT_MODEL: 240}}})
+    second = [send(state) for _ in range(5)]
+    assert [d.allowed for d in second] == [True] * 4 + [False]
+    assert second[0].requests.per_second == 4 and second[4].reset == pytest.approx(1.0)
+
+
 def test_models_are_limited_independently(clock: FakeClock) -> None:
     state = dynamic_state(clock)
     assert send(state, CHAT_MODEL).allowed
@@ -211,6 +262,7 @@ def test_dynamic_mode_is_off_by_default_and_configured_as_a_patch(clock: FakeClo
         ({"capacity_503_rate": 2}, "capacity_503_rate"),
         ({"tokens_cap_per_minute": 100}, "needs tokens_floor_per_minute"),
         ({"floor": 60}, "Unknown dynamic limit field"),
+        ({"enforcement": "leaky"}, "enforcement must be one of window, cushion"),
     ],
 )
 def test_dynamic_config_is_loud_when_wrong(
