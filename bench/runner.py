@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,6 +175,45 @@ def _single_process(
         results.decisions["memory"] = decisions.run(sluice.env, CLIENTS, size.decisions_duration)
 
 
+SCALED_OUT = "4 web processes + limiter worker (Redis, PostgreSQL)"
+
+
+@contextmanager
+def _embedded_baselines(
+    tmp: Path, sandbox: Sandbox, ceiling: Ceiling, services: ScaleOutServices
+) -> Iterator[tuple[Target, Target]]:
+    """The scale-out comparison's baselines: one embedded process, and four embedded
+    processes (the cost of the split alone, bench/scaleout.py), both on PostgreSQL too so
+    the database's work is alike; stopped after their cells. Neither runs the job poller,
+    which scale-out runs as a process of its own (not started here): idle, it costs an
+    embedded process about 10 ms of CPU a second."""
+    serving_only = {"SLUICE_EMBEDDED_JOB_POLLER": "0"}
+    with (
+        Sluice(
+            tmp, sandbox, ceiling, database_url=services.database_urls[1], settings=serving_only
+        ) as embedded,
+        Sluice(
+            tmp,
+            sandbox,
+            ceiling,
+            web=4,
+            database_url=services.database_urls[2],
+            settings=serving_only,
+        ) as split,
+    ):
+        yield (
+            Target(
+                "embedded",
+                [f"{embedded.urls[0]}/v1"],
+                embedded.keys["open"],
+                lambda: embedded.web_pids,
+            ),
+            Target(
+                "split", [f"{u}/v1" for u in split.urls], split.keys["open"], lambda: split.web_pids
+            ),
+        )
+
+
 def _scale_out(
     results: Results,
     tmp: Path,
@@ -209,34 +248,7 @@ def _scale_out(
             sluice.keys["open"],
             lambda: [*sluice.web_pids, worker.pid, *([redis_pid] if redis_pid else [])],
         )
-        # The embedded baseline on PostgreSQL too, so the database's work is alike; and four
-        # embedded processes, the cost of the split alone (bench/scaleout.py). Stopped after
-        # their cells.
-        # Neither runs the job poller, which scale-out runs as a process of its own (not
-        # started here): idle, it costs an embedded process about 10 ms of CPU a second.
-        serving_only = {"SLUICE_EMBEDDED_JOB_POLLER": "0"}
-        with (
-            Sluice(
-                tmp, sandbox, ceiling, database_url=services.database_urls[1], settings=serving_only
-            ) as embedded,
-            Sluice(
-                tmp,
-                sandbox,
-                ceiling,
-                web=4,
-                database_url=services.database_urls[2],
-                settings=serving_only,
-            ) as split,
-        ):
-            one = Target(
-                "embedded",
-                [f"{embedded.urls[0]}/v1"],
-                embedded.keys["open"],
-                lambda: embedded.web_pids,
-            )
-            four_embedded = Target(
-                "split", [f"{u}/v1" for u in split.urls], split.keys["open"], lambda: split.web_pids
-            )
+        with _embedded_baselines(tmp, sandbox, ceiling, services) as (one, four_embedded):
             log("scale-out up; CPU of 1 embedded against 4 web + limiter + Redis, alternated")
             results.scaleout = scaleout.run(
                 embedded=one,
@@ -256,13 +268,7 @@ def _scale_out(
             sluice.env, CLIENTS, size.decisions_duration, worker=worker.pid
         )
         log("accuracy, 4 web processes")
-        _accuracy(
-            results,
-            sandbox,
-            sluice,
-            ceiling,
-            "4 web processes + limiter worker (Redis, PostgreSQL)",
-        )
+        _accuracy(results, sandbox, sluice, ceiling, SCALED_OUT)
 
 
 def run(size: Size, *, redis_url: str, postgres_url: str, log: Callable[[str], None]) -> Results:
