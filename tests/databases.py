@@ -67,8 +67,8 @@ def _sqlite_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"sluice-template-{run_id()}"
 
 
-def copy_migrated_sqlite(path: Path) -> None:
-    """Put a migrated SQLite database, with the admin login, at `path`."""
+def sqlite_template() -> Path:
+    """The run's migrated SQLite database, with the admin login (made first if need be)."""
     directory = _sqlite_dir()
     directory.mkdir(exist_ok=True)
     template = directory / "template.sqlite3"
@@ -79,7 +79,12 @@ def copy_migrated_sqlite(path: Path) -> None:
                 building = directory / f"building-{os.getpid()}.sqlite3"
                 _migrate_with_admin(f"sqlite:///{building}")
                 os.replace(building, template)
-    shutil.copy(template, path)
+    return template
+
+
+def copy_migrated_sqlite(path: Path) -> None:
+    """Put a migrated SQLite database, with the admin login, at `path`."""
+    shutil.copy(sqlite_template(), path)
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------
@@ -87,12 +92,18 @@ def _url(server_url: str, name: str) -> str:
     return server_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-def _copy_postgres_template(server_url: str, name: str) -> None:
-    """Create database `name` as a copy of the run's template, made first if need be."""
-    template = f"sluice_template_{run_id()}"
+def postgres_template_name() -> str:
+    return f"sluice_template_{run_id()}"
+
+
+def _copy_postgres_template(server_url: str, name: str | None) -> None:
+    """Create database `name` as a copy of the run's template, made first if need be
+    (only the template when `name` is None)."""
+    template = postgres_template_name()
     with psycopg.connect(server_url, autocommit=True) as conn:
         # One process at a time: the first creates and migrates the template (a copy
-        # fails while anyone is connected to it), the others wait on the lock.
+        # fails while anyone is connected to it), the others wait on the lock (the
+        # benchmark's servers take it too: bench/servers.py).
         conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [template])
         try:
             found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template])
@@ -103,9 +114,17 @@ def _copy_postgres_template(server_url: str, name: str) -> None:
                 except BaseException:
                     conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
                     raise
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+            if name is not None:
+                conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         finally:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [template])
+
+
+def postgres_template(server_url: str) -> str:
+    """The name of the run's migrated PostgreSQL template on `server_url`, made first if
+    need be; copy it under the same advisory lock (its name hashed), as bench/servers.py does."""
+    _copy_postgres_template(server_url, None)
+    return postgres_template_name()
 
 
 def _drop(server_url: str, name: str) -> None:
@@ -132,7 +151,7 @@ def remove_templates(postgres_server_url: str | None) -> None:
     """At the end of the run: the SQLite template's directory and the PostgreSQL one."""
     shutil.rmtree(_sqlite_dir(), ignore_errors=True)
     if postgres_server_url is not None:
-        _drop(postgres_server_url, f"sluice_template_{run_id()}")
+        _drop(postgres_server_url, postgres_template_name())
 
 
 if __name__ == "__main__":  # `make test`, once its two parts are done (SLUICE_TEST_RUN set)

@@ -13,6 +13,8 @@ import pytest
 from bench import report, runner
 from bench.__main__ import END, START, write_report
 from bench.latency import percentile
+from bench.servers import POSTGRES_TEMPLATE
+from tests import databases
 from tests.conftest import need, reachable
 
 REDIS_URL = os.environ.get(
@@ -69,9 +71,12 @@ def expected_rows() -> list[str]:
 
 
 @pytest.mark.services
-def test_tiny_run_prints_every_row_with_numbers() -> None:
+@pytest.mark.usefixtures("migrated_sqlite")
+def test_tiny_run_prints_every_row_with_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     need(reachable(REDIS_URL), f"Redis is not reachable at {REDIS_URL}")
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
+    # Its PostgreSQL databases copied from the run's migrated template (tests/databases.py).
+    monkeypatch.setenv(POSTGRES_TEMPLATE, databases.postgres_template(POSTGRES_URL))
     results = runner.run(
         runner.TINY, redis_url=REDIS_URL, postgres_url=POSTGRES_URL, log=lambda line: None
     )

@@ -113,6 +113,7 @@ def test_only_dynamic_rewrites_its_own_part_of_the_page(tmp_path: Path) -> None:
 
 
 # --- end to end ---------------------------------------------------------------------------------
+@pytest.mark.usefixtures("migrated_sqlite")
 def test_tiny_run_prints_every_row_with_figures_and_baselines(tmp_path: Path) -> None:
     """Every server starts, both scenarios run over real HTTP, and the table has every row."""
     results = dynamic.run(dynamic.TINY, tmp_path, lambda line: None)
