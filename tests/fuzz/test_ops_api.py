@@ -7,16 +7,13 @@ content types and schemas, and every 4xx in the ops error shape
 
 The document is built in-process at collection time: schemathesis needs the operations
 to make one test per operation, and its fixture-based lazy loader breaks on pytest 9
-(items have no `_nodeid` any more); each operation's coverage cases are built at its
-test's first run instead (`_coverage_at_first_use`), the same cases in the same order.
-`test_served_schema_is_the_fuzzed_one` proves it is the very document the live server
-serves at /api/openapi.json; requests go to the live server. The bugs this pass found
-are pinned at the end as the behaviour they now have.
+(items have no `_nodeid` any more). `test_served_schema_is_the_fuzzed_one` proves it is
+the very document the live server serves at /api/openapi.json; requests go to the live
+server. The bugs this pass found are pinned at the end as the behaviour they now have.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import re
@@ -31,7 +28,6 @@ from schemathesis.checks import CheckContext
 from schemathesis.core.failures import Failure
 from schemathesis.core.transport import Response
 from schemathesis.generation.case import Case
-from schemathesis.generation.hypothesis import builder
 from schemathesis.openapi import from_dict
 
 from dashboard.api import api
@@ -69,35 +65,6 @@ def _openapi_document() -> dict[str, Any]:
 
 schema = from_dict(_openapi_document())
 schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True, database="none")
-
-_add_coverage = builder.add_coverage
-
-
-def _coverage_at_first_use(test: Any, operation: Any, *args: Any, **kwargs: Any) -> Any:
-    """Defer this schema's coverage cases from collection to the test's first run.
-
-    Every xdist worker collects every file, and building the cases of 38 operations cost
-    2.2 to 2.5 s of CPU in each, while one worker runs them. `add_coverage` only attaches
-    `hypothesis.example`s to the test function it is given and returns that same function,
-    and it reads nothing a run changes (the pytest plugin gives it no response feedback), so
-    attaching them in `_coverage_cases` yields the same cases in the same order.
-    """
-    if operation.schema.raw_schema is not schema.raw_schema:
-        return _add_coverage(test, operation, *args, **kwargs)
-    test.sluice_coverage = functools.partial(_add_coverage, test, operation, *args, **kwargs)
-    return test
-
-
-builder.add_coverage = _coverage_at_first_use
-
-
-@pytest.fixture(autouse=True)
-def _coverage_cases(request: pytest.FixtureRequest) -> None:
-    # The test function is Hypothesis's wrapper, which reads its examples when called.
-    build = getattr(request.function, "sluice_coverage", None)
-    if build is not None:
-        del request.function.sluice_coverage
-        build()
 
 
 @schema.auth()
