@@ -3,6 +3,7 @@ with time passed in: nothing here sleeps. The state-machine test
 (test_engine_invariants.py) checks the order after every grant of generated histories;
 these are the scenarios the issue names, each one worked through."""
 
+import math
 from collections import Counter
 
 import pytest
@@ -228,3 +229,76 @@ def test_a_flow_held_back_by_its_key_lends_its_low_tag_to_no_newcomer():
     q.run(20.5)
     since = q.served(since=10.5)
     assert abs(since["a"] - since["b"]) <= 1, since
+
+
+def _bench_scenario(shares: bool, until: float) -> tuple[list[float], list[float]]:
+    """bench/shares.py's steady scenario on the pure parts, with the clock passed in: the
+    account's ceiling learned from headers stating 5 a second (300 a minute, the profile's
+    cap too) and its margin adapting (ceilings.py), the limiter's ramp every half second
+    (live.py's round) with demand as scopes.py computes it; prod asks 2.5 a second (60%
+    share and critical with `shares`), dev floods at 8 a second, exp asks 100 a minute,
+    each evenly spaced, keys patient for 30 s. Returns the grants' moments and the pace at
+    each round."""
+    from limiter.authority.ceilings import Ceiling
+
+    margin = 0.1
+    ceiling = Ceiling.start(Limit(per_minute=300, burst=1))
+    patient = Limit(per_minute=1_000_000, burst=1000, queue_depth=1000, max_wait=30.0)
+    classes = {
+        "prod": Klass("prod", 0.6, priority=CRITICAL) if shares else Klass("prod"),
+        "dev": Klass("dev"),
+        "exp": Klass("exp"),
+    }
+    arrivals = sorted(
+        (i / rate, name)
+        for name, rate in (("prod", 2.5), ("dev", 8.0), ("exp", 100 / 60))
+        for i in range(round(rate * until))
+    )
+    engine, now, grants, paces, next_round = Engine(), 0.0, [], [], 0.5
+
+    def answer(decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.kind == "grant":
+                grants.append(now)
+                # Every answer's headers state the limit; a lower learned pace applies at once.
+                if ceiling.observe({"x-ratelimit-limit": "5"}, unit_seconds=1.0, margin=margin):
+                    engine.scope(ACCOUNT, ceiling.limit(), now)
+
+    for n, (due, name) in enumerate(arrivals):
+        while True:  # the worker's timer and the live view's rounds, up to this arrival
+            wake = engine.next_wakeup(now)
+            step = min(next_round, wake if wake is not None else math.inf)
+            if step > due:
+                break
+            now = max(now, step)
+            if now >= next_round:
+                waiting = {t.account.id for t in engine.tickets.values()}
+                if ceiling.ramp(now, demand=ACCOUNT in waiting, margin=margin):
+                    engine.scope(ACCOUNT, ceiling.limit(), now)
+                paces.append(ceiling.pace)
+                next_round += 0.5
+            answer(engine.poll(now))
+        now = due
+        key = (("key", name, "chat", ""), patient)
+        answer(
+            engine.acquire(
+                f"{name}-{n}", key, (ACCOUNT, ceiling.limit()), 0, now, klass=classes[name]
+            )
+        )
+    return grants, paces
+
+
+def test_a_shares_on_queue_uses_the_ceiling_as_fully_as_one_without_shares():
+    # Issue 21's bench measured 94.0% of the ceiling with shares on against 97.3% off (the
+    # sandbox's cushion). On the pure parts neither the margin's narrowing nor the grants
+    # depend on the shares: the queue always has demand, the learned limit binds, and a
+    # class served by its share leaves no grant slot idle. What is left of the gap in the
+    # bench is the machine's (timers firing late, docs/sharing.md).
+    on, paces_on = _bench_scenario(shares=True, until=40.0)
+    off, paces_off = _bench_scenario(shares=False, until=40.0)
+    assert paces_on == paces_off
+    assert max(paces_on) == pytest.approx(300 * 0.98)  # narrowed to 2% under a shares-on queue
+    steady_on = sum(1 for at in on if 10.0 <= at < 40.0)
+    steady_off = sum(1 for at in off if 10.0 <= at < 40.0)
+    assert steady_on == steady_off
+    assert steady_on / (5 * 30) >= 0.97  # the bench's 'ceiling use while all wait'
