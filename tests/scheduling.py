@@ -9,6 +9,7 @@ marked `alone` by themselves.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -76,8 +77,13 @@ def rank(item: pytest.Item) -> int:
     )
 
 
-def _mentions_alone(path: Path) -> bool:
-    return "alone" in path.read_text(errors="replace").lower()
+ALONE_MARK = re.compile(r"\bmark\.alone\b")
+
+
+def mentions_alone(path: Path) -> bool:
+    """Whether the file names the mark (`pytest.mark.alone`, `pytestmark = ...mark.alone`):
+    a file that only says the word ("alone") in prose is not collected by `-m alone`."""
+    return ALONE_MARK.search(path.read_text(errors="replace")) is not None
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -86,7 +92,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     collection hook below makes sure that no `alone` test is in a file that does not."""
     name = collection_path.name
     if config.option.markexpr == "alone" and name.startswith("test_") and name.endswith(".py"):
-        return None if _mentions_alone(collection_path) else True
+        return None if mentions_alone(collection_path) else True
     return None
 
 
@@ -100,10 +106,10 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]):
     for item, unit in _units(items).items():
         item.add_marker(pytest.mark.xdist_group(unit))
-        if item.get_closest_marker("alone") and not _mentions_alone(item.path):
+        if item.get_closest_marker("alone") and not mentions_alone(item.path):
             raise pytest.UsageError(
-                f"{item.nodeid} is marked alone, but its file does not say so: "
-                "`-m alone` would not collect it (tests/scheduling.py)"
+                f"{item.nodeid} is marked alone, but its file does not name the mark: "
+                "`-m alone` would not collect it (tests/scheduling.py, ALONE_MARK)"
             )
     result = yield
     items.sort(key=rank)  # stable: the order within a file is kept

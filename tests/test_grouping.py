@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.scheduling import rank
+from tests.scheduling import mentions_alone, rank
 
 
 def test_this_file_runs_as_one_group(request: pytest.FixtureRequest) -> None:
@@ -30,3 +30,14 @@ def test_the_slowest_units_are_handed_out_first(request: pytest.FixtureRequest) 
         f"{request.session.items[late].nodeid} (rank {ranks[late]}) comes after "
         f"{request.session.items[late - 1].nodeid} (rank {ranks[late - 1]})"
     )
+
+
+def test_alone_collects_only_files_that_name_the_mark(tmp_path) -> None:
+    """`-m alone` skips importing a test file unless it names the mark; a file that only
+    says the word in prose is skipped (importing every such file cost the part seconds)."""
+    marked = tmp_path / "test_marked.py"
+    marked.write_text("import pytest\n\npytestmark = pytest.mark.alone\n")
+    prose = tmp_path / "test_prose.py"
+    prose.write_text('"""This test runs alone on its own server."""\n')
+    assert mentions_alone(marked)
+    assert not mentions_alone(prose)
