@@ -92,7 +92,7 @@ class Command(BaseCommand):
             # without self; mypy reads them right only with the mypy-zope plugin.
             loop.add_signal_handler(
                 sig,
-                lambda: asyncio.ensure_future(
+                lambda: spawn(
                     serving.drain(team_api, stop_listening, reactor.stop)  # type: ignore[misc]
                 ),
             )
@@ -103,6 +103,7 @@ class Command(BaseCommand):
 
         from dashboard.asgi import application, team_api
         from limiter import serving
+        from limiter.protocol.tasks import spawn
 
         command = self
 
@@ -117,9 +118,9 @@ class Command(BaseCommand):
                 for sig in signals:
                     loop.add_signal_handler(
                         sig,
-                        lambda: asyncio.ensure_future(
-                            serving.drain(team_api, self.stop_listening, self.exit)
-                        ),
+                        # Kept until it ends (spawn): a task only the loop refers to may be
+                        # collected mid-drain.
+                        lambda: spawn(serving.drain(team_api, self.stop_listening, self.exit)),
                     )
                 try:
                     yield
