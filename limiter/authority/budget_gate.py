@@ -93,10 +93,12 @@ class BudgetGate:
         # A merged embeddings request (CHARGE_ACCOUNT) is no one's call: each of its
         # callers was checked, and reserved, on its own ticket.
         # Files and jobs use no tokens: a job's estimate is held apart (`hold_jobs`).
+        # A call that spends nothing (a list) is no budget's business.
         if (
             not self.book.states
             or message.get("charge") == events.CHARGE_ACCOUNT
             or message["endpoint"] in NOT_BUDGETED
+            or message.get("spends") is False
         ):
             return None
         wall = datetime.now(UTC)

@@ -192,7 +192,7 @@ async def _grant_checked(
 
 
 async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patience | None) -> Grant:
-    if charge == events.CHARGE_BOTH and patience is None and not replacing:
+    if charge == events.CHARGE_BOTH and patience is None and not replacing and ctx.spends:
         if not ctx.promise_checked:
             refuse_known(ctx)
     started = time.monotonic()
@@ -209,6 +209,7 @@ async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patien
             charge=charge,
             patience=patience,
             cost=cost,
+            spends=ctx.spends,
         )
     except Refused as refused:
         metrics.LIMITER_UP.set(1)

@@ -46,7 +46,7 @@ from limiter.gateway.http import Handler, Request, Response, StreamingResponse
 from limiter.gateway.inference import SELF_LIMITED
 from limiter.gateway.refusals import recorder
 from limiter.gateway.revocation import calls
-from limiter.gateway.routes import CHECKED_FIRST, Route, build_routes
+from limiter.gateway.routes import CHECKED_FIRST, SPENDS_NOTHING, Route, build_routes
 from limiter.gateway.sink import RefusalSink
 from limiter.gateway.throttle import client_address, trusted_networks
 from limiter.models import ORG_KINDS
@@ -217,7 +217,13 @@ class TeamApi:
         if kind and kind not in SELF_LIMITED:
             # Files, jobs and the like: the per-key request rate, held only while the call runs.
             assert request.handles is not None
-            ctx = CallContext(request.key, request.request_id, kind, request.handles)
+            ctx = CallContext(
+                request.key,
+                request.request_id,
+                kind,
+                request.handles,
+                spends=handler not in SPENDS_NOTHING,
+            )
             async with admitted(ctx) as admission:
                 # Admitted: a file or job call runs to its end, so that its answer tells the
                 # truth about what it wrote upstream or in the database.

@@ -47,6 +47,9 @@ class CallContext:
     # Whether the limiter's promised refusals were already asked about this call (the
     # inference path asks before it reads the rest of the body: a flood costs no more).
     promise_checked: bool = False
+    # False: a call that costs nothing (the code interpreter's sessions list): paced by
+    # its key's rate, never refused by a budget (events.AcquireMessage.spends).
+    spends: bool = True
 
     @property
     def limiter(self) -> LimiterClient:

@@ -45,3 +45,7 @@ CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {
     **videos.CHECKED_FIRST,
     **tci.CHECKED_FIRST,
 }
+
+# Routes that can cost nothing (lists): paced by their kind's rate, never refused by a
+# budget (CallContext.spends).
+SPENDS_NOTHING: frozenset[Handler] = tci.SPENDS_NOTHING

@@ -141,6 +141,9 @@ async def sessions_list(request: Request) -> Response:
 
 CHECKED_FIRST: dict[Handler, Callable[[Request], object]] = {execute: _execute_body}
 
+# Listing the sessions costs nothing: a team over its budget can still see what it started.
+SPENDS_NOTHING: frozenset[Handler] = frozenset({sessions_list})
+
 # Under /v1 (the together SDK 2.x's base URL) and at the root, where Together's code
 # interpreter guide calls them (`curl https://api.together.ai/tci/execute`). A list is a
 # call to Together too: paced like an execute.

@@ -117,6 +117,7 @@ class LimiterClient:
         charge: str = events.CHARGE_BOTH,
         patience: Patience | None = None,
         cost: float = 0.0,
+        spends: bool = True,
     ) -> Grant:
         """Wait until the limiter grants this request; raise Refused or LimiterUnavailable.
 
@@ -125,6 +126,10 @@ class LimiterClient:
 
         `tokens` and `cost`: the call's estimate, held against its budgets until its
         usage is reported (limiter/usage/budgets.py).
+
+        `spends`: False for a call that can cost nothing (a list): paced by its key's rate,
+        never refused by a budget; nor does it learn or use promised refusals, which are
+        about calls that spend.
 
         `charge`: which scopes the ticket charges (events.CHARGE_*): both by default; a
         merged embeddings request charges its callers' keys and the account apart.
@@ -137,11 +142,11 @@ class LimiterClient:
         with the calls granted after it, a burst the limiter never allowed. So a stale
         grant is handed back and the request asks again.
         """
-        ask = Ask(key, endpoint, model, tokens, request_id, replacing, charge, cost)
+        ask = Ask(key, endpoint, model, tokens, request_id, replacing, charge, cost, spends)
         if replacing:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
-        plain = charge == events.CHARGE_BOTH and patience is None and not replacing
+        plain = charge == events.CHARGE_BOTH and patience is None and not replacing and spends
         sent_at, generation = self.clock(), self.refusals.generation
         try:
             return await self._granted(ask, patience)

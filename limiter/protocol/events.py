@@ -107,6 +107,9 @@ class AcquireMessage(_Charge):
     # US dollars the call may cost at the price the web process holds (0: none known),
     # reserved against dollar budgets until its usage report (limiter/usage/budgets.py).
     cost: NotRequired[float]
+    # False: a call that can cost nothing (a list), paced by its key's rate but never
+    # refused by a budget (budget_gate.py). Absent: it spends.
+    spends: NotRequired[bool]
 
 
 class ReacquireMessage(AcquireMessage):

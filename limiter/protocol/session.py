@@ -42,6 +42,7 @@ class Ask:
     replacing: str = ""  # the lease it hands back in the same step (events.REACQUIRE)
     charge: str = events.CHARGE_BOTH
     cost: float = 0.0
+    spends: bool = True  # False: a call that costs nothing (events.AcquireMessage.spends)
 
     def message(self, ticket: str, reply: str, max_wait: float | None) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class Ask:
             "tokens": self.tokens,
             "request_id": self.request_id,
             **({"cost": self.cost} if self.cost else {}),
+            **({} if self.spends else {"spends": False}),
             **({"lease": self.replacing} if self.replacing else {}),
             **({"charge": self.charge} if self.charge else {}),
             **({"max_wait": max_wait} if max_wait is not None else {}),

@@ -226,7 +226,8 @@ def test_a_dollar_budget_counts_the_sessions_started(server: SluiceServer) -> No
     """A $0.05 budget: a started session is $0.03, reported to the budget book at once, so
     the second session starts ($0.03 spent, under $0.05) and the third call is refused with
     `budget_exceeded`, recorded; a call reusing a session is refused too (the budget is
-    spent, whatever the call costs)."""
+    spent, whatever the call costs). Listing the sessions spends nothing, so it is still
+    answered: a team over its budget can see what it started."""
     client = _client(server, server.issue_key("tci-budget"))
     with httpx.Client(
         base_url=f"{server.url}/api",
@@ -245,6 +246,9 @@ def test_a_dollar_budget_counts_the_sessions_started(server: SluiceServer) -> No
             with pytest.raises(together.RateLimitError) as caught:
                 _execute(client, "print(3)", **more)
             assert json.loads(caught.value.response.text)["error"]["code"] == "budget_exceeded"
+        listed = _sessions(client)
+        assert listed.data is not None
+        assert first.data.session_id in [row.id for row in listed.data.sessions]
     recorded = wait_until(
         lambda: _refusal(server, "tci-budget"),
         lambda row: row != ["none"],

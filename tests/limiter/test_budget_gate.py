@@ -110,6 +110,16 @@ def test_what_no_budget_judges_passes_without_a_reservation():
     assert checked.book.reservations == {}
 
 
+def test_a_call_that_spends_nothing_passes_a_full_budget():
+    """A list (events.AcquireMessage.spends False) is no budget's business: it passes a
+    budget that refuses the next spending call, and reserves nothing."""
+    checked = gate(TEAM_BUDGET)
+    assert checked.admit(ticket("all", 100)) is None
+    assert checked.admit(ticket("more", 1)) is not None
+    assert checked.admit(ticket("list", 1, endpoint="code_interpreter", spends=False)) is None
+    assert not checked.reserved("list")
+
+
 async def test_a_report_settles_its_reservation_and_announces_the_thresholds(crossed):
     checked = gate(TEAM_BUDGET)
     assert checked.admit(ticket("t1", 50)) is None
