@@ -80,7 +80,7 @@ class Command(BaseCommand):
         from limiter.protocol.tasks import spawn
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
-        spawn(serving.ensure_started())
+        spawn(_started_and_settled())
 
         def stop_listening() -> None:
             for listening_port in server.ports:
@@ -137,6 +137,7 @@ class Command(BaseCommand):
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
                 await serving.ensure_started()
+                serving.settle_heap()
                 command._announce(host, port, "uvicorn")
 
         config = uvicorn.Config(
@@ -158,6 +159,13 @@ class Command(BaseCommand):
             f"Sluice listening on http://{host}:{port}/ ({server}; {mode}; {upstream})"
         )
         self.stdout.flush()
+
+
+async def _started_and_settled() -> None:
+    from limiter import serving
+
+    await serving.ensure_started()
+    serving.settle_heap()
 
 
 def _loopback(host: str) -> str:
