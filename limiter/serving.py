@@ -90,9 +90,9 @@ def settle_heap() -> None:
     resolvers, the models, the caches' first rows; about 170,000 objects) lives as long
     as the process, so it is collected once and then frozen, out of every later
     collection's walk. Before this, a full collection under load took 128 ms of CPU (a
-    pause every caller felt) and the collector 8.8% of the CPU at 16 callers; after it,
-    3 ms and about 3% (docs/measured.md, "CPU a call"). Cycles made after start-up are
-    collected as before, fewer times a second."""
+    pause every caller felt) and the collector 8.8% of the CPU at 16 callers; after it, a
+    full collection took 3 ms and the collector about 3% (docs/measured.md, "CPU a
+    call"). Cycles made after start-up are collected as before, fewer times a second."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
