@@ -53,7 +53,7 @@ class Command(BaseCommand):
         if server == "daphne":
             self._daphne(host, port)
         else:
-            asyncio.run(self._uvicorn(host, port))
+            self._uvicorn(host, port)
 
     def _daphne(self, host: str, port: int) -> None:
         # Imported here: daphne.server installs Twisted's asyncio reactor as a side effect.
@@ -80,7 +80,7 @@ class Command(BaseCommand):
         from limiter.protocol.tasks import spawn
 
         # Start the limiter, the 429 recorder and the job poller now, not on the first request.
-        spawn(serving.ensure_started())
+        spawn(_started_and_settled())
 
         def stop_listening() -> None:
             for listening_port in server.ports:
@@ -98,7 +98,7 @@ class Command(BaseCommand):
             )
         self._announce(host, port, "daphne")
 
-    async def _uvicorn(self, host: str, port: int) -> None:
+    def _uvicorn(self, host: str, port: int) -> None:
         import uvicorn
 
         from dashboard.asgi import application, team_api
@@ -138,7 +138,8 @@ class Command(BaseCommand):
             async def startup(self, sockets=None) -> None:
                 await super().startup(sockets)
                 await serving.ensure_started()
-                command._announce(host, port, "uvicorn")
+                serving.settle_heap()
+                command._announce(host, port, f"uvicorn, {_loop_name()}")
 
         config = uvicorn.Config(
             application,
@@ -148,7 +149,10 @@ class Command(BaseCommand):
             log_level="warning",
             timeout_graceful_shutdown=int(settings.SLUICE_SHUTDOWN_GRACE),
         )
-        await DrainingServer(config).serve()
+        # uvicorn's own run makes the loop its config names ("auto": uvloop, installed with
+        # uvicorn[standard]); `asyncio.run(server.serve())` ran asyncio's own loop, whose
+        # pure-Python loop and transports cost more CPU a call (docs/measured.md, "CPU a call").
+        DrainingServer(config).run()
 
     def _announce(self, host: str, port: int, server: str) -> None:
         mode = (
@@ -159,6 +163,18 @@ class Command(BaseCommand):
             f"Sluice listening on http://{host}:{port}/ ({server}; {mode}; {upstream})"
         )
         self.stdout.flush()
+
+
+def _loop_name() -> str:
+    """The running event loop's package: "uvloop", or "asyncio" where uvloop is missing."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+async def _started_and_settled() -> None:
+    from limiter import serving
+
+    await serving.ensure_started()
+    serving.settle_heap()
 
 
 def _loopback(host: str) -> str:
