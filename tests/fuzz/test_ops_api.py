@@ -29,6 +29,7 @@ from schemathesis.core.failures import Failure
 from schemathesis.core.transport import Response
 from schemathesis.generation.case import Case
 from schemathesis.openapi import from_dict
+from schemathesis.transport.requests import ManagedCookiesSession
 
 from dashboard.api import api
 from tests.fuzz.contract import ops_error_problem
@@ -48,6 +49,19 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SluiceServ
     env = {"SLUICE_TRUSTED_PROXIES": "127.0.0.1"}
     with fuzz_sluice(tmp_path_factory.mktemp("fuzz"), env) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def http_session() -> Iterator[ManagedCookiesSession]:
+    """One session for every case: its connections kept alive, where schemathesis would
+    otherwise open a session and a connection for each request (and the server accept and
+    set up each); response cookies dropped after each request, as schemathesis's own runner
+    does, so no case sees another's. Not the environment's proxies or netrc (loopback only),
+    which requests would read again for each request."""
+    session = ManagedCookiesSession()
+    session.trust_env = False
+    with session:
+        yield session
 
 
 _callers = itertools.count()
@@ -135,9 +149,12 @@ def test_served_schema_is_the_fuzzed_one(fuzz_server: SluiceServer) -> None:
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_ops_api(case: Case, fuzz_server: SluiceServer) -> None:
+def test_ops_api(
+    case: Case, fuzz_server: SluiceServer, http_session: ManagedCookiesSession
+) -> None:
     case.call_and_validate(
         base_url=fuzz_server.url,
+        session=http_session,
         timeout=10,
         headers=new_caller(),
         additional_checks=[ops_error_shape],
