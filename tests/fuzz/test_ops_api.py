@@ -232,6 +232,33 @@ def test_profile_patch_null_description_is_a_400(fuzz_server: SluiceServer) -> N
     _assert_ops_error(response, 400)
 
 
+# Found by the fuzz run: ninja's schemas read attributes off any value, so a body that is
+# not a JSON object passed as an empty patch (200) where every field is optional.
+@pytest.mark.parametrize(
+    ("path", "body", "kind"),
+    [
+        ("/api/profiles/1", b"[]", "an array"),
+        ("/api/profiles/1", b'"x"', "a string"),
+        ("/api/limits/1", b"[1]", "an array"),
+        ("/api/teams/1", b"7", "a number"),
+        ("/api/teams/1", b"null", "null"),
+    ],
+)
+def test_a_body_not_an_object_is_a_400(
+    fuzz_server: SluiceServer, path: str, body: bytes, kind: str
+) -> None:
+    response = httpx.patch(
+        fuzz_server.url + path,
+        content=body,
+        headers={**ADMIN, "content-type": "application/json"},
+    )
+    _assert_ops_error(response, 400)
+    assert (
+        response.json()["error"]["message"]
+        == f"The body must be a JSON object (this one was {kind})."
+    )
+
+
 # Each accepted more, or documented less, than it does (dashboard/api_types.py).
 @pytest.mark.parametrize(
     ("method", "path", "body"),
