@@ -9,6 +9,9 @@ counters exactly around the measured phase:
   child  -> {"ready": true}          after the warm-up requests
   parent -> go                       (any line)
   child  -> {"latencies_ms": [...], "statuses": {...}, "elapsed": s, ...}
+
+and again with the next plan, until stdin closes: a run reuses one child for its cells
+(procs.reused_load_generator), each plan with a session and connections of its own.
 """
 
 from __future__ import annotations
@@ -138,11 +141,15 @@ async def run(plan: Plan, wait_for_go: bool) -> dict[str, Any]:
 
 
 def main() -> None:
-    plan = Plan(**json.loads(sys.stdin.readline()))
-    if plan.requests is None and plan.duration is None:
-        raise SystemExit("a plan needs `requests` or `duration`")
-    result = asyncio.run(run(plan, wait_for_go=True))
-    print(json.dumps(result), flush=True)
+    # Plans one after another, until the parent closes stdin (bench/procs.py LoadGenerator).
+    while line := sys.stdin.readline():
+        if not line.strip():
+            continue
+        plan = Plan(**json.loads(line))
+        if plan.requests is None and plan.duration is None:
+            raise SystemExit("a plan needs `requests` or `duration`")
+        result = asyncio.run(run(plan, wait_for_go=True))
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import coalesce, decisions, scaleout
 from bench.accuracy import run_case
 from bench.latency import Cell, Target, measure_once, median_cell
+from bench.procs import reused_load_generator
 from bench.report import CONCURRENCIES, MODES, Results
 from bench.scaleout import OwnRedis
 from bench.servers import (
@@ -277,6 +278,7 @@ def run(size: Size, *, redis_url: str, postgres_url: str, log: Callable[[str], N
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name,
         Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as sandbox,
+        reused_load_generator(),  # one load generator process for every cell
     ):
         tmp = Path(tmp_name)
         _single_process(results, tmp, sandbox, ceiling, size, log)
@@ -300,6 +302,7 @@ def run_coalesce(
     with (
         tempfile.TemporaryDirectory(prefix="sluice-bench-") as tmp_name,
         Sandbox(Path(tmp_name), UPSTREAM_LATENCY_MS) as own,
+        reused_load_generator(),
     ):
         return coalesce.run(Path(tmp_name), own, duration, size.repeats, log, size.coalesce_callers)
 

@@ -81,6 +81,8 @@ MSG_THROTTLED = "Too many wrong tokens from this address; retry later."
 MSG_NOT_FOUND = "Not found."
 MSG_INVALID = "The request is not valid."
 MSG_NOT_JSON = "The body must be JSON, sent as application/json (this one was {media_type})."
+MSG_NOT_OBJECT = "The body must be a JSON object (this one was {kind})."
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 # A limiter that has sent nothing for this long is shown as unreachable.
 LIVE_STALE_SECONDS = 3.0
 
@@ -135,14 +137,19 @@ class BodyNotJson(ValueError):
 
 
 class JsonOnly(Parser):
-    """Bodies are JSON, and say so: a body labelled anything else (a form, multipart) is a
-    400 however it reads, not parsed as JSON whatever its sender meant."""
+    """Bodies are JSON objects, and say so: a body labelled anything else (a form,
+    multipart) is a 400 however it reads, not parsed as JSON whatever its sender meant.
+    Every operation's body is a schema, an object; ninja's schemas also read attributes
+    off any value, so an array or a string would otherwise pass as an empty patch."""
 
     def parse_body(self, request: HttpRequest) -> Any:
         media_type = (request.content_type or "").lower()
         if media_type != "application/json" and not media_type.endswith("+json"):
             raise BodyNotJson(MSG_NOT_JSON.format(media_type=media_type or "none"))
-        return super().parse_body(request)
+        body = super().parse_body(request)
+        if not isinstance(body, dict):
+            raise BodyNotJson(MSG_NOT_OBJECT.format(kind=_JSON_KINDS.get(type(body), "a number")))
+        return body
 
 
 api = NinjaAPI(
