@@ -102,3 +102,24 @@ def test_bare_forwarder_relays_the_body_and_the_key_and_returns_the_answer(
     assert (url, data, headers["authorization"]) == (bare.UPSTREAM, body, "Bearer k")
     assert answer[0]["status"] == 201
     assert json.loads(answer[1]["body"]) == {"id": "x"}
+
+
+def test_only_split_prints_the_command_the_machine_and_the_table(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.__main__ import main
+
+    asked: list[split.SplitSize] = []
+
+    def fake_run(tmp: object, size: split.SplitSize, **kwargs: object) -> list[split.Comparison]:
+        asked.append(size)
+        return [split.Comparison("open loop, 100 calls/s", {"1 process": [cell(2.0)]})]
+
+    monkeypatch.setattr(split, "run", fake_run)
+    main(["--only", "split", "--duration", "2"])
+
+    out = capsys.readouterr().out
+    assert asked == [split.SplitSize(rounds=6, duration=2.0, warmup=40, rates=(100.0, 150.0))]
+    assert "Command: `python -m bench --only split --duration 2`" in out
+    assert "Load average" in out
+    assert "| open loop, 100 calls/s | 1 process | 2.00 | 1.00 | 100 | 25.0 | 0 |" in out
