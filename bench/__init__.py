@@ -5,7 +5,8 @@ Modules, each small and separate:
   openloop    an open-loop one: requests at fixed moments, whatever the answers
   procs       starting, timing and stopping server processes; /proc CPU accounting
   servers     the sandbox upstream, Sluice (embedded or scale-out) and the floor
-  floor/      the floor: a bare Django async proxy view, for daphne and uvicorn
+  floor/      the floor: a bare Django async proxy view, for daphne and uvicorn; and
+              bare.py, a pure ASGI forwarder with no framework (for split)
   latency     added latency, throughput and CPU per request
   decisions   limiter decisions per second over the in-memory and Redis layers
   accuracy    bursts of 3x the limit against a sandbox enforcing the same limit
@@ -20,5 +21,9 @@ Modules, each small and separate:
               shards_run the timeline, shards_report the tables)
   one_limiter what one limiter process serves: messages per call counted at Redis,
               decisions/s, a web process's calls/s (run alone, for docs/scaling.md)
+  scaleout    issue 22: 1 embedded against 4 web + limiter + Redis, CPU a call
+  split       what splitting into four processes costs a call: the bare forwarder and the
+              floor 1 against 4, and Sluice's deployments, closed and open loop
+              (--only split; only when asked)
   runner      the gateway's sequence, sized by --quick / --duration
 """

@@ -5,7 +5,8 @@ embeddings coalescing), and issue 11's scenarios against Together's dynamic limi
 (bench/dynamic.py), usage recording's CPU cost (bench/usage_cpu.py), sharded limiters
 simulated (bench/shards.py), a flood refused locally (bench/flood.py) and issue 21's shares
 scenario (bench/shares.py). `--only coalesce` runs the coalescing scenario alone (printed
-only).
+only), and `--only split` what splitting into four processes costs a call (bench/split.py;
+printed only, never part of a whole run).
 
 A development tool, not part of the served application: it starts every server it
 measures as a subprocess, so it needs no Django set-up of its own.
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from bench import dynamic, flood, report, runner, shards_report, shares, usage_cpu
+from bench import dynamic, flood, report, runner, shards_report, shares, split, usage_cpu
 from bench.coalesce import table as coalesce_table
+from bench.servers import Ceiling
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The dynamic scenarios' own part of the page, so `--only` rewrites one part only.
@@ -36,7 +38,7 @@ SHARDS_START, SHARDS_END = "<!-- bench:shards:start -->", "<!-- bench:shards:end
 FLOOD_START, FLOOD_END = "<!-- bench:flood:start -->", "<!-- bench:flood:end -->"
 # Issue 21's shares scenario (bench/shares.py), its own part too.
 SHARES_START, SHARES_END = "<!-- bench:shares:start -->", "<!-- bench:shares:end -->"
-PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards", "flood", "shares")
+PARTS = ("gateway", "dynamic", "coalesce", "usage", "shards", "flood", "shares", "split")
 
 
 def write_report(path: Path, text: str, start: str = START, end: str = END) -> None:
@@ -77,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
             "run one part: the gateway's measurements, issue 11's dynamic-limit scenarios, "
             "embeddings coalescing alone, usage recording's CPU cost, sharded limiters "
             "simulated (no servers: the engine on a simulated clock), a flood refused "
-            "locally, or issue 21's shares"
+            "locally, issue 21's shares, or what splitting into four processes costs a call "
+            "(floors and Sluice, closed and open loop; only when asked)"
         ),
     )
     return parser
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.only == "coalesce":
         print(_coalesce(args, command, log))
+        return
+    if args.only == "split":
+        print(_split(args, command, log))
         return
     # Each part in this order, into its own markers of the report (`--out`).
     parts = (
@@ -117,6 +123,33 @@ def _shares(args: argparse.Namespace, command: str, log: Callable[[str], None]) 
     return (
         f"Command: `{command}`\n\n{machine}\n\n{figures}"
         f"\nRun time {time.monotonic() - started:.0f} s.\n"
+    )
+
+
+def _split(args: argparse.Namespace, command: str, log: Callable[[str], None]) -> str:
+    size = split.FULL if not args.quick else replace(split.FULL, rounds=2, duration=2.0)
+    if args.duration:
+        size = replace(size, duration=args.duration)
+    ceiling = Ceiling(runner.ACCOUNT_RPM, runner.ACCOUNT_PACE, runner.FULL.key_max_wait)
+    started, load_before = time.monotonic(), runner.load_average()
+    with tempfile.TemporaryDirectory(prefix="sluice-bench-split-") as tmp:
+        comparisons = split.run(
+            Path(tmp),
+            size,
+            ceiling=ceiling,
+            redis_url=args.redis_url,
+            postgres_url=args.postgres_url,
+            log=log,
+        )
+    return "\n\n".join(
+        [
+            f"Command: `{command}`",
+            report.machine(load_before, runner.load_average()),
+            split.markdown(comparisons),
+            f"Run time {time.monotonic() - started:.0f} s; {size.rounds} alternated rounds of "
+            f"{size.duration:g} s a cell, medians; the upstream is the sandbox with 20 ms "
+            "latency; ÷ 1 process is the median of each round's ratio to its one-process cell.",
+        ]
     )
 
 

@@ -215,16 +215,21 @@ def _embedded_baselines(
         )
 
 
-def _scale_out(
-    results: Results,
-    tmp: Path,
-    sandbox: Sandbox,
-    ceiling: Ceiling,
-    size: Size,
-    redis_url: str,
-    postgres_url: str,
-    log: Callable[[str], None],
-) -> None:
+@dataclass
+class FourWeb:
+    """Four web processes + the limiter worker over Redis, and the services beside them."""
+
+    target: Target  # its CPU counts the web processes, the limiter worker and Redis
+    sluice: Sluice
+    worker_pid: int
+    redis_pid: int | None  # None when Redis is not a server of the bench's own
+    services: ScaleOutServices
+
+
+@contextmanager
+def four_web(
+    tmp: Path, sandbox: Sandbox, ceiling: Ceiling, redis_url: str, postgres_url: str
+) -> Iterator[FourWeb]:
     with ExitStack() as stack:
         # A Redis server of our own where there is one to start, so its CPU is ours alone.
         own = stack.enter_context(OwnRedis(tmp)) if OwnRedis.available() else None
@@ -243,22 +248,49 @@ def _scale_out(
         worker = sluice.worker
         assert worker is not None
         redis_pid = own.process.pid if own is not None and own.process else None
-        four = Target(
+        target = Target(
             "scaleout-4",
             [f"{u}/v1" for u in sluice.urls],
             sluice.keys["open"],
             lambda: [*sluice.web_pids, worker.pid, *([redis_pid] if redis_pid else [])],
         )
-        with _embedded_baselines(tmp, sandbox, ceiling, services) as (one, four_embedded):
+        yield FourWeb(target, sluice, worker.pid, redis_pid, services)
+
+
+@contextmanager
+def scale_out_deployments(
+    tmp: Path, sandbox: Sandbox, ceiling: Ceiling, redis_url: str, postgres_url: str
+) -> Iterator[tuple[Target, Target, Target]]:
+    """Issue 22's three deployments, up together: one embedded process, four embedded
+    processes (the split alone), and four web processes + the limiter worker over Redis."""
+    with (
+        four_web(tmp, sandbox, ceiling, redis_url, postgres_url) as four,
+        _embedded_baselines(tmp, sandbox, ceiling, four.services) as (one, split),
+    ):
+        yield one, split, four.target
+
+
+def _scale_out(
+    results: Results,
+    tmp: Path,
+    sandbox: Sandbox,
+    ceiling: Ceiling,
+    size: Size,
+    redis_url: str,
+    postgres_url: str,
+    log: Callable[[str], None],
+) -> None:
+    with four_web(tmp, sandbox, ceiling, redis_url, postgres_url) as four:
+        with _embedded_baselines(tmp, sandbox, ceiling, four.services) as (one, split):
             log("scale-out up; CPU of 1 embedded against 4 web + limiter + Redis, alternated")
             results.scaleout = scaleout.run(
                 embedded=one,
-                four=four,
-                split=four_embedded,
-                web_pids=lambda: sluice.web_pids,
-                limiter_pid=worker.pid,
-                redis_pid=redis_pid,
-                redis_url=services.redis_url,
+                four=four.target,
+                split=split,
+                web_pids=lambda: four.sluice.web_pids,
+                limiter_pid=four.worker_pid,
+                redis_pid=four.redis_pid,
+                redis_url=four.services.redis_url,
                 repeats=max(2, size.repeats * 2),
                 duration=size.duration,
                 warmup=size.warmup,
@@ -266,10 +298,10 @@ def _scale_out(
             )
         log("decisions, channels_redis")
         results.decisions["redis"] = decisions.run(
-            sluice.env, CLIENTS, size.decisions_duration, worker=worker.pid
+            four.sluice.env, CLIENTS, size.decisions_duration, worker=four.worker_pid
         )
         log("accuracy, 4 web processes")
-        _accuracy(results, sandbox, sluice, ceiling, SCALED_OUT)
+        _accuracy(results, sandbox, four.sluice, ceiling, SCALED_OUT)
 
 
 def run(size: Size, *, redis_url: str, postgres_url: str, log: Callable[[str], None]) -> Results:

@@ -225,11 +225,13 @@ class Sluice:
 
 
 class Floor(_OneProcess):
-    """The bare Django proxy view under `server` ("daphne" or "uvicorn")."""
+    """The bare Django proxy view under `server` ("daphne" or "uvicorn"), or another app of
+    bench/floor (`app`, e.g. `BARE`: no framework at all)."""
 
-    def __init__(self, tmp: Path, sandbox: Sandbox, server: str) -> None:
+    def __init__(
+        self, tmp: Path, sandbox: Sandbox, server: str, app: str = "bench.floor.asgi:application"
+    ) -> None:
         super().__init__()
-        app = "bench.floor.asgi:application"
         args = {
             "daphne": ["-m", "daphne", "-b", LOOPBACK, "-p", str(self.port), app],
             "uvicorn": [
@@ -242,6 +244,8 @@ class Floor(_OneProcess):
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--lifespan",
+                "off",
                 app,
             ],
         }[server]
@@ -252,6 +256,9 @@ class Floor(_OneProcess):
             "PYTHONUNBUFFERED": "1",
         }
         self.process = spawn([PYTHON, *args], env, tmp / f"floor-{server}.log")
+
+
+BARE = "bench.floor.bare:application"  # the pure ASGI forwarder (bench/split.py)
 
 
 def uvicorn_installed() -> bool:
