@@ -45,6 +45,17 @@ REFUSED_LOCALLY = Counter(
     "(limiter/protocol/refused.py); also counted in sluice_refused_total.",
     registry=REGISTRY,
 )
+REFUSALS_HELD = Counter(
+    "sluice_refusals_held_total",
+    "Local 429s held before they were sent: a key that kept coming back during its "
+    "promise of refusal (SLUICE_REFUSAL_HOLD).",
+    registry=REGISTRY,
+)
+REFUSAL_HELD_SECONDS = Counter(
+    "sluice_refusal_held_seconds_total",
+    "Seconds local 429s were held in all (sluice_refusals_held_total's calls).",
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",

@@ -29,6 +29,7 @@ from limiter.gateway.http import Response, StreamingResponse
 from limiter.gateway.sink import GATEWAY
 from limiter.protocol import events
 from limiter.protocol.client import Grant, LimiterUnavailable, Patience, Refused
+from limiter.protocol.refused import KnownRefusals, LocalRefusal
 from limiter.usage.prices import NO_PRICE, cost_of, prices
 from limiter.usage.pricing import priced_units
 
@@ -194,7 +195,7 @@ async def _grant_checked(
 async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patience | None) -> Grant:
     if charge == events.CHARGE_BOTH and patience is None and not replacing:
         if not ctx.promise_checked:
-            refuse_known(ctx)
+            await refuse_known(ctx)
     started = time.monotonic()
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = estimate_cost(ctx) if ctx.model and charge != events.CHARGE_ACCOUNT else 0.0
@@ -241,13 +242,41 @@ def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
         )
 
 
-def refuse_known(ctx: CallContext) -> None:
+async def refuse_known(ctx: CallContext) -> None:
     """Raise the caller's 429 when the limiter promised to refuse a plain call like this
-    one now (limiter/protocol/refused.py): the same 429 and record, without asking it."""
+    one now (limiter/protocol/refused.py): the same 429 and record, without asking it.
+    A key that keeps coming back has it held first; returns (the limiter is asked) when
+    a configuration change voided the promise meanwhile."""
     known = ctx.limiter.known_refusal(key=ctx.key, endpoint=ctx.endpoint, model=ctx.model)
-    if known is not None:
-        metrics.REFUSED_LOCALLY.inc()
-        raise _refusal(ctx, known, events.CHARGE_BOTH)
+    if known is None:
+        return
+    if known.hold and not await _held(ctx.limiter.refusals, known):
+        return
+    metrics.REFUSED_LOCALLY.inc()
+    raise _refusal(ctx, known.answer(ctx.limiter.clock()), events.CHARGE_BOTH)
+
+
+async def _held(refusals: KnownRefusals, known: LocalRefusal) -> bool:
+    """Wait out a refusal's hold: its time, or until a clear or a drain wakes it. True:
+    answer it now; False: its promise was cleared (the call is asked of the limiter)."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    known.wake = wake
+    timer = loop.call_later(known.hold, wake)
+    started = loop.time()
+    try:
+        await woken
+    finally:  # a caller that goes away lets go of its hold too
+        timer.cancel()
+        stands = refusals.released(known)
+        metrics.REFUSALS_HELD.inc()
+        metrics.REFUSAL_HELD_SECONDS.inc(loop.time() - started)
+    return stands
 
 
 def _refusal(ctx: CallContext, d: events.DecisionMessage, charge: str) -> ApiError:

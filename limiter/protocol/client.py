@@ -38,7 +38,7 @@ from limiter.protocol.grants import (
 )
 from limiter.protocol.inbox import LimiterRestarted, Pong
 from limiter.protocol.lag import LoopLag
-from limiter.protocol.refused import KnownRefusals
+from limiter.protocol.refused import KnownRefusals, LocalRefusal
 from limiter.protocol.session import Ask, TicketSession
 from limiter.protocol.tasks import spawn
 from limiter.protocol.transport import REPLY_CHANNEL_BACK, Transport
@@ -195,12 +195,13 @@ class LimiterClient:
             self.courier.unreserve(grant.reservation)  # the next ask reserves again
         raise LimiterUnavailable()
 
-    def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> DecisionMessage | None:
+    def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> LocalRefusal | None:
         """The limiter's refusal of a plain call (CHARGE_BOTH, its key's own max wait)
-        when one is promised for now (refused.py); None: `acquire` asks the limiter."""
+        when one is promised for now, and how long to hold it (refused.py; a held one
+        is `refusals.released` after); None: `acquire` asks the limiter."""
         if not settings.SLUICE_LOCAL_REFUSALS:
             return None
-        return self.refusals.check((key.key_id, endpoint, model))
+        return self.refusals.refuse((key.key_id, endpoint, model), settings.SLUICE_REFUSAL_HOLD)
 
     # --- what the limiter is told about the leases held (courier.py) ---------------------
     def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:

@@ -18,12 +18,25 @@ A promise only ever ends early, never late:
   max wait. A merged embeddings request, or a retry after Together's 429, asks the limiter.
 
 Bounded: at most `max_entries` keys; a full cache drops what has expired, then its oldest.
+
+A key that keeps coming back is held (SLUICE_REFUSAL_HOLD). A closed-loop flood sends its
+next call as soon as its 429 arrives, so a cheaper refusal only lets it send more: the
+event loop every other team's calls share is what it spends. So past the first
+`HOLD_AFTER` local answers of one promise (the calls a well-behaved client had in
+flight when it was told, or a fallback to another model, are answered at once), a
+refusal is answered after `min(T - now, hold)`: the flood waits instead of spinning.
+The hold changes when, never what: the answer is computed when it is sent (Retry-After
+and reset counted down to then), and it never outlasts the promise, so no call that
+could have been admitted waits. Bounded: `HOLD_PER_KEY` held calls a key,
+`HOLD_PER_PROCESS` in all; past that, at once. A clear wakes every held call to be asked
+again of the limiter (its promise is void: the new configuration decides); a drain
+(`stop_holding`) wakes them to be answered at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from limiter.protocol import events
 from limiter.protocol.events import DecisionMessage
@@ -36,12 +49,24 @@ MAX_ENTRIES = 4096
 # Refusals that are no rate limit (an estimate out of range) are never promised on.
 NOT_KEPT = frozenset({events.INVALID_UNITS})
 
+# The local answers of one promise given at once before its key is held: up to 8 calls in
+# flight when the first refusal came back (one client's parallel batch) are told at once;
+# a ninth means a caller comes back instead of honouring Retry-After. Per process.
+HOLD_AFTER = 8
+# Held calls at once, a key's and this process's. Each is an open connection and its
+# request (a few kB for a chat call): 1,024 are a few MB. A key may fill an eighth, so
+# eight floods are held at once; the bench's 48 closed-loop workers fit in one key's.
+# Past either, the refusal goes at once (memory stays bounded in a 2,000 calls/s storm).
+HOLD_PER_KEY = 128
+HOLD_PER_PROCESS = 1024
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, eq=False)
 class KnownRefusal:
     until: float  # this process's monotonic clock
     answered_at: float  # when the ticket was sent (the moment its figures count from)
     decision: DecisionMessage
+    answered: int = 0  # calls refused here on this promise
 
     def answer(self, now: float) -> DecisionMessage:
         """The limiter's refusal as it stands at `now`: Retry-After and reset counted down
@@ -54,6 +79,23 @@ class KnownRefusal:
         return answer
 
 
+@dataclass(slots=True, eq=False)
+class LocalRefusal:
+    """One call refused here: its answer now, and how long to hold it first (0: at once).
+    A held call's waiter sets `wake`; a clear or a drain calls it."""
+
+    where: RefusalKey
+    promise: KnownRefusal
+    decision: DecisionMessage  # the answer at the moment it was decided
+    hold: float
+    generation: int
+    wake: Callable[[], None] | None = field(default=None, repr=False)
+
+    def answer(self, now: float) -> DecisionMessage:
+        """The answer to send at `now` (after a hold: its figures counted down to then)."""
+        return self.promise.answer(now) if self.hold else self.decision
+
+
 class KnownRefusals:
     """This process's promises of refusal (one per key, endpoint and model)."""
 
@@ -64,14 +106,34 @@ class KnownRefusals:
         # Bumped by every clear: a refusal to a ticket sent before it is not kept.
         self.generation = 0
         self.answered = 0  # calls refused here, without the limiter (for tests and bench)
+        # Calls held now (every one, and how many of each key's); no new hold once draining.
+        self._held: set[LocalRefusal] = set()
+        self._held_of: dict[str, int] = {}
+        self.holding = True
 
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
     def clear(self) -> None:
-        """Forget every promise (a configuration change, a limiter's start)."""
+        """Forget every promise (a configuration change, a limiter's start), and wake
+        the calls held on them: they are asked again (`released` says so)."""
         self.generation += 1
         self._entries.clear()
+        self._wake_all()
+
+    def stop_holding(self) -> None:
+        """The process drains: answer every held call now, and hold no more."""
+        self.holding = False
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for held in list(self._held):
+            if held.wake is not None:
+                held.wake()
 
     def learn(
         self, key: RefusalKey, decision: DecisionMessage, sent_at: float, generation: int
@@ -95,6 +157,13 @@ class KnownRefusals:
 
     def check(self, key: RefusalKey) -> DecisionMessage | None:
         """The refusal for a call now, if one is promised; None: ask the limiter."""
+        refusal = self.refuse(key)
+        return refusal.decision if refusal is not None else None
+
+    def refuse(self, key: RefusalKey, hold: float = 0.0) -> LocalRefusal | None:
+        """The refusal for a call now, if one is promised, and how long to hold it (up
+        to `hold` seconds; see the module's docstring); None: ask the limiter. A held
+        refusal counts as held until `released`."""
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -103,7 +172,40 @@ class KnownRefusals:
             self._entries.pop(key, None)
             return None
         self.answered += 1
-        return entry.answer(now)
+        entry.answered += 1
+        held = self._hold_for(key[0], entry, now, hold)
+        refusal = LocalRefusal(key, entry, entry.answer(now), held, self.generation)
+        if held:
+            self._held.add(refusal)
+            self._held_of[key[0]] = self._held_of.get(key[0], 0) + 1
+        return refusal
+
+    def _hold_for(self, key_id: str, entry: KnownRefusal, now: float, hold: float) -> float:
+        # A key that keeps coming back waits, within bounds, never past its promise.
+        if (
+            hold <= 0
+            or not self.holding
+            or entry.answered <= HOLD_AFTER
+            or len(self._held) >= HOLD_PER_PROCESS
+            or self._held_of.get(key_id, 0) >= HOLD_PER_KEY
+        ):
+            return 0.0
+        return min(entry.until - now, hold)
+
+    def released(self, refusal: LocalRefusal) -> bool:
+        """A held call's hold is over: True if its refusal stands (answer it now), False
+        if a clear voided its promise meanwhile (ask the limiter: not answered here)."""
+        if refusal in self._held:
+            self._held.discard(refusal)
+            left = self._held_of[refusal.where[0]] - 1
+            if left:
+                self._held_of[refusal.where[0]] = left
+            else:
+                del self._held_of[refusal.where[0]]
+        if refusal.generation != self.generation:
+            self.answered -= 1
+            return False
+        return True
 
     def _make_room(self) -> None:
         now = self.clock()

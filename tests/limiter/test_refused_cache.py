@@ -6,7 +6,12 @@ import pytest
 
 from limiter.protocol import events
 from limiter.protocol.events import DecisionMessage
-from limiter.protocol.refused import KnownRefusals
+from limiter.protocol.refused import (
+    HOLD_AFTER,
+    HOLD_PER_KEY,
+    HOLD_PER_PROCESS,
+    KnownRefusals,
+)
 
 WHERE = ("key-1", "chat", "m")
 
@@ -129,3 +134,115 @@ def test_the_cache_is_bounded_expired_first_then_oldest(clock):
     assert len(cache) == 3
     assert cache.check(("b", "chat", "m")) is None
     assert all(cache.check((k, "chat", "m")) is not None for k in "cde")
+
+
+# --- holding a key that keeps coming back (SLUICE_REFUSAL_HOLD) ---------------------------
+HOLD = 1.0
+
+
+def answered_at_once(cache: KnownRefusals, n: int, where=WHERE) -> list[float]:
+    holds = []
+    for _ in range(n):
+        local = cache.refuse(where, HOLD)
+        assert local is not None
+        holds.append(local.hold)
+    return holds
+
+
+def test_a_key_is_held_only_once_it_keeps_coming_back(clock):
+    cache = KnownRefusals(clock)
+    cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
+    # The calls a client had in flight when it was told: answered at once.
+    assert answered_at_once(cache, HOLD_AFTER) == [0.0] * HOLD_AFTER
+    held = cache.refuse(WHERE, HOLD)
+    assert held is not None and held.hold == HOLD and cache.held == 1
+
+
+def test_a_key_that_honours_retry_after_is_never_held(clock):
+    cache = KnownRefusals(clock)
+    for _ in range(5):  # refused by the limiter, back only once the promise is over
+        cache.learn(WHERE, refusal(2.0), clock.now, cache.generation)
+        clock.now += 2.0
+        assert cache.refuse(WHERE, HOLD) is None  # asks the limiter
+    # A new promise counts its own answers: the next ones go at once again.
+    cache.learn(WHERE, refusal(2.0), clock.now, cache.generation)
+    assert answered_at_once(cache, HOLD_AFTER) == [0.0] * HOLD_AFTER
+    assert cache.held == 0
+
+
+def test_a_hold_never_outlasts_the_promise_and_zero_turns_it_off(clock):
+    cache = KnownRefusals(clock)
+    cache.learn(WHERE, refusal(2.0), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER)
+    clock.now += 1.7
+    local = cache.refuse(WHERE, HOLD)
+    assert local is not None and local.hold == pytest.approx(0.3)  # what is left of it
+    off = cache.refuse(WHERE, 0.0)
+    assert off is not None and off.hold == 0.0
+
+
+def test_a_held_answer_is_counted_down_to_when_it_is_sent(clock):
+    cache = KnownRefusals(clock)
+    cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER)
+    local = cache.refuse(WHERE, HOLD)
+    assert local is not None and local.decision["retry_after"] == pytest.approx(5.0)
+    clock.now += local.hold
+    assert cache.released(local)
+    sent = local.answer(clock.now)
+    # The same refusal, its figures as true when it goes as when it was decided.
+    assert {k: v for k, v in sent.items() if k not in ("retry_after", "reset")} == {
+        k: v for k, v in local.decision.items() if k not in ("retry_after", "reset")
+    }
+    assert sent["retry_after"] == pytest.approx(4.0)
+    assert sent["reset"] == pytest.approx(2.0)
+    assert cache.held == 0
+
+
+def test_holds_are_bounded_per_key_and_per_process(clock):
+    cache = KnownRefusals(clock)
+    keys = [(f"key-{i}", "chat", "m") for i in range(HOLD_PER_PROCESS // HOLD_PER_KEY + 1)]
+    for where in keys:
+        cache.learn(where, refusal(5.0), clock.now, cache.generation)
+        answered_at_once(cache, HOLD_AFTER, where)
+    first = [cache.refuse(keys[0], HOLD) for _ in range(HOLD_PER_KEY + 1)]
+    assert [r.hold for r in first if r] == [HOLD] * HOLD_PER_KEY + [0.0]  # the key's bound
+    for where in keys[1:-1]:
+        answered = [cache.refuse(where, HOLD) for _ in range(HOLD_PER_KEY)]
+        assert all(r is not None and r.hold == HOLD for r in answered)
+    assert cache.held == HOLD_PER_PROCESS
+    last = cache.refuse(keys[-1], HOLD)
+    assert last is not None and last.hold == 0.0  # the process's bound
+    assert first[0] is not None and cache.released(first[0])
+    again = cache.refuse(keys[-1], HOLD)
+    assert again is not None and again.hold == HOLD  # a slot freed is used again
+
+
+def test_a_clear_wakes_held_calls_to_ask_again(clock):
+    cache = KnownRefusals(clock)
+    cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER)
+    local = cache.refuse(WHERE, HOLD)
+    assert local is not None
+    woken: list[str] = []
+    local.wake = lambda: woken.append("woken")
+    answered = cache.answered
+    cache.clear()
+    assert woken == ["woken"]
+    assert not cache.released(local)  # its promise is void: the limiter decides
+    assert cache.answered == answered - 1 and cache.held == 0
+
+
+def test_a_drain_wakes_held_calls_to_be_answered_and_holds_no_more(clock):
+    cache = KnownRefusals(clock)
+    cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER)
+    local = cache.refuse(WHERE, HOLD)
+    assert local is not None
+    woken: list[str] = []
+    local.wake = lambda: woken.append("woken")
+    cache.stop_holding()
+    assert woken == ["woken"]
+    assert cache.released(local)  # its refusal stands: answered now
+    after = cache.refuse(WHERE, HOLD)
+    assert after is not None and after.hold == 0.0
