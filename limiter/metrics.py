@@ -56,6 +56,11 @@ REFUSAL_HELD_SECONDS = Counter(
     "Seconds local 429s were held in all (sluice_refusals_held_total's calls).",
     registry=REGISTRY,
 )
+REFUSALS_HOLDING = Gauge(
+    "sluice_refusals_holding",
+    "Local 429s being held now (bounded: limiter/protocol/refused.py HOLD_PER_PROCESS).",
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",

@@ -269,11 +269,13 @@ async def _held(refusals: KnownRefusals, known: LocalRefusal) -> bool:
     known.wake = wake
     timer = loop.call_later(known.hold, wake)
     started = loop.time()
+    metrics.REFUSALS_HOLDING.inc()
     try:
         await woken
     finally:  # a caller that goes away lets go of its hold too
         timer.cancel()
         stands = refusals.released(known)
+        metrics.REFUSALS_HOLDING.dec()
         metrics.REFUSALS_HELD.inc()
         metrics.REFUSAL_HELD_SECONDS.inc(loop.time() - started)
     return stands
