@@ -124,11 +124,10 @@ async def drain(
     served: Served, stop_listening: Callable[[], None], stop: Callable[[], None]
 ) -> None:
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
-    and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
-    held 429s at once, and what is in flight (queued and streaming included) up to
-    SLUICE_SHUTDOWN_GRACE,
-    flush the 429 record, the usage rollups and the alert counters, then stop the
-    server."""
+    and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, send held
+    429s at once, answer what is in flight (queued and streaming included) up to
+    SLUICE_SHUTDOWN_GRACE, flush the 429 record, the usage rollups and the alert
+    counters, then stop the server."""
     global draining
     from limiter.alerts.delivery import alerts_stop, signals_flush
     from limiter.gateway.refusals import recorder
