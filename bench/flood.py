@@ -310,7 +310,7 @@ def markdown(results: list[Deployment]) -> str:
         "neighbour p50 alone / beside the flood",
         lambda r: (
             f"{r.alone.p50_ms:.1f} / {r.beside.p50_ms:.1f} ms "
-            f"(+{r.beside.p50_ms - r.alone.p50_ms:.1f})"
+            f"({r.beside.p50_ms - r.alone.p50_ms:+.1f})"
         ),
         f"+{TARGET_P50_MS:g} ms: "
         + _verdict(results, lambda r: r.beside.p50_ms - r.alone.p50_ms <= TARGET_P50_MS),
