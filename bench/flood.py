@@ -260,13 +260,21 @@ def measure(
                     _alone(sluice, result, duration)
                     _flood(sluice, result, duration)
                     _storm(sluice, result, storm)
-                    log(
-                        f"{label}: {result.cpu_ms_per_refusal:.3f} ms CPU per refused call, "
-                        f"{result.refusals_per_s:.0f} refusals/s, neighbour p50 "
-                        f"{result.alone.p50_ms:.1f} -> {result.beside.p50_ms:.1f} ms"
-                    )
+                    log(log_line(result))
                     results.append(result)
     return results
+
+
+def log_line(r: Deployment) -> str:
+    """One deployment's figures, as the run goes."""
+    storm_503 = r.storm_flood.get(503, 0) + r.storm_neighbour.statuses.get(503, 0)
+    return (
+        f"{r.label}: {r.cpu_ms_per_refusal:.3f} ms CPU per refused call, "
+        f"{r.messages_per_local:.3f} limiter messages per local refusal, "
+        f"{r.refusals_per_s:.0f} refusals/s, neighbour p50 {r.alone.p50_ms:.1f} -> "
+        f"{r.beside.p50_ms:.1f} ms ({r.beside.ok:.1%} answered); storm: neighbour "
+        f"{r.storm_neighbour.ok:.1%} answered, {storm_503} x 503"
+    )
 
 
 def _verdict(results: list[Deployment], met: Callable[[Deployment], bool]) -> str:

@@ -4,7 +4,7 @@ that refuses locally."""
 
 from __future__ import annotations
 
-from bench.flood import DEPLOYMENTS, HEADINGS, Calls, Deployment, markdown
+from bench.flood import DEPLOYMENTS, HEADINGS, Calls, Deployment, log_line, markdown
 
 
 def deployment(label: str, cpu_ms: float, beside_p50: float) -> Deployment:
@@ -44,3 +44,12 @@ def test_the_table_has_a_column_a_deployment_and_judges_each_local_one() -> None
     assert "local **missed**, held met, local-daphne met" in p50
     assert "500 (800 ms)" in rows["of those refused locally: held first (mean hold)"]
     assert "| 100 |" in rows["flood refusals a second"]
+
+
+def test_each_deployment_is_logged_with_its_must_shows() -> None:
+    line = log_line(deployment("held", 0.4, 27.0))
+    assert line == (
+        "held: 0.400 ms CPU per refused call, 0.000 limiter messages per local refusal, "
+        "100 refusals/s, neighbour p50 25.0 -> 27.0 ms (100.0% answered); storm: neighbour "
+        "100.0% answered, 0 x 503"
+    )
