@@ -22,8 +22,8 @@ from tests.servers import SluiceServer
 from tests.waiting import wait_until
 
 HOLD = 8.0  # longer than SHORT's promise, shorter than TIGHT's (10 s)
-# One call in 2 s, no queue: a promise of about 2 s, shorter than the hold.
-SHORT = {"chat": {**TIGHT["chat"], "requests_per_minute": 30, "pace_per_minute": 30}}
+# One call in 3 s, no queue: a promise of about 3 s, shorter than the hold.
+SHORT = {"chat": {**TIGHT["chat"], "requests_per_minute": 20, "pace_per_minute": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def told(client: httpx.Client, auth: dict[str, str]) -> list[httpx.Response]:
     for _ in range(HOLD_AFTER):
         started = time.monotonic()
         at_once.append(client.post(CHAT, json=BODY, headers=auth))
-        assert time.monotonic() - started < 0.5, "a local answer within the first was held"
+        assert time.monotonic() - started < 1.0, "a local answer within the first was held"
     assert [a.status_code for a in at_once] == [429] * HOLD_AFTER
     return at_once
 
@@ -69,8 +69,8 @@ def test_a_key_that_keeps_coming_back_is_held_until_its_promise_ends(server):
         waited = time.monotonic() - started
         held_after, seconds_after, holding = held_metrics(client)
 
-    # Held, but not for the whole hold: only what was left of the ~2 s promise.
-    assert 0.3 < waited < 2.5 < HOLD
+    # Held, but not for the whole hold: only what was left of the ~3 s promise.
+    assert 0.3 < waited < 3.5 < HOLD
     assert held.status_code == 429
     assert (held_after - held_before, holding) == (1, 0)
     assert 0.3 < seconds_after - seconds_before <= waited
@@ -83,7 +83,7 @@ def test_a_key_that_keeps_coming_back_is_held_until_its_promise_ends(server):
         assert held.headers[name] == last_at_once.headers[name]
     assert held.headers["x-ratelimit-remaining-requests"] == "0"
     assert int(held.headers["retry-after-ms"]) < int(last_at_once.headers["retry-after-ms"])
-    assert int(held.headers["retry-after-ms"]) <= 2500 - waited * 1000
+    assert int(held.headers["retry-after-ms"]) <= 3500 - waited * 1000
 
     def recorded() -> str:
         return server.python(
