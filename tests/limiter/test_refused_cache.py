@@ -7,10 +7,17 @@ import pytest
 from limiter.protocol import events
 from limiter.protocol.events import DecisionMessage
 from limiter.protocol.refused import (
+    ASK,
+    HERD_PER_KEY,
+    HERD_WAIT,
+    HERD_WINDOW,
     HOLD_AFTER,
     HOLD_PER_KEY,
     HOLD_PER_PROCESS,
+    PROMISED,
+    WAIT,
     KnownRefusals,
+    Turn,
 )
 
 WHERE = ("key-1", "chat", "m")
@@ -246,3 +253,160 @@ def test_a_drain_wakes_held_calls_to_be_answered_and_holds_no_more(clock):
     assert cache.released(local)  # its refusal stands: answered now
     after = cache.refuse(WHERE, HOLD)
     assert after is not None and after.hold == 0.0
+
+
+# --- a flooding key's herd: one ask at a time ------------------------------------------
+def flooding(clock: Clock, where=WHERE) -> KnownRefusals:
+    """A cache whose key was held (it flooded), its promise now ended."""
+    cache = KnownRefusals(clock)
+    cache.learn(where, refusal(0.5), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER, where)
+    held = cache.refuse(where, HOLD)
+    assert held is not None and held.hold > 0
+    assert cache.released(held)
+    clock.now += 0.5  # the promise ends: every held call was answered, and comes back
+    assert cache.refuse(where, HOLD) is None
+    return cache
+
+
+def woken_log(turns: list[Turn]) -> list[str]:
+    log: list[str] = []
+    for i, turn in enumerate(turns):
+        turn.wake = lambda i=i: log.append(f"w{i}")
+    return log
+
+
+def test_a_key_never_held_never_waits_on_another_call(clock):
+    """A team's parallel calls within its limits (and a key refused, even promised,
+    but never held) each ask the limiter at once."""
+    cache = KnownRefusals(clock)
+    assert [cache.turn(WHERE, HERD_WAIT) for _ in range(16)] == [None] * 16
+    cache.learn(WHERE, refusal(0.5), clock.now, cache.generation)
+    answered_at_once(cache, HOLD_AFTER)  # refused locally, at once: not held
+    clock.now += 0.5
+    assert [cache.turn(WHERE, HERD_WAIT) for _ in range(16)] == [None] * 16
+    assert cache.waits == 0
+
+
+def test_a_flooding_keys_herd_waits_on_one_ask_and_is_refused_from_its_promise(clock):
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    assert asker is not None and (asker.state, asker.owner) == (ASK, True)
+    waiters = [cache.turn(WHERE, HERD_WAIT) for _ in range(47)]
+    assert all(w is not None and w.state == WAIT for w in waiters)
+    assert cache.waits == 47
+    log = woken_log([w for w in waiters if w])
+    # Another key, and another model of this key, ask beside it.
+    assert cache.turn(("key-2", "chat", "m"), HERD_WAIT) is None
+    assert cache.turn(("key-1", "chat", "other"), HERD_WAIT) is None
+
+    sent = clock.now
+    clock.now += 0.002  # the limiter refuses, with a promise
+    cache.learn(WHERE, refusal(1.0), sent, cache.generation)
+    cache.leave(asker)
+    assert len(log) == 47
+    answers = []
+    for waiter in waiters:
+        assert waiter is not None and cache.waited(waiter) == PROMISED
+        local = cache.refuse(WHERE, HOLD)
+        assert local is not None  # the limiter's own refusal, counted toward the hold
+        answers.append(local.hold)
+        cache.leave(waiter)
+    assert answers[:HOLD_AFTER] == [0.0] * HOLD_AFTER
+    assert answers[HOLD_AFTER:] == pytest.approx([HOLD - 0.002] * (47 - HOLD_AFTER))
+    # The next call finds the promise: no turn is taken (it is refused before asking).
+    assert cache.refuse(WHERE, HOLD) is not None
+
+
+def test_without_a_promise_the_next_waiter_asks_one_at_a_time(clock):
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    waiters = [cache.turn(WHERE, HERD_WAIT) for _ in range(3)]
+    assert asker is not None and all(w is not None for w in waiters)
+    log = woken_log([w for w in waiters if w])
+    cache.leave(asker)  # granted (or refused without a promise, or gone): no promise
+    assert log == ["w0"]
+    first = waiters[0]
+    assert first is not None and cache.waited(first) == ASK and first.owner
+    # A newcomer still waits: the turn is the woken waiter's.
+    late = cache.turn(WHERE, HERD_WAIT)
+    assert late is not None and late.state == WAIT
+    cache.leave(first)
+    assert log == ["w0", "w1"]
+    second = waiters[1]
+    assert second is not None and second.owner
+    # The second ask is refused with the next promise: the rest are refused from it.
+    cache.learn(WHERE, refusal(1.0), clock.now, cache.generation)
+    cache.leave(second)
+    assert log == ["w0", "w1", "w2"]
+    assert waiters[2] is not None and cache.waited(waiters[2]) == PROMISED
+    assert cache.waited(late) == PROMISED
+
+
+def test_a_waiter_past_its_wait_asks_beside_and_one_that_goes_away_leaves(clock):
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    slow, gone, last = (cache.turn(WHERE, HERD_WAIT) for _ in range(3))
+    assert asker and slow and gone and last
+    assert slow.deadline == clock.now + HERD_WAIT
+    log = woken_log([slow, gone, last])
+    clock.now += HERD_WAIT  # its timer fired: not woken
+    assert cache.waited(slow) == ASK and not slow.owner  # asks, holding no turn
+    cache.leave(slow)  # its own ask's end hands nothing on
+    cache.leave(gone)  # its caller went away while it waited
+    assert log == []
+    cache.leave(asker)
+    assert log == ["w2"] and last.owner
+    cache.leave(last)
+    # The herd is over: the next call takes the turn afresh.
+    again = cache.turn(WHERE, HERD_WAIT)
+    assert again is not None and again.owner
+
+
+def test_an_owner_that_goes_away_hands_its_turn_on(clock):
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    heir, next_ = cache.turn(WHERE, HERD_WAIT), cache.turn(WHERE, HERD_WAIT)
+    assert asker and heir and next_
+    log = woken_log([heir, next_])
+    cache.leave(asker)
+    cache.leave(heir)  # woken to ask, but its caller went away first
+    assert log == ["w0", "w1"] and next_.owner
+
+
+def test_a_clear_releases_every_waiter_to_ask_and_forgets_the_flood(clock):
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    waiters = [cache.turn(WHERE, HERD_WAIT) for _ in range(3)]
+    log = woken_log([w for w in waiters if w])
+    cache.clear()
+    assert log == ["w0", "w1", "w2"]
+    assert all(w is not None and cache.waited(w) == ASK and not w.owner for w in waiters)
+    assert asker is not None
+    cache.learn(WHERE, refusal(1.0), clock.now, cache.generation - 1)  # decided before
+    cache.leave(asker)  # its herd is gone: nothing to hand on
+    assert cache.turn(WHERE, HERD_WAIT) is None  # the new configuration decides
+
+
+def test_a_drain_releases_waiters_and_a_calm_key_stops_waiting(clock):
+    cache = flooding(clock)
+    assert cache.turn(WHERE, HERD_WAIT) is not None
+    waiter = cache.turn(WHERE, HERD_WAIT)
+    assert waiter is not None
+    log = woken_log([waiter])
+    cache.stop_holding()
+    assert log == ["w0"] and cache.waited(waiter) == ASK
+    assert cache.turn(WHERE, HERD_WAIT) is None
+
+    calm = flooding(clock)
+    assert calm.turn(WHERE, 0.0) is None  # no wait allowed (the hold is off)
+    clock.now += HERD_WINDOW + 0.1  # no call held for a while: not flooding any more
+    assert calm.turn(WHERE, HERD_WAIT) is None
+
+
+def test_a_herd_is_bounded(clock):
+    cache = flooding(clock)
+    assert cache.turn(WHERE, HERD_WAIT) is not None
+    waiters = [cache.turn(WHERE, HERD_WAIT) for _ in range(HERD_PER_KEY + 1)]
+    assert sum(w is not None for w in waiters) == HERD_PER_KEY
+    assert waiters[-1] is None  # asks
