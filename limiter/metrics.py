@@ -87,6 +87,12 @@ LIMITER_ROUND_TRIP = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
 )
+REFUSAL_ASK_WAITS = Gauge(
+    "sluice_refusal_ask_waits",
+    "Plain calls of a flooding key that waited on another call's ask of the limiter "
+    "since the process started, instead of asking too (limiter/protocol/refused.py).",
+    registry=REGISTRY,
+)
 LOOP_LATE = Gauge(
     "sluice_event_loop_late_seconds",
     "Seconds this process's event loop has run its timers late since it started: time "

@@ -28,7 +28,13 @@ from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Response, StreamingResponse
 from limiter.gateway.sink import GATEWAY
 from limiter.protocol import events
-from limiter.protocol.client import Grant, LimiterUnavailable, Patience, Refused
+from limiter.protocol.client import (
+    Grant,
+    LimiterUnavailable,
+    Patience,
+    PromisedRefusal,
+    Refused,
+)
 from limiter.protocol.refused import KnownRefusals, LocalRefusal
 from limiter.usage.prices import NO_PRICE, cost_of, prices
 from limiter.usage.pricing import priced_units
@@ -200,17 +206,7 @@ async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patien
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = estimate_cost(ctx) if ctx.model and charge != events.CHARGE_ACCOUNT else 0.0
     try:
-        grant = await ctx.limiter.acquire(
-            key=ctx.key,
-            endpoint=ctx.endpoint,
-            tokens=ctx.size.tokens,
-            request_id=ctx.request_id,
-            model=ctx.model,
-            replacing=replacing,
-            charge=charge,
-            patience=patience,
-            cost=cost,
-        )
+        grant = await _acquire(ctx, replacing, charge, patience, cost)
     except Refused as refused:
         metrics.LIMITER_UP.set(1)
         raise _refusal(ctx, refused.decision, charge) from None
@@ -227,6 +223,29 @@ async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patien
     else:
         metrics.LIMITER_ROUND_TRIP.observe(time.monotonic() - started)
     return grant
+
+
+async def _acquire(
+    ctx: CallContext, replacing: str, charge: str, patience: Patience | None, cost: float
+) -> Grant:
+    """The limiter's grant; a flooding key's call refused from the promise another call's
+    ask brought (PromisedRefusal) is answered as `refuse_known` answers, and asks after
+    all if a clear voided that promise while it was held."""
+    while True:
+        try:
+            return await ctx.limiter.acquire(
+                key=ctx.key,
+                endpoint=ctx.endpoint,
+                tokens=ctx.size.tokens,
+                request_id=ctx.request_id,
+                model=ctx.model,
+                replacing=replacing,
+                charge=charge,
+                patience=patience,
+                cost=cost,
+            )
+        except PromisedRefusal as promised:
+            await _refuse_locally(ctx, promised.refusal)
 
 
 def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
@@ -248,8 +267,12 @@ async def refuse_known(ctx: CallContext) -> None:
     A key that keeps coming back has it held first; returns (the limiter is asked) when
     a configuration change voided the promise meanwhile."""
     known = ctx.limiter.known_refusal(key=ctx.key, endpoint=ctx.endpoint, model=ctx.model)
-    if known is None:
-        return
+    if known is not None:
+        await _refuse_locally(ctx, known)
+
+
+async def _refuse_locally(ctx: CallContext, known: LocalRefusal) -> None:
+    """Raise the 429 of a local refusal, after its hold; return if a clear voided it."""
     if known.hold and not await _held(ctx.limiter.refusals, known):
         return
     metrics.REFUSED_LOCALLY.inc()

@@ -38,7 +38,15 @@ from limiter.protocol.grants import (
 )
 from limiter.protocol.inbox import LimiterRestarted, Pong
 from limiter.protocol.lag import LoopLag
-from limiter.protocol.refused import KnownRefusals, LocalRefusal
+from limiter.protocol.refused import (
+    HERD_WAIT,
+    PROMISED,
+    WAIT,
+    KnownRefusals,
+    LocalRefusal,
+    PromisedRefusal,
+    Turn,
+)
 from limiter.protocol.session import Ask, TicketSession
 from limiter.protocol.tasks import spawn
 from limiter.protocol.transport import REPLY_CHANNEL_BACK, Transport
@@ -51,6 +59,7 @@ __all__ = [
     "LimiterClient",
     "LimiterUnavailable",
     "Patience",
+    "PromisedRefusal",
     "Refused",
     "on_config_changed",
     "spawn",
@@ -136,20 +145,57 @@ class LimiterClient:
         event loop, a channel layer recovering) would send this call upstream together
         with the calls granted after it, a burst the limiter never allowed. So a stale
         grant is handed back and the request asks again.
+
+        A flooding key's plain call may first wait on another call's ask, and be refused
+        from the promise it brought: PromisedRefusal (refused.py, `turn`).
         """
         ask = Ask(key, endpoint, model, tokens, request_id, replacing, charge, cost)
         if replacing:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
         plain = charge == events.CHARGE_BOTH and patience is None and not replacing
-        sent_at, generation = self.clock(), self.refusals.generation
+        where = (key.key_id, endpoint, model)
+        turn = self._turn(where) if plain and settings.SLUICE_LOCAL_REFUSALS else None
         try:
-            return await self._granted(ask, patience)
-        except Refused as refused:
-            if plain and settings.SLUICE_LOCAL_REFUSALS:
-                where = (key.key_id, endpoint, model)
-                self.refusals.learn(where, refused.decision, sent_at, generation)
-            raise
+            if turn is not None and turn.state == WAIT:
+                await self._wait_turn(turn)
+            sent_at, generation = self.clock(), self.refusals.generation
+            try:
+                return await self._granted(ask, patience)
+            except Refused as refused:
+                if plain and settings.SLUICE_LOCAL_REFUSALS:
+                    self.refusals.learn(where, refused.decision, sent_at, generation)
+                raise
+        finally:
+            if turn is not None:  # the next waiter asks, or all are refused from a promise
+                self.refusals.leave(turn)
+
+    def _turn(self, where: tuple[str, str, str]) -> Turn | None:
+        # Held calls wait; so may a flooding key's herd, on one ask (bounded by its timeout).
+        if settings.SLUICE_REFUSAL_HOLD <= 0:
+            return None
+        return self.refusals.turn(where, min(HERD_WAIT, settings.SLUICE_LIMITER_TIMEOUT))
+
+    async def _wait_turn(self, turn: Turn) -> None:
+        """Wait for the ask a flooding key's call waits on (or its deadline); raise
+        PromisedRefusal if it brought a promise, else return: this call asks."""
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        turn.wake = wake
+        timer = loop.call_later(max(turn.deadline - self.clock(), 0.0), wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+        if self.refusals.waited(turn) == PROMISED:
+            refusal = self.refusals.refuse(turn.where, settings.SLUICE_REFUSAL_HOLD)
+            if refusal is not None:  # else it ended already, or a clear voided it: ask
+                raise PromisedRefusal(refusal)
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
         """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.

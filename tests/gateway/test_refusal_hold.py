@@ -4,7 +4,9 @@
 Its first local answers of a promise go at once; past them, its 429 waits at most the hold,
 never past the promise, and is the same 429 with its figures counted down to when it is
 sent. A configuration change wakes a held call to be asked of the limiter again; a drain
-answers it at once.
+answers it at once. When a held key's promise ends, its calls (all answered at once, all
+back at once) ask the limiter one at a time, the others refused from the promise the
+asks bring; a key never held asks at once, its parallel calls waiting on none.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ import httpx
 import pytest
 
 from limiter.protocol.refused import HOLD_AFTER
-from tests.gateway.test_refused_locally import BODY, CHAT, TIGHT, metric
+from tests.gateway.test_refused_locally import BODY, CHAT, TIGHT, counts, metric
 from tests.servers import SluiceServer
 from tests.waiting import wait_until
 
 HOLD = 8.0  # longer than SHORT's promise, shorter than TIGHT's (10 s)
 # One call in 3 s, no queue: a promise of about 3 s, shorter than the hold.
 SHORT = {"chat": {**TIGHT["chat"], "requests_per_minute": 20, "pace_per_minute": 20}}
+# One call a second, no queue: a promise of about a second, its herd back each second.
+SECOND = {"chat": {**TIGHT["chat"], "requests_per_minute": 60, "pace_per_minute": 60}}
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +36,7 @@ def server(tmp_path_factory):
     with SluiceServer(tmp_path_factory.mktemp("refusal-hold"), env=env) as server:
         server.make_profile("hold-short", SHORT)
         server.make_profile("hold-tight", TIGHT)
+        server.make_profile("hold-second", SECOND)
         yield server
 
 
@@ -150,3 +155,80 @@ def test_a_drain_answers_held_calls_at_once(tmp_path):
         assert process.wait(30) == 0
         # The promise had about 9 s left: the drain waited on none of it.
         assert time.monotonic() - signalled < 5
+
+
+WORKERS = 16
+FLOODED = 4.0  # seconds of flood counted, after the first promises made the key held
+
+
+def flood(url: str, auth: dict[str, str], until: float, statuses: list[int]) -> None:
+    """One closed-loop worker: sends again as soon as it is answered."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        while time.monotonic() < until:
+            statuses.append(client.post(CHAT, json=BODY, headers=auth).status_code)
+
+
+def asks(client: httpx.Client) -> tuple[float, float, float]:
+    """Calls that asked the limiter (admitted, or refused not here), local refusals, and
+    calls that waited on another call's ask, so far."""
+    refused, local, admitted = counts(client)
+    waits = metric(client.get("/metrics").text, "sluice_refusal_ask_waits")
+    return admitted + refused - local, local, waits
+
+
+def test_a_held_keys_herd_asks_the_limiter_about_once_a_promise(server):
+    key = server.issue_key("herd", profile="hold-second")
+    neighbour = server.issue_key("herd-neighbour")  # the default profile: room for 16
+    auth = {"authorization": f"Bearer {key}"}
+    statuses: list[int] = []
+    warm = 2.0  # the first promises: the key is told, then held
+    until = time.monotonic() + warm + FLOODED
+    workers = [
+        threading.Thread(target=flood, args=(server.url, auth, until, statuses))
+        for _ in range(WORKERS)
+    ]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for worker in workers:
+            worker.start()
+        time.sleep(warm)
+        asked_before, local_before, waits_before = asks(client)
+        admitted_before = statuses.count(200)
+        started = time.monotonic()
+        for worker in workers:
+            worker.join(60)
+        seconds = time.monotonic() - started
+        asked, local, waits = asks(client)
+        # Right after (the key still flooding here): a key never held, 16 calls at once.
+        barrier = threading.Barrier(WORKERS)
+        answers: list[int] = []
+
+        def parallel() -> None:
+            barrier.wait()
+            answers.append(
+                httpx.post(
+                    f"{server.url}{CHAT}",
+                    json=BODY,
+                    headers={"authorization": f"Bearer {neighbour}"},
+                    timeout=30,
+                ).status_code
+            )
+
+        callers = [threading.Thread(target=parallel) for _ in range(WORKERS)]
+        for caller in callers:
+            caller.start()
+        for caller in callers:
+            caller.join(60)
+        _, _, waits_after = asks(client)
+
+    # The engine judged: at most its one call a second (and a second's refill) admitted,
+    # every other call refused with its 429.
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(200) - admitted_before <= seconds + 2
+    # Without the turn, each promise's end brought all 16 workers to the limiter (~16
+    # asks a second); with it, one ask (the grant) and one more (the next promise).
+    assert asked - asked_before < WORKERS / 3 * seconds, (asked - asked_before, seconds)
+    assert waits - waits_before >= WORKERS / 2 * (seconds - 1)
+    assert local - local_before > 0
+    # The neighbour's parallel calls each asked at once: none waited on another's ask.
+    assert answers == [200] * WORKERS
+    assert waits_after == waits
