@@ -98,6 +98,7 @@ class Deployment:
     local: int = 0  # flood-phase calls refused locally
     held: int = 0  # of which held first (SLUICE_REFUSAL_HOLD)
     held_seconds: float = 0.0
+    waited: int = 0  # calls that waited on another call's ask (a flooding key's herd)
     refusals_per_s: float = float("nan")  # the flood's 429s a second
     storm_flood: dict[int, int] = field(default_factory=dict)
     storm_neighbour: Calls = field(default_factory=Calls)
@@ -130,6 +131,7 @@ def _counters(sluice: Sluice) -> dict[str, float]:
     with urllib.request.urlopen(f"{sluice.urls[0]}/metrics", timeout=30) as response:
         text = response.read().decode()
     counters = {"refused": 0.0, "local": 0.0, "admitted": 0.0, "held": 0.0, "held_s": 0.0}
+    counters["waits"] = 0.0
     for line in text.splitlines():
         if line.startswith("sluice_refused_total{") and 'source="gateway"' in line:
             counters["refused"] += float(line.rsplit(" ", 1)[1])
@@ -139,6 +141,8 @@ def _counters(sluice: Sluice) -> dict[str, float]:
             counters["held"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("sluice_refusal_held_seconds_total "):
             counters["held_s"] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("sluice_refusal_ask_waits "):
+            counters["waits"] = float(line.rsplit(" ", 1)[1])
         elif line.startswith("sluice_admitted_total{"):
             counters["admitted"] += float(line.rsplit(" ", 1)[1])
     # The live snapshot is at most a second old: read it once the phase has settled.
@@ -215,6 +219,7 @@ def _flood(sluice: Sluice, result: Deployment, duration: float) -> None:
     delta = {name: after[name] - marks["counters"][name] for name in after}
     result.local = round(delta["local"])
     result.held, result.held_seconds = round(delta["held"]), delta["held_s"]
+    result.waited = round(delta["waits"])
     result.asked = round(delta["admitted"] + delta["refused"] - delta["local"])
     result.decisions = round(delta["decisions"])
     span = marks["end"] - marks["at"]
@@ -300,6 +305,10 @@ def markdown(results: list[Deployment]) -> str:
     row("flood answers in the phase", lambda r: _statuses(r.flood_statuses))
     row("flood refusals a second", lambda r: f"{r.refusals_per_s:.0f}")
     row("flood calls that asked the limiter / refused locally", lambda r: f"{r.asked} / {r.local}")
+    row(
+        "flood calls that waited on another call's ask (a held key's herd)",
+        lambda r: str(r.waited),
+    )
     row(
         "of those refused locally: held first (mean hold)",
         lambda r: f"{r.held} ({r.held_seconds / r.held * 1000:.0f} ms)" if r.held else "0",

@@ -19,6 +19,7 @@ def deployment(label: str, cpu_ms: float, beside_p50: float) -> Deployment:
         local=940,
         held=500 if label == "held" else 0,
         held_seconds=400.0 if label == "held" else 0.0,
+        waited=70 if label == "held" else 0,
         refusals_per_s=100.0,
         storm_flood={429: 9000},
         storm_neighbour=Calls({200: 20}, 30.0),
@@ -44,6 +45,8 @@ def test_the_table_has_a_column_a_deployment_and_judges_each_local_one() -> None
     assert "local **missed**, held met, local-daphne met" in p50
     assert "500 (800 ms)" in rows["of those refused locally: held first (mean hold)"]
     assert "| 100 |" in rows["flood refusals a second"]
+    waited = rows["flood calls that waited on another call's ask (a held key's herd)"]
+    assert "| 0 | 0 | 70 | 0 |" in waited
 
 
 def test_each_deployment_is_logged_with_its_must_shows() -> None:
