@@ -39,6 +39,7 @@ from limiter.protocol.grants import (
 from limiter.protocol.inbox import LimiterRestarted, Pong
 from limiter.protocol.lag import LoopLag
 from limiter.protocol.refused import (
+    ASK,
     HERD_WAIT,
     PROMISED,
     WAIT,
@@ -157,7 +158,7 @@ class LimiterClient:
         where = (key.key_id, endpoint, model)
         turn = self._turn(where) if plain and settings.SLUICE_LOCAL_REFUSALS else None
         try:
-            if turn is not None and turn.state == WAIT:
+            if turn is not None and turn.state != ASK:
                 await self._wait_turn(turn)
             sent_at, generation = self.clock(), self.refusals.generation
             try:
@@ -179,6 +180,14 @@ class LimiterClient:
     async def _wait_turn(self, turn: Turn) -> None:
         """Wait for the ask a flooding key's call waits on (or its deadline); raise
         PromisedRefusal if it brought a promise, else return: this call asks."""
+        if turn.state == WAIT:
+            await self._woken(turn)
+        if self.refusals.waited(turn) == PROMISED:
+            refusal = self.refusals.refuse(turn.where, settings.SLUICE_REFUSAL_HOLD)
+            if refusal is not None:  # else it ended already, or a clear voided it: ask
+                raise PromisedRefusal(refusal)
+
+    async def _woken(self, turn: Turn) -> None:
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
 
@@ -192,10 +201,6 @@ class LimiterClient:
             await woken
         finally:
             timer.cancel()
-        if self.refusals.waited(turn) == PROMISED:
-            refusal = self.refusals.refuse(turn.where, settings.SLUICE_REFUSAL_HOLD)
-            if refusal is not None:  # else it ended already, or a clear voided it: ask
-                raise PromisedRefusal(refusal)
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
         """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.

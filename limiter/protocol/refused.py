@@ -261,9 +261,10 @@ class KnownRefusals:
 
     # --- a flooding key's herd: one ask at a time -------------------------------------
     def turn(self, key: RefusalKey, wait: float) -> Turn | None:
-        """A plain call (no promise in place) is about to ask the limiter. None: its key
-        is not flooding, ask; a Turn in ASK: ask, others wait on it; in WAIT: wait up to
-        `wait` seconds for `wake`, then see `waited`. A Turn is `leave`d after."""
+        """A plain call is about to ask the limiter. None: its key is not flooding, ask;
+        a Turn in PROMISED: a promise is in place (another call's ask brought it since
+        this call checked), be refused from it; in ASK: ask, others wait on it; in WAIT:
+        wait up to `wait` seconds for `wake`, then see `waited`. `leave` a Turn after."""
         now = self.clock()
         marked = self._flooding.get(key)
         if marked is None or wait <= 0 or not self.holding:
@@ -271,6 +272,9 @@ class KnownRefusals:
         if now - marked > HERD_WINDOW:
             del self._flooding[key]
             return None
+        if self._promised(key):
+            # It checked before its herd's ask was answered, and comes to ask after.
+            return Turn(key, PROMISED, now)
         herd = self._herds.get(key)
         if herd is None:
             owner = Turn(key, ASK, now, owner=True)

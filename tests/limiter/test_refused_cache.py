@@ -318,6 +318,23 @@ def test_a_flooding_keys_herd_waits_on_one_ask_and_is_refused_from_its_promise(c
     assert cache.refuse(WHERE, HOLD) is not None
 
 
+def test_a_call_that_comes_to_ask_once_the_herd_has_its_promise_is_refused_from_it(clock):
+    """A flooding key's call checked for a promise before the ask's answer came, and
+    reaches its own ask after it (its body read and checked meanwhile): it does not ask."""
+    cache = flooding(clock)
+    asker = cache.turn(WHERE, HERD_WAIT)
+    assert asker is not None
+    cache.learn(WHERE, refusal(1.0), clock.now, cache.generation)
+    cache.leave(asker)
+    late = cache.turn(WHERE, HERD_WAIT)
+    assert late is not None and cache.waited(late) == PROMISED
+    assert cache.refuse(WHERE, HOLD) is not None
+    cache.leave(late)
+    clock.now += 1.0  # that promise over: the next call takes the turn
+    again = cache.turn(WHERE, HERD_WAIT)
+    assert again is not None and again.owner
+
+
 def test_without_a_promise_the_next_waiter_asks_one_at_a_time(clock):
     cache = flooding(clock)
     asker = cache.turn(WHERE, HERD_WAIT)
