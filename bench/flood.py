@@ -340,6 +340,11 @@ def markdown(results: list[Deployment]) -> str:
         "neighbour's added p50 in turns of that loop",
         lambda r: f"{(r.beside.p50_ms - r.alone.p50_ms) / r.turn_ms:.1f}",
     )
+    _storm_rows(row)
+    return "\n".join(rows) + "\n"
+
+
+def _storm_rows(row: Callable[..., None]) -> None:
     row("storm: calls due a second on one key", lambda r: f"{r.storm_rate:.0f}")
     row("storm: flood answers", lambda r: _statuses({str(k): v for k, v in r.storm_flood.items()}))
     row(
@@ -352,7 +357,6 @@ def markdown(results: list[Deployment]) -> str:
         lambda r: str(r.storm_flood.get(503, 0) + r.storm_neighbour.statuses.get(503, 0)),
         "0",
     )
-    return "\n".join(rows) + "\n"
 
 
 def _statuses(statuses: dict[str, int]) -> str:
