@@ -226,8 +226,8 @@ def _flood(args: argparse.Namespace, command: str, log: Callable[[str], None]) -
                 report.machine(load_before, runner.load_average()),
                 flood.markdown(results),
                 f"Run time {time.monotonic() - started:.0f} s; phases of {duration:g} s, the "
-                f"storm {storm:g} s; one web process (daphne; the third uvicorn) with its "
-                "embedded limiter each way; the upstream is the sandbox with 20 ms latency. "
+                f"storm {storm:g} s; one web process (uvicorn; the last under daphne) with "
+                "its embedded limiter each way; the upstream is the sandbox with 20 ms latency. "
                 "One run each way on a shared, noisy machine: read the columns against each "
                 "other, not as absolutes.",
             ]

@@ -184,6 +184,13 @@ SLUICE_GRANT_MAX_AGE = env.float("SLUICE_GRANT_MAX_AGE", default=0.2)
 # limiter/protocol/refused.py) is answered by each web process itself until then. Off:
 # every call asks the limiter (the benchmark's baseline; a fallback, never needed).
 SLUICE_LOCAL_REFUSALS = env.bool("SLUICE_LOCAL_REFUSALS", default=True)
+# A key that keeps coming back during such a promise (instead of honouring Retry-After) has
+# its 429s answered after a hold of at most this many seconds, never past the promise: a
+# closed-loop flood then waits instead of spending the event loop other teams share
+# (limiter/protocol/refused.py). 0: every local refusal is answered at once.
+SLUICE_REFUSAL_HOLD = env.float("SLUICE_REFUSAL_HOLD", default=1.0)
+if SLUICE_REFUSAL_HOLD < 0:
+    raise ImproperlyConfigured("SLUICE_REFUSAL_HOLD must be zero or more")
 # What the gateway does when the limiter does not answer: "closed" refuses with 503
 # (the default: limits are a promise), "open" lets the request through, loudly.
 SLUICE_LIMITER_FAILURE_MODE = env.str("SLUICE_LIMITER_FAILURE_MODE", default="closed")

@@ -45,6 +45,22 @@ REFUSED_LOCALLY = Counter(
     "(limiter/protocol/refused.py); also counted in sluice_refused_total.",
     registry=REGISTRY,
 )
+REFUSALS_HELD = Counter(
+    "sluice_refusals_held_total",
+    "Local 429s held before they were sent: a key that kept coming back during its "
+    "promise of refusal (SLUICE_REFUSAL_HOLD).",
+    registry=REGISTRY,
+)
+REFUSAL_HELD_SECONDS = Counter(
+    "sluice_refusal_held_seconds_total",
+    "Seconds local 429s were held in all (sluice_refusals_held_total's calls).",
+    registry=REGISTRY,
+)
+REFUSALS_HOLDING = Gauge(
+    "sluice_refusals_holding",
+    "Local 429s being held now (bounded: limiter/protocol/refused.py HOLD_PER_PROCESS).",
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
     "sluice_queue_wait_seconds",
     "Time queued requests waited before admission.",
@@ -70,6 +86,12 @@ LIMITER_ROUND_TRIP = Histogram(
     "Limiter answer time when not queued.",
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2),
+)
+REFUSAL_ASK_WAITS = Gauge(
+    "sluice_refusal_ask_waits",
+    "Plain calls of a flooding key that waited on another call's ask of the limiter "
+    "since the process started, instead of asking too (limiter/protocol/refused.py).",
+    registry=REGISTRY,
 )
 LOOP_LATE = Gauge(
     "sluice_event_loop_late_seconds",

@@ -132,14 +132,24 @@ class Served(Protocol):
     idle: asyncio.Event
 
 
+def _stop_holding() -> None:
+    """Held 429s (limiter/protocol/refused.py) are answered now, and no more are held:
+    a drain waits on no flood."""
+    started = _started.current()
+    if started is None or not started.done() or started.cancelled():
+        return
+    if started.exception() is None:
+        started.result().refusals.stop_holding()
+
+
 async def drain(
     served: Served, stop_listening: Callable[[], None], stop: Callable[[], None]
 ) -> None:
     """The one shutdown path, whichever server runs (`manage.py serve` adapts daphne's
-    and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, answer
-    what is in flight (queued and streaming included) up to SLUICE_SHUTDOWN_GRACE,
-    flush the 429 record, the usage rollups and the alert counters, then stop the
-    server."""
+    and uvicorn's listeners to `stop_listening` and `stop`): stop accepting, send held
+    429s at once, answer what is in flight (queued and streaming included) up to
+    SLUICE_SHUTDOWN_GRACE, flush the 429 record, the usage rollups and the alert
+    counters, then stop the server."""
     global draining
     from limiter.alerts.delivery import alerts_stop, signals_flush
     from limiter.gateway.refusals import recorder
@@ -151,6 +161,7 @@ async def drain(
     draining = True
     logger.info("draining: no new connections; %d requests in flight", served.in_flight)
     stop_listening()
+    _stop_holding()
     if served.in_flight:
         try:
             await asyncio.wait_for(served.idle.wait(), settings.SLUICE_SHUTDOWN_GRACE)

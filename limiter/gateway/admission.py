@@ -28,7 +28,14 @@ from limiter.gateway.errors import ApiError
 from limiter.gateway.http import Response, StreamingResponse
 from limiter.gateway.sink import GATEWAY
 from limiter.protocol import events
-from limiter.protocol.client import Grant, LimiterUnavailable, Patience, Refused
+from limiter.protocol.client import (
+    Grant,
+    LimiterUnavailable,
+    Patience,
+    PromisedRefusal,
+    Refused,
+)
+from limiter.protocol.refused import KnownRefusals, LocalRefusal
 from limiter.usage.prices import NO_PRICE, cost_of, prices
 from limiter.usage.pricing import priced_units
 
@@ -194,23 +201,12 @@ async def _grant_checked(
 async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patience | None) -> Grant:
     if charge == events.CHARGE_BOTH and patience is None and not replacing and ctx.spends:
         if not ctx.promise_checked:
-            refuse_known(ctx)
+            await refuse_known(ctx)
     started = time.monotonic()
     # A merged request's body is built later, and its callers' own tickets hold its cost.
     cost = estimate_cost(ctx) if ctx.model and charge != events.CHARGE_ACCOUNT else 0.0
     try:
-        grant = await ctx.limiter.acquire(
-            key=ctx.key,
-            endpoint=ctx.endpoint,
-            tokens=ctx.size.tokens,
-            request_id=ctx.request_id,
-            model=ctx.model,
-            replacing=replacing,
-            charge=charge,
-            patience=patience,
-            cost=cost,
-            spends=ctx.spends,
-        )
+        grant = await _acquire(ctx, replacing, charge, patience, cost)
     except Refused as refused:
         metrics.LIMITER_UP.set(1)
         raise _refusal(ctx, refused.decision, charge) from None
@@ -229,6 +225,30 @@ async def _grant(ctx: CallContext, replacing: str, charge: str, patience: Patien
     return grant
 
 
+async def _acquire(
+    ctx: CallContext, replacing: str, charge: str, patience: Patience | None, cost: float
+) -> Grant:
+    """The limiter's grant; a flooding key's call refused from the promise another call's
+    ask brought (PromisedRefusal) is answered as `refuse_known` answers, and asks after
+    all if a clear voided that promise while it was held."""
+    while True:
+        try:
+            return await ctx.limiter.acquire(
+                key=ctx.key,
+                endpoint=ctx.endpoint,
+                tokens=ctx.size.tokens,
+                request_id=ctx.request_id,
+                model=ctx.model,
+                replacing=replacing,
+                charge=charge,
+                patience=patience,
+                cost=cost,
+                spends=ctx.spends,
+            )
+        except PromisedRefusal as promised:
+            await _refuse_locally(ctx, promised.refusal)
+
+
 def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
     """A call admitted that shadow limits or budgets would have refused, recorded as such."""
     for would in grant.shadow:
@@ -242,13 +262,47 @@ def _shadow_refused(ctx: CallContext, grant: Grant) -> None:
         )
 
 
-def refuse_known(ctx: CallContext) -> None:
+async def refuse_known(ctx: CallContext) -> None:
     """Raise the caller's 429 when the limiter promised to refuse a plain call like this
-    one now (limiter/protocol/refused.py): the same 429 and record, without asking it."""
+    one now (limiter/protocol/refused.py): the same 429 and record, without asking it.
+    A key that keeps coming back has it held first; returns (the limiter is asked) when
+    a configuration change voided the promise meanwhile."""
     known = ctx.limiter.known_refusal(key=ctx.key, endpoint=ctx.endpoint, model=ctx.model)
     if known is not None:
-        metrics.REFUSED_LOCALLY.inc()
-        raise _refusal(ctx, known, events.CHARGE_BOTH)
+        await _refuse_locally(ctx, known)
+
+
+async def _refuse_locally(ctx: CallContext, known: LocalRefusal) -> None:
+    """Raise the 429 of a local refusal, after its hold; return if a clear voided it."""
+    if known.hold and not await _held(ctx.limiter.refusals, known):
+        return
+    metrics.REFUSED_LOCALLY.inc()
+    raise _refusal(ctx, known.answer(ctx.limiter.clock()), events.CHARGE_BOTH)
+
+
+async def _held(refusals: KnownRefusals, known: LocalRefusal) -> bool:
+    """Wait out a refusal's hold: its time, or until a clear or a drain wakes it. True:
+    answer it now; False: its promise was cleared (the call is asked of the limiter)."""
+    loop = asyncio.get_running_loop()
+    woken: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    known.wake = wake
+    timer = loop.call_later(known.hold, wake)
+    started = loop.time()
+    metrics.REFUSALS_HOLDING.inc()
+    try:
+        await woken
+    finally:  # a caller that goes away lets go of its hold too
+        timer.cancel()
+        stands = refusals.released(known)
+        metrics.REFUSALS_HOLDING.dec()
+        metrics.REFUSALS_HELD.inc()
+        metrics.REFUSAL_HELD_SECONDS.inc(loop.time() - started)
+    return stands
 
 
 def _refusal(ctx: CallContext, d: events.DecisionMessage, charge: str) -> ApiError:

@@ -61,17 +61,18 @@ class Health:
         checks["took_ms"] = round((time.monotonic() - started) * 1000, 2)
         return ok, checks
 
-    async def _loop_lateness(self) -> None:
+    async def _process_gauges(self) -> None:
         try:
             client = await self.limiter()
         except Exception:  # the channel layer is down: /readyz says so; metrics go on
             return
         metrics.LOOP_LATE.set(client.lag.stalled_now())
         metrics.LOOP_TICKS.set(client.lag.ticks)
+        metrics.REFUSAL_ASK_WAITS.set(client.refusals.waits)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["path"] == "/metrics":
-            await self._loop_lateness()
+            await self._process_gauges()
             await _answer(send, 200, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
             return
         if scope["path"] == "/readyz":

@@ -93,8 +93,9 @@ async def _context(request: Request, endpoint: str) -> tuple[CallContext, dict[s
     ctx = CallContext(key, request.request_id, endpoint, request.handles, model)
     if endpoint != "embeddings":  # a merged embeddings call is no plain call
         # A refusal the limiter promised is answered before anything else is read or
-        # checked: a flood costs no more than this (limiter/protocol/refused.py).
-        refuse_known(ctx)
+        # checked: a flood costs no more than this (limiter/protocol/refused.py), and a
+        # key that keeps coming back is held here first.
+        await refuse_known(ctx)
         ctx = replace(ctx, promise_checked=True)
     if not await owned_models.usable(team_id=key.team_id, name=model):
         # Another team's fine-tuned model: Together would serve it (one account), so

@@ -38,7 +38,16 @@ from limiter.protocol.grants import (
 )
 from limiter.protocol.inbox import LimiterRestarted, Pong
 from limiter.protocol.lag import LoopLag
-from limiter.protocol.refused import KnownRefusals
+from limiter.protocol.refused import (
+    ASK,
+    HERD_WAIT,
+    PROMISED,
+    WAIT,
+    KnownRefusals,
+    LocalRefusal,
+    PromisedRefusal,
+    Turn,
+)
 from limiter.protocol.session import Ask, TicketSession
 from limiter.protocol.tasks import spawn
 from limiter.protocol.transport import REPLY_CHANNEL_BACK, Transport
@@ -51,6 +60,7 @@ __all__ = [
     "LimiterClient",
     "LimiterUnavailable",
     "Patience",
+    "PromisedRefusal",
     "Refused",
     "on_config_changed",
     "spawn",
@@ -141,20 +151,61 @@ class LimiterClient:
         event loop, a channel layer recovering) would send this call upstream together
         with the calls granted after it, a burst the limiter never allowed. So a stale
         grant is handed back and the request asks again.
+
+        A flooding key's plain call may first wait on another call's ask, and be refused
+        from the promise it brought: PromisedRefusal (refused.py, `turn`).
         """
         ask = Ask(key, endpoint, model, tokens, request_id, replacing, charge, cost, spends)
         if replacing:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
         plain = charge == events.CHARGE_BOTH and patience is None and not replacing and spends
-        sent_at, generation = self.clock(), self.refusals.generation
+        where = (key.key_id, endpoint, model)
+        turn = self._turn(where) if plain and settings.SLUICE_LOCAL_REFUSALS else None
         try:
-            return await self._granted(ask, patience)
-        except Refused as refused:
-            if plain and settings.SLUICE_LOCAL_REFUSALS:
-                where = (key.key_id, endpoint, model)
-                self.refusals.learn(where, refused.decision, sent_at, generation)
-            raise
+            if turn is not None and turn.state != ASK:
+                await self._wait_turn(turn)
+            sent_at, generation = self.clock(), self.refusals.generation
+            try:
+                return await self._granted(ask, patience)
+            except Refused as refused:
+                if plain and settings.SLUICE_LOCAL_REFUSALS:
+                    self.refusals.learn(where, refused.decision, sent_at, generation)
+                raise
+        finally:
+            if turn is not None:  # the next waiter asks, or all are refused from a promise
+                self.refusals.leave(turn)
+
+    def _turn(self, where: tuple[str, str, str]) -> Turn | None:
+        # Held calls wait; so may a flooding key's herd, on one ask (bounded by its timeout).
+        if settings.SLUICE_REFUSAL_HOLD <= 0:
+            return None
+        return self.refusals.turn(where, min(HERD_WAIT, settings.SLUICE_LIMITER_TIMEOUT))
+
+    async def _wait_turn(self, turn: Turn) -> None:
+        """Wait for the ask a flooding key's call waits on (or its deadline); raise
+        PromisedRefusal if it brought a promise, else return: this call asks."""
+        if turn.state == WAIT:
+            await self._woken(turn)
+        if self.refusals.waited(turn) == PROMISED:
+            refusal = self.refusals.refuse(turn.where, settings.SLUICE_REFUSAL_HOLD)
+            if refusal is not None:  # else it ended already, or a clear voided it: ask
+                raise PromisedRefusal(refusal)
+
+    async def _woken(self, turn: Turn) -> None:
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        turn.wake = wake
+        timer = loop.call_later(max(turn.deadline - self.clock(), 0.0), wake)
+        try:
+            await woken
+        finally:
+            timer.cancel()
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
         """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.
@@ -200,12 +251,13 @@ class LimiterClient:
             self.courier.unreserve(grant.reservation)  # the next ask reserves again
         raise LimiterUnavailable()
 
-    def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> DecisionMessage | None:
+    def known_refusal(self, *, key: Asker, endpoint: str, model: str) -> LocalRefusal | None:
         """The limiter's refusal of a plain call (CHARGE_BOTH, its key's own max wait)
-        when one is promised for now (refused.py); None: `acquire` asks the limiter."""
+        when one is promised for now, and how long to hold it (refused.py; a held one
+        is `refusals.released` after); None: `acquire` asks the limiter."""
         if not settings.SLUICE_LOCAL_REFUSALS:
             return None
-        return self.refusals.check((key.key_id, endpoint, model))
+        return self.refusals.refuse((key.key_id, endpoint, model), settings.SLUICE_REFUSAL_HOLD)
 
     # --- what the limiter is told about the leases held (courier.py) ---------------------
     def release(self, lease: str, tokens_used: float | None, *, unused: bool = False) -> None:

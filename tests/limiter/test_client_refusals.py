@@ -41,7 +41,8 @@ async def refuse_one(client, layer, refused_for: float | None, **kw) -> None:
 
 
 def known(client) -> dict | None:
-    return client.known_refusal(key=key_info(), endpoint="chat", model="m")
+    refusal = client.known_refusal(key=key_info(), endpoint="chat", model="m")
+    return refusal.decision if refusal is not None else None
 
 
 async def test_a_promise_is_kept_from_the_send_and_ends(registry, start):

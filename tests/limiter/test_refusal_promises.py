@@ -12,6 +12,10 @@ The histories hold what could end a promise early: plain tickets and merged call
 refundable tickets (with their own max wait) on keys with and without a queue, releases
 (with usage, and `unused`, which refunds a request charge), cancels, upstream pauses of
 the shared account, limit changes, restarts, and time passing in small and large steps.
+
+A flooding key's herd (a key held, its calls waiting on one ask: `KnownRefusals.turn`)
+is replayed too: its waiters are refused here only from the promise the asks brought,
+and each such refusal is the engine's at that moment.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from limiter.authority.engine import Decision, Engine, Limit, ScopeId
 from limiter.protocol import events
-from limiter.protocol.refused import KnownRefusals
+from limiter.protocol.refused import ASK, HERD_WAIT, PROMISED, KnownRefusals, Turn
 
 ACCOUNT = ("account", "a", "chat", "m")
 KEYS = {
@@ -70,6 +74,7 @@ class PromiseMachine(RuleBasedStateMachine):
         self.leases: list[str] = []
         self.queued: list[str] = []
         self.promised = 0  # probes the cache refused (so the run shows it was exercised)
+        self.herd_refused = 0  # herd waiters refused from an ask's promise
 
     def _pair(self, key: str) -> tuple[tuple[ScopeId, Limit], tuple[ScopeId, Limit]]:
         return (scope(key), self.limits[key]), (ACCOUNT, self.account)
@@ -95,6 +100,60 @@ class PromiseMachine(RuleBasedStateMachine):
         if mine.kind == "refuse":
             message = _message(mine)
             self.cache.learn((key, "chat", "m"), message, self.now, generation)
+
+    def _ask(self, key: str) -> None:
+        """A plain ticket asked of the engine, its refusal learned (as the client does)."""
+        generation, ticket = self.cache.generation, f"t{next(self.ids)}"
+        decisions = self.engine.acquire(ticket, *self._pair(key), 0, self.now)
+        self._take(decisions)
+        mine = next(d for d in decisions if d.ticket.id == ticket)
+        if mine.kind == "refuse":
+            self.cache.learn((key, "chat", "m"), _message(mine), self.now, generation)
+
+    @rule(key=st.sampled_from(sorted(KEYS)), calls=st.sampled_from([1, 9, 12]))
+    def comes_back(self, key: str, calls: int) -> None:
+        """Plain calls asked of the cache with a hold: past HOLD_AFTER of one promise a
+        key is held, and flooding (each held call answered at once here)."""
+        for _ in range(calls):
+            local = self.cache.refuse((key, "chat", "m"), 1.0)
+            if local is None:
+                self._ask(key)
+            elif local.hold:
+                self.cache.released(local)
+
+    @rule(key=st.sampled_from(sorted(KEYS)), waiters=st.sampled_from([1, 3, 8]))
+    def herd(self, key: str, waiters: int) -> None:
+        """A flooding key's calls come back together: one asks, the others wait on it;
+        each waiter is refused from a promise the asks brought, or asks in its turn (or,
+        not woken yet when its turn comes here, past its wait)."""
+        where = (key, "chat", "m")
+        if self.cache.refuse(where, 1.0) is not None:
+            return  # a promise still in place: refused before any turn
+        turns = [self.cache.turn(where, HERD_WAIT) for _ in range(1 + waiters)]
+        for turn in turns:
+            if turn is None:
+                self._ask(key)
+            else:
+                self._herd_call(key, turn)
+
+    def _herd_call(self, key: str, turn: Turn) -> None:
+        if self.cache.waited(turn) == PROMISED:
+            local = self.cache.refuse((key, "chat", "m"), 1.0)
+            if local is not None:
+                self.herd_refused += 1
+                self.cache.released(local)
+                self._engine_refuses(key)
+        else:
+            assert turn.state == ASK
+            self._ask(key)
+        self.cache.leave(turn)
+
+    def _engine_refuses(self, key: str) -> None:
+        for tokens in (0, 400):
+            twin = copy.deepcopy(self.engine)
+            decisions = twin.acquire("probe", *self._pair(key), tokens, self.now)
+            mine = next(d for d in decisions if d.ticket.id == "probe")
+            assert mine.kind == "refuse", (key, tokens, self.now)
 
     @rule(key=st.sampled_from(sorted(KEYS)), left=st.sampled_from([0.0, 0.3, 1.0]))
     def plain_asked_again(self, key: str, left: float) -> None:
@@ -164,11 +223,7 @@ class PromiseMachine(RuleBasedStateMachine):
             if promised is None:
                 continue
             self.promised += 1
-            for tokens in (0, 400):
-                twin = copy.deepcopy(self.engine)
-                decisions = twin.acquire("probe", *self._pair(key), tokens, self.now)
-                mine = next(d for d in decisions if d.ticket.id == "probe")
-                assert mine.kind == "refuse", (key, tokens, self.now, promised)
+            self._engine_refuses(key)
 
 
 def _message(decision: Decision) -> events.DecisionMessage:
@@ -210,6 +265,17 @@ def test_the_histories_exercise_promises() -> None:
         machine.plain("k0", 0)
     machine.a_promised_refusal_is_the_engines()
     assert machine.promised == 1 and machine.cache.answered >= 2
+
+
+def test_the_histories_exercise_a_flooding_keys_herd() -> None:
+    """The herd's proof is not vacuous either: k0 flooded (held), its promise ends, and
+    its herd's waiters are refused from the promise the asks bring."""
+    machine = PromiseMachine()
+    machine.comes_back("k0", 12)  # granted twice (burst 2), promised, then held
+    machine.advance(3.0)  # the promise is over, the bucket full again
+    machine.herd("k0", 8)  # two asks granted, one at a time; the third's promise refuses the rest
+    assert machine.herd_refused == 6
+    assert machine.cache.waits == 8
 
 
 def test_a_promise_allows_for_a_lease_handed_back_unused() -> None:
