@@ -10,6 +10,7 @@ import threading
 import pytest
 from asgiref.sync import async_to_sync
 
+from limiter import loops
 from limiter.caching import GenerationCache
 from limiter.gateway import keys
 from limiter.jobs import ownership
@@ -67,6 +68,16 @@ def test_without_an_absent_map_none_is_not_remembered() -> None:
     cache.put("a", 1, cache.generation)
     assert cache.put("a", None, cache.generation)
     assert cache.get("a") is None and not cache.absent("a")
+
+
+def test_a_process_loop_is_uvloops() -> None:
+    """runworker's and jobpoller's loop (loops.run): uvloop, which uvicorn[standard]
+    installs, not asyncio's Python loop (asyncio.run ignored it before)."""
+
+    async def which() -> str:
+        return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+    assert loops.run(which()) == "uvloop"
 
 
 def test_a_loop_bound_value_is_made_again_on_another_loop() -> None:

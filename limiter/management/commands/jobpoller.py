@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from limiter import loops
 from limiter.jobs.poller import Poller, run_poller
 
 
@@ -30,7 +31,7 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, interval: float, once: bool, start_deadline: float | None, **options: Any
     ) -> None:
-        asyncio.run(self._main(interval=interval, once=once, start_deadline=start_deadline))
+        loops.run(self._main(interval=interval, once=once, start_deadline=start_deadline))
 
     async def _main(self, *, interval: float, once: bool, start_deadline: float | None) -> None:
         if once:

@@ -18,6 +18,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from limiter import loops
 from limiter.authority.lease import HEARTBEAT, Authority, AuthorityTaken
 from limiter.authority.worker import LimiterConsumer, run_limiter
 from limiter.management.production import refuse_development_secret_key
@@ -50,7 +51,7 @@ class Command(BaseCommand):
                 "runs inside `manage.py serve`."
             )
         try:
-            asyncio.run(self._serve(wait))
+            loops.run(self._serve(wait))
         except AuthorityTaken as taken:
             raise CommandError(
                 f"Another limiter worker ({taken}) holds the authority on this Redis. "
