@@ -36,6 +36,7 @@ from limiter.protocol.client import (
     Refused,
 )
 from limiter.protocol.refused import KnownRefusals, LocalRefusal
+from limiter.protocol.tasks import until_woken
 from limiter.usage.prices import NO_PRICE, cost_of, prices
 from limiter.usage.pricing import priced_units
 
@@ -284,20 +285,11 @@ async def _held(refusals: KnownRefusals, known: LocalRefusal) -> bool:
     """Wait out a refusal's hold: its time, or until a clear or a drain wakes it. True:
     answer it now; False: its promise was cleared (the call is asked of the limiter)."""
     loop = asyncio.get_running_loop()
-    woken: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not woken.done():
-            woken.set_result(None)
-
-    known.wake = wake
-    timer = loop.call_later(known.hold, wake)
     started = loop.time()
     metrics.REFUSALS_HOLDING.inc()
     try:
-        await woken
+        await until_woken(known.hold, known)
     finally:  # a caller that goes away lets go of its hold too
-        timer.cancel()
         stands = refusals.released(known)
         metrics.REFUSALS_HOLDING.dec()
         metrics.REFUSALS_HELD.inc()

@@ -49,7 +49,7 @@ from limiter.protocol.refused import (
     Turn,
 )
 from limiter.protocol.session import Ask, TicketSession
-from limiter.protocol.tasks import spawn
+from limiter.protocol.tasks import spawn, until_woken
 from limiter.protocol.transport import REPLY_CHANNEL_BACK, Transport
 
 __all__ = [
@@ -193,19 +193,7 @@ class LimiterClient:
                 raise PromisedRefusal(refusal)
 
     async def _woken(self, turn: Turn) -> None:
-        loop = asyncio.get_running_loop()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        turn.wake = wake
-        timer = loop.call_later(max(turn.deadline - self.clock(), 0.0), wake)
-        try:
-            await woken
-        finally:
-            timer.cancel()
+        await until_woken(turn.deadline - self.clock(), turn)
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
         """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.
