@@ -224,11 +224,6 @@ class KnownRefusals:
             self._make_room()
         self._entries[key] = KnownRefusal(until, sent_at, decision)
 
-    def check(self, key: RefusalKey) -> DecisionMessage | None:
-        """The refusal for a call now, if one is promised; None: ask the limiter."""
-        refusal = self.refuse(key)
-        return refusal.decision if refusal is not None else None
-
     def refuse(self, key: RefusalKey, hold: float = 0.0) -> LocalRefusal | None:
         """The refusal for a call now, if one is promised, and how long to hold it (up
         to `hold` seconds; see the module's docstring); None: ask the limiter. A held

@@ -91,7 +91,7 @@ class PromiseMachine(RuleBasedStateMachine):
     @rule(key=st.sampled_from(sorted(KEYS)), tokens=st.sampled_from([0, 50, 400]))
     def plain(self, key: str, tokens: int) -> None:
         """A plain call: asked of the cache first, as the gateway does."""
-        if self.cache.check((key, "chat", "m")) is not None:
+        if self.cache.refuse((key, "chat", "m")) is not None:
             return  # refused locally: the limiter hears nothing
         generation, ticket = self.cache.generation, f"t{next(self.ids)}"
         decisions = self.engine.acquire(ticket, *self._pair(key), tokens, self.now)
@@ -219,7 +219,7 @@ class PromiseMachine(RuleBasedStateMachine):
     @invariant()
     def a_promised_refusal_is_the_engines(self) -> None:
         for key in KEYS:
-            promised = self.cache.check((key, "chat", "m"))
+            promised = self.cache.refuse((key, "chat", "m"))
             if promised is None:
                 continue
             self.promised += 1

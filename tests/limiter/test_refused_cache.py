@@ -65,13 +65,14 @@ def test_a_promise_refuses_until_it_ends_counted_from_the_send(clock):
     clock.now += 0.5  # the answer took half a second: the promise still counts from the send
     cache.learn(WHERE, refusal(2.0), sent, cache.generation)
     clock.now = sent + 1.0
-    answer = cache.check(WHERE)
-    assert answer is not None
+    local = cache.refuse(WHERE)
+    assert local is not None
+    answer = local.decision
     assert (answer["reason"], answer["limit"], answer["remaining"]) == ("rate_limited", 60, 0)
     assert answer["retry_after"] == pytest.approx(1.5)  # counted down
     assert answer["reset"] == pytest.approx(2.0)
     clock.now = sent + 2.0
-    assert cache.check(WHERE) is None  # ended: ask the limiter
+    assert cache.refuse(WHERE) is None  # ended: ask the limiter
     assert len(cache) == 0 and cache.answered == 1
 
 
@@ -81,16 +82,16 @@ def test_retry_after_is_never_shorter_than_what_is_left_of_the_promise(clock):
     message["retry_after"] = 1.0
     cache.learn(WHERE, message, clock.now, cache.generation)
     clock.now += 2.0
-    answer = cache.check(WHERE)
-    assert answer is not None and answer["retry_after"] == pytest.approx(3.0)
+    local = cache.refuse(WHERE)
+    assert local is not None and local.decision["retry_after"] == pytest.approx(3.0)
 
 
 def test_other_calls_are_not_covered(clock):
     cache = KnownRefusals(clock)
     cache.learn(WHERE, refusal(), clock.now, cache.generation)
-    assert cache.check(("key-1", "chat", "other-model")) is None
-    assert cache.check(("key-2", "chat", "m")) is None
-    assert cache.check(("key-1", "completions", "m")) is None
+    assert cache.refuse(("key-1", "chat", "other-model")) is None
+    assert cache.refuse(("key-2", "chat", "m")) is None
+    assert cache.refuse(("key-1", "completions", "m")) is None
 
 
 @pytest.mark.parametrize(
@@ -106,7 +107,7 @@ def test_other_calls_are_not_covered(clock):
 def test_only_a_promise_is_kept(clock, message):
     cache = KnownRefusals(clock)
     cache.learn(WHERE, message, clock.now, cache.generation)
-    assert cache.check(WHERE) is None
+    assert cache.refuse(WHERE) is None
 
 
 def test_a_promise_already_over_is_not_kept(clock):
@@ -122,11 +123,11 @@ def test_a_clear_drops_every_promise_and_any_decided_before_it(clock):
     cache.learn(WHERE, refusal(), clock.now, cache.generation)
     sent, generation = clock.now, cache.generation  # a ticket on its way...
     cache.clear()  # ...when the configuration changes
-    assert cache.check(WHERE) is None
+    assert cache.refuse(WHERE) is None
     cache.learn(WHERE, refusal(), sent, generation)  # decided under the old configuration
-    assert cache.check(WHERE) is None
+    assert cache.refuse(WHERE) is None
     cache.learn(WHERE, refusal(), clock.now, cache.generation)
-    assert cache.check(WHERE) is not None
+    assert cache.refuse(WHERE) is not None
 
 
 def test_the_cache_is_bounded_expired_first_then_oldest(clock):
@@ -136,11 +137,11 @@ def test_the_cache_is_bounded_expired_first_then_oldest(clock):
     cache.learn(("c", "chat", "m"), refusal(10.0), clock.now, 0)
     clock.now += 2.0  # a's promise is over
     cache.learn(("d", "chat", "m"), refusal(10.0), clock.now, 0)
-    assert len(cache) == 3 and cache.check(("b", "chat", "m")) is not None
+    assert len(cache) == 3 and cache.refuse(("b", "chat", "m")) is not None
     cache.learn(("e", "chat", "m"), refusal(10.0), clock.now, 0)  # none expired: b goes
     assert len(cache) == 3
-    assert cache.check(("b", "chat", "m")) is None
-    assert all(cache.check((k, "chat", "m")) is not None for k in "cde")
+    assert cache.refuse(("b", "chat", "m")) is None
+    assert all(cache.refuse((k, "chat", "m")) is not None for k in "cde")
 
 
 # --- holding a key that keeps coming back (SLUICE_REFUSAL_HOLD) ---------------------------
