@@ -135,10 +135,8 @@ class Served(Protocol):
 def _stop_holding() -> None:
     """Held 429s (limiter/protocol/refused.py) are answered now, and no more are held:
     a drain waits on no flood."""
-    started = _started.current()
-    if started is None or not started.done() or started.cancelled():
-        return
-    if started.exception() is None:
+    started = _started.current()  # a start that failed is cleared (ensure_started)
+    if started is not None and started.done() and not started.cancelled():
         started.result().refusals.stop_holding()
 
 
