@@ -160,8 +160,9 @@ class LimiterClient:
             self.courier.forget(replacing)
         # Only a plain call's refusal is a promise about plain calls (refused.py).
         plain = charge == events.CHARGE_BOTH and patience is None and not replacing and spends
+        promised = plain and settings.SLUICE_LOCAL_REFUSALS
         where = (key.key_id, endpoint, model)
-        turn = self._turn(where) if plain and settings.SLUICE_LOCAL_REFUSALS else None
+        turn = self._turn(where) if promised else None
         try:
             if turn is not None and turn.state != ASK:
                 await self._wait_turn(turn)
@@ -169,7 +170,7 @@ class LimiterClient:
             try:
                 return await self._granted(ask, patience)
             except Refused as refused:
-                if plain and settings.SLUICE_LOCAL_REFUSALS:
+                if promised:
                     self.refusals.learn(where, refused.decision, sent_at, generation)
                 raise
         finally:
@@ -186,14 +187,11 @@ class LimiterClient:
         """Wait for the ask a flooding key's call waits on (or its deadline); raise
         PromisedRefusal if it brought a promise, else return: this call asks."""
         if turn.state == WAIT:
-            await self._woken(turn)
+            await until_woken(turn.deadline - self.clock(), turn)
         if self.refusals.waited(turn) == PROMISED:
             refusal = self.refusals.refuse(turn.where, settings.SLUICE_REFUSAL_HOLD)
             if refusal is not None:  # else it ended already, or a clear voided it: ask
                 raise PromisedRefusal(refusal)
-
-    async def _woken(self, turn: Turn) -> None:
-        await until_woken(turn.deadline - self.clock(), turn)
 
     async def _granted(self, ask: Ask, patience: Patience | None) -> Grant:
         """`acquire`'s asking: again, up to STALE_GRANT_RETRIES times, while grants come late.
