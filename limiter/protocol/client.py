@@ -137,9 +137,8 @@ class LimiterClient:
         `tokens` and `cost`: the call's estimate, held against its budgets until its
         usage is reported (limiter/usage/budgets.py).
 
-        `spends`: False for a call that can cost nothing (a list): paced by its key's rate,
-        never refused by a budget; nor does it learn or use promised refusals, which are
-        about calls that spend.
+        `spends`: False for a call that costs nothing (a list): paced, never refused by a
+        budget, nor by a promised refusal (those are about calls that spend).
 
         `charge`: which scopes the ticket charges (events.CHARGE_*): both by default; a
         merged embeddings request charges its callers' keys and the account apart.
