@@ -69,6 +69,10 @@ class _Recorder:
                 "unit": self.unit,
                 "cpu": round(cpu - self.cpu, 2),
                 "wall": round(wall - self.wall, 2),
+                # Which worker ran it and when it ended: how busy each worker was, and
+                # how long the last ones ran after the others were done.
+                "worker": os.environ.get("PYTEST_XDIST_WORKER", "-"),
+                "ended": round(time.time(), 2),
             }
             with open(self.path, "a") as log:
                 log.write(json.dumps(line) + "\n")
