@@ -107,6 +107,11 @@ AHEAD = (
     "whitenoise.middleware",
     "whitenoise.storage",
     "uvicorn",
+    # The upstream client's transport, built as a server starts (limiter/upstream.py).
+    # aiohttp reads only its *_NO_EXTENSIONS flags, PYTHONASYNCIODEBUG and SSLKEYLOGFILE
+    # when imported, which no test sets.
+    "aiohttp",
+    "httpx_aiohttp",
     "cachetools",
     "multiprocessing",
     "statistics",
