@@ -101,8 +101,9 @@ LOOP_LATE = Gauge(
 )
 LOOP_TICKS = Gauge(
     "sluice_event_loop_ticks",
-    "Ticks of the loop-lateness probe since the process started (one every 20 ms, or "
-    "one a turn of the loop when turns take longer).",
+    "Ticks of the loop-lateness probe since the process started (one every 20 ms while "
+    "calls come and for 5 s after, every 0.5 s after that; one a turn of the loop when "
+    "turns take longer).",
     registry=REGISTRY,
 )
 LIMITER_UP = Gauge(

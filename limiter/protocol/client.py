@@ -200,6 +200,7 @@ class LimiterClient:
         overloaded, so asking again only brings another grant as late, and a 503
         `limiter_unavailable` would be false. Its lateness is what the overload gives
         every call here; a one-off stall is still outlived by the asks before it."""
+        self.lag.use()  # the loop's lateness probe at its fine pace while calls come
         for attempt in range(STALE_GRANT_RETRIES):
             stalled_before = self.lag.stalled_now()
             session = TicketSession(
@@ -240,6 +241,7 @@ class LimiterClient:
         """The limiter's refusal of a plain call (CHARGE_BOTH, its key's own max wait)
         when one is promised for now, and how long to hold it (refused.py; a held one
         is `refusals.released` after); None: `acquire` asks the limiter."""
+        self.lag.use()
         if not settings.SLUICE_LOCAL_REFUSALS:
             return None
         return self.refusals.refuse((key.key_id, endpoint, model), settings.SLUICE_REFUSAL_HOLD)
@@ -323,6 +325,7 @@ class LimiterClient:
 
     async def ping(self, within: float | None = None) -> tuple[float, dict[str, Any]]:
         """Round-trip time to the limiter in seconds and its counts; raises LimiterUnavailable."""
+        self.lag.use()
         ticket = uuid.uuid4().hex
         inbox = self.transport.open(ticket)
         started = time.monotonic()

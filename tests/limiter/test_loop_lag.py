@@ -69,3 +69,24 @@ async def test_an_inbox_wait_on_it_still_times_out_on_a_free_loop(lag: LoopLag) 
     with pytest.raises(TimeoutError):
         await Inbox().next(0.2, lag.responsive)
     assert 0.19 < time.monotonic() - started < 0.4
+
+
+async def test_a_quiet_loop_ticks_slowly_and_a_call_brings_the_fine_pace_back() -> None:
+    """After `quiet` seconds with no call the probe wakes the loop every `idle_tick`,
+    not every `tick`; the next call brings the pending tick forward at once, and a stall
+    then is measured as finely as before."""
+    lag = LoopLag(tick=0.01, idle_tick=0.5, quiet=0.1)
+    lag.start()
+    try:
+        await asyncio.sleep(0.15)  # the quiet spell begins
+        ticks = lag.ticks
+        await asyncio.sleep(0.4)
+        assert lag.ticks - ticks <= 1  # about 40 at the fine pace
+        lag.use()
+        await asyncio.sleep(0.05)
+        assert lag.ticks - ticks >= 3  # the fine pace again, without waiting out 0.5 s
+        stalled = lag.stalled_now()
+        time.sleep(0.2)  # noqa: ASYNC251  (blocked: what is measured)
+        assert lag.stalled_now() - stalled > 0.15
+    finally:
+        lag.stop()
