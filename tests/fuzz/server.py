@@ -1,10 +1,11 @@
 """The fuzzers' Sluice: small body limits, a known admin token, generous limits.
 
 A small SLUICE_MAX_BODY_BYTES keeps the "just under / just over the limit" cases cheap.
-The admin token is fixed before the server starts because schemathesis builds its
-coverage cases, auth included, at collection time. A generous limit profile (for the
-account and every team) keeps the limiter from queueing the well-formed requests the
-fuzzers happen to produce: a queued request would only slow the run down.
+The admin token is fixed when the module is imported, before any server starts, so that
+the server and the tests that call it (schemathesis's auth provider among them) share it.
+A generous limit profile (for the account and every team) keeps the limiter from queueing
+the well-formed requests the fuzzers happen to produce: a queued request would only slow
+the run down.
 """
 
 from __future__ import annotations
