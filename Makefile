@@ -42,11 +42,13 @@ $(OIDC_PROVIDER)/node_modules/.installed: $(OIDC_PROVIDER)/package-lock.json
 
 # In parallel, one file (one server start-up) per unit of work, handed out longest first
 # (tests/conftest.py); the suite mostly waits on servers, so more workers than cores finish
-# sooner, up to a point where the servers' CPU contends. Then, on their own, the tests
+# sooner, up to a point where the servers' CPU contends: on this 2-core machine the first
+# part took 331 s with 4 workers, 304 to 331 s with 6 and 351 s with 8 (quiet, docs/testing.md).
+# Then, on their own, the tests
 # that measure limits held under load (marked `alone`), on the migrated database templates
 # the first part made (one run, named here; tests/databases.py). TEST_WORKERS=0 runs the
 # first part serially.
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 test: install $(OIDC_PROVIDER)/node_modules/.installed
 	$(BIN)/python manage.py collectstatic --noinput -v0
 	export SLUICE_TEST_RUN=$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(6))'); \

@@ -14,7 +14,7 @@ this file need them; its fixture-based lazy loader, which builds them at run tim
 on pytest 9 (items have no `_nodeid` any more) and makes one test of all the operations.
 So `run_operation_test` does for one operation what the plugin does: it calls
 schemathesis's own test builder with what the plugin passes it, and runs the test as the
-plugin runs its items. Those are schemathesis internals, pinned by `schemathesis>=4.32,<5`
+plugin runs its items. Those are schemathesis internals, pinned by `schemathesis==4.32.5`
 in pyproject.toml: a change in them breaks an import or a call, which fails the tests.
 
 `test_served_schema_is_the_fuzzed_one` proves the document is the very one the live server
