@@ -19,7 +19,14 @@ import httpx
 import pytest
 
 from limiter.protocol.refused import HOLD_AFTER
-from tests.gateway.test_refused_locally import BODY, CHAT, TIGHT, counts, metric
+from tests.gateway.test_refused_locally import (
+    BODY,
+    CHAT,
+    TIGHT,
+    counts,
+    metric,
+    refusals_recorded,
+)
 from tests.servers import SluiceServer
 from tests.waiting import wait_until
 
@@ -89,15 +96,17 @@ def test_a_key_that_keeps_coming_back_is_held_until_its_promise_ends(server):
     assert held.headers["x-ratelimit-remaining-requests"] == "0"
     assert int(held.headers["retry-after-ms"]) < int(last_at_once.headers["retry-after-ms"])
     assert int(held.headers["retry-after-ms"]) <= 3500 - waited * 1000
-
-    def recorded() -> str:
-        return server.python(
-            "from limiter.models import Refusal\n"
-            "print(Refusal.objects.filter(request_id='held-1', reason='rate_limited',"
-            " source='gateway', team_name='comes-back').count())"
-        ).strip()
-
-    wait_until(recorded, lambda n: n == "1", what="the held 429 recorded")
+    wait_until(
+        lambda: refusals_recorded(
+            server,
+            request_id="held-1",
+            reason="rate_limited",
+            source="gateway",
+            team_name="comes-back",
+        ),
+        lambda n: n == 1,
+        what="the held 429 recorded",
+    )
 
 
 def test_a_configuration_change_wakes_a_held_call_to_ask_again(server):

@@ -17,6 +17,7 @@ from limiter.protocol.refused import (
     PROMISED,
     WAIT,
     KnownRefusals,
+    LocalRefusal,
     Turn,
 )
 
@@ -226,14 +227,20 @@ def test_holds_are_bounded_per_key_and_per_process(clock):
     assert again is not None and again.hold == HOLD  # a slot freed is used again
 
 
-def test_a_clear_wakes_held_calls_to_ask_again(clock):
-    cache = KnownRefusals(clock)
+def held_and_watched(cache: KnownRefusals, clock) -> tuple[LocalRefusal, list[str]]:
+    """A call held on a 5 s promise, and the list its wake-ups are written to."""
     cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
     answered_at_once(cache, HOLD_AFTER)
     local = cache.refuse(WHERE, HOLD)
     assert local is not None
     woken: list[str] = []
     local.wake = lambda: woken.append("woken")
+    return local, woken
+
+
+def test_a_clear_wakes_held_calls_to_ask_again(clock):
+    cache = KnownRefusals(clock)
+    local, woken = held_and_watched(cache, clock)
     answered = cache.answered
     cache.clear()
     assert woken == ["woken"]
@@ -243,12 +250,7 @@ def test_a_clear_wakes_held_calls_to_ask_again(clock):
 
 def test_a_drain_wakes_held_calls_to_be_answered_and_holds_no_more(clock):
     cache = KnownRefusals(clock)
-    cache.learn(WHERE, refusal(5.0), clock.now, cache.generation)
-    answered_at_once(cache, HOLD_AFTER)
-    local = cache.refuse(WHERE, HOLD)
-    assert local is not None
-    woken: list[str] = []
-    local.wake = lambda: woken.append("woken")
+    local, woken = held_and_watched(cache, clock)
     cache.stop_holding()
     assert woken == ["woken"]
     assert cache.released(local)  # its refusal stands: answered now
