@@ -1,22 +1,23 @@
 """The job poller keeps its database connection from pass to pass (limiter/jobs/poller.py
-`_connected_and_pending`), seen from PostgreSQL's own view of its backends, under a real
-`manage.py serve` (whose embedded poller passes once a second): idle, it starts no new
-backend; a backend the database ends (as a restart would) is replaced by the next pass,
-which does not fail."""
+`_connected_and_pending`), on PostgreSQL, seen by the backend that serves it: two passes
+are served by the same backend; a backend the database ends (as a restart would) is
+replaced by the next pass, which does not fail.
+
+The passes run in the deployment's own Django shell (`SluiceServer.python`), as the poller
+runs them in `serve`: one after another in one thread. Counting the database's new
+backends from outside cannot tell the poller's apart from the other background loops'."""
 
 from __future__ import annotations
 
-import time
-
-import psycopg
 import pytest
 
 from tests.conftest import POSTGRES_URL, need, reachable
 from tests.databases import postgres_database
 from tests.servers import SluiceServer
-from tests.waiting import wait_until
 
 pytestmark = pytest.mark.services
+
+BACKEND = "connection.connection.info.backend_pid"
 
 
 @pytest.fixture(scope="module")
@@ -25,58 +26,32 @@ def server_on_postgres(tmp_path_factory):
     with postgres_database(POSTGRES_URL, prefix="sluice_poller") as url:
         env = {"DATABASE_URL": url}
         with SluiceServer(tmp_path_factory.mktemp("poller-connection"), env=env) as server:
-            yield server, url.rsplit("/", 1)[1]
+            yield server
 
 
-def backends_started_since(database: str, since: object, *, seconds: float = 0.0) -> set[int]:
-    """The database's backends started after `since`, seen by looking every 0.1 s for
-    `seconds` (a connection opened and closed in between is seen while it lives)."""
-    seen: set[int] = set()
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        until = time.monotonic() + seconds
-        while True:
-            rows = conn.execute(
-                "SELECT pid FROM pg_stat_activity"
-                " WHERE datname = %s AND backend_start > %s AND pid <> pg_backend_pid()",
-                (database, since),
-            ).fetchall()
-            seen |= {pid for (pid,) in rows}
-            if time.monotonic() >= until:
-                return seen
-            time.sleep(0.1)
+def backends(server: SluiceServer, between: str) -> tuple[int, int]:
+    """The backends that served a pass, then another after `between` ran."""
+    first, second = server.python(
+        "from django.db import connection\n"
+        "from limiter.jobs.poller import _connected_and_pending\n"
+        f"_connected_and_pending(); first = {BACKEND}\n"
+        f"{between}\n"
+        f"_connected_and_pending(); print(first, {BACKEND})"
+    ).split()
+    return int(first), int(second)
 
 
-def database_now() -> object:
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        row = conn.execute("SELECT now()").fetchone()
-    assert row is not None
-    return row[0]
+def test_passes_keep_one_backend(server_on_postgres):
+    first, second = backends(server_on_postgres, "pass")
+    assert first == second
 
 
-def test_an_idle_poller_opens_no_connection(server_on_postgres):
-    server, database = server_on_postgres
-    time.sleep(2)  # past the start-up's own connections
-    since = database_now()
-    # Four passes or more; before, each one connected anew. At most the alerts loop's one
-    # (every SLUICE_ALERT_CHECK_INTERVAL, 5 s, it still closes its connection first:
-    # limiter/alerts/), not one a second.
-    assert len(backends_started_since(database, since, seconds=4.5)) <= 1
-
-
-def test_a_connection_the_database_ends_is_replaced_by_the_next_pass(server_on_postgres):
-    server, database = server_on_postgres
-    logged = len(server.log())
-    since = database_now()
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-        ended = conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-            (database,),
-        ).fetchall()
-    assert ended and all(ok for (ok,) in ended)
-    wait_until(
-        lambda: backends_started_since(database, since),
-        lambda pids: len(pids) >= 1,
-        within=5,
-        what="the poller connected again",
+def test_a_backend_the_database_ends_is_replaced_by_the_next_pass(server_on_postgres):
+    # Ended from another connection; the pass then finds its own dead, and must not fail.
+    end = (
+        "import psycopg\n"
+        f"with psycopg.connect({POSTGRES_URL!r}, autocommit=True) as other:\n"
+        "    other.execute('SELECT pg_terminate_backend(%s)', (first,))"
     )
-    assert "job poller pass failed" not in server.log()[logged:]
+    first, second = backends(server_on_postgres, end)
+    assert first != second
