@@ -7,6 +7,7 @@ SLUICE_REQUIRE_SERVICES=1 (CI), where a missing service fails the run instead.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import shutil
@@ -70,6 +71,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         config.stash[_NAMES_THE_RUN] = "SLUICE_TEST_RUN" not in os.environ
         databases.run_id()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection built (every test item, the imported modules: most of a worker's
+    heap) lives for the whole session: frozen out of the collector's walks. A full
+    collection walked it each time, about 0.17 s of CPU; in 1,248 dashboard and usage
+    tests on one worker the collector took 3.3 s of CPU before, 1.8 s after."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

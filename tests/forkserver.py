@@ -8,6 +8,12 @@ its own argv, environment, working directory and standard streams, as `python ma
 would, settings and the project's modules imported afresh in the child. Only libraries
 that read neither Django's settings nor the environment when imported are imported ahead.
 
+What was imported ahead is frozen out of the garbage collector's walks (`gc.freeze()`,
+as Python's documentation advises before forking): each child's collections, and the
+full one a server runs once it has started (limiter/serving.py `settle_heap`), then walk
+only what the child built. A test server's start took 0.46 to 0.55 s of CPU before, 0.35
+to 0.44 s after (four starts each way).
+
 `spawn()` answers a `ForkedProcess`, which has the part of `subprocess.Popen` the tests
 use (pid, poll, wait, send_signal, terminate, kill, returncode, the pipes). The fork
 server, whose children they are, reaps them and tells their exit codes. A process whose
@@ -18,6 +24,7 @@ PYTHONPATH differs from the fork server's cannot be a fork of it (the path, and 
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -130,6 +137,8 @@ def main(fd: int) -> None:
     assert not settings.configured, "Django's settings were read ahead"
     assert "twisted.internet.reactor" not in sys.modules, "a reactor was installed ahead"
     assert threading.active_count() == 1, "a thread was started ahead: forking is unsafe"
+    gc.collect()
+    gc.freeze()  # see the module's docstring
     channel = socket.socket(fileno=fd)
     codes: dict[int, int] = {}
     while True:
