@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,16 @@ import psycopg
 import redis
 from psycopg import sql
 
-from bench.procs import PYTHON, free_port, http_json, manage, spawn, stop, wait_for_http
+from bench.procs import (
+    PYTHON,
+    Process,
+    free_port,
+    http_json,
+    manage,
+    spawn,
+    stop,
+    wait_for_http,
+)
 
 LOOPBACK = "127.0.0.1"
 # Migrated databases to copy instead of migrating a new one (3 to 4 s of CPU each): a SQLite
@@ -73,7 +81,7 @@ class _OneProcess:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.process: subprocess.Popen
+        self.process: Process
 
     @property
     def url(self) -> str:
@@ -163,8 +171,8 @@ class Sluice:
         self.ceiling = ceiling
         self.ports = [free_port() for _ in range(web)]
         self.redis_url = redis_url
-        self.web: list[subprocess.Popen] = []
-        self.worker: subprocess.Popen | None = None
+        self.web: list[Process] = []
+        self.worker: Process | None = None
         self.keys: dict[str, str] = {}
 
     @property
