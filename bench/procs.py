@@ -154,27 +154,23 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def cpu_seconds(pids: Iterable[int]) -> float:
     """utime + stime of these processes and their live descendants, plus what their
     reaped children used (cutime + cstime)."""
+    # One walk of /proc for all of them: a walk reads every process's stat on the machine.
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     ticks = 0
     for root in pids:
-        for pid in _descendants(root):
-            fields = _stat(pid)
-            if fields:
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, []))
+            if fields := stats.get(pid):
                 # After the name: state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14.
                 ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / CLOCK_TICKS
