@@ -16,7 +16,6 @@ benchmark); `python -m bench` runs it after the rest.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.latency import percentile
-from bench.procs import http_json, manage, run_load
+from bench.procs import http_json, run_load
 from bench.servers import Ceiling, Sandbox, Sluice
 
 MODEL = "BAAI/bge-base-en-v1.5"
@@ -144,10 +143,8 @@ def run(
     """`duration`: seconds of load per throughput run (the latency runs take the same).
     Every call still queued when it ends is waited for (the unmerged run drains at 250 a
     minute, so `callers` bounds the run's tail)."""
-    with Sluice(tmp, sandbox, Ceiling(120, 100, 5.0)) as sluice:
-        keys = json.loads(
-            manage(sluice.env, "shell", "-v", "0", "-c", PROVISION).strip().splitlines()[-1]
-        )
+    with Sluice(tmp, sandbox, Ceiling(120, 100, 5.0), provision=PROVISION) as sluice:
+        keys = sluice.provided
         figures: dict[str, list[tuple[float, int, int, int]]] = {"on": [], "off": []}
         latency: dict[str, list[float]] = {"on": [], "off": []}
         for _ in range(repeats):

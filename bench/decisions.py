@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import sys
 import time
 import uuid
@@ -97,26 +96,19 @@ def run(
 ) -> dict[str, float]:
     """Measure in a child process with `env` (the parent side); `worker`: the limiter
     worker's pid, when it runs apart."""
-    from bench.procs import PYTHON, ROOT
+    from bench.procs import run_python
 
-    done = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "bench.decisions",
-            json.dumps({"concurrency": concurrency, "duration": duration, "worker": worker}),
-        ],
-        cwd=ROOT,
+    options = {"concurrency": concurrency, "duration": duration, "worker": worker}
+    code, stdout, stderr = run_python(
+        ["-m", "bench.decisions", json.dumps(options)],
         # Decisions a second, not their timeliness: a grant that comes back late on a
         # saturated machine is still a decision, not one to hand back and ask again.
-        env={**env, "SLUICE_GRANT_MAX_AGE": "30"},
-        capture_output=True,
-        text=True,
+        {**env, "SLUICE_GRANT_MAX_AGE": "30"},
         timeout=duration + 60,
     )
-    if done.returncode:
-        raise RuntimeError(f"decisions benchmark failed:\n{done.stdout}\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    if code:
+        raise RuntimeError(f"decisions benchmark failed:\n{stdout}\n{stderr}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: bench/ sits at its top
 PYTHON = sys.executable
@@ -28,8 +28,52 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+class Process(Protocol):
+    """What the benchmark uses of a process it started (all of it `subprocess.Popen`'s)."""
+
+    args: Any
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class PythonStarter(Protocol):
+    """Another way to start `python manage.py ...` and `python -m ...` than a fresh
+    interpreter each: the benchmark's tests fork them from a warm Python
+    (tests/bench/conftest.py), where each would import Django and the project's libraries
+    again. Not the benchmark's own: a server forked from another process is not the one it
+    measures."""
+
+    def spawn(self, args: list[str], env: dict[str, str], log: Path) -> Process:
+        """Start it as `spawn` below does: a session of its own, its output into `log`."""
+        ...
+
+    def run(self, args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+        """Run it to the end: its exit code, stdout and stderr."""
+        ...
+
+
+# The starter that spawn and run_python use inside `python_started_by()`; none outside it.
+_starters: list[PythonStarter] = []
+
+
+@contextmanager
+def python_started_by(starter: PythonStarter) -> Iterator[None]:
+    """Within it, the Python processes of `spawn` and `run_python` are started by `starter`."""
+    _starters.append(starter)
+    try:
+        yield
+    finally:
+        _starters.pop()
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> Process:
     """Start `args` in a new session, so stopping it can take its children too."""
+    if _starters and args[0] == PYTHON:
+        return _starters[-1].spawn(args, env, log)
     output = open(log, "ab")  # noqa: SIM115  (the child keeps the descriptor)
     try:
         return subprocess.Popen(
@@ -39,21 +83,26 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         output.close()
 
 
-def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+def run_python(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """Run `python *args` in the repository to its end: its exit code, stdout and stderr."""
+    command = [PYTHON, *args]
+    if _starters:
+        return _starters[-1].run(command, env, timeout)
     done = subprocess.run(
-        [PYTHON, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
-    if done.returncode:
-        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done.stdout
+    return done.returncode, done.stdout, done.stderr
 
 
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) -> None:
+def manage(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    """Run a `manage.py` command to its end; its stdout."""
+    code, stdout, stderr = run_python(["manage.py", *args], env, timeout)
+    if code:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{stdout}\n{stderr}")
+    return stdout
+
+
+def wait_for_http(url: str, process: Process, timeout: float = 60.0) -> None:
     """Any HTTP answer (even 404) means the server is listening."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -72,7 +121,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 60.0) ->
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def stop(process: subprocess.Popen, timeout: float = 10.0) -> None:
+def stop(process: Process, timeout: float = 10.0) -> None:
     """SIGTERM the process group, SIGKILL it if it lingers."""
     if process.poll() is not None:
         return
@@ -105,27 +154,23 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
-
-
 def cpu_seconds(pids: Iterable[int]) -> float:
     """utime + stime of these processes and their live descendants, plus what their
     reaped children used (cutime + cstime)."""
+    # One walk of /proc for all of them: a walk reads every process's stat on the machine.
+    stats: dict[int, list[str]] = {}
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            stats[int(entry.name)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     ticks = 0
     for root in pids:
-        for pid in _descendants(root):
-            fields = _stat(pid)
-            if fields:
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            todo.extend(children.get(pid, []))
+            if fields := stats.get(pid):
                 # After the name: state=0 ppid=1 ... utime=11 stime=12 cutime=13 cstime=14.
                 ticks += sum(int(fields[i]) for i in (11, 12, 13, 14))
     return ticks / CLOCK_TICKS

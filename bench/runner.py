@@ -234,7 +234,10 @@ def four_web(
         # A Redis server of our own where there is one to start, so its CPU is ours alone.
         own = stack.enter_context(OwnRedis(tmp)) if OwnRedis.available() else None
         redis_url = own.url if own is not None else redis_url
-        services = stack.enter_context(ScaleOutServices(redis_url, postgres_url, databases=3))
+        services = stack.enter_context(
+            # All three deployments of the scale-out phase hold the same ceiling.
+            ScaleOutServices(redis_url, postgres_url, databases=3, ceiling=ceiling)
+        )
         sluice = stack.enter_context(
             Sluice(
                 tmp,

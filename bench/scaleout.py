@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 
 from bench.latency import Target, measure_once
-from bench.procs import cpu_seconds, free_port, spawn, stop
+from bench.procs import Process, cpu_seconds, free_port, spawn, stop
 
 CONCURRENCY = 16
 
@@ -40,7 +40,7 @@ class OwnRedis:
     def __init__(self, tmp: Path) -> None:
         self.port = free_port()
         self.tmp = tmp
-        self.process: subprocess.Popen | None = None
+        self.process: Process | None = None
 
     @staticmethod
     def available() -> bool:

@@ -9,7 +9,7 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
+import sqlite3
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,16 @@ import psycopg
 import redis
 from psycopg import sql
 
-from bench.procs import PYTHON, free_port, http_json, manage, spawn, stop, wait_for_http
+from bench.procs import (
+    PYTHON,
+    Process,
+    free_port,
+    http_json,
+    manage,
+    spawn,
+    stop,
+    wait_for_http,
+)
 
 LOOPBACK = "127.0.0.1"
 # Migrated databases to copy instead of migrating a new one (3 to 4 s of CPU each): a SQLite
@@ -27,28 +36,82 @@ LOOPBACK = "127.0.0.1"
 # its tests (tests/bench) name the test run's templates (tests/databases.py).
 SQLITE_TEMPLATE = "SLUICE_BENCH_SQLITE_TEMPLATE"
 POSTGRES_TEMPLATE = "SLUICE_BENCH_POSTGRES_TEMPLATE"
-_migrated: set[str] = set()  # database URLs made from a template by this process
+_migrated: set[str] = set()  # database URLs this process made migrated (copies)
 # Django's system checks, which a management command runs before it starts: 0.3 to 0.4 s of
 # CPU a process, for the same project each time (the tests' own servers still run them), and
 # outside what the benchmark measures; so its servers start without them.
 SKIP_CHECKS = "--skip-checks"
 
 
-def _migrated_copy(database_url: str) -> bool:
-    """Whether the database at `database_url` is a copy of a migrated template: a
-    PostgreSQL one made by ScaleOutServices, or a SQLite one copied now (when its file does
-    not exist yet and a template is named) or earlier by this process."""
-    if not database_url.startswith("sqlite:///"):
-        return database_url in _migrated
+# A deployment's database is a copy of one migrated and provisioned for the same ceiling
+# (and further set-up) earlier in the run where there is one, instead of migrating and
+# provisioning its own: a `manage.py` process each, for the same rows every time. Keyed by
+# `_recipe`: what the provisioning wrote depends on it alone, not on the deployment's
+# settings (a key's hash is a plain SHA-256 of its secret).
+_provisioned: dict[str, tuple[str, list[str]]] = {}  # database URL -> recipe, shell's output
+_sqlite_sources: dict[str, tuple[Path, list[str]]] = {}  # recipe -> never served, output
+
+
+def _recipe(ceiling: Ceiling, more: str) -> str:
+    return json.dumps({"ceiling": ceiling.__dict__, "more": more}, sort_keys=True)
+
+
+def _provision(env: dict[str, str], ceiling: Ceiling, more: str, *, migrated: bool) -> list[str]:
+    """Migrate (unless `migrated`) and provision the database of `env` in one `manage.py
+    shell`: its output's lines, bench/provision.py's keys and then what `more` printed."""
+    code = "from bench.provision import main\n"
+    if not migrated:
+        code += "from django.core.management import call_command\n"
+        code += "call_command('migrate', interactive=False, verbosity=0)\n"
+    code += f"main({json.dumps(ceiling.__dict__)!r})\n{more}"
+    return manage(env, "shell", "-v", "0", "-c", code).strip().splitlines()
+
+
+def _copy_sqlite(source: Path, path: Path) -> None:
+    # SQLite's backup, not a file copy: the provisioning shell may leave its last writes in
+    # the write-ahead log beside the file (WAL mode, dashboard/settings.py).
+    src, dst = sqlite3.connect(source), sqlite3.connect(path)
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+def _new_sqlite(env: dict[str, str], ceiling: Ceiling, more: str) -> list[str]:
+    """Put a provisioned database at the new SQLite file of `env`: a copy of the one this
+    process made for the same recipe, made first (from the run's template, if named)."""
+    database_url = env["DATABASE_URL"]
     path = Path(database_url.removeprefix("sqlite:///"))
-    if path.exists():
-        return database_url in _migrated
-    template = os.environ.get(SQLITE_TEMPLATE)
-    if not template:
-        return False
-    shutil.copy(template, path)
+    recipe = _recipe(ceiling, more)
+    made = _sqlite_sources.get(recipe)
+    if made is None or not made[0].exists():
+        source = path.with_name(f"provisioned-{secrets.token_hex(4)}.sqlite3")
+        template = os.environ.get(SQLITE_TEMPLATE)
+        if template:
+            shutil.copy(template, source)
+        source_env = {**env, "DATABASE_URL": f"sqlite:///{source}"}
+        made = _sqlite_sources[recipe] = (
+            source,
+            _provision(source_env, ceiling, more, migrated=bool(template)),
+        )
+    _copy_sqlite(made[0], path)
     _migrated.add(database_url)
-    return True
+    return made[1]
+
+
+def _provisioned_database(env: dict[str, str], ceiling: Ceiling, more: str) -> list[str]:
+    """Make the database of `env` a migrated and provisioned one: the provisioning's output."""
+    database_url = env["DATABASE_URL"]
+    copied = _provisioned.get(database_url)
+    if copied is not None and copied[0] == _recipe(ceiling, more):
+        return copied[1]  # a PostgreSQL copy made by ScaleOutServices
+    if (
+        database_url.startswith("sqlite:///")
+        and not Path(database_url.removeprefix("sqlite:///")).exists()
+    ):
+        return _new_sqlite(env, ceiling, more)
+    return _provision(env, ceiling, more, migrated=database_url in _migrated)
 
 
 def base_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -73,7 +136,7 @@ class _OneProcess:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.process: subprocess.Popen
+        self.process: Process
 
     @property
     def url(self) -> str:
@@ -150,7 +213,10 @@ class Sluice:
         database_url: str = "",
         server: str = "uvicorn",  # serve's default
         settings: dict[str, str] | None = None,
+        provision: str = "",
     ) -> None:
+        """`provision`: more set-up, code for the provisioning shell after
+        bench/provision.py's, which prints one line of JSON: `provided`."""
         self.tmp = tmp
         self.server = server
         extra = {"TOGETHER_BASE_URL": sandbox.v1_url, "TOGETHER_API_KEY": "", "SLUICE_SANDBOX": "1"}
@@ -163,9 +229,11 @@ class Sluice:
         self.ceiling = ceiling
         self.ports = [free_port() for _ in range(web)]
         self.redis_url = redis_url
-        self.web: list[subprocess.Popen] = []
-        self.worker: subprocess.Popen | None = None
+        self.web: list[Process] = []
+        self.worker: Process | None = None
         self.keys: dict[str, str] = {}
+        self.provision = provision
+        self.provided: Any = None
 
     @property
     def urls(self) -> list[str]:
@@ -177,18 +245,11 @@ class Sluice:
 
     def __enter__(self) -> Sluice:
         try:
-            if not _migrated_copy(self.env["DATABASE_URL"]):
-                manage(self.env, "migrate", "--noinput", "-v0")
-            options = json.dumps(self.ceiling.__dict__)
-            out = manage(
-                self.env,
-                "shell",
-                "-v",
-                "0",
-                "-c",
-                f"from bench.provision import main; main({options!r})",
-            )
-            self.keys = json.loads(out.strip().splitlines()[-1])
+            lines = _provisioned_database(self.env, self.ceiling, self.provision)
+            if self.provision:
+                *lines, provided = lines
+                self.provided = json.loads(provided)
+            self.keys = json.loads(lines[-1])
             if self.redis_url:
                 self.worker = spawn(
                     [PYTHON, "manage.py", "runworker", "limiter", SKIP_CHECKS],
@@ -268,17 +329,24 @@ def uvicorn_installed() -> bool:
 # --- scale-out services: a Redis database and a PostgreSQL database of our own ------------------
 class ScaleOutServices:
     """Flushes the given Redis database and creates `databases` throwaway PostgreSQL
-    databases (`database_urls`; `database_url` is the first), dropped on exit."""
+    databases (`database_urls`; `database_url` is the first), dropped on exit. Given the
+    `ceiling` of the deployments that will use them, the databases are copies of one
+    migrated and provisioned for it once (see `_provisioned`)."""
 
-    def __init__(self, redis_url: str, postgres_url: str, databases: int = 1) -> None:
+    def __init__(
+        self, redis_url: str, postgres_url: str, databases: int = 1, ceiling: Ceiling | None = None
+    ) -> None:
         self.redis_url = redis_url
         self.admin_url = postgres_url
+        self.ceiling = ceiling
         stem = f"sluice_bench_{os.getpid()}_{secrets.token_hex(3)}"
         self.db_names = [f"{stem}_{n}" for n in range(databases)]
-        self.database_urls = [
-            urllib.parse.urlsplit(postgres_url)._replace(path=f"/{name}").geturl()
-            for name in self.db_names
-        ]
+        # The provisioned database they are copies of, never served.
+        self.source = f"{stem}_provisioned" if ceiling is not None else ""
+        self.database_urls = [self._url(name) for name in self.db_names]
+
+    def _url(self, name: str) -> str:
+        return urllib.parse.urlsplit(self.admin_url)._replace(path=f"/{name}").geturl()
 
     @property
     def database_url(self) -> str:
@@ -287,29 +355,51 @@ class ScaleOutServices:
     def __enter__(self) -> ScaleOutServices:
         redis.Redis.from_url(self.redis_url).flushdb()
         template = os.environ.get(POSTGRES_TEMPLATE)
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            if template:
-                # A copy fails while anyone is connected to the template: its makers hold
-                # this lock while they migrate it (tests/databases.py).
-                conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [template])
-            try:
-                for name in self.db_names:
-                    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-                    if template:
-                        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-                    conn.execute(create)
-            finally:
-                if template:
-                    conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [template])
-        if template:
+        try:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                _create_databases(conn, [self.source] if self.source else self.db_names, template)
+                if self.ceiling is not None:
+                    self._provision_copies(conn, migrated=bool(template))
+        except BaseException:
+            self.__exit__()
+            raise
+        if template or self.ceiling is not None:
             _migrated.update(self.database_urls)
         return self
 
+    def _provision_copies(self, conn: psycopg.Connection, *, migrated: bool) -> None:
+        """Provision the source database, then make the deployments' databases copies of it."""
+        assert self.ceiling is not None
+        env = base_env(self._url(self.source), TOGETHER_API_KEY="", SLUICE_SANDBOX="1")
+        output = _provision(env, self.ceiling, "", migrated=migrated)
+        _create_databases(conn, self.db_names, self.source)
+        recipe = _recipe(self.ceiling, "")
+        _provisioned.update((url, (recipe, output)) for url in self.database_urls)
+
     def __exit__(self, *exc: object) -> None:
         _migrated.difference_update(self.database_urls)
+        for url in self.database_urls:
+            _provisioned.pop(url, None)
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            for name in self.db_names:
+            for name in [*self.db_names, *([self.source] if self.source else [])]:
                 conn.execute(
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
                 )
         redis.Redis.from_url(self.redis_url).flushdb()
+
+
+def _create_databases(conn: psycopg.Connection, names: list[str], template: str | None) -> None:
+    """CREATE DATABASE each of `names`, copies of `template` if one is named."""
+    if template:
+        # A copy fails while anyone is connected to the template: its makers hold this
+        # lock while they migrate it (tests/databases.py).
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", [template])
+    try:
+        for name in names:
+            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template:
+                create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(create)
+    finally:
+        if template:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", [template])

@@ -14,6 +14,9 @@ full one a server runs once it has started (limiter/serving.py `settle_heap`), t
 only what the child built. A test server's start took 0.46 to 0.55 s of CPU before, 0.35
 to 0.44 s after (four starts each way).
 
+The benchmark's tests start its processes the same way (tests/bench/conftest.py), its
+`python -m` ones (the load floors, the decisions measurement) too.
+
 `spawn()` answers a `ForkedProcess`, which has the part of `subprocess.Popen` the tests
 use (pid, poll, wait, send_signal, terminate, kill, returncode, the pipes). The fork
 server, whose children they are, reaps them and tells their exit codes. A process whose
@@ -175,6 +178,8 @@ def _reap(codes: dict[int, int]) -> None:
 
 
 def _child(request: dict[str, Any], fds: list[int]) -> None:
+    if request.get("new_session"):
+        os.setsid()
     for target, descriptor in enumerate(fds):
         os.dup2(descriptor, target)
     for descriptor in set(fds) - {0, 1, 2}:
@@ -185,13 +190,19 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
-    script = request["argv"][1]  # as given: it becomes sys.argv[0], as with `python script`
-    sys.argv = request["argv"][1:]
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
     import runpy
 
-    runpy.run_path(script, run_name="__main__")
-    sys.exit(0)  # SystemExit, from here or from manage.py, ends the child as it would
+    if request["argv"][1] == "-m":  # `python -m module ...`, as the benchmark starts some
+        module = request["argv"][2]
+        sys.argv = request["argv"][2:]  # run_module puts the module's file first, as -m does
+        sys.path[0] = os.getcwd()
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    else:
+        script = request["argv"][1]  # as given: it becomes sys.argv[0], as with `python script`
+        sys.argv = request["argv"][1:]
+        sys.path[0] = os.path.dirname(os.path.abspath(script))
+        runpy.run_path(script, run_name="__main__")
+    sys.exit(0)  # SystemExit, from here or from the script, ends the child as it would
 
 
 # --- the test process's side ------------------------------------------------------------------
@@ -281,13 +292,22 @@ def spawn(
     stdout: IO[Any] | int = subprocess.DEVNULL,
     stderr: IO[Any] | int = subprocess.STDOUT,
     stdin: int = subprocess.DEVNULL,
+    new_session: bool = False,
 ) -> Process:
-    """`subprocess.Popen(args, env=env, cwd=cwd, stdin=.., stdout=.., stderr=..)` for
-    `args` = [sys.executable, "manage.py", ...], text pipes where PIPE is asked."""
-    assert args[0] == sys.executable and args[1].endswith("manage.py"), args
+    """`subprocess.Popen(args, env=env, cwd=cwd, stdin=.., stdout=.., stderr=..,
+    start_new_session=..)` for `args` = [sys.executable, "manage.py", ...] (or
+    [sys.executable, "-m", module, ...]), text pipes where PIPE is asked."""
+    assert args[0] == sys.executable and (args[1].endswith("manage.py") or args[1] == "-m"), args
     if env.get("PYTHONPATH") != os.environ.get("PYTHONPATH"):
         return subprocess.Popen(  # noqa: S603 (the test's own manage.py)
-            args, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, text=True
+            args,
+            env=env,
+            cwd=cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            start_new_session=new_session,
         )
     opened: list[int] = []  # the child's ends, closed here once sent
     pipes: dict[str, IO[Any] | None] = {"stdin": None, "stdout": None, "stderr": None}
@@ -306,7 +326,8 @@ def spawn(
     fds = [child_end("stdin", stdin, True), child_end("stdout", stdout, False)]
     fds.append(fds[1] if stderr == subprocess.STDOUT else child_end("stderr", stderr, False))
     try:
-        answer = _fork_server().ask({"op": "spawn", "argv": args, "env": env, "cwd": str(cwd)}, fds)
+        request = {"op": "spawn", "argv": args, "env": env, "cwd": str(cwd)}
+        answer = _fork_server().ask({**request, "new_session": new_session}, fds)
     finally:
         for descriptor in opened:
             os.close(descriptor)

@@ -13,7 +13,7 @@ from tests import forkserver
 from tests.servers import PYTHON, ROOT
 
 
-def shell(code: str, tmp_path: Path, **env: str) -> forkserver.Process:
+def shell(code: str, tmp_path: Path, new_session: bool = False, **env: str) -> forkserver.Process:
     return forkserver.spawn(
         [PYTHON, "manage.py", "shell", "-v", "0", "-c", code],
         env={
@@ -23,6 +23,7 @@ def shell(code: str, tmp_path: Path, **env: str) -> forkserver.Process:
             **env,
         },
         stdout=subprocess.PIPE,
+        new_session=new_session,
     )
 
 
@@ -71,3 +72,16 @@ def test_a_process_given_its_own_python_path_starts_with_it(tmp_path):
     assert process.wait(60) == 0
     assert process.stdout is not None
     assert process.stdout.read().split() == ["yes", "True"]
+
+
+def test_a_process_given_a_session_of_its_own_leads_its_process_group(tmp_path):
+    """As Popen's start_new_session: the benchmark stops its servers by signalling their
+    process groups (bench/procs.py stop; tests/bench/conftest.py forks them)."""
+    code = "import os, time; print(os.getsid(0) == os.getpgid(0) == os.getpid(), flush=True)\n"
+    leader = shell(code + "time.sleep(60)", tmp_path, new_session=True)
+    assert leader.stdout is not None and leader.stdout.readline() == "True\n"
+    os.killpg(leader.pid, signal.SIGTERM)
+    assert leader.wait(10) == -signal.SIGTERM
+    member = shell(code, tmp_path)
+    assert member.wait(60) == 0
+    assert member.stdout is not None and member.stdout.read() == "False\n"

@@ -71,7 +71,7 @@ def expected_rows() -> list[str]:
 
 
 @pytest.mark.services
-@pytest.mark.usefixtures("migrated_sqlite")
+@pytest.mark.usefixtures("migrated_sqlite", "forked_python")
 def test_tiny_run_prints_every_row_with_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
     need(reachable(REDIS_URL), f"Redis is not reachable at {REDIS_URL}")
     need(reachable(POSTGRES_URL), f"PostgreSQL is not reachable at {POSTGRES_URL}")
