@@ -114,7 +114,6 @@ upstream pauses, restarts with adoption and time passing)
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import math
@@ -214,6 +213,13 @@ class Bucket:
         # reservation has drained already.
         self._drained = 0.0
         self._drained_at = now
+
+    def copy(self) -> Bucket:
+        # Built directly: copy.copy goes through __reduce_ex__, and a queue's projection
+        # copies two buckets per scope for every ticket that cannot go at once.
+        twin = Bucket(self.rate, self.capacity, self.tat, self._drained_at)
+        twin._drained = self._drained
+        return twin
 
     def drained(self, now: float) -> float:
         return self._drained + (now - self._drained_at) * self.rate
@@ -374,9 +380,11 @@ class Scope:
 
     def clone(self) -> Scope:
         """A copy of the buckets to project a queue on (leases are not copied)."""
-        twin = copy.copy(self)
-        twin.requests = copy.copy(self.requests)
-        twin.tokens = copy.copy(self.tokens)
+        twin = Scope.__new__(Scope)
+        twin.id, twin.limit, twin.leases = self.id, self.limit, self.leases
+        twin.paused_until, twin.last_seen = self.paused_until, self.last_seen
+        twin.requests = self.requests.copy()
+        twin.tokens = None if self.tokens is None else self.tokens.copy()
         return twin
 
 
