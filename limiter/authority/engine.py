@@ -278,7 +278,16 @@ class Bucket:
 class Scope:
     """The state of one scope: its buckets and its leases."""
 
-    __slots__ = ("id", "limit", "requests", "tokens", "leases", "paused_until", "last_seen")
+    __slots__ = (
+        "id",
+        "limit",
+        "requests",
+        "tokens",
+        "leases",
+        "paused_until",
+        "last_seen",
+        "own_class",
+    )
 
     def __init__(
         self, scope_id: ScopeId, limit: Limit, now: float, empty_since: float = -math.inf
@@ -290,6 +299,8 @@ class Scope:
         self.leases: set[str] = set()
         self.paused_until = 0.0
         self.last_seen = now
+        # A key's tickets with no class of their own are its class (Ticket.cls), named once.
+        self.own_class = "key:" + "/".join(scope_id)
 
     @staticmethod
     def _token_bucket(limit: Limit, now: float, empty_since: float) -> Bucket | None:
@@ -302,7 +313,7 @@ class Scope:
         return Bucket(rate, rate * seconds, empty_since, now)
 
     def update(self, limit: Limit, now: float) -> None:
-        if limit == self.limit:
+        if limit is self.limit or limit == self.limit:  # every ticket brings its limits
             return
         self.requests.resize(limit.per_minute / 60.0, float(limit.burst), now)
         fresh = self._token_bucket(limit, now, empty_since=now)
@@ -383,6 +394,7 @@ class Scope:
         twin = Scope.__new__(Scope)
         twin.id, twin.limit, twin.leases = self.id, self.limit, self.leases
         twin.paused_until, twin.last_seen = self.paused_until, self.last_seen
+        twin.own_class = self.own_class
         twin.requests = self.requests.copy()
         twin.tokens = None if self.tokens is None else self.tokens.copy()
         return twin
@@ -438,7 +450,7 @@ class Ticket:
     @property
     def cls(self) -> str:
         """Its class's id: the class's own, or its key's (a key with no class is one)."""
-        return self.klass.id or "key:" + "/".join(self.key.id)
+        return self.klass.id or self.key.own_class
 
     @property
     def flow(self) -> Flow:
@@ -515,6 +527,8 @@ class _Group:
 
     def heads(self, now: float) -> list[Ticket]:
         """The heads in the order of service."""
+        if len(self.by_key) == 1:  # one key waiting: nothing to rank
+            return [q[0] for q in self.by_key.values()]
         return sorted((q[0] for q in self.by_key.values()), key=lambda t: self.rank(t, now))
 
     def record(self, ticket: Ticket, cost: float, now: float) -> None:
