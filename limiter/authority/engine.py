@@ -355,6 +355,13 @@ class Scope:
         mark = self.tokens.charge(tokens, now) if tokens else self.tokens.drained(now)
         return request, _Charge(self.tokens, tokens, mark)
 
+    def project(self, tokens: float, now: float) -> None:
+        """Charge the buckets as `charge` does, keeping nothing to settle: a queue's
+        projection charges a clone once per ticket ahead."""
+        self.requests.charge(1, now)
+        if self.tokens is not None and tokens:
+            self.tokens.charge(tokens, now)
+
     def assume_full_at(self, moment: float) -> None:
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
@@ -1244,10 +1251,10 @@ class Engine:
             at_account, account_reason = self._ready(
                 account, queued.tokens, at_account, account_reason
             )
-            account.charge(queued.tokens, at_account)
+            account.project(queued.tokens, at_account)
             if queued.key is ticket.key:
                 at_key, key_reason = self._ready(key, queued.tokens, at_key, key_reason)
-                key.charge(queued.tokens, at_key)
+                key.project(queued.tokens, at_key)
         if at_account > at_key:
             reason = account_reason
             if reason in (RATE_LIMITED, ACCOUNT_RATE_LIMITED):
