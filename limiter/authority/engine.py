@@ -114,7 +114,6 @@ upstream pauses, restarts with adoption and time passing)
 
 from __future__ import annotations
 
-import copy
 import heapq
 import itertools
 import math
@@ -215,6 +214,13 @@ class Bucket:
         self._drained = 0.0
         self._drained_at = now
 
+    def copy(self) -> Bucket:
+        # Built directly: copy.copy goes through __reduce_ex__, and a queue's projection
+        # copies two buckets per scope for every ticket that cannot go at once.
+        twin = Bucket(self.rate, self.capacity, self.tat, self._drained_at)
+        twin._drained = self._drained
+        return twin
+
     def drained(self, now: float) -> float:
         return self._drained + (now - self._drained_at) * self.rate
 
@@ -272,7 +278,16 @@ class Bucket:
 class Scope:
     """The state of one scope: its buckets and its leases."""
 
-    __slots__ = ("id", "limit", "requests", "tokens", "leases", "paused_until", "last_seen")
+    __slots__ = (
+        "id",
+        "limit",
+        "requests",
+        "tokens",
+        "leases",
+        "paused_until",
+        "last_seen",
+        "own_class",
+    )
 
     def __init__(
         self, scope_id: ScopeId, limit: Limit, now: float, empty_since: float = -math.inf
@@ -284,6 +299,8 @@ class Scope:
         self.leases: set[str] = set()
         self.paused_until = 0.0
         self.last_seen = now
+        # A key's tickets with no class of their own are its class (Ticket.cls), named once.
+        self.own_class = "key:" + "/".join(scope_id)
 
     @staticmethod
     def _token_bucket(limit: Limit, now: float, empty_since: float) -> Bucket | None:
@@ -296,7 +313,7 @@ class Scope:
         return Bucket(rate, rate * seconds, empty_since, now)
 
     def update(self, limit: Limit, now: float) -> None:
-        if limit == self.limit:
+        if limit is self.limit or limit == self.limit:  # every ticket brings its limits
             return
         self.requests.resize(limit.per_minute / 60.0, float(limit.burst), now)
         fresh = self._token_bucket(limit, now, empty_since=now)
@@ -338,6 +355,13 @@ class Scope:
         mark = self.tokens.charge(tokens, now) if tokens else self.tokens.drained(now)
         return request, _Charge(self.tokens, tokens, mark)
 
+    def project(self, tokens: float, now: float) -> None:
+        """Charge the buckets as `charge` does, keeping nothing to settle: a queue's
+        projection charges a clone once per ticket ahead."""
+        self.requests.charge(1, now)
+        if self.tokens is not None and tokens:
+            self.tokens.charge(tokens, now)
+
     def assume_full_at(self, moment: float) -> None:
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
@@ -374,9 +398,12 @@ class Scope:
 
     def clone(self) -> Scope:
         """A copy of the buckets to project a queue on (leases are not copied)."""
-        twin = copy.copy(self)
-        twin.requests = copy.copy(self.requests)
-        twin.tokens = copy.copy(self.tokens)
+        twin = Scope.__new__(Scope)
+        twin.id, twin.limit, twin.leases = self.id, self.limit, self.leases
+        twin.paused_until, twin.last_seen = self.paused_until, self.last_seen
+        twin.own_class = self.own_class
+        twin.requests = self.requests.copy()
+        twin.tokens = None if self.tokens is None else self.tokens.copy()
         return twin
 
 
@@ -430,7 +457,7 @@ class Ticket:
     @property
     def cls(self) -> str:
         """Its class's id: the class's own, or its key's (a key with no class is one)."""
-        return self.klass.id or "key:" + "/".join(self.key.id)
+        return self.klass.id or self.key.own_class
 
     @property
     def flow(self) -> Flow:
@@ -507,6 +534,8 @@ class _Group:
 
     def heads(self, now: float) -> list[Ticket]:
         """The heads in the order of service."""
+        if len(self.by_key) == 1:  # one key waiting: nothing to rank
+            return [q[0] for q in self.by_key.values()]
         return sorted((q[0] for q in self.by_key.values()), key=lambda t: self.rank(t, now))
 
     def record(self, ticket: Ticket, cost: float, now: float) -> None:
@@ -1222,10 +1251,10 @@ class Engine:
             at_account, account_reason = self._ready(
                 account, queued.tokens, at_account, account_reason
             )
-            account.charge(queued.tokens, at_account)
+            account.project(queued.tokens, at_account)
             if queued.key is ticket.key:
                 at_key, key_reason = self._ready(key, queued.tokens, at_key, key_reason)
-                key.charge(queued.tokens, at_key)
+                key.project(queued.tokens, at_key)
         if at_account > at_key:
             reason = account_reason
             if reason in (RATE_LIMITED, ACCOUNT_RATE_LIMITED):

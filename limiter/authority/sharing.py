@@ -44,9 +44,14 @@ class Klass:
 
     def bounded(self) -> Klass:
         """The same class with every number in range (a bad row must not stop the queue)."""
-        share = self.share if 0.0 <= self.share <= 1.0 else 0.0
-        weight = self.weight if MIN_WEIGHT <= self.weight <= MAX_WEIGHT else 1.0
-        priority = self.priority if self.priority in PRIORITY_NAMES else STANDARD
+        share_ok = 0.0 <= self.share <= 1.0
+        weight_ok = MIN_WEIGHT <= self.weight <= MAX_WEIGHT
+        priority_ok = self.priority in PRIORITY_NAMES
+        if share_ok and weight_ok and priority_ok:
+            return self  # frozen: every ticket of a class may share it
+        share = self.share if share_ok else 0.0
+        weight = self.weight if weight_ok else 1.0
+        priority = self.priority if priority_ok else STANDARD
         return Klass(self.id, share, weight, priority)
 
 
