@@ -11,18 +11,21 @@ only Sluice itself and staff (sandbox/mount.py). The limiter is not routed here:
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application() does
 
 # Imported after Django is set up: these modules use the ORM and settings.
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from dashboard.handler import SyncChainHandler  # noqa: E402
 from dashboard.origin import SameOriginWebsocket  # noqa: E402
 from limiter import serving  # noqa: E402
+
+django_application = SyncChainHandler()  # Django's ASGI handler, cheaper (dashboard/handler.py)
 
 # The team API and the operations endpoints, given this process's limiter client (and
 # its background parts) to start on the first call; `serve` drains the same team API.
