@@ -86,10 +86,16 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     stayer = world.add_key(leaver, "stays")
     input_file = stayer.client.upload(batch_lines(2), "batch-api")
     body = {"endpoint": "/v1/chat/completions", "input_file_id": input_file}
-    running = stayer.client.post(
-        "/v1/batches", json=body
-    )  # runs for the session: the slot is taken
-    assert running.status_code == 201 and running.json()["job"]["status"] != "QUEUED", running.text
+    running = stayer.client.post("/v1/batches", json=body)  # runs for the session
+    assert running.status_code == 201, running.text
+    # It starts at once, or moments later when the job poller claimed it first (below).
+    running_id = running.json()["job"]["id"]
+    wait_until(
+        lambda: stayer.client.get(f"/v1/batches/{running_id}").json()["status"],
+        lambda status: status != "QUEUED",
+        within=15,
+        what="the first batch to start and take the team's slot",
+    )
     queued = leaver.client.post("/v1/batches", json=body)
     assert queued.status_code == 201, queued.text
     job_id = queued.json()["job"]["id"]

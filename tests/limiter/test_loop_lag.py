@@ -68,7 +68,9 @@ async def test_an_inbox_wait_on_it_still_times_out_on_a_free_loop(lag: LoopLag) 
     started = time.monotonic()
     with pytest.raises(TimeoutError):
         await Inbox().next(0.2, lag.responsive)
-    assert 0.19 < time.monotonic() - started < 0.4
+    # Not much later: a loaded machine's scheduling delays add the loop's own lateness
+    # (by design), so the bound is loose; a clock that stood still would never end it.
+    assert 0.19 < time.monotonic() - started < 1.0
 
 
 async def test_a_quiet_loop_ticks_slowly_and_a_call_brings_the_fine_pace_back() -> None:
@@ -84,7 +86,9 @@ async def test_a_quiet_loop_ticks_slowly_and_a_call_brings_the_fine_pace_back() 
         assert lag.ticks - ticks <= 1  # about 40 at the fine pace
         lag.use()
         await asyncio.sleep(0.05)
-        assert lag.ticks - ticks >= 3  # the fine pace again, without waiting out 0.5 s
+        # The pending tick brought forward and the fine pace again (about 5; a loaded
+        # machine's scheduling can leave 2), not the next one 0.5 s later.
+        assert lag.ticks - ticks >= 2
         stalled = lag.stalled_now()
         time.sleep(0.2)  # noqa: ASYNC251  (blocked: what is measured)
         assert lag.stalled_now() - stalled > 0.15
