@@ -4,28 +4,17 @@ sandbox upstream): what ops staff do, checked by the effect on API traffic."""
 from __future__ import annotations
 
 import csv
-import os
 import threading
 
 import httpx
 import pytest
 
-from tests.conftest import CHROMIUM, need
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
 CHAT_MODEL = "meta-llama/Llama-3.3-70B-Instruct-Turbo"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def chat(url: str, key: str) -> httpx.Response:
@@ -37,19 +26,8 @@ def chat(url: str, key: str) -> httpx.Response:
     )
 
 
-@pytest.fixture(scope="module")
-def browser():
-    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def page(browser, shared_server):
+def page(browser, shared_server):  # noqa: F811
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(10_000)
@@ -68,7 +46,7 @@ def test_login_shows_live_overview_with_sandbox_banner(page):
     assert "together" in page.locator("#accounts").inner_text()
 
 
-def test_anonymous_gets_login_page(browser, shared_server):
+def test_anonymous_gets_login_page(browser, shared_server):  # noqa: F811
     context = browser.new_context()
     anonymous = context.new_page()
     anonymous.goto(f"{shared_server.url}/limits/")

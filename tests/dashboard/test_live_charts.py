@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.dashboard.test_browser import browser, chat  # noqa: F401  (the browser fixture)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.dashboard.test_browser import chat
 
 # "Within 5 s of traffic" is a measurement of the page and the limiter's snapshots: run with
 # nothing else beside it (make test runs these after the rest), not on a box loaded by six

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from sandbox.presets import new_organisation_limits
-from tests.dashboard.test_browser import browser  # noqa: F401  (the browser fixture)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
 from tests.servers import SluiceServer
 
 pytestmark = pytest.mark.browser

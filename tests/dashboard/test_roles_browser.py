@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from tests.dashboard.test_browser import browser, chat  # noqa: F401  (the browser fixture)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.dashboard.test_browser import chat
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.dashboard.test_browser import browser, chat, page  # noqa: F401  (fixtures)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.dashboard.test_browser import chat, page  # noqa: F401  (the page fixture)
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser

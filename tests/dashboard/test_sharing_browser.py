@@ -7,7 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.dashboard.test_browser import browser, chat, page  # noqa: F401 (fixtures)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.dashboard.test_browser import chat, page  # noqa: F401  (the page fixture)
 
 pytestmark = pytest.mark.browser
 

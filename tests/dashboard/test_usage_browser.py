@@ -13,7 +13,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from tests.dashboard.test_browser import CHAT_MODEL, browser  # noqa: F401  (the browser fixture)
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.dashboard.test_browser import CHAT_MODEL
 from tests.servers import SluiceServer
 
 pytestmark = pytest.mark.browser

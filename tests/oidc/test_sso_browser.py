@@ -19,8 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from tests.conftest import CHROMIUM, need
-from tests.dashboard.test_browser import CHROMIUM_ARGS
+from tests.browsers import browser  # noqa: F401  (the browser fixture)
+from tests.conftest import need
 from tests.servers import SluiceServer, free_port, stop_all, wait_for_http
 
 pytestmark = pytest.mark.browser
@@ -111,19 +111,8 @@ def sso(tmp_path_factory) -> Iterator[tuple[SluiceServer, Provider]]:
         provider.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    need(os.path.exists(CHROMIUM), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
-def page(browser):
+def page(browser):  # noqa: F811
     context = browser.new_context(viewport={"width": 1280, "height": 900})
 
     # Only 127.0.0.1 (the provider's stock pages ask for a web font from the internet).
