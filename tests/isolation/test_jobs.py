@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.isolation.conftest import Jobs, TeamClient, World, assert_openai_error
+from tests.isolation.conftest import Jobs, Team, TeamClient, World, assert_openai_error
 from tests.isolation.routes import V1Route, v1_routes
 from tests.jobs.conftest import batch_lines
 from tests.waiting import wait_until
@@ -80,6 +80,18 @@ def test_teammate_sees_the_teams_jobs(world: World, teammate: TeamClient, kind: 
         assert answer.json()["id"] == job_id
 
 
+def wait_started(team: Team, batch_id: str, what: str) -> None:
+    """A batch accepted with a free slot starts: at once, or, when the job poller claimed
+    it first (it starts queued work too), moments later; a claimed batch reads QUEUED
+    until Together has it."""
+    wait_until(
+        lambda: team.client.get(f"/v1/batches/{batch_id}").json()["status"],
+        lambda status: status != "QUEUED",
+        within=15,
+        what=f"{what} to start",
+    )
+
+
 def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     """Work a key queued stays its key's: once the key is revoked, it must not start."""
     leaver = world.new_team("iso-c", profile="iso-c")  # one batch at a time for this team
@@ -88,14 +100,7 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     body = {"endpoint": "/v1/chat/completions", "input_file_id": input_file}
     running = stayer.client.post("/v1/batches", json=body)  # runs for the session
     assert running.status_code == 201, running.text
-    # It starts at once, or moments later when the job poller claimed it first (below).
-    running_id = running.json()["job"]["id"]
-    wait_until(
-        lambda: stayer.client.get(f"/v1/batches/{running_id}").json()["status"],
-        lambda status: status != "QUEUED",
-        within=15,
-        what="the first batch to start and take the team's slot",
-    )
+    wait_started(stayer, running.json()["job"]["id"], "the first batch, taking the team's slot")
     queued = leaver.client.post("/v1/batches", json=body)
     assert queued.status_code == 201, queued.text
     job_id = queued.json()["job"]["id"]
@@ -108,16 +113,7 @@ def test_a_revoked_keys_queued_batch_never_starts(world: World) -> None:
     world.ops.patch(f"/limits/{limit_id}", json={"max_concurrent": 3}).raise_for_status()
     started = stayer.client.post("/v1/batches", json=body)
     assert started.status_code == 201, started.text
-    # A slot was free, so it starts: at once, or, when the job poller claimed it first
-    # (it starts queued work too), moments later; a claimed job reads QUEUED until
-    # Together has it.
-    started_id = started.json()["job"]["id"]
-    wait_until(
-        lambda: stayer.client.get(f"/v1/batches/{started_id}").json()["status"],
-        lambda status: status != "QUEUED",
-        within=15,
-        what="the teammate's batch to start",
-    )
+    wait_started(stayer, started.json()["job"]["id"], "the teammate's batch")  # a slot was free
 
     job = world.db.job(job_id)
     assert job.upstream_id is None, (
